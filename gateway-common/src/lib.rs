@@ -1,0 +1,325 @@
+//! Map keys, values and constants shared by the kernel programs (`gateway-ebpf`) and the daemon
+//! (`gateway`). Everything here is `#[repr(C)]` with explicit padding so that both sides agree
+//! on the layout byte for byte. IPv4 addresses are stored as big-endian bytes (`[u8; 4]`), ports
+//! in host order (the programs convert when they read and write packets).
+//!
+//! Map inventory (one map per purpose; names are the ELF section names):
+//!
+//! | map | kind | key | value | written by |
+//! |---|---|---|---|---|
+//! | `SESSIONS` | hash | client IPv4 | [`Session`] | daemon |
+//! | `SESSION_STATS` | per-CPU hash | client IPv4 | [`SessionStats`] | kernel (daemon creates/deletes) |
+//! | `AUTH_0`/`AUTH_1` | LPM trie | destination prefix | [`AuthEntry`] | daemon (double-buffered) |
+//! | `ROUTE_0`/`ROUTE_1` | LPM trie | destination prefix | [`RouteEntry`] | daemon (double-buffered) |
+//! | `POLICY_SLOT` | array\[1\] | 0 | active slot (0 or 1) | daemon |
+//! | `TARGETS` | hash | target id | [`TargetNetwork`] | daemon |
+//! | `CONFIG` | array\[1\] | 0 | [`GatewayConfig`] | daemon |
+//! | `NAT_FWD` | LRU hash | [`NatKey`] (client side) | [`NatForward`] | kernel; daemon expires |
+//! | `NAT_REV` | LRU hash | [`NatKey`] (target side) | [`NatReverse`] | kernel; daemon expires |
+//! | `COUNTERS` | per-CPU array | [`Counter`] index | u64 | kernel |
+//! | `EVENTS` | ring buffer | | [`FlowEvent`] | kernel |
+#![no_std]
+
+/// Number of 64-bit words in a [`GroupSet`]: 256 distinct groups can be referenced by the rule
+/// set at once (AWS caps a rule set at 200 rules, so every rule can name its own group).
+pub const GROUP_WORDS: usize = 4;
+/// Largest number of distinct groups a policy can reference.
+pub const MAX_GROUPS: usize = GROUP_WORDS * 64;
+
+/// A set of group indexes, one bit per group. The daemon assigns indexes (see its group
+/// interner); the kernel only intersects sets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupSet {
+    pub bits: [u64; GROUP_WORDS],
+}
+
+impl GroupSet {
+    pub const EMPTY: GroupSet = GroupSet { bits: [0; GROUP_WORDS] };
+
+    #[inline(always)]
+    pub fn insert(&mut self, index: usize) {
+        if index < MAX_GROUPS {
+            self.bits[index / 64] |= 1u64 << (index % 64);
+        }
+    }
+
+    #[inline(always)]
+    pub fn contains(&self, index: usize) -> bool {
+        index < MAX_GROUPS && self.bits[index / 64] & (1u64 << (index % 64)) != 0
+    }
+
+    /// True when the two sets share at least one group. Unrolled: the verifier sees four
+    /// straight-line AND/OR operations, no loop.
+    #[inline(always)]
+    pub fn intersects(&self, other: &GroupSet) -> bool {
+        (self.bits[0] & other.bits[0])
+            | (self.bits[1] & other.bits[1])
+            | (self.bits[2] & other.bits[2])
+            | (self.bits[3] & other.bits[3])
+            != 0
+    }
+}
+
+/// An active client session, keyed by its tunnel address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Session {
+    /// The daemon's session id; copied into flow events so logs can name the connection.
+    pub session_id: u64,
+    /// The groups of the session's user, as indexes of the daemon's group interner.
+    pub groups: GroupSet,
+}
+
+/// Per-session traffic counters (per CPU; the daemon sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Packets and bytes (IP length) received from the client and forwarded.
+    pub from_client_packets: u64,
+    pub from_client_bytes: u64,
+    /// Packets and bytes delivered to the client on the return path.
+    pub to_client_packets: u64,
+    pub to_client_bytes: u64,
+    /// Packets from the client that were dropped (denied, no route, NAT full).
+    pub dropped_packets: u64,
+}
+
+/// The aggregated authorization rules at one destination prefix. AWS semantics: among the rules
+/// whose CIDR contains the destination only the longest prefix counts, and at that prefix the
+/// packet is allowed when any rule is for all groups or names one of the session's groups. The
+/// daemon folds all rules of one prefix into one entry, so one LPM lookup decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuthEntry {
+    /// Non-zero when a rule at this prefix authorizes all groups.
+    pub all_groups: u32,
+    pub _pad: u32,
+    pub groups: GroupSet,
+}
+
+/// A route: which target network carries traffic to a destination prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub target_id: u32,
+}
+
+/// A target network: the interface traffic leaves through and the address it is SNATed to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetNetwork {
+    pub ifindex: u32,
+    pub snat_addr: [u8; 4],
+}
+
+/// Global settings of the data plane, written once by the daemon at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Where return traffic is delivered (the TUN device carrying client packets).
+    pub client_ifindex: u32,
+    /// The SNAT port range used when the client's own port is taken (inclusive).
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+}
+
+/// Key of both NAT tables. Forward: (proto, client addr, remote addr, client port, remote
+/// port). Reverse: (proto, SNAT addr, remote addr, SNAT port, remote port). For ICMP echo the
+/// "port" is the echo identifier and the remote port is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatKey {
+    pub proto: u8,
+    pub _pad: [u8; 3],
+    pub addr: [u8; 4],
+    pub remote_addr: [u8; 4],
+    pub port: u16,
+    pub remote_port: u16,
+}
+
+/// Flags kept on NAT entries.
+pub const NAT_FLAG_TCP_CLOSING: u32 = 1;
+
+/// Forward NAT entry: how a client flow is translated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatForward {
+    pub snat_addr: [u8; 4],
+    pub snat_port: u16,
+    pub _pad: u16,
+    pub target_id: u32,
+    pub flags: u32,
+    /// `bpf_ktime_get_ns` of the last packet in either direction.
+    pub last_seen_ns: u64,
+}
+
+/// Reverse NAT entry: where return traffic goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatReverse {
+    pub client_addr: [u8; 4],
+    pub client_port: u16,
+    pub _pad: u16,
+    pub flags: u32,
+    pub _pad2: u32,
+    pub last_seen_ns: u64,
+}
+
+/// Global per-CPU counters, indexes of the `COUNTERS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Client packets seen by the client-side program.
+    ClientPackets = 0,
+    /// Client packets forwarded to a target network.
+    Forwarded = 1,
+    /// Dropped: source is not an active session.
+    UnknownSource = 2,
+    /// Dropped: no authorization rule allows the destination for the session's groups.
+    Denied = 3,
+    /// Dropped: no route (or the route's target network is gone).
+    NoRoute = 4,
+    /// Dropped: no free NAT port for the flow.
+    NatFull = 5,
+    /// Dropped: not IPv4 (the IPv6 router solicitations every client sends land here).
+    NotIpv4 = 6,
+    /// Dropped: truncated or malformed IPv4 / L4 header.
+    Malformed = 7,
+    /// Dropped: an IP protocol or ICMP type the gateway does not forward, or a fragment.
+    Unsupported = 8,
+    /// Return packets translated and delivered to a client.
+    ReturnDelivered = 9,
+    /// Return-side packets that were not NAT traffic and passed to the host untouched.
+    ReturnPassed = 10,
+    /// New NAT flows created.
+    NatCreated = 11,
+    /// New NAT flows that could not keep the client's port.
+    NatPortRemapped = 12,
+    /// Return traffic for a NAT entry whose session is gone: dropped.
+    ReturnNoSession = 13,
+    /// Flow events lost because the ring buffer was full.
+    EventsLost = 14,
+}
+
+pub const COUNTER_COUNT: u32 = 15;
+
+impl Counter {
+    pub const ALL: [Counter; COUNTER_COUNT as usize] = [
+        Counter::ClientPackets,
+        Counter::Forwarded,
+        Counter::UnknownSource,
+        Counter::Denied,
+        Counter::NoRoute,
+        Counter::NatFull,
+        Counter::NotIpv4,
+        Counter::Malformed,
+        Counter::Unsupported,
+        Counter::ReturnDelivered,
+        Counter::ReturnPassed,
+        Counter::NatCreated,
+        Counter::NatPortRemapped,
+        Counter::ReturnNoSession,
+        Counter::EventsLost,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::ClientPackets => "client_packets",
+            Counter::Forwarded => "forwarded",
+            Counter::UnknownSource => "dropped_unknown_source",
+            Counter::Denied => "dropped_denied",
+            Counter::NoRoute => "dropped_no_route",
+            Counter::NatFull => "dropped_nat_full",
+            Counter::NotIpv4 => "dropped_not_ipv4",
+            Counter::Malformed => "dropped_malformed",
+            Counter::Unsupported => "dropped_unsupported",
+            Counter::ReturnDelivered => "return_delivered",
+            Counter::ReturnPassed => "return_passed",
+            Counter::NatCreated => "nat_created",
+            Counter::NatPortRemapped => "nat_port_remapped",
+            Counter::ReturnNoSession => "return_no_session",
+            Counter::EventsLost => "events_lost",
+        }
+    }
+}
+
+/// Kinds of flow events the kernel reports through the `EVENTS` ring buffer.
+pub const EVENT_DENIED: u32 = 1;
+pub const EVENT_NO_ROUTE: u32 = 2;
+pub const EVENT_UNKNOWN_SOURCE: u32 = 3;
+pub const EVENT_NAT_FULL: u32 = 4;
+
+/// One flow event: enough to log who tried what.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    pub timestamp_ns: u64,
+    /// 0 for `EVENT_UNKNOWN_SOURCE`.
+    pub session_id: u64,
+    pub kind: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+    pub src_addr: [u8; 4],
+    pub dst_addr: [u8; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub _pad2: u32,
+}
+
+/// IP protocol numbers the data plane understands.
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], Copy, made of integers and byte arrays, with every
+    // padding byte spelled out as a field, so any bit pattern is valid.
+    unsafe impl aya::Pod for GroupSet {}
+    unsafe impl aya::Pod for Session {}
+    unsafe impl aya::Pod for SessionStats {}
+    unsafe impl aya::Pod for AuthEntry {}
+    unsafe impl aya::Pod for RouteEntry {}
+    unsafe impl aya::Pod for TargetNetwork {}
+    unsafe impl aya::Pod for GatewayConfig {}
+    unsafe impl aya::Pod for NatKey {}
+    unsafe impl aya::Pod for NatForward {}
+    unsafe impl aya::Pod for NatReverse {}
+    unsafe impl aya::Pod for FlowEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<GroupSet>(), 32);
+        assert_eq!(size_of::<Session>(), 40);
+        assert_eq!(size_of::<AuthEntry>(), 40);
+        assert_eq!(size_of::<TargetNetwork>(), 8);
+        assert_eq!(size_of::<GatewayConfig>(), 8);
+        assert_eq!(size_of::<NatKey>(), 16);
+        assert_eq!(size_of::<NatForward>(), 24);
+        assert_eq!(size_of::<NatReverse>(), 24);
+        assert_eq!(size_of::<FlowEvent>(), 40);
+    }
+
+    #[test]
+    fn group_sets() {
+        let mut a = GroupSet::EMPTY;
+        let mut b = GroupSet::EMPTY;
+        a.insert(3);
+        a.insert(200);
+        b.insert(200);
+        assert!(a.contains(200) && a.intersects(&b));
+        b = GroupSet::EMPTY;
+        b.insert(4);
+        assert!(!a.intersects(&b));
+        a.insert(MAX_GROUPS); // out of range: ignored, never panics
+        assert!(!a.contains(MAX_GROUPS));
+    }
+}

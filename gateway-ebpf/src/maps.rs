@@ -1,0 +1,64 @@
+//! Every map of the data plane, one per purpose. Types come from `gateway-common`; sizes here are
+//! defaults the daemon may override at load time (`EbpfLoader::map_max_entries`).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use gateway_common::{
+    AuthEntry, FlowEvent, GatewayConfig, NatForward, NatKey, NatReverse, RouteEntry, Session,
+    SessionStats, TargetNetwork, COUNTER_COUNT,
+};
+
+/// Active sessions by client tunnel address.
+#[map]
+pub static SESSIONS: HashMap<[u8; 4], Session> = HashMap::with_max_entries(65536, 0);
+
+/// Per-session counters by client tunnel address.
+#[map]
+pub static SESSION_STATS: PerCpuHashMap<[u8; 4], SessionStats> =
+    PerCpuHashMap::with_max_entries(65536, 0);
+
+/// Authorization rules, double-buffered: `POLICY_SLOT` says which pair (AUTH_n, ROUTE_n) is live.
+#[map]
+pub static AUTH_0: LpmTrie<[u8; 4], AuthEntry> = LpmTrie::with_max_entries(16384, 0);
+#[map]
+pub static AUTH_1: LpmTrie<[u8; 4], AuthEntry> = LpmTrie::with_max_entries(16384, 0);
+
+/// Routes to target networks, double-buffered with the rules.
+#[map]
+pub static ROUTE_0: LpmTrie<[u8; 4], RouteEntry> = LpmTrie::with_max_entries(4096, 0);
+#[map]
+pub static ROUTE_1: LpmTrie<[u8; 4], RouteEntry> = LpmTrie::with_max_entries(4096, 0);
+
+/// Index 0: the live policy slot (0 or 1). One 4-byte write flips rules and routes together.
+#[map]
+pub static POLICY_SLOT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Target networks by id.
+#[map]
+pub static TARGETS: HashMap<u32, TargetNetwork> = HashMap::with_max_entries(1024, 0);
+
+/// Index 0: global settings.
+#[map]
+pub static CONFIG: Array<GatewayConfig> = Array::with_max_entries(1, 0);
+
+/// NAT, client side: (proto, client, remote, client port, remote port) -> translation.
+#[map]
+pub static NAT_FWD: LruHashMap<NatKey, NatForward> = LruHashMap::with_max_entries(262144, 0);
+
+/// NAT, target side: (proto, SNAT address, remote, SNAT port, remote port) -> client.
+#[map]
+pub static NAT_REV: LruHashMap<NatKey, NatReverse> = LruHashMap::with_max_entries(262144, 0);
+
+/// Global counters, indexed by `gateway_common::Counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// Flow events for the flow log (denied, no route, unknown source, NAT full).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+// Keep the event type in the object's BTF for tools that inspect the ring buffer.
+#[allow(dead_code)]
+const _EVENT_SIZE: usize = core::mem::size_of::<FlowEvent>();

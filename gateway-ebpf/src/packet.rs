@@ -1,0 +1,260 @@
+//! Packet parsing and rewriting for the TC programs. Reads go through `bpf_skb_load_bytes`
+//! (`TcContext::load`), which checks bounds against the whole packet, linear or not; writes
+//! through `bpf_skb_store_bytes` and the checksum helpers, which keep hardware-offloaded
+//! checksums (CHECKSUM_PARTIAL from veths) right.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_skb_change_head,
+    programs::TcContext,
+};
+use gateway_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+
+pub const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+
+// Offsets inside the IPv4 header and the L4 headers.
+const IP_CSUM: usize = 10;
+const IP_SRC: usize = 12;
+const IP_DST: usize = 16;
+const TCP_CSUM: usize = 16;
+const UDP_CSUM: usize = 6;
+const ICMP_CSUM: usize = 2;
+const ICMP_ID: usize = 4;
+
+#[derive(Clone, Copy)]
+pub enum PacketError {
+    /// Not an IPv4 packet.
+    NotIpv4,
+    /// Shorter than its headers say, or a bad header length.
+    Malformed,
+    /// A protocol, ICMP type or fragment the gateway does not translate.
+    Unsupported,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Hdr {
+    version_ihl: u8,
+    tos: u8,
+    tot_len: [u8; 2],
+    id: [u8; 2],
+    frag_off: [u8; 2],
+    ttl: u8,
+    proto: u8,
+    check: [u8; 2],
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+/// The first 14 bytes of a TCP header (ports, sequence numbers, offset, flags).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TcpHead {
+    sport: [u8; 2],
+    dport: [u8; 2],
+    seq: [u8; 4],
+    ack: [u8; 4],
+    off: u8,
+    flags: u8,
+}
+
+/// UDP header, or the first 8 bytes of an ICMP echo (type, code, csum, id, seq).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Head8 {
+    a: [u8; 2],
+    b: [u8; 2],
+    c: [u8; 2],
+    d: [u8; 2],
+}
+
+/// What the programs need to know about a packet.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub proto: u8,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// Ports in host order; for ICMP echo, `sport`/`dport` hold the identifier on the side it
+    /// is translated (source for requests from clients, destination for replies), 0 on the
+    /// other.
+    pub sport: u16,
+    pub dport: u16,
+    pub ip_len: u16,
+    /// Offset of the L4 header from the start of the packet.
+    pub l4: usize,
+    pub tcp_fin_or_rst: bool,
+    /// UDP only: the checksum field is zero (no checksum).
+    pub udp_no_csum: bool,
+}
+
+/// Parses an IPv4 TCP, UDP or ICMP echo packet whose IP header starts at `l3`. With `l3 ==
+/// ETH_HLEN` the Ethernet type is checked first. `from_client` selects which ICMP echo type is
+/// expected (requests from clients, replies on the return path).
+#[inline(always)]
+pub fn parse(ctx: &TcContext, l3: usize, from_client: bool) -> Result<Flow, PacketError> {
+    if l3 == ETH_HLEN {
+        let proto: [u8; 2] = ctx.load(12).map_err(|_| PacketError::Malformed)?;
+        if u16::from_be_bytes(proto) != ETH_P_IP {
+            return Err(PacketError::NotIpv4);
+        }
+    }
+    let first: u8 = ctx.load(l3).map_err(|_| PacketError::Malformed)?;
+    if first >> 4 != 4 {
+        return Err(PacketError::NotIpv4);
+    }
+    let ip: Ipv4Hdr = ctx.load(l3).map_err(|_| PacketError::Malformed)?;
+    let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return Err(PacketError::Malformed);
+    }
+    let ip_len = u16::from_be_bytes(ip.tot_len);
+    if (ip_len as usize) < ihl || (ctx.len() as usize) < l3 + ip_len as usize {
+        return Err(PacketError::Malformed);
+    }
+    // Fragments carry no (or partial) L4 headers: not translated.
+    if u16::from_be_bytes(ip.frag_off) & 0x3fff != 0 {
+        return Err(PacketError::Unsupported);
+    }
+    let l4 = l3 + ihl;
+    let mut flow = Flow {
+        proto: ip.proto,
+        src: ip.src,
+        dst: ip.dst,
+        sport: 0,
+        dport: 0,
+        ip_len,
+        l4,
+        tcp_fin_or_rst: false,
+        udp_no_csum: false,
+    };
+    match ip.proto {
+        IPPROTO_TCP => {
+            let tcp: TcpHead = ctx.load(l4).map_err(|_| PacketError::Malformed)?;
+            flow.sport = u16::from_be_bytes(tcp.sport);
+            flow.dport = u16::from_be_bytes(tcp.dport);
+            // FIN (0x01) or RST (0x04).
+            flow.tcp_fin_or_rst = tcp.flags & 0x05 != 0;
+        }
+        IPPROTO_UDP => {
+            let udp: Head8 = ctx.load(l4).map_err(|_| PacketError::Malformed)?;
+            flow.sport = u16::from_be_bytes(udp.a);
+            flow.dport = u16::from_be_bytes(udp.b);
+            flow.udp_no_csum = udp.d == [0, 0];
+        }
+        IPPROTO_ICMP => {
+            let icmp: Head8 = ctx.load(l4).map_err(|_| PacketError::Malformed)?;
+            let expected = if from_client { ICMP_ECHO_REQUEST } else { ICMP_ECHO_REPLY };
+            if icmp.a[0] != expected || icmp.a[1] != 0 {
+                return Err(PacketError::Unsupported);
+            }
+            let id = u16::from_be_bytes(icmp.c);
+            if from_client {
+                flow.sport = id;
+            } else {
+                flow.dport = id;
+            }
+        }
+        _ => return Err(PacketError::Unsupported),
+    }
+    Ok(flow)
+}
+
+#[inline(always)]
+fn l4_csum_offset(flow: &Flow) -> usize {
+    match flow.proto {
+        IPPROTO_TCP => flow.l4 + TCP_CSUM,
+        IPPROTO_UDP => flow.l4 + UDP_CSUM,
+        _ => flow.l4 + ICMP_CSUM,
+    }
+}
+
+/// Replaces one IPv4 address (source or destination, at `addr_off` in the IP header) and one
+/// port (or ICMP id) at `port_off` from the start of the packet, fixing the IP and L4
+/// checksums.
+#[inline(always)]
+fn rewrite(
+    ctx: &TcContext,
+    l3: usize,
+    flow: &Flow,
+    addr_off: usize,
+    old_addr: [u8; 4],
+    new_addr: [u8; 4],
+    port_off: usize,
+    old_port: u16,
+    new_port: u16,
+) -> Result<(), PacketError> {
+    let csum = l4_csum_offset(flow);
+    let old_a = u32::from_ne_bytes(old_addr) as u64;
+    let new_a = u32::from_ne_bytes(new_addr) as u64;
+    let old_p = u16::to_be(old_port) as u64;
+    let new_p = u16::to_be(new_port) as u64;
+    let err = |_| PacketError::Malformed;
+    if old_addr != new_addr {
+        ctx.store(l3 + addr_off, &new_addr, 0).map_err(err)?;
+        ctx.l3_csum_replace(l3 + IP_CSUM, old_a, new_a, 4).map_err(err)?;
+        match flow.proto {
+            IPPROTO_TCP => ctx
+                .l4_csum_replace(csum, old_a, new_a, (BPF_F_PSEUDO_HDR | 4) as u64)
+                .map_err(err)?,
+            IPPROTO_UDP => ctx
+                .l4_csum_replace(
+                    csum,
+                    old_a,
+                    new_a,
+                    (BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | 4) as u64,
+                )
+                .map_err(err)?,
+            // ICMP has no pseudo-header.
+            _ => {}
+        }
+    }
+    if old_port != new_port {
+        ctx.store(port_off, &new_port.to_be_bytes(), 0).map_err(err)?;
+        let flags = if flow.proto == IPPROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 | 2 } else { 2 };
+        ctx.l4_csum_replace(csum, old_p, new_p, flags).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// SNAT: source address and source port (ICMP: echo id) of a client packet.
+#[inline(always)]
+pub fn rewrite_source(
+    ctx: &TcContext,
+    l3: usize,
+    flow: &Flow,
+    snat_addr: [u8; 4],
+    snat_port: u16,
+) -> Result<(), PacketError> {
+    let port_off = if flow.proto == IPPROTO_ICMP { flow.l4 + ICMP_ID } else { flow.l4 };
+    rewrite(ctx, l3, flow, IP_SRC, flow.src, snat_addr, port_off, flow.sport, snat_port)
+}
+
+/// Reverse NAT: destination address and destination port (ICMP: echo id) of a return packet.
+#[inline(always)]
+pub fn rewrite_destination(
+    ctx: &TcContext,
+    l3: usize,
+    flow: &Flow,
+    client_addr: [u8; 4],
+    client_port: u16,
+) -> Result<(), PacketError> {
+    let port_off = if flow.proto == IPPROTO_ICMP { flow.l4 + ICMP_ID } else { flow.l4 + 2 };
+    rewrite(ctx, l3, flow, IP_DST, flow.dst, client_addr, port_off, flow.dport, client_port)
+}
+
+/// Puts an Ethernet header (zero MACs, type IPv4) in front of an IP packet. The kernel drops
+/// packets redirected from a TUN to an Ethernet device without one (DESIGN.md section 5);
+/// `bpf_redirect_neigh` then fills in the MAC addresses.
+#[inline(always)]
+pub fn push_ethernet(ctx: &TcContext) -> Result<(), PacketError> {
+    // SAFETY: helper call on our own context.
+    let ret = unsafe { bpf_skb_change_head(ctx.skb.skb, ETH_HLEN as u32, 0) };
+    if ret != 0 {
+        return Err(PacketError::Malformed);
+    }
+    ctx.store(12, &ETH_P_IP.to_be_bytes(), 0).map_err(|_| PacketError::Malformed)?;
+    Ok(())
+}

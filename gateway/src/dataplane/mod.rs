@@ -1,0 +1,842 @@
+//! The kernel data plane, seen from userspace: loads and attaches the programs of
+//! `gateway-ebpf`, and offers the typed API the rest of the daemon drives — sessions, the policy
+//! (authorization rules and routes, replaced atomically), target networks, counters, flow events
+//! and NAT expiry.
+
+pub mod policy;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    os::fd::AsRawFd,
+    time::Duration,
+};
+
+use aya::{
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        RingBuf,
+    },
+    programs::{
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
+        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+    },
+    Ebpf, EbpfLoader,
+};
+use gateway_common::{
+    AuthEntry, Counter, FlowEvent, GatewayConfig, NatForward, NatKey, NatReverse, RouteEntry,
+    Session, SessionStats, TargetNetwork, COUNTER_COUNT, EVENT_DENIED, EVENT_NAT_FULL,
+    EVENT_NO_ROUTE, EVENT_UNKNOWN_SOURCE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    NAT_FLAG_TCP_CLOSING,
+};
+use policy::{compile_routes, compile_rules, group_set, GroupInterner, Policy, Prefix};
+use tracing::{debug, info, warn};
+
+/// The kernel object built by `cargo xtask build-ebpf` (see build.rs).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("CVPN_EBPF_OBJECT"));
+
+const PROG_CLIENT: &str = "client_ingress";
+const PROG_TARGET: &str = "target_ingress";
+
+/// Errors of the data plane. Each says what failed and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    #[error("the data plane needs root (CAP_BPF and CAP_NET_ADMIN): run cvpn as root")]
+    NotRoot,
+    #[error("the kernel refused the cvpn programs or maps: {0}. cvpn needs Linux 5.15 or later with BPF LPM tries, ring buffers and TC (TCX or clsact)")]
+    Load(#[source] aya::EbpfError),
+    #[error("the kernel refused program {program}: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot attach {program} to interface {interface}: {detail}")]
+    Attach {
+        program: &'static str,
+        interface: String,
+        detail: String,
+    },
+    #[error("interface {0:?} does not exist on this host (see `ip link`)")]
+    NoSuchInterface(String),
+    #[error("interface {0:?} has no IPv4 address to SNAT to: give it one (`ip addr add`) or set the SNAT address explicitly")]
+    NoSnatAddress(String),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("the policy names {wanted} distinct groups; rules can reference at most {max} groups at once")]
+    TooManyGroups { wanted: usize, max: usize },
+    #[error("no target network with id {0}")]
+    UnknownTarget(u32),
+    #[error("target network id {0} is already in use")]
+    TargetExists(u32),
+    #[error("a session with client address {0} is already active")]
+    SessionExists(Ipv4Addr),
+    #[error("the kernel object lacks map {0}: rebuild it with `cargo xtask build-ebpf`")]
+    MissingMap(&'static str),
+    #[error("route to {destination} names target network {target}, which is not attached")]
+    RouteToUnknownTarget { destination: String, target: u32 },
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataPlaneError {
+    move |source| DataPlaneError::Map { map, source }
+}
+
+/// What carries client packets into the data plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientLink {
+    /// A TUN device: packets start at the IP header (the product).
+    Tun,
+    /// An Ethernet device (veth): used by fixtures and the veth benchmark variant.
+    Ethernet,
+}
+
+/// Idle timeouts of NAT entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatTimeouts {
+    pub tcp: Duration,
+    /// After a FIN or RST was seen in either direction.
+    pub tcp_closing: Duration,
+    pub udp: Duration,
+    pub icmp: Duration,
+}
+
+impl Default for NatTimeouts {
+    fn default() -> Self {
+        NatTimeouts {
+            tcp: Duration::from_secs(7440),
+            tcp_closing: Duration::from_secs(10),
+            udp: Duration::from_secs(120),
+            icmp: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Load-time settings.
+#[derive(Clone, Debug)]
+pub struct DataPlaneConfig {
+    /// The device client packets arrive on; `None` loads without attaching (fixtures).
+    pub client_interface: Option<String>,
+    pub client_link: ClientLink,
+    /// Entries of each NAT table (forward and reverse).
+    pub nat_table_size: u32,
+    pub max_sessions: u32,
+    /// SNAT ports used when the client's own port is taken (inclusive).
+    pub nat_port_range: (u16, u16),
+    pub nat_timeouts: NatTimeouts,
+}
+
+impl Default for DataPlaneConfig {
+    fn default() -> Self {
+        DataPlaneConfig {
+            client_interface: None,
+            client_link: ClientLink::Tun,
+            nat_table_size: 262_144,
+            max_sessions: 65_536,
+            nat_port_range: (1024, 65535),
+            nat_timeouts: NatTimeouts::default(),
+        }
+    }
+}
+
+/// A target network to add: traffic routed to `id` leaves through `interface`, SNATed to
+/// `snat_addr` (by default the interface's first IPv4 address).
+#[derive(Clone, Debug)]
+pub struct TargetSpec {
+    pub id: u32,
+    pub interface: String,
+    pub snat_addr: Option<Ipv4Addr>,
+}
+
+/// Per-session counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionCounters {
+    pub from_client_packets: u64,
+    pub from_client_bytes: u64,
+    pub to_client_packets: u64,
+    pub to_client_bytes: u64,
+    pub dropped_packets: u64,
+}
+
+/// Global counters, summed over CPUs, by [`Counter`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GlobalCounters(pub BTreeMap<&'static str, u64>);
+
+impl GlobalCounters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0.get(c.name()).copied().unwrap_or(0)
+    }
+}
+
+/// What a flow event reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowEventKind {
+    Denied,
+    NoRoute,
+    UnknownSource,
+    NatFull,
+    Other(u32),
+}
+
+impl FlowEventKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FlowEventKind::Denied => "denied",
+            FlowEventKind::NoRoute => "no-route",
+            FlowEventKind::UnknownSource => "unknown-source",
+            FlowEventKind::NatFull => "nat-table-full",
+            FlowEventKind::Other(_) => "unknown",
+        }
+    }
+}
+
+/// A decoded flow event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEventRecord {
+    pub kind: FlowEventKind,
+    pub session_id: u64,
+    pub protocol: u8,
+    pub src: Ipv4Addr,
+    pub src_port: u16,
+    pub dst: Ipv4Addr,
+    pub dst_port: u16,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub timestamp_ns: u64,
+}
+
+impl FlowEventRecord {
+    fn decode(raw: &[u8]) -> Option<Self> {
+        if raw.len() < std::mem::size_of::<FlowEvent>() {
+            return None;
+        }
+        // SAFETY: length checked; FlowEvent is plain data; read_unaligned tolerates alignment.
+        let e: FlowEvent = unsafe { std::ptr::read_unaligned(raw.as_ptr() as *const FlowEvent) };
+        let kind = match e.kind {
+            EVENT_DENIED => FlowEventKind::Denied,
+            EVENT_NO_ROUTE => FlowEventKind::NoRoute,
+            EVENT_UNKNOWN_SOURCE => FlowEventKind::UnknownSource,
+            EVENT_NAT_FULL => FlowEventKind::NatFull,
+            other => FlowEventKind::Other(other),
+        };
+        Some(FlowEventRecord {
+            kind,
+            session_id: e.session_id,
+            protocol: e.proto,
+            src: Ipv4Addr::from(e.src_addr),
+            src_port: e.src_port,
+            dst: Ipv4Addr::from(e.dst_addr),
+            dst_port: e.dst_port,
+            timestamp_ns: e.timestamp_ns,
+        })
+    }
+}
+
+/// The ring buffer of flow events, taken out of the data plane so a reader thread or task can
+/// own it. The raw fd is pollable (readable when events are waiting).
+pub struct FlowEvents {
+    ring: RingBuf<MapData>,
+}
+
+impl FlowEvents {
+    /// Drains every event waiting now.
+    pub fn drain(&mut self) -> Vec<FlowEventRecord> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if let Some(rec) = FlowEventRecord::decode(&item) {
+                out.push(rec);
+            }
+        }
+        out
+    }
+
+    /// Waits up to `timeout` for events, then drains.
+    pub fn wait(&mut self, timeout: Duration) -> Vec<FlowEventRecord> {
+        let first = self.drain();
+        if !first.is_empty() {
+            return first;
+        }
+        let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+        self.drain()
+    }
+}
+
+impl AsRawFd for FlowEvents {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+}
+
+/// One NAT translation, as listed for operators and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatEntry {
+    pub protocol: u8,
+    pub client: (Ipv4Addr, u16),
+    pub snat: (Ipv4Addr, u16),
+    pub remote: (Ipv4Addr, u16),
+    pub closing: bool,
+    /// Since the last packet in either direction.
+    pub idle: Duration,
+}
+
+/// Result of a NAT expiry pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatGcReport {
+    pub expired: usize,
+    /// Entries of sessions that ended.
+    pub orphaned: usize,
+    pub remaining: usize,
+}
+
+/// The result of one `BPF_PROG_TEST_RUN`.
+#[derive(Clone, Debug)]
+pub struct TestRunOutput {
+    pub verdict: i32,
+    pub packet: Vec<u8>,
+    pub duration: Duration,
+}
+
+/// Which program a fixture runs.
+#[derive(Clone, Copy, Debug)]
+pub enum ProgramKind {
+    ClientIngress,
+    TargetIngress,
+}
+
+struct SessionState {
+    session_id: u64,
+    groups: Vec<String>,
+}
+
+struct TargetState {
+    interface: String,
+    snat_addr: Ipv4Addr,
+}
+
+type AuthTrie = LpmTrie<MapData, [u8; 4], AuthEntry>;
+type RouteTrie = LpmTrie<MapData, [u8; 4], RouteEntry>;
+
+/// The loaded data plane. Dropping it detaches every program.
+pub struct DataPlane {
+    ebpf: Ebpf,
+    config: DataPlaneConfig,
+    sessions_map: BpfHashMap<MapData, [u8; 4], Session>,
+    stats_map: PerCpuHashMap<MapData, [u8; 4], SessionStats>,
+    auth: [AuthTrie; 2],
+    routes: [RouteTrie; 2],
+    slot_map: Array<MapData, u32>,
+    targets_map: BpfHashMap<MapData, u32, TargetNetwork>,
+    nat_fwd: BpfHashMap<MapData, NatKey, NatForward>,
+    nat_rev: BpfHashMap<MapData, NatKey, NatReverse>,
+    counters: PerCpuArray<MapData, u64>,
+    events: Option<FlowEvents>,
+    // Mirrors of what the kernel holds, so updates write only differences.
+    slot: u32,
+    slot_auth: [BTreeMap<Prefix, AuthEntry>; 2],
+    slot_routes: [BTreeMap<Prefix, RouteEntry>; 2],
+    policy: Policy,
+    groups: GroupInterner,
+    sessions: HashMap<Ipv4Addr, SessionState>,
+    targets: HashMap<u32, TargetState>,
+    /// Interface -> (link, number of target networks using it).
+    target_links: HashMap<String, (SchedClassifierLinkId, usize)>,
+    client_link: Option<SchedClassifierLinkId>,
+    nr_cpus: usize,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataPlaneError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DataPlaneError::MissingMap(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// The first IPv4 address of an interface.
+pub fn interface_ipv4(interface: &str) -> Option<Ipv4Addr> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    for a in addrs {
+        if a.interface_name != interface {
+            continue;
+        }
+        if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+            return Some(sin.ip());
+        }
+    }
+    None
+}
+
+pub fn interface_index(interface: &str) -> Result<u32, DataPlaneError> {
+    nix::net::if_::if_nametoindex(interface)
+        .map_err(|_| DataPlaneError::NoSuchInterface(interface.to_string()))
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC is what bpf_ktime_get_ns reads.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl DataPlane {
+    /// Loads the programs and maps; attaches the client program when the config names an
+    /// interface.
+    pub fn load(config: DataPlaneConfig) -> Result<Self, DataPlaneError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(DataPlaneError::NotRoot);
+        }
+        let l2: u32 = match config.client_link {
+            ClientLink::Tun => 0,
+            ClientLink::Ethernet => 14,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CLIENT_L2_LEN", &l2, true)
+            .map_max_entries("NAT_FWD", config.nat_table_size)
+            .map_max_entries("NAT_REV", config.nat_table_size)
+            .map_max_entries("SESSIONS", config.max_sessions)
+            .map_max_entries("SESSION_STATS", config.max_sessions)
+            .load(EBPF_OBJECT)
+            .map_err(DataPlaneError::Load)?;
+        for name in [PROG_CLIENT, PROG_TARGET] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DataPlaneError::Program {
+                    program: if name == PROG_CLIENT { PROG_CLIENT } else { PROG_TARGET },
+                    source: ProgramError::NotLoaded,
+                })?
+                .try_into()
+                .map_err(|source| DataPlaneError::Program { program: PROG_CLIENT, source })?;
+            prog.load().map_err(|source| DataPlaneError::Program {
+                program: if name == PROG_CLIENT { PROG_CLIENT } else { PROG_TARGET },
+                source,
+            })?;
+        }
+        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| {
+            DataPlaneError::Load(aya::EbpfError::FileError {
+                path: "/sys/devices/system/cpu/possible".into(),
+                error: e,
+            })
+        })?;
+        let mut dp = DataPlane {
+            sessions_map: take(&mut ebpf, "SESSIONS")?,
+            stats_map: take(&mut ebpf, "SESSION_STATS")?,
+            auth: [take(&mut ebpf, "AUTH_0")?, take(&mut ebpf, "AUTH_1")?],
+            routes: [take(&mut ebpf, "ROUTE_0")?, take(&mut ebpf, "ROUTE_1")?],
+            slot_map: take(&mut ebpf, "POLICY_SLOT")?,
+            targets_map: take(&mut ebpf, "TARGETS")?,
+            nat_fwd: take(&mut ebpf, "NAT_FWD")?,
+            nat_rev: take(&mut ebpf, "NAT_REV")?,
+            counters: take(&mut ebpf, "COUNTERS")?,
+            events: Some(FlowEvents { ring: take(&mut ebpf, "EVENTS")? }),
+            ebpf,
+            slot: 0,
+            slot_auth: [BTreeMap::new(), BTreeMap::new()],
+            slot_routes: [BTreeMap::new(), BTreeMap::new()],
+            policy: Policy::default(),
+            groups: GroupInterner::default(),
+            sessions: HashMap::new(),
+            targets: HashMap::new(),
+            target_links: HashMap::new(),
+            client_link: None,
+            nr_cpus,
+            config,
+        };
+        let client_ifindex = match &dp.config.client_interface {
+            Some(name) => interface_index(name)?,
+            None => 0,
+        };
+        let cfg = GatewayConfig {
+            client_ifindex,
+            nat_port_min: dp.config.nat_port_range.0,
+            nat_port_max: dp.config.nat_port_range.1,
+        };
+        let mut config_map: Array<MapData, GatewayConfig> = take(&mut dp.ebpf, "CONFIG")?;
+        config_map.set(0, cfg, 0).map_err(map_err("CONFIG"))?;
+        if let Some(name) = dp.config.client_interface.clone() {
+            let link = dp.attach(PROG_CLIENT, &name)?;
+            dp.client_link = Some(link);
+            info!(interface = %name, "client program attached");
+        }
+        Ok(dp)
+    }
+
+    fn classifier(&mut self, program: &'static str) -> Result<&mut SchedClassifier, DataPlaneError> {
+        self.ebpf
+            .program_mut(program)
+            .ok_or(DataPlaneError::Program { program, source: ProgramError::NotLoaded })?
+            .try_into()
+            .map_err(|source| DataPlaneError::Program { program, source })
+    }
+
+    /// TC ingress: TCX where the kernel has it, else a clsact qdisc and a netlink filter.
+    fn attach(
+        &mut self,
+        program: &'static str,
+        interface: &str,
+    ) -> Result<SchedClassifierLinkId, DataPlaneError> {
+        interface_index(interface)?;
+        let prog = self.classifier(program)?;
+        match prog.attach(interface, TcAttachType::Ingress) {
+            Ok(link) => Ok(link),
+            Err(tcx_err) => {
+                debug!(%interface, error = %tcx_err, "TCX attach failed; trying clsact");
+                if let Err(e) = tc::qdisc_add_clsact(interface) {
+                    debug!(%interface, error = %e, "clsact qdisc (may already exist)");
+                }
+                prog.attach_with_options(
+                    interface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::Netlink(NlOptions::default()),
+                )
+                .map_err(|e| DataPlaneError::Attach {
+                    program,
+                    interface: interface.to_string(),
+                    detail: format!("TCX: {tcx_err}; clsact: {e}"),
+                })
+            }
+        }
+    }
+
+    pub fn config(&self) -> &DataPlaneConfig {
+        &self.config
+    }
+
+    // ---- sessions -------------------------------------------------------------------------
+
+    /// Registers an active session: packets from `addr` are accepted from now on, authorized
+    /// by `groups`.
+    pub fn add_session(
+        &mut self,
+        addr: Ipv4Addr,
+        session_id: u64,
+        groups: &[String],
+    ) -> Result<(), DataPlaneError> {
+        if self.sessions.contains_key(&addr) {
+            return Err(DataPlaneError::SessionExists(addr));
+        }
+        let key = addr.octets();
+        let zero = PerCpuValues::try_from(vec![SessionStats::default(); self.nr_cpus])
+            .map_err(|e| map_err("SESSION_STATS")(MapError::from(e)))?;
+        self.stats_map.insert(key, zero, 0).map_err(map_err("SESSION_STATS"))?;
+        let session = Session { session_id, groups: group_set(groups, self.groups.current()) };
+        self.sessions_map.insert(key, session, 0).map_err(map_err("SESSIONS"))?;
+        self.sessions.insert(addr, SessionState { session_id, groups: groups.to_vec() });
+        debug!(%addr, session_id, ?groups, "session added");
+        Ok(())
+    }
+
+    /// Removes a session; its packets are dropped from now on. Returns its final counters.
+    pub fn remove_session(&mut self, addr: Ipv4Addr) -> Result<Option<SessionCounters>, DataPlaneError> {
+        let key = addr.octets();
+        if self.sessions.remove(&addr).is_none() {
+            return Ok(None);
+        }
+        match self.sessions_map.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err("SESSIONS")(e)),
+        }
+        let counters = self.session_counters(addr)?;
+        let _ = self.stats_map.remove(&key);
+        debug!(%addr, "session removed");
+        Ok(counters)
+    }
+
+    pub fn session_counters(&self, addr: Ipv4Addr) -> Result<Option<SessionCounters>, DataPlaneError> {
+        match self.stats_map.get(&addr.octets(), 0) {
+            Ok(values) => {
+                let mut c = SessionCounters::default();
+                for v in values.iter() {
+                    c.from_client_packets += v.from_client_packets;
+                    c.from_client_bytes += v.from_client_bytes;
+                    c.to_client_packets += v.to_client_packets;
+                    c.to_client_bytes += v.to_client_bytes;
+                    c.dropped_packets += v.dropped_packets;
+                }
+                Ok(Some(c))
+            }
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("SESSION_STATS")(e)),
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    // ---- policy ---------------------------------------------------------------------------
+
+    /// Replaces the authorization rules and routes as one unit. The new policy is written into
+    /// the idle slot, then one 4-byte write makes it live: a packet sees the old policy or the
+    /// new one, never a mix. Running flows are judged by the new policy from their next packet.
+    pub fn replace_policy(&mut self, policy: Policy) -> Result<(), DataPlaneError> {
+        for r in &policy.routes {
+            if !self.targets.contains_key(&r.target) {
+                return Err(DataPlaneError::RouteToUnknownTarget {
+                    destination: r.destination.to_string(),
+                    target: r.target,
+                });
+            }
+        }
+        let plan = self.groups.plan(&policy)?;
+        let auth = compile_rules(&policy.rules, &plan.next);
+        let routes = compile_routes(&policy.routes);
+        let idle = (1 - self.slot) as usize;
+
+        // 1. Sessions learn bits of newly referenced groups (the live policy ignores them).
+        self.rewrite_session_groups(&plan.transition)?;
+        // 2. Fill the idle slot with the new entries.
+        sync_trie(&mut self.auth[idle], &mut self.slot_auth[idle], &auth, "AUTH")?;
+        sync_trie(&mut self.routes[idle], &mut self.slot_routes[idle], &routes, "ROUTE")?;
+        // 3. Flip.
+        self.slot_map.set(0, idle as u32, 0).map_err(map_err("POLICY_SLOT"))?;
+        self.slot = idle as u32;
+        // 4. Sessions drop the bits of groups no rule names any more.
+        self.rewrite_session_groups(&plan.next)?;
+        self.groups.commit(plan);
+        info!(rules = policy.rules.len(), routes = policy.routes.len(), slot = idle, "policy applied");
+        self.policy = policy;
+        Ok(())
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn rewrite_session_groups(&mut self, bits: &HashMap<String, usize>) -> Result<(), DataPlaneError> {
+        for (addr, s) in &self.sessions {
+            let session = Session { session_id: s.session_id, groups: group_set(&s.groups, bits) };
+            self.sessions_map
+                .insert(addr.octets(), session, 0)
+                .map_err(map_err("SESSIONS"))?;
+        }
+        Ok(())
+    }
+
+    // ---- target networks ------------------------------------------------------------------
+
+    /// Adds a target network: attaches the return-path program to its interface (once per
+    /// interface) and makes it routable.
+    pub fn add_target_network(&mut self, spec: TargetSpec) -> Result<Ipv4Addr, DataPlaneError> {
+        if self.targets.contains_key(&spec.id) {
+            return Err(DataPlaneError::TargetExists(spec.id));
+        }
+        let ifindex = interface_index(&spec.interface)?;
+        let snat_addr = match spec.snat_addr {
+            Some(a) => a,
+            None => interface_ipv4(&spec.interface)
+                .ok_or_else(|| DataPlaneError::NoSnatAddress(spec.interface.clone()))?,
+        };
+        if let Some((_, users)) = self.target_links.get_mut(&spec.interface) {
+            *users += 1;
+        } else {
+            let link = self.attach(PROG_TARGET, &spec.interface)?;
+            self.target_links.insert(spec.interface.clone(), (link, 1));
+        }
+        self.targets_map
+            .insert(spec.id, TargetNetwork { ifindex, snat_addr: snat_addr.octets() }, 0)
+            .map_err(map_err("TARGETS"))?;
+        self.targets.insert(spec.id, TargetState { interface: spec.interface.clone(), snat_addr });
+        info!(id = spec.id, interface = %spec.interface, %snat_addr, "target network added");
+        Ok(snat_addr)
+    }
+
+    /// Removes a target network; routes to it stop matching (their packets count as no-route).
+    pub fn remove_target_network(&mut self, id: u32) -> Result<(), DataPlaneError> {
+        let state = self.targets.remove(&id).ok_or(DataPlaneError::UnknownTarget(id))?;
+        match self.targets_map.remove(&id) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err("TARGETS")(e)),
+        }
+        let last = match self.target_links.get_mut(&state.interface) {
+            Some((_, users)) => {
+                *users -= 1;
+                *users == 0
+            }
+            None => false,
+        };
+        if last {
+            if let Some((link, _)) = self.target_links.remove(&state.interface) {
+                let prog = self.classifier(PROG_TARGET)?;
+                if let Err(e) = prog.detach(link) {
+                    warn!(interface = %state.interface, error = %e, "detach failed");
+                }
+            }
+        }
+        info!(id, interface = %state.interface, "target network removed");
+        Ok(())
+    }
+
+    pub fn target_snat_addr(&self, id: u32) -> Option<Ipv4Addr> {
+        self.targets.get(&id).map(|t| t.snat_addr)
+    }
+
+    // ---- observation ----------------------------------------------------------------------
+
+    pub fn global_counters(&self) -> Result<GlobalCounters, DataPlaneError> {
+        let mut out = BTreeMap::new();
+        for c in Counter::ALL {
+            let values = self.counters.get(&(c as u32), 0).map_err(map_err("COUNTERS"))?;
+            out.insert(c.name(), values.iter().sum());
+        }
+        debug_assert_eq!(out.len(), COUNTER_COUNT as usize);
+        Ok(GlobalCounters(out))
+    }
+
+    /// Takes the flow-event ring buffer (once) for a reader of its own.
+    pub fn take_flow_events(&mut self) -> Option<FlowEvents> {
+        self.events.take()
+    }
+
+    /// Lists NAT translations (forward table joined with the reverse table).
+    pub fn nat_entries(&self) -> Vec<NatEntry> {
+        let now = monotonic_ns();
+        let mut out = Vec::new();
+        for item in self.nat_rev.iter() {
+            let Ok((k, r)) = item else { continue };
+            let fwd_key = NatKey { addr: r.client_addr, port: r.client_port, ..k };
+            let fwd = self.nat_fwd.get(&fwd_key, 0).ok();
+            let last = fwd.map_or(r.last_seen_ns, |f| f.last_seen_ns.max(r.last_seen_ns));
+            out.push(NatEntry {
+                protocol: k.proto,
+                client: (Ipv4Addr::from(r.client_addr), r.client_port),
+                snat: (Ipv4Addr::from(k.addr), k.port),
+                remote: (Ipv4Addr::from(k.remote_addr), k.remote_port),
+                closing: (r.flags | fwd.map_or(0, |f| f.flags)) & NAT_FLAG_TCP_CLOSING != 0,
+                idle: Duration::from_nanos(now.saturating_sub(last)),
+            });
+        }
+        out
+    }
+
+    fn timeout_for(&self, proto: u8, closing: bool) -> Duration {
+        let t = &self.config.nat_timeouts;
+        match proto {
+            IPPROTO_TCP if closing => t.tcp_closing,
+            IPPROTO_TCP => t.tcp,
+            IPPROTO_UDP => t.udp,
+            IPPROTO_ICMP => t.icmp,
+            _ => t.udp,
+        }
+    }
+
+    /// Deletes NAT entries idle longer than their timeout, and those of ended sessions. The
+    /// daemon calls this every few seconds; the LRU tables also evict under pressure.
+    pub fn expire_nat(&mut self) -> NatGcReport {
+        let now = monotonic_ns();
+        let mut report = NatGcReport::default();
+        let mut doomed: Vec<(NatKey, NatKey, bool)> = Vec::new();
+        let mut live_fwd = std::collections::HashSet::new();
+        for item in self.nat_rev.iter() {
+            let Ok((rev_key, r)) = item else { continue };
+            let fwd_key = NatKey { addr: r.client_addr, port: r.client_port, ..rev_key };
+            let fwd = self.nat_fwd.get(&fwd_key, 0).ok();
+            let last = fwd.map_or(r.last_seen_ns, |f| f.last_seen_ns.max(r.last_seen_ns));
+            let closing = (r.flags | fwd.map_or(0, |f| f.flags)) & NAT_FLAG_TCP_CLOSING != 0;
+            let idle = Duration::from_nanos(now.saturating_sub(last));
+            let orphan = !self.sessions.contains_key(&Ipv4Addr::from(r.client_addr));
+            if orphan || idle > self.timeout_for(rev_key.proto, closing) {
+                doomed.push((rev_key, fwd_key, orphan));
+            } else {
+                live_fwd.insert(fwd_key);
+            }
+        }
+        for (rev_key, fwd_key, orphan) in doomed {
+            let _ = self.nat_rev.remove(&rev_key);
+            // Only when the forward entry still points at this reverse entry.
+            if let Ok(f) = self.nat_fwd.get(&fwd_key, 0) {
+                if f.snat_addr == rev_key.addr && f.snat_port == rev_key.port {
+                    let _ = self.nat_fwd.remove(&fwd_key);
+                }
+            }
+            if orphan {
+                report.orphaned += 1;
+            } else {
+                report.expired += 1;
+            }
+        }
+        // Forward entries without a reverse entry (LRU evicted it) are useless: drop them.
+        let stray: Vec<NatKey> = self
+            .nat_fwd
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live_fwd.contains(k))
+            .collect();
+        for k in stray {
+            let _ = self.nat_fwd.remove(&k);
+        }
+        report.remaining = live_fwd.len();
+        report
+    }
+
+    // ---- fixtures -------------------------------------------------------------------------
+
+    /// Runs a program once on `input` through `BPF_PROG_TEST_RUN` (data starts with an
+    /// Ethernet header, as the kernel's test runner requires for TC programs).
+    pub fn test_run(
+        &mut self,
+        program: ProgramKind,
+        input: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutput, DataPlaneError> {
+        let name = match program {
+            ProgramKind::ClientIngress => PROG_CLIENT,
+            ProgramKind::TargetIngress => PROG_TARGET,
+        };
+        let prog = self.classifier(name)?;
+        let mut out = vec![0u8; input.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            repeat: repeat.max(1),
+            ..TestRunOptions::default()
+        };
+        let res = prog
+            .test_run(opts)
+            .map_err(|source| DataPlaneError::Program { program: name, source })?;
+        out.truncate(res.data_size_out as usize);
+        Ok(TestRunOutput {
+            verdict: res.return_value as i32,
+            packet: out,
+            duration: res.duration,
+        })
+    }
+}
+
+/// Makes `trie` hold exactly `want`, writing only differences; `mirror` is what it holds now.
+fn sync_trie<V: aya::Pod + PartialEq + Copy>(
+    trie: &mut LpmTrie<MapData, [u8; 4], V>,
+    mirror: &mut BTreeMap<Prefix, V>,
+    want: &BTreeMap<Prefix, V>,
+    name: &'static str,
+) -> Result<(), DataPlaneError> {
+    for (prefix, _) in mirror.iter().filter(|(p, _)| !want.contains_key(*p)) {
+        match trie.remove(&Key::new(prefix.0, prefix.1)) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    for (prefix, value) in want {
+        if mirror.get(prefix) != Some(value) {
+            trie.insert(&Key::new(prefix.0, prefix.1), *value, 0).map_err(map_err(name))?;
+        }
+    }
+    *mirror = want.clone();
+    Ok(())
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        // aya detaches every link when the programs are dropped; say so in the log.
+        debug!(
+            client = self.client_link.is_some(),
+            targets = self.target_links.len(),
+            "detaching data-plane programs"
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! Authorization rules and routes, compiled into the entries of the kernel's LPM tries.
+//!
+//! Pure code: no maps here, so the compilation is unit-tested without a kernel.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use gateway_common::{AuthEntry, GroupSet, RouteEntry, MAX_GROUPS};
+use ipnet::Ipv4Net;
+
+use super::DataPlaneError;
+
+/// Who an authorization rule admits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Access {
+    AllGroups,
+    Group(String),
+}
+
+/// An authorization rule: traffic to `destination` is allowed for `access`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorizationRule {
+    pub destination: Ipv4Net,
+    pub access: Access,
+}
+
+/// A route: traffic to `destination` leaves through target network `target`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub destination: Ipv4Net,
+    pub target: u32,
+}
+
+/// The whole policy of an endpoint; replaced as one unit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub rules: Vec<AuthorizationRule>,
+    pub routes: Vec<Route>,
+}
+
+/// LPM key as the kernel stores it: (prefix length, network address bytes).
+pub type Prefix = (u32, [u8; 4]);
+
+pub(crate) fn prefix_of(net: &Ipv4Net) -> Prefix {
+    let net = net.trunc();
+    (u32::from(net.prefix_len()), net.network().octets())
+}
+
+/// Assigns each group name a bit of [`GroupSet`]. A bit freed by one policy is not reused by the
+/// very next one, so that while the old policy is still live no session gains a bit that the
+/// old policy gives to another group (see [`GroupInterner::plan`]).
+#[derive(Debug, Default)]
+pub struct GroupInterner {
+    bits: HashMap<String, usize>,
+}
+
+/// The group assignment for a policy change: `transition` is valid for both the old and the new
+/// policy (sessions get it before the flip), `next` only for the new one (after the flip).
+#[derive(Debug)]
+pub struct GroupPlan {
+    pub transition: HashMap<String, usize>,
+    pub next: HashMap<String, usize>,
+}
+
+impl GroupInterner {
+    pub fn plan(&self, policy: &Policy) -> Result<GroupPlan, DataPlaneError> {
+        let wanted: BTreeSet<&str> = policy
+            .rules
+            .iter()
+            .filter_map(|r| match &r.access {
+                Access::Group(g) => Some(g.as_str()),
+                Access::AllGroups => None,
+            })
+            .collect();
+        let used_now: BTreeSet<usize> = self.bits.values().copied().collect();
+        let mut next = HashMap::new();
+        for g in &wanted {
+            if let Some(&bit) = self.bits.get(*g) {
+                next.insert((*g).to_string(), bit);
+            }
+        }
+        let mut free = (0..MAX_GROUPS).filter(|b| !used_now.contains(b));
+        for g in &wanted {
+            if next.contains_key(*g) {
+                continue;
+            }
+            let bit = free.next().ok_or(DataPlaneError::TooManyGroups {
+                wanted: wanted.len(),
+                max: MAX_GROUPS,
+            })?;
+            next.insert((*g).to_string(), bit);
+        }
+        let mut transition = self.bits.clone();
+        transition.extend(next.iter().map(|(k, v)| (k.clone(), *v)));
+        Ok(GroupPlan { transition, next })
+    }
+
+    pub fn commit(&mut self, plan: GroupPlan) {
+        self.bits = plan.next;
+    }
+
+    pub fn current(&self) -> &HashMap<String, usize> {
+        &self.bits
+    }
+}
+
+/// The group set of a user under an assignment; groups no rule names get no bit.
+pub fn group_set<S: AsRef<str>>(groups: &[S], bits: &HashMap<String, usize>) -> GroupSet {
+    let mut set = GroupSet::EMPTY;
+    for g in groups {
+        if let Some(&bit) = bits.get(g.as_ref()) {
+            set.insert(bit);
+        }
+    }
+    set
+}
+
+/// Folds all rules of one prefix into one entry: the kernel's single LPM lookup then finds the
+/// longest matching prefix and, with it, every rule that counts (AWS semantics).
+pub fn compile_rules(
+    rules: &[AuthorizationRule],
+    bits: &HashMap<String, usize>,
+) -> BTreeMap<Prefix, AuthEntry> {
+    let mut out: BTreeMap<Prefix, AuthEntry> = BTreeMap::new();
+    for rule in rules {
+        let entry = out.entry(prefix_of(&rule.destination)).or_default();
+        match &rule.access {
+            Access::AllGroups => entry.all_groups = 1,
+            Access::Group(g) => {
+                if let Some(&bit) = bits.get(g) {
+                    entry.groups.insert(bit);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Routes by prefix. Two routes for the same prefix: the first wins (the control plane refuses
+/// duplicates before they get here).
+pub fn compile_routes(routes: &[Route]) -> BTreeMap<Prefix, RouteEntry> {
+    let mut out = BTreeMap::new();
+    for r in routes {
+        out.entry(prefix_of(&r.destination))
+            .or_insert(RouteEntry { target_id: r.target });
+    }
+    out
+}
+
+/// The decision the kernel makes, computed in userspace from the same compiled entries: used by
+/// tests as the reference model, and by the CLI to explain a decision.
+pub fn authorize(
+    entries: &BTreeMap<Prefix, AuthEntry>,
+    groups: &GroupSet,
+    dst: std::net::Ipv4Addr,
+) -> bool {
+    let d = u32::from(dst);
+    let best = entries
+        .iter()
+        .filter(|((len, net), _)| {
+            let mask = if *len == 0 { 0 } else { u32::MAX << (32 - len) };
+            d & mask == u32::from_be_bytes(*net)
+        })
+        .max_by_key(|((len, _), _)| *len);
+    match best {
+        Some((_, e)) => e.all_groups != 0 || e.groups.intersects(groups),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(cidr: &str, access: Access) -> AuthorizationRule {
+        AuthorizationRule { destination: cidr.parse().unwrap(), access }
+    }
+
+    #[test]
+    fn longest_prefix_takes_the_destination_away_from_broader_rules() {
+        let policy = Policy {
+            rules: vec![
+                rule("0.0.0.0/0", Access::AllGroups),
+                rule("10.1.0.0/16", Access::Group("a".into())),
+                rule("10.1.2.0/24", Access::Group("b".into())),
+            ],
+            routes: vec![],
+        };
+        let plan = GroupInterner::default().plan(&policy).unwrap();
+        let entries = compile_rules(&policy.rules, &plan.next);
+        let a = group_set(&["a"], &plan.next);
+        let b = group_set(&["b"], &plan.next);
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(authorize(&entries, &a, ip("10.1.9.9")));
+        assert!(!authorize(&entries, &b, ip("10.1.9.9")));
+        // The /24 for B takes 10.1.2.0/24 away from A's /16 and from 0.0.0.0/0.
+        assert!(authorize(&entries, &b, ip("10.1.2.3")));
+        assert!(!authorize(&entries, &a, ip("10.1.2.3")));
+        // Only 0.0.0.0/0 covers 8.8.8.8: everyone.
+        assert!(authorize(&entries, &GroupSet::EMPTY, ip("8.8.8.8")));
+    }
+
+    #[test]
+    fn freed_bits_are_not_reused_by_the_next_policy() {
+        let mut interner = GroupInterner::default();
+        let p1 = Policy { rules: vec![rule("10.0.0.0/8", Access::Group("old".into()))], routes: vec![] };
+        let plan = interner.plan(&p1).unwrap();
+        let old_bit = plan.next["old"];
+        interner.commit(plan);
+        let p2 = Policy { rules: vec![rule("10.0.0.0/8", Access::Group("new".into()))], routes: vec![] };
+        let plan = interner.plan(&p2).unwrap();
+        assert_ne!(plan.next["new"], old_bit);
+        assert_eq!(plan.transition["old"], old_bit);
+        assert!(!plan.next.contains_key("old"));
+    }
+
+    #[test]
+    fn too_many_groups_is_an_error_not_a_panic() {
+        let rules = (0..=MAX_GROUPS)
+            .map(|i| rule("10.0.0.0/8", Access::Group(format!("g{i}"))))
+            .collect();
+        let err = GroupInterner::default().plan(&Policy { rules, routes: vec![] }).unwrap_err();
+        assert!(err.to_string().contains("groups"), "{err}");
+    }
+}

@@ -1,0 +1,6 @@
+//! cvpn: a self-hosted Client VPN gateway. One module per concern:
+//!
+//! * [`dataplane`]: the kernel programs' loader and the typed API that drives them.
+//! * [`tun`]: TUN devices (the path between the data channel and the kernel data plane).
+pub mod dataplane;
+pub mod tun;

@@ -1,0 +1,142 @@
+//! Test hosts for cvpn: network namespaces, veths and TUN devices made by the test itself, with
+//! unique names, addresses only inside them, and teardown on drop (also when a test fails).
+//!
+//! * [`Netns`]: a named network namespace (`ip netns`), deleted on drop.
+//! * [`Netns::run`]: runs a closure on a thread inside the namespace (sockets it makes stay
+//!   there).
+//! * [`Relay`]: a plain packet relay (no crypto) between client TUN devices and the gateway's
+//!   TUN — the stand-in for the data channel in data-plane tests.
+//! * [`Topology`]: clients → relay → gateway (kernel data plane) → private network.
+
+pub mod topology;
+
+use std::{
+    fs::File,
+    os::fd::AsFd,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{bail, Context, Result};
+
+pub use topology::{Relay, Topology, TopologyOptions};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short unique tag for names (interface names are at most 15 bytes).
+pub fn unique_tag() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{:x}{:x}", std::process::id() % 0xffff, n)
+}
+
+/// Runs a command; fails with its output when it fails.
+pub fn sh(cmd: &mut Command) -> Result<Output> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("cannot run {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// `ip` with arguments split on whitespace.
+pub fn ip(args: &str) -> Result<Output> {
+    sh(Command::new("ip").args(args.split_whitespace()))
+}
+
+/// A network namespace of this test run; deleted (with everything in it) on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `cv<tag><role>`; loopback is brought up.
+    pub fn new(role: &str) -> Result<Self> {
+        let name = format!("cv{}{}", unique_tag(), role);
+        ip(&format!("netns add {name}"))?;
+        let ns = Netns { name };
+        ns.ip("link set lo up")?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip -n <ns> <args>`.
+    pub fn ip(&self, args: &str) -> Result<Output> {
+        sh(Command::new("ip").arg("-n").arg(&self.name).args(args.split_whitespace()))
+    }
+
+    /// A command run inside the namespace (`ip netns exec`).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Moves the calling thread into the namespace. Only for threads that end with the test
+    /// (libtest runs each test on its own thread).
+    pub fn enter(&self) -> Result<()> {
+        let f = File::open(format!("/run/netns/{}", self.name))
+            .with_context(|| format!("open netns {}", self.name))?;
+        nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("setns into {}", self.name))?;
+        Ok(())
+    }
+
+    /// Runs `f` on a new thread inside the namespace and returns its handle.
+    pub fn spawn<T, F>(&self, f: F) -> std::thread::JoinHandle<Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T> + Send + 'static,
+    {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = File::open(&path).with_context(|| format!("open {path}"))?;
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("setns {path}"))?;
+            f()
+        })
+    }
+
+    /// Runs `f` inside the namespace and waits for it.
+    pub fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T> + Send + 'static,
+    {
+        match self.spawn(f).join() {
+            Ok(r) => r,
+            Err(_) => bail!("thread in netns {} panicked", self.name),
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Connects two namespaces with a veth pair and brings both ends up.
+pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
+    let tmp_a = format!("va{}", unique_tag());
+    let tmp_b = format!("vb{}", unique_tag());
+    ip(&format!("link add {tmp_a} type veth peer name {tmp_b}"))?;
+    ip(&format!("link set {tmp_a} netns {} name {a_if}", a.name()))?;
+    ip(&format!("link set {tmp_b} netns {} name {b_if}", b.name()))?;
+    a.ip(&format!("link set {a_if} up"))?;
+    b.ip(&format!("link set {b_if} up"))?;
+    Ok(())
+}
+
+/// True when this process may create namespaces and load BPF programs.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}

@@ -1,0 +1,104 @@
+//! `cargo xtask <command>`: the project's runners. Every command that needs the toolchain runs
+//! `setup` first, so each works on a fresh machine.
+//!
+//! * `setup`      — Debian packages, nightly rust-src, bpf-linker (idempotent; fast when done)
+//! * `build-ebpf` — the kernel programs (nightly, bpfel-unknown-none)
+//! * `build`      — kernel programs, then the daemon
+//! * `test`       — the whole suite (unit, fixture and network-namespace tests)
+//! * `demo`       — the main job on an embedded default
+//! * `bench dataplane` — data plane vs the kernel's forwarding + iptables path
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+
+mod setup;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ sits in the root").to_path_buf()
+}
+
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+fn build_ebpf() -> Result<()> {
+    let root = root();
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root.join("gateway-ebpf"))
+        .env("RUSTUP_AUTO_INSTALL", "0")
+        // The host's flags (coverage, sanitizers) must not leak into the BPF target.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .args(["+nightly", "build", "--release", "--target-dir"])
+        .arg(root.join("target/ebpf"));
+    run(&mut cmd).context("building the kernel programs (gateway-ebpf)")
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    run(Command::new("cargo").current_dir(root()).args(args))
+}
+
+fn help() {
+    eprintln!(
+        "usage: cargo xtask <setup | build-ebpf | build | test | demo | bench dataplane>\n\
+         \n  setup        install what the build and tests need (idempotent)\
+         \n  build-ebpf   build the kernel programs\
+         \n  build        kernel programs, then the cvpn binary (release)\
+         \n  test         set up, build, and run the whole test suite\
+         \n  demo         set up, build, and run the demo\
+         \n  bench dataplane   benchmark the data plane against the kernel's own path"
+    );
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup::setup(),
+        Some("build-ebpf") => setup::setup().and_then(|_| build_ebpf()),
+        Some("build") => setup::setup()
+            .and_then(|_| build_ebpf())
+            .and_then(|_| cargo(&["build", "--release", "-p", "gateway"])),
+        Some("test") => setup::setup().and_then(|_| build_ebpf()).and_then(|_| test(&args[1..])),
+        Some("demo") => setup::setup()
+            .and_then(|_| build_ebpf())
+            .and_then(|_| cargo(&["run", "--release", "-p", "cvpn-tests", "--bin", "cvpn-demo"])),
+        Some("bench") => setup::setup().and_then(|_| build_ebpf()).and_then(|_| bench(&args[1..])),
+        _ => {
+            help();
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    let mut args: Vec<&str> = vec!["test", "--workspace", "--exclude", "xtask"];
+    // Network-namespace tests share the host's kernel; they use unique names, but keep the
+    // load moderate on a 2-core machine.
+    args.extend(["--", "--test-threads=2"]);
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("dataplane") | None => cargo(&[
+            "run", "--release", "-p", "cvpn-tests", "--bin", "cvpn-bench-dataplane", "--",
+        ]),
+        Some(other) => bail!("unknown benchmark {other:?}; available: dataplane"),
+    }
+}

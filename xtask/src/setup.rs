@@ -1,0 +1,108 @@
+//! `cargo xtask setup`: installs what building and testing need, and nothing twice. A second
+//! run only checks (one dpkg query, one sysroot look-up, one version call): well under a second.
+use std::{path::PathBuf, process::Command, time::Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::run;
+
+/// Debian packages: LLVM 22 for bpf-linker (DESIGN.md section 5), and the real tools the tests
+/// and benchmarks drive.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "iptables",
+    "iperf3",
+    "openvpn",
+    "procps",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn missing_packages() -> Vec<&'static str> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${Status}\n"])
+        .args(PACKAGES)
+        .output();
+    let text = match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(_) => String::new(),
+    };
+    PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !text.lines().any(|l| l.starts_with(&format!("{p} ")) && l.ends_with("install ok installed")))
+        .collect()
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+fn nightly_has_rust_src() -> Result<bool> {
+    let out = Command::new("rustc")
+        .env("RUSTUP_AUTO_INSTALL", "0")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .context("running `rustc +nightly`: is the nightly toolchain installed? (`rustup toolchain list`)")?;
+    if !out.status.success() {
+        bail!(
+            "the nightly toolchain is missing ({}); cvpn builds its kernel programs with the machine's preinstalled nightly",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    Ok(sysroot.join("lib/rustlib/src/rust/library/core").is_dir())
+}
+
+fn bpf_linker_ok() -> bool {
+    let bin = cargo_home().join("bin/bpf-linker");
+    Command::new(&bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false)
+}
+
+pub fn setup() -> Result<()> {
+    let started = Instant::now();
+    let missing = missing_packages();
+    if !missing.is_empty() {
+        eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+        run(Command::new("apt-get").arg("update").arg("-q"))
+            .context("apt-get update (setup needs root and the Debian mirror)")?;
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing))
+        .context("installing Debian packages")?;
+    }
+    if !nightly_has_rust_src()? {
+        eprintln!("setup: adding rust-src to the nightly toolchain");
+        run(Command::new("rustup")
+            .env("RUSTUP_AUTO_INSTALL", "0")
+            .args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    if !bpf_linker_ok() {
+        eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+        let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+        run(Command::new("cargo")
+            .env("PATH", path)
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+            .env_remove("RUSTFLAGS")
+            .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22"]))
+        .context("building bpf-linker")?;
+    }
+    let took = started.elapsed();
+    if std::env::var_os("CVPN_SETUP_QUIET").is_none() {
+        eprintln!("setup: toolchain ready ({} ms)", took.as_millis());
+    }
+    Ok(())
+}
