@@ -18,6 +18,7 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "openvpn",
     "procps",
+    "iputils-ping",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
