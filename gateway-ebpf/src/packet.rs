@@ -12,6 +12,7 @@ use gateway_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
 
@@ -88,6 +89,12 @@ pub struct Flow {
     pub tcp_fin_or_rst: bool,
     /// UDP only: the checksum field is zero (no checksum).
     pub udp_no_csum: bool,
+}
+
+/// True for an ARP frame (only asked on Ethernet links).
+#[inline(always)]
+pub fn is_arp(ctx: &TcContext) -> bool {
+    matches!(ctx.load::<[u8; 2]>(12), Ok(t) if u16::from_be_bytes(t) == ETH_P_ARP)
 }
 
 /// Parses an IPv4 TCP, UDP or ICMP echo packet whose IP header starts at `l3`. With `l3 ==

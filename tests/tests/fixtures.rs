@@ -283,6 +283,8 @@ fn malformed_and_unsupported_packets_are_dropped_without_changes() {
     let good = build(A, HOST, L4::Tcp { sport: 1234, dport: 80, fin: false }, b"");
     let mut ipv6 = good.clone();
     ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let mut arp = good.clone();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     let mut bad_ihl = good.clone();
     bad_ihl[14] = 0x43;
     let mut long_total = good.clone();
@@ -293,6 +295,7 @@ fn malformed_and_unsupported_packets_are_dropped_without_changes() {
     gre[23] = 47;
     let rows = vec![
         Row { what: "IPv6 ethertype", program: ProgramKind::ClientIngress, input: ipv6, verdict: TC_ACT_SHOT, output: None },
+        Row { what: "ARP on an Ethernet client link goes to the host", program: ProgramKind::ClientIngress, input: arp, verdict: TC_ACT_OK, output: None },
         Row { what: "IP header only, TCP header cut off", program: ProgramKind::ClientIngress, input: good[..34].to_vec(), verdict: TC_ACT_SHOT, output: None },
         Row { what: "IHL below 5", program: ProgramKind::ClientIngress, input: bad_ihl, verdict: TC_ACT_SHOT, output: None },
         Row { what: "total length beyond the packet", program: ProgramKind::ClientIngress, input: long_total, verdict: TC_ACT_SHOT, output: None },

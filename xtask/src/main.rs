@@ -96,9 +96,11 @@ fn test(extra: &[String]) -> Result<()> {
 
 fn bench(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
-        Some("dataplane") | None => cargo(&[
-            "run", "--release", "-p", "cvpn-tests", "--bin", "cvpn-bench-dataplane", "--",
-        ]),
+        Some("dataplane") | None => {
+            let mut a = vec!["run", "--release", "-p", "cvpn-benches", "--bin", "cvpn-bench-dataplane", "--"];
+            a.extend(args.iter().skip(1).map(String::as_str));
+            cargo(&a)
+        }
         Some(other) => bail!("unknown benchmark {other:?}; available: dataplane"),
     }
 }
