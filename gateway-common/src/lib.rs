@@ -267,6 +267,16 @@ pub struct FlowEvent {
     pub _pad2: u32,
 }
 
+/// What carries client packets into the data plane (the `CLIENT_LINK` global of the programs).
+/// A TUN: packets start at the IP header.
+pub const CLIENT_LINK_TUN: u32 = 0;
+/// An Ethernet device whose peers are hosts (a veth in the benchmark): frames carry a real
+/// Ethernet header; return traffic needs the client's MAC (`bpf_redirect_neigh`).
+pub const CLIENT_LINK_ETHERNET: u32 = 1;
+/// A TAP device read by the daemon: frames carry an Ethernet header the daemon ignores; return
+/// traffic keeps whatever header it had. Unlike a TUN it accepts XDP frames (`ndo_xdp_xmit`).
+pub const CLIENT_LINK_TAP: u32 = 2;
+
 /// IP protocol numbers the data plane understands.
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;

@@ -11,30 +11,31 @@
 #![no_std]
 #![no_main]
 
-mod maps;
+pub(crate) mod maps;
 mod packet;
+mod xdp;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh},
-    macros::classifier,
+    macros::{classifier, xdp},
     maps::lpm_trie::Key,
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
 use gateway_common::{
     AuthEntry, Counter, FlowEvent, NatForward, NatKey, NatReverse, RouteEntry, Session,
     SessionStats, EVENT_DENIED, EVENT_NAT_FULL, EVENT_NO_ROUTE, EVENT_UNKNOWN_SOURCE,
-    IPPROTO_ICMP, IPPROTO_TCP, NAT_FLAG_TCP_CLOSING,
+    CLIENT_LINK_ETHERNET, CLIENT_LINK_TUN, IPPROTO_ICMP, IPPROTO_TCP, NAT_FLAG_TCP_CLOSING,
 };
 
 use maps::*;
 use packet::{Flow, PacketError, ETH_HLEN};
 
-/// Length of the link-layer header in front of client packets: 0 on the TUN device (packets
-/// start at the IP header). The daemon sets 14 for an instance that takes Ethernet frames —
-/// `BPF_PROG_TEST_RUN` fixtures, and the benchmark's veth variant.
+/// What carries client packets (`gateway_common::CLIENT_LINK_*`): a TUN (packets start at the
+/// IP header), an Ethernet device (benchmark veth, fixtures), or a TAP. Set by the daemon at
+/// load time.
 #[no_mangle]
-static CLIENT_L2_LEN: u32 = 0;
+static CLIENT_LINK: u32 = 0;
 
 /// How many ports the NAT tries before it gives up on a flow (the client's own port first).
 const NAT_PORT_TRIES: u32 = 16;
@@ -49,7 +50,7 @@ enum Drop {
 }
 
 #[inline(always)]
-fn count(counter: Counter) {
+pub(crate) fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: a per-CPU slot; nothing else on this CPU runs this program concurrently.
         unsafe { *slot += 1 };
@@ -57,10 +58,20 @@ fn count(counter: Counter) {
 }
 
 #[inline(always)]
-fn client_l2_len() -> usize {
+pub(crate) fn client_link() -> u32 {
     // SAFETY: a read of a global the loader may rewrite before load; volatile so the compiler
     // does not fold the default.
-    unsafe { core::ptr::read_volatile(&CLIENT_L2_LEN) as usize }
+    unsafe { core::ptr::read_volatile(&CLIENT_LINK) }
+}
+
+/// Length of the link-layer header in front of client packets.
+#[inline(always)]
+fn client_l2_len() -> usize {
+    if client_link() == CLIENT_LINK_TUN {
+        0
+    } else {
+        ETH_HLEN
+    }
 }
 
 fn emit(kind: u32, flow: &Flow, session_id: u64) {
@@ -82,7 +93,7 @@ fn emit(kind: u32, flow: &Flow, session_id: u64) {
     }
 }
 
-fn add_session_stats(addr: &[u8; 4], bytes: u16, to_client: bool, dropped: bool) {
+pub(crate) fn add_session_stats(addr: &[u8; 4], bytes: u16, to_client: bool, dropped: bool) {
     let ptr = match SESSION_STATS.get_ptr_mut(addr) {
         Some(ptr) => ptr,
         None => {
@@ -302,21 +313,18 @@ fn allocate_nat(
     Some(port)
 }
 
-#[classifier]
-pub fn target_ingress(ctx: TcContext) -> i32 {
-    match try_target_ingress(&ctx) {
-        Ok(verdict) => verdict,
-        Err(_) => {
-            // Not ours (or not parseable as ours): the host stack decides.
-            count(Counter::ReturnPassed);
-            TC_ACT_OK
-        }
-    }
+/// Why return-side traffic is not delivered to a client.
+pub enum ReturnError {
+    /// Not NAT return traffic (or not parseable as such): the host stack decides.
+    NotOurs(PacketError),
+    /// NAT return traffic for a session that ended: dropped.
+    NoSession,
 }
 
-/// `Err` means "not NAT return traffic": pass it on.
-fn try_target_ingress(ctx: &TcContext) -> Result<i32, PacketError> {
-    let flow = packet::parse(ctx, ETH_HLEN, false)?;
+/// The reverse-NAT step shared by the TC and XDP return paths: finds the client of a return
+/// packet, refreshes the entry, and checks that the client's session is still active.
+#[inline(always)]
+pub fn reverse_nat(flow: &Flow) -> Result<([u8; 4], u16), ReturnError> {
     let rev_key = NatKey {
         proto: flow.proto,
         _pad: [0; 3],
@@ -325,7 +333,9 @@ fn try_target_ingress(ctx: &TcContext) -> Result<i32, PacketError> {
         port: flow.dport,
         remote_port: flow.sport,
     };
-    let entry = NAT_REV.get_ptr_mut(&rev_key).ok_or(PacketError::Unsupported)?;
+    let entry = NAT_REV
+        .get_ptr_mut(&rev_key)
+        .ok_or(ReturnError::NotOurs(PacketError::Unsupported))?;
     // SAFETY: valid for this run; fields copied out and plain writes.
     let (client_addr, client_port) = unsafe {
         (*entry).last_seen_ns = bpf_ktime_get_ns();
@@ -337,8 +347,26 @@ fn try_target_ingress(ctx: &TcContext) -> Result<i32, PacketError> {
     // SAFETY: read-only lookup of a key that exists or not.
     if unsafe { SESSIONS.get(&client_addr) }.is_none() {
         count(Counter::ReturnNoSession);
-        return Ok(TC_ACT_SHOT);
+        return Err(ReturnError::NoSession);
     }
+    Ok((client_addr, client_port))
+}
+
+#[classifier]
+pub fn target_ingress(ctx: TcContext) -> i32 {
+    match try_target_ingress(&ctx) {
+        Ok(verdict) => verdict,
+        Err(ReturnError::NotOurs(_)) => {
+            count(Counter::ReturnPassed);
+            TC_ACT_OK
+        }
+        Err(ReturnError::NoSession) => TC_ACT_SHOT,
+    }
+}
+
+fn try_target_ingress(ctx: &TcContext) -> Result<i32, ReturnError> {
+    let flow = packet::parse(ctx, ETH_HLEN, false).map_err(ReturnError::NotOurs)?;
+    let (client_addr, client_port) = reverse_nat(&flow)?;
     if packet::rewrite_destination(ctx, ETH_HLEN, &flow, client_addr, client_port).is_err() {
         count(Counter::Malformed);
         return Ok(TC_ACT_SHOT);
@@ -347,15 +375,24 @@ fn try_target_ingress(ctx: &TcContext) -> Result<i32, PacketError> {
     count(Counter::ReturnDelivered);
 
     let cfg = CONFIG.get(0).copied().unwrap_or_default();
-    let verdict = if client_l2_len() == 0 {
-        // The TUN is a layer-3 device: the kernel strips the Ethernet header on redirect.
-        // SAFETY: helper call.
-        unsafe { bpf_redirect(cfg.client_ifindex, 0) as i32 }
-    } else {
+    let verdict = if client_link() == CLIENT_LINK_ETHERNET {
+        // Hosts behind an Ethernet link need their MAC: the kernel's neighbour table has it.
         // SAFETY: helper call; NULL neighbour = FIB lookup.
         unsafe { bpf_redirect_neigh(cfg.client_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+    } else {
+        // TUN: a layer-3 device, the kernel strips the Ethernet header on redirect. TAP: the
+        // daemon reads the frame and ignores its header.
+        // SAFETY: helper call.
+        unsafe { bpf_redirect(cfg.client_ifindex, 0) as i32 }
     };
     Ok(verdict)
+}
+
+/// The return path at the driver (XDP native where the driver allows): used when the client
+/// link is a TUN. See `xdp.rs`.
+#[xdp]
+pub fn target_xdp(ctx: XdpContext) -> u32 {
+    xdp::verdict(&ctx)
 }
 
 #[cfg(not(test))]

@@ -1,5 +1,5 @@
-//! TUN devices: layer-3 interfaces whose packets (starting at the IP header) are read and
-//! written through a file descriptor. The daemon writes decrypted client packets into one; the
+//! TUN and TAP devices: interfaces whose packets (TUN: from the IP header; TAP: Ethernet
+//! frames) are read and written through a file descriptor. The daemon writes decrypted client packets into one; the
 //! kernel data plane takes them from its ingress.
 
 use std::{
@@ -10,6 +10,7 @@ use std::{
 };
 
 const IFF_TUN: libc::c_short = 0x0001;
+const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 // _IOW('T', 202, int)
@@ -36,6 +37,13 @@ pub enum TunError {
     },
 }
 
+/// Layer 3 (TUN: IP packets) or layer 2 (TAP: Ethernet frames).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Tun,
+    Tap,
+}
+
 /// One queue of a TUN device. Dropping the last queue removes the device (unless persistent).
 #[derive(Debug)]
 pub struct Tun {
@@ -46,12 +54,22 @@ pub struct Tun {
 impl Tun {
     /// Creates (or attaches to) the TUN device `name` without packet-information headers.
     pub fn open(name: &str) -> Result<Self, TunError> {
-        Self::open_with(name, false, false)
+        Self::open_with(name, Kind::Tun, false, false)
+    }
+
+    /// Creates (or attaches to) the TAP device `name`: frames carry an Ethernet header.
+    pub fn open_tap(name: &str) -> Result<Self, TunError> {
+        Self::open_with(name, Kind::Tap, false, false)
     }
 
     /// Like [`Tun::open`]; `multi_queue` lets several fds (one per worker) share the device,
     /// `nonblocking` opens the fd with O_NONBLOCK.
-    pub fn open_with(name: &str, multi_queue: bool, nonblocking: bool) -> Result<Self, TunError> {
+    pub fn open_with(
+        name: &str,
+        kind: Kind,
+        multi_queue: bool,
+        nonblocking: bool,
+    ) -> Result<Self, TunError> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(TunError::BadName(name.to_string()));
         }
@@ -61,7 +79,11 @@ impl Tun {
             opts.custom_flags(libc::O_NONBLOCK);
         }
         let file = opts.open("/dev/net/tun").map_err(TunError::Open)?;
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI, _pad: [0; 22] };
+        let mode = match kind {
+            Kind::Tun => IFF_TUN,
+            Kind::Tap => IFF_TAP,
+        };
+        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: mode | IFF_NO_PI, _pad: [0; 22] };
         if multi_queue {
             req.flags |= IFF_MULTI_QUEUE;
         }

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use gateway::{
-    dataplane::{ClientLink, DataPlane, DataPlaneConfig, NatTimeouts, TargetSpec},
+    dataplane::{ClientLink, DataPlane, DataPlaneConfig, NatTimeouts, ReturnPath, TargetSpec},
     tun::Tun,
 };
 
@@ -53,8 +53,14 @@ fn readable(fd: i32, ms: i32) -> bool {
     unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
 }
 
+/// Ethernet header the relay puts in front of packets for a TAP gateway device (the data plane
+/// ignores its addresses; `bpf_redirect_neigh` writes real ones).
+const TAP_HEADER: [u8; 14] = [0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+
 impl Relay {
-    pub fn start(gateway: Tun, clients: Vec<(Ipv4Addr, Tun)>) -> Result<Self> {
+    /// Starts the copy threads. With `tap`, the gateway device is a TAP: the relay adds an
+    /// Ethernet header towards it and strips it coming back (as the daemon would).
+    pub fn start(gateway: Tun, clients: Vec<(Ipv4Addr, Tun)>, tap: bool) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let to_gateway = Arc::new(AtomicU64::new(0));
         let to_clients = Arc::new(AtomicU64::new(0));
@@ -67,12 +73,14 @@ impl Relay {
             let (stop, count) = (stop.clone(), to_gateway.clone());
             threads.push(std::thread::spawn(move || {
                 let mut buf = vec![0u8; 65536];
+                let off = if tap { TAP_HEADER.len() } else { 0 };
+                buf[..off].copy_from_slice(&TAP_HEADER[..off]);
                 while !stop.load(Ordering::Relaxed) {
                     if !readable(up.as_raw_fd(), 50) {
                         continue;
                     }
-                    if let Ok(n) = up.recv(&mut buf) {
-                        if gw.send(&buf[..n]).is_ok() {
+                    if let Ok(n) = up.recv(&mut buf[off..]) {
+                        if gw.send(&buf[..off + n]).is_ok() {
                             count.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -87,12 +95,17 @@ impl Relay {
                     continue;
                 }
                 let Ok(n) = gateway.recv(&mut buf) else { continue };
-                if n < 20 || buf[0] >> 4 != 4 {
+                let off = if tap { TAP_HEADER.len() } else { 0 };
+                if tap && (n < off || buf[12..14] != [0x08, 0x00]) {
                     continue;
                 }
-                let dst = [buf[16], buf[17], buf[18], buf[19]];
+                let pkt = &buf[off..n];
+                if pkt.len() < 20 || pkt[0] >> 4 != 4 {
+                    continue;
+                }
+                let dst = [pkt[16], pkt[17], pkt[18], pkt[19]];
                 if let Some(tun) = by_addr.get(&dst) {
-                    if tun.send(&buf[..n]).is_ok() {
+                    if tun.send(pkt).is_ok() {
                         count.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -116,11 +129,20 @@ pub struct TopologyOptions {
     pub clients: usize,
     pub nat_timeouts: NatTimeouts,
     pub nat_table_size: u32,
+    /// The gateway's client device: `Tun` or `Tap`.
+    pub client_link: ClientLink,
+    pub return_path: ReturnPath,
 }
 
 impl Default for TopologyOptions {
     fn default() -> Self {
-        TopologyOptions { clients: 1, nat_timeouts: NatTimeouts::default(), nat_table_size: 65536 }
+        TopologyOptions {
+            clients: 1,
+            nat_timeouts: NatTimeouts::default(),
+            nat_table_size: 65536,
+            client_link: ClientLink::Tun,
+            return_path: ReturnPath::Auto,
+        }
     }
 }
 
@@ -151,7 +173,9 @@ impl Topology {
         private.ip(&format!("addr add {PRIVATE_HOST_2}/24 dev eth0"))?;
 
         gateway.enter()?;
-        let gw_tun = Tun::open(GATEWAY_TUN).context("gateway TUN")?;
+        let tap = opts.client_link == ClientLink::Tap;
+        let gw_tun = if tap { Tun::open_tap(GATEWAY_TUN) } else { Tun::open(GATEWAY_TUN) }
+            .context("gateway TUN/TAP")?;
         gateway.ip(&format!("addr add 10.77.0.1/22 dev {GATEWAY_TUN}"))?;
         gateway.ip(&format!("link set {GATEWAY_TUN} up"))?;
 
@@ -170,7 +194,8 @@ impl Topology {
 
         let mut dataplane = DataPlane::load(DataPlaneConfig {
             client_interface: Some(GATEWAY_TUN.to_string()),
-            client_link: ClientLink::Tun,
+            client_link: opts.client_link,
+            return_path: opts.return_path,
             nat_table_size: opts.nat_table_size,
             nat_timeouts: opts.nat_timeouts,
             ..DataPlaneConfig::default()
@@ -180,7 +205,7 @@ impl Topology {
             interface: TARGET_IF.to_string(),
             snat_addr: None,
         })?;
-        let relay = Relay::start(gw_tun, client_tuns)?;
+        let relay = Relay::start(gw_tun, client_tuns, tap)?;
         Ok(Topology { relay, dataplane, clients, private, gateway })
     }
 }

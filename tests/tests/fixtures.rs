@@ -22,6 +22,8 @@ use gateway_common::Counter;
 const TC_ACT_OK: i32 = 0;
 const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_REDIRECT: i32 = 7;
+const XDP_PASS: i32 = 2;
+const XDP_REDIRECT: i32 = 4;
 
 const A: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 11); // group "a"
 const B: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 12); // group "b"
@@ -261,8 +263,22 @@ fn snat_reverse_nat_and_port_collisions() {
             Row { what: "UDP to the gateway itself: passed untouched", program: ProgramKind::TargetIngress, input: build(HOST, SNAT, L4::Udp { sport: 53, dport: 53 }, b"dns"), verdict: TC_ACT_OK, output: None },
         ],
     );
+    // The XDP return path does the same with direct packet access and incremental checksums.
+    let mut udp_no_csum = build(HOST, SNAT, L4::Udp { sport: 53, dport: 50001 }, b"nocsum");
+    udp_no_csum[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    let udp_fwd = dp.test_run(ProgramKind::ClientIngress, &build(A2, HOST, L4::Udp { sport: 50001, dport: 53 }, b"q"), 1).unwrap();
+    assert_eq!(udp_fwd.verdict, TC_ACT_REDIRECT);
+    run_rows(
+        &mut dp,
+        vec![
+            Row { what: "XDP: reply to the remapped flow", program: ProgramKind::TargetXdp, input: ret(80, p2.sport), verdict: XDP_REDIRECT, output: Some((HOST, 80, A2, 50000)) },
+            Row { what: "XDP: echo reply", program: ProgramKind::TargetXdp, input: build(HOST, SNAT, L4::EchoReply { id: e2_id, seq: 2 }, b"p"), verdict: XDP_REDIRECT, output: Some((HOST, 9, A2, 0)) },
+            Row { what: "XDP: UDP without checksum keeps none", program: ProgramKind::TargetXdp, input: udp_no_csum, verdict: XDP_REDIRECT, output: Some((HOST, 53, A2, 50001)) },
+            Row { what: "XDP: not NAT traffic passes untouched", program: ProgramKind::TargetXdp, input: ret(80, 12345), verdict: XDP_PASS, output: None },
+        ],
+    );
     let a2 = dp.session_counters(A2).unwrap().unwrap();
-    assert_eq!(a2.to_client_packets, 2);
+    assert_eq!(a2.to_client_packets, 5);
 
     // A session that ended: its return traffic is dropped, not delivered.
     dp.remove_session(A).unwrap();

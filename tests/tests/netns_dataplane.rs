@@ -12,12 +12,12 @@ use std::{
 use anyhow::{bail, Context, Result};
 use cvpn_tests::{
     is_root,
-    topology::{GATEWAY_TARGET_ADDR, PRIVATE_HOST, PRIVATE_HOST_2, TARGET_ID},
+    topology::{GATEWAY_TARGET_ADDR, PRIVATE_HOST, PRIVATE_HOST_2, TARGET_ID, TARGET_IF},
     Topology, TopologyOptions,
 };
 use gateway::dataplane::{
     policy::{Access, AuthorizationRule, Policy, Route},
-    FlowEventKind, NatTimeouts,
+    ClientLink, FlowEventKind, NatTimeouts, ReturnHook, ReturnPath,
 };
 use gateway_common::Counter;
 
@@ -88,18 +88,24 @@ fn http_get(host: Ipv4Addr, port: u16, upload: usize) -> Result<String> {
     Ok(String::from_utf8_lossy(&resp).to_string())
 }
 
-#[test]
-fn http_exchange_through_the_data_plane_is_snatted() {
+/// An HTTP exchange (300 kB up, 2 MB down) and ping through the data plane; returns nothing,
+/// asserts everything: the server sees the gateway's address, every byte arrives, counters
+/// move.
+fn http_exchange(opts: TopologyOptions, expect_hook: ReturnHook, wire_checksums: bool) {
     require_root();
-    let mut t = Topology::new(TopologyOptions::default()).unwrap();
+    let mut t = Topology::new(opts).unwrap();
+    assert_eq!(t.dataplane.return_hook(TARGET_IF), Some(expect_hook));
+    if wire_checksums {
+        // Make the private host's veth send complete checksums, as packets from a wire have.
+        t.private.command("ethtool").args(["-K", "eth0", "tx", "off"]).output().unwrap();
+    }
     let client = t.clients[0].addr;
     t.dataplane.add_session(client, 7, &["eng".to_string()]).unwrap();
     t.dataplane.replace_policy(policy(&[("10.88.0.10/32", "eng")])).unwrap();
 
     let listener = t.private.run(move || Ok(TcpListener::bind((PRIVATE_HOST, 8080))?)).unwrap();
     let server = std::thread::spawn(move || http_server(listener, 1, 2_000_000));
-    // 300 kB up, 2 MB down: both directions carry full-size (and, on the return path, GSO)
-    // segments through the programs.
+    // Both directions carry full-size (and, on the return path, GSO) segments.
     let resp = t.clients[0].ns.run(move || http_get(PRIVATE_HOST, 8080, 300_000)).unwrap();
     let peers = server.join().unwrap().unwrap();
 
@@ -119,6 +125,36 @@ fn http_exchange_through_the_data_plane_is_snatted() {
     // ICMP echo with the real ping.
     let out = t.clients[0].ns.command("ping").args(["-c", "2", "-W", "2", "-i", "0.2", &PRIVATE_HOST.to_string()]).output().unwrap();
     assert!(out.status.success(), "ping through the data plane failed: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn http_exchange_through_the_data_plane_is_snatted() {
+    http_exchange(TopologyOptions::default(), ReturnHook::Tc, false);
+}
+
+#[test]
+fn http_exchange_with_a_tap_client_device_and_tc_return_path() {
+    // Auto: the target is a veth, whose XDP sees partial checksums of local senders: TC.
+    let opts = TopologyOptions { client_link: ClientLink::Tap, ..TopologyOptions::default() };
+    http_exchange(opts, ReturnHook::Tc, false);
+}
+
+#[test]
+fn http_exchange_with_the_xdp_return_path() {
+    let opts = TopologyOptions {
+        client_link: ClientLink::Tap,
+        return_path: ReturnPath::Xdp,
+        ..TopologyOptions::default()
+    };
+    http_exchange(opts, ReturnHook::XdpDriver, true);
+}
+
+#[test]
+fn xdp_return_path_is_refused_for_a_tun() {
+    require_root();
+    let opts = TopologyOptions { return_path: ReturnPath::Xdp, ..TopologyOptions::default() };
+    let err = Topology::new(opts).err().expect("XDP into a TUN must be refused");
+    assert!(format!("{err:#}").contains("needs a TAP client device"), "{err:#}");
 }
 
 #[test]

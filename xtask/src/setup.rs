@@ -19,6 +19,7 @@ const PACKAGES: &[&str] = &[
     "openvpn",
     "procps",
     "iputils-ping",
+    "ethtool",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

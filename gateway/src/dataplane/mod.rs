@@ -20,7 +20,8 @@ use aya::{
     },
     programs::{
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
-        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+        xdp::XdpLinkId,
+        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
@@ -38,6 +39,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("CVPN_EBPF_OBJE
 
 const PROG_CLIENT: &str = "client_ingress";
 const PROG_TARGET: &str = "target_ingress";
+const PROG_TARGET_XDP: &str = "target_xdp";
 
 /// Errors of the data plane. Each says what failed and what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -89,10 +91,37 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataPlaneError {
 /// What carries client packets into the data plane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientLink {
-    /// A TUN device: packets start at the IP header (the product).
+    /// A TUN device: packets start at the IP header.
     Tun,
-    /// An Ethernet device (veth): used by fixtures and the veth benchmark variant.
+    /// A TAP device read and written by the daemon: frames with an Ethernet header the daemon
+    /// adds and strips. Unlike a TUN it takes XDP frames, so the return path can run in XDP.
+    Tap,
+    /// An Ethernet device with real hosts behind it (veth): fixtures and the benchmark.
     Ethernet,
+}
+
+impl ClientLink {
+    fn code(self) -> u32 {
+        match self {
+            ClientLink::Tun => gateway_common::CLIENT_LINK_TUN,
+            ClientLink::Ethernet => gateway_common::CLIENT_LINK_ETHERNET,
+            ClientLink::Tap => gateway_common::CLIENT_LINK_TAP,
+        }
+    }
+}
+
+/// How return traffic from target networks is taken in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReturnPath {
+    /// With a TAP client device: XDP in driver mode where the target interface's driver
+    /// supports it, else TC. With a TUN always TC: Linux TUN devices take no XDP frames (an XDP
+    /// redirect into one fails with EOPNOTSUPP). With an Ethernet client link always TC: XDP
+    /// would need the clients' MAC addresses.
+    Auto,
+    /// XDP in driver mode; an error when the driver lacks it or the client device is no TAP.
+    Xdp,
+    /// TC ingress (TCX, or clsact).
+    Tc,
 }
 
 /// Idle timeouts of NAT entries.
@@ -128,6 +157,7 @@ pub struct DataPlaneConfig {
     /// SNAT ports used when the client's own port is taken (inclusive).
     pub nat_port_range: (u16, u16),
     pub nat_timeouts: NatTimeouts,
+    pub return_path: ReturnPath,
 }
 
 impl Default for DataPlaneConfig {
@@ -139,6 +169,7 @@ impl Default for DataPlaneConfig {
             max_sessions: 65_536,
             nat_port_range: (1024, 65535),
             nat_timeouts: NatTimeouts::default(),
+            return_path: ReturnPath::Auto,
         }
     }
 }
@@ -307,6 +338,21 @@ pub struct TestRunOutput {
 pub enum ProgramKind {
     ClientIngress,
     TargetIngress,
+    TargetXdp,
+}
+
+/// How the return-path program is attached to one target interface.
+#[derive(Debug)]
+enum TargetLink {
+    Tc(SchedClassifierLinkId),
+    Xdp(XdpLinkId),
+}
+
+/// Where return traffic of a target interface is handled (reported to operators).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReturnHook {
+    XdpDriver,
+    Tc,
 }
 
 struct SessionState {
@@ -345,7 +391,7 @@ pub struct DataPlane {
     sessions: HashMap<Ipv4Addr, SessionState>,
     targets: HashMap<u32, TargetState>,
     /// Interface -> (link, number of target networks using it).
-    target_links: HashMap<String, (SchedClassifierLinkId, usize)>,
+    target_links: HashMap<String, (TargetLink, usize)>,
     client_link: Option<SchedClassifierLinkId>,
     nr_cpus: usize,
 }
@@ -372,6 +418,45 @@ pub fn interface_ipv4(interface: &str) -> Option<Ipv4Addr> {
     None
 }
 
+/// The kernel driver of an interface (`ethtool -i`), if it says.
+pub fn interface_driver(interface: &str) -> Option<String> {
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut DrvInfo,
+        _pad: [u8; 16],
+    }
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    if interface.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    let mut info = DrvInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], rest: [0; 160] };
+    let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: &mut info, _pad: [0; 16] };
+    req.name[..interface.len()].copy_from_slice(interface.as_bytes());
+    // SAFETY: a datagram socket only for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: SIOCETHTOOL reads the ifreq and writes the drvinfo it points to; both live on
+    // this stack frame for the call.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req) };
+    // SAFETY: closing the socket opened above.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
 pub fn interface_index(interface: &str) -> Result<u32, DataPlaneError> {
     nix::net::if_::if_nametoindex(interface)
         .map_err(|_| DataPlaneError::NoSuchInterface(interface.to_string()))
@@ -391,32 +476,30 @@ impl DataPlane {
         if !nix::unistd::geteuid().is_root() {
             return Err(DataPlaneError::NotRoot);
         }
-        let l2: u32 = match config.client_link {
-            ClientLink::Tun => 0,
-            ClientLink::Ethernet => 14,
-        };
+        let link = config.client_link.code();
         let mut ebpf = EbpfLoader::new()
-            .override_global("CLIENT_L2_LEN", &l2, true)
+            .override_global("CLIENT_LINK", &link, true)
             .map_max_entries("NAT_FWD", config.nat_table_size)
             .map_max_entries("NAT_REV", config.nat_table_size)
             .map_max_entries("SESSIONS", config.max_sessions)
             .map_max_entries("SESSION_STATS", config.max_sessions)
             .load(EBPF_OBJECT)
             .map_err(DataPlaneError::Load)?;
-        for name in [PROG_CLIENT, PROG_TARGET] {
+        for program in [PROG_CLIENT, PROG_TARGET] {
             let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(DataPlaneError::Program {
-                    program: if name == PROG_CLIENT { PROG_CLIENT } else { PROG_TARGET },
-                    source: ProgramError::NotLoaded,
-                })?
+                .program_mut(program)
+                .ok_or(DataPlaneError::Program { program, source: ProgramError::NotLoaded })?
                 .try_into()
-                .map_err(|source| DataPlaneError::Program { program: PROG_CLIENT, source })?;
-            prog.load().map_err(|source| DataPlaneError::Program {
-                program: if name == PROG_CLIENT { PROG_CLIENT } else { PROG_TARGET },
-                source,
-            })?;
+                .map_err(|source| DataPlaneError::Program { program, source })?;
+            prog.load().map_err(|source| DataPlaneError::Program { program, source })?;
         }
+        let program = PROG_TARGET_XDP;
+        let xdp: &mut Xdp = ebpf
+            .program_mut(program)
+            .ok_or(DataPlaneError::Program { program, source: ProgramError::NotLoaded })?
+            .try_into()
+            .map_err(|source| DataPlaneError::Program { program, source })?;
+        xdp.load().map_err(|source| DataPlaneError::Program { program, source })?;
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| {
             DataPlaneError::Load(aya::EbpfError::FileError {
                 path: "/sys/devices/system/cpu/possible".into(),
@@ -608,6 +691,13 @@ impl DataPlane {
         &self.policy
     }
 
+    /// The group bits of the live policy (group name -> index into [`gateway_common::GroupSet`]),
+    /// as sessions hold them in the kernel: lets tests and tools run [`policy::authorize`]
+    /// against the same assignment.
+    pub fn group_bits(&self) -> &HashMap<String, usize> {
+        self.groups.current()
+    }
+
     fn rewrite_session_groups(&mut self, bits: &HashMap<String, usize>) -> Result<(), DataPlaneError> {
         for (addr, s) in &self.sessions {
             let session = Session { session_id: s.session_id, groups: group_set(&s.groups, bits) };
@@ -635,7 +725,7 @@ impl DataPlane {
         if let Some((_, users)) = self.target_links.get_mut(&spec.interface) {
             *users += 1;
         } else {
-            let link = self.attach(PROG_TARGET, &spec.interface)?;
+            let link = self.attach_return_path(&spec.interface)?;
             self.target_links.insert(spec.interface.clone(), (link, 1));
         }
         self.targets_map
@@ -662,14 +752,76 @@ impl DataPlane {
         };
         if last {
             if let Some((link, _)) = self.target_links.remove(&state.interface) {
-                let prog = self.classifier(PROG_TARGET)?;
-                if let Err(e) = prog.detach(link) {
+                let result = match link {
+                    TargetLink::Tc(link) => self.classifier(PROG_TARGET)?.detach(link),
+                    TargetLink::Xdp(link) => self.xdp_program()?.detach(link),
+                };
+                if let Err(e) = result {
                     warn!(interface = %state.interface, error = %e, "detach failed");
                 }
             }
         }
         info!(id, interface = %state.interface, "target network removed");
         Ok(())
+    }
+
+    /// Attaches the return path to a target interface as configured (see [`ReturnPath`]).
+    fn attach_return_path(&mut self, interface: &str) -> Result<TargetLink, DataPlaneError> {
+        let tap = self.config.client_link == ClientLink::Tap;
+        let want_xdp = match self.config.return_path {
+            ReturnPath::Tc => false,
+            ReturnPath::Xdp if !tap => {
+                return Err(DataPlaneError::Attach {
+                    program: PROG_TARGET_XDP,
+                    interface: interface.to_string(),
+                    detail: format!(
+                        "the XDP return path needs a TAP client device (this one is {:?}); use the TC return path",
+                        self.config.client_link
+                    ),
+                })
+            }
+            ReturnPath::Xdp => true,
+            // A veth hands XDP the packets of local senders with offloaded (partial) checksums,
+            // which an XDP rewrite cannot tell from complete ones: TC there.
+            ReturnPath::Auto => tap && interface_driver(interface).as_deref() != Some("veth"),
+        };
+        if want_xdp {
+            interface_index(interface)?;
+            match self.xdp_program()?.attach(interface, XdpMode::Driver) {
+                Ok(link) => {
+                    info!(%interface, "return path: XDP (driver mode)");
+                    return Ok(TargetLink::Xdp(link));
+                }
+                Err(e) if self.config.return_path == ReturnPath::Xdp => {
+                    return Err(DataPlaneError::Attach {
+                        program: PROG_TARGET_XDP,
+                        interface: interface.to_string(),
+                        detail: format!("XDP driver mode: {e}"),
+                    });
+                }
+                Err(e) => {
+                    info!(%interface, error = %e, "no XDP driver mode here; return path: TC");
+                }
+            }
+        }
+        Ok(TargetLink::Tc(self.attach(PROG_TARGET, interface)?))
+    }
+
+    fn xdp_program(&mut self) -> Result<&mut Xdp, DataPlaneError> {
+        let program = PROG_TARGET_XDP;
+        self.ebpf
+            .program_mut(program)
+            .ok_or(DataPlaneError::Program { program, source: ProgramError::NotLoaded })?
+            .try_into()
+            .map_err(|source| DataPlaneError::Program { program, source })
+    }
+
+    /// How return traffic of `interface` is taken in, if it is a target interface.
+    pub fn return_hook(&self, interface: &str) -> Option<ReturnHook> {
+        self.target_links.get(interface).map(|(link, _)| match link {
+            TargetLink::Tc(_) => ReturnHook::Tc,
+            TargetLink::Xdp(_) => ReturnHook::XdpDriver,
+        })
     }
 
     pub fn target_snat_addr(&self, id: u32) -> Option<Ipv4Addr> {
@@ -784,11 +936,6 @@ impl DataPlane {
         input: &[u8],
         repeat: u32,
     ) -> Result<TestRunOutput, DataPlaneError> {
-        let name = match program {
-            ProgramKind::ClientIngress => PROG_CLIENT,
-            ProgramKind::TargetIngress => PROG_TARGET,
-        };
-        let prog = self.classifier(name)?;
         let mut out = vec![0u8; input.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(input),
@@ -796,9 +943,12 @@ impl DataPlane {
             repeat: repeat.max(1),
             ..TestRunOptions::default()
         };
-        let res = prog
-            .test_run(opts)
-            .map_err(|source| DataPlaneError::Program { program: name, source })?;
+        let (name, res) = match program {
+            ProgramKind::ClientIngress => (PROG_CLIENT, self.classifier(PROG_CLIENT)?.test_run(opts)),
+            ProgramKind::TargetIngress => (PROG_TARGET, self.classifier(PROG_TARGET)?.test_run(opts)),
+            ProgramKind::TargetXdp => (PROG_TARGET_XDP, self.xdp_program()?.test_run(opts)),
+        };
+        let res = res.map_err(|source| DataPlaneError::Program { program: name, source })?;
         out.truncate(res.data_size_out as usize);
         Ok(TestRunOutput {
             verdict: res.return_value as i32,
