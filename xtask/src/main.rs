@@ -8,8 +8,9 @@
 //! * `demo`       — the main job on an embedded default
 //! * `bench dataplane` — data plane vs the kernel's forwarding + iptables path
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    process::{Command, ExitCode, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
@@ -91,7 +92,41 @@ fn test(extra: &[String]) -> Result<()> {
     // load moderate on a 2-core machine.
     args.extend(["--", "--test-threads=2"]);
     args.extend(extra.iter().map(String::as_str));
-    cargo(&args)
+    // Stream cargo's output and add up its per-binary results into one closing line, so the
+    // run ends with the whole suite's count rather than the last (often empty) doc-test run.
+    let mut child = Command::new("cargo")
+        .current_dir(root())
+        .args(&args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.context("reading cargo test output")?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                for part in rest.split(|c| c == ';' || c == '.') {
+                    let mut words = part.split_whitespace();
+                    if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                        let n: u64 = n.parse().unwrap_or(0);
+                        match what {
+                            "passed" => passed += n,
+                            "failed" => failed += n,
+                            "ignored" => ignored += n,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("suite: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    Ok(())
 }
 
 fn bench(args: &[String]) -> Result<()> {
