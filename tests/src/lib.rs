@@ -9,6 +9,8 @@
 //! * [`Topology`]: clients → relay → gateway (kernel data plane) → private network.
 
 pub mod packets;
+pub mod openvpn;
+pub mod pki;
 pub mod topology;
 
 use std::{

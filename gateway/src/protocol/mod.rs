@@ -1,0 +1,13 @@
+//! The OpenVPN protocol, written sans-IO: every module here turns bytes and events into bytes and
+//! events, and leaves sockets, timers and threads to the daemon.
+//!
+//! * [`packet`]: the packet codec: opcodes, control/ack/data packet layouts, and the TCP
+//!   length-prefix framing.
+//! * [`reliable`]: the control channel's reliability layer (ids, selective acks, retransmit
+//!   with backoff, in-order delivery, window of 6).
+//! * [`cookie`]: the stateless, HMAC-cookie answer to a client's first reset.
+//! * [`tls`]: rustls server configuration and client-certificate facts (CN, OU groups).
+pub mod packet;
+pub mod cookie;
+pub mod reliable;
+pub mod tls;

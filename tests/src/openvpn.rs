@@ -1,0 +1,140 @@
+//! Debian's stock `openvpn` client, run in a test namespace with a plain client profile (the
+//! kind `cvpn config export` produces), watched through its log, stopped by PID.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{pki::Pem, Netns};
+
+/// How the profile connects.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub remote: String,
+    pub port: u16,
+    /// "udp" or "tcp".
+    pub proto: String,
+    pub ca_pem: String,
+    pub client: Pem,
+    /// `data-ciphers`, e.g. "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305".
+    pub data_ciphers: String,
+    /// e.g. Some("1.2") to force TLS 1.2.
+    pub tls_version_max: Option<String>,
+    /// Extra lines appended verbatim (e.g. "reneg-sec 5").
+    pub extra: Vec<String>,
+}
+
+impl Profile {
+    pub fn render(&self) -> String {
+        let proto = if self.proto == "tcp" { "tcp-client" } else { "udp" };
+        let mut s = format!(
+            "client\ndev tun\nproto {proto}\nremote {} {}\nremote-cert-tls server\nnobind\nresolv-retry infinite\n\
+             data-ciphers {}\nverb 3\nconnect-retry 1\nconnect-retry-max 3\nserver-poll-timeout 5\n",
+            self.remote, self.port, self.data_ciphers
+        );
+        if let Some(v) = &self.tls_version_max {
+            s.push_str(&format!("tls-version-max {v}\n"));
+        }
+        for l in &self.extra {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s.push_str(&format!(
+            "<ca>\n{}</ca>\n<cert>\n{}</cert>\n<key>\n{}</key>\n",
+            self.ca_pem, self.client.cert, self.client.key
+        ));
+        s
+    }
+}
+
+/// A running `openvpn` client; killed (by PID) on drop.
+pub struct OpenVpnClient {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    pub profile_path: PathBuf,
+}
+
+impl OpenVpnClient {
+    /// Starts the client in `ns` with `profile`, writing the profile to `dir`.
+    pub fn start(ns: &Netns, profile: &Profile, dir: &Path, name: &str) -> Result<Self> {
+        let profile_path = dir.join(format!("{name}.ovpn"));
+        fs::write(&profile_path, profile.render())?;
+        let mut child = ns
+            .command("openvpn")
+            .arg("--config")
+            .arg(&profile_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting openvpn (is the openvpn package installed? `cargo xtask setup`)")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = log.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+        }
+        Ok(OpenVpnClient { child, log, profile_path })
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits until a log line contains `needle`; fails with the log on timeout or exit.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.log().iter().any(|l| l.contains(needle)) {
+                return Ok(start.elapsed());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50));
+                bail!("openvpn exited ({status}) before {needle:?}; log:\n{}", self.log().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bail!("no {needle:?} from openvpn within {timeout:?}; log:\n{}", self.log().join("\n"))
+    }
+
+    /// Waits for "Initialization Sequence Completed".
+    pub fn wait_connected(&mut self, timeout: Duration) -> Result<Duration> {
+        self.wait_for("Initialization Sequence Completed", timeout)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the client (SIGTERM, then SIGKILL), and waits for it.
+    pub fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OpenVpnClient {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,128 @@
+//! Test PKI, generated fresh by every test run (no keys in the repository): a CA, a server
+//! certificate OpenVPN's `remote-cert-tls server` accepts, client certificates with groups in
+//! their OU values, and the bad ones — expired, revoked (with a CRL), from a foreign CA.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Result;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
+    SerialNumber,
+};
+use time::{Duration, OffsetDateTime};
+
+/// A certificate and its key, as PEM.
+#[derive(Clone, Debug)]
+pub struct Pem {
+    pub cert: String,
+    pub key: String,
+}
+
+/// A CA that issues server and client certificates.
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    next_serial: u64,
+    revoked: Vec<u64>,
+}
+
+fn ca_params(name: &str) -> Result<CertificateParams> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.not_before = OffsetDateTime::now_utc() - Duration::days(1);
+    p.not_after = OffsetDateTime::now_utc() + Duration::days(365);
+    Ok(p)
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Result<Self> {
+        let issuer = CertifiedIssuer::self_signed(ca_params(name)?, KeyPair::generate()?)?;
+        Ok(Ca { issuer, next_serial: 100, revoked: Vec::new() })
+    }
+
+    pub fn cert_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    fn issue(&mut self, cn: &str, ous: &[&str], server: bool, expired: bool) -> Result<(Pem, u64)> {
+        let mut p = CertificateParams::new(if server { vec![cn.to_string()] } else { Vec::new() })?;
+        p.distinguished_name.push(DnType::CommonName, cn);
+        for ou in ous {
+            p.distinguished_name.push(DnType::OrganizationalUnitName, *ou);
+        }
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.extended_key_usages =
+            vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+        let now = OffsetDateTime::now_utc();
+        if expired {
+            p.not_before = now - Duration::days(30);
+            p.not_after = now - Duration::days(1);
+        } else {
+            p.not_before = now - Duration::days(1);
+            p.not_after = now + Duration::days(30);
+        }
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        p.serial_number = Some(SerialNumber::from(serial));
+        let key = KeyPair::generate()?;
+        let cert = p.signed_by(&key, &self.issuer)?;
+        Ok((Pem { cert: cert.pem(), key: key.serialize_pem() }, serial))
+    }
+
+    /// A server certificate (EKU serverAuth), ECDSA P-256.
+    pub fn server(&mut self, cn: &str) -> Result<Pem> {
+        Ok(self.issue(cn, &[], true, false)?.0)
+    }
+
+    /// A client certificate whose OU values are `groups`.
+    pub fn client(&mut self, cn: &str, groups: &[&str]) -> Result<Pem> {
+        Ok(self.issue(cn, groups, false, false)?.0)
+    }
+
+    /// A client certificate that expired yesterday.
+    pub fn expired_client(&mut self, cn: &str) -> Result<Pem> {
+        Ok(self.issue(cn, &[], false, true)?.0)
+    }
+
+    /// A client certificate that is on this CA's CRL.
+    pub fn revoked_client(&mut self, cn: &str) -> Result<Pem> {
+        let (pem, serial) = self.issue(cn, &[], false, false)?;
+        self.revoked.push(serial);
+        Ok(pem)
+    }
+
+    /// The CRL listing every revoked certificate, PEM.
+    pub fn crl_pem(&self) -> Result<String> {
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::hours(1),
+            next_update: now + Duration::days(7),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: self
+                .revoked
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from(*s),
+                    revocation_time: now - Duration::hours(1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+}
+
+/// Writes `content` to `dir/name` and returns the path.
+pub fn write(dir: &Path, name: &str, content: &str) -> Result<PathBuf> {
+    let p = dir.join(name);
+    fs::write(&p, content)?;
+    Ok(p)
+}
