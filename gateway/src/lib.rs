@@ -1,8 +1,16 @@
 //! cvpn: a self-hosted Client VPN gateway. One module per concern:
 //!
+//! * [`config`]: the configuration file of `cvpn serve --config FILE` (TOML, validated).
+//! * [`datachannel`]: the OpenVPN data channel's AEAD seal/open and replay window, sans-IO.
 //! * [`dataplane`]: the kernel programs' loader and the typed API that drives them.
 //! * [`protocol`]: the OpenVPN wire protocol, sans-IO (packet codec, reliability, TLS, ...).
+//! * [`pool`]: the client address pool over the client CIDR.
+//! * [`server`]: the endpoint daemon's event loop: sockets, TUN, timers (moves bytes only).
 //! * [`tun`]: TUN devices (the path between the data channel and the kernel data plane).
+pub mod config;
+pub mod datachannel;
 pub mod dataplane;
+pub mod pool;
 pub mod protocol;
+pub mod server;
 pub mod tun;

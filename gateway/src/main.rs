@@ -12,6 +12,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the endpoint daemon from a TOML file until SIGINT or SIGTERM (see README for the
+    /// keys: [endpoint], [[target_network]], [[route]], [[authorization_rule]]).
+    Serve {
+        /// The endpoint's configuration file.
+        #[arg(long, short = 'c')]
+        config: std::path::PathBuf,
+        /// Name of the TUN device that carries decrypted client packets.
+        #[arg(long, default_value = "cvpn0")]
+        tun: String,
+    },
     /// Checks that this host can run the data plane: loads the kernel programs and maps
     /// (without attaching them anywhere) and prints the counters.
     Check,
@@ -27,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve { config, tun } => serve(&config, tun)?,
         Command::Check => {
             let dp = DataPlane::load(DataPlaneConfig::default())
                 .context("the kernel data plane cannot run on this host")?;
@@ -37,4 +48,55 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn serve(path: &std::path::Path, tun_name: String) -> anyhow::Result<()> {
+    use gateway::{
+        config::{EndpointConfig, Transport as CfgTransport},
+        dataplane::TargetSpec,
+        protocol::tls::TlsMaterial,
+        server::{Server, ServerSettings, Transport},
+    };
+    let cfg = EndpointConfig::load(path)?;
+    let tls = TlsMaterial::load(&cfg.server_cert, &cfg.server_key, &cfg.client_ca, cfg.crl.as_deref())?;
+    let targets: Vec<TargetSpec> = cfg
+        .target_networks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| TargetSpec { id: i as u32 + 1, interface: t.interface.clone(), snat_addr: t.snat_address })
+        .collect();
+    let policy = cfg.policy(|iface| targets.iter().find(|t| t.interface == iface).map_or(0, |t| t.id));
+    let settings = ServerSettings {
+        listen: std::net::SocketAddr::new(cfg.listen, cfg.port),
+        transport: match cfg.transport {
+            CfgTransport::Udp => Transport::Udp,
+            CfgTransport::Tcp => Transport::Tcp,
+        },
+        client_cidr: cfg.client_cidr,
+        tls,
+        split_tunnel: cfg.split_tunnel,
+        dns_servers: cfg.dns_servers.clone(),
+        targets,
+        policy,
+        tun_name,
+        ciphers: ServerSettings::default_ciphers(),
+        ping: 10,
+        ping_restart: 60,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    runtime.block_on(async move {
+        let server = Server::new(settings)?;
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        server.run(shutdown).await
+    })
 }

@@ -9,6 +9,7 @@
 //! * [`Topology`]: clients → relay → gateway (kernel data plane) → private network.
 
 pub mod packets;
+pub mod gateway;
 pub mod openvpn;
 pub mod pki;
 pub mod topology;

@@ -52,6 +52,8 @@ impl Ca {
     fn issue(&mut self, cn: &str, ous: &[&str], server: bool, expired: bool) -> Result<(Pem, u64)> {
         let mut p = CertificateParams::new(if server { vec![cn.to_string()] } else { Vec::new() })?;
         p.distinguished_name.push(DnType::CommonName, cn);
+        // rcgen keeps one value per attribute type: one OU (group) per test certificate.
+        anyhow::ensure!(ous.len() <= 1, "test certificates carry at most one OU");
         for ou in ous {
             p.distinguished_name.push(DnType::OrganizationalUnitName, *ou);
         }
@@ -79,7 +81,7 @@ impl Ca {
         Ok(self.issue(cn, &[], true, false)?.0)
     }
 
-    /// A client certificate whose OU values are `groups`.
+    /// A client certificate whose OU value is the group in `groups` (zero or one).
     pub fn client(&mut self, cn: &str, groups: &[&str]) -> Result<Pem> {
         Ok(self.issue(cn, groups, false, false)?.0)
     }

@@ -418,6 +418,25 @@ pub fn interface_ipv4(interface: &str) -> Option<Ipv4Addr> {
     None
 }
 
+/// The IPv4 network (address and prefix) of an interface's first IPv4 address.
+pub fn interface_ipv4_network(interface: &str) -> Option<ipnet::Ipv4Net> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    for a in addrs {
+        if a.interface_name != interface {
+            continue;
+        }
+        let (Some(addr), Some(mask)) = (
+            a.address.as_ref().and_then(|s| s.as_sockaddr_in()).map(|s| s.ip()),
+            a.netmask.as_ref().and_then(|s| s.as_sockaddr_in()).map(|s| s.ip()),
+        ) else {
+            continue;
+        };
+        let prefix = u32::from(mask).leading_ones() as u8;
+        return ipnet::Ipv4Net::new(addr, prefix).ok().map(|n| n.trunc());
+    }
+    None
+}
+
 /// The kernel driver of an interface (`ethtool -i`), if it says.
 pub fn interface_driver(interface: &str) -> Option<String> {
     #[repr(C)]

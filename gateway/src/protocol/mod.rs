@@ -7,7 +7,12 @@
 //!   with backoff, in-order delivery, window of 6).
 //! * [`cookie`]: the stateless, HMAC-cookie answer to a client's first reset.
 //! * [`tls`]: rustls server configuration and client-certificate facts (CN, OU groups).
+//! * [`keymethod`]: key-method 2 records and the client's peer-info (`IV_*` keys).
+//! * [`push`]: control-channel text messages, `PUSH_REPLY` building and cipher negotiation.
 pub mod packet;
 pub mod cookie;
 pub mod reliable;
+pub mod keymethod;
+pub mod push;
+pub mod session;
 pub mod tls;

@@ -1,0 +1,650 @@
+//! The endpoint daemon's I/O: sockets, the TUN device, timers. It only moves bytes between the
+//! sans-IO protocol core ([`crate::protocol`]), the data channel ([`crate::datachannel`]) and
+//! the kernel data plane ([`crate::dataplane`]), which makes every per-packet policy decision.
+//!
+//! One event loop owns all state: UDP datagrams and TCP frames in, TUN packets in, a tick for
+//! retransmissions and keepalives. Decrypted client packets go into the TUN, where
+//! `client_ingress` takes them; return traffic comes out of the TUN and is encrypted here.
+
+use std::{
+    collections::HashMap,
+    io,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context, Result};
+use ipnet::Ipv4Net;
+use tokio::{
+    io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, UdpSocket},
+    sync::mpsc,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    datachannel::{Cipher, DataChannel, Role},
+    dataplane::{policy::Policy, DataPlane, DataPlaneConfig, TargetSpec},
+    pool::AddressPool,
+    protocol::{
+        cookie::CookieJar,
+        packet::{Header, Opcode, Packet, TcpFramer},
+        push::{negotiate_cipher, KeySignalling, PushReply, Tunnel},
+        session::{Event, ServerSession, SessionConfig},
+        tls::TlsMaterial,
+    },
+    tun::{Kind, Tun},
+};
+
+/// OpenVPN's keepalive ping: a data-channel packet with this payload.
+pub const PING_MAGIC: [u8; 16] =
+    [0x2a, 0x18, 0x7b, 0xf3, 0x64, 0x1e, 0xb4, 0xcb, 0x07, 0xed, 0x2d, 0x0a, 0x98, 0x1f, 0xc7, 0x48];
+
+/// Transport of an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// Everything the daemon needs to serve one endpoint.
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub transport: Transport,
+    pub client_cidr: Ipv4Net,
+    pub tls: TlsMaterial,
+    pub split_tunnel: bool,
+    pub dns_servers: Vec<Ipv4Addr>,
+    pub targets: Vec<TargetSpec>,
+    /// Rules and routes; routes to each target interface's own subnet are added.
+    pub policy: Policy,
+    pub tun_name: String,
+    /// Data ciphers, best first.
+    pub ciphers: Vec<String>,
+    /// Seconds between keepalive pings, and of silence before a client is dropped.
+    pub ping: u32,
+    pub ping_restart: u32,
+}
+
+impl ServerSettings {
+    pub fn default_ciphers() -> Vec<String> {
+        vec!["AES-256-GCM".into(), "AES-128-GCM".into(), "CHACHA20-POLY1305".into()]
+    }
+}
+
+/// Where a client's packets come from and go to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Peer {
+    Udp(SocketAddr),
+    Tcp(u64),
+}
+
+struct Conn {
+    peer: Peer,
+    remote_addr: SocketAddr,
+    session: ServerSession,
+    data: Option<DataChannel>,
+    peer_id: u32,
+    client_ip: Option<Ipv4Addr>,
+    cipher: Option<Cipher>,
+    common_name: String,
+    last_rx: Instant,
+    last_tx: Instant,
+    pushed: bool,
+    push_messages: Vec<String>,
+}
+
+enum TcpEvent {
+    Frame(u64, Vec<u8>),
+    Closed(u64),
+}
+
+
+fn unix_now() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("running `ip` (iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// The daemon's state and event loop.
+pub struct Server {
+    settings: ServerSettings,
+    session_config: Arc<SessionConfig>,
+    cookies: CookieJar,
+    pool: AddressPool,
+    dataplane: DataPlane,
+    conns: HashMap<u64, Conn>,
+    by_peer: HashMap<Peer, u64>,
+    by_peer_id: HashMap<u32, u64>,
+    by_client_ip: HashMap<Ipv4Addr, u64>,
+    next_conn: u64,
+    next_peer_id: u32,
+    udp: Option<Arc<UdpSocket>>,
+    tcp_writers: HashMap<u64, mpsc::UnboundedSender<Vec<u8>>>,
+    tcp_addrs: HashMap<u64, SocketAddr>,
+    tun: Arc<AsyncFd<Tun>>,
+}
+
+impl Server {
+    /// Opens the TUN, loads the data plane, and binds the listener's socket.
+    pub fn new(settings: ServerSettings) -> Result<Self> {
+        let pool = AddressPool::new(settings.client_cidr).context("client CIDR")?;
+        let tls = settings.tls.server_config().context("TLS configuration")?;
+        let session_config = Arc::new(SessionConfig::new(tls));
+
+        let tun = Tun::open_with(&settings.tun_name, Kind::Tun, false, true)
+            .with_context(|| format!("creating TUN device {}", settings.tun_name))?;
+        let gw = format!("{}/{}", pool.gateway_addr(), settings.client_cidr.prefix_len());
+        ip(&["addr", "replace", &gw, "dev", &settings.tun_name])?;
+        ip(&["link", "set", &settings.tun_name, "mtu", "1500", "up"])?;
+
+        let mut dataplane = DataPlane::load(DataPlaneConfig {
+            client_interface: Some(settings.tun_name.clone()),
+            ..DataPlaneConfig::default()
+        })
+        .context("loading the kernel data plane")?;
+        let mut policy = settings.policy.clone();
+        for t in &settings.targets {
+            dataplane.add_target_network(t.clone()).with_context(|| format!("target network {}", t.interface))?;
+            if let Some(net) = crate::dataplane::interface_ipv4_network(&t.interface) {
+                if !policy.routes.iter().any(|r| r.destination == net) {
+                    policy.routes.push(crate::dataplane::policy::Route { destination: net, target: t.id });
+                }
+            }
+        }
+        dataplane.replace_policy(policy).context("applying rules and routes")?;
+
+        Ok(Server {
+            cookies: CookieJar::new().map_err(|_| anyhow::anyhow!("no system randomness for the cookie key"))?,
+            session_config,
+            pool,
+            dataplane,
+            conns: HashMap::new(),
+            by_peer: HashMap::new(),
+            by_peer_id: HashMap::new(),
+            by_client_ip: HashMap::new(),
+            next_conn: 1,
+            next_peer_id: 0,
+            udp: None,
+            tcp_writers: HashMap::new(),
+            tcp_addrs: HashMap::new(),
+            // SAFETY: the Tun owns its fd, which stays open for as long as the AsyncFd (which
+            // owns the Tun) exists.
+            tun: Arc::new(
+                unsafe { AsyncFd::register(tun) }
+                    .map_err(|e| anyhow::anyhow!("registering the TUN with the event loop: {e}"))?,
+            ),
+            settings,
+        })
+    }
+
+    pub fn dataplane(&self) -> &DataPlane {
+        &self.dataplane
+    }
+
+    /// Serves until `shutdown` resolves; then tells every client to reconnect.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        let (tcp_tx, mut tcp_rx) = mpsc::unbounded_channel::<TcpEvent>();
+        let tcp_listener = match self.settings.transport {
+            Transport::Udp => {
+                let sock = UdpSocket::bind(self.settings.listen)
+                    .await
+                    .with_context(|| format!("binding UDP {}", self.settings.listen))?;
+                self.udp = Some(Arc::new(sock));
+                None
+            }
+            Transport::Tcp => Some(
+                TcpListener::bind(self.settings.listen)
+                    .await
+                    .with_context(|| format!("binding TCP {}", self.settings.listen))?,
+            ),
+        };
+        info!(listen = %self.settings.listen, transport = ?self.settings.transport, tun = %self.settings.tun_name, "serving");
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut last_gc = Instant::now();
+        let mut udp_buf = vec![0u8; 65536];
+        let mut tun_buf = vec![0u8; 65536 + 64];
+        let tun = self.tun.clone();
+        tokio::pin!(shutdown);
+        loop {
+            let udp = self.udp.clone();
+            tokio::select! {
+                _ = &mut shutdown => break,
+                r = async { match &udp { Some(s) => s.recv_from(&mut udp_buf).await, None => std::future::pending().await } } => {
+                    match r {
+                        Ok((n, from)) => {
+                            let mut pkt = udp_buf[..n].to_vec();
+                            self.on_packet(Peer::Udp(from), from, &mut pkt);
+                        }
+                        Err(e) => warn!(error = %e, "UDP receive"),
+                    }
+                }
+                r = async { match &tcp_listener { Some(l) => l.accept().await, None => std::future::pending().await } } => {
+                    if let Ok((stream, addr)) = r {
+                        let _ = stream.set_nodelay(true);
+                        let id = self.next_conn;
+                        self.next_conn += 1;
+                        let (mut rd, mut wr) = stream.into_split();
+                        let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+                        self.tcp_writers.insert(id, wtx);
+                        self.by_peer.remove(&Peer::Tcp(id));
+                        tokio::spawn(async move {
+                            while let Some(frame) = wrx.recv().await {
+                                if wr.write_all(&frame).await.is_err() { break; }
+                            }
+                        });
+                        let tx = tcp_tx.clone();
+                        tokio::spawn(async move {
+                            let mut framer = TcpFramer::new();
+                            let mut buf = vec![0u8; 65536];
+                            loop {
+                                let n = match rd.read(&mut buf).await { Ok(0) | Err(_) => break, Ok(n) => n };
+                                framer.push(&buf[..n]);
+                                loop {
+                                    match framer.next_frame() {
+                                        Ok(Some(f)) => { let _ = tx.send(TcpEvent::Frame(id, f.to_vec())); }
+                                        Ok(None) => break,
+                                        Err(_) => { let _ = tx.send(TcpEvent::Closed(id)); return; }
+                                    }
+                                }
+                            }
+                            let _ = tx.send(TcpEvent::Closed(id));
+                        });
+                        self.tcp_addrs.insert(id, addr);
+                    }
+                }
+                Some(ev) = tcp_rx.recv() => {
+                    match ev {
+                        TcpEvent::Frame(id, mut f) => {
+                            let addr = self.tcp_addrs.get(&id).copied().unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                            self.on_packet(Peer::Tcp(id), addr, &mut f);
+                        }
+                        TcpEvent::Closed(id) => {
+                            self.tcp_writers.remove(&id);
+                            self.tcp_addrs.remove(&id);
+                            if let Some(cid) = self.by_peer.get(&Peer::Tcp(id)).copied() {
+                                self.disconnect(cid, "tcp-closed");
+                            }
+                        }
+                    }
+                }
+                r = tun.readable() => {
+                    if let Ok(mut guard) = r {
+                        loop {
+                            match guard.get_inner().recv(&mut tun_buf[24..]) {
+                                Ok(n) => self.on_tun_packet(&mut tun_buf, n),
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => { guard.clear_ready(); break; }
+                                Err(e) => { warn!(error = %e, "TUN read"); guard.clear_ready(); break; }
+                            }
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    self.on_tick();
+                    if last_gc.elapsed() > Duration::from_secs(10) {
+                        let r = self.dataplane.expire_nat();
+                        debug!(?r, "NAT expiry");
+                        last_gc = Instant::now();
+                    }
+                }
+            }
+        }
+        info!(clients = self.conns.len(), "shutting down: telling clients to reconnect");
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.session.send_control("RESTART");
+            }
+            self.flush(id);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
+    }
+
+    fn send_to(&mut self, peer: Peer, bytes: &[u8]) {
+        match peer {
+            Peer::Udp(addr) => {
+                if let Some(s) = &self.udp {
+                    if let Err(e) = s.try_send_to(bytes, addr) {
+                        debug!(error = %e, %addr, "UDP send");
+                    }
+                }
+            }
+            Peer::Tcp(id) => {
+                if let Some(w) = self.tcp_writers.get(&id) {
+                    let mut framed = Vec::with_capacity(bytes.len() + 2);
+                    if crate::protocol::packet::frame_into(bytes, &mut framed).is_ok() {
+                        let _ = w.send(framed);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_packet(&mut self, peer: Peer, addr: SocketAddr, buf: &mut [u8]) {
+        let Ok(header) = Header::peek(buf) else { return };
+        if header.opcode == Opcode::DataV2 {
+            self.on_data(peer, buf);
+            return;
+        }
+        if header.opcode == Opcode::DataV1 {
+            return;
+        }
+        let packet = match Packet::decode(buf) {
+            Ok(p) => p,
+            Err(e) => {
+                debug!(%addr, error = %e, "malformed control packet");
+                return;
+            }
+        };
+        let now = Instant::now();
+        if let Some(&id) = self.by_peer.get(&peer) {
+            if let Some(c) = self.conns.get_mut(&id) {
+                if let Err(e) = c.session.handle(now, &packet) {
+                    debug!(conn = id, error = %e, "control packet dropped");
+                }
+                c.last_rx = now;
+                self.after_session(id);
+                return;
+            }
+        }
+        // No state for this peer: only a first reset (answered statelessly) or a packet that
+        // acknowledges our cookie creates any.
+        match &packet {
+            Packet::Control(c) if c.opcode == crate::protocol::packet::ControlOpcode::HardResetClientV2 => {
+                if let Some(answer) = self.cookies.answer(c, addr, unix_now()) {
+                    let bytes = Packet::Control(answer).to_vec();
+                    self.send_to(peer, &bytes);
+                }
+            }
+            Packet::Control(c) => {
+                if let Some(acks) = &c.acks {
+                    self.accept(peer, addr, c.session_id, acks.remote_session_id(), &packet);
+                }
+            }
+            Packet::Ack(a) => {
+                self.accept(peer, addr, a.session_id, a.acks.remote_session_id(), &packet);
+            }
+            Packet::Data(_) => {}
+        }
+    }
+
+    fn accept(
+        &mut self,
+        peer: Peer,
+        addr: SocketAddr,
+        client_sid: crate::protocol::packet::SessionId,
+        claimed: crate::protocol::packet::SessionId,
+        packet: &Packet<'_>,
+    ) {
+        if !self.cookies.verify(client_sid, addr, claimed, unix_now()) {
+            debug!(%addr, "packet for an unknown session without a valid cookie: dropped");
+            return;
+        }
+        let now = Instant::now();
+        let session = match ServerSession::after_reset(self.session_config.clone(), claimed, client_sid, now) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot start a TLS session");
+                return;
+            }
+        };
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let peer_id = self.next_peer_id;
+        self.next_peer_id = (self.next_peer_id + 1) & 0x00ff_ffff;
+        let mut conn = Conn {
+            peer,
+            remote_addr: addr,
+            session,
+            data: None,
+            peer_id,
+            client_ip: None,
+            cipher: None,
+            common_name: String::new(),
+            last_rx: now,
+            last_tx: now,
+            pushed: false,
+            push_messages: Vec::new(),
+        };
+        if let Err(e) = conn.session.handle(now, packet) {
+            debug!(error = %e, "first packet of a session dropped");
+        }
+        info!(conn = id, %addr, "control channel opened");
+        self.conns.insert(id, conn);
+        self.by_peer.insert(peer, id);
+        self.by_peer_id.insert(peer_id, id);
+        self.after_session(id);
+    }
+
+    /// Handles session events and sends what the session has to send.
+    fn after_session(&mut self, id: u64) {
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else { return };
+            let Some(ev) = c.session.poll_event() else { break };
+            match ev {
+                Event::Authenticated { identity, peer_info, tls_version, .. } => {
+                    c.common_name = identity.common_name.clone();
+                    let cipher_name = match negotiate_cipher(&self.settings.ciphers, &peer_info) {
+                        Ok(n) => n.to_string(),
+                        Err(e) => {
+                            warn!(conn = id, error = %e, "no common data cipher");
+                            self.disconnect(id, "no-common-cipher");
+                            return;
+                        }
+                    };
+                    let Some(addr) = self.pool.allocate() else {
+                        warn!(conn = id, "client address pool exhausted");
+                        self.disconnect(id, "address-pool-exhausted");
+                        return;
+                    };
+                    let Some(c) = self.conns.get_mut(&id) else { return };
+                    c.client_ip = Some(addr);
+                    c.cipher = Cipher::from_openvpn_name(&cipher_name);
+                    if let Err(e) = self.dataplane.add_session(addr, id, &identity.groups) {
+                        warn!(conn = id, error = %e, "data plane refused the session");
+                        self.disconnect(id, "dataplane-error");
+                        return;
+                    }
+                    self.by_client_ip.insert(addr, id);
+                    let reply = PushReply {
+                        tunnel: if self.settings.split_tunnel {
+                            Tunnel::Split(self.dataplane.policy().routes.iter().map(|r| r.destination).collect())
+                        } else {
+                            Tunnel::Full
+                        },
+                        dns_servers: self.settings.dns_servers.clone(),
+                        ping: Some(self.settings.ping),
+                        ping_restart: Some(self.settings.ping_restart),
+                        peer_id: Some(c.peer_id),
+                        cipher: Some(cipher_name.clone()),
+                        key_signalling: KeySignalling::for_client(peer_info.proto, true),
+                        tun_mtu: Some(1500),
+                        ..PushReply::new(addr, self.pool.netmask(), self.pool.gateway_addr())
+                    };
+                    c.push_messages = reply.to_messages(1024).unwrap_or_default();
+                    info!(
+                        conn = id,
+                        common_name = %identity.common_name,
+                        groups = ?identity.groups,
+                        client_ip = %addr,
+                        cipher = %cipher_name,
+                        tls = %tls_version,
+                        version = peer_info.version.as_deref().unwrap_or("?"),
+                        "client authenticated"
+                    );
+                    // Clients that announce IV_PROTO "request push" send no PUSH_REQUEST.
+                    if peer_info.proto.request_push() {
+                        self.push(id);
+                    }
+                }
+                Event::KeysReady { key_id, material } => {
+                    let cipher = c.cipher.unwrap_or(Cipher::Aes256Gcm);
+                    match DataChannel::from_ekm(&material, cipher, Role::Server, key_id.get(), c.peer_id) {
+                        Ok(dc) => c.data = Some(dc),
+                        Err(e) => warn!(conn = id, error = %e, "data channel keys"),
+                    }
+                }
+                Event::Control(text) => {
+                    if text.starts_with("PUSH_REQUEST") {
+                        self.push(id);
+                    } else if text.starts_with("EXIT") {
+                        self.disconnect(id, "client-exit");
+                        return;
+                    } else {
+                        debug!(conn = id, %text, "control message ignored");
+                    }
+                }
+                Event::Refused { reason } => {
+                    warn!(conn = id, %reason, addr = %c.remote_addr, "handshake refused");
+                    self.flush(id);
+                    self.remove(id);
+                    return;
+                }
+                Event::Gone => {
+                    self.disconnect(id, "peer-gone");
+                    return;
+                }
+            }
+        }
+        self.flush(id);
+    }
+
+    fn push(&mut self, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        for m in c.push_messages.clone() {
+            c.session.send_control(&m);
+        }
+        c.pushed = true;
+    }
+
+    fn flush(&mut self, id: u64) {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let peer = {
+            let Some(c) = self.conns.get_mut(&id) else { return };
+            while let Some(p) = c.session.poll_transmit(now) {
+                out.push(p);
+            }
+            c.peer
+        };
+        for p in out {
+            self.send_to(peer, &p);
+        }
+    }
+
+    fn on_data(&mut self, peer: Peer, buf: &mut [u8]) {
+        if buf.len() < 4 {
+            return;
+        }
+        let peer_id = u32::from_be_bytes([0, buf[1], buf[2], buf[3]]);
+        let Some(&id) = self.by_peer_id.get(&peer_id) else { return };
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(dc) = c.data.as_mut() else { return };
+        let plain = match dc.open_in_place(buf) {
+            Ok(p) => p,
+            Err(e) => {
+                debug!(conn = id, error = %e, "data packet dropped");
+                return;
+            }
+        };
+        c.last_rx = Instant::now();
+        // The client moved (NAT rebinding, roaming): same peer id, authenticated packet.
+        if c.peer != peer {
+            if let Peer::Udp(addr) = peer {
+                info!(conn = id, from = %c.remote_addr, to = %addr, "client address changed");
+                self.by_peer.remove(&c.peer);
+                c.peer = peer;
+                c.remote_addr = addr;
+                self.by_peer.insert(peer, id);
+            }
+        }
+        if plain.is_empty() || plain[..] == PING_MAGIC[..] {
+            return;
+        }
+        // Only IPv4 from the client's own address reaches the data plane (which checks too).
+        if plain[0] >> 4 != 4 {
+            return;
+        }
+        if let Err(e) = self.tun.get_ref().send(plain) {
+            debug!(error = %e, "TUN write");
+        }
+    }
+
+    /// A packet the data plane delivered into the TUN (return traffic): encrypt and send.
+    /// `buf[24..24 + n]` holds it; the 24 bytes in front are room for the data header.
+    fn on_tun_packet(&mut self, buf: &mut [u8], n: usize) {
+        if n < 20 || buf[24] >> 4 != 4 {
+            return;
+        }
+        let dst = Ipv4Addr::new(buf[24 + 16], buf[24 + 17], buf[24 + 18], buf[24 + 19]);
+        let Some(&id) = self.by_client_ip.get(&dst) else { return };
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(dc) = c.data.as_mut() else { return };
+        match dc.seal_in_place(&mut buf[..24 + n], n) {
+            Ok(len) => {
+                c.last_tx = Instant::now();
+                let peer = c.peer;
+                let pkt = buf[..len].to_vec();
+                self.send_to(peer, &pkt);
+            }
+            Err(e) => debug!(conn = id, error = %e, "seal"),
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.after_session(id);
+            let Some(c) = self.conns.get_mut(&id) else { continue };
+            if c.session.is_established() && now.duration_since(c.last_rx) > Duration::from_secs(self.settings.ping_restart as u64 * 2) {
+                self.disconnect(id, "keepalive-timeout");
+                continue;
+            }
+            if c.data.is_some() && now.duration_since(c.last_tx) > Duration::from_secs(self.settings.ping as u64) {
+                let mut out = Vec::new();
+                if let Some(dc) = c.data.as_mut() {
+                    if dc.seal(&PING_MAGIC, &mut out).is_ok() {
+                        c.last_tx = now;
+                        let peer = c.peer;
+                        self.send_to(peer, &out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn disconnect(&mut self, id: u64, reason: &str) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            info!(conn = id, common_name = %c.common_name, %reason, "disconnect");
+        }
+        self.remove(id);
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(c) = self.conns.remove(&id) else { return };
+        self.by_peer.remove(&c.peer);
+        self.by_peer_id.remove(&c.peer_id);
+        if let Some(addr) = c.client_ip {
+            self.by_client_ip.remove(&addr);
+            let counters = self.dataplane.remove_session(addr).ok().flatten();
+            self.pool.release(addr);
+            info!(conn = id, client_ip = %addr, ?counters, "session ended");
+        }
+    }
+}
+
+/// The listen address as a socket address.
+pub fn listen_addr(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}

@@ -1,0 +1,183 @@
+//! A `cvpn serve` daemon under test: the real binary, started in the gateway namespace with a
+//! configuration file written by the test, its log kept for failure messages, stopped by PID.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    pki::{write, Ca, Pem},
+    veth, Netns,
+};
+
+/// The `cvpn` binary next to the test executables (built by `cargo test --workspace`).
+pub fn cvpn_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(Path::parent).context("test executable has no parent directory")?;
+    let bin = dir.join("cvpn");
+    if !bin.exists() {
+        bail!("{} is missing: run the suite with `cargo xtask test` (or `cargo build -p gateway` first)", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<Self> {
+        let p = std::env::temp_dir().join(format!("cvpn-{tag}-{}-{}", std::process::id(), crate::unique_tag()));
+        fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The running daemon; SIGTERM then SIGKILL on drop.
+pub struct Daemon {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    pub fn start(ns: &Netns, config: &Path) -> Result<Self> {
+        let mut child = ns
+            .command(cvpn_binary()?.to_str().context("binary path")?)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("CVPN_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting cvpn serve")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for s in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(s).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = log.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+        }
+        let mut d = Daemon { child, log };
+        d.wait_for("serving", Duration::from_secs(10))?;
+        Ok(d)
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.log().iter().any(|l| l.contains(needle)) {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50));
+                bail!("cvpn exited ({status}) before {needle:?}; log:\n{}", self.log().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bail!("no {needle:?} in the cvpn log within {timeout:?}; log:\n{}", self.log().join("\n"))
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Endpoint test network:
+///
+/// ```text
+///  client ns c0 10.99.0.2 ──veth── wan0 10.99.0.1 [gateway ns: cvpn serve] tgt0 10.88.0.1 ──veth── eth0 10.88.0.10, .20 private ns
+/// ```
+pub struct EndpointNet {
+    pub clients: Vec<Netns>,
+    pub private: Netns,
+    pub gateway: Netns,
+    pub dir: TempDir,
+    pub ca: Ca,
+}
+
+pub const SERVER_WAN: &str = "10.99.0.1";
+
+impl EndpointNet {
+    /// `clients` client namespaces, each on its own veth into the gateway (10.99.N.2).
+    pub fn new(clients: usize) -> Result<Self> {
+        let gateway = Netns::new("eg")?;
+        let private = Netns::new("ep")?;
+        veth(&gateway, "tgt0", &private, "eth0")?;
+        gateway.ip("addr add 10.88.0.1/24 dev tgt0")?;
+        private.ip("addr add 10.88.0.10/24 dev eth0")?;
+        private.ip("addr add 10.88.0.20/24 dev eth0")?;
+        let mut cs = Vec::new();
+        for i in 0..clients {
+            let c = Netns::new(&format!("ec{i}"))?;
+            let gw_if = format!("wan{i}");
+            veth(&c, "c0", &gateway, &gw_if)?;
+            c.ip(&format!("addr add 10.99.{i}.2/24 dev c0"))?;
+            gateway.ip(&format!("addr add 10.99.{i}.1/24 dev {gw_if}"))?;
+            cs.push(c);
+        }
+        Ok(EndpointNet { clients: cs, private, gateway, dir: TempDir::new("ep")?, ca: Ca::new("cvpn test CA")? })
+    }
+
+    /// The server address a client namespace reaches the gateway at.
+    pub fn server_addr(i: usize) -> String {
+        format!("10.99.{i}.1")
+    }
+
+    /// Writes server certificate, key, CA and CRL, and a config with `body` appended to the
+    /// [endpoint] keys given in `endpoint`. Returns the config path.
+    pub fn write_config(&mut self, endpoint: &str, body: &str) -> Result<PathBuf> {
+        let server: Pem = self.ca.server("vpn.example.test")?;
+        let d = &self.dir.0;
+        let cert = write(d, "server.crt", &server.cert)?;
+        let key = write(d, "server.key", &server.key)?;
+        let ca = write(d, "ca.crt", &self.ca.cert_pem())?;
+        let crl = write(d, "crl.pem", &self.ca.crl_pem()?)?;
+        let text = format!(
+            "[endpoint]\nserver_cert = {cert:?}\nserver_key = {key:?}\nclient_ca = {ca:?}\ncrl = {crl:?}\n{endpoint}\n{body}\n"
+        );
+        write(d, "cvpn.toml", &text)
+    }
+}

@@ -1,0 +1,140 @@
+//! Debian's stock `openvpn` 2.6 client against `cvpn serve`, each test in its own namespaces:
+//! connect with a plain client profile, reach the private host through the kernel data plane
+//! (which SNATs), be refused where no rule allows, and be refused with bad certificates.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use cvpn_tests::{
+    gateway::{Daemon, EndpointNet},
+    is_root,
+    openvpn::{OpenVpnClient, Profile},
+    pki::Pem,
+};
+
+const PRIVATE: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 10);
+const DENIED: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 20);
+const ALL_CIPHERS: &str = "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305";
+
+fn require_root() {
+    assert!(is_root(), "the interop tests need root: run `cargo xtask test` as root");
+}
+
+fn rules() -> &'static str {
+    "[[target_network]]\ninterface = \"tgt0\"\n\n\
+     [[authorization_rule]]\ndestination = \"10.88.0.10/32\"\ngroup = \"engineering\"\n"
+}
+
+fn endpoint(transport: &str, port: u16) -> String {
+    format!("client_cidr = \"10.77.0.0/22\"\ntransport = \"{transport}\"\nport = {port}\nlisten = \"0.0.0.0\"\nsplit_tunnel = true\n")
+}
+
+fn profile(net: &EndpointNet, client: Pem, proto: &str, port: u16, ciphers: &str) -> Profile {
+    Profile {
+        remote: EndpointNet::server_addr(0),
+        port,
+        proto: proto.into(),
+        ca_pem: net.ca.cert_pem(),
+        client,
+        data_ciphers: ciphers.into(),
+        tls_version_max: None,
+        extra: vec![],
+    }
+}
+
+fn http_server(listener: TcpListener) {
+    for s in listener.incoming() {
+        let Ok(mut s) = s else { continue };
+        let peer = s.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf);
+        let body = format!("peer={peer}\n");
+        let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    }
+}
+
+fn http_get(host: Ipv4Addr, timeout: Duration) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&SocketAddr::from((host, 8080)), timeout).with_context(|| format!("connect {host}:8080"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// Connects one client and checks everything a connected client should see.
+fn connect_and_use(transport: &str, port: u16, ciphers: &str, tls_max: Option<&str>) {
+    require_root();
+    let mut net = EndpointNet::new(1).unwrap();
+    let cfg = net.write_config(&endpoint(transport, port), rules()).unwrap();
+    let _daemon = Daemon::start(&net.gateway, &cfg).unwrap();
+    let listener = net.private.run(|| Ok(TcpListener::bind((PRIVATE, 8080))?)).unwrap();
+    std::thread::spawn(move || http_server(listener));
+    let denied_listener = net.private.run(|| Ok(TcpListener::bind((DENIED, 8080))?)).unwrap();
+    std::thread::spawn(move || http_server(denied_listener));
+
+    let alice = net.ca.client("alice", &["engineering"]).unwrap();
+    let mut p = profile(&net, alice, transport, port, ciphers);
+    p.tls_version_max = tls_max.map(str::to_string);
+    let mut client = OpenVpnClient::start(&net.clients[0], &p, &net.dir.0, "alice").unwrap();
+    let took = client.wait_connected(Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}\ncvpn log:\n{}", _daemon.log().join("\n")));
+    println!("connected in {took:?} ({transport}/{port}, {ciphers}, tls max {tls_max:?})");
+    let log = client.log().join("\n");
+    let first_cipher = ciphers.split(':').next().unwrap();
+    assert!(log.contains(first_cipher), "data channel cipher {first_cipher} not in the client log:\n{log}");
+    if let Some(v) = tls_max {
+        assert!(log.contains(&format!("TLSv{v}")), "TLS version not {v}:\n{log}");
+    }
+
+    let resp = net.clients[0].run(|| http_get(PRIVATE, Duration::from_secs(5))).unwrap_or_else(|e| panic!("{e:#}\ncvpn log:\n{}", _daemon.log().join("\n")));
+    assert!(resp.contains("peer=10.88.0.1:"), "the private host must see the SNAT address: {resp}");
+    let ping = net.clients[0].command("ping").args(["-c", "2", "-W", "2", "-i", "0.2", "10.88.0.10"]).output().unwrap();
+    assert!(ping.status.success(), "ping through the tunnel: {}", String::from_utf8_lossy(&ping.stdout));
+    let denied = net.clients[0].run(|| http_get(DENIED, Duration::from_millis(1500)));
+    assert!(denied.is_err(), "10.88.0.20 has no authorization rule and must be unreachable");
+}
+
+#[test]
+fn udp_443_aes256gcm_tls13() {
+    connect_and_use("udp", 443, ALL_CIPHERS, None);
+}
+
+#[test]
+fn udp_1194_chacha20_tls12() {
+    connect_and_use("udp", 1194, "CHACHA20-POLY1305", Some("1.2"));
+}
+
+#[test]
+fn udp_443_aes128gcm() {
+    connect_and_use("udp", 443, "AES-128-GCM", None);
+}
+
+#[test]
+fn bad_certificates_are_refused() {
+    require_root();
+    let mut net = EndpointNet::new(1).unwrap();
+    let _revoked = net.ca.revoked_client("mallory").unwrap();
+    let cfg = net.write_config(&endpoint("udp", 443), rules()).unwrap();
+    let mut daemon = Daemon::start(&net.gateway, &cfg).unwrap();
+    let revoked = _revoked;
+    let expired = net.ca.expired_client("old").unwrap();
+    let mut other = cvpn_tests::pki::Ca::new("another CA").unwrap();
+    let foreign = other.client("stranger", &[]).unwrap();
+    for (name, pem, reason) in [
+        ("revoked", revoked, "certificate-revoked"),
+        ("expired", expired, "certificate-expired"),
+        ("foreign", foreign, "certificate-unknown-ca"),
+    ] {
+        let mut p = profile(&net, pem, "udp", 443, ALL_CIPHERS);
+        p.extra.push("connect-retry-max 1".into());
+        let mut c = OpenVpnClient::start(&net.clients[0], &p, &net.dir.0, name).unwrap();
+        daemon.wait_for(reason, Duration::from_secs(15)).unwrap();
+        assert!(c.wait_connected(Duration::from_secs(2)).is_err(), "{name} certificate must not connect");
+        c.stop();
+    }
+}
