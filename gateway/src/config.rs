@@ -106,7 +106,10 @@ pub enum ConfigError {
 }
 
 fn invalid(at: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { at: at.into(), message: message.into() }
+    ConfigError::Invalid {
+        at: at.into(),
+        message: message.into(),
+    }
 }
 
 /// The transport the endpoint listens on.
@@ -266,8 +269,12 @@ const ENDPOINT_KEYS: &[(&str, bool)] = &[
 ];
 const TARGET_NETWORK_KEYS: &[(&str, bool)] = &[("interface", true), ("snat_address", false)];
 const ROUTE_KEYS: &[(&str, bool)] = &[("destination", true), ("target", true)];
-const RULE_KEYS: &[(&str, bool)] =
-    &[("destination", true), ("all_groups", false), ("group", false), ("description", false)];
+const RULE_KEYS: &[(&str, bool)] = &[
+    ("destination", true),
+    ("all_groups", false),
+    ("group", false),
+    ("description", false),
+];
 const ARRAYS: &[(&str, &[(&str, bool)])] = &[
     ("target_network", TARGET_NETWORK_KEYS),
     ("route", ROUTE_KEYS),
@@ -275,7 +282,10 @@ const ARRAYS: &[(&str, &[(&str, bool)])] = &[
 ];
 
 fn squash(s: &str) -> String {
-    s.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect()
+    s.chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 /// True if `typed` looks like a misspelling of `known`: same letters ignoring case, `_` and `-`,
@@ -290,7 +300,11 @@ fn unknown_key(key: &str, table: &str, known: &[&str]) -> ConfigError {
         Some(k) => format!("; did you mean {k:?}?"),
         None => format!("; known keys: {}", known.join(", ")),
     };
-    ConfigError::UnknownKey { key: key.to_string(), table: table.to_string(), hint }
+    ConfigError::UnknownKey {
+        key: key.to_string(),
+        table: table.to_string(),
+        hint,
+    }
 }
 
 fn check_keys(table: &toml::Table, name: &str, keys: &[(&str, bool)]) -> Result<(), ConfigError> {
@@ -299,17 +313,27 @@ fn check_keys(table: &toml::Table, name: &str, keys: &[(&str, bool)]) -> Result<
         return Err(unknown_key(k, name, &known));
     }
     if let Some((k, _)) = keys.iter().find(|(k, req)| *req && !table.contains_key(*k)) {
-        return Err(invalid(format!("{name} {k}"), "missing; this key is required"));
+        return Err(invalid(
+            format!("{name} {k}"),
+            "missing; this key is required",
+        ));
     }
     Ok(())
 }
 
 /// Checks table structure, key names and required keys, so that the messages say where.
 fn check_structure(doc: &toml::Table) -> Result<(), ConfigError> {
-    let top: Vec<&str> = ["endpoint"].into_iter().chain(ARRAYS.iter().map(|(n, _)| *n)).collect();
+    let top: Vec<&str> = ["endpoint"]
+        .into_iter()
+        .chain(ARRAYS.iter().map(|(n, _)| *n))
+        .collect();
     for (key, value) in doc {
         if !top.contains(&key.as_str()) {
-            let what = if value.is_table() || value.is_array() { "table" } else { "key" };
+            let what = if value.is_table() || value.is_array() {
+                "table"
+            } else {
+                "key"
+            };
             let hint = match top.iter().find(|k| similar(k, key)) {
                 Some(k) => format!("; did you mean {k:?}?"),
                 None => "; known tables: [endpoint], [[target_network]], [[route]], \
@@ -324,15 +348,27 @@ fn check_structure(doc: &toml::Table) -> Result<(), ConfigError> {
         }
     }
     match doc.get("endpoint") {
-        None => return Err(invalid("[endpoint]", "missing; the file must have an [endpoint] table")),
+        None => {
+            return Err(invalid(
+                "[endpoint]",
+                "missing; the file must have an [endpoint] table",
+            ))
+        }
         Some(toml::Value::Table(t)) => check_keys(t, "[endpoint]", ENDPOINT_KEYS)?,
         Some(_) => return Err(invalid("endpoint", "must be a table: write [endpoint]")),
     }
     for (name, keys) in ARRAYS {
-        let Some(value) = doc.get(*name) else { continue };
+        let Some(value) = doc.get(*name) else {
+            continue;
+        };
         let items = match value {
             toml::Value::Array(items) => items,
-            _ => return Err(invalid(*name, format!("must be an array of tables: write [[{name}]]"))),
+            _ => {
+                return Err(invalid(
+                    *name,
+                    format!("must be an array of tables: write [[{name}]]"),
+                ))
+            }
         };
         for (i, item) in items.iter().enumerate() {
             let at = format!("[[{name}]] #{}", i + 1);
@@ -349,10 +385,16 @@ fn check_structure(doc: &toml::Table) -> Result<(), ConfigError> {
 
 fn cidr(at: &str, s: &str) -> Result<Ipv4Net, ConfigError> {
     let net: Ipv4Net = s.trim().parse().map_err(|_| {
-        invalid(at, format!("{s:?} is not an IPv4 CIDR (write a.b.c.d/n, e.g. \"10.88.0.0/24\")"))
+        invalid(
+            at,
+            format!("{s:?} is not an IPv4 CIDR (write a.b.c.d/n, e.g. \"10.88.0.0/24\")"),
+        )
     })?;
     if net != net.trunc() {
-        return Err(invalid(at, format!("{s:?} has host bits set; write {}", net.trunc())));
+        return Err(invalid(
+            at,
+            format!("{s:?} has host bits set; write {}", net.trunc()),
+        ));
     }
     Ok(net)
 }
@@ -377,11 +419,14 @@ fn interface_name(at: &str, s: &str) -> Result<String, ConfigError> {
         || s.len() > 15
         || s == "."
         || s == ".."
-        || s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+        || s.chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
     if bad {
         return Err(invalid(
             at,
-            format!("{s:?} is not a network interface name (1 to 15 characters, no '/', ':' or spaces)"),
+            format!(
+                "{s:?} is not a network interface name (1 to 15 characters, no '/', ':' or spaces)"
+            ),
         ));
     }
     Ok(s.to_string())
@@ -410,7 +455,12 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
     let transport = match e.transport.as_deref().unwrap_or("udp") {
         "udp" => Transport::Udp,
         "tcp" => Transport::Tcp,
-        other => return Err(invalid(at("transport"), format!("{other:?} is not one of \"udp\", \"tcp\""))),
+        other => {
+            return Err(invalid(
+                at("transport"),
+                format!("{other:?} is not one of \"udp\", \"tcp\""),
+            ))
+        }
     };
     let port = match e.port {
         None => DEFAULT_PORT,
@@ -422,7 +472,10 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
     let listen = match e.listen.as_deref() {
         None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         Some(s) => s.trim().parse().map_err(|_| {
-            invalid(at("listen"), format!("{s:?} is not an IP address (e.g. \"0.0.0.0\" or \"::\")"))
+            invalid(
+                at("listen"),
+                format!("{s:?} is not an IP address (e.g. \"0.0.0.0\" or \"::\")"),
+            )
         })?,
     };
     let server_cert = path(&at("server_cert"), &e.server_cert)?;
@@ -432,7 +485,10 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
     if e.dns_servers.len() > MAX_DNS_SERVERS {
         return Err(invalid(
             at("dns_servers"),
-            format!("{} servers given, at most {MAX_DNS_SERVERS} are allowed", e.dns_servers.len()),
+            format!(
+                "{} servers given, at most {MAX_DNS_SERVERS} are allowed",
+                e.dns_servers.len()
+            ),
         ));
     }
     let mut dns_servers = Vec::new();
@@ -448,14 +504,27 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
     for (i, t) in raw.target_network.into_iter().enumerate() {
         let at = |k: &str| format!("[[target_network]] #{} {k}", i + 1);
         let interface = interface_name(&at("interface"), &t.interface)?;
-        if let Some(j) = target_networks.iter().position(|x| x.interface == interface) {
+        if let Some(j) = target_networks
+            .iter()
+            .position(|x| x.interface == interface)
+        {
             return Err(invalid(
                 at("interface"),
-                format!("{interface:?} is already declared by [[target_network]] #{}", j + 1),
+                format!(
+                    "{interface:?} is already declared by [[target_network]] #{}",
+                    j + 1
+                ),
             ));
         }
-        let snat_address = t.snat_address.as_deref().map(|s| ipv4(&at("snat_address"), s)).transpose()?;
-        target_networks.push(TargetNetwork { interface, snat_address });
+        let snat_address = t
+            .snat_address
+            .as_deref()
+            .map(|s| ipv4(&at("snat_address"), s))
+            .transpose()?;
+        target_networks.push(TargetNetwork {
+            interface,
+            snat_address,
+        });
     }
 
     let mut routes: Vec<RouteConfig> = Vec::new();
@@ -472,8 +541,15 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
             ));
         }
         if !target_networks.iter().any(|t| t.interface == r.target) {
-            let declared: Vec<String> = target_networks.iter().map(|t| format!("{:?}", t.interface)).collect();
-            let declared = if declared.is_empty() { "none".to_string() } else { declared.join(", ") };
+            let declared: Vec<String> = target_networks
+                .iter()
+                .map(|t| format!("{:?}", t.interface))
+                .collect();
+            let declared = if declared.is_empty() {
+                "none".to_string()
+            } else {
+                declared.join(", ")
+            };
             return Err(invalid(
                 at("target"),
                 format!(
@@ -492,7 +568,10 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
                 ),
             ));
         }
-        routes.push(RouteConfig { destination, target: r.target });
+        routes.push(RouteConfig {
+            destination,
+            target: r.target,
+        });
     }
 
     let mut authorization_rules: Vec<AuthorizationRuleConfig> = Vec::new();
@@ -503,12 +582,18 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
             (true, None) => Access::AllGroups,
             (false, Some(g)) => {
                 if g.trim().is_empty() {
-                    return Err(invalid(format!("{here} group"), "is empty; give a group name"));
+                    return Err(invalid(
+                        format!("{here} group"),
+                        "is empty; give a group name",
+                    ));
                 }
                 Access::Group(g)
             }
             _ => {
-                return Err(invalid(here, "set exactly one of all_groups = true or group = \"...\""));
+                return Err(invalid(
+                    here,
+                    "set exactly one of all_groups = true or group = \"...\"",
+                ));
             }
         };
         if let Some(j) = authorization_rules
@@ -517,10 +602,17 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
         {
             return Err(invalid(
                 here,
-                format!("duplicate of [[authorization_rule]] #{} (same destination and access)", j + 1),
+                format!(
+                    "duplicate of [[authorization_rule]] #{} (same destination and access)",
+                    j + 1
+                ),
             ));
         }
-        authorization_rules.push(AuthorizationRuleConfig { destination, access, description: r.description });
+        authorization_rules.push(AuthorizationRuleConfig {
+            destination,
+            access,
+            description: r.description,
+        });
     }
 
     Ok(EndpointConfig {
@@ -543,7 +635,9 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
 impl EndpointConfig {
     /// Parses and validates a configuration from TOML text.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Toml(e.to_string()))?;
+        let doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Toml(e.to_string()))?;
         check_structure(&doc)?;
         // Second pass with serde on the text (not the table) so that type errors carry a line
         // and column.
@@ -554,10 +648,14 @@ impl EndpointConfig {
     /// Reads, parses and validates a configuration file. Errors name the file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Self::from_toml_str(&text)
-            .map_err(|e| ConfigError::InFile { path: path.to_path_buf(), source: Box::new(e) })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text).map_err(|e| ConfigError::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
     /// The data plane's [`Policy`] for this configuration: every authorization rule, and every
@@ -569,19 +667,27 @@ impl EndpointConfig {
             rules: self
                 .authorization_rules
                 .iter()
-                .map(|r| AuthorizationRule { destination: r.destination, access: r.access.clone() })
+                .map(|r| AuthorizationRule {
+                    destination: r.destination,
+                    access: r.access.clone(),
+                })
                 .collect(),
             routes: self
                 .routes
                 .iter()
-                .map(|r| Route { destination: r.destination, target: target_id(&r.target) })
+                .map(|r| Route {
+                    destination: r.destination,
+                    target: target_id(&r.target),
+                })
                 .collect(),
         }
     }
 
     /// The target network on `interface`, if declared.
     pub fn target_network(&self, interface: &str) -> Option<&TargetNetwork> {
-        self.target_networks.iter().find(|t| t.interface == interface)
+        self.target_networks
+            .iter()
+            .find(|t| t.interface == interface)
     }
 
     /// The route destinations pushed to split-tunnel clients, in file order.
@@ -657,7 +763,11 @@ client_ca = "ca.crt"
 
     /// MINIMAL with `extra` appended, and the endpoint line `replace.0` replaced by `replace.1`.
     fn with(replace: (&str, &str), extra: &str) -> String {
-        let base = if replace.0.is_empty() { MINIMAL.to_string() } else { MINIMAL.replace(replace.0, replace.1) };
+        let base = if replace.0.is_empty() {
+            MINIMAL.to_string()
+        } else {
+            MINIMAL.replace(replace.0, replace.1)
+        };
         format!("{base}{extra}")
     }
 
@@ -675,16 +785,40 @@ client_ca = "ca.crt"
         assert_eq!(c.server_cert, PathBuf::from("/etc/cvpn/server.crt"));
         assert_eq!(c.crl, Some(PathBuf::from("/etc/cvpn/crl.pem")));
         assert!(c.split_tunnel);
-        assert_eq!(c.dns_servers, ["10.88.0.2".parse::<Ipv4Addr>().unwrap(), "10.88.0.3".parse().unwrap()]);
+        assert_eq!(
+            c.dns_servers,
+            [
+                "10.88.0.2".parse::<Ipv4Addr>().unwrap(),
+                "10.88.0.3".parse().unwrap()
+            ]
+        );
         assert_eq!(c.target_networks.len(), 2);
-        assert_eq!(c.target_network("eth1").unwrap().snat_address, Some("10.88.0.5".parse().unwrap()));
+        assert_eq!(
+            c.target_network("eth1").unwrap().snat_address,
+            Some("10.88.0.5".parse().unwrap())
+        );
         assert_eq!(c.target_network("veth-b").unwrap().snat_address, None);
-        assert_eq!(c.routes[1], RouteConfig { destination: net("0.0.0.0/0"), target: "veth-b".into() });
-        assert_eq!(c.authorization_rules[0].access, Access::Group("engineering".into()));
-        assert_eq!(c.authorization_rules[0].description.as_deref(), Some("eng only"));
+        assert_eq!(
+            c.routes[1],
+            RouteConfig {
+                destination: net("0.0.0.0/0"),
+                target: "veth-b".into()
+            }
+        );
+        assert_eq!(
+            c.authorization_rules[0].access,
+            Access::Group("engineering".into())
+        );
+        assert_eq!(
+            c.authorization_rules[0].description.as_deref(),
+            Some("eng only")
+        );
         assert_eq!(c.authorization_rules[1].access, Access::AllGroups);
         assert_eq!(c.groups().into_iter().collect::<Vec<_>>(), ["engineering"]);
-        assert_eq!(c.route_destinations().collect::<Vec<_>>(), [net("10.88.0.0/24"), net("0.0.0.0/0")]);
+        assert_eq!(
+            c.route_destinations().collect::<Vec<_>>(),
+            [net("10.88.0.0/24"), net("0.0.0.0/0")]
+        );
     }
 
     #[test]
@@ -697,9 +831,14 @@ client_ca = "ca.crt"
         assert!(!c.split_tunnel);
         assert!(c.dns_servers.is_empty());
         assert_eq!(c.crl, None);
-        assert!(c.target_networks.is_empty() && c.routes.is_empty() && c.authorization_rules.is_empty());
+        assert!(
+            c.target_networks.is_empty() && c.routes.is_empty() && c.authorization_rules.is_empty()
+        );
         let ipv6 = with(("", ""), "").replace("[endpoint]", "[endpoint]\nlisten = \"::\"");
-        assert_eq!(EndpointConfig::from_toml_str(&ipv6).unwrap().listen, "::".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            EndpointConfig::from_toml_str(&ipv6).unwrap().listen,
+            "::".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
@@ -713,15 +852,27 @@ client_ca = "ca.crt"
         assert_eq!(
             policy.routes,
             [
-                Route { destination: net("10.88.0.0/24"), target: 7 },
-                Route { destination: net("0.0.0.0/0"), target: 9 },
+                Route {
+                    destination: net("10.88.0.0/24"),
+                    target: 7
+                },
+                Route {
+                    destination: net("0.0.0.0/0"),
+                    target: 9
+                },
             ]
         );
         assert_eq!(
             policy.rules,
             [
-                AuthorizationRule { destination: net("10.88.0.0/24"), access: Access::Group("engineering".into()) },
-                AuthorizationRule { destination: net("0.0.0.0/0"), access: Access::AllGroups },
+                AuthorizationRule {
+                    destination: net("10.88.0.0/24"),
+                    access: Access::Group("engineering".into())
+                },
+                AuthorizationRule {
+                    destination: net("0.0.0.0/0"),
+                    access: Access::AllGroups
+                },
             ]
         );
     }
@@ -729,17 +880,36 @@ client_ca = "ca.crt"
     #[test]
     fn unknown_keys_and_tables() {
         let e = err(&MINIMAL.replace("client_cidr", "clientcidr"));
-        assert!(e.starts_with("unknown key \"clientcidr\" in [endpoint]"), "{e}");
+        assert!(
+            e.starts_with("unknown key \"clientcidr\" in [endpoint]"),
+            "{e}"
+        );
         assert!(e.contains("did you mean \"client_cidr\""), "{e}");
-        let e = err(&with(("", ""), "\n[[route]]\ndestination = \"10.88.0.0/24\"\ntarget = \"eth1\"\nvia = \"x\"\n"));
+        let e = err(&with(
+            ("", ""),
+            "\n[[route]]\ndestination = \"10.88.0.0/24\"\ntarget = \"eth1\"\nvia = \"x\"\n",
+        ));
         assert!(e.starts_with("unknown key \"via\" in [[route]] #1"), "{e}");
         assert!(e.contains("known keys: destination, target"), "{e}");
-        let e = err(&with(("", ""), "\n[[routes]]\ndestination = \"10.88.0.0/24\"\n"));
-        assert!(e.contains("unknown key \"routes\" in the top level (table)") && e.contains("did you mean \"route\""), "{e}");
+        let e = err(&with(
+            ("", ""),
+            "\n[[routes]]\ndestination = \"10.88.0.0/24\"\n",
+        ));
+        assert!(
+            e.contains("unknown key \"routes\" in the top level (table)")
+                && e.contains("did you mean \"route\""),
+            "{e}"
+        );
         let e = err(&format!("debug = true\n{MINIMAL}"));
-        assert!(e.contains("unknown key \"debug\" in the top level (key)"), "{e}");
+        assert!(
+            e.contains("unknown key \"debug\" in the top level (key)"),
+            "{e}"
+        );
         let e = err(&with(("", ""), "\n[[target_network]]\ninterface = \"eth1\"\n[[target_network]]\ninterface = \"eth2\"\nmtu = 1500\n"));
-        assert!(e.starts_with("unknown key \"mtu\" in [[target_network]] #2"), "{e}");
+        assert!(
+            e.starts_with("unknown key \"mtu\" in [[target_network]] #2"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -748,12 +918,24 @@ client_ca = "ca.crt"
         assert!(e.contains("[endpoint]: missing"), "{e}");
         let e = err(&MINIMAL.replace("server_key = \"a.key\"", ""));
         assert_eq!(e, "[endpoint] server_key: missing; this key is required");
-        let e = err(&with(("", ""), "\n[route]\ndestination = \"10.88.0.0/24\"\n"));
-        assert!(e.contains("route: must be an array of tables: write [[route]]"), "{e}");
+        let e = err(&with(
+            ("", ""),
+            "\n[route]\ndestination = \"10.88.0.0/24\"\n",
+        ));
+        assert!(
+            e.contains("route: must be an array of tables: write [[route]]"),
+            "{e}"
+        );
         let e = err("endpoint = 3\n");
         assert!(e.contains("endpoint: must be a table"), "{e}");
-        let e = err(&with(("", ""), "\n[[authorization_rule]]\ndestination = \"10.0.0.0/8\"\n"));
-        assert_eq!(e, "[[authorization_rule]] #1: set exactly one of all_groups = true or group = \"...\"");
+        let e = err(&with(
+            ("", ""),
+            "\n[[authorization_rule]]\ndestination = \"10.0.0.0/8\"\n",
+        ));
+        assert_eq!(
+            e,
+            "[[authorization_rule]] #1: set exactly one of all_groups = true or group = \"...\""
+        );
     }
 
     #[test]
@@ -769,32 +951,61 @@ client_ca = "ca.crt"
     #[test]
     fn client_cidr_rules() {
         let e = err(&MINIMAL.replace("10.2.0.0/22", "10.0.0.0/33"));
-        assert!(e.starts_with("[endpoint] client_cidr: \"10.0.0.0/33\" is not an IPv4 CIDR"), "{e}");
+        assert!(
+            e.starts_with("[endpoint] client_cidr: \"10.0.0.0/33\" is not an IPv4 CIDR"),
+            "{e}"
+        );
         let e = err(&MINIMAL.replace("10.2.0.0/22", "10.2.0.0"));
         assert!(e.contains("is not an IPv4 CIDR"), "{e}");
         let e = err(&MINIMAL.replace("10.2.0.0/22", "10.2.0.0/24"));
-        assert!(e.contains("/24") && e.contains("between /12 and /22"), "{e}");
+        assert!(
+            e.contains("/24") && e.contains("between /12 and /22"),
+            "{e}"
+        );
         let e = err(&MINIMAL.replace("10.2.0.0/22", "10.0.0.0/8"));
         assert!(e.contains("between /12 and /22"), "{e}");
         let e = err(&MINIMAL.replace("10.2.0.0/22", "10.2.1.0/22"));
         assert!(e.contains("host bits") && e.contains("10.2.0.0/22"), "{e}");
         for ok in ["172.16.0.0/12", "10.2.0.0/22", "100.64.0.0/16"] {
-            assert!(EndpointConfig::from_toml_str(&MINIMAL.replace("10.2.0.0/22", ok)).is_ok(), "{ok}");
+            assert!(
+                EndpointConfig::from_toml_str(&MINIMAL.replace("10.2.0.0/22", ok)).is_ok(),
+                "{ok}"
+            );
         }
     }
 
     #[test]
     fn endpoint_value_errors() {
         let set = |line: &str| MINIMAL.replace("[endpoint]", &format!("[endpoint]\n{line}"));
-        assert_eq!(err(&set("transport = \"sctp\"")), "[endpoint] transport: \"sctp\" is not one of \"udp\", \"tcp\"");
-        assert_eq!(err(&set("transport = \"UDP\"")), "[endpoint] transport: \"UDP\" is not one of \"udp\", \"tcp\"");
-        assert_eq!(err(&set("port = 0")), "[endpoint] port: 0 is not a port number (1..=65535)");
-        assert_eq!(err(&set("port = 70000")), "[endpoint] port: 70000 is not a port number (1..=65535)");
-        assert_eq!(err(&set("port = -1")), "[endpoint] port: -1 is not a port number (1..=65535)");
+        assert_eq!(
+            err(&set("transport = \"sctp\"")),
+            "[endpoint] transport: \"sctp\" is not one of \"udp\", \"tcp\""
+        );
+        assert_eq!(
+            err(&set("transport = \"UDP\"")),
+            "[endpoint] transport: \"UDP\" is not one of \"udp\", \"tcp\""
+        );
+        assert_eq!(
+            err(&set("port = 0")),
+            "[endpoint] port: 0 is not a port number (1..=65535)"
+        );
+        assert_eq!(
+            err(&set("port = 70000")),
+            "[endpoint] port: 70000 is not a port number (1..=65535)"
+        );
+        assert_eq!(
+            err(&set("port = -1")),
+            "[endpoint] port: -1 is not a port number (1..=65535)"
+        );
         assert!(EndpointConfig::from_toml_str(&set("port = 65535")).is_ok());
-        assert!(err(&set("listen = \"eth0\"")).starts_with("[endpoint] listen: \"eth0\" is not an IP address"));
-        assert!(err(&set("dns_servers = [\"1.1.1.1\", \"8.8.8.8\", \"9.9.9.9\"]")).contains("at most 2"));
-        assert!(err(&set("dns_servers = [\"::1\"]")).starts_with("[endpoint] dns_servers: \"::1\" is not an IPv4 address"));
+        assert!(err(&set("listen = \"eth0\""))
+            .starts_with("[endpoint] listen: \"eth0\" is not an IP address"));
+        assert!(err(&set(
+            "dns_servers = [\"1.1.1.1\", \"8.8.8.8\", \"9.9.9.9\"]"
+        ))
+        .contains("at most 2"));
+        assert!(err(&set("dns_servers = [\"::1\"]"))
+            .starts_with("[endpoint] dns_servers: \"::1\" is not an IPv4 address"));
         assert!(err(&set("dns_servers = [\"1.1.1.1\", \"1.1.1.1\"]")).contains("listed twice"));
         assert_eq!(
             err(&MINIMAL.replace("\"a.crt\"", "\"\"")),
@@ -812,51 +1023,127 @@ client_ca = "ca.crt"
             let e = err(&with(("", ""), &tn(bad)));
             assert!(e.contains("is not a network interface name"), "{bad}: {e}");
         }
-        let e = err(&with(("", ""), "\n[[target_network]]\ninterface = \"eth1\"\nsnat_address = \"10.0.0.256\"\n"));
-        assert!(e.starts_with("[[target_network]] #1 snat_address: \"10.0.0.256\" is not an IPv4 address"), "{e}");
+        let e = err(&with(
+            ("", ""),
+            "\n[[target_network]]\ninterface = \"eth1\"\nsnat_address = \"10.0.0.256\"\n",
+        ));
+        assert!(
+            e.starts_with(
+                "[[target_network]] #1 snat_address: \"10.0.0.256\" is not an IPv4 address"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
     fn route_errors() {
         let tn = "\n[[target_network]]\ninterface = \"eth1\"\n";
-        let route = |dst: &str, target: &str| format!("\n[[route]]\ndestination = \"{dst}\"\ntarget = \"{target}\"\n");
-        let e = err(&with(("", ""), &format!("{tn}{}", route("10.88.0.0/24", "eth9"))));
+        let route = |dst: &str, target: &str| {
+            format!("\n[[route]]\ndestination = \"{dst}\"\ntarget = \"{target}\"\n")
+        };
+        let e = err(&with(
+            ("", ""),
+            &format!("{tn}{}", route("10.88.0.0/24", "eth9")),
+        ));
         assert_eq!(e, "[[route]] #1 target: \"eth9\" is not the interface of a [[target_network]] (declared: \"eth1\")");
         let e = err(&with(("", ""), &route("10.88.0.0/24", "eth1")));
         assert!(e.contains("(declared: none)"), "{e}");
-        let e = err(&with(("", ""), &format!("{tn}{}{}", route("10.88.0.0/24", "eth1"), route("10.88.0.0/24", "eth1"))));
-        assert!(e.starts_with("[[route]] #2: duplicate route: [[route]] #1 already routes 10.88.0.0/24"), "{e}");
+        let e = err(&with(
+            ("", ""),
+            &format!(
+                "{tn}{}{}",
+                route("10.88.0.0/24", "eth1"),
+                route("10.88.0.0/24", "eth1")
+            ),
+        ));
+        assert!(
+            e.starts_with(
+                "[[route]] #2: duplicate route: [[route]] #1 already routes 10.88.0.0/24"
+            ),
+            "{e}"
+        );
         // Same destination, another target: also refused (the data plane has one target per prefix).
         let two = "\n[[target_network]]\ninterface = \"eth1\"\n[[target_network]]\ninterface = \"eth2\"\n";
-        let e = err(&with(("", ""), &format!("{two}{}{}", route("10.88.0.0/24", "eth1"), route("10.88.0.0/24", "eth2"))));
+        let e = err(&with(
+            ("", ""),
+            &format!(
+                "{two}{}{}",
+                route("10.88.0.0/24", "eth1"),
+                route("10.88.0.0/24", "eth2")
+            ),
+        ));
         assert!(e.contains("duplicate route"), "{e}");
         // Overlap with the client CIDR, either way round.
         for dst in ["10.2.1.0/24", "10.0.0.0/8", "10.2.0.0/22"] {
             let e = err(&with(("", ""), &format!("{tn}{}", route(dst, "eth1"))));
-            assert!(e.starts_with("[[route]] #1 destination:") && e.contains("overlaps the client CIDR 10.2.0.0/22"), "{dst}: {e}");
+            assert!(
+                e.starts_with("[[route]] #1 destination:")
+                    && e.contains("overlaps the client CIDR 10.2.0.0/22"),
+                "{dst}: {e}"
+            );
         }
-        let e = err(&with(("", ""), &format!("{tn}{}", route("10.88.0.9/24", "eth1"))));
+        let e = err(&with(
+            ("", ""),
+            &format!("{tn}{}", route("10.88.0.9/24", "eth1")),
+        ));
         assert!(e.contains("host bits set; write 10.88.0.0/24"), "{e}");
         // The default route is allowed; an adjacent network is fine.
-        assert!(EndpointConfig::from_toml_str(&with(("", ""), &format!("{tn}{}{}", route("0.0.0.0/0", "eth1"), route("10.2.4.0/22", "eth1")))).is_ok());
+        assert!(EndpointConfig::from_toml_str(&with(
+            ("", ""),
+            &format!(
+                "{tn}{}{}",
+                route("0.0.0.0/0", "eth1"),
+                route("10.2.4.0/22", "eth1")
+            )
+        ))
+        .is_ok());
     }
 
     #[test]
     fn authorization_rule_errors() {
-        let rule = |body: &str| format!("\n[[authorization_rule]]\ndestination = \"10.88.0.0/24\"\n{body}\n");
+        let rule = |body: &str| {
+            format!("\n[[authorization_rule]]\ndestination = \"10.88.0.0/24\"\n{body}\n")
+        };
         let ok = rule("all_groups = true");
-        let e = err(&with(("", ""), &format!("{ok}{}", rule("all_groups = true\ngroup = \"a\""))));
-        assert_eq!(e, "[[authorization_rule]] #2: set exactly one of all_groups = true or group = \"...\"");
+        let e = err(&with(
+            ("", ""),
+            &format!("{ok}{}", rule("all_groups = true\ngroup = \"a\"")),
+        ));
+        assert_eq!(
+            e,
+            "[[authorization_rule]] #2: set exactly one of all_groups = true or group = \"...\""
+        );
         let e = err(&with(("", ""), &rule("all_groups = false")));
-        assert_eq!(e, "[[authorization_rule]] #1: set exactly one of all_groups = true or group = \"...\"");
+        assert_eq!(
+            e,
+            "[[authorization_rule]] #1: set exactly one of all_groups = true or group = \"...\""
+        );
         let e = err(&with(("", ""), &rule("group = \" \"")));
-        assert_eq!(e, "[[authorization_rule]] #1 group: is empty; give a group name");
+        assert_eq!(
+            e,
+            "[[authorization_rule]] #1 group: is empty; give a group name"
+        );
         let e = err(&with(("", ""), &format!("{ok}{ok}")));
-        assert!(e.starts_with("[[authorization_rule]] #2: duplicate of [[authorization_rule]] #1"), "{e}");
-        let e = err(&with(("", ""), "\n[[authorization_rule]]\ndestination = \"10.88.0.0/40\"\nall_groups = true\n"));
-        assert!(e.starts_with("[[authorization_rule]] #1 destination: \"10.88.0.0/40\" is not an IPv4 CIDR"), "{e}");
+        assert!(
+            e.starts_with("[[authorization_rule]] #2: duplicate of [[authorization_rule]] #1"),
+            "{e}"
+        );
+        let e = err(&with(
+            ("", ""),
+            "\n[[authorization_rule]]\ndestination = \"10.88.0.0/40\"\nall_groups = true\n",
+        ));
+        assert!(
+            e.starts_with(
+                "[[authorization_rule]] #1 destination: \"10.88.0.0/40\" is not an IPv4 CIDR"
+            ),
+            "{e}"
+        );
         // all_groups = false next to a group is just the group.
-        let c = EndpointConfig::from_toml_str(&with(("", ""), &rule("all_groups = false\ngroup = \"ops\""))).unwrap();
+        let c = EndpointConfig::from_toml_str(&with(
+            ("", ""),
+            &rule("all_groups = false\ngroup = \"ops\""),
+        ))
+        .unwrap();
         assert_eq!(c.authorization_rules[0].access, Access::Group("ops".into()));
         // Rules may overlap the client CIDR (they only ever match destinations).
         let c = EndpointConfig::from_toml_str(&with(("", ""), &rule("group = \"a\"\n[[authorization_rule]]\ndestination = \"10.88.0.0/24\"\ngroup = \"b\""))).unwrap();
@@ -869,14 +1156,26 @@ client_ca = "ca.crt"
         std::fs::create_dir_all(&dir).unwrap();
         let good = dir.join("good.toml");
         std::fs::write(&good, FULL).unwrap();
-        assert_eq!(EndpointConfig::load(&good).unwrap(), EndpointConfig::from_toml_str(FULL).unwrap());
+        assert_eq!(
+            EndpointConfig::load(&good).unwrap(),
+            EndpointConfig::from_toml_str(FULL).unwrap()
+        );
         let bad = dir.join("bad.toml");
         std::fs::write(&bad, MINIMAL.replace("client_cidr", "clientcidr")).unwrap();
         let e = EndpointConfig::load(&bad).unwrap_err().to_string();
-        assert!(e.starts_with(&format!("config file {}: unknown key \"clientcidr\"", bad.display())), "{e}");
+        assert!(
+            e.starts_with(&format!(
+                "config file {}: unknown key \"clientcidr\"",
+                bad.display()
+            )),
+            "{e}"
+        );
         let missing = dir.join("missing.toml");
         let e = EndpointConfig::load(&missing).unwrap_err().to_string();
-        assert!(e.starts_with(&format!("cannot read config file {}:", missing.display())), "{e}");
+        assert!(
+            e.starts_with(&format!("cannot read config file {}:", missing.display())),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

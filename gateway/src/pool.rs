@@ -75,7 +75,15 @@ impl AddressPool {
         // clamp (a /0 client CIDR makes no sense but must not overflow).
         let size: u64 = 1u64 << (32 - u32::from(net.prefix_len()));
         let end = u32::try_from(size - 1).unwrap_or(u32::MAX);
-        Ok(Self { net, first: 2, end, fresh: 2, released: VecDeque::new(), bits: Vec::new(), allocated: 0 })
+        Ok(Self {
+            net,
+            first: 2,
+            end,
+            fresh: 2,
+            released: VecDeque::new(),
+            bits: Vec::new(),
+            allocated: 0,
+        })
     }
 
     /// The client CIDR this pool hands addresses out of.
@@ -137,7 +145,9 @@ impl AddressPool {
     /// outside the CIDR, reserved, or already free. A double release therefore cannot put one
     /// address into the pool twice.
     pub fn release(&mut self, addr: Ipv4Addr) -> bool {
-        let Some(offset) = self.offset_of(addr) else { return false };
+        let Some(offset) = self.offset_of(addr) else {
+            return false;
+        };
         if !self.bit(offset) {
             return false;
         }
@@ -295,7 +305,11 @@ mod tests {
         for _ in 0..1000 {
             p.allocate().unwrap();
         }
-        assert!(p.bits.len() <= 16, "bitmap grows with use: {} words", p.bits.len());
+        assert!(
+            p.bits.len() <= 16,
+            "bitmap grows with use: {} words",
+            p.bits.len()
+        );
         // Exhaust it entirely: O(1) per call keeps this well under a second.
         let mut n = 1000;
         while p.allocate().is_some() {

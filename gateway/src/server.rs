@@ -86,7 +86,9 @@ struct Conn {
     peer: Peer,
     remote_addr: SocketAddr,
     session: ServerSession,
-    data: Option<DataChannel>,
+    /// Data channels by key id, newest last (the previous key keeps working after a
+    /// renegotiation until it is replaced).
+    data: Vec<DataChannel>,
     peer_id: u32,
     client_ip: Option<Ipv4Addr>,
     cipher: Option<Cipher>,
@@ -406,7 +408,7 @@ impl Server {
             peer,
             remote_addr: addr,
             session,
-            data: None,
+            data: Vec::new(),
             peer_id,
             client_ip: None,
             cipher: None,
@@ -490,9 +492,21 @@ impl Server {
                 Event::KeysReady { key_id, material } => {
                     let cipher = c.cipher.unwrap_or(Cipher::Aes256Gcm);
                     match DataChannel::from_ekm(&material, cipher, Role::Server, key_id.get(), c.peer_id) {
-                        Ok(dc) => c.data = Some(dc),
+                        Ok(dc) => {
+                            c.data.retain(|d| d.key_id() != key_id.get());
+                            c.data.push(dc);
+                            if c.data.len() > 2 {
+                                c.data.remove(0);
+                            }
+                            if key_id.get() != 0 {
+                                info!(conn = id, key_id = key_id.get(), "renegotiated");
+                            }
+                        }
                         Err(e) => warn!(conn = id, error = %e, "data channel keys"),
                     }
+                }
+                Event::RenegotiationFailed { key_id, reason } => {
+                    warn!(conn = id, key_id = key_id.get(), %reason, "renegotiation failed; keeping the current keys");
                 }
                 Event::Control(text) => {
                     if text.starts_with("PUSH_REQUEST") {
@@ -549,7 +563,8 @@ impl Server {
         let peer_id = u32::from_be_bytes([0, buf[1], buf[2], buf[3]]);
         let Some(&id) = self.by_peer_id.get(&peer_id) else { return };
         let Some(c) = self.conns.get_mut(&id) else { return };
-        let Some(dc) = c.data.as_mut() else { return };
+        let key_id = buf[0] & 0x07;
+        let Some(dc) = c.data.iter_mut().find(|d| d.key_id() == key_id) else { return };
         let plain = match dc.open_in_place(buf) {
             Ok(p) => p,
             Err(e) => {
@@ -589,7 +604,7 @@ impl Server {
         let dst = Ipv4Addr::new(buf[24 + 16], buf[24 + 17], buf[24 + 18], buf[24 + 19]);
         let Some(&id) = self.by_client_ip.get(&dst) else { return };
         let Some(c) = self.conns.get_mut(&id) else { return };
-        let Some(dc) = c.data.as_mut() else { return };
+        let Some(dc) = c.data.last_mut() else { return };
         match dc.seal_in_place(&mut buf[..24 + n], n) {
             Ok(len) => {
                 c.last_tx = Instant::now();
@@ -611,9 +626,16 @@ impl Server {
                 self.disconnect(id, "keepalive-timeout");
                 continue;
             }
-            if c.data.is_some() && now.duration_since(c.last_tx) > Duration::from_secs(self.settings.ping as u64) {
+            // Packet ids of the current key running out: renegotiate from our side.
+            if c.data.last().is_some_and(|d| d.needs_renegotiation()) && c.data.len() < 2 {
+                match c.session.start_renegotiation(now) {
+                    Ok(k) => info!(conn = id, key_id = k.get(), "starting renegotiation (packet ids running out)"),
+                    Err(e) => warn!(conn = id, error = %e, "cannot start renegotiation"),
+                }
+            }
+            if !c.data.is_empty() && now.duration_since(c.last_tx) > Duration::from_secs(self.settings.ping as u64) {
                 let mut out = Vec::new();
-                if let Some(dc) = c.data.as_mut() {
+                if let Some(dc) = c.data.last_mut() {
                     if dc.seal(&PING_MAGIC, &mut out).is_ok() {
                         c.last_tx = now;
                         let peer = c.peer;

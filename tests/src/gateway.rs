@@ -17,13 +17,32 @@ use crate::{
     veth, Netns,
 };
 
-/// The `cvpn` binary next to the test executables (built by `cargo test --workspace`).
+/// The `cvpn` binary next to the test executables, (re)built once per test process so a
+/// test never runs a stale daemon (`cargo test -p cvpn-tests` alone does not build it).
 pub fn cvpn_binary() -> Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     let exe = std::env::current_exe()?;
     let dir = exe.parent().and_then(Path::parent).context("test executable has no parent directory")?;
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "gateway", "--bin", "cvpn"]);
+        if release {
+            cmd.arg("--release");
+        }
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("cargo build -p gateway failed ({s})")),
+            Err(e) => Err(format!("cannot run cargo: {e}")),
+        }
+    });
+    if let Err(e) = built {
+        bail!("building the cvpn binary: {e}");
+    }
     let bin = dir.join("cvpn");
     if !bin.exists() {
-        bail!("{} is missing: run the suite with `cargo xtask test` (or `cargo build -p gateway` first)", bin.display());
+        bail!("{} is missing: run the suite with `cargo xtask test`", bin.display());
     }
     Ok(bin)
 }

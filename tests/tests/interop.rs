@@ -51,8 +51,15 @@ fn http_server(listener: TcpListener) {
         let Ok(mut s) = s else { continue };
         let peer = s.peer_addr().map(|p| p.to_string()).unwrap_or_default();
         let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+        // Read the whole request head: closing with unread bytes would reset the connection.
+        let mut req = Vec::new();
         let mut buf = [0u8; 1024];
-        let _ = s.read(&mut buf);
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
         let body = format!("peer={peer}\n");
         let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
     }
@@ -61,7 +68,7 @@ fn http_server(listener: TcpListener) {
 fn http_get(host: Ipv4Addr, timeout: Duration) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&SocketAddr::from((host, 8080)), timeout).with_context(|| format!("connect {host}:8080"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)
@@ -137,4 +144,116 @@ fn bad_certificates_are_refused() {
         assert!(c.wait_connected(Duration::from_secs(2)).is_err(), "{name} certificate must not connect");
         c.stop();
     }
+}
+
+#[test]
+fn tcp_443_and_tcp_1194() {
+    connect_and_use("tcp", 443, ALL_CIPHERS, None);
+    connect_and_use("tcp", 1194, "AES-128-GCM", Some("1.2"));
+}
+
+/// Connects `alice` and returns the net, daemon and client, with the HTTP server running.
+fn connected(extra: &[&str]) -> (EndpointNet, Daemon, OpenVpnClient) {
+    require_root();
+    let mut net = EndpointNet::new(1).unwrap();
+    let cfg = net.write_config(&endpoint("udp", 443), rules()).unwrap();
+    let daemon = Daemon::start(&net.gateway, &cfg).unwrap();
+    let listener = net.private.run(|| Ok(TcpListener::bind((PRIVATE, 8080))?)).unwrap();
+    std::thread::spawn(move || http_server(listener));
+    let alice = net.ca.client("alice", &["engineering"]).unwrap();
+    let mut p = profile(&net, alice, "udp", 443, ALL_CIPHERS);
+    p.extra.extend(extra.iter().map(|s| s.to_string()));
+    let mut client = OpenVpnClient::start(&net.clients[0], &p, &net.dir.0, "alice").unwrap();
+    client
+        .wait_connected(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e:#}\ncvpn log:\n{}", daemon.log().join("\n")));
+    (net, daemon, client)
+}
+
+#[test]
+fn renegotiation_every_few_seconds_does_not_stall_traffic() {
+    let (net, daemon, client) = connected(&["reneg-sec 2"]);
+    // 9 s of traffic: pings every 50 ms and an HTTP request every 100 ms.
+    let pinger = net.clients[0]
+        .command("ping")
+        .args(["-q", "-c", "180", "-i", "0.05", "-W", "1", "10.88.0.10"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pinger = std::thread::spawn(move || pinger.wait_with_output().unwrap());
+    let requests = net.clients[0].run(|| {
+        let mut failures = 0;
+        for _ in 0..40 {
+            let ok = http_get(PRIVATE, Duration::from_secs(2)).map(|r| r.contains("peer=")).unwrap_or(false);
+            if !ok {
+                failures += 1;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(failures)
+    });
+    let out = pinger.join().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).to_string();
+    let renegs = daemon.log().iter().filter(|l| l.contains("renegotiated")).count();
+    assert!(
+        renegs >= 2,
+        "expected renegotiations every 2 s, saw {renegs}; client log:\n{}\ncvpn log:\n{}",
+        client.log().join("\n"),
+        daemon.log().join("\n")
+    );
+    let received: u32 = summary
+        .split(',')
+        .find_map(|p| p.trim().strip_suffix(" received").and_then(|n| n.trim().parse().ok()))
+        .unwrap_or(0);
+    assert!(received >= 175, "pings lost during renegotiation: {summary}");
+    assert_eq!(requests.unwrap(), 0, "HTTP requests failed during renegotiation");
+}
+
+#[test]
+fn disconnect_frees_the_address_and_the_data_plane_session() {
+    let (net, mut daemon, mut client) = connected(&["explicit-exit-notify 1"]);
+    daemon.wait_for("client_ip=10.77.0.2", Duration::from_secs(5)).unwrap();
+    client.stop();
+    daemon.wait_for("session ended", Duration::from_secs(5)).unwrap();
+    let log = daemon.log().join("\n");
+    assert!(log.contains("client-exit"), "the client's exit notification must end the session:\n{log}");
+    let ended = daemon.log().into_iter().find(|l| l.contains("session ended")).unwrap();
+    assert!(ended.contains("client_ip=10.77.0.2"), "{ended}");
+    // The final counters were read from the data plane as the session was removed from it.
+    assert!(ended.contains("from_client_packets"), "final counters must be logged: {ended}");
+    drop(net);
+}
+
+#[test]
+fn fifty_clients_at_once_each_reach_the_private_host() {
+    require_root();
+    const N: usize = 50;
+    let mut net = EndpointNet::new(N).unwrap();
+    let cfg = net.write_config(&endpoint("udp", 443), rules()).unwrap();
+    let daemon = Daemon::start(&net.gateway, &cfg).unwrap();
+    let listener = net.private.run(|| Ok(TcpListener::bind((PRIVATE, 8080))?)).unwrap();
+    std::thread::spawn(move || http_server(listener));
+    let mut clients = Vec::new();
+    for i in 0..N {
+        let pem = net.ca.client(&format!("user{i}"), &["engineering"]).unwrap();
+        let mut p = profile(&net, pem, "udp", 443, ALL_CIPHERS);
+        p.remote = EndpointNet::server_addr(i);
+        clients.push(OpenVpnClient::start(&net.clients[i], &p, &net.dir.0, &format!("user{i}")).unwrap());
+    }
+    let started = std::time::Instant::now();
+    for c in clients.iter_mut() {
+        c.wait_connected(Duration::from_secs(60)).unwrap_or_else(|e| {
+            let tail: Vec<String> = daemon.log().iter().rev().take(40).cloned().collect();
+            panic!("{e:#}\ncvpn log tail:\n{}", tail.join("\n"))
+        });
+    }
+    println!("{N} clients connected within {:?}", started.elapsed());
+    let mut addresses = std::collections::HashSet::new();
+    for (i, ns) in net.clients.iter().enumerate() {
+        let resp = ns.run(|| http_get(PRIVATE, Duration::from_secs(5))).unwrap_or_else(|e| panic!("client {i}: {e:#}"));
+        assert!(resp.contains("peer=10.88.0.1:"), "client {i}: {resp}");
+        let out = ns.ip("-4 -o addr show dev tun0").unwrap();
+        addresses.insert(String::from_utf8_lossy(&out.stdout).split_whitespace().nth(3).unwrap_or("").to_string());
+    }
+    assert_eq!(addresses.len(), N, "every client must get its own address: {addresses:?}");
 }

@@ -138,7 +138,9 @@ impl Default for NatTimeouts {
     fn default() -> Self {
         NatTimeouts {
             tcp: Duration::from_secs(7440),
-            tcp_closing: Duration::from_secs(10),
+            // Covers the remote side's TIME_WAIT (60 s on Linux), as conntrack does: a port
+            // reused sooner can meet the old connection there and be reset.
+            tcp_closing: Duration::from_secs(120),
             udp: Duration::from_secs(120),
             icmp: Duration::from_secs(30),
         }
@@ -931,12 +933,27 @@ impl DataPlane {
                 report.expired += 1;
             }
         }
-        // Forward entries without a reverse entry (LRU evicted it) are useless: drop them.
+        // Forward entries without a reverse entry (LRU evicted it) are useless: drop them. The
+        // kernel keeps creating flows while this runs, so decide on what the maps hold now:
+        // the entry's reverse entry must be missing and the entry itself idle.
         let stray: Vec<NatKey> = self
             .nat_fwd
-            .keys()
+            .iter()
             .filter_map(Result::ok)
-            .filter(|k| !live_fwd.contains(k))
+            .filter(|(k, f)| {
+                if live_fwd.contains(k) {
+                    return false;
+                }
+                let rev_key = NatKey {
+                    addr: f.snat_addr,
+                    port: f.snat_port,
+                    ..*k
+                };
+                let idle = Duration::from_nanos(now.saturating_sub(f.last_seen_ns));
+                self.nat_rev.get(&rev_key, 0).is_err()
+                    && idle > self.timeout_for(k.proto, f.flags & NAT_FLAG_TCP_CLOSING != 0)
+            })
+            .map(|(k, _)| k)
             .collect();
         for k in stray {
             let _ = self.nat_fwd.remove(&k);

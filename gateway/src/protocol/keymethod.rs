@@ -45,7 +45,9 @@ pub const MAX_STRING_LEN: usize = u16::MAX as usize - 1;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum KeyMethodError {
     /// The record ended inside a field.
-    #[error("key-method 2 record truncated in the {field}: it needs {need} bytes, only {have} left")]
+    #[error(
+        "key-method 2 record truncated in the {field}: it needs {need} bytes, only {have} left"
+    )]
     Truncated {
         /// The field being read.
         field: &'static str,
@@ -55,10 +57,14 @@ pub enum KeyMethodError {
         have: usize,
     },
     /// The first four bytes are not zero.
-    #[error("key-method record does not start with four zero bytes (got {0:02x?}): not key method 2")]
+    #[error(
+        "key-method record does not start with four zero bytes (got {0:02x?}): not key method 2"
+    )]
     BadPrefix([u8; 4]),
     /// The key method byte is not 2.
-    #[error("unsupported key method {0}: only key method 2 is supported (OpenVPN 2.4+ clients use it)")]
+    #[error(
+        "unsupported key method {0}: only key method 2 is supported (OpenVPN 2.4+ clients use it)"
+    )]
     UnsupportedKeyMethod(u8),
     /// A string's bytes do not end with the NUL its length counts.
     #[error("the {field} string is not NUL-terminated")]
@@ -116,7 +122,11 @@ impl Password {
 
 impl fmt::Debug for Password {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "Password(\"\")" } else { "Password(<redacted>)" })
+        f.write_str(if self.0.is_empty() {
+            "Password(\"\")"
+        } else {
+            "Password(<redacted>)"
+        })
     }
 }
 
@@ -192,7 +202,11 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], KeyMethodError> {
         if self.buf.len() < n {
-            return Err(KeyMethodError::Truncated { field, need: n, have: self.buf.len() });
+            return Err(KeyMethodError::Truncated {
+                field,
+                need: n,
+                have: self.buf.len(),
+            });
         }
         let (head, rest) = self.buf.split_at(n);
         self.buf = rest;
@@ -212,7 +226,9 @@ impl<'a> Reader<'a> {
             return Ok(String::new());
         }
         let bytes = self.take(len, field)?;
-        let (last, body) = bytes.split_last().ok_or(KeyMethodError::NotTerminated { field })?;
+        let (last, body) = bytes
+            .split_last()
+            .ok_or(KeyMethodError::NotTerminated { field })?;
         if *last != 0 {
             return Err(KeyMethodError::NotTerminated { field });
         }
@@ -232,14 +248,20 @@ fn write_string(out: &mut Vec<u8>, s: &str, field: &'static str) -> Result<(), K
         return Err(KeyMethodError::EmbeddedNul { field });
     }
     if s.len() > MAX_STRING_LEN {
-        return Err(KeyMethodError::TooLong { field, len: s.len() });
+        return Err(KeyMethodError::TooLong {
+            field,
+            len: s.len(),
+        });
     }
     if s.is_empty() {
         out.extend_from_slice(&0u16.to_be_bytes());
         return Ok(());
     }
     // Fits: s.len() + 1 <= u16::MAX.
-    let len = u16::try_from(s.len() + 1).map_err(|_| KeyMethodError::TooLong { field, len: s.len() })?;
+    let len = u16::try_from(s.len() + 1).map_err(|_| KeyMethodError::TooLong {
+        field,
+        len: s.len(),
+    })?;
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(s.as_bytes());
     out.push(0);
@@ -269,8 +291,10 @@ fn read_tail(r: &mut Reader<'_>) -> Result<(Option<Credentials>, Option<String>)
         return Err(KeyMethodError::MissingPassword);
     }
     let password = r.string("password")?;
-    let credentials = (!username.is_empty() || !password.is_empty())
-        .then(|| Credentials { username, password: Password(password) });
+    let credentials = (!username.is_empty() || !password.is_empty()).then_some(Credentials {
+        username,
+        password: Password(password),
+    });
     if r.is_empty() {
         return Ok((credentials, None));
     }
@@ -310,24 +334,39 @@ impl ClientKeyRecord {
         let random2 = r.array::<RANDOM_LEN>("random2")?;
         let options = r.string("options")?;
         let (credentials, peer_info) = read_tail(&mut r)?;
-        Ok(Self { pre_master, random1, random2, options, credentials, peer_info })
+        Ok(Self {
+            pre_master,
+            random1,
+            random2,
+            options,
+            credentials,
+            peer_info,
+        })
     }
 
     /// Writes the record as a client would (used by tests and test clients).
     pub fn to_bytes(&self) -> Result<Vec<u8>, KeyMethodError> {
-        let mut out = Vec::with_capacity(5 + PRE_MASTER_LEN + 2 * RANDOM_LEN + 8 + self.options.len());
+        let mut out =
+            Vec::with_capacity(5 + PRE_MASTER_LEN + 2 * RANDOM_LEN + 8 + self.options.len());
         out.extend_from_slice(&[0, 0, 0, 0, KEY_METHOD_2]);
         out.extend_from_slice(&self.pre_master);
         out.extend_from_slice(&self.random1);
         out.extend_from_slice(&self.random2);
         write_string(&mut out, &self.options, "options")?;
-        write_tail(&mut out, self.credentials.as_ref(), self.peer_info.as_deref())?;
+        write_tail(
+            &mut out,
+            self.credentials.as_ref(),
+            self.peer_info.as_deref(),
+        )?;
         Ok(out)
     }
 
     /// The parsed peer-info (empty if the client sent none).
     pub fn peer_info(&self) -> PeerInfo {
-        self.peer_info.as_deref().map(PeerInfo::parse).unwrap_or_default()
+        self.peer_info
+            .as_deref()
+            .map(PeerInfo::parse)
+            .unwrap_or_default()
     }
 }
 
@@ -353,7 +392,12 @@ impl ServerKeyRecord {
         let random2 = r.array::<RANDOM_LEN>("random2")?;
         let options = r.string("options")?;
         let (_, peer_info) = read_tail(&mut r)?;
-        Ok(Self { random1, random2, options, peer_info })
+        Ok(Self {
+            random1,
+            random2,
+            options,
+            peer_info,
+        })
     }
 }
 
@@ -512,8 +556,13 @@ impl PeerInfo {
                 _ => false,
             },
             "IV_CIPHERS" => {
-                self.ciphers =
-                    Some(value.split(':').filter(|c| !c.is_empty()).map(str::to_string).collect());
+                self.ciphers = Some(
+                    value
+                        .split(':')
+                        .filter(|c| !c.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                );
                 true
             }
             k if k.starts_with("UV_") => {
@@ -535,7 +584,8 @@ mod tests {
     use super::*;
 
     /// Peer-info as a stock OpenVPN 2.6.14 Linux client sent it (captured).
-    const PEER_INFO_2_6_14: &str = "IV_VER=2.6.14\nIV_PLAT=linux\nIV_TCPNL=1\nIV_MTU=1600\nIV_NCP=2\n\
+    const PEER_INFO_2_6_14: &str =
+        "IV_VER=2.6.14\nIV_PLAT=linux\nIV_TCPNL=1\nIV_MTU=1600\nIV_NCP=2\n\
         IV_CIPHERS=AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305\nIV_PROTO=990\n";
 
     fn client_record() -> ClientKeyRecord {
@@ -561,7 +611,13 @@ mod tests {
         assert_eq!(pi.ncp, Some(2));
         assert_eq!(
             pi.ciphers.as_deref(),
-            Some(&["AES-256-GCM".to_string(), "AES-128-GCM".into(), "CHACHA20-POLY1305".into()][..])
+            Some(
+                &[
+                    "AES-256-GCM".to_string(),
+                    "AES-128-GCM".into(),
+                    "CHACHA20-POLY1305".into()
+                ][..]
+            )
         );
         assert_eq!(pi.proto, IvProto(990));
         // 990 = bits 1,2,3,4,6,7,8,9.
@@ -580,8 +636,14 @@ mod tests {
              NOEQUALS\nIV_PLAT_VER=6.1\nIV_TCPNL=2\nIV_CIPHERS=\nIV_VER=2.5.0\nIV_VER=2.6.0",
         );
         assert_eq!(pi.gui_version.as_deref(), Some("OpenVPN_GUI_11"));
-        assert_eq!(pi.user_vars.get("UV_ROLE").map(String::as_str), Some("admin"));
-        assert_eq!(pi.other.get("IV_SSO").map(String::as_str), Some("webauth,openurl"));
+        assert_eq!(
+            pi.user_vars.get("UV_ROLE").map(String::as_str),
+            Some("admin")
+        );
+        assert_eq!(
+            pi.other.get("IV_SSO").map(String::as_str),
+            Some("webauth,openurl")
+        );
         assert_eq!(pi.other.get("IV_MTU").map(String::as_str), Some("big"));
         assert_eq!(pi.mtu, None);
         assert_eq!(pi.other.get("IV_TCPNL").map(String::as_str), Some("2"));
@@ -607,7 +669,10 @@ mod tests {
         let after = 119 + opt_len;
         assert_eq!(&bytes[after..after + 4], &[0, 0, 0, 0]);
         assert_eq!(ClientKeyRecord::parse(&bytes).unwrap(), rec);
-        assert_eq!(ClientKeyRecord::parse(&bytes).unwrap().peer_info().ncp, Some(2));
+        assert_eq!(
+            ClientKeyRecord::parse(&bytes).unwrap().peer_info().ncp,
+            Some(2)
+        );
     }
 
     #[test]
@@ -626,14 +691,21 @@ mod tests {
         // A client parser must not read it as a client record.
         assert!(ClientKeyRecord::parse(&bytes).is_err());
 
-        let with_pi = ServerKeyRecord { peer_info: Some("IV_PROTO=2\n".into()), ..rec };
+        let with_pi = ServerKeyRecord {
+            peer_info: Some("IV_PROTO=2\n".into()),
+            ..rec
+        };
         let bytes = with_pi.to_bytes().unwrap();
         assert_eq!(ServerKeyRecord::parse(&bytes).unwrap(), with_pi);
     }
 
     #[test]
     fn older_clients_without_trailing_fields() {
-        let rec = ClientKeyRecord { credentials: None, peer_info: None, ..client_record() };
+        let rec = ClientKeyRecord {
+            credentials: None,
+            peer_info: None,
+            ..client_record()
+        };
         let bytes = rec.to_bytes().unwrap();
         assert_eq!(bytes.len(), 5 + 48 + 64 + 2 + rec.options.len() + 1);
         let parsed = ClientKeyRecord::parse(&bytes).unwrap();
@@ -682,7 +754,13 @@ mod tests {
         let good = client_record().to_bytes().unwrap();
         let err = |b: &[u8]| ClientKeyRecord::parse(b).unwrap_err();
 
-        assert!(matches!(err(&[]), KeyMethodError::Truncated { field: "leading zero bytes", .. }));
+        assert!(matches!(
+            err(&[]),
+            KeyMethodError::Truncated {
+                field: "leading zero bytes",
+                ..
+            }
+        ));
         let mut b = good.clone();
         b[2] = 1;
         assert_eq!(err(&b), KeyMethodError::BadPrefix([0, 0, 1, 0]));
@@ -692,11 +770,33 @@ mod tests {
         assert!(err(&b).to_string().contains("only key method 2"));
         assert!(matches!(
             err(&good[..30]),
-            KeyMethodError::Truncated { field: "pre-master secret", need: 48, have: 25 }
+            KeyMethodError::Truncated {
+                field: "pre-master secret",
+                need: 48,
+                have: 25
+            }
         ));
-        assert!(matches!(err(&good[..100]), KeyMethodError::Truncated { field: "random2", .. }));
-        assert!(matches!(err(&good[..118]), KeyMethodError::Truncated { field: "options", .. }));
-        assert!(matches!(err(&good[..130]), KeyMethodError::Truncated { field: "options", .. }));
+        assert!(matches!(
+            err(&good[..100]),
+            KeyMethodError::Truncated {
+                field: "random2",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(&good[..118]),
+            KeyMethodError::Truncated {
+                field: "options",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(&good[..130]),
+            KeyMethodError::Truncated {
+                field: "options",
+                ..
+            }
+        ));
 
         // Options not NUL-terminated.
         let mut b = good[..117].to_vec();
@@ -722,12 +822,33 @@ mod tests {
 
     #[test]
     fn writing_refuses_nul_and_oversized_strings() {
-        let rec = ClientKeyRecord { options: "a\0b".into(), ..client_record() };
-        assert_eq!(rec.to_bytes().unwrap_err(), KeyMethodError::EmbeddedNul { field: "options" });
-        let rec = ClientKeyRecord { peer_info: Some("x".repeat(MAX_STRING_LEN + 1)), ..client_record() };
-        assert!(matches!(rec.to_bytes().unwrap_err(), KeyMethodError::TooLong { field: "peer-info", .. }));
-        let rec = ClientKeyRecord { peer_info: Some("x".repeat(MAX_STRING_LEN)), ..client_record() };
-        assert_eq!(ClientKeyRecord::parse(&rec.to_bytes().unwrap()).unwrap(), rec);
+        let rec = ClientKeyRecord {
+            options: "a\0b".into(),
+            ..client_record()
+        };
+        assert_eq!(
+            rec.to_bytes().unwrap_err(),
+            KeyMethodError::EmbeddedNul { field: "options" }
+        );
+        let rec = ClientKeyRecord {
+            peer_info: Some("x".repeat(MAX_STRING_LEN + 1)),
+            ..client_record()
+        };
+        assert!(matches!(
+            rec.to_bytes().unwrap_err(),
+            KeyMethodError::TooLong {
+                field: "peer-info",
+                ..
+            }
+        ));
+        let rec = ClientKeyRecord {
+            peer_info: Some("x".repeat(MAX_STRING_LEN)),
+            ..client_record()
+        };
+        assert_eq!(
+            ClientKeyRecord::parse(&rec.to_bytes().unwrap()).unwrap(),
+            rec
+        );
     }
 
     fn text() -> impl Strategy<Value = String> {

@@ -204,7 +204,11 @@ impl KeySignalling {
     pub fn for_client(proto: IvProto, want_ekm: bool) -> Self {
         let ekm = want_ekm && proto.tls_key_export();
         if proto.cc_exit_notify() {
-            Self::ProtocolFlags(ProtocolFlags { cc_exit: true, tls_ekm: ekm, dyn_tls_crypt: false })
+            Self::ProtocolFlags(ProtocolFlags {
+                cc_exit: true,
+                tls_ekm: ekm,
+                dyn_tls_crypt: false,
+            })
         } else if ekm {
             Self::KeyDerivationTlsEkm
         } else {
@@ -227,7 +231,11 @@ impl KeySignalling {
             Self::KeyDerivationTlsEkm => Some("key-derivation tls-ekm".into()),
             Self::ProtocolFlags(f) => {
                 let mut s = String::from("protocol-flags");
-                for (on, name) in [(f.cc_exit, "cc-exit"), (f.tls_ekm, "tls-ekm"), (f.dyn_tls_crypt, "dyn-tls-crypt")] {
+                for (on, name) in [
+                    (f.cc_exit, "cc-exit"),
+                    (f.tls_ekm, "tls-ekm"),
+                    (f.dyn_tls_crypt, "dyn-tls-crypt"),
+                ] {
                     if on {
                         s.push(' ');
                         s.push_str(name);
@@ -356,7 +364,10 @@ pub fn pack_options(options: &[String], max_len: usize) -> Result<Vec<String>, P
     for opt in options {
         let need = opt.len() + 1;
         if need > room {
-            return Err(PushError::OptionTooLong { len: opt.len(), max: max_len });
+            return Err(PushError::OptionTooLong {
+                len: opt.len(),
+                max: max_len,
+            });
         }
         if used + need > room {
             messages.push(std::mem::take(&mut current));
@@ -371,7 +382,11 @@ pub fn pack_options(options: &[String], max_len: usize) -> Result<Vec<String>, P
         .into_iter()
         .enumerate()
         .map(|(i, opts)| {
-            let cont = if i == last { CONTINUATION_LAST } else { CONTINUATION_MORE };
+            let cont = if i == last {
+                CONTINUATION_LAST
+            } else {
+                CONTINUATION_MORE
+            };
             join(opts.into_iter().chain([cont]))
         })
         .collect())
@@ -418,18 +433,34 @@ pub enum CipherError {
 ///
 /// The client's list is `IV_CIPHERS`; a client without it but with `IV_NCP>=2` (OpenVPN 2.4) is
 /// taken to offer [`NCP2_IMPLIED_CIPHERS`].
-pub fn negotiate_cipher<'a, S: AsRef<str>>(server: &'a [S], peer: &PeerInfo) -> Result<&'a str, CipherError> {
-    let server_list = || server.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(":");
+pub fn negotiate_cipher<'a, S: AsRef<str>>(
+    server: &'a [S],
+    peer: &PeerInfo,
+) -> Result<&'a str, CipherError> {
+    let server_list = || {
+        server
+            .iter()
+            .map(AsRef::as_ref)
+            .collect::<Vec<_>>()
+            .join(":")
+    };
     let client: Vec<&str> = match (&peer.ciphers, peer.ncp) {
         (Some(c), _) => c.iter().map(String::as_str).collect(),
         (None, Some(n)) if n >= 2 => NCP2_IMPLIED_CIPHERS.to_vec(),
-        (None, _) => return Err(CipherError::NoClientCiphers { server: server_list() }),
+        (None, _) => {
+            return Err(CipherError::NoClientCiphers {
+                server: server_list(),
+            })
+        }
     };
     server
         .iter()
         .map(AsRef::as_ref)
         .find(|s| client.iter().any(|c| c.eq_ignore_ascii_case(s)))
-        .ok_or_else(|| CipherError::NoCommonCipher { server: server_list(), client: client.join(":") })
+        .ok_or_else(|| CipherError::NoCommonCipher {
+            server: server_list(),
+            client: client.join(":"),
+        })
 }
 
 impl fmt::Display for ControlMessage {
@@ -462,7 +493,11 @@ mod tests {
         let mut signalling = KeySignalling::for_client(pi.proto, true);
         assert_eq!(
             signalling,
-            KeySignalling::ProtocolFlags(ProtocolFlags { cc_exit: true, tls_ekm: true, dyn_tls_crypt: false })
+            KeySignalling::ProtocolFlags(ProtocolFlags {
+                cc_exit: true,
+                tls_ekm: true,
+                dyn_tls_crypt: false
+            })
         );
         if let KeySignalling::ProtocolFlags(f) = &mut signalling {
             f.dyn_tls_crypt = true; // the captured server used tls-crypt; we model the flag
@@ -476,7 +511,11 @@ mod tests {
             ping: Some(10),
             ping_restart: Some(60),
             peer_id: Some(0),
-            cipher: Some(negotiate_cipher(DEFAULT_SERVER_CIPHERS, &pi).unwrap().to_string()),
+            cipher: Some(
+                negotiate_cipher(DEFAULT_SERVER_CIPHERS, &pi)
+                    .unwrap()
+                    .to_string(),
+            ),
             key_signalling: signalling,
             tun_mtu: Some(1500),
             extra: vec![],
@@ -484,13 +523,19 @@ mod tests {
         let msgs = reply.to_messages(DEFAULT_MAX_PUSH_MESSAGE_LEN).unwrap();
         assert_eq!(
             msgs,
-            ["PUSH_REPLY,route 10.88.0.0 255.255.255.0,route-gateway 10.2.0.1,topology subnet,\
+            [
+                "PUSH_REPLY,route 10.88.0.0 255.255.255.0,route-gateway 10.2.0.1,topology subnet,\
               ping 10,ping-restart 60,ifconfig 10.2.0.2 255.255.252.0,peer-id 0,cipher AES-256-GCM,\
-              protocol-flags cc-exit tls-ekm dyn-tls-crypt,tun-mtu 1500"]
+              protocol-flags cc-exit tls-ekm dyn-tls-crypt,tun-mtu 1500"
+            ]
         );
         // Without dyn-tls-crypt (what this server sends):
-        let ours = PushReply { key_signalling: KeySignalling::for_client(pi.proto, true), ..reply };
-        assert!(ours.to_messages(1024).unwrap()[0].ends_with(",protocol-flags cc-exit tls-ekm,tun-mtu 1500"));
+        let ours = PushReply {
+            key_signalling: KeySignalling::for_client(pi.proto, true),
+            ..reply
+        };
+        assert!(ours.to_messages(1024).unwrap()[0]
+            .ends_with(",protocol-flags cc-exit tls-ekm,tun-mtu 1500"));
     }
 
     #[test]
@@ -498,7 +543,8 @@ mod tests {
         let mut r = PushReply::new(ip("10.2.0.9"), ip("255.255.252.0"), ip("10.2.0.1"));
         r.dns_servers = vec![ip("10.88.0.2"), ip("1.1.1.1")];
         // A 2.5 client: EKM but no exit-notify bit.
-        r.key_signalling = KeySignalling::for_client(IvProto(IvProto::DATA_V2 | IvProto::TLS_KEY_EXPORT), true);
+        r.key_signalling =
+            KeySignalling::for_client(IvProto(IvProto::DATA_V2 | IvProto::TLS_KEY_EXPORT), true);
         r.peer_id = Some(7);
         assert_eq!(
             r.to_messages(1024).unwrap(),
@@ -512,13 +558,19 @@ mod tests {
     fn key_signalling_choices() {
         let p = |bits| IvProto(bits);
         assert_eq!(KeySignalling::for_client(p(0), true), KeySignalling::None);
-        assert_eq!(KeySignalling::for_client(p(IvProto::TLS_KEY_EXPORT), false), KeySignalling::None);
+        assert_eq!(
+            KeySignalling::for_client(p(IvProto::TLS_KEY_EXPORT), false),
+            KeySignalling::None
+        );
         assert!(KeySignalling::for_client(p(IvProto::TLS_KEY_EXPORT), true).uses_ekm());
         // Exit-notify without EKM: protocol-flags cc-exit only, legacy keys.
         let s = KeySignalling::for_client(p(IvProto::CC_EXIT_NOTIFY), true);
         assert!(!s.uses_ekm());
         assert_eq!(s.option().as_deref(), Some("protocol-flags cc-exit"));
-        assert_eq!(KeySignalling::ProtocolFlags(ProtocolFlags::default()).option(), None);
+        assert_eq!(
+            KeySignalling::ProtocolFlags(ProtocolFlags::default()).option(),
+            None
+        );
     }
 
     #[test]
@@ -533,18 +585,31 @@ mod tests {
         let last = msgs.len() - 1;
         let mut joined = Vec::new();
         for (i, m) in msgs.iter().enumerate() {
-            assert!(control_bytes(m).len() <= DEFAULT_MAX_PUSH_MESSAGE_LEN, "message {i} too long");
+            assert!(
+                control_bytes(m).len() <= DEFAULT_MAX_PUSH_MESSAGE_LEN,
+                "message {i} too long"
+            );
             let ControlMessage::PushReply(opts) = ControlMessage::parse(&control_bytes(m)) else {
                 panic!("not a PUSH_REPLY: {m}")
             };
             let mut opts: Vec<&str> = opts.split(',').collect();
             let cont = opts.pop().unwrap();
-            assert_eq!(cont, if i == last { "push-continuation 1" } else { "push-continuation 2" });
+            assert_eq!(
+                cont,
+                if i == last {
+                    "push-continuation 1"
+                } else {
+                    "push-continuation 2"
+                }
+            );
             assert!(!opts.iter().any(|o| o.starts_with("push-continuation")));
             joined.extend(opts.into_iter().map(str::to_string));
         }
         assert_eq!(joined, r.options(), "nothing lost, nothing reordered");
-        assert_eq!(joined.iter().filter(|o| o.starts_with("route 10.")).count(), 100);
+        assert_eq!(
+            joined.iter().filter(|o| o.starts_with("route 10.")).count(),
+            100
+        );
     }
 
     #[test]
@@ -571,8 +636,14 @@ mod tests {
         assert_eq!(err, PushError::OptionTooLong { len: 10, max: 41 });
         assert!(err.to_string().contains("raise the message limit"));
         // Degenerate limits are errors, not panics or oversized messages.
-        assert_eq!(pack_options(&opts, 32).unwrap_err(), PushError::LimitTooSmall { max: 32 });
-        assert_eq!(pack_options(&[], 0).unwrap_err(), PushError::LimitTooSmall { max: 0 });
+        assert_eq!(
+            pack_options(&opts, 32).unwrap_err(),
+            PushError::LimitTooSmall { max: 32 }
+        );
+        assert_eq!(
+            pack_options(&[], 0).unwrap_err(),
+            PushError::LimitTooSmall { max: 0 }
+        );
         assert_eq!(pack_options(&[], 11).unwrap(), ["PUSH_REPLY"]);
     }
 
@@ -580,11 +651,15 @@ mod tests {
     fn options_that_would_break_the_list_are_refused() {
         let mut r = PushReply::new(ip("10.2.0.9"), ip("255.255.252.0"), ip("10.2.0.1"));
         r.extra = vec!["echo a,b".into()];
-        assert_eq!(r.to_messages(1024).unwrap_err(), PushError::InvalidOption("echo a,b".into()));
+        assert_eq!(
+            r.to_messages(1024).unwrap_err(),
+            PushError::InvalidOption("echo a,b".into())
+        );
         r.extra = vec!["x\0".into()];
         assert!(r.to_messages(1024).is_err());
         r.extra = vec!["block-outside-dns".into()];
-        assert!(r.to_messages(1024).unwrap()[0].contains("redirect-gateway def1,block-outside-dns,route-gateway"));
+        assert!(r.to_messages(1024).unwrap()[0]
+            .contains("redirect-gateway def1,block-outside-dns,route-gateway"));
     }
 
     #[test]
@@ -596,15 +671,30 @@ mod tests {
         assert_eq!(c(b"EXIT\0"), Exit);
         assert_eq!(c(b"EXIT,whatever\0"), Exit);
         assert_eq!(c(b"RESTART\0"), Restart(None));
-        assert_eq!(c(b"RESTART,[!]server shutting down\0"), Restart(Some("[!]server shutting down".into())));
+        assert_eq!(
+            c(b"RESTART,[!]server shutting down\0"),
+            Restart(Some("[!]server shutting down".into()))
+        );
         assert_eq!(c(b"HALT,bye\0"), Halt(Some("bye".into())));
         assert_eq!(c(b"AUTH_FAILED\0"), AuthFailed(None));
-        assert_eq!(c(b"AUTH_FAILED,TEMP[backoff 5]: try later\0"), AuthFailed(Some("TEMP[backoff 5]: try later".into())));
-        assert_eq!(c(b"AUTH_PENDING,timeout 60\0"), AuthPending(Some("timeout 60".into())));
-        assert_eq!(c(b"INFO_PRE,WEB_AUTH::https://sso.example/x\0"), InfoPre("WEB_AUTH::https://sso.example/x".into()));
+        assert_eq!(
+            c(b"AUTH_FAILED,TEMP[backoff 5]: try later\0"),
+            AuthFailed(Some("TEMP[backoff 5]: try later".into()))
+        );
+        assert_eq!(
+            c(b"AUTH_PENDING,timeout 60\0"),
+            AuthPending(Some("timeout 60".into()))
+        );
+        assert_eq!(
+            c(b"INFO_PRE,WEB_AUTH::https://sso.example/x\0"),
+            InfoPre("WEB_AUTH::https://sso.example/x".into())
+        );
         assert_eq!(c(b"INFO,hello\0"), Info("hello".into()));
         assert_eq!(c(b"CR_RESPONSE,aGVsbG8=\0"), CrResponse("aGVsbG8=".into()));
-        assert_eq!(c(b"PUSH_REPLY,ping 10,ping-restart 60\0"), PushReply("ping 10,ping-restart 60".into()));
+        assert_eq!(
+            c(b"PUSH_REPLY,ping 10,ping-restart 60\0"),
+            PushReply("ping 10,ping-restart 60".into())
+        );
         assert_eq!(c(b"PUSH_REQUEST\0garbage after nul"), PushRequest);
         assert_eq!(c(b"PUSH_REQUEST\n"), PushRequest);
         assert_eq!(c(b"PUSH_REQUEST,x\0"), Other("PUSH_REQUEST,x".into()));
@@ -641,20 +731,34 @@ mod tests {
     #[test]
     fn cipher_negotiation() {
         let pi = client_2_6_14();
-        assert_eq!(negotiate_cipher(DEFAULT_SERVER_CIPHERS, &pi).unwrap(), "AES-256-GCM");
+        assert_eq!(
+            negotiate_cipher(DEFAULT_SERVER_CIPHERS, &pi).unwrap(),
+            "AES-256-GCM"
+        );
         // The server's preference wins over the client's order.
         let server = ["CHACHA20-POLY1305", "AES-256-GCM"];
         assert_eq!(negotiate_cipher(&server, &pi).unwrap(), "CHACHA20-POLY1305");
         // Case-insensitive, server spelling.
         let lower = PeerInfo::parse("IV_CIPHERS=aes-128-gcm");
-        assert_eq!(negotiate_cipher(DEFAULT_SERVER_CIPHERS, &lower).unwrap(), "AES-128-GCM");
+        assert_eq!(
+            negotiate_cipher(DEFAULT_SERVER_CIPHERS, &lower).unwrap(),
+            "AES-128-GCM"
+        );
         // 2.4 client: IV_NCP=2, no IV_CIPHERS.
         let old = PeerInfo::parse("IV_VER=2.4.12\nIV_NCP=2");
-        assert_eq!(negotiate_cipher(&["CHACHA20-POLY1305", "AES-128-GCM"], &old).unwrap(), "AES-128-GCM");
+        assert_eq!(
+            negotiate_cipher(&["CHACHA20-POLY1305", "AES-128-GCM"], &old).unwrap(),
+            "AES-128-GCM"
+        );
         // No match names both lists.
         let bf = PeerInfo::parse("IV_CIPHERS=BF-CBC:AES-256-CBC");
-        let err = negotiate_cipher(DEFAULT_SERVER_CIPHERS, &bf).unwrap_err().to_string();
-        assert!(err.contains("AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305"), "{err}");
+        let err = negotiate_cipher(DEFAULT_SERVER_CIPHERS, &bf)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305"),
+            "{err}"
+        );
         assert!(err.contains("BF-CBC:AES-256-CBC"), "{err}");
         // No list at all.
         let ancient = PeerInfo::parse("IV_VER=2.3.18\nIV_NCP=1");
@@ -682,7 +786,7 @@ mod tests {
             let msgs = pack_options(&opts, max).unwrap();
             let mut joined = Vec::new();
             for (i, m) in msgs.iter().enumerate() {
-                prop_assert!(m.len() + 1 <= max);
+                prop_assert!(m.len() < max, "message plus NUL exceeds {}", max);
                 let rest = m.strip_prefix("PUSH_REPLY").unwrap();
                 let mut parts: Vec<&str> = rest.split(',').skip(1).collect();
                 if msgs.len() > 1 {

@@ -1,10 +1,13 @@
 //! One client's control channel on the server, sans-IO: reliability layer, rustls server,
-//! key-method 2, TLS-EKM key export and control messages. Bytes and time in
+//! key-method 2, TLS-EKM key export, control messages and renegotiation. Bytes and time in
 //! ([`ServerSession::handle`]); packets to send ([`ServerSession::poll_transmit`]), events
 //! ([`ServerSession::poll_event`]) and a deadline ([`ServerSession::next_deadline`]) out.
 //!
 //! A session starts after the stateless reset exchange (see [`super::cookie`]): the client's
-//! reset (packet 0) and ours are behind us.
+//! reset (packet 0) and ours are behind us. Each key id has a key state of its own — its own
+//! reliability sequence, TLS handshake and key-method exchange. A renegotiation (soft reset,
+//! started by either side) opens the next key id; the previous one keeps working for the data
+//! channel until the daemon retires it.
 
 use std::{
     collections::VecDeque,
@@ -32,13 +35,15 @@ pub const MAX_CONTROL_PAYLOAD: usize = 1150;
 const MAX_PENDING_PLAINTEXT: usize = 16 * 1024;
 /// Transmissions of one control packet before the peer is declared gone.
 const MAX_TRANSMISSIONS: u32 = 12;
+/// Key states kept at once: the active one and the one being negotiated (or retiring).
+const MAX_KEY_STATES: usize = 2;
 
 /// Settings shared by all sessions of an endpoint.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
     pub tls: Arc<ServerConfig>,
     pub reliable: ReliableConfig,
-    /// The handshake (TLS and key exchange) must finish within this time.
+    /// The handshake (TLS and key exchange) of a key state must finish within this time.
     pub handshake_timeout: Duration,
     /// The options string of our key-method record (informational for the client).
     pub options: String,
@@ -58,7 +63,8 @@ impl SessionConfig {
 /// What the session tells the daemon.
 #[derive(Debug)]
 pub enum Event {
-    /// TLS is done, the client certificate verified and the client's key-method record read.
+    /// The first key state is done: TLS, the client certificate verified, the client's
+    /// key-method record read.
     Authenticated {
         key_id: KeyId,
         identity: ClientIdentity,
@@ -66,17 +72,20 @@ pub enum Event {
         peer_info: PeerInfo,
         tls_version: String,
     },
-    /// Data-channel key material for `key_id` (TLS-EKM, 256 bytes).
+    /// Data-channel key material for `key_id` (TLS-EKM, 256 bytes): after the first handshake
+    /// and after every renegotiation.
     KeysReady { key_id: KeyId, material: Box<[u8; EKM_LEN]> },
     /// A control-channel text message from the client (e.g. `PUSH_REQUEST`, `EXIT`).
     Control(String),
-    /// The handshake was refused; the reason is in the connection log's vocabulary.
+    /// The first handshake was refused; the reason is in the connection log's vocabulary.
     Refused { reason: String },
+    /// A renegotiation failed (the previous keys stay in use until the daemon decides).
+    RenegotiationFailed { key_id: KeyId, reason: String },
     /// The peer stopped answering.
     Gone,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Tls,
     KeyExchange,
@@ -84,19 +93,25 @@ enum Phase {
     Failed,
 }
 
-/// A client's control channel.
-pub struct ServerSession {
-    config: Arc<SessionConfig>,
-    local: SessionId,
-    remote: SessionId,
+/// One key id's control state.
+struct KeyState {
     key_id: KeyId,
     reliable: Reliable,
     tls: ServerConnection,
     phase: Phase,
     plaintext: Vec<u8>,
-    events: VecDeque<Event>,
     started: Instant,
+}
+
+/// A client's control channel.
+pub struct ServerSession {
+    config: Arc<SessionConfig>,
+    local: SessionId,
+    remote: SessionId,
+    keys: Vec<KeyState>,
+    events: VecDeque<Event>,
     identity: Option<ClientIdentity>,
+    gone: bool,
 }
 
 impl std::fmt::Debug for ServerSession {
@@ -104,7 +119,7 @@ impl std::fmt::Debug for ServerSession {
         f.debug_struct("ServerSession")
             .field("local", &self.local)
             .field("remote", &self.remote)
-            .field("phase", &self.phase)
+            .field("keys", &self.keys.iter().map(|k| (k.key_id, k.phase)).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -116,27 +131,34 @@ pub enum SessionError {
     WrongSession { got: SessionId, want: SessionId },
     #[error("acknowledgement names session {got}, ours is {want}")]
     WrongAckSession { got: SessionId, want: SessionId },
+    #[error("packet for key id {0}, which has no key state (a soft reset must open it)")]
+    UnknownKey(KeyId),
     #[error("{0} is not handled on an established control channel")]
     Unexpected(&'static str),
+    #[error("cannot start a TLS session: {0}")]
+    Tls(String),
 }
 
 impl ServerSession {
     /// A session whose reset exchange is done: `local` is our (cookie) session id, `remote`
     /// the client's.
     pub fn after_reset(config: Arc<SessionConfig>, local: SessionId, remote: SessionId, now: Instant) -> Result<Self, rustls::Error> {
-        let tls = ServerConnection::new(config.tls.clone())?;
-        Ok(ServerSession {
+        let first = KeyState {
+            key_id: KeyId::default(),
             reliable: Reliable::after_reset_exchange(config.reliable),
+            tls: ServerConnection::new(config.tls.clone())?,
+            phase: Phase::Tls,
+            plaintext: Vec::new(),
+            started: now,
+        };
+        Ok(ServerSession {
             config,
             local,
             remote,
-            key_id: KeyId::default(),
-            tls,
-            phase: Phase::Tls,
-            plaintext: Vec::new(),
+            keys: vec![first],
             events: VecDeque::new(),
-            started: now,
             identity: None,
+            gone: false,
         })
     }
 
@@ -152,12 +174,23 @@ impl ServerSession {
         self.identity.as_ref()
     }
 
+    /// True once some key state completed its handshake.
     pub fn is_established(&self) -> bool {
-        self.phase == Phase::Active
+        self.identity.is_some() && self.keys.iter().any(|k| k.phase == Phase::Active)
     }
 
+    /// True when the first handshake failed or the peer is gone: the session is over.
     pub fn is_failed(&self) -> bool {
-        self.phase == Phase::Failed
+        self.gone || (self.identity.is_none() && self.keys.iter().all(|k| k.phase == Phase::Failed))
+    }
+
+    /// The newest key id whose handshake completed.
+    pub fn active_key(&self) -> Option<KeyId> {
+        self.keys.iter().rev().find(|k| k.phase == Phase::Active).map(|k| k.key_id)
+    }
+
+    fn key_mut(&mut self, key_id: KeyId) -> Option<&mut KeyState> {
+        self.keys.iter_mut().find(|k| k.key_id == key_id)
     }
 
     /// Takes in one decoded control-channel packet (data packets belong to the data channel).
@@ -165,30 +198,68 @@ impl ServerSession {
         match packet {
             Packet::Ack(ack) => {
                 self.check_session(ack.session_id)?;
-                self.take_acks(Some(&ack.acks))?;
+                self.take_acks(ack.key_id, Some(&ack.acks))?;
             }
             Packet::Control(c) => {
                 self.check_session(c.session_id)?;
-                self.take_acks(c.acks.as_ref())?;
+                if c.opcode == ControlOpcode::SoftResetV1 && self.key_mut(c.key_id).is_none() {
+                    self.open_key(c.key_id, now, false)?;
+                }
+                self.take_acks(c.key_id, c.acks.as_ref())?;
+                let ks = self.key_mut(c.key_id).ok_or(SessionError::UnknownKey(c.key_id))?;
                 match c.opcode {
-                    ControlOpcode::ControlV1 if c.key_id == self.key_id => {
-                        let (_, ready) = self.reliable.on_received(c.packet_id, c.payload.clone());
+                    ControlOpcode::ControlV1 => {
+                        let (_, ready) = ks.reliable.on_received(c.packet_id, c.payload.clone());
                         for payload in ready {
-                            self.tls_input(&payload);
+                            self.tls_input(c.key_id, &payload);
                         }
-                        self.after_tls_input(now);
+                        self.after_tls_input(c.key_id);
                     }
-                    // A retransmitted client reset: acknowledge it again.
+                    // A soft reset (its first packet, or a retransmission): acknowledge it.
+                    ControlOpcode::SoftResetV1 => {
+                        ks.reliable.on_received(c.packet_id, Vec::new());
+                    }
+                    // A retransmitted client hard reset: acknowledge it again.
                     ControlOpcode::HardResetClientV2 => {
-                        self.reliable.on_received(c.packet_id, Vec::new());
+                        ks.reliable.on_received(c.packet_id, Vec::new());
                     }
-                    ControlOpcode::SoftResetV1 => return Err(SessionError::Unexpected("renegotiation (soft reset)")),
                     _ => return Err(SessionError::Unexpected("this control opcode")),
                 }
             }
             Packet::Data(_) => return Err(SessionError::Unexpected("a data packet")),
         }
         Ok(())
+    }
+
+    /// Opens a key state for `key_id` (renegotiation). `ours`: we start it, so our soft reset
+    /// goes first; otherwise the client's soft reset (packet 0) is on its way in.
+    fn open_key(&mut self, key_id: KeyId, now: Instant, ours: bool) -> Result<(), SessionError> {
+        let tls = ServerConnection::new(self.config.tls.clone()).map_err(|e| SessionError::Tls(e.to_string()))?;
+        let mut reliable = Reliable::new(self.config.reliable);
+        // Our soft reset (theirs answered, or ours to start) is packet 0 of our sequence.
+        reliable.send(ControlOpcode::SoftResetV1, Vec::new());
+        let _ = ours;
+        // Keep the newest key states only: the active one and this new one.
+        while self.keys.len() >= MAX_KEY_STATES {
+            let oldest = self
+                .keys
+                .iter()
+                .position(|k| Some(k.key_id) != self.keys.iter().rev().find(|k| k.phase == Phase::Active).map(|k| k.key_id))
+                .unwrap_or(0);
+            self.keys.remove(oldest);
+        }
+        self.keys.push(KeyState { key_id, reliable, tls, phase: Phase::Tls, plaintext: Vec::new(), started: now });
+        Ok(())
+    }
+
+    /// Starts a renegotiation from our side (e.g. before packet ids run out): the next key id.
+    pub fn start_renegotiation(&mut self, now: Instant) -> Result<KeyId, SessionError> {
+        let current = self.keys.last().map_or(0, |k| k.key_id.get());
+        // Key ids cycle through 1..=7; 0 is only for the first handshake.
+        let next = if current >= KeyId::MAX { 1 } else { current + 1 };
+        let key_id = KeyId::new(next).ok_or(SessionError::Unexpected("key id"))?;
+        self.open_key(key_id, now, true)?;
+        Ok(key_id)
     }
 
     fn check_session(&self, got: SessionId) -> Result<(), SessionError> {
@@ -198,97 +269,120 @@ impl ServerSession {
         Ok(())
     }
 
-    fn take_acks(&mut self, acks: Option<&AckBlock>) -> Result<(), SessionError> {
+    fn take_acks(&mut self, key_id: KeyId, acks: Option<&AckBlock>) -> Result<(), SessionError> {
         if let Some(a) = acks {
             if a.remote_session_id() != self.local {
                 return Err(SessionError::WrongAckSession { got: a.remote_session_id(), want: self.local });
             }
-            self.reliable.on_acks(a.ids());
+            if let Some(ks) = self.key_mut(key_id) {
+                ks.reliable.on_acks(a.ids());
+            }
         }
         Ok(())
     }
 
-    fn tls_input(&mut self, mut data: &[u8]) {
-        if self.phase == Phase::Failed {
+    fn tls_input(&mut self, key_id: KeyId, mut data: &[u8]) {
+        let Some(ks) = self.key_mut(key_id) else { return };
+        if ks.phase == Phase::Failed {
             return;
         }
         while !data.is_empty() {
-            match self.tls.read_tls(&mut data) {
+            match ks.tls.read_tls(&mut data) {
                 Ok(0) => break,
                 Ok(_) => {}
-                Err(e) => {
-                    self.fail(format!("tls-error ({e})"));
-                    return;
-                }
+                Err(e) => return self.fail(key_id, format!("tls-error ({e})")),
             }
-            if let Err(e) = self.tls.process_new_packets() {
+            if let Err(e) = ks.tls.process_new_packets() {
                 let reason = refusal_reason(&e);
-                self.flush_tls();
-                self.fail(reason);
-                return;
+                self.flush_tls(key_id);
+                return self.fail(key_id, reason);
             }
         }
     }
 
-    fn fail(&mut self, reason: String) {
-        if self.phase != Phase::Failed {
-            self.phase = Phase::Failed;
-            self.events.push_back(Event::Refused { reason });
-        }
-    }
-
-    fn after_tls_input(&mut self, _now: Instant) {
-        if self.phase == Phase::Failed {
+    fn fail(&mut self, key_id: KeyId, reason: String) {
+        let first = self.identity.is_none();
+        let Some(ks) = self.key_mut(key_id) else { return };
+        if ks.phase == Phase::Failed {
             return;
         }
-        if self.phase == Phase::Tls && !self.tls.is_handshaking() {
-            match self.tls.peer_certificates().and_then(|c| c.first()).map(client_identity) {
+        ks.phase = Phase::Failed;
+        self.events.push_back(if first {
+            Event::Refused { reason }
+        } else {
+            Event::RenegotiationFailed { key_id, reason }
+        });
+    }
+
+    fn after_tls_input(&mut self, key_id: KeyId) {
+        let Some(ks) = self.key_mut(key_id) else { return };
+        if ks.phase == Phase::Failed {
+            return;
+        }
+        if ks.phase == Phase::Tls && !ks.tls.is_handshaking() {
+            let id = ks.tls.peer_certificates().and_then(|c| c.first()).map(client_identity);
+            match id {
                 Some(Ok(id)) => {
-                    self.identity = Some(id);
-                    self.phase = Phase::KeyExchange;
+                    if let Some(first) = &self.identity {
+                        if first.common_name != id.common_name {
+                            let reason = format!("renegotiation-identity-changed ({} -> {})", first.common_name, id.common_name);
+                            return self.fail(key_id, reason);
+                        }
+                    } else {
+                        self.identity = Some(id);
+                    }
+                    if let Some(ks) = self.key_mut(key_id) {
+                        ks.phase = Phase::KeyExchange;
+                    }
                 }
-                Some(Err(e)) => return self.fail(format!("certificate-invalid ({e})")),
-                None => return self.fail("no-client-certificate".into()),
+                Some(Err(e)) => return self.fail(key_id, format!("certificate-invalid ({e})")),
+                None => return self.fail(key_id, "no-client-certificate".into()),
             }
         }
+        let Some(ks) = self.key_mut(key_id) else { return };
         // Plaintext from the client.
         let mut buf = [0u8; 4096];
         loop {
-            match self.tls.reader().read(&mut buf) {
+            match ks.tls.reader().read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => self.plaintext.extend_from_slice(&buf[..n]),
+                Ok(n) => ks.plaintext.extend_from_slice(&buf[..n]),
                 Err(_) => break, // WouldBlock: nothing more now
             }
         }
-        if self.phase == Phase::KeyExchange && !self.plaintext.is_empty() {
-            match ClientKeyRecord::parse(&self.plaintext) {
+        if ks.phase == Phase::KeyExchange && !ks.plaintext.is_empty() {
+            match ClientKeyRecord::parse(&ks.plaintext) {
                 Ok(record) => {
                     // The client sends nothing else until it has our record.
-                    self.plaintext.clear();
-                    self.key_exchange(record);
+                    ks.plaintext.clear();
+                    self.key_exchange(key_id, record);
                 }
-                Err(e) if self.plaintext.len() > MAX_PENDING_PLAINTEXT => {
-                    return self.fail(format!("bad-key-method-record ({e})"));
+                Err(e) if ks.plaintext.len() > MAX_PENDING_PLAINTEXT => {
+                    return self.fail(key_id, format!("bad-key-method-record ({e})"));
                 }
                 Err(_) => {} // wait for the rest
             }
         }
-        if self.phase == Phase::Active {
-            while let Some(end) = self.plaintext.iter().position(|&b| b == 0) {
-                let msg: Vec<u8> = self.plaintext.drain(..=end).collect();
+        let Some(ks) = self.key_mut(key_id) else { return };
+        if ks.phase == Phase::Active {
+            let mut messages = Vec::new();
+            while let Some(end) = ks.plaintext.iter().position(|&b| b == 0) {
+                let msg: Vec<u8> = ks.plaintext.drain(..=end).collect();
                 let text = String::from_utf8_lossy(&msg[..msg.len() - 1]).into_owned();
                 if !text.is_empty() {
-                    self.events.push_back(Event::Control(text));
+                    messages.push(Event::Control(text));
                 }
             }
+            self.events.extend(messages);
         }
-        self.flush_tls();
+        self.flush_tls(key_id);
     }
 
-    fn key_exchange(&mut self, record: ClientKeyRecord) {
+    fn key_exchange(&mut self, key_id: KeyId, record: ClientKeyRecord) {
+        let first = self.identity.is_some() && !self.keys.iter().any(|k| k.phase == Phase::Active);
         let peer_info = record.peer_info();
-        if !peer_info.proto.tls_key_export() {
+        if !peer_info.proto.tls_key_export() && first {
             return self.fail(
+                key_id,
                 "client-lacks-tls-ekm (the client must support key-derivation tls-ekm: OpenVPN 2.5.4 or later)".into(),
             );
         }
@@ -297,84 +391,100 @@ impl ServerSession {
         if ring::rand::SecureRandom::fill(&rng, &mut random1).is_err()
             || ring::rand::SecureRandom::fill(&rng, &mut random2).is_err()
         {
-            return self.fail("internal-error (no randomness)".into());
+            return self.fail(key_id, "internal-error (no randomness)".into());
         }
         let ours = ServerKeyRecord { random1, random2, options: self.config.options.clone(), peer_info: None };
         let Ok(out) = ours.to_bytes() else {
-            return self.fail("internal-error (key-method record)".into());
+            return self.fail(key_id, "internal-error (key-method record)".into());
         };
-        if self.tls.writer().write_all(&out).is_err() {
-            return self.fail("tls-error (cannot write key-method record)".into());
+        let Some(ks) = self.key_mut(key_id) else { return };
+        if ks.tls.writer().write_all(&out).is_err() {
+            return self.fail(key_id, "tls-error (cannot write key-method record)".into());
         }
-        let material = match self.tls.export_keying_material([0u8; EKM_LEN], EKM_LABEL, None) {
+        let material = match ks.tls.export_keying_material([0u8; EKM_LEN], EKM_LABEL, None) {
             Ok(m) => Box::new(m),
-            Err(e) => return self.fail(format!("tls-error (key export: {e})")),
+            Err(e) => return self.fail(key_id, format!("tls-error (key export: {e})")),
         };
-        let identity = match self.identity.clone() {
-            Some(i) => i,
-            None => return self.fail("no-client-certificate".into()),
+        let tls_version = format!("{:?}", ks.tls.protocol_version());
+        ks.phase = Phase::Active;
+        let Some(identity) = self.identity.clone() else {
+            return self.fail(key_id, "no-client-certificate".into());
         };
-        let tls_version = format!("{:?}", self.tls.protocol_version());
-        self.phase = Phase::Active;
-        self.events.push_back(Event::Authenticated {
-            key_id: self.key_id,
-            identity,
-            username: record.credentials.as_ref().map(|c| c.username.clone()),
-            peer_info,
-            tls_version,
-        });
-        self.events.push_back(Event::KeysReady { key_id: self.key_id, material });
+        if first {
+            self.events.push_back(Event::Authenticated {
+                key_id,
+                identity,
+                username: record.credentials.as_ref().map(|c| c.username.clone()),
+                peer_info,
+                tls_version,
+            });
+        }
+        self.events.push_back(Event::KeysReady { key_id, material });
     }
 
-    /// Sends a control-channel text message (e.g. a `PUSH_REPLY`, `RESTART`), NUL-terminated
-    /// as OpenVPN expects.
+    /// Sends a control-channel text message (e.g. a `PUSH_REPLY`, `RESTART`) on the newest
+    /// established key state, NUL-terminated as OpenVPN expects.
     pub fn send_control(&mut self, text: &str) {
-        if self.phase != Phase::Active {
-            return;
-        }
+        let Some(key_id) = self.active_key() else { return };
         let mut msg = text.as_bytes().to_vec();
         msg.push(0);
-        if self.tls.writer().write_all(&msg).is_ok() {
-            self.flush_tls();
+        if let Some(ks) = self.key_mut(key_id) {
+            if ks.tls.writer().write_all(&msg).is_ok() {
+                self.flush_tls(key_id);
+            }
         }
     }
 
-    /// Moves TLS output into control packets.
-    fn flush_tls(&mut self) {
+    /// Moves TLS output of a key state into control packets.
+    fn flush_tls(&mut self, key_id: KeyId) {
+        let Some(ks) = self.key_mut(key_id) else { return };
         let mut out = Vec::new();
-        while self.tls.wants_write() {
-            if self.tls.write_tls(&mut out).is_err() {
+        while ks.tls.wants_write() {
+            if ks.tls.write_tls(&mut out).is_err() {
                 break;
             }
         }
         for chunk in out.chunks(MAX_CONTROL_PAYLOAD) {
-            self.reliable.send(ControlOpcode::ControlV1, chunk.to_vec());
+            ks.reliable.send(ControlOpcode::ControlV1, chunk.to_vec());
         }
     }
 
     /// The next packet to send, encoded; call until `None`.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        if self.reliable.max_transmissions() > MAX_TRANSMISSIONS && self.phase != Phase::Failed {
-            self.phase = Phase::Failed;
-            self.events.push_back(Event::Gone);
+        let timeout = self.config.handshake_timeout;
+        let mut expired = Vec::new();
+        for ks in &self.keys {
+            if ks.reliable.max_transmissions() > MAX_TRANSMISSIONS && !self.gone {
+                self.gone = true;
+                self.events.push_back(Event::Gone);
+            }
+            if matches!(ks.phase, Phase::Tls | Phase::KeyExchange) && now.duration_since(ks.started) > timeout {
+                expired.push(ks.key_id);
+            }
         }
-        if self.phase != Phase::Active && self.phase != Phase::Failed && now.duration_since(self.started) > self.config.handshake_timeout {
-            self.fail("handshake-timeout".into());
+        for k in expired {
+            self.fail(k, "handshake-timeout".into());
         }
-        if let Some(t) = self.reliable.poll_transmit(now) {
-            let packet = Packet::Control(ControlPacket {
-                opcode: t.opcode,
-                key_id: self.key_id,
-                session_id: self.local,
-                acks: AckBlock::new(t.acks, self.remote).ok(),
-                packet_id: t.packet_id,
-                payload: t.payload,
-            });
-            return Some(packet.to_vec());
+        let (local, remote) = (self.local, self.remote);
+        for ks in &mut self.keys {
+            if let Some(t) = ks.reliable.poll_transmit(now) {
+                let packet = Packet::Control(ControlPacket {
+                    opcode: t.opcode,
+                    key_id: ks.key_id,
+                    session_id: local,
+                    acks: AckBlock::new(t.acks, remote).ok(),
+                    packet_id: t.packet_id,
+                    payload: t.payload,
+                });
+                return Some(packet.to_vec());
+            }
+            if let Some(acks) = ks.reliable.poll_ack() {
+                if let Ok(block) = AckBlock::new(acks, remote) {
+                    return Some(Packet::Ack(AckPacket { key_id: ks.key_id, session_id: local, acks: block }).to_vec());
+                }
+            }
         }
-        let acks = self.reliable.poll_ack()?;
-        let block = AckBlock::new(acks, self.remote).ok()?;
-        Some(Packet::Ack(AckPacket { key_id: self.key_id, session_id: self.local, acks: block }).to_vec())
+        None
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -383,11 +493,14 @@ impl ServerSession {
 
     /// When to call [`ServerSession::poll_transmit`] again at the latest.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let handshake = (self.phase != Phase::Active && self.phase != Phase::Failed)
-            .then(|| self.started + self.config.handshake_timeout);
-        match (self.reliable.next_deadline(), handshake) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.keys
+            .iter()
+            .flat_map(|ks| {
+                let handshake = matches!(ks.phase, Phase::Tls | Phase::KeyExchange)
+                    .then(|| ks.started + self.config.handshake_timeout);
+                [ks.reliable.next_deadline(), handshake]
+            })
+            .flatten()
+            .min()
     }
 }

@@ -38,9 +38,16 @@ fn serve(listener: TcpListener) {
     for s in listener.incoming() {
         let Ok(mut s) = s else { continue };
         let peer = s.peer_addr().map(|p| p.to_string()).unwrap_or_default();
-        let mut buf = [0u8; 2048];
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = s.read(&mut buf);
+        // Read the whole request head: closing with unread bytes would reset the connection.
+        let mut req = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
         let body = format!("hello from the private network; you came from {peer}\n");
         let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
     }
@@ -50,7 +57,7 @@ fn get(host: Ipv4Addr) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&SocketAddr::from((host, 80)), Duration::from_millis(1500))
         .with_context(|| format!("no answer from {host}:80"))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string())
