@@ -221,13 +221,19 @@ impl Server {
             let udp = self.udp.clone();
             tokio::select! {
                 _ = &mut shutdown => break,
-                r = async { match &udp { Some(s) => s.recv_from(&mut udp_buf).await, None => std::future::pending().await } } => {
-                    match r {
-                        Ok((n, from)) => {
-                            let mut pkt = udp_buf[..n].to_vec();
-                            self.on_packet(Peer::Udp(from), from, &mut pkt);
+                r = async { match &udp { Some(s) => s.readable().await, None => std::future::pending().await } } => {
+                    if r.is_ok() {
+                        // Drain what is waiting, a bounded batch per wake-up so the TUN side
+                        // gets its turn.
+                        if let Some(sock) = &udp {
+                            for _ in 0..64 {
+                                match sock.try_recv_from(&mut udp_buf) {
+                                    Ok((n, from)) => self.on_packet(Peer::Udp(from), from, &mut udp_buf[..n]),
+                                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                                    Err(e) => { warn!(error = %e, "UDP receive"); break; }
+                                }
+                            }
                         }
-                        Err(e) => warn!(error = %e, "UDP receive"),
                     }
                 }
                 r = async { match &tcp_listener { Some(l) => l.accept().await, None => std::future::pending().await } } => {
@@ -281,7 +287,7 @@ impl Server {
                 }
                 r = tun.readable() => {
                     if let Ok(mut guard) = r {
-                        loop {
+                        for _ in 0..64 {
                             match guard.get_inner().recv(&mut tun_buf[24..]) {
                                 Ok(n) => self.on_tun_packet(&mut tun_buf, n),
                                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => { guard.clear_ready(); break; }
@@ -609,8 +615,7 @@ impl Server {
             Ok(len) => {
                 c.last_tx = Instant::now();
                 let peer = c.peer;
-                let pkt = buf[..len].to_vec();
-                self.send_to(peer, &pkt);
+                self.send_to(peer, &buf[..len]);
             }
             Err(e) => debug!(conn = id, error = %e, "seal"),
         }

@@ -155,6 +155,8 @@ pub struct EndpointNet {
     pub gateway: Netns,
     pub dir: TempDir,
     pub ca: Ca,
+    /// Give the server an RSA key instead of ECDSA.
+    pub use_rsa_server_key: bool,
 }
 
 pub const SERVER_WAN: &str = "10.99.0.1";
@@ -177,7 +179,14 @@ impl EndpointNet {
             gateway.ip(&format!("addr add 10.99.{i}.1/24 dev {gw_if}"))?;
             cs.push(c);
         }
-        Ok(EndpointNet { clients: cs, private, gateway, dir: TempDir::new("ep")?, ca: Ca::new("cvpn test CA")? })
+        Ok(EndpointNet {
+            clients: cs,
+            private,
+            gateway,
+            dir: TempDir::new("ep")?,
+            ca: Ca::new("cvpn test CA")?,
+            use_rsa_server_key: false,
+        })
     }
 
     /// The server address a client namespace reaches the gateway at.
@@ -188,7 +197,11 @@ impl EndpointNet {
     /// Writes server certificate, key, CA and CRL, and a config with `body` appended to the
     /// [endpoint] keys given in `endpoint`. Returns the config path.
     pub fn write_config(&mut self, endpoint: &str, body: &str) -> Result<PathBuf> {
-        let server: Pem = self.ca.server("vpn.example.test")?;
+        let server: Pem = if self.use_rsa_server_key {
+            self.ca.server_rsa("vpn.example.test")?
+        } else {
+            self.ca.server("vpn.example.test")?
+        };
         let d = &self.dir.0;
         let cert = write(d, "server.crt", &server.cert)?;
         let key = write(d, "server.key", &server.key)?;

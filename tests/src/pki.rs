@@ -81,6 +81,28 @@ impl Ca {
         Ok(self.issue(cn, &[], true, false)?.0)
     }
 
+    /// A server certificate with a 2048-bit RSA key (made by `openssl genpkey`; ring cannot
+    /// generate RSA keys, only use them).
+    pub fn server_rsa(&mut self, cn: &str) -> Result<Pem> {
+        let out = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "openssl genpkey failed: {}", String::from_utf8_lossy(&out.stderr));
+        let key_pem = String::from_utf8(out.stdout)?;
+        let key = KeyPair::from_pem_and_sign_algo(&key_pem, &rcgen::PKCS_RSA_SHA256)?;
+        let mut p = CertificateParams::new(vec![cn.to_string()])?;
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - Duration::days(1);
+        p.not_after = now + Duration::days(30);
+        p.serial_number = Some(SerialNumber::from(self.next_serial));
+        self.next_serial += 1;
+        let cert = p.signed_by(&key, &self.issuer)?;
+        Ok(Pem { cert: cert.pem(), key: key_pem })
+    }
+
     /// A client certificate whose OU value is the group in `groups` (zero or one).
     pub fn client(&mut self, cn: &str, groups: &[&str]) -> Result<Pem> {
         Ok(self.issue(cn, groups, false, false)?.0)

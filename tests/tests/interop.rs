@@ -257,3 +257,119 @@ fn fifty_clients_at_once_each_reach_the_private_host() {
     }
     assert_eq!(addresses.len(), N, "every client must get its own address: {addresses:?}");
 }
+
+#[test]
+fn garbage_truncated_and_replayed_packets_disturb_nobody() {
+    let (net, mut daemon, _client) = connected(&[]);
+    let pinger = net.clients[0]
+        .command("ping")
+        .args(["-q", "-c", "60", "-i", "0.05", "-W", "1", "10.88.0.10"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pinger = std::thread::spawn(move || pinger.wait_with_output().unwrap());
+    // From the client's namespace, other sockets: random bytes, every opcode with truncated
+    // bodies, data packets for the live peer id 0 with random ciphertext, and control packets
+    // for sessions that do not exist.
+    let sent = net.clients[0]
+        .run(|| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            let server = (EndpointNet::server_addr(0).parse::<Ipv4Addr>()?, 443);
+            let mut x: u64 = 0x9e3779b97f4a7c15;
+            let mut next = || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let mut sent = 0;
+            for i in 0..3000u32 {
+                let len = (next() % 1500) as usize;
+                let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                match i % 4 {
+                    0 => {}
+                    1 if !buf.is_empty() => buf[0] = ((i as u8 % 12) << 3) | (i as u8 & 7),
+                    2 if buf.len() >= 4 => buf[..4].copy_from_slice(&[9 << 3, 0, 0, 0]), // DATA_V2, peer 0
+                    3 if !buf.is_empty() => {
+                        buf[0] = 4 << 3; // P_CONTROL_V1 for an unknown session
+                        buf.truncate(14);
+                    }
+                    _ => {}
+                }
+                if s.send_to(&buf, server).is_ok() {
+                    sent += 1;
+                }
+                if i % 100 == 0 {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            Ok(sent)
+        })
+        .unwrap();
+    let out = pinger.join().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).to_string();
+    let received: u32 = summary
+        .split(',')
+        .find_map(|p| p.trim().strip_suffix(" received").and_then(|n| n.trim().parse().ok()))
+        .unwrap_or(0);
+    assert!(sent > 2900, "sent {sent}");
+    assert!(received >= 58, "the tunnel was disturbed by garbage: {summary}");
+    let resp = net.clients[0].run(|| http_get(PRIVATE, Duration::from_secs(5))).unwrap();
+    assert!(resp.contains("peer=10.88.0.1:"));
+    assert!(daemon.stop().is_some_and(|s| s.success()), "the daemon must survive and exit cleanly on SIGTERM:\n{}", daemon.log().join("\n"));
+}
+
+#[test]
+fn client_changing_address_keeps_its_session() {
+    let (net, mut daemon, _client) = connected(&[]);
+    let pinger = net.clients[0]
+        .command("ping")
+        .args(["-q", "-c", "60", "-i", "0.05", "-W", "1", "10.88.0.10"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pinger = std::thread::spawn(move || pinger.wait_with_output().unwrap());
+    std::thread::sleep(Duration::from_millis(800));
+    // The client's NAT rebinds: from now on its packets leave from another address (a SNAT
+    // rule in the client's namespace, applied once the old mapping is flushed).
+    net.clients[0].ip("addr add 10.99.0.3/24 dev c0").unwrap();
+    let sh = |args: &[&str]| {
+        let out = net.clients[0].command(args[0]).args(&args[1..]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh(&["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "c0", "-p", "udp", "--dport", "443", "-j", "SNAT", "--to-source", "10.99.0.3"]);
+    sh(&["conntrack", "-F"]);
+    let out = pinger.join().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).to_string();
+    daemon.wait_for("client address changed", Duration::from_secs(5)).unwrap();
+    let received: u32 = summary
+        .split(',')
+        .find_map(|p| p.trim().strip_suffix(" received").and_then(|n| n.trim().parse().ok()))
+        .unwrap_or(0);
+    assert!(received >= 55, "the session must survive the address change: {summary}");
+    assert!(!daemon.log().iter().any(|l| l.contains("session ended")));
+}
+
+#[test]
+fn full_tunnel_and_rsa_server_certificate() {
+    require_root();
+    let mut net = EndpointNet::new(1).unwrap();
+    net.use_rsa_server_key = true;
+    let cfg = net
+        .write_config(&endpoint("udp", 443).replace("split_tunnel = true", "split_tunnel = false"), rules())
+        .unwrap();
+    let daemon = Daemon::start(&net.gateway, &cfg).unwrap();
+    let listener = net.private.run(|| Ok(TcpListener::bind((PRIVATE, 8080))?)).unwrap();
+    std::thread::spawn(move || http_server(listener));
+    let alice = net.ca.client("alice", &["engineering"]).unwrap();
+    let p = profile(&net, alice, "udp", 443, ALL_CIPHERS);
+    let mut client = OpenVpnClient::start(&net.clients[0], &p, &net.dir.0, "alice").unwrap();
+    client
+        .wait_connected(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e:#}\ncvpn log:\n{}", daemon.log().join("\n")));
+    let log = client.log().join("\n");
+    assert!(log.contains("redirect-gateway"), "full tunnel pushes redirect-gateway:\n{log}");
+    assert!(log.contains("RSA") || log.contains("rsaEncryption") || log.contains("2048 bit"), "server key must be RSA:\n{log}");
+    let resp = net.clients[0].run(|| http_get(PRIVATE, Duration::from_secs(5))).unwrap();
+    assert!(resp.contains("peer=10.88.0.1:"), "{resp}");
+}

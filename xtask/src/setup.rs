@@ -20,6 +20,7 @@ const PACKAGES: &[&str] = &[
     "procps",
     "iputils-ping",
     "ethtool",
+    "conntrack",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
