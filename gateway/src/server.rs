@@ -158,6 +158,14 @@ impl Server {
         for t in &settings.targets {
             dataplane.add_target_network(t.clone()).with_context(|| format!("target network {}", t.interface))?;
             if let Some(net) = crate::dataplane::interface_ipv4_network(&t.interface) {
+                if net.contains(&settings.client_cidr.network()) || settings.client_cidr.contains(&net.network()) {
+                    bail!(
+                        "client_cidr {} overlaps target network {} ({}): choose a client CIDR outside every target network",
+                        settings.client_cidr,
+                        t.interface,
+                        net
+                    );
+                }
                 if !policy.routes.iter().any(|r| r.destination == net) {
                     policy.routes.push(crate::dataplane::policy::Route { destination: net, target: t.id });
                 }
