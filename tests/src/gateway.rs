@@ -17,12 +17,16 @@ use crate::{
     veth, Netns,
 };
 
-/// The `cvpn` binary next to the test executables, (re)built once per test process so a
+/// The `cvpn` binary of the profile that built the running executable, (re)built once per test process so a
 /// test never runs a stale daemon (`cargo test -p cvpn-tests` alone does not build it).
 pub fn cvpn_binary() -> Result<PathBuf> {
     static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(Path::parent).context("test executable has no parent directory")?;
+    // Test executables live in target/<profile>/deps, binaries in target/<profile>.
+    let mut dir = exe.parent().context("executable has no parent directory")?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().context("deps has no parent directory")?;
+    }
     let release = dir.file_name().is_some_and(|n| n == "release");
     let built = BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

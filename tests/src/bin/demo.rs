@@ -1,8 +1,10 @@
-//! `cargo xtask demo`: the kernel data plane on its own, end to end, in namespaces it makes and
-//! removes. Two clients (groups `engineering` and `finance`) behind a TUN, a gateway with the
-//! cvpn programs attached, a private network with a web server. Shows an allowed HTTP request
-//! (the server sees the gateway's address), a denied one with its flow event, a live policy
-//! change, and the counters.
+//! `cargo xtask demo`: cvpn end to end, in namespaces it makes and removes.
+//!
+//! 1. An endpoint: `cvpn serve` with certificates the demo generates, two stock `openvpn`
+//!    clients (groups `engineering` and `finance`) connecting, allowed and denied HTTP
+//!    requests to a private network whose server sees the gateway's address.
+//! 2. The kernel data plane on its own: the same rules, a live policy change applied in
+//!    microseconds without resetting anyone, flow events, counters and the NAT table.
 
 use std::{
     io::{Read, Write},
@@ -82,7 +84,78 @@ fn main() -> Result<()> {
     if !is_root() {
         bail!("the demo creates network namespaces and loads eBPF programs: run it as root");
     }
-    println!("== cvpn data-plane demo ==");
+    endpoint_demo()?;
+    dataplane_demo()
+}
+
+/// Part 1: `cvpn serve` and stock OpenVPN clients.
+fn endpoint_demo() -> Result<()> {
+    use cvpn_tests::{
+        gateway::{Daemon, EndpointNet},
+        openvpn::{OpenVpnClient, Profile},
+    };
+    println!("== part 1: a cvpn endpoint and stock OpenVPN 2.6 clients ==");
+    let mut net = EndpointNet::new(2)?;
+    let config = net.write_config(
+        "client_cidr = \"10.77.0.0/22\"\ntransport = \"udp\"\nport = 443\nlisten = \"0.0.0.0\"\nsplit_tunnel = true\n",
+        "[[target_network]]\ninterface = \"tgt0\"\n\n\
+         [[authorization_rule]]\ndestination = \"10.88.0.0/24\"\ngroup = \"engineering\"\n\n\
+         [[authorization_rule]]\ndestination = \"10.88.0.10/32\"\ngroup = \"finance\"\n",
+    )?;
+    println!("endpoint config ({}):", config.display());
+    for line in std::fs::read_to_string(&config)?.lines().filter(|l| !l.contains("server_") && !l.contains("client_ca") && !l.contains("crl")) {
+        println!("  {line}");
+    }
+    let mut daemon = Daemon::start(&net.gateway, &config)?;
+    println!("cvpn serve is up in namespace {}", net.gateway.name());
+    for host in [PRIVATE_HOST, PRIVATE_HOST_2] {
+        let l = net.private.run(move || Ok(TcpListener::bind((host, 80))?))?;
+        std::thread::spawn(move || serve(l));
+    }
+    let mut clients = Vec::new();
+    for (i, (user, group)) in [("alice", "engineering"), ("bob", "finance")].into_iter().enumerate() {
+        let pem = net.ca.client(user, &[group])?;
+        let profile = Profile {
+            remote: EndpointNet::server_addr(i),
+            port: 443,
+            proto: "udp".into(),
+            ca_pem: net.ca.cert_pem(),
+            client: pem,
+            data_ciphers: "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305".into(),
+            tls_version_max: None,
+            extra: vec!["explicit-exit-notify 1".into()],
+        };
+        let mut c = OpenVpnClient::start(&net.clients[i], &profile, &net.dir.0, user)?;
+        let took = c.wait_connected(Duration::from_secs(20))?;
+        println!("{user} ({group}) connected in {took:?}: {}", c.log().iter().find(|l| l.contains("ifconfig")).map(String::as_str).unwrap_or(""));
+        clients.push(c);
+    }
+    println!("\n-- requests through the tunnel --");
+    for (i, user) in ["alice", "bob"].into_iter().enumerate() {
+        for host in [PRIVATE_HOST, PRIVATE_HOST_2] {
+            let r = match net.clients[i].run(move || get(host)) {
+                Ok(body) => format!("ALLOWED  {body}"),
+                Err(e) => format!("BLOCKED  ({e:#})"),
+            };
+            println!("{user:<6} -> {host}: {r}");
+        }
+    }
+    for mut c in clients {
+        c.stop();
+    }
+    daemon.wait_for("session ended", Duration::from_secs(5)).ok();
+    println!("\n-- cvpn log (connections) --");
+    for l in daemon.log().iter().filter(|l| l.contains("client authenticated") || l.contains("session ended") || l.contains("disconnect")) {
+        println!("  {}", l.split_once("gateway::server: ").map_or(l.as_str(), |(_, r)| r));
+    }
+    daemon.stop();
+    println!();
+    Ok(())
+}
+
+/// Part 2: the kernel data plane alone, driven through its API.
+fn dataplane_demo() -> Result<()> {
+    println!("== part 2: the kernel data plane, driven directly ==");
     let mut t = Topology::new(TopologyOptions { clients: 2, ..TopologyOptions::default() })?;
     let (eng, fin) = (t.clients[0].addr, t.clients[1].addr);
     println!("namespaces: gateway {}, private {}, clients {} / {}", t.gateway.name(), t.private.name(), t.clients[0].ns.name(), t.clients[1].ns.name());
