@@ -75,6 +75,19 @@ impl ServerSettings {
     }
 }
 
+/// Datagrams received per batched receive call.
+const RECV_BATCH: usize = 16;
+
+/// Equal-size datagrams for one destination, sent with one GSO `sendmsg` (the last may be
+/// shorter).
+#[derive(Default)]
+struct GsoBatch {
+    dest: Option<SocketAddr>,
+    segment: usize,
+    count: usize,
+    buf: Vec<u8>,
+}
+
 /// Where a client's packets come from and go to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Peer {
@@ -131,6 +144,10 @@ pub struct Server {
     next_conn: u64,
     next_peer_id: u32,
     udp: Option<Arc<UdpSocket>>,
+    /// GSO/GRO and batched syscalls on the UDP socket (quinn-udp).
+    udp_state: Option<quinn_udp::UdpSocketState>,
+    /// Sealed packets for one UDP peer waiting to go out as one GSO send.
+    gso: GsoBatch,
     tcp_writers: HashMap<u64, mpsc::UnboundedSender<Vec<u8>>>,
     tcp_addrs: HashMap<u64, SocketAddr>,
     tun: Arc<AsyncFd<Tun>>,
@@ -185,6 +202,8 @@ impl Server {
             next_conn: 1,
             next_peer_id: 0,
             udp: None,
+            udp_state: None,
+            gso: GsoBatch::default(),
             tcp_writers: HashMap::new(),
             tcp_addrs: HashMap::new(),
             // SAFETY: the Tun owns its fd, which stays open for as long as the AsyncFd (which
@@ -209,6 +228,13 @@ impl Server {
                 let sock = UdpSocket::bind(self.settings.listen)
                     .await
                     .with_context(|| format!("binding UDP {}", self.settings.listen))?;
+                let state = quinn_udp::UdpSocketState::new((&sock).into())
+                    .context("setting up batched UDP I/O")?;
+                // Room for bursts: the data channel is bulk traffic.
+                let _ = state.set_recv_buffer_size((&sock).into(), 8 << 20);
+                let _ = state.set_send_buffer_size((&sock).into(), 8 << 20);
+                info!(gso_segments = state.max_gso_segments(), gro_segments = state.gro_segments(), "UDP offloads");
+                self.udp_state = Some(state);
                 self.udp = Some(Arc::new(sock));
                 None
             }
@@ -221,7 +247,9 @@ impl Server {
         info!(listen = %self.settings.listen, transport = ?self.settings.transport, tun = %self.settings.tun_name, "serving");
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         let mut last_gc = Instant::now();
-        let mut udp_buf = vec![0u8; 65536];
+        // Receive batches: up to RECV_BATCH datagrams (each possibly GRO-coalesced) per call.
+        let mut rx_bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; 65536]).collect();
+        let mut rx_meta = vec![quinn_udp::RecvMeta::default(); RECV_BATCH];
         let mut tun_buf = vec![0u8; 65536 + 64];
         let tun = self.tun.clone();
         tokio::pin!(shutdown);
@@ -231,12 +259,30 @@ impl Server {
                 _ = &mut shutdown => break,
                 r = async { match &udp { Some(s) => s.readable().await, None => std::future::pending().await } } => {
                     if r.is_ok() {
-                        // Drain what is waiting, a bounded batch per wake-up so the TUN side
-                        // gets its turn.
                         if let Some(sock) = &udp {
-                            for _ in 0..64 {
-                                match sock.try_recv_from(&mut udp_buf) {
-                                    Ok((n, from)) => self.on_packet(Peer::Udp(from), from, &mut udp_buf[..n]),
+                            // A few batches per wake-up, so the TUN side gets its turn.
+                            for _ in 0..4 {
+                                let got = {
+                                    let Some(state) = &self.udp_state else { break };
+                                    let mut slices: Vec<io::IoSliceMut<'_>> =
+                                        rx_bufs.iter_mut().map(|b| io::IoSliceMut::new(b)).collect();
+                                    sock.try_io(tokio::io::Interest::READABLE, || {
+                                        state.recv(sock.into(), &mut slices, &mut rx_meta)
+                                    })
+                                };
+                                match got {
+                                    Ok(n) => {
+                                        for i in 0..n {
+                                            let meta = rx_meta[i];
+                                            let stride = meta.stride.max(1);
+                                            let buf = &mut rx_bufs[i][..meta.len];
+                                            // GRO hands several datagrams of one sender in one buffer.
+                                            for dgram in buf.chunks_mut(stride) {
+                                                self.on_packet(Peer::Udp(meta.addr), meta.addr, dgram);
+                                            }
+                                        }
+                                        self.flush_gso();
+                                    }
                                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                                     Err(e) => { warn!(error = %e, "UDP receive"); break; }
                                 }
@@ -302,6 +348,7 @@ impl Server {
                                 Err(e) => { warn!(error = %e, "TUN read"); guard.clear_ready(); break; }
                             }
                         }
+                        self.flush_gso();
                     }
                 }
                 _ = tick.tick() => {
@@ -344,6 +391,49 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Adds a datagram for `dest` to the GSO batch, sending the batch first when it cannot
+    /// take it (another destination, another size, full) and after it when it is complete.
+    fn queue_gso(&mut self, dest: SocketAddr, datagram: &[u8]) {
+        let max = self.udp_state.as_ref().map_or(1, |s| s.max_gso_segments()).clamp(1, 64);
+        let fits = self.gso.dest == Some(dest)
+            && datagram.len() <= self.gso.segment
+            && self.gso.count < max;
+        if !fits {
+            self.flush_gso();
+        }
+        if self.gso.count == 0 {
+            self.gso.dest = Some(dest);
+            self.gso.segment = datagram.len();
+        }
+        self.gso.buf.extend_from_slice(datagram);
+        self.gso.count += 1;
+        // A shorter datagram ends a batch.
+        if datagram.len() < self.gso.segment || self.gso.count >= max {
+            self.flush_gso();
+        }
+    }
+
+    fn flush_gso(&mut self) {
+        if self.gso.count == 0 {
+            return;
+        }
+        if let (Some(sock), Some(state), Some(dest)) = (&self.udp, &self.udp_state, self.gso.dest) {
+            let t = quinn_udp::Transmit {
+                destination: dest,
+                ecn: None,
+                contents: &self.gso.buf,
+                segment_size: (self.gso.count > 1).then_some(self.gso.segment),
+                src_ip: None,
+            };
+            if let Err(e) = sock.try_io(tokio::io::Interest::WRITABLE, || state.try_send(sock.as_ref().into(), &t)) {
+                debug!(error = %e, %dest, segments = self.gso.count, "UDP batch send");
+            }
+        }
+        self.gso.buf.clear();
+        self.gso.count = 0;
+        self.gso.dest = None;
     }
 
     fn on_packet(&mut self, peer: Peer, addr: SocketAddr, buf: &mut [u8]) {
@@ -622,8 +712,10 @@ impl Server {
         match dc.seal_in_place(&mut buf[..24 + n], n) {
             Ok(len) => {
                 c.last_tx = Instant::now();
-                let peer = c.peer;
-                self.send_to(peer, &buf[..len]);
+                match c.peer {
+                    Peer::Udp(addr) => self.queue_gso(addr, &buf[..len]),
+                    peer => self.send_to(peer, &buf[..len]),
+                }
             }
             Err(e) => debug!(conn = id, error = %e, "seal"),
         }

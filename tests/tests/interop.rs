@@ -60,9 +60,35 @@ fn http_server(listener: TcpListener) {
                 Ok(n) => req.extend_from_slice(&buf[..n]),
             }
         }
-        let body = format!("peer={peer}\n");
-        let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        // "GET /big" gets 4 MB; a request with a body has it read and its size echoed.
+        let head = String::from_utf8_lossy(&req).to_string();
+        let upload: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: ").and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0);
+        let mut got = req.len() - req.windows(4).position(|w| w == b"\r\n\r\n").map_or(req.len(), |p| p + 4);
+        while got < upload {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        let extra = if head.starts_with("GET /big") { 4 << 20 } else { 0 };
+        let body = format!("peer={peer} uploaded={got}\n");
+        let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len() + extra);
+        let _ = s.write_all(&vec![b'x'; extra]);
     }
+}
+
+/// A request with `upload` bytes of body; returns the whole response.
+fn http_request(host: Ipv4Addr, line: &str, upload: usize) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&SocketAddr::from((host, 8080)), Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.write_all(format!("{line} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {upload}\r\n\r\n").as_bytes())?;
+    s.write_all(&vec![b'u'; upload])?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(String::from_utf8_lossy(&out).to_string())
 }
 
 fn http_get(host: Ipv4Addr, timeout: Duration) -> Result<String> {
@@ -100,6 +126,17 @@ fn connect_and_use(transport: &str, port: u16, ciphers: &str, tls_max: Option<&s
 
     let resp = net.clients[0].run(|| http_get(PRIVATE, Duration::from_secs(5))).unwrap_or_else(|e| panic!("{e:#}\ncvpn log:\n{}", _daemon.log().join("\n")));
     assert!(resp.contains("peer=10.88.0.1:"), "the private host must see the SNAT address: {resp}");
+    // Bulk both ways: 4 MB down, 2 MB up.
+    let (down, up) = net.clients[0]
+        .run(|| {
+            let down = http_request(PRIVATE, "GET /big", 0)?;
+            let up = http_request(PRIVATE, "POST /", 2 << 20)?;
+            Ok((down, up))
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\ncvpn log:\n{}", _daemon.log().join("\n")));
+    let body = down.len() - down.find("\r\n\r\n").unwrap() - 4;
+    assert!(body > 4 << 20, "download cut short: {body} bytes");
+    assert!(up.contains(&format!("uploaded={}", 2 << 20)), "upload: {up:.200}");
     let ping = net.clients[0].command("ping").args(["-c", "2", "-W", "2", "-i", "0.2", "10.88.0.10"]).output().unwrap();
     assert!(ping.status.success(), "ping through the tunnel: {}", String::from_utf8_lossy(&ping.stdout));
     let denied = net.clients[0].run(|| http_get(DENIED, Duration::from_millis(1500)));
