@@ -13,6 +13,7 @@
 //! crl = "/etc/cvpn/crl.pem"              # optional
 //! split_tunnel = false            # default false
 //! dns_servers = ["10.88.0.2"]     # at most 2, default []
+//! key_derivation = "tls-ekm"      # default; "tls-prf" forces OpenVPN's legacy TLS-PRF
 //!
 //! [[target_network]]
 //! interface = "eth1"              # a gateway-host interface traffic leaves through
@@ -190,12 +191,25 @@ pub struct EndpointConfig {
     pub split_tunnel: bool,
     /// DNS servers pushed to clients (at most [`MAX_DNS_SERVERS`]).
     pub dns_servers: Vec<Ipv4Addr>,
+    /// How data-channel keys are derived: TLS-EKM where the client supports it (default), or
+    /// always OpenVPN's legacy TLS-PRF (`key_derivation = "tls-prf"`).
+    pub key_derivation: KeyDerivation,
     /// Target networks, in file order (interfaces unique).
     pub target_networks: Vec<TargetNetwork>,
     /// Routes, in file order (destinations unique).
     pub routes: Vec<RouteConfig>,
     /// Authorization rules, in file order.
     pub authorization_rules: Vec<AuthorizationRuleConfig>,
+}
+
+/// How data-channel keys are derived.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyDerivation {
+    /// TLS-EKM for clients that support it (OpenVPN 2.5.4+), the legacy TLS-PRF for others.
+    #[default]
+    Auto,
+    /// Always the legacy TLS-PRF.
+    TlsPrf,
 }
 
 // ---- raw (serde) layer ------------------------------------------------------------------------
@@ -228,6 +242,7 @@ struct RawEndpoint {
     split_tunnel: bool,
     #[serde(default)]
     dns_servers: Vec<String>,
+    key_derivation: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -266,6 +281,7 @@ const ENDPOINT_KEYS: &[(&str, bool)] = &[
     ("crl", false),
     ("split_tunnel", false),
     ("dns_servers", false),
+    ("key_derivation", false),
 ];
 const TARGET_NETWORK_KEYS: &[(&str, bool)] = &[("interface", true), ("snat_address", false)];
 const ROUTE_KEYS: &[(&str, bool)] = &[("destination", true), ("target", true)];
@@ -615,6 +631,17 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
         });
     }
 
+    let key_derivation = match e.key_derivation.as_deref() {
+        None | Some("auto") | Some("tls-ekm") => KeyDerivation::Auto,
+        Some("tls-prf") => KeyDerivation::TlsPrf,
+        Some(other) => {
+            return Err(invalid(
+                "[endpoint] key_derivation".to_string(),
+                format!("{other:?} is not a key derivation: use \"tls-ekm\" (default: TLS-EKM where the client supports it) or \"tls-prf\" (always the legacy TLS-PRF)"),
+            ))
+        }
+    };
+
     Ok(EndpointConfig {
         client_cidr,
         transport,
@@ -626,6 +653,7 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
         crl,
         split_tunnel: e.split_tunnel,
         dns_servers,
+        key_derivation,
         target_networks,
         routes,
         authorization_rules,

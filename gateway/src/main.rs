@@ -81,6 +81,7 @@ fn serve(path: &std::path::Path, tun_name: String) -> anyhow::Result<()> {
         policy,
         tun_name,
         ciphers: ServerSettings::default_ciphers(),
+        force_tls_prf: cfg.key_derivation == gateway::config::KeyDerivation::TlsPrf,
         ping: 10,
         ping_restart: 60,
     };

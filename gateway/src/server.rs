@@ -64,6 +64,8 @@ pub struct ServerSettings {
     pub tun_name: String,
     /// Data ciphers, best first.
     pub ciphers: Vec<String>,
+    /// Derive data keys by the legacy TLS-PRF even for clients with TLS-EKM.
+    pub force_tls_prf: bool,
     /// Seconds between keepalive pings, and of silence before a client is dropped.
     pub ping: u32,
     pub ping_restart: u32,
@@ -158,7 +160,7 @@ impl Server {
     pub fn new(settings: ServerSettings) -> Result<Self> {
         let pool = AddressPool::new(settings.client_cidr).context("client CIDR")?;
         let tls = settings.tls.server_config().context("TLS configuration")?;
-        let session_config = Arc::new(SessionConfig::new(tls));
+        let session_config = Arc::new(SessionConfig { force_tls_prf: settings.force_tls_prf, ..SessionConfig::new(tls) });
 
         let tun = Tun::open_with(&settings.tun_name, Kind::Tun, false, true)
             .with_context(|| format!("creating TUN device {}", settings.tun_name))?;
@@ -538,7 +540,7 @@ impl Server {
             let Some(c) = self.conns.get_mut(&id) else { return };
             let Some(ev) = c.session.poll_event() else { break };
             match ev {
-                Event::Authenticated { identity, peer_info, tls_version, .. } => {
+                Event::Authenticated { identity, peer_info, tls_version, tls_ekm, .. } => {
                     c.common_name = identity.common_name.clone();
                     let cipher_name = match negotiate_cipher(&self.settings.ciphers, &peer_info) {
                         Ok(n) => n.to_string(),
@@ -573,7 +575,7 @@ impl Server {
                         ping_restart: Some(self.settings.ping_restart),
                         peer_id: Some(c.peer_id),
                         cipher: Some(cipher_name.clone()),
-                        key_signalling: KeySignalling::for_client(peer_info.proto, true),
+                        key_signalling: KeySignalling::for_client(peer_info.proto, tls_ekm),
                         tun_mtu: Some(1500),
                         ..PushReply::new(addr, self.pool.netmask(), self.pool.gateway_addr())
                     };

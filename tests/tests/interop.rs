@@ -410,3 +410,26 @@ fn full_tunnel_and_rsa_server_certificate() {
     let resp = net.clients[0].run(|| http_get(PRIVATE, Duration::from_secs(5))).unwrap();
     assert!(resp.contains("peer=10.88.0.1:"), "{resp}");
 }
+
+#[test]
+fn legacy_tls_prf_key_derivation() {
+    require_root();
+    let mut net = EndpointNet::new(1).unwrap();
+    let cfg = net
+        .write_config(&format!("{}key_derivation = \"tls-prf\"\n", endpoint("udp", 443)), rules())
+        .unwrap();
+    let daemon = Daemon::start(&net.gateway, &cfg).unwrap();
+    let listener = net.private.run(|| Ok(TcpListener::bind((PRIVATE, 8080))?)).unwrap();
+    std::thread::spawn(move || http_server(listener));
+    let alice = net.ca.client("alice", &["engineering"]).unwrap();
+    let p = profile(&net, alice, "udp", 443, ALL_CIPHERS);
+    let mut client = OpenVpnClient::start(&net.clients[0], &p, &net.dir.0, "alice").unwrap();
+    client
+        .wait_connected(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e:#}\ncvpn log:\n{}", daemon.log().join("\n")));
+    let log = client.log().join("\n");
+    assert!(!log.contains("tls-ekm"), "the push reply must not announce TLS-EKM:\n{log}");
+    // Traffic flows only if both ends derived the same keys.
+    let resp = net.clients[0].run(|| http_request(PRIVATE, "GET /big", 0)).unwrap();
+    assert!(resp.contains("peer=10.88.0.1:") && resp.len() > 4 << 20, "{:.200}", resp);
+}

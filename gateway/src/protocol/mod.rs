@@ -6,10 +6,12 @@
 //! * [`reliable`]: the control channel's reliability layer (ids, selective acks, retransmit
 //!   with backoff, in-order delivery, window of 6).
 //! * [`cookie`]: the stateless, HMAC-cookie answer to a client's first reset.
+//! * [`prf`]: OpenVPN's legacy TLS-PRF key derivation, for clients without TLS-EKM.
 //! * [`tls`]: rustls server configuration and client-certificate facts (CN, OU groups).
 //! * [`keymethod`]: key-method 2 records and the client's peer-info (`IV_*` keys).
 //! * [`push`]: control-channel text messages, `PUSH_REPLY` building and cipher negotiation.
 pub mod packet;
+pub mod prf;
 pub mod cookie;
 pub mod reliable;
 pub mod keymethod;

@@ -41,6 +41,7 @@ pub const DEFAULT_SERVER_CIPHERS: &[&str] = &["AES-256-GCM", "AES-128-GCM", "CHA
 pub const NCP2_IMPLIED_CIPHERS: &[&str] = &["AES-256-GCM", "AES-128-GCM"];
 
 const PUSH_REPLY: &str = "PUSH_REPLY";
+const CONTINUATION: &str = "push-continuation";
 const CONTINUATION_MORE: &str = "push-continuation 2";
 const CONTINUATION_LAST: &str = "push-continuation 1";
 
@@ -141,6 +142,13 @@ pub enum PushError {
     /// An option contains a character that would break the comma-separated list.
     #[error("push option {0:?} contains a comma, NUL or line break; remove it from the option")]
     InvalidOption(String),
+    /// An option is `push-continuation`, which only the packer may write: a client takes any
+    /// option of that name as the continuation flag of the message it is in.
+    #[error(
+        "push option {0:?} is push-continuation, which the server adds itself when it splits a \
+         reply; remove it from the options"
+    )]
+    ReservedOption(String),
     /// One option does not fit into a message even on its own.
     #[error(
         "push option of {len} bytes does not fit into one PUSH_REPLY message of at most {max} \
@@ -346,6 +354,14 @@ pub fn pack_options(options: &[String], max_len: usize) -> Result<Vec<String>, P
     for opt in options {
         if opt.contains([',', '\0', '\n', '\r']) {
             return Err(PushError::InvalidOption(opt.clone()));
+        }
+        // OpenVPN matches an option on its first word (split at C `isspace`); a
+        // `push-continuation 2` among the options of a single message would leave the client
+        // waiting for a message that never comes.
+        if opt.split(|c: char| c.is_ascii_whitespace() || c == '\x0b').find(|w| !w.is_empty())
+            == Some(CONTINUATION)
+        {
+            return Err(PushError::ReservedOption(opt.clone()));
         }
     }
     // "PUSH_REPLY" + Σ("," + option) + NUL.
@@ -660,6 +676,34 @@ mod tests {
         r.extra = vec!["block-outside-dns".into()];
         assert!(r.to_messages(1024).unwrap()[0]
             .contains("redirect-gateway def1,block-outside-dns,route-gateway"));
+    }
+
+    #[test]
+    fn push_continuation_is_reserved_for_the_packer() {
+        // Found by the push_options fuzz target: an extra option named push-continuation was
+        // pushed verbatim, and a client takes any option of that name as the continuation flag.
+        let mut r = PushReply::new(ip("10.2.0.9"), ip("255.255.252.0"), ip("10.2.0.1"));
+        for o in [
+            "push-continuation",
+            "push-continuation 2",
+            " push-continuation\t1",
+            "\x0bpush-continuation 1",
+        ] {
+            r.extra = vec![o.into()];
+            let err = r.to_messages(1024).unwrap_err();
+            assert_eq!(err, PushError::ReservedOption(o.into()));
+            assert!(err.to_string().contains("adds itself"), "{err}");
+            assert_eq!(
+                pack_options(&[o.to_string()], 1024).unwrap_err(),
+                PushError::ReservedOption(o.into())
+            );
+        }
+        // Only the option name is reserved.
+        r.extra = vec![
+            "setenv push-continuation 2".into(),
+            "push-continuation-x 1".into(),
+        ];
+        assert!(r.to_messages(1024).is_ok());
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct SessionConfig {
     pub handshake_timeout: Duration,
     /// The options string of our key-method record (informational for the client).
     pub options: String,
+    /// Derive data keys with the legacy TLS-PRF even when the client supports TLS-EKM.
+    pub force_tls_prf: bool,
 }
 
 impl SessionConfig {
@@ -56,6 +58,7 @@ impl SessionConfig {
             reliable: ReliableConfig::default(),
             handshake_timeout: Duration::from_secs(60),
             options: "V4,dev-type tun,link-mtu 1549,tun-mtu 1500,proto UDPv4,cipher AES-256-GCM,auth [null-digest],keysize 256,key-method 2,tls-server".to_string(),
+            force_tls_prf: false,
         }
     }
 }
@@ -71,9 +74,12 @@ pub enum Event {
         username: Option<String>,
         peer_info: PeerInfo,
         tls_version: String,
+        /// True: keys by TLS-EKM (push `key-derivation tls-ekm` / `protocol-flags tls-ekm`);
+        /// false: by the legacy TLS-PRF (push neither).
+        tls_ekm: bool,
     },
-    /// Data-channel key material for `key_id` (TLS-EKM, 256 bytes): after the first handshake
-    /// and after every renegotiation.
+    /// Data-channel key material for `key_id` (256 bytes, TLS-EKM or TLS-PRF): after the first
+    /// handshake and after every renegotiation.
     KeysReady { key_id: KeyId, material: Box<[u8; EKM_LEN]> },
     /// A control-channel text message from the client (e.g. `PUSH_REQUEST`, `EXIT`).
     Control(String),
@@ -380,12 +386,8 @@ impl ServerSession {
     fn key_exchange(&mut self, key_id: KeyId, record: ClientKeyRecord) {
         let first = self.identity.is_some() && !self.keys.iter().any(|k| k.phase == Phase::Active);
         let peer_info = record.peer_info();
-        if !peer_info.proto.tls_key_export() && first {
-            return self.fail(
-                key_id,
-                "client-lacks-tls-ekm (the client must support key-derivation tls-ekm: OpenVPN 2.5.4 or later)".into(),
-            );
-        }
+        // TLS-EKM where the client supports it (OpenVPN 2.5.4+), else the legacy TLS-PRF.
+        let tls_ekm = peer_info.proto.tls_key_export() && !self.config.force_tls_prf;
         let rng = ring::rand::SystemRandom::new();
         let (mut random1, mut random2) = ([0u8; 32], [0u8; 32]);
         if ring::rand::SecureRandom::fill(&rng, &mut random1).is_err()
@@ -397,13 +399,26 @@ impl ServerSession {
         let Ok(out) = ours.to_bytes() else {
             return self.fail(key_id, "internal-error (key-method record)".into());
         };
+        let sessions = (self.remote, self.local);
         let Some(ks) = self.key_mut(key_id) else { return };
         if ks.tls.writer().write_all(&out).is_err() {
             return self.fail(key_id, "tls-error (cannot write key-method record)".into());
         }
-        let material = match ks.tls.export_keying_material([0u8; EKM_LEN], EKM_LABEL, None) {
-            Ok(m) => Box::new(m),
-            Err(e) => return self.fail(key_id, format!("tls-error (key export: {e})")),
+        let material = if tls_ekm {
+            match ks.tls.export_keying_material([0u8; EKM_LEN], EKM_LABEL, None) {
+                Ok(m) => Box::new(m),
+                Err(e) => return self.fail(key_id, format!("tls-error (key export: {e})")),
+            }
+        } else {
+            Box::new(super::prf::openvpn_key_material(&super::prf::KeySources {
+                pre_master: &record.pre_master,
+                client_random1: &record.random1,
+                client_random2: &record.random2,
+                server_random1: &random1,
+                server_random2: &random2,
+                client_session: sessions.0,
+                server_session: sessions.1,
+            }))
         };
         let tls_version = format!("{:?}", ks.tls.protocol_version());
         ks.phase = Phase::Active;
@@ -417,6 +432,7 @@ impl ServerSession {
                 username: record.credentials.as_ref().map(|c| c.username.clone()),
                 peer_info,
                 tls_version,
+                tls_ekm,
             });
         }
         self.events.push_back(Event::KeysReady { key_id, material });
