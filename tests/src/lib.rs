@@ -10,6 +10,7 @@
 
 pub mod packets;
 pub mod gateway;
+pub mod http;
 pub mod openvpn;
 pub mod pki;
 pub mod topology;
@@ -138,6 +139,49 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
     a.ip(&format!("link set {a_if} up"))?;
     b.ip(&format!("link set {b_if} up"))?;
     Ok(())
+}
+
+/// Stops a child this process started: SIGTERM to its PID, then SIGKILL after `grace`; waits
+/// for it and returns its exit status.
+pub fn terminate(child: &mut std::process::Child, grace: std::time::Duration) -> Option<std::process::ExitStatus> {
+    if let Ok(Some(s)) = child.try_wait() {
+        return Some(s);
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let start = std::time::Instant::now();
+    while start.elapsed() < grace {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+/// For `BPF_PROG_TEST_RUN` fixtures: a namespace with a veth `tgt0` (10.88.0.1/24) to serve as
+/// target interface, entered by the calling thread; and the data plane loaded there in
+/// Ethernet mode (the test runner hands TC programs Ethernet frames), not attached to any
+/// client device, with target network 1 on `tgt0`.
+pub fn fixture_dataplane(
+    role: &str,
+    config: ::gateway::dataplane::DataPlaneConfig,
+) -> Result<(Netns, ::gateway::dataplane::DataPlane)> {
+    use ::gateway::dataplane::{ClientLink, DataPlane, DataPlaneConfig, TargetSpec};
+    let ns = Netns::new(role)?;
+    ns.ip("link add tgt0 type veth peer name tgt0peer")?;
+    ns.ip("link set tgt0peer up")?;
+    ns.ip("addr add 10.88.0.1/24 dev tgt0")?;
+    ns.ip("link set tgt0 up")?;
+    ns.enter()?;
+    let mut dp = DataPlane::load(DataPlaneConfig {
+        client_interface: None,
+        client_link: ClientLink::Ethernet,
+        ..config
+    })?;
+    dp.add_target_network(TargetSpec { id: 1, interface: "tgt0".into(), snat_addr: None })?;
+    Ok((ns, dp))
 }
 
 /// True when this process may create namespaces and load BPF programs.

@@ -15,7 +15,7 @@ use cvpn_tests::{
 };
 use gateway::dataplane::{
     policy::{Access, AuthorizationRule, Policy, Route},
-    ClientLink, DataPlane, DataPlaneConfig, FlowEventKind, ProgramKind, TargetSpec,
+    DataPlane, DataPlaneConfig, FlowEventKind, ProgramKind,
 };
 use gateway_common::Counter;
 
@@ -46,23 +46,12 @@ fn group(g: &str) -> Access {
 
 /// A namespace with a veth as the target interface, and the programs loaded in it.
 fn setup() -> (Netns, DataPlane) {
-    let ns = Netns::new("fx").expect("netns");
-    ns.ip("link add tgt0 type veth peer name tgt0peer").unwrap();
-    ns.ip("link set tgt0peer up").unwrap();
-    ns.ip("addr add 10.88.0.1/24 dev tgt0").unwrap();
-    ns.ip("link set tgt0 up").unwrap();
-    ns.enter().unwrap();
-    let mut dp = DataPlane::load(DataPlaneConfig {
-        client_interface: None,
-        client_link: ClientLink::Ethernet,
-        nat_port_range: (20000, 20999),
-        ..DataPlaneConfig::default()
-    })
-    .expect("load data plane");
-    let snat = dp
-        .add_target_network(TargetSpec { id: 1, interface: "tgt0".into(), snat_addr: None })
-        .unwrap();
-    assert_eq!(snat, SNAT, "SNAT address is taken from the interface");
+    let (ns, mut dp) = cvpn_tests::fixture_dataplane(
+        "fx",
+        DataPlaneConfig { nat_port_range: (20000, 20999), ..DataPlaneConfig::default() },
+    )
+    .expect("fixture data plane");
+    assert_eq!(dp.target_snat_addr(1), Some(SNAT), "SNAT address is taken from the interface");
     dp.add_session(A, 1, &["a".to_string()]).unwrap();
     dp.add_session(B, 2, &["b".to_string()]).unwrap();
     dp.add_session(NOGROUP, 3, &[]).unwrap();

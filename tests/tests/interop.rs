@@ -2,15 +2,12 @@
 //! connect with a plain client profile, reach the private host through the kernel data plane
 //! (which SNATs), be refused where no rule allows, and be refused with bad certificates.
 
-use std::{
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    time::Duration,
-};
+use std::{net::Ipv4Addr, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use cvpn_tests::{
     gateway::{Daemon, EndpointNet},
+    http,
     is_root,
     openvpn::{OpenVpnClient, Profile},
     pki::Pem,
@@ -46,58 +43,12 @@ fn profile(net: &EndpointNet, client: Pem, proto: &str, port: u16, ciphers: &str
     }
 }
 
-fn http_server(listener: TcpListener) {
-    for s in listener.incoming() {
-        let Ok(mut s) = s else { continue };
-        let peer = s.peer_addr().map(|p| p.to_string()).unwrap_or_default();
-        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-        // Read the whole request head: closing with unread bytes would reset the connection.
-        let mut req = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => req.extend_from_slice(&buf[..n]),
-            }
-        }
-        // "GET /big" gets 4 MB; a request with a body has it read and its size echoed.
-        let head = String::from_utf8_lossy(&req).to_string();
-        let upload: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Content-Length: ").and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0);
-        let mut got = req.len() - req.windows(4).position(|w| w == b"\r\n\r\n").map_or(req.len(), |p| p + 4);
-        while got < upload {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got += n,
-            }
-        }
-        let extra = if head.starts_with("GET /big") { 4 << 20 } else { 0 };
-        let body = format!("peer={peer} uploaded={got}\n");
-        let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len() + extra);
-        let _ = s.write_all(&vec![b'x'; extra]);
-    }
-}
-
-/// A request with `upload` bytes of body; returns the whole response.
 fn http_request(host: Ipv4Addr, line: &str, upload: usize) -> Result<String> {
-    let mut s = TcpStream::connect_timeout(&SocketAddr::from((host, 8080)), Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    s.write_all(format!("{line} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {upload}\r\n\r\n").as_bytes())?;
-    s.write_all(&vec![b'u'; upload])?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    Ok(String::from_utf8_lossy(&out).to_string())
+    http::request(host, 8080, line, upload, Duration::from_secs(5))
 }
 
 fn http_get(host: Ipv4Addr, timeout: Duration) -> Result<String> {
-    let mut s = TcpStream::connect_timeout(&SocketAddr::from((host, 8080)), timeout).with_context(|| format!("connect {host}:8080"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
+    http::request(host, 8080, "GET /", 0, timeout)
 }
 
 /// Connects one client and checks everything a connected client should see.
@@ -106,10 +57,8 @@ fn connect_and_use(transport: &str, port: u16, ciphers: &str, tls_max: Option<&s
     let mut net = EndpointNet::new(1).unwrap();
     let cfg = net.write_config(&endpoint(transport, port), rules()).unwrap();
     let _daemon = Daemon::start(&net.gateway, &cfg).unwrap();
-    let listener = net.private.run(|| Ok(TcpListener::bind((PRIVATE, 8080))?)).unwrap();
-    std::thread::spawn(move || http_server(listener));
-    let denied_listener = net.private.run(|| Ok(TcpListener::bind((DENIED, 8080))?)).unwrap();
-    std::thread::spawn(move || http_server(denied_listener));
+    http::spawn_server(&net.private, PRIVATE, 8080).unwrap();
+    http::spawn_server(&net.private, DENIED, 8080).unwrap();
 
     let alice = net.ca.client("alice", &["engineering"]).unwrap();
     let mut p = profile(&net, alice, transport, port, ciphers);
@@ -189,22 +138,28 @@ fn tcp_443_and_tcp_1194() {
     connect_and_use("tcp", 1194, "AES-128-GCM", Some("1.2"));
 }
 
-/// Connects `alice` and returns the net, daemon and client, with the HTTP server running.
-fn connected(extra: &[&str]) -> (EndpointNet, Daemon, OpenVpnClient) {
+/// Connects `alice` to an endpoint with the [endpoint] keys `endpoint_keys` (see `endpoint`),
+/// with `client_extra` lines in her profile; returns the net, daemon and client, with the
+/// HTTP server running on the private host.
+fn connected_with(endpoint_keys: &str, rsa_server: bool, client_extra: &[&str]) -> (EndpointNet, Daemon, OpenVpnClient) {
     require_root();
     let mut net = EndpointNet::new(1).unwrap();
-    let cfg = net.write_config(&endpoint("udp", 443), rules()).unwrap();
+    net.use_rsa_server_key = rsa_server;
+    let cfg = net.write_config(endpoint_keys, rules()).unwrap();
     let daemon = Daemon::start(&net.gateway, &cfg).unwrap();
-    let listener = net.private.run(|| Ok(TcpListener::bind((PRIVATE, 8080))?)).unwrap();
-    std::thread::spawn(move || http_server(listener));
+    http::spawn_server(&net.private, PRIVATE, 8080).unwrap();
     let alice = net.ca.client("alice", &["engineering"]).unwrap();
     let mut p = profile(&net, alice, "udp", 443, ALL_CIPHERS);
-    p.extra.extend(extra.iter().map(|s| s.to_string()));
+    p.extra.extend(client_extra.iter().map(|s| s.to_string()));
     let mut client = OpenVpnClient::start(&net.clients[0], &p, &net.dir.0, "alice").unwrap();
     client
         .wait_connected(Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e:#}\ncvpn log:\n{}", daemon.log().join("\n")));
     (net, daemon, client)
+}
+
+fn connected(client_extra: &[&str]) -> (EndpointNet, Daemon, OpenVpnClient) {
+    connected_with(&endpoint("udp", 443), false, client_extra)
 }
 
 #[test]
@@ -238,10 +193,7 @@ fn renegotiation_every_few_seconds_does_not_stall_traffic() {
         client.log().join("\n"),
         daemon.log().join("\n")
     );
-    let received: u32 = summary
-        .split(',')
-        .find_map(|p| p.trim().strip_suffix(" received").and_then(|n| n.trim().parse().ok()))
-        .unwrap_or(0);
+    let received = http::ping_received(&summary);
     assert!(received >= 175, "pings lost during renegotiation: {summary}");
     assert_eq!(requests.unwrap(), 0, "HTTP requests failed during renegotiation");
 }
@@ -268,8 +220,7 @@ fn fifty_clients_at_once_each_reach_the_private_host() {
     let mut net = EndpointNet::new(N).unwrap();
     let cfg = net.write_config(&endpoint("udp", 443), rules()).unwrap();
     let daemon = Daemon::start(&net.gateway, &cfg).unwrap();
-    let listener = net.private.run(|| Ok(TcpListener::bind((PRIVATE, 8080))?)).unwrap();
-    std::thread::spawn(move || http_server(listener));
+    http::spawn_server(&net.private, PRIVATE, 8080).unwrap();
     let mut clients = Vec::new();
     for i in 0..N {
         let pem = net.ca.client(&format!("user{i}"), &["engineering"]).unwrap();
@@ -345,10 +296,7 @@ fn garbage_truncated_and_replayed_packets_disturb_nobody() {
         .unwrap();
     let out = pinger.join().unwrap();
     let summary = String::from_utf8_lossy(&out.stdout).to_string();
-    let received: u32 = summary
-        .split(',')
-        .find_map(|p| p.trim().strip_suffix(" received").and_then(|n| n.trim().parse().ok()))
-        .unwrap_or(0);
+    let received = http::ping_received(&summary);
     assert!(sent > 2900, "sent {sent}");
     assert!(received >= 58, "the tunnel was disturbed by garbage: {summary}");
     let resp = net.clients[0].run(|| http_get(PRIVATE, Duration::from_secs(5))).unwrap();
@@ -379,31 +327,15 @@ fn client_changing_address_keeps_its_session() {
     let out = pinger.join().unwrap();
     let summary = String::from_utf8_lossy(&out.stdout).to_string();
     daemon.wait_for("client address changed", Duration::from_secs(5)).unwrap();
-    let received: u32 = summary
-        .split(',')
-        .find_map(|p| p.trim().strip_suffix(" received").and_then(|n| n.trim().parse().ok()))
-        .unwrap_or(0);
+    let received = http::ping_received(&summary);
     assert!(received >= 55, "the session must survive the address change: {summary}");
     assert!(!daemon.log().iter().any(|l| l.contains("session ended")));
 }
 
 #[test]
 fn full_tunnel_and_rsa_server_certificate() {
-    require_root();
-    let mut net = EndpointNet::new(1).unwrap();
-    net.use_rsa_server_key = true;
-    let cfg = net
-        .write_config(&endpoint("udp", 443).replace("split_tunnel = true", "split_tunnel = false"), rules())
-        .unwrap();
-    let daemon = Daemon::start(&net.gateway, &cfg).unwrap();
-    let listener = net.private.run(|| Ok(TcpListener::bind((PRIVATE, 8080))?)).unwrap();
-    std::thread::spawn(move || http_server(listener));
-    let alice = net.ca.client("alice", &["engineering"]).unwrap();
-    let p = profile(&net, alice, "udp", 443, ALL_CIPHERS);
-    let mut client = OpenVpnClient::start(&net.clients[0], &p, &net.dir.0, "alice").unwrap();
-    client
-        .wait_connected(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e:#}\ncvpn log:\n{}", daemon.log().join("\n")));
+    let full = endpoint("udp", 443).replace("split_tunnel = true", "split_tunnel = false");
+    let (net, _daemon, client) = connected_with(&full, true, &[]);
     let log = client.log().join("\n");
     assert!(log.contains("redirect-gateway"), "full tunnel pushes redirect-gateway:\n{log}");
     assert!(log.contains("RSA") || log.contains("rsaEncryption") || log.contains("2048 bit"), "server key must be RSA:\n{log}");
@@ -413,23 +345,11 @@ fn full_tunnel_and_rsa_server_certificate() {
 
 #[test]
 fn legacy_tls_prf_key_derivation() {
-    require_root();
-    let mut net = EndpointNet::new(1).unwrap();
-    let cfg = net
-        .write_config(&format!("{}key_derivation = \"tls-prf\"\n", endpoint("udp", 443)), rules())
-        .unwrap();
-    let daemon = Daemon::start(&net.gateway, &cfg).unwrap();
-    let listener = net.private.run(|| Ok(TcpListener::bind((PRIVATE, 8080))?)).unwrap();
-    std::thread::spawn(move || http_server(listener));
-    let alice = net.ca.client("alice", &["engineering"]).unwrap();
-    let p = profile(&net, alice, "udp", 443, ALL_CIPHERS);
-    let mut client = OpenVpnClient::start(&net.clients[0], &p, &net.dir.0, "alice").unwrap();
-    client
-        .wait_connected(Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e:#}\ncvpn log:\n{}", daemon.log().join("\n")));
+    let keys = format!("{}key_derivation = \"tls-prf\"\n", endpoint("udp", 443));
+    let (net, _daemon, client) = connected_with(&keys, false, &[]);
     let log = client.log().join("\n");
     assert!(!log.contains("tls-ekm"), "the push reply must not announce TLS-EKM:\n{log}");
     // Traffic flows only if both ends derived the same keys.
     let resp = net.clients[0].run(|| http_request(PRIVATE, "GET /big", 0)).unwrap();
-    assert!(resp.contains("peer=10.88.0.1:") && resp.len() > 4 << 20, "{:.200}", resp);
+    assert!(resp.contains("peer=10.88.0.1:") && resp.len() > http::BIG, "{:.200}", resp);
 }

@@ -23,7 +23,7 @@ use cvpn_tests::{
 };
 use gateway::dataplane::{
     policy::{self, Access, AuthorizationRule, Policy, Route},
-    ClientLink, DataPlane, DataPlaneConfig, ProgramKind, TargetSpec,
+    DataPlane, DataPlaneConfig, ProgramKind,
 };
 use ipnet::Ipv4Net;
 use proptest::{
@@ -50,24 +50,7 @@ const SESSIONS: &[(Ipv4Addr, &[&str])] = &[
 
 /// A namespace with a veth as target interface, the programs loaded in it, the sessions added.
 fn setup() -> (Netns, DataPlane) {
-    let ns = Netns::new("pm").expect("netns");
-    ns.ip("link add tgt0 type veth peer name tgt0peer").unwrap();
-    ns.ip("link set tgt0peer up").unwrap();
-    ns.ip("addr add 10.88.0.1/24 dev tgt0").unwrap();
-    ns.ip("link set tgt0 up").unwrap();
-    ns.enter().unwrap();
-    let mut dp = DataPlane::load(DataPlaneConfig {
-        client_interface: None,
-        client_link: ClientLink::Ethernet,
-        ..DataPlaneConfig::default()
-    })
-    .expect("load data plane");
-    dp.add_target_network(TargetSpec {
-        id: 1,
-        interface: "tgt0".into(),
-        snat_addr: None,
-    })
-    .unwrap();
+    let (ns, mut dp) = cvpn_tests::fixture_dataplane("pm", DataPlaneConfig::default()).expect("fixture data plane");
     for (i, (addr, groups)) in SESSIONS.iter().enumerate() {
         let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
         dp.add_session(*addr, i as u64 + 1, &groups).unwrap();

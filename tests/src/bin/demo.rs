@@ -7,8 +7,7 @@
 //!    microseconds without resetting anyone, flow events, counters and the NAT table.
 
 use std::{
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
@@ -36,33 +35,9 @@ fn rules(list: &[(&str, Option<&str>)]) -> Policy {
     }
 }
 
-fn serve(listener: TcpListener) {
-    for s in listener.incoming() {
-        let Ok(mut s) = s else { continue };
-        let peer = s.peer_addr().map(|p| p.to_string()).unwrap_or_default();
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        // Read the whole request head: closing with unread bytes would reset the connection.
-        let mut req = Vec::new();
-        let mut buf = [0u8; 2048];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => req.extend_from_slice(&buf[..n]),
-            }
-        }
-        let body = format!("hello from the private network; you came from {peer}\n");
-        let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-    }
-}
-
 fn get(host: Ipv4Addr) -> Result<String> {
-    let mut s = TcpStream::connect_timeout(&SocketAddr::from((host, 80)), Duration::from_millis(1500))
-        .with_context(|| format!("no answer from {host}:80"))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string())
+    let resp = cvpn_tests::http::request(host, 80, "GET /", 0, Duration::from_millis(1500))?;
+    Ok(cvpn_tests::http::body(&resp).trim().to_string())
 }
 
 fn show_events(events: &mut FlowEvents) {
@@ -109,8 +84,7 @@ fn endpoint_demo() -> Result<()> {
     let mut daemon = Daemon::start(&net.gateway, &config)?;
     println!("cvpn serve is up in namespace {}", net.gateway.name());
     for host in [PRIVATE_HOST, PRIVATE_HOST_2] {
-        let l = net.private.run(move || Ok(TcpListener::bind((host, 80))?))?;
-        std::thread::spawn(move || serve(l));
+        cvpn_tests::http::spawn_server(&net.private, host, 80)?;
     }
     let mut clients = Vec::new();
     for (i, (user, group)) in [("alice", "engineering"), ("bob", "finance")].into_iter().enumerate() {
@@ -134,7 +108,7 @@ fn endpoint_demo() -> Result<()> {
     for (i, user) in ["alice", "bob"].into_iter().enumerate() {
         for host in [PRIVATE_HOST, PRIVATE_HOST_2] {
             let r = match net.clients[i].run(move || get(host)) {
-                Ok(body) => format!("ALLOWED  {body}"),
+                Ok(body) => format!("ALLOWED  (the web server saw {body})"),
                 Err(e) => format!("BLOCKED  ({e:#})"),
             };
             println!("{user:<6} -> {host}: {r}");
@@ -171,14 +145,13 @@ fn dataplane_demo() -> Result<()> {
     let mut events = t.dataplane.take_flow_events().context("flow events")?;
 
     for host in [PRIVATE_HOST, PRIVATE_HOST_2] {
-        let l = t.private.run(move || Ok(TcpListener::bind((host, 80))?))?;
-        std::thread::spawn(move || serve(l));
+        cvpn_tests::http::spawn_server(&t.private, host, 80)?;
     }
 
     let ask = |t: &Topology, who: usize, host: Ipv4Addr| -> String {
         let r = t.clients[who].ns.run(move || get(host));
         match r {
-            Ok(body) => format!("ALLOWED  {body}"),
+            Ok(body) => format!("ALLOWED  (the web server saw {body})"),
             Err(e) => format!("BLOCKED  ({e:#})"),
         }
     };
