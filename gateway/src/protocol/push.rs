@@ -358,7 +358,9 @@ pub fn pack_options(options: &[String], max_len: usize) -> Result<Vec<String>, P
         // OpenVPN matches an option on its first word (split at C `isspace`); a
         // `push-continuation 2` among the options of a single message would leave the client
         // waiting for a message that never comes.
-        if opt.split(|c: char| c.is_ascii_whitespace() || c == '\x0b').find(|w| !w.is_empty())
+        if opt
+            .split(|c: char| c.is_ascii_whitespace() || c == '\x0b')
+            .find(|w| !w.is_empty())
             == Some(CONTINUATION)
         {
             return Err(PushError::ReservedOption(opt.clone()));
