@@ -6,6 +6,7 @@
 //! * [`protocol`]: the OpenVPN wire protocol, sans-IO (packet codec, reliability, TLS, ...).
 //! * [`pool`]: the client address pool over the client CIDR.
 //! * [`server`]: the endpoint daemon's event loop: sockets, TUN, timers (moves bytes only).
+//! * [`storage`]: the control plane's resources (AWS Client VPN model) in embedded SQLite.
 //! * [`tun`]: TUN devices (the path between the data channel and the kernel data plane).
 pub mod config;
 pub mod datachannel;
@@ -13,4 +14,5 @@ pub mod dataplane;
 pub mod pool;
 pub mod protocol;
 pub mod server;
+pub mod storage;
 pub mod tun;

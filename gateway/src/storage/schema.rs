@@ -1,0 +1,114 @@
+//! The database schema, as an ordered list of migrations.
+//!
+//! `PRAGMA user_version` holds the number of migrations applied. On open, each missing one runs
+//! in its own transaction together with the `user_version` bump, so a crash leaves the schema at
+//! a whole version. Migrations are append-only: never edit one that has shipped, add the next.
+
+/// The migrations, in order; migration `i` takes the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the resources of DESIGN.md §2.
+    r#"
+CREATE TABLE endpoints (
+    id                            TEXT    PRIMARY KEY NOT NULL,
+    state                         TEXT    NOT NULL
+        CHECK (state IN ('pending-associate', 'available', 'deleting', 'deleted')),
+    client_cidr                   TEXT    NOT NULL,
+    transport                     TEXT    NOT NULL CHECK (transport IN ('udp', 'tcp')),
+    vpn_port                      INTEGER NOT NULL,
+    split_tunnel                  INTEGER NOT NULL,
+    dns_servers                   TEXT    NOT NULL,  -- comma-separated IPv4 addresses
+    session_timeout_hours         INTEGER NOT NULL,
+    disconnect_on_session_timeout INTEGER NOT NULL,
+    banner_enabled                INTEGER NOT NULL,
+    banner_text                   TEXT,
+    connect_enabled               INTEGER NOT NULL,
+    connect_handler               TEXT,
+    log_enabled                   INTEGER NOT NULL,
+    log_stdout                    INTEGER NOT NULL,
+    self_service_portal           INTEGER NOT NULL,
+    description                   TEXT,
+    server_cert_pem               TEXT    NOT NULL,
+    server_key_pem                TEXT    NOT NULL,  -- emptied when the endpoint is deleted
+    client_ca_pem                 TEXT    NOT NULL,
+    crl_pem                       TEXT,
+    crl_entries                   INTEGER NOT NULL DEFAULT 0,
+    policy_revision               INTEGER NOT NULL DEFAULT 0,
+    created_at                    INTEGER NOT NULL,
+    deleted_at                    INTEGER
+) STRICT;
+
+CREATE TABLE endpoint_tags (
+    endpoint_id TEXT    NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    position    INTEGER NOT NULL,
+    key         TEXT    NOT NULL,
+    value       TEXT    NOT NULL,
+    PRIMARY KEY (endpoint_id, key)
+) STRICT;
+
+-- seq is the data plane's target id: AUTOINCREMENT never reuses one.
+CREATE TABLE associations (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id           TEXT    NOT NULL UNIQUE,
+    endpoint_id  TEXT    NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    interface    TEXT    NOT NULL,
+    subnet       TEXT,
+    snat_address TEXT,
+    state        TEXT    NOT NULL
+        CHECK (state IN ('associating', 'associated', 'disassociating', 'disassociated')),
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL
+) STRICT;
+CREATE INDEX associations_endpoint ON associations(endpoint_id);
+CREATE UNIQUE INDEX associations_live ON associations(endpoint_id, interface)
+    WHERE state <> 'disassociated';
+
+CREATE TABLE routes (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint_id     TEXT    NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    destination     TEXT    NOT NULL,
+    association_seq INTEGER NOT NULL REFERENCES associations(seq) ON DELETE CASCADE,
+    origin          TEXT    NOT NULL CHECK (origin IN ('associate', 'add-route')),
+    state           TEXT    NOT NULL CHECK (state IN ('creating', 'active', 'deleting')),
+    description     TEXT,
+    created_at      INTEGER NOT NULL,
+    UNIQUE (endpoint_id, destination, association_seq)
+) STRICT;
+CREATE INDEX routes_association ON routes(association_seq);
+
+CREATE TABLE authorization_rules (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint_id TEXT    NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    destination TEXT    NOT NULL,
+    group_id    TEXT,
+    access_all  INTEGER NOT NULL CHECK (access_all IN (0, 1)),
+    description TEXT,
+    created_at  INTEGER NOT NULL,
+    CHECK ((access_all = 1) = (group_id IS NULL))
+) STRICT;
+CREATE UNIQUE INDEX authorization_rules_key
+    ON authorization_rules(endpoint_id, destination, access_all, ifnull(group_id, ''));
+
+CREATE TABLE connections (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               TEXT    NOT NULL UNIQUE,
+    endpoint_id      TEXT    NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    status           TEXT    NOT NULL
+        CHECK (status IN ('active', 'terminating', 'terminated', 'failed-to-terminate')),
+    client_ip        TEXT    NOT NULL,
+    common_name      TEXT    NOT NULL,
+    username         TEXT,
+    device_ip        TEXT    NOT NULL,
+    device_port      INTEGER NOT NULL,
+    transport        TEXT    NOT NULL CHECK (transport IN ('udp', 'tcp')),
+    start_time       INTEGER NOT NULL,
+    last_update_time INTEGER NOT NULL,
+    end_time         INTEGER,
+    ingress_bytes    INTEGER NOT NULL DEFAULT 0,
+    egress_bytes     INTEGER NOT NULL DEFAULT 0,
+    ingress_packets  INTEGER NOT NULL DEFAULT 0,
+    egress_packets   INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX connections_endpoint ON connections(endpoint_id, status);
+CREATE INDEX connections_ended ON connections(end_time) WHERE end_time IS NOT NULL;
+"#,
+];

@@ -1,0 +1,489 @@
+//! Validation of user input: each function checks one field and names it (kebab-case, as in the
+//! request) and the rule in its error. Pure: no database access here.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+
+use super::error::ApiError;
+use super::model::*;
+
+/// Parses an IPv4 CIDR in network form (`10.88.0.0/24`; host bits refused).
+pub fn cidr(field: &str, s: &str) -> Result<Ipv4Net, ApiError> {
+    let net: Ipv4Net = s.trim().parse().map_err(|_| {
+        ApiError::invalid(
+            field,
+            format!("{s:?} is not an IPv4 CIDR (write a.b.c.d/n, e.g. \"10.88.0.0/24\")"),
+        )
+    })?;
+    if net != net.trunc() {
+        return Err(ApiError::invalid(
+            field,
+            format!("{s:?} has host bits set; write {}", net.trunc()),
+        ));
+    }
+    Ok(net)
+}
+
+/// The client CIDR: a network, prefix /12../22.
+pub fn client_cidr(field: &str, s: &str) -> Result<Ipv4Net, ApiError> {
+    let net = cidr(field, s)?;
+    let p = net.prefix_len();
+    if !(MIN_CLIENT_PREFIX..=MAX_CLIENT_PREFIX).contains(&p) {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "{net} has prefix /{p}; the client CIDR must be between /{MIN_CLIENT_PREFIX} and \
+                 /{MAX_CLIENT_PREFIX} (1 024 to 1 048 576 addresses)"
+            ),
+        ));
+    }
+    Ok(net)
+}
+
+/// True if the two networks share an address.
+pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Parses an IPv4 address.
+pub fn ipv4(field: &str, s: &str) -> Result<Ipv4Addr, ApiError> {
+    s.trim().parse().map_err(|_| {
+        ApiError::invalid(
+            field,
+            format!("{s:?} is not an IPv4 address (write a.b.c.d)"),
+        )
+    })
+}
+
+/// `udp` or `tcp`.
+pub fn transport(field: &str, s: &str) -> Result<TransportProtocol, ApiError> {
+    TransportProtocol::parse(s.trim())
+        .ok_or_else(|| ApiError::invalid(field, format!("{s:?} is not one of \"udp\", \"tcp\"")))
+}
+
+/// 443 or 1194.
+pub fn port(field: &str, n: i64) -> Result<u16, ApiError> {
+    u16::try_from(n)
+        .ok()
+        .filter(|p| ALLOWED_PORTS.contains(p))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                field,
+                format!("{n} is not an allowed port; use 443 or 1194"),
+            )
+        })
+}
+
+/// 8, 10, 12 or 24.
+pub fn session_timeout(field: &str, n: i64) -> Result<u8, ApiError> {
+    u8::try_from(n)
+        .ok()
+        .filter(|h| ALLOWED_SESSION_TIMEOUT_HOURS.contains(h))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                field,
+                format!("{n} hours is not allowed; use 8, 10, 12 or 24"),
+            )
+        })
+}
+
+/// At most two distinct IPv4 addresses.
+pub fn dns_servers(field: &str, list: &[String]) -> Result<Vec<Ipv4Addr>, ApiError> {
+    if list.len() > MAX_DNS_SERVERS {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "{} servers given; at most {MAX_DNS_SERVERS} are allowed",
+                list.len()
+            ),
+        ));
+    }
+    let mut out = Vec::new();
+    for s in list {
+        let a = ipv4(field, s)?;
+        if out.contains(&a) {
+            return Err(ApiError::invalid(field, format!("{a} is listed twice")));
+        }
+        out.push(a);
+    }
+    Ok(out)
+}
+
+/// Free text of at most `max` characters, no control characters; empty means none.
+pub fn text(field: &str, s: &str, max: usize) -> Result<Option<String>, ApiError> {
+    let n = s.chars().count();
+    if n > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("{n} characters; at most {max} are allowed"),
+        ));
+    }
+    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(ApiError::invalid(field, "contains control characters"));
+    }
+    Ok(if s.is_empty() {
+        None
+    } else {
+        Some(s.to_string())
+    })
+}
+
+/// A description: at most 255 characters.
+pub fn description(field: &str, s: Option<&str>) -> Result<Option<String>, ApiError> {
+    match s {
+        None => Ok(None),
+        Some(s) => text(field, s, MAX_DESCRIPTION_CHARS),
+    }
+}
+
+/// The banner: text required when enabled, at most 1400 characters.
+pub fn banner(
+    field: &str,
+    b: &ClientLoginBannerOptions,
+) -> Result<ClientLoginBannerOptions, ApiError> {
+    let sub = format!("{field}.banner-text");
+    let text_value = match &b.banner_text {
+        None => None,
+        Some(t) => text(&sub, t, MAX_BANNER_CHARS)?,
+    };
+    if b.enabled && text_value.is_none() {
+        return Err(ApiError::missing(
+            &sub,
+            "required when the banner is enabled",
+        ));
+    }
+    Ok(ClientLoginBannerOptions {
+        enabled: b.enabled,
+        banner_text: text_value,
+    })
+}
+
+/// The client connect handler: an `http(s)://` URL or an absolute path; required if enabled.
+pub fn client_connect(
+    field: &str,
+    c: &ClientConnectOptions,
+) -> Result<ClientConnectOptions, ApiError> {
+    let sub = format!("{field}.handler");
+    let handler = match c.handler.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(h) => {
+            let url = h
+                .strip_prefix("https://")
+                .or_else(|| h.strip_prefix("http://"))
+                .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+            if !(url || h.starts_with('/')) || h.chars().any(char::is_whitespace) {
+                return Err(ApiError::invalid(
+                    &sub,
+                    format!(
+                        "{h:?} is neither an http(s) URL nor the absolute path of an executable"
+                    ),
+                ));
+            }
+            Some(h.to_string())
+        }
+    };
+    if c.enabled && handler.is_none() {
+        return Err(ApiError::missing(
+            &sub,
+            "required when the client connect handler is enabled",
+        ));
+    }
+    Ok(ClientConnectOptions {
+        enabled: c.enabled,
+        handler,
+    })
+}
+
+/// Tags: at most 50, keys 1..=128 characters and unique, values at most 256 characters.
+pub fn tags(field: &str, tags: &[Tag]) -> Result<Vec<Tag>, ApiError> {
+    if tags.len() > MAX_TAGS {
+        return Err(ApiError::invalid(
+            field,
+            format!("{} tags; at most {MAX_TAGS} are allowed", tags.len()),
+        ));
+    }
+    for (i, t) in tags.iter().enumerate() {
+        let n = t.key.chars().count();
+        if n == 0 || n > 128 {
+            return Err(ApiError::invalid(
+                field,
+                format!("key {:?} must be 1 to 128 characters", t.key),
+            ));
+        }
+        if t.value.chars().count() > 256 {
+            return Err(ApiError::invalid(
+                field,
+                format!("value of {:?} is longer than 256 characters", t.key),
+            ));
+        }
+        if tags[..i].iter().any(|u| u.key == t.key) {
+            return Err(ApiError::invalid(
+                field,
+                format!("key {:?} is given twice", t.key),
+            ));
+        }
+    }
+    Ok(tags.to_vec())
+}
+
+/// Linux interface name rules (`dev_valid_name`): 1..=15 bytes, not `.`/`..`, no `/`, `:` or
+/// whitespace.
+pub fn interface_name(field: &str, s: &str) -> Result<String, ApiError> {
+    let bad = s.is_empty()
+        || s.len() > 15
+        || s == "."
+        || s == ".."
+        || s.chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    if bad {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "{s:?} is not a network interface name (1 to 15 characters, no '/', ':' or spaces)"
+            ),
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// A group name: 1..=255 characters.
+pub fn group(field: &str, s: &str) -> Result<String, ApiError> {
+    let n = s.chars().count();
+    if s.trim().is_empty() || n > MAX_GROUP_CHARS {
+        return Err(ApiError::invalid(
+            field,
+            format!("group names are 1 to {MAX_GROUP_CHARS} characters, not blank"),
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// An id of the given kind, well-formed (an unknown one is refused later, with NotFound).
+pub fn id(field: &str, prefix: &str, s: &str) -> Result<(), ApiError> {
+    if s.is_empty() {
+        return Err(ApiError::missing(field, "required"));
+    }
+    if !is_valid_id(prefix, s) {
+        return Err(ApiError::invalid(
+            field,
+            format!("{s:?} is not an id of the form {prefix}<17 lowercase hex digits>"),
+        ));
+    }
+    Ok(())
+}
+
+// ---- PEM material -------------------------------------------------------------------------------
+
+/// Parses a certificate chain (one or more `CERTIFICATE` blocks, each a valid X.509).
+pub fn certificates(field: &str, pem: &str) -> Result<Vec<CertificateDer<'static>>, ApiError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::invalid(field, format!("not PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(ApiError::invalid(
+            field,
+            "no certificate found (expected -----BEGIN CERTIFICATE----- blocks)",
+        ));
+    }
+    for (i, c) in certs.iter().enumerate() {
+        x509_parser::parse_x509_certificate(c.as_ref()).map_err(|e| {
+            ApiError::invalid(field, format!("certificate #{} does not parse: {e}", i + 1))
+        })?;
+    }
+    Ok(certs)
+}
+
+/// Checks a server certificate chain and private key: both parse, the key type is one the TLS
+/// layer can sign with, and the key belongs to the first certificate.
+pub fn server_identity(
+    cert_field: &str,
+    cert_pem: &str,
+    key_field: &str,
+    key_pem: &str,
+) -> Result<(), ApiError> {
+    let chain = certificates(cert_field, cert_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
+        ApiError::invalid(
+            key_field,
+            format!("not a PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
+        )
+    })?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| ApiError::invalid(key_field, format!("unusable private key: {e}")))?;
+    let certified = rustls::sign::CertifiedKey::new(chain, Arc::clone(&signing));
+    match certified.keys_match() {
+        Ok(()) => Ok(()),
+        // The key cannot tell its public key: nothing to compare (the TLS layer decides).
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(()),
+        Err(_) => Err(ApiError::combination(format!(
+            "{key_field} does not match {cert_field}: the private key belongs to another \
+             certificate"
+        ))),
+    }
+}
+
+/// Checks a client CA bundle: PEM certificates a TLS root store accepts.
+pub fn client_ca(field: &str, pem: &str) -> Result<(), ApiError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, c) in certificates(field, pem)?.into_iter().enumerate() {
+        roots.add(c).map_err(|e| {
+            ApiError::invalid(
+                field,
+                format!("certificate #{} is not a usable CA: {e}", i + 1),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Checks the authentication options: exactly one certificate authentication with a valid
+/// client CA. Directory and federated authentication are refused (not implemented), as is the
+/// self-service portal, which needs federated authentication.
+pub fn authentication_options(
+    field: &str,
+    opts: &[AuthenticationOption],
+) -> Result<String, ApiError> {
+    if opts.is_empty() {
+        return Err(ApiError::missing(
+            field,
+            "give one option of type \"certificate-authentication\" with the client CA",
+        ));
+    }
+    if opts.len() > 2 {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "{} options given; at most 2 (certificate plus one user-based)",
+                opts.len()
+            ),
+        ));
+    }
+    let directory = opts.iter().any(|o| {
+        matches!(
+            o,
+            AuthenticationOption::DirectoryServiceAuthentication { .. }
+        )
+    });
+    let federated = opts
+        .iter()
+        .any(|o| matches!(o, AuthenticationOption::FederatedAuthentication { .. }));
+    if directory && federated {
+        return Err(ApiError::combination(format!(
+            "{field}: directory-service-authentication and federated-authentication cannot be combined"
+        )));
+    }
+    let certs: Vec<&str> = opts
+        .iter()
+        .filter_map(|o| match o {
+            AuthenticationOption::CertificateAuthentication {
+                client_root_certificate_chain,
+            } => Some(client_root_certificate_chain.as_str()),
+            _ => None,
+        })
+        .collect();
+    if certs.len() > 1 {
+        return Err(ApiError::combination(format!(
+            "{field}: certificate-authentication is given twice"
+        )));
+    }
+    if directory || federated {
+        return Err(ApiError::invalid(
+            field,
+            "directory-service-authentication and federated-authentication are not supported by \
+             this gateway yet; use certificate-authentication alone",
+        ));
+    }
+    let Some(ca) = certs.first() else {
+        return Err(ApiError::missing(
+            field,
+            "certificate-authentication is required",
+        ));
+    };
+    client_ca(&format!("{field}.client-root-certificate-chain"), ca)?;
+    Ok((*ca).to_string())
+}
+
+/// The self-service portal needs federated authentication, which is not supported.
+pub fn self_service_portal(field: &str, on: bool) -> Result<bool, ApiError> {
+    if on {
+        return Err(ApiError::combination(format!(
+            "{field}: the self-service portal requires federated-authentication"
+        )));
+    }
+    Ok(false)
+}
+
+/// A parsed CRL bundle.
+pub struct ParsedCrl {
+    /// Number of CRLs.
+    pub crls: usize,
+    /// Revoked serials over all of them.
+    pub revoked_serials: Vec<String>,
+}
+
+/// Parses one or more `X509 CRL` PEM blocks, checks that each is issued by one of the client CA
+/// certificates (by name), and counts the revoked entries against `cap`.
+pub fn crl(field: &str, pem: &str, client_ca_pem: &str, cap: usize) -> Result<ParsedCrl, ApiError> {
+    let ca_subjects: Vec<Vec<u8>> = certificates("client CA", client_ca_pem)?
+        .iter()
+        .filter_map(|c| {
+            x509_parser::parse_x509_certificate(c.as_ref())
+                .ok()
+                .map(|(_, x)| x.subject().as_raw().to_vec())
+        })
+        .collect();
+    let mut crls = 0;
+    let mut revoked_serials = Vec::new();
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+        let block = block.map_err(|e| ApiError::invalid(field, format!("not PEM: {e}")))?;
+        if block.label != "X509 CRL" {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "found a {:?} PEM block; expected -----BEGIN X509 CRL----- blocks only",
+                    block.label
+                ),
+            ));
+        }
+        crls += 1;
+        let (_, list) = x509_parser::parse_x509_crl(&block.contents)
+            .map_err(|e| ApiError::invalid(field, format!("CRL #{crls} does not parse: {e}")))?;
+        if !ca_subjects
+            .iter()
+            .any(|s| s.as_slice() == list.issuer().as_raw())
+        {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "CRL #{crls} is issued by \"{}\", which is not the endpoint's client CA",
+                    list.issuer()
+                ),
+            ));
+        }
+        for r in list.iter_revoked_certificates() {
+            revoked_serials.push(r.raw_serial_as_string());
+            if revoked_serials.len() > cap {
+                return Err(ApiError::new(
+                    super::error::codes::CRL_LIMIT_EXCEEDED,
+                    format!(
+                        "{field}: more than {cap} revoked certificates; a CRL may list at most \
+                         {cap} entries"
+                    ),
+                ));
+            }
+        }
+    }
+    if crls == 0 {
+        return Err(ApiError::invalid(
+            field,
+            "no CRL found (expected -----BEGIN X509 CRL----- blocks)",
+        ));
+    }
+    Ok(ParsedCrl {
+        crls,
+        revoked_serials,
+    })
+}
