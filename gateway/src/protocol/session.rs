@@ -420,7 +420,12 @@ impl ServerSession {
                 server_session: sessions.1,
             }))
         };
-        let tls_version = format!("{:?}", ks.tls.protocol_version());
+        let tls_version = match ks.tls.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+            Some(other) => format!("{other:?}"),
+            None => "unknown".to_string(),
+        };
         ks.phase = Phase::Active;
         let Some(identity) = self.identity.clone() else {
             return self.fail(key_id, "no-client-certificate".into());
