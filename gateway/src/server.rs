@@ -79,6 +79,10 @@ impl ServerSettings {
 
 /// Datagrams received per batched receive call.
 const RECV_BATCH: usize = 16;
+/// Largest datagram sent as a GSO segment: 1500-byte MTU less IPv4 and UDP headers.
+const GSO_MAX_SEGMENT: usize = 1500 - 28;
+/// Largest GSO batch: a UDP datagram's 64 KiB less headers, with margin.
+const GSO_MAX_BYTES: usize = 65_000;
 
 /// Equal-size datagrams for one destination, sent with one GSO `sendmsg` (the last may be
 /// shorter).
@@ -232,6 +236,9 @@ impl Server {
                     .with_context(|| format!("binding UDP {}", self.settings.listen))?;
                 let state = quinn_udp::UdpSocketState::new((&sock).into())
                     .context("setting up batched UDP I/O")?;
+                // quinn-udp sets "don't fragment" for QUIC's path-MTU probing; an OpenVPN
+                // server lets the kernel fragment full-size tunnel packets instead.
+                allow_fragmentation(&sock);
                 // Room for bursts: the data channel is bulk traffic.
                 let _ = state.set_recv_buffer_size((&sock).into(), 8 << 20);
                 let _ = state.set_send_buffer_size((&sock).into(), 8 << 20);
@@ -398,10 +405,19 @@ impl Server {
     /// Adds a datagram for `dest` to the GSO batch, sending the batch first when it cannot
     /// take it (another destination, another size, full) and after it when it is complete.
     fn queue_gso(&mut self, dest: SocketAddr, datagram: &[u8]) {
+        // A datagram that does not fit an Ethernet MTU cannot be a GSO segment (the kernel
+        // refuses the whole batch): it goes alone, and the kernel fragments it, as OpenVPN's
+        // do.
+        if datagram.len() > GSO_MAX_SEGMENT {
+            self.flush_gso();
+            self.send_to(Peer::Udp(dest), datagram);
+            return;
+        }
         let max = self.udp_state.as_ref().map_or(1, |s| s.max_gso_segments()).clamp(1, 64);
         let fits = self.gso.dest == Some(dest)
             && datagram.len() <= self.gso.segment
-            && self.gso.count < max;
+            && self.gso.count < max
+            && self.gso.buf.len() + datagram.len() <= GSO_MAX_BYTES;
         if !fits {
             self.flush_gso();
         }
@@ -429,8 +445,13 @@ impl Server {
                 segment_size: (self.gso.count > 1).then_some(self.gso.segment),
                 src_ip: None,
             };
-            if let Err(e) = sock.try_io(tokio::io::Interest::WRITABLE, || state.try_send(sock.as_ref().into(), &t)) {
-                debug!(error = %e, %dest, segments = self.gso.count, "UDP batch send");
+            match sock.try_io(tokio::io::Interest::WRITABLE, || state.try_send(sock.as_ref().into(), &t)) {
+                Ok(()) => {}
+                // Socket buffer full: dropped, as a congested link would.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    debug!(%dest, segments = self.gso.count, "UDP batch dropped: send buffer full")
+                }
+                Err(e) => warn!(error = %e, %dest, segments = self.gso.count, bytes = self.gso.buf.len(), "UDP batch send failed"),
             }
         }
         self.gso.buf.clear();
@@ -770,6 +791,28 @@ impl Server {
             self.pool.release(addr);
             info!(conn = id, client_ip = %addr, ?counters, "session ended");
         }
+    }
+}
+
+/// Lets the kernel fragment datagrams larger than the path MTU (IP_PMTUDISC_DONT).
+fn allow_fragmentation(sock: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let (level, opt, val) = match sock.local_addr() {
+        Ok(SocketAddr::V6(_)) => (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DONT),
+        _ => (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DONT),
+    };
+    // SAFETY: setsockopt on our own socket with a c_int value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            opt,
+            &val as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        warn!(error = %io::Error::last_os_error(), "cannot allow IP fragmentation on the UDP socket");
     }
 }
 

@@ -76,11 +76,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(ns: &Netns, config: &Path) -> Result<Self> {
+        Self::start_with_log_level(ns, config, "debug")
+    }
+
+    /// Like [`Daemon::start`] with `CVPN_LOG` set to `level` (benchmarks run at "info").
+    pub fn start_with_log_level(ns: &Netns, config: &Path, level: &str) -> Result<Self> {
         let mut child = ns
             .command(cvpn_binary()?.to_str().context("binary path")?)
             .args(["serve", "--config"])
             .arg(config)
-            .env("CVPN_LOG", "debug")
+            .env("CVPN_LOG", level)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -109,6 +114,11 @@ impl Daemon {
 
     pub fn log(&self) -> Vec<String> {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The daemon's process ID (`ip netns exec` execs it in place: the PID is cvpn's own).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<()> {

@@ -7,6 +7,7 @@
 //! * `test`       — the whole suite (unit, fixture and network-namespace tests)
 //! * `demo`       — the main job on an embedded default
 //! * `bench dataplane` — data plane vs the kernel's forwarding + iptables path
+//! * `bench tunnel` — `cvpn serve` vs the stock OpenVPN 2.6 server, same namespaces and client
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -49,13 +50,14 @@ fn cargo(args: &[&str]) -> Result<()> {
 
 fn help() {
     eprintln!(
-        "usage: cargo xtask <setup | build-ebpf | build | test | demo | bench dataplane>\n\
+        "usage: cargo xtask <setup | build-ebpf | build | test | demo | bench dataplane|tunnel>\n\
          \n  setup        install what the build and tests need (idempotent)\
          \n  build-ebpf   build the kernel programs\
          \n  build        kernel programs, then the cvpn binary (release)\
          \n  test         set up, build, and run the whole test suite\
          \n  demo         set up, build, and run the demo\
-         \n  bench dataplane   benchmark the data plane against the kernel's own path"
+         \n  bench dataplane   benchmark the data plane against the kernel's own path\
+         \n  bench tunnel      benchmark cvpn serve against the stock OpenVPN 2.6 server [--seconds N]"
     );
 }
 
@@ -136,6 +138,14 @@ fn bench(args: &[String]) -> Result<()> {
             a.extend(args.iter().skip(1).map(String::as_str));
             cargo(&a)
         }
-        Some(other) => bail!("unknown benchmark {other:?}; available: dataplane"),
+        Some("tunnel") => {
+            // The benchmark runs target/release/cvpn: build it first, so a stale daemon never
+            // gets measured.
+            cargo(&["build", "--release", "-p", "gateway", "--bin", "cvpn"])?;
+            let mut a = vec!["run", "--release", "-p", "cvpn-benches", "--bin", "cvpn-bench-tunnel", "--"];
+            a.extend(args.iter().skip(1).map(String::as_str));
+            cargo(&a)
+        }
+        Some(other) => bail!("unknown benchmark {other:?}; available: dataplane, tunnel"),
     }
 }

@@ -1,0 +1,731 @@
+//! `cargo xtask bench tunnel [--seconds N] [--connects N]`
+//!
+//! `cvpn serve` against the stock OpenVPN 2.6 server, one after the other in one run, on the
+//! same namespaces, with the same stock `openvpn` 2.6 client and the same client profile:
+//!
+//! ```text
+//!  client ns c0 10.99.0.2 ──veth── wan0 10.99.0.1 [gateway ns: the VPN server] tgt0 10.88.0.1 ──veth── eth0 10.88.0.10 private ns
+//! ```
+//!
+//! * cvpn: `cvpn serve` (release build, log level info) with client CIDR 10.77.0.0/22, target
+//!   network tgt0, one authorization rule for 10.88.0.0/24 (all groups), split tunnel. The
+//!   kernel data plane authorizes and SNATs; `ip_forward` stays as the namespace has it (off).
+//! * OpenVPN: `openvpn` in server mode configured alike (`server 10.77.0.0 255.255.252.0`,
+//!   `topology subnet`, `dev tun`, same transport and port, the same PKI and CRL, client
+//!   certificates required, the same data ciphers, `push "route 10.88.0.0 255.255.255.0"`,
+//!   `keepalive 10 60`), plus what it needs to reach a private host that has no route back to
+//!   the clients: `ip_forward` on and an iptables MASQUERADE on tgt0 in the gateway namespace,
+//!   removed afterwards.
+//!
+//! For UDP and TCP transport: iperf3 (TCP) from the client namespace through the tunnel to a
+//! server on 10.88.0.10, 1 and 4 streams, both directions, N seconds each; throughput, and the
+//! VPN server process's CPU time (utime + stime from /proc/PID/stat) during the run, as CPU
+//! seconds per GB moved. Connect time: from starting the client to its "Initialization Sequence
+//! Completed" line, median of M connects (UDP). Prints both servers' numbers and the ratios
+//! against the goal of issue 3. A benchmark, not a test: a missed goal is reported, not failed;
+//! it fails only when it cannot measure (a server does not start, a client does not connect,
+//! iperf3 moves nothing), with the logs.
+//!
+//! Everything runs inside namespaces this process creates and deletes; every process it starts
+//! is stopped by PID.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use cvpn_tests::{
+    gateway::{Daemon, EndpointNet},
+    is_root,
+    openvpn::{OpenVpnClient, Profile},
+    pki::{write, Pem},
+    sh, terminate, Netns,
+};
+
+const PRIVATE: &str = "10.88.0.10";
+const PORT: u16 = 1194;
+const CIPHERS: &str = "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305";
+const IPERF_PORT: &str = "5201";
+const GOAL_CPU_RATIO: f64 = 4.0;
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// A child process started by this benchmark; its output lines kept with the instant each was
+/// read; stopped (SIGTERM, then SIGKILL, by PID) on drop.
+struct Logged {
+    name: String,
+    child: Child,
+    /// (when read, from stderr, line)
+    lines: Arc<Mutex<Vec<(Instant, bool, String)>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Logged {
+    fn spawn(name: &str, mut cmd: Command) -> Result<Self> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
+        let streams: [(bool, Option<Box<dyn Read + Send>>); 2] = [
+            (false, child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>)),
+            (true, child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>)),
+        ];
+        for (is_err, stream) in streams {
+            let Some(stream) = stream else { continue };
+            let lines = lines.clone();
+            readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let now = Instant::now();
+                    if let Ok(mut l) = lines.lock() {
+                        l.push((now, is_err, line));
+                    }
+                }
+            }));
+        }
+        Ok(Logged { name: name.into(), child, lines, readers })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().map(|l| l.iter().map(|(_, _, s)| s.as_str()).collect::<Vec<_>>().join("\n")).unwrap_or_default()
+    }
+
+    fn stdout(&self) -> String {
+        self.lines
+            .lock()
+            .map(|l| l.iter().filter(|(_, e, _)| !e).map(|(_, _, s)| s.as_str()).collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
+    }
+
+    /// The instant the first line containing `needle` was read.
+    fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<Instant> {
+        let start = Instant::now();
+        loop {
+            if let Some(t) = self
+                .lines
+                .lock()
+                .ok()
+                .and_then(|l| l.iter().find(|(_, _, s)| s.contains(needle)).map(|(t, _, _)| *t))
+            {
+                return Ok(t);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50));
+                bail!("{} exited ({status}) before {needle:?}; its log:\n{}", self.name, self.log());
+            }
+            if start.elapsed() > timeout {
+                bail!("no {needle:?} from {} within {timeout:?}; its log:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Waits for the process to exit (killing it after `timeout`) and for its output.
+    fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait()? {
+                break s;
+            }
+            if start.elapsed() > timeout {
+                terminate(&mut self.child, Duration::from_secs(2));
+                bail!("{} still running after {timeout:?}: stopped; its log:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        Ok(status)
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+/// `ip_forward` on and MASQUERADE on tgt0 in the gateway namespace, for the OpenVPN server;
+/// both undone on drop.
+struct Forwarding {
+    ns: String,
+    old: String,
+}
+
+/// `iptables -t nat <op> POSTROUTING -o tgt0 -j MASQUERADE` in namespace `ns`.
+fn iptables_nat(ns: &str, op: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, "iptables", "-w", "-t", "nat", op, "POSTROUTING", "-o", "tgt0", "-j", "MASQUERADE"]);
+    c
+}
+
+impl Forwarding {
+    fn enable(gw: &Netns) -> Result<Self> {
+        let old = sh(gw.command("sysctl").args(["-n", "net.ipv4.ip_forward"]))?;
+        let old = String::from_utf8_lossy(&old.stdout).trim().to_string();
+        sh(gw.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
+        let f = Forwarding { ns: gw.name().to_string(), old };
+        sh(&mut iptables_nat(gw.name(), "-A"))?;
+        Ok(f)
+    }
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        let _ = iptables_nat(&self.ns, "-D").output();
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "sysctl", "-qw", &format!("net.ipv4.ip_forward={}", self.old)])
+            .output();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two servers
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Cvpn,
+    OpenVpn,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Cvpn => "cvpn",
+            Kind::OpenVpn => "openvpn",
+        }
+    }
+}
+
+enum Server {
+    Cvpn(Daemon),
+    // Field order: the server stops before forwarding is undone.
+    OpenVpn { server: Logged, _forwarding: Forwarding },
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        match self {
+            Server::Cvpn(d) => d.pid(),
+            Server::OpenVpn { server, .. } => server.pid(),
+        }
+    }
+
+    fn log(&self) -> String {
+        match self {
+            Server::Cvpn(d) => d.log().join("\n"),
+            Server::OpenVpn { server, .. } => server.log(),
+        }
+    }
+
+    fn kind(&self) -> Kind {
+        match self {
+            Server::Cvpn(_) => Kind::Cvpn,
+            Server::OpenVpn { .. } => Kind::OpenVpn,
+        }
+    }
+
+    /// Adds the server's log to an error.
+    fn explain(&self, e: anyhow::Error) -> anyhow::Error {
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect();
+        e.context(format!("{} server log (last {} lines):\n{}", self.kind().name(), tail.len(), tail.join("\n")))
+    }
+}
+
+const RULES: &str = "[[target_network]]\ninterface = \"tgt0\"\n\n\
+                     [[authorization_rule]]\ndestination = \"10.88.0.0/24\"\nall_groups = true\n";
+
+fn cvpn_endpoint(transport: &str) -> String {
+    format!(
+        "client_cidr = \"10.77.0.0/22\"\ntransport = \"{transport}\"\nport = {PORT}\nlisten = \"0.0.0.0\"\nsplit_tunnel = true\n"
+    )
+}
+
+fn openvpn_server_config(dir: &std::path::Path, transport: &str) -> String {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let proto = if transport == "tcp" { "tcp4-server" } else { "udp4" };
+    format!(
+        "server 10.77.0.0 255.255.252.0\ntopology subnet\ndev tun\nproto {proto}\nport {PORT}\n\
+         ca {}\ncert {}\nkey {}\ncrl-verify {}\ndh none\nverify-client-cert require\n\
+         data-ciphers {CIPHERS}\npush \"route 10.88.0.0 255.255.255.0\"\nkeepalive 10 60\n\
+         disable-dco\nverb 3\n",
+        p("ca.crt"),
+        p("server.crt"),
+        p("server.key"),
+        p("crl.pem"),
+    )
+}
+
+fn start_server(net: &mut EndpointNet, kind: Kind, transport: &str) -> Result<Server> {
+    // Writes the server certificate, key, CA and CRL (the OpenVPN server uses the same files).
+    let cfg = net.write_config(&cvpn_endpoint(transport), RULES)?;
+    let server = match kind {
+        Kind::Cvpn => Server::Cvpn(Daemon::start_with_log_level(&net.gateway, &cfg, "info").context("starting cvpn serve")?),
+        Kind::OpenVpn => {
+            let conf = write(&net.dir.0, &format!("openvpn-server-{transport}.conf"), &openvpn_server_config(&net.dir.0, transport))?;
+            let fwd = Forwarding::enable(&net.gateway)?;
+            let mut cmd = net.gateway.command("openvpn");
+            cmd.arg("--config").arg(&conf);
+            let mut p = Logged::spawn("openvpn server", cmd)?;
+            p.wait_for("Initialization Sequence Completed", Duration::from_secs(15)).context("starting the OpenVPN server")?;
+            Server::OpenVpn { server: p, _forwarding: fwd }
+        }
+    };
+    // The PID must be the server itself (`ip netns exec` execs it in place).
+    let comm = fs::read_to_string(format!("/proc/{}/comm", server.pid())).unwrap_or_default();
+    let want = match kind {
+        Kind::Cvpn => "cvpn",
+        Kind::OpenVpn => "openvpn",
+    };
+    if comm.trim() != want {
+        bail!("PID {} is {:?}, not {want}: cannot attribute CPU time", server.pid(), comm.trim());
+    }
+    Ok(server)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of a process (all its threads), in seconds.
+fn cpu_seconds(pid: u32, ticks: f64) -> Result<f64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name start at field 3 (state); utime is field 14,
+    // stime field 15.
+    let rest = &s[s.rfind(')').context("malformed /proc/PID/stat")? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11).context("no utime")?.parse()?;
+    let stime: f64 = f.get(12).context("no stime")?.parse()?;
+    Ok((utime + stime) / ticks)
+}
+
+/// UDP receive-buffer drops (`Udp: RcvbufErrors` of /proc/net/snmp) in a namespace: datagrams
+/// the kernel dropped because a socket's receive buffer was full.
+fn udp_rcvbuf_errors(ns: &Netns) -> Result<u64> {
+    let out = sh(ns.command("cat").arg("/proc/net/snmp"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else { bail!("no Udp: lines in /proc/net/snmp") };
+    let i = names.split_whitespace().position(|n| n == "RcvbufErrors").context("no RcvbufErrors")?;
+    Ok(values.split_whitespace().nth(i).context("short Udp: line")?.parse()?)
+}
+
+/// (rx bytes, tx bytes) of the namespace's TUN device (the one link of type "none"): rx is what
+/// the VPN program wrote into the kernel, tx what the kernel handed to the VPN program.
+fn tun_bytes(ns: &Netns) -> Result<(u64, u64)> {
+    let out = sh(ns.command("ip").args(["-j", "-s", "link", "show"]))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j link")?;
+    for l in v.as_array().into_iter().flatten() {
+        if l["link_type"] == "none" {
+            let s = &l["stats64"];
+            return Ok((s["rx"]["bytes"].as_u64().unwrap_or(0), s["tx"]["bytes"].as_u64().unwrap_or(0)));
+        }
+    }
+    bail!("no TUN device in namespace {}", ns.name())
+}
+
+#[derive(Clone, Copy, Default)]
+struct Run {
+    mbps: f64,
+    bytes: f64,
+    wall: f64,
+    server_cpu: f64,
+    client_cpu: f64,
+    retransmits: f64,
+    /// UDP datagrams dropped for a full receive buffer during the run: client ns, gateway ns.
+    client_rcvbuf_drops: u64,
+    gateway_rcvbuf_drops: u64,
+    /// Share of the bytes handed to the tunnel at one end (the sending side's TUN) that did not
+    /// come out of the other end's TUN during the run.
+    tunnel_loss: f64,
+}
+
+impl Run {
+    fn server_cpu_per_gb(&self) -> f64 {
+        self.server_cpu / (self.bytes / 1e9)
+    }
+    fn client_cpu_per_gb(&self) -> f64 {
+        self.client_cpu / (self.bytes / 1e9)
+    }
+}
+
+struct Bench {
+    net: EndpointNet,
+    seconds: u32,
+    ticks: f64,
+}
+
+impl Bench {
+    fn profile(&self, client: Pem, transport: &str) -> Profile {
+        Profile {
+            remote: EndpointNet::server_addr(0),
+            port: PORT,
+            proto: transport.into(),
+            ca_pem: self.net.ca.cert_pem(),
+            client,
+            data_ciphers: CIPHERS.into(),
+            tls_version_max: None,
+            extra: vec!["disable-dco".into()],
+        }
+    }
+
+    fn iperf(&self, server: &Server, client_pid: u32, streams: u32, reverse: bool) -> Result<Run> {
+        let mut srv_cmd = self.net.private.command("iperf3");
+        srv_cmd.args(["-s", "-1", "--forceflush", "-B", PRIVATE, "-p", IPERF_PORT]);
+        let mut srv = Logged::spawn("iperf3 server", srv_cmd)?;
+        srv.wait_for("listening", Duration::from_secs(5))?;
+        let mut cmd = self.net.clients[0].command("iperf3");
+        cmd.args(["-c", PRIVATE, "-p", IPERF_PORT, "-J", "--connect-timeout", "5000"])
+            .args(["-t", &self.seconds.to_string(), "-P", &streams.to_string()]);
+        if reverse {
+            cmd.arg("-R");
+        }
+        let (cd0, gd0) = (udp_rcvbuf_errors(&self.net.clients[0])?, udp_rcvbuf_errors(&self.net.gateway)?);
+        let (ctun0, gtun0) = (tun_bytes(&self.net.clients[0])?, tun_bytes(&self.net.gateway)?);
+        let s0 = cpu_seconds(server.pid(), self.ticks)?;
+        let c0 = cpu_seconds(client_pid, self.ticks)?;
+        let t0 = Instant::now();
+        let mut client = Logged::spawn("iperf3 client", cmd)?;
+        let status = client.wait_exit(Duration::from_secs(self.seconds as u64 + 30))?;
+        let wall = t0.elapsed().as_secs_f64();
+        let s1 = cpu_seconds(server.pid(), self.ticks).context("the VPN server is gone")?;
+        let c1 = cpu_seconds(client_pid, self.ticks).context("the openvpn client is gone")?;
+        let (cd1, gd1) = (udp_rcvbuf_errors(&self.net.clients[0])?, udp_rcvbuf_errors(&self.net.gateway)?);
+        let (ctun1, gtun1) = (tun_bytes(&self.net.clients[0])?, tun_bytes(&self.net.gateway)?);
+        // up: into the client's TUN (tx) -> out of the gateway's (rx); down: the other way.
+        let (offered, delivered) = if reverse {
+            (gtun1.1.saturating_sub(gtun0.1), ctun1.0.saturating_sub(ctun0.0))
+        } else {
+            (ctun1.1.saturating_sub(ctun0.1), gtun1.0.saturating_sub(gtun0.0))
+        };
+        let tunnel_loss = if offered > 0 { (1.0 - delivered as f64 / offered as f64).max(0.0) } else { 0.0 };
+        drop(srv);
+        let out = client.stdout();
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .with_context(|| format!("iperf3 printed no JSON ({status}):\n{}", client.log()))?;
+        if let Some(e) = v.get("error") {
+            bail!("iperf3 failed: {e}");
+        }
+        if !status.success() {
+            bail!("iperf3 failed ({status}):\n{}", client.log());
+        }
+        let sum = &v["end"]["sum_received"];
+        let bytes = sum["bytes"].as_f64().unwrap_or(0.0);
+        let bps = sum["bits_per_second"].as_f64().unwrap_or(0.0);
+        if bytes <= 0.0 || bps <= 0.0 {
+            bail!("iperf3 moved nothing through the tunnel:\n{out}");
+        }
+        Ok(Run {
+            mbps: bps / 1e6,
+            bytes,
+            wall,
+            server_cpu: s1 - s0,
+            client_cpu: c1 - c0,
+            retransmits: v["end"]["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0),
+            client_rcvbuf_drops: cd1.saturating_sub(cd0),
+            gateway_rcvbuf_drops: gd1.saturating_sub(gd0),
+            tunnel_loss,
+        })
+    }
+
+    /// Time from starting a client to its "Initialization Sequence Completed", `n` times, each
+    /// client with its own certificate (so no connect replaces an earlier session of the same
+    /// name on either server).
+    fn connect_times(&mut self, server: &Server, transport: &str, n: usize) -> Result<Vec<f64>> {
+        let mut times = Vec::new();
+        for i in 0..n {
+            let cert = self.net.ca.client(&format!("conn{i}-{}", server.kind().name()), &["engineering"])?;
+            let profile = self.profile(cert, transport);
+            let path: PathBuf = write(&self.net.dir.0, &format!("connect-{i}.ovpn"), &profile.render())?;
+            let mut cmd = self.net.clients[0].command("openvpn");
+            cmd.arg("--config").arg(&path);
+            let t0 = Instant::now();
+            let mut c = Logged::spawn("openvpn client", cmd)?;
+            let done = c
+                .wait_for("Initialization Sequence Completed", Duration::from_secs(20))
+                .map_err(|e| server.explain(e))
+                .with_context(|| format!("connect {} of {n} to {}", i + 1, server.kind().name()))?;
+            times.push(done.duration_since(t0).as_secs_f64() * 1e3);
+            drop(c);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Ok(times)
+    }
+
+    /// Pings the private host through the tunnel until it answers (at most ~6 s).
+    fn reachable(&self) -> Result<()> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let out = self.net.clients[0].command("ping").args(["-c", "1", "-W", "2", PRIVATE]).output()?;
+            if out.status.success() {
+                return Ok(());
+            }
+            last = String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        bail!("{PRIVATE} is not reachable through the tunnel:\n{last}")
+    }
+}
+
+const CASES: [(u32, bool); 4] = [(1, false), (1, true), (4, false), (4, true)];
+
+struct Results {
+    /// [transport][kind][case]
+    runs: Vec<Vec<Vec<Run>>>,
+    /// [kind] connect times in ms (UDP)
+    connects: Vec<Vec<f64>>,
+    /// [kind] negotiated data-channel cipher
+    ciphers: Vec<String>,
+}
+
+fn negotiated_cipher(log: &[String]) -> String {
+    for l in log {
+        for key in ["Data Channel: cipher '", "Outgoing Data Channel: Cipher '"] {
+            if let Some(i) = l.find(key) {
+                let rest = &l[i + key.len()..];
+                return rest.split('\'').next().unwrap_or("?").to_string();
+            }
+        }
+    }
+    "?".into()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+fn measure_server(b: &mut Bench, kind: Kind, transport: &str, connects: usize, res: &mut Results) -> Result<Vec<Run>> {
+    eprintln!("[{transport}] starting {}", kind.name());
+    let server = start_server(&mut b.net, kind, transport)?;
+    let alice = b.net.ca.client("alice", &["engineering"])?;
+    let profile = b.profile(alice, transport);
+    let mut client = OpenVpnClient::start(&b.net.clients[0], &profile, &b.net.dir.0, &format!("bench-{transport}"))?;
+    client
+        .wait_connected(Duration::from_secs(20))
+        .map_err(|e| server.explain(e))
+        .with_context(|| format!("the openvpn client did not connect to {} over {transport}", kind.name()))?;
+    b.reachable()
+        .map_err(|e| server.explain(e.context(format!("client log:\n{}", client.log().join("\n")))))
+        .with_context(|| format!("through {} over {transport}", kind.name()))?;
+    let cipher = negotiated_cipher(&client.log());
+    if transport == "udp" {
+        res.ciphers[kind as usize] = cipher.clone();
+    }
+    let mut runs = Vec::new();
+    for (streams, reverse) in CASES {
+        let r = b
+            .iperf(&server, client.pid(), streams, reverse)
+            .map_err(|e| server.explain(e.context(format!("openvpn client log:\n{}", client.log().join("\n")))))
+            .with_context(|| {
+                format!("iperf3 {streams} stream(s) {} through {} over {transport}", if reverse { "down" } else { "up" }, kind.name())
+            })?;
+        eprintln!(
+            "[{transport}] {:<7} {} stream(s) {:<4}: {:>7.1} Mbit/s, server {:.2} CPU s ({:.2} s/GB), client {:.2} CPU s, {:.1} s, \
+             {:.1} % lost in the tunnel, {} TCP retransmits, UDP rcvbuf drops client {} gateway {} ({cipher})",
+            kind.name(),
+            streams,
+            if reverse { "down" } else { "up" },
+            r.mbps,
+            r.server_cpu,
+            r.server_cpu_per_gb(),
+            r.client_cpu,
+            r.wall,
+            100.0 * r.tunnel_loss,
+            r.retransmits,
+            r.client_rcvbuf_drops,
+            r.gateway_rcvbuf_drops,
+        );
+        runs.push(r);
+    }
+    client.stop();
+    if transport == "udp" && connects > 0 {
+        let t = b.connect_times(&server, transport, connects)?;
+        eprintln!("[{transport}] {:<7} connect times (ms): {:?}", kind.name(), t.iter().map(|x| (x * 10.0).round() / 10.0).collect::<Vec<_>>());
+        res.connects[kind as usize] = t;
+    }
+    drop(server);
+    Ok(runs)
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+fn print_results(res: &Results, seconds: u32, connects: usize, openvpn_version: &str) {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    println!();
+    println!("=== cvpn serve vs stock {openvpn_version} server: `cargo xtask bench tunnel` ===");
+    println!(
+        "same namespaces, same stock openvpn client and profile; data cipher: cvpn {}, openvpn {}; iperf3 TCP, {seconds} s per run",
+        res.ciphers[0], res.ciphers[1]
+    );
+    println!(
+        "host: {cores} CPU cores shared by both iperf3 ends, the VPN server and the openvpn client (same for both servers)"
+    );
+    println!(
+        "CPU = the VPN server process's utime+stime (all threads) during the run: kernel work done in its own system calls \
+         counts, kernel work elsewhere (softirq on other tasks) does not; alike for both"
+    );
+    println!("up = client -> private host, down = private host -> client (-R)");
+    println!();
+    println!("goal: at most 1/4 of OpenVPN's CPU per GB, never slower, connect time no worse");
+    println!();
+    println!(
+        "{:<13} | {:^26} | {:^26} | {:^13} | {:^15} | {:^13}",
+        "", "throughput, Mbit/s", "server CPU s per GB", "srv CPU %core", "client CPU s/GB", "goal"
+    );
+    println!(
+        "{:<3} {:>1} {:<7} | {:>7} {:>7} {:>10} | {:>7} {:>7} {:>10} | {:>6} {:>6} | {:>7} {:>7} | {:<6} {:<6}",
+        "tr", "P", "dir", "cvpn", "openvpn", "cvpn/ovpn", "cvpn", "openvpn", "ovpn/cvpn", "cvpn", "ovpn", "cvpn", "openvpn", "speed", "CPU/GB"
+    );
+    let rule = "-".repeat(120);
+    println!("{rule}");
+    let (mut met, mut total) = (0, 0);
+    let mut notes = Vec::new();
+    for (ti, transport) in ["udp", "tcp"].iter().enumerate() {
+        for (ci, (streams, reverse)) in CASES.iter().enumerate() {
+            let c = res.runs[ti][0][ci];
+            let o = res.runs[ti][1][ci];
+            let tput = c.mbps / o.mbps;
+            let cpu = o.server_cpu_per_gb() / c.server_cpu_per_gb();
+            let (m1, m2) = (tput >= 1.0, cpu >= GOAL_CPU_RATIO);
+            met += m1 as u32 + m2 as u32;
+            total += 2;
+            let dir = if *reverse { "down" } else { "up" };
+            println!(
+                "{:<3} {:>1} {:<7} | {:>7.0} {:>7.0} {:>9.2}x | {:>7.2} {:>7.2} {:>9.2}x | {:>6.0} {:>6.0} | {:>7.2} {:>7.2} | {:<6} {:<6}",
+                transport,
+                streams,
+                dir,
+                c.mbps,
+                o.mbps,
+                tput,
+                c.server_cpu_per_gb(),
+                o.server_cpu_per_gb(),
+                cpu,
+                100.0 * c.server_cpu / c.wall,
+                100.0 * o.server_cpu / o.wall,
+                c.client_cpu_per_gb(),
+                o.client_cpu_per_gb(),
+                verdict(m1),
+                verdict(m2),
+            );
+            if !m1 {
+                notes.push(format!(
+                    "{transport} P{streams} {dir}: lost in the tunnel (bytes into one end's TUN not out of the other's) \
+                     cvpn {:.1} % vs openvpn {:.1} %; TCP retransmits {} vs {}; UDP receive-buffer drops client {} vs {}, gateway {} vs {}",
+                    100.0 * c.tunnel_loss,
+                    100.0 * o.tunnel_loss,
+                    c.retransmits,
+                    o.retransmits,
+                    c.client_rcvbuf_drops,
+                    o.client_rcvbuf_drops,
+                    c.gateway_rcvbuf_drops,
+                    o.gateway_rcvbuf_drops
+                ));
+            }
+        }
+    }
+    println!("{rule}");
+    if connects > 0 {
+        let (c, o) = (median(&res.connects[0]), median(&res.connects[1]));
+        let m = c <= o;
+        met += m as u32;
+        total += 1;
+        println!(
+            "connect to \"Initialization Sequence Completed\" (UDP, median of {connects}): cvpn {c:.1} ms, openvpn {o:.1} ms, \
+             cvpn/openvpn {:.2}x (<= 1 is no worse): {}",
+            c / o,
+            verdict(m)
+        );
+    }
+    for n in notes {
+        println!("note: {n}");
+    }
+    println!("goal criteria met: {met} of {total} (a benchmark: misses are reported, not failed)");
+}
+
+fn main() -> Result<()> {
+    if !is_root() {
+        bail!("the benchmark creates namespaces and runs VPN servers in them: run it as root");
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut seconds = 5u32;
+    let mut connects = 5usize;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--seconds" => seconds = it.next().context("--seconds N")?.parse().context("--seconds N")?,
+            "--connects" => connects = it.next().context("--connects N")?.parse().context("--connects N")?,
+            other => bail!("unknown argument {other:?}; use --seconds N (default 5) and --connects N (default 5)"),
+        }
+    }
+    if seconds == 0 {
+        bail!("--seconds must be at least 1");
+    }
+    for tool in ["openvpn", "iperf3", "iptables"] {
+        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| !o.status.success()).unwrap_or(true) {
+            bail!("{tool} is not installed (`cargo xtask setup` installs it)");
+        }
+    }
+    let openvpn_version = Command::new("openvpn")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ")))
+        .unwrap_or_else(|| "OpenVPN".into());
+    // The daemon binary is target/release/cvpn (built by the xtask; `cvpn_binary` checks).
+    let bin = cvpn_tests::gateway::cvpn_binary()?;
+    eprintln!("cvpn binary: {}", bin.display());
+
+    let net = EndpointNet::new(1)?;
+    let mut b = Bench { net, seconds, ticks: clock_ticks() };
+    let mut res = Results { runs: Vec::new(), connects: vec![Vec::new(), Vec::new()], ciphers: vec!["?".into(), "?".into()] };
+    for transport in ["udp", "tcp"] {
+        let mut per_kind = Vec::new();
+        for kind in [Kind::Cvpn, Kind::OpenVpn] {
+            per_kind.push(measure_server(&mut b, kind, transport, connects, &mut res)?);
+        }
+        res.runs.push(per_kind);
+    }
+    print_results(&res, seconds, connects, &openvpn_version);
+    Ok(())
+}
