@@ -11,7 +11,7 @@ use std::{
     io,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     process::Command,
-    sync::Arc,
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -25,7 +25,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    datachannel::{Cipher, DataChannel, Role},
+    datachannel::{Cipher, DataChannel, Opener, Role, Sealer},
     dataplane::{policy::Policy, DataPlane, DataPlaneConfig, TargetSpec},
     pool::AddressPool,
     protocol::{
@@ -94,6 +94,233 @@ struct GsoBatch {
     buf: Vec<u8>,
 }
 
+/// The sending half of a client's data channel: the TUN reader thread seals with it.
+struct TxSession {
+    peer: Peer,
+    sealer: Sealer,
+    last_tx: Instant,
+}
+
+/// State the event loop and the TUN reader thread share.
+#[derive(Clone)]
+struct TxShared {
+    /// Sending halves by client tunnel address.
+    sessions: Arc<RwLock<HashMap<Ipv4Addr, Arc<Mutex<TxSession>>>>>,
+    udp: Option<Arc<UdpSocket>>,
+    /// GSO/GRO and batched syscalls on the UDP socket (quinn-udp).
+    udp_state: Option<Arc<quinn_udp::UdpSocketState>>,
+    tcp_writers: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Vec<u8>>>>>,
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the data (maps of
+/// handles) is still usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read_lock<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl TxShared {
+    /// Sends one packet to a peer, now (control packets, pings, oversized datagrams).
+    fn send_to(&self, peer: Peer, bytes: &[u8]) {
+        match peer {
+            Peer::Udp(addr) => {
+                if let Some(s) = &self.udp {
+                    if let Err(e) = s.try_send_to(bytes, addr) {
+                        debug!(error = %e, %addr, "UDP send");
+                    }
+                }
+            }
+            Peer::Tcp(id) => {
+                if let Some(w) = lock(&self.tcp_writers).get(&id) {
+                    let mut framed = Vec::with_capacity(bytes.len() + 2);
+                    if crate::protocol::packet::frame_into(bytes, &mut framed).is_ok() {
+                        let _ = w.send(framed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds a datagram for `dest` to the GSO batch, sending the batch first when it cannot
+    /// take it (another destination, another size, full) and after it when it is complete.
+    fn queue_gso(&self, gso: &mut GsoBatch, dest: SocketAddr, datagram: &[u8]) {
+        // A datagram that does not fit an Ethernet MTU cannot be a GSO segment (the kernel
+        // refuses the whole batch): it goes alone, and the kernel fragments it, as OpenVPN's
+        // do.
+        if datagram.len() > GSO_MAX_SEGMENT {
+            self.flush_gso(gso);
+            self.send_to(Peer::Udp(dest), datagram);
+            return;
+        }
+        let max = self.udp_state.as_ref().map_or(1, |s| s.max_gso_segments()).clamp(1, 64);
+        let fits = gso.dest == Some(dest)
+            && datagram.len() <= gso.segment
+            && gso.count < max
+            && gso.buf.len() + datagram.len() <= GSO_MAX_BYTES;
+        if !fits {
+            self.flush_gso(gso);
+        }
+        if gso.count == 0 {
+            gso.dest = Some(dest);
+            gso.segment = datagram.len();
+        }
+        gso.buf.extend_from_slice(datagram);
+        gso.count += 1;
+        // A shorter datagram ends a batch.
+        if datagram.len() < gso.segment || gso.count >= max {
+            self.flush_gso(gso);
+        }
+    }
+
+    fn flush_gso(&self, gso: &mut GsoBatch) {
+        if gso.count == 0 {
+            return;
+        }
+        if let (Some(sock), Some(state), Some(dest)) = (&self.udp, &self.udp_state, gso.dest) {
+            let t = quinn_udp::Transmit {
+                destination: dest,
+                ecn: None,
+                contents: &gso.buf,
+                segment_size: (gso.count > 1).then_some(gso.segment),
+                src_ip: None,
+            };
+            match sock.try_io(tokio::io::Interest::WRITABLE, || state.try_send(sock.as_ref().into(), &t)) {
+                Ok(()) => {}
+                // Socket buffer full: dropped, as a congested link would.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    debug!(%dest, segments = gso.count, "UDP batch dropped: send buffer full")
+                }
+                Err(e) => warn!(error = %e, %dest, segments = gso.count, bytes = gso.buf.len(), "UDP batch send failed"),
+            }
+        }
+        gso.buf.clear();
+        gso.count = 0;
+        gso.dest = None;
+    }
+
+    /// Encrypts and sends one packet the data plane delivered into the TUN (return traffic).
+    /// `buf[24..24 + n]` holds it; the 24 bytes in front are room for the data header.
+    fn on_tun_packet(&self, gso: &mut GsoBatch, buf: &mut [u8], n: usize) {
+        if n < 20 || buf[24] >> 4 != 4 {
+            return;
+        }
+        let dst = Ipv4Addr::new(buf[24 + 16], buf[24 + 17], buf[24 + 18], buf[24 + 19]);
+        let Some(tx) = read_lock(&self.sessions).get(&dst).cloned() else { return };
+        let (peer, len) = {
+            let mut t = lock(&tx);
+            match t.sealer.seal_in_place(&mut buf[..24 + n], n) {
+                Ok(len) => {
+                    t.last_tx = Instant::now();
+                    (t.peer, len)
+                }
+                Err(e) => {
+                    debug!(%dst, error = %e, "seal");
+                    return;
+                }
+            }
+        };
+        match peer {
+            Peer::Udp(addr) => self.queue_gso(gso, addr, &buf[..len]),
+            peer => self.send_to(peer, &buf[..len]),
+        }
+    }
+
+    /// Keepalive: a ping to every client we have sent nothing to for `interval`.
+    fn keepalive(&self, interval: Duration) {
+        let now = Instant::now();
+        let sessions: Vec<Arc<Mutex<TxSession>>> = read_lock(&self.sessions).values().cloned().collect();
+        for tx in sessions {
+            let mut out = Vec::new();
+            let peer = {
+                let mut t = lock(&tx);
+                if now.duration_since(t.last_tx) < interval || t.sealer.seal(&PING_MAGIC, &mut out).is_err() {
+                    continue;
+                }
+                t.last_tx = now;
+                t.peer
+            };
+            self.send_to(peer, &out);
+        }
+    }
+}
+
+/// The thread that reads the TUN (return traffic the data plane delivered), encrypts and
+/// sends: the second core's share of the data path.
+struct TunReader {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TunReader {
+    fn spawn(tun: Tun, shared: TxShared, ping: Duration) -> Result<Self> {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("cvpn-tun".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        warn!(error = %e, "TUN reader: no event loop");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    // SAFETY: the Tun owns its fd for as long as the AsyncFd exists.
+                    let fd = match unsafe { AsyncFd::register(tun) } {
+                        Ok(fd) => fd,
+                        Err(e) => {
+                            warn!(error = %e, "TUN reader: cannot register the TUN");
+                            return;
+                        }
+                    };
+                    let mut buf = vec![0u8; 65536 + 64];
+                    let mut gso = GsoBatch::default();
+                    let mut tick = tokio::time::interval(Duration::from_millis(200));
+                    while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                        tokio::select! {
+                            r = fd.readable() => {
+                                let Ok(mut guard) = r else { continue };
+                                for _ in 0..64 {
+                                    match guard.get_inner().recv(&mut buf[24..]) {
+                                        Ok(n) => shared.on_tun_packet(&mut gso, &mut buf, n),
+                                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => { guard.clear_ready(); break; }
+                                        Err(e) => { warn!(error = %e, "TUN read"); guard.clear_ready(); break; }
+                                    }
+                                }
+                                shared.flush_gso(&mut gso);
+                            }
+                            _ = tick.tick() => shared.keepalive(ping),
+                        }
+                    }
+                });
+            })
+            .context("starting the TUN reader thread")?;
+        Ok(TunReader { stop, thread: Some(thread) })
+    }
+
+    /// Stops the thread (within one tick) and waits for it.
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for TunReader {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Where a client's packets come from and go to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Peer {
@@ -105,15 +332,16 @@ struct Conn {
     peer: Peer,
     remote_addr: SocketAddr,
     session: ServerSession,
-    /// Data channels by key id, newest last (the previous key keeps working after a
-    /// renegotiation until it is replaced).
-    data: Vec<DataChannel>,
+    /// Receiving halves of the data channel by key id, newest last (the previous key keeps
+    /// working after a renegotiation until it is replaced).
+    data: Vec<Opener>,
+    /// The sending half, shared with the TUN reader thread.
+    tx: Option<Arc<Mutex<TxSession>>>,
     peer_id: u32,
     client_ip: Option<Ipv4Addr>,
     cipher: Option<Cipher>,
     common_name: String,
     last_rx: Instant,
-    last_tx: Instant,
     pushed: bool,
     push_messages: Vec<String>,
 }
@@ -149,12 +377,8 @@ pub struct Server {
     by_client_ip: HashMap<Ipv4Addr, u64>,
     next_conn: u64,
     next_peer_id: u32,
-    udp: Option<Arc<UdpSocket>>,
-    /// GSO/GRO and batched syscalls on the UDP socket (quinn-udp).
-    udp_state: Option<quinn_udp::UdpSocketState>,
-    /// Sealed packets for one UDP peer waiting to go out as one GSO send.
-    gso: GsoBatch,
-    tcp_writers: HashMap<u64, mpsc::UnboundedSender<Vec<u8>>>,
+    /// What the TUN reader thread shares with the event loop: sockets and sending halves.
+    tx: TxShared,
     tcp_addrs: HashMap<u64, SocketAddr>,
     tun: Arc<AsyncFd<Tun>>,
 }
@@ -207,10 +431,12 @@ impl Server {
             by_client_ip: HashMap::new(),
             next_conn: 1,
             next_peer_id: 0,
-            udp: None,
-            udp_state: None,
-            gso: GsoBatch::default(),
-            tcp_writers: HashMap::new(),
+            tx: TxShared {
+                sessions: Arc::new(RwLock::new(HashMap::new())),
+                udp: None,
+                udp_state: None,
+                tcp_writers: Arc::new(Mutex::new(HashMap::new())),
+            },
             tcp_addrs: HashMap::new(),
             // SAFETY: the Tun owns its fd, which stays open for as long as the AsyncFd (which
             // owns the Tun) exists.
@@ -243,8 +469,8 @@ impl Server {
                 let _ = state.set_recv_buffer_size((&sock).into(), 8 << 20);
                 let _ = state.set_send_buffer_size((&sock).into(), 8 << 20);
                 info!(gso_segments = state.max_gso_segments(), gro_segments = state.gro_segments(), "UDP offloads");
-                self.udp_state = Some(state);
-                self.udp = Some(Arc::new(sock));
+                self.tx.udp_state = Some(Arc::new(state));
+                self.tx.udp = Some(Arc::new(sock));
                 None
             }
             Transport::Tcp => Some(
@@ -259,11 +485,11 @@ impl Server {
         // Receive batches: up to RECV_BATCH datagrams (each possibly GRO-coalesced) per call.
         let mut rx_bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; 65536]).collect();
         let mut rx_meta = vec![quinn_udp::RecvMeta::default(); RECV_BATCH];
-        let mut tun_buf = vec![0u8; 65536 + 64];
-        let tun = self.tun.clone();
+        // The TUN side (read, encrypt, send) runs on a thread of its own.
+        let reader = TunReader::spawn(self.tun.get_ref().try_clone().context("second handle on the TUN")?, self.tx.clone(), Duration::from_secs(self.settings.ping as u64))?;
         tokio::pin!(shutdown);
         loop {
-            let udp = self.udp.clone();
+            let udp = self.tx.udp.clone();
             tokio::select! {
                 _ = &mut shutdown => break,
                 r = async { match &udp { Some(s) => s.readable().await, None => std::future::pending().await } } => {
@@ -272,7 +498,7 @@ impl Server {
                             // A few batches per wake-up, so the TUN side gets its turn.
                             for _ in 0..4 {
                                 let got = {
-                                    let Some(state) = &self.udp_state else { break };
+                                    let Some(state) = &self.tx.udp_state else { break };
                                     let mut slices: Vec<io::IoSliceMut<'_>> =
                                         rx_bufs.iter_mut().map(|b| io::IoSliceMut::new(b)).collect();
                                     sock.try_io(tokio::io::Interest::READABLE, || {
@@ -290,7 +516,6 @@ impl Server {
                                                 self.on_packet(Peer::Udp(meta.addr), meta.addr, dgram);
                                             }
                                         }
-                                        self.flush_gso();
                                     }
                                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                                     Err(e) => { warn!(error = %e, "UDP receive"); break; }
@@ -306,7 +531,7 @@ impl Server {
                         self.next_conn += 1;
                         let (mut rd, mut wr) = stream.into_split();
                         let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
-                        self.tcp_writers.insert(id, wtx);
+                        lock(&self.tx.tcp_writers).insert(id, wtx);
                         self.by_peer.remove(&Peer::Tcp(id));
                         tokio::spawn(async move {
                             while let Some(frame) = wrx.recv().await {
@@ -340,24 +565,12 @@ impl Server {
                             self.on_packet(Peer::Tcp(id), addr, &mut f);
                         }
                         TcpEvent::Closed(id) => {
-                            self.tcp_writers.remove(&id);
+                            lock(&self.tx.tcp_writers).remove(&id);
                             self.tcp_addrs.remove(&id);
                             if let Some(cid) = self.by_peer.get(&Peer::Tcp(id)).copied() {
                                 self.disconnect(cid, "tcp-closed");
                             }
                         }
-                    }
-                }
-                r = tun.readable() => {
-                    if let Ok(mut guard) = r {
-                        for _ in 0..64 {
-                            match guard.get_inner().recv(&mut tun_buf[24..]) {
-                                Ok(n) => self.on_tun_packet(&mut tun_buf, n),
-                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => { guard.clear_ready(); break; }
-                                Err(e) => { warn!(error = %e, "TUN read"); guard.clear_ready(); break; }
-                            }
-                        }
-                        self.flush_gso();
                     }
                 }
                 _ = tick.tick() => {
@@ -379,84 +592,12 @@ impl Server {
             self.flush(id);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+        reader.stop();
         Ok(())
     }
 
     fn send_to(&mut self, peer: Peer, bytes: &[u8]) {
-        match peer {
-            Peer::Udp(addr) => {
-                if let Some(s) = &self.udp {
-                    if let Err(e) = s.try_send_to(bytes, addr) {
-                        debug!(error = %e, %addr, "UDP send");
-                    }
-                }
-            }
-            Peer::Tcp(id) => {
-                if let Some(w) = self.tcp_writers.get(&id) {
-                    let mut framed = Vec::with_capacity(bytes.len() + 2);
-                    if crate::protocol::packet::frame_into(bytes, &mut framed).is_ok() {
-                        let _ = w.send(framed);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Adds a datagram for `dest` to the GSO batch, sending the batch first when it cannot
-    /// take it (another destination, another size, full) and after it when it is complete.
-    fn queue_gso(&mut self, dest: SocketAddr, datagram: &[u8]) {
-        // A datagram that does not fit an Ethernet MTU cannot be a GSO segment (the kernel
-        // refuses the whole batch): it goes alone, and the kernel fragments it, as OpenVPN's
-        // do.
-        if datagram.len() > GSO_MAX_SEGMENT {
-            self.flush_gso();
-            self.send_to(Peer::Udp(dest), datagram);
-            return;
-        }
-        let max = self.udp_state.as_ref().map_or(1, |s| s.max_gso_segments()).clamp(1, 64);
-        let fits = self.gso.dest == Some(dest)
-            && datagram.len() <= self.gso.segment
-            && self.gso.count < max
-            && self.gso.buf.len() + datagram.len() <= GSO_MAX_BYTES;
-        if !fits {
-            self.flush_gso();
-        }
-        if self.gso.count == 0 {
-            self.gso.dest = Some(dest);
-            self.gso.segment = datagram.len();
-        }
-        self.gso.buf.extend_from_slice(datagram);
-        self.gso.count += 1;
-        // A shorter datagram ends a batch.
-        if datagram.len() < self.gso.segment || self.gso.count >= max {
-            self.flush_gso();
-        }
-    }
-
-    fn flush_gso(&mut self) {
-        if self.gso.count == 0 {
-            return;
-        }
-        if let (Some(sock), Some(state), Some(dest)) = (&self.udp, &self.udp_state, self.gso.dest) {
-            let t = quinn_udp::Transmit {
-                destination: dest,
-                ecn: None,
-                contents: &self.gso.buf,
-                segment_size: (self.gso.count > 1).then_some(self.gso.segment),
-                src_ip: None,
-            };
-            match sock.try_io(tokio::io::Interest::WRITABLE, || state.try_send(sock.as_ref().into(), &t)) {
-                Ok(()) => {}
-                // Socket buffer full: dropped, as a congested link would.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    debug!(%dest, segments = self.gso.count, "UDP batch dropped: send buffer full")
-                }
-                Err(e) => warn!(error = %e, %dest, segments = self.gso.count, bytes = self.gso.buf.len(), "UDP batch send failed"),
-            }
-        }
-        self.gso.buf.clear();
-        self.gso.count = 0;
-        self.gso.dest = None;
+        self.tx.send_to(peer, bytes);
     }
 
     fn on_packet(&mut self, peer: Peer, addr: SocketAddr, buf: &mut [u8]) {
@@ -536,12 +677,12 @@ impl Server {
             remote_addr: addr,
             session,
             data: Vec::new(),
+            tx: None,
             peer_id,
             client_ip: None,
             cipher: None,
             common_name: String::new(),
             last_rx: now,
-            last_tx: now,
             pushed: false,
             push_messages: Vec::new(),
         };
@@ -620,10 +761,22 @@ impl Server {
                     let cipher = c.cipher.unwrap_or(Cipher::Aes256Gcm);
                     match DataChannel::from_ekm(&material, cipher, Role::Server, key_id.get(), c.peer_id) {
                         Ok(dc) => {
+                            let (sealer, opener) = dc.split();
                             c.data.retain(|d| d.key_id() != key_id.get());
-                            c.data.push(dc);
+                            c.data.push(opener);
                             if c.data.len() > 2 {
                                 c.data.remove(0);
+                            }
+                            // The newest key seals from now on.
+                            match &c.tx {
+                                Some(tx) => lock(tx).sealer = sealer,
+                                None => {
+                                    let tx = Arc::new(Mutex::new(TxSession { peer: c.peer, sealer, last_tx: Instant::now() }));
+                                    if let Some(ip) = c.client_ip {
+                                        write_lock(&self.tx.sessions).insert(ip, tx.clone());
+                                    }
+                                    c.tx = Some(tx);
+                                }
                             }
                             if key_id.get() != 0 {
                                 info!(conn = id, key_id = key_id.get(), "renegotiated");
@@ -707,6 +860,9 @@ impl Server {
                 self.by_peer.remove(&c.peer);
                 c.peer = peer;
                 c.remote_addr = addr;
+                if let Some(tx) = &c.tx {
+                    lock(tx).peer = peer;
+                }
                 self.by_peer.insert(peer, id);
             }
         }
@@ -722,28 +878,6 @@ impl Server {
         }
     }
 
-    /// A packet the data plane delivered into the TUN (return traffic): encrypt and send.
-    /// `buf[24..24 + n]` holds it; the 24 bytes in front are room for the data header.
-    fn on_tun_packet(&mut self, buf: &mut [u8], n: usize) {
-        if n < 20 || buf[24] >> 4 != 4 {
-            return;
-        }
-        let dst = Ipv4Addr::new(buf[24 + 16], buf[24 + 17], buf[24 + 18], buf[24 + 19]);
-        let Some(&id) = self.by_client_ip.get(&dst) else { return };
-        let Some(c) = self.conns.get_mut(&id) else { return };
-        let Some(dc) = c.data.last_mut() else { return };
-        match dc.seal_in_place(&mut buf[..24 + n], n) {
-            Ok(len) => {
-                c.last_tx = Instant::now();
-                match c.peer {
-                    Peer::Udp(addr) => self.queue_gso(addr, &buf[..len]),
-                    peer => self.send_to(peer, &buf[..len]),
-                }
-            }
-            Err(e) => debug!(conn = id, error = %e, "seal"),
-        }
-    }
-
     fn on_tick(&mut self) {
         let now = Instant::now();
         let ids: Vec<u64> = self.conns.keys().copied().collect();
@@ -755,20 +889,12 @@ impl Server {
                 continue;
             }
             // Packet ids of the current key running out: renegotiate from our side.
-            if c.data.last().is_some_and(|d| d.needs_renegotiation()) && c.data.len() < 2 {
+            let exhausted = c.data.last().is_some_and(|d| d.needs_renegotiation())
+                || c.tx.as_ref().is_some_and(|t| lock(t).sealer.needs_renegotiation());
+            if exhausted && c.session.active_key().is_some() && c.data.len() < 2 {
                 match c.session.start_renegotiation(now) {
                     Ok(k) => info!(conn = id, key_id = k.get(), "starting renegotiation (packet ids running out)"),
                     Err(e) => warn!(conn = id, error = %e, "cannot start renegotiation"),
-                }
-            }
-            if !c.data.is_empty() && now.duration_since(c.last_tx) > Duration::from_secs(self.settings.ping as u64) {
-                let mut out = Vec::new();
-                if let Some(dc) = c.data.last_mut() {
-                    if dc.seal(&PING_MAGIC, &mut out).is_ok() {
-                        c.last_tx = now;
-                        let peer = c.peer;
-                        self.send_to(peer, &out);
-                    }
                 }
             }
         }
@@ -787,6 +913,7 @@ impl Server {
         self.by_peer_id.remove(&c.peer_id);
         if let Some(addr) = c.client_ip {
             self.by_client_ip.remove(&addr);
+            write_lock(&self.tx.sessions).remove(&addr);
             let counters = self.dataplane.remove_session(addr).ok().flatten();
             self.pool.release(addr);
             info!(conn = id, client_ip = %addr, ?counters, "session ended");
