@@ -14,6 +14,8 @@
 //! split_tunnel = false            # default false
 //! dns_servers = ["10.88.0.2"]     # at most 2, default []
 //! key_derivation = "tls-ekm"      # default; "tls-prf" forces OpenVPN's legacy TLS-PRF
+//! ping = 10                       # keepalive: seconds between pings on an idle tunnel
+//! ping_restart = 60               # seconds of silence before a client restarts (server: 2x)
 //!
 //! [[target_network]]
 //! interface = "eth1"              # a gateway-host interface traffic leaves through
@@ -194,6 +196,11 @@ pub struct EndpointConfig {
     /// How data-channel keys are derived: TLS-EKM where the client supports it (default), or
     /// always OpenVPN's legacy TLS-PRF (`key_derivation = "tls-prf"`).
     pub key_derivation: KeyDerivation,
+    /// Keepalive: seconds between pings on an idle tunnel (pushed as `ping`), and of silence
+    /// after which a client restarts (pushed as `ping-restart`; the server waits twice as
+    /// long before it drops the client, as OpenVPN's `keepalive` does).
+    pub ping: u32,
+    pub ping_restart: u32,
     /// Target networks, in file order (interfaces unique).
     pub target_networks: Vec<TargetNetwork>,
     /// Routes, in file order (destinations unique).
@@ -243,6 +250,8 @@ struct RawEndpoint {
     #[serde(default)]
     dns_servers: Vec<String>,
     key_derivation: Option<String>,
+    ping: Option<i64>,
+    ping_restart: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -282,6 +291,8 @@ const ENDPOINT_KEYS: &[(&str, bool)] = &[
     ("split_tunnel", false),
     ("dns_servers", false),
     ("key_derivation", false),
+    ("ping", false),
+    ("ping_restart", false),
 ];
 const TARGET_NETWORK_KEYS: &[(&str, bool)] = &[("interface", true), ("snat_address", false)];
 const ROUTE_KEYS: &[(&str, bool)] = &[("destination", true), ("target", true)];
@@ -642,6 +653,19 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
         }
     };
 
+    let ping = e.ping.unwrap_or(10);
+    let ping_restart = e.ping_restart.unwrap_or(60);
+    if !(1..=3600).contains(&ping) {
+        return Err(invalid("[endpoint] ping".to_string(), format!("{ping} is out of range: seconds between keepalive pings, 1 to 3600")));
+    }
+    if !(2..=86400).contains(&ping_restart) || ping_restart <= ping {
+        return Err(invalid(
+            "[endpoint] ping_restart".to_string(),
+            format!("{ping_restart} must be more than ping ({ping}) and at most 86400 seconds"),
+        ));
+    }
+    let (ping, ping_restart) = (ping as u32, ping_restart as u32);
+
     Ok(EndpointConfig {
         client_cidr,
         transport,
@@ -654,6 +678,8 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
         split_tunnel: e.split_tunnel,
         dns_servers,
         key_derivation,
+        ping,
+        ping_restart,
         target_networks,
         routes,
         authorization_rules,

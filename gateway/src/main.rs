@@ -82,8 +82,8 @@ fn serve(path: &std::path::Path, tun_name: String) -> anyhow::Result<()> {
         tun_name,
         ciphers: ServerSettings::default_ciphers(),
         force_tls_prf: cfg.key_derivation == gateway::config::KeyDerivation::TlsPrf,
-        ping: 10,
-        ping_restart: 60,
+        ping: cfg.ping,
+        ping_restart: cfg.ping_restart,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

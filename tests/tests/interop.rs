@@ -353,3 +353,18 @@ fn legacy_tls_prf_key_derivation() {
     let resp = net.clients[0].run(|| http_request(PRIVATE, "GET /big", 0)).unwrap();
     assert!(resp.contains("peer=10.88.0.1:") && resp.len() > http::BIG, "{:.200}", resp);
 }
+
+#[test]
+fn a_silent_client_is_dropped_after_the_keepalive_timeout() {
+    let keys = format!("{}ping = 1\nping_restart = 2\n", endpoint("udp", 443));
+    let (_net, mut daemon, client) = connected_with(&keys, false, &[]);
+    daemon.wait_for("client_ip=10.77.0.2", Duration::from_secs(5)).unwrap();
+    // The client vanishes without a word (power loss): SIGKILL, no exit notification.
+    let pid = nix::unistd::Pid::from_raw(client.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let started = std::time::Instant::now();
+    daemon.wait_for("keepalive-timeout", Duration::from_secs(10)).unwrap();
+    daemon.wait_for("session ended", Duration::from_secs(2)).unwrap();
+    println!("dead peer dropped after {:?}", started.elapsed());
+    assert!(started.elapsed() >= Duration::from_secs(3), "dropped before 2 x ping_restart");
+}
