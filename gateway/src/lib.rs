@@ -1,6 +1,7 @@
 //! cvpn: a self-hosted Client VPN gateway. One module per concern:
 //!
 //! * [`config`]: the configuration file of `cvpn serve --config FILE` (TOML, validated).
+//! * [`connlog`]: the connection log and flow log (JSON lines, AWS field names), size-rotated.
 //! * [`datachannel`]: the OpenVPN data channel's AEAD seal/open and replay window, sans-IO.
 //! * [`dataplane`]: the kernel programs' loader and the typed API that drives them.
 //! * [`protocol`]: the OpenVPN wire protocol, sans-IO (packet codec, reliability, TLS, ...).
@@ -9,6 +10,7 @@
 //! * [`storage`]: the control plane's resources (AWS Client VPN model) in embedded SQLite.
 //! * [`tun`]: TUN devices (the path between the data channel and the kernel data plane).
 pub mod config;
+pub mod connlog;
 pub mod datachannel;
 pub mod dataplane;
 pub mod pool;
