@@ -21,6 +21,13 @@ enum Command {
         /// Name of the TUN device that carries decrypted client packets.
         #[arg(long, default_value = "cvpn0")]
         tun: String,
+        /// Data directory: the connection log (connection.log) and flow log (flow.log) are
+        /// written here, size-rotated.
+        #[arg(long, default_value = "/var/lib/cvpn")]
+        data_dir: std::path::PathBuf,
+        /// Also print connection-log and flow-log lines on stdout.
+        #[arg(long)]
+        log_stdout: bool,
     },
     /// Checks that this host can run the data plane: loads the kernel programs and maps
     /// (without attaching them anywhere) and prints the counters.
@@ -38,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, tun } => serve(&config, tun)?,
+        Command::Serve { config, tun, data_dir, log_stdout } => serve(&config, tun, data_dir, log_stdout)?,
         Command::Check => {
             let dp = DataPlane::load(DataPlaneConfig::default())
                 .context("the kernel data plane cannot run on this host")?;
@@ -51,7 +58,7 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(path: &std::path::Path, tun_name: String) -> anyhow::Result<()> {
+fn serve(path: &std::path::Path, tun_name: String, data_dir: std::path::PathBuf, log_stdout: bool) -> anyhow::Result<()> {
     use gateway::{
         config::{EndpointConfig, Transport as CfgTransport},
         dataplane::TargetSpec,
@@ -82,6 +89,10 @@ fn serve(path: &std::path::Path, tun_name: String) -> anyhow::Result<()> {
         tun_name,
         ciphers: ServerSettings::default_ciphers(),
         force_tls_prf: cfg.key_derivation == gateway::config::KeyDerivation::TlsPrf,
+        // Stable across restarts: derived from what identifies the endpoint on this host.
+        endpoint_id: endpoint_id(&cfg),
+        log_dir: Some(data_dir),
+        log_options: gateway::connlog::LogOptions { stdout: log_stdout, ..Default::default() },
         ping: cfg.ping,
         ping_restart: cfg.ping_restart,
     };
@@ -101,4 +112,13 @@ fn serve(path: &std::path::Path, tun_name: String) -> anyhow::Result<()> {
         };
         server.run(shutdown).await
     })
+}
+
+/// `cvpn-endpoint-` and 17 hex digits of a digest of the endpoint's client CIDR, transport and
+/// port: the same endpoint keeps its id across restarts.
+fn endpoint_id(cfg: &gateway::config::EndpointConfig) -> String {
+    let key = format!("{}|{}|{}", cfg.client_cidr, cfg.transport.as_str(), cfg.port);
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("cvpn-endpoint-{}", &hex[..17])
 }

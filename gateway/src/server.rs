@@ -66,6 +66,12 @@ pub struct ServerSettings {
     pub ciphers: Vec<String>,
     /// Derive data keys by the legacy TLS-PRF even for clients with TLS-EKM.
     pub force_tls_prf: bool,
+    /// The endpoint's id in logs (`cvpn-endpoint-...`).
+    pub endpoint_id: String,
+    /// Where the connection log and flow log go (`connection.log`, `flow.log`); `None`: no
+    /// log files.
+    pub log_dir: Option<std::path::PathBuf>,
+    pub log_options: crate::connlog::LogOptions,
     /// Seconds between keepalive pings, and of silence before a client is dropped.
     pub ping: u32,
     pub ping_restart: u32,
@@ -341,6 +347,9 @@ struct Conn {
     client_ip: Option<Ipv4Addr>,
     cipher: Option<Cipher>,
     common_name: String,
+    /// For the connection log.
+    log: crate::connlog::ConnectionInfo,
+    logged_attempt: bool,
     last_rx: Instant,
     pushed: bool,
     push_messages: Vec<String>,
@@ -381,6 +390,8 @@ pub struct Server {
     tx: TxShared,
     tcp_addrs: HashMap<u64, SocketAddr>,
     tun: Arc<AsyncFd<Tun>>,
+    logs: Option<crate::connlog::ConnectionLogs>,
+    flow_events: Option<AsyncFd<crate::dataplane::FlowEvents>>,
 }
 
 impl Server {
@@ -420,7 +431,21 @@ impl Server {
         }
         dataplane.replace_policy(policy).context("applying rules and routes")?;
 
+        let logs = match &settings.log_dir {
+            Some(dir) => Some(
+                crate::connlog::ConnectionLogs::open(dir, &settings.log_options)
+                    .with_context(|| format!("opening the connection log in {}", dir.display()))?,
+            ),
+            None => None,
+        };
+        let flow_events = match dataplane.take_flow_events() {
+            // SAFETY: FlowEvents owns the ring buffer's fd for as long as the AsyncFd exists.
+            Some(ev) => unsafe { AsyncFd::register(ev) }.ok(),
+            None => None,
+        };
         Ok(Server {
+            logs,
+            flow_events,
             cookies: CookieJar::new().map_err(|_| anyhow::anyhow!("no system randomness for the cookie key"))?,
             session_config,
             pool,
@@ -573,6 +598,11 @@ impl Server {
                         }
                     }
                 }
+                r = async { match &self.flow_events { Some(f) => f.readable().await.map(|mut g| g.clear_ready()), None => std::future::pending().await } } => {
+                    if r.is_ok() {
+                        self.on_flow_events();
+                    }
+                }
                 _ = tick.tick() => {
                     self.on_tick();
                     if last_gc.elapsed() > Duration::from_secs(10) {
@@ -682,6 +712,17 @@ impl Server {
             client_ip: None,
             cipher: None,
             common_name: String::new(),
+            log: crate::connlog::ConnectionInfo::new(
+                new_connection_id(),
+                self.settings.endpoint_id.clone(),
+                match self.settings.transport {
+                    Transport::Udp => crate::config::Transport::Udp,
+                    Transport::Tcp => crate::config::Transport::Tcp,
+                },
+                addr,
+                SystemTime::now(),
+            ),
+            logged_attempt: false,
             last_rx: now,
             pushed: false,
             push_messages: Vec::new(),
@@ -702,7 +743,7 @@ impl Server {
             let Some(c) = self.conns.get_mut(&id) else { return };
             let Some(ev) = c.session.poll_event() else { break };
             match ev {
-                Event::Authenticated { identity, peer_info, tls_version, tls_ekm, .. } => {
+                Event::Authenticated { identity, peer_info, tls_version, tls_ekm, username, .. } => {
                     c.common_name = identity.common_name.clone();
                     let cipher_name = match negotiate_cipher(&self.settings.ciphers, &peer_info) {
                         Ok(n) => n.to_string(),
@@ -726,6 +767,19 @@ impl Server {
                         return;
                     }
                     self.by_client_ip.insert(addr, id);
+                    c.log = c.log.clone().with_client_ip(addr).with_common_name(identity.common_name.clone());
+                    if let Some(user) = &username {
+                        c.log = c.log.clone().with_username(user.clone());
+                    }
+                    if let Some(platform) = &peer_info.platform {
+                        c.log = c.log.clone().with_device_type(platform.clone());
+                    }
+                    c.logged_attempt = true;
+                    if let Some(logs) = &self.logs {
+                        if let Err(e) = logs.connection(&crate::connlog::ConnectionLogEntry::attempt_succeeded(&c.log)) {
+                            warn!(error = %e, "connection log");
+                        }
+                    }
                     let reply = PushReply {
                         tunnel: if self.settings.split_tunnel {
                             Tunnel::Split(self.dataplane.policy().routes.iter().map(|r| r.destination).collect())
@@ -800,6 +854,12 @@ impl Server {
                 }
                 Event::Refused { reason } => {
                     warn!(conn = id, %reason, addr = %c.remote_addr, "handshake refused");
+                    if let Some(logs) = &self.logs {
+                        let entry = crate::connlog::ConnectionLogEntry::attempt_failed(reason.as_str(), &c.log, SystemTime::now());
+                        if let Err(e) = logs.connection(&entry) {
+                            warn!(error = %e, "connection log");
+                        }
+                    }
                     self.flush(id);
                     self.remove(id);
                     return;
@@ -878,6 +938,26 @@ impl Server {
         }
     }
 
+    /// Data-plane flow events (denied, no route, ...) into the flow log, with the session's
+    /// connection id and username.
+    fn on_flow_events(&mut self) {
+        let Some(f) = self.flow_events.as_mut() else { return };
+        let events = f.get_mut().drain();
+        let Some(logs) = &self.logs else { return };
+        for ev in events {
+            let conn = self.conns.get(&ev.session_id);
+            let entry = crate::connlog::FlowLogEntry::from_event(
+                &self.settings.endpoint_id,
+                &ev,
+                conn.map(|c| c.log.connection_id.as_str()),
+                conn.and_then(|c| c.log.username.as_deref()),
+            );
+            if let Err(e) = logs.flow(&entry) {
+                warn!(error = %e, "flow log");
+            }
+        }
+    }
+
     fn on_tick(&mut self) {
         let now = Instant::now();
         let ids: Vec<u64> = self.conns.keys().copied().collect();
@@ -917,8 +997,22 @@ impl Server {
             let counters = self.dataplane.remove_session(addr).ok().flatten();
             self.pool.release(addr);
             info!(conn = id, client_ip = %addr, ?counters, "session ended");
+            if let (Some(logs), true) = (&self.logs, c.logged_attempt) {
+                let counters: crate::connlog::TrafficCounters = counters.unwrap_or_default().into();
+                if let Err(e) = logs.connection(&crate::connlog::ConnectionLogEntry::reset(&c.log, &counters, SystemTime::now())) {
+                    warn!(error = %e, "connection log");
+                }
+            }
         }
     }
+}
+
+/// A connection id in AWS's form: `cvpn-connection-` and 17 hex digits.
+fn new_connection_id() -> String {
+    let mut b = [0u8; 9];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("cvpn-connection-{}", &hex[..17])
 }
 
 /// Lets the kernel fragment datagrams larger than the path MTU (IP_PMTUDISC_DONT).

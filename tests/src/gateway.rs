@@ -85,6 +85,9 @@ impl Daemon {
             .command(cvpn_binary()?.to_str().context("binary path")?)
             .args(["serve", "--config"])
             .arg(config)
+            // Logs next to the config, in the test's own directory.
+            .arg("--data-dir")
+            .arg(config.parent().unwrap_or(Path::new(".")))
             .env("CVPN_LOG", level)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

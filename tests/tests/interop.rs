@@ -90,6 +90,16 @@ fn connect_and_use(transport: &str, port: u16, ciphers: &str, tls_max: Option<&s
     assert!(ping.status.success(), "ping through the tunnel: {}", String::from_utf8_lossy(&ping.stdout));
     let denied = net.clients[0].run(|| http_get(DENIED, Duration::from_millis(1500)));
     assert!(denied.is_err(), "10.88.0.20 has no authorization rule and must be unreachable");
+    // The denied attempt is in the flow log, with the connection id and the destination.
+    std::thread::sleep(Duration::from_millis(200));
+    let flows = std::fs::read_to_string(net.dir.0.join("flow.log")).unwrap_or_default();
+    let denied: Vec<serde_json::Value> = flows
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["flow-log-type"] == "denied" && e["destination-ip"] == "10.88.0.20")
+        .collect();
+    assert!(!denied.is_empty(), "no denied flow in:\n{flows}");
+    assert!(denied[0]["connection-id"].as_str().unwrap_or("").starts_with("cvpn-connection-"), "{}", denied[0]);
 }
 
 #[test]
@@ -129,6 +139,17 @@ fn bad_certificates_are_refused() {
         daemon.wait_for(reason, Duration::from_secs(15)).unwrap();
         assert!(c.wait_connected(Duration::from_secs(2)).is_err(), "{name} certificate must not connect");
         c.stop();
+    }
+    // Failed certificate handshakes are in the connection log too (unlike AWS), with a reason.
+    let lines = std::fs::read_to_string(net.dir.0.join("connection.log")).unwrap();
+    for reason in ["certificate-revoked", "certificate-expired", "certificate-unknown-ca"] {
+        let entry: serde_json::Value = lines
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|e| e["connection-attempt-failure-reason"] == reason)
+            .unwrap_or_else(|| panic!("no {reason} entry in:\n{lines}"));
+        assert_eq!(entry["connection-attempt-status"], "failed");
+        assert_eq!(entry["connection-log-type"], "connection-attempt");
     }
 }
 
@@ -202,6 +223,8 @@ fn renegotiation_every_few_seconds_does_not_stall_traffic() {
 fn disconnect_frees_the_address_and_the_data_plane_session() {
     let (net, mut daemon, mut client) = connected(&["explicit-exit-notify 1"]);
     daemon.wait_for("client_ip=10.77.0.2", Duration::from_secs(5)).unwrap();
+    let ping = net.clients[0].command("ping").args(["-c", "3", "-i", "0.2", "-W", "2", "10.88.0.10"]).output().unwrap();
+    assert!(ping.status.success());
     client.stop();
     daemon.wait_for("session ended", Duration::from_secs(5)).unwrap();
     let log = daemon.log().join("\n");
@@ -210,6 +233,27 @@ fn disconnect_frees_the_address_and_the_data_plane_session() {
     assert!(ended.contains("client_ip=10.77.0.2"), "{ended}");
     // The final counters were read from the data plane as the session was removed from it.
     assert!(ended.contains("from_client_packets"), "final counters must be logged: {ended}");
+
+    // The connection log: the attempt, then the reset with the session's counters, with AWS's
+    // field names.
+    let lines = std::fs::read_to_string(net.dir.0.join("connection.log")).unwrap();
+    let entries: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(entries.len(), 2, "{lines}");
+    let (attempt, reset) = (&entries[0], &entries[1]);
+    assert_eq!(attempt["connection-log-type"], "connection-attempt");
+    assert_eq!(attempt["connection-attempt-status"], "successful");
+    assert_eq!(attempt["common-name"], "alice");
+    assert_eq!(attempt["client-ip"], "10.77.0.2");
+    assert_eq!(attempt["device-ip"], "10.99.0.2");
+    assert_eq!(attempt["transport-protocol"], "udp");
+    assert!(attempt["client-vpn-endpoint-id"].as_str().unwrap().starts_with("cvpn-endpoint-"));
+    assert!(attempt["connection-id"].as_str().unwrap().starts_with("cvpn-connection-"));
+    assert_eq!(reset["connection-log-type"], "connection-reset");
+    assert_eq!(reset["connection-id"], attempt["connection-id"]);
+    assert_ne!(reset["connection-end-time"], "NA");
+    let packets: u64 = reset["ingress-packets"].as_str().unwrap().parse().unwrap();
+    let egress: u64 = reset["egress-packets"].as_str().unwrap().parse().unwrap();
+    assert!(packets >= 3 && egress >= 3, "three pings each way must be counted: {reset}");
     drop(net);
 }
 
