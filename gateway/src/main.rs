@@ -13,7 +13,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs the endpoint daemon from a TOML file until SIGINT or SIGTERM (see README for the
-    /// keys: [endpoint], [[target_network]], [[route]], [[authorization_rule]]).
+    /// keys: [endpoint], [[target_network]], [[route]], [[authorization_rule]]). SIGHUP reads
+    /// the file again and applies its rules and routes live, without resetting sessions.
     Serve {
         /// The endpoint's configuration file.
         #[arg(long, short = 'c')]
@@ -74,6 +75,7 @@ fn serve(path: &std::path::Path, tun_name: String, data_dir: std::path::PathBuf,
         .map(|(i, t)| TargetSpec { id: i as u32 + 1, interface: t.interface.clone(), snat_addr: t.snat_address })
         .collect();
     let policy = cfg.policy(|iface| targets.iter().find(|t| t.interface == iface).map_or(0, |t| t.id));
+    let targets_by_interface: Vec<(String, u32)> = targets.iter().map(|t| (t.interface.clone(), t.id)).collect();
     let settings = ServerSettings {
         listen: std::net::SocketAddr::new(cfg.listen, cfg.port),
         transport: match cfg.transport {
@@ -100,8 +102,26 @@ fn serve(path: &std::path::Path, tun_name: String, data_dir: std::path::PathBuf,
         .enable_all()
         .build()
         .context("starting the event loop")?;
+    let config_path = path.to_path_buf();
     runtime.block_on(async move {
         let server = Server::new(settings)?;
+        // SIGHUP: read the file again and apply its rules and routes live.
+        let (commands, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        let target_ids = targets_by_interface;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match EndpointConfig::load(&config_path) {
+                    Ok(cfg) => {
+                        let policy = cfg.policy(|iface| target_ids.iter().find(|(i, _)| i == iface).map_or(0, |(_, id)| *id));
+                        tracing::info!(path = %config_path.display(), "configuration reloaded (rules and routes)");
+                        let _ = commands.send(gateway::server::ServerCommand::ReplacePolicy(policy));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "configuration not reloaded; the running one stays"),
+                }
+            }
+        });
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .expect("SIGTERM handler");
@@ -110,7 +130,7 @@ fn serve(path: &std::path::Path, tun_name: String, data_dir: std::path::PathBuf,
                 _ = term.recv() => {}
             }
         };
-        server.run(shutdown).await
+        server.run_with_commands(shutdown, receiver).await
     })
 }
 

@@ -327,6 +327,15 @@ impl Drop for TunReader {
     }
 }
 
+/// Commands to a running server (from a configuration reload, later the management API).
+#[derive(Debug)]
+pub enum ServerCommand {
+    /// Replace the authorization rules and routes; applies to running flows, no session reset.
+    ReplacePolicy(Policy),
+    /// End the sessions of these connection ids or usernames (RESTART sent to each client).
+    Terminate { connection_ids: Vec<String>, usernames: Vec<String> },
+}
+
 /// Where a client's packets come from and go to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Peer {
@@ -478,7 +487,17 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves; then tells every client to reconnect.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        let (_tx, rx) = mpsc::unbounded_channel();
+        self.run_with_commands(shutdown, rx).await
+    }
+
+    /// Serves until `shutdown` resolves, applying `commands` as they come.
+    pub async fn run_with_commands(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+        mut commands: mpsc::UnboundedReceiver<ServerCommand>,
+    ) -> Result<()> {
         let (tcp_tx, mut tcp_rx) = mpsc::unbounded_channel::<TcpEvent>();
         let tcp_listener = match self.settings.transport {
             Transport::Udp => {
@@ -603,6 +622,7 @@ impl Server {
                         self.on_flow_events();
                     }
                 }
+                Some(cmd) = commands.recv() => self.on_command(cmd),
                 _ = tick.tick() => {
                     self.on_tick();
                     if last_gc.elapsed() > Duration::from_secs(10) {
@@ -935,6 +955,46 @@ impl Server {
         }
         if let Err(e) = self.tun.get_ref().send(plain) {
             debug!(error = %e, "TUN write");
+        }
+    }
+
+    fn on_command(&mut self, cmd: ServerCommand) {
+        match cmd {
+            ServerCommand::ReplacePolicy(mut policy) => {
+                // Keep the routes to each target network's own subnet.
+                for t in &self.settings.targets {
+                    if let Some(net) = crate::dataplane::interface_ipv4_network(&t.interface) {
+                        if !policy.routes.iter().any(|r| r.destination == net) {
+                            policy.routes.push(crate::dataplane::policy::Route { destination: net, target: t.id });
+                        }
+                    }
+                }
+                let started = Instant::now();
+                match self.dataplane.replace_policy(policy) {
+                    Ok(()) => info!(took = ?started.elapsed(), "policy replaced; running sessions kept"),
+                    Err(e) => warn!(error = %e, "policy not replaced; the previous one stays in force"),
+                }
+            }
+            ServerCommand::Terminate { connection_ids, usernames } => {
+                let ids: Vec<u64> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| {
+                        connection_ids.contains(&c.log.connection_id)
+                            || c.log.username.as_ref().is_some_and(|u| usernames.contains(u))
+                            || usernames.contains(&c.common_name)
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in ids {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        // Tell the client, then forget it: its packets are dropped from now on.
+                        c.session.send_control("RESTART");
+                    }
+                    self.flush(id);
+                    self.disconnect(id, "terminated");
+                }
+            }
         }
     }
 

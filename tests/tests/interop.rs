@@ -412,3 +412,90 @@ fn a_silent_client_is_dropped_after_the_keepalive_timeout() {
     println!("dead peer dropped after {:?}", started.elapsed());
     assert!(started.elapsed() >= Duration::from_secs(3), "dropped before 2 x ping_restart");
 }
+
+/// UDP request/response loop from a namespace: send times of every request and the
+/// requests answered.
+fn echo_loop(target: (Ipv4Addr, u16), run_for: Duration) -> Result<Vec<(std::time::Instant, bool)>> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    s.connect(target)?;
+    s.set_nonblocking(true)?;
+    let mut sent = Vec::new();
+    let mut answered = std::collections::HashSet::new();
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    while start.elapsed() < run_for {
+        let seq = sent.len() as u64;
+        let _ = s.send(&seq.to_be_bytes());
+        sent.push(std::time::Instant::now());
+        let until = std::time::Instant::now() + Duration::from_millis(3);
+        while std::time::Instant::now() < until {
+            match s.recv(&mut buf) {
+                Ok(8) => {
+                    answered.insert(u64::from_be_bytes(buf[..8].try_into().unwrap_or([0; 8])));
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    }
+    Ok(sent.into_iter().enumerate().map(|(i, t)| (t, answered.contains(&(i as u64)))).collect())
+}
+
+#[test]
+fn sighup_revokes_a_rule_live_within_100ms_and_spares_other_sessions() {
+    require_root();
+    let mut net = EndpointNet::new(2).unwrap();
+    let both = "[[target_network]]\ninterface = \"tgt0\"\n\n\
+                [[authorization_rule]]\ndestination = \"10.88.0.0/24\"\ngroup = \"engineering\"\n\n\
+                [[authorization_rule]]\ndestination = \"10.88.0.0/24\"\ngroup = \"finance\"\n";
+    let cfg = net.write_config(&endpoint("udp", 443), both).unwrap();
+    let mut daemon = Daemon::start(&net.gateway, &cfg).unwrap();
+    let mut clients = Vec::new();
+    for (i, (user, group)) in [("alice", "engineering"), ("bob", "finance")].into_iter().enumerate() {
+        let pem = net.ca.client(user, &[group]).unwrap();
+        let mut p = profile(&net, pem, "udp", 443, ALL_CIPHERS);
+        p.remote = EndpointNet::server_addr(i);
+        let mut c = OpenVpnClient::start(&net.clients[i], &p, &net.dir.0, user).unwrap();
+        c.wait_connected(Duration::from_secs(20)).unwrap();
+        clients.push(c);
+    }
+    // A UDP echo server on the private host.
+    let echo = net.private.run(|| Ok(std::net::UdpSocket::bind((PRIVATE, 7007))?)).unwrap();
+    echo.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let echo_thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((n, peer)) = echo.recv_from(&mut buf) {
+                let _ = echo.send_to(&buf[..n], peer);
+            }
+        }
+    });
+    let run_for = Duration::from_millis(2500);
+    let alice = net.clients[0].spawn(move || echo_loop((PRIVATE, 7007), run_for));
+    let bob = net.clients[1].spawn(move || echo_loop((PRIVATE, 7007), run_for));
+    std::thread::sleep(Duration::from_millis(800));
+    // Engineering loses its rule: rewrite the file, SIGHUP.
+    let only_finance = both.replace("[[authorization_rule]]\ndestination = \"10.88.0.0/24\"\ngroup = \"engineering\"\n\n", "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(both, &only_finance);
+    std::fs::write(&cfg, text).unwrap();
+    let hup = std::time::Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    let alice = alice.join().unwrap().unwrap();
+    let bob = bob.join().unwrap().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    echo_thread.join().unwrap();
+    daemon.wait_for("policy replaced", Duration::from_secs(2)).unwrap();
+
+    let before = alice.iter().filter(|(t, ok)| *ok && *t < hup).count();
+    assert!(before > 50, "alice's flow must run before the revoke ({before} answers)");
+    let last_ok = alice.iter().filter(|(_, ok)| *ok).map(|(t, _)| *t).max().unwrap();
+    let after = last_ok.saturating_duration_since(hup);
+    println!("alice's last answered request was sent {after:?} after SIGHUP");
+    assert!(after < Duration::from_millis(100), "the revoke took effect only {after:?} after SIGHUP");
+    let bob_after: Vec<_> = bob.iter().filter(|(t, _)| *t > hup + Duration::from_millis(200)).collect();
+    let bob_ok = bob_after.iter().filter(|(_, ok)| *ok).count();
+    assert!(bob_after.len() > 50 && bob_ok * 10 >= bob_after.len() * 9, "bob's flow must continue: {bob_ok} of {}", bob_after.len());
+    assert!(!daemon.log().iter().any(|l| l.contains("session ended")), "no session may be reset");
+}
