@@ -16,6 +16,7 @@
 //! key_derivation = "tls-ekm"      # default; "tls-prf" forces OpenVPN's legacy TLS-PRF
 //! ping = 10                       # keepalive: seconds between pings on an idle tunnel
 //! ping_restart = 60               # seconds of silence before a client restarts (server: 2x)
+//! reneg_sec = 3600                # server-initiated key renegotiation; 0 = off
 //!
 //! [[target_network]]
 //! interface = "eth1"              # a gateway-host interface traffic leaves through
@@ -201,6 +202,9 @@ pub struct EndpointConfig {
     /// long before it drops the client, as OpenVPN's `keepalive` does).
     pub ping: u32,
     pub ping_restart: u32,
+    /// Seconds after which the server renegotiates a session's data keys (OpenVPN's
+    /// `reneg-sec`, default 3600); 0 leaves it to the clients.
+    pub reneg_sec: u32,
     /// Target networks, in file order (interfaces unique).
     pub target_networks: Vec<TargetNetwork>,
     /// Routes, in file order (destinations unique).
@@ -252,6 +256,7 @@ struct RawEndpoint {
     key_derivation: Option<String>,
     ping: Option<i64>,
     ping_restart: Option<i64>,
+    reneg_sec: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -293,6 +298,7 @@ const ENDPOINT_KEYS: &[(&str, bool)] = &[
     ("key_derivation", false),
     ("ping", false),
     ("ping_restart", false),
+    ("reneg_sec", false),
 ];
 const TARGET_NETWORK_KEYS: &[(&str, bool)] = &[("interface", true), ("snat_address", false)];
 const ROUTE_KEYS: &[(&str, bool)] = &[("destination", true), ("target", true)];
@@ -665,6 +671,14 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
         ));
     }
     let (ping, ping_restart) = (ping as u32, ping_restart as u32);
+    let reneg_sec = e.reneg_sec.unwrap_or(3600);
+    if !(0..=7 * 86400).contains(&reneg_sec) {
+        return Err(invalid(
+            "[endpoint] reneg_sec".to_string(),
+            format!("{reneg_sec} is out of range: seconds between key renegotiations, 0 (off) to 604800"),
+        ));
+    }
+    let reneg_sec = reneg_sec as u32;
 
     Ok(EndpointConfig {
         client_cidr,
@@ -680,6 +694,7 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
         key_derivation,
         ping,
         ping_restart,
+        reneg_sec,
         target_networks,
         routes,
         authorization_rules,

@@ -97,6 +97,7 @@ fn serve(path: &std::path::Path, tun_name: String, data_dir: std::path::PathBuf,
         log_options: gateway::connlog::LogOptions { stdout: log_stdout, ..Default::default() },
         ping: cfg.ping,
         ping_restart: cfg.ping_restart,
+        reneg_after: (cfg.reneg_sec > 0).then(|| std::time::Duration::from_secs(cfg.reneg_sec.into())),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -75,6 +75,9 @@ pub struct ServerSettings {
     /// Seconds between keepalive pings, and of silence before a client is dropped.
     pub ping: u32,
     pub ping_restart: u32,
+    /// Renegotiate each session's keys after this long (server-initiated soft reset);
+    /// `None`: only when the client asks or packet ids run out.
+    pub reneg_after: Option<Duration>,
 }
 
 impl ServerSettings {
@@ -360,6 +363,10 @@ struct Conn {
     log: crate::connlog::ConnectionInfo,
     logged_attempt: bool,
     last_rx: Instant,
+    /// When the current data keys were installed, and whether we started a renegotiation
+    /// that has not finished.
+    keys_at: Instant,
+    rekey_pending: bool,
     pushed: bool,
     push_messages: Vec<String>,
 }
@@ -744,6 +751,8 @@ impl Server {
             ),
             logged_attempt: false,
             last_rx: now,
+            keys_at: now,
+            rekey_pending: false,
             pushed: false,
             push_messages: Vec::new(),
         };
@@ -835,6 +844,8 @@ impl Server {
                     let cipher = c.cipher.unwrap_or(Cipher::Aes256Gcm);
                     match DataChannel::from_ekm(&material, cipher, Role::Server, key_id.get(), c.peer_id) {
                         Ok(dc) => {
+                            c.keys_at = Instant::now();
+                            c.rekey_pending = false;
                             let (sealer, opener) = dc.split();
                             c.data.retain(|d| d.key_id() != key_id.get());
                             c.data.push(opener);
@@ -860,6 +871,7 @@ impl Server {
                     }
                 }
                 Event::RenegotiationFailed { key_id, reason } => {
+                    c.rekey_pending = false;
                     warn!(conn = id, key_id = key_id.get(), %reason, "renegotiation failed; keeping the current keys");
                 }
                 Event::Control(text) => {
@@ -1028,12 +1040,17 @@ impl Server {
                 self.disconnect(id, "keepalive-timeout");
                 continue;
             }
-            // Packet ids of the current key running out: renegotiate from our side.
+            // Renegotiate from our side: keys old enough, or packet ids running out.
             let exhausted = c.data.last().is_some_and(|d| d.needs_renegotiation())
                 || c.tx.as_ref().is_some_and(|t| lock(t).sealer.needs_renegotiation());
-            if exhausted && c.session.active_key().is_some() && c.data.len() < 2 {
+            let aged = self.settings.reneg_after.is_some_and(|a| now.duration_since(c.keys_at) > a);
+            if (exhausted || aged) && !c.rekey_pending && !c.data.is_empty() && c.session.active_key().is_some() {
                 match c.session.start_renegotiation(now) {
-                    Ok(k) => info!(conn = id, key_id = k.get(), "starting renegotiation (packet ids running out)"),
+                    Ok(k) => {
+                        c.rekey_pending = true;
+                        let why = if exhausted { "packet ids running out" } else { "key lifetime reached" };
+                        info!(conn = id, key_id = k.get(), reason = why, "starting renegotiation");
+                    }
                     Err(e) => warn!(conn = id, error = %e, "cannot start renegotiation"),
                 }
             }

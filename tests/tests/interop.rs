@@ -499,3 +499,20 @@ fn sighup_revokes_a_rule_live_within_100ms_and_spares_other_sessions() {
     assert!(bob_after.len() > 50 && bob_ok * 10 >= bob_after.len() * 9, "bob's flow must continue: {bob_ok} of {}", bob_after.len());
     assert!(!daemon.log().iter().any(|l| l.contains("session ended")), "no session may be reset");
 }
+
+#[test]
+fn server_initiated_renegotiation_keeps_traffic_flowing() {
+    let keys = format!("{}reneg_sec = 2\n", endpoint("udp", 443));
+    let (net, daemon, _client) = connected_with(&keys, false, &[]);
+    let out = net.clients[0]
+        .command("ping")
+        .args(["-q", "-c", "140", "-i", "0.05", "-W", "1", "10.88.0.10"])
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).to_string();
+    let log = daemon.log();
+    let started = log.iter().filter(|l| l.contains("key lifetime reached")).count();
+    let done = log.iter().filter(|l| l.contains("renegotiated")).count();
+    assert!(started >= 2 && done >= 2, "the server must renegotiate every 2 s: started {started}, finished {done}\n{}", log.join("\n"));
+    assert!(http::ping_received(&summary) >= 136, "traffic stalled during renegotiation: {summary}");
+}
