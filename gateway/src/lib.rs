@@ -1,5 +1,7 @@
 //! cvpn: a self-hosted Client VPN gateway. One module per concern:
 //!
+//! * [`api`]: the management API (HTTP/JSON on a Unix socket, or TCP + TLS + bearer token).
+//! * [`cli`]: the `cvpn` resource commands (`endpoint`, `network`, `route`, ...), the API's client.
 //! * [`config`]: the configuration file of `cvpn serve --config FILE` (TOML, validated).
 //! * [`connlog`]: the connection log and flow log (JSON lines, AWS field names), size-rotated.
 //! * [`datachannel`]: the OpenVPN data channel's AEAD seal/open and replay window, sans-IO.
@@ -9,6 +11,8 @@
 //! * [`server`]: the endpoint daemon's event loop: sockets, TUN, timers (moves bytes only).
 //! * [`storage`]: the control plane's resources (AWS Client VPN model) in embedded SQLite.
 //! * [`tun`]: TUN devices (the path between the data channel and the kernel data plane).
+pub mod api;
+pub mod cli;
 pub mod config;
 pub mod connlog;
 pub mod datachannel;

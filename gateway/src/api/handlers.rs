@@ -1,0 +1,495 @@
+//! The route handlers: parse, call the store on the blocking pool, send the control events,
+//! answer.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::types::*;
+use super::{
+    from_object, profile, with_endpoint, ApiState, Body, ControlEvent, EndpointChange, PathParams,
+    QueryParams, Rejection, INVALID_ACTION, OPENAPI_JSON,
+};
+use crate::storage::{
+    ApiError, AssociateTargetNetworkRequest, AuthorizeRequest, ConnectionFilter, ConnectionStatus,
+    CreateEndpointRequest, CreateRouteRequest, DeleteRouteRequest, EndpointStatus,
+    ModifyEndpointRequest, RevokeRequest, TerminateTarget,
+};
+
+type S = State<Arc<ApiState>>;
+type Answer = Result<Response, Rejection>;
+
+fn ok<T: serde::Serialize>(v: T) -> Answer {
+    Ok(Json(v).into_response())
+}
+
+fn created<T: serde::Serialize>(v: T) -> Answer {
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+fn policy_changed(state: &ApiState, endpoint_id: &str) {
+    state.emit(ControlEvent::PolicyChanged {
+        endpoint_id: endpoint_id.to_string(),
+    });
+}
+
+fn terminate(state: &ApiState, endpoint_id: &str, ids: Vec<String>) {
+    if !ids.is_empty() {
+        state.emit(ControlEvent::Terminate {
+            endpoint_id: endpoint_id.to_string(),
+            connection_ids: ids,
+        });
+    }
+}
+
+fn status_changed(
+    state: &ApiState,
+    endpoint_id: &str,
+    before: EndpointStatus,
+    after: EndpointStatus,
+) {
+    if before != after {
+        state.emit(ControlEvent::EndpointChanged {
+            endpoint_id: endpoint_id.to_string(),
+            change: EndpointChange::Status { status: after },
+        });
+    }
+}
+
+// ---- misc ---------------------------------------------------------------------------------------
+
+pub(super) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+pub(super) async fn unknown_path(uri: Uri) -> Response {
+    super::error_response(
+        StatusCode::NOT_FOUND,
+        INVALID_ACTION,
+        format!("no operation at {}; see GET /v1/openapi.json", uri.path()),
+    )
+}
+
+pub(super) async fn wrong_method(method: axum::http::Method, uri: Uri) -> Response {
+    super::error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        INVALID_ACTION,
+        format!(
+            "{} {} is not an operation; see GET /v1/openapi.json",
+            method,
+            uri.path()
+        ),
+    )
+}
+
+// ---- endpoints ----------------------------------------------------------------------------------
+
+pub(super) async fn create_endpoint(State(state): S, q: QueryParams, body: Body) -> Answer {
+    q.finish(&[])?;
+    let req: CreateEndpointRequest = body.parse()?;
+    let ep = state.blocking(move |s| s.create_endpoint(&req)).await?;
+    state.emit(ControlEvent::EndpointChanged {
+        endpoint_id: ep.client_vpn_endpoint_id.clone(),
+        change: EndpointChange::Created,
+    });
+    created(ep)
+}
+
+pub(super) async fn describe_endpoints(State(state): S, mut q: QueryParams) -> Answer {
+    const IDS: &str = "client-vpn-endpoint-ids";
+    let ids = q.take_list(IDS);
+    q.finish(&[IDS])?;
+    let list = state.blocking(move |s| s.describe_endpoints(&ids)).await?;
+    ok(EndpointList {
+        client_vpn_endpoints: list,
+    })
+}
+
+pub(super) async fn describe_endpoint(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+) -> Answer {
+    q.finish(&[])?;
+    ok(state.blocking(move |s| s.describe_endpoint(&id)).await?)
+}
+
+pub(super) async fn modify_endpoint(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+    body: Body,
+) -> Answer {
+    q.finish(&[])?;
+    let req: ModifyEndpointRequest = body.parse()?;
+    let id2 = id.clone();
+    let res = state
+        .blocking(move |s| s.modify_endpoint(&id2, &req))
+        .await?;
+    if !res.changed.is_empty() {
+        state.emit(ControlEvent::EndpointChanged {
+            endpoint_id: id,
+            change: EndpointChange::Modified {
+                fields: res.changed.clone(),
+            },
+        });
+    }
+    ok(res)
+}
+
+pub(super) async fn delete_endpoint(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+) -> Answer {
+    q.finish(&[])?;
+    let id2 = id.clone();
+    let res = state.blocking(move |s| s.delete_endpoint(&id2)).await?;
+    terminate(&state, &id, res.terminate_connections.clone());
+    state.emit(ControlEvent::EndpointChanged {
+        endpoint_id: id,
+        change: EndpointChange::Deleting,
+    });
+    ok(res)
+}
+
+// ---- target networks ----------------------------------------------------------------------------
+
+pub(super) async fn associate(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+    body: Body,
+) -> Answer {
+    q.finish(&[])?;
+    let req: AssociateTargetNetworkRequest = body.parse_for_endpoint(&id)?;
+    let id2 = id.clone();
+    let (before, res) = state
+        .blocking(move |s| {
+            let before = s.describe_endpoint(&id2)?.status;
+            Ok((before, s.associate_target_network(&req)?))
+        })
+        .await?;
+    policy_changed(&state, &id);
+    status_changed(&state, &id, before, res.endpoint_status);
+    created(res)
+}
+
+pub(super) async fn describe_target_networks(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    mut q: QueryParams,
+) -> Answer {
+    const IDS: &str = "association-ids";
+    let ids = q.take_list(IDS);
+    q.finish(&[IDS])?;
+    let list = state
+        .blocking(move |s| s.describe_target_networks(&id, &ids))
+        .await?;
+    ok(TargetNetworkList {
+        client_vpn_target_networks: list,
+    })
+}
+
+pub(super) async fn disassociate(
+    State(state): S,
+    PathParams((id, association_id)): PathParams<(String, String)>,
+    q: QueryParams,
+) -> Answer {
+    q.finish(&[])?;
+    let id2 = id.clone();
+    let (before, res) = state
+        .blocking(move |s| {
+            let before = s.describe_endpoint(&id2)?.status;
+            Ok((
+                before,
+                s.disassociate_target_network(&id2, &association_id)?,
+            ))
+        })
+        .await?;
+    terminate(&state, &id, res.terminate_connections.clone());
+    policy_changed(&state, &id);
+    status_changed(&state, &id, before, res.endpoint_status);
+    ok(res)
+}
+
+// ---- routes -------------------------------------------------------------------------------------
+
+pub(super) async fn create_route(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+    body: Body,
+) -> Answer {
+    q.finish(&[])?;
+    let req: CreateRouteRequest = body.parse_for_endpoint(&id)?;
+    let route = state.blocking(move |s| s.create_route(&req)).await?;
+    policy_changed(&state, &id);
+    created(route)
+}
+
+pub(super) async fn describe_routes(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+) -> Answer {
+    q.finish(&[])?;
+    let routes = state.blocking(move |s| s.describe_routes(&id)).await?;
+    ok(RouteList { routes })
+}
+
+/// A request given either as a JSON body or as query parameters (for `DELETE`, whose body
+/// some clients cannot send), with the endpoint id from the path.
+fn body_or_query<T: serde::de::DeserializeOwned>(
+    id: &str,
+    q: QueryParams,
+    body: &Body,
+) -> Result<T, ApiError> {
+    if body.is_empty() {
+        from_object(with_endpoint(q.into_object()?, id)?)
+    } else if !q.is_empty() {
+        Err(ApiError::combination(
+            "give the parameters either in the JSON body or in the query, not both",
+        ))
+    } else {
+        body.parse_for_endpoint(id)
+    }
+}
+
+pub(super) async fn delete_route(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+    body: Body,
+) -> Answer {
+    let req: DeleteRouteRequest = body_or_query(&id, q, &body)?;
+    let route = state.blocking(move |s| s.delete_route(&req)).await?;
+    policy_changed(&state, &id);
+    ok(route)
+}
+
+// ---- authorization rules ------------------------------------------------------------------------
+
+pub(super) async fn authorize(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+    body: Body,
+) -> Answer {
+    q.finish(&[])?;
+    let req: AuthorizeRequest = body.parse_for_endpoint(&id)?;
+    let rule = state.blocking(move |s| s.authorize_rule(&req)).await?;
+    policy_changed(&state, &id);
+    created(rule)
+}
+
+pub(super) async fn describe_rules(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+) -> Answer {
+    q.finish(&[])?;
+    let rules = state.blocking(move |s| s.describe_rules(&id)).await?;
+    ok(AuthorizationRuleList {
+        authorization_rules: rules,
+    })
+}
+
+pub(super) async fn revoke(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+    body: Body,
+) -> Answer {
+    let req: RevokeRequest = body_or_query(&id, q, &body)?;
+    let rule = state.blocking(move |s| s.revoke_rule(&req)).await?;
+    policy_changed(&state, &id);
+    ok(rule)
+}
+
+// ---- connections --------------------------------------------------------------------------------
+
+pub(super) async fn describe_connections(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    mut q: QueryParams,
+) -> Answer {
+    const ALLOWED: [&str; 3] = ["connection-id", "username", "status"];
+    let connection_id = q.take("connection-id")?;
+    let username = q.take("username")?;
+    let status = match q.take("status")? {
+        None => None,
+        Some(s) => Some(ConnectionStatus::parse(&s).ok_or_else(|| {
+            ApiError::invalid(
+                "status",
+                format!(
+                    "{s:?} is not a connection status; expected one of {}",
+                    ConnectionStatus::ALL
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?),
+    };
+    q.finish(&ALLOWED)?;
+    let filter = ConnectionFilter {
+        client_vpn_endpoint_id: Some(id),
+        connection_id,
+        username,
+        status,
+    };
+    let connections = state
+        .blocking(move |s| s.describe_connections(&filter))
+        .await?;
+    ok(ConnectionList { connections })
+}
+
+pub(super) async fn terminate_connections(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+    body: Body,
+) -> Answer {
+    q.finish(&[])?;
+    let req: TerminateRequest = body.parse_for_endpoint(&id)?;
+    let target = match (req.connection_id, req.username) {
+        (Some(_), Some(_)) => {
+            return Err(
+                ApiError::combination("give either connection-id or username, not both").into(),
+            )
+        }
+        (None, None) => {
+            return Err(ApiError::missing("connection-id", "give connection-id or username").into())
+        }
+        (Some(c), None) => TerminateTarget::ConnectionId(c),
+        (None, Some(u)) => TerminateTarget::Username(u),
+    };
+    let username = match &target {
+        TerminateTarget::Username(u) => Some(u.clone()),
+        TerminateTarget::ConnectionId(_) => None,
+    };
+    let id2 = id.clone();
+    let statuses = state
+        .blocking(move |s| s.terminate_connections(&id2, &target))
+        .await?;
+    terminate(
+        &state,
+        &id,
+        statuses.iter().map(|c| c.connection_id.clone()).collect(),
+    );
+    ok(TerminateResult {
+        client_vpn_endpoint_id: id,
+        username,
+        connection_statuses: statuses,
+    })
+}
+
+// ---- client configuration -----------------------------------------------------------------------
+
+/// True when the client asked for JSON rather than the profile text.
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|m| {
+            m.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .any(|m| m == "application/json")
+}
+
+pub(super) async fn export_client_config(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    mut q: QueryParams,
+    headers: HeaderMap,
+) -> Answer {
+    const HOST: &str = "remote-host";
+    let host = q.take(HOST)?;
+    q.finish(&[HOST])?;
+    let host = match host.or_else(|| state.settings.remote_host.clone()) {
+        Some(h) => profile::remote_host_param(&h)?,
+        None => {
+            return Err(ApiError::missing(
+                HOST,
+                "the daemon has no public host name configured; give ?remote-host=HOST (the \
+                 name or address clients connect to)",
+            )
+            .into())
+        }
+    };
+    let ciphers = state.settings.data_ciphers.clone();
+    let id2 = id.clone();
+    let text = state
+        .blocking(move |s| {
+            let ep = s.describe_endpoint(&id2)?;
+            if matches!(
+                ep.status,
+                EndpointStatus::Deleting | EndpointStatus::Deleted
+            ) {
+                return Err(ApiError::incorrect_state(format!(
+                    "endpoint {id2} is {}; it has no client configuration",
+                    ep.status
+                )));
+            }
+            profile::render_client_profile(&ep, &host, &ciphers)
+        })
+        .await?;
+    if wants_json(&headers) {
+        return ok(ClientConfigExport {
+            client_vpn_endpoint_id: id,
+            client_configuration: text,
+        });
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+// ---- CRL ----------------------------------------------------------------------------------------
+
+pub(super) async fn import_crl(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+    body: Body,
+) -> Answer {
+    q.finish(&[])?;
+    let pem = if body.json {
+        body.parse_for_endpoint::<CrlImportRequest>(&id)?
+            .certificate_revocation_list
+    } else {
+        String::from_utf8(body.bytes.to_vec()).map_err(|_| {
+            ApiError::invalid("certificate-revocation-list", "the PEM text is not UTF-8")
+        })?
+    };
+    let id2 = id.clone();
+    let summary = state.blocking(move |s| s.import_crl(&id2, &pem)).await?;
+    state.emit(ControlEvent::CrlChanged {
+        endpoint_id: id,
+        revoked_serials: summary.revoked_serials.clone(),
+    });
+    ok(summary)
+}
+
+pub(super) async fn export_crl(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+) -> Answer {
+    q.finish(&[])?;
+    let id2 = id.clone();
+    let crl = state.blocking(move |s| s.export_crl(&id2)).await?;
+    ok(CrlExport {
+        client_vpn_endpoint_id: id,
+        certificate_revocation_list: crl,
+    })
+}

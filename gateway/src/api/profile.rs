@@ -1,0 +1,154 @@
+//! The exported client configuration: a plain OpenVPN profile (DESIGN.md §2).
+
+use crate::storage::{validate, ApiError, Endpoint, TransportProtocol};
+
+/// What a client profile is made of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientProfile {
+    /// Host name or address clients connect to.
+    pub remote_host: String,
+    /// The endpoint's port.
+    pub port: u16,
+    /// The endpoint's transport.
+    pub transport: TransportProtocol,
+    /// `data-ciphers`, best first; the first is also written as `cipher` for OpenVPN 2.4
+    /// clients, which do not read `data-ciphers`.
+    pub data_ciphers: Vec<String>,
+    /// The CA certificates that verify the server (PEM).
+    pub ca_pem: String,
+}
+
+impl ClientProfile {
+    /// The profile of `endpoint` reached at `remote_host` (checked: a host name or an address,
+    /// nothing that could smuggle another directive into the profile).
+    pub fn for_endpoint(
+        endpoint: &Endpoint,
+        remote_host: &str,
+        data_ciphers: &[String],
+    ) -> Result<ClientProfile, ApiError> {
+        Ok(ClientProfile {
+            remote_host: remote_host_param(remote_host)?,
+            port: endpoint.vpn_port,
+            transport: endpoint.transport_protocol,
+            data_ciphers: data_ciphers.to_vec(),
+            ca_pem: server_ca_pem(endpoint)?,
+        })
+    }
+
+    /// The profile text.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s.push_str("client\ndev tun\n");
+        s.push_str(&format!("proto {}\n", self.transport.as_str()));
+        s.push_str(&format!("remote {} {}\n", self.remote_host, self.port));
+        s.push_str("remote-cert-tls server\nnobind\nresolv-retry infinite\n");
+        if !self.data_ciphers.is_empty() {
+            s.push_str(&format!("data-ciphers {}\n", self.data_ciphers.join(":")));
+            s.push_str(&format!("cipher {}\n", self.data_ciphers[0]));
+        }
+        s.push_str("verb 3\n");
+        s.push_str("<ca>\n");
+        s.push_str(self.ca_pem.trim_end());
+        s.push_str("\n</ca>\n");
+        s
+    }
+}
+
+/// The OpenVPN client profile of `endpoint` reached at `remote_host`.
+pub fn render_client_profile(
+    endpoint: &Endpoint,
+    remote_host: &str,
+    data_ciphers: &[String],
+) -> Result<String, ApiError> {
+    Ok(ClientProfile::for_endpoint(endpoint, remote_host, data_ciphers)?.render())
+}
+
+/// Checks a remote host: 1..=253 characters of letters, digits, `.`, `-`, `_`, `:` (IPv6).
+pub(crate) fn remote_host_param(s: &str) -> Result<String, ApiError> {
+    const FIELD: &str = "remote-host";
+    if s.is_empty() || s.len() > 253 {
+        return Err(ApiError::invalid(FIELD, "must be 1 to 253 characters"));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')))
+    {
+        return Err(ApiError::invalid(
+            FIELD,
+            format!("{s:?} is not a host name or an IP address (character {c:?})"),
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// One PEM certificate block of a bundle: its text and its parsed names.
+struct Block {
+    text: String,
+    subject: Vec<u8>,
+    issuer: Vec<u8>,
+}
+
+/// Splits a PEM bundle into its certificate blocks.
+fn blocks(field: &str, pem: &str) -> Result<Vec<Block>, ApiError> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find(BEGIN) {
+        let after = &rest[start..];
+        let Some(end) = after.find(END) else { break };
+        let text = &after[..end + END.len()];
+        let der = validate::certificates(field, text)?;
+        let Some(der) = der.first() else { break };
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| ApiError::invalid(field, format!("unreadable certificate: {e}")))?;
+        out.push(Block {
+            text: text.to_string(),
+            subject: cert.subject().as_raw().to_vec(),
+            issuer: cert.issuer().as_raw().to_vec(),
+        });
+        rest = &after[end + END.len()..];
+    }
+    Ok(out)
+}
+
+/// The CA certificates a client needs to verify the endpoint's server certificate: the chain
+/// after the leaf, completed with the certificate that issued its last element when the
+/// client CA bundle holds it (the usual setup: one CA issues server and client certificates);
+/// a self-signed server certificate is its own CA.
+fn server_ca_pem(endpoint: &Endpoint) -> Result<String, ApiError> {
+    let chain = blocks("server-certificate", &endpoint.server_certificate)?;
+    let Some((leaf, rest)) = chain.split_first() else {
+        return Err(ApiError::internal(format!(
+            "endpoint {} has no server certificate",
+            endpoint.client_vpn_endpoint_id
+        )));
+    };
+    let mut ca: Vec<&Block> = rest.iter().collect();
+    let last = ca.last().copied().unwrap_or(leaf);
+    let client_ca = blocks(
+        "client-root-certificate-chain",
+        endpoint.client_ca().unwrap_or(""),
+    )?;
+    if last.subject == last.issuer {
+        if ca.is_empty() {
+            ca.push(leaf);
+        }
+    } else if let Some(issuer) = client_ca.iter().find(|b| b.subject == last.issuer) {
+        ca.push(issuer);
+    }
+    if ca.is_empty() {
+        return Err(ApiError::incorrect_state(format!(
+            "endpoint {}: neither the server certificate chain nor the client CA bundle holds \
+             the CA that issued the server certificate, so no client profile can verify the \
+             server; modify the endpoint with a server certificate chain that includes its CA",
+            endpoint.client_vpn_endpoint_id
+        )));
+    }
+    Ok(ca
+        .iter()
+        .map(|b| b.text.trim_end())
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n")
+}
