@@ -78,3 +78,17 @@ pub fn ping_received(summary: &str) -> u32 {
         .find_map(|p| p.trim().strip_suffix(" received").and_then(|n| n.trim().parse().ok()))
         .unwrap_or(0)
 }
+
+/// Starts `ping -q -c <count> -i 0.05 -W 1 <host>` inside `ns`; the handle yields its summary
+/// (see [`ping_received`]).
+pub fn spawn_ping(ns: &crate::Netns, host: Ipv4Addr, count: u32) -> Result<std::thread::JoinHandle<String>> {
+    let child = ns
+        .command("ping")
+        .args(["-q", "-c", &count.to_string(), "-i", "0.05", "-W", "1", &host.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting ping")?;
+    Ok(std::thread::spawn(move || {
+        child.wait_with_output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default()
+    }))
+}

@@ -187,13 +187,7 @@ fn connected(client_extra: &[&str]) -> (EndpointNet, Daemon, OpenVpnClient) {
 fn renegotiation_every_few_seconds_does_not_stall_traffic() {
     let (net, daemon, client) = connected(&["reneg-sec 2"]);
     // 9 s of traffic: pings every 50 ms and an HTTP request every 100 ms.
-    let pinger = net.clients[0]
-        .command("ping")
-        .args(["-q", "-c", "180", "-i", "0.05", "-W", "1", "10.88.0.10"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pinger = std::thread::spawn(move || pinger.wait_with_output().unwrap());
+    let pinger = http::spawn_ping(&net.clients[0], PRIVATE, 180).unwrap();
     let requests = net.clients[0].run(|| {
         let mut failures = 0;
         for _ in 0..40 {
@@ -205,8 +199,7 @@ fn renegotiation_every_few_seconds_does_not_stall_traffic() {
         }
         Ok(failures)
     });
-    let out = pinger.join().unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout).to_string();
+    let summary = pinger.join().unwrap();
     let renegs = daemon.log().iter().filter(|l| l.contains("renegotiated")).count();
     assert!(
         renegs >= 2,
@@ -293,13 +286,7 @@ fn fifty_clients_at_once_each_reach_the_private_host() {
 #[test]
 fn garbage_truncated_and_replayed_packets_disturb_nobody() {
     let (net, mut daemon, _client) = connected(&[]);
-    let pinger = net.clients[0]
-        .command("ping")
-        .args(["-q", "-c", "60", "-i", "0.05", "-W", "1", "10.88.0.10"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pinger = std::thread::spawn(move || pinger.wait_with_output().unwrap());
+    let pinger = http::spawn_ping(&net.clients[0], PRIVATE, 60).unwrap();
     // From the client's namespace, other sockets: random bytes, every opcode with truncated
     // bodies, data packets for the live peer id 0 with random ciphertext, and control packets
     // for sessions that do not exist.
@@ -338,8 +325,7 @@ fn garbage_truncated_and_replayed_packets_disturb_nobody() {
             Ok(sent)
         })
         .unwrap();
-    let out = pinger.join().unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout).to_string();
+    let summary = pinger.join().unwrap();
     let received = http::ping_received(&summary);
     assert!(sent > 2900, "sent {sent}");
     assert!(received >= 58, "the tunnel was disturbed by garbage: {summary}");
@@ -351,13 +337,7 @@ fn garbage_truncated_and_replayed_packets_disturb_nobody() {
 #[test]
 fn client_changing_address_keeps_its_session() {
     let (net, mut daemon, _client) = connected(&[]);
-    let pinger = net.clients[0]
-        .command("ping")
-        .args(["-q", "-c", "60", "-i", "0.05", "-W", "1", "10.88.0.10"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pinger = std::thread::spawn(move || pinger.wait_with_output().unwrap());
+    let pinger = http::spawn_ping(&net.clients[0], PRIVATE, 60).unwrap();
     std::thread::sleep(Duration::from_millis(800));
     // The client's NAT rebinds: from now on its packets leave from another address (a SNAT
     // rule in the client's namespace, applied once the old mapping is flushed).
@@ -368,8 +348,7 @@ fn client_changing_address_keeps_its_session() {
     };
     sh(&["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "c0", "-p", "udp", "--dport", "443", "-j", "SNAT", "--to-source", "10.99.0.3"]);
     sh(&["conntrack", "-F"]);
-    let out = pinger.join().unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout).to_string();
+    let summary = pinger.join().unwrap();
     daemon.wait_for("client address changed", Duration::from_secs(5)).unwrap();
     let received = http::ping_received(&summary);
     assert!(received >= 55, "the session must survive the address change: {summary}");
