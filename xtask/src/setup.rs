@@ -21,6 +21,7 @@ const PACKAGES: &[&str] = &[
     "iputils-ping",
     "ethtool",
     "conntrack",
+    "systemd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
