@@ -38,6 +38,7 @@
 //! Times are whole seconds (UTC) from the store's clock ([`StoreOptions::clock`], the system
 //! clock by default; tests substitute their own).
 
+pub mod apply;
 pub mod error;
 pub mod model;
 pub mod schema;
@@ -59,6 +60,7 @@ use crate::dataplane::TargetSpec;
 
 pub use error::{codes, ApiError};
 pub use model::*;
+pub use apply::{apply_endpoint_config, config_key, ApplyReport, APPLIED_TAG_KEY};
 
 /// The default data directory.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cvpn";

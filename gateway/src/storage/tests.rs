@@ -1786,3 +1786,261 @@ fn killed_writer_leaves_a_consistent_database() {
         total = rules;
     }
 }
+
+// ---- applying a configuration file (apply.rs) ---------------------------------------------------
+
+const APPLY_TOML: &str = r#"
+[endpoint]
+client_cidr = "10.2.0.0/22"
+server_cert = "server.crt"
+server_key = "server.key"
+client_ca = "ca.crt"
+split_tunnel = true
+dns_servers = ["10.88.0.2"]
+
+[[target_network]]
+interface = "eth1"
+
+[[target_network]]
+interface = "eth2"
+snat_address = "10.99.0.5"
+
+[[route]]
+destination = "10.88.0.0/24"
+target = "eth1"
+
+[[route]]
+destination = "10.77.0.0/16"
+target = "eth1"
+
+[[authorization_rule]]
+destination = "10.88.0.0/24"
+all_groups = true
+description = "everyone"
+
+[[authorization_rule]]
+destination = "10.77.0.0/16"
+group = "eng"
+"#;
+
+fn apply_cfg(text: &str) -> crate::config::EndpointConfig {
+    crate::config::EndpointConfig::from_toml_str(text).unwrap()
+}
+
+impl Fx {
+    fn apply(&self, text: &str, crl: Option<&str>) -> Result<ApplyReport, ApiError> {
+        apply_endpoint_config(
+            &self.store,
+            &apply_cfg(text),
+            &self.pki.server_cert,
+            &self.pki.server_key,
+            &self.pki.ca_pem,
+            crl,
+        )
+    }
+
+    /// Everything the store shows about every endpoint, to compare before and after.
+    fn snapshot(&self) -> String {
+        let mut out = String::new();
+        for ep in self.store.describe_endpoints(&[]).unwrap() {
+            let id = &ep.client_vpn_endpoint_id;
+            out += &format!("{ep:?}\n");
+            out += &format!(
+                "{:?}\n",
+                self.store.describe_target_networks(id, &[]).unwrap()
+            );
+            out += &format!("{:?}\n", self.store.describe_routes(id).unwrap());
+            out += &format!("{:?}\n", self.store.describe_rules(id).unwrap());
+            out += &format!("{:?}\n", self.store.endpoint_secrets(id).unwrap());
+        }
+        out
+    }
+}
+
+#[test]
+fn apply_is_idempotent() {
+    let fx = Fx::new();
+    let crl = fx.pki.crl(&[7]);
+    let first = fx.apply(APPLY_TOML, Some(&crl)).unwrap();
+    assert!(first.created && first.changed(), "{first:?}");
+    // created, 2 associations, 2 routes, 2 rules, CRL.
+    assert_eq!(first.changes.len(), 8, "{:#?}", first.changes);
+    assert_eq!(first.crl.as_ref().unwrap().entries, 1);
+    let eid = first.endpoint_id.clone();
+    let ep = fx.store.describe_endpoint(&eid).unwrap();
+    assert_eq!(ep.status, EndpointStatus::Available);
+    assert_eq!(ep.dns_servers, ["10.88.0.2".parse::<Ipv4Addr>().unwrap()]);
+    assert!(ep.split_tunnel);
+    assert_eq!(
+        ep.tags,
+        [Tag {
+            key: APPLIED_TAG_KEY.into(),
+            value: "10.2.0.0/22 udp".into()
+        }]
+    );
+    let tns = fx.store.describe_target_networks(&eid, &[]).unwrap();
+    assert_eq!(tns.len(), 2);
+    assert_eq!(tns[1].snat_address, Some("10.99.0.5".parse().unwrap()));
+
+    let before = fx.snapshot();
+    fx.advance(10);
+    let second = fx.apply(APPLY_TOML, Some(&crl)).unwrap();
+    assert!(!second.changed(), "{:#?}", second.changes);
+    assert!(!second.created && second.crl.is_none() && second.terminate_connections.is_empty());
+    assert_eq!(second.endpoint_id, eid);
+    assert_eq!(fx.snapshot(), before);
+
+    // The daemon learns eth1's subnet: an `associate` route appears; apply leaves it alone.
+    fx.store
+        .update_association_subnet(&tns[0].association_id, Some("10.55.0.0/24"))
+        .unwrap();
+    let before = fx.snapshot();
+    let third = fx.apply(APPLY_TOML, Some(&crl)).unwrap();
+    assert!(!third.changed(), "{:#?}", third.changes);
+    assert_eq!(fx.snapshot(), before);
+    // Likewise when the learnt subnet is a declared route's destination (the store replaced
+    // the add-route route by the associate route).
+    fx.store
+        .update_association_subnet(&tns[0].association_id, Some("10.88.0.0/24"))
+        .unwrap();
+    let before = fx.snapshot();
+    let fourth = fx.apply(APPLY_TOML, Some(&crl)).unwrap();
+    assert!(!fourth.changed(), "{:#?}", fourth.changes);
+    assert_eq!(fx.snapshot(), before);
+    // Without a CRL in the file, the stored one stays.
+    assert!(!fx.apply(APPLY_TOML, None).unwrap().changed());
+    assert_eq!(
+        fx.store.export_crl(&eid).unwrap().as_deref(),
+        Some(crl.as_str())
+    );
+}
+
+#[test]
+fn apply_makes_exactly_the_changes_of_a_modified_file() {
+    let fx = Fx::new();
+    let crl = fx.pki.crl(&[7]);
+    let eid = fx.apply(APPLY_TOML, Some(&crl)).unwrap().endpoint_id;
+    let modified = APPLY_TOML
+        .replace("\"10.88.0.2\"", "\"10.88.0.3\"")
+        .replace(
+            "destination = \"10.77.0.0/16\"\ntarget = \"eth1\"",
+            "destination = \"10.77.0.0/16\"\ntarget = \"eth2\"",
+        )
+        .replace(
+            "destination = \"10.77.0.0/16\"\ngroup = \"eng\"",
+            "destination = \"10.66.0.0/16\"\ngroup = \"ops\"",
+        );
+    let new_crl = fx.pki.crl(&[7, 8]);
+    let r = fx.apply(&modified, Some(&new_crl)).unwrap();
+    assert_eq!(r.endpoint_id, eid);
+    assert!(!r.created);
+    assert_eq!(
+        r.changes,
+        [
+            format!("modified endpoint {eid}: dns-servers"),
+            "deleted route 10.77.0.0/16 via eth1".to_string(),
+            "created route 10.77.0.0/16 via eth2".to_string(),
+            "revoked rule 10.77.0.0/16 for group \"eng\"".to_string(),
+            "authorized rule 10.66.0.0/16 for group \"ops\"".to_string(),
+            "imported CRL (2 revoked certificate(s))".to_string(),
+        ]
+    );
+    let ep = fx.store.describe_endpoint(&eid).unwrap();
+    assert_eq!(ep.dns_servers, ["10.88.0.3".parse::<Ipv4Addr>().unwrap()]);
+    let routes: Vec<(String, String)> = fx
+        .store
+        .describe_routes(&eid)
+        .unwrap()
+        .iter()
+        .map(|r| (r.destination_cidr.to_string(), r.target_subnet.clone()))
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            ("10.88.0.0/24".to_string(), "eth1".to_string()),
+            ("10.77.0.0/16".to_string(), "eth2".to_string())
+        ]
+    );
+    let rules: Vec<(String, Option<String>)> = fx
+        .store
+        .describe_rules(&eid)
+        .unwrap()
+        .iter()
+        .map(|r| (r.destination_cidr.to_string(), r.group_id.clone()))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("10.88.0.0/24".to_string(), None),
+            ("10.66.0.0/16".to_string(), Some("ops".to_string()))
+        ]
+    );
+    // And it is stable.
+    let before = fx.snapshot();
+    assert!(!fx.apply(&modified, Some(&new_crl)).unwrap().changed());
+    assert_eq!(fx.snapshot(), before);
+
+    // Dropping a target network disassociates it (its routes go with it); a changed SNAT
+    // address re-associates; a changed rule description re-authorizes.
+    let fewer = APPLY_TOML
+        .replace(
+            "[[target_network]]\ninterface = \"eth2\"\nsnat_address = \"10.99.0.5\"\n",
+            "",
+        )
+        .replace(
+            "[[target_network]]\ninterface = \"eth1\"\n",
+            "[[target_network]]\ninterface = \"eth1\"\nsnat_address = \"10.99.0.9\"\n",
+        )
+        .replace("\"everyone\"", "\"all staff\"");
+    let r = fx.apply(&fewer, None).unwrap();
+    assert_eq!(r.changes.len(), 10, "{:#?}", r.changes);
+    let live: Vec<TargetNetwork> = fx
+        .store
+        .describe_target_networks(&eid, &[])
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.status == AssociationStatus::Associated)
+        .collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].target_network_id, "eth1");
+    assert_eq!(live[0].snat_address, Some("10.99.0.9".parse().unwrap()));
+    assert_eq!(fx.store.describe_routes(&eid).unwrap().len(), 2);
+    assert!(!fx.apply(&fewer, None).unwrap().changed());
+}
+
+#[test]
+fn apply_with_another_client_cidr_declares_another_endpoint() {
+    let fx = Fx::new();
+    let old = fx.apply(APPLY_TOML, None).unwrap().endpoint_id;
+    let before = fx.store.describe_endpoint(&old).unwrap();
+    let moved = APPLY_TOML.replace("10.2.0.0/22", "10.4.0.0/22");
+    let r = fx.apply(&moved, None).unwrap();
+    assert!(r.created);
+    assert_ne!(r.endpoint_id, old);
+    assert_eq!(r.superseded, std::slice::from_ref(&old));
+    assert_eq!(fx.store.describe_endpoint(&old).unwrap(), before);
+    assert_eq!(
+        fx.store
+            .describe_endpoint(&r.endpoint_id)
+            .unwrap()
+            .client_cidr_block
+            .to_string(),
+        "10.4.0.0/22"
+    );
+    // Each file keeps finding its own endpoint.
+    assert!(!fx.apply(&moved, None).unwrap().changed());
+    assert_eq!(fx.apply(APPLY_TOML, None).unwrap().endpoint_id, old);
+
+    // The client CA is immutable: refused, nothing changed.
+    let snap = fx.snapshot();
+    let e = apply_endpoint_config(
+        &fx.store,
+        &apply_cfg(APPLY_TOML),
+        &fx.pki.server_cert,
+        &fx.pki.server_key,
+        &fx.pki.foreign.pem(),
+        None,
+    );
+    assert_eq!(code(e), codes::OPERATION_NOT_PERMITTED);
+    assert_eq!(fx.snapshot(), snap);
+}
