@@ -30,6 +30,16 @@ enum Command {
         #[arg(long)]
         log_stdout: bool,
     },
+    /// Imports an endpoint file (the keys of `serve --config`) into the control-plane
+    /// database, idempotently: the same file applied twice changes nothing. Prints what changed.
+    Apply {
+        /// The endpoint's TOML file.
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+        /// Data directory holding the database (cvpn.db).
+        #[arg(long, default_value = "/var/lib/cvpn")]
+        data_dir: std::path::PathBuf,
+    },
     /// Checks that this host can run the data plane: loads the kernel programs and maps
     /// (without attaching them anywhere) and prints the counters.
     Check,
@@ -47,6 +57,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, tun, data_dir, log_stdout } => serve(&config, tun, data_dir, log_stdout)?,
+        Command::Apply { file, data_dir } => apply(&file, data_dir)?,
         Command::Check => {
             let dp = DataPlane::load(DataPlaneConfig::default())
                 .context("the kernel data plane cannot run on this host")?;
@@ -142,4 +153,38 @@ fn endpoint_id(cfg: &gateway::config::EndpointConfig) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("cvpn-endpoint-{}", &hex[..17])
+}
+
+fn apply(path: &std::path::Path, data_dir: std::path::PathBuf) -> anyhow::Result<()> {
+    use gateway::{
+        config::EndpointConfig,
+        storage::{apply_endpoint_config, Store, StoreOptions},
+    };
+    let cfg = EndpointConfig::load(path)?;
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read_to_string(p).with_context(|| format!("reading the {what} {}", p.display()))
+    };
+    let cert = read(&cfg.server_cert, "server certificate")?;
+    let key = read(&cfg.server_key, "server key")?;
+    let ca = read(&cfg.client_ca, "client CA")?;
+    let crl = cfg.crl.as_deref().map(|p| read(p, "CRL")).transpose()?;
+    let store = Store::open(StoreOptions::in_dir(&data_dir))
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("opening the database in {}", data_dir.display()))?;
+    let report = apply_endpoint_config(&store, &cfg, &cert, &key, &ca, crl.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if report.created {
+        println!("created {}", report.endpoint_id);
+    }
+    if report.changed() {
+        for change in &report.changes {
+            println!("{}: {change}", report.endpoint_id);
+        }
+    } else {
+        println!("{}: no changes", report.endpoint_id);
+    }
+    for old in &report.superseded {
+        println!("note: {old} was applied from a file with the same listener and another client CIDR; it is left as it is");
+    }
+    Ok(())
 }
