@@ -465,6 +465,15 @@ fn find_route(
     .next())
 }
 
+/// A connection that has not ended (active or terminating); `IncorrectState` otherwise.
+fn load_live_connection(db: &Db, id: &str) -> Result<Connection, ApiError> {
+    let c = load_connection(db, id)?;
+    if !matches!(c.status, ConnectionStatus::Active | ConnectionStatus::Terminating) {
+        return Err(ApiError::incorrect_state(format!("connection {id} is already {}", c.status)));
+    }
+    Ok(c)
+}
+
 fn load_connection(db: &Db, id: &str) -> Result<Connection, ApiError> {
     validate::id("connection-id", CONNECTION_ID_PREFIX, id)?;
     db.prepare_cached(&format!(
@@ -1678,16 +1687,7 @@ impl Store {
         counters: ConnectionCounters,
     ) -> Result<Connection, ApiError> {
         self.write(|db, now| {
-            let c = load_connection(db, id)?;
-            if !matches!(
-                c.status,
-                ConnectionStatus::Active | ConnectionStatus::Terminating
-            ) {
-                return Err(ApiError::incorrect_state(format!(
-                    "connection {id} is {}",
-                    c.status
-                )));
-            }
+            load_live_connection(db, id)?;
             set_counters(db, id, counters, now)?;
             load_connection(db, id)
         })
@@ -1715,16 +1715,7 @@ impl Store {
         counters: ConnectionCounters,
     ) -> Result<Connection, ApiError> {
         self.write(|db, now| {
-            let c = load_connection(db, id)?;
-            if !matches!(
-                c.status,
-                ConnectionStatus::Active | ConnectionStatus::Terminating
-            ) {
-                return Err(ApiError::incorrect_state(format!(
-                    "connection {id} is already {}",
-                    c.status
-                )));
-            }
+            load_live_connection(db, id)?;
             set_counters(db, id, counters, now)?;
             db.prepare_cached(
                 "UPDATE connections SET status = 'terminated', end_time = ?2 WHERE id = ?1",
@@ -1753,10 +1744,7 @@ impl Store {
                             format!("connection-id: endpoint {endpoint_id} has no connection {id}"),
                         ));
                     }
-                    if !matches!(c.status, ConnectionStatus::Active | ConnectionStatus::Terminating) {
-                        return Err(ApiError::incorrect_state(format!("connection {id} is already {}", c.status)));
-                    }
-                    vec![c]
+                    vec![load_live_connection(db, id)?]
                 }
                 TerminateTarget::Username(user) => {
                     let list = query(
