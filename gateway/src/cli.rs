@@ -553,6 +553,11 @@ impl Cx<'_> {
         client::send(&self.target, req).await
     }
 
+    /// Sends a JSON object body with `method` to `path`.
+    async fn send_json(&self, method: Method, path: String, body: Map<String, Value>) -> Result<ApiReply, ClientError> {
+        self.send(ApiRequest::new(method, path).json(&Value::Object(body))).await
+    }
+
     async fn get(&self, path: String) -> Result<ApiReply, ClientError> {
         self.send(ApiRequest::new(Method::GET, path)).await
     }
@@ -793,9 +798,7 @@ async fn endpoint(c: EndpointCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
             );
             insert(&mut m, "transport-protocol", transport);
             settings.fields(&mut m, (true, false));
-            let reply = cx
-                .send(ApiRequest::new(Method::POST, "/v1/endpoints").json(&Value::Object(m)))
-                .await?;
+            let reply = cx.send_json(Method::POST, "/v1/endpoints".into(), m).await?;
             cx.show(&reply, |e: Endpoint| endpoint_table(&[e]))
         }
         EndpointCommand::Modify {
@@ -830,9 +833,7 @@ async fn endpoint(c: EndpointCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
                 );
             }
             settings.fields(&mut m, log_base);
-            let reply = cx
-                .send(ApiRequest::new(Method::PATCH, ep_path(&endpoint_id)).json(&Value::Object(m)))
-                .await?;
+            let reply = cx.send_json(Method::PATCH, ep_path(&endpoint_id), m).await?;
             cx.show(&reply, |r: ModifyEndpointResult| {
                 let mut s = endpoint_table(&[r.endpoint]);
                 if r.changed.is_empty() {
@@ -923,9 +924,7 @@ async fn network(c: NetworkCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
             insert(&mut m, "subnet-cidr", subnet);
             insert(&mut m, "snat-address", snat_address);
             let path = format!("{}/target-networks", ep_path(&endpoint_id));
-            let reply = cx
-                .send(ApiRequest::new(Method::POST, path).json(&Value::Object(m)))
-                .await?;
+            let reply = cx.send_json(Method::POST, path, m).await?;
             cx.show(&reply, |r: AssociateResult| {
                 let mut s = network_table(&[r.association]);
                 if let Some(route) = r.route {
@@ -1022,9 +1021,7 @@ async fn route(c: RouteCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
             m.insert("target-network-id".into(), json!(interface));
             insert(&mut m, "description", description);
             let path = format!("{}/routes", ep_path(&endpoint_id));
-            let reply = cx
-                .send(ApiRequest::new(Method::POST, path).json(&Value::Object(m)))
-                .await?;
+            let reply = cx.send_json(Method::POST, path, m).await?;
             cx.show(&reply, |r: Route| route_table(&[r]))
         }
         RouteCommand::Delete {
@@ -1036,9 +1033,7 @@ async fn route(c: RouteCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
             m.insert("destination-cidr-block".into(), json!(destination));
             insert(&mut m, "target-network-id", interface);
             let path = format!("{}/routes", ep_path(&endpoint_id));
-            let reply = cx
-                .send(ApiRequest::new(Method::DELETE, path).json(&Value::Object(m)))
-                .await?;
+            let reply = cx.send_json(Method::DELETE, path, m).await?;
             cx.show(&reply, |r: Route| route_table(&[r]))
         }
         RouteCommand::Describe { endpoint_id } => {
@@ -1089,9 +1084,7 @@ async fn rule(c: RuleCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
             }
             insert(&mut m, "description", description);
             let path = format!("{}/authorization-rules", ep_path(&endpoint_id));
-            let reply = cx
-                .send(ApiRequest::new(Method::POST, path).json(&Value::Object(m)))
-                .await?;
+            let reply = cx.send_json(Method::POST, path, m).await?;
             cx.show(&reply, |r: AuthorizationRule| rule_table(&[r]))
         }
         RuleCommand::Revoke {
@@ -1107,9 +1100,7 @@ async fn rule(c: RuleCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
                 m.insert("revoke-all-groups".into(), json!(true));
             }
             let path = format!("{}/authorization-rules", ep_path(&endpoint_id));
-            let reply = cx
-                .send(ApiRequest::new(Method::DELETE, path).json(&Value::Object(m)))
-                .await?;
+            let reply = cx.send_json(Method::DELETE, path, m).await?;
             cx.show(&reply, |r: AuthorizationRule| rule_table(&[r]))
         }
         RuleCommand::Describe { endpoint_id } => {
@@ -1169,9 +1160,7 @@ async fn connection(c: ConnectionCommand, cx: &mut Cx<'_>) -> anyhow::Result<()>
             insert(&mut m, "connection-id", connection_id);
             insert(&mut m, "username", username);
             let path = format!("{}/connections/terminate", ep_path(&endpoint_id));
-            let reply = cx
-                .send(ApiRequest::new(Method::POST, path).json(&Value::Object(m)))
-                .await?;
+            let reply = cx.send_json(Method::POST, path, m).await?;
             cx.show(&reply, |r: TerminateResult| {
                 let mut t = Table::new(&["CONNECTION ID", "PREVIOUS STATUS", "CURRENT STATUS"]);
                 for c in r.connection_statuses {
