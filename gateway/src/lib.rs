@@ -21,4 +21,6 @@ pub mod pool;
 pub mod protocol;
 pub mod server;
 pub mod storage;
+#[cfg(test)]
+mod test_support;
 pub mod tun;

@@ -9,11 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use hyper::Method;
-use rcgen::{
-    date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams,
-    CertifiedIssuer, DnType, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
-    SerialNumber,
-};
+use rcgen::{CertifiedIssuer, KeyPair};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -73,51 +69,14 @@ impl Pki {
 
     /// A PKI whose CA has this common name.
     pub fn with_ca_name(ca_name: &str) -> Pki {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, ca_name);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let issuer = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
-        let mut p = CertificateParams::new(vec!["vpn.example.com".to_string()]).unwrap();
-        p.distinguished_name
-            .push(DnType::CommonName, "vpn.example.com");
-        p.serial_number = Some(SerialNumber::from(2u64));
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &issuer).unwrap();
-        Pki {
-            ca_pem: issuer.pem(),
-            server_cert: cert.pem(),
-            server_key: key.serialize_pem(),
-            issuer,
-        }
+        let crate::test_support::ServerPki { issuer, ca_pem, server_cert, server_key } =
+            crate::test_support::ServerPki::new(ca_name);
+        Pki { issuer, ca_pem, server_cert, server_key }
     }
 
     /// A CRL of the CA revoking `serials`.
     pub fn crl(&self, serials: &[u64]) -> String {
-        CertificateRevocationListParams {
-            this_update: date_time_ymd(2024, 1, 1),
-            next_update: date_time_ymd(2099, 1, 1),
-            crl_number: SerialNumber::from(1u64),
-            issuing_distribution_point: None,
-            revoked_certs: serials
-                .iter()
-                .map(|s| RevokedCertParams {
-                    serial_number: SerialNumber::from(*s),
-                    revocation_time: date_time_ymd(2024, 1, 1),
-                    reason_code: None,
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method: KeyIdMethod::Sha256,
-        }
-        .signed_by(&self.issuer)
-        .unwrap()
-        .pem()
-        .unwrap()
+        crate::test_support::crl_by(&self.issuer, serials)
     }
 
     /// A create-endpoint body with the required fields.

@@ -13,11 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use rcgen::{
-    date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams,
-    CertifiedIssuer, DnType, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
-    SerialNumber,
-};
+use rcgen::{CertificateParams, CertifiedIssuer, KeyPair, SerialNumber};
 
 use super::*;
 
@@ -55,58 +51,23 @@ struct Pki {
     foreign: CertifiedIssuer<'static, KeyPair>,
 }
 
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
-}
+use crate::test_support::{ca, ServerPki};
 
 impl Pki {
     fn new() -> Pki {
-        let issuer = ca("cvpn test CA");
-        let mut p = CertificateParams::new(vec!["vpn.example.com".to_string()]).unwrap();
-        p.distinguished_name
-            .push(DnType::CommonName, "vpn.example.com");
-        p.serial_number = Some(SerialNumber::from(2u64));
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &issuer).unwrap();
+        let ServerPki { issuer, ca_pem, server_cert, server_key } = ServerPki::new("cvpn test CA");
         Pki {
-            ca_pem: issuer.pem(),
-            server_cert: cert.pem(),
-            server_key: key.serialize_pem(),
+            issuer,
+            ca_pem,
+            server_cert,
+            server_key,
             other_key: KeyPair::generate().unwrap().serialize_pem(),
             foreign: ca("someone else's CA"),
-            issuer,
         }
     }
 
     fn crl_by(issuer: &CertifiedIssuer<'static, KeyPair>, serials: &[u64]) -> String {
-        CertificateRevocationListParams {
-            this_update: date_time_ymd(2024, 1, 1),
-            next_update: date_time_ymd(2099, 1, 1),
-            crl_number: SerialNumber::from(1u64),
-            issuing_distribution_point: None,
-            revoked_certs: serials
-                .iter()
-                .map(|s| RevokedCertParams {
-                    serial_number: SerialNumber::from(*s),
-                    revocation_time: date_time_ymd(2024, 1, 1),
-                    reason_code: None,
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method: KeyIdMethod::Sha256,
-        }
-        .signed_by(issuer)
-        .unwrap()
-        .pem()
-        .unwrap()
+        crate::test_support::crl_by(issuer, serials)
     }
 
     fn crl(&self, serials: &[u64]) -> String {

@@ -1,0 +1,65 @@
+//! Test PKI shared by the crate's unit tests (storage, API): made fresh with rcgen, no keys in
+//! the repository.
+
+use rcgen::{
+    date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams,
+    CertifiedIssuer, DnType, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
+    SerialNumber,
+};
+
+/// A self-signed CA named `name`.
+pub(crate) fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A CRL of `issuer` revoking `serials`, PEM.
+pub(crate) fn crl_by(issuer: &CertifiedIssuer<'static, KeyPair>, serials: &[u64]) -> String {
+    CertificateRevocationListParams {
+        this_update: date_time_ymd(2024, 1, 1),
+        next_update: date_time_ymd(2099, 1, 1),
+        crl_number: SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|s| RevokedCertParams {
+                serial_number: SerialNumber::from(*s),
+                revocation_time: date_time_ymd(2024, 1, 1),
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(issuer)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
+
+/// A CA and a server certificate (`vpn.example.com`, serial 2) and key it issued.
+pub(crate) struct ServerPki {
+    pub issuer: CertifiedIssuer<'static, KeyPair>,
+    pub ca_pem: String,
+    pub server_cert: String,
+    pub server_key: String,
+}
+
+impl ServerPki {
+    pub fn new(ca_name: &str) -> ServerPki {
+        let issuer = ca(ca_name);
+        let mut p = CertificateParams::new(vec!["vpn.example.com".to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "vpn.example.com");
+        p.serial_number = Some(SerialNumber::from(2u64));
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        ServerPki { ca_pem: issuer.pem(), server_cert: cert.pem(), server_key: key.serialize_pem(), issuer }
+    }
+}
