@@ -412,7 +412,8 @@ pub enum ConnectionCommand {
         /// The connection, cvpn-connection-….
         #[arg(long, value_name = "ID")]
         connection_id: Option<String>,
-        /// The user whose connections end.
+        /// The user whose connections end (with certificate authentication, the user is the
+        /// certificate's common name).
         #[arg(long, value_name = "NAME")]
         username: Option<String>,
     },

@@ -12,20 +12,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs the endpoint daemon from a TOML file until SIGINT or SIGTERM (see README for the
-    /// keys: [endpoint], [[target_network]], [[route]], [[authorization_rule]]). SIGHUP reads
-    /// the file again and applies its rules and routes live, without resetting sessions.
+    /// Runs the gateway daemon until SIGINT or SIGTERM: every endpoint of the database
+    /// (managed with the resource commands below, or `cvpn apply -f`), the management API on
+    /// a Unix socket, connection and flow logs in the data directory. SIGTERM tells every
+    /// client to reconnect and detaches the kernel programs.
+    ///
+    /// --config takes the daemon configuration (data_dir, listen_address, public_host, [api],
+    /// [log], [connections], [tunnel]; see README). Given an endpoint file instead (one with an
+    /// [endpoint] table), it serves that one endpoint from the file without a database or API,
+    /// as before; SIGHUP then reloads the file's rules and routes.
     Serve {
-        /// The endpoint's configuration file.
+        /// Daemon configuration file (TOML; every key optional), or an endpoint file.
         #[arg(long, short = 'c')]
-        config: std::path::PathBuf,
-        /// Name of the TUN device that carries decrypted client packets.
+        config: Option<std::path::PathBuf>,
+        /// Endpoint-file mode only: the TUN device carrying decrypted client packets.
         #[arg(long, default_value = "cvpn0")]
         tun: String,
-        /// Data directory: the connection log (connection.log) and flow log (flow.log) are
-        /// written here, size-rotated.
-        #[arg(long, default_value = "/var/lib/cvpn")]
-        data_dir: std::path::PathBuf,
+        /// Data directory: database (cvpn.db), connection.log and flow.log, size-rotated.
+        /// Overrides the configuration's data_dir [default: /var/lib/cvpn].
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// The API's Unix socket. Overrides the configuration's [api] socket
+        /// [default: /run/cvpn/api.sock].
+        #[arg(long, value_name = "PATH")]
+        api_socket: Option<std::path::PathBuf>,
         /// Also print connection-log and flow-log lines on stdout.
         #[arg(long)]
         log_stdout: bool,
@@ -36,13 +46,16 @@ enum Command {
         /// The endpoint's TOML file.
         #[arg(short = 'f', long = "file")]
         file: std::path::PathBuf,
-        /// Data directory holding the database (cvpn.db).
+        /// Data directory holding the database (cvpn.db). A running daemon picks the change up
+        /// on its next start (use the resource commands for live changes).
         #[arg(long, default_value = "/var/lib/cvpn")]
         data_dir: std::path::PathBuf,
     },
     /// Checks that this host can run the data plane: loads the kernel programs and maps
     /// (without attaching them anywhere) and prints the counters.
     Check,
+    #[command(flatten)]
+    Resource(Box<gateway::cli::ResourceCommand>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,7 +69,31 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, tun, data_dir, log_stdout } => serve(&config, tun, data_dir, log_stdout)?,
+        Command::Serve { config, tun, data_dir, api_socket, log_stdout } => {
+            let endpoint_file = match &config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading the configuration {}", path.display()))?;
+                    gateway::control::config::is_endpoint_file(&text)
+                }
+                None => false,
+            };
+            match config {
+                Some(path) if endpoint_file => serve(
+                    &path,
+                    tun,
+                    data_dir.unwrap_or_else(|| gateway::storage::DEFAULT_DATA_DIR.into()),
+                    log_stdout,
+                )?,
+                config => serve_daemon(config, data_dir, api_socket, log_stdout)?,
+            }
+        }
+        Command::Resource(cmd) => {
+            let code = gateway::cli::run(*cmd)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+        }
         Command::Apply { file, data_dir } => apply(&file, data_dir)?,
         Command::Check => {
             let dp = DataPlane::load(DataPlaneConfig::default())
@@ -68,6 +105,42 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn serve_daemon(
+    config: Option<std::path::PathBuf>,
+    data_dir: Option<std::path::PathBuf>,
+    api_socket: Option<std::path::PathBuf>,
+    log_stdout: bool,
+) -> anyhow::Result<()> {
+    use gateway::control::DaemonConfig;
+    let mut cfg = match &config {
+        Some(path) => DaemonConfig::load(path)?,
+        None => DaemonConfig::default(),
+    };
+    if let Some(dir) = data_dir {
+        cfg.data_dir = dir;
+    }
+    if let Some(sock) = api_socket {
+        cfg.api.socket = sock;
+    }
+    cfg.log.stdout |= log_stdout;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        gateway::control::run(cfg, shutdown).await
+    })
 }
 
 fn serve(path: &std::path::Path, tun_name: String, data_dir: std::path::PathBuf, log_stdout: bool) -> anyhow::Result<()> {
@@ -109,6 +182,9 @@ fn serve(path: &std::path::Path, tun_name: String, data_dir: std::path::PathBuf,
         ping: cfg.ping,
         ping_restart: cfg.ping_restart,
         reneg_after: (cfg.reneg_sec > 0).then(|| std::time::Duration::from_secs(cfg.reneg_sec.into())),
+        shared_logs: None,
+        recorder: None,
+        counters_every: std::time::Duration::from_secs(5),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

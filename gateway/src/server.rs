@@ -78,6 +78,24 @@ pub struct ServerSettings {
     /// Renegotiate each session's keys after this long (server-initiated soft reset);
     /// `None`: only when the client asks or packet ids run out.
     pub reneg_after: Option<Duration>,
+    /// Connection and flow logs shared with other endpoints of the daemon; when set,
+    /// `log_dir` is not opened.
+    pub shared_logs: Option<Arc<crate::connlog::ConnectionLogs>>,
+    /// Where connections are reported to the control plane (the store); `None`: nowhere.
+    pub recorder: Option<Arc<dyn ConnectionRecorder>>,
+    /// How often running connections' counters are reported to the recorder.
+    pub counters_every: Duration,
+}
+
+/// What the server tells the control plane about connections. Calls come from the event loop,
+/// so implementations queue the work (see `control::recorder`) rather than block.
+pub trait ConnectionRecorder: Send + Sync + std::fmt::Debug {
+    /// A client authenticated and got `connection.client_ip`.
+    fn started(&self, connection_id: &str, connection: crate::storage::NewConnection);
+    /// The current counters of running connections.
+    fn counters(&self, batch: Vec<(String, crate::dataplane::SessionCounters)>);
+    /// A connection ended (or was asked to end and was not running any more).
+    fn ended(&self, connection_id: &str, counters: crate::dataplane::SessionCounters);
 }
 
 impl ServerSettings {
@@ -335,8 +353,16 @@ impl Drop for TunReader {
 pub enum ServerCommand {
     /// Replace the authorization rules and routes; applies to running flows, no session reset.
     ReplacePolicy(Policy),
-    /// End the sessions of these connection ids or usernames (RESTART sent to each client).
+    /// End the sessions of these connection ids or usernames: HALT is sent to each client (it
+    /// exits rather than reconnecting), the session leaves the data plane and its address is
+    /// freed. Ids that are not running are reported ended to the recorder.
     Terminate { connection_ids: Vec<String>, usernames: Vec<String> },
+    /// Replace the target networks and, with them, the rules and routes (an association was
+    /// added or removed); running sessions are kept.
+    ReplaceNetwork { targets: Vec<TargetSpec>, policy: Policy },
+    /// New TLS material (a CRL import): new handshakes use it, and the sessions whose client
+    /// certificate serial (`aa:bb:…`) is listed end at once.
+    ReplaceTls { tls: TlsMaterial, revoked_serials: Vec<String> },
 }
 
 /// Where a client's packets come from and go to.
@@ -359,6 +385,8 @@ struct Conn {
     client_ip: Option<Ipv4Addr>,
     cipher: Option<Cipher>,
     common_name: String,
+    /// The client certificate's serial, `aa:bb:…` (CRL checks of running sessions).
+    serial: String,
     /// For the connection log.
     log: crate::connlog::ConnectionInfo,
     logged_attempt: bool,
@@ -406,7 +434,9 @@ pub struct Server {
     tx: TxShared,
     tcp_addrs: HashMap<u64, SocketAddr>,
     tun: Arc<AsyncFd<Tun>>,
-    logs: Option<crate::connlog::ConnectionLogs>,
+    logs: Option<Arc<crate::connlog::ConnectionLogs>>,
+    /// When counters were last reported to the recorder.
+    counters_at: Instant,
     flow_events: Option<AsyncFd<crate::dataplane::FlowEvents>>,
 }
 
@@ -428,31 +458,21 @@ impl Server {
             ..DataPlaneConfig::default()
         })
         .context("loading the kernel data plane")?;
-        let mut policy = settings.policy.clone();
         for t in &settings.targets {
             dataplane.add_target_network(t.clone()).with_context(|| format!("target network {}", t.interface))?;
-            if let Some(net) = crate::dataplane::interface_ipv4_network(&t.interface) {
-                if net.contains(&settings.client_cidr.network()) || settings.client_cidr.contains(&net.network()) {
-                    bail!(
-                        "client_cidr {} overlaps target network {} ({}): choose a client CIDR outside every target network",
-                        settings.client_cidr,
-                        t.interface,
-                        net
-                    );
-                }
-                if !policy.routes.iter().any(|r| r.destination == net) {
-                    policy.routes.push(crate::dataplane::policy::Route { destination: net, target: t.id });
-                }
-            }
+            check_target_overlap(settings.client_cidr, t)?;
         }
-        dataplane.replace_policy(policy).context("applying rules and routes")?;
+        dataplane
+            .replace_policy(with_connected_routes(settings.policy.clone(), &settings.targets))
+            .context("applying rules and routes")?;
 
-        let logs = match &settings.log_dir {
-            Some(dir) => Some(
+        let logs = match (&settings.shared_logs, &settings.log_dir) {
+            (Some(shared), _) => Some(shared.clone()),
+            (None, Some(dir)) => Some(Arc::new(
                 crate::connlog::ConnectionLogs::open(dir, &settings.log_options)
                     .with_context(|| format!("opening the connection log in {}", dir.display()))?,
-            ),
-            None => None,
+            )),
+            (None, None) => None,
         };
         let flow_events = match dataplane.take_flow_events() {
             // SAFETY: FlowEvents owns the ring buffer's fd for as long as the AsyncFd exists.
@@ -461,6 +481,7 @@ impl Server {
         };
         Ok(Server {
             logs,
+            counters_at: Instant::now(),
             flow_events,
             cookies: CookieJar::new().map_err(|_| anyhow::anyhow!("no system randomness for the cookie key"))?,
             session_config,
@@ -649,6 +670,11 @@ impl Server {
             self.flush(id);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+        // Each session's end goes to the connection log and the recorder.
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.disconnect(id, "server-shutdown");
+        }
         reader.stop();
         Ok(())
     }
@@ -739,6 +765,7 @@ impl Server {
             client_ip: None,
             cipher: None,
             common_name: String::new(),
+            serial: String::new(),
             log: crate::connlog::ConnectionInfo::new(
                 new_connection_id(),
                 self.settings.endpoint_id.clone(),
@@ -774,6 +801,7 @@ impl Server {
             match ev {
                 Event::Authenticated { identity, peer_info, tls_version, tls_ekm, username, .. } => {
                     c.common_name = identity.common_name.clone();
+                    c.serial = identity.serial.clone();
                     let cipher_name = match negotiate_cipher(&self.settings.ciphers, &peer_info) {
                         Ok(n) => n.to_string(),
                         Err(e) => {
@@ -804,6 +832,23 @@ impl Server {
                         c.log = c.log.clone().with_device_type(platform.clone());
                     }
                     c.logged_attempt = true;
+                    if let Some(r) = &self.settings.recorder {
+                        r.started(
+                            &c.log.connection_id,
+                            crate::storage::NewConnection {
+                                client_vpn_endpoint_id: self.settings.endpoint_id.clone(),
+                                client_ip: addr,
+                                common_name: identity.common_name.clone(),
+                                username: username.clone(),
+                                device_ip: c.remote_addr.ip(),
+                                device_port: c.remote_addr.port(),
+                                transport_protocol: match self.settings.transport {
+                                    Transport::Udp => crate::storage::TransportProtocol::Udp,
+                                    Transport::Tcp => crate::storage::TransportProtocol::Tcp,
+                                },
+                            },
+                        );
+                    }
                     if let Some(logs) = &self.logs {
                         if let Err(e) = logs.connection(&crate::connlog::ConnectionLogEntry::attempt_succeeded(&c.log)) {
                             warn!(error = %e, "connection log");
@@ -972,19 +1017,66 @@ impl Server {
 
     fn on_command(&mut self, cmd: ServerCommand) {
         match cmd {
-            ServerCommand::ReplacePolicy(mut policy) => {
-                // Keep the routes to each target network's own subnet.
-                for t in &self.settings.targets {
-                    if let Some(net) = crate::dataplane::interface_ipv4_network(&t.interface) {
-                        if !policy.routes.iter().any(|r| r.destination == net) {
-                            policy.routes.push(crate::dataplane::policy::Route { destination: net, target: t.id });
-                        }
+            ServerCommand::ReplacePolicy(policy) => self.replace_policy(policy),
+            ServerCommand::ReplaceNetwork { targets, policy } => {
+                // Removed networks first, so an interface can move to a new association.
+                let gone: Vec<u32> = self
+                    .settings
+                    .targets
+                    .iter()
+                    .filter(|t| !targets.iter().any(|n| n.id == t.id))
+                    .map(|t| t.id)
+                    .collect();
+                // The policy without the removed targets' routes goes in before they leave.
+                let mut interim = self.dataplane.policy().clone();
+                interim.routes.retain(|r| !gone.contains(&r.target));
+                if let Err(e) = self.dataplane.replace_policy(interim) {
+                    warn!(error = %e, "routes of removed target networks not withdrawn");
+                }
+                for id in &gone {
+                    if let Err(e) = self.dataplane.remove_target_network(*id) {
+                        warn!(target = id, error = %e, "target network not removed from the data plane");
                     }
                 }
-                let started = Instant::now();
-                match self.dataplane.replace_policy(policy) {
-                    Ok(()) => info!(took = ?started.elapsed(), "policy replaced; running sessions kept"),
-                    Err(e) => warn!(error = %e, "policy not replaced; the previous one stays in force"),
+                self.settings.targets.retain(|t| !gone.contains(&t.id));
+                for t in targets {
+                    if self.settings.targets.iter().any(|o| o.id == t.id) {
+                        continue;
+                    }
+                    if let Err(e) = check_target_overlap(self.settings.client_cidr, &t) {
+                        warn!(interface = %t.interface, error = %e, "target network not added");
+                        continue;
+                    }
+                    match self.dataplane.add_target_network(t.clone()) {
+                        Ok(addr) => {
+                            info!(interface = %t.interface, snat = %addr, "target network added");
+                            self.settings.targets.push(t);
+                        }
+                        Err(e) => warn!(interface = %t.interface, error = %e, "target network not added"),
+                    }
+                }
+                self.replace_policy(policy);
+            }
+            ServerCommand::ReplaceTls { tls, revoked_serials } => {
+                match tls.server_config() {
+                    Ok(config) => {
+                        self.session_config = Arc::new(SessionConfig {
+                            force_tls_prf: self.settings.force_tls_prf,
+                            ..SessionConfig::new(config)
+                        });
+                        self.settings.tls = tls;
+                        info!("TLS material replaced for new handshakes");
+                    }
+                    Err(e) => warn!(error = %e, "new TLS material refused; the previous one stays"),
+                }
+                let revoked: Vec<u64> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| !c.serial.is_empty() && revoked_serials.iter().any(|s| s.eq_ignore_ascii_case(&c.serial)))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in revoked {
+                    self.halt(id, "certificate-revoked");
                 }
             }
             ServerCommand::Terminate { connection_ids, usernames } => {
@@ -998,15 +1090,51 @@ impl Server {
                     })
                     .map(|(id, _)| *id)
                     .collect();
-                for id in ids {
-                    if let Some(c) = self.conns.get_mut(&id) {
-                        // Tell the client, then forget it: its packets are dropped from now on.
-                        c.session.send_control("RESTART");
+                for cid in &connection_ids {
+                    if !ids.iter().any(|id| self.conns.get(id).is_some_and(|c| &c.log.connection_id == cid)) {
+                        if let Some(r) = &self.settings.recorder {
+                            r.ended(cid, Default::default());
+                        }
                     }
-                    self.flush(id);
-                    self.disconnect(id, "terminated");
+                }
+                for id in ids {
+                    self.halt(id, "terminated");
                 }
             }
+        }
+    }
+
+    /// Tells the client to exit (HALT), then forgets it: its packets are dropped from now on.
+    fn halt(&mut self, id: u64, reason: &str) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.session.send_control("HALT");
+        }
+        self.flush(id);
+        self.disconnect(id, reason);
+    }
+
+    fn replace_policy(&mut self, policy: Policy) {
+        let started = Instant::now();
+        match self.dataplane.replace_policy(with_connected_routes(policy, &self.settings.targets)) {
+            Ok(()) => info!(took = ?started.elapsed(), "policy replaced; running sessions kept"),
+            Err(e) => warn!(error = %e, "policy not replaced; the previous one stays in force"),
+        }
+    }
+
+    /// Reports running connections' counters to the recorder.
+    fn report_counters(&mut self) {
+        let Some(recorder) = &self.settings.recorder else { return };
+        let batch: Vec<_> = self
+            .conns
+            .values()
+            .filter_map(|c| {
+                let ip = c.client_ip?;
+                let counters = self.dataplane.session_counters(ip).ok().flatten()?;
+                Some((c.log.connection_id.clone(), counters))
+            })
+            .collect();
+        if !batch.is_empty() {
+            recorder.counters(batch);
         }
     }
 
@@ -1032,6 +1160,10 @@ impl Server {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        if now.duration_since(self.counters_at) >= self.settings.counters_every {
+            self.counters_at = now;
+            self.report_counters();
+        }
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
             self.after_session(id);
@@ -1074,6 +1206,9 @@ impl Server {
             let counters = self.dataplane.remove_session(addr).ok().flatten();
             self.pool.release(addr);
             info!(conn = id, client_ip = %addr, ?counters, "session ended");
+            if let Some(r) = &self.settings.recorder {
+                r.ended(&c.log.connection_id, counters.unwrap_or_default());
+            }
             if let (Some(logs), true) = (&self.logs, c.logged_attempt) {
                 let counters: crate::connlog::TrafficCounters = counters.unwrap_or_default().into();
                 if let Err(e) = logs.connection(&crate::connlog::ConnectionLogEntry::reset(&c.log, &counters, SystemTime::now())) {
@@ -1082,6 +1217,33 @@ impl Server {
             }
         }
     }
+}
+
+/// Adds a route to each target network's own subnet unless the policy routes it already.
+fn with_connected_routes(mut policy: Policy, targets: &[TargetSpec]) -> Policy {
+    for t in targets {
+        if let Some(net) = crate::dataplane::interface_ipv4_network(&t.interface) {
+            if !policy.routes.iter().any(|r| r.destination == net) {
+                policy.routes.push(crate::dataplane::policy::Route { destination: net, target: t.id });
+            }
+        }
+    }
+    policy
+}
+
+/// A target network's subnet must not overlap the client CIDR.
+fn check_target_overlap(client_cidr: Ipv4Net, t: &TargetSpec) -> Result<()> {
+    if let Some(net) = crate::dataplane::interface_ipv4_network(&t.interface) {
+        if net.contains(&client_cidr.network()) || client_cidr.contains(&net.network()) {
+            bail!(
+                "client_cidr {} overlaps target network {} ({}): choose a client CIDR outside every target network",
+                client_cidr,
+                t.interface,
+                net
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A connection id in AWS's form: `cvpn-connection-` and 17 hex digits.

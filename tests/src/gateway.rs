@@ -81,13 +81,16 @@ impl Daemon {
 
     /// Like [`Daemon::start`] with `CVPN_LOG` set to `level` (benchmarks run at "info").
     pub fn start_with_log_level(ns: &Netns, config: &Path, level: &str) -> Result<Self> {
+        let data_dir = config.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let args = vec!["serve".into(), "--config".into(), config.as_os_str().to_owned(), "--data-dir".into(), data_dir.into()];
+        Self::spawn(ns, &args, level, "serving")
+    }
+
+    /// Starts `cvpn ARGS` in `ns` and waits for `ready` in its log.
+    pub fn spawn(ns: &Netns, args: &[std::ffi::OsString], level: &str, ready: &str) -> Result<Self> {
         let mut child = ns
             .command(cvpn_binary()?.to_str().context("binary path")?)
-            .args(["serve", "--config"])
-            .arg(config)
-            // Logs next to the config, in the test's own directory.
-            .arg("--data-dir")
-            .arg(config.parent().unwrap_or(Path::new(".")))
+            .args(args)
             .env("CVPN_LOG", level)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -111,8 +114,14 @@ impl Daemon {
             });
         }
         let mut d = Daemon { child, log };
-        d.wait_for("serving", Duration::from_secs(10))?;
+        d.wait_for(ready, Duration::from_secs(10))?;
         Ok(d)
+    }
+
+    /// SIGKILL (a crash) and wait.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn log(&self) -> Vec<String> {
@@ -228,5 +237,78 @@ impl EndpointNet {
             "[endpoint]\nserver_cert = {cert:?}\nserver_key = {key:?}\nclient_ca = {ca:?}\ncrl = {crl:?}\n{endpoint}\n{body}\n"
         );
         write(d, "cvpn.toml", &text)
+    }
+}
+
+/// `cvpn serve` on its database: no endpoint file; endpoints come from the API.
+pub struct StoreDaemon {
+    pub daemon: Daemon,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+/// What a `cvpn` command printed.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl StoreDaemon {
+    /// Starts the daemon in `ns` with its data directory and API socket in `data_dir`.
+    pub fn start(ns: &Netns, data_dir: &Path) -> Result<Self> {
+        let socket = data_dir.join("api.sock");
+        let args: Vec<std::ffi::OsString> = vec![
+            "serve".into(),
+            "--data-dir".into(),
+            data_dir.as_os_str().to_owned(),
+            "--api-socket".into(),
+            socket.as_os_str().to_owned(),
+        ];
+        let daemon = Daemon::spawn(ns, &args, "debug", "API listening")?;
+        Ok(StoreDaemon { daemon, data_dir: data_dir.to_path_buf(), socket })
+    }
+
+    /// Runs `cvpn ARGS` against this daemon's socket (a Unix socket: reachable from any
+    /// network namespace).
+    pub fn cli(&self, args: &[&str]) -> Result<CliOutput> {
+        cli(&self.socket, args)
+    }
+
+    /// Runs `cvpn ARGS --output json`; fails unless it exits 0.
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = self.cli(&all)?;
+        if out.code != 0 {
+            bail!("cvpn {} exited {}: {}{}", args.join(" "), out.code, out.stderr, out.stdout);
+        }
+        serde_json::from_str(&out.stdout).with_context(|| format!("cvpn {} printed no JSON: {}", args.join(" "), out.stdout))
+    }
+}
+
+/// Runs `cvpn ARGS` with the API socket `socket`.
+pub fn cli(socket: &Path, args: &[&str]) -> Result<CliOutput> {
+    let out = std::process::Command::new(cvpn_binary()?)
+        .args(args)
+        .env("CVPN_SOCKET", socket)
+        .env("CVPN_LOG", "warn")
+        .output()
+        .context("running cvpn")?;
+    Ok(CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+impl EndpointNet {
+    /// Writes the server certificate, key and client CA as PEM files for `cvpn endpoint
+    /// create`; returns their paths.
+    pub fn write_server_files(&mut self) -> Result<(PathBuf, PathBuf, PathBuf)> {
+        let server = self.ca.server("vpn.example.test")?;
+        let d = &self.dir.0;
+        Ok((write(d, "server.crt", &server.cert)?, write(d, "server.key", &server.key)?, write(d, "ca.crt", &self.ca.cert_pem())?))
     }
 }

@@ -64,8 +64,14 @@ pub struct OpenVpnClient {
 impl OpenVpnClient {
     /// Starts the client in `ns` with `profile`, writing the profile to `dir`.
     pub fn start(ns: &Netns, profile: &Profile, dir: &Path, name: &str) -> Result<Self> {
+        Self::start_with_text(ns, &profile.render(), dir, name)
+    }
+
+    /// Starts the client in `ns` with the profile text `text` (e.g. one `cvpn config export`
+    /// printed), writing it to `dir`.
+    pub fn start_with_text(ns: &Netns, text: &str, dir: &Path, name: &str) -> Result<Self> {
         let profile_path = dir.join(format!("{name}.ovpn"));
-        fs::write(&profile_path, profile.render())?;
+        fs::write(&profile_path, text)?;
         let mut child = ns
             .command("openvpn")
             .arg("--config")
@@ -111,6 +117,11 @@ impl OpenVpnClient {
     /// Waits for "Initialization Sequence Completed".
     pub fn wait_connected(&mut self, timeout: Duration) -> Result<Duration> {
         self.wait_for("Initialization Sequence Completed", timeout)
+    }
+
+    /// The exit status, once the client has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub fn pid(&self) -> u32 {

@@ -120,6 +120,16 @@ impl Ca {
         Ok(pem)
     }
 
+    /// The serial of the certificate issued last.
+    pub fn last_issued_serial(&self) -> u64 {
+        self.next_serial - 1
+    }
+
+    /// Puts an issued certificate on the CRL.
+    pub fn revoke(&mut self, serial: u64) {
+        self.revoked.push(serial);
+    }
+
     /// The CRL listing every revoked certificate, PEM.
     pub fn crl_pem(&self) -> Result<String> {
         let now = OffsetDateTime::now_utc();

@@ -42,6 +42,11 @@ impl ClientProfile {
         s.push_str(&format!("proto {}\n", self.transport.as_str()));
         s.push_str(&format!("remote {} {}\n", self.remote_host, self.port));
         s.push_str("remote-cert-tls server\nnobind\nresolv-retry infinite\n");
+        if self.transport == TransportProtocol::Udp {
+            // Tell the gateway when the client goes, so the session (and the connection list)
+            // ends at once rather than after the keepalive timeout.
+            s.push_str("explicit-exit-notify 1\n");
+        }
         if !self.data_ciphers.is_empty() {
             s.push_str(&format!("data-ciphers {}\n", self.data_ciphers.join(":")));
             s.push_str(&format!("cipher {}\n", self.data_ciphers[0]));

@@ -88,6 +88,42 @@ impl TlsMaterial {
         })
     }
 
+    /// The same material from PEM text (an endpoint as the control-plane database keeps it).
+    pub fn from_pem(
+        server_cert: &str,
+        server_key: &str,
+        client_ca: &str,
+        crl: Option<&str>,
+    ) -> Result<Self, TlsError> {
+        let pem_err = |what: &'static str, e: &dyn std::fmt::Display| TlsError::Pem {
+            path: "(database)".into(),
+            what,
+            detail: e.to_string(),
+        };
+        let chain = |pem: &str, what: &'static str| -> Result<Vec<CertificateDer<'static>>, TlsError> {
+            let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| pem_err(what, &e))?;
+            if certs.is_empty() {
+                return Err(TlsError::Empty { path: "(database)".into(), what });
+            }
+            Ok(certs)
+        };
+        let key = PrivateKeyDer::from_pem_slice(server_key.as_bytes()).map_err(|e| pem_err("private key", &e))?;
+        let crls = match crl {
+            None => Vec::new(),
+            Some(pem) => CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| pem_err("CRL", &e))?,
+        };
+        Ok(TlsMaterial {
+            server_chain: chain(server_cert, "server certificate")?,
+            server_key: Arc::new(key),
+            client_ca: chain(client_ca, "client CA certificate")?,
+            crls,
+        })
+    }
+
     /// The rustls server configuration: TLS 1.3 and 1.2, client certificates required.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -1643,6 +1643,19 @@ impl Store {
     /// address inside its client CIDR.
     pub fn record_connection_start(&self, c: &NewConnection) -> Result<Connection, ApiError> {
         let id = new_id(CONNECTION_ID_PREFIX)?;
+        self.record_connection_start_as(&id, c)
+    }
+
+    /// [`record_connection_start`](Self::record_connection_start) under an id the caller
+    /// chose (the daemon names a connection when its handshake starts, so the connection log
+    /// and the store agree). The id must have the `cvpn-connection-` form and be new.
+    pub fn record_connection_start_as(
+        &self,
+        id: &str,
+        c: &NewConnection,
+    ) -> Result<Connection, ApiError> {
+        validate::id("connection-id", CONNECTION_ID_PREFIX, id)?;
+        let id = id.to_string();
         self.write(|db, now| {
             let ep = load_endpoint(db, &c.client_vpn_endpoint_id)?;
             if ep.status != EndpointStatus::Available {
@@ -1750,7 +1763,8 @@ impl Store {
                     let list = query(
                         db,
                         &format!(
-                            "SELECT {CONN_COLS} FROM connections WHERE endpoint_id = ?1 AND username = ?2 \
+                            "SELECT {CONN_COLS} FROM connections WHERE endpoint_id = ?1 \
+                             AND (username = ?2 OR (username IS NULL AND common_name = ?2)) \
                              AND status IN ('active', 'terminating') ORDER BY seq"
                         ),
                         params![endpoint_id, user],
@@ -1836,7 +1850,7 @@ impl Store {
                     "SELECT {CONN_COLS} FROM connections \
                      WHERE (end_time IS NULL OR end_time >= ?1) \
                      AND (?2 IS NULL OR endpoint_id = ?2) AND (?3 IS NULL OR id = ?3) \
-                     AND (?4 IS NULL OR username = ?4) AND (?5 IS NULL OR status = ?5) \
+                     AND (?4 IS NULL OR username = ?4 OR (username IS NULL AND common_name = ?4)) AND (?5 IS NULL OR status = ?5) \
                      ORDER BY start_time, seq"
                 ),
                 params![

@@ -1,0 +1,340 @@
+//! The daemon's own configuration: where its data lives, where the API listens, how it logs.
+//! Endpoints are not here: they live in the database and are managed through the API, the
+//! CLI or `cvpn apply -f`.
+//!
+//! ```toml
+//! # /etc/cvpn/cvpn.toml — every key is optional
+//! data_dir = "/var/lib/cvpn"         # database (cvpn.db), connection.log, flow.log
+//! listen_address = "0.0.0.0"         # address the endpoints' VPN listeners bind
+//! public_host = "vpn.example.com"    # `remote` of exported client profiles
+//!
+//! [api]
+//! socket = "/run/cvpn/api.sock"      # local API (root only: mode 0600)
+//! # tcp_listen = "0.0.0.0:8443"      # optional remote API: TLS + bearer token
+//! # tls_cert = "/etc/cvpn/api.crt"
+//! # tls_key = "/etc/cvpn/api.key"
+//! # token_file = "/etc/cvpn/api.token"
+//!
+//! [log]
+//! stdout = false                     # also print connection- and flow-log lines on stdout
+//! max_file_bytes = 10485760          # rotate connection.log / flow.log at this size
+//! keep_files = 5                     # rotated generations kept
+//!
+//! [connections]
+//! retention_minutes = 60             # ended connections stay listed this long (AWS: 60)
+//! counters_seconds = 5               # how often live counters are written to the database
+//!
+//! [tunnel]
+//! ping = 10                          # keepalive: seconds between pings
+//! ping_restart = 60                  # seconds of silence before a client restarts
+//! reneg_sec = 3600                   # server-initiated key renegotiation; 0 = off
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a daemon configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonConfigError {
+    /// The file could not be read.
+    #[error("reading the daemon configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, or a value of the wrong type.
+    #[error("daemon configuration {path}: {detail}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What toml said, with the line and key.
+        detail: String,
+    },
+    /// A value outside its range, or keys that only make sense together.
+    #[error("daemon configuration {path}: {key}: {detail}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The key, e.g. `[api] tls_cert`.
+        key: String,
+        /// What is wrong and what to do.
+        detail: String,
+    },
+}
+
+/// The daemon configuration. See the [module documentation](self) for the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// The data directory: database, connection log, flow log.
+    pub data_dir: PathBuf,
+    /// Address the VPN listeners bind.
+    pub listen_address: IpAddr,
+    /// `remote` of exported client profiles when the request names none.
+    pub public_host: Option<String>,
+    /// The management API.
+    pub api: ApiListen,
+    /// Connection- and flow-log files.
+    pub log: crate::connlog::LogOptions,
+    /// How long ended connections stay listed.
+    pub retention: Duration,
+    /// How often live counters are written to the database.
+    pub counters_every: Duration,
+    /// Keepalive and key renegotiation of every endpoint's sessions.
+    pub ping: u32,
+    /// Seconds of silence before a client restarts.
+    pub ping_restart: u32,
+    /// Server-initiated renegotiation; 0 = off.
+    pub reneg_sec: u32,
+}
+
+/// Where the management API listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiListen {
+    /// The local Unix socket.
+    pub socket: PathBuf,
+    /// The optional TLS listener.
+    pub tcp: Option<TcpApi>,
+}
+
+/// The API's TLS listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpApi {
+    /// Address and port.
+    pub listen: SocketAddr,
+    /// Certificate chain, PEM.
+    pub tls_cert: PathBuf,
+    /// Private key, PEM.
+    pub tls_key: PathBuf,
+    /// A file holding the bearer token (one line).
+    pub token_file: PathBuf,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            data_dir: PathBuf::from(crate::storage::DEFAULT_DATA_DIR),
+            listen_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            public_host: None,
+            api: ApiListen { socket: PathBuf::from(crate::api::DEFAULT_SOCKET_PATH), tcp: None },
+            log: crate::connlog::LogOptions::default(),
+            retention: crate::storage::DEFAULT_RETENTION,
+            counters_every: Duration::from_secs(5),
+            ping: 10,
+            ping_restart: 60,
+            reneg_sec: 3600,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    data_dir: Option<PathBuf>,
+    listen_address: Option<IpAddr>,
+    public_host: Option<String>,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    connections: RawConnections,
+    #[serde(default)]
+    tunnel: RawTunnel,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    socket: Option<PathBuf>,
+    tcp_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    stdout: Option<bool>,
+    max_file_bytes: Option<u64>,
+    keep_files: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConnections {
+    retention_minutes: Option<u64>,
+    counters_seconds: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTunnel {
+    ping: Option<u32>,
+    ping_restart: Option<u32>,
+    reneg_sec: Option<u32>,
+}
+
+impl DaemonConfig {
+    /// Reads and checks a daemon configuration file.
+    pub fn load(path: &Path) -> Result<Self, DaemonConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| DaemonConfigError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses the text of a daemon configuration (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &str) -> Result<Self, DaemonConfigError> {
+        let raw: Raw = toml::from_str(text)
+            .map_err(|e| DaemonConfigError::Parse { path: origin.to_string(), detail: e.to_string() })?;
+        let invalid = |key: &str, detail: String| DaemonConfigError::Invalid {
+            path: origin.to_string(),
+            key: key.to_string(),
+            detail,
+        };
+        let d = DaemonConfig::default();
+        let tcp = match (raw.api.tcp_listen, raw.api.tls_cert, raw.api.tls_key, raw.api.token_file) {
+            (None, None, None, None) => None,
+            (Some(listen), Some(tls_cert), Some(tls_key), Some(token_file)) => {
+                Some(TcpApi { listen, tls_cert, tls_key, token_file })
+            }
+            _ => {
+                return Err(invalid(
+                    "[api] tcp_listen",
+                    "the TLS listener needs all four of tcp_listen, tls_cert, tls_key and token_file; \
+                     give all of them, or none for the Unix socket only"
+                        .into(),
+                ))
+            }
+        };
+        let retention = raw.connections.retention_minutes.unwrap_or(60);
+        if !(1..=10_080).contains(&retention) {
+            return Err(invalid(
+                "[connections] retention_minutes",
+                format!("{retention} is out of range: minutes ended connections stay listed, 1 to 10080 (a week)"),
+            ));
+        }
+        let counters = raw.connections.counters_seconds.unwrap_or(5);
+        if !(1..=3600).contains(&counters) {
+            return Err(invalid(
+                "[connections] counters_seconds",
+                format!("{counters} is out of range: seconds between counter updates, 1 to 3600"),
+            ));
+        }
+        let ping = raw.tunnel.ping.unwrap_or(d.ping);
+        let ping_restart = raw.tunnel.ping_restart.unwrap_or(d.ping_restart);
+        if !(1..=3600).contains(&ping) {
+            return Err(invalid("[tunnel] ping", format!("{ping} is out of range: seconds between keepalive pings, 1 to 3600")));
+        }
+        if ping_restart < 2 * ping || ping_restart > 86_400 {
+            return Err(invalid(
+                "[tunnel] ping_restart",
+                format!("{ping_restart} must be at least twice ping ({ping}) and at most 86400 seconds"),
+            ));
+        }
+        if let Some(host) = &raw.public_host {
+            if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid("public_host", format!("{host:?} is not a host name or address")));
+            }
+        }
+        let max_file_bytes = raw.log.max_file_bytes.unwrap_or(d.log.max_file_bytes);
+        if max_file_bytes < 4096 {
+            return Err(invalid("[log] max_file_bytes", format!("{max_file_bytes} is too small: at least 4096 bytes")));
+        }
+        Ok(DaemonConfig {
+            data_dir: raw.data_dir.unwrap_or(d.data_dir),
+            listen_address: raw.listen_address.unwrap_or(d.listen_address),
+            public_host: raw.public_host,
+            api: ApiListen { socket: raw.api.socket.unwrap_or(d.api.socket), tcp },
+            log: crate::connlog::LogOptions {
+                max_file_bytes,
+                keep_files: raw.log.keep_files.unwrap_or(d.log.keep_files),
+                stdout: raw.log.stdout.unwrap_or(false),
+            },
+            retention: Duration::from_secs(retention * 60),
+            counters_every: Duration::from_secs(counters),
+            ping,
+            ping_restart,
+            reneg_sec: raw.tunnel.reneg_sec.unwrap_or(d.reneg_sec),
+        })
+    }
+}
+
+/// True when a TOML file declares an endpoint (`[endpoint]`): the file form `cvpn serve
+/// --config` took before the daemon configuration existed.
+pub fn is_endpoint_file(text: &str) -> bool {
+    toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("endpoint"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(DaemonConfig::parse("", "t").unwrap(), DaemonConfig::default());
+    }
+
+    #[test]
+    fn every_key() {
+        let c = DaemonConfig::parse(
+            r#"
+data_dir = "/srv/cvpn"
+listen_address = "192.0.2.1"
+public_host = "vpn.example.com"
+[api]
+socket = "/tmp/x.sock"
+tcp_listen = "127.0.0.1:8443"
+tls_cert = "c.pem"
+tls_key = "k.pem"
+token_file = "t"
+[log]
+stdout = true
+max_file_bytes = 65536
+keep_files = 2
+[connections]
+retention_minutes = 5
+counters_seconds = 1
+[tunnel]
+ping = 5
+ping_restart = 30
+reneg_sec = 0
+"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/cvpn"));
+        assert_eq!(c.api.tcp.as_ref().unwrap().listen.port(), 8443);
+        assert_eq!(c.retention, Duration::from_secs(300));
+        assert_eq!(c.counters_every, Duration::from_secs(1));
+        assert!(c.log.stdout);
+        assert_eq!((c.ping, c.ping_restart, c.reneg_sec), (5, 30, 0));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, needle) in [
+            ("datadir = \"/x\"", "unknown field `datadir`"),
+            ("[api]\ntcp_listen = \"127.0.0.1:1\"", "[api] tcp_listen"),
+            ("[connections]\nretention_minutes = 0", "retention_minutes"),
+            ("[tunnel]\nping = 10\nping_restart = 5", "ping_restart"),
+            ("listen_address = \"nope\"", "listen_address"),
+            ("[log]\nmax_file_bytes = 10", "max_file_bytes"),
+        ] {
+            let e = DaemonConfig::parse(text, "f.toml").unwrap_err().to_string();
+            assert!(e.contains(needle) && e.contains("f.toml"), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn endpoint_files_are_told_apart() {
+        assert!(is_endpoint_file("[endpoint]\nclient_cidr = \"10.0.0.0/22\""));
+        assert!(!is_endpoint_file("data_dir = \"/x\""));
+        assert!(!is_endpoint_file(""));
+    }
+}

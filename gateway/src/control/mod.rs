@@ -1,0 +1,459 @@
+//! The control plane at run time: the daemon behind `cvpn serve`. It keeps the endpoints of the
+//! database running, serves the management API, and turns every committed API change into a
+//! command for the endpoint it concerns:
+//!
+//! | API change ([`ControlEvent`]) | what the daemon does |
+//! |---|---|
+//! | endpoint becomes `available` | starts its listener, TUN and data plane |
+//! | endpoint back to `pending-associate` | stops it (clients are told to reconnect) |
+//! | endpoint modified | restarts it, unless only descriptive fields changed |
+//! | endpoint `deleting` | stops it, then finishes the deletion in the store |
+//! | rules, routes, target networks | recompiles the data-plane policy; sessions are kept |
+//! | connections terminated | HALT to each client, session out of the data plane, address freed |
+//! | CRL imported | new handshakes check it; sessions of revoked certificates end |
+//!
+//! Connections are written back to the store by a [`recorder::StoreRecorder`] (start, counters
+//! every few seconds, end), so `cvpn connection list` shows them.
+
+pub mod config;
+pub mod recorder;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::api::{ApiSettings, ApiState, ControlEvent, EndpointChange};
+use crate::connlog::ConnectionLogs;
+use crate::protocol::tls::TlsMaterial;
+use crate::server::{Server, ServerCommand, ServerSettings, Transport};
+use crate::storage::{EndpointStatus, Store, StoreOptions, TransportProtocol};
+
+pub use self::config::DaemonConfig;
+use self::recorder::StoreRecorder;
+
+/// Endpoint fields whose change needs no restart of the endpoint's listener.
+const DESCRIPTIVE_FIELDS: &[&str] = &["description", "tags", "self-service-portal"];
+
+/// A running endpoint.
+struct Running {
+    commands: mpsc::UnboundedSender<ServerCommand>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<()>>,
+    /// What the listener was started with (see [`Daemon::settings`]): a resync restarts the
+    /// endpoint when it differs.
+    fingerprint: String,
+}
+
+/// The daemon's state.
+pub struct Daemon {
+    config: DaemonConfig,
+    store: Arc<Store>,
+    recorder: StoreRecorder,
+    logs: Arc<ConnectionLogs>,
+    running: HashMap<String, Running>,
+}
+
+/// The TUN device of an endpoint: `cvpn` and the first 10 hex digits of its id (stable across
+/// restarts, within the 15 characters Linux allows).
+pub fn tun_name(endpoint_id: &str) -> String {
+    let hex = endpoint_id.rsplit('-').next().unwrap_or(endpoint_id);
+    format!("cvpn{}", &hex[..hex.len().min(10)])
+}
+
+/// Runs the daemon until `shutdown` resolves: opens the database in the data directory, starts
+/// every available endpoint, serves the API, applies its changes live. On shutdown every client
+/// is told to reconnect, the kernel programs are detached and the API socket is removed.
+/// Must run inside a [`tokio::task::LocalSet`] (the endpoints' event loops are local tasks).
+pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let store = Arc::new(
+        Store::open(StoreOptions { retention: config.retention, ..StoreOptions::in_dir(&config.data_dir) })
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
+    );
+    // Whatever was connected when the daemon last stopped is gone now.
+    match store.close_stale_connections() {
+        Ok(ids) if !ids.is_empty() => info!(count = ids.len(), "connections of the previous run recorded as ended"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "stale connections not closed"),
+    }
+    let logs = Arc::new(
+        ConnectionLogs::open(&config.data_dir, &config.log)
+            .with_context(|| format!("opening the connection log in {}", config.data_dir.display()))?,
+    );
+    let recorder = StoreRecorder::spawn(store.clone()).context("starting the connection recorder")?;
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let api_state = ApiState::with_settings(
+        store.clone(),
+        events_tx,
+        ApiSettings { remote_host: config.public_host.clone(), ..ApiSettings::default() },
+    );
+    let (api_stop_tx, api_stop) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let listener = crate::api::serve::bind_unix(&config.api.socket)
+        .with_context(|| format!("binding the API socket {}", config.api.socket.display()))?;
+    let mut api_tasks = vec![tokio::spawn(crate::api::serve::serve_unix_listener(
+        listener,
+        api_state.clone(),
+        stopped(api_stop.clone()),
+    ))];
+    info!(socket = %config.api.socket.display(), "API listening");
+    if let Some(tcp) = &config.api.tcp {
+        let tls = api_tls_config(tcp)?;
+        let token = std::fs::read_to_string(&tcp.token_file)
+            .with_context(|| format!("reading the API token file {}", tcp.token_file.display()))?
+            .trim()
+            .to_string();
+        let listener = tokio::net::TcpListener::bind(tcp.listen)
+            .await
+            .with_context(|| format!("binding the API's TLS listener {}", tcp.listen))?;
+        api_tasks.push(tokio::spawn(crate::api::serve::serve_tls_listener(
+            listener,
+            tls,
+            token,
+            api_state.clone(),
+            stopped(api_stop.clone()),
+        )));
+        info!(listen = %tcp.listen, "API listening with TLS");
+    }
+
+    let mut daemon = Daemon { config, store, recorder, logs, running: HashMap::new() };
+    daemon.recover();
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(()) = hup.recv() => daemon.resync().await,
+            Some(event) = events.recv() => daemon.on_event(event).await,
+            _ = check.tick() => daemon.reap().await,
+        }
+    }
+    info!(endpoints = daemon.running.len(), "shutting down");
+    let ids: Vec<String> = daemon.running.keys().cloned().collect();
+    for id in ids {
+        daemon.stop(&id).await;
+    }
+    daemon.recorder.flush();
+    let _ = api_stop_tx.send(true);
+    for t in api_tasks {
+        match tokio::time::timeout(Duration::from_secs(5), t).await {
+            Ok(Ok(Err(e))) => warn!(error = %e, "API server"),
+            Ok(_) => {}
+            Err(_) => warn!("API requests still running after 5 s; leaving them"),
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// The serials (`aa:bb:…`) a PEM CRL revokes; empty when it does not parse.
+fn revoked_serials(pem: &str) -> Vec<String> {
+    let mut serials = Vec::new();
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()).flatten() {
+        if let Ok((_, crl)) = x509_parser::parse_x509_crl(&block.contents) {
+            serials.extend(crl.iter_revoked_certificates().map(|r| r.raw_serial_as_string()));
+        }
+    }
+    serials
+}
+
+fn api_tls_config(tcp: &config::TcpApi) -> Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tcp.tls_cert)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| anyhow!("reading the API certificate {}: {e}", tcp.tls_cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&tcp.tls_key)
+        .map_err(|e| anyhow!("reading the API key {}: {e}", tcp.tls_key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow!("API TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| anyhow!("API TLS certificate and key {}: {e}", tcp.tls_cert.display()))?;
+    Ok(Arc::new(config))
+}
+
+impl Daemon {
+    /// After a start: finishes deletions the previous run left half done and starts every
+    /// available endpoint.
+    fn recover(&mut self) {
+        let endpoints = match self.store.describe_endpoints(&[]) {
+            Ok(e) => e,
+            Err(e) => {
+                error!(error = %e, "cannot list endpoints");
+                return;
+            }
+        };
+        for ep in endpoints {
+            match ep.status {
+                EndpointStatus::Deleting => self.finish_deletion(&ep.client_vpn_endpoint_id),
+                EndpointStatus::Available => self.start(&ep.client_vpn_endpoint_id),
+                _ => {}
+            }
+        }
+    }
+
+    fn finish_deletion(&self, id: &str) {
+        match self.store.finish_endpoint_deletion(id) {
+            Ok(_) => info!(endpoint = %id, "endpoint deleted"),
+            Err(e) => warn!(endpoint = %id, error = %e, "endpoint deletion not finished"),
+        }
+    }
+
+    /// The server settings of an endpoint, from the store, and a fingerprint of everything in
+    /// them that only a restart of the listener applies.
+    fn settings(&self, id: &str) -> Result<(ServerSettings, String)> {
+        let store_err = |e: crate::storage::ApiError| anyhow!("{e}");
+        let ep = self.store.describe_endpoint(id).map_err(store_err)?;
+        let secrets = self.store.endpoint_secrets(id).map_err(store_err)?;
+        let tls = TlsMaterial::from_pem(
+            &secrets.server_certificate_pem,
+            &secrets.server_private_key_pem,
+            &secrets.client_ca_pem,
+            secrets.crl_pem.as_deref(),
+        )?;
+        let fingerprint = format!(
+            "{}|{}|{}|{}|{:?}|{}|{}|{}|{}",
+            ep.vpn_port,
+            ep.transport_protocol.as_str(),
+            ep.client_cidr_block,
+            ep.split_tunnel,
+            ep.dns_servers,
+            ep.connection_log_options.enabled,
+            secrets.server_certificate_pem,
+            ring::digest::digest(&ring::digest::SHA256, secrets.server_private_key_pem.as_bytes())
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+            secrets.client_ca_pem,
+        );
+        let c = &self.config;
+        let settings = ServerSettings {
+            listen: SocketAddr::new(c.listen_address, ep.vpn_port),
+            transport: match ep.transport_protocol {
+                TransportProtocol::Udp => Transport::Udp,
+                TransportProtocol::Tcp => Transport::Tcp,
+            },
+            client_cidr: ep.client_cidr_block,
+            tls,
+            split_tunnel: ep.split_tunnel,
+            dns_servers: ep.dns_servers.clone(),
+            targets: self.store.target_specs(id).map_err(store_err)?,
+            policy: self.store.policy_for(id).map_err(store_err)?,
+            tun_name: tun_name(id),
+            ciphers: ServerSettings::default_ciphers(),
+            force_tls_prf: false,
+            endpoint_id: id.to_string(),
+            log_dir: None,
+            log_options: c.log.clone(),
+            ping: c.ping,
+            ping_restart: c.ping_restart,
+            reneg_after: (c.reneg_sec > 0).then(|| Duration::from_secs(c.reneg_sec.into())),
+            shared_logs: ep.connection_log_options.enabled.then(|| self.logs.clone()),
+            recorder: Some(Arc::new(self.recorder.clone())),
+            counters_every: c.counters_every,
+        };
+        Ok((settings, fingerprint))
+    }
+
+    /// Starts an endpoint's listener, TUN and data plane. Failures are logged; the endpoint
+    /// stays in the store as it is and is tried again on its next change.
+    fn start(&mut self, id: &str) {
+        if self.running.contains_key(id) {
+            return;
+        }
+        let started = self.settings(id).and_then(|(s, f)| Ok((Server::new(s)?, f)));
+        let (server, fingerprint) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                error!(endpoint = %id, error = format!("{e:#}"), "endpoint not started");
+                return;
+            }
+        };
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let endpoint = id.to_string();
+        let task = tokio::task::spawn_local(async move {
+            let r = server
+                .run_with_commands(
+                    async move {
+                        let _ = stopped.await;
+                    },
+                    receiver,
+                )
+                .await;
+            if let Err(e) = &r {
+                error!(endpoint = %endpoint, error = format!("{e:#}"), "endpoint stopped");
+            }
+            r
+        });
+        info!(endpoint = %id, tun = %tun_name(id), "endpoint started");
+        self.running.insert(id.to_string(), Running { commands, stop: Some(stop), task, fingerprint });
+    }
+
+    /// Stops an endpoint: clients are told to reconnect, its sessions are recorded as ended,
+    /// its programs detached and its TUN removed.
+    async fn stop(&mut self, id: &str) {
+        let Some(mut r) = self.running.remove(id) else { return };
+        if let Some(stop) = r.stop.take() {
+            let _ = stop.send(());
+        }
+        match tokio::time::timeout(Duration::from_secs(10), &mut r.task).await {
+            Ok(_) => info!(endpoint = %id, "endpoint stopped"),
+            Err(_) => {
+                r.task.abort();
+                warn!(endpoint = %id, "endpoint did not stop within 10 s; aborted");
+            }
+        }
+    }
+
+    /// Notices endpoints whose event loop ended on its own (an error) and forgets them, so the
+    /// next change starts them again.
+    async fn reap(&mut self) {
+        let done: Vec<String> =
+            self.running.iter().filter(|(_, r)| r.task.is_finished()).map(|(id, _)| id.clone()).collect();
+        for id in done {
+            self.running.remove(&id);
+            warn!(endpoint = %id, "endpoint is not running; it starts again on its next change or daemon restart");
+        }
+    }
+
+    /// Brings the running endpoints in line with the database after it was changed behind the
+    /// API's back (`cvpn apply -f`, SIGHUP): starts available ones, stops the others, restarts
+    /// those whose listener settings changed, and reapplies every running one's policy and CRL.
+    async fn resync(&mut self) {
+        let endpoints = match self.store.describe_endpoints(&[]) {
+            Ok(e) => e,
+            Err(e) => {
+                error!(error = %e, "cannot list endpoints; nothing resynchronised");
+                return;
+            }
+        };
+        let running: Vec<String> = self.running.keys().cloned().collect();
+        for id in running {
+            if !endpoints.iter().any(|e| e.client_vpn_endpoint_id == id && e.status == EndpointStatus::Available) {
+                self.stop(&id).await;
+            }
+        }
+        for ep in endpoints {
+            let id = ep.client_vpn_endpoint_id.clone();
+            match ep.status {
+                EndpointStatus::Deleting => self.finish_deletion(&id),
+                EndpointStatus::Available => {
+                    let changed = match (self.running.get(&id), self.settings(&id)) {
+                        (Some(r), Ok((_, f))) => r.fingerprint != f,
+                        _ => false,
+                    };
+                    if changed {
+                        info!(endpoint = %id, "listener settings changed in the database: restarting it");
+                        self.stop(&id).await;
+                    }
+                    if self.running.contains_key(&id) {
+                        self.on_event(ControlEvent::PolicyChanged { endpoint_id: id.clone() }).await;
+                        let revoked = self
+                            .store
+                            .export_crl(&id)
+                            .ok()
+                            .flatten()
+                            .map(|pem| revoked_serials(&pem))
+                            .unwrap_or_default();
+                        self.on_event(ControlEvent::CrlChanged { endpoint_id: id, revoked_serials: revoked }).await;
+                    } else {
+                        self.start(&id);
+                    }
+                }
+                _ => {}
+            }
+        }
+        info!(endpoints = self.running.len(), "resynchronised with the database");
+    }
+
+    fn command(&self, id: &str, cmd: ServerCommand) -> bool {
+        match self.running.get(id) {
+            Some(r) => r.commands.send(cmd).is_ok(),
+            None => false,
+        }
+    }
+
+    async fn on_event(&mut self, event: ControlEvent) {
+        match event {
+            ControlEvent::EndpointChanged { endpoint_id, change } => match change {
+                EndpointChange::Created => {}
+                EndpointChange::Status { status: EndpointStatus::Available } => self.start(&endpoint_id),
+                EndpointChange::Status { .. } => self.stop(&endpoint_id).await,
+                EndpointChange::Modified { fields } => {
+                    if fields.iter().all(|f| DESCRIPTIVE_FIELDS.contains(&f.as_str())) {
+                        return;
+                    }
+                    if self.running.contains_key(&endpoint_id) {
+                        info!(endpoint = %endpoint_id, ?fields, "endpoint modified: restarting its listener");
+                        self.stop(&endpoint_id).await;
+                        self.start(&endpoint_id);
+                    }
+                }
+                EndpointChange::Deleting => {
+                    self.stop(&endpoint_id).await;
+                    self.recorder.flush();
+                    self.finish_deletion(&endpoint_id);
+                }
+            },
+            ControlEvent::PolicyChanged { endpoint_id } => {
+                if !self.running.contains_key(&endpoint_id) {
+                    if self.store.describe_endpoint(&endpoint_id).is_ok_and(|e| e.status == EndpointStatus::Available) {
+                        self.start(&endpoint_id);
+                    }
+                    return;
+                }
+                let read = self
+                    .store
+                    .target_specs(&endpoint_id)
+                    .and_then(|t| Ok((t, self.store.policy_for(&endpoint_id)?)));
+                match read {
+                    Ok((targets, policy)) => {
+                        self.command(&endpoint_id, ServerCommand::ReplaceNetwork { targets, policy });
+                    }
+                    Err(e) => warn!(endpoint = %endpoint_id, error = %e, "policy not read; the running one stays"),
+                }
+            }
+            ControlEvent::Terminate { endpoint_id, connection_ids } => {
+                let cmd = ServerCommand::Terminate { connection_ids: connection_ids.clone(), usernames: Vec::new() };
+                if !self.command(&endpoint_id, cmd) {
+                    // Nothing runs them: record them as ended.
+                    for id in connection_ids {
+                        crate::server::ConnectionRecorder::ended(&self.recorder, &id, Default::default());
+                    }
+                }
+            }
+            ControlEvent::CrlChanged { endpoint_id, revoked_serials } => {
+                if !self.running.contains_key(&endpoint_id) {
+                    return;
+                }
+                let tls = self.store.endpoint_secrets(&endpoint_id).map_err(|e| anyhow!("{e}")).and_then(|s| {
+                    Ok(TlsMaterial::from_pem(
+                        &s.server_certificate_pem,
+                        &s.server_private_key_pem,
+                        &s.client_ca_pem,
+                        s.crl_pem.as_deref(),
+                    )?)
+                });
+                match tls {
+                    Ok(tls) => {
+                        self.command(&endpoint_id, ServerCommand::ReplaceTls { tls, revoked_serials });
+                    }
+                    Err(e) => warn!(endpoint = %endpoint_id, error = %e, "new CRL not applied"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! The control plane end to end: `cvpn serve` on its database, driven only through the `cvpn`
+//! CLI (which talks to the daemon's API socket), with Debian's stock `openvpn` clients in
+//! namespaces. Endpoints are created, served, changed live, terminated, revoked, restarted and
+//! killed here exactly as an administrator would.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use anyhow::Result;
+use cvpn_tests::{
+    gateway::{cli, CliOutput, EndpointNet, StoreDaemon, TempDir},
+    http, is_root,
+    openvpn::OpenVpnClient,
+};
+use serde_json::Value;
+
+const PRIVATE: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 10);
+const DENIED: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 20);
+
+fn require_root() {
+    assert!(is_root(), "the control-plane tests need root: run `cargo xtask test` as root");
+}
+
+fn ok(out: CliOutput, what: &str) -> String {
+    assert_eq!(out.code, 0, "{what} failed: {}{}", out.stderr, out.stdout);
+    out.stdout
+}
+
+/// A gateway with the daemon running on an empty database, and an endpoint created and
+/// associated through the CLI (UDP 443, split tunnel, client CIDR 10.77.0.0/22).
+struct Setup {
+    net: EndpointNet,
+    daemon: StoreDaemon,
+    endpoint: String,
+    _data: TempDir,
+}
+
+fn setup(clients: usize) -> Setup {
+    require_root();
+    let mut net = EndpointNet::new(clients).unwrap();
+    let data = TempDir::new("cp").unwrap();
+    let daemon = StoreDaemon::start(&net.gateway, &data.0).unwrap();
+    let (cert, key, ca) = net.write_server_files().unwrap();
+    let created = daemon
+        .json(&[
+            "endpoint",
+            "create",
+            "--client-cidr",
+            "10.77.0.0/22",
+            "--server-cert",
+            cert.to_str().unwrap(),
+            "--server-key",
+            key.to_str().unwrap(),
+            "--client-ca",
+            ca.to_str().unwrap(),
+            "--split-tunnel",
+            "--description",
+            "test endpoint",
+        ])
+        .unwrap();
+    let endpoint = created["client-vpn-endpoint-id"].as_str().unwrap().to_string();
+    assert_eq!(created["status"], "pending-associate");
+    let assoc = daemon.json(&["network", "associate", &endpoint, "--interface", "tgt0", "--subnet", "10.88.0.0/24"]).unwrap();
+    assert_eq!(assoc["endpoint-status"], "available", "{assoc}");
+    Setup { net, daemon, endpoint, _data: data }
+}
+
+impl Setup {
+    fn cli(&self, args: &[&str]) -> CliOutput {
+        self.daemon.cli(args).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        self.daemon.json(args).unwrap()
+    }
+
+    /// A client of `group` connecting with the profile `cvpn config export` prints (plus its
+    /// own certificate), from client namespace `i`.
+    fn connect(&mut self, i: usize, user: &str, group: &str) -> OpenVpnClient {
+        let pem = self.net.ca.client(user, &[group]).unwrap();
+        let d = self.net.dir.0.clone();
+        let cert = cvpn_tests::pki::write(&d, &format!("{user}.crt"), &pem.cert).unwrap();
+        let key = cvpn_tests::pki::write(&d, &format!("{user}.key"), &pem.key).unwrap();
+        let remote = EndpointNet::server_addr(i);
+        let profile = ok(
+            self.cli(&[
+                "config",
+                "export",
+                &self.endpoint,
+                "--remote-host",
+                &remote,
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+            ]),
+            "config export",
+        );
+        assert!(profile.contains(&format!("remote {remote} 443")), "{profile}");
+        // Fail fast in tests rather than retrying for ever.
+        let profile = format!("{profile}\nconnect-retry 1\nconnect-retry-max 3\nserver-poll-timeout 5\n");
+        let mut c = OpenVpnClient::start_with_text(&self.net.clients[i], &profile, &d, user).unwrap();
+        c.wait_connected(Duration::from_secs(20)).unwrap();
+        c
+    }
+
+    /// Like [`wait_until`], failing with the connection list and the daemon's log.
+    fn wait(&self, what: &str, timeout: Duration, mut f: impl FnMut(&Setup) -> bool) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if f(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{what}: not within {timeout:?}\nconnections: {:#?}\ndaemon log:\n{}",
+            self.connections(&[]),
+            self.daemon.daemon.log().join("\n")
+        );
+    }
+
+    fn connections(&self, extra: &[&str]) -> Vec<Value> {
+        let mut args = vec!["connection", "list", self.endpoint.as_str()];
+        args.extend(extra);
+        self.json(&args)["connections"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+fn get(ns: &cvpn_tests::Netns, host: Ipv4Addr) -> Result<String> {
+    ns.run(move || http::request(host, 8080, "GET /", 0, Duration::from_secs(3)))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}: not within {timeout:?}");
+}
+
+fn read_log(dir: &std::path::Path, name: &str) -> Vec<Value> {
+    std::fs::read_to_string(dir.join(name))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn cli_drives_a_running_daemon_connections_terminate_and_logs() {
+    let mut s = setup(2);
+    http::spawn_server(&s.net.private, PRIVATE, 8080).unwrap();
+    http::spawn_server(&s.net.private, DENIED, 8080).unwrap();
+    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.10/32", "--group", "engineering"]), "rule authorize");
+    // Human tables by default.
+    let table = ok(s.cli(&["endpoint", "describe"]), "endpoint describe");
+    assert!(table.contains(&s.endpoint) && table.contains("available") && table.contains("10.77.0.0/22"), "{table}");
+    let rules = ok(s.cli(&["rule", "describe", &s.endpoint]), "rule describe");
+    assert!(rules.contains("10.88.0.10/32") && rules.contains("engineering"), "{rules}");
+
+    let mut alice = s.connect(0, "alice", "engineering");
+    let mut bob = s.connect(1, "bob", "finance");
+    assert!(http::body(&get(&s.net.clients[0], PRIVATE).unwrap()).contains("10.88.0.1"), "alice reaches the private host");
+    assert!(get(&s.net.clients[0], DENIED).is_err(), "no rule allows 10.88.0.20");
+    assert!(get(&s.net.clients[1], PRIVATE).is_err(), "finance has no rule");
+
+    // Both connections listed, with counters from the data plane (written every 5 s).
+    s.wait("alice's counters in connection list", Duration::from_secs(12), |s| {
+        s.connections(&["--username", "alice"]).iter().any(|c| c["ingress-bytes"].as_u64().unwrap_or(0) > 0)
+    });
+    let conns = s.connections(&[]);
+    assert_eq!(conns.len(), 2, "{conns:?}");
+    let a = conns.iter().find(|c| c["common-name"] == "alice").unwrap().clone();
+    assert_eq!(a["status"], "active");
+    assert_eq!(a["transport-protocol"], "udp");
+    assert_eq!(a["device-ip"], "10.99.0.2");
+    assert!(a["client-ip"].as_str().unwrap().starts_with("10.77."), "{a}");
+    assert!(a["egress-packets"].as_u64().unwrap() > 0, "{a}");
+    let alice_id = a["connection-id"].as_str().unwrap().to_string();
+    let alice_ip = a["client-ip"].as_str().unwrap().to_string();
+    let table = ok(s.cli(&["connection", "list", &s.endpoint]), "connection list");
+    assert!(table.contains(&alice_id) && table.contains("bob"), "{table}");
+
+    // Terminate by id: alice is told to exit, her session and address are gone at once.
+    let t = s.json(&["connection", "terminate", &s.endpoint, "--connection-id", &alice_id]);
+    assert_eq!(t["connection-statuses"][0]["previous-status"], "active", "{t}");
+    wait_until("alice's openvpn exits after HALT", Duration::from_secs(5), || alice.exited().is_some());
+    assert!(alice.log().iter().any(|l| l.contains("Halt command was pushed by server")), "alice got HALT: {:?}", alice.log());
+    wait_until("alice recorded terminated", Duration::from_secs(3), || {
+        s.connections(&["--connection-id", &alice_id]).first().is_some_and(|c| c["status"] == "terminated")
+    });
+    // Terminate by username: bob (the certificate's common name).
+    let t = s.json(&["connection", "terminate", &s.endpoint, "--username", "bob"]);
+    assert_eq!(t["connection-statuses"].as_array().unwrap().len(), 1, "{t}");
+    wait_until("bob's openvpn exits", Duration::from_secs(5), || bob.exited().is_some());
+    wait_until("no active connection", Duration::from_secs(3), || {
+        s.connections(&["--status", "active"]).is_empty()
+    });
+    // Terminated connections stay listed.
+    assert_eq!(s.connections(&["--status", "terminated"]).len(), 2);
+    // Her session left the data plane and her address went back to the pool.
+    let log = s.daemon.daemon.log();
+    assert!(
+        log.iter().any(|l| l.contains("session ended") && l.contains(&format!("client_ip={alice_ip}"))),
+        "alice's session ended in the daemon: {}",
+        log.join("\n")
+    );
+    let carol = s.connect(0, "carol", "engineering");
+    assert!(http::body(&get(&s.net.clients[0], PRIVATE).unwrap()).contains("10.88.0.1"), "carol reaches the private host");
+    drop(carol);
+
+    // Terminating an unknown or ended connection is an API error, exit code 1.
+    let out = s.cli(&["connection", "terminate", &s.endpoint, "--connection-id", &alice_id]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("InvalidParameterValue") || out.stderr.contains("IncorrectState"), "{}", out.stderr);
+
+    // Connection log: one attempt and one reset per connection, AWS fields.
+    wait_until("carol's reset in the log", Duration::from_secs(5), || {
+        read_log(&s.daemon.data_dir, "connection.log").iter().filter(|e| e["connection-log-type"] == "connection-reset").count() >= 3
+    });
+    let log = read_log(&s.daemon.data_dir, "connection.log");
+    let attempt = log
+        .iter()
+        .find(|e| e["connection-id"] == alice_id.as_str() && e["connection-log-type"] == "connection-attempt")
+        .expect("alice's attempt");
+    assert_eq!(attempt["connection-attempt-status"], "successful");
+    assert_eq!(attempt["connection-attempt-failure-reason"], "NA");
+    assert_eq!(attempt["client-vpn-endpoint-id"], s.endpoint.as_str());
+    assert_eq!(attempt["transport-protocol"], "udp");
+    assert_eq!(attempt["client-ip"], alice_ip.as_str());
+    assert_eq!(attempt["common-name"], "alice");
+    assert_eq!(attempt["device-ip"], "10.99.0.2");
+    assert_eq!(attempt["connection-end-time"], "NA");
+    let reset = log
+        .iter()
+        .find(|e| e["connection-id"] == alice_id.as_str() && e["connection-log-type"] == "connection-reset")
+        .expect("alice's reset");
+    assert_eq!(reset["connection-attempt-status"], "NA");
+    assert_ne!(reset["connection-end-time"], "NA");
+    assert!(reset["ingress-bytes"].as_str().unwrap().parse::<u64>().unwrap() > 0, "{reset}");
+    assert!(reset["egress-packets"].as_str().unwrap().parse::<u64>().unwrap() > 0, "{reset}");
+    for field in [
+        "connection-log-type",
+        "connection-attempt-status",
+        "connection-attempt-failure-reason",
+        "connection-id",
+        "client-vpn-endpoint-id",
+        "transport-protocol",
+        "connection-start-time",
+        "connection-last-update-time",
+        "client-ip",
+        "common-name",
+        "device-ip",
+        "port",
+        "ingress-bytes",
+        "egress-bytes",
+        "ingress-packets",
+        "egress-packets",
+        "connection-end-time",
+        "username",
+        "posture-compliance-statuses",
+    ] {
+        assert!(reset.get(field).is_some(), "connection-reset entry lacks {field}: {reset}");
+    }
+    // The denied request went to the flow log with alice's connection id.
+    let flows = read_log(&s.daemon.data_dir, "flow.log");
+    assert!(
+        flows.iter().any(|f| f["connection-id"] == alice_id.as_str() && f["destination-ip"] == "10.88.0.20"),
+        "flow log: {flows:?}"
+    );
+}
+
+fn echo_loop(target: (Ipv4Addr, u16), run_for: Duration) -> Result<Vec<(std::time::Instant, bool)>> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    s.connect(target)?;
+    s.set_nonblocking(true)?;
+    let mut sent = Vec::new();
+    let mut answered = std::collections::HashSet::new();
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    while start.elapsed() < run_for {
+        let seq = sent.len() as u64;
+        let _ = s.send(&seq.to_be_bytes());
+        sent.push(std::time::Instant::now());
+        let until = std::time::Instant::now() + Duration::from_millis(3);
+        while std::time::Instant::now() < until {
+            match s.recv(&mut buf) {
+                Ok(8) => {
+                    answered.insert(u64::from_be_bytes(buf[..8].try_into().unwrap_or([0; 8])));
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    }
+    Ok(sent.into_iter().enumerate().map(|(i, t)| (t, answered.contains(&(i as u64)))).collect())
+}
+
+#[test]
+fn rule_revoked_through_the_api_cuts_a_running_flow_within_100ms_and_spares_the_other() {
+    let mut s = setup(2);
+    for g in ["engineering", "finance"] {
+        ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.0/24", "--group", g]), "authorize");
+    }
+    let _alice = s.connect(0, "alice", "engineering");
+    let _bob = s.connect(1, "bob", "finance");
+    let echo = s.net.private.run(|| Ok(std::net::UdpSocket::bind((PRIVATE, 7007))?)).unwrap();
+    echo.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let echo_thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((n, peer)) = echo.recv_from(&mut buf) {
+                let _ = echo.send_to(&buf[..n], peer);
+            }
+        }
+    });
+    let run_for = Duration::from_millis(3000);
+    let alice = s.net.clients[0].spawn(move || echo_loop((PRIVATE, 7007), run_for));
+    let bob = s.net.clients[1].spawn(move || echo_loop((PRIVATE, 7007), run_for));
+    std::thread::sleep(Duration::from_millis(800));
+    let out = s.cli(&["rule", "revoke", &s.endpoint, "--destination", "10.88.0.0/24", "--group", "engineering"]);
+    // The moment the API call has returned (the CLI process has exited).
+    let returned = std::time::Instant::now();
+    ok(out, "rule revoke");
+    let alice = alice.join().unwrap().unwrap();
+    let bob = bob.join().unwrap().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    echo_thread.join().unwrap();
+
+    let before = alice.iter().filter(|(t, ok)| *ok && *t < returned).count();
+    assert!(before > 50, "alice's flow must run before the revoke ({before} answers)");
+    let last_ok = alice.iter().filter(|(_, ok)| *ok).map(|(t, _)| *t).max().unwrap();
+    let after = last_ok.saturating_duration_since(returned);
+    println!("alice's last answered request was sent {after:?} after the API call returned");
+    assert!(after < Duration::from_millis(100), "the revoke took effect only {after:?} after the API call returned");
+    let bob_after: Vec<_> = bob.iter().filter(|(t, _)| *t > returned + Duration::from_millis(200)).collect();
+    let bob_ok = bob_after.iter().filter(|(_, ok)| *ok).count();
+    assert!(bob_after.len() > 50 && bob_ok * 10 >= bob_after.len() * 9, "bob's flow must continue: {bob_ok} of {}", bob_after.len());
+    assert!(!s.daemon.daemon.log().iter().any(|l| l.contains("session ended")), "no session may be reset");
+    assert_eq!(s.connections(&["--status", "active"]).len(), 2);
+}
+
+#[test]
+fn crl_import_ends_the_revoked_clients_session_only() {
+    let mut s = setup(2);
+    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.0/24", "--all-groups"]), "authorize");
+    let mut mallory = s.connect(0, "mallory", "engineering");
+    let mallory_serial = s.net.ca.last_issued_serial();
+    let _alice = s.connect(1, "alice", "engineering");
+    assert_eq!(s.connections(&["--username", "mallory"]).len(), 1);
+    s.net.ca.revoke(mallory_serial);
+    let crl = cvpn_tests::pki::write(&s.net.dir.0, "crl.pem", &s.net.ca.crl_pem().unwrap()).unwrap();
+    let summary = s.json(&["crl", "import", &s.endpoint, "--file", crl.to_str().unwrap()]);
+    assert_eq!(summary["entries"], 1, "{summary}");
+    wait_until("mallory's openvpn exits", Duration::from_secs(5), || mallory.exited().is_some());
+    let active = s.connections(&["--status", "active"]);
+    assert_eq!(active.len(), 1, "{active:?}");
+    assert_eq!(active[0]["common-name"], "alice");
+    // Her session's end is in the connection log.
+    let log = read_log(&s.daemon.data_dir, "connection.log");
+    assert!(log.iter().any(|e| e["common-name"] == "mallory" && e["connection-log-type"] == "connection-reset"), "{log:?}");
+}
+
+#[test]
+fn disassociating_the_last_network_ends_every_connection_and_stops_serving() {
+    let mut s = setup(1);
+    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.0/24", "--all-groups"]), "authorize");
+    let mut alice = s.connect(0, "alice", "engineering");
+    let nets = s.json(&["network", "describe", &s.endpoint]);
+    let assoc = nets["client-vpn-target-networks"][0]["association-id"].as_str().unwrap().to_string();
+    let r = s.json(&["network", "disassociate", &s.endpoint, &assoc]);
+    assert_eq!(r["endpoint-status"], "pending-associate", "{r}");
+    wait_until("alice is told to go", Duration::from_secs(5), || {
+        alice.log().iter().any(|l| l.contains("server-pushed")) || alice.exited().is_some()
+    });
+    wait_until("no active connection", Duration::from_secs(5), || s.connections(&["--status", "active"]).is_empty());
+    // Nothing listens any more (the endpoint's TUN is gone).
+    wait_until("the endpoint's TUN is removed", Duration::from_secs(5), || {
+        !String::from_utf8_lossy(&s.net.gateway.ip("-o link show").unwrap().stdout).contains("cvpn")
+    });
+    // Associating again serves again.
+    s.json(&["network", "associate", &s.endpoint, "--interface", "tgt0"]);
+    alice.stop();
+    let _again = s.connect(0, "alice2", "engineering");
+}
+
+#[test]
+fn the_database_survives_restarts_and_a_kill_during_a_burst_of_writes() {
+    let mut s = setup(1);
+    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.10/32", "--all-groups"]), "authorize");
+    // Restart: the same endpoint, rules and association, serving again.
+    s.daemon.daemon.stop();
+    let data = s.daemon.data_dir.clone();
+    s.daemon = StoreDaemon::start(&s.net.gateway, &data).unwrap();
+    s.daemon.daemon.wait_for("endpoint started", Duration::from_secs(5)).unwrap();
+    let eps = s.json(&["endpoint", "describe"]);
+    assert_eq!(eps["client-vpn-endpoints"][0]["status"], "available", "{eps}");
+    assert_eq!(s.json(&["rule", "describe", &s.endpoint])["authorization-rules"].as_array().unwrap().len(), 1);
+
+    // A burst of writes from another thread; SIGKILL in the middle of it.
+    let socket = s.daemon.socket.clone();
+    let endpoint = s.endpoint.clone();
+    let writer = std::thread::spawn(move || {
+        let mut done = 0;
+        for i in 0..150u32 {
+            let dest = format!("10.{}.{}.0/24", 100 + i / 250, i % 250);
+            match cli(&socket, &["rule", "authorize", &endpoint, "--destination", &dest, "--group", "g"]) {
+                Ok(o) if o.code == 0 => done += 1,
+                _ => break,
+            }
+        }
+        done
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    s.daemon.daemon.kill();
+    let acknowledged = writer.join().unwrap();
+    assert!(acknowledged > 0 && acknowledged < 150, "the kill must land mid-burst ({acknowledged} writes acknowledged)");
+    s.daemon = StoreDaemon::start(&s.net.gateway, &data).unwrap();
+    s.daemon.daemon.wait_for("endpoint started", Duration::from_secs(5)).unwrap();
+    let rules = s.json(&["rule", "describe", &s.endpoint])["authorization-rules"].as_array().unwrap().len();
+    // Every acknowledged write is there; at most the one in flight may also have landed.
+    assert!(rules == acknowledged + 1 || rules == acknowledged + 2, "{rules} rules after {acknowledged} acknowledged writes");
+    // And the endpoint serves: a client connects and reaches the private host.
+    http::spawn_server(&s.net.private, PRIVATE, 8080).unwrap();
+    let _c = s.connect(0, "alice", "engineering");
+    assert!(get(&s.net.clients[0], PRIVATE).is_ok());
+}
+
+#[test]
+fn api_errors_name_the_field_and_exit_nonzero() {
+    let s = setup(0);
+    let e = s.endpoint.as_str();
+    let d = s.net.dir.0.join("server.crt");
+    let crt = d.to_str().unwrap();
+    let key = s.net.dir.0.join("server.key");
+    let key = key.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["endpoint", "create", "--client-cidr", "10.0.0.0/8", "--server-cert", crt, "--server-key", key, "--client-ca", crt], "InvalidParameterValue"),
+        (vec!["network", "associate", e, "--interface", "wan0", "--subnet", "10.77.0.0/24"], "overlap"),
+        (vec!["endpoint", "create", "--client-cidr", "10.60.0.0/22", "--server-cert", crt, "--server-key", key, "--client-ca", crt, "--port", "8443"], "vpn-port"),
+        (vec!["endpoint", "modify", e, "--dns-server", "1.1.1.1", "--dns-server", "8.8.8.8", "--dns-server", "9.9.9.9"], "dns-servers"),
+        (vec!["endpoint", "modify", e, "--session-timeout-hours", "9"], "session-timeout-hours"),
+        (vec!["endpoint", "describe", "cvpn-endpoint-0123456789abcdef0"], "InvalidClientVpnEndpointId.NotFound"),
+        (vec!["route", "create", e, "--destination", "10.77.1.0/24", "--interface", "tgt0"], "overlap"),
+        (vec!["rule", "authorize", e, "--destination", "10.88.0.0/33", "--all-groups"], "target-network-cidr"),
+        (vec!["network", "associate", e, "--interface", "tgt0"], "Duplicate"),
+    ];
+    for (args, needle) in cases {
+        let out = s.cli(&args);
+        assert_eq!(out.code, 1, "cvpn {}: {}{}", args.join(" "), out.stdout, out.stderr);
+        assert!(out.stderr.contains(needle), "cvpn {}: {:?} lacks {needle:?}", args.join(" "), out.stderr);
+    }
+    // Nothing changed.
+    assert_eq!(s.json(&["endpoint", "describe"])["client-vpn-endpoints"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn sigterm_tells_clients_to_reconnect_and_detaches_everything() {
+    let mut s = setup(1);
+    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.0/24", "--all-groups"]), "authorize");
+    let alice = s.connect(0, "alice", "engineering");
+    let status = s.daemon.daemon.stop().unwrap();
+    assert!(status.success(), "clean exit: {status}");
+    assert!(
+        alice.log().iter().any(|l| l.contains("server-pushed-connection-reset")),
+        "the client was told to reconnect: {:?}",
+        alice.log()
+    );
+    let links = String::from_utf8_lossy(&s.net.gateway.ip("-o link show").unwrap().stdout).into_owned();
+    assert!(!links.contains("cvpn"), "the TUN is gone: {links}");
+    let tc = s.net.gateway.command("tc").args(["filter", "show", "dev", "tgt0", "ingress"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&tc.stdout).contains("bpf"), "no classifier left on tgt0");
+    let bpf = s.net.gateway.command("ip").args(["link", "show", "dev", "tgt0"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&bpf.stdout).contains("xdp"), "no XDP program left on tgt0");
+    assert!(!s.daemon.socket.exists(), "the API socket is removed");
+    let conns = cvpn_tests::gateway::cli(&s.daemon.socket, &["connection", "list", &s.endpoint]).unwrap();
+    assert_ne!(conns.code, 0, "the API is gone with the daemon");
+}
