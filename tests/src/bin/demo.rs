@@ -1,8 +1,10 @@
 //! `cargo xtask demo`: cvpn end to end, in namespaces it makes and removes.
 //!
-//! 1. An endpoint: `cvpn serve` with certificates the demo generates, two stock `openvpn`
-//!    clients (groups `engineering` and `finance`) connecting, allowed and denied HTTP
-//!    requests to a private network whose server sees the gateway's address.
+//! 1. A gateway: `cvpn serve` on an embedded database; an endpoint created, associated and
+//!    authorized with the `cvpn` CLI using certificates the demo generates; two stock `openvpn`
+//!    clients (groups `engineering` and `finance`) connecting with the exported profile; allowed
+//!    and denied HTTP requests to a private network whose server sees the gateway's address; a
+//!    live rule revoke; the connection list, a terminate, the connection and flow logs.
 //! 2. The kernel data plane on its own: the same rules, a live policy change applied in
 //!    microseconds without resetting anyone, flow events, counters and the NAT table.
 
@@ -63,67 +65,119 @@ fn main() -> Result<()> {
     dataplane_demo()
 }
 
-/// Part 1: `cvpn serve` and stock OpenVPN clients.
+/// Shows `cvpn ARGS` as an administrator would type it (file paths shortened to their names),
+/// runs it against the daemon and prints what it printed.
+fn admin(daemon: &cvpn_tests::gateway::StoreDaemon, args: &[&str]) -> Result<String> {
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| if a.starts_with('/') { a.rsplit('/').next().unwrap_or(a).to_string() } else { a.to_string() })
+        .collect();
+    println!("$ cvpn {}", shown.join(" "));
+    let out = daemon.cli(args)?;
+    for l in out.stdout.lines().chain(out.stderr.lines()) {
+        if l == "<ca>" {
+            println!("  <ca>…</ca> <cert>…</cert> <key>…</key> (PEM blocks)");
+            break;
+        }
+        println!("  {l}");
+    }
+    if out.code != 0 {
+        bail!("cvpn {} exited {}", args.join(" "), out.code);
+    }
+    Ok(out.stdout)
+}
+
+/// Part 1: `cvpn serve` on its database, an endpoint made with the CLI, stock OpenVPN clients.
 fn endpoint_demo() -> Result<()> {
     use cvpn_tests::{
-        gateway::{Daemon, EndpointNet},
-        openvpn::{OpenVpnClient, Profile},
+        gateway::{EndpointNet, StoreDaemon, TempDir},
+        openvpn::OpenVpnClient,
     };
-    println!("== part 1: a cvpn endpoint and stock OpenVPN 2.6 clients ==");
+    println!("== part 1: a cvpn gateway, administered with the cvpn CLI, and stock OpenVPN 2.6 clients ==");
     let mut net = EndpointNet::new(2)?;
-    let config = net.write_config(
-        "client_cidr = \"10.77.0.0/22\"\ntransport = \"udp\"\nport = 443\nlisten = \"0.0.0.0\"\nsplit_tunnel = true\n",
-        "[[target_network]]\ninterface = \"tgt0\"\n\n\
-         [[authorization_rule]]\ndestination = \"10.88.0.0/24\"\ngroup = \"engineering\"\n\n\
-         [[authorization_rule]]\ndestination = \"10.88.0.10/32\"\ngroup = \"finance\"\n",
-    )?;
-    println!("endpoint config ({}):", config.display());
-    for line in std::fs::read_to_string(&config)?.lines().filter(|l| !l.contains("server_") && !l.contains("client_ca") && !l.contains("crl")) {
-        println!("  {line}");
-    }
-    let mut daemon = Daemon::start(&net.gateway, &config)?;
-    println!("cvpn serve is up in namespace {}", net.gateway.name());
+    let data = TempDir::new("demo-data")?;
+    let mut daemon = StoreDaemon::start(&net.gateway, &data.0)?;
+    println!(
+        "cvpn serve is up in namespace {}: database {}/cvpn.db, API socket {}\n",
+        net.gateway.name(),
+        data.0.display(),
+        daemon.socket.display()
+    );
+    let (cert, key, ca) = net.write_server_files()?;
+    let p = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let (cert, key, ca) = (p(&cert), p(&key), p(&ca));
+    let created = daemon.json(&[
+        "endpoint", "create", "--client-cidr", "10.77.0.0/22", "--server-cert", &cert, "--server-key", &key,
+        "--client-ca", &ca, "--split-tunnel", "--description", "demo",
+    ])?;
+    let ep = created["client-vpn-endpoint-id"].as_str().context("endpoint id")?.to_string();
+    admin(&daemon, &["endpoint", "describe", &ep])?;
+    admin(&daemon, &["network", "associate", &ep, "--interface", "tgt0", "--subnet", "10.88.0.0/24"])?;
+    admin(&daemon, &["rule", "authorize", &ep, "--destination", "10.88.0.0/24", "--group", "engineering"])?;
+    admin(&daemon, &["rule", "authorize", &ep, "--destination", "10.88.0.10/32", "--group", "finance"])?;
+    println!("(AWS semantics: the longest matching prefix decides, so finance's /32 takes 10.88.0.10 away from engineering)\n");
     for host in [PRIVATE_HOST, PRIVATE_HOST_2] {
         cvpn_tests::http::spawn_server(&net.private, host, 80)?;
     }
     let mut clients = Vec::new();
     for (i, (user, group)) in [("alice", "engineering"), ("bob", "finance")].into_iter().enumerate() {
         let pem = net.ca.client(user, &[group])?;
-        let profile = Profile {
-            remote: EndpointNet::server_addr(i),
-            port: 443,
-            proto: "udp".into(),
-            ca_pem: net.ca.cert_pem(),
-            client: pem,
-            data_ciphers: "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305".into(),
-            tls_version_max: None,
-            extra: vec!["explicit-exit-notify 1".into()],
+        let d = net.dir.0.clone();
+        let cert = p(&cvpn_tests::pki::write(&d, &format!("{user}.crt"), &pem.cert)?);
+        let key = p(&cvpn_tests::pki::write(&d, &format!("{user}.key"), &pem.key)?);
+        let remote = EndpointNet::server_addr(i);
+        let profile = if i == 0 {
+            admin(&daemon, &["config", "export", &ep, "--remote-host", &remote, "--cert", &cert, "--key", &key])?
+        } else {
+            daemon.cli(&["config", "export", &ep, "--remote-host", &remote, "--cert", &cert, "--key", &key])?.stdout
         };
-        let mut c = OpenVpnClient::start(&net.clients[i], &profile, &net.dir.0, user)?;
+        let mut c = OpenVpnClient::start_with_text(&net.clients[i], &profile, &d, user)?;
         let took = c.wait_connected(Duration::from_secs(20))?;
-        println!("{user} ({group}) connected in {took:?}: {}", c.log().iter().find(|l| l.contains("ifconfig")).map(String::as_str).unwrap_or(""));
+        println!("{user} ({group}) connected with the exported profile in {took:?}");
         clients.push(c);
     }
+    let ask = |i: usize, host: Ipv4Addr| match net.clients[i].run(move || get(host)) {
+        Ok(body) => format!("ALLOWED  (the web server saw {body})"),
+        Err(e) => format!("BLOCKED  ({e:#})"),
+    };
     println!("\n-- requests through the tunnel --");
     for (i, user) in ["alice", "bob"].into_iter().enumerate() {
         for host in [PRIVATE_HOST, PRIVATE_HOST_2] {
-            let r = match net.clients[i].run(move || get(host)) {
-                Ok(body) => format!("ALLOWED  (the web server saw {body})"),
-                Err(e) => format!("BLOCKED  ({e:#})"),
-            };
-            println!("{user:<6} -> {host}: {r}");
+            println!("{user:<6} -> {host}: {}", ask(i, host));
         }
     }
+    println!("\n-- live change: engineering loses 10.88.0.0/24; nobody is reset --");
+    let started = Instant::now();
+    admin(&daemon, &["rule", "revoke", &ep, "--destination", "10.88.0.0/24", "--group", "engineering"])?;
+    println!("(the CLI call, API and data-plane swap took {:?})", started.elapsed());
+    println!("alice  -> {PRIVATE_HOST_2}: {}", ask(0, PRIVATE_HOST_2));
+    println!("bob    -> {PRIVATE_HOST}: {}", ask(1, PRIVATE_HOST));
+    // Counters reach the database every few seconds.
+    std::thread::sleep(Duration::from_secs(5));
+    println!("\n-- connections --");
+    admin(&daemon, &["connection", "list", &ep])?;
+    admin(&daemon, &["connection", "terminate", &ep, "--username", "bob"])?;
+    let mut bob = clients.pop().context("bob")?;
+    let start = Instant::now();
+    while bob.exited().is_none() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("bob's openvpn: {}", bob.log().iter().rev().find(|l| l.contains("Halt")).map(String::as_str).unwrap_or("(still running)"));
     for mut c in clients {
         c.stop();
     }
-    daemon.wait_for("session ended", Duration::from_secs(5)).ok();
-    println!("\n-- cvpn log (connections) --");
-    for l in daemon.log().iter().filter(|l| l.contains("client authenticated") || l.contains("session ended") || l.contains("disconnect")) {
-        println!("  {}", l.split_once("gateway::server: ").map_or(l.as_str(), |(_, r)| r));
+    std::thread::sleep(Duration::from_millis(500));
+    admin(&daemon, &["connection", "list", &ep])?;
+    println!("\n-- connection log ({}/connection.log, AWS field names) --", data.0.display());
+    for l in std::fs::read_to_string(data.0.join("connection.log")).unwrap_or_default().lines() {
+        println!("  {l}");
     }
-    daemon.stop();
-    println!();
+    println!("\n-- flow log (denied destinations) --");
+    for l in std::fs::read_to_string(data.0.join("flow.log")).unwrap_or_default().lines().take(4) {
+        println!("  {l}");
+    }
+    daemon.daemon.stop();
+    println!("\ncvpn serve stopped (SIGTERM): programs detached, TUN removed; namespaces removed next\n");
     Ok(())
 }
 
