@@ -259,6 +259,9 @@ fn apply(path: &std::path::Path, data_dir: std::path::PathBuf) -> anyhow::Result
     } else {
         println!("{}: no changes", report.endpoint_id);
     }
+    if report.changed() {
+        println!("a running daemon applies this on `systemctl reload cvpn` (SIGHUP to cvpn serve)");
+    }
     for old in &report.superseded {
         println!("note: {old} was applied from a file with the same listener and another client CIDR; it is left as it is");
     }

@@ -481,3 +481,60 @@ fn sigterm_tells_clients_to_reconnect_and_detaches_everything() {
     let conns = cvpn_tests::gateway::cli(&s.daemon.socket, &["connection", "list", &s.endpoint]).unwrap();
     assert_ne!(conns.code, 0, "the API is gone with the daemon");
 }
+
+#[test]
+fn apply_then_sighup_brings_a_running_daemon_in_line_with_the_file() {
+    require_root();
+    let mut net = EndpointNet::new(1).unwrap();
+    let data = TempDir::new("cp").unwrap();
+    let mut daemon = StoreDaemon::start(&net.gateway, &data.0).unwrap();
+    let cfg = net
+        .write_config(
+            "client_cidr = \"10.77.0.0/22\"\ntransport = \"udp\"\nport = 1194\nsplit_tunnel = true\n",
+            "[[target_network]]\ninterface = \"tgt0\"\n\n[[authorization_rule]]\ndestination = \"10.88.0.10/32\"\nall_groups = true\n",
+        )
+        .unwrap();
+    let apply = std::process::Command::new(cvpn_tests::gateway::cvpn_binary().unwrap())
+        .args(["apply", "-f"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(&data.0)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&apply.stdout).into_owned();
+    assert!(apply.status.success() && printed.contains("created cvpn-endpoint-"), "{printed}{}", String::from_utf8_lossy(&apply.stderr));
+    let endpoint = printed.split_whitespace().find(|w| w.starts_with("cvpn-endpoint-")).unwrap().trim_end_matches(':').to_string();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.daemon.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    daemon.daemon.wait_for("endpoint started", Duration::from_secs(5)).unwrap();
+    http::spawn_server(&net.private, PRIVATE, 8080).unwrap();
+    let pem = net.ca.client("alice", &["engineering"]).unwrap();
+    let d = net.dir.0.clone();
+    let cert = cvpn_tests::pki::write(&d, "alice.crt", &pem.cert).unwrap();
+    let key = cvpn_tests::pki::write(&d, "alice.key", &pem.key).unwrap();
+    let profile = ok(
+        daemon
+            .cli(&["config", "export", &endpoint, "--remote-host", "10.99.0.1", "--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])
+            .unwrap(),
+        "config export",
+    );
+    assert!(profile.contains("remote 10.99.0.1 1194"), "{profile}");
+    let mut c = OpenVpnClient::start_with_text(&net.clients[0], &profile, &d, "alice").unwrap();
+    c.wait_connected(Duration::from_secs(20)).unwrap();
+    assert!(get(&net.clients[0], PRIVATE).is_ok(), "the applied rule lets alice reach the private host");
+    // The rule removed from the file, applied, SIGHUP: the running flow is cut, alice stays.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("[[authorization_rule]]\ndestination = \"10.88.0.10/32\"\nall_groups = true\n", "");
+    std::fs::write(&cfg, text).unwrap();
+    let out = std::process::Command::new(cvpn_tests::gateway::cvpn_binary().unwrap())
+        .args(["apply", "-f"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(&data.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.daemon.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    daemon.daemon.wait_for("resynchronised with the database", Duration::from_secs(5)).unwrap();
+    assert!(get(&net.clients[0], PRIVATE).is_err(), "no rule allows it any more");
+    assert!(c.exited().is_none(), "alice's session was not reset");
+    assert_eq!(daemon.json(&["connection", "list", &endpoint, "--status", "active"]).unwrap()["connections"].as_array().unwrap().len(), 1);
+}
