@@ -538,3 +538,30 @@ fn apply_then_sighup_brings_a_running_daemon_in_line_with_the_file() {
     assert!(c.exited().is_none(), "alice's session was not reset");
     assert_eq!(daemon.json(&["connection", "list", &endpoint, "--status", "active"]).unwrap()["connections"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn listener_changes_restart_the_endpoint_and_clients_come_back_with_the_new_push() {
+    let mut s = setup(1);
+    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.0/24", "--all-groups"]), "authorize");
+    let alice = s.connect(0, "alice", "engineering");
+    // A split-tunnel route added while alice is connected: stock 2.6 clients take no pushed
+    // updates, so it comes with her next connect.
+    ok(s.cli(&["route", "create", &s.endpoint, "--destination", "10.66.0.0/16", "--interface", "tgt0"]), "route create");
+    // A description is not a listener setting: nobody is disturbed.
+    ok(s.cli(&["endpoint", "modify", &s.endpoint, "--description", "renamed"]), "modify description");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!alice.log().iter().any(|l| l.contains("server-pushed")), "a description change resets nobody");
+    // DNS servers are pushed at connect: the endpoint restarts and its clients reconnect.
+    ok(s.cli(&["endpoint", "modify", &s.endpoint, "--dns-server", "10.88.0.2"]), "modify dns");
+    s.wait("alice reconnects after the restart", Duration::from_secs(20), |_| {
+        alice.log().iter().filter(|l| l.contains("Initialization Sequence Completed")).count() >= 2
+    });
+    let log = alice.log();
+    assert!(log.iter().any(|l| l.contains("server-pushed-connection-reset")), "told to reconnect: {log:?}");
+    let push = log.iter().rev().find(|l| l.contains("PUSH_REPLY")).unwrap();
+    assert!(push.contains("dhcp-option DNS 10.88.0.2"), "{push}");
+    assert!(push.contains("route 10.66.0.0 255.255.0.0"), "{push}");
+    s.wait("one active and one ended connection", Duration::from_secs(5), |s| {
+        s.connections(&["--status", "active"]).len() == 1 && s.connections(&["--status", "terminated"]).len() == 1
+    });
+}

@@ -1200,6 +1200,49 @@ fn crl_import_and_export() {
 // ---- connections --------------------------------------------------------------------------------
 
 #[test]
+fn certificate_clients_are_found_by_common_name_and_ids_can_be_chosen() {
+    let fx = Fx::new();
+    let eid = fx.endpoint();
+    fx.associate(&eid, "eth1", Some("10.88.0.0/24")).unwrap();
+    let new = |cn: &str, user: Option<&str>, ip: u8| NewConnection {
+        client_vpn_endpoint_id: eid.clone(),
+        client_ip: Ipv4Addr::new(10, 2, 0, ip),
+        common_name: cn.into(),
+        username: user.map(Into::into),
+        device_ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, ip)),
+        device_port: 40_000,
+        transport_protocol: TransportProtocol::Udp,
+    };
+    // The daemon names connections itself (the connection log uses the same id).
+    let id = "cvpn-connection-0123456789abcdef0";
+    let carol = fx.store.record_connection_start_as(id, &new("carol", None, 2)).unwrap();
+    assert_eq!(carol.connection_id, id);
+    assert!(fx.store.record_connection_start_as(id, &new("carol", None, 3)).is_err(), "an id is never reused");
+    assert_eq!(code(fx.store.record_connection_start_as("conn-1", &new("x", None, 4))), codes::INVALID_PARAMETER_VALUE);
+    // A user-authenticated "carol" is someone else than the certificate "carol"… unless no
+    // user name was given: then the user is the certificate's common name.
+    fx.store.record_connection_start(&new("laptop-7", Some("dave"), 5)).unwrap();
+    let by = |user: &str| {
+        fx.store
+            .describe_connections(&ConnectionFilter {
+                client_vpn_endpoint_id: Some(eid.clone()),
+                username: Some(user.into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|c| c.common_name)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(by("carol"), ["carol"]);
+    assert_eq!(by("dave"), ["laptop-7"]);
+    assert!(by("laptop-7").is_empty(), "a user name, when given, is the user");
+    let t = fx.store.terminate_connections(&eid, &TerminateTarget::Username("carol".into())).unwrap();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].connection_id, id);
+}
+
+#[test]
 fn connections_lifecycle_filters_and_retention() {
     let fx = Fx::new();
     let eid = fx.endpoint();
