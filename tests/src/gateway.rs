@@ -258,14 +258,23 @@ pub struct CliOutput {
 impl StoreDaemon {
     /// Starts the daemon in `ns` with its data directory and API socket in `data_dir`.
     pub fn start(ns: &Netns, data_dir: &Path) -> Result<Self> {
+        Self::start_with_config(ns, data_dir, None)
+    }
+
+    /// [`StoreDaemon::start`] with a daemon configuration file too (the flags override its
+    /// data directory and socket).
+    pub fn start_with_config(ns: &Netns, data_dir: &Path, config: Option<&Path>) -> Result<Self> {
         let socket = data_dir.join("api.sock");
-        let args: Vec<std::ffi::OsString> = vec![
+        let mut args: Vec<std::ffi::OsString> = vec![
             "serve".into(),
             "--data-dir".into(),
             data_dir.as_os_str().to_owned(),
             "--api-socket".into(),
             socket.as_os_str().to_owned(),
         ];
+        if let Some(c) = config {
+            args.extend(["--config".into(), c.as_os_str().to_owned()]);
+        }
         let daemon = Daemon::spawn(ns, &args, "debug", "API listening")?;
         Ok(StoreDaemon { daemon, data_dir: data_dir.to_path_buf(), socket })
     }

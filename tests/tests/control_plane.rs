@@ -565,3 +565,38 @@ fn listener_changes_restart_the_endpoint_and_clients_come_back_with_the_new_push
         s.connections(&["--status", "active"]).len() == 1 && s.connections(&["--status", "terminated"]).len() == 1
     });
 }
+
+#[test]
+fn the_api_over_tls_needs_the_bearer_token() {
+    require_root();
+    let mut net = EndpointNet::new(0).unwrap();
+    let data = TempDir::new("cp").unwrap();
+    let api_cert = net.ca.server("127.0.0.1").unwrap();
+    let d = net.dir.0.clone();
+    let w = |name: &str, text: &str| cvpn_tests::pki::write(&d, name, text).unwrap();
+    let (cert, key, ca, token) = (w("api.crt", &api_cert.cert), w("api.key", &api_cert.key), w("api-ca.crt", &net.ca.cert_pem()), w("api.token", "tok-3f9a1c\n"));
+    let config = w(
+        "cvpn.toml",
+        &format!("[api]\ntcp_listen = \"127.0.0.1:8443\"\ntls_cert = {cert:?}\ntls_key = {key:?}\ntoken_file = {token:?}\n"),
+    );
+    let daemon = StoreDaemon::start_with_config(&net.gateway, &data.0, Some(&config)).unwrap();
+    let bin = cvpn_tests::gateway::cvpn_binary().unwrap();
+    // The CLI runs in the gateway's namespace, where 127.0.0.1:8443 is the daemon.
+    let remote = |token: &str| {
+        net.gateway
+            .command(bin.to_str().unwrap())
+            .args(["endpoint", "describe", "--api", "https://127.0.0.1:8443", "--ca-cert"])
+            .arg(&ca)
+            .env("CVPN_API_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let good = remote("tok-3f9a1c");
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    assert!(String::from_utf8_lossy(&good.stdout).contains("ENDPOINT ID"));
+    let bad = remote("wrong");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("AuthFailure"), "{}", String::from_utf8_lossy(&bad.stderr));
+    // The local socket works alongside.
+    assert!(daemon.json(&["endpoint", "describe"]).is_ok());
+}
