@@ -34,12 +34,15 @@ pub enum ClientError {
         message: String,
     },
     /// The API could not be reached.
-    #[error("cannot reach the cvpn API at {target}: {source}")]
+    #[error(
+        "cannot reach the cvpn API at {target} ({cause}): is `cvpn serve` running? \
+         (`systemctl status cvpn`; another socket: --socket PATH or CVPN_SOCKET)"
+    )]
     Connect {
         /// The socket path or URL.
         target: String,
-        /// The cause.
-        source: io::Error,
+        /// The cause (part of the message, so it is printed once).
+        cause: io::Error,
     },
     /// The `--api` URL is not `https://host[:port]`.
     #[error("--api {0:?}: expected https://HOST[:PORT]")]
@@ -236,9 +239,9 @@ pub async fn send(target: &Target, req: ApiRequest) -> Result<ApiReply, ClientEr
 }
 
 async fn send_inner(target: &Target, req: ApiRequest) -> Result<ApiReply, ClientError> {
-    let connect_err = |source| ClientError::Connect {
+    let connect_err = |cause| ClientError::Connect {
         target: target.describe(),
-        source,
+        cause,
     };
     match target {
         Target::Unix(path) => {
