@@ -107,6 +107,18 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Resolves on SIGINT or SIGTERM. Needs a Tokio runtime.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
 fn serve_daemon(
     config: Option<std::path::PathBuf>,
     data_dir: Option<std::path::PathBuf>,
@@ -131,15 +143,7 @@ fn serve_daemon(
         .context("starting the event loop")?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        gateway::control::run(cfg, shutdown).await
+        gateway::control::run(cfg, shutdown_signal()?).await
     })
 }
 
@@ -210,15 +214,7 @@ fn serve(path: &std::path::Path, tun_name: String, data_dir: std::path::PathBuf,
                 }
             }
         });
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        server.run_with_commands(shutdown, receiver).await
+        server.run_with_commands(shutdown_signal()?, receiver).await
     })
 }
 

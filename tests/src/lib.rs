@@ -9,6 +9,7 @@
 //! * [`Topology`]: clients → relay → gateway (kernel data plane) → private network.
 
 pub mod packets;
+pub mod echo;
 pub mod gateway;
 pub mod http;
 pub mod openvpn;

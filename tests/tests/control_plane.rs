@@ -273,31 +273,6 @@ fn cli_drives_a_running_daemon_connections_terminate_and_logs() {
     );
 }
 
-fn echo_loop(target: (Ipv4Addr, u16), run_for: Duration) -> Result<Vec<(std::time::Instant, bool)>> {
-    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
-    s.connect(target)?;
-    s.set_nonblocking(true)?;
-    let mut sent = Vec::new();
-    let mut answered = std::collections::HashSet::new();
-    let start = std::time::Instant::now();
-    let mut buf = [0u8; 16];
-    while start.elapsed() < run_for {
-        let seq = sent.len() as u64;
-        let _ = s.send(&seq.to_be_bytes());
-        sent.push(std::time::Instant::now());
-        let until = std::time::Instant::now() + Duration::from_millis(3);
-        while std::time::Instant::now() < until {
-            match s.recv(&mut buf) {
-                Ok(8) => {
-                    answered.insert(u64::from_be_bytes(buf[..8].try_into().unwrap_or([0; 8])));
-                }
-                Ok(_) => {}
-                Err(_) => std::thread::sleep(Duration::from_micros(200)),
-            }
-        }
-    }
-    Ok(sent.into_iter().enumerate().map(|(i, t)| (t, answered.contains(&(i as u64)))).collect())
-}
 
 #[test]
 fn rule_revoked_through_the_api_cuts_a_running_flow_within_100ms_and_spares_the_other() {
@@ -307,21 +282,10 @@ fn rule_revoked_through_the_api_cuts_a_running_flow_within_100ms_and_spares_the_
     }
     let _alice = s.connect(0, "alice", "engineering");
     let _bob = s.connect(1, "bob", "finance");
-    let echo = s.net.private.run(|| Ok(std::net::UdpSocket::bind((PRIVATE, 7007))?)).unwrap();
-    echo.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let echo_thread = std::thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Ok((n, peer)) = echo.recv_from(&mut buf) {
-                let _ = echo.send_to(&buf[..n], peer);
-            }
-        }
-    });
+    let echo = cvpn_tests::echo::UdpEcho::start(&s.net.private, PRIVATE, 7007).unwrap();
     let run_for = Duration::from_millis(3000);
-    let alice = s.net.clients[0].spawn(move || echo_loop((PRIVATE, 7007), run_for));
-    let bob = s.net.clients[1].spawn(move || echo_loop((PRIVATE, 7007), run_for));
+    let alice = s.net.clients[0].spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for));
+    let bob = s.net.clients[1].spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for));
     std::thread::sleep(Duration::from_millis(800));
     let out = s.cli(&["rule", "revoke", &s.endpoint, "--destination", "10.88.0.0/24", "--group", "engineering"]);
     // The moment the API call has returned (the CLI process has exited).
@@ -329,8 +293,7 @@ fn rule_revoked_through_the_api_cuts_a_running_flow_within_100ms_and_spares_the_
     ok(out, "rule revoke");
     let alice = alice.join().unwrap().unwrap();
     let bob = bob.join().unwrap().unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    echo_thread.join().unwrap();
+    drop(echo);
 
     let before = alice.iter().filter(|(t, ok)| *ok && *t < returned).count();
     assert!(before > 50, "alice's flow must run before the revoke ({before} answers)");
@@ -494,13 +457,16 @@ fn apply_then_sighup_brings_a_running_daemon_in_line_with_the_file() {
             "[[target_network]]\ninterface = \"tgt0\"\n\n[[authorization_rule]]\ndestination = \"10.88.0.10/32\"\nall_groups = true\n",
         )
         .unwrap();
-    let apply = std::process::Command::new(cvpn_tests::gateway::cvpn_binary().unwrap())
-        .args(["apply", "-f"])
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(&data.0)
-        .output()
-        .unwrap();
+    let apply_file = || {
+        std::process::Command::new(cvpn_tests::gateway::cvpn_binary().unwrap())
+            .args(["apply", "-f"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(&data.0)
+            .output()
+            .unwrap()
+    };
+    let apply = apply_file();
     let printed = String::from_utf8_lossy(&apply.stdout).into_owned();
     assert!(apply.status.success() && printed.contains("created cvpn-endpoint-"), "{printed}{}", String::from_utf8_lossy(&apply.stderr));
     let endpoint = printed.split_whitespace().find(|w| w.starts_with("cvpn-endpoint-")).unwrap().trim_end_matches(':').to_string();
@@ -524,13 +490,7 @@ fn apply_then_sighup_brings_a_running_daemon_in_line_with_the_file() {
     // The rule removed from the file, applied, SIGHUP: the running flow is cut, alice stays.
     let text = std::fs::read_to_string(&cfg).unwrap().replace("[[authorization_rule]]\ndestination = \"10.88.0.10/32\"\nall_groups = true\n", "");
     std::fs::write(&cfg, text).unwrap();
-    let out = std::process::Command::new(cvpn_tests::gateway::cvpn_binary().unwrap())
-        .args(["apply", "-f"])
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(&data.0)
-        .output()
-        .unwrap();
+    let out = apply_file();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.daemon.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
     daemon.daemon.wait_for("resynchronised with the database", Duration::from_secs(5)).unwrap();

@@ -394,31 +394,6 @@ fn a_silent_client_is_dropped_after_the_keepalive_timeout() {
 
 /// UDP request/response loop from a namespace: send times of every request and the
 /// requests answered.
-fn echo_loop(target: (Ipv4Addr, u16), run_for: Duration) -> Result<Vec<(std::time::Instant, bool)>> {
-    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
-    s.connect(target)?;
-    s.set_nonblocking(true)?;
-    let mut sent = Vec::new();
-    let mut answered = std::collections::HashSet::new();
-    let start = std::time::Instant::now();
-    let mut buf = [0u8; 16];
-    while start.elapsed() < run_for {
-        let seq = sent.len() as u64;
-        let _ = s.send(&seq.to_be_bytes());
-        sent.push(std::time::Instant::now());
-        let until = std::time::Instant::now() + Duration::from_millis(3);
-        while std::time::Instant::now() < until {
-            match s.recv(&mut buf) {
-                Ok(8) => {
-                    answered.insert(u64::from_be_bytes(buf[..8].try_into().unwrap_or([0; 8])));
-                }
-                Ok(_) => {}
-                Err(_) => std::thread::sleep(Duration::from_micros(200)),
-            }
-        }
-    }
-    Ok(sent.into_iter().enumerate().map(|(i, t)| (t, answered.contains(&(i as u64)))).collect())
-}
 
 #[test]
 fn sighup_revokes_a_rule_live_within_100ms_and_spares_other_sessions() {
@@ -439,21 +414,10 @@ fn sighup_revokes_a_rule_live_within_100ms_and_spares_other_sessions() {
         clients.push(c);
     }
     // A UDP echo server on the private host.
-    let echo = net.private.run(|| Ok(std::net::UdpSocket::bind((PRIVATE, 7007))?)).unwrap();
-    echo.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let echo_thread = std::thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Ok((n, peer)) = echo.recv_from(&mut buf) {
-                let _ = echo.send_to(&buf[..n], peer);
-            }
-        }
-    });
+    let echo = cvpn_tests::echo::UdpEcho::start(&net.private, PRIVATE, 7007).unwrap();
     let run_for = Duration::from_millis(2500);
-    let alice = net.clients[0].spawn(move || echo_loop((PRIVATE, 7007), run_for));
-    let bob = net.clients[1].spawn(move || echo_loop((PRIVATE, 7007), run_for));
+    let alice = net.clients[0].spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for));
+    let bob = net.clients[1].spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for));
     std::thread::sleep(Duration::from_millis(800));
     // Engineering loses its rule: rewrite the file, SIGHUP.
     let only_finance = both.replace("[[authorization_rule]]\ndestination = \"10.88.0.0/24\"\ngroup = \"engineering\"\n\n", "");
@@ -463,8 +427,7 @@ fn sighup_revokes_a_rule_live_within_100ms_and_spares_other_sessions() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
     let alice = alice.join().unwrap().unwrap();
     let bob = bob.join().unwrap().unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    echo_thread.join().unwrap();
+    drop(echo);
     daemon.wait_for("policy replaced", Duration::from_secs(2)).unwrap();
 
     let before = alice.iter().filter(|(t, ok)| *ok && *t < hup).count();

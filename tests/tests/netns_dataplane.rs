@@ -240,18 +240,7 @@ fn revoking_a_rule_stops_a_running_flow_within_100ms_and_spares_others() {
     t.dataplane.add_session(c2, 2, &["b".to_string()]).unwrap();
     t.dataplane.replace_policy(policy(&[("10.88.0.0/24", "a"), ("10.88.0.0/24", "b")])).unwrap();
 
-    let echo = t.private.run(|| Ok(UdpSocket::bind((PRIVATE_HOST, 7007))?)).unwrap();
-    echo.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let echo_thread = std::thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Ok((n, peer)) = echo.recv_from(&mut buf) {
-                let _ = echo.send_to(&buf[..n], peer);
-            }
-        }
-    });
+    let echo = cvpn_tests::echo::UdpEcho::start(&t.private, PRIVATE_HOST, 7007).unwrap();
     let run_for = Duration::from_millis(1500);
     let f1 = t.clients[0].ns.spawn(move || echo_loop((PRIVATE_HOST, 7007), run_for));
     let f2 = t.clients[1].ns.spawn(move || echo_loop((PRIVATE_HOST, 7007), run_for));
@@ -261,8 +250,7 @@ fn revoking_a_rule_stops_a_running_flow_within_100ms_and_spares_others() {
     let revoked = Instant::now();
     let (sent1, ans1) = f1.join().unwrap().unwrap();
     let (sent2, ans2) = f2.join().unwrap().unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    echo_thread.join().unwrap();
+    drop(echo);
 
     let answered_before = ans1.keys().filter(|s| sent1[s] < before).count();
     assert!(answered_before > 50, "client 1's flow was not running before the revoke ({answered_before} answers)");

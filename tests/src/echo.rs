@@ -1,0 +1,75 @@
+//! A UDP echo server on a private host and a client loop that measures, request by request,
+//! whether a flow gets through: how the live-revoke tests see the moment a flow is cut.
+
+use std::{
+    net::{Ipv4Addr, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+
+/// A UDP echo server running on a thread, bound inside a namespace; stopped on drop.
+pub struct UdpEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    /// Binds `addr:port` in `ns` and echoes every datagram back to its sender.
+    pub fn start(ns: &crate::Netns, addr: Ipv4Addr, port: u16) -> Result<UdpEcho> {
+        let sock = ns.run(move || Ok(UdpSocket::bind((addr, port))?))?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], peer);
+                }
+            }
+        });
+        Ok(UdpEcho { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends a numbered datagram to `target` every ~3 ms for `run_for`; returns, for each, when it
+/// was sent and whether its echo came back.
+pub fn probe_loop(target: (Ipv4Addr, u16), run_for: Duration) -> Result<Vec<(Instant, bool)>> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.connect(target)?;
+    s.set_nonblocking(true)?;
+    let mut sent = Vec::new();
+    let mut answered = std::collections::HashSet::new();
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    while start.elapsed() < run_for {
+        let seq = sent.len() as u64;
+        let _ = s.send(&seq.to_be_bytes());
+        sent.push(Instant::now());
+        let until = Instant::now() + Duration::from_millis(3);
+        while Instant::now() < until {
+            match s.recv(&mut buf) {
+                Ok(8) => {
+                    answered.insert(u64::from_be_bytes(buf[..8].try_into().unwrap_or([0; 8])));
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    }
+    Ok(sent.into_iter().enumerate().map(|(i, t)| (t, answered.contains(&(i as u64)))).collect())
+}
