@@ -560,3 +560,28 @@ fn the_api_over_tls_needs_the_bearer_token() {
     // The local socket works alongside.
     assert!(daemon.json(&["endpoint", "describe"]).is_ok());
 }
+
+#[test]
+fn two_endpoints_on_one_listener_the_second_waits_for_a_port_of_its_own() {
+    let mut s = setup(1);
+    let d = s.net.dir.0.clone();
+    let path = |n: &str| d.join(n).to_str().unwrap().to_string();
+    let second = s.json(&[
+        "endpoint", "create", "--client-cidr", "10.78.0.0/22", "--server-cert", &path("server.crt"), "--server-key",
+        &path("server.key"), "--client-ca", &path("ca.crt"), "--split-tunnel",
+    ]);
+    let second = second["client-vpn-endpoint-id"].as_str().unwrap().to_string();
+    ok(s.cli(&["network", "associate", &second, "--interface", "tgt0", "--subnet", "10.88.0.0/24"]), "associate");
+    s.daemon.daemon.wait_for("already listens on the same transport and port", Duration::from_secs(5)).unwrap();
+    // The first endpoint goes on serving.
+    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.0/24", "--all-groups"]), "authorize");
+    let _alice = s.connect(0, "alice", "engineering");
+    // Port 1194 for the second: it starts.
+    ok(s.cli(&["endpoint", "modify", &second, "--port", "1194"]), "modify port");
+    s.wait("the second endpoint starts", Duration::from_secs(5), |s| {
+        s.daemon.daemon.log().iter().any(|l| l.contains("endpoint started") && l.contains(&second))
+    });
+    // Both share the target network: the first's clients still get their answers.
+    http::spawn_server(&s.net.private, PRIVATE, 8080).unwrap();
+    assert!(get(&s.net.clients[0], PRIVATE).is_ok(), "the first endpoint's return path survives the second");
+}

@@ -273,6 +273,14 @@ impl Daemon {
         if self.running.contains_key(id) {
             return;
         }
+        if let Some(other) = self.listener_taken_by(id) {
+            error!(
+                endpoint = %id,
+                "endpoint not started: endpoint {other} already listens on the same transport and port on this host; \
+                 change one of them (cvpn endpoint modify --port 443|1194)"
+            );
+            return;
+        }
         let started = self.settings(id).and_then(|(s, f)| Ok((Server::new(s)?, f)));
         let (server, fingerprint) = match started {
             Ok(s) => s,
@@ -300,6 +308,15 @@ impl Daemon {
         });
         info!(endpoint = %id, tun = %tun_name(id), "endpoint started");
         self.running.insert(id.to_string(), Running { commands, stop: Some(stop), task, fingerprint });
+    }
+
+    /// A running endpoint that listens on the same transport and port as `id`.
+    fn listener_taken_by(&self, id: &str) -> Option<String> {
+        let me = self.store.describe_endpoint(id).ok()?;
+        self.running.keys().filter(|other| other.as_str() != id).find_map(|other| {
+            let o = self.store.describe_endpoint(other).ok()?;
+            (o.vpn_port == me.vpn_port && o.transport_protocol == me.transport_protocol).then(|| other.clone())
+        })
     }
 
     /// Stops an endpoint: clients are told to reconnect, its sessions are recorded as ended,
@@ -399,6 +416,9 @@ impl Daemon {
                     if self.running.contains_key(&endpoint_id) {
                         info!(endpoint = %endpoint_id, ?fields, "endpoint modified: restarting its listener");
                         self.stop(&endpoint_id).await;
+                        self.start(&endpoint_id);
+                    } else if self.store.describe_endpoint(&endpoint_id).is_ok_and(|e| e.status == EndpointStatus::Available) {
+                        // It may not have started before (e.g. its port was taken).
                         self.start(&endpoint_id);
                     }
                 }
