@@ -85,6 +85,11 @@ pub struct ServerSettings {
     pub recorder: Option<Arc<dyn ConnectionRecorder>>,
     /// How often running connections' counters are reported to the recorder.
     pub counters_every: Duration,
+    /// The longest a session lasts (AWS's session timeout, 8 to 24 hours); `None`: no limit.
+    pub session_timeout: Option<Duration>,
+    /// At the session timeout: true, the client is told to exit (HALT; its user reconnects);
+    /// false, it is told to reconnect at once (RESTART), which authenticates it again.
+    pub disconnect_on_session_timeout: bool,
 }
 
 /// What the server tells the control plane about connections. Calls come from the event loop,
@@ -363,6 +368,8 @@ pub enum ServerCommand {
     /// New TLS material (a CRL import): new handshakes use it, and the sessions whose client
     /// certificate serial (`aa:bb:…`) is listed end at once.
     ReplaceTls { tls: TlsMaterial, revoked_serials: Vec<String> },
+    /// A new session timeout; running sessions are measured against it from their start.
+    SessionTimeout { timeout: Option<Duration>, disconnect: bool },
 }
 
 /// Where a client's packets come from and go to.
@@ -394,6 +401,8 @@ struct Conn {
     /// When the current data keys were installed, and whether we started a renegotiation
     /// that has not finished.
     keys_at: Instant,
+    /// When the client authenticated (the session timeout counts from here).
+    authenticated_at: Option<Instant>,
     rekey_pending: bool,
     pushed: bool,
     push_messages: Vec<String>,
@@ -779,6 +788,7 @@ impl Server {
             logged_attempt: false,
             last_rx: now,
             keys_at: now,
+            authenticated_at: None,
             rekey_pending: false,
             pushed: false,
             push_messages: Vec::new(),
@@ -802,6 +812,7 @@ impl Server {
                 Event::Authenticated { identity, peer_info, tls_version, tls_ekm, username, .. } => {
                     c.common_name = identity.common_name.clone();
                     c.serial = identity.serial.clone();
+                    c.authenticated_at = Some(Instant::now());
                     let cipher_name = match negotiate_cipher(&self.settings.ciphers, &peer_info) {
                         Ok(n) => n.to_string(),
                         Err(e) => {
@@ -1018,6 +1029,11 @@ impl Server {
     fn on_command(&mut self, cmd: ServerCommand) {
         match cmd {
             ServerCommand::ReplacePolicy(policy) => self.replace_policy(policy),
+            ServerCommand::SessionTimeout { timeout, disconnect } => {
+                info!(?timeout, disconnect, "session timeout changed");
+                self.settings.session_timeout = timeout;
+                self.settings.disconnect_on_session_timeout = disconnect;
+            }
             ServerCommand::ReplaceNetwork { targets, policy } => {
                 // Removed networks first, so an interface can move to a new association.
                 let gone: Vec<u32> = self
@@ -1170,6 +1186,22 @@ impl Server {
             let Some(c) = self.conns.get_mut(&id) else { continue };
             if c.session.is_established() && now.duration_since(c.last_rx) > Duration::from_secs(self.settings.ping_restart as u64 * 2) {
                 self.disconnect(id, "keepalive-timeout");
+                continue;
+            }
+            let expired = match (self.settings.session_timeout, c.authenticated_at) {
+                (Some(limit), Some(at)) => now.duration_since(at) >= limit,
+                _ => false,
+            };
+            if expired {
+                if self.settings.disconnect_on_session_timeout {
+                    self.halt(id, "session-timeout");
+                } else {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.session.send_control("RESTART");
+                    }
+                    self.flush(id);
+                    self.disconnect(id, "session-timeout");
+                }
                 continue;
             }
             // Renegotiate from our side: keys old enough, or packet ids running out.

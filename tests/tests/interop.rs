@@ -458,3 +458,82 @@ fn server_initiated_renegotiation_keeps_traffic_flowing() {
     assert!(started >= 2 && done >= 2, "the server must renegotiate every 2 s: started {started}, finished {done}\n{}", log.join("\n"));
     assert!(http::ping_received(&summary) >= 136, "traffic stalled during renegotiation: {summary}");
 }
+
+/// `gateway::server::Server` run in-process in the gateway namespace with a session timeout of
+/// a few seconds (the daemon sets it from the endpoint's `session-timeout-hours`).
+fn serve_with_session_timeout(net: &mut EndpointNet, timeout: Duration, disconnect: bool) -> (tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<Result<()>>) {
+    use gateway::dataplane::policy::{Access, AuthorizationRule, Policy};
+    let server = net.ca.server("vpn.example.test").unwrap();
+    let tls = gateway::protocol::tls::TlsMaterial::from_pem(&server.cert, &server.key, &net.ca.cert_pem(), None).unwrap();
+    let settings = gateway::server::ServerSettings {
+        listen: "0.0.0.0:443".parse().unwrap(),
+        transport: gateway::server::Transport::Udp,
+        client_cidr: "10.77.0.0/22".parse().unwrap(),
+        tls,
+        split_tunnel: true,
+        dns_servers: vec![],
+        targets: vec![gateway::dataplane::TargetSpec { id: 1, interface: "tgt0".into(), snat_addr: None }],
+        policy: Policy {
+            rules: vec![AuthorizationRule { destination: "10.88.0.0/24".parse().unwrap(), access: Access::AllGroups }],
+            routes: vec![],
+        },
+        tun_name: "cvpn0".into(),
+        ciphers: gateway::server::ServerSettings::default_ciphers(),
+        force_tls_prf: false,
+        endpoint_id: "cvpn-endpoint-0123456789abcdef0".into(),
+        log_dir: None,
+        log_options: Default::default(),
+        ping: 10,
+        ping_restart: 60,
+        reneg_after: None,
+        shared_logs: None,
+        recorder: None,
+        counters_every: Duration::from_secs(5),
+        session_timeout: Some(timeout),
+        disconnect_on_session_timeout: disconnect,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = net.gateway.spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async move {
+            let server = gateway::server::Server::new(settings)?;
+            server
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    });
+    (stop, thread)
+}
+
+#[test]
+fn the_session_timeout_restarts_or_halts_the_client() {
+    require_root();
+    for disconnect in [false, true] {
+        let mut net = EndpointNet::new(1).unwrap();
+        let (stop, server) = serve_with_session_timeout(&mut net, Duration::from_secs(3), disconnect);
+        let pem = net.ca.client("alice", &["engineering"]).unwrap();
+        let p = profile(&net, pem, "udp", 443, ALL_CIPHERS);
+        let mut c = OpenVpnClient::start(&net.clients[0], &p, &net.dir.0, "alice").unwrap();
+        let started = std::time::Instant::now();
+        c.wait_connected(Duration::from_secs(20)).unwrap();
+        if disconnect {
+            // Told to exit: the user reconnects when they choose.
+            c.wait_for("Halt command was pushed by server", Duration::from_secs(6)).unwrap();
+        } else {
+            // Told to reconnect: it does at once and authenticates again.
+            c.wait_for("server-pushed-connection-reset", Duration::from_secs(6)).unwrap();
+            let start = std::time::Instant::now();
+            while c.log().iter().filter(|l| l.contains("Initialization Sequence Completed")).count() < 2 {
+                assert!(start.elapsed() < Duration::from_secs(10), "no reconnect: {:?}", c.log());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let took = started.elapsed();
+        assert!(took >= Duration::from_secs(3), "not before the timeout ({took:?})");
+        c.stop();
+        let _ = stop.send(());
+        server.join().unwrap().unwrap();
+    }
+}

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | endpoint becomes `available` | starts its listener, TUN and data plane |
 //! | endpoint back to `pending-associate` | stops it (clients are told to reconnect) |
-//! | endpoint modified | restarts it, unless only descriptive fields changed |
+//! | endpoint modified | restarts it; descriptive fields and the session timeout apply live |
 //! | endpoint `deleting` | stops it, then finishes the deletion in the store |
 //! | rules, routes, target networks | recompiles the data-plane policy; sessions are kept |
 //! | connections terminated | HALT to each client, session out of the data plane, address freed |
@@ -39,6 +39,8 @@ use self::recorder::StoreRecorder;
 
 /// Endpoint fields whose change needs no restart of the endpoint's listener.
 const DESCRIPTIVE_FIELDS: &[&str] = &["description", "tags", "self-service-portal"];
+/// Endpoint fields a running endpoint takes without a restart.
+const LIVE_FIELDS: &[&str] = &["session-timeout-hours", "disconnect-on-session-timeout"];
 
 /// A running endpoint.
 struct Running {
@@ -263,6 +265,8 @@ impl Daemon {
             shared_logs: ep.connection_log_options.enabled.then(|| self.logs.clone()),
             recorder: Some(Arc::new(self.recorder.clone())),
             counters_every: c.counters_every,
+            session_timeout: Some(Duration::from_secs(u64::from(ep.session_timeout_hours) * 3600)),
+            disconnect_on_session_timeout: ep.disconnect_on_session_timeout,
         };
         Ok((settings, fingerprint))
     }
@@ -385,7 +389,10 @@ impl Daemon {
                             .flatten()
                             .map(|pem| revoked_serials(&pem))
                             .unwrap_or_default();
-                        self.on_event(ControlEvent::CrlChanged { endpoint_id: id, revoked_serials: revoked }).await;
+                        self.on_event(ControlEvent::CrlChanged { endpoint_id: id.clone(), revoked_serials: revoked }).await;
+                        let timeout = Some(Duration::from_secs(u64::from(ep.session_timeout_hours) * 3600));
+                        let disconnect = ep.disconnect_on_session_timeout;
+                        self.command(&id, ServerCommand::SessionTimeout { timeout, disconnect });
                     } else {
                         self.start(&id);
                     }
@@ -410,6 +417,15 @@ impl Daemon {
                 EndpointChange::Status { status: EndpointStatus::Available } => self.start(&endpoint_id),
                 EndpointChange::Status { .. } => self.stop(&endpoint_id).await,
                 EndpointChange::Modified { fields } => {
+                    let live = |f: &String| DESCRIPTIVE_FIELDS.contains(&f.as_str()) || LIVE_FIELDS.contains(&f.as_str());
+                    if fields.iter().all(live) && self.running.contains_key(&endpoint_id) {
+                        if let Ok(ep) = self.store.describe_endpoint(&endpoint_id) {
+                            let timeout = Some(Duration::from_secs(u64::from(ep.session_timeout_hours) * 3600));
+                            let disconnect = ep.disconnect_on_session_timeout;
+                            self.command(&endpoint_id, ServerCommand::SessionTimeout { timeout, disconnect });
+                        }
+                        return;
+                    }
                     if fields.iter().all(|f| DESCRIPTIVE_FIELDS.contains(&f.as_str())) {
                         return;
                     }
