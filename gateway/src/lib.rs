@@ -4,6 +4,7 @@
 //! * [`cli`]: the `cvpn` resource commands (`endpoint`, `network`, `route`, ...), the API's client.
 //! * [`config`]: the configuration file of `cvpn serve --config FILE` (TOML, validated).
 //! * [`control`]: the daemon behind `cvpn serve`: endpoints from the database, the API, live changes.
+//! * [`connect_handler`]: the client connect handler (AWS's Lambda contract), webhook or executable.
 //! * [`connlog`]: the connection log and flow log (JSON lines, AWS field names), size-rotated.
 //! * [`datachannel`]: the OpenVPN data channel's AEAD seal/open and replay window, sans-IO.
 //! * [`dataplane`]: the kernel programs' loader and the typed API that drives them.
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod connect_handler;
 pub mod connlog;
 pub mod control;
 pub mod datachannel;

@@ -90,6 +90,8 @@ pub struct ServerSettings {
     /// At the session timeout: true, the client is told to exit (HALT; its user reconnects);
     /// false, it is told to reconnect at once (RESTART), which authenticates it again.
     pub disconnect_on_session_timeout: bool,
+    /// The client connect handler, asked before a client gets an address; `None`: none.
+    pub connect_handler: Option<Arc<crate::connect_handler::ConnectHandler>>,
 }
 
 /// What the server tells the control plane about connections. Calls come from the event loop,
@@ -368,8 +370,14 @@ pub enum ServerCommand {
     /// New TLS material (a CRL import): new handshakes use it, and the sessions whose client
     /// certificate serial (`aa:bb:…`) is listed end at once.
     ReplaceTls { tls: TlsMaterial, revoked_serials: Vec<String> },
-    /// A new session timeout; running sessions are measured against it from their start.
-    SessionTimeout { timeout: Option<Duration>, disconnect: bool },
+    /// Settings a running endpoint takes without a restart: the session timeout (running
+    /// sessions are measured against it from their start) and the client connect handler
+    /// (for clients that connect from now on).
+    LiveSettings {
+        session_timeout: Option<Duration>,
+        disconnect_on_session_timeout: bool,
+        connect_handler: Option<Arc<crate::connect_handler::ConnectHandler>>,
+    },
 }
 
 /// Where a client's packets come from and go to.
@@ -405,8 +413,25 @@ struct Conn {
     authenticated_at: Option<Instant>,
     rekey_pending: bool,
     pushed: bool,
+    /// The client asked for its configuration before it was admitted.
+    push_requested: bool,
     push_messages: Vec<String>,
+    /// Authenticated, waiting for the client connect handler's answer.
+    pending: Option<Admission>,
 }
+
+/// What admitting an authenticated client takes (kept while the connect handler decides).
+struct Admission {
+    identity: crate::protocol::tls::ClientIdentity,
+    username: Option<String>,
+    peer_info: crate::protocol::keymethod::PeerInfo,
+    tls_version: String,
+    tls_ekm: bool,
+    cipher_name: String,
+}
+
+/// The connect handler's answer for a connection.
+type HandlerAnswer = (u64, Result<crate::connect_handler::ConnectResponse, crate::connect_handler::HandlerError>);
 
 enum TcpEvent {
     Frame(u64, Vec<u8>),
@@ -446,6 +471,9 @@ pub struct Server {
     logs: Option<Arc<crate::connlog::ConnectionLogs>>,
     /// When counters were last reported to the recorder.
     counters_at: Instant,
+    /// Connect handler answers come back here.
+    handler_tx: mpsc::UnboundedSender<HandlerAnswer>,
+    handler_rx: Option<mpsc::UnboundedReceiver<HandlerAnswer>>,
     flow_events: Option<AsyncFd<crate::dataplane::FlowEvents>>,
 }
 
@@ -488,9 +516,12 @@ impl Server {
             Some(ev) => unsafe { AsyncFd::register(ev) }.ok(),
             None => None,
         };
+        let (handler_tx, handler_rx) = mpsc::unbounded_channel();
         Ok(Server {
             logs,
             counters_at: Instant::now(),
+            handler_tx,
+            handler_rx: Some(handler_rx),
             flow_events,
             cookies: CookieJar::new().map_err(|_| anyhow::anyhow!("no system randomness for the cookie key"))?,
             session_config,
@@ -567,6 +598,7 @@ impl Server {
         let mut rx_bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; 65536]).collect();
         let mut rx_meta = vec![quinn_udp::RecvMeta::default(); RECV_BATCH];
         // The TUN side (read, encrypt, send) runs on a thread of its own.
+        let mut handler_rx = self.handler_rx.take().unwrap_or_else(|| mpsc::unbounded_channel().1);
         let reader = TunReader::spawn(self.tun.get_ref().try_clone().context("second handle on the TUN")?, self.tx.clone(), Duration::from_secs(self.settings.ping as u64))?;
         tokio::pin!(shutdown);
         loop {
@@ -660,6 +692,7 @@ impl Server {
                     }
                 }
                 Some(cmd) = commands.recv() => self.on_command(cmd),
+                Some((id, answer)) = handler_rx.recv() => self.on_handler_answer(id, answer),
                 _ = tick.tick() => {
                     self.on_tick();
                     if last_gc.elapsed() > Duration::from_secs(10) {
@@ -791,7 +824,9 @@ impl Server {
             authenticated_at: None,
             rekey_pending: false,
             pushed: false,
+            push_requested: false,
             push_messages: Vec::new(),
+            pending: None,
         };
         if let Err(e) = conn.session.handle(now, packet) {
             debug!(error = %e, "first packet of a session dropped");
@@ -813,6 +848,14 @@ impl Server {
                     c.common_name = identity.common_name.clone();
                     c.serial = identity.serial.clone();
                     c.authenticated_at = Some(Instant::now());
+                    c.log = c.log.clone().with_common_name(identity.common_name.clone());
+                    if let Some(user) = &username {
+                        c.log = c.log.clone().with_username(user.clone());
+                    }
+                    if let Some(platform) = &peer_info.platform {
+                        c.log = c.log.clone().with_device_type(platform.clone());
+                    }
+                    // The cipher is settled now: the data keys (next event) need it.
                     let cipher_name = match negotiate_cipher(&self.settings.ciphers, &peer_info) {
                         Ok(n) => n.to_string(),
                         Err(e) => {
@@ -821,79 +864,32 @@ impl Server {
                             return;
                         }
                     };
-                    let Some(addr) = self.pool.allocate() else {
-                        warn!(conn = id, "client address pool exhausted");
-                        self.disconnect(id, "address-pool-exhausted");
-                        return;
-                    };
-                    let Some(c) = self.conns.get_mut(&id) else { return };
-                    c.client_ip = Some(addr);
                     c.cipher = Cipher::from_openvpn_name(&cipher_name);
-                    if let Err(e) = self.dataplane.add_session(addr, id, &identity.groups) {
-                        warn!(conn = id, error = %e, "data plane refused the session");
-                        self.disconnect(id, "dataplane-error");
+                    let admission = Admission { identity, username, peer_info, tls_version, tls_ekm, cipher_name };
+                    if let Some(handler) = self.settings.connect_handler.clone() {
+                        let request = crate::connect_handler::ConnectRequest {
+                            connection_id: c.log.connection_id.clone(),
+                            endpoint_id: self.settings.endpoint_id.clone(),
+                            common_name: admission.identity.common_name.clone(),
+                            username: admission.username.clone().unwrap_or_else(|| "NA".into()),
+                            platform: admission.peer_info.platform.clone().unwrap_or_else(|| "NA".into()),
+                            platform_version: admission.peer_info.platform_version.clone().unwrap_or_else(|| "NA".into()),
+                            public_ip: c.remote_addr.ip().to_string(),
+                            client_openvpn_version: admission.peer_info.version.clone().unwrap_or_else(|| "NA".into()),
+                            groups: admission.identity.groups.clone(),
+                            schema_version: "v2".into(),
+                        };
+                        c.pending = Some(admission);
+                        let answers = self.handler_tx.clone();
+                        debug!(conn = id, "asking the client connect handler");
+                        tokio::spawn(async move {
+                            let answer = handler.call(&request).await;
+                            let _ = answers.send((id, answer));
+                        });
+                        continue;
+                    }
+                    if !self.admit(id, admission) {
                         return;
-                    }
-                    self.by_client_ip.insert(addr, id);
-                    c.log = c.log.clone().with_client_ip(addr).with_common_name(identity.common_name.clone());
-                    if let Some(user) = &username {
-                        c.log = c.log.clone().with_username(user.clone());
-                    }
-                    if let Some(platform) = &peer_info.platform {
-                        c.log = c.log.clone().with_device_type(platform.clone());
-                    }
-                    c.logged_attempt = true;
-                    if let Some(r) = &self.settings.recorder {
-                        r.started(
-                            &c.log.connection_id,
-                            crate::storage::NewConnection {
-                                client_vpn_endpoint_id: self.settings.endpoint_id.clone(),
-                                client_ip: addr,
-                                common_name: identity.common_name.clone(),
-                                username: username.clone(),
-                                device_ip: c.remote_addr.ip(),
-                                device_port: c.remote_addr.port(),
-                                transport_protocol: match self.settings.transport {
-                                    Transport::Udp => crate::storage::TransportProtocol::Udp,
-                                    Transport::Tcp => crate::storage::TransportProtocol::Tcp,
-                                },
-                            },
-                        );
-                    }
-                    if let Some(logs) = &self.logs {
-                        if let Err(e) = logs.connection(&crate::connlog::ConnectionLogEntry::attempt_succeeded(&c.log)) {
-                            warn!(error = %e, "connection log");
-                        }
-                    }
-                    let reply = PushReply {
-                        tunnel: if self.settings.split_tunnel {
-                            Tunnel::Split(self.dataplane.policy().routes.iter().map(|r| r.destination).collect())
-                        } else {
-                            Tunnel::Full
-                        },
-                        dns_servers: self.settings.dns_servers.clone(),
-                        ping: Some(self.settings.ping),
-                        ping_restart: Some(self.settings.ping_restart),
-                        peer_id: Some(c.peer_id),
-                        cipher: Some(cipher_name.clone()),
-                        key_signalling: KeySignalling::for_client(peer_info.proto, tls_ekm),
-                        tun_mtu: Some(1500),
-                        ..PushReply::new(addr, self.pool.netmask(), self.pool.gateway_addr())
-                    };
-                    c.push_messages = reply.to_messages(1024).unwrap_or_default();
-                    info!(
-                        conn = id,
-                        common_name = %identity.common_name,
-                        groups = ?identity.groups,
-                        client_ip = %addr,
-                        cipher = %cipher_name,
-                        tls = %tls_version,
-                        version = peer_info.version.as_deref().unwrap_or("?"),
-                        "client authenticated"
-                    );
-                    // Clients that announce IV_PROTO "request push" send no PUSH_REQUEST.
-                    if peer_info.proto.request_push() {
-                        self.push(id);
                     }
                 }
                 Event::KeysReady { key_id, material } => {
@@ -961,8 +957,143 @@ impl Server {
         self.flush(id);
     }
 
+    /// Gives an authenticated (and, with a connect handler, allowed) client its address, its
+    /// data-plane session and its configuration. False when the connection is gone.
+    fn admit(&mut self, id: u64, a: Admission) -> bool {
+        let Some(addr) = self.pool.allocate() else {
+            warn!(conn = id, "client address pool exhausted");
+            self.refuse(id, crate::connlog::FailureReason::new(crate::connlog::FailureReason::ADDRESS_POOL_EXHAUSTED), None);
+            return false;
+        };
+        let Some(c) = self.conns.get_mut(&id) else {
+            self.pool.release(addr);
+            return false;
+        };
+        c.client_ip = Some(addr);
+        if let Err(e) = self.dataplane.add_session(addr, id, &a.identity.groups) {
+            warn!(conn = id, error = %e, "data plane refused the session");
+            self.disconnect(id, "dataplane-error");
+            return false;
+        }
+        self.by_client_ip.insert(addr, id);
+        // Data keys may already be in place (they come while the connect handler decides).
+        if let Some(tx) = &c.tx {
+            write_lock(&self.tx.sessions).insert(addr, tx.clone());
+        }
+        c.log = c.log.clone().with_client_ip(addr);
+        c.logged_attempt = true;
+        if let Some(r) = &self.settings.recorder {
+            r.started(
+                &c.log.connection_id,
+                crate::storage::NewConnection {
+                    client_vpn_endpoint_id: self.settings.endpoint_id.clone(),
+                    client_ip: addr,
+                    common_name: a.identity.common_name.clone(),
+                    username: a.username.clone(),
+                    device_ip: c.remote_addr.ip(),
+                    device_port: c.remote_addr.port(),
+                    transport_protocol: match self.settings.transport {
+                        Transport::Udp => crate::storage::TransportProtocol::Udp,
+                        Transport::Tcp => crate::storage::TransportProtocol::Tcp,
+                    },
+                },
+            );
+        }
+        if let Some(logs) = &self.logs {
+            if let Err(e) = logs.connection(&crate::connlog::ConnectionLogEntry::attempt_succeeded(&c.log)) {
+                warn!(error = %e, "connection log");
+            }
+        }
+        let reply = PushReply {
+            tunnel: if self.settings.split_tunnel {
+                Tunnel::Split(self.dataplane.policy().routes.iter().map(|r| r.destination).collect())
+            } else {
+                Tunnel::Full
+            },
+            dns_servers: self.settings.dns_servers.clone(),
+            ping: Some(self.settings.ping),
+            ping_restart: Some(self.settings.ping_restart),
+            peer_id: Some(c.peer_id),
+            cipher: Some(a.cipher_name.clone()),
+            key_signalling: KeySignalling::for_client(a.peer_info.proto, a.tls_ekm),
+            tun_mtu: Some(1500),
+            ..PushReply::new(addr, self.pool.netmask(), self.pool.gateway_addr())
+        };
+        c.push_messages = reply.to_messages(1024).unwrap_or_default();
+        info!(
+            conn = id,
+            common_name = %a.identity.common_name,
+            groups = ?a.identity.groups,
+            client_ip = %addr,
+            cipher = %a.cipher_name,
+            tls = %a.tls_version,
+            version = a.peer_info.version.as_deref().unwrap_or("?"),
+            "client authenticated"
+        );
+        // Clients that announce IV_PROTO "request push" send no PUSH_REQUEST.
+        if a.peer_info.proto.request_push() || c.push_requested {
+            self.push(id);
+        }
+        true
+    }
+
+    /// The connect handler answered for connection `id`.
+    fn on_handler_answer(&mut self, id: u64, answer: Result<crate::connect_handler::ConnectResponse, crate::connect_handler::HandlerError>) {
+        use crate::connlog::FailureReason;
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(admission) = c.pending.take() else { return };
+        match answer {
+            Ok(r) if r.allow => {
+                c.log.posture_compliance_statuses = r.posture_compliance_statuses;
+                if self.admit(id, admission) {
+                    self.flush(id);
+                }
+            }
+            Ok(r) => {
+                info!(conn = id, common_name = %admission.identity.common_name, "the client connect handler denied the connection");
+                let message = r.error_msg_on_denied_connection.filter(|m| !m.trim().is_empty());
+                let reason = match &message {
+                    Some(m) => FailureReason::with_detail(FailureReason::CLIENT_CONNECT_FAILED, m.clone()),
+                    None => FailureReason::new(FailureReason::CLIENT_CONNECT_FAILED),
+                };
+                c.log.posture_compliance_statuses = r.posture_compliance_statuses;
+                self.refuse(id, reason, message);
+            }
+            Err(e) => {
+                warn!(conn = id, error = %e, "client connect handler failed: connection refused (fails closed)");
+                self.refuse(id, e.reason(), None);
+            }
+        }
+    }
+
+    /// Refuses an authenticated client: AUTH_FAILED (with `message` for the user; the client
+    /// stops rather than retrying), a failed attempt in the connection log, state dropped.
+    fn refuse(&mut self, id: u64, reason: crate::connlog::FailureReason, message: Option<String>) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let text: String = message
+            .unwrap_or_default()
+            .chars()
+            .map(|ch| if ch.is_control() { ' ' } else { ch })
+            .take(crate::connect_handler::MAX_DENIAL_MESSAGE)
+            .collect();
+        c.session.send_control(&if text.is_empty() { "AUTH_FAILED".to_string() } else { format!("AUTH_FAILED,{text}") });
+        if let Some(logs) = &self.logs {
+            let entry = crate::connlog::ConnectionLogEntry::attempt_failed(reason, &c.log, SystemTime::now());
+            if let Err(e) = logs.connection(&entry) {
+                warn!(error = %e, "connection log");
+            }
+        }
+        self.flush(id);
+        self.remove(id);
+    }
+
     fn push(&mut self, id: u64) {
         let Some(c) = self.conns.get_mut(&id) else { return };
+        if c.push_messages.is_empty() {
+            // Not admitted yet (the connect handler decides): answer when it is.
+            c.push_requested = true;
+            return;
+        }
         for m in c.push_messages.clone() {
             c.session.send_control(&m);
         }
@@ -1029,10 +1160,11 @@ impl Server {
     fn on_command(&mut self, cmd: ServerCommand) {
         match cmd {
             ServerCommand::ReplacePolicy(policy) => self.replace_policy(policy),
-            ServerCommand::SessionTimeout { timeout, disconnect } => {
-                info!(?timeout, disconnect, "session timeout changed");
-                self.settings.session_timeout = timeout;
-                self.settings.disconnect_on_session_timeout = disconnect;
+            ServerCommand::LiveSettings { session_timeout, disconnect_on_session_timeout, connect_handler } => {
+                info!(?session_timeout, disconnect_on_session_timeout, connect_handler = connect_handler.is_some(), "live settings changed");
+                self.settings.session_timeout = session_timeout;
+                self.settings.disconnect_on_session_timeout = disconnect_on_session_timeout;
+                self.settings.connect_handler = connect_handler;
             }
             ServerCommand::ReplaceNetwork { targets, policy } => {
                 // Removed networks first, so an interface can move to a new association.

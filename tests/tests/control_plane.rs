@@ -76,6 +76,13 @@ impl Setup {
     /// A client of `group` connecting with the profile `cvpn config export` prints (plus its
     /// own certificate), from client namespace `i`.
     fn connect(&mut self, i: usize, user: &str, group: &str) -> OpenVpnClient {
+        let mut c = self.start_client(i, user, group);
+        c.wait_connected(Duration::from_secs(20)).unwrap();
+        c
+    }
+
+    /// Starts a client like [`Setup::connect`] without waiting for it to connect.
+    fn start_client(&mut self, i: usize, user: &str, group: &str) -> OpenVpnClient {
         let pem = self.net.ca.client(user, &[group]).unwrap();
         let d = self.net.dir.0.clone();
         let cert = cvpn_tests::pki::write(&d, &format!("{user}.crt"), &pem.cert).unwrap();
@@ -98,9 +105,7 @@ impl Setup {
         assert!(profile.contains(&format!("remote {remote} 443")), "{profile}");
         // Fail fast in tests rather than retrying for ever.
         let profile = format!("{profile}\nconnect-retry 1\nconnect-retry-max 3\nserver-poll-timeout 5\n");
-        let mut c = OpenVpnClient::start_with_text(&self.net.clients[i], &profile, &d, user).unwrap();
-        c.wait_connected(Duration::from_secs(20)).unwrap();
-        c
+        OpenVpnClient::start_with_text(&self.net.clients[i], &profile, &d, user).unwrap()
     }
 
     /// Like [`wait_until`], failing with the connection list and the daemon's log.
@@ -584,4 +589,61 @@ fn two_endpoints_on_one_listener_the_second_waits_for_a_port_of_its_own() {
     // Both share the target network: the first's clients still get their answers.
     http::spawn_server(&s.net.private, PRIVATE, 8080).unwrap();
     assert!(get(&s.net.clients[0], PRIVATE).is_ok(), "the first endpoint's return path survives the second");
+}
+
+#[test]
+fn the_client_connect_handler_admits_denies_and_fails_closed() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = setup(3);
+    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.0/24", "--all-groups"]), "authorize");
+    let dir = s.net.dir.0.clone();
+    let script = |name: &str, body: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    // Engineering may connect (posture "patched"); everyone else is told why not. The handler
+    // keeps the request it got, to check the contract's fields.
+    let seen = s.net.dir.0.join("request.json");
+    let handler = script(
+        "connect-handler.sh",
+        &format!(
+            r#"tee {} | grep -q '"engineering"' && echo '{{"allow": true, "posture-compliance-statuses": ["patched"], "schema-version": "v2"}}' || echo '{{"allow": false, "error-msg-on-denied-connection": "finance connects from the office only", "schema-version": "v2"}}'"#,
+            seen.display()
+        ),
+    );
+    ok(s.cli(&["endpoint", "modify", &s.endpoint, "--connect-handler", &handler]), "modify --connect-handler");
+    let _alice = s.connect(0, "alice", "engineering");
+    let request: Value = serde_json::from_str(&std::fs::read_to_string(&seen).unwrap()).unwrap();
+    assert_eq!(request["common-name"], "alice");
+    assert_eq!(request["groups"], serde_json::json!(["engineering"]));
+    assert_eq!(request["endpoint-id"], s.endpoint.as_str());
+    assert_eq!(request["public-ip"], "10.99.0.2");
+    assert_eq!(request["schema-version"], "v2");
+    assert!(request["connection-id"].as_str().unwrap().starts_with("cvpn-connection-"));
+    assert!(request["client-openvpn-version"].as_str().unwrap().starts_with("2.6"), "{request}");
+
+    let mut bob = s.start_client(1, "bob", "finance");
+    bob.wait_for("AUTH_FAILED", Duration::from_secs(20)).unwrap();
+    assert!(bob.log().iter().any(|l| l.contains("finance connects from the office only")), "{:?}", bob.log());
+    s.wait("bob's openvpn gives up", Duration::from_secs(10), |_| bob.exited().is_some());
+
+    // A handler that fails refuses everyone (fails closed).
+    let broken = script("broken-handler.sh", "exit 1");
+    ok(s.cli(&["endpoint", "modify", &s.endpoint, "--connect-handler", &broken]), "modify --connect-handler");
+    let mut carol = s.start_client(2, "carol", "engineering");
+    carol.wait_for("AUTH_FAILED", Duration::from_secs(20)).unwrap();
+
+    let active = s.connections(&["--status", "active"]);
+    assert_eq!(active.len(), 1, "only alice is connected: {active:?}");
+    let log = read_log(&s.daemon.data_dir, "connection.log");
+    let alice = log.iter().find(|e| e["common-name"] == "alice" && e["connection-log-type"] == "connection-attempt").unwrap();
+    assert_eq!(alice["connection-attempt-status"], "successful");
+    assert_eq!(alice["posture-compliance-statuses"], serde_json::json!(["patched"]));
+    let bob = log.iter().find(|e| e["common-name"] == "bob").unwrap();
+    assert_eq!(bob["connection-attempt-status"], "failed");
+    assert_eq!(bob["connection-attempt-failure-reason"], "client-connect-failed");
+    let carol = log.iter().find(|e| e["common-name"] == "carol").unwrap();
+    assert_eq!(carol["connection-attempt-failure-reason"], "client-connect-handler-other-execution-error");
 }

@@ -491,6 +491,7 @@ fn serve_with_session_timeout(net: &mut EndpointNet, timeout: Duration, disconne
         counters_every: Duration::from_secs(5),
         session_timeout: Some(timeout),
         disconnect_on_session_timeout: disconnect,
+        connect_handler: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = net.gateway.spawn(move || {

@@ -88,6 +88,13 @@ pub enum Target {
         /// Bearer token.
         token: Option<String>,
     },
+    /// Plain HTTP over TCP (the client connect webhook on a trusted network; never the API).
+    Http {
+        /// Host name or address.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
 }
 
 impl std::fmt::Debug for Target {
@@ -174,6 +181,8 @@ impl Target {
                 format!("https://[{host}]:{port}")
             }
             Target::Https { host, port, .. } => format!("https://{host}:{port}"),
+            Target::Http { host, port } if host.contains(':') => format!("http://[{host}]:{port}"),
+            Target::Http { host, port } => format!("http://{host}:{port}"),
         }
     }
 }
@@ -271,6 +280,17 @@ async fn send_inner(target: &Target, req: ApiRequest) -> Result<ApiReply, Client
                 format!("{host}:{port}")
             };
             exchange(TokioIo::new(stream), &authority, token.as_deref(), req).await
+        }
+        Target::Http { host, port } => {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(connect_err)?;
+            let authority = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            exchange(TokioIo::new(tcp), &authority, None, req).await
         }
     }
 }

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | endpoint becomes `available` | starts its listener, TUN and data plane |
 //! | endpoint back to `pending-associate` | stops it (clients are told to reconnect) |
-//! | endpoint modified | restarts it; descriptive fields and the session timeout apply live |
+//! | endpoint modified | restarts it; descriptive fields, session timeout and connect handler apply live |
 //! | endpoint `deleting` | stops it, then finishes the deletion in the store |
 //! | rules, routes, target networks | recompiles the data-plane policy; sessions are kept |
 //! | connections terminated | HALT to each client, session out of the data plane, address freed |
@@ -40,7 +40,22 @@ use self::recorder::StoreRecorder;
 /// Endpoint fields whose change needs no restart of the endpoint's listener.
 const DESCRIPTIVE_FIELDS: &[&str] = &["description", "tags", "self-service-portal"];
 /// Endpoint fields a running endpoint takes without a restart.
-const LIVE_FIELDS: &[&str] = &["session-timeout-hours", "disconnect-on-session-timeout"];
+const LIVE_FIELDS: &[&str] = &["session-timeout-hours", "disconnect-on-session-timeout", "client-connect-options"];
+
+/// The settings of an endpoint that apply without a restart ([`ServerCommand::LiveSettings`]).
+fn live_settings(ep: &crate::storage::Endpoint) -> Result<ServerCommand> {
+    let connect_handler = match (&ep.client_connect_options.enabled, &ep.client_connect_options.handler) {
+        (true, Some(h)) => Some(Arc::new(
+            crate::connect_handler::ConnectHandler::new(h).map_err(|e| anyhow!("client connect handler: {e}"))?,
+        )),
+        _ => None,
+    };
+    Ok(ServerCommand::LiveSettings {
+        session_timeout: Some(Duration::from_secs(u64::from(ep.session_timeout_hours) * 3600)),
+        disconnect_on_session_timeout: ep.disconnect_on_session_timeout,
+        connect_handler,
+    })
+}
 
 /// A running endpoint.
 struct Running {
@@ -265,9 +280,18 @@ impl Daemon {
             shared_logs: ep.connection_log_options.enabled.then(|| self.logs.clone()),
             recorder: Some(Arc::new(self.recorder.clone())),
             counters_every: c.counters_every,
-            session_timeout: Some(Duration::from_secs(u64::from(ep.session_timeout_hours) * 3600)),
-            disconnect_on_session_timeout: ep.disconnect_on_session_timeout,
+            session_timeout: None,
+            disconnect_on_session_timeout: false,
+            connect_handler: None,
         };
+        let mut settings = settings;
+        if let ServerCommand::LiveSettings { session_timeout, disconnect_on_session_timeout, connect_handler } =
+            live_settings(&ep)?
+        {
+            settings.session_timeout = session_timeout;
+            settings.disconnect_on_session_timeout = disconnect_on_session_timeout;
+            settings.connect_handler = connect_handler;
+        }
         Ok((settings, fingerprint))
     }
 
@@ -390,9 +414,12 @@ impl Daemon {
                             .map(|pem| revoked_serials(&pem))
                             .unwrap_or_default();
                         self.on_event(ControlEvent::CrlChanged { endpoint_id: id.clone(), revoked_serials: revoked }).await;
-                        let timeout = Some(Duration::from_secs(u64::from(ep.session_timeout_hours) * 3600));
-                        let disconnect = ep.disconnect_on_session_timeout;
-                        self.command(&id, ServerCommand::SessionTimeout { timeout, disconnect });
+                        match live_settings(&ep) {
+                            Ok(cmd) => {
+                                self.command(&id, cmd);
+                            }
+                            Err(e) => warn!(endpoint = %id, error = format!("{e:#}"), "settings not applied"),
+                        }
                     } else {
                         self.start(&id);
                     }
@@ -419,10 +446,11 @@ impl Daemon {
                 EndpointChange::Modified { fields } => {
                     let live = |f: &String| DESCRIPTIVE_FIELDS.contains(&f.as_str()) || LIVE_FIELDS.contains(&f.as_str());
                     if fields.iter().all(live) && self.running.contains_key(&endpoint_id) {
-                        if let Ok(ep) = self.store.describe_endpoint(&endpoint_id) {
-                            let timeout = Some(Duration::from_secs(u64::from(ep.session_timeout_hours) * 3600));
-                            let disconnect = ep.disconnect_on_session_timeout;
-                            self.command(&endpoint_id, ServerCommand::SessionTimeout { timeout, disconnect });
+                        match self.store.describe_endpoint(&endpoint_id).map_err(|e| anyhow!("{e}")).and_then(|ep| live_settings(&ep)) {
+                            Ok(cmd) => {
+                                self.command(&endpoint_id, cmd);
+                            }
+                            Err(e) => warn!(endpoint = %endpoint_id, error = format!("{e:#}"), "settings not applied"),
                         }
                         return;
                     }
