@@ -192,6 +192,7 @@ fn serve(path: &std::path::Path, tun_name: String, data_dir: std::path::PathBuf,
         session_timeout: None,
         disconnect_on_session_timeout: false,
         connect_handler: None,
+        print_log_lines: false,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -90,6 +90,9 @@ pub struct ServerSettings {
     /// At the session timeout: true, the client is told to exit (HALT; its user reconnects);
     /// false, it is told to reconnect at once (RESTART), which authenticates it again.
     pub disconnect_on_session_timeout: bool,
+    /// Print this endpoint's connection- and flow-log lines on stdout (when its logs are
+    /// shared ones that do not print already).
+    pub print_log_lines: bool,
     /// The client connect handler, asked before a client gets an address; `None`: none.
     pub connect_handler: Option<Arc<crate::connect_handler::ConnectHandler>>,
 }
@@ -938,12 +941,8 @@ impl Server {
                 }
                 Event::Refused { reason } => {
                     warn!(conn = id, %reason, addr = %c.remote_addr, "handshake refused");
-                    if let Some(logs) = &self.logs {
-                        let entry = crate::connlog::ConnectionLogEntry::attempt_failed(reason.as_str(), &c.log, SystemTime::now());
-                        if let Err(e) = logs.connection(&entry) {
-                            warn!(error = %e, "connection log");
-                        }
-                    }
+                    let entry = crate::connlog::ConnectionLogEntry::attempt_failed(reason.as_str(), &c.log, SystemTime::now());
+                    log_connection(&self.logs, self.settings.print_log_lines, &entry);
                     self.flush(id);
                     self.remove(id);
                     return;
@@ -999,11 +998,7 @@ impl Server {
                 },
             );
         }
-        if let Some(logs) = &self.logs {
-            if let Err(e) = logs.connection(&crate::connlog::ConnectionLogEntry::attempt_succeeded(&c.log)) {
-                warn!(error = %e, "connection log");
-            }
-        }
+        log_connection(&self.logs, self.settings.print_log_lines, &crate::connlog::ConnectionLogEntry::attempt_succeeded(&c.log));
         let reply = PushReply {
             tunnel: if self.settings.split_tunnel {
                 Tunnel::Split(self.dataplane.policy().routes.iter().map(|r| r.destination).collect())
@@ -1077,12 +1072,8 @@ impl Server {
             .take(crate::connect_handler::MAX_DENIAL_MESSAGE)
             .collect();
         c.session.send_control(&if text.is_empty() { "AUTH_FAILED".to_string() } else { format!("AUTH_FAILED,{text}") });
-        if let Some(logs) = &self.logs {
-            let entry = crate::connlog::ConnectionLogEntry::attempt_failed(reason, &c.log, SystemTime::now());
-            if let Err(e) = logs.connection(&entry) {
-                warn!(error = %e, "connection log");
-            }
-        }
+        let entry = crate::connlog::ConnectionLogEntry::attempt_failed(reason, &c.log, SystemTime::now());
+        log_connection(&self.logs, self.settings.print_log_lines, &entry);
         self.flush(id);
         self.remove(id);
     }
@@ -1303,6 +1294,9 @@ impl Server {
             if let Err(e) = logs.flow(&entry) {
                 warn!(error = %e, "flow log");
             }
+            if self.settings.print_log_lines {
+                println!("{}", entry.to_json_line());
+            }
         }
     }
 
@@ -1373,13 +1367,25 @@ impl Server {
             if let Some(r) = &self.settings.recorder {
                 r.ended(&c.log.connection_id, counters.unwrap_or_default());
             }
-            if let (Some(logs), true) = (&self.logs, c.logged_attempt) {
+            if c.logged_attempt {
                 let counters: crate::connlog::TrafficCounters = counters.unwrap_or_default().into();
-                if let Err(e) = logs.connection(&crate::connlog::ConnectionLogEntry::reset(&c.log, &counters, SystemTime::now())) {
-                    warn!(error = %e, "connection log");
-                }
+                let entry = crate::connlog::ConnectionLogEntry::reset(&c.log, &counters, SystemTime::now());
+                log_connection(&self.logs, self.settings.print_log_lines, &entry);
             }
         }
+    }
+}
+
+/// Writes a connection-log entry; `print` also puts it on stdout (an endpoint that asks for
+/// that when the daemon's shared log does not).
+fn log_connection(logs: &Option<Arc<crate::connlog::ConnectionLogs>>, print: bool, entry: &crate::connlog::ConnectionLogEntry) {
+    if let Some(logs) = logs {
+        if let Err(e) = logs.connection(entry) {
+            warn!(error = %e, "connection log");
+        }
+    }
+    if print {
+        println!("{}", entry.to_json_line());
     }
 }
 

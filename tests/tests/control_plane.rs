@@ -317,7 +317,12 @@ fn rule_revoked_through_the_api_cuts_a_running_flow_within_100ms_and_spares_the_
 fn crl_import_ends_the_revoked_clients_session_only() {
     let mut s = setup(2);
     ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.0/24", "--all-groups"]), "authorize");
+    // This endpoint's connection log also goes to the daemon's stdout.
+    ok(s.cli(&["endpoint", "modify", &s.endpoint, "--connection-log-stdout"]), "modify");
     let mut mallory = s.connect(0, "mallory", "engineering");
+    s.wait("the attempt on stdout", Duration::from_secs(5), |s| {
+        s.daemon.daemon.log().iter().any(|l| l.starts_with("{\"connection-log-type\":\"connection-attempt\"") && l.contains("mallory"))
+    });
     let mallory_serial = s.net.ca.last_issued_serial();
     let _alice = s.connect(1, "alice", "engineering");
     assert_eq!(s.connections(&["--username", "mallory"]).len(), 1);

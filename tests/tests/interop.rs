@@ -492,6 +492,7 @@ fn serve_with_session_timeout(net: &mut EndpointNet, timeout: Duration, disconne
         session_timeout: Some(timeout),
         disconnect_on_session_timeout: disconnect,
         connect_handler: None,
+        print_log_lines: false,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = net.gateway.spawn(move || {

@@ -240,13 +240,13 @@ impl Daemon {
             secrets.crl_pem.as_deref(),
         )?;
         let fingerprint = format!(
-            "{}|{}|{}|{}|{:?}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{:?}|{:?}|{}|{}|{}",
             ep.vpn_port,
             ep.transport_protocol.as_str(),
             ep.client_cidr_block,
             ep.split_tunnel,
             ep.dns_servers,
-            ep.connection_log_options.enabled,
+            ep.connection_log_options,
             secrets.server_certificate_pem,
             ring::digest::digest(&ring::digest::SHA256, secrets.server_private_key_pem.as_bytes())
                 .as_ref()
@@ -283,6 +283,8 @@ impl Daemon {
             session_timeout: None,
             disconnect_on_session_timeout: false,
             connect_handler: None,
+            // The shared log prints every endpoint's lines when the daemon says so.
+            print_log_lines: ep.connection_log_options.enabled && ep.connection_log_options.stdout && !c.log.stdout,
         };
         let mut settings = settings;
         if let ServerCommand::LiveSettings { session_timeout, disconnect_on_session_timeout, connect_handler } =
