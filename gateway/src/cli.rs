@@ -41,7 +41,7 @@ use crate::api::types::*;
 use crate::api::DEFAULT_SOCKET_PATH;
 use crate::storage::{
     AssociateResult, AuthorizationRule, Connection, CrlSummary, DeleteEndpointResult,
-    DisassociateResult, Endpoint, ModifyEndpointResult, Route, TargetNetwork,
+    DisassociateResult, Endpoint, ListenerStatus, ModifyEndpointResult, Route, TargetNetwork,
 };
 
 // ---- command line -------------------------------------------------------------------------------
@@ -886,6 +886,7 @@ fn endpoint_table(list: &[Endpoint]) -> String {
         "PORT",
         "SPLIT TUNNEL",
         "DNS SERVERS",
+        "LISTENER",
         "CREATED",
         "DESCRIPTION",
     ]);
@@ -903,11 +904,19 @@ fn endpoint_table(list: &[Endpoint]) -> String {
             } else {
                 dns.join(",")
             },
+            e.listener.as_ref().map_or_else(|| "-".to_string(), |l| l.state.clone()),
             e.creation_time.to_string(),
             opt(&e.description),
         ]);
     }
-    t.render()
+    let mut out = t.render();
+    // Why a listener is not serving, and what to do.
+    for e in list {
+        if let Some(ListenerStatus { state, message: Some(m) }) = &e.listener {
+            out.push_str(&format!("{}: listener {state}: {m}\n", e.client_vpn_endpoint_id));
+        }
+    }
+    out
 }
 
 // ---- target networks ----------------------------------------------------------------------------

@@ -583,6 +583,13 @@ fn two_endpoints_on_one_listener_the_second_waits_for_a_port_of_its_own() {
     let second = second["client-vpn-endpoint-id"].as_str().unwrap().to_string();
     ok(s.cli(&["network", "associate", &second, "--interface", "tgt0", "--subnet", "10.88.0.0/24"]), "associate");
     s.daemon.daemon.wait_for("already listens on the same transport and port", Duration::from_secs(5)).unwrap();
+    // The administrator sees why in the endpoint's description.
+    let described = s.json(&["endpoint", "describe", &second]);
+    let listener = &described["client-vpn-endpoints"][0]["listener"];
+    assert_eq!(listener["state"], "failed", "{described}");
+    assert!(listener["message"].as_str().unwrap().contains(&s.endpoint), "{listener}");
+    let table = ok(s.cli(&["endpoint", "describe"]), "describe");
+    assert!(table.contains("serving") && table.contains("listener failed"), "{table}");
     // The first endpoint goes on serving.
     ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.0/24", "--all-groups"]), "authorize");
     let _alice = s.connect(0, "alice", "engineering");
@@ -591,6 +598,7 @@ fn two_endpoints_on_one_listener_the_second_waits_for_a_port_of_its_own() {
     s.wait("the second endpoint starts", Duration::from_secs(5), |s| {
         s.daemon.daemon.log().iter().any(|l| l.contains("endpoint started") && l.contains(&second))
     });
+    assert_eq!(s.json(&["endpoint", "describe", &second])["client-vpn-endpoints"][0]["listener"]["state"], "serving");
     // Both share the target network: the first's clients still get their answers.
     http::spawn_server(&s.net.private, PRIVATE, 8080).unwrap();
     assert!(get(&s.net.clients[0], PRIVATE).is_ok(), "the first endpoint's return path survives the second");

@@ -102,7 +102,10 @@ pub(super) async fn describe_endpoints(State(state): S, mut q: QueryParams) -> A
     const IDS: &str = "client-vpn-endpoint-ids";
     let ids = q.take_list(IDS);
     q.finish(&[IDS])?;
-    let list = state.blocking(move |s| s.describe_endpoints(&ids)).await?;
+    let mut list = state.blocking(move |s| s.describe_endpoints(&ids)).await?;
+    for ep in &mut list {
+        state.listeners.annotate(ep);
+    }
     ok(EndpointList {
         client_vpn_endpoints: list,
     })
@@ -114,7 +117,9 @@ pub(super) async fn describe_endpoint(
     q: QueryParams,
 ) -> Answer {
     q.finish(&[])?;
-    ok(state.blocking(move |s| s.describe_endpoint(&id)).await?)
+    let mut ep = state.blocking(move |s| s.describe_endpoint(&id)).await?;
+    state.listeners.annotate(&mut ep);
+    ok(ep)
 }
 
 pub(super) async fn modify_endpoint(

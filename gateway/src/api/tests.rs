@@ -903,6 +903,7 @@ fn api_profile_ca_comes_from_the_server_chain_or_a_self_signed_certificate() {
         tags: vec![],
         policy_revision: 0,
         crl_entries: 0,
+        listener: None,
     };
     let ciphers = vec!["AES-256-GCM".to_string()];
     // Chain included: the chain's CA, whatever the client CA.

@@ -70,6 +70,8 @@ struct Running {
 /// The daemon's state.
 pub struct Daemon {
     config: DaemonConfig,
+    /// Listener states the API shows in endpoint descriptions.
+    listeners: crate::api::Listeners,
     store: Arc<Store>,
     recorder: StoreRecorder,
     logs: Arc<ConnectionLogs>,
@@ -141,7 +143,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         info!(listen = %tcp.listen, "API listening with TLS");
     }
 
-    let mut daemon = Daemon { config, store, recorder, logs, running: HashMap::new() };
+    let listeners = api_state.listeners.clone();
+    let mut daemon = Daemon { config, listeners, store, recorder, logs, running: HashMap::new() };
     daemon.recover();
     let mut check = tokio::time::interval(Duration::from_secs(1));
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -304,11 +307,12 @@ impl Daemon {
             return;
         }
         if let Some(other) = self.listener_taken_by(id) {
-            error!(
-                endpoint = %id,
-                "endpoint not started: endpoint {other} already listens on the same transport and port on this host; \
-                 change one of them (cvpn endpoint modify --port 443|1194)"
+            let message = format!(
+                "endpoint {other} already listens on the same transport and port on this host; \
+                 change one of them (cvpn endpoint modify ENDPOINT --port 443|1194)"
             );
+            error!(endpoint = %id, "endpoint not started: {message}");
+            self.listeners.set(id, "failed", Some(message));
             return;
         }
         let started = self.settings(id).and_then(|(s, f)| Ok((Server::new(s)?, f)));
@@ -316,9 +320,11 @@ impl Daemon {
             Ok(s) => s,
             Err(e) => {
                 error!(endpoint = %id, error = format!("{e:#}"), "endpoint not started");
+                self.listeners.set(id, "failed", Some(format!("{e:#}; fix it, then modify the endpoint or reload the daemon")));
                 return;
             }
         };
+        let listeners = self.listeners.clone();
         let (commands, receiver) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let endpoint = id.to_string();
@@ -333,10 +339,12 @@ impl Daemon {
                 .await;
             if let Err(e) = &r {
                 error!(endpoint = %endpoint, error = format!("{e:#}"), "endpoint stopped");
+                listeners.set(&endpoint, "failed", Some(format!("{e:#}")));
             }
             r
         });
         info!(endpoint = %id, tun = %tun_name(id), "endpoint started");
+        self.listeners.set(id, "serving", None);
         self.running.insert(id.to_string(), Running { commands, stop: Some(stop), task, fingerprint });
     }
 
@@ -353,6 +361,7 @@ impl Daemon {
     /// its programs detached and its TUN removed.
     async fn stop(&mut self, id: &str) {
         let Some(mut r) = self.running.remove(id) else { return };
+        self.listeners.set(id, "stopped", None);
         if let Some(stop) = r.stop.take() {
             let _ = stop.send(());
         }

@@ -243,6 +243,7 @@ fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
         creation_time: ts(r, 21)?,
         deletion_time: ts_opt(r, 22)?,
         tags: Vec::new(),
+        listener: None,
     })
 }
 

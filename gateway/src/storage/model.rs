@@ -455,6 +455,21 @@ pub struct Endpoint {
     pub policy_revision: u64,
     /// Revoked certificates in the imported CRL (0 without one).
     pub crl_entries: u64,
+    /// What the running daemon's listener for this endpoint is doing; filled in by the API of
+    /// a running daemon, absent otherwise (not stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<ListenerStatus>,
+}
+
+/// The state of an endpoint's listener in the running daemon ([`Endpoint::listener`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ListenerStatus {
+    /// `serving`, `stopped` or `failed`.
+    pub state: String,
+    /// Why it failed, and what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl Endpoint {
