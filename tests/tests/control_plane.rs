@@ -660,3 +660,52 @@ fn the_client_connect_handler_admits_denies_and_fails_closed() {
     let carol = log.iter().find(|e| e["common-name"] == "carol").unwrap();
     assert_eq!(carol["connection-attempt-failure-reason"], "client-connect-handler-other-execution-error");
 }
+
+#[test]
+fn a_tcp_endpoint_serves_its_exported_profile_and_is_deleted_cleanly() {
+    require_root();
+    let mut net = EndpointNet::new(1).unwrap();
+    let data = TempDir::new("cp").unwrap();
+    let daemon = StoreDaemon::start(&net.gateway, &data.0).unwrap();
+    let (cert, key, ca) = net.write_server_files().unwrap();
+    let p = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let created = daemon
+        .json(&[
+            "endpoint", "create", "--client-cidr", "10.77.0.0/22", "--server-cert", &p(&cert), "--server-key", &p(&key),
+            "--client-ca", &p(&ca), "--transport", "tcp", "--port", "1194", "--split-tunnel",
+        ])
+        .unwrap();
+    let ep = created["client-vpn-endpoint-id"].as_str().unwrap().to_string();
+    let assoc = daemon.json(&["network", "associate", &ep, "--interface", "tgt0"]).unwrap();
+    let assoc_id = assoc["association"]["association-id"].as_str().unwrap().to_string();
+    daemon.json(&["rule", "authorize", &ep, "--destination", "10.88.0.10/32", "--all-groups"]).unwrap();
+    let pem = net.ca.client("alice", &["engineering"]).unwrap();
+    let d = net.dir.0.clone();
+    let (ucert, ukey) = (cvpn_tests::pki::write(&d, "alice.crt", &pem.cert).unwrap(), cvpn_tests::pki::write(&d, "alice.key", &pem.key).unwrap());
+    let profile = ok(
+        daemon.cli(&["config", "export", &ep, "--remote-host", "10.99.0.1", "--cert", &p(&ucert), "--key", &p(&ukey)]).unwrap(),
+        "config export",
+    );
+    assert!(profile.contains("proto tcp") && profile.contains("remote 10.99.0.1 1194"), "{profile}");
+    assert!(!profile.contains("explicit-exit-notify"), "UDP only: {profile}");
+    let mut c = OpenVpnClient::start_with_text(&net.clients[0], &profile, &d, "alice").unwrap();
+    c.wait_connected(Duration::from_secs(20)).unwrap();
+    http::spawn_server(&net.private, PRIVATE, 8080).unwrap();
+    assert!(get(&net.clients[0], PRIVATE).is_ok(), "alice reaches the private host over TCP");
+    let conns = daemon.json(&["connection", "list", &ep]).unwrap();
+    assert_eq!(conns["connections"][0]["transport-protocol"], "tcp", "{conns}");
+
+    // An endpoint with a target network cannot be deleted; without one it is, and its
+    // listener and TUN go.
+    let refused = daemon.cli(&["endpoint", "delete", &ep]).unwrap();
+    assert_eq!(refused.code, 1, "{}", refused.stdout);
+    assert!(refused.stderr.contains("disassociate"), "{}", refused.stderr);
+    daemon.json(&["network", "disassociate", &ep, &assoc_id]).unwrap();
+    let deleting = daemon.json(&["endpoint", "delete", &ep]).unwrap();
+    assert_eq!(deleting["endpoint"]["status"], "deleting", "{deleting}");
+    wait_until("the endpoint is deleted", Duration::from_secs(5), || {
+        daemon.json(&["endpoint", "describe", &ep]).is_ok_and(|v| v["client-vpn-endpoints"][0]["status"] == "deleted")
+    });
+    assert!(!String::from_utf8_lossy(&net.gateway.ip("-o link show").unwrap().stdout).contains("cvpn"), "TUN removed");
+    c.stop();
+}
