@@ -378,18 +378,27 @@ fn the_database_survives_restarts_and_a_kill_during_a_burst_of_writes() {
     // A burst of writes from another thread; SIGKILL in the middle of it.
     let socket = s.daemon.socket.clone();
     let endpoint = s.endpoint.clone();
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acked2 = acked.clone();
     let writer = std::thread::spawn(move || {
         let mut done = 0;
         for i in 0..150u32 {
             let dest = format!("10.{}.{}.0/24", 100 + i / 250, i % 250);
             match cli(&socket, &["rule", "authorize", &endpoint, "--destination", &dest, "--group", "g"]) {
-                Ok(o) if o.code == 0 => done += 1,
+                Ok(o) if o.code == 0 => {
+                    done += 1;
+                    acked2.store(done, std::sync::atomic::Ordering::SeqCst);
+                }
                 _ => break,
             }
         }
         done
     });
-    std::thread::sleep(Duration::from_millis(700));
+    // Kill once the burst is well under way (and at most 10 s in).
+    let start = std::time::Instant::now();
+    while acked.load(std::sync::atomic::Ordering::SeqCst) < 10 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     s.daemon.daemon.kill();
     let acknowledged = writer.join().unwrap();
     assert!(acknowledged > 0 && acknowledged < 150, "the kill must land mid-burst ({acknowledged} writes acknowledged)");
