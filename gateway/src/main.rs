@@ -46,10 +46,14 @@ enum Command {
         /// The endpoint's TOML file.
         #[arg(short = 'f', long = "file")]
         file: std::path::PathBuf,
-        /// Data directory holding the database (cvpn.db). A running daemon picks the change up
-        /// on its next start (use the resource commands for live changes).
-        #[arg(long, default_value = "/var/lib/cvpn")]
-        data_dir: std::path::PathBuf,
+        /// Data directory holding the database (cvpn.db) [default: the daemon configuration's
+        /// data_dir, else /var/lib/cvpn]. A running daemon applies the change on SIGHUP
+        /// (`systemctl reload cvpn`).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// The daemon configuration (`cvpn serve --config`): its data_dir and [quotas] apply.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
     },
     /// Checks that this host can run the data plane: loads the kernel programs and maps
     /// (without attaching them anywhere) and prints the counters.
@@ -94,7 +98,13 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(code);
             }
         }
-        Command::Apply { file, data_dir } => apply(&file, data_dir)?,
+        Command::Apply { file, data_dir, config } => {
+            let daemon = match &config {
+                Some(p) => gateway::control::DaemonConfig::load(p)?,
+                None => gateway::control::DaemonConfig::default(),
+            };
+            apply(&file, data_dir.unwrap_or_else(|| daemon.data_dir.clone()), daemon.quotas)?
+        }
         Command::Check => {
             let dp = DataPlane::load(DataPlaneConfig::default())
                 .context("the kernel data plane cannot run on this host")?;
@@ -231,7 +241,7 @@ fn endpoint_id(cfg: &gateway::config::EndpointConfig) -> String {
     format!("cvpn-endpoint-{}", &hex[..17])
 }
 
-fn apply(path: &std::path::Path, data_dir: std::path::PathBuf) -> anyhow::Result<()> {
+fn apply(path: &std::path::Path, data_dir: std::path::PathBuf, quotas: gateway::storage::Quotas) -> anyhow::Result<()> {
     use gateway::{
         config::EndpointConfig,
         storage::{apply_endpoint_config, Store, StoreOptions},
@@ -244,7 +254,7 @@ fn apply(path: &std::path::Path, data_dir: std::path::PathBuf) -> anyhow::Result
     let key = read(&cfg.server_key, "server key")?;
     let ca = read(&cfg.client_ca, "client CA")?;
     let crl = cfg.crl.as_deref().map(|p| read(p, "CRL")).transpose()?;
-    let store = Store::open(StoreOptions::in_dir(&data_dir))
+    let store = Store::open(StoreOptions { quotas, ..StoreOptions::in_dir(&data_dir) })
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("opening the database in {}", data_dir.display()))?;
     let report = apply_endpoint_config(&store, &cfg, &cert, &key, &ca, crl.as_deref())

@@ -718,3 +718,26 @@ fn a_tcp_endpoint_serves_its_exported_profile_and_is_deleted_cleanly() {
     assert!(!String::from_utf8_lossy(&net.gateway.ip("-o link show").unwrap().stdout).contains("cvpn"), "TUN removed");
     c.stop();
 }
+
+#[test]
+fn quotas_come_from_the_daemon_configuration() {
+    require_root();
+    let mut net = EndpointNet::new(0).unwrap();
+    let data = TempDir::new("cp").unwrap();
+    let config = cvpn_tests::pki::write(&net.dir.0, "cvpn.toml", "[quotas]\nauthorization_rules_per_endpoint = 2\n").unwrap();
+    let daemon = StoreDaemon::start_with_config(&net.gateway, &data.0, Some(&config)).unwrap();
+    let (cert, key, ca) = net.write_server_files().unwrap();
+    let p = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let ep = daemon
+        .json(&["endpoint", "create", "--client-cidr", "10.77.0.0/22", "--server-cert", &p(&cert), "--server-key", &p(&key), "--client-ca", &p(&ca)])
+        .unwrap()["client-vpn-endpoint-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for dest in ["10.88.0.0/24", "10.89.0.0/24"] {
+        daemon.json(&["rule", "authorize", &ep, "--destination", dest, "--all-groups"]).unwrap();
+    }
+    let third = daemon.cli(&["rule", "authorize", &ep, "--destination", "10.90.0.0/24", "--all-groups"]).unwrap();
+    assert_eq!(third.code, 1);
+    assert!(third.stderr.contains("ClientVpnAuthorizationRuleLimitExceeded"), "{}", third.stderr);
+}

@@ -28,6 +28,11 @@
 //! ping = 10                          # keepalive: seconds between pings
 //! ping_restart = 60                  # seconds of silence before a client restarts
 //! reneg_sec = 3600                   # server-initiated key renegotiation; 0 = off
+//!
+//! [quotas]                           # AWS's limits by default
+//! authorization_rules_per_endpoint = 200   # at most 10000
+//! routes_per_association = 100             # at most 1000
+//! crl_entries = 20000                      # at most 1000000
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -90,6 +95,8 @@ pub struct DaemonConfig {
     pub ping_restart: u32,
     /// Server-initiated renegotiation; 0 = off.
     pub reneg_sec: u32,
+    /// Resource limits.
+    pub quotas: crate::storage::Quotas,
 }
 
 /// Where the management API listens.
@@ -127,6 +134,7 @@ impl Default for DaemonConfig {
             ping: 10,
             ping_restart: 60,
             reneg_sec: 3600,
+            quotas: crate::storage::Quotas::default(),
         }
     }
 }
@@ -145,6 +153,16 @@ struct Raw {
     connections: RawConnections,
     #[serde(default)]
     tunnel: RawTunnel,
+    #[serde(default)]
+    quotas: RawQuotas,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawQuotas {
+    authorization_rules_per_endpoint: Option<usize>,
+    routes_per_association: Option<usize>,
+    crl_entries: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -242,6 +260,27 @@ impl DaemonConfig {
                 return Err(invalid("public_host", format!("{host:?} is not a host name or address")));
             }
         }
+        let quota = |key: &str, v: Option<usize>, default: usize, max: usize| match v {
+            None => Ok(default),
+            Some(n) if (1..=max).contains(&n) => Ok(n),
+            Some(n) => Err(invalid(&format!("[quotas] {key}"), format!("{n} is out of range: 1 to {max}"))),
+        };
+        // The upper bounds keep the compiled policy inside the kernel maps.
+        let quotas = crate::storage::Quotas {
+            authorization_rules_per_endpoint: quota(
+                "authorization_rules_per_endpoint",
+                raw.quotas.authorization_rules_per_endpoint,
+                d.quotas.authorization_rules_per_endpoint,
+                10_000,
+            )?,
+            routes_per_association: quota(
+                "routes_per_association",
+                raw.quotas.routes_per_association,
+                d.quotas.routes_per_association,
+                1000,
+            )?,
+            crl_entries: quota("crl_entries", raw.quotas.crl_entries, d.quotas.crl_entries, 1_000_000)?,
+        };
         let max_file_bytes = raw.log.max_file_bytes.unwrap_or(d.log.max_file_bytes);
         if max_file_bytes < 4096 {
             return Err(invalid("[log] max_file_bytes", format!("{max_file_bytes} is too small: at least 4096 bytes")));
@@ -261,6 +300,7 @@ impl DaemonConfig {
             ping,
             ping_restart,
             reneg_sec: raw.tunnel.reneg_sec.unwrap_or(d.reneg_sec),
+            quotas,
         })
     }
 }
@@ -304,6 +344,10 @@ counters_seconds = 1
 ping = 5
 ping_restart = 30
 reneg_sec = 0
+[quotas]
+authorization_rules_per_endpoint = 500
+routes_per_association = 20
+crl_entries = 100
 "#,
             "t",
         )
@@ -314,6 +358,8 @@ reneg_sec = 0
         assert_eq!(c.counters_every, Duration::from_secs(1));
         assert!(c.log.stdout);
         assert_eq!((c.ping, c.ping_restart, c.reneg_sec), (5, 30, 0));
+        assert_eq!(c.quotas.authorization_rules_per_endpoint, 500);
+        assert_eq!((c.quotas.routes_per_association, c.quotas.crl_entries), (20, 100));
     }
 
     #[test]
@@ -325,6 +371,8 @@ reneg_sec = 0
             ("[tunnel]\nping = 10\nping_restart = 5", "ping_restart"),
             ("listen_address = \"nope\"", "listen_address"),
             ("[log]\nmax_file_bytes = 10", "max_file_bytes"),
+            ("[quotas]\nauthorization_rules_per_endpoint = 20000", "[quotas] authorization_rules_per_endpoint"),
+            ("[quotas]\nroutes_per_association = 0", "[quotas] routes_per_association"),
         ] {
             let e = DaemonConfig::parse(text, "f.toml").unwrap_err().to_string();
             assert!(e.contains(needle) && e.contains("f.toml"), "{text:?}: {e}");

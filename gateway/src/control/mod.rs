@@ -91,7 +91,11 @@ pub fn tun_name(endpoint_id: &str) -> String {
 /// Must run inside a [`tokio::task::LocalSet`] (the endpoints' event loops are local tasks).
 pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     let store = Arc::new(
-        Store::open(StoreOptions { retention: config.retention, ..StoreOptions::in_dir(&config.data_dir) })
+        Store::open(StoreOptions {
+            retention: config.retention,
+            quotas: config.quotas,
+            ..StoreOptions::in_dir(&config.data_dir)
+        })
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
     );
