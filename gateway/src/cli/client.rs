@@ -34,10 +34,7 @@ pub enum ClientError {
         message: String,
     },
     /// The API could not be reached.
-    #[error(
-        "cannot reach the cvpn API at {target} ({cause}): is `cvpn serve` running? \
-         (`systemctl status cvpn`; another socket: --socket PATH or CVPN_SOCKET)"
-    )]
+    #[error("cannot reach the cvpn API at {target} ({cause}): {}", connect_hint(cause))]
     Connect {
         /// The socket path or URL.
         target: String,
@@ -70,6 +67,14 @@ pub enum ClientError {
     /// A success whose body is not what the operation answers.
     #[error("unexpected answer from the cvpn API: {0}")]
     Decode(String),
+}
+
+/// What to do when the API cannot be reached.
+fn connect_hint(cause: &io::Error) -> &'static str {
+    match cause.kind() {
+        io::ErrorKind::PermissionDenied => "the API socket is for root only: run the command as root (sudo)",
+        _ => "is `cvpn serve` running? (`systemctl status cvpn`; another socket: --socket PATH or CVPN_SOCKET)",
+    }
 }
 
 /// Where the API is.
