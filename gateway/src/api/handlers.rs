@@ -427,8 +427,9 @@ pub(super) async fn export_client_config(
         None => {
             return Err(ApiError::missing(
                 HOST,
-                "the daemon has no public host name configured; give ?remote-host=HOST (the \
-                 name or address clients connect to)",
+                "the daemon has no public host name configured; give the name or address clients \
+                 connect to (CLI: --remote-host HOST; API: ?remote-host=HOST), or set public_host \
+                 in the daemon configuration",
             )
             .into())
         }
