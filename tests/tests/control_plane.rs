@@ -741,3 +741,35 @@ fn quotas_come_from_the_daemon_configuration() {
     assert_eq!(third.code, 1);
     assert!(third.stderr.contains("ClientVpnAuthorizationRuleLimitExceeded"), "{}", third.stderr);
 }
+
+#[test]
+fn a_target_network_associated_live_carries_traffic_and_leaves_without_resetting_anyone() {
+    let mut s = setup(1);
+    // A second private network behind the gateway's tgt1.
+    let other = cvpn_tests::Netns::new("ep2").unwrap();
+    cvpn_tests::veth(&s.net.gateway, "tgt1", &other, "eth0").unwrap();
+    s.net.gateway.ip("addr add 10.66.0.1/24 dev tgt1").unwrap();
+    other.ip("addr add 10.66.0.10/24 dev eth0").unwrap();
+    let far = Ipv4Addr::new(10, 66, 0, 10);
+    http::spawn_server(&other, far, 8080).unwrap();
+    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.0.0.0/8", "--all-groups"]), "authorize");
+    let alice = s.connect(0, "alice", "engineering");
+    // Stock 2.6 clients take no pushed route updates: give alice the route by hand, as a full
+    // tunnel would.
+    s.net.clients[0].ip("route add 10.66.0.0/24 dev tun0").unwrap();
+    assert!(get(&s.net.clients[0], far).is_err(), "no target network routes 10.66.0.0/24 yet");
+
+    let assoc = s.json(&["network", "associate", &s.endpoint, "--interface", "tgt1", "--subnet", "10.66.0.0/24"]);
+    let assoc_id = assoc["association"]["association-id"].as_str().unwrap().to_string();
+    let body = get(&s.net.clients[0], far).expect("10.66.0.10 reachable once tgt1 is associated");
+    assert!(http::body(&body).contains("10.66.0.1"), "SNATed to tgt1's address: {body}");
+    // The first network still works, and nobody was reset.
+    http::spawn_server(&s.net.private, PRIVATE, 8080).unwrap();
+    assert!(get(&s.net.clients[0], PRIVATE).is_ok());
+
+    s.json(&["network", "disassociate", &s.endpoint, &assoc_id]);
+    assert!(get(&s.net.clients[0], far).is_err(), "10.66.0.0/24 is gone with its network");
+    assert!(get(&s.net.clients[0], PRIVATE).is_ok(), "the other network stays");
+    assert_eq!(alice.log().iter().filter(|l| l.contains("Initialization Sequence Completed")).count(), 1, "no reconnect");
+    assert!(!s.daemon.daemon.log().iter().any(|l| l.contains("session ended")), "no session reset");
+}
