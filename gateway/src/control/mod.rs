@@ -37,6 +37,9 @@ use crate::storage::{EndpointStatus, Store, StoreOptions, TransportProtocol};
 pub use self::config::DaemonConfig;
 use self::recorder::StoreRecorder;
 
+/// How often records past the retention period are removed from the database.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 /// Endpoint fields whose change needs no restart of the endpoint's listener.
 const DESCRIPTIVE_FIELDS: &[&str] = &["description", "tags", "self-service-portal"];
 /// Endpoint fields a running endpoint takes without a restart.
@@ -151,6 +154,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let mut daemon = Daemon { config, listeners, store, recorder, logs, running: HashMap::new() };
     daemon.recover();
     let mut check = tokio::time::interval(Duration::from_secs(1));
+    // Housekeeping: what is past the retention period leaves the database (first tick: now).
+    let mut prune = tokio::time::interval(PRUNE_EVERY);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     tokio::pin!(shutdown);
@@ -160,6 +165,16 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             Some(()) = hup.recv() => daemon.resync().await,
             Some(event) = events.recv() => daemon.on_event(event).await,
             _ = check.tick() => daemon.reap().await,
+            _ = prune.tick() => {
+                let store = daemon.store.clone();
+                tokio::task::spawn_blocking(move || match store.prune() {
+                    Ok(r) if r.connections + r.associations + r.endpoints > 0 => {
+                        info!(connections = r.connections, associations = r.associations, endpoints = r.endpoints, "removed records past the retention period");
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "pruning the database"),
+                });
+            }
         }
     }
     info!(endpoints = daemon.running.len(), "shutting down");
