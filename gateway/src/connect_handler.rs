@@ -17,7 +17,7 @@ use hyper::Method;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::cli::client::{send, ApiRequest, ClientError, Target};
+use crate::cli::client::{authority, send, ApiRequest, ClientError, Target};
 use crate::connlog::FailureReason;
 
 /// The longest a handler may take (AWS's cap).
@@ -180,8 +180,7 @@ impl ConnectHandler {
             }
             Kind::Webhook { https, host, port, path } => {
                 let target = if *https {
-                    let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-                    Target::https(&format!("https://{authority}"), None, None)
+                    Target::https(&format!("https://{}", authority(host, *port)), None, None)
                         .map_err(|e| HandlerError::Service(e.to_string()))?
                 } else {
                     Target::Http { host: host.clone(), port: *port }

@@ -279,24 +279,23 @@ async fn send_inner(target: &Target, req: ApiRequest) -> Result<ApiReply, Client
                 .connect(name, tcp)
                 .await
                 .map_err(connect_err)?;
-            let authority = if host.contains(':') {
-                format!("[{host}]:{port}")
-            } else {
-                format!("{host}:{port}")
-            };
-            exchange(TokioIo::new(stream), &authority, token.as_deref(), req).await
+            exchange(TokioIo::new(stream), &authority(host, *port), token.as_deref(), req).await
         }
         Target::Http { host, port } => {
             let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
                 .await
                 .map_err(connect_err)?;
-            let authority = if host.contains(':') {
-                format!("[{host}]:{port}")
-            } else {
-                format!("{host}:{port}")
-            };
-            exchange(TokioIo::new(tcp), &authority, None, req).await
+            exchange(TokioIo::new(tcp), &authority(host, *port), None, req).await
         }
+    }
+}
+
+/// `host:port` for the Host header (IPv6 addresses in brackets).
+pub fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
