@@ -58,12 +58,8 @@ use thiserror::Error;
 
 use crate::dataplane::policy::{Access, AuthorizationRule, Policy, Route};
 
-/// Shortest client CIDR prefix (AWS Client VPN's rule): at most 2^20 addresses.
-pub const MIN_CLIENT_PREFIX: u8 = 12;
-/// Longest client CIDR prefix (AWS Client VPN's rule): at least 1024 addresses.
-pub const MAX_CLIENT_PREFIX: u8 = 22;
-/// Most DNS servers an endpoint pushes.
-pub const MAX_DNS_SERVERS: usize = 2;
+pub use crate::storage::{MAX_CLIENT_PREFIX, MAX_DNS_SERVERS, MIN_CLIENT_PREFIX};
+use crate::storage::validate::{self, overlaps};
 /// Default listening port.
 pub const DEFAULT_PORT: u16 = 443;
 
@@ -416,26 +412,14 @@ fn check_structure(doc: &toml::Table) -> Result<(), ConfigError> {
 
 // ---- validation -------------------------------------------------------------------------------
 
+// The rules are the API's ([`validate`]); only the error type differs.
+
 fn cidr(at: &str, s: &str) -> Result<Ipv4Net, ConfigError> {
-    let net: Ipv4Net = s.trim().parse().map_err(|_| {
-        invalid(
-            at,
-            format!("{s:?} is not an IPv4 CIDR (write a.b.c.d/n, e.g. \"10.88.0.0/24\")"),
-        )
-    })?;
-    if net != net.trunc() {
-        return Err(invalid(
-            at,
-            format!("{s:?} has host bits set; write {}", net.trunc()),
-        ));
-    }
-    Ok(net)
+    validate::check_cidr(s).map_err(|d| invalid(at, d))
 }
 
 fn ipv4(at: &str, s: &str) -> Result<Ipv4Addr, ConfigError> {
-    s.trim()
-        .parse()
-        .map_err(|_| invalid(at, format!("{s:?} is not an IPv4 address (write a.b.c.d)")))
+    validate::check_ipv4(s).map_err(|d| invalid(at, d))
 }
 
 fn path(at: &str, s: &str) -> Result<PathBuf, ConfigError> {
@@ -445,28 +429,8 @@ fn path(at: &str, s: &str) -> Result<PathBuf, ConfigError> {
     Ok(PathBuf::from(s))
 }
 
-/// Linux interface name rules (`dev_valid_name`): 1..=15 bytes, not `.`/`..`, no `/`, `:` or
-/// whitespace.
 fn interface_name(at: &str, s: &str) -> Result<String, ConfigError> {
-    let bad = s.is_empty()
-        || s.len() > 15
-        || s == "."
-        || s == ".."
-        || s.chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
-    if bad {
-        return Err(invalid(
-            at,
-            format!(
-                "{s:?} is not a network interface name (1 to 15 characters, no '/', ':' or spaces)"
-            ),
-        ));
-    }
-    Ok(s.to_string())
-}
-
-fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
+    validate::check_interface_name(s).map_err(|d| invalid(at, d))
 }
 
 fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
@@ -474,17 +438,8 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
     const EP: &str = "[endpoint]";
     let at = |k: &str| format!("{EP} {k}");
 
-    let client_cidr = cidr(&at("client_cidr"), &e.client_cidr)?;
-    let p = client_cidr.prefix_len();
-    if !(MIN_CLIENT_PREFIX..=MAX_CLIENT_PREFIX).contains(&p) {
-        return Err(invalid(
-            at("client_cidr"),
-            format!(
-                "{client_cidr} has prefix /{p}; the client CIDR must be between \
-                 /{MIN_CLIENT_PREFIX} and /{MAX_CLIENT_PREFIX}"
-            ),
-        ));
-    }
+    let client_cidr =
+        validate::check_client_cidr(&e.client_cidr).map_err(|d| invalid(at("client_cidr"), d))?;
     let transport = match e.transport.as_deref().unwrap_or("udp") {
         "udp" => Transport::Udp,
         "tcp" => Transport::Tcp,
@@ -515,23 +470,8 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
     let server_key = path(&at("server_key"), &e.server_key)?;
     let client_ca = path(&at("client_ca"), &e.client_ca)?;
     let crl = e.crl.as_deref().map(|s| path(&at("crl"), s)).transpose()?;
-    if e.dns_servers.len() > MAX_DNS_SERVERS {
-        return Err(invalid(
-            at("dns_servers"),
-            format!(
-                "{} servers given, at most {MAX_DNS_SERVERS} are allowed",
-                e.dns_servers.len()
-            ),
-        ));
-    }
-    let mut dns_servers = Vec::new();
-    for s in &e.dns_servers {
-        let a = ipv4(&at("dns_servers"), s)?;
-        if dns_servers.contains(&a) {
-            return Err(invalid(at("dns_servers"), format!("{a} is listed twice")));
-        }
-        dns_servers.push(a);
-    }
+    let dns_servers =
+        validate::check_dns_servers(&e.dns_servers).map_err(|d| invalid(at("dns_servers"), d))?;
 
     let mut target_networks: Vec<TargetNetwork> = Vec::new();
     for (i, t) in raw.target_network.into_iter().enumerate() {

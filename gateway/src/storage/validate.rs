@@ -10,37 +10,80 @@ use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use super::error::ApiError;
 use super::model::*;
 
-/// Parses an IPv4 CIDR in network form (`10.88.0.0/24`; host bits refused).
-pub fn cidr(field: &str, s: &str) -> Result<Ipv4Net, ApiError> {
-    let net: Ipv4Net = s.trim().parse().map_err(|_| {
-        ApiError::invalid(
-            field,
-            format!("{s:?} is not an IPv4 CIDR (write a.b.c.d/n, e.g. \"10.88.0.0/24\")"),
-        )
-    })?;
+// The rules themselves, without an error type: the API ([`ApiError`]) and the endpoint file
+// (`config::ConfigError`) wrap the same checks, so both refuse the same values with the same
+// words.
+
+/// An IPv4 CIDR in network form (`10.88.0.0/24`; host bits refused); `Err` says what is wrong.
+pub fn check_cidr(s: &str) -> Result<Ipv4Net, String> {
+    let net: Ipv4Net = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 CIDR (write a.b.c.d/n, e.g. \"10.88.0.0/24\")"))?;
     if net != net.trunc() {
-        return Err(ApiError::invalid(
-            field,
-            format!("{s:?} has host bits set; write {}", net.trunc()),
+        return Err(format!("{s:?} has host bits set; write {}", net.trunc()));
+    }
+    Ok(net)
+}
+
+/// A client CIDR: a network, prefix /12../22.
+pub fn check_client_cidr(s: &str) -> Result<Ipv4Net, String> {
+    let net = check_cidr(s)?;
+    let p = net.prefix_len();
+    if !(MIN_CLIENT_PREFIX..=MAX_CLIENT_PREFIX).contains(&p) {
+        return Err(format!(
+            "{net} has prefix /{p}; the client CIDR must be between /{MIN_CLIENT_PREFIX} and \
+             /{MAX_CLIENT_PREFIX} (1 024 to 1 048 576 addresses)"
         ));
     }
     Ok(net)
 }
 
-/// The client CIDR: a network, prefix /12../22.
-pub fn client_cidr(field: &str, s: &str) -> Result<Ipv4Net, ApiError> {
-    let net = cidr(field, s)?;
-    let p = net.prefix_len();
-    if !(MIN_CLIENT_PREFIX..=MAX_CLIENT_PREFIX).contains(&p) {
-        return Err(ApiError::invalid(
-            field,
-            format!(
-                "{net} has prefix /{p}; the client CIDR must be between /{MIN_CLIENT_PREFIX} and \
-                 /{MAX_CLIENT_PREFIX} (1 024 to 1 048 576 addresses)"
-            ),
+/// An IPv4 address.
+pub fn check_ipv4(s: &str) -> Result<Ipv4Addr, String> {
+    s.trim().parse().map_err(|_| format!("{s:?} is not an IPv4 address (write a.b.c.d)"))
+}
+
+/// At most two distinct IPv4 addresses.
+pub fn check_dns_servers(list: &[String]) -> Result<Vec<Ipv4Addr>, String> {
+    if list.len() > MAX_DNS_SERVERS {
+        return Err(format!("{} servers given; at most {MAX_DNS_SERVERS} are allowed", list.len()));
+    }
+    let mut out = Vec::new();
+    for s in list {
+        let a = check_ipv4(s)?;
+        if out.contains(&a) {
+            return Err(format!("{a} is listed twice"));
+        }
+        out.push(a);
+    }
+    Ok(out)
+}
+
+/// Linux interface name rules (`dev_valid_name`): 1..=15 bytes, not `.`/`..`, no `/`, `:` or
+/// whitespace.
+pub fn check_interface_name(s: &str) -> Result<String, String> {
+    let bad = s.is_empty()
+        || s.len() > 15
+        || s == "."
+        || s == ".."
+        || s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    if bad {
+        return Err(format!(
+            "{s:?} is not a network interface name (1 to 15 characters, no '/', ':' or spaces)"
         ));
     }
-    Ok(net)
+    Ok(s.to_string())
+}
+
+/// Parses an IPv4 CIDR in network form (`10.88.0.0/24`; host bits refused).
+pub fn cidr(field: &str, s: &str) -> Result<Ipv4Net, ApiError> {
+    check_cidr(s).map_err(|d| ApiError::invalid(field, d))
+}
+
+/// The client CIDR: a network, prefix /12../22.
+pub fn client_cidr(field: &str, s: &str) -> Result<Ipv4Net, ApiError> {
+    check_client_cidr(s).map_err(|d| ApiError::invalid(field, d))
 }
 
 /// True if the two networks share an address.
@@ -50,12 +93,7 @@ pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
 
 /// Parses an IPv4 address.
 pub fn ipv4(field: &str, s: &str) -> Result<Ipv4Addr, ApiError> {
-    s.trim().parse().map_err(|_| {
-        ApiError::invalid(
-            field,
-            format!("{s:?} is not an IPv4 address (write a.b.c.d)"),
-        )
-    })
+    check_ipv4(s).map_err(|d| ApiError::invalid(field, d))
 }
 
 /// `udp` or `tcp`.
@@ -92,24 +130,7 @@ pub fn session_timeout(field: &str, n: i64) -> Result<u8, ApiError> {
 
 /// At most two distinct IPv4 addresses.
 pub fn dns_servers(field: &str, list: &[String]) -> Result<Vec<Ipv4Addr>, ApiError> {
-    if list.len() > MAX_DNS_SERVERS {
-        return Err(ApiError::invalid(
-            field,
-            format!(
-                "{} servers given; at most {MAX_DNS_SERVERS} are allowed",
-                list.len()
-            ),
-        ));
-    }
-    let mut out = Vec::new();
-    for s in list {
-        let a = ipv4(field, s)?;
-        if out.contains(&a) {
-            return Err(ApiError::invalid(field, format!("{a} is listed twice")));
-        }
-        out.push(a);
-    }
-    Ok(out)
+    check_dns_servers(list).map_err(|d| ApiError::invalid(field, d))
 }
 
 /// Free text of at most `max` characters, no control characters; empty means none.
@@ -229,24 +250,9 @@ pub fn tags(field: &str, tags: &[Tag]) -> Result<Vec<Tag>, ApiError> {
     Ok(tags.to_vec())
 }
 
-/// Linux interface name rules (`dev_valid_name`): 1..=15 bytes, not `.`/`..`, no `/`, `:` or
-/// whitespace.
+/// A network interface name ([`check_interface_name`]).
 pub fn interface_name(field: &str, s: &str) -> Result<String, ApiError> {
-    let bad = s.is_empty()
-        || s.len() > 15
-        || s == "."
-        || s == ".."
-        || s.chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
-    if bad {
-        return Err(ApiError::invalid(
-            field,
-            format!(
-                "{s:?} is not a network interface name (1 to 15 characters, no '/', ':' or spaces)"
-            ),
-        ));
-    }
-    Ok(s.to_string())
+    check_interface_name(s).map_err(|d| ApiError::invalid(field, d))
 }
 
 /// A group name: 1..=255 characters.
