@@ -48,7 +48,6 @@
 //! either: the TLS layer loads them.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
@@ -112,30 +111,8 @@ fn invalid(at: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// The transport the endpoint listens on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// UDP (the default).
-    Udp,
-    /// TCP (OpenVPN's 16-bit length framing).
-    Tcp,
-}
-
-impl Transport {
-    /// `"udp"` or `"tcp"`, as in the config file and the exported `proto` line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        }
-    }
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The transport the endpoint listens on (the API's type: one spelling everywhere).
+pub use crate::storage::TransportProtocol as Transport;
 
 /// A target network: a gateway-host interface that client traffic leaves through.
 #[derive(Clone, Debug, PartialEq, Eq)]

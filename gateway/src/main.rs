@@ -159,10 +159,10 @@ fn serve_daemon(
 
 fn serve(path: &std::path::Path, tun_name: String, data_dir: std::path::PathBuf, log_stdout: bool) -> anyhow::Result<()> {
     use gateway::{
-        config::{EndpointConfig, Transport as CfgTransport},
+        config::EndpointConfig,
         dataplane::TargetSpec,
         protocol::tls::TlsMaterial,
-        server::{Server, ServerSettings, Transport},
+        server::{Server, ServerSettings},
     };
     let cfg = EndpointConfig::load(path)?;
     let tls = TlsMaterial::load(&cfg.server_cert, &cfg.server_key, &cfg.client_ca, cfg.crl.as_deref())?;
@@ -176,10 +176,7 @@ fn serve(path: &std::path::Path, tun_name: String, data_dir: std::path::PathBuf,
     let targets_by_interface: Vec<(String, u32)> = targets.iter().map(|t| (t.interface.clone(), t.id)).collect();
     let settings = ServerSettings {
         listen: std::net::SocketAddr::new(cfg.listen, cfg.port),
-        transport: match cfg.transport {
-            CfgTransport::Udp => Transport::Udp,
-            CfgTransport::Tcp => Transport::Tcp,
-        },
+        transport: cfg.transport,
         client_cidr: cfg.client_cidr,
         tls,
         split_tunnel: cfg.split_tunnel,

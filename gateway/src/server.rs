@@ -43,11 +43,7 @@ pub const PING_MAGIC: [u8; 16] =
     [0x2a, 0x18, 0x7b, 0xf3, 0x64, 0x1e, 0xb4, 0xcb, 0x07, 0xed, 0x2d, 0x0a, 0x98, 0x1f, 0xc7, 0x48];
 
 /// Transport of an endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
+pub use crate::storage::TransportProtocol as Transport;
 
 /// Everything the daemon needs to serve one endpoint.
 #[derive(Clone, Debug)]
@@ -814,10 +810,7 @@ impl Server {
             log: crate::connlog::ConnectionInfo::new(
                 new_connection_id(),
                 self.settings.endpoint_id.clone(),
-                match self.settings.transport {
-                    Transport::Udp => crate::config::Transport::Udp,
-                    Transport::Tcp => crate::config::Transport::Tcp,
-                },
+                self.settings.transport,
                 addr,
                 SystemTime::now(),
             ),
@@ -991,10 +984,7 @@ impl Server {
                     username: a.username.clone(),
                     device_ip: c.remote_addr.ip(),
                     device_port: c.remote_addr.port(),
-                    transport_protocol: match self.settings.transport {
-                        Transport::Udp => crate::storage::TransportProtocol::Udp,
-                        Transport::Tcp => crate::storage::TransportProtocol::Tcp,
-                    },
+                    transport_protocol: self.settings.transport,
                 },
             );
         }

@@ -31,8 +31,8 @@ use tracing::{error, info, warn};
 use crate::api::{ApiSettings, ApiState, ControlEvent, EndpointChange};
 use crate::connlog::ConnectionLogs;
 use crate::protocol::tls::TlsMaterial;
-use crate::server::{Server, ServerCommand, ServerSettings, Transport};
-use crate::storage::{EndpointStatus, Store, StoreOptions, TransportProtocol};
+use crate::server::{Server, ServerCommand, ServerSettings};
+use crate::storage::{EndpointStatus, Store, StoreOptions};
 
 pub use self::config::DaemonConfig;
 use self::recorder::StoreRecorder;
@@ -280,10 +280,7 @@ impl Daemon {
         let c = &self.config;
         let settings = ServerSettings {
             listen: SocketAddr::new(c.listen_address, ep.vpn_port),
-            transport: match ep.transport_protocol {
-                TransportProtocol::Udp => Transport::Udp,
-                TransportProtocol::Tcp => Transport::Tcp,
-            },
+            transport: ep.transport_protocol,
             client_cidr: ep.client_cidr_block,
             tls,
             split_tunnel: ep.split_tunnel,

@@ -109,7 +109,7 @@ pub fn apply_endpoint_config(
     crl_pem: Option<&str>,
 ) -> Result<ApplyReport, ApiError> {
     let key = config_key(cfg);
-    let transport = TransportProtocol::from(cfg.transport);
+    let transport = cfg.transport;
     let dns: Vec<String> = cfg.dns_servers.iter().map(|a| a.to_string()).collect();
     let auth = vec![AuthenticationOption::CertificateAuthentication {
         client_root_certificate_chain: client_ca_pem.to_string(),

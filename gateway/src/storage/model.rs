@@ -206,24 +206,6 @@ string_enum!(
     }
 );
 
-impl From<TransportProtocol> for crate::config::Transport {
-    fn from(t: TransportProtocol) -> Self {
-        match t {
-            TransportProtocol::Udp => crate::config::Transport::Udp,
-            TransportProtocol::Tcp => crate::config::Transport::Tcp,
-        }
-    }
-}
-
-impl From<crate::config::Transport> for TransportProtocol {
-    fn from(t: crate::config::Transport) -> Self {
-        match t {
-            crate::config::Transport::Udp => TransportProtocol::Udp,
-            crate::config::Transport::Tcp => TransportProtocol::Tcp,
-        }
-    }
-}
-
 string_enum!(
     /// The life cycle of an endpoint: `pending-associate` until its first target network is
     /// associated, `available` while it has one, back to `pending-associate` when the last one
