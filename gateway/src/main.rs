@@ -196,10 +196,8 @@ fn serve(path: &std::path::Path, tun_name: String, data_dir: std::path::PathBuf,
         shared_logs: None,
         recorder: None,
         counters_every: std::time::Duration::from_secs(5),
-        session_timeout: None,
-        disconnect_on_session_timeout: false,
-        connect_handler: None,
         print_log_lines: false,
+        live: Default::default(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -81,15 +81,24 @@ pub struct ServerSettings {
     pub recorder: Option<Arc<dyn ConnectionRecorder>>,
     /// How often running connections' counters are reported to the recorder.
     pub counters_every: Duration,
+    /// Print this endpoint's connection- and flow-log lines on stdout (when its logs are
+    /// shared ones that do not print already).
+    pub print_log_lines: bool,
+    /// Session timeout and connect handler (changeable while running).
+    pub live: LiveSettings,
+}
+
+/// The settings a running endpoint takes without a restart ([`ServerCommand::LiveSettings`]).
+#[derive(Clone, Debug, Default)]
+pub struct LiveSettings {
     /// The longest a session lasts (AWS's session timeout, 8 to 24 hours); `None`: no limit.
+    /// Running sessions are measured against a new value from their start.
     pub session_timeout: Option<Duration>,
     /// At the session timeout: true, the client is told to exit (HALT; its user reconnects);
     /// false, it is told to reconnect at once (RESTART), which authenticates it again.
     pub disconnect_on_session_timeout: bool,
-    /// Print this endpoint's connection- and flow-log lines on stdout (when its logs are
-    /// shared ones that do not print already).
-    pub print_log_lines: bool,
-    /// The client connect handler, asked before a client gets an address; `None`: none.
+    /// The client connect handler, asked before a client gets an address (clients that
+    /// connect after a change use the new one); `None`: none.
     pub connect_handler: Option<Arc<crate::connect_handler::ConnectHandler>>,
 }
 
@@ -369,14 +378,8 @@ pub enum ServerCommand {
     /// New TLS material (a CRL import): new handshakes use it, and the sessions whose client
     /// certificate serial (`aa:bb:…`) is listed end at once.
     ReplaceTls { tls: TlsMaterial, revoked_serials: Vec<String> },
-    /// Settings a running endpoint takes without a restart: the session timeout (running
-    /// sessions are measured against it from their start) and the client connect handler
-    /// (for clients that connect from now on).
-    LiveSettings {
-        session_timeout: Option<Duration>,
-        disconnect_on_session_timeout: bool,
-        connect_handler: Option<Arc<crate::connect_handler::ConnectHandler>>,
-    },
+    /// New session timeout and connect handler.
+    LiveSettings(LiveSettings),
 }
 
 /// Where a client's packets come from and go to.
@@ -862,7 +865,7 @@ impl Server {
                     };
                     c.cipher = Cipher::from_openvpn_name(&cipher_name);
                     let admission = Admission { identity, username, peer_info, tls_version, tls_ekm, cipher_name };
-                    if let Some(handler) = self.settings.connect_handler.clone() {
+                    if let Some(handler) = self.settings.live.connect_handler.clone() {
                         let request = crate::connect_handler::ConnectRequest {
                             connection_id: c.log.connection_id.clone(),
                             endpoint_id: self.settings.endpoint_id.clone(),
@@ -1141,11 +1144,9 @@ impl Server {
     fn on_command(&mut self, cmd: ServerCommand) {
         match cmd {
             ServerCommand::ReplacePolicy(policy) => self.replace_policy(policy),
-            ServerCommand::LiveSettings { session_timeout, disconnect_on_session_timeout, connect_handler } => {
-                info!(?session_timeout, disconnect_on_session_timeout, connect_handler = connect_handler.is_some(), "live settings changed");
-                self.settings.session_timeout = session_timeout;
-                self.settings.disconnect_on_session_timeout = disconnect_on_session_timeout;
-                self.settings.connect_handler = connect_handler;
+            ServerCommand::LiveSettings(live) => {
+                info!(?live, "live settings changed");
+                self.settings.live = live;
             }
             ServerCommand::ReplaceNetwork { targets, policy } => {
                 // Removed networks first, so an interface can move to a new association.
@@ -1304,12 +1305,12 @@ impl Server {
                 self.disconnect(id, "keepalive-timeout");
                 continue;
             }
-            let expired = match (self.settings.session_timeout, c.authenticated_at) {
+            let expired = match (self.settings.live.session_timeout, c.authenticated_at) {
                 (Some(limit), Some(at)) => now.duration_since(at) >= limit,
                 _ => false,
             };
             if expired {
-                if self.settings.disconnect_on_session_timeout {
+                if self.settings.live.disconnect_on_session_timeout {
                     self.halt(id, "session-timeout");
                 } else {
                     if let Some(c) = self.conns.get_mut(&id) {

@@ -489,10 +489,12 @@ fn serve_with_session_timeout(net: &mut EndpointNet, timeout: Duration, disconne
         shared_logs: None,
         recorder: None,
         counters_every: Duration::from_secs(5),
-        session_timeout: Some(timeout),
-        disconnect_on_session_timeout: disconnect,
-        connect_handler: None,
         print_log_lines: false,
+        live: gateway::server::LiveSettings {
+            session_timeout: Some(timeout),
+            disconnect_on_session_timeout: disconnect,
+            connect_handler: None,
+        },
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = net.gateway.spawn(move || {

@@ -31,7 +31,7 @@ use tracing::{error, info, warn};
 use crate::api::{ApiSettings, ApiState, ControlEvent, EndpointChange};
 use crate::connlog::ConnectionLogs;
 use crate::protocol::tls::TlsMaterial;
-use crate::server::{Server, ServerCommand, ServerSettings};
+use crate::server::{LiveSettings, Server, ServerCommand, ServerSettings};
 use crate::storage::{EndpointStatus, Store, StoreOptions};
 
 pub use self::config::DaemonConfig;
@@ -45,15 +45,15 @@ const DESCRIPTIVE_FIELDS: &[&str] = &["description", "tags", "self-service-porta
 /// Endpoint fields a running endpoint takes without a restart.
 const LIVE_FIELDS: &[&str] = &["session-timeout-hours", "disconnect-on-session-timeout", "client-connect-options"];
 
-/// The settings of an endpoint that apply without a restart ([`ServerCommand::LiveSettings`]).
-fn live_settings(ep: &crate::storage::Endpoint) -> Result<ServerCommand> {
+/// The settings of an endpoint that apply without a restart.
+fn live_settings(ep: &crate::storage::Endpoint) -> Result<LiveSettings> {
     let connect_handler = match (&ep.client_connect_options.enabled, &ep.client_connect_options.handler) {
         (true, Some(h)) => Some(Arc::new(
             crate::connect_handler::ConnectHandler::new(h).map_err(|e| anyhow!("client connect handler: {e}"))?,
         )),
         _ => None,
     };
-    Ok(ServerCommand::LiveSettings {
+    Ok(LiveSettings {
         session_timeout: Some(Duration::from_secs(u64::from(ep.session_timeout_hours) * 3600)),
         disconnect_on_session_timeout: ep.disconnect_on_session_timeout,
         connect_handler,
@@ -65,9 +65,11 @@ struct Running {
     commands: mpsc::UnboundedSender<ServerCommand>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<()>>,
-    /// What the listener was started with (see [`Daemon::settings`]): a resync restarts the
-    /// endpoint when it differs.
-    fingerprint: String,
+    /// A digest of what the listener was started with (see [`Daemon::settings`]): a resync
+    /// restarts the endpoint when it differs.
+    fingerprint: Vec<u8>,
+    /// Its transport and port (one listener per pair on this host).
+    listener: (crate::storage::TransportProtocol, u16),
 }
 
 /// The daemon's state.
@@ -195,17 +197,6 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     Ok(())
 }
 
-/// The serials (`aa:bb:…`) a PEM CRL revokes; empty when it does not parse.
-fn revoked_serials(pem: &str) -> Vec<String> {
-    let mut serials = Vec::new();
-    for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()).flatten() {
-        if let Ok((_, crl)) = x509_parser::parse_x509_crl(&block.contents) {
-            serials.extend(crl.iter_revoked_certificates().map(|r| r.raw_serial_as_string()));
-        }
-    }
-    serials
-}
-
 fn api_tls_config(tcp: &config::TcpApi) -> Result<Arc<rustls::ServerConfig>> {
     use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tcp.tls_cert)
@@ -249,9 +240,9 @@ impl Daemon {
         }
     }
 
-    /// The server settings of an endpoint, from the store, and a fingerprint of everything in
-    /// them that only a restart of the listener applies.
-    fn settings(&self, id: &str) -> Result<(ServerSettings, String)> {
+    /// The server settings of an endpoint, from the store, and a digest of everything in them
+    /// that only a restart of the listener applies.
+    fn settings(&self, id: &str) -> Result<(ServerSettings, Vec<u8>)> {
         let store_err = |e: crate::storage::ApiError| anyhow!("{e}");
         let ep = self.store.describe_endpoint(id).map_err(store_err)?;
         let secrets = self.store.endpoint_secrets(id).map_err(store_err)?;
@@ -261,22 +252,19 @@ impl Daemon {
             &secrets.client_ca_pem,
             secrets.crl_pem.as_deref(),
         )?;
-        let fingerprint = format!(
+        let listener_settings = format!(
             "{}|{}|{}|{}|{:?}|{:?}|{}|{}|{}",
             ep.vpn_port,
-            ep.transport_protocol.as_str(),
+            ep.transport_protocol,
             ep.client_cidr_block,
             ep.split_tunnel,
             ep.dns_servers,
             ep.connection_log_options,
             secrets.server_certificate_pem,
-            ring::digest::digest(&ring::digest::SHA256, secrets.server_private_key_pem.as_bytes())
-                .as_ref()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>(),
+            secrets.server_private_key_pem,
             secrets.client_ca_pem,
         );
+        let fingerprint = ring::digest::digest(&ring::digest::SHA256, listener_settings.as_bytes()).as_ref().to_vec();
         let c = &self.config;
         let settings = ServerSettings {
             listen: SocketAddr::new(c.listen_address, ep.vpn_port),
@@ -299,20 +287,10 @@ impl Daemon {
             shared_logs: ep.connection_log_options.enabled.then(|| self.logs.clone()),
             recorder: Some(Arc::new(self.recorder.clone())),
             counters_every: c.counters_every,
-            session_timeout: None,
-            disconnect_on_session_timeout: false,
-            connect_handler: None,
             // The shared log prints every endpoint's lines when the daemon says so.
             print_log_lines: ep.connection_log_options.enabled && ep.connection_log_options.stdout && !c.log.stdout,
+            live: live_settings(&ep)?,
         };
-        let mut settings = settings;
-        if let ServerCommand::LiveSettings { session_timeout, disconnect_on_session_timeout, connect_handler } =
-            live_settings(&ep)?
-        {
-            settings.session_timeout = session_timeout;
-            settings.disconnect_on_session_timeout = disconnect_on_session_timeout;
-            settings.connect_handler = connect_handler;
-        }
         Ok((settings, fingerprint))
     }
 
@@ -322,23 +300,25 @@ impl Daemon {
         if self.running.contains_key(id) {
             return;
         }
-        if let Some(other) = self.listener_taken_by(id) {
-            let message = format!(
+        let fail = |listeners: &crate::api::Listeners, e: anyhow::Error| {
+            error!(endpoint = %id, error = format!("{e:#}"), "endpoint not started");
+            listeners.set(id, "failed", Some(format!("{e:#}")));
+        };
+        let (settings, fingerprint) = match self.settings(id) {
+            Ok(s) => s,
+            Err(e) => return fail(&self.listeners, anyhow!("{e:#}; fix it, then modify the endpoint or reload the daemon")),
+        };
+        let listener = (settings.transport, settings.listen.port());
+        if let Some((other, _)) = self.running.iter().find(|(_, r)| r.listener == listener) {
+            let e = anyhow!(
                 "endpoint {other} already listens on the same transport and port on this host; \
                  change one of them (cvpn endpoint modify ENDPOINT --port 443|1194)"
             );
-            error!(endpoint = %id, "endpoint not started: {message}");
-            self.listeners.set(id, "failed", Some(message));
-            return;
+            return fail(&self.listeners, e);
         }
-        let started = self.settings(id).and_then(|(s, f)| Ok((Server::new(s)?, f)));
-        let (server, fingerprint) = match started {
+        let server = match Server::new(settings) {
             Ok(s) => s,
-            Err(e) => {
-                error!(endpoint = %id, error = format!("{e:#}"), "endpoint not started");
-                self.listeners.set(id, "failed", Some(format!("{e:#}; fix it, then modify the endpoint or reload the daemon")));
-                return;
-            }
+            Err(e) => return fail(&self.listeners, anyhow!("{e:#}; fix it, then modify the endpoint or reload the daemon")),
         };
         let listeners = self.listeners.clone();
         let (commands, receiver) = mpsc::unbounded_channel();
@@ -361,16 +341,7 @@ impl Daemon {
         });
         info!(endpoint = %id, tun = %tun_name(id), "endpoint started");
         self.listeners.set(id, "serving", None);
-        self.running.insert(id.to_string(), Running { commands, stop: Some(stop), task, fingerprint });
-    }
-
-    /// A running endpoint that listens on the same transport and port as `id`.
-    fn listener_taken_by(&self, id: &str) -> Option<String> {
-        let me = self.store.describe_endpoint(id).ok()?;
-        self.running.keys().filter(|other| other.as_str() != id).find_map(|other| {
-            let o = self.store.describe_endpoint(other).ok()?;
-            (o.vpn_port == me.vpn_port && o.transport_protocol == me.transport_protocol).then(|| other.clone())
-        })
+        self.running.insert(id.to_string(), Running { commands, stop: Some(stop), task, fingerprint, listener });
     }
 
     /// Stops an endpoint: clients are told to reconnect, its sessions are recorded as ended,
@@ -433,17 +404,21 @@ impl Daemon {
                     }
                     if self.running.contains_key(&id) {
                         self.on_event(ControlEvent::PolicyChanged { endpoint_id: id.clone() }).await;
+                        // The serials of the stored CRL, parsed as its import did.
                         let revoked = self
                             .store
-                            .export_crl(&id)
+                            .endpoint_secrets(&id)
                             .ok()
-                            .flatten()
-                            .map(|pem| revoked_serials(&pem))
+                            .and_then(|s| {
+                                let pem = s.crl_pem?;
+                                crate::storage::validate::crl("crl", &pem, &s.client_ca_pem, usize::MAX).ok()
+                            })
+                            .map(|p| p.revoked_serials)
                             .unwrap_or_default();
                         self.on_event(ControlEvent::CrlChanged { endpoint_id: id.clone(), revoked_serials: revoked }).await;
                         match live_settings(&ep) {
-                            Ok(cmd) => {
-                                self.command(&id, cmd);
+                            Ok(live) => {
+                                self.command(&id, ServerCommand::LiveSettings(live));
                             }
                             Err(e) => warn!(endpoint = %id, error = format!("{e:#}"), "settings not applied"),
                         }
@@ -474,8 +449,8 @@ impl Daemon {
                     let live = |f: &String| DESCRIPTIVE_FIELDS.contains(&f.as_str()) || LIVE_FIELDS.contains(&f.as_str());
                     if fields.iter().all(live) && self.running.contains_key(&endpoint_id) {
                         match self.store.describe_endpoint(&endpoint_id).map_err(|e| anyhow!("{e}")).and_then(|ep| live_settings(&ep)) {
-                            Ok(cmd) => {
-                                self.command(&endpoint_id, cmd);
+                            Ok(live) => {
+                                self.command(&endpoint_id, ServerCommand::LiveSettings(live));
                             }
                             Err(e) => warn!(endpoint = %endpoint_id, error = format!("{e:#}"), "settings not applied"),
                         }
