@@ -17,7 +17,7 @@ use hyper::Method;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::cli::client::{authority, send, ApiRequest, ClientError, Target};
+use crate::cli::client::{send, ApiRequest, ClientError, Target};
 use crate::connlog::FailureReason;
 
 /// The longest a handler may take (AWS's cap).
@@ -91,8 +91,8 @@ impl HandlerError {
 #[derive(Clone, Debug)]
 enum Kind {
     Executable(PathBuf),
-    /// `http` or `https`, host, port, path.
-    Webhook { https: bool, host: String, port: u16, path: String },
+    /// Where to POST (TLS verified with the system's CA bundle for https), and the path.
+    Webhook { target: Target, path: String },
 }
 
 /// A configured handler (the endpoint's `client-connect-options.handler`).
@@ -119,17 +119,13 @@ impl ConnectHandler {
                 Some(i) => (&rest[..i], rest[i..].to_string()),
                 None => (rest, "/".to_string()),
             };
-            let default_port = if https { 443 } else { 80 };
-            let (host, port) = match authority.rsplit_once(':') {
-                Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-                    (h.trim_matches(|c| c == '[' || c == ']').to_string(), p.parse().map_err(|_| bad())?)
-                }
-                _ => (authority.trim_matches(|c| c == '[' || c == ']').to_string(), default_port),
-            };
-            if host.is_empty() {
-                return Err(bad());
+            let target = if https {
+                Target::https(&format!("https://{authority}"), None, None)
+            } else {
+                Target::http(authority)
             }
-            Kind::Webhook { https, host, port, path }
+            .map_err(|e| HandlerError::Service(e.to_string()))?;
+            Kind::Webhook { target, path }
         };
         Ok(ConnectHandler { kind, timeout: HANDLER_TIMEOUT })
     }
@@ -142,15 +138,15 @@ impl ConnectHandler {
 
     /// Asks the handler; `Ok` only for a well-formed answer (allowing or not).
     pub async fn call(&self, req: &ConnectRequest) -> Result<ConnectResponse, HandlerError> {
-        let body = serde_json::to_vec(req).map_err(|e| HandlerError::Execution(e.to_string()))?;
-        let raw = match tokio::time::timeout(self.timeout, self.exchange(body)).await {
+        let body = serde_json::to_value(req).map_err(|e| HandlerError::Execution(e.to_string()))?;
+        let raw = match tokio::time::timeout(self.timeout, self.exchange(&body)).await {
             Ok(r) => r?,
             Err(_) => return Err(HandlerError::TimedOut(self.timeout)),
         };
         parse_response(&raw)
     }
 
-    async fn exchange(&self, body: Vec<u8>) -> Result<Vec<u8>, HandlerError> {
+    async fn exchange(&self, body: &serde_json::Value) -> Result<Vec<u8>, HandlerError> {
         match &self.kind {
             Kind::Executable(path) => {
                 let mut child = tokio::process::Command::new(path)
@@ -162,7 +158,7 @@ impl ConnectHandler {
                     .map_err(|e| HandlerError::Execution(format!("{}: {e}", path.display())))?;
                 if let Some(mut stdin) = child.stdin.take() {
                     // A handler that does not read its input is its own business.
-                    let _ = stdin.write_all(&body).await;
+                    let _ = stdin.write_all(body.to_string().as_bytes()).await;
                 }
                 let mut out = Vec::new();
                 if let Some(stdout) = child.stdout.take() {
@@ -178,16 +174,9 @@ impl ConnectHandler {
                 }
                 Ok(out)
             }
-            Kind::Webhook { https, host, port, path } => {
-                let target = if *https {
-                    Target::https(&format!("https://{}", authority(host, *port)), None, None)
-                        .map_err(|e| HandlerError::Service(e.to_string()))?
-                } else {
-                    Target::Http { host: host.clone(), port: *port }
-                };
-                let req = ApiRequest::new(Method::POST, path.clone())
-                    .json(&serde_json::from_slice(&body).map_err(|e| HandlerError::Execution(e.to_string()))?);
-                match send(&target, req).await {
+            Kind::Webhook { target, path } => {
+                let req = ApiRequest::new(Method::POST, path.clone()).json(body);
+                match send(target, req).await {
                     Ok(reply) => Ok(reply.body.to_vec()),
                     Err(ClientError::Timeout) => Err(HandlerError::TimedOut(self.timeout)),
                     Err(e) => Err(HandlerError::Service(e.to_string())),
@@ -370,20 +359,27 @@ mod tests {
     #[test]
     fn handler_specs_parse() {
         assert!(matches!(ConnectHandler::new("/usr/bin/x").unwrap().kind, Kind::Executable(_)));
-        match ConnectHandler::new("https://hooks.example.com/connect").unwrap().kind {
-            Kind::Webhook { https, host, port, path } => {
-                assert!(https);
-                assert_eq!((host.as_str(), port, path.as_str()), ("hooks.example.com", 443, "/connect"));
+        match ConnectHandler::new("http://10.0.0.1:8080").unwrap().kind {
+            Kind::Webhook { target, path } => {
+                assert_eq!((target.describe().as_str(), path.as_str()), ("http://10.0.0.1:8080", "/"));
             }
             k => panic!("{k:?}"),
         }
-        match ConnectHandler::new("http://10.0.0.1:8080").unwrap().kind {
-            Kind::Webhook { https, host, port, path } => {
-                assert!(!https);
-                assert_eq!((host.as_str(), port, path.as_str()), ("10.0.0.1", 8080, "/"));
+        match ConnectHandler::new("http://[fd00::1]/hooks/connect").unwrap().kind {
+            Kind::Webhook { target, path } => {
+                assert_eq!((target.describe().as_str(), path.as_str()), ("http://[fd00::1]:80", "/hooks/connect"));
             }
             k => panic!("{k:?}"),
+        }
+        // https verifies with the system's CA bundle, read once here.
+        match ConnectHandler::new("https://hooks.example.com/connect") {
+            Ok(ConnectHandler { kind: Kind::Webhook { target, path }, .. }) => {
+                assert_eq!((target.describe().as_str(), path.as_str()), ("https://hooks.example.com:443", "/connect"));
+            }
+            Ok(h) => panic!("{h:?}"),
+            Err(e) => assert!(e.to_string().contains("CA certificates"), "{e}"),
         }
         assert!(ConnectHandler::new("ftp://x").is_err());
+        assert!(ConnectHandler::new("http://:80/x").is_err());
     }
 }

@@ -116,29 +116,8 @@ impl Target {
         ca_file: Option<&Path>,
         token: Option<String>,
     ) -> Result<Target, ClientError> {
-        let bad = || ClientError::BadUrl(url.to_string());
-        let rest = url.strip_prefix("https://").ok_or_else(bad)?;
-        let authority = rest.trim_end_matches('/');
-        if authority.is_empty() || authority.contains('/') || authority.contains('@') {
-            return Err(bad());
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(bad)?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| bad())?,
-                None if after.is_empty() => 443,
-                None => return Err(bad()),
-            };
-            (h.to_string(), port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad())?),
-                None => (authority.to_string(), 443),
-            }
-        };
-        if host.is_empty() {
-            return Err(bad());
-        }
+        let rest = url.strip_prefix("https://").ok_or_else(|| ClientError::BadUrl(url.to_string()))?;
+        let (host, port) = host_port(url, rest.trim_end_matches('/'), 443)?;
         let ca_path = match ca_file {
             Some(p) => p.to_path_buf(),
             None => PathBuf::from(SYSTEM_CA_BUNDLE),
@@ -176,6 +155,12 @@ impl Target {
             tls: Arc::new(config),
             token,
         })
+    }
+
+    /// Plain HTTP to `authority` (`host[:port]`, port 80 by default).
+    pub fn http(authority: &str) -> Result<Target, ClientError> {
+        let (host, port) = host_port(authority, authority, 80)?;
+        Ok(Target::Http { host, port })
     }
 
     /// For messages: the socket path or the URL.
@@ -290,8 +275,34 @@ async fn send_inner(target: &Target, req: ApiRequest) -> Result<ApiReply, Client
     }
 }
 
+/// Splits `host[:port]` (IPv6 hosts in brackets); `url` names the whole thing in errors.
+fn host_port(url: &str, authority: &str, default_port: u16) -> Result<(String, u16), ClientError> {
+    let bad = || ClientError::BadUrl(url.to_string());
+    if authority.is_empty() || authority.contains('/') || authority.contains('@') {
+        return Err(bad());
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or_else(bad)?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None if after.is_empty() => default_port,
+            None => return Err(bad()),
+        };
+        (h.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad())?),
+            None => (authority.to_string(), default_port),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
 /// `host:port` for the Host header (IPv6 addresses in brackets).
-pub fn authority(host: &str, port: u16) -> String {
+fn authority(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
     } else {

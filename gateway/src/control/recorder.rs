@@ -2,8 +2,7 @@
 //! every commit fsyncs, and the event loops must not wait for that. Reports are applied in
 //! the order they were made, so a connection's end never overtakes its start.
 
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc};
 
 use tracing::{debug, warn};
 
@@ -23,7 +22,7 @@ enum Op {
 /// the last clone is dropped (after writing what was queued).
 #[derive(Clone)]
 pub struct StoreRecorder {
-    tx: Arc<Mutex<mpsc::Sender<Op>>>,
+    tx: mpsc::Sender<Op>,
 }
 
 impl std::fmt::Debug for StoreRecorder {
@@ -70,12 +69,11 @@ impl StoreRecorder {
                 }
             }
         })?;
-        Ok(StoreRecorder { tx: Arc::new(Mutex::new(tx)) })
+        Ok(StoreRecorder { tx })
     }
 
     fn send(&self, op: Op) {
-        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        if tx.send(op).is_err() {
+        if self.tx.send(op).is_err() {
             warn!("the connection recorder has stopped; connection state not written");
         }
     }
