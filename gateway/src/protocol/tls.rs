@@ -38,17 +38,37 @@ pub struct TlsMaterial {
     pub crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
-fn certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let shown = path.display().to_string();
-    let iter = CertificateDer::pem_file_iter(path)
-        .map_err(|e| TlsError::Pem { path: shown.clone(), what, detail: e.to_string() })?;
-    let certs: Vec<_> = iter
+fn read(path: &Path, what: &'static str) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|e| TlsError::Pem {
+        path: path.display().to_string(),
+        what,
+        detail: e.to_string(),
+    })
+}
+
+fn pem_error(origin: &str, what: &'static str, e: impl std::fmt::Display) -> TlsError {
+    TlsError::Pem { path: origin.to_string(), what, detail: e.to_string() }
+}
+
+/// One or more certificates; `origin` (a path, or "(database)") names the source in errors.
+fn chain(pem: &str, origin: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Pem { path: shown.clone(), what, detail: e.to_string() })?;
+        .map_err(|e| pem_error(origin, what, e))?;
     if certs.is_empty() {
-        return Err(TlsError::Empty { path: shown, what });
+        return Err(TlsError::Empty { path: origin.to_string(), what });
     }
     Ok(certs)
+}
+
+fn private_key(pem: &str, origin: &str) -> Result<Arc<PrivateKeyDer<'static>>, TlsError> {
+    Ok(Arc::new(PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| pem_error(origin, "private key", e))?))
+}
+
+fn crls(pem: &str, origin: &str) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(origin, "CRL", e))
 }
 
 impl TlsMaterial {
@@ -59,32 +79,15 @@ impl TlsMaterial {
         client_ca: &Path,
         crl: Option<&Path>,
     ) -> Result<Self, TlsError> {
-        let key = PrivateKeyDer::from_pem_file(server_key).map_err(|e| TlsError::Pem {
-            path: server_key.display().to_string(),
-            what: "private key",
-            detail: e.to_string(),
-        })?;
-        let crls = match crl {
-            None => Vec::new(),
-            Some(p) => {
-                let shown = p.display().to_string();
-                let iter = CertificateRevocationListDer::pem_file_iter(p).map_err(|e| TlsError::Pem {
-                    path: shown.clone(),
-                    what: "CRL",
-                    detail: e.to_string(),
-                })?;
-                iter.collect::<Result<Vec<_>, _>>().map_err(|e| TlsError::Pem {
-                    path: shown,
-                    what: "CRL",
-                    detail: e.to_string(),
-                })?
-            }
-        };
+        let shown = |p: &Path| p.display().to_string();
         Ok(TlsMaterial {
-            server_chain: certs(server_cert, "server certificate")?,
-            server_key: Arc::new(key),
-            client_ca: certs(client_ca, "client CA certificate")?,
-            crls,
+            server_chain: chain(&read(server_cert, "server certificate")?, &shown(server_cert), "server certificate")?,
+            server_key: private_key(&read(server_key, "private key")?, &shown(server_key))?,
+            client_ca: chain(&read(client_ca, "client CA certificate")?, &shown(client_ca), "client CA certificate")?,
+            crls: match crl {
+                None => Vec::new(),
+                Some(p) => crls(&read(p, "CRL")?, &shown(p))?,
+            },
         })
     }
 
@@ -95,32 +98,12 @@ impl TlsMaterial {
         client_ca: &str,
         crl: Option<&str>,
     ) -> Result<Self, TlsError> {
-        let pem_err = |what: &'static str, e: &dyn std::fmt::Display| TlsError::Pem {
-            path: "(database)".into(),
-            what,
-            detail: e.to_string(),
-        };
-        let chain = |pem: &str, what: &'static str| -> Result<Vec<CertificateDer<'static>>, TlsError> {
-            let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|e| pem_err(what, &e))?;
-            if certs.is_empty() {
-                return Err(TlsError::Empty { path: "(database)".into(), what });
-            }
-            Ok(certs)
-        };
-        let key = PrivateKeyDer::from_pem_slice(server_key.as_bytes()).map_err(|e| pem_err("private key", &e))?;
-        let crls = match crl {
-            None => Vec::new(),
-            Some(pem) => CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| pem_err("CRL", &e))?,
-        };
+        const DB: &str = "(database)";
         Ok(TlsMaterial {
-            server_chain: chain(server_cert, "server certificate")?,
-            server_key: Arc::new(key),
-            client_ca: chain(client_ca, "client CA certificate")?,
-            crls,
+            server_chain: chain(server_cert, DB, "server certificate")?,
+            server_key: private_key(server_key, DB)?,
+            client_ca: chain(client_ca, DB, "client CA certificate")?,
+            crls: crl.map(|pem| crls(pem, DB)).transpose()?.unwrap_or_default(),
         })
     }
 
