@@ -59,6 +59,9 @@ pub enum ServeError {
     /// The TLS listener needs a non-empty bearer token.
     #[error("the API bearer token must not be empty")]
     EmptyToken,
+    /// The listener's certificate and key do not make a TLS server identity.
+    #[error("API TLS certificate and key: {0}")]
+    Tls(String),
     /// Serving failed.
     #[error("API server: {0}")]
     Io(#[from] io::Error),
@@ -127,6 +130,23 @@ pub async fn serve_unix_listener(
 }
 
 // ---- TCP + TLS ----------------------------------------------------------------------------------
+
+/// The TLS listener's server configuration (rustls' safe defaults, no client certificates) for
+/// the certificate chain `chain` and its key.
+pub fn tls_config(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, ServeError> {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ServeError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| ServeError::Tls(e.to_string()))?;
+    Ok(Arc::new(config))
+}
 
 /// Serves the API on TCP `addr` with TLS (`config`) and a bearer token until the process ends.
 /// Every request must carry `Authorization: Bearer <bearer_token>`; others get 401

@@ -1043,14 +1043,7 @@ impl TlsDaemon {
         .unwrap();
         let ca_file = dir.write("api-ca.pem", &ck.cert.pem());
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![ck.cert.der().clone()], key)
-        .unwrap();
+        let config = crate::api::serve::tls_config(vec![ck.cert.der().clone()], key).unwrap();
         let token = "s3cret-token".to_string();
         let (tx, _rx) = unbounded_channel();
         // Same store as the Unix daemon; its own (unwatched) event channel.
@@ -1063,7 +1056,7 @@ impl TlsDaemon {
         std::thread::spawn(move || {
             block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-                serve_tls_listener(listener, Arc::new(config), tok, state, async {
+                serve_tls_listener(listener, config, tok, state, async {
                     let _ = stopped.await;
                 })
                 .await
@@ -1137,17 +1130,10 @@ fn api_tls_listener_refuses_an_empty_token() {
     let state = ApiState::new(Arc::clone(&t.inner.store), tx);
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![ck.cert.der().clone()], key)
-    .unwrap();
+    let config = crate::api::serve::tls_config(vec![ck.cert.der().clone()], key).unwrap();
     let r = block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        serve_tls_listener(l, Arc::new(config), String::new(), state, async {}).await
+        serve_tls_listener(l, config, String::new(), state, async {}).await
     });
     assert!(matches!(r, Err(ServeError::EmptyToken)));
 }

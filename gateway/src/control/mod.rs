@@ -204,13 +204,7 @@ fn api_tls_config(tcp: &config::TcpApi) -> Result<Arc<rustls::ServerConfig>> {
         .map_err(|e| anyhow!("reading the API certificate {}: {e}", tcp.tls_cert.display()))?;
     let key = PrivateKeyDer::from_pem_file(&tcp.tls_key)
         .map_err(|e| anyhow!("reading the API key {}: {e}", tcp.tls_key.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| anyhow!("API TLS: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| anyhow!("API TLS certificate and key {}: {e}", tcp.tls_cert.display()))?;
-    Ok(Arc::new(config))
+    crate::api::serve::tls_config(chain, key).with_context(|| format!("{} and {}", tcp.tls_cert.display(), tcp.tls_key.display()))
 }
 
 impl Daemon {
