@@ -24,7 +24,10 @@ fn newest_mtime(path: &Path, newest: &mut SystemTime) {
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let root = manifest.parent().expect("gateway/ sits in the workspace root").to_path_buf();
+    let root = manifest
+        .parent()
+        .expect("gateway/ sits in the workspace root")
+        .to_path_buf();
     let object = root.join("target/ebpf/bpfel-unknown-none/release/gateway-ebpf");
     let sources = [
         root.join("gateway-ebpf/src"),

@@ -51,14 +51,20 @@ fn topology() -> Result<Net> {
     gw.ip("addr add 10.88.0.1/24 dev tgt0")?;
     private.ip(&format!("addr add {SERVER}/24 dev eth0"))?;
     // No route back to the clients: without SNAT nothing would return.
-    Ok(Net { client, gw, private })
+    Ok(Net {
+        client,
+        gw,
+        private,
+    })
 }
 
 /// N rules: N-1 that do not match the benchmark's destination, then the one that does.
 fn policy(n: usize) -> Policy {
     let mut rules: Vec<AuthorizationRule> = (0..n.saturating_sub(1))
         .map(|i| AuthorizationRule {
-            destination: format!("10.{}.{}.0/24", 100 + i / 250, i % 250).parse().expect("cidr"),
+            destination: format!("10.{}.{}.0/24", 100 + i / 250, i % 250)
+                .parse()
+                .expect("cidr"),
             access: Access::Group(format!("team{}", i % 50)),
         })
         .collect();
@@ -66,20 +72,41 @@ fn policy(n: usize) -> Policy {
         destination: "10.88.0.0/24".parse().expect("cidr"),
         access: Access::Group("eng".into()),
     });
-    Policy { rules, routes: vec![Route { destination: "0.0.0.0/0".parse().expect("cidr"), target: 1 }] }
+    Policy {
+        rules,
+        routes: vec![Route {
+            destination: "0.0.0.0/0".parse().expect("cidr"),
+            target: 1,
+        }],
+    }
 }
 
 fn iptables_setup(gw: &Netns, n: usize) -> Result<()> {
-    let mut script = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    let mut script =
+        String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n");
     script.push_str("-A FORWARD -i tgt0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
     for i in 0..n.saturating_sub(1) {
-        script.push_str(&format!("-A FORWARD -i cl0 -s {CLIENT} -d 10.{}.{}.0/24 -j ACCEPT\n", 100 + i / 250, i % 250));
+        script.push_str(&format!(
+            "-A FORWARD -i cl0 -s {CLIENT} -d 10.{}.{}.0/24 -j ACCEPT\n",
+            100 + i / 250,
+            i % 250
+        ));
     }
-    script.push_str(&format!("-A FORWARD -i cl0 -s {CLIENT} -d 10.88.0.0/24 -j ACCEPT\nCOMMIT\n"));
+    script.push_str(&format!(
+        "-A FORWARD -i cl0 -s {CLIENT} -d 10.88.0.0/24 -j ACCEPT\nCOMMIT\n"
+    ));
     script.push_str("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -o tgt0 -j MASQUERADE\nCOMMIT\n");
-    let mut child = gw.command("iptables-restore").stdin(Stdio::piped()).spawn().context("iptables-restore")?;
+    let mut child = gw
+        .command("iptables-restore")
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("iptables-restore")?;
     use std::io::Write;
-    child.stdin.take().context("stdin")?.write_all(script.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(script.as_bytes())?;
     if !child.wait()?.success() {
         bail!("iptables-restore failed");
     }
@@ -138,13 +165,18 @@ struct Sample {
 
 fn measure(net: &Net, seconds: u32) -> Result<Sample> {
     let tcp = iperf(net, &[], seconds)?;
-    let tcp_bps = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+    let tcp_bps = tcp["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0);
     let udp = iperf(net, &["-u", "-b", "0", "-l", "64"], seconds)?;
     let sum = &udp["end"]["sum"];
     let packets = sum["packets"].as_f64().unwrap_or(0.0);
     let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
     let secs = sum["seconds"].as_f64().unwrap_or(seconds as f64).max(0.001);
-    Ok(Sample { tcp_mbps: tcp_bps / 1e6, udp_pps: (packets - lost).max(0.0) / secs })
+    Ok(Sample {
+        tcp_mbps: tcp_bps / 1e6,
+        udp_pps: (packets - lost).max(0.0) / secs,
+    })
 }
 
 fn load_cvpn(net: &Net, n: usize) -> Result<DataPlane> {
@@ -153,7 +185,11 @@ fn load_cvpn(net: &Net, n: usize) -> Result<DataPlane> {
         client_link: ClientLink::Ethernet,
         ..DataPlaneConfig::default()
     })?;
-    dp.add_target_network(TargetSpec { id: 1, interface: "tgt0".into(), snat_addr: None })?;
+    dp.add_target_network(TargetSpec {
+        id: 1,
+        interface: "tgt0".into(),
+        snat_addr: None,
+    })?;
     dp.add_session(CLIENT.parse()?, 1, &["eng".to_string()])?;
     dp.replace_policy(policy(n))?;
     let _ = net;
@@ -165,7 +201,11 @@ fn test_run_ns(dp: &mut DataPlane) -> Result<f64> {
     let pkt = packets::build(
         CLIENT.parse()?,
         SERVER.parse()?,
-        packets::L4::Tcp { sport: 40000, dport: 80, fin: false },
+        packets::L4::Tcp {
+            sport: 40000,
+            dport: 80,
+            fin: false,
+        },
         &[0u8; 64],
     );
     // The kernel repeats a run on the same buffer, and SNAT rewrites it in place: repeat=1, many
@@ -175,7 +215,11 @@ fn test_run_ns(dp: &mut DataPlane) -> Result<f64> {
     for _ in 0..RUNS {
         let out = dp.test_run(ProgramKind::ClientIngress, &pkt, 1)?;
         if out.verdict != 7 {
-            bail!("benchmark packet was not forwarded (verdict {}); counters: {:?}", out.verdict, dp.global_counters()?);
+            bail!(
+                "benchmark packet was not forwarded (verdict {}); counters: {:?}",
+                out.verdict,
+                dp.global_counters()?
+            );
         }
         total += out.duration;
     }
@@ -194,7 +238,12 @@ fn main() -> Result<()> {
         match a.as_str() {
             "--seconds" => seconds = it.next().context("--seconds N")?.parse()?,
             "--rules" => {
-                counts = it.next().context("--rules 10,200,1000")?.split(',').map(str::parse).collect::<Result<_, _>>()?
+                counts = it
+                    .next()
+                    .context("--rules 10,200,1000")?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
             }
             other => bail!("unknown argument {other:?}; use --seconds N and --rules A,B,C"),
         }
@@ -213,8 +262,15 @@ fn main() -> Result<()> {
         drop(dp);
         // ns/packet under BPF_PROG_TEST_RUN (Ethernet mode, not attached).
         dp = {
-            let mut d = DataPlane::load(DataPlaneConfig { client_link: ClientLink::Ethernet, ..DataPlaneConfig::default() })?;
-            d.add_target_network(TargetSpec { id: 1, interface: "tgt0".into(), snat_addr: None })?;
+            let mut d = DataPlane::load(DataPlaneConfig {
+                client_link: ClientLink::Ethernet,
+                ..DataPlaneConfig::default()
+            })?;
+            d.add_target_network(TargetSpec {
+                id: 1,
+                interface: "tgt0".into(),
+                snat_addr: None,
+            })?;
             d.add_session(CLIENT.parse()?, 1, &["eng".to_string()])?;
             d.replace_policy(policy(n))?;
             d

@@ -78,8 +78,20 @@ impl Logged {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let mut readers = Vec::new();
         let streams: [(bool, Option<Box<dyn Read + Send>>); 2] = [
-            (false, child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>)),
-            (true, child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>)),
+            (
+                false,
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            ),
+            (
+                true,
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            ),
         ];
         for (is_err, stream) in streams {
             let Some(stream) = stream else { continue };
@@ -93,7 +105,12 @@ impl Logged {
                 }
             }));
         }
-        Ok(Logged { name: name.into(), child, lines, readers })
+        Ok(Logged {
+            name: name.into(),
+            child,
+            lines,
+            readers,
+        })
     }
 
     fn pid(&self) -> u32 {
@@ -101,13 +118,27 @@ impl Logged {
     }
 
     fn log(&self) -> String {
-        self.lines.lock().map(|l| l.iter().map(|(_, _, s)| s.as_str()).collect::<Vec<_>>().join("\n")).unwrap_or_default()
+        self.lines
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .map(|(_, _, s)| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
     }
 
     fn stdout(&self) -> String {
         self.lines
             .lock()
-            .map(|l| l.iter().filter(|(_, e, _)| !e).map(|(_, _, s)| s.as_str()).collect::<Vec<_>>().join("\n"))
+            .map(|l| {
+                l.iter()
+                    .filter(|(_, e, _)| !e)
+                    .map(|(_, _, s)| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
             .unwrap_or_default()
     }
 
@@ -115,20 +146,27 @@ impl Logged {
     fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<Instant> {
         let start = Instant::now();
         loop {
-            if let Some(t) = self
-                .lines
-                .lock()
-                .ok()
-                .and_then(|l| l.iter().find(|(_, _, s)| s.contains(needle)).map(|(t, _, _)| *t))
-            {
+            if let Some(t) = self.lines.lock().ok().and_then(|l| {
+                l.iter()
+                    .find(|(_, _, s)| s.contains(needle))
+                    .map(|(t, _, _)| *t)
+            }) {
                 return Ok(t);
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 std::thread::sleep(Duration::from_millis(50));
-                bail!("{} exited ({status}) before {needle:?}; its log:\n{}", self.name, self.log());
+                bail!(
+                    "{} exited ({status}) before {needle:?}; its log:\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             if start.elapsed() > timeout {
-                bail!("no {needle:?} from {} within {timeout:?}; its log:\n{}", self.name, self.log());
+                bail!(
+                    "no {needle:?} from {} within {timeout:?}; its log:\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -143,7 +181,11 @@ impl Logged {
             }
             if start.elapsed() > timeout {
                 terminate(&mut self.child, Duration::from_secs(2));
-                bail!("{} still running after {timeout:?}: stopped; its log:\n{}", self.name, self.log());
+                bail!(
+                    "{} still running after {timeout:?}: stopped; its log:\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -170,7 +212,21 @@ struct Forwarding {
 /// `iptables -t nat <op> POSTROUTING -o tgt0 -j MASQUERADE` in namespace `ns`.
 fn iptables_nat(ns: &str, op: &str) -> Command {
     let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, "iptables", "-w", "-t", "nat", op, "POSTROUTING", "-o", "tgt0", "-j", "MASQUERADE"]);
+    c.args([
+        "netns",
+        "exec",
+        ns,
+        "iptables",
+        "-w",
+        "-t",
+        "nat",
+        op,
+        "POSTROUTING",
+        "-o",
+        "tgt0",
+        "-j",
+        "MASQUERADE",
+    ]);
     c
 }
 
@@ -179,7 +235,10 @@ impl Forwarding {
         let old = sh(gw.command("sysctl").args(["-n", "net.ipv4.ip_forward"]))?;
         let old = String::from_utf8_lossy(&old.stdout).trim().to_string();
         sh(gw.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
-        let f = Forwarding { ns: gw.name().to_string(), old };
+        let f = Forwarding {
+            ns: gw.name().to_string(),
+            old,
+        };
         sh(&mut iptables_nat(gw.name(), "-A"))?;
         Ok(f)
     }
@@ -189,7 +248,14 @@ impl Drop for Forwarding {
     fn drop(&mut self) {
         let _ = iptables_nat(&self.ns, "-D").output();
         let _ = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "sysctl", "-qw", &format!("net.ipv4.ip_forward={}", self.old)])
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.ip_forward={}", self.old),
+            ])
             .output();
     }
 }
@@ -215,7 +281,10 @@ impl Kind {
 enum Server {
     Cvpn(Daemon),
     // Field order: the server stops before forwarding is undone.
-    OpenVpn { server: Logged, _forwarding: Forwarding },
+    OpenVpn {
+        server: Logged,
+        _forwarding: Forwarding,
+    },
 }
 
 impl Server {
@@ -243,8 +312,20 @@ impl Server {
     /// Adds the server's log to an error.
     fn explain(&self, e: anyhow::Error) -> anyhow::Error {
         let log = self.log();
-        let tail: Vec<&str> = log.lines().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect();
-        e.context(format!("{} server log (last {} lines):\n{}", self.kind().name(), tail.len(), tail.join("\n")))
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .take(80)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        e.context(format!(
+            "{} server log (last {} lines):\n{}",
+            self.kind().name(),
+            tail.len(),
+            tail.join("\n")
+        ))
     }
 }
 
@@ -259,7 +340,11 @@ fn cvpn_endpoint(transport: &str) -> String {
 
 fn openvpn_server_config(dir: &std::path::Path, transport: &str) -> String {
     let p = |f: &str| dir.join(f).display().to_string();
-    let proto = if transport == "tcp" { "tcp4-server" } else { "udp4" };
+    let proto = if transport == "tcp" {
+        "tcp4-server"
+    } else {
+        "udp4"
+    };
     format!(
         "server 10.77.0.0 255.255.252.0\ntopology subnet\ndev tun\nproto {proto}\nport {PORT}\n\
          ca {}\ncert {}\nkey {}\ncrl-verify {}\ndh none\nverify-client-cert require\n\
@@ -276,15 +361,26 @@ fn start_server(net: &mut EndpointNet, kind: Kind, transport: &str) -> Result<Se
     // Writes the server certificate, key, CA and CRL (the OpenVPN server uses the same files).
     let cfg = net.write_config(&cvpn_endpoint(transport), RULES)?;
     let server = match kind {
-        Kind::Cvpn => Server::Cvpn(Daemon::start_with_log_level(&net.gateway, &cfg, "info").context("starting cvpn serve")?),
+        Kind::Cvpn => Server::Cvpn(
+            Daemon::start_with_log_level(&net.gateway, &cfg, "info")
+                .context("starting cvpn serve")?,
+        ),
         Kind::OpenVpn => {
-            let conf = write(&net.dir.0, &format!("openvpn-server-{transport}.conf"), &openvpn_server_config(&net.dir.0, transport))?;
+            let conf = write(
+                &net.dir.0,
+                &format!("openvpn-server-{transport}.conf"),
+                &openvpn_server_config(&net.dir.0, transport),
+            )?;
             let fwd = Forwarding::enable(&net.gateway)?;
             let mut cmd = net.gateway.command("openvpn");
             cmd.arg("--config").arg(&conf);
             let mut p = Logged::spawn("openvpn server", cmd)?;
-            p.wait_for("Initialization Sequence Completed", Duration::from_secs(15)).context("starting the OpenVPN server")?;
-            Server::OpenVpn { server: p, _forwarding: fwd }
+            p.wait_for("Initialization Sequence Completed", Duration::from_secs(15))
+                .context("starting the OpenVPN server")?;
+            Server::OpenVpn {
+                server: p,
+                _forwarding: fwd,
+            }
         }
     };
     // The PID must be the server itself (`ip netns exec` execs it in place).
@@ -294,7 +390,11 @@ fn start_server(net: &mut EndpointNet, kind: Kind, transport: &str) -> Result<Se
         Kind::OpenVpn => "openvpn",
     };
     if comm.trim() != want {
-        bail!("PID {} is {:?}, not {want}: cannot attribute CPU time", server.pid(), comm.trim());
+        bail!(
+            "PID {} is {:?}, not {want}: cannot attribute CPU time",
+            server.pid(),
+            comm.trim()
+        );
     }
     Ok(server)
 }
@@ -307,14 +407,20 @@ fn clock_ticks() -> f64 {
         .arg("CLK_TCK")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .filter(|t| *t > 0.0)
         .unwrap_or(100.0)
 }
 
 /// utime + stime of a process (all its threads), in seconds.
 fn cpu_seconds(pid: u32, ticks: f64) -> Result<f64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
+    let s = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name start at field 3 (state); utime is field 14,
     // stime field 15.
     let rest = &s[s.rfind(')').context("malformed /proc/PID/stat")? + 1..];
@@ -330,9 +436,18 @@ fn udp_rcvbuf_errors(ns: &Netns) -> Result<u64> {
     let out = sh(ns.command("cat").arg("/proc/net/snmp"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
-    let (Some(names), Some(values)) = (udp.next(), udp.next()) else { bail!("no Udp: lines in /proc/net/snmp") };
-    let i = names.split_whitespace().position(|n| n == "RcvbufErrors").context("no RcvbufErrors")?;
-    Ok(values.split_whitespace().nth(i).context("short Udp: line")?.parse()?)
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        bail!("no Udp: lines in /proc/net/snmp")
+    };
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "RcvbufErrors")
+        .context("no RcvbufErrors")?;
+    Ok(values
+        .split_whitespace()
+        .nth(i)
+        .context("short Udp: line")?
+        .parse()?)
 }
 
 /// (rx bytes, tx bytes) of the namespace's TUN device (the one link of type "none"): rx is what
@@ -343,7 +458,10 @@ fn tun_bytes(ns: &Netns) -> Result<(u64, u64)> {
     for l in v.as_array().into_iter().flatten() {
         if l["link_type"] == "none" {
             let s = &l["stats64"];
-            return Ok((s["rx"]["bytes"].as_u64().unwrap_or(0), s["tx"]["bytes"].as_u64().unwrap_or(0)));
+            return Ok((
+                s["rx"]["bytes"].as_u64().unwrap_or(0),
+                s["tx"]["bytes"].as_u64().unwrap_or(0),
+            ));
         }
     }
     bail!("no TUN device in namespace {}", ns.name())
@@ -400,13 +518,27 @@ impl Bench {
         let mut srv = Logged::spawn("iperf3 server", srv_cmd)?;
         srv.wait_for("listening", Duration::from_secs(5))?;
         let mut cmd = self.net.clients[0].command("iperf3");
-        cmd.args(["-c", PRIVATE, "-p", IPERF_PORT, "-J", "--connect-timeout", "5000"])
-            .args(["-t", &self.seconds.to_string(), "-P", &streams.to_string()]);
+        cmd.args([
+            "-c",
+            PRIVATE,
+            "-p",
+            IPERF_PORT,
+            "-J",
+            "--connect-timeout",
+            "5000",
+        ])
+        .args(["-t", &self.seconds.to_string(), "-P", &streams.to_string()]);
         if reverse {
             cmd.arg("-R");
         }
-        let (cd0, gd0) = (udp_rcvbuf_errors(&self.net.clients[0])?, udp_rcvbuf_errors(&self.net.gateway)?);
-        let (ctun0, gtun0) = (tun_bytes(&self.net.clients[0])?, tun_bytes(&self.net.gateway)?);
+        let (cd0, gd0) = (
+            udp_rcvbuf_errors(&self.net.clients[0])?,
+            udp_rcvbuf_errors(&self.net.gateway)?,
+        );
+        let (ctun0, gtun0) = (
+            tun_bytes(&self.net.clients[0])?,
+            tun_bytes(&self.net.gateway)?,
+        );
         let s0 = cpu_seconds(server.pid(), self.ticks)?;
         let c0 = cpu_seconds(client_pid, self.ticks)?;
         let t0 = Instant::now();
@@ -415,15 +547,31 @@ impl Bench {
         let wall = t0.elapsed().as_secs_f64();
         let s1 = cpu_seconds(server.pid(), self.ticks).context("the VPN server is gone")?;
         let c1 = cpu_seconds(client_pid, self.ticks).context("the openvpn client is gone")?;
-        let (cd1, gd1) = (udp_rcvbuf_errors(&self.net.clients[0])?, udp_rcvbuf_errors(&self.net.gateway)?);
-        let (ctun1, gtun1) = (tun_bytes(&self.net.clients[0])?, tun_bytes(&self.net.gateway)?);
+        let (cd1, gd1) = (
+            udp_rcvbuf_errors(&self.net.clients[0])?,
+            udp_rcvbuf_errors(&self.net.gateway)?,
+        );
+        let (ctun1, gtun1) = (
+            tun_bytes(&self.net.clients[0])?,
+            tun_bytes(&self.net.gateway)?,
+        );
         // up: into the client's TUN (tx) -> out of the gateway's (rx); down: the other way.
         let (offered, delivered) = if reverse {
-            (gtun1.1.saturating_sub(gtun0.1), ctun1.0.saturating_sub(ctun0.0))
+            (
+                gtun1.1.saturating_sub(gtun0.1),
+                ctun1.0.saturating_sub(ctun0.0),
+            )
         } else {
-            (ctun1.1.saturating_sub(ctun0.1), gtun1.0.saturating_sub(gtun0.0))
+            (
+                ctun1.1.saturating_sub(ctun0.1),
+                gtun1.0.saturating_sub(gtun0.0),
+            )
         };
-        let tunnel_loss = if offered > 0 { (1.0 - delivered as f64 / offered as f64).max(0.0) } else { 0.0 };
+        let tunnel_loss = if offered > 0 {
+            (1.0 - delivered as f64 / offered as f64).max(0.0)
+        } else {
+            0.0
+        };
         drop(srv);
         let out = client.stdout();
         let v: serde_json::Value = serde_json::from_str(&out)
@@ -459,9 +607,16 @@ impl Bench {
     fn connect_times(&mut self, server: &Server, transport: &str, n: usize) -> Result<Vec<f64>> {
         let mut times = Vec::new();
         for i in 0..n {
-            let cert = self.net.ca.client(&format!("conn{i}-{}", server.kind().name()), &["engineering"])?;
+            let cert = self.net.ca.client(
+                &format!("conn{i}-{}", server.kind().name()),
+                &["engineering"],
+            )?;
             let profile = self.profile(cert, transport);
-            let path: PathBuf = write(&self.net.dir.0, &format!("connect-{i}.ovpn"), &profile.render())?;
+            let path: PathBuf = write(
+                &self.net.dir.0,
+                &format!("connect-{i}.ovpn"),
+                &profile.render(),
+            )?;
             let mut cmd = self.net.clients[0].command("openvpn");
             cmd.arg("--config").arg(&path);
             let t0 = Instant::now();
@@ -481,7 +636,10 @@ impl Bench {
     fn reachable(&self) -> Result<()> {
         let mut last = String::new();
         for _ in 0..3 {
-            let out = self.net.clients[0].command("ping").args(["-c", "1", "-W", "2", PRIVATE]).output()?;
+            let out = self.net.clients[0]
+                .command("ping")
+                .args(["-c", "1", "-W", "2", PRIVATE])
+                .output()?;
             if out.status.success() {
                 return Ok(());
             }
@@ -528,16 +686,32 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn measure_server(b: &mut Bench, kind: Kind, transport: &str, connects: usize, res: &mut Results) -> Result<Vec<Run>> {
+fn measure_server(
+    b: &mut Bench,
+    kind: Kind,
+    transport: &str,
+    connects: usize,
+    res: &mut Results,
+) -> Result<Vec<Run>> {
     eprintln!("[{transport}] starting {}", kind.name());
     let server = start_server(&mut b.net, kind, transport)?;
     let alice = b.net.ca.client("alice", &["engineering"])?;
     let profile = b.profile(alice, transport);
-    let mut client = OpenVpnClient::start(&b.net.clients[0], &profile, &b.net.dir.0, &format!("bench-{transport}"))?;
+    let mut client = OpenVpnClient::start(
+        &b.net.clients[0],
+        &profile,
+        &b.net.dir.0,
+        &format!("bench-{transport}"),
+    )?;
     client
         .wait_connected(Duration::from_secs(20))
         .map_err(|e| server.explain(e))
-        .with_context(|| format!("the openvpn client did not connect to {} over {transport}", kind.name()))?;
+        .with_context(|| {
+            format!(
+                "the openvpn client did not connect to {} over {transport}",
+                kind.name()
+            )
+        })?;
     b.reachable()
         .map_err(|e| server.explain(e.context(format!("client log:\n{}", client.log().join("\n")))))
         .with_context(|| format!("through {} over {transport}", kind.name()))?;
@@ -549,9 +723,16 @@ fn measure_server(b: &mut Bench, kind: Kind, transport: &str, connects: usize, r
     for (streams, reverse) in CASES {
         let r = b
             .iperf(&server, client.pid(), streams, reverse)
-            .map_err(|e| server.explain(e.context(format!("openvpn client log:\n{}", client.log().join("\n")))))
+            .map_err(|e| {
+                server
+                    .explain(e.context(format!("openvpn client log:\n{}", client.log().join("\n"))))
+            })
             .with_context(|| {
-                format!("iperf3 {streams} stream(s) {} through {} over {transport}", if reverse { "down" } else { "up" }, kind.name())
+                format!(
+                    "iperf3 {streams} stream(s) {} through {} over {transport}",
+                    if reverse { "down" } else { "up" },
+                    kind.name()
+                )
             })?;
         eprintln!(
             "[{transport}] {:<7} {} stream(s) {:<4}: {:>7.1} Mbit/s, server {:.2} CPU s ({:.2} s/GB), client {:.2} CPU s, {:.1} s, \
@@ -574,7 +755,13 @@ fn measure_server(b: &mut Bench, kind: Kind, transport: &str, connects: usize, r
     client.stop();
     if transport == "udp" && connects > 0 {
         let t = b.connect_times(&server, transport, connects)?;
-        eprintln!("[{transport}] {:<7} connect times (ms): {:?}", kind.name(), t.iter().map(|x| (x * 10.0).round() / 10.0).collect::<Vec<_>>());
+        eprintln!(
+            "[{transport}] {:<7} connect times (ms): {:?}",
+            kind.name(),
+            t.iter()
+                .map(|x| (x * 10.0).round() / 10.0)
+                .collect::<Vec<_>>()
+        );
         res.connects[kind as usize] = t;
     }
     drop(server);
@@ -590,7 +777,9 @@ fn verdict(met: bool) -> &'static str {
 }
 
 fn print_results(res: &Results, seconds: u32, connects: usize, openvpn_version: &str) {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     println!();
     println!("=== cvpn serve vs stock {openvpn_version} server: `cargo xtask bench tunnel` ===");
     println!(
@@ -702,7 +891,12 @@ fn main() -> Result<()> {
         bail!("--seconds must be at least 1");
     }
     for tool in ["openvpn", "iperf3", "iptables"] {
-        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| !o.status.success()).unwrap_or(true) {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
             bail!("{tool} is not installed (`cargo xtask setup` installs it)");
         }
     }
@@ -710,15 +904,28 @@ fn main() -> Result<()> {
         .arg("--version")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ")))
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        })
         .unwrap_or_else(|| "OpenVPN".into());
     // The daemon binary is target/release/cvpn (built by the xtask; `cvpn_binary` checks).
     let bin = cvpn_tests::gateway::cvpn_binary()?;
     eprintln!("cvpn binary: {}", bin.display());
 
     let net = EndpointNet::new(1)?;
-    let mut b = Bench { net, seconds, ticks: clock_ticks() };
-    let mut res = Results { runs: Vec::new(), connects: vec![Vec::new(), Vec::new()], ciphers: vec!["?".into(), "?".into()] };
+    let mut b = Bench {
+        net,
+        seconds,
+        ticks: clock_ticks(),
+    };
+    let mut res = Results {
+        runs: Vec::new(),
+        connects: vec![Vec::new(), Vec::new()],
+        ciphers: vec!["?".into(), "?".into()],
+    };
     for transport in ["udp", "tcp"] {
         let mut per_kind = Vec::new();
         for kind in [Kind::Cvpn, Kind::OpenVpn] {

@@ -10,7 +10,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     match parse_response(data) {
         Ok(r) => {
-            assert!(r.error_msg_on_denied_connection.as_ref().is_none_or(|m| m.chars().count() <= MAX_DENIAL_MESSAGE));
+            assert!(r
+                .error_msg_on_denied_connection
+                .as_ref()
+                .is_none_or(|m| m.chars().count() <= MAX_DENIAL_MESSAGE));
             assert!(r.posture_compliance_statuses.len() <= MAX_POSTURE_STATUSES);
         }
         Err(e) => {

@@ -92,5 +92,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    assert_eq!(server.opener().highest_packet_id(), accepted.last().copied().unwrap_or(0));
+    assert_eq!(
+        server.opener().highest_packet_id(),
+        accepted.last().copied().unwrap_or(0)
+    );
 });

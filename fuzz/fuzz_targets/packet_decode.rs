@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(header.as_ref().ok().map(|h| h.opcode), Some(wrapped.opcode));
     }
     if let Ok(packet) = Packet::decode(data) {
-        assert_eq!(header.map(|h| (h.opcode, h.key_id)), Ok((packet.opcode(), packet.key_id())));
+        assert_eq!(
+            header.map(|h| (h.opcode, h.key_id)),
+            Ok((packet.opcode(), packet.key_id()))
+        );
         assert_eq!(packet.encoded_len(), data.len());
         let bytes = packet.to_vec();
         assert_eq!(bytes, data, "encode(decode(x)) != x");

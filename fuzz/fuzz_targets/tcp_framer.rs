@@ -18,7 +18,11 @@ fn drain(framer: &mut TcpFramer, frames: &mut Vec<Vec<u8>>, error: &mut Option<F
     loop {
         match framer.next_frame() {
             Ok(Some(frame)) => {
-                assert!(!frame.is_empty() && frame.len() <= max, "frame of {} bytes", frame.len());
+                assert!(
+                    !frame.is_empty() && frame.len() <= max,
+                    "frame of {} bytes",
+                    frame.len()
+                );
                 let _ = Packet::decode(frame);
                 frames.push(frame.to_vec());
             }

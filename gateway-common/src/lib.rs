@@ -35,7 +35,9 @@ pub struct GroupSet {
 }
 
 impl GroupSet {
-    pub const EMPTY: GroupSet = GroupSet { bits: [0; GROUP_WORDS] };
+    pub const EMPTY: GroupSet = GroupSet {
+        bits: [0; GROUP_WORDS],
+    };
 
     #[inline(always)]
     pub fn insert(&mut self, index: usize) {

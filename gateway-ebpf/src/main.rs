@@ -24,8 +24,8 @@ use aya_ebpf::{
 };
 use gateway_common::{
     AuthEntry, Counter, FlowEvent, NatForward, NatKey, NatReverse, RouteEntry, Session,
-    SessionStats, EVENT_DENIED, EVENT_NAT_FULL, EVENT_NO_ROUTE, EVENT_UNKNOWN_SOURCE,
-    CLIENT_LINK_ETHERNET, CLIENT_LINK_TUN, IPPROTO_ICMP, IPPROTO_TCP, NAT_FLAG_TCP_CLOSING,
+    SessionStats, CLIENT_LINK_ETHERNET, CLIENT_LINK_TUN, EVENT_DENIED, EVENT_NAT_FULL,
+    EVENT_NO_ROUTE, EVENT_UNKNOWN_SOURCE, IPPROTO_ICMP, IPPROTO_TCP, NAT_FLAG_TCP_CLOSING,
 };
 
 use maps::*;
@@ -222,8 +222,7 @@ fn try_client_ingress(ctx: &TcContext) -> Result<i32, Drop> {
     };
 
     // 4. Rewrite source address and port, fix the checksums.
-    packet::rewrite_source(ctx, l2, &flow, target.snat_addr, snat_port)
-        .map_err(Drop::Packet)?;
+    packet::rewrite_source(ctx, l2, &flow, target.snat_addr, snat_port).map_err(Drop::Packet)?;
     add_session_stats(&flow.src, flow.ip_len, false, false);
     count(Counter::Forwarded);
 
@@ -233,8 +232,7 @@ fn try_client_ingress(ctx: &TcContext) -> Result<i32, Drop> {
         packet::push_ethernet(ctx).map_err(Drop::Packet)?;
     }
     // SAFETY: helper call; a NULL neighbour means "look the next hop up in the FIB".
-    let verdict =
-        unsafe { bpf_redirect_neigh(target.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+    let verdict = unsafe { bpf_redirect_neigh(target.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
     Ok(verdict)
 }
 

@@ -153,7 +153,11 @@ pub fn parse(ctx: &TcContext, l3: usize, from_client: bool) -> Result<Flow, Pack
         }
         IPPROTO_ICMP => {
             let icmp: Head8 = ctx.load(l4).map_err(|_| PacketError::Malformed)?;
-            let expected = if from_client { ICMP_ECHO_REQUEST } else { ICMP_ECHO_REPLY };
+            let expected = if from_client {
+                ICMP_ECHO_REQUEST
+            } else {
+                ICMP_ECHO_REPLY
+            };
             if icmp.a[0] != expected || icmp.a[1] != 0 {
                 return Err(PacketError::Unsupported);
             }
@@ -201,7 +205,8 @@ fn rewrite(
     let err = |_| PacketError::Malformed;
     if old_addr != new_addr {
         ctx.store(l3 + addr_off, &new_addr, 0).map_err(err)?;
-        ctx.l3_csum_replace(l3 + IP_CSUM, old_a, new_a, 4).map_err(err)?;
+        ctx.l3_csum_replace(l3 + IP_CSUM, old_a, new_a, 4)
+            .map_err(err)?;
         match flow.proto {
             IPPROTO_TCP => ctx
                 .l4_csum_replace(csum, old_a, new_a, (BPF_F_PSEUDO_HDR | 4) as u64)
@@ -219,9 +224,15 @@ fn rewrite(
         }
     }
     if old_port != new_port {
-        ctx.store(port_off, &new_port.to_be_bytes(), 0).map_err(err)?;
-        let flags = if flow.proto == IPPROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 | 2 } else { 2 };
-        ctx.l4_csum_replace(csum, old_p, new_p, flags).map_err(err)?;
+        ctx.store(port_off, &new_port.to_be_bytes(), 0)
+            .map_err(err)?;
+        let flags = if flow.proto == IPPROTO_UDP {
+            BPF_F_MARK_MANGLED_0 as u64 | 2
+        } else {
+            2
+        };
+        ctx.l4_csum_replace(csum, old_p, new_p, flags)
+            .map_err(err)?;
     }
     Ok(())
 }
@@ -235,8 +246,14 @@ pub fn rewrite_source(
     snat_addr: [u8; 4],
     snat_port: u16,
 ) -> Result<(), PacketError> {
-    let port_off = if flow.proto == IPPROTO_ICMP { flow.l4 + ICMP_ID } else { flow.l4 };
-    rewrite(ctx, l3, flow, IP_SRC, flow.src, snat_addr, port_off, flow.sport, snat_port)
+    let port_off = if flow.proto == IPPROTO_ICMP {
+        flow.l4 + ICMP_ID
+    } else {
+        flow.l4
+    };
+    rewrite(
+        ctx, l3, flow, IP_SRC, flow.src, snat_addr, port_off, flow.sport, snat_port,
+    )
 }
 
 /// Reverse NAT: destination address and destination port (ICMP: echo id) of a return packet.
@@ -248,8 +265,22 @@ pub fn rewrite_destination(
     client_addr: [u8; 4],
     client_port: u16,
 ) -> Result<(), PacketError> {
-    let port_off = if flow.proto == IPPROTO_ICMP { flow.l4 + ICMP_ID } else { flow.l4 + 2 };
-    rewrite(ctx, l3, flow, IP_DST, flow.dst, client_addr, port_off, flow.dport, client_port)
+    let port_off = if flow.proto == IPPROTO_ICMP {
+        flow.l4 + ICMP_ID
+    } else {
+        flow.l4 + 2
+    };
+    rewrite(
+        ctx,
+        l3,
+        flow,
+        IP_DST,
+        flow.dst,
+        client_addr,
+        port_off,
+        flow.dport,
+        client_port,
+    )
 }
 
 /// Puts an Ethernet header (zero MACs, type IPv4) in front of an IP packet. The kernel drops
@@ -262,6 +293,7 @@ pub fn push_ethernet(ctx: &TcContext) -> Result<(), PacketError> {
     if ret != 0 {
         return Err(PacketError::Malformed);
     }
-    ctx.store(12, &ETH_P_IP.to_be_bytes(), 0).map_err(|_| PacketError::Malformed)?;
+    ctx.store(12, &ETH_P_IP.to_be_bytes(), 0)
+        .map_err(|_| PacketError::Malformed)?;
     Ok(())
 }

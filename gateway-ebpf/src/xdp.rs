@@ -13,7 +13,8 @@ use aya_ebpf::{
 use gateway_common::{Counter, CLIENT_LINK_TUN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    count, packet::{Flow, PacketError, ETH_HLEN},
+    count,
+    packet::{Flow, PacketError, ETH_HLEN},
     reverse_nat, ReturnError,
 };
 

@@ -555,8 +555,14 @@ impl Cx<'_> {
     }
 
     /// Sends a JSON object body with `method` to `path`.
-    async fn send_json(&self, method: Method, path: String, body: Map<String, Value>) -> Result<ApiReply, ClientError> {
-        self.send(ApiRequest::new(method, path).json(&Value::Object(body))).await
+    async fn send_json(
+        &self,
+        method: Method,
+        path: String,
+        body: Map<String, Value>,
+    ) -> Result<ApiReply, ClientError> {
+        self.send(ApiRequest::new(method, path).json(&Value::Object(body)))
+            .await
     }
 
     async fn get(&self, path: String) -> Result<ApiReply, ClientError> {
@@ -799,7 +805,9 @@ async fn endpoint(c: EndpointCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
             );
             insert(&mut m, "transport-protocol", transport);
             settings.fields(&mut m, (true, false));
-            let reply = cx.send_json(Method::POST, "/v1/endpoints".into(), m).await?;
+            let reply = cx
+                .send_json(Method::POST, "/v1/endpoints".into(), m)
+                .await?;
             cx.show(&reply, |e: Endpoint| endpoint_table(&[e]))
         }
         EndpointCommand::Modify {
@@ -834,7 +842,9 @@ async fn endpoint(c: EndpointCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
                 );
             }
             settings.fields(&mut m, log_base);
-            let reply = cx.send_json(Method::PATCH, ep_path(&endpoint_id), m).await?;
+            let reply = cx
+                .send_json(Method::PATCH, ep_path(&endpoint_id), m)
+                .await?;
             cx.show(&reply, |r: ModifyEndpointResult| {
                 let mut s = endpoint_table(&[r.endpoint]);
                 if r.changed.is_empty() {
@@ -904,7 +914,9 @@ fn endpoint_table(list: &[Endpoint]) -> String {
             } else {
                 dns.join(",")
             },
-            e.listener.as_ref().map_or_else(|| "-".to_string(), |l| l.state.clone()),
+            e.listener
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |l| l.state.clone()),
             e.creation_time.to_string(),
             opt(&e.description),
         ]);
@@ -912,8 +924,15 @@ fn endpoint_table(list: &[Endpoint]) -> String {
     let mut out = t.render();
     // Why a listener is not serving, and what to do.
     for e in list {
-        if let Some(ListenerStatus { state, message: Some(m) }) = &e.listener {
-            out.push_str(&format!("{}: listener {state}: {m}\n", e.client_vpn_endpoint_id));
+        if let Some(ListenerStatus {
+            state,
+            message: Some(m),
+        }) = &e.listener
+        {
+            out.push_str(&format!(
+                "{}: listener {state}: {m}\n",
+                e.client_vpn_endpoint_id
+            ));
         }
     }
     out

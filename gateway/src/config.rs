@@ -57,8 +57,8 @@ use thiserror::Error;
 
 use crate::dataplane::policy::{Access, AuthorizationRule, Policy, Route};
 
-pub use crate::storage::{MAX_CLIENT_PREFIX, MAX_DNS_SERVERS, MIN_CLIENT_PREFIX};
 use crate::storage::validate::{self, overlaps};
+pub use crate::storage::{MAX_CLIENT_PREFIX, MAX_DNS_SERVERS, MIN_CLIENT_PREFIX};
 /// Default listening port.
 pub const DEFAULT_PORT: u16 = 443;
 
@@ -579,7 +579,10 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
     let ping = e.ping.unwrap_or(10);
     let ping_restart = e.ping_restart.unwrap_or(60);
     if !(1..=3600).contains(&ping) {
-        return Err(invalid("[endpoint] ping".to_string(), format!("{ping} is out of range: seconds between keepalive pings, 1 to 3600")));
+        return Err(invalid(
+            "[endpoint] ping".to_string(),
+            format!("{ping} is out of range: seconds between keepalive pings, 1 to 3600"),
+        ));
     }
     if !(2..=86400).contains(&ping_restart) || ping_restart <= ping {
         return Err(invalid(

@@ -80,8 +80,12 @@ impl HandlerError {
     pub fn reason(&self) -> FailureReason {
         let code = match self {
             HandlerError::TimedOut(_) => FailureReason::CLIENT_CONNECT_HANDLER_TIMED_OUT,
-            HandlerError::Execution(_) => FailureReason::CLIENT_CONNECT_HANDLER_OTHER_EXECUTION_ERROR,
-            HandlerError::InvalidResponse(_) => FailureReason::CLIENT_CONNECT_HANDLER_INVALID_RESPONSE,
+            HandlerError::Execution(_) => {
+                FailureReason::CLIENT_CONNECT_HANDLER_OTHER_EXECUTION_ERROR
+            }
+            HandlerError::InvalidResponse(_) => {
+                FailureReason::CLIENT_CONNECT_HANDLER_INVALID_RESPONSE
+            }
             HandlerError::Service(_) => FailureReason::CLIENT_CONNECT_HANDLER_SERVICE_ERROR,
         };
         FailureReason::with_detail(code, self.to_string())
@@ -92,7 +96,10 @@ impl HandlerError {
 enum Kind {
     Executable(PathBuf),
     /// Where to POST (TLS verified with the system's CA bundle for https), and the path.
-    Webhook { target: Target, path: String },
+    Webhook {
+        target: Target,
+        path: String,
+    },
 }
 
 /// A configured handler (the endpoint's `client-connect-options.handler`).
@@ -106,11 +113,16 @@ impl ConnectHandler {
     /// An `http(s)://host[:port]/path` URL or the absolute path of an executable (the store has
     /// validated the form).
     pub fn new(spec: &str) -> Result<ConnectHandler, HandlerError> {
-        let bad = || HandlerError::Execution(format!("{spec:?} is neither an http(s) URL nor an absolute path"));
+        let bad = || {
+            HandlerError::Execution(format!(
+                "{spec:?} is neither an http(s) URL nor an absolute path"
+            ))
+        };
         let kind = if spec.starts_with('/') {
             Kind::Executable(PathBuf::from(spec))
         } else {
-            let (https, rest) = match (spec.strip_prefix("https://"), spec.strip_prefix("http://")) {
+            let (https, rest) = match (spec.strip_prefix("https://"), spec.strip_prefix("http://"))
+            {
                 (Some(r), _) => (true, r),
                 (None, Some(r)) => (false, r),
                 _ => return Err(bad()),
@@ -127,7 +139,10 @@ impl ConnectHandler {
             .map_err(|e| HandlerError::Service(e.to_string()))?;
             Kind::Webhook { target, path }
         };
-        Ok(ConnectHandler { kind, timeout: HANDLER_TIMEOUT })
+        Ok(ConnectHandler {
+            kind,
+            timeout: HANDLER_TIMEOUT,
+        })
     }
 
     /// The same handler with another time limit (tests).
@@ -168,9 +183,15 @@ impl ConnectHandler {
                         .await
                         .map_err(|e| HandlerError::Execution(format!("reading its answer: {e}")))?;
                 }
-                let status = child.wait().await.map_err(|e| HandlerError::Execution(e.to_string()))?;
+                let status = child
+                    .wait()
+                    .await
+                    .map_err(|e| HandlerError::Execution(e.to_string()))?;
                 if !status.success() {
-                    return Err(HandlerError::Execution(format!("{} exited with {status}", path.display())));
+                    return Err(HandlerError::Execution(format!(
+                        "{} exited with {status}",
+                        path.display()
+                    )));
                 }
                 Ok(out)
             }
@@ -189,7 +210,9 @@ impl ConnectHandler {
 /// Checks an answer against the contract.
 pub fn parse_response(raw: &[u8]) -> Result<ConnectResponse, HandlerError> {
     if raw.len() > MAX_RESPONSE_BYTES {
-        return Err(HandlerError::InvalidResponse(format!("larger than {MAX_RESPONSE_BYTES} bytes")));
+        return Err(HandlerError::InvalidResponse(format!(
+            "larger than {MAX_RESPONSE_BYTES} bytes"
+        )));
     }
     let r: ConnectResponse = serde_json::from_slice(raw).map_err(|e| {
         HandlerError::InvalidResponse(format!("{e} (expected {{\"allow\": true|false, ...}})"))
@@ -239,7 +262,10 @@ mod tests {
     }
 
     fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
     }
 
     #[test]
@@ -265,7 +291,10 @@ mod tests {
     fn answers_are_checked_against_the_contract() {
         assert!(parse_response(br#"{"allow": true}"#).unwrap().allow);
         let r = parse_response(br#"{"allow": false, "error-msg-on-denied-connection": "patch first", "posture-compliance-statuses": ["a"], "schema-version": "v2"}"#).unwrap();
-        assert_eq!((r.allow, r.error_msg_on_denied_connection.as_deref()), (false, Some("patch first")));
+        assert_eq!(
+            (r.allow, r.error_msg_on_denied_connection.as_deref()),
+            (false, Some("patch first"))
+        );
         for bad in [
             &b"yes"[..],
             br#"{"allowed": true}"#,
@@ -297,14 +326,28 @@ mod tests {
         assert!(!rt().block_on(h.call(&other)).unwrap().allow);
 
         let failing = script(&dir, "fail.sh", "exit 3");
-        let e = rt().block_on(ConnectHandler::new(&failing).unwrap().call(&request())).unwrap_err();
-        assert_eq!(e.reason().code, FailureReason::CLIENT_CONNECT_HANDLER_OTHER_EXECUTION_ERROR, "{e}");
+        let e = rt()
+            .block_on(ConnectHandler::new(&failing).unwrap().call(&request()))
+            .unwrap_err();
+        assert_eq!(
+            e.reason().code,
+            FailureReason::CLIENT_CONNECT_HANDLER_OTHER_EXECUTION_ERROR,
+            "{e}"
+        );
         let slow = script(&dir, "slow.sh", "sleep 5; echo '{\"allow\": true}'");
         let started = std::time::Instant::now();
         let e = rt()
-            .block_on(ConnectHandler::new(&slow).unwrap().with_timeout(Duration::from_millis(300)).call(&request()))
+            .block_on(
+                ConnectHandler::new(&slow)
+                    .unwrap()
+                    .with_timeout(Duration::from_millis(300))
+                    .call(&request()),
+            )
             .unwrap_err();
-        assert_eq!(e.reason().code, FailureReason::CLIENT_CONNECT_HANDLER_TIMED_OUT);
+        assert_eq!(
+            e.reason().code,
+            FailureReason::CLIENT_CONNECT_HANDLER_TIMED_OUT
+        );
         assert!(started.elapsed() < Duration::from_secs(2), "the cap holds");
         let missing = ConnectHandler::new("/nonexistent/handler").unwrap();
         assert!(rt().block_on(missing.call(&request())).is_err());
@@ -330,7 +373,11 @@ mod tests {
                     if let Some(i) = text.find("\r\n\r\n") {
                         let len: usize = text
                             .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
                             .unwrap_or(0);
                         if got.len() >= i + 4 + len {
                             break;
@@ -350,31 +397,57 @@ mod tests {
         let h = ConnectHandler::new(&format!("http://127.0.0.1:{port}/hooks/connect")).unwrap();
         assert!(rt().block_on(h.call(&request())).unwrap().allow);
         let e = rt().block_on(h.call(&request())).unwrap_err();
-        assert_eq!(e.reason().code, FailureReason::CLIENT_CONNECT_HANDLER_SERVICE_ERROR, "{e}");
+        assert_eq!(
+            e.reason().code,
+            FailureReason::CLIENT_CONNECT_HANDLER_SERVICE_ERROR,
+            "{e}"
+        );
         let seen = server.join().unwrap();
-        assert!(seen[0].starts_with("POST /hooks/connect HTTP/1.1"), "{}", seen[0]);
+        assert!(
+            seen[0].starts_with("POST /hooks/connect HTTP/1.1"),
+            "{}",
+            seen[0]
+        );
         assert!(seen[0].contains("\"common-name\":\"alice\""), "{}", seen[0]);
     }
 
     #[test]
     fn handler_specs_parse() {
-        assert!(matches!(ConnectHandler::new("/usr/bin/x").unwrap().kind, Kind::Executable(_)));
+        assert!(matches!(
+            ConnectHandler::new("/usr/bin/x").unwrap().kind,
+            Kind::Executable(_)
+        ));
         match ConnectHandler::new("http://10.0.0.1:8080").unwrap().kind {
             Kind::Webhook { target, path } => {
-                assert_eq!((target.describe().as_str(), path.as_str()), ("http://10.0.0.1:8080", "/"));
+                assert_eq!(
+                    (target.describe().as_str(), path.as_str()),
+                    ("http://10.0.0.1:8080", "/")
+                );
             }
             k => panic!("{k:?}"),
         }
-        match ConnectHandler::new("http://[fd00::1]/hooks/connect").unwrap().kind {
+        match ConnectHandler::new("http://[fd00::1]/hooks/connect")
+            .unwrap()
+            .kind
+        {
             Kind::Webhook { target, path } => {
-                assert_eq!((target.describe().as_str(), path.as_str()), ("http://[fd00::1]:80", "/hooks/connect"));
+                assert_eq!(
+                    (target.describe().as_str(), path.as_str()),
+                    ("http://[fd00::1]:80", "/hooks/connect")
+                );
             }
             k => panic!("{k:?}"),
         }
         // https verifies with the system's CA bundle, read once here.
         match ConnectHandler::new("https://hooks.example.com/connect") {
-            Ok(ConnectHandler { kind: Kind::Webhook { target, path }, .. }) => {
-                assert_eq!((target.describe().as_str(), path.as_str()), ("https://hooks.example.com:443", "/connect"));
+            Ok(ConnectHandler {
+                kind: Kind::Webhook { target, path },
+                ..
+            }) => {
+                assert_eq!(
+                    (target.describe().as_str(), path.as_str()),
+                    ("https://hooks.example.com:443", "/connect")
+                );
             }
             Ok(h) => panic!("{h:?}"),
             Err(e) => assert!(e.to_string().contains("CA certificates"), "{e}"),

@@ -81,11 +81,19 @@ pub const FLOW_LOG_FILE: &str = "flow.log";
 /// `t` as AWS writes times in the connection log: UTC, `"2026-11-24 16:35:01"` (seconds,
 /// truncated). Times before 1970 are written as 1970-01-01 00:00:00.
 pub fn format_time(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
@@ -105,13 +113,17 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// The wall-clock time of a `CLOCK_MONOTONIC` reading (what the kernel programs stamp flow
 /// events with: `bpf_ktime_get_ns`), by the offset between the two clocks now.
 pub fn monotonic_ns_to_system_time(monotonic_ns: u64) -> SystemTime {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid timespec out-pointer; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let wall = SystemTime::now();
     let mono_now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
     if monotonic_ns <= mono_now {
-        wall.checked_sub(Duration::from_nanos(mono_now - monotonic_ns)).unwrap_or(UNIX_EPOCH)
+        wall.checked_sub(Duration::from_nanos(mono_now - monotonic_ns))
+            .unwrap_or(UNIX_EPOCH)
     } else {
         wall + Duration::from_nanos(monotonic_ns - mono_now)
     }
@@ -198,12 +210,18 @@ impl FailureReason {
 
     /// A reason with a code only.
     pub fn new(code: impl Into<String>) -> Self {
-        FailureReason { code: code.into(), detail: None }
+        FailureReason {
+            code: code.into(),
+            detail: None,
+        }
     }
 
     /// A reason with a code and a detail.
     pub fn with_detail(code: impl Into<String>, detail: impl Into<String>) -> Self {
-        FailureReason { code: code.into(), detail: Some(detail.into()) }
+        FailureReason {
+            code: code.into(),
+            detail: Some(detail.into()),
+        }
     }
 
     /// Splits `"code (detail)"`; anything else is all code.
@@ -416,17 +434,34 @@ impl ConnectionLogEntry {
     /// A successful attempt (the client is connected and has its address): start and last
     /// update are the connection's start time, counters `"0"`, end `"NA"`, duration `"0"`.
     pub fn attempt_succeeded(info: &ConnectionInfo) -> Self {
-        Self::base(ConnectionLogType::ConnectionAttempt, AttemptStatus::Successful, info, info.start_time)
+        Self::base(
+            ConnectionLogType::ConnectionAttempt,
+            AttemptStatus::Successful,
+            info,
+            info.start_time,
+        )
     }
 
     /// A failed attempt at `at`: status `failed`, the reason's code (see [`FailureReason`]; a
     /// daemon reason string converts), start time `"NA"` (as AWS), last update `at`, counters
     /// `"0"`, end and duration `"NA"`. `client-ip` and `common-name` are whatever was known.
-    pub fn attempt_failed(reason: impl Into<FailureReason>, info: &ConnectionInfo, at: SystemTime) -> Self {
+    pub fn attempt_failed(
+        reason: impl Into<FailureReason>,
+        info: &ConnectionInfo,
+        at: SystemTime,
+    ) -> Self {
         let reason = reason.into();
-        let mut e = Self::base(ConnectionLogType::ConnectionAttempt, AttemptStatus::Failed, info, at);
-        e.connection_attempt_failure_reason =
-            if reason.code.is_empty() { "unknown".into() } else { reason.code };
+        let mut e = Self::base(
+            ConnectionLogType::ConnectionAttempt,
+            AttemptStatus::Failed,
+            info,
+            at,
+        );
+        e.connection_attempt_failure_reason = if reason.code.is_empty() {
+            "unknown".into()
+        } else {
+            reason.code
+        };
         e.connection_attempt_failure_detail = na_or_nonempty(reason.detail.as_deref());
         e.connection_start_time = NA.into();
         e.connection_duration_seconds = NA.into();
@@ -436,13 +471,21 @@ impl ConnectionLogEntry {
     /// The end of a connection at `end`, with its counters: status `"NA"`, end and last update
     /// `end`, duration `end − start` in seconds.
     pub fn reset(info: &ConnectionInfo, counters: &TrafficCounters, end: SystemTime) -> Self {
-        let mut e = Self::base(ConnectionLogType::ConnectionReset, AttemptStatus::NotApplicable, info, end);
+        let mut e = Self::base(
+            ConnectionLogType::ConnectionReset,
+            AttemptStatus::NotApplicable,
+            info,
+            end,
+        );
         e.ingress_bytes = counters.ingress_bytes.to_string();
         e.egress_bytes = counters.egress_bytes.to_string();
         e.ingress_packets = counters.ingress_packets.to_string();
         e.egress_packets = counters.egress_packets.to_string();
         e.connection_end_time = format_time(end);
-        let secs = end.duration_since(info.start_time).map(|d| d.as_secs()).unwrap_or(0);
+        let secs = end
+            .duration_since(info.start_time)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         e.connection_duration_seconds = secs.to_string();
         e
     }
@@ -500,7 +543,13 @@ impl FlowLogEntry {
         connection_id: Option<&str>,
         username: Option<&str>,
     ) -> Self {
-        Self::from_event_at(endpoint_id, event, connection_id, username, monotonic_ns_to_system_time(event.timestamp_ns))
+        Self::from_event_at(
+            endpoint_id,
+            event,
+            connection_id,
+            username,
+            monotonic_ns_to_system_time(event.timestamp_ns),
+        )
     }
 
     /// As [`FlowLogEntry::from_event`], with the time given.
@@ -546,7 +595,11 @@ pub enum LogError {
     #[error("cannot write log file {}: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
     #[error("cannot rotate log file {} to {}: {source}", from.display(), to.display())]
-    Rotate { from: PathBuf, to: PathBuf, source: io::Error },
+    Rotate {
+        from: PathBuf,
+        to: PathBuf,
+        source: io::Error,
+    },
     #[error("cannot sync log file {}: {source}", path.display())]
     Sync { path: PathBuf, source: io::Error },
     #[error("cannot copy log line of {} to stdout: {source}", path.display())]
@@ -570,7 +623,11 @@ pub struct LogOptions {
 
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions { max_file_bytes: 10 * 1024 * 1024, keep_files: 5, stdout: false }
+        LogOptions {
+            max_file_bytes: 10 * 1024 * 1024,
+            keep_files: 5,
+            stdout: false,
+        }
     }
 }
 
@@ -613,19 +670,38 @@ fn create_dir(dir: &Path) -> Result<(), LogError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| LogError::CreateDir { path: dir.to_path_buf(), source })
+        .map_err(|source| LogError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 impl LogWriter {
     /// Opens (creating as needed) `dir/file_name` for appending.
-    pub fn open(dir: impl AsRef<Path>, file_name: &str, options: &LogOptions) -> Result<Self, LogError> {
-        let mirror = if options.stdout { Mirror::Stdout } else { Mirror::None };
+    pub fn open(
+        dir: impl AsRef<Path>,
+        file_name: &str,
+        options: &LogOptions,
+    ) -> Result<Self, LogError> {
+        let mirror = if options.stdout {
+            Mirror::Stdout
+        } else {
+            Mirror::None
+        };
         Self::open_with(dir.as_ref(), file_name, options, mirror)
     }
 
-    fn open_with(dir: &Path, file_name: &str, options: &LogOptions, mirror: Mirror) -> Result<Self, LogError> {
-        if file_name.is_empty() || file_name.contains('/') || file_name == "." || file_name == ".." {
-            return Err(LogError::InvalidName { name: file_name.into() });
+    fn open_with(
+        dir: &Path,
+        file_name: &str,
+        options: &LogOptions,
+        mirror: Mirror,
+    ) -> Result<Self, LogError> {
+        if file_name.is_empty() || file_name.contains('/') || file_name == "." || file_name == ".."
+        {
+            return Err(LogError::InvalidName {
+                name: file_name.into(),
+            });
         }
         create_dir(dir)?;
         let w = LogWriter {
@@ -633,7 +709,11 @@ impl LogWriter {
             path: dir.join(file_name),
             max_bytes: options.max_file_bytes,
             keep: options.keep_files,
-            inner: Mutex::new(Inner { file: None, id: (0, 0), mirror }),
+            inner: Mutex::new(Inner {
+                file: None,
+                id: (0, 0),
+                mirror,
+            }),
         };
         {
             let mut inner = w.lock();
@@ -660,18 +740,33 @@ impl LogWriter {
     fn reopen(&self, inner: &mut Inner) -> Result<(), LogError> {
         inner.file = None;
         let open = || {
-            OpenOptions::new().append(true).create(true).mode(0o600).open(&self.path)
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(&self.path)
         };
         let file = match open() {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // The directory itself was removed: make it again.
                 create_dir(&self.dir)?;
-                open().map_err(|source| LogError::Open { path: self.path.clone(), source })?
+                open().map_err(|source| LogError::Open {
+                    path: self.path.clone(),
+                    source,
+                })?
             }
-            Err(source) => return Err(LogError::Open { path: self.path.clone(), source }),
+            Err(source) => {
+                return Err(LogError::Open {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
         };
-        let m = file.metadata().map_err(|source| LogError::Open { path: self.path.clone(), source })?;
+        let m = file.metadata().map_err(|source| LogError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
         inner.id = (m.dev(), m.ino());
         inner.file = Some(file);
         Ok(())
@@ -685,12 +780,22 @@ impl LogWriter {
                 Ok(m) if (m.dev(), m.ino()) == inner.id => return Ok(m.len()),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(LogError::Write { path: self.path.clone(), source }),
+                Err(source) => {
+                    return Err(LogError::Write {
+                        path: self.path.clone(),
+                        source,
+                    })
+                }
             }
         }
         self.reopen(inner)?;
         let file = inner.file.as_ref().expect("reopen sets the file");
-        file.metadata().map(|m| m.len()).map_err(|source| LogError::Write { path: self.path.clone(), source })
+        file.metadata()
+            .map(|m| m.len())
+            .map_err(|source| LogError::Write {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     fn rotate(&self, inner: &mut Inner) -> Result<(), LogError> {
@@ -698,14 +803,22 @@ impl LogWriter {
         let rename = |from: &Path, to: &Path| match fs::rename(from, to) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(LogError::Rotate { from: from.to_path_buf(), to: to.to_path_buf(), source }),
+            Err(source) => Err(LogError::Rotate {
+                from: from.to_path_buf(),
+                to: to.to_path_buf(),
+                source,
+            }),
         };
         if self.keep == 0 {
             match fs::remove_file(&self.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(source) => {
-                    return Err(LogError::Rotate { from: self.path.clone(), to: PathBuf::from("/dev/null"), source })
+                    return Err(LogError::Rotate {
+                        from: self.path.clone(),
+                        to: PathBuf::from("/dev/null"),
+                        source,
+                    })
                 }
             }
         } else {
@@ -723,7 +836,10 @@ impl LogWriter {
     pub fn write_line(&self, line: &str) -> Result<(), LogError> {
         let mut buf = Vec::with_capacity(line.len() + 1);
         if line.contains(['\n', '\r']) {
-            buf.extend(line.bytes().map(|b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
+            buf.extend(
+                line.bytes()
+                    .map(|b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+            );
         } else {
             buf.extend_from_slice(line.as_bytes());
         }
@@ -734,11 +850,17 @@ impl LogWriter {
         if size > 0 && size.saturating_add(buf.len() as u64) > self.max_bytes {
             self.rotate(&mut inner)?;
         }
-        let file = inner.file.as_mut().expect("current_size and rotate leave a file open");
+        let file = inner
+            .file
+            .as_mut()
+            .expect("current_size and rotate leave a file open");
         if let Err(source) = file.write_all(&buf) {
             // Start from a fresh open next time (e.g. after ENOSPC or EIO).
             inner.file = None;
-            return Err(LogError::Write { path: self.path.clone(), source });
+            return Err(LogError::Write {
+                path: self.path.clone(),
+                source,
+            });
         }
         let mirrored = match &mut inner.mirror {
             Mirror::None => Ok(()),
@@ -749,7 +871,10 @@ impl LogWriter {
             #[cfg(test)]
             Mirror::Writer(w) => w.write_all(&buf).and_then(|()| w.flush()),
         };
-        mirrored.map_err(|source| LogError::Stdout { path: self.path.clone(), source })
+        mirrored.map_err(|source| LogError::Stdout {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Serializes `entry` as one JSON line and appends it.
@@ -766,7 +891,10 @@ impl LogWriter {
     pub fn sync(&self) -> Result<(), LogError> {
         let inner = self.lock();
         match &inner.file {
-            Some(f) => f.sync_all().map_err(|source| LogError::Sync { path: self.path.clone(), source }),
+            Some(f) => f.sync_all().map_err(|source| LogError::Sync {
+                path: self.path.clone(),
+                source,
+            }),
             None => Ok(()),
         }
     }
@@ -905,7 +1033,13 @@ mod tests {
     }
 
     fn info() -> ConnectionInfo {
-        ConnectionInfo::new(CONN_ID, ENDPOINT_ID, Transport::Udp, "72.21.198.66:5567".parse().unwrap(), t0())
+        ConnectionInfo::new(
+            CONN_ID,
+            ENDPOINT_ID,
+            Transport::Udp,
+            "72.21.198.66:5567".parse().unwrap(),
+            t0(),
+        )
     }
 
     /// Parses a line back and checks that it has exactly `fields`, in that order, every value
@@ -918,7 +1052,9 @@ mod tests {
         let keys: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
         let want: BTreeSet<&str> = fields.iter().copied().collect();
         assert_eq!(keys, want, "field set of {line}");
-        let mut positions = fields.iter().map(|f| line.find(&format!("\"{f}\":")).expect(f));
+        let mut positions = fields
+            .iter()
+            .map(|f| line.find(&format!("\"{f}\":")).expect(f));
         let mut prev = positions.next().unwrap();
         for p in positions {
             assert!(p > prev, "fields out of AWS order in {line}");
@@ -946,14 +1082,35 @@ mod tests {
     fn connlog_time_format_matches_aws() {
         assert_eq!(format_time(UNIX_EPOCH), "1970-01-01 00:00:00");
         assert_eq!(format_time(t0()), "2026-11-24 16:35:01");
-        assert_eq!(format_time(UNIX_EPOCH + Duration::from_secs(1_585_255_035)), "2020-03-26 20:37:15");
-        assert_eq!(format_time(UNIX_EPOCH + Duration::from_secs(1_700_000_000)), "2023-11-14 22:13:20");
+        assert_eq!(
+            format_time(UNIX_EPOCH + Duration::from_secs(1_585_255_035)),
+            "2020-03-26 20:37:15"
+        );
+        assert_eq!(
+            format_time(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            "2023-11-14 22:13:20"
+        );
         // Leap days, century rules, end of year, sub-second truncation.
-        assert_eq!(format_time(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29 00:00:00");
-        assert_eq!(format_time(UNIX_EPOCH + Duration::from_secs(1_709_251_199)), "2024-02-29 23:59:59");
-        assert_eq!(format_time(UNIX_EPOCH + Duration::from_secs(4_107_542_400)), "2100-03-01 00:00:00");
-        assert_eq!(format_time(UNIX_EPOCH + Duration::from_millis(1_704_067_199_999)), "2023-12-31 23:59:59");
-        assert_eq!(format_time(UNIX_EPOCH - Duration::from_secs(10)), "1970-01-01 00:00:00");
+        assert_eq!(
+            format_time(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29 00:00:00"
+        );
+        assert_eq!(
+            format_time(UNIX_EPOCH + Duration::from_secs(1_709_251_199)),
+            "2024-02-29 23:59:59"
+        );
+        assert_eq!(
+            format_time(UNIX_EPOCH + Duration::from_secs(4_107_542_400)),
+            "2100-03-01 00:00:00"
+        );
+        assert_eq!(
+            format_time(UNIX_EPOCH + Duration::from_millis(1_704_067_199_999)),
+            "2023-12-31 23:59:59"
+        );
+        assert_eq!(
+            format_time(UNIX_EPOCH - Duration::from_secs(10)),
+            "1970-01-01 00:00:00"
+        );
     }
 
     #[test]
@@ -983,13 +1140,19 @@ mod tests {
 
     #[test]
     fn connlog_monotonic_conversion_is_close_to_now() {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         let mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
         let now = SystemTime::now();
         let t = monotonic_ns_to_system_time(mono.saturating_sub(5_000_000_000));
         let back = now.duration_since(t).unwrap();
-        assert!(back >= Duration::from_secs(4) && back <= Duration::from_secs(6), "{back:?}");
+        assert!(
+            back >= Duration::from_secs(4) && back <= Duration::from_secs(6),
+            "{back:?}"
+        );
     }
 
     // --- connection entries ----------------------------------------------------------------
@@ -1040,7 +1203,11 @@ mod tests {
     fn connlog_failed_certificate_attempt() {
         // The handshake failed before an address was given; the certificate was read.
         let i = info().with_common_name("mallory");
-        let e = ConnectionLogEntry::attempt_failed("certificate-revoked", &i, t0() + Duration::from_secs(2));
+        let e = ConnectionLogEntry::attempt_failed(
+            "certificate-revoked",
+            &i,
+            t0() + Duration::from_secs(2),
+        );
         let obj = parse_object(&e.to_json_line(), CONNECTION_FIELDS);
         check(
             &obj,
@@ -1078,9 +1245,21 @@ mod tests {
             ("certificate-expired", "certificate-expired", "NA"),
             ("certificate-unknown-ca", "certificate-unknown-ca", "NA"),
             ("handshake-timeout", "handshake-timeout", "NA"),
-            ("certificate-invalid (BadEncoding)", "certificate-invalid", "BadEncoding"),
-            ("tls-error (peer sent no certificates (x))", "tls-error", "peer sent no certificates (x)"),
-            (FailureReason::CLIENT_CONNECT_FAILED, "client-connect-failed", "NA"),
+            (
+                "certificate-invalid (BadEncoding)",
+                "certificate-invalid",
+                "BadEncoding",
+            ),
+            (
+                "tls-error (peer sent no certificates (x))",
+                "tls-error",
+                "peer sent no certificates (x)",
+            ),
+            (
+                FailureReason::CLIENT_CONNECT_FAILED,
+                "client-connect-failed",
+                "NA",
+            ),
             ("", "unknown", "NA"),
         ] {
             let e = ConnectionLogEntry::attempt_failed(raw, &info(), at);
@@ -1099,7 +1278,11 @@ mod tests {
         let owned = String::from("certificate-expired");
         let a = ConnectionLogEntry::attempt_failed(&owned, &info(), at);
         let b = ConnectionLogEntry::attempt_failed(owned.clone(), &info(), at);
-        let c = ConnectionLogEntry::attempt_failed(FailureReason::new(FailureReason::CERTIFICATE_EXPIRED), &info(), at);
+        let c = ConnectionLogEntry::attempt_failed(
+            FailureReason::new(FailureReason::CERTIFICATE_EXPIRED),
+            &info(),
+            at,
+        );
         assert_eq!(a, b);
         assert_eq!(b, c);
         assert_eq!(FailureReason::parse("x (y)").to_string(), "x (y)");
@@ -1114,7 +1297,12 @@ mod tests {
             .with_username("joe");
         i.transport = Transport::Tcp;
         i.posture_compliance_statuses = vec!["compliant".into()];
-        let counters = TrafficCounters { ingress_bytes: 21017, egress_bytes: 16438, ingress_packets: 330, egress_packets: 325 };
+        let counters = TrafficCounters {
+            ingress_bytes: 21017,
+            egress_bytes: 16438,
+            ingress_packets: 330,
+            egress_packets: 325,
+        };
         let end = t0() + Duration::from_secs(318);
         let e = ConnectionLogEntry::reset(&i, &counters, end);
         let line = e.to_json_line();
@@ -1146,7 +1334,10 @@ mod tests {
                 ("connection-attempt-failure-detail", "NA"),
             ],
         );
-        assert_eq!(obj["posture-compliance-statuses"], serde_json::json!(["compliant"]));
+        assert_eq!(
+            obj["posture-compliance-statuses"],
+            serde_json::json!(["compliant"])
+        );
         let back: ConnectionLogEntry = serde_json::from_str(&line).unwrap();
         assert_eq!(back, e);
     }
@@ -1160,11 +1351,31 @@ mod tests {
             to_client_bytes: 4,
             dropped_packets: 5,
         });
-        assert_eq!(c, TrafficCounters { ingress_packets: 1, ingress_bytes: 2, egress_packets: 3, egress_bytes: 4 });
+        assert_eq!(
+            c,
+            TrafficCounters {
+                ingress_packets: 1,
+                ingress_bytes: 2,
+                egress_packets: 3,
+                egress_bytes: 4
+            }
+        );
         // u64::MAX survives as a string (a JSON number would lose precision in many parsers).
-        let big = TrafficCounters { ingress_bytes: u64::MAX, ..Default::default() };
-        let obj = parse_object(&ConnectionLogEntry::reset(&info(), &big, t0()).to_json_line(), CONNECTION_FIELDS);
-        check(&obj, &[("ingress-bytes", "18446744073709551615"), ("connection-duration-seconds", "0")]);
+        let big = TrafficCounters {
+            ingress_bytes: u64::MAX,
+            ..Default::default()
+        };
+        let obj = parse_object(
+            &ConnectionLogEntry::reset(&info(), &big, t0()).to_json_line(),
+            CONNECTION_FIELDS,
+        );
+        check(
+            &obj,
+            &[
+                ("ingress-bytes", "18446744073709551615"),
+                ("connection-duration-seconds", "0"),
+            ],
+        );
     }
 
     #[test]
@@ -1173,14 +1384,37 @@ mod tests {
         // an empty common name or username is "NA"; an end before the start gives duration 0.
         let mut i = info().with_common_name("").with_username("");
         i.device = "[::ffff:198.51.100.7]:443".parse().unwrap();
-        let obj = parse_object(&ConnectionLogEntry::attempt_succeeded(&i).to_json_line(), CONNECTION_FIELDS);
-        check(&obj, &[("device-ip", "198.51.100.7"), ("port", "443"), ("common-name", "NA"), ("username", "NA")]);
-        i.device = "[2001:db8::1]:1194".parse().unwrap();
         let obj = parse_object(
-            &ConnectionLogEntry::reset(&i, &TrafficCounters::default(), t0() - Duration::from_secs(5)).to_json_line(),
+            &ConnectionLogEntry::attempt_succeeded(&i).to_json_line(),
             CONNECTION_FIELDS,
         );
-        check(&obj, &[("device-ip", "2001:db8::1"), ("port", "1194"), ("connection-duration-seconds", "0")]);
+        check(
+            &obj,
+            &[
+                ("device-ip", "198.51.100.7"),
+                ("port", "443"),
+                ("common-name", "NA"),
+                ("username", "NA"),
+            ],
+        );
+        i.device = "[2001:db8::1]:1194".parse().unwrap();
+        let obj = parse_object(
+            &ConnectionLogEntry::reset(
+                &i,
+                &TrafficCounters::default(),
+                t0() - Duration::from_secs(5),
+            )
+            .to_json_line(),
+            CONNECTION_FIELDS,
+        );
+        check(
+            &obj,
+            &[
+                ("device-ip", "2001:db8::1"),
+                ("port", "1194"),
+                ("connection-duration-seconds", "0"),
+            ],
+        );
         // Quotes and control characters in a common name stay inside one JSON string.
         let i = info().with_common_name("evil\"\n{name}");
         let line = ConnectionLogEntry::attempt_succeeded(&i).to_json_line();
@@ -1211,7 +1445,13 @@ mod tests {
             (FlowEventKind::NatFull, "nat-table-full"),
             (FlowEventKind::Other(99), "unknown"),
         ] {
-            let e = FlowLogEntry::from_event_at(ENDPOINT_ID, &flow_event(kind, 6), Some(CONN_ID), Some("joe"), t0());
+            let e = FlowLogEntry::from_event_at(
+                ENDPOINT_ID,
+                &flow_event(kind, 6),
+                Some(CONN_ID),
+                Some("joe"),
+                t0(),
+            );
             let line = e.to_json_line();
             let obj = parse_object(&line, FLOW_FIELDS);
             check(
@@ -1238,7 +1478,10 @@ mod tests {
     fn connlog_flow_unknown_session_and_protocols() {
         let mut ev = flow_event(FlowEventKind::UnknownSource, 17);
         ev.session_id = 0;
-        let obj = parse_object(&FlowLogEntry::from_event_at(ENDPOINT_ID, &ev, None, None, t0()).to_json_line(), FLOW_FIELDS);
+        let obj = parse_object(
+            &FlowLogEntry::from_event_at(ENDPOINT_ID, &ev, None, None, t0()).to_json_line(),
+            FLOW_FIELDS,
+        );
         check(
             &obj,
             &[
@@ -1252,14 +1495,34 @@ mod tests {
         );
         // ICMP: the data plane keeps the echo identifier in the port fields; not a port.
         let obj = parse_object(
-            &FlowLogEntry::from_event_at(ENDPOINT_ID, &flow_event(FlowEventKind::Denied, 1), Some(CONN_ID), None, t0())
-                .to_json_line(),
+            &FlowLogEntry::from_event_at(
+                ENDPOINT_ID,
+                &flow_event(FlowEventKind::Denied, 1),
+                Some(CONN_ID),
+                None,
+                t0(),
+            )
+            .to_json_line(),
             FLOW_FIELDS,
         );
-        check(&obj, &[("protocol", "icmp"), ("source-port", "NA"), ("destination-port", "NA"), ("username", "NA")]);
+        check(
+            &obj,
+            &[
+                ("protocol", "icmp"),
+                ("source-port", "NA"),
+                ("destination-port", "NA"),
+                ("username", "NA"),
+            ],
+        );
         let obj = parse_object(
-            &FlowLogEntry::from_event_at(ENDPOINT_ID, &flow_event(FlowEventKind::NoRoute, 47), None, None, t0())
-                .to_json_line(),
+            &FlowLogEntry::from_event_at(
+                ENDPOINT_ID,
+                &flow_event(FlowEventKind::NoRoute, 47),
+                None,
+                None,
+                t0(),
+            )
+            .to_json_line(),
             FLOW_FIELDS,
         );
         check(&obj, &[("protocol", "47"), ("source-port", "NA")]);
@@ -1267,26 +1530,41 @@ mod tests {
 
     #[test]
     fn connlog_flow_from_monotonic_timestamp() {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         let mut ev = flow_event(FlowEventKind::Denied, 6);
         ev.timestamp_ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
         let before = format_time(SystemTime::now() - Duration::from_secs(1));
         let e = FlowLogEntry::from_event(ENDPOINT_ID, &ev, Some(CONN_ID), Some("joe"));
         let after = format_time(SystemTime::now() + Duration::from_secs(1));
-        assert!(before <= e.timestamp && e.timestamp <= after, "{before} <= {} <= {after}", e.timestamp);
+        assert!(
+            before <= e.timestamp && e.timestamp <= after,
+            "{before} <= {} <= {after}",
+            e.timestamp
+        );
     }
 
     // --- writer ----------------------------------------------------------------------------
 
     fn tiny(max: u64, keep: usize) -> LogOptions {
-        LogOptions { max_file_bytes: max, keep_files: keep, stdout: false }
+        LogOptions {
+            max_file_bytes: max,
+            keep_files: keep,
+            stdout: false,
+        }
     }
 
     fn read_lines(p: &Path) -> Vec<String> {
         match fs::read_to_string(p) {
             Ok(s) => {
-                assert!(s.is_empty() || s.ends_with('\n'), "{} ends with a newline", p.display());
+                assert!(
+                    s.is_empty() || s.ends_with('\n'),
+                    "{} ends with a newline",
+                    p.display()
+                );
                 s.lines().map(str::to_string).collect()
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
@@ -1302,7 +1580,13 @@ mod tests {
         assert!(!o.stdout);
         // The options deserialize with defaults for missing fields.
         let o: LogOptions = serde_json::from_str(r#"{"keep_files": 2}"#).unwrap();
-        assert_eq!(o, LogOptions { keep_files: 2, ..LogOptions::default() });
+        assert_eq!(
+            o,
+            LogOptions {
+                keep_files: 2,
+                ..LogOptions::default()
+            }
+        );
     }
 
     #[test]
@@ -1311,26 +1595,55 @@ mod tests {
         let dir = tmp.path().join("a/b/logs");
         let logs = ConnectionLogs::open(&dir, &LogOptions::default()).unwrap();
         for d in [tmp.path().join("a"), tmp.path().join("a/b"), dir.clone()] {
-            assert_eq!(fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700, "{}", d.display());
+            assert_eq!(
+                fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+                0o700,
+                "{}",
+                d.display()
+            );
         }
-        logs.connection(&ConnectionLogEntry::attempt_succeeded(&info())).unwrap();
-        logs.flow(&FlowLogEntry::from_event_at(ENDPOINT_ID, &flow_event(FlowEventKind::Denied, 6), None, None, t0()))
+        logs.connection(&ConnectionLogEntry::attempt_succeeded(&info()))
             .unwrap();
+        logs.flow(&FlowLogEntry::from_event_at(
+            ENDPOINT_ID,
+            &flow_event(FlowEventKind::Denied, 6),
+            None,
+            None,
+            t0(),
+        ))
+        .unwrap();
         logs.sync().unwrap();
         for f in [CONNECTION_LOG_FILE, FLOW_LOG_FILE] {
             let p = dir.join(f);
-            assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600, "{}", p.display());
+            assert_eq!(
+                fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{}",
+                p.display()
+            );
             assert_eq!(read_lines(&p).len(), 1);
         }
         assert_eq!(logs.connection_writer().path(), dir.join("connection.log"));
-        assert_eq!(logs.flow_writer().generation_path(2), dir.join("flow.log.2"));
+        assert_eq!(
+            logs.flow_writer().generation_path(2),
+            dir.join("flow.log.2")
+        );
         // Rotated files are 0600 too.
         let w = LogWriter::open(&dir, "r.log", &tiny(10, 2)).unwrap();
         for i in 0..3 {
             w.write_line(&format!("line {i}")).unwrap();
         }
-        for p in [w.path().to_path_buf(), w.generation_path(1), w.generation_path(2)] {
-            assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600, "{}", p.display());
+        for p in [
+            w.path().to_path_buf(),
+            w.generation_path(1),
+            w.generation_path(2),
+        ] {
+            assert_eq!(
+                fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{}",
+                p.display()
+            );
         }
     }
 
@@ -1360,7 +1673,11 @@ mod tests {
         assert_eq!(read_lines(&w.generation_path(3)), ["line 04", "line 05"]);
         assert!(!w.generation_path(4).exists(), "only 3 generations kept");
         for n in 0..=3 {
-            let p = if n == 0 { w.path().to_path_buf() } else { w.generation_path(n) };
+            let p = if n == 0 {
+                w.path().to_path_buf()
+            } else {
+                w.generation_path(n)
+            };
             assert!(fs::metadata(&p).unwrap().len() <= 20, "{}", p.display());
         }
     }
@@ -1399,7 +1716,10 @@ mod tests {
         let tmp = TempDir::new("name");
         for bad in ["", "a/b", "..", "."] {
             let err = LogWriter::open(tmp.path(), bad, &LogOptions::default()).unwrap_err();
-            assert!(matches!(err, LogError::InvalidName { .. }), "{bad:?}: {err}");
+            assert!(
+                matches!(err, LogError::InvalidName { .. }),
+                "{bad:?}: {err}"
+            );
         }
     }
 
@@ -1415,10 +1735,16 @@ mod tests {
                 let w = Arc::clone(&w);
                 std::thread::spawn(move || {
                     for n in 0..PER_THREAD {
-                        let mut i = info().with_username(format!("user-{t}")).with_common_name("x".repeat(40));
+                        let mut i = info()
+                            .with_username(format!("user-{t}"))
+                            .with_common_name("x".repeat(40));
                         i.connection_id = format!("cvpn-connection-{t:02}{n:015}");
-                        let c = TrafficCounters { ingress_bytes: n as u64, ..Default::default() };
-                        w.write_entry(&ConnectionLogEntry::reset(&i, &c, t0())).unwrap();
+                        let c = TrafficCounters {
+                            ingress_bytes: n as u64,
+                            ..Default::default()
+                        };
+                        w.write_entry(&ConnectionLogEntry::reset(&i, &c, t0()))
+                            .unwrap();
                     }
                 })
             })
@@ -1431,24 +1757,39 @@ mod tests {
         let mut seen: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         let mut files = 0;
         // Oldest generation first, so each thread's lines come in write order.
-        let mut paths: Vec<PathBuf> = (1..=1000).rev().map(|n| w.generation_path(n)).filter(|p| p.exists()).collect();
+        let mut paths: Vec<PathBuf> = (1..=1000)
+            .rev()
+            .map(|n| w.generation_path(n))
+            .filter(|p| p.exists())
+            .collect();
         paths.push(w.path().to_path_buf());
         for p in &paths {
             files += 1;
-            assert!(fs::metadata(p).unwrap().len() <= 4096, "{} over the limit", p.display());
+            assert!(
+                fs::metadata(p).unwrap().len() <= 4096,
+                "{} over the limit",
+                p.display()
+            );
             for line in read_lines(p) {
                 let obj = parse_object(&line, CONNECTION_FIELDS);
                 let user = obj["username"].as_str().unwrap();
                 let t: usize = user.strip_prefix("user-").unwrap().parse().unwrap();
                 let n: usize = obj["ingress-bytes"].as_str().unwrap().parse().unwrap();
-                assert_eq!(obj["connection-id"].as_str().unwrap(), format!("cvpn-connection-{t:02}{n:015}"));
+                assert_eq!(
+                    obj["connection-id"].as_str().unwrap(),
+                    format!("cvpn-connection-{t:02}{n:015}")
+                );
                 seen.entry(t).or_default().push(n);
             }
         }
         assert!(files > 100, "rotated many times ({files} files)");
         assert_eq!(seen.len(), THREADS);
         for (t, ns) in seen {
-            assert_eq!(ns, (0..PER_THREAD).collect::<Vec<_>>(), "thread {t}: every line, in order");
+            assert_eq!(
+                ns,
+                (0..PER_THREAD).collect::<Vec<_>>(),
+                "thread {t}: every line, in order"
+            );
         }
     }
 
@@ -1463,8 +1804,14 @@ mod tests {
                     for n in 0..300u16 {
                         let mut ev = flow_event(FlowEventKind::Denied, 6);
                         ev.src_port = n;
-                        w.write_entry(&FlowLogEntry::from_event_at(ENDPOINT_ID, &ev, Some(CONN_ID), Some(&format!("u{t}")), t0()))
-                            .unwrap();
+                        w.write_entry(&FlowLogEntry::from_event_at(
+                            ENDPOINT_ID,
+                            &ev,
+                            Some(CONN_ID),
+                            Some(&format!("u{t}")),
+                            t0(),
+                        ))
+                        .unwrap();
                     }
                 })
             })
@@ -1475,11 +1822,17 @@ mod tests {
         assert!(w.generation_path(2).exists() && !w.generation_path(3).exists());
         let mut seen: BTreeMap<String, Vec<u16>> = BTreeMap::new();
         let mut total = 0;
-        for p in [w.generation_path(2), w.generation_path(1), w.path().to_path_buf()] {
+        for p in [
+            w.generation_path(2),
+            w.generation_path(1),
+            w.path().to_path_buf(),
+        ] {
             for line in read_lines(&p) {
                 let obj = parse_object(&line, FLOW_FIELDS);
                 let n: u16 = obj["source-port"].as_str().unwrap().parse().unwrap();
-                seen.entry(obj["username"].as_str().unwrap().to_string()).or_default().push(n);
+                seen.entry(obj["username"].as_str().unwrap().to_string())
+                    .or_default()
+                    .push(n);
                 total += 1;
             }
         }
@@ -1502,7 +1855,10 @@ mod tests {
         fs::remove_file(w.path()).unwrap();
         w.write_line("two").unwrap();
         assert_eq!(read_lines(w.path()), ["two"]);
-        assert_eq!(fs::metadata(w.path()).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(w.path()).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         // Renamed away (logrotate): the old file gets nothing more.
         let moved = tmp.path().join("connection.log-20261124");
         fs::rename(w.path(), &moved).unwrap();
@@ -1513,9 +1869,16 @@ mod tests {
         fs::remove_dir_all(tmp.path()).unwrap();
         w.write_line("four").unwrap();
         assert_eq!(read_lines(w.path()), ["four"]);
-        assert_eq!(fs::metadata(tmp.path()).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(tmp.path()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         // Truncated externally (copytruncate): appending goes on at the new end.
-        fs::OpenOptions::new().write(true).truncate(true).open(w.path()).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(w.path())
+            .unwrap();
         w.write_line("five").unwrap();
         assert_eq!(read_lines(w.path()), ["five"]);
         w.sync().unwrap();
@@ -1531,7 +1894,10 @@ mod tests {
         other.write_all(b"someone else's line.....\n").unwrap();
         w.write_line("next").unwrap();
         assert_eq!(read_lines(w.path()), ["next"]);
-        assert_eq!(read_lines(&w.generation_path(1)), ["mine", "someone else's line....."]);
+        assert_eq!(
+            read_lines(&w.generation_path(1)),
+            ["mine", "someone else's line....."]
+        );
     }
 
     #[derive(Clone)]
@@ -1563,9 +1929,17 @@ mod tests {
         let tmp = TempDir::new("mirror");
         let buf = Shared(Arc::new(StdMutex::new(Vec::new())));
         // Files that hold exactly two lines (all lines have the same length): five files.
-        let len = ConnectionLogEntry::attempt_succeeded(&info()).to_json_line().len() as u64 + 1;
-        let w = LogWriter::open_with(tmp.path(), "m.log", &tiny(2 * len, 10), Mirror::Writer(Box::new(buf.clone())))
-            .unwrap();
+        let len = ConnectionLogEntry::attempt_succeeded(&info())
+            .to_json_line()
+            .len() as u64
+            + 1;
+        let w = LogWriter::open_with(
+            tmp.path(),
+            "m.log",
+            &tiny(2 * len, 10),
+            Mirror::Writer(Box::new(buf.clone())),
+        )
+        .unwrap();
         let mut want = Vec::new();
         for n in 0..10 {
             let mut i = info();
@@ -1579,7 +1953,11 @@ mod tests {
         // And the files (with rotation) hold the same lines.
         let mut from_files = Vec::new();
         assert!(w.generation_path(4).exists() && !w.generation_path(5).exists());
-        for p in (1..=10).rev().map(|n| w.generation_path(n)).chain([w.path().to_path_buf()]) {
+        for p in (1..=10)
+            .rev()
+            .map(|n| w.generation_path(n))
+            .chain([w.path().to_path_buf()])
+        {
             from_files.extend(read_lines(&p));
         }
         assert_eq!(from_files, want);
@@ -1588,7 +1966,13 @@ mod tests {
     #[test]
     fn connlog_writer_broken_mirror_still_writes_the_file() {
         let tmp = TempDir::new("broken");
-        let w = LogWriter::open_with(tmp.path(), "b.log", &LogOptions::default(), Mirror::Writer(Box::new(Broken))).unwrap();
+        let w = LogWriter::open_with(
+            tmp.path(),
+            "b.log",
+            &LogOptions::default(),
+            Mirror::Writer(Box::new(Broken)),
+        )
+        .unwrap();
         let err = w.write_line("kept").unwrap_err();
         assert!(matches!(err, LogError::Stdout { .. }));
         assert!(err.to_string().contains("b.log"), "{err}");
@@ -1598,7 +1982,14 @@ mod tests {
     #[test]
     fn connlog_writer_stdout_option_keeps_file_output() {
         let tmp = TempDir::new("stdout");
-        let logs = ConnectionLogs::open(tmp.path(), &LogOptions { stdout: true, ..LogOptions::default() }).unwrap();
+        let logs = ConnectionLogs::open(
+            tmp.path(),
+            &LogOptions {
+                stdout: true,
+                ..LogOptions::default()
+            },
+        )
+        .unwrap();
         // (This line shows in the test's captured-or-not stdout: one line only.)
         let e = ConnectionLogEntry::attempt_failed("handshake-timeout", &info(), t0());
         logs.connection(&e).unwrap();
@@ -1622,7 +2013,8 @@ mod tests {
         assert!(err.to_string().contains("not-a-dir/logs"), "{err}");
         // A directory where the file should be.
         fs::create_dir_all(tmp.path().join("d/c.log")).unwrap();
-        let err = LogWriter::open(tmp.path().join("d"), "c.log", &LogOptions::default()).unwrap_err();
+        let err =
+            LogWriter::open(tmp.path().join("d"), "c.log", &LogOptions::default()).unwrap_err();
         assert!(matches!(err, LogError::Open { .. }), "{err}");
         assert!(err.to_string().contains("d/c.log"), "{err}");
     }

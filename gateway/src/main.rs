@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use gateway::dataplane::{DataPlane, DataPlaneConfig};
 
 #[derive(Parser)]
-#[command(name = "cvpn", version, about = "Self-hosted Client VPN gateway with a kernel (eBPF) data plane")]
+#[command(
+    name = "cvpn",
+    version,
+    about = "Self-hosted Client VPN gateway with a kernel (eBPF) data plane"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,7 +77,13 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, tun, data_dir, api_socket, log_stdout } => {
+        Command::Serve {
+            config,
+            tun,
+            data_dir,
+            api_socket,
+            log_stdout,
+        } => {
             let endpoint_file = match &config {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
@@ -98,12 +108,20 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(code);
             }
         }
-        Command::Apply { file, data_dir, config } => {
+        Command::Apply {
+            file,
+            data_dir,
+            config,
+        } => {
             let daemon = match &config {
                 Some(p) => gateway::control::DaemonConfig::load(p)?,
                 None => gateway::control::DaemonConfig::default(),
             };
-            apply(&file, data_dir.unwrap_or_else(|| daemon.data_dir.clone()), daemon.quotas)?
+            apply(
+                &file,
+                data_dir.unwrap_or_else(|| daemon.data_dir.clone()),
+                daemon.quotas,
+            )?
         }
         Command::Check => {
             let dp = DataPlane::load(DataPlaneConfig::default())
@@ -157,7 +175,12 @@ fn serve_daemon(
     })
 }
 
-fn serve(path: &std::path::Path, tun_name: String, data_dir: std::path::PathBuf, log_stdout: bool) -> anyhow::Result<()> {
+fn serve(
+    path: &std::path::Path,
+    tun_name: String,
+    data_dir: std::path::PathBuf,
+    log_stdout: bool,
+) -> anyhow::Result<()> {
     use gateway::{
         config::EndpointConfig,
         dataplane::TargetSpec,
@@ -165,15 +188,32 @@ fn serve(path: &std::path::Path, tun_name: String, data_dir: std::path::PathBuf,
         server::{Server, ServerSettings},
     };
     let cfg = EndpointConfig::load(path)?;
-    let tls = TlsMaterial::load(&cfg.server_cert, &cfg.server_key, &cfg.client_ca, cfg.crl.as_deref())?;
+    let tls = TlsMaterial::load(
+        &cfg.server_cert,
+        &cfg.server_key,
+        &cfg.client_ca,
+        cfg.crl.as_deref(),
+    )?;
     let targets: Vec<TargetSpec> = cfg
         .target_networks
         .iter()
         .enumerate()
-        .map(|(i, t)| TargetSpec { id: i as u32 + 1, interface: t.interface.clone(), snat_addr: t.snat_address })
+        .map(|(i, t)| TargetSpec {
+            id: i as u32 + 1,
+            interface: t.interface.clone(),
+            snat_addr: t.snat_address,
+        })
         .collect();
-    let policy = cfg.policy(|iface| targets.iter().find(|t| t.interface == iface).map_or(0, |t| t.id));
-    let targets_by_interface: Vec<(String, u32)> = targets.iter().map(|t| (t.interface.clone(), t.id)).collect();
+    let policy = cfg.policy(|iface| {
+        targets
+            .iter()
+            .find(|t| t.interface == iface)
+            .map_or(0, |t| t.id)
+    });
+    let targets_by_interface: Vec<(String, u32)> = targets
+        .iter()
+        .map(|t| (t.interface.clone(), t.id))
+        .collect();
     let settings = ServerSettings {
         listen: std::net::SocketAddr::new(cfg.listen, cfg.port),
         transport: cfg.transport,
@@ -189,10 +229,14 @@ fn serve(path: &std::path::Path, tun_name: String, data_dir: std::path::PathBuf,
         // Stable across restarts: derived from what identifies the endpoint on this host.
         endpoint_id: endpoint_id(&cfg),
         log_dir: Some(data_dir),
-        log_options: gateway::connlog::LogOptions { stdout: log_stdout, ..Default::default() },
+        log_options: gateway::connlog::LogOptions {
+            stdout: log_stdout,
+            ..Default::default()
+        },
         ping: cfg.ping,
         ping_restart: cfg.ping_restart,
-        reneg_after: (cfg.reneg_sec > 0).then(|| std::time::Duration::from_secs(cfg.reneg_sec.into())),
+        reneg_after: (cfg.reneg_sec > 0)
+            .then(|| std::time::Duration::from_secs(cfg.reneg_sec.into())),
         shared_logs: None,
         recorder: None,
         counters_every: std::time::Duration::from_secs(5),
@@ -230,13 +274,22 @@ fn serve(path: &std::path::Path, tun_name: String, data_dir: std::path::PathBuf,
 /// `cvpn-endpoint-` and 17 hex digits of a digest of the endpoint's client CIDR, transport and
 /// port: the same endpoint keeps its id across restarts.
 fn endpoint_id(cfg: &gateway::config::EndpointConfig) -> String {
-    let key = format!("{}|{}|{}", cfg.client_cidr, cfg.transport.as_str(), cfg.port);
+    let key = format!(
+        "{}|{}|{}",
+        cfg.client_cidr,
+        cfg.transport.as_str(),
+        cfg.port
+    );
     let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("cvpn-endpoint-{}", &hex[..17])
 }
 
-fn apply(path: &std::path::Path, data_dir: std::path::PathBuf, quotas: gateway::storage::Quotas) -> anyhow::Result<()> {
+fn apply(
+    path: &std::path::Path,
+    data_dir: std::path::PathBuf,
+    quotas: gateway::storage::Quotas,
+) -> anyhow::Result<()> {
     use gateway::{
         config::EndpointConfig,
         storage::{apply_endpoint_config, Store, StoreOptions},
@@ -249,9 +302,12 @@ fn apply(path: &std::path::Path, data_dir: std::path::PathBuf, quotas: gateway::
     let key = read(&cfg.server_key, "server key")?;
     let ca = read(&cfg.client_ca, "client CA")?;
     let crl = cfg.crl.as_deref().map(|p| read(p, "CRL")).transpose()?;
-    let store = Store::open(StoreOptions { quotas, ..StoreOptions::in_dir(&data_dir) })
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("opening the database in {}", data_dir.display()))?;
+    let store = Store::open(StoreOptions {
+        quotas,
+        ..StoreOptions::in_dir(&data_dir)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))
+    .with_context(|| format!("opening the database in {}", data_dir.display()))?;
     let report = apply_endpoint_config(&store, &cfg, &cert, &key, &ca, crl.as_deref())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if report.created {

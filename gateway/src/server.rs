@@ -39,8 +39,9 @@ use crate::{
 };
 
 /// OpenVPN's keepalive ping: a data-channel packet with this payload.
-pub const PING_MAGIC: [u8; 16] =
-    [0x2a, 0x18, 0x7b, 0xf3, 0x64, 0x1e, 0xb4, 0xcb, 0x07, 0xed, 0x2d, 0x0a, 0x98, 0x1f, 0xc7, 0x48];
+pub const PING_MAGIC: [u8; 16] = [
+    0x2a, 0x18, 0x7b, 0xf3, 0x64, 0x1e, 0xb4, 0xcb, 0x07, 0xed, 0x2d, 0x0a, 0x98, 0x1f, 0xc7, 0x48,
+];
 
 /// Transport of an endpoint.
 pub use crate::storage::TransportProtocol as Transport;
@@ -115,7 +116,11 @@ pub trait ConnectionRecorder: Send + Sync + std::fmt::Debug {
 
 impl ServerSettings {
     pub fn default_ciphers() -> Vec<String> {
-        vec!["AES-256-GCM".into(), "AES-128-GCM".into(), "CHACHA20-POLY1305".into()]
+        vec![
+            "AES-256-GCM".into(),
+            "AES-128-GCM".into(),
+            "CHACHA20-POLY1305".into(),
+        ]
     }
 }
 
@@ -201,7 +206,11 @@ impl TxShared {
             self.send_to(Peer::Udp(dest), datagram);
             return;
         }
-        let max = self.udp_state.as_ref().map_or(1, |s| s.max_gso_segments()).clamp(1, 64);
+        let max = self
+            .udp_state
+            .as_ref()
+            .map_or(1, |s| s.max_gso_segments())
+            .clamp(1, 64);
         let fits = gso.dest == Some(dest)
             && datagram.len() <= gso.segment
             && gso.count < max
@@ -233,13 +242,17 @@ impl TxShared {
                 segment_size: (gso.count > 1).then_some(gso.segment),
                 src_ip: None,
             };
-            match sock.try_io(tokio::io::Interest::WRITABLE, || state.try_send(sock.as_ref().into(), &t)) {
+            match sock.try_io(tokio::io::Interest::WRITABLE, || {
+                state.try_send(sock.as_ref().into(), &t)
+            }) {
                 Ok(()) => {}
                 // Socket buffer full: dropped, as a congested link would.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     debug!(%dest, segments = gso.count, "UDP batch dropped: send buffer full")
                 }
-                Err(e) => warn!(error = %e, %dest, segments = gso.count, bytes = gso.buf.len(), "UDP batch send failed"),
+                Err(e) => {
+                    warn!(error = %e, %dest, segments = gso.count, bytes = gso.buf.len(), "UDP batch send failed")
+                }
             }
         }
         gso.buf.clear();
@@ -254,7 +267,9 @@ impl TxShared {
             return;
         }
         let dst = Ipv4Addr::new(buf[24 + 16], buf[24 + 17], buf[24 + 18], buf[24 + 19]);
-        let Some(tx) = read_lock(&self.sessions).get(&dst).cloned() else { return };
+        let Some(tx) = read_lock(&self.sessions).get(&dst).cloned() else {
+            return;
+        };
         let (peer, len) = {
             let mut t = lock(&tx);
             match t.sealer.seal_in_place(&mut buf[..24 + n], n) {
@@ -277,12 +292,15 @@ impl TxShared {
     /// Keepalive: a ping to every client we have sent nothing to for `interval`.
     fn keepalive(&self, interval: Duration) {
         let now = Instant::now();
-        let sessions: Vec<Arc<Mutex<TxSession>>> = read_lock(&self.sessions).values().cloned().collect();
+        let sessions: Vec<Arc<Mutex<TxSession>>> =
+            read_lock(&self.sessions).values().cloned().collect();
         for tx in sessions {
             let mut out = Vec::new();
             let peer = {
                 let mut t = lock(&tx);
-                if now.duration_since(t.last_tx) < interval || t.sealer.seal(&PING_MAGIC, &mut out).is_err() {
+                if now.duration_since(t.last_tx) < interval
+                    || t.sealer.seal(&PING_MAGIC, &mut out).is_err()
+                {
                     continue;
                 }
                 t.last_tx = now;
@@ -345,7 +363,10 @@ impl TunReader {
                 });
             })
             .context("starting the TUN reader thread")?;
-        Ok(TunReader { stop, thread: Some(thread) })
+        Ok(TunReader {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Stops the thread (within one tick) and waits for it.
@@ -371,13 +392,22 @@ pub enum ServerCommand {
     /// End the sessions of these connection ids or usernames: HALT is sent to each client (it
     /// exits rather than reconnecting), the session leaves the data plane and its address is
     /// freed. Ids that are not running are reported ended to the recorder.
-    Terminate { connection_ids: Vec<String>, usernames: Vec<String> },
+    Terminate {
+        connection_ids: Vec<String>,
+        usernames: Vec<String>,
+    },
     /// Replace the target networks and, with them, the rules and routes (an association was
     /// added or removed); running sessions are kept.
-    ReplaceNetwork { targets: Vec<TargetSpec>, policy: Policy },
+    ReplaceNetwork {
+        targets: Vec<TargetSpec>,
+        policy: Policy,
+    },
     /// New TLS material (a CRL import): new handshakes use it, and the sessions whose client
     /// certificate serial (`aa:bb:…`) is listed end at once.
-    ReplaceTls { tls: TlsMaterial, revoked_serials: Vec<String> },
+    ReplaceTls {
+        tls: TlsMaterial,
+        revoked_serials: Vec<String>,
+    },
     /// New session timeout and connect handler.
     LiveSettings(LiveSettings),
 }
@@ -433,22 +463,33 @@ struct Admission {
 }
 
 /// The connect handler's answer for a connection.
-type HandlerAnswer = (u64, Result<crate::connect_handler::ConnectResponse, crate::connect_handler::HandlerError>);
+type HandlerAnswer = (
+    u64,
+    Result<crate::connect_handler::ConnectResponse, crate::connect_handler::HandlerError>,
+);
 
 enum TcpEvent {
     Frame(u64, Vec<u8>),
     Closed(u64),
 }
 
-
 fn unix_now() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("running `ip` (iproute2)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running `ip` (iproute2)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -484,11 +525,18 @@ impl Server {
     pub fn new(settings: ServerSettings) -> Result<Self> {
         let pool = AddressPool::new(settings.client_cidr).context("client CIDR")?;
         let tls = settings.tls.server_config().context("TLS configuration")?;
-        let session_config = Arc::new(SessionConfig { force_tls_prf: settings.force_tls_prf, ..SessionConfig::new(tls) });
+        let session_config = Arc::new(SessionConfig {
+            force_tls_prf: settings.force_tls_prf,
+            ..SessionConfig::new(tls)
+        });
 
         let tun = Tun::open_with(&settings.tun_name, Kind::Tun, false, true)
             .with_context(|| format!("creating TUN device {}", settings.tun_name))?;
-        let gw = format!("{}/{}", pool.gateway_addr(), settings.client_cidr.prefix_len());
+        let gw = format!(
+            "{}/{}",
+            pool.gateway_addr(),
+            settings.client_cidr.prefix_len()
+        );
         ip(&["addr", "replace", &gw, "dev", &settings.tun_name])?;
         ip(&["link", "set", &settings.tun_name, "mtu", "1500", "up"])?;
 
@@ -498,11 +546,16 @@ impl Server {
         })
         .context("loading the kernel data plane")?;
         for t in &settings.targets {
-            dataplane.add_target_network(t.clone()).with_context(|| format!("target network {}", t.interface))?;
+            dataplane
+                .add_target_network(t.clone())
+                .with_context(|| format!("target network {}", t.interface))?;
             check_target_overlap(settings.client_cidr, t)?;
         }
         dataplane
-            .replace_policy(with_connected_routes(settings.policy.clone(), &settings.targets))
+            .replace_policy(with_connected_routes(
+                settings.policy.clone(),
+                &settings.targets,
+            ))
             .context("applying rules and routes")?;
 
         let logs = match (&settings.shared_logs, &settings.log_dir) {
@@ -525,7 +578,8 @@ impl Server {
             handler_tx,
             handler_rx: Some(handler_rx),
             flow_events,
-            cookies: CookieJar::new().map_err(|_| anyhow::anyhow!("no system randomness for the cookie key"))?,
+            cookies: CookieJar::new()
+                .map_err(|_| anyhow::anyhow!("no system randomness for the cookie key"))?,
             session_config,
             pool,
             dataplane,
@@ -582,7 +636,11 @@ impl Server {
                 // Room for bursts: the data channel is bulk traffic.
                 let _ = state.set_recv_buffer_size((&sock).into(), 8 << 20);
                 let _ = state.set_send_buffer_size((&sock).into(), 8 << 20);
-                info!(gso_segments = state.max_gso_segments(), gro_segments = state.gro_segments(), "UDP offloads");
+                info!(
+                    gso_segments = state.max_gso_segments(),
+                    gro_segments = state.gro_segments(),
+                    "UDP offloads"
+                );
                 self.tx.udp_state = Some(Arc::new(state));
                 self.tx.udp = Some(Arc::new(sock));
                 None
@@ -600,8 +658,18 @@ impl Server {
         let mut rx_bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; 65536]).collect();
         let mut rx_meta = vec![quinn_udp::RecvMeta::default(); RECV_BATCH];
         // The TUN side (read, encrypt, send) runs on a thread of its own.
-        let mut handler_rx = self.handler_rx.take().unwrap_or_else(|| mpsc::unbounded_channel().1);
-        let reader = TunReader::spawn(self.tun.get_ref().try_clone().context("second handle on the TUN")?, self.tx.clone(), Duration::from_secs(self.settings.ping as u64))?;
+        let mut handler_rx = self
+            .handler_rx
+            .take()
+            .unwrap_or_else(|| mpsc::unbounded_channel().1);
+        let reader = TunReader::spawn(
+            self.tun
+                .get_ref()
+                .try_clone()
+                .context("second handle on the TUN")?,
+            self.tx.clone(),
+            Duration::from_secs(self.settings.ping as u64),
+        )?;
         tokio::pin!(shutdown);
         loop {
             let udp = self.tx.udp.clone();
@@ -705,7 +773,10 @@ impl Server {
                 }
             }
         }
-        info!(clients = self.conns.len(), "shutting down: telling clients to reconnect");
+        info!(
+            clients = self.conns.len(),
+            "shutting down: telling clients to reconnect"
+        );
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
             if let Some(c) = self.conns.get_mut(&id) {
@@ -728,7 +799,9 @@ impl Server {
     }
 
     fn on_packet(&mut self, peer: Peer, addr: SocketAddr, buf: &mut [u8]) {
-        let Ok(header) = Header::peek(buf) else { return };
+        let Ok(header) = Header::peek(buf) else {
+            return;
+        };
         if header.opcode == Opcode::DataV2 {
             self.on_data(peer, buf);
             return;
@@ -757,7 +830,9 @@ impl Server {
         // No state for this peer: only a first reset (answered statelessly) or a packet that
         // acknowledges our cookie creates any.
         match &packet {
-            Packet::Control(c) if c.opcode == crate::protocol::packet::ControlOpcode::HardResetClientV2 => {
+            Packet::Control(c)
+                if c.opcode == crate::protocol::packet::ControlOpcode::HardResetClientV2 =>
+            {
                 if let Some(answer) = self.cookies.answer(c, addr, unix_now()) {
                     let bytes = Packet::Control(answer).to_vec();
                     self.send_to(peer, &bytes);
@@ -769,7 +844,13 @@ impl Server {
                 }
             }
             Packet::Ack(a) => {
-                self.accept(peer, addr, a.session_id, a.acks.remote_session_id(), &packet);
+                self.accept(
+                    peer,
+                    addr,
+                    a.session_id,
+                    a.acks.remote_session_id(),
+                    &packet,
+                );
             }
             Packet::Data(_) => {}
         }
@@ -788,13 +869,15 @@ impl Server {
             return;
         }
         let now = Instant::now();
-        let session = match ServerSession::after_reset(self.session_config.clone(), claimed, client_sid, now) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "cannot start a TLS session");
-                return;
-            }
-        };
+        let session =
+            match ServerSession::after_reset(self.session_config.clone(), claimed, client_sid, now)
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot start a TLS session");
+                    return;
+                }
+            };
         let id = self.next_conn;
         self.next_conn += 1;
         let peer_id = self.next_peer_id;
@@ -840,10 +923,21 @@ impl Server {
     /// Handles session events and sends what the session has to send.
     fn after_session(&mut self, id: u64) {
         loop {
-            let Some(c) = self.conns.get_mut(&id) else { return };
-            let Some(ev) = c.session.poll_event() else { break };
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            let Some(ev) = c.session.poll_event() else {
+                break;
+            };
             match ev {
-                Event::Authenticated { identity, peer_info, tls_version, tls_ekm, username, .. } => {
+                Event::Authenticated {
+                    identity,
+                    peer_info,
+                    tls_version,
+                    tls_ekm,
+                    username,
+                    ..
+                } => {
                     c.common_name = identity.common_name.clone();
                     c.serial = identity.serial.clone();
                     c.authenticated_at = Some(Instant::now());
@@ -864,17 +958,36 @@ impl Server {
                         }
                     };
                     c.cipher = Cipher::from_openvpn_name(&cipher_name);
-                    let admission = Admission { identity, username, peer_info, tls_version, tls_ekm, cipher_name };
+                    let admission = Admission {
+                        identity,
+                        username,
+                        peer_info,
+                        tls_version,
+                        tls_ekm,
+                        cipher_name,
+                    };
                     if let Some(handler) = self.settings.live.connect_handler.clone() {
                         let request = crate::connect_handler::ConnectRequest {
                             connection_id: c.log.connection_id.clone(),
                             endpoint_id: self.settings.endpoint_id.clone(),
                             common_name: admission.identity.common_name.clone(),
                             username: admission.username.clone().unwrap_or_else(|| "NA".into()),
-                            platform: admission.peer_info.platform.clone().unwrap_or_else(|| "NA".into()),
-                            platform_version: admission.peer_info.platform_version.clone().unwrap_or_else(|| "NA".into()),
+                            platform: admission
+                                .peer_info
+                                .platform
+                                .clone()
+                                .unwrap_or_else(|| "NA".into()),
+                            platform_version: admission
+                                .peer_info
+                                .platform_version
+                                .clone()
+                                .unwrap_or_else(|| "NA".into()),
                             public_ip: c.remote_addr.ip().to_string(),
-                            client_openvpn_version: admission.peer_info.version.clone().unwrap_or_else(|| "NA".into()),
+                            client_openvpn_version: admission
+                                .peer_info
+                                .version
+                                .clone()
+                                .unwrap_or_else(|| "NA".into()),
                             groups: admission.identity.groups.clone(),
                             schema_version: "v2".into(),
                         };
@@ -893,7 +1006,13 @@ impl Server {
                 }
                 Event::KeysReady { key_id, material } => {
                     let cipher = c.cipher.unwrap_or(Cipher::Aes256Gcm);
-                    match DataChannel::from_ekm(&material, cipher, Role::Server, key_id.get(), c.peer_id) {
+                    match DataChannel::from_ekm(
+                        &material,
+                        cipher,
+                        Role::Server,
+                        key_id.get(),
+                        c.peer_id,
+                    ) {
                         Ok(dc) => {
                             c.keys_at = Instant::now();
                             c.rekey_pending = false;
@@ -907,7 +1026,11 @@ impl Server {
                             match &c.tx {
                                 Some(tx) => lock(tx).sealer = sealer,
                                 None => {
-                                    let tx = Arc::new(Mutex::new(TxSession { peer: c.peer, sealer, last_tx: Instant::now() }));
+                                    let tx = Arc::new(Mutex::new(TxSession {
+                                        peer: c.peer,
+                                        sealer,
+                                        last_tx: Instant::now(),
+                                    }));
                                     if let Some(ip) = c.client_ip {
                                         write_lock(&self.tx.sessions).insert(ip, tx.clone());
                                     }
@@ -937,7 +1060,11 @@ impl Server {
                 }
                 Event::Refused { reason } => {
                     warn!(conn = id, %reason, addr = %c.remote_addr, "handshake refused");
-                    let entry = crate::connlog::ConnectionLogEntry::attempt_failed(reason.as_str(), &c.log, SystemTime::now());
+                    let entry = crate::connlog::ConnectionLogEntry::attempt_failed(
+                        reason.as_str(),
+                        &c.log,
+                        SystemTime::now(),
+                    );
                     log_connection(&self.logs, self.settings.print_log_lines, &entry);
                     self.flush(id);
                     self.remove(id);
@@ -957,7 +1084,13 @@ impl Server {
     fn admit(&mut self, id: u64, a: Admission) -> bool {
         let Some(addr) = self.pool.allocate() else {
             warn!(conn = id, "client address pool exhausted");
-            self.refuse(id, crate::connlog::FailureReason::new(crate::connlog::FailureReason::ADDRESS_POOL_EXHAUSTED), None);
+            self.refuse(
+                id,
+                crate::connlog::FailureReason::new(
+                    crate::connlog::FailureReason::ADDRESS_POOL_EXHAUSTED,
+                ),
+                None,
+            );
             return false;
         };
         let Some(c) = self.conns.get_mut(&id) else {
@@ -991,10 +1124,21 @@ impl Server {
                 },
             );
         }
-        log_connection(&self.logs, self.settings.print_log_lines, &crate::connlog::ConnectionLogEntry::attempt_succeeded(&c.log));
+        log_connection(
+            &self.logs,
+            self.settings.print_log_lines,
+            &crate::connlog::ConnectionLogEntry::attempt_succeeded(&c.log),
+        );
         let reply = PushReply {
             tunnel: if self.settings.split_tunnel {
-                Tunnel::Split(self.dataplane.policy().routes.iter().map(|r| r.destination).collect())
+                Tunnel::Split(
+                    self.dataplane
+                        .policy()
+                        .routes
+                        .iter()
+                        .map(|r| r.destination)
+                        .collect(),
+                )
             } else {
                 Tunnel::Full
             },
@@ -1026,10 +1170,21 @@ impl Server {
     }
 
     /// The connect handler answered for connection `id`.
-    fn on_handler_answer(&mut self, id: u64, answer: Result<crate::connect_handler::ConnectResponse, crate::connect_handler::HandlerError>) {
+    fn on_handler_answer(
+        &mut self,
+        id: u64,
+        answer: Result<
+            crate::connect_handler::ConnectResponse,
+            crate::connect_handler::HandlerError,
+        >,
+    ) {
         use crate::connlog::FailureReason;
-        let Some(c) = self.conns.get_mut(&id) else { return };
-        let Some(admission) = c.pending.take() else { return };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(admission) = c.pending.take() else {
+            return;
+        };
         match answer {
             Ok(r) if r.allow => {
                 c.log.posture_compliance_statuses = r.posture_compliance_statuses;
@@ -1039,9 +1194,13 @@ impl Server {
             }
             Ok(r) => {
                 info!(conn = id, common_name = %admission.identity.common_name, "the client connect handler denied the connection");
-                let message = r.error_msg_on_denied_connection.filter(|m| !m.trim().is_empty());
+                let message = r
+                    .error_msg_on_denied_connection
+                    .filter(|m| !m.trim().is_empty());
                 let reason = match &message {
-                    Some(m) => FailureReason::with_detail(FailureReason::CLIENT_CONNECT_FAILED, m.clone()),
+                    Some(m) => {
+                        FailureReason::with_detail(FailureReason::CLIENT_CONNECT_FAILED, m.clone())
+                    }
                     None => FailureReason::new(FailureReason::CLIENT_CONNECT_FAILED),
                 };
                 c.log.posture_compliance_statuses = r.posture_compliance_statuses;
@@ -1057,22 +1216,31 @@ impl Server {
     /// Refuses an authenticated client: AUTH_FAILED (with `message` for the user; the client
     /// stops rather than retrying), a failed attempt in the connection log, state dropped.
     fn refuse(&mut self, id: u64, reason: crate::connlog::FailureReason, message: Option<String>) {
-        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
         let text: String = message
             .unwrap_or_default()
             .chars()
             .map(|ch| if ch.is_control() { ' ' } else { ch })
             .take(crate::connect_handler::MAX_DENIAL_MESSAGE)
             .collect();
-        c.session.send_control(&if text.is_empty() { "AUTH_FAILED".to_string() } else { format!("AUTH_FAILED,{text}") });
-        let entry = crate::connlog::ConnectionLogEntry::attempt_failed(reason, &c.log, SystemTime::now());
+        c.session.send_control(&if text.is_empty() {
+            "AUTH_FAILED".to_string()
+        } else {
+            format!("AUTH_FAILED,{text}")
+        });
+        let entry =
+            crate::connlog::ConnectionLogEntry::attempt_failed(reason, &c.log, SystemTime::now());
         log_connection(&self.logs, self.settings.print_log_lines, &entry);
         self.flush(id);
         self.remove(id);
     }
 
     fn push(&mut self, id: u64) {
-        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
         if c.push_messages.is_empty() {
             // Not admitted yet (the connect handler decides): answer when it is.
             c.push_requested = true;
@@ -1088,7 +1256,9 @@ impl Server {
         let now = Instant::now();
         let mut out = Vec::new();
         let peer = {
-            let Some(c) = self.conns.get_mut(&id) else { return };
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
             while let Some(p) = c.session.poll_transmit(now) {
                 out.push(p);
             }
@@ -1104,10 +1274,16 @@ impl Server {
             return;
         }
         let peer_id = u32::from_be_bytes([0, buf[1], buf[2], buf[3]]);
-        let Some(&id) = self.by_peer_id.get(&peer_id) else { return };
-        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(&id) = self.by_peer_id.get(&peer_id) else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
         let key_id = buf[0] & 0x07;
-        let Some(dc) = c.data.iter_mut().find(|d| d.key_id() == key_id) else { return };
+        let Some(dc) = c.data.iter_mut().find(|d| d.key_id() == key_id) else {
+            return;
+        };
         let plain = match dc.open_in_place(buf) {
             Ok(p) => p,
             Err(e) => {
@@ -1182,12 +1358,17 @@ impl Server {
                             info!(interface = %t.interface, snat = %addr, "target network added");
                             self.settings.targets.push(t);
                         }
-                        Err(e) => warn!(interface = %t.interface, error = %e, "target network not added"),
+                        Err(e) => {
+                            warn!(interface = %t.interface, error = %e, "target network not added")
+                        }
                     }
                 }
                 self.replace_policy(policy);
             }
-            ServerCommand::ReplaceTls { tls, revoked_serials } => {
+            ServerCommand::ReplaceTls {
+                tls,
+                revoked_serials,
+            } => {
                 match tls.server_config() {
                     Ok(config) => {
                         self.session_config = Arc::new(SessionConfig {
@@ -1202,26 +1383,41 @@ impl Server {
                 let revoked: Vec<u64> = self
                     .conns
                     .iter()
-                    .filter(|(_, c)| !c.serial.is_empty() && revoked_serials.iter().any(|s| s.eq_ignore_ascii_case(&c.serial)))
+                    .filter(|(_, c)| {
+                        !c.serial.is_empty()
+                            && revoked_serials
+                                .iter()
+                                .any(|s| s.eq_ignore_ascii_case(&c.serial))
+                    })
                     .map(|(id, _)| *id)
                     .collect();
                 for id in revoked {
                     self.halt(id, "certificate-revoked");
                 }
             }
-            ServerCommand::Terminate { connection_ids, usernames } => {
+            ServerCommand::Terminate {
+                connection_ids,
+                usernames,
+            } => {
                 let ids: Vec<u64> = self
                     .conns
                     .iter()
                     .filter(|(_, c)| {
                         connection_ids.contains(&c.log.connection_id)
-                            || c.log.username.as_ref().is_some_and(|u| usernames.contains(u))
+                            || c.log
+                                .username
+                                .as_ref()
+                                .is_some_and(|u| usernames.contains(u))
                             || usernames.contains(&c.common_name)
                     })
                     .map(|(id, _)| *id)
                     .collect();
                 for cid in &connection_ids {
-                    if !ids.iter().any(|id| self.conns.get(id).is_some_and(|c| &c.log.connection_id == cid)) {
+                    if !ids.iter().any(|id| {
+                        self.conns
+                            .get(id)
+                            .is_some_and(|c| &c.log.connection_id == cid)
+                    }) {
                         if let Some(r) = &self.settings.recorder {
                             r.ended(cid, Default::default());
                         }
@@ -1245,7 +1441,10 @@ impl Server {
 
     fn replace_policy(&mut self, policy: Policy) {
         let started = Instant::now();
-        match self.dataplane.replace_policy(with_connected_routes(policy, &self.settings.targets)) {
+        match self
+            .dataplane
+            .replace_policy(with_connected_routes(policy, &self.settings.targets))
+        {
             Ok(()) => info!(took = ?started.elapsed(), "policy replaced; running sessions kept"),
             Err(e) => warn!(error = %e, "policy not replaced; the previous one stays in force"),
         }
@@ -1253,7 +1452,9 @@ impl Server {
 
     /// Reports running connections' counters to the recorder.
     fn report_counters(&mut self) {
-        let Some(recorder) = &self.settings.recorder else { return };
+        let Some(recorder) = &self.settings.recorder else {
+            return;
+        };
         let batch: Vec<_> = self
             .conns
             .values()
@@ -1271,7 +1472,9 @@ impl Server {
     /// Data-plane flow events (denied, no route, ...) into the flow log, with the session's
     /// connection id and username.
     fn on_flow_events(&mut self) {
-        let Some(f) = self.flow_events.as_mut() else { return };
+        let Some(f) = self.flow_events.as_mut() else {
+            return;
+        };
         let events = f.get_mut().drain();
         let Some(logs) = &self.logs else { return };
         for ev in events {
@@ -1300,8 +1503,13 @@ impl Server {
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
             self.after_session(id);
-            let Some(c) = self.conns.get_mut(&id) else { continue };
-            if c.session.is_established() && now.duration_since(c.last_rx) > Duration::from_secs(self.settings.ping_restart as u64 * 2) {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            if c.session.is_established()
+                && now.duration_since(c.last_rx)
+                    > Duration::from_secs(self.settings.ping_restart as u64 * 2)
+            {
                 self.disconnect(id, "keepalive-timeout");
                 continue;
             }
@@ -1323,14 +1531,32 @@ impl Server {
             }
             // Renegotiate from our side: keys old enough, or packet ids running out.
             let exhausted = c.data.last().is_some_and(|d| d.needs_renegotiation())
-                || c.tx.as_ref().is_some_and(|t| lock(t).sealer.needs_renegotiation());
-            let aged = self.settings.reneg_after.is_some_and(|a| now.duration_since(c.keys_at) > a);
-            if (exhausted || aged) && !c.rekey_pending && !c.data.is_empty() && c.session.active_key().is_some() {
+                || c.tx
+                    .as_ref()
+                    .is_some_and(|t| lock(t).sealer.needs_renegotiation());
+            let aged = self
+                .settings
+                .reneg_after
+                .is_some_and(|a| now.duration_since(c.keys_at) > a);
+            if (exhausted || aged)
+                && !c.rekey_pending
+                && !c.data.is_empty()
+                && c.session.active_key().is_some()
+            {
                 match c.session.start_renegotiation(now) {
                     Ok(k) => {
                         c.rekey_pending = true;
-                        let why = if exhausted { "packet ids running out" } else { "key lifetime reached" };
-                        info!(conn = id, key_id = k.get(), reason = why, "starting renegotiation");
+                        let why = if exhausted {
+                            "packet ids running out"
+                        } else {
+                            "key lifetime reached"
+                        };
+                        info!(
+                            conn = id,
+                            key_id = k.get(),
+                            reason = why,
+                            "starting renegotiation"
+                        );
                     }
                     Err(e) => warn!(conn = id, error = %e, "cannot start renegotiation"),
                 }
@@ -1346,7 +1572,9 @@ impl Server {
     }
 
     fn remove(&mut self, id: u64) {
-        let Some(c) = self.conns.remove(&id) else { return };
+        let Some(c) = self.conns.remove(&id) else {
+            return;
+        };
         self.by_peer.remove(&c.peer);
         self.by_peer_id.remove(&c.peer_id);
         if let Some(addr) = c.client_ip {
@@ -1360,7 +1588,8 @@ impl Server {
             }
             if c.logged_attempt {
                 let counters: crate::connlog::TrafficCounters = counters.unwrap_or_default().into();
-                let entry = crate::connlog::ConnectionLogEntry::reset(&c.log, &counters, SystemTime::now());
+                let entry =
+                    crate::connlog::ConnectionLogEntry::reset(&c.log, &counters, SystemTime::now());
                 log_connection(&self.logs, self.settings.print_log_lines, &entry);
             }
         }
@@ -1369,7 +1598,11 @@ impl Server {
 
 /// Writes a connection-log entry; `print` also puts it on stdout (an endpoint that asks for
 /// that when the daemon's shared log does not).
-fn log_connection(logs: &Option<Arc<crate::connlog::ConnectionLogs>>, print: bool, entry: &crate::connlog::ConnectionLogEntry) {
+fn log_connection(
+    logs: &Option<Arc<crate::connlog::ConnectionLogs>>,
+    print: bool,
+    entry: &crate::connlog::ConnectionLogEntry,
+) {
     if let Some(logs) = logs {
         if let Err(e) = logs.connection(entry) {
             warn!(error = %e, "connection log");
@@ -1385,7 +1618,10 @@ fn with_connected_routes(mut policy: Policy, targets: &[TargetSpec]) -> Policy {
     for t in targets {
         if let Some(net) = crate::dataplane::interface_ipv4_network(&t.interface) {
             if !policy.routes.iter().any(|r| r.destination == net) {
-                policy.routes.push(crate::dataplane::policy::Route { destination: net, target: t.id });
+                policy.routes.push(crate::dataplane::policy::Route {
+                    destination: net,
+                    target: t.id,
+                });
             }
         }
     }
@@ -1419,8 +1655,16 @@ fn new_connection_id() -> String {
 fn allow_fragmentation(sock: &UdpSocket) {
     use std::os::fd::AsRawFd;
     let (level, opt, val) = match sock.local_addr() {
-        Ok(SocketAddr::V6(_)) => (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DONT),
-        _ => (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DONT),
+        Ok(SocketAddr::V6(_)) => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DONT,
+        ),
+        _ => (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+        ),
     };
     // SAFETY: setsockopt on our own socket with a c_int value of the right size.
     let rc = unsafe {

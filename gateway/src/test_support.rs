@@ -56,10 +56,16 @@ impl ServerPki {
     pub fn new(ca_name: &str) -> ServerPki {
         let issuer = ca(ca_name);
         let mut p = CertificateParams::new(vec!["vpn.example.com".to_string()]).unwrap();
-        p.distinguished_name.push(DnType::CommonName, "vpn.example.com");
+        p.distinguished_name
+            .push(DnType::CommonName, "vpn.example.com");
         p.serial_number = Some(SerialNumber::from(2u64));
         let key = KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, &issuer).unwrap();
-        ServerPki { ca_pem: issuer.pem(), server_cert: cert.pem(), server_key: key.serialize_pem(), issuer }
+        ServerPki {
+            ca_pem: issuer.pem(),
+            server_cert: cert.pem(),
+            server_key: key.serialize_pem(),
+            issuer,
+        }
     }
 }

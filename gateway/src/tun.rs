@@ -83,7 +83,11 @@ impl Tun {
             Kind::Tun => IFF_TUN,
             Kind::Tap => IFF_TAP,
         };
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: mode | IFF_NO_PI, _pad: [0; 22] };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: mode | IFF_NO_PI,
+            _pad: [0; 22],
+        };
         if multi_queue {
             req.flags |= IFF_MULTI_QUEUE;
         }
@@ -93,9 +97,15 @@ impl Tun {
         // SAFETY: TUNSETIFF reads an ifreq of the right size from a valid pointer.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) };
         if rc < 0 {
-            return Err(TunError::Create { name: name.to_string(), source: io::Error::last_os_error() });
+            return Err(TunError::Create {
+                name: name.to_string(),
+                source: io::Error::last_os_error(),
+            });
         }
-        Ok(Tun { file, name: name.to_string() })
+        Ok(Tun {
+            file,
+            name: name.to_string(),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -113,7 +123,10 @@ impl Tun {
     }
 
     pub fn try_clone(&self) -> io::Result<Tun> {
-        Ok(Tun { file: self.file.try_clone()?, name: self.name.clone() })
+        Ok(Tun {
+            file: self.file.try_clone()?,
+            name: self.name.clone(),
+        })
     }
 }
 

@@ -33,7 +33,10 @@ impl UdpEcho {
                 }
             }
         });
-        Ok(UdpEcho { stop, thread: Some(thread) })
+        Ok(UdpEcho {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -71,5 +74,9 @@ pub fn probe_loop(target: (Ipv4Addr, u16), run_for: Duration) -> Result<Vec<(Ins
             }
         }
     }
-    Ok(sent.into_iter().enumerate().map(|(i, t)| (t, answered.contains(&(i as u64)))).collect())
+    Ok(sent
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, answered.contains(&(i as u64))))
+        .collect())
 }

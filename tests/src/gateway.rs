@@ -46,7 +46,10 @@ pub fn cvpn_binary() -> Result<PathBuf> {
     }
     let bin = dir.join("cvpn");
     if !bin.exists() {
-        bail!("{} is missing: run the suite with `cargo xtask test`", bin.display());
+        bail!(
+            "{} is missing: run the suite with `cargo xtask test`",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -56,7 +59,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Result<Self> {
-        let p = std::env::temp_dir().join(format!("cvpn-{tag}-{}-{}", std::process::id(), crate::unique_tag()));
+        let p = std::env::temp_dir().join(format!(
+            "cvpn-{tag}-{}-{}",
+            std::process::id(),
+            crate::unique_tag()
+        ));
         fs::create_dir_all(&p)?;
         Ok(TempDir(p))
     }
@@ -82,12 +89,23 @@ impl Daemon {
     /// Like [`Daemon::start`] with `CVPN_LOG` set to `level` (benchmarks run at "info").
     pub fn start_with_log_level(ns: &Netns, config: &Path, level: &str) -> Result<Self> {
         let data_dir = config.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let args = vec!["serve".into(), "--config".into(), config.as_os_str().to_owned(), "--data-dir".into(), data_dir.into()];
+        let args = vec![
+            "serve".into(),
+            "--config".into(),
+            config.as_os_str().to_owned(),
+            "--data-dir".into(),
+            data_dir.into(),
+        ];
         Self::spawn(ns, &args, level, "serving")
     }
 
     /// Starts `cvpn ARGS` in `ns` and waits for `ready` in its log.
-    pub fn spawn(ns: &Netns, args: &[std::ffi::OsString], level: &str, ready: &str) -> Result<Self> {
+    pub fn spawn(
+        ns: &Netns,
+        args: &[std::ffi::OsString],
+        level: &str,
+        ready: &str,
+    ) -> Result<Self> {
         let mut child = ns
             .command(cvpn_binary()?.to_str().context("binary path")?)
             .args(args)
@@ -98,8 +116,14 @@ impl Daemon {
             .context("starting cvpn serve")?;
         let log = Arc::new(Mutex::new(Vec::new()));
         for s in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -141,11 +165,17 @@ impl Daemon {
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 std::thread::sleep(Duration::from_millis(50));
-                bail!("cvpn exited ({status}) before {needle:?}; log:\n{}", self.log().join("\n"));
+                bail!(
+                    "cvpn exited ({status}) before {needle:?}; log:\n{}",
+                    self.log().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        bail!("no {needle:?} in the cvpn log within {timeout:?}; log:\n{}", self.log().join("\n"))
+        bail!(
+            "no {needle:?} in the cvpn log within {timeout:?}; log:\n{}",
+            self.log().join("\n")
+        )
     }
 
     /// SIGTERM and wait; returns the exit status.
@@ -276,7 +306,11 @@ impl StoreDaemon {
             args.extend(["--config".into(), c.as_os_str().to_owned()]);
         }
         let daemon = Daemon::spawn(ns, &args, "debug", "API listening")?;
-        Ok(StoreDaemon { daemon, data_dir: data_dir.to_path_buf(), socket })
+        Ok(StoreDaemon {
+            daemon,
+            data_dir: data_dir.to_path_buf(),
+            socket,
+        })
     }
 
     /// Runs `cvpn ARGS` against this daemon's socket (a Unix socket: reachable from any
@@ -291,9 +325,16 @@ impl StoreDaemon {
         all.extend(["--output", "json"]);
         let out = self.cli(&all)?;
         if out.code != 0 {
-            bail!("cvpn {} exited {}: {}{}", args.join(" "), out.code, out.stderr, out.stdout);
+            bail!(
+                "cvpn {} exited {}: {}{}",
+                args.join(" "),
+                out.code,
+                out.stderr,
+                out.stdout
+            );
         }
-        serde_json::from_str(&out.stdout).with_context(|| format!("cvpn {} printed no JSON: {}", args.join(" "), out.stdout))
+        serde_json::from_str(&out.stdout)
+            .with_context(|| format!("cvpn {} printed no JSON: {}", args.join(" "), out.stdout))
     }
 }
 
@@ -318,6 +359,10 @@ impl EndpointNet {
     pub fn write_server_files(&mut self) -> Result<(PathBuf, PathBuf, PathBuf)> {
         let server = self.ca.server("vpn.example.test")?;
         let d = &self.dir.0;
-        Ok((write(d, "server.crt", &server.cert)?, write(d, "server.key", &server.key)?, write(d, "ca.crt", &self.ca.cert_pem())?))
+        Ok((
+            write(d, "server.crt", &server.cert)?,
+            write(d, "server.key", &server.key)?,
+            write(d, "ca.crt", &self.ca.cert_pem())?,
+        ))
     }
 }

@@ -8,11 +8,11 @@
 //!   TUN — the stand-in for the data channel in data-plane tests.
 //! * [`Topology`]: clients → relay → gateway (kernel data plane) → private network.
 
-pub mod packets;
 pub mod echo;
 pub mod gateway;
 pub mod http;
 pub mod openvpn;
+pub mod packets;
 pub mod pki;
 pub mod topology;
 
@@ -38,7 +38,9 @@ pub fn unique_tag() -> String {
 /// Runs a command; fails with its output when it fails.
 pub fn sh(cmd: &mut Command) -> Result<Output> {
     let shown = format!("{cmd:?}");
-    let out = cmd.output().with_context(|| format!("cannot run {shown}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {shown}"))?;
     if !out.status.success() {
         bail!(
             "{shown} failed ({}): {}{}",
@@ -76,7 +78,10 @@ impl Netns {
 
     /// `ip -n <ns> <args>`.
     pub fn ip(&self, args: &str) -> Result<Output> {
-        sh(Command::new("ip").arg("-n").arg(&self.name).args(args.split_whitespace()))
+        sh(Command::new("ip")
+            .arg("-n")
+            .arg(&self.name)
+            .args(args.split_whitespace()))
     }
 
     /// A command run inside the namespace (`ip netns exec`).
@@ -126,7 +131,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -144,7 +151,10 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
 
 /// Stops a child this process started: SIGTERM to its PID, then SIGKILL after `grace`; waits
 /// for it and returns its exit status.
-pub fn terminate(child: &mut std::process::Child, grace: std::time::Duration) -> Option<std::process::ExitStatus> {
+pub fn terminate(
+    child: &mut std::process::Child,
+    grace: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
     if let Ok(Some(s)) = child.try_wait() {
         return Some(s);
     }
@@ -181,7 +191,11 @@ pub fn fixture_dataplane(
         client_link: ClientLink::Ethernet,
         ..config
     })?;
-    dp.add_target_network(TargetSpec { id: 1, interface: "tgt0".into(), snat_addr: None })?;
+    dp.add_target_network(TargetSpec {
+        id: 1,
+        interface: "tgt0".into(),
+        snat_addr: None,
+    })?;
     Ok((ns, dp))
 }
 

@@ -33,7 +33,11 @@ pub struct Profile {
 
 impl Profile {
     pub fn render(&self) -> String {
-        let proto = if self.proto == "tcp" { "tcp-client" } else { "udp" };
+        let proto = if self.proto == "tcp" {
+            "tcp-client"
+        } else {
+            "udp"
+        };
         let mut s = format!(
             "client\ndev tun\nproto {proto}\nremote {} {}\nremote-cert-tls server\nnobind\nresolv-retry infinite\n\
              data-ciphers {}\nverb 3\nconnect-retry 1\nconnect-retry-max 3\nserver-poll-timeout 5\n",
@@ -81,7 +85,19 @@ impl OpenVpnClient {
             .spawn()
             .context("starting openvpn (is the openvpn package installed? `cargo xtask setup`)")?;
         let log = Arc::new(Mutex::new(Vec::new()));
-        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -91,7 +107,11 @@ impl OpenVpnClient {
                 }
             });
         }
-        Ok(OpenVpnClient { child, log, profile_path })
+        Ok(OpenVpnClient {
+            child,
+            log,
+            profile_path,
+        })
     }
 
     pub fn log(&self) -> Vec<String> {
@@ -107,11 +127,17 @@ impl OpenVpnClient {
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 std::thread::sleep(Duration::from_millis(50));
-                bail!("openvpn exited ({status}) before {needle:?}; log:\n{}", self.log().join("\n"));
+                bail!(
+                    "openvpn exited ({status}) before {needle:?}; log:\n{}",
+                    self.log().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        bail!("no {needle:?} from openvpn within {timeout:?}; log:\n{}", self.log().join("\n"))
+        bail!(
+            "no {needle:?} from openvpn within {timeout:?}; log:\n{}",
+            self.log().join("\n")
+        )
     }
 
     /// Waits for "Initialization Sequence Completed".

@@ -96,9 +96,15 @@ pub fn parse_and_verify(pkt: &[u8]) -> Result<Parsed, String> {
                 fold(sum16(l4, pseudo(l4.len()))) == 0xffff
             };
             if !ok {
-                return Err(format!("bad {} checksum", if proto == 6 { "TCP" } else { "UDP" }));
+                return Err(format!(
+                    "bad {} checksum",
+                    if proto == 6 { "TCP" } else { "UDP" }
+                ));
             }
-            (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]))
+            (
+                u16::from_be_bytes([l4[0], l4[1]]),
+                u16::from_be_bytes([l4[2], l4[3]]),
+            )
         }
         1 => {
             if fold(sum16(l4, 0)) != 0xffff {
@@ -108,5 +114,11 @@ pub fn parse_and_verify(pkt: &[u8]) -> Result<Parsed, String> {
         }
         p => return Err(format!("unexpected protocol {p}")),
     };
-    Ok(Parsed { src, dst, proto, sport, dport })
+    Ok(Parsed {
+        src,
+        dst,
+        proto,
+        sport,
+        dport,
+    })
 }

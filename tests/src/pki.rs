@@ -33,7 +33,11 @@ fn ca_params(name: &str) -> Result<CertificateParams> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name.push(DnType::CommonName, name);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p.not_before = OffsetDateTime::now_utc() - Duration::days(1);
     p.not_after = OffsetDateTime::now_utc() + Duration::days(365);
     Ok(p)
@@ -42,7 +46,11 @@ fn ca_params(name: &str) -> Result<CertificateParams> {
 impl Ca {
     pub fn new(name: &str) -> Result<Self> {
         let issuer = CertifiedIssuer::self_signed(ca_params(name)?, KeyPair::generate()?)?;
-        Ok(Ca { issuer, next_serial: 100, revoked: Vec::new() })
+        Ok(Ca {
+            issuer,
+            next_serial: 100,
+            revoked: Vec::new(),
+        })
     }
 
     pub fn cert_pem(&self) -> String {
@@ -50,16 +58,27 @@ impl Ca {
     }
 
     fn issue(&mut self, cn: &str, ous: &[&str], server: bool, expired: bool) -> Result<(Pem, u64)> {
-        let mut p = CertificateParams::new(if server { vec![cn.to_string()] } else { Vec::new() })?;
+        let mut p = CertificateParams::new(if server {
+            vec![cn.to_string()]
+        } else {
+            Vec::new()
+        })?;
         p.distinguished_name.push(DnType::CommonName, cn);
         // rcgen keeps one value per attribute type: one OU (group) per test certificate.
         anyhow::ensure!(ous.len() <= 1, "test certificates carry at most one OU");
         for ou in ous {
-            p.distinguished_name.push(DnType::OrganizationalUnitName, *ou);
+            p.distinguished_name
+                .push(DnType::OrganizationalUnitName, *ou);
         }
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        p.extended_key_usages =
-            vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
         let now = OffsetDateTime::now_utc();
         if expired {
             p.not_before = now - Duration::days(30);
@@ -73,7 +92,13 @@ impl Ca {
         p.serial_number = Some(SerialNumber::from(serial));
         let key = KeyPair::generate()?;
         let cert = p.signed_by(&key, &self.issuer)?;
-        Ok((Pem { cert: cert.pem(), key: key.serialize_pem() }, serial))
+        Ok((
+            Pem {
+                cert: cert.pem(),
+                key: key.serialize_pem(),
+            },
+            serial,
+        ))
     }
 
     /// A server certificate (EKU serverAuth), ECDSA P-256.
@@ -85,14 +110,27 @@ impl Ca {
     /// generate RSA keys, only use them).
     pub fn server_rsa(&mut self, cn: &str) -> Result<Pem> {
         let out = std::process::Command::new("openssl")
-            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
             .output()?;
-        anyhow::ensure!(out.status.success(), "openssl genpkey failed: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "openssl genpkey failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let key_pem = String::from_utf8(out.stdout)?;
         let key = KeyPair::from_pem_and_sign_algo(&key_pem, &rcgen::PKCS_RSA_SHA256)?;
         let mut p = CertificateParams::new(vec![cn.to_string()])?;
         p.distinguished_name.push(DnType::CommonName, cn);
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let now = OffsetDateTime::now_utc();
         p.not_before = now - Duration::days(1);
@@ -100,7 +138,10 @@ impl Ca {
         p.serial_number = Some(SerialNumber::from(self.next_serial));
         self.next_serial += 1;
         let cert = p.signed_by(&key, &self.issuer)?;
-        Ok(Pem { cert: cert.pem(), key: key_pem })
+        Ok(Pem {
+            cert: cert.pem(),
+            key: key_pem,
+        })
     }
 
     /// A client certificate whose OU value is the group in `groups` (zero or one).

@@ -48,7 +48,11 @@ pub struct Relay {
 }
 
 fn readable(fd: i32, ms: i32) -> bool {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
 }
@@ -94,7 +98,9 @@ impl Relay {
                 if !readable(gateway.as_raw_fd(), 50) {
                     continue;
                 }
-                let Ok(n) = gateway.recv(&mut buf) else { continue };
+                let Ok(n) = gateway.recv(&mut buf) else {
+                    continue;
+                };
                 let off = if tap { TAP_HEADER.len() } else { 0 };
                 if tap && (n < off || buf[12..14] != [0x08, 0x00]) {
                     continue;
@@ -111,7 +117,12 @@ impl Relay {
                 }
             }
         }));
-        Ok(Relay { stop, threads, to_gateway, to_clients })
+        Ok(Relay {
+            stop,
+            threads,
+            to_gateway,
+            to_clients,
+        })
     }
 }
 
@@ -168,14 +179,20 @@ impl Topology {
         let gateway = Netns::new("g")?;
         let private = Netns::new("p")?;
         veth(&gateway, TARGET_IF, &private, "eth0")?;
-        gateway.ip(&format!("addr add {GATEWAY_TARGET_ADDR}/24 dev {TARGET_IF}"))?;
+        gateway.ip(&format!(
+            "addr add {GATEWAY_TARGET_ADDR}/24 dev {TARGET_IF}"
+        ))?;
         private.ip(&format!("addr add {PRIVATE_HOST}/24 dev eth0"))?;
         private.ip(&format!("addr add {PRIVATE_HOST_2}/24 dev eth0"))?;
 
         gateway.enter()?;
         let tap = opts.client_link == ClientLink::Tap;
-        let gw_tun = if tap { Tun::open_tap(GATEWAY_TUN) } else { Tun::open(GATEWAY_TUN) }
-            .context("gateway TUN/TAP")?;
+        let gw_tun = if tap {
+            Tun::open_tap(GATEWAY_TUN)
+        } else {
+            Tun::open(GATEWAY_TUN)
+        }
+        .context("gateway TUN/TAP")?;
         gateway.ip(&format!("addr add 10.77.0.1/22 dev {GATEWAY_TUN}"))?;
         gateway.ip(&format!("link set {GATEWAY_TUN} up"))?;
 
@@ -206,6 +223,12 @@ impl Topology {
             snat_addr: None,
         })?;
         let relay = Relay::start(gw_tun, client_tuns, tap)?;
-        Ok(Topology { relay, dataplane, clients, private, gateway })
+        Ok(Topology {
+            relay,
+            dataplane,
+            clients,
+            private,
+            gateway,
+        })
     }
 }

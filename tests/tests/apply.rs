@@ -16,7 +16,14 @@ fn apply(file: &std::path::Path, data: &std::path::Path) -> (bool, String) {
         .arg(data)
         .output()
         .unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
@@ -43,16 +50,27 @@ fn apply_is_idempotent_and_applies_changes() {
     assert!(ok, "{first}");
     assert!(first.contains("created cvpn-endpoint-"), "{first}");
     let (ok, second) = apply(&file, &data);
-    assert!(ok && second.contains("no changes"), "the same file twice must change nothing:\n{second}");
+    assert!(
+        ok && second.contains("no changes"),
+        "the same file twice must change nothing:\n{second}"
+    );
 
     write(d, "endpoint.toml", &body(fin)).unwrap();
     let (ok, third) = apply(&file, &data);
     assert!(ok, "{third}");
-    assert!(third.contains("10.88.0.0/24") && third.contains("10.88.1.0/24"), "one rule revoked, one authorized:\n{third}");
+    assert!(
+        third.contains("10.88.0.0/24") && third.contains("10.88.1.0/24"),
+        "one rule revoked, one authorized:\n{third}"
+    );
     assert!(!third.contains("created"), "{third}");
 
     // A bad file is refused with the key named, and nothing changes.
-    write(d, "endpoint.toml", &body(fin).replace("port = 443", "port = 443\nclientcidr = 1")).unwrap();
+    write(
+        d,
+        "endpoint.toml",
+        &body(fin).replace("port = 443", "port = 443\nclientcidr = 1"),
+    )
+    .unwrap();
     let (ok, bad) = apply(&file, &data);
     assert!(!ok && bad.contains("clientcidr"), "{bad}");
 }

@@ -35,7 +35,11 @@ mod tempdir {
     pub struct Dir(pub std::path::PathBuf);
     impl Dir {
         pub fn new() -> Dir {
-            let p = std::env::temp_dir().join(format!("cvpn-cc-{}-{}", std::process::id(), cvpn_tests::unique_tag()));
+            let p = std::env::temp_dir().join(format!(
+                "cvpn-cc-{}-{}",
+                std::process::id(),
+                cvpn_tests::unique_tag()
+            ));
             std::fs::create_dir_all(&p).unwrap();
             Dir(p)
         }
@@ -69,11 +73,17 @@ fn client_config(ca_pem: &str, client: &Pem, tls12: bool) -> Arc<ClientConfig> {
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(client.cert.as_bytes()).map(Result::unwrap).collect();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(client.cert.as_bytes())
+            .map(Result::unwrap)
+            .collect();
     let key = PrivateKeyDer::from_pem_slice(client.key.as_bytes()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let versions: &[&rustls::SupportedProtocolVersion] =
-        if tls12 { &[&rustls::version::TLS12] } else { &[&rustls::version::TLS13] };
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls12 {
+        &[&rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
     Arc::new(
         ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
@@ -112,7 +122,11 @@ fn handshake(config: Arc<SessionConfig>, client_cfg: Arc<ClientConfig>) -> Outco
     assert!(jar.verify(client_sid, peer, server_sid, unix));
     let mut session = ServerSession::after_reset(config, server_sid, client_sid, now).unwrap();
 
-    let mut tls = ClientConnection::new(client_cfg, ServerName::try_from("vpn.example.test").unwrap()).unwrap();
+    let mut tls = ClientConnection::new(
+        client_cfg,
+        ServerName::try_from("vpn.example.test").unwrap(),
+    )
+    .unwrap();
     let mut next_id = 1u32;
     let mut to_ack: Vec<u32> = vec![0];
     let mut events = Vec::new();
@@ -127,7 +141,11 @@ fn handshake(config: Arc<SessionConfig>, client_cfg: Arc<ClientConfig>) -> Outco
             tls.write_tls(&mut out).unwrap();
         }
         for chunk in out.chunks(1100) {
-            let acks = if to_ack.is_empty() { None } else { Some(AckBlock::new(std::mem::take(&mut to_ack), server_sid).unwrap()) };
+            let acks = if to_ack.is_empty() {
+                None
+            } else {
+                Some(AckBlock::new(std::mem::take(&mut to_ack), server_sid).unwrap())
+            };
             let p = Packet::Control(ControlPacket {
                 opcode: ControlOpcode::ControlV1,
                 key_id: KeyId::default(),
@@ -193,10 +211,16 @@ fn handshake(config: Arc<SessionConfig>, client_cfg: Arc<ClientConfig>) -> Outco
             }
         }
     }
-    let client_ekm = server_record
-        .as_ref()
-        .map(|_| tls.export_keying_material([0u8; EKM_LEN], EKM_LABEL, None).unwrap());
-    Outcome { events, client_ekm, server_record, packets }
+    let client_ekm = server_record.as_ref().map(|_| {
+        tls.export_keying_material([0u8; EKM_LEN], EKM_LABEL, None)
+            .unwrap()
+    });
+    Outcome {
+        events,
+        client_ekm,
+        server_record,
+        packets,
+    }
 }
 
 fn refusal(o: &Outcome) -> Option<String> {
@@ -211,10 +235,18 @@ fn tls13_and_tls12_handshakes_authenticate_and_agree_on_keys() {
     let mut p = pki();
     let alice = p.ca.client("alice", &["engineering"]).unwrap();
     for tls12 in [false, true] {
-        let o = handshake(p.config.clone(), client_config(&p.ca.cert_pem(), &alice, tls12));
+        let o = handshake(
+            p.config.clone(),
+            client_config(&p.ca.cert_pem(), &alice, tls12),
+        );
         assert_eq!(refusal(&o), None);
         let auth = o.events.iter().find_map(|e| match e {
-            Event::Authenticated { identity, peer_info, tls_version, .. } => Some((identity.clone(), peer_info.clone(), tls_version.clone())),
+            Event::Authenticated {
+                identity,
+                peer_info,
+                tls_version,
+                ..
+            } => Some((identity.clone(), peer_info.clone(), tls_version.clone())),
             _ => None,
         });
         let (identity, peer_info, version) = auth.expect("Authenticated event");
@@ -226,7 +258,10 @@ fn tls13_and_tls12_handshakes_authenticate_and_agree_on_keys() {
             Event::KeysReady { material, .. } => Some(**material),
             _ => None,
         });
-        assert_eq!(server_ekm, o.client_ekm, "both ends must export the same data-channel keys");
+        assert_eq!(
+            server_ekm, o.client_ekm,
+            "both ends must export the same data-channel keys"
+        );
         assert!(o.server_record.is_some());
         assert!(o.packets < 30, "handshake took {} packets", o.packets);
     }
@@ -237,7 +272,10 @@ fn tls13_and_tls12_handshakes_authenticate_and_agree_on_keys() {
 fn expired_revoked_and_foreign_certificates_are_refused_with_a_reason() {
     let mut p = pki();
     let expired = p.ca.expired_client("old").unwrap();
-    let o = handshake(p.config.clone(), client_config(&p.ca.cert_pem(), &expired, false));
+    let o = handshake(
+        p.config.clone(),
+        client_config(&p.ca.cert_pem(), &expired, false),
+    );
     assert_eq!(refusal(&o).as_deref(), Some("certificate-expired"));
 
     let revoked = p.ca.revoked_client("eve").unwrap();
@@ -256,7 +294,13 @@ fn expired_revoked_and_foreign_certificates_are_refused_with_a_reason() {
 
     let mut other = Ca::new("someone else's CA").unwrap();
     let stranger = other.client("stranger", &[]).unwrap();
-    let o = handshake(p.config.clone(), client_config(&p.ca.cert_pem(), &stranger, false));
+    let o = handshake(
+        p.config.clone(),
+        client_config(&p.ca.cert_pem(), &stranger, false),
+    );
     assert_eq!(refusal(&o).as_deref(), Some("certificate-unknown-ca"));
-    assert!(!o.events.iter().any(|e| matches!(e, Event::Authenticated { .. })));
+    assert!(!o
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Authenticated { .. })));
 }

@@ -17,7 +17,10 @@ const PRIVATE: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 10);
 const DENIED: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 20);
 
 fn require_root() {
-    assert!(is_root(), "the control-plane tests need root: run `cargo xtask test` as root");
+    assert!(
+        is_root(),
+        "the control-plane tests need root: run `cargo xtask test` as root"
+    );
 }
 
 fn ok(out: CliOutput, what: &str) -> String {
@@ -57,11 +60,29 @@ fn setup(clients: usize) -> Setup {
             "test endpoint",
         ])
         .unwrap();
-    let endpoint = created["client-vpn-endpoint-id"].as_str().unwrap().to_string();
+    let endpoint = created["client-vpn-endpoint-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(created["status"], "pending-associate");
-    let assoc = daemon.json(&["network", "associate", &endpoint, "--interface", "tgt0", "--subnet", "10.88.0.0/24"]).unwrap();
+    let assoc = daemon
+        .json(&[
+            "network",
+            "associate",
+            &endpoint,
+            "--interface",
+            "tgt0",
+            "--subnet",
+            "10.88.0.0/24",
+        ])
+        .unwrap();
     assert_eq!(assoc["endpoint-status"], "available", "{assoc}");
-    Setup { net, daemon, endpoint, _data: data }
+    Setup {
+        net,
+        daemon,
+        endpoint,
+        _data: data,
+    }
 }
 
 impl Setup {
@@ -102,9 +123,13 @@ impl Setup {
             ]),
             "config export",
         );
-        assert!(profile.contains(&format!("remote {remote} 443")), "{profile}");
+        assert!(
+            profile.contains(&format!("remote {remote} 443")),
+            "{profile}"
+        );
         // Fail fast in tests rather than retrying for ever.
-        let profile = format!("{profile}\nconnect-retry 1\nconnect-retry-max 3\nserver-poll-timeout 5\n");
+        let profile =
+            format!("{profile}\nconnect-retry 1\nconnect-retry-max 3\nserver-poll-timeout 5\n");
         OpenVpnClient::start_with_text(&self.net.clients[i], &profile, &d, user).unwrap()
     }
 
@@ -127,7 +152,10 @@ impl Setup {
     fn connections(&self, extra: &[&str]) -> Vec<Value> {
         let mut args = vec!["connection", "list", self.endpoint.as_str()];
         args.extend(extra);
-        self.json(&args)["connections"].as_array().cloned().unwrap_or_default()
+        self.json(&args)["connections"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -159,48 +187,119 @@ fn cli_drives_a_running_daemon_connections_terminate_and_logs() {
     let mut s = setup(2);
     http::spawn_server(&s.net.private, PRIVATE, 8080).unwrap();
     http::spawn_server(&s.net.private, DENIED, 8080).unwrap();
-    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.10/32", "--group", "engineering"]), "rule authorize");
+    ok(
+        s.cli(&[
+            "rule",
+            "authorize",
+            &s.endpoint,
+            "--destination",
+            "10.88.0.10/32",
+            "--group",
+            "engineering",
+        ]),
+        "rule authorize",
+    );
     // Human tables by default.
     let table = ok(s.cli(&["endpoint", "describe"]), "endpoint describe");
-    assert!(table.contains(&s.endpoint) && table.contains("available") && table.contains("10.77.0.0/22"), "{table}");
+    assert!(
+        table.contains(&s.endpoint)
+            && table.contains("available")
+            && table.contains("10.77.0.0/22"),
+        "{table}"
+    );
     let rules = ok(s.cli(&["rule", "describe", &s.endpoint]), "rule describe");
-    assert!(rules.contains("10.88.0.10/32") && rules.contains("engineering"), "{rules}");
+    assert!(
+        rules.contains("10.88.0.10/32") && rules.contains("engineering"),
+        "{rules}"
+    );
 
     let mut alice = s.connect(0, "alice", "engineering");
     let mut bob = s.connect(1, "bob", "finance");
-    assert!(http::body(&get(&s.net.clients[0], PRIVATE).unwrap()).contains("10.88.0.1"), "alice reaches the private host");
-    assert!(get(&s.net.clients[0], DENIED).is_err(), "no rule allows 10.88.0.20");
-    assert!(get(&s.net.clients[1], PRIVATE).is_err(), "finance has no rule");
+    assert!(
+        http::body(&get(&s.net.clients[0], PRIVATE).unwrap()).contains("10.88.0.1"),
+        "alice reaches the private host"
+    );
+    assert!(
+        get(&s.net.clients[0], DENIED).is_err(),
+        "no rule allows 10.88.0.20"
+    );
+    assert!(
+        get(&s.net.clients[1], PRIVATE).is_err(),
+        "finance has no rule"
+    );
 
     // Both connections listed, with counters from the data plane (written every 5 s).
-    s.wait("alice's counters in connection list", Duration::from_secs(12), |s| {
-        s.connections(&["--username", "alice"]).iter().any(|c| c["ingress-bytes"].as_u64().unwrap_or(0) > 0)
-    });
+    s.wait(
+        "alice's counters in connection list",
+        Duration::from_secs(12),
+        |s| {
+            s.connections(&["--username", "alice"])
+                .iter()
+                .any(|c| c["ingress-bytes"].as_u64().unwrap_or(0) > 0)
+        },
+    );
     let conns = s.connections(&[]);
     assert_eq!(conns.len(), 2, "{conns:?}");
-    let a = conns.iter().find(|c| c["common-name"] == "alice").unwrap().clone();
+    let a = conns
+        .iter()
+        .find(|c| c["common-name"] == "alice")
+        .unwrap()
+        .clone();
     assert_eq!(a["status"], "active");
     assert_eq!(a["transport-protocol"], "udp");
     assert_eq!(a["device-ip"], "10.99.0.2");
-    assert!(a["client-ip"].as_str().unwrap().starts_with("10.77."), "{a}");
+    assert!(
+        a["client-ip"].as_str().unwrap().starts_with("10.77."),
+        "{a}"
+    );
     assert!(a["egress-packets"].as_u64().unwrap() > 0, "{a}");
     let alice_id = a["connection-id"].as_str().unwrap().to_string();
     let alice_ip = a["client-ip"].as_str().unwrap().to_string();
-    let table = ok(s.cli(&["connection", "list", &s.endpoint]), "connection list");
-    assert!(table.contains(&alice_id) && table.contains("bob"), "{table}");
+    let table = ok(
+        s.cli(&["connection", "list", &s.endpoint]),
+        "connection list",
+    );
+    assert!(
+        table.contains(&alice_id) && table.contains("bob"),
+        "{table}"
+    );
 
     // Terminate by id: alice is told to exit, her session and address are gone at once.
-    let t = s.json(&["connection", "terminate", &s.endpoint, "--connection-id", &alice_id]);
-    assert_eq!(t["connection-statuses"][0]["previous-status"], "active", "{t}");
-    wait_until("alice's openvpn exits after HALT", Duration::from_secs(5), || alice.exited().is_some());
-    assert!(alice.log().iter().any(|l| l.contains("Halt command was pushed by server")), "alice got HALT: {:?}", alice.log());
+    let t = s.json(&[
+        "connection",
+        "terminate",
+        &s.endpoint,
+        "--connection-id",
+        &alice_id,
+    ]);
+    assert_eq!(
+        t["connection-statuses"][0]["previous-status"], "active",
+        "{t}"
+    );
+    wait_until(
+        "alice's openvpn exits after HALT",
+        Duration::from_secs(5),
+        || alice.exited().is_some(),
+    );
+    assert!(
+        alice
+            .log()
+            .iter()
+            .any(|l| l.contains("Halt command was pushed by server")),
+        "alice got HALT: {:?}",
+        alice.log()
+    );
     wait_until("alice recorded terminated", Duration::from_secs(3), || {
-        s.connections(&["--connection-id", &alice_id]).first().is_some_and(|c| c["status"] == "terminated")
+        s.connections(&["--connection-id", &alice_id])
+            .first()
+            .is_some_and(|c| c["status"] == "terminated")
     });
     // Terminate by username: bob (the certificate's common name).
     let t = s.json(&["connection", "terminate", &s.endpoint, "--username", "bob"]);
     assert_eq!(t["connection-statuses"].as_array().unwrap().len(), 1, "{t}");
-    wait_until("bob's openvpn exits", Duration::from_secs(5), || bob.exited().is_some());
+    wait_until("bob's openvpn exits", Duration::from_secs(5), || {
+        bob.exited().is_some()
+    });
     wait_until("no active connection", Duration::from_secs(3), || {
         s.connections(&["--status", "active"]).is_empty()
     });
@@ -209,27 +308,48 @@ fn cli_drives_a_running_daemon_connections_terminate_and_logs() {
     // Her session left the data plane and her address went back to the pool.
     let log = s.daemon.daemon.log();
     assert!(
-        log.iter().any(|l| l.contains("session ended") && l.contains(&format!("client_ip={alice_ip}"))),
+        log.iter()
+            .any(|l| l.contains("session ended") && l.contains(&format!("client_ip={alice_ip}"))),
         "alice's session ended in the daemon: {}",
         log.join("\n")
     );
     let carol = s.connect(0, "carol", "engineering");
-    assert!(http::body(&get(&s.net.clients[0], PRIVATE).unwrap()).contains("10.88.0.1"), "carol reaches the private host");
+    assert!(
+        http::body(&get(&s.net.clients[0], PRIVATE).unwrap()).contains("10.88.0.1"),
+        "carol reaches the private host"
+    );
     drop(carol);
 
     // Terminating an unknown or ended connection is an API error, exit code 1.
-    let out = s.cli(&["connection", "terminate", &s.endpoint, "--connection-id", &alice_id]);
+    let out = s.cli(&[
+        "connection",
+        "terminate",
+        &s.endpoint,
+        "--connection-id",
+        &alice_id,
+    ]);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("InvalidParameterValue") || out.stderr.contains("IncorrectState"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("InvalidParameterValue") || out.stderr.contains("IncorrectState"),
+        "{}",
+        out.stderr
+    );
 
     // Connection log: one attempt and one reset per connection, AWS fields.
     wait_until("carol's reset in the log", Duration::from_secs(5), || {
-        read_log(&s.daemon.data_dir, "connection.log").iter().filter(|e| e["connection-log-type"] == "connection-reset").count() >= 3
+        read_log(&s.daemon.data_dir, "connection.log")
+            .iter()
+            .filter(|e| e["connection-log-type"] == "connection-reset")
+            .count()
+            >= 3
     });
     let log = read_log(&s.daemon.data_dir, "connection.log");
     let attempt = log
         .iter()
-        .find(|e| e["connection-id"] == alice_id.as_str() && e["connection-log-type"] == "connection-attempt")
+        .find(|e| {
+            e["connection-id"] == alice_id.as_str()
+                && e["connection-log-type"] == "connection-attempt"
+        })
         .expect("alice's attempt");
     assert_eq!(attempt["connection-attempt-status"], "successful");
     assert_eq!(attempt["connection-attempt-failure-reason"], "NA");
@@ -241,12 +361,31 @@ fn cli_drives_a_running_daemon_connections_terminate_and_logs() {
     assert_eq!(attempt["connection-end-time"], "NA");
     let reset = log
         .iter()
-        .find(|e| e["connection-id"] == alice_id.as_str() && e["connection-log-type"] == "connection-reset")
+        .find(|e| {
+            e["connection-id"] == alice_id.as_str()
+                && e["connection-log-type"] == "connection-reset"
+        })
         .expect("alice's reset");
     assert_eq!(reset["connection-attempt-status"], "NA");
     assert_ne!(reset["connection-end-time"], "NA");
-    assert!(reset["ingress-bytes"].as_str().unwrap().parse::<u64>().unwrap() > 0, "{reset}");
-    assert!(reset["egress-packets"].as_str().unwrap().parse::<u64>().unwrap() > 0, "{reset}");
+    assert!(
+        reset["ingress-bytes"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0,
+        "{reset}"
+    );
+    assert!(
+        reset["egress-packets"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0,
+        "{reset}"
+    );
     for field in [
         "connection-log-type",
         "connection-attempt-status",
@@ -268,7 +407,10 @@ fn cli_drives_a_running_daemon_connections_terminate_and_logs() {
         "username",
         "posture-compliance-statuses",
     ] {
-        assert!(reset.get(field).is_some(), "connection-reset entry lacks {field}: {reset}");
+        assert!(
+            reset.get(field).is_some(),
+            "connection-reset entry lacks {field}: {reset}"
+        );
     }
     // The denied request went to the flow log with alice's connection id.
     let flows = read_log(&s.daemon.data_dir, "flow.log");
@@ -278,21 +420,41 @@ fn cli_drives_a_running_daemon_connections_terminate_and_logs() {
     );
 }
 
-
 #[test]
 fn rule_revoked_through_the_api_cuts_a_running_flow_within_100ms_and_spares_the_other() {
     let mut s = setup(2);
     for g in ["engineering", "finance"] {
-        ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.0/24", "--group", g]), "authorize");
+        ok(
+            s.cli(&[
+                "rule",
+                "authorize",
+                &s.endpoint,
+                "--destination",
+                "10.88.0.0/24",
+                "--group",
+                g,
+            ]),
+            "authorize",
+        );
     }
     let _alice = s.connect(0, "alice", "engineering");
     let _bob = s.connect(1, "bob", "finance");
     let echo = cvpn_tests::echo::UdpEcho::start(&s.net.private, PRIVATE, 7007).unwrap();
     let run_for = Duration::from_millis(3000);
-    let alice = s.net.clients[0].spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for));
-    let bob = s.net.clients[1].spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for));
+    let alice =
+        s.net.clients[0].spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for));
+    let bob =
+        s.net.clients[1].spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for));
     std::thread::sleep(Duration::from_millis(800));
-    let out = s.cli(&["rule", "revoke", &s.endpoint, "--destination", "10.88.0.0/24", "--group", "engineering"]);
+    let out = s.cli(&[
+        "rule",
+        "revoke",
+        &s.endpoint,
+        "--destination",
+        "10.88.0.0/24",
+        "--group",
+        "engineering",
+    ]);
     // The moment the API call has returned (the CLI process has exited).
     let returned = std::time::Instant::now();
     ok(out, "rule revoke");
@@ -301,61 +463,136 @@ fn rule_revoked_through_the_api_cuts_a_running_flow_within_100ms_and_spares_the_
     drop(echo);
 
     let before = alice.iter().filter(|(t, ok)| *ok && *t < returned).count();
-    assert!(before > 50, "alice's flow must run before the revoke ({before} answers)");
-    let last_ok = alice.iter().filter(|(_, ok)| *ok).map(|(t, _)| *t).max().unwrap();
+    assert!(
+        before > 50,
+        "alice's flow must run before the revoke ({before} answers)"
+    );
+    let last_ok = alice
+        .iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(t, _)| *t)
+        .max()
+        .unwrap();
     let after = last_ok.saturating_duration_since(returned);
     println!("alice's last answered request was sent {after:?} after the API call returned");
-    assert!(after < Duration::from_millis(100), "the revoke took effect only {after:?} after the API call returned");
-    let bob_after: Vec<_> = bob.iter().filter(|(t, _)| *t > returned + Duration::from_millis(200)).collect();
+    assert!(
+        after < Duration::from_millis(100),
+        "the revoke took effect only {after:?} after the API call returned"
+    );
+    let bob_after: Vec<_> = bob
+        .iter()
+        .filter(|(t, _)| *t > returned + Duration::from_millis(200))
+        .collect();
     let bob_ok = bob_after.iter().filter(|(_, ok)| *ok).count();
-    assert!(bob_after.len() > 50 && bob_ok * 10 >= bob_after.len() * 9, "bob's flow must continue: {bob_ok} of {}", bob_after.len());
-    assert!(!s.daemon.daemon.log().iter().any(|l| l.contains("session ended")), "no session may be reset");
+    assert!(
+        bob_after.len() > 50 && bob_ok * 10 >= bob_after.len() * 9,
+        "bob's flow must continue: {bob_ok} of {}",
+        bob_after.len()
+    );
+    assert!(
+        !s.daemon
+            .daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("session ended")),
+        "no session may be reset"
+    );
     assert_eq!(s.connections(&["--status", "active"]).len(), 2);
 }
 
 #[test]
 fn crl_import_ends_the_revoked_clients_session_only() {
     let mut s = setup(2);
-    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.0/24", "--all-groups"]), "authorize");
+    ok(
+        s.cli(&[
+            "rule",
+            "authorize",
+            &s.endpoint,
+            "--destination",
+            "10.88.0.0/24",
+            "--all-groups",
+        ]),
+        "authorize",
+    );
     // This endpoint's connection log also goes to the daemon's stdout.
-    ok(s.cli(&["endpoint", "modify", &s.endpoint, "--connection-log-stdout"]), "modify");
+    ok(
+        s.cli(&["endpoint", "modify", &s.endpoint, "--connection-log-stdout"]),
+        "modify",
+    );
     let mut mallory = s.connect(0, "mallory", "engineering");
     s.wait("the attempt on stdout", Duration::from_secs(5), |s| {
-        s.daemon.daemon.log().iter().any(|l| l.starts_with("{\"connection-log-type\":\"connection-attempt\"") && l.contains("mallory"))
+        s.daemon.daemon.log().iter().any(|l| {
+            l.starts_with("{\"connection-log-type\":\"connection-attempt\"")
+                && l.contains("mallory")
+        })
     });
     let mallory_serial = s.net.ca.last_issued_serial();
     let _alice = s.connect(1, "alice", "engineering");
     assert_eq!(s.connections(&["--username", "mallory"]).len(), 1);
     s.net.ca.revoke(mallory_serial);
-    let crl = cvpn_tests::pki::write(&s.net.dir.0, "crl.pem", &s.net.ca.crl_pem().unwrap()).unwrap();
-    let summary = s.json(&["crl", "import", &s.endpoint, "--file", crl.to_str().unwrap()]);
+    let crl =
+        cvpn_tests::pki::write(&s.net.dir.0, "crl.pem", &s.net.ca.crl_pem().unwrap()).unwrap();
+    let summary = s.json(&[
+        "crl",
+        "import",
+        &s.endpoint,
+        "--file",
+        crl.to_str().unwrap(),
+    ]);
     assert_eq!(summary["entries"], 1, "{summary}");
-    wait_until("mallory's openvpn exits", Duration::from_secs(5), || mallory.exited().is_some());
+    wait_until("mallory's openvpn exits", Duration::from_secs(5), || {
+        mallory.exited().is_some()
+    });
     let active = s.connections(&["--status", "active"]);
     assert_eq!(active.len(), 1, "{active:?}");
     assert_eq!(active[0]["common-name"], "alice");
     // Her session's end is in the connection log.
     let log = read_log(&s.daemon.data_dir, "connection.log");
-    assert!(log.iter().any(|e| e["common-name"] == "mallory" && e["connection-log-type"] == "connection-reset"), "{log:?}");
+    assert!(
+        log.iter().any(
+            |e| e["common-name"] == "mallory" && e["connection-log-type"] == "connection-reset"
+        ),
+        "{log:?}"
+    );
 }
 
 #[test]
 fn disassociating_the_last_network_ends_every_connection_and_stops_serving() {
     let mut s = setup(1);
-    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.0/24", "--all-groups"]), "authorize");
+    ok(
+        s.cli(&[
+            "rule",
+            "authorize",
+            &s.endpoint,
+            "--destination",
+            "10.88.0.0/24",
+            "--all-groups",
+        ]),
+        "authorize",
+    );
     let mut alice = s.connect(0, "alice", "engineering");
     let nets = s.json(&["network", "describe", &s.endpoint]);
-    let assoc = nets["client-vpn-target-networks"][0]["association-id"].as_str().unwrap().to_string();
+    let assoc = nets["client-vpn-target-networks"][0]["association-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let r = s.json(&["network", "disassociate", &s.endpoint, &assoc]);
     assert_eq!(r["endpoint-status"], "pending-associate", "{r}");
     wait_until("alice is told to go", Duration::from_secs(5), || {
         alice.log().iter().any(|l| l.contains("server-pushed")) || alice.exited().is_some()
     });
-    wait_until("no active connection", Duration::from_secs(5), || s.connections(&["--status", "active"]).is_empty());
-    // Nothing listens any more (the endpoint's TUN is gone).
-    wait_until("the endpoint's TUN is removed", Duration::from_secs(5), || {
-        !String::from_utf8_lossy(&s.net.gateway.ip("-o link show").unwrap().stdout).contains("cvpn")
+    wait_until("no active connection", Duration::from_secs(5), || {
+        s.connections(&["--status", "active"]).is_empty()
     });
+    // Nothing listens any more (the endpoint's TUN is gone).
+    wait_until(
+        "the endpoint's TUN is removed",
+        Duration::from_secs(5),
+        || {
+            !String::from_utf8_lossy(&s.net.gateway.ip("-o link show").unwrap().stdout)
+                .contains("cvpn")
+        },
+    );
     // Associating again serves again.
     s.json(&["network", "associate", &s.endpoint, "--interface", "tgt0"]);
     alice.stop();
@@ -365,15 +602,37 @@ fn disassociating_the_last_network_ends_every_connection_and_stops_serving() {
 #[test]
 fn the_database_survives_restarts_and_a_kill_during_a_burst_of_writes() {
     let mut s = setup(1);
-    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.10/32", "--all-groups"]), "authorize");
+    ok(
+        s.cli(&[
+            "rule",
+            "authorize",
+            &s.endpoint,
+            "--destination",
+            "10.88.0.10/32",
+            "--all-groups",
+        ]),
+        "authorize",
+    );
     // Restart: the same endpoint, rules and association, serving again.
     s.daemon.daemon.stop();
     let data = s.daemon.data_dir.clone();
     s.daemon = StoreDaemon::start(&s.net.gateway, &data).unwrap();
-    s.daemon.daemon.wait_for("endpoint started", Duration::from_secs(5)).unwrap();
+    s.daemon
+        .daemon
+        .wait_for("endpoint started", Duration::from_secs(5))
+        .unwrap();
     let eps = s.json(&["endpoint", "describe"]);
-    assert_eq!(eps["client-vpn-endpoints"][0]["status"], "available", "{eps}");
-    assert_eq!(s.json(&["rule", "describe", &s.endpoint])["authorization-rules"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        eps["client-vpn-endpoints"][0]["status"], "available",
+        "{eps}"
+    );
+    assert_eq!(
+        s.json(&["rule", "describe", &s.endpoint])["authorization-rules"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // A burst of writes from another thread; SIGKILL in the middle of it.
     let socket = s.daemon.socket.clone();
@@ -384,7 +643,18 @@ fn the_database_survives_restarts_and_a_kill_during_a_burst_of_writes() {
         let mut done = 0;
         for i in 0..150u32 {
             let dest = format!("10.{}.{}.0/24", 100 + i / 250, i % 250);
-            match cli(&socket, &["rule", "authorize", &endpoint, "--destination", &dest, "--group", "g"]) {
+            match cli(
+                &socket,
+                &[
+                    "rule",
+                    "authorize",
+                    &endpoint,
+                    "--destination",
+                    &dest,
+                    "--group",
+                    "g",
+                ],
+            ) {
                 Ok(o) if o.code == 0 => {
                     done += 1;
                     acked2.store(done, std::sync::atomic::Ordering::SeqCst);
@@ -396,17 +666,31 @@ fn the_database_survives_restarts_and_a_kill_during_a_burst_of_writes() {
     });
     // Kill once the burst is well under way (and at most 10 s in).
     let start = std::time::Instant::now();
-    while acked.load(std::sync::atomic::Ordering::SeqCst) < 10 && start.elapsed() < Duration::from_secs(10) {
+    while acked.load(std::sync::atomic::Ordering::SeqCst) < 10
+        && start.elapsed() < Duration::from_secs(10)
+    {
         std::thread::sleep(Duration::from_millis(5));
     }
     s.daemon.daemon.kill();
     let acknowledged = writer.join().unwrap();
-    assert!(acknowledged > 0 && acknowledged < 150, "the kill must land mid-burst ({acknowledged} writes acknowledged)");
+    assert!(
+        acknowledged > 0 && acknowledged < 150,
+        "the kill must land mid-burst ({acknowledged} writes acknowledged)"
+    );
     s.daemon = StoreDaemon::start(&s.net.gateway, &data).unwrap();
-    s.daemon.daemon.wait_for("endpoint started", Duration::from_secs(5)).unwrap();
-    let rules = s.json(&["rule", "describe", &s.endpoint])["authorization-rules"].as_array().unwrap().len();
+    s.daemon
+        .daemon
+        .wait_for("endpoint started", Duration::from_secs(5))
+        .unwrap();
+    let rules = s.json(&["rule", "describe", &s.endpoint])["authorization-rules"]
+        .as_array()
+        .unwrap()
+        .len();
     // Every acknowledged write is there; at most the one in flight may also have landed.
-    assert!(rules == acknowledged + 1 || rules == acknowledged + 2, "{rules} rules after {acknowledged} acknowledged writes");
+    assert!(
+        rules == acknowledged + 1 || rules == acknowledged + 2,
+        "{rules} rules after {acknowledged} acknowledged writes"
+    );
     // And the endpoint serves: a client connects and reaches the private host.
     http::spawn_server(&s.net.private, PRIVATE, 8080).unwrap();
     let _c = s.connect(0, "alice", "engineering");
@@ -422,45 +706,180 @@ fn api_errors_name_the_field_and_exit_nonzero() {
     let key = s.net.dir.0.join("server.key");
     let key = key.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["endpoint", "create", "--client-cidr", "10.0.0.0/8", "--server-cert", crt, "--server-key", key, "--client-ca", crt], "InvalidParameterValue"),
-        (vec!["network", "associate", e, "--interface", "wan0", "--subnet", "10.77.0.0/24"], "overlap"),
-        (vec!["endpoint", "create", "--client-cidr", "10.60.0.0/22", "--server-cert", crt, "--server-key", key, "--client-ca", crt, "--port", "8443"], "vpn-port"),
-        (vec!["endpoint", "modify", e, "--dns-server", "1.1.1.1", "--dns-server", "8.8.8.8", "--dns-server", "9.9.9.9"], "dns-servers"),
-        (vec!["endpoint", "modify", e, "--session-timeout-hours", "9"], "session-timeout-hours"),
-        (vec!["endpoint", "describe", "cvpn-endpoint-0123456789abcdef0"], "InvalidClientVpnEndpointId.NotFound"),
-        (vec!["route", "create", e, "--destination", "10.77.1.0/24", "--interface", "tgt0"], "overlap"),
-        (vec!["rule", "authorize", e, "--destination", "10.88.0.0/33", "--all-groups"], "target-network-cidr"),
-        (vec!["network", "associate", e, "--interface", "tgt0"], "Duplicate"),
+        (
+            vec![
+                "endpoint",
+                "create",
+                "--client-cidr",
+                "10.0.0.0/8",
+                "--server-cert",
+                crt,
+                "--server-key",
+                key,
+                "--client-ca",
+                crt,
+            ],
+            "InvalidParameterValue",
+        ),
+        (
+            vec![
+                "network",
+                "associate",
+                e,
+                "--interface",
+                "wan0",
+                "--subnet",
+                "10.77.0.0/24",
+            ],
+            "overlap",
+        ),
+        (
+            vec![
+                "endpoint",
+                "create",
+                "--client-cidr",
+                "10.60.0.0/22",
+                "--server-cert",
+                crt,
+                "--server-key",
+                key,
+                "--client-ca",
+                crt,
+                "--port",
+                "8443",
+            ],
+            "vpn-port",
+        ),
+        (
+            vec![
+                "endpoint",
+                "modify",
+                e,
+                "--dns-server",
+                "1.1.1.1",
+                "--dns-server",
+                "8.8.8.8",
+                "--dns-server",
+                "9.9.9.9",
+            ],
+            "dns-servers",
+        ),
+        (
+            vec!["endpoint", "modify", e, "--session-timeout-hours", "9"],
+            "session-timeout-hours",
+        ),
+        (
+            vec!["endpoint", "describe", "cvpn-endpoint-0123456789abcdef0"],
+            "InvalidClientVpnEndpointId.NotFound",
+        ),
+        (
+            vec![
+                "route",
+                "create",
+                e,
+                "--destination",
+                "10.77.1.0/24",
+                "--interface",
+                "tgt0",
+            ],
+            "overlap",
+        ),
+        (
+            vec![
+                "rule",
+                "authorize",
+                e,
+                "--destination",
+                "10.88.0.0/33",
+                "--all-groups",
+            ],
+            "target-network-cidr",
+        ),
+        (
+            vec!["network", "associate", e, "--interface", "tgt0"],
+            "Duplicate",
+        ),
     ];
     for (args, needle) in cases {
         let out = s.cli(&args);
-        assert_eq!(out.code, 1, "cvpn {}: {}{}", args.join(" "), out.stdout, out.stderr);
-        assert!(out.stderr.contains(needle), "cvpn {}: {:?} lacks {needle:?}", args.join(" "), out.stderr);
+        assert_eq!(
+            out.code,
+            1,
+            "cvpn {}: {}{}",
+            args.join(" "),
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(needle),
+            "cvpn {}: {:?} lacks {needle:?}",
+            args.join(" "),
+            out.stderr
+        );
     }
     // Nothing changed.
-    assert_eq!(s.json(&["endpoint", "describe"])["client-vpn-endpoints"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        s.json(&["endpoint", "describe"])["client-vpn-endpoints"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
 fn sigterm_tells_clients_to_reconnect_and_detaches_everything() {
     let mut s = setup(1);
-    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.0/24", "--all-groups"]), "authorize");
+    ok(
+        s.cli(&[
+            "rule",
+            "authorize",
+            &s.endpoint,
+            "--destination",
+            "10.88.0.0/24",
+            "--all-groups",
+        ]),
+        "authorize",
+    );
     let alice = s.connect(0, "alice", "engineering");
     let status = s.daemon.daemon.stop().unwrap();
     assert!(status.success(), "clean exit: {status}");
     assert!(
-        alice.log().iter().any(|l| l.contains("server-pushed-connection-reset")),
+        alice
+            .log()
+            .iter()
+            .any(|l| l.contains("server-pushed-connection-reset")),
         "the client was told to reconnect: {:?}",
         alice.log()
     );
-    let links = String::from_utf8_lossy(&s.net.gateway.ip("-o link show").unwrap().stdout).into_owned();
+    let links =
+        String::from_utf8_lossy(&s.net.gateway.ip("-o link show").unwrap().stdout).into_owned();
     assert!(!links.contains("cvpn"), "the TUN is gone: {links}");
-    let tc = s.net.gateway.command("tc").args(["filter", "show", "dev", "tgt0", "ingress"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&tc.stdout).contains("bpf"), "no classifier left on tgt0");
-    let bpf = s.net.gateway.command("ip").args(["link", "show", "dev", "tgt0"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&bpf.stdout).contains("xdp"), "no XDP program left on tgt0");
+    let tc = s
+        .net
+        .gateway
+        .command("tc")
+        .args(["filter", "show", "dev", "tgt0", "ingress"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&tc.stdout).contains("bpf"),
+        "no classifier left on tgt0"
+    );
+    let bpf = s
+        .net
+        .gateway
+        .command("ip")
+        .args(["link", "show", "dev", "tgt0"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&bpf.stdout).contains("xdp"),
+        "no XDP program left on tgt0"
+    );
     assert!(!s.daemon.socket.exists(), "the API socket is removed");
-    let conns = cvpn_tests::gateway::cli(&s.daemon.socket, &["connection", "list", &s.endpoint]).unwrap();
+    let conns =
+        cvpn_tests::gateway::cli(&s.daemon.socket, &["connection", "list", &s.endpoint]).unwrap();
     assert_ne!(conns.code, 0, "the API is gone with the daemon");
 }
 
@@ -487,10 +906,26 @@ fn apply_then_sighup_brings_a_running_daemon_in_line_with_the_file() {
     };
     let apply = apply_file();
     let printed = String::from_utf8_lossy(&apply.stdout).into_owned();
-    assert!(apply.status.success() && printed.contains("created cvpn-endpoint-"), "{printed}{}", String::from_utf8_lossy(&apply.stderr));
-    let endpoint = printed.split_whitespace().find(|w| w.starts_with("cvpn-endpoint-")).unwrap().trim_end_matches(':').to_string();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.daemon.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
-    daemon.daemon.wait_for("endpoint started", Duration::from_secs(5)).unwrap();
+    assert!(
+        apply.status.success() && printed.contains("created cvpn-endpoint-"),
+        "{printed}{}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
+    let endpoint = printed
+        .split_whitespace()
+        .find(|w| w.starts_with("cvpn-endpoint-"))
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.daemon.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    daemon
+        .daemon
+        .wait_for("endpoint started", Duration::from_secs(5))
+        .unwrap();
     http::spawn_server(&net.private, PRIVATE, 8080).unwrap();
     let pem = net.ca.client("alice", &["engineering"]).unwrap();
     let d = net.dir.0.clone();
@@ -498,51 +933,149 @@ fn apply_then_sighup_brings_a_running_daemon_in_line_with_the_file() {
     let key = cvpn_tests::pki::write(&d, "alice.key", &pem.key).unwrap();
     let profile = ok(
         daemon
-            .cli(&["config", "export", &endpoint, "--remote-host", "10.99.0.1", "--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])
+            .cli(&[
+                "config",
+                "export",
+                &endpoint,
+                "--remote-host",
+                "10.99.0.1",
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+            ])
             .unwrap(),
         "config export",
     );
     assert!(profile.contains("remote 10.99.0.1 1194"), "{profile}");
     let mut c = OpenVpnClient::start_with_text(&net.clients[0], &profile, &d, "alice").unwrap();
     c.wait_connected(Duration::from_secs(20)).unwrap();
-    assert!(get(&net.clients[0], PRIVATE).is_ok(), "the applied rule lets alice reach the private host");
+    assert!(
+        get(&net.clients[0], PRIVATE).is_ok(),
+        "the applied rule lets alice reach the private host"
+    );
     // The rule removed from the file, applied, SIGHUP: the running flow is cut, alice stays.
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("[[authorization_rule]]\ndestination = \"10.88.0.10/32\"\nall_groups = true\n", "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[[authorization_rule]]\ndestination = \"10.88.0.10/32\"\nall_groups = true\n",
+        "",
+    );
     std::fs::write(&cfg, text).unwrap();
     let out = apply_file();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.daemon.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
-    daemon.daemon.wait_for("resynchronised with the database", Duration::from_secs(5)).unwrap();
-    assert!(get(&net.clients[0], PRIVATE).is_err(), "no rule allows it any more");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.daemon.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    daemon
+        .daemon
+        .wait_for("resynchronised with the database", Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        get(&net.clients[0], PRIVATE).is_err(),
+        "no rule allows it any more"
+    );
     assert!(c.exited().is_none(), "alice's session was not reset");
-    assert_eq!(daemon.json(&["connection", "list", &endpoint, "--status", "active"]).unwrap()["connections"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        daemon
+            .json(&["connection", "list", &endpoint, "--status", "active"])
+            .unwrap()["connections"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
 fn listener_changes_restart_the_endpoint_and_clients_come_back_with_the_new_push() {
     let mut s = setup(1);
-    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.0/24", "--all-groups"]), "authorize");
+    ok(
+        s.cli(&[
+            "rule",
+            "authorize",
+            &s.endpoint,
+            "--destination",
+            "10.88.0.0/24",
+            "--all-groups",
+        ]),
+        "authorize",
+    );
     let alice = s.connect(0, "alice", "engineering");
     // A split-tunnel route added while alice is connected: stock 2.6 clients take no pushed
     // updates, so it comes with her next connect.
-    ok(s.cli(&["route", "create", &s.endpoint, "--destination", "10.66.0.0/16", "--interface", "tgt0"]), "route create");
+    ok(
+        s.cli(&[
+            "route",
+            "create",
+            &s.endpoint,
+            "--destination",
+            "10.66.0.0/16",
+            "--interface",
+            "tgt0",
+        ]),
+        "route create",
+    );
     // A description is not a listener setting: nobody is disturbed.
-    ok(s.cli(&["endpoint", "modify", &s.endpoint, "--description", "renamed"]), "modify description");
+    ok(
+        s.cli(&[
+            "endpoint",
+            "modify",
+            &s.endpoint,
+            "--description",
+            "renamed",
+        ]),
+        "modify description",
+    );
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!alice.log().iter().any(|l| l.contains("server-pushed")), "a description change resets nobody");
+    assert!(
+        !alice.log().iter().any(|l| l.contains("server-pushed")),
+        "a description change resets nobody"
+    );
     // DNS servers are pushed at connect: the endpoint restarts and its clients reconnect.
-    ok(s.cli(&["endpoint", "modify", &s.endpoint, "--dns-server", "10.88.0.2"]), "modify dns");
-    s.wait("alice reconnects after the restart", Duration::from_secs(20), |_| {
-        alice.log().iter().filter(|l| l.contains("Initialization Sequence Completed")).count() >= 2
-    });
+    ok(
+        s.cli(&[
+            "endpoint",
+            "modify",
+            &s.endpoint,
+            "--dns-server",
+            "10.88.0.2",
+        ]),
+        "modify dns",
+    );
+    s.wait(
+        "alice reconnects after the restart",
+        Duration::from_secs(20),
+        |_| {
+            alice
+                .log()
+                .iter()
+                .filter(|l| l.contains("Initialization Sequence Completed"))
+                .count()
+                >= 2
+        },
+    );
     let log = alice.log();
-    assert!(log.iter().any(|l| l.contains("server-pushed-connection-reset")), "told to reconnect: {log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("server-pushed-connection-reset")),
+        "told to reconnect: {log:?}"
+    );
     let push = log.iter().rev().find(|l| l.contains("PUSH_REPLY")).unwrap();
     assert!(push.contains("dhcp-option DNS 10.88.0.2"), "{push}");
     assert!(push.contains("route 10.66.0.0 255.255.0.0"), "{push}");
-    s.wait("one active and one ended connection", Duration::from_secs(5), |s| {
-        s.connections(&["--status", "active"]).len() == 1 && s.connections(&["--status", "terminated"]).len() == 1
-    });
+    s.wait(
+        "one active and one ended connection",
+        Duration::from_secs(5),
+        |s| {
+            s.connections(&["--status", "active"]).len() == 1
+                && s.connections(&["--status", "terminated"]).len() == 1
+        },
+    );
 }
 
 #[test]
@@ -553,7 +1086,12 @@ fn the_api_over_tls_needs_the_bearer_token() {
     let api_cert = net.ca.server("127.0.0.1").unwrap();
     let d = net.dir.0.clone();
     let w = |name: &str, text: &str| cvpn_tests::pki::write(&d, name, text).unwrap();
-    let (cert, key, ca, token) = (w("api.crt", &api_cert.cert), w("api.key", &api_cert.key), w("api-ca.crt", &net.ca.cert_pem()), w("api.token", "tok-3f9a1c\n"));
+    let (cert, key, ca, token) = (
+        w("api.crt", &api_cert.cert),
+        w("api.key", &api_cert.key),
+        w("api-ca.crt", &net.ca.cert_pem()),
+        w("api.token", "tok-3f9a1c\n"),
+    );
     let config = w(
         "cvpn.toml",
         &format!("[api]\ntcp_listen = \"127.0.0.1:8443\"\ntls_cert = {cert:?}\ntls_key = {key:?}\ntoken_file = {token:?}\n"),
@@ -564,18 +1102,32 @@ fn the_api_over_tls_needs_the_bearer_token() {
     let remote = |token: &str| {
         net.gateway
             .command(bin.to_str().unwrap())
-            .args(["endpoint", "describe", "--api", "https://127.0.0.1:8443", "--ca-cert"])
+            .args([
+                "endpoint",
+                "describe",
+                "--api",
+                "https://127.0.0.1:8443",
+                "--ca-cert",
+            ])
             .arg(&ca)
             .env("CVPN_API_TOKEN", token)
             .output()
             .unwrap()
     };
     let good = remote("tok-3f9a1c");
-    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
     assert!(String::from_utf8_lossy(&good.stdout).contains("ENDPOINT ID"));
     let bad = remote("wrong");
     assert_eq!(bad.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("AuthFailure"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("AuthFailure"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     // The local socket works alongside.
     assert!(daemon.json(&["endpoint", "describe"]).is_ok());
 }
@@ -586,38 +1138,106 @@ fn two_endpoints_on_one_listener_the_second_waits_for_a_port_of_its_own() {
     let d = s.net.dir.0.clone();
     let path = |n: &str| d.join(n).to_str().unwrap().to_string();
     let second = s.json(&[
-        "endpoint", "create", "--client-cidr", "10.78.0.0/22", "--server-cert", &path("server.crt"), "--server-key",
-        &path("server.key"), "--client-ca", &path("ca.crt"), "--split-tunnel",
+        "endpoint",
+        "create",
+        "--client-cidr",
+        "10.78.0.0/22",
+        "--server-cert",
+        &path("server.crt"),
+        "--server-key",
+        &path("server.key"),
+        "--client-ca",
+        &path("ca.crt"),
+        "--split-tunnel",
     ]);
-    let second = second["client-vpn-endpoint-id"].as_str().unwrap().to_string();
-    ok(s.cli(&["network", "associate", &second, "--interface", "tgt0", "--subnet", "10.88.0.0/24"]), "associate");
-    s.daemon.daemon.wait_for("already listens on the same transport and port", Duration::from_secs(5)).unwrap();
+    let second = second["client-vpn-endpoint-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(
+        s.cli(&[
+            "network",
+            "associate",
+            &second,
+            "--interface",
+            "tgt0",
+            "--subnet",
+            "10.88.0.0/24",
+        ]),
+        "associate",
+    );
+    s.daemon
+        .daemon
+        .wait_for(
+            "already listens on the same transport and port",
+            Duration::from_secs(5),
+        )
+        .unwrap();
     // The administrator sees why in the endpoint's description.
     let described = s.json(&["endpoint", "describe", &second]);
     let listener = &described["client-vpn-endpoints"][0]["listener"];
     assert_eq!(listener["state"], "failed", "{described}");
-    assert!(listener["message"].as_str().unwrap().contains(&s.endpoint), "{listener}");
+    assert!(
+        listener["message"].as_str().unwrap().contains(&s.endpoint),
+        "{listener}"
+    );
     let table = ok(s.cli(&["endpoint", "describe"]), "describe");
-    assert!(table.contains("serving") && table.contains("listener failed"), "{table}");
+    assert!(
+        table.contains("serving") && table.contains("listener failed"),
+        "{table}"
+    );
     // The first endpoint goes on serving.
-    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.0/24", "--all-groups"]), "authorize");
+    ok(
+        s.cli(&[
+            "rule",
+            "authorize",
+            &s.endpoint,
+            "--destination",
+            "10.88.0.0/24",
+            "--all-groups",
+        ]),
+        "authorize",
+    );
     let _alice = s.connect(0, "alice", "engineering");
     // Port 1194 for the second: it starts.
-    ok(s.cli(&["endpoint", "modify", &second, "--port", "1194"]), "modify port");
+    ok(
+        s.cli(&["endpoint", "modify", &second, "--port", "1194"]),
+        "modify port",
+    );
     s.wait("the second endpoint starts", Duration::from_secs(5), |s| {
-        s.daemon.daemon.log().iter().any(|l| l.contains("endpoint started") && l.contains(&second))
+        s.daemon
+            .daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("endpoint started") && l.contains(&second))
     });
-    assert_eq!(s.json(&["endpoint", "describe", &second])["client-vpn-endpoints"][0]["listener"]["state"], "serving");
+    assert_eq!(
+        s.json(&["endpoint", "describe", &second])["client-vpn-endpoints"][0]["listener"]["state"],
+        "serving"
+    );
     // Both share the target network: the first's clients still get their answers.
     http::spawn_server(&s.net.private, PRIVATE, 8080).unwrap();
-    assert!(get(&s.net.clients[0], PRIVATE).is_ok(), "the first endpoint's return path survives the second");
+    assert!(
+        get(&s.net.clients[0], PRIVATE).is_ok(),
+        "the first endpoint's return path survives the second"
+    );
 }
 
 #[test]
 fn the_client_connect_handler_admits_denies_and_fails_closed() {
     use std::os::unix::fs::PermissionsExt;
     let mut s = setup(3);
-    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.88.0.0/24", "--all-groups"]), "authorize");
+    ok(
+        s.cli(&[
+            "rule",
+            "authorize",
+            &s.endpoint,
+            "--destination",
+            "10.88.0.0/24",
+            "--all-groups",
+        ]),
+        "authorize",
+    );
     let dir = s.net.dir.0.clone();
     let script = |name: &str, body: &str| {
         let p = dir.join(name);
@@ -635,7 +1255,16 @@ fn the_client_connect_handler_admits_denies_and_fails_closed() {
             seen.display()
         ),
     );
-    ok(s.cli(&["endpoint", "modify", &s.endpoint, "--connect-handler", &handler]), "modify --connect-handler");
+    ok(
+        s.cli(&[
+            "endpoint",
+            "modify",
+            &s.endpoint,
+            "--connect-handler",
+            &handler,
+        ]),
+        "modify --connect-handler",
+    );
     let _alice = s.connect(0, "alice", "engineering");
     let request: Value = serde_json::from_str(&std::fs::read_to_string(&seen).unwrap()).unwrap();
     assert_eq!(request["common-name"], "alice");
@@ -643,31 +1272,72 @@ fn the_client_connect_handler_admits_denies_and_fails_closed() {
     assert_eq!(request["endpoint-id"], s.endpoint.as_str());
     assert_eq!(request["public-ip"], "10.99.0.2");
     assert_eq!(request["schema-version"], "v2");
-    assert!(request["connection-id"].as_str().unwrap().starts_with("cvpn-connection-"));
-    assert!(request["client-openvpn-version"].as_str().unwrap().starts_with("2.6"), "{request}");
+    assert!(request["connection-id"]
+        .as_str()
+        .unwrap()
+        .starts_with("cvpn-connection-"));
+    assert!(
+        request["client-openvpn-version"]
+            .as_str()
+            .unwrap()
+            .starts_with("2.6"),
+        "{request}"
+    );
 
     let mut bob = s.start_client(1, "bob", "finance");
-    bob.wait_for("AUTH_FAILED", Duration::from_secs(20)).unwrap();
-    assert!(bob.log().iter().any(|l| l.contains("finance connects from the office only")), "{:?}", bob.log());
-    s.wait("bob's openvpn gives up", Duration::from_secs(10), |_| bob.exited().is_some());
+    bob.wait_for("AUTH_FAILED", Duration::from_secs(20))
+        .unwrap();
+    assert!(
+        bob.log()
+            .iter()
+            .any(|l| l.contains("finance connects from the office only")),
+        "{:?}",
+        bob.log()
+    );
+    s.wait("bob's openvpn gives up", Duration::from_secs(10), |_| {
+        bob.exited().is_some()
+    });
 
     // A handler that fails refuses everyone (fails closed).
     let broken = script("broken-handler.sh", "exit 1");
-    ok(s.cli(&["endpoint", "modify", &s.endpoint, "--connect-handler", &broken]), "modify --connect-handler");
+    ok(
+        s.cli(&[
+            "endpoint",
+            "modify",
+            &s.endpoint,
+            "--connect-handler",
+            &broken,
+        ]),
+        "modify --connect-handler",
+    );
     let mut carol = s.start_client(2, "carol", "engineering");
-    carol.wait_for("AUTH_FAILED", Duration::from_secs(20)).unwrap();
+    carol
+        .wait_for("AUTH_FAILED", Duration::from_secs(20))
+        .unwrap();
 
     let active = s.connections(&["--status", "active"]);
     assert_eq!(active.len(), 1, "only alice is connected: {active:?}");
     let log = read_log(&s.daemon.data_dir, "connection.log");
-    let alice = log.iter().find(|e| e["common-name"] == "alice" && e["connection-log-type"] == "connection-attempt").unwrap();
+    let alice = log
+        .iter()
+        .find(|e| e["common-name"] == "alice" && e["connection-log-type"] == "connection-attempt")
+        .unwrap();
     assert_eq!(alice["connection-attempt-status"], "successful");
-    assert_eq!(alice["posture-compliance-statuses"], serde_json::json!(["patched"]));
+    assert_eq!(
+        alice["posture-compliance-statuses"],
+        serde_json::json!(["patched"])
+    );
     let bob = log.iter().find(|e| e["common-name"] == "bob").unwrap();
     assert_eq!(bob["connection-attempt-status"], "failed");
-    assert_eq!(bob["connection-attempt-failure-reason"], "client-connect-failed");
+    assert_eq!(
+        bob["connection-attempt-failure-reason"],
+        "client-connect-failed"
+    );
     let carol = log.iter().find(|e| e["common-name"] == "carol").unwrap();
-    assert_eq!(carol["connection-attempt-failure-reason"], "client-connect-handler-other-execution-error");
+    assert_eq!(
+        carol["connection-attempt-failure-reason"],
+        "client-connect-handler-other-execution-error"
+    );
 }
 
 #[test]
@@ -680,42 +1350,110 @@ fn a_tcp_endpoint_serves_its_exported_profile_and_is_deleted_cleanly() {
     let p = |p: &std::path::Path| p.to_str().unwrap().to_string();
     let created = daemon
         .json(&[
-            "endpoint", "create", "--client-cidr", "10.77.0.0/22", "--server-cert", &p(&cert), "--server-key", &p(&key),
-            "--client-ca", &p(&ca), "--transport", "tcp", "--port", "1194", "--split-tunnel",
+            "endpoint",
+            "create",
+            "--client-cidr",
+            "10.77.0.0/22",
+            "--server-cert",
+            &p(&cert),
+            "--server-key",
+            &p(&key),
+            "--client-ca",
+            &p(&ca),
+            "--transport",
+            "tcp",
+            "--port",
+            "1194",
+            "--split-tunnel",
         ])
         .unwrap();
-    let ep = created["client-vpn-endpoint-id"].as_str().unwrap().to_string();
-    let assoc = daemon.json(&["network", "associate", &ep, "--interface", "tgt0"]).unwrap();
-    let assoc_id = assoc["association"]["association-id"].as_str().unwrap().to_string();
-    daemon.json(&["rule", "authorize", &ep, "--destination", "10.88.0.10/32", "--all-groups"]).unwrap();
+    let ep = created["client-vpn-endpoint-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let assoc = daemon
+        .json(&["network", "associate", &ep, "--interface", "tgt0"])
+        .unwrap();
+    let assoc_id = assoc["association"]["association-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    daemon
+        .json(&[
+            "rule",
+            "authorize",
+            &ep,
+            "--destination",
+            "10.88.0.10/32",
+            "--all-groups",
+        ])
+        .unwrap();
     let pem = net.ca.client("alice", &["engineering"]).unwrap();
     let d = net.dir.0.clone();
-    let (ucert, ukey) = (cvpn_tests::pki::write(&d, "alice.crt", &pem.cert).unwrap(), cvpn_tests::pki::write(&d, "alice.key", &pem.key).unwrap());
+    let (ucert, ukey) = (
+        cvpn_tests::pki::write(&d, "alice.crt", &pem.cert).unwrap(),
+        cvpn_tests::pki::write(&d, "alice.key", &pem.key).unwrap(),
+    );
     let profile = ok(
-        daemon.cli(&["config", "export", &ep, "--remote-host", "10.99.0.1", "--cert", &p(&ucert), "--key", &p(&ukey)]).unwrap(),
+        daemon
+            .cli(&[
+                "config",
+                "export",
+                &ep,
+                "--remote-host",
+                "10.99.0.1",
+                "--cert",
+                &p(&ucert),
+                "--key",
+                &p(&ukey),
+            ])
+            .unwrap(),
         "config export",
     );
-    assert!(profile.contains("proto tcp") && profile.contains("remote 10.99.0.1 1194"), "{profile}");
-    assert!(!profile.contains("explicit-exit-notify"), "UDP only: {profile}");
+    assert!(
+        profile.contains("proto tcp") && profile.contains("remote 10.99.0.1 1194"),
+        "{profile}"
+    );
+    assert!(
+        !profile.contains("explicit-exit-notify"),
+        "UDP only: {profile}"
+    );
     let mut c = OpenVpnClient::start_with_text(&net.clients[0], &profile, &d, "alice").unwrap();
     c.wait_connected(Duration::from_secs(20)).unwrap();
     http::spawn_server(&net.private, PRIVATE, 8080).unwrap();
-    assert!(get(&net.clients[0], PRIVATE).is_ok(), "alice reaches the private host over TCP");
+    assert!(
+        get(&net.clients[0], PRIVATE).is_ok(),
+        "alice reaches the private host over TCP"
+    );
     let conns = daemon.json(&["connection", "list", &ep]).unwrap();
-    assert_eq!(conns["connections"][0]["transport-protocol"], "tcp", "{conns}");
+    assert_eq!(
+        conns["connections"][0]["transport-protocol"], "tcp",
+        "{conns}"
+    );
 
     // An endpoint with a target network cannot be deleted; without one it is, and its
     // listener and TUN go.
     let refused = daemon.cli(&["endpoint", "delete", &ep]).unwrap();
     assert_eq!(refused.code, 1, "{}", refused.stdout);
-    assert!(refused.stderr.contains("disassociate"), "{}", refused.stderr);
-    daemon.json(&["network", "disassociate", &ep, &assoc_id]).unwrap();
+    assert!(
+        refused.stderr.contains("disassociate"),
+        "{}",
+        refused.stderr
+    );
+    daemon
+        .json(&["network", "disassociate", &ep, &assoc_id])
+        .unwrap();
     let deleting = daemon.json(&["endpoint", "delete", &ep]).unwrap();
     assert_eq!(deleting["endpoint"]["status"], "deleting", "{deleting}");
     wait_until("the endpoint is deleted", Duration::from_secs(5), || {
-        daemon.json(&["endpoint", "describe", &ep]).is_ok_and(|v| v["client-vpn-endpoints"][0]["status"] == "deleted")
+        daemon
+            .json(&["endpoint", "describe", &ep])
+            .is_ok_and(|v| v["client-vpn-endpoints"][0]["status"] == "deleted")
     });
-    assert!(!String::from_utf8_lossy(&net.gateway.ip("-o link show").unwrap().stdout).contains("cvpn"), "TUN removed");
+    assert!(
+        !String::from_utf8_lossy(&net.gateway.ip("-o link show").unwrap().stdout).contains("cvpn"),
+        "TUN removed"
+    );
     c.stop();
 }
 
@@ -724,22 +1462,62 @@ fn quotas_come_from_the_daemon_configuration() {
     require_root();
     let mut net = EndpointNet::new(0).unwrap();
     let data = TempDir::new("cp").unwrap();
-    let config = cvpn_tests::pki::write(&net.dir.0, "cvpn.toml", "[quotas]\nauthorization_rules_per_endpoint = 2\n").unwrap();
+    let config = cvpn_tests::pki::write(
+        &net.dir.0,
+        "cvpn.toml",
+        "[quotas]\nauthorization_rules_per_endpoint = 2\n",
+    )
+    .unwrap();
     let daemon = StoreDaemon::start_with_config(&net.gateway, &data.0, Some(&config)).unwrap();
     let (cert, key, ca) = net.write_server_files().unwrap();
     let p = |p: &std::path::Path| p.to_str().unwrap().to_string();
     let ep = daemon
-        .json(&["endpoint", "create", "--client-cidr", "10.77.0.0/22", "--server-cert", &p(&cert), "--server-key", &p(&key), "--client-ca", &p(&ca)])
+        .json(&[
+            "endpoint",
+            "create",
+            "--client-cidr",
+            "10.77.0.0/22",
+            "--server-cert",
+            &p(&cert),
+            "--server-key",
+            &p(&key),
+            "--client-ca",
+            &p(&ca),
+        ])
         .unwrap()["client-vpn-endpoint-id"]
         .as_str()
         .unwrap()
         .to_string();
     for dest in ["10.88.0.0/24", "10.89.0.0/24"] {
-        daemon.json(&["rule", "authorize", &ep, "--destination", dest, "--all-groups"]).unwrap();
+        daemon
+            .json(&[
+                "rule",
+                "authorize",
+                &ep,
+                "--destination",
+                dest,
+                "--all-groups",
+            ])
+            .unwrap();
     }
-    let third = daemon.cli(&["rule", "authorize", &ep, "--destination", "10.90.0.0/24", "--all-groups"]).unwrap();
+    let third = daemon
+        .cli(&[
+            "rule",
+            "authorize",
+            &ep,
+            "--destination",
+            "10.90.0.0/24",
+            "--all-groups",
+        ])
+        .unwrap();
     assert_eq!(third.code, 1);
-    assert!(third.stderr.contains("ClientVpnAuthorizationRuleLimitExceeded"), "{}", third.stderr);
+    assert!(
+        third
+            .stderr
+            .contains("ClientVpnAuthorizationRuleLimitExceeded"),
+        "{}",
+        third.stderr
+    );
 }
 
 #[test]
@@ -752,24 +1530,74 @@ fn a_target_network_associated_live_carries_traffic_and_leaves_without_resetting
     other.ip("addr add 10.66.0.10/24 dev eth0").unwrap();
     let far = Ipv4Addr::new(10, 66, 0, 10);
     http::spawn_server(&other, far, 8080).unwrap();
-    ok(s.cli(&["rule", "authorize", &s.endpoint, "--destination", "10.0.0.0/8", "--all-groups"]), "authorize");
+    ok(
+        s.cli(&[
+            "rule",
+            "authorize",
+            &s.endpoint,
+            "--destination",
+            "10.0.0.0/8",
+            "--all-groups",
+        ]),
+        "authorize",
+    );
     let alice = s.connect(0, "alice", "engineering");
     // Stock 2.6 clients take no pushed route updates: give alice the route by hand, as a full
     // tunnel would.
-    s.net.clients[0].ip("route add 10.66.0.0/24 dev tun0").unwrap();
-    assert!(get(&s.net.clients[0], far).is_err(), "no target network routes 10.66.0.0/24 yet");
+    s.net.clients[0]
+        .ip("route add 10.66.0.0/24 dev tun0")
+        .unwrap();
+    assert!(
+        get(&s.net.clients[0], far).is_err(),
+        "no target network routes 10.66.0.0/24 yet"
+    );
 
-    let assoc = s.json(&["network", "associate", &s.endpoint, "--interface", "tgt1", "--subnet", "10.66.0.0/24"]);
-    let assoc_id = assoc["association"]["association-id"].as_str().unwrap().to_string();
+    let assoc = s.json(&[
+        "network",
+        "associate",
+        &s.endpoint,
+        "--interface",
+        "tgt1",
+        "--subnet",
+        "10.66.0.0/24",
+    ]);
+    let assoc_id = assoc["association"]["association-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let body = get(&s.net.clients[0], far).expect("10.66.0.10 reachable once tgt1 is associated");
-    assert!(http::body(&body).contains("10.66.0.1"), "SNATed to tgt1's address: {body}");
+    assert!(
+        http::body(&body).contains("10.66.0.1"),
+        "SNATed to tgt1's address: {body}"
+    );
     // The first network still works, and nobody was reset.
     http::spawn_server(&s.net.private, PRIVATE, 8080).unwrap();
     assert!(get(&s.net.clients[0], PRIVATE).is_ok());
 
     s.json(&["network", "disassociate", &s.endpoint, &assoc_id]);
-    assert!(get(&s.net.clients[0], far).is_err(), "10.66.0.0/24 is gone with its network");
-    assert!(get(&s.net.clients[0], PRIVATE).is_ok(), "the other network stays");
-    assert_eq!(alice.log().iter().filter(|l| l.contains("Initialization Sequence Completed")).count(), 1, "no reconnect");
-    assert!(!s.daemon.daemon.log().iter().any(|l| l.contains("session ended")), "no session reset");
+    assert!(
+        get(&s.net.clients[0], far).is_err(),
+        "10.66.0.0/24 is gone with its network"
+    );
+    assert!(
+        get(&s.net.clients[0], PRIVATE).is_ok(),
+        "the other network stays"
+    );
+    assert_eq!(
+        alice
+            .log()
+            .iter()
+            .filter(|l| l.contains("Initialization Sequence Completed"))
+            .count(),
+        1,
+        "no reconnect"
+    );
+    assert!(
+        !s.daemon
+            .daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("session ended")),
+        "no session reset"
+    );
 }

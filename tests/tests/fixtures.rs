@@ -37,7 +37,10 @@ const UNROUTED: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 5);
 const INTERNET: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 
 fn rule(cidr: &str, access: Access) -> AuthorizationRule {
-    AuthorizationRule { destination: cidr.parse().unwrap(), access }
+    AuthorizationRule {
+        destination: cidr.parse().unwrap(),
+        access,
+    }
 }
 
 fn group(g: &str) -> Access {
@@ -48,21 +51,32 @@ fn group(g: &str) -> Access {
 fn setup() -> (Netns, DataPlane) {
     let (ns, mut dp) = cvpn_tests::fixture_dataplane(
         "fx",
-        DataPlaneConfig { nat_port_range: (20000, 20999), ..DataPlaneConfig::default() },
+        DataPlaneConfig {
+            nat_port_range: (20000, 20999),
+            ..DataPlaneConfig::default()
+        },
     )
     .expect("fixture data plane");
-    assert_eq!(dp.target_snat_addr(1), Some(SNAT), "SNAT address is taken from the interface");
+    assert_eq!(
+        dp.target_snat_addr(1),
+        Some(SNAT),
+        "SNAT address is taken from the interface"
+    );
     dp.add_session(A, 1, &["a".to_string()]).unwrap();
     dp.add_session(B, 2, &["b".to_string()]).unwrap();
     dp.add_session(NOGROUP, 3, &[]).unwrap();
-    dp.add_session(A2, 4, &["a".to_string(), "unused".to_string()]).unwrap();
+    dp.add_session(A2, 4, &["a".to_string(), "unused".to_string()])
+        .unwrap();
     dp.replace_policy(Policy {
         rules: vec![
             rule("10.88.0.0/16", group("a")),
             rule("10.88.5.0/24", group("b")),
             rule("10.99.0.0/16", Access::AllGroups),
         ],
-        routes: vec![Route { destination: "10.88.0.0/16".parse().unwrap(), target: 1 }],
+        routes: vec![Route {
+            destination: "10.88.0.0/16".parse().unwrap(),
+            target: 1,
+        }],
     })
     .unwrap();
     (ns, dp)
@@ -78,7 +92,13 @@ struct Row {
 }
 
 fn client(what: &'static str, src: Ipv4Addr, dst: Ipv4Addr, l4: L4, verdict: i32) -> Row {
-    Row { what, program: ProgramKind::ClientIngress, input: build(src, dst, l4, b"fixture"), verdict, output: None }
+    Row {
+        what,
+        program: ProgramKind::ClientIngress,
+        input: build(src, dst, l4, b"fixture"),
+        verdict,
+        output: None,
+    }
 }
 
 fn run_rows(dp: &mut DataPlane, rows: Vec<Row>) {
@@ -86,7 +106,10 @@ fn run_rows(dp: &mut DataPlane, rows: Vec<Row>) {
     for row in rows {
         let out = dp.test_run(row.program, &row.input, 1).expect("test run");
         if out.verdict != row.verdict {
-            failures.push(format!("{}: verdict {} (want {})", row.what, out.verdict, row.verdict));
+            failures.push(format!(
+                "{}: verdict {} (want {})",
+                row.what, out.verdict, row.verdict
+            ));
             continue;
         }
         if let Some((src, sport, dst, dport)) = row.output {
@@ -102,11 +125,18 @@ fn run_rows(dp: &mut DataPlane, rows: Vec<Row>) {
         if row.verdict == TC_ACT_SHOT || row.verdict == TC_ACT_OK {
             // Dropped or passed packets are not rewritten.
             if out.packet != row.input {
-                failures.push(format!("{}: packet changed although not forwarded", row.what));
+                failures.push(format!(
+                    "{}: packet changed although not forwarded",
+                    row.what
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "fixture failures:\n  {}", failures.join("\n  "));
+    assert!(
+        failures.is_empty(),
+        "fixture failures:\n  {}",
+        failures.join("\n  ")
+    );
 }
 
 #[test]
@@ -116,7 +146,11 @@ fn client_path_allow_deny_unknown_and_route_miss() {
     }
     let (_ns, mut dp) = setup();
     let mut events = dp.take_flow_events().unwrap();
-    let tcp = |sport, dport| L4::Tcp { sport, dport, fin: false };
+    let tcp = |sport, dport| L4::Tcp {
+        sport,
+        dport,
+        fin: false,
+    };
     let udp = |sport, dport| L4::Udp { sport, dport };
     let echo = |id| L4::EchoRequest { id, seq: 1 };
     let fwd = |mut r: Row, out: (Ipv4Addr, u16, Ipv4Addr, u16)| {
@@ -126,16 +160,82 @@ fn client_path_allow_deny_unknown_and_route_miss() {
     run_rows(
         &mut dp,
         vec![
-            fwd(client("TCP, group a, /16 rule: allowed, SNAT keeps the port", A, HOST, tcp(40000, 80), TC_ACT_REDIRECT), (SNAT, 40000, HOST, 80)),
-            fwd(client("UDP, group a: allowed", A, HOST, udp(40001, 53), TC_ACT_REDIRECT), (SNAT, 40001, HOST, 53)),
-            fwd(client("ICMP echo, group a: allowed, id kept", A, HOST, echo(777), TC_ACT_REDIRECT), (SNAT, 777, HOST, 0)),
-            client("TCP, group b, only a's /16 covers it: denied", B, HOST, tcp(40000, 80), TC_ACT_SHOT),
-            client("UDP, no groups: denied", NOGROUP, HOST, udp(40000, 53), TC_ACT_SHOT),
+            fwd(
+                client(
+                    "TCP, group a, /16 rule: allowed, SNAT keeps the port",
+                    A,
+                    HOST,
+                    tcp(40000, 80),
+                    TC_ACT_REDIRECT,
+                ),
+                (SNAT, 40000, HOST, 80),
+            ),
+            fwd(
+                client(
+                    "UDP, group a: allowed",
+                    A,
+                    HOST,
+                    udp(40001, 53),
+                    TC_ACT_REDIRECT,
+                ),
+                (SNAT, 40001, HOST, 53),
+            ),
+            fwd(
+                client(
+                    "ICMP echo, group a: allowed, id kept",
+                    A,
+                    HOST,
+                    echo(777),
+                    TC_ACT_REDIRECT,
+                ),
+                (SNAT, 777, HOST, 0),
+            ),
+            client(
+                "TCP, group b, only a's /16 covers it: denied",
+                B,
+                HOST,
+                tcp(40000, 80),
+                TC_ACT_SHOT,
+            ),
+            client(
+                "UDP, no groups: denied",
+                NOGROUP,
+                HOST,
+                udp(40000, 53),
+                TC_ACT_SHOT,
+            ),
             client("ICMP echo, group b: denied", B, HOST, echo(5), TC_ACT_SHOT),
-            client("unknown source: dropped", STRANGER, HOST, tcp(40000, 80), TC_ACT_SHOT),
-            client("authorized for all groups but no route: dropped", A, UNROUTED, tcp(40000, 80), TC_ACT_SHOT),
-            fwd(client("group b's /24 inside a's /16: b allowed", B, HOST_B, tcp(41000, 443), TC_ACT_REDIRECT), (SNAT, 41000, HOST_B, 443)),
-            client("group b's /24 takes the destination away from group a", A, HOST_B, tcp(41000, 443), TC_ACT_SHOT),
+            client(
+                "unknown source: dropped",
+                STRANGER,
+                HOST,
+                tcp(40000, 80),
+                TC_ACT_SHOT,
+            ),
+            client(
+                "authorized for all groups but no route: dropped",
+                A,
+                UNROUTED,
+                tcp(40000, 80),
+                TC_ACT_SHOT,
+            ),
+            fwd(
+                client(
+                    "group b's /24 inside a's /16: b allowed",
+                    B,
+                    HOST_B,
+                    tcp(41000, 443),
+                    TC_ACT_REDIRECT,
+                ),
+                (SNAT, 41000, HOST_B, 443),
+            ),
+            client(
+                "group b's /24 takes the destination away from group a",
+                A,
+                HOST_B,
+                tcp(41000, 443),
+                TC_ACT_SHOT,
+            ),
         ],
     );
     let c = dp.global_counters().unwrap();
@@ -161,7 +261,17 @@ fn client_path_allow_deny_unknown_and_route_miss() {
         "{got:?}"
     );
     let first = &got[0];
-    assert_eq!((first.session_id, first.src, first.src_port, first.dst, first.dst_port, first.protocol), (2, B, 40000, HOST, 80, 6));
+    assert_eq!(
+        (
+            first.session_id,
+            first.src,
+            first.src_port,
+            first.dst,
+            first.dst_port,
+            first.protocol
+        ),
+        (2, B, 40000, HOST, 80, 6)
+    );
     assert_eq!(got[3].session_id, 0);
     assert_eq!((got[4].session_id, got[4].dst), (1, UNROUTED));
 
@@ -182,17 +292,50 @@ fn longest_prefix_wins_over_zero_route_and_policy_swaps_apply_to_next_packet() {
     let mut policy = dp.policy().clone();
     policy.rules.push(rule("0.0.0.0/0", Access::AllGroups));
     dp.replace_policy(policy.clone()).unwrap();
-    let tcp = L4::Tcp { sport: 42000, dport: 80, fin: false };
+    let tcp = L4::Tcp {
+        sport: 42000,
+        dport: 80,
+        fin: false,
+    };
     run_rows(
         &mut dp,
         vec![
-            client("a to b's /24: still denied, 0.0.0.0/0 does not help", A, HOST_B, tcp, TC_ACT_SHOT),
-            client("no groups to a's /16: denied, the /16 is longer than /0", NOGROUP, HOST, L4::Udp { sport: 1, dport: 2 }, TC_ACT_SHOT),
-            client("no groups to the internet: authorized by /0, but no route", NOGROUP, INTERNET, L4::Udp { sport: 1, dport: 2 }, TC_ACT_SHOT),
+            client(
+                "a to b's /24: still denied, 0.0.0.0/0 does not help",
+                A,
+                HOST_B,
+                tcp,
+                TC_ACT_SHOT,
+            ),
+            client(
+                "no groups to a's /16: denied, the /16 is longer than /0",
+                NOGROUP,
+                HOST,
+                L4::Udp { sport: 1, dport: 2 },
+                TC_ACT_SHOT,
+            ),
+            client(
+                "no groups to the internet: authorized by /0, but no route",
+                NOGROUP,
+                INTERNET,
+                L4::Udp { sport: 1, dport: 2 },
+                TC_ACT_SHOT,
+            ),
         ],
     );
-    let kinds: Vec<_> = events.wait(std::time::Duration::from_millis(200)).iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, vec![FlowEventKind::Denied, FlowEventKind::Denied, FlowEventKind::NoRoute]);
+    let kinds: Vec<_> = events
+        .wait(std::time::Duration::from_millis(200))
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            FlowEventKind::Denied,
+            FlowEventKind::Denied,
+            FlowEventKind::NoRoute
+        ]
+    );
 
     // Swap to a policy where group b owns the /16: the very next packet is judged by it.
     dp.replace_policy(Policy {
@@ -203,13 +346,38 @@ fn longest_prefix_wins_over_zero_route_and_policy_swaps_apply_to_next_packet() {
     run_rows(
         &mut dp,
         vec![
-            client("after the swap group a is denied", A, HOST, L4::Udp { sport: 3, dport: 4 }, TC_ACT_SHOT),
-            client("after the swap group b is allowed", B, HOST, L4::Udp { sport: 3, dport: 4 }, TC_ACT_REDIRECT),
+            client(
+                "after the swap group a is denied",
+                A,
+                HOST,
+                L4::Udp { sport: 3, dport: 4 },
+                TC_ACT_SHOT,
+            ),
+            client(
+                "after the swap group b is allowed",
+                B,
+                HOST,
+                L4::Udp { sport: 3, dport: 4 },
+                TC_ACT_REDIRECT,
+            ),
         ],
     );
     // And back: a group that was dropped and comes back gets a bit again.
-    dp.replace_policy(Policy { rules: vec![rule("10.88.0.0/16", group("a"))], routes: policy.routes }).unwrap();
-    run_rows(&mut dp, vec![client("group a again", A, HOST, L4::Udp { sport: 5, dport: 6 }, TC_ACT_REDIRECT)]);
+    dp.replace_policy(Policy {
+        rules: vec![rule("10.88.0.0/16", group("a"))],
+        routes: policy.routes,
+    })
+    .unwrap();
+    run_rows(
+        &mut dp,
+        vec![client(
+            "group a again",
+            A,
+            HOST,
+            L4::Udp { sport: 5, dport: 6 },
+            TC_ACT_REDIRECT,
+        )],
+    );
 }
 
 #[test]
@@ -218,24 +386,69 @@ fn snat_reverse_nat_and_port_collisions() {
         panic!("the fixture tests need root: run `cargo xtask test` as root");
     }
     let (_ns, mut dp) = setup();
-    let tcp = |sport, dport| L4::Tcp { sport, dport, fin: false };
+    let tcp = |sport, dport| L4::Tcp {
+        sport,
+        dport,
+        fin: false,
+    };
     // Two clients, same source port, same destination.
-    let first = dp.test_run(ProgramKind::ClientIngress, &build(A, HOST, tcp(50000, 80), b"x"), 1).unwrap();
-    let second = dp.test_run(ProgramKind::ClientIngress, &build(A2, HOST, tcp(50000, 80), b"y"), 1).unwrap();
-    assert_eq!((first.verdict, second.verdict), (TC_ACT_REDIRECT, TC_ACT_REDIRECT));
+    let first = dp
+        .test_run(
+            ProgramKind::ClientIngress,
+            &build(A, HOST, tcp(50000, 80), b"x"),
+            1,
+        )
+        .unwrap();
+    let second = dp
+        .test_run(
+            ProgramKind::ClientIngress,
+            &build(A2, HOST, tcp(50000, 80), b"y"),
+            1,
+        )
+        .unwrap();
+    assert_eq!(
+        (first.verdict, second.verdict),
+        (TC_ACT_REDIRECT, TC_ACT_REDIRECT)
+    );
     let p1 = parse_and_verify(&first.packet).unwrap();
     let p2 = parse_and_verify(&second.packet).unwrap();
-    assert_eq!((p1.src, p1.sport), (SNAT, 50000), "the first flow keeps its port");
+    assert_eq!(
+        (p1.src, p1.sport),
+        (SNAT, 50000),
+        "the first flow keeps its port"
+    );
     assert_eq!(p2.src, SNAT);
     assert_ne!(p2.sport, 50000, "the second flow must get another port");
-    assert!((20000..=20999).contains(&p2.sport), "remapped port {} outside the configured range", p2.sport);
+    assert!(
+        (20000..=20999).contains(&p2.sport),
+        "remapped port {} outside the configured range",
+        p2.sport
+    );
     // Repeated packets of a flow keep their translation.
-    let again = dp.test_run(ProgramKind::ClientIngress, &build(A2, HOST, tcp(50000, 80), b"z"), 1).unwrap();
+    let again = dp
+        .test_run(
+            ProgramKind::ClientIngress,
+            &build(A2, HOST, tcp(50000, 80), b"z"),
+            1,
+        )
+        .unwrap();
     assert_eq!(parse_and_verify(&again.packet).unwrap().sport, p2.sport);
 
     // ICMP echo ids collide the same way.
-    let e1 = dp.test_run(ProgramKind::ClientIngress, &build(A, HOST, L4::EchoRequest { id: 9, seq: 1 }, b"p"), 1).unwrap();
-    let e2 = dp.test_run(ProgramKind::ClientIngress, &build(A2, HOST, L4::EchoRequest { id: 9, seq: 1 }, b"p"), 1).unwrap();
+    let e1 = dp
+        .test_run(
+            ProgramKind::ClientIngress,
+            &build(A, HOST, L4::EchoRequest { id: 9, seq: 1 }, b"p"),
+            1,
+        )
+        .unwrap();
+    let e2 = dp
+        .test_run(
+            ProgramKind::ClientIngress,
+            &build(A2, HOST, L4::EchoRequest { id: 9, seq: 1 }, b"p"),
+            1,
+        )
+        .unwrap();
     let e2_id = parse_and_verify(&e2.packet).unwrap().sport;
     assert_eq!(parse_and_verify(&e1.packet).unwrap().sport, 9);
     assert_ne!(e2_id, 9);
@@ -245,25 +458,109 @@ fn snat_reverse_nat_and_port_collisions() {
     run_rows(
         &mut dp,
         vec![
-            Row { what: "reply to the first flow", program: ProgramKind::TargetIngress, input: ret(80, 50000), verdict: TC_ACT_REDIRECT, output: Some((HOST, 80, A, 50000)) },
-            Row { what: "reply to the remapped flow", program: ProgramKind::TargetIngress, input: ret(80, p2.sport), verdict: TC_ACT_REDIRECT, output: Some((HOST, 80, A2, 50000)) },
-            Row { what: "echo reply to the remapped id", program: ProgramKind::TargetIngress, input: build(HOST, SNAT, L4::EchoReply { id: e2_id, seq: 1 }, b"p"), verdict: TC_ACT_REDIRECT, output: Some((HOST, 9, A2, 0)) },
-            Row { what: "not NAT traffic: passed untouched", program: ProgramKind::TargetIngress, input: ret(80, 12345), verdict: TC_ACT_OK, output: None },
-            Row { what: "UDP to the gateway itself: passed untouched", program: ProgramKind::TargetIngress, input: build(HOST, SNAT, L4::Udp { sport: 53, dport: 53 }, b"dns"), verdict: TC_ACT_OK, output: None },
+            Row {
+                what: "reply to the first flow",
+                program: ProgramKind::TargetIngress,
+                input: ret(80, 50000),
+                verdict: TC_ACT_REDIRECT,
+                output: Some((HOST, 80, A, 50000)),
+            },
+            Row {
+                what: "reply to the remapped flow",
+                program: ProgramKind::TargetIngress,
+                input: ret(80, p2.sport),
+                verdict: TC_ACT_REDIRECT,
+                output: Some((HOST, 80, A2, 50000)),
+            },
+            Row {
+                what: "echo reply to the remapped id",
+                program: ProgramKind::TargetIngress,
+                input: build(HOST, SNAT, L4::EchoReply { id: e2_id, seq: 1 }, b"p"),
+                verdict: TC_ACT_REDIRECT,
+                output: Some((HOST, 9, A2, 0)),
+            },
+            Row {
+                what: "not NAT traffic: passed untouched",
+                program: ProgramKind::TargetIngress,
+                input: ret(80, 12345),
+                verdict: TC_ACT_OK,
+                output: None,
+            },
+            Row {
+                what: "UDP to the gateway itself: passed untouched",
+                program: ProgramKind::TargetIngress,
+                input: build(
+                    HOST,
+                    SNAT,
+                    L4::Udp {
+                        sport: 53,
+                        dport: 53,
+                    },
+                    b"dns",
+                ),
+                verdict: TC_ACT_OK,
+                output: None,
+            },
         ],
     );
     // The XDP return path does the same with direct packet access and incremental checksums.
-    let mut udp_no_csum = build(HOST, SNAT, L4::Udp { sport: 53, dport: 50001 }, b"nocsum");
+    let mut udp_no_csum = build(
+        HOST,
+        SNAT,
+        L4::Udp {
+            sport: 53,
+            dport: 50001,
+        },
+        b"nocsum",
+    );
     udp_no_csum[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
-    let udp_fwd = dp.test_run(ProgramKind::ClientIngress, &build(A2, HOST, L4::Udp { sport: 50001, dport: 53 }, b"q"), 1).unwrap();
+    let udp_fwd = dp
+        .test_run(
+            ProgramKind::ClientIngress,
+            &build(
+                A2,
+                HOST,
+                L4::Udp {
+                    sport: 50001,
+                    dport: 53,
+                },
+                b"q",
+            ),
+            1,
+        )
+        .unwrap();
     assert_eq!(udp_fwd.verdict, TC_ACT_REDIRECT);
     run_rows(
         &mut dp,
         vec![
-            Row { what: "XDP: reply to the remapped flow", program: ProgramKind::TargetXdp, input: ret(80, p2.sport), verdict: XDP_REDIRECT, output: Some((HOST, 80, A2, 50000)) },
-            Row { what: "XDP: echo reply", program: ProgramKind::TargetXdp, input: build(HOST, SNAT, L4::EchoReply { id: e2_id, seq: 2 }, b"p"), verdict: XDP_REDIRECT, output: Some((HOST, 9, A2, 0)) },
-            Row { what: "XDP: UDP without checksum keeps none", program: ProgramKind::TargetXdp, input: udp_no_csum, verdict: XDP_REDIRECT, output: Some((HOST, 53, A2, 50001)) },
-            Row { what: "XDP: not NAT traffic passes untouched", program: ProgramKind::TargetXdp, input: ret(80, 12345), verdict: XDP_PASS, output: None },
+            Row {
+                what: "XDP: reply to the remapped flow",
+                program: ProgramKind::TargetXdp,
+                input: ret(80, p2.sport),
+                verdict: XDP_REDIRECT,
+                output: Some((HOST, 80, A2, 50000)),
+            },
+            Row {
+                what: "XDP: echo reply",
+                program: ProgramKind::TargetXdp,
+                input: build(HOST, SNAT, L4::EchoReply { id: e2_id, seq: 2 }, b"p"),
+                verdict: XDP_REDIRECT,
+                output: Some((HOST, 9, A2, 0)),
+            },
+            Row {
+                what: "XDP: UDP without checksum keeps none",
+                program: ProgramKind::TargetXdp,
+                input: udp_no_csum,
+                verdict: XDP_REDIRECT,
+                output: Some((HOST, 53, A2, 50001)),
+            },
+            Row {
+                what: "XDP: not NAT traffic passes untouched",
+                program: ProgramKind::TargetXdp,
+                input: ret(80, 12345),
+                verdict: XDP_PASS,
+                output: None,
+            },
         ],
     );
     let a2 = dp.session_counters(A2).unwrap().unwrap();
@@ -271,9 +568,14 @@ fn snat_reverse_nat_and_port_collisions() {
 
     // A session that ended: its return traffic is dropped, not delivered.
     dp.remove_session(A).unwrap();
-    let out = dp.test_run(ProgramKind::TargetIngress, &ret(80, 50000), 1).unwrap();
+    let out = dp
+        .test_run(ProgramKind::TargetIngress, &ret(80, 50000), 1)
+        .unwrap();
     assert_eq!(out.verdict, TC_ACT_SHOT);
-    assert_eq!(dp.global_counters().unwrap().get(Counter::ReturnNoSession), 1);
+    assert_eq!(
+        dp.global_counters().unwrap().get(Counter::ReturnNoSession),
+        1
+    );
     // Expiry removes the ended session's entries.
     let report = dp.expire_nat();
     assert_eq!(report.orphaned, 2, "{report:?}");
@@ -285,7 +587,16 @@ fn malformed_and_unsupported_packets_are_dropped_without_changes() {
         panic!("the fixture tests need root: run `cargo xtask test` as root");
     }
     let (_ns, mut dp) = setup();
-    let good = build(A, HOST, L4::Tcp { sport: 1234, dport: 80, fin: false }, b"");
+    let good = build(
+        A,
+        HOST,
+        L4::Tcp {
+            sport: 1234,
+            dport: 80,
+            fin: false,
+        },
+        b"",
+    );
     let mut ipv6 = good.clone();
     ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
     let mut arp = good.clone();
@@ -299,14 +610,62 @@ fn malformed_and_unsupported_packets_are_dropped_without_changes() {
     let mut gre = good.clone();
     gre[23] = 47;
     let rows = vec![
-        Row { what: "IPv6 ethertype", program: ProgramKind::ClientIngress, input: ipv6, verdict: TC_ACT_SHOT, output: None },
-        Row { what: "ARP on an Ethernet client link goes to the host", program: ProgramKind::ClientIngress, input: arp, verdict: TC_ACT_OK, output: None },
-        Row { what: "IP header only, TCP header cut off", program: ProgramKind::ClientIngress, input: good[..34].to_vec(), verdict: TC_ACT_SHOT, output: None },
-        Row { what: "IHL below 5", program: ProgramKind::ClientIngress, input: bad_ihl, verdict: TC_ACT_SHOT, output: None },
-        Row { what: "total length beyond the packet", program: ProgramKind::ClientIngress, input: long_total, verdict: TC_ACT_SHOT, output: None },
-        Row { what: "fragment", program: ProgramKind::ClientIngress, input: fragment, verdict: TC_ACT_SHOT, output: None },
-        Row { what: "GRE", program: ProgramKind::ClientIngress, input: gre, verdict: TC_ACT_SHOT, output: None },
-        Row { what: "echo reply from a client", program: ProgramKind::ClientIngress, input: build(A, HOST, L4::EchoReply { id: 1, seq: 1 }, b""), verdict: TC_ACT_SHOT, output: None },
+        Row {
+            what: "IPv6 ethertype",
+            program: ProgramKind::ClientIngress,
+            input: ipv6,
+            verdict: TC_ACT_SHOT,
+            output: None,
+        },
+        Row {
+            what: "ARP on an Ethernet client link goes to the host",
+            program: ProgramKind::ClientIngress,
+            input: arp,
+            verdict: TC_ACT_OK,
+            output: None,
+        },
+        Row {
+            what: "IP header only, TCP header cut off",
+            program: ProgramKind::ClientIngress,
+            input: good[..34].to_vec(),
+            verdict: TC_ACT_SHOT,
+            output: None,
+        },
+        Row {
+            what: "IHL below 5",
+            program: ProgramKind::ClientIngress,
+            input: bad_ihl,
+            verdict: TC_ACT_SHOT,
+            output: None,
+        },
+        Row {
+            what: "total length beyond the packet",
+            program: ProgramKind::ClientIngress,
+            input: long_total,
+            verdict: TC_ACT_SHOT,
+            output: None,
+        },
+        Row {
+            what: "fragment",
+            program: ProgramKind::ClientIngress,
+            input: fragment,
+            verdict: TC_ACT_SHOT,
+            output: None,
+        },
+        Row {
+            what: "GRE",
+            program: ProgramKind::ClientIngress,
+            input: gre,
+            verdict: TC_ACT_SHOT,
+            output: None,
+        },
+        Row {
+            what: "echo reply from a client",
+            program: ProgramKind::ClientIngress,
+            input: build(A, HOST, L4::EchoReply { id: 1, seq: 1 }, b""),
+            verdict: TC_ACT_SHOT,
+            output: None,
+        },
     ];
     run_rows(&mut dp, rows);
     let c = dp.global_counters().unwrap();

@@ -7,8 +7,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use anyhow::Result;
 use cvpn_tests::{
     gateway::{Daemon, EndpointNet},
-    http,
-    is_root,
+    http, is_root,
     openvpn::{OpenVpnClient, Profile},
     pki::Pem,
 };
@@ -18,7 +17,10 @@ const DENIED: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 20);
 const ALL_CIPHERS: &str = "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305";
 
 fn require_root() {
-    assert!(is_root(), "the interop tests need root: run `cargo xtask test` as root");
+    assert!(
+        is_root(),
+        "the interop tests need root: run `cargo xtask test` as root"
+    );
 }
 
 fn rules() -> &'static str {
@@ -55,7 +57,9 @@ fn http_get(host: Ipv4Addr, timeout: Duration) -> Result<String> {
 fn connect_and_use(transport: &str, port: u16, ciphers: &str, tls_max: Option<&str>) {
     require_root();
     let mut net = EndpointNet::new(1).unwrap();
-    let cfg = net.write_config(&endpoint(transport, port), rules()).unwrap();
+    let cfg = net
+        .write_config(&endpoint(transport, port), rules())
+        .unwrap();
     let _daemon = Daemon::start(&net.gateway, &cfg).unwrap();
     http::spawn_server(&net.private, PRIVATE, 8080).unwrap();
     http::spawn_server(&net.private, DENIED, 8080).unwrap();
@@ -64,17 +68,30 @@ fn connect_and_use(transport: &str, port: u16, ciphers: &str, tls_max: Option<&s
     let mut p = profile(&net, alice, transport, port, ciphers);
     p.tls_version_max = tls_max.map(str::to_string);
     let mut client = OpenVpnClient::start(&net.clients[0], &p, &net.dir.0, "alice").unwrap();
-    let took = client.wait_connected(Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}\ncvpn log:\n{}", _daemon.log().join("\n")));
+    let took = client
+        .wait_connected(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e:#}\ncvpn log:\n{}", _daemon.log().join("\n")));
     println!("connected in {took:?} ({transport}/{port}, {ciphers}, tls max {tls_max:?})");
     let log = client.log().join("\n");
     let first_cipher = ciphers.split(':').next().unwrap();
-    assert!(log.contains(first_cipher), "data channel cipher {first_cipher} not in the client log:\n{log}");
+    assert!(
+        log.contains(first_cipher),
+        "data channel cipher {first_cipher} not in the client log:\n{log}"
+    );
     if let Some(v) = tls_max {
-        assert!(log.contains(&format!("TLSv{v}")), "TLS version not {v}:\n{log}");
+        assert!(
+            log.contains(&format!("TLSv{v}")),
+            "TLS version not {v}:\n{log}"
+        );
     }
 
-    let resp = net.clients[0].run(|| http_get(PRIVATE, Duration::from_secs(5))).unwrap_or_else(|e| panic!("{e:#}\ncvpn log:\n{}", _daemon.log().join("\n")));
-    assert!(resp.contains("peer=10.88.0.1:"), "the private host must see the SNAT address: {resp}");
+    let resp = net.clients[0]
+        .run(|| http_get(PRIVATE, Duration::from_secs(5)))
+        .unwrap_or_else(|e| panic!("{e:#}\ncvpn log:\n{}", _daemon.log().join("\n")));
+    assert!(
+        resp.contains("peer=10.88.0.1:"),
+        "the private host must see the SNAT address: {resp}"
+    );
     // Bulk both ways: 4 MB down, 2 MB up.
     let (down, up) = net.clients[0]
         .run(|| {
@@ -85,11 +102,25 @@ fn connect_and_use(transport: &str, port: u16, ciphers: &str, tls_max: Option<&s
         .unwrap_or_else(|e| panic!("{e:#}\ncvpn log:\n{}", _daemon.log().join("\n")));
     let body = down.len() - down.find("\r\n\r\n").unwrap() - 4;
     assert!(body > 4 << 20, "download cut short: {body} bytes");
-    assert!(up.contains(&format!("uploaded={}", 2 << 20)), "upload: {up:.200}");
-    let ping = net.clients[0].command("ping").args(["-c", "2", "-W", "2", "-i", "0.2", "10.88.0.10"]).output().unwrap();
-    assert!(ping.status.success(), "ping through the tunnel: {}", String::from_utf8_lossy(&ping.stdout));
+    assert!(
+        up.contains(&format!("uploaded={}", 2 << 20)),
+        "upload: {up:.200}"
+    );
+    let ping = net.clients[0]
+        .command("ping")
+        .args(["-c", "2", "-W", "2", "-i", "0.2", "10.88.0.10"])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "ping through the tunnel: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
     let denied = net.clients[0].run(|| http_get(DENIED, Duration::from_millis(1500)));
-    assert!(denied.is_err(), "10.88.0.20 has no authorization rule and must be unreachable");
+    assert!(
+        denied.is_err(),
+        "10.88.0.20 has no authorization rule and must be unreachable"
+    );
     // The denied attempt is in the flow log, with the connection id and the destination.
     std::thread::sleep(Duration::from_millis(200));
     let flows = std::fs::read_to_string(net.dir.0.join("flow.log")).unwrap_or_default();
@@ -99,7 +130,14 @@ fn connect_and_use(transport: &str, port: u16, ciphers: &str, tls_max: Option<&s
         .filter(|e| e["flow-log-type"] == "denied" && e["destination-ip"] == "10.88.0.20")
         .collect();
     assert!(!denied.is_empty(), "no denied flow in:\n{flows}");
-    assert!(denied[0]["connection-id"].as_str().unwrap_or("").starts_with("cvpn-connection-"), "{}", denied[0]);
+    assert!(
+        denied[0]["connection-id"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("cvpn-connection-"),
+        "{}",
+        denied[0]
+    );
 }
 
 #[test]
@@ -137,12 +175,19 @@ fn bad_certificates_are_refused() {
         p.extra.push("connect-retry-max 1".into());
         let mut c = OpenVpnClient::start(&net.clients[0], &p, &net.dir.0, name).unwrap();
         daemon.wait_for(reason, Duration::from_secs(15)).unwrap();
-        assert!(c.wait_connected(Duration::from_secs(2)).is_err(), "{name} certificate must not connect");
+        assert!(
+            c.wait_connected(Duration::from_secs(2)).is_err(),
+            "{name} certificate must not connect"
+        );
         c.stop();
     }
     // Failed certificate handshakes are in the connection log too (unlike AWS), with a reason.
     let lines = std::fs::read_to_string(net.dir.0.join("connection.log")).unwrap();
-    for reason in ["certificate-revoked", "certificate-expired", "certificate-unknown-ca"] {
+    for reason in [
+        "certificate-revoked",
+        "certificate-expired",
+        "certificate-unknown-ca",
+    ] {
         let entry: serde_json::Value = lines
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
@@ -162,7 +207,11 @@ fn tcp_443_and_tcp_1194() {
 /// Connects `alice` to an endpoint with the [endpoint] keys `endpoint_keys` (see `endpoint`),
 /// with `client_extra` lines in her profile; returns the net, daemon and client, with the
 /// HTTP server running on the private host.
-fn connected_with(endpoint_keys: &str, rsa_server: bool, client_extra: &[&str]) -> (EndpointNet, Daemon, OpenVpnClient) {
+fn connected_with(
+    endpoint_keys: &str,
+    rsa_server: bool,
+    client_extra: &[&str],
+) -> (EndpointNet, Daemon, OpenVpnClient) {
     require_root();
     let mut net = EndpointNet::new(1).unwrap();
     net.use_rsa_server_key = rsa_server;
@@ -191,7 +240,9 @@ fn renegotiation_every_few_seconds_does_not_stall_traffic() {
     let requests = net.clients[0].run(|| {
         let mut failures = 0;
         for _ in 0..40 {
-            let ok = http_get(PRIVATE, Duration::from_secs(2)).map(|r| r.contains("peer=")).unwrap_or(false);
+            let ok = http_get(PRIVATE, Duration::from_secs(2))
+                .map(|r| r.contains("peer="))
+                .unwrap_or(false);
             if !ok {
                 failures += 1;
             }
@@ -200,7 +251,11 @@ fn renegotiation_every_few_seconds_does_not_stall_traffic() {
         Ok(failures)
     });
     let summary = pinger.join().unwrap();
-    let renegs = daemon.log().iter().filter(|l| l.contains("renegotiated")).count();
+    let renegs = daemon
+        .log()
+        .iter()
+        .filter(|l| l.contains("renegotiated"))
+        .count();
     assert!(
         renegs >= 2,
         "expected renegotiations every 2 s, saw {renegs}; client log:\n{}\ncvpn log:\n{}",
@@ -208,29 +263,57 @@ fn renegotiation_every_few_seconds_does_not_stall_traffic() {
         daemon.log().join("\n")
     );
     let received = http::ping_received(&summary);
-    assert!(received >= 175, "pings lost during renegotiation: {summary}");
-    assert_eq!(requests.unwrap(), 0, "HTTP requests failed during renegotiation");
+    assert!(
+        received >= 175,
+        "pings lost during renegotiation: {summary}"
+    );
+    assert_eq!(
+        requests.unwrap(),
+        0,
+        "HTTP requests failed during renegotiation"
+    );
 }
 
 #[test]
 fn disconnect_frees_the_address_and_the_data_plane_session() {
     let (net, mut daemon, mut client) = connected(&["explicit-exit-notify 1"]);
-    daemon.wait_for("client_ip=10.77.0.2", Duration::from_secs(5)).unwrap();
-    let ping = net.clients[0].command("ping").args(["-c", "3", "-i", "0.2", "-W", "2", "10.88.0.10"]).output().unwrap();
+    daemon
+        .wait_for("client_ip=10.77.0.2", Duration::from_secs(5))
+        .unwrap();
+    let ping = net.clients[0]
+        .command("ping")
+        .args(["-c", "3", "-i", "0.2", "-W", "2", "10.88.0.10"])
+        .output()
+        .unwrap();
     assert!(ping.status.success());
     client.stop();
-    daemon.wait_for("session ended", Duration::from_secs(5)).unwrap();
+    daemon
+        .wait_for("session ended", Duration::from_secs(5))
+        .unwrap();
     let log = daemon.log().join("\n");
-    assert!(log.contains("client-exit"), "the client's exit notification must end the session:\n{log}");
-    let ended = daemon.log().into_iter().find(|l| l.contains("session ended")).unwrap();
+    assert!(
+        log.contains("client-exit"),
+        "the client's exit notification must end the session:\n{log}"
+    );
+    let ended = daemon
+        .log()
+        .into_iter()
+        .find(|l| l.contains("session ended"))
+        .unwrap();
     assert!(ended.contains("client_ip=10.77.0.2"), "{ended}");
     // The final counters were read from the data plane as the session was removed from it.
-    assert!(ended.contains("from_client_packets"), "final counters must be logged: {ended}");
+    assert!(
+        ended.contains("from_client_packets"),
+        "final counters must be logged: {ended}"
+    );
 
     // The connection log: the attempt, then the reset with the session's counters, with AWS's
     // field names.
     let lines = std::fs::read_to_string(net.dir.0.join("connection.log")).unwrap();
-    let entries: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let entries: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(entries.len(), 2, "{lines}");
     let (attempt, reset) = (&entries[0], &entries[1]);
     assert_eq!(attempt["connection-log-type"], "connection-attempt");
@@ -239,14 +322,23 @@ fn disconnect_frees_the_address_and_the_data_plane_session() {
     assert_eq!(attempt["client-ip"], "10.77.0.2");
     assert_eq!(attempt["device-ip"], "10.99.0.2");
     assert_eq!(attempt["transport-protocol"], "udp");
-    assert!(attempt["client-vpn-endpoint-id"].as_str().unwrap().starts_with("cvpn-endpoint-"));
-    assert!(attempt["connection-id"].as_str().unwrap().starts_with("cvpn-connection-"));
+    assert!(attempt["client-vpn-endpoint-id"]
+        .as_str()
+        .unwrap()
+        .starts_with("cvpn-endpoint-"));
+    assert!(attempt["connection-id"]
+        .as_str()
+        .unwrap()
+        .starts_with("cvpn-connection-"));
     assert_eq!(reset["connection-log-type"], "connection-reset");
     assert_eq!(reset["connection-id"], attempt["connection-id"]);
     assert_ne!(reset["connection-end-time"], "NA");
     let packets: u64 = reset["ingress-packets"].as_str().unwrap().parse().unwrap();
     let egress: u64 = reset["egress-packets"].as_str().unwrap().parse().unwrap();
-    assert!(packets >= 3 && egress >= 3, "three pings each way must be counted: {reset}");
+    assert!(
+        packets >= 3 && egress >= 3,
+        "three pings each way must be counted: {reset}"
+    );
     drop(net);
 }
 
@@ -260,27 +352,45 @@ fn fifty_clients_at_once_each_reach_the_private_host() {
     http::spawn_server(&net.private, PRIVATE, 8080).unwrap();
     let mut clients = Vec::new();
     for i in 0..N {
-        let pem = net.ca.client(&format!("user{i}"), &["engineering"]).unwrap();
+        let pem = net
+            .ca
+            .client(&format!("user{i}"), &["engineering"])
+            .unwrap();
         let mut p = profile(&net, pem, "udp", 443, ALL_CIPHERS);
         p.remote = EndpointNet::server_addr(i);
-        clients.push(OpenVpnClient::start(&net.clients[i], &p, &net.dir.0, &format!("user{i}")).unwrap());
+        clients.push(
+            OpenVpnClient::start(&net.clients[i], &p, &net.dir.0, &format!("user{i}")).unwrap(),
+        );
     }
     let started = std::time::Instant::now();
     for c in clients.iter_mut() {
-        c.wait_connected(Duration::from_secs(60)).unwrap_or_else(|e| {
-            let tail: Vec<String> = daemon.log().iter().rev().take(40).cloned().collect();
-            panic!("{e:#}\ncvpn log tail:\n{}", tail.join("\n"))
-        });
+        c.wait_connected(Duration::from_secs(60))
+            .unwrap_or_else(|e| {
+                let tail: Vec<String> = daemon.log().iter().rev().take(40).cloned().collect();
+                panic!("{e:#}\ncvpn log tail:\n{}", tail.join("\n"))
+            });
     }
     println!("{N} clients connected within {:?}", started.elapsed());
     let mut addresses = std::collections::HashSet::new();
     for (i, ns) in net.clients.iter().enumerate() {
-        let resp = ns.run(|| http_get(PRIVATE, Duration::from_secs(5))).unwrap_or_else(|e| panic!("client {i}: {e:#}"));
+        let resp = ns
+            .run(|| http_get(PRIVATE, Duration::from_secs(5)))
+            .unwrap_or_else(|e| panic!("client {i}: {e:#}"));
         assert!(resp.contains("peer=10.88.0.1:"), "client {i}: {resp}");
         let out = ns.ip("-4 -o addr show dev tun0").unwrap();
-        addresses.insert(String::from_utf8_lossy(&out.stdout).split_whitespace().nth(3).unwrap_or("").to_string());
+        addresses.insert(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .nth(3)
+                .unwrap_or("")
+                .to_string(),
+        );
     }
-    assert_eq!(addresses.len(), N, "every client must get its own address: {addresses:?}");
+    assert_eq!(
+        addresses.len(),
+        N,
+        "every client must get its own address: {addresses:?}"
+    );
 }
 
 #[test]
@@ -328,10 +438,19 @@ fn garbage_truncated_and_replayed_packets_disturb_nobody() {
     let summary = pinger.join().unwrap();
     let received = http::ping_received(&summary);
     assert!(sent > 2900, "sent {sent}");
-    assert!(received >= 58, "the tunnel was disturbed by garbage: {summary}");
-    let resp = net.clients[0].run(|| http_get(PRIVATE, Duration::from_secs(5))).unwrap();
+    assert!(
+        received >= 58,
+        "the tunnel was disturbed by garbage: {summary}"
+    );
+    let resp = net.clients[0]
+        .run(|| http_get(PRIVATE, Duration::from_secs(5)))
+        .unwrap();
     assert!(resp.contains("peer=10.88.0.1:"));
-    assert!(daemon.stop().is_some_and(|s| s.success()), "the daemon must survive and exit cleanly on SIGTERM:\n{}", daemon.log().join("\n"));
+    assert!(
+        daemon.stop().is_some_and(|s| s.success()),
+        "the daemon must survive and exit cleanly on SIGTERM:\n{}",
+        daemon.log().join("\n")
+    );
 }
 
 #[test]
@@ -343,15 +462,44 @@ fn client_changing_address_keeps_its_session() {
     // rule in the client's namespace, applied once the old mapping is flushed).
     net.clients[0].ip("addr add 10.99.0.3/24 dev c0").unwrap();
     let sh = |args: &[&str]| {
-        let out = net.clients[0].command(args[0]).args(&args[1..]).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = net.clients[0]
+            .command(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    sh(&["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "c0", "-p", "udp", "--dport", "443", "-j", "SNAT", "--to-source", "10.99.0.3"]);
+    sh(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-o",
+        "c0",
+        "-p",
+        "udp",
+        "--dport",
+        "443",
+        "-j",
+        "SNAT",
+        "--to-source",
+        "10.99.0.3",
+    ]);
     sh(&["conntrack", "-F"]);
     let summary = pinger.join().unwrap();
-    daemon.wait_for("client address changed", Duration::from_secs(5)).unwrap();
+    daemon
+        .wait_for("client address changed", Duration::from_secs(5))
+        .unwrap();
     let received = http::ping_received(&summary);
-    assert!(received >= 55, "the session must survive the address change: {summary}");
+    assert!(
+        received >= 55,
+        "the session must survive the address change: {summary}"
+    );
     assert!(!daemon.log().iter().any(|l| l.contains("session ended")));
 }
 
@@ -360,9 +508,17 @@ fn full_tunnel_and_rsa_server_certificate() {
     let full = endpoint("udp", 443).replace("split_tunnel = true", "split_tunnel = false");
     let (net, _daemon, client) = connected_with(&full, true, &[]);
     let log = client.log().join("\n");
-    assert!(log.contains("redirect-gateway"), "full tunnel pushes redirect-gateway:\n{log}");
-    assert!(log.contains("RSA") || log.contains("rsaEncryption") || log.contains("2048 bit"), "server key must be RSA:\n{log}");
-    let resp = net.clients[0].run(|| http_get(PRIVATE, Duration::from_secs(5))).unwrap();
+    assert!(
+        log.contains("redirect-gateway"),
+        "full tunnel pushes redirect-gateway:\n{log}"
+    );
+    assert!(
+        log.contains("RSA") || log.contains("rsaEncryption") || log.contains("2048 bit"),
+        "server key must be RSA:\n{log}"
+    );
+    let resp = net.clients[0]
+        .run(|| http_get(PRIVATE, Duration::from_secs(5)))
+        .unwrap();
     assert!(resp.contains("peer=10.88.0.1:"), "{resp}");
 }
 
@@ -371,25 +527,43 @@ fn legacy_tls_prf_key_derivation() {
     let keys = format!("{}key_derivation = \"tls-prf\"\n", endpoint("udp", 443));
     let (net, _daemon, client) = connected_with(&keys, false, &[]);
     let log = client.log().join("\n");
-    assert!(!log.contains("tls-ekm"), "the push reply must not announce TLS-EKM:\n{log}");
+    assert!(
+        !log.contains("tls-ekm"),
+        "the push reply must not announce TLS-EKM:\n{log}"
+    );
     // Traffic flows only if both ends derived the same keys.
-    let resp = net.clients[0].run(|| http_request(PRIVATE, "GET /big", 0)).unwrap();
-    assert!(resp.contains("peer=10.88.0.1:") && resp.len() > http::BIG, "{:.200}", resp);
+    let resp = net.clients[0]
+        .run(|| http_request(PRIVATE, "GET /big", 0))
+        .unwrap();
+    assert!(
+        resp.contains("peer=10.88.0.1:") && resp.len() > http::BIG,
+        "{:.200}",
+        resp
+    );
 }
 
 #[test]
 fn a_silent_client_is_dropped_after_the_keepalive_timeout() {
     let keys = format!("{}ping = 1\nping_restart = 2\n", endpoint("udp", 443));
     let (_net, mut daemon, client) = connected_with(&keys, false, &[]);
-    daemon.wait_for("client_ip=10.77.0.2", Duration::from_secs(5)).unwrap();
+    daemon
+        .wait_for("client_ip=10.77.0.2", Duration::from_secs(5))
+        .unwrap();
     // The client vanishes without a word (power loss): SIGKILL, no exit notification.
     let pid = nix::unistd::Pid::from_raw(client.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     let started = std::time::Instant::now();
-    daemon.wait_for("keepalive-timeout", Duration::from_secs(10)).unwrap();
-    daemon.wait_for("session ended", Duration::from_secs(2)).unwrap();
+    daemon
+        .wait_for("keepalive-timeout", Duration::from_secs(10))
+        .unwrap();
+    daemon
+        .wait_for("session ended", Duration::from_secs(2))
+        .unwrap();
     println!("dead peer dropped after {:?}", started.elapsed());
-    assert!(started.elapsed() >= Duration::from_secs(3), "dropped before 2 x ping_restart");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "dropped before 2 x ping_restart"
+    );
 }
 
 /// UDP request/response loop from a namespace: send times of every request and the
@@ -405,7 +579,10 @@ fn sighup_revokes_a_rule_live_within_100ms_and_spares_other_sessions() {
     let cfg = net.write_config(&endpoint("udp", 443), both).unwrap();
     let mut daemon = Daemon::start(&net.gateway, &cfg).unwrap();
     let mut clients = Vec::new();
-    for (i, (user, group)) in [("alice", "engineering"), ("bob", "finance")].into_iter().enumerate() {
+    for (i, (user, group)) in [("alice", "engineering"), ("bob", "finance")]
+        .into_iter()
+        .enumerate()
+    {
         let pem = net.ca.client(user, &[group]).unwrap();
         let mut p = profile(&net, pem, "udp", 443, ALL_CIPHERS);
         p.remote = EndpointNet::server_addr(i);
@@ -416,30 +593,63 @@ fn sighup_revokes_a_rule_live_within_100ms_and_spares_other_sessions() {
     // A UDP echo server on the private host.
     let echo = cvpn_tests::echo::UdpEcho::start(&net.private, PRIVATE, 7007).unwrap();
     let run_for = Duration::from_millis(2500);
-    let alice = net.clients[0].spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for));
+    let alice =
+        net.clients[0].spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for));
     let bob = net.clients[1].spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for));
     std::thread::sleep(Duration::from_millis(800));
     // Engineering loses its rule: rewrite the file, SIGHUP.
-    let only_finance = both.replace("[[authorization_rule]]\ndestination = \"10.88.0.0/24\"\ngroup = \"engineering\"\n\n", "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(both, &only_finance);
+    let only_finance = both.replace(
+        "[[authorization_rule]]\ndestination = \"10.88.0.0/24\"\ngroup = \"engineering\"\n\n",
+        "",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(both, &only_finance);
     std::fs::write(&cfg, text).unwrap();
     let hup = std::time::Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
     let alice = alice.join().unwrap().unwrap();
     let bob = bob.join().unwrap().unwrap();
     drop(echo);
-    daemon.wait_for("policy replaced", Duration::from_secs(2)).unwrap();
+    daemon
+        .wait_for("policy replaced", Duration::from_secs(2))
+        .unwrap();
 
     let before = alice.iter().filter(|(t, ok)| *ok && *t < hup).count();
-    assert!(before > 50, "alice's flow must run before the revoke ({before} answers)");
-    let last_ok = alice.iter().filter(|(_, ok)| *ok).map(|(t, _)| *t).max().unwrap();
+    assert!(
+        before > 50,
+        "alice's flow must run before the revoke ({before} answers)"
+    );
+    let last_ok = alice
+        .iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(t, _)| *t)
+        .max()
+        .unwrap();
     let after = last_ok.saturating_duration_since(hup);
     println!("alice's last answered request was sent {after:?} after SIGHUP");
-    assert!(after < Duration::from_millis(100), "the revoke took effect only {after:?} after SIGHUP");
-    let bob_after: Vec<_> = bob.iter().filter(|(t, _)| *t > hup + Duration::from_millis(200)).collect();
+    assert!(
+        after < Duration::from_millis(100),
+        "the revoke took effect only {after:?} after SIGHUP"
+    );
+    let bob_after: Vec<_> = bob
+        .iter()
+        .filter(|(t, _)| *t > hup + Duration::from_millis(200))
+        .collect();
     let bob_ok = bob_after.iter().filter(|(_, ok)| *ok).count();
-    assert!(bob_after.len() > 50 && bob_ok * 10 >= bob_after.len() * 9, "bob's flow must continue: {bob_ok} of {}", bob_after.len());
-    assert!(!daemon.log().iter().any(|l| l.contains("session ended")), "no session may be reset");
+    assert!(
+        bob_after.len() > 50 && bob_ok * 10 >= bob_after.len() * 9,
+        "bob's flow must continue: {bob_ok} of {}",
+        bob_after.len()
+    );
+    assert!(
+        !daemon.log().iter().any(|l| l.contains("session ended")),
+        "no session may be reset"
+    );
 }
 
 #[test]
@@ -453,18 +663,41 @@ fn server_initiated_renegotiation_keeps_traffic_flowing() {
         .unwrap();
     let summary = String::from_utf8_lossy(&out.stdout).to_string();
     let log = daemon.log();
-    let started = log.iter().filter(|l| l.contains("key lifetime reached")).count();
+    let started = log
+        .iter()
+        .filter(|l| l.contains("key lifetime reached"))
+        .count();
     let done = log.iter().filter(|l| l.contains("renegotiated")).count();
-    assert!(started >= 2 && done >= 2, "the server must renegotiate every 2 s: started {started}, finished {done}\n{}", log.join("\n"));
-    assert!(http::ping_received(&summary) >= 136, "traffic stalled during renegotiation: {summary}");
+    assert!(
+        started >= 2 && done >= 2,
+        "the server must renegotiate every 2 s: started {started}, finished {done}\n{}",
+        log.join("\n")
+    );
+    assert!(
+        http::ping_received(&summary) >= 136,
+        "traffic stalled during renegotiation: {summary}"
+    );
 }
 
 /// `gateway::server::Server` run in-process in the gateway namespace with a session timeout of
 /// a few seconds (the daemon sets it from the endpoint's `session-timeout-hours`).
-fn serve_with_session_timeout(net: &mut EndpointNet, timeout: Duration, disconnect: bool) -> (tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<Result<()>>) {
+fn serve_with_session_timeout(
+    net: &mut EndpointNet,
+    timeout: Duration,
+    disconnect: bool,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<Result<()>>,
+) {
     use gateway::dataplane::policy::{Access, AuthorizationRule, Policy};
     let server = net.ca.server("vpn.example.test").unwrap();
-    let tls = gateway::protocol::tls::TlsMaterial::from_pem(&server.cert, &server.key, &net.ca.cert_pem(), None).unwrap();
+    let tls = gateway::protocol::tls::TlsMaterial::from_pem(
+        &server.cert,
+        &server.key,
+        &net.ca.cert_pem(),
+        None,
+    )
+    .unwrap();
     let settings = gateway::server::ServerSettings {
         listen: "0.0.0.0:443".parse().unwrap(),
         transport: gateway::server::Transport::Udp,
@@ -472,9 +705,16 @@ fn serve_with_session_timeout(net: &mut EndpointNet, timeout: Duration, disconne
         tls,
         split_tunnel: true,
         dns_servers: vec![],
-        targets: vec![gateway::dataplane::TargetSpec { id: 1, interface: "tgt0".into(), snat_addr: None }],
+        targets: vec![gateway::dataplane::TargetSpec {
+            id: 1,
+            interface: "tgt0".into(),
+            snat_addr: None,
+        }],
         policy: Policy {
-            rules: vec![AuthorizationRule { destination: "10.88.0.0/24".parse().unwrap(), access: Access::AllGroups }],
+            rules: vec![AuthorizationRule {
+                destination: "10.88.0.0/24".parse().unwrap(),
+                access: Access::AllGroups,
+            }],
             routes: vec![],
         },
         tun_name: "cvpn0".into(),
@@ -498,7 +738,9 @@ fn serve_with_session_timeout(net: &mut EndpointNet, timeout: Duration, disconne
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = net.gateway.spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         rt.block_on(async move {
             let server = gateway::server::Server::new(settings)?;
             server
@@ -516,7 +758,8 @@ fn the_session_timeout_restarts_or_halts_the_client() {
     require_root();
     for disconnect in [false, true] {
         let mut net = EndpointNet::new(1).unwrap();
-        let (stop, server) = serve_with_session_timeout(&mut net, Duration::from_secs(3), disconnect);
+        let (stop, server) =
+            serve_with_session_timeout(&mut net, Duration::from_secs(3), disconnect);
         let pem = net.ca.client("alice", &["engineering"]).unwrap();
         let p = profile(&net, pem, "udp", 443, ALL_CIPHERS);
         let mut c = OpenVpnClient::start(&net.clients[0], &p, &net.dir.0, "alice").unwrap();
@@ -524,18 +767,33 @@ fn the_session_timeout_restarts_or_halts_the_client() {
         c.wait_connected(Duration::from_secs(20)).unwrap();
         if disconnect {
             // Told to exit: the user reconnects when they choose.
-            c.wait_for("Halt command was pushed by server", Duration::from_secs(6)).unwrap();
+            c.wait_for("Halt command was pushed by server", Duration::from_secs(6))
+                .unwrap();
         } else {
             // Told to reconnect: it does at once and authenticates again.
-            c.wait_for("server-pushed-connection-reset", Duration::from_secs(6)).unwrap();
+            c.wait_for("server-pushed-connection-reset", Duration::from_secs(6))
+                .unwrap();
             let start = std::time::Instant::now();
-            while c.log().iter().filter(|l| l.contains("Initialization Sequence Completed")).count() < 2 {
-                assert!(start.elapsed() < Duration::from_secs(10), "no reconnect: {:?}", c.log());
+            while c
+                .log()
+                .iter()
+                .filter(|l| l.contains("Initialization Sequence Completed"))
+                .count()
+                < 2
+            {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "no reconnect: {:?}",
+                    c.log()
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
         let took = started.elapsed();
-        assert!(took >= Duration::from_secs(3), "not before the timeout ({took:?})");
+        assert!(
+            took >= Duration::from_secs(3),
+            "not before the timeout ({took:?})"
+        );
         c.stop();
         let _ = stop.send(());
         server.join().unwrap().unwrap();

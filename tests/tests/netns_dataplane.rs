@@ -22,7 +22,10 @@ use gateway::dataplane::{
 use gateway_common::Counter;
 
 fn require_root() {
-    assert!(is_root(), "the network-namespace tests need root: run `cargo xtask test` as root");
+    assert!(
+        is_root(),
+        "the network-namespace tests need root: run `cargo xtask test` as root"
+    );
 }
 
 fn policy(rules: &[(&str, &str)]) -> Policy {
@@ -31,10 +34,17 @@ fn policy(rules: &[(&str, &str)]) -> Policy {
             .iter()
             .map(|(cidr, g)| AuthorizationRule {
                 destination: cidr.parse().unwrap(),
-                access: if *g == "*" { Access::AllGroups } else { Access::Group(g.to_string()) },
+                access: if *g == "*" {
+                    Access::AllGroups
+                } else {
+                    Access::Group(g.to_string())
+                },
             })
             .collect(),
-        routes: vec![Route { destination: "10.88.0.0/24".parse().unwrap(), target: TARGET_ID }],
+        routes: vec![Route {
+            destination: "10.88.0.0/24".parse().unwrap(),
+            target: TARGET_ID,
+        }],
     }
 }
 
@@ -57,7 +67,10 @@ fn http_server(listener: TcpListener, requests: usize, extra: usize) -> Result<V
         let head = String::from_utf8_lossy(&req).to_string();
         let len: usize = head
             .lines()
-            .find_map(|l| l.strip_prefix("Content-Length: ").and_then(|v| v.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix("Content-Length: ")
+                    .and_then(|v| v.trim().parse().ok())
+            })
             .unwrap_or(0);
         let body_start = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         let mut got = req.len() - body_start;
@@ -70,7 +83,10 @@ fn http_server(listener: TcpListener, requests: usize, extra: usize) -> Result<V
         }
         let text = format!("peer={peer} uploaded={got}\n");
         let body_len = text.len() + extra;
-        write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n{text}")?;
+        write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n{text}"
+        )?;
         s.write_all(&vec![b'x'; extra])?;
         peers.push(peer);
     }
@@ -81,7 +97,10 @@ fn http_get(host: Ipv4Addr, port: u16, upload: usize) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&SocketAddr::from((host, port)), Duration::from_secs(3))
         .with_context(|| format!("connect to {host}:{port}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: {upload}\r\n\r\n")?;
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: {upload}\r\n\r\n"
+    )?;
     s.write_all(&vec![b'u'; upload])?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp)?;
@@ -97,20 +116,37 @@ fn http_exchange(opts: TopologyOptions, expect_hook: ReturnHook, wire_checksums:
     assert_eq!(t.dataplane.return_hook(TARGET_IF), Some(expect_hook));
     if wire_checksums {
         // Make the private host's veth send complete checksums, as packets from a wire have.
-        t.private.command("ethtool").args(["-K", "eth0", "tx", "off"]).output().unwrap();
+        t.private
+            .command("ethtool")
+            .args(["-K", "eth0", "tx", "off"])
+            .output()
+            .unwrap();
     }
     let client = t.clients[0].addr;
-    t.dataplane.add_session(client, 7, &["eng".to_string()]).unwrap();
-    t.dataplane.replace_policy(policy(&[("10.88.0.10/32", "eng")])).unwrap();
+    t.dataplane
+        .add_session(client, 7, &["eng".to_string()])
+        .unwrap();
+    t.dataplane
+        .replace_policy(policy(&[("10.88.0.10/32", "eng")]))
+        .unwrap();
 
-    let listener = t.private.run(move || Ok(TcpListener::bind((PRIVATE_HOST, 8080))?)).unwrap();
+    let listener = t
+        .private
+        .run(move || Ok(TcpListener::bind((PRIVATE_HOST, 8080))?))
+        .unwrap();
     let server = std::thread::spawn(move || http_server(listener, 1, 2_000_000));
     // Both directions carry full-size (and, on the return path, GSO) segments.
-    let resp = t.clients[0].ns.run(move || http_get(PRIVATE_HOST, 8080, 300_000)).unwrap();
+    let resp = t.clients[0]
+        .ns
+        .run(move || http_get(PRIVATE_HOST, 8080, 300_000))
+        .unwrap();
     let peers = server.join().unwrap().unwrap();
 
     assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp:.200}");
-    assert!(resp.contains(&format!("peer={GATEWAY_TARGET_ADDR}:")), "server saw {peers:?}");
+    assert!(
+        resp.contains(&format!("peer={GATEWAY_TARGET_ADDR}:")),
+        "server saw {peers:?}"
+    );
     assert!(resp.contains("uploaded=300000"), "{:.200}", resp);
     assert_eq!(peers[0].ip(), std::net::IpAddr::V4(GATEWAY_TARGET_ADDR));
     let body_len = resp.len() - resp.find("\r\n\r\n").unwrap() - 4;
@@ -120,11 +156,23 @@ fn http_exchange(opts: TopologyOptions, expect_hook: ReturnHook, wire_checksums:
     assert!(c.from_client_bytes > 300_000, "{c:?}");
     assert!(c.to_client_bytes > 2_000_000, "{c:?}");
     let g = t.dataplane.global_counters().unwrap();
-    assert!(g.get(Counter::Forwarded) > 100 && g.get(Counter::ReturnDelivered) > 100, "{g:?}");
+    assert!(
+        g.get(Counter::Forwarded) > 100 && g.get(Counter::ReturnDelivered) > 100,
+        "{g:?}"
+    );
 
     // ICMP echo with the real ping.
-    let out = t.clients[0].ns.command("ping").args(["-c", "2", "-W", "2", "-i", "0.2", &PRIVATE_HOST.to_string()]).output().unwrap();
-    assert!(out.status.success(), "ping through the data plane failed: {}", String::from_utf8_lossy(&out.stdout));
+    let out = t.clients[0]
+        .ns
+        .command("ping")
+        .args(["-c", "2", "-W", "2", "-i", "0.2", &PRIVATE_HOST.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ping through the data plane failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -135,7 +183,10 @@ fn http_exchange_through_the_data_plane_is_snatted() {
 #[test]
 fn http_exchange_with_a_tap_client_device_and_tc_return_path() {
     // Auto: the target is a veth, whose XDP sees partial checksums of local senders: TC.
-    let opts = TopologyOptions { client_link: ClientLink::Tap, ..TopologyOptions::default() };
+    let opts = TopologyOptions {
+        client_link: ClientLink::Tap,
+        ..TopologyOptions::default()
+    };
     http_exchange(opts, ReturnHook::Tc, false);
 }
 
@@ -152,9 +203,17 @@ fn http_exchange_with_the_xdp_return_path() {
 #[test]
 fn xdp_return_path_is_refused_for_a_tun() {
     require_root();
-    let opts = TopologyOptions { return_path: ReturnPath::Xdp, ..TopologyOptions::default() };
-    let err = Topology::new(opts).err().expect("XDP into a TUN must be refused");
-    assert!(format!("{err:#}").contains("needs a TAP client device"), "{err:#}");
+    let opts = TopologyOptions {
+        return_path: ReturnPath::Xdp,
+        ..TopologyOptions::default()
+    };
+    let err = Topology::new(opts)
+        .err()
+        .expect("XDP into a TUN must be refused");
+    assert!(
+        format!("{err:#}").contains("needs a TAP client device"),
+        "{err:#}"
+    );
 }
 
 #[test]
@@ -162,8 +221,12 @@ fn denied_destination_never_reaches_the_private_side() {
     require_root();
     let mut t = Topology::new(TopologyOptions::default()).unwrap();
     let client = t.clients[0].addr;
-    t.dataplane.add_session(client, 8, &["eng".to_string()]).unwrap();
-    t.dataplane.replace_policy(policy(&[("10.88.0.10/32", "eng")])).unwrap();
+    t.dataplane
+        .add_session(client, 8, &["eng".to_string()])
+        .unwrap();
+    t.dataplane
+        .replace_policy(policy(&[("10.88.0.10/32", "eng")]))
+        .unwrap();
     let mut events = t.dataplane.take_flow_events().unwrap();
 
     let (allowed, denied) = t
@@ -195,17 +258,33 @@ fn denied_destination_never_reaches_the_private_side() {
         }
         n
     };
-    assert_eq!(count(&allowed), 20, "the allowed destination must get every datagram");
+    assert_eq!(
+        count(&allowed),
+        20,
+        "the allowed destination must get every datagram"
+    );
     assert_eq!(count(&denied), 0, "the denied destination must get nothing");
     let ev = events.wait(Duration::from_millis(300));
-    let denied_events: Vec<_> = ev.iter().filter(|e| e.kind == FlowEventKind::Denied).collect();
+    let denied_events: Vec<_> = ev
+        .iter()
+        .filter(|e| e.kind == FlowEventKind::Denied)
+        .collect();
     assert_eq!(denied_events.len(), 20, "{ev:?}");
-    assert!(denied_events.iter().all(|e| e.session_id == 8 && e.src == client && e.dst == PRIVATE_HOST_2 && e.dst_port == 9999));
-    assert_eq!(t.dataplane.global_counters().unwrap().get(Counter::Denied), 20);
+    assert!(denied_events.iter().all(|e| e.session_id == 8
+        && e.src == client
+        && e.dst == PRIVATE_HOST_2
+        && e.dst_port == 9999));
+    assert_eq!(
+        t.dataplane.global_counters().unwrap().get(Counter::Denied),
+        20
+    );
 }
 
 /// Runs a UDP request/response loop for `run_for`; returns send and answer times by sequence.
-fn echo_loop(target: (Ipv4Addr, u16), run_for: Duration) -> Result<(HashMap<u64, Instant>, HashMap<u64, Instant>)> {
+fn echo_loop(
+    target: (Ipv4Addr, u16),
+    run_for: Duration,
+) -> Result<(HashMap<u64, Instant>, HashMap<u64, Instant>)> {
     let s = UdpSocket::bind("0.0.0.0:0")?;
     s.connect(target)?;
     s.set_nonblocking(true)?;
@@ -221,7 +300,10 @@ fn echo_loop(target: (Ipv4Addr, u16), run_for: Duration) -> Result<(HashMap<u64,
         while Instant::now() < until {
             match s.recv(&mut buf) {
                 Ok(8) => {
-                    answered.insert(u64::from_be_bytes(buf[..8].try_into().unwrap()), Instant::now());
+                    answered.insert(
+                        u64::from_be_bytes(buf[..8].try_into().unwrap()),
+                        Instant::now(),
+                    );
                 }
                 Ok(_) => {}
                 Err(_) => std::thread::sleep(Duration::from_micros(200)),
@@ -234,40 +316,67 @@ fn echo_loop(target: (Ipv4Addr, u16), run_for: Duration) -> Result<(HashMap<u64,
 #[test]
 fn revoking_a_rule_stops_a_running_flow_within_100ms_and_spares_others() {
     require_root();
-    let mut t = Topology::new(TopologyOptions { clients: 2, ..TopologyOptions::default() }).unwrap();
+    let mut t = Topology::new(TopologyOptions {
+        clients: 2,
+        ..TopologyOptions::default()
+    })
+    .unwrap();
     let (c1, c2) = (t.clients[0].addr, t.clients[1].addr);
     t.dataplane.add_session(c1, 1, &["a".to_string()]).unwrap();
     t.dataplane.add_session(c2, 2, &["b".to_string()]).unwrap();
-    t.dataplane.replace_policy(policy(&[("10.88.0.0/24", "a"), ("10.88.0.0/24", "b")])).unwrap();
+    t.dataplane
+        .replace_policy(policy(&[("10.88.0.0/24", "a"), ("10.88.0.0/24", "b")]))
+        .unwrap();
 
     let echo = cvpn_tests::echo::UdpEcho::start(&t.private, PRIVATE_HOST, 7007).unwrap();
     let run_for = Duration::from_millis(1500);
-    let f1 = t.clients[0].ns.spawn(move || echo_loop((PRIVATE_HOST, 7007), run_for));
-    let f2 = t.clients[1].ns.spawn(move || echo_loop((PRIVATE_HOST, 7007), run_for));
+    let f1 = t.clients[0]
+        .ns
+        .spawn(move || echo_loop((PRIVATE_HOST, 7007), run_for));
+    let f2 = t.clients[1]
+        .ns
+        .spawn(move || echo_loop((PRIVATE_HOST, 7007), run_for));
     std::thread::sleep(Duration::from_millis(600));
     let before = Instant::now();
-    t.dataplane.replace_policy(policy(&[("10.88.0.0/24", "b")])).unwrap();
+    t.dataplane
+        .replace_policy(policy(&[("10.88.0.0/24", "b")]))
+        .unwrap();
     let revoked = Instant::now();
     let (sent1, ans1) = f1.join().unwrap().unwrap();
     let (sent2, ans2) = f2.join().unwrap().unwrap();
     drop(echo);
 
     let answered_before = ans1.keys().filter(|s| sent1[s] < before).count();
-    assert!(answered_before > 50, "client 1's flow was not running before the revoke ({answered_before} answers)");
+    assert!(
+        answered_before > 50,
+        "client 1's flow was not running before the revoke ({answered_before} answers)"
+    );
     let late: Vec<_> = ans1
         .keys()
         .filter(|s| sent1[s] > revoked + Duration::from_millis(100))
         .collect();
-    assert!(late.is_empty(), "client 1 still got answers to {} requests sent more than 100 ms after the revoke", late.len());
+    assert!(
+        late.is_empty(),
+        "client 1 still got answers to {} requests sent more than 100 ms after the revoke",
+        late.len()
+    );
     let last_ok = ans1.keys().map(|s| sent1[s]).max().unwrap();
     println!(
         "revoke took {:?} to apply; client 1's last answered request was sent {:?} after the call returned",
         revoked - before,
         last_ok.saturating_duration_since(revoked)
     );
-    let after2: Vec<_> = sent2.iter().filter(|(_, t)| **t > revoked + Duration::from_millis(50)).map(|(s, _)| *s).collect();
+    let after2: Vec<_> = sent2
+        .iter()
+        .filter(|(_, t)| **t > revoked + Duration::from_millis(50))
+        .map(|(s, _)| *s)
+        .collect();
     let ok2 = after2.iter().filter(|s| ans2.contains_key(s)).count();
-    assert!(after2.len() > 50 && ok2 * 10 >= after2.len() * 9, "client 2's flow must continue: {ok2} of {} answered", after2.len());
+    assert!(
+        after2.len() > 50 && ok2 * 10 >= after2.len() * 9,
+        "client 2's flow must continue: {ok2} of {} answered",
+        after2.len()
+    );
 }
 
 #[test]
@@ -279,19 +388,29 @@ fn nat_entries_expire_and_tcp_close_shortens_them() {
         udp: Duration::from_millis(800),
         icmp: Duration::from_millis(800),
     };
-    let mut t = Topology::new(TopologyOptions { nat_timeouts: timeouts, ..TopologyOptions::default() }).unwrap();
+    let mut t = Topology::new(TopologyOptions {
+        nat_timeouts: timeouts,
+        ..TopologyOptions::default()
+    })
+    .unwrap();
     let client = t.clients[0].addr;
     t.dataplane.add_session(client, 1, &[]).unwrap();
-    t.dataplane.replace_policy(policy(&[("10.88.0.0/24", "*")])).unwrap();
+    t.dataplane
+        .replace_policy(policy(&[("10.88.0.0/24", "*")]))
+        .unwrap();
 
     // One UDP exchange and one complete TCP connection.
     let (udp, listener) = t
         .private
-        .run(|| Ok((UdpSocket::bind((PRIVATE_HOST, 5353))?, TcpListener::bind((PRIVATE_HOST, 8081))?)))
+        .run(|| {
+            Ok((
+                UdpSocket::bind((PRIVATE_HOST, 5353))?,
+                TcpListener::bind((PRIVATE_HOST, 8081))?,
+            ))
+        })
         .unwrap();
     let tcp_server = std::thread::spawn(move || http_server(listener, 1, 0));
-    let (udp_port, _) = t
-        .clients[0]
+    let (udp_port, _) = t.clients[0]
         .ns
         .run(|| {
             let s = UdpSocket::bind("0.0.0.0:0")?;
@@ -309,9 +428,17 @@ fn nat_entries_expire_and_tcp_close_shortens_them() {
 
     let entries = t.dataplane.nat_entries();
     assert_eq!(entries.len(), 2, "{entries:?}");
-    let tcp_entry = entries.iter().find(|e| e.protocol == 6).expect("a TCP entry");
-    assert!(tcp_entry.closing, "FIN was seen: the entry must be marked closing");
-    assert!(entries.iter().all(|e| e.snat.0 == GATEWAY_TARGET_ADDR && e.client.0 == client));
+    let tcp_entry = entries
+        .iter()
+        .find(|e| e.protocol == 6)
+        .expect("a TCP entry");
+    assert!(
+        tcp_entry.closing,
+        "FIN was seen: the entry must be marked closing"
+    );
+    assert!(entries
+        .iter()
+        .all(|e| e.snat.0 == GATEWAY_TARGET_ADDR && e.client.0 == client));
 
     assert_eq!(t.dataplane.expire_nat().expired, 0, "nothing is idle yet");
     std::thread::sleep(Duration::from_millis(1000));

@@ -50,7 +50,8 @@ const SESSIONS: &[(Ipv4Addr, &[&str])] = &[
 
 /// A namespace with a veth as target interface, the programs loaded in it, the sessions added.
 fn setup() -> (Netns, DataPlane) {
-    let (ns, mut dp) = cvpn_tests::fixture_dataplane("pm", DataPlaneConfig::default()).expect("fixture data plane");
+    let (ns, mut dp) = cvpn_tests::fixture_dataplane("pm", DataPlaneConfig::default())
+        .expect("fixture data plane");
     for (i, (addr, groups)) in SESSIONS.iter().enumerate() {
         let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
         dp.add_session(*addr, i as u64 + 1, &groups).unwrap();

@@ -19,12 +19,17 @@ use anyhow::{bail, Context, Result};
 mod setup;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ sits in the root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask/ sits in the root")
+        .to_path_buf()
 }
 
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed with {status}");
     }
@@ -69,11 +74,15 @@ fn main() -> ExitCode {
         Some("build") => setup::setup()
             .and_then(|_| build_ebpf())
             .and_then(|_| cargo(&["build", "--release", "-p", "gateway"])),
-        Some("test") => setup::setup().and_then(|_| build_ebpf()).and_then(|_| test(&args[1..])),
+        Some("test") => setup::setup()
+            .and_then(|_| build_ebpf())
+            .and_then(|_| test(&args[1..])),
         Some("demo") => setup::setup()
             .and_then(|_| build_ebpf())
             .and_then(|_| cargo(&["run", "--release", "-p", "cvpn-tests", "--bin", "cvpn-demo"])),
-        Some("bench") => setup::setup().and_then(|_| build_ebpf()).and_then(|_| bench(&args[1..])),
+        Some("bench") => setup::setup()
+            .and_then(|_| build_ebpf())
+            .and_then(|_| bench(&args[1..])),
         _ => {
             help();
             return ExitCode::from(2);
@@ -134,7 +143,15 @@ fn test(extra: &[String]) -> Result<()> {
 fn bench(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("dataplane") | None => {
-            let mut a = vec!["run", "--release", "-p", "cvpn-benches", "--bin", "cvpn-bench-dataplane", "--"];
+            let mut a = vec![
+                "run",
+                "--release",
+                "-p",
+                "cvpn-benches",
+                "--bin",
+                "cvpn-bench-dataplane",
+                "--",
+            ];
             a.extend(args.iter().skip(1).map(String::as_str));
             cargo(&a)
         }
@@ -142,7 +159,15 @@ fn bench(args: &[String]) -> Result<()> {
             // The benchmark runs target/release/cvpn: build it first, so a stale daemon never
             // gets measured.
             cargo(&["build", "--release", "-p", "gateway", "--bin", "cvpn"])?;
-            let mut a = vec!["run", "--release", "-p", "cvpn-benches", "--bin", "cvpn-bench-tunnel", "--"];
+            let mut a = vec![
+                "run",
+                "--release",
+                "-p",
+                "cvpn-benches",
+                "--bin",
+                "cvpn-bench-tunnel",
+                "--",
+            ];
             a.extend(args.iter().skip(1).map(String::as_str));
             cargo(&a)
         }

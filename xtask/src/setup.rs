@@ -38,7 +38,11 @@ fn missing_packages() -> Vec<&'static str> {
     PACKAGES
         .iter()
         .copied()
-        .filter(|p| !text.lines().any(|l| l.starts_with(&format!("{p} ")) && l.ends_with("install ok installed")))
+        .filter(|p| {
+            !text
+                .lines()
+                .any(|l| l.starts_with(&format!("{p} ")) && l.ends_with("install ok installed"))
+        })
         .collect()
 }
 
@@ -94,13 +98,24 @@ pub fn setup() -> Result<()> {
             .args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
     if !bpf_linker_ok() {
-        eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
-        let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+        eprintln!(
+            "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"
+        );
+        let path = format!(
+            "/usr/lib/llvm-22/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
         run(Command::new("cargo")
             .env("PATH", path)
             .env("LLVM_PREFIX", "/usr/lib/llvm-22")
             .env_remove("RUSTFLAGS")
-            .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
             .args(["--no-default-features", "--features", "llvm-22"]))
         .context("building bpf-linker")?;
     }

@@ -422,18 +422,17 @@ pub(super) async fn export_client_config(
     const HOST: &str = "remote-host";
     let host = q.take(HOST)?;
     q.finish(&[HOST])?;
-    let host = match host.or_else(|| state.settings.remote_host.clone()) {
-        Some(h) => profile::remote_host_param(&h)?,
-        None => {
-            return Err(ApiError::missing(
+    let host =
+        match host.or_else(|| state.settings.remote_host.clone()) {
+            Some(h) => profile::remote_host_param(&h)?,
+            None => return Err(ApiError::missing(
                 HOST,
                 "the daemon has no public host name configured; give the name or address clients \
                  connect to (CLI: --remote-host HOST; API: ?remote-host=HOST), or set public_host \
                  in the daemon configuration",
             )
-            .into())
-        }
-    };
+            .into()),
+        };
     let ciphers = state.settings.data_ciphers.clone();
     let id2 = id.clone();
     let text = state

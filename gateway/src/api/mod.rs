@@ -181,18 +181,30 @@ pub struct ApiState {
 
 /// The running daemon's listener states by endpoint id ([`crate::storage::ListenerStatus`]).
 #[derive(Clone, Debug, Default)]
-pub struct Listeners(Arc<std::sync::RwLock<std::collections::HashMap<String, crate::storage::ListenerStatus>>>);
+pub struct Listeners(
+    Arc<std::sync::RwLock<std::collections::HashMap<String, crate::storage::ListenerStatus>>>,
+);
 
 impl Listeners {
     /// Records an endpoint's listener state.
     pub fn set(&self, endpoint_id: &str, state: &str, message: Option<String>) {
         let mut m = self.0.write().unwrap_or_else(|e| e.into_inner());
-        m.insert(endpoint_id.to_string(), crate::storage::ListenerStatus { state: state.to_string(), message });
+        m.insert(
+            endpoint_id.to_string(),
+            crate::storage::ListenerStatus {
+                state: state.to_string(),
+                message,
+            },
+        );
     }
 
     /// An endpoint's listener state, if the daemon knows it.
     pub fn get(&self, endpoint_id: &str) -> Option<crate::storage::ListenerStatus> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).get(endpoint_id).cloned()
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(endpoint_id)
+            .cloned()
     }
 
     /// Fills in [`Endpoint::listener`](crate::storage::Endpoint::listener).

@@ -69,9 +69,18 @@ impl Pki {
 
     /// A PKI whose CA has this common name.
     pub fn with_ca_name(ca_name: &str) -> Pki {
-        let crate::test_support::ServerPki { issuer, ca_pem, server_cert, server_key } =
-            crate::test_support::ServerPki::new(ca_name);
-        Pki { issuer, ca_pem, server_cert, server_key }
+        let crate::test_support::ServerPki {
+            issuer,
+            ca_pem,
+            server_cert,
+            server_key,
+        } = crate::test_support::ServerPki::new(ca_name);
+        Pki {
+            issuer,
+            ca_pem,
+            server_cert,
+            server_key,
+        }
     }
 
     /// A CRL of the CA revoking `serials`.

@@ -34,7 +34,10 @@ pub enum ClientError {
         message: String,
     },
     /// The API could not be reached.
-    #[error("cannot reach the cvpn API at {target} ({cause}): {}", connect_hint(cause))]
+    #[error(
+        "cannot reach the cvpn API at {target} ({cause}): {}",
+        connect_hint(cause)
+    )]
     Connect {
         /// The socket path or URL.
         target: String,
@@ -116,7 +119,9 @@ impl Target {
         ca_file: Option<&Path>,
         token: Option<String>,
     ) -> Result<Target, ClientError> {
-        let rest = url.strip_prefix("https://").ok_or_else(|| ClientError::BadUrl(url.to_string()))?;
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| ClientError::BadUrl(url.to_string()))?;
         let (host, port) = host_port(url, rest.trim_end_matches('/'), 443)?;
         let ca_path = match ca_file {
             Some(p) => p.to_path_buf(),
@@ -264,7 +269,13 @@ async fn send_inner(target: &Target, req: ApiRequest) -> Result<ApiReply, Client
                 .connect(name, tcp)
                 .await
                 .map_err(connect_err)?;
-            exchange(TokioIo::new(stream), &authority(host, *port), token.as_deref(), req).await
+            exchange(
+                TokioIo::new(stream),
+                &authority(host, *port),
+                token.as_deref(),
+                req,
+            )
+            .await
         }
         Target::Http { host, port } => {
             let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))

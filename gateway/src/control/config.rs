@@ -127,7 +127,10 @@ impl Default for DaemonConfig {
             data_dir: PathBuf::from(crate::storage::DEFAULT_DATA_DIR),
             listen_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             public_host: None,
-            api: ApiListen { socket: PathBuf::from(crate::api::DEFAULT_SOCKET_PATH), tcp: None },
+            api: ApiListen {
+                socket: PathBuf::from(crate::api::DEFAULT_SOCKET_PATH),
+                tcp: None,
+            },
             log: crate::connlog::LogOptions::default(),
             retention: crate::storage::DEFAULT_RETENTION,
             counters_every: Duration::from_secs(5),
@@ -201,34 +204,44 @@ struct RawTunnel {
 impl DaemonConfig {
     /// Reads and checks a daemon configuration file.
     pub fn load(path: &Path) -> Result<Self, DaemonConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| DaemonConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| DaemonConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Parses the text of a daemon configuration (`origin` names it in errors).
     pub fn parse(text: &str, origin: &str) -> Result<Self, DaemonConfigError> {
-        let raw: Raw = toml::from_str(text)
-            .map_err(|e| DaemonConfigError::Parse { path: origin.to_string(), detail: e.to_string() })?;
+        let raw: Raw = toml::from_str(text).map_err(|e| DaemonConfigError::Parse {
+            path: origin.to_string(),
+            detail: e.to_string(),
+        })?;
         let invalid = |key: &str, detail: String| DaemonConfigError::Invalid {
             path: origin.to_string(),
             key: key.to_string(),
             detail,
         };
         let d = DaemonConfig::default();
-        let tcp = match (raw.api.tcp_listen, raw.api.tls_cert, raw.api.tls_key, raw.api.token_file) {
+        let tcp = match (
+            raw.api.tcp_listen,
+            raw.api.tls_cert,
+            raw.api.tls_key,
+            raw.api.token_file,
+        ) {
             (None, None, None, None) => None,
-            (Some(listen), Some(tls_cert), Some(tls_key), Some(token_file)) => {
-                Some(TcpApi { listen, tls_cert, tls_key, token_file })
-            }
-            _ => {
-                return Err(invalid(
-                    "[api] tcp_listen",
-                    "the TLS listener needs all four of tcp_listen, tls_cert, tls_key and token_file; \
+            (Some(listen), Some(tls_cert), Some(tls_key), Some(token_file)) => Some(TcpApi {
+                listen,
+                tls_cert,
+                tls_key,
+                token_file,
+            }),
+            _ => return Err(invalid(
+                "[api] tcp_listen",
+                "the TLS listener needs all four of tcp_listen, tls_cert, tls_key and token_file; \
                      give all of them, or none for the Unix socket only"
-                        .into(),
-                ))
-            }
+                    .into(),
+            )),
         };
         let retention = raw.connections.retention_minutes.unwrap_or(60);
         if !(1..=10_080).contains(&retention) {
@@ -247,23 +260,34 @@ impl DaemonConfig {
         let ping = raw.tunnel.ping.unwrap_or(d.ping);
         let ping_restart = raw.tunnel.ping_restart.unwrap_or(d.ping_restart);
         if !(1..=3600).contains(&ping) {
-            return Err(invalid("[tunnel] ping", format!("{ping} is out of range: seconds between keepalive pings, 1 to 3600")));
+            return Err(invalid(
+                "[tunnel] ping",
+                format!("{ping} is out of range: seconds between keepalive pings, 1 to 3600"),
+            ));
         }
         if ping_restart < 2 * ping || ping_restart > 86_400 {
             return Err(invalid(
                 "[tunnel] ping_restart",
-                format!("{ping_restart} must be at least twice ping ({ping}) and at most 86400 seconds"),
+                format!(
+                    "{ping_restart} must be at least twice ping ({ping}) and at most 86400 seconds"
+                ),
             ));
         }
         if let Some(host) = &raw.public_host {
             if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(invalid("public_host", format!("{host:?} is not a host name or address")));
+                return Err(invalid(
+                    "public_host",
+                    format!("{host:?} is not a host name or address"),
+                ));
             }
         }
         let quota = |key: &str, v: Option<usize>, default: usize, max: usize| match v {
             None => Ok(default),
             Some(n) if (1..=max).contains(&n) => Ok(n),
-            Some(n) => Err(invalid(&format!("[quotas] {key}"), format!("{n} is out of range: 1 to {max}"))),
+            Some(n) => Err(invalid(
+                &format!("[quotas] {key}"),
+                format!("{n} is out of range: 1 to {max}"),
+            )),
         };
         // The upper bounds keep the compiled policy inside the kernel maps.
         let quotas = crate::storage::Quotas {
@@ -279,17 +303,28 @@ impl DaemonConfig {
                 d.quotas.routes_per_association,
                 1000,
             )?,
-            crl_entries: quota("crl_entries", raw.quotas.crl_entries, d.quotas.crl_entries, 1_000_000)?,
+            crl_entries: quota(
+                "crl_entries",
+                raw.quotas.crl_entries,
+                d.quotas.crl_entries,
+                1_000_000,
+            )?,
         };
         let max_file_bytes = raw.log.max_file_bytes.unwrap_or(d.log.max_file_bytes);
         if max_file_bytes < 4096 {
-            return Err(invalid("[log] max_file_bytes", format!("{max_file_bytes} is too small: at least 4096 bytes")));
+            return Err(invalid(
+                "[log] max_file_bytes",
+                format!("{max_file_bytes} is too small: at least 4096 bytes"),
+            ));
         }
         Ok(DaemonConfig {
             data_dir: raw.data_dir.unwrap_or(d.data_dir),
             listen_address: raw.listen_address.unwrap_or(d.listen_address),
             public_host: raw.public_host,
-            api: ApiListen { socket: raw.api.socket.unwrap_or(d.api.socket), tcp },
+            api: ApiListen {
+                socket: raw.api.socket.unwrap_or(d.api.socket),
+                tcp,
+            },
             log: crate::connlog::LogOptions {
                 max_file_bytes,
                 keep_files: raw.log.keep_files.unwrap_or(d.log.keep_files),
@@ -317,7 +352,10 @@ mod tests {
 
     #[test]
     fn empty_file_is_the_defaults() {
-        assert_eq!(DaemonConfig::parse("", "t").unwrap(), DaemonConfig::default());
+        assert_eq!(
+            DaemonConfig::parse("", "t").unwrap(),
+            DaemonConfig::default()
+        );
     }
 
     #[test]
@@ -359,7 +397,10 @@ crl_entries = 100
         assert!(c.log.stdout);
         assert_eq!((c.ping, c.ping_restart, c.reneg_sec), (5, 30, 0));
         assert_eq!(c.quotas.authorization_rules_per_endpoint, 500);
-        assert_eq!((c.quotas.routes_per_association, c.quotas.crl_entries), (20, 100));
+        assert_eq!(
+            (c.quotas.routes_per_association, c.quotas.crl_entries),
+            (20, 100)
+        );
     }
 
     #[test]
@@ -371,8 +412,14 @@ crl_entries = 100
             ("[tunnel]\nping = 10\nping_restart = 5", "ping_restart"),
             ("listen_address = \"nope\"", "listen_address"),
             ("[log]\nmax_file_bytes = 10", "max_file_bytes"),
-            ("[quotas]\nauthorization_rules_per_endpoint = 20000", "[quotas] authorization_rules_per_endpoint"),
-            ("[quotas]\nroutes_per_association = 0", "[quotas] routes_per_association"),
+            (
+                "[quotas]\nauthorization_rules_per_endpoint = 20000",
+                "[quotas] authorization_rules_per_endpoint",
+            ),
+            (
+                "[quotas]\nroutes_per_association = 0",
+                "[quotas] routes_per_association",
+            ),
         ] {
             let e = DaemonConfig::parse(text, "f.toml").unwrap_err().to_string();
             assert!(e.contains(needle) && e.contains("f.toml"), "{text:?}: {e}");
@@ -381,7 +428,9 @@ crl_entries = 100
 
     #[test]
     fn endpoint_files_are_told_apart() {
-        assert!(is_endpoint_file("[endpoint]\nclient_cidr = \"10.0.0.0/22\""));
+        assert!(is_endpoint_file(
+            "[endpoint]\nclient_cidr = \"10.0.0.0/22\""
+        ));
         assert!(!is_endpoint_file("data_dir = \"/x\""));
         assert!(!is_endpoint_file(""));
     }

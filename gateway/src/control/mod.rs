@@ -43,18 +43,28 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Endpoint fields whose change needs no restart of the endpoint's listener.
 const DESCRIPTIVE_FIELDS: &[&str] = &["description", "tags", "self-service-portal"];
 /// Endpoint fields a running endpoint takes without a restart.
-const LIVE_FIELDS: &[&str] = &["session-timeout-hours", "disconnect-on-session-timeout", "client-connect-options"];
+const LIVE_FIELDS: &[&str] = &[
+    "session-timeout-hours",
+    "disconnect-on-session-timeout",
+    "client-connect-options",
+];
 
 /// The settings of an endpoint that apply without a restart.
 fn live_settings(ep: &crate::storage::Endpoint) -> Result<LiveSettings> {
-    let connect_handler = match (&ep.client_connect_options.enabled, &ep.client_connect_options.handler) {
+    let connect_handler = match (
+        &ep.client_connect_options.enabled,
+        &ep.client_connect_options.handler,
+    ) {
         (true, Some(h)) => Some(Arc::new(
-            crate::connect_handler::ConnectHandler::new(h).map_err(|e| anyhow!("client connect handler: {e}"))?,
+            crate::connect_handler::ConnectHandler::new(h)
+                .map_err(|e| anyhow!("client connect handler: {e}"))?,
         )),
         _ => None,
     };
     Ok(LiveSettings {
-        session_timeout: Some(Duration::from_secs(u64::from(ep.session_timeout_hours) * 3600)),
+        session_timeout: Some(Duration::from_secs(
+            u64::from(ep.session_timeout_hours) * 3600,
+        )),
         disconnect_on_session_timeout: ep.disconnect_on_session_timeout,
         connect_handler,
     })
@@ -101,25 +111,36 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             quotas: config.quotas,
             ..StoreOptions::in_dir(&config.data_dir)
         })
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
     );
     // Whatever was connected when the daemon last stopped is gone now.
     match store.close_stale_connections() {
-        Ok(ids) if !ids.is_empty() => info!(count = ids.len(), "connections of the previous run recorded as ended"),
+        Ok(ids) if !ids.is_empty() => info!(
+            count = ids.len(),
+            "connections of the previous run recorded as ended"
+        ),
         Ok(_) => {}
         Err(e) => warn!(error = %e, "stale connections not closed"),
     }
     let logs = Arc::new(
-        ConnectionLogs::open(&config.data_dir, &config.log)
-            .with_context(|| format!("opening the connection log in {}", config.data_dir.display()))?,
+        ConnectionLogs::open(&config.data_dir, &config.log).with_context(|| {
+            format!(
+                "opening the connection log in {}",
+                config.data_dir.display()
+            )
+        })?,
     );
-    let recorder = StoreRecorder::spawn(store.clone()).context("starting the connection recorder")?;
+    let recorder =
+        StoreRecorder::spawn(store.clone()).context("starting the connection recorder")?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let api_state = ApiState::with_settings(
         store.clone(),
         events_tx,
-        ApiSettings { remote_host: config.public_host.clone(), ..ApiSettings::default() },
+        ApiSettings {
+            remote_host: config.public_host.clone(),
+            ..ApiSettings::default()
+        },
     );
     let (api_stop_tx, api_stop) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -153,7 +174,14 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     }
 
     let listeners = api_state.listeners.clone();
-    let mut daemon = Daemon { config, listeners, store, recorder, logs, running: HashMap::new() };
+    let mut daemon = Daemon {
+        config,
+        listeners,
+        store,
+        recorder,
+        logs,
+        running: HashMap::new(),
+    };
     daemon.recover();
     let mut check = tokio::time::interval(Duration::from_secs(1));
     // Housekeeping: what is past the retention period leaves the database (first tick: now).
@@ -201,10 +229,16 @@ fn api_tls_config(tcp: &config::TcpApi) -> Result<Arc<rustls::ServerConfig>> {
     use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tcp.tls_cert)
         .and_then(|i| i.collect::<Result<_, _>>())
-        .map_err(|e| anyhow!("reading the API certificate {}: {e}", tcp.tls_cert.display()))?;
+        .map_err(|e| {
+            anyhow!(
+                "reading the API certificate {}: {e}",
+                tcp.tls_cert.display()
+            )
+        })?;
     let key = PrivateKeyDer::from_pem_file(&tcp.tls_key)
         .map_err(|e| anyhow!("reading the API key {}: {e}", tcp.tls_key.display()))?;
-    crate::api::serve::tls_config(chain, key).with_context(|| format!("{} and {}", tcp.tls_cert.display(), tcp.tls_key.display()))
+    crate::api::serve::tls_config(chain, key)
+        .with_context(|| format!("{} and {}", tcp.tls_cert.display(), tcp.tls_key.display()))
 }
 
 impl Daemon {
@@ -258,7 +292,9 @@ impl Daemon {
             secrets.server_private_key_pem,
             secrets.client_ca_pem,
         );
-        let fingerprint = ring::digest::digest(&ring::digest::SHA256, listener_settings.as_bytes()).as_ref().to_vec();
+        let fingerprint = ring::digest::digest(&ring::digest::SHA256, listener_settings.as_bytes())
+            .as_ref()
+            .to_vec();
         let c = &self.config;
         let settings = ServerSettings {
             listen: SocketAddr::new(c.listen_address, ep.vpn_port),
@@ -282,7 +318,9 @@ impl Daemon {
             recorder: Some(Arc::new(self.recorder.clone())),
             counters_every: c.counters_every,
             // The shared log prints every endpoint's lines when the daemon says so.
-            print_log_lines: ep.connection_log_options.enabled && ep.connection_log_options.stdout && !c.log.stdout,
+            print_log_lines: ep.connection_log_options.enabled
+                && ep.connection_log_options.stdout
+                && !c.log.stdout,
             live: live_settings(&ep)?,
         };
         Ok((settings, fingerprint))
@@ -300,7 +338,12 @@ impl Daemon {
         };
         let (settings, fingerprint) = match self.settings(id) {
             Ok(s) => s,
-            Err(e) => return fail(&self.listeners, anyhow!("{e:#}; fix it, then modify the endpoint or reload the daemon")),
+            Err(e) => {
+                return fail(
+                    &self.listeners,
+                    anyhow!("{e:#}; fix it, then modify the endpoint or reload the daemon"),
+                )
+            }
         };
         let listener = (settings.transport, settings.listen.port());
         if let Some((other, _)) = self.running.iter().find(|(_, r)| r.listener == listener) {
@@ -312,7 +355,12 @@ impl Daemon {
         }
         let server = match Server::new(settings) {
             Ok(s) => s,
-            Err(e) => return fail(&self.listeners, anyhow!("{e:#}; fix it, then modify the endpoint or reload the daemon")),
+            Err(e) => {
+                return fail(
+                    &self.listeners,
+                    anyhow!("{e:#}; fix it, then modify the endpoint or reload the daemon"),
+                )
+            }
         };
         let listeners = self.listeners.clone();
         let (commands, receiver) = mpsc::unbounded_channel();
@@ -335,13 +383,24 @@ impl Daemon {
         });
         info!(endpoint = %id, tun = %tun_name(id), "endpoint started");
         self.listeners.set(id, "serving", None);
-        self.running.insert(id.to_string(), Running { commands, stop: Some(stop), task, fingerprint, listener });
+        self.running.insert(
+            id.to_string(),
+            Running {
+                commands,
+                stop: Some(stop),
+                task,
+                fingerprint,
+                listener,
+            },
+        );
     }
 
     /// Stops an endpoint: clients are told to reconnect, its sessions are recorded as ended,
     /// its programs detached and its TUN removed.
     async fn stop(&mut self, id: &str) {
-        let Some(mut r) = self.running.remove(id) else { return };
+        let Some(mut r) = self.running.remove(id) else {
+            return;
+        };
         self.listeners.set(id, "stopped", None);
         if let Some(stop) = r.stop.take() {
             let _ = stop.send(());
@@ -358,8 +417,12 @@ impl Daemon {
     /// Notices endpoints whose event loop ended on its own (an error) and forgets them, so the
     /// next change starts them again.
     async fn reap(&mut self) {
-        let done: Vec<String> =
-            self.running.iter().filter(|(_, r)| r.task.is_finished()).map(|(id, _)| id.clone()).collect();
+        let done: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.task.is_finished())
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in done {
             self.running.remove(&id);
             warn!(endpoint = %id, "endpoint is not running; it starts again on its next change or daemon restart");
@@ -379,7 +442,10 @@ impl Daemon {
         };
         let running: Vec<String> = self.running.keys().cloned().collect();
         for id in running {
-            if !endpoints.iter().any(|e| e.client_vpn_endpoint_id == id && e.status == EndpointStatus::Available) {
+            if !endpoints
+                .iter()
+                .any(|e| e.client_vpn_endpoint_id == id && e.status == EndpointStatus::Available)
+            {
                 self.stop(&id).await;
             }
         }
@@ -397,7 +463,10 @@ impl Daemon {
                         self.stop(&id).await;
                     }
                     if self.running.contains_key(&id) {
-                        self.on_event(ControlEvent::PolicyChanged { endpoint_id: id.clone() }).await;
+                        self.on_event(ControlEvent::PolicyChanged {
+                            endpoint_id: id.clone(),
+                        })
+                        .await;
                         // The serials of the stored CRL, parsed as its import did.
                         let revoked = self
                             .store
@@ -405,16 +474,28 @@ impl Daemon {
                             .ok()
                             .and_then(|s| {
                                 let pem = s.crl_pem?;
-                                crate::storage::validate::crl("crl", &pem, &s.client_ca_pem, usize::MAX).ok()
+                                crate::storage::validate::crl(
+                                    "crl",
+                                    &pem,
+                                    &s.client_ca_pem,
+                                    usize::MAX,
+                                )
+                                .ok()
                             })
                             .map(|p| p.revoked_serials)
                             .unwrap_or_default();
-                        self.on_event(ControlEvent::CrlChanged { endpoint_id: id.clone(), revoked_serials: revoked }).await;
+                        self.on_event(ControlEvent::CrlChanged {
+                            endpoint_id: id.clone(),
+                            revoked_serials: revoked,
+                        })
+                        .await;
                         match live_settings(&ep) {
                             Ok(live) => {
                                 self.command(&id, ServerCommand::LiveSettings(live));
                             }
-                            Err(e) => warn!(endpoint = %id, error = format!("{e:#}"), "settings not applied"),
+                            Err(e) => {
+                                warn!(endpoint = %id, error = format!("{e:#}"), "settings not applied")
+                            }
                         }
                     } else {
                         self.start(&id);
@@ -423,7 +504,10 @@ impl Daemon {
                 _ => {}
             }
         }
-        info!(endpoints = self.running.len(), "resynchronised with the database");
+        info!(
+            endpoints = self.running.len(),
+            "resynchronised with the database"
+        );
     }
 
     fn command(&self, id: &str, cmd: ServerCommand) -> bool {
@@ -435,29 +519,51 @@ impl Daemon {
 
     async fn on_event(&mut self, event: ControlEvent) {
         match event {
-            ControlEvent::EndpointChanged { endpoint_id, change } => match change {
+            ControlEvent::EndpointChanged {
+                endpoint_id,
+                change,
+            } => match change {
                 EndpointChange::Created => {}
-                EndpointChange::Status { status: EndpointStatus::Available } => self.start(&endpoint_id),
+                EndpointChange::Status {
+                    status: EndpointStatus::Available,
+                } => self.start(&endpoint_id),
                 EndpointChange::Status { .. } => self.stop(&endpoint_id).await,
                 EndpointChange::Modified { fields } => {
-                    let live = |f: &String| DESCRIPTIVE_FIELDS.contains(&f.as_str()) || LIVE_FIELDS.contains(&f.as_str());
+                    let live = |f: &String| {
+                        DESCRIPTIVE_FIELDS.contains(&f.as_str())
+                            || LIVE_FIELDS.contains(&f.as_str())
+                    };
                     if fields.iter().all(live) && self.running.contains_key(&endpoint_id) {
-                        match self.store.describe_endpoint(&endpoint_id).map_err(|e| anyhow!("{e}")).and_then(|ep| live_settings(&ep)) {
+                        match self
+                            .store
+                            .describe_endpoint(&endpoint_id)
+                            .map_err(|e| anyhow!("{e}"))
+                            .and_then(|ep| live_settings(&ep))
+                        {
                             Ok(live) => {
                                 self.command(&endpoint_id, ServerCommand::LiveSettings(live));
                             }
-                            Err(e) => warn!(endpoint = %endpoint_id, error = format!("{e:#}"), "settings not applied"),
+                            Err(e) => {
+                                warn!(endpoint = %endpoint_id, error = format!("{e:#}"), "settings not applied")
+                            }
                         }
                         return;
                     }
-                    if fields.iter().all(|f| DESCRIPTIVE_FIELDS.contains(&f.as_str())) {
+                    if fields
+                        .iter()
+                        .all(|f| DESCRIPTIVE_FIELDS.contains(&f.as_str()))
+                    {
                         return;
                     }
                     if self.running.contains_key(&endpoint_id) {
                         info!(endpoint = %endpoint_id, ?fields, "endpoint modified: restarting its listener");
                         self.stop(&endpoint_id).await;
                         self.start(&endpoint_id);
-                    } else if self.store.describe_endpoint(&endpoint_id).is_ok_and(|e| e.status == EndpointStatus::Available) {
+                    } else if self
+                        .store
+                        .describe_endpoint(&endpoint_id)
+                        .is_ok_and(|e| e.status == EndpointStatus::Available)
+                    {
                         // It may not have started before (e.g. its port was taken).
                         self.start(&endpoint_id);
                     }
@@ -470,7 +576,11 @@ impl Daemon {
             },
             ControlEvent::PolicyChanged { endpoint_id } => {
                 if !self.running.contains_key(&endpoint_id) {
-                    if self.store.describe_endpoint(&endpoint_id).is_ok_and(|e| e.status == EndpointStatus::Available) {
+                    if self
+                        .store
+                        .describe_endpoint(&endpoint_id)
+                        .is_ok_and(|e| e.status == EndpointStatus::Available)
+                    {
                         self.start(&endpoint_id);
                     }
                     return;
@@ -481,35 +591,63 @@ impl Daemon {
                     .and_then(|t| Ok((t, self.store.policy_for(&endpoint_id)?)));
                 match read {
                     Ok((targets, policy)) => {
-                        self.command(&endpoint_id, ServerCommand::ReplaceNetwork { targets, policy });
+                        self.command(
+                            &endpoint_id,
+                            ServerCommand::ReplaceNetwork { targets, policy },
+                        );
                     }
-                    Err(e) => warn!(endpoint = %endpoint_id, error = %e, "policy not read; the running one stays"),
+                    Err(e) => {
+                        warn!(endpoint = %endpoint_id, error = %e, "policy not read; the running one stays")
+                    }
                 }
             }
-            ControlEvent::Terminate { endpoint_id, connection_ids } => {
-                let cmd = ServerCommand::Terminate { connection_ids: connection_ids.clone(), usernames: Vec::new() };
+            ControlEvent::Terminate {
+                endpoint_id,
+                connection_ids,
+            } => {
+                let cmd = ServerCommand::Terminate {
+                    connection_ids: connection_ids.clone(),
+                    usernames: Vec::new(),
+                };
                 if !self.command(&endpoint_id, cmd) {
                     // Nothing runs them: record them as ended.
                     for id in connection_ids {
-                        crate::server::ConnectionRecorder::ended(&self.recorder, &id, Default::default());
+                        crate::server::ConnectionRecorder::ended(
+                            &self.recorder,
+                            &id,
+                            Default::default(),
+                        );
                     }
                 }
             }
-            ControlEvent::CrlChanged { endpoint_id, revoked_serials } => {
+            ControlEvent::CrlChanged {
+                endpoint_id,
+                revoked_serials,
+            } => {
                 if !self.running.contains_key(&endpoint_id) {
                     return;
                 }
-                let tls = self.store.endpoint_secrets(&endpoint_id).map_err(|e| anyhow!("{e}")).and_then(|s| {
-                    Ok(TlsMaterial::from_pem(
-                        &s.server_certificate_pem,
-                        &s.server_private_key_pem,
-                        &s.client_ca_pem,
-                        s.crl_pem.as_deref(),
-                    )?)
-                });
+                let tls = self
+                    .store
+                    .endpoint_secrets(&endpoint_id)
+                    .map_err(|e| anyhow!("{e}"))
+                    .and_then(|s| {
+                        Ok(TlsMaterial::from_pem(
+                            &s.server_certificate_pem,
+                            &s.server_private_key_pem,
+                            &s.client_ca_pem,
+                            s.crl_pem.as_deref(),
+                        )?)
+                    });
                 match tls {
                     Ok(tls) => {
-                        self.command(&endpoint_id, ServerCommand::ReplaceTls { tls, revoked_serials });
+                        self.command(
+                            &endpoint_id,
+                            ServerCommand::ReplaceTls {
+                                tls,
+                                revoked_serials,
+                            },
+                        );
                     }
                     Err(e) => warn!(endpoint = %endpoint_id, error = %e, "new CRL not applied"),
                 }

@@ -292,7 +292,11 @@ impl FlowEvents {
         if !first.is_empty() {
             return first;
         }
-        let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: one valid pollfd for the duration of the call.
         unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -402,7 +406,9 @@ fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataPlaneError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(DataPlaneError::MissingMap(name))?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataPlaneError::MissingMap(name))?;
     T::try_from(map).map_err(map_err(name))
 }
 
@@ -428,8 +434,14 @@ pub fn interface_ipv4_network(interface: &str) -> Option<ipnet::Ipv4Net> {
             continue;
         }
         let (Some(addr), Some(mask)) = (
-            a.address.as_ref().and_then(|s| s.as_sockaddr_in()).map(|s| s.ip()),
-            a.netmask.as_ref().and_then(|s| s.as_sockaddr_in()).map(|s| s.ip()),
+            a.address
+                .as_ref()
+                .and_then(|s| s.as_sockaddr_in())
+                .map(|s| s.ip()),
+            a.netmask
+                .as_ref()
+                .and_then(|s| s.as_sockaddr_in())
+                .map(|s| s.ip()),
         ) else {
             continue;
         };
@@ -458,8 +470,16 @@ pub fn interface_driver(interface: &str) -> Option<String> {
     if interface.len() >= libc::IFNAMSIZ {
         return None;
     }
-    let mut info = DrvInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], rest: [0; 160] };
-    let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: &mut info, _pad: [0; 16] };
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut info,
+        _pad: [0; 16],
+    };
     req.name[..interface.len()].copy_from_slice(interface.as_bytes());
     // SAFETY: a datagram socket only for the ioctl, closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -474,7 +494,11 @@ pub fn interface_driver(interface: &str) -> Option<String> {
     if rc < 0 {
         return None;
     }
-    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
+    let end = info
+        .driver
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(info.driver.len());
     Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
@@ -484,7 +508,10 @@ pub fn interface_index(interface: &str) -> Result<u32, DataPlaneError> {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer; CLOCK_MONOTONIC is what bpf_ktime_get_ns reads.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -509,18 +536,26 @@ impl DataPlane {
         for program in [PROG_CLIENT, PROG_TARGET] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(program)
-                .ok_or(DataPlaneError::Program { program, source: ProgramError::NotLoaded })?
+                .ok_or(DataPlaneError::Program {
+                    program,
+                    source: ProgramError::NotLoaded,
+                })?
                 .try_into()
                 .map_err(|source| DataPlaneError::Program { program, source })?;
-            prog.load().map_err(|source| DataPlaneError::Program { program, source })?;
+            prog.load()
+                .map_err(|source| DataPlaneError::Program { program, source })?;
         }
         let program = PROG_TARGET_XDP;
         let xdp: &mut Xdp = ebpf
             .program_mut(program)
-            .ok_or(DataPlaneError::Program { program, source: ProgramError::NotLoaded })?
+            .ok_or(DataPlaneError::Program {
+                program,
+                source: ProgramError::NotLoaded,
+            })?
             .try_into()
             .map_err(|source| DataPlaneError::Program { program, source })?;
-        xdp.load().map_err(|source| DataPlaneError::Program { program, source })?;
+        xdp.load()
+            .map_err(|source| DataPlaneError::Program { program, source })?;
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| {
             DataPlaneError::Load(aya::EbpfError::FileError {
                 path: "/sys/devices/system/cpu/possible".into(),
@@ -537,7 +572,9 @@ impl DataPlane {
             nat_fwd: take(&mut ebpf, "NAT_FWD")?,
             nat_rev: take(&mut ebpf, "NAT_REV")?,
             counters: take(&mut ebpf, "COUNTERS")?,
-            events: Some(FlowEvents { ring: take(&mut ebpf, "EVENTS")? }),
+            events: Some(FlowEvents {
+                ring: take(&mut ebpf, "EVENTS")?,
+            }),
             ebpf,
             slot: 0,
             slot_auth: [BTreeMap::new(), BTreeMap::new()],
@@ -570,10 +607,16 @@ impl DataPlane {
         Ok(dp)
     }
 
-    fn classifier(&mut self, program: &'static str) -> Result<&mut SchedClassifier, DataPlaneError> {
+    fn classifier(
+        &mut self,
+        program: &'static str,
+    ) -> Result<&mut SchedClassifier, DataPlaneError> {
         self.ebpf
             .program_mut(program)
-            .ok_or(DataPlaneError::Program { program, source: ProgramError::NotLoaded })?
+            .ok_or(DataPlaneError::Program {
+                program,
+                source: ProgramError::NotLoaded,
+            })?
             .try_into()
             .map_err(|source| DataPlaneError::Program { program, source })
     }
@@ -627,16 +670,32 @@ impl DataPlane {
         let key = addr.octets();
         let zero = PerCpuValues::try_from(vec![SessionStats::default(); self.nr_cpus])
             .map_err(|e| map_err("SESSION_STATS")(MapError::from(e)))?;
-        self.stats_map.insert(key, zero, 0).map_err(map_err("SESSION_STATS"))?;
-        let session = Session { session_id, groups: group_set(groups, self.groups.current()) };
-        self.sessions_map.insert(key, session, 0).map_err(map_err("SESSIONS"))?;
-        self.sessions.insert(addr, SessionState { session_id, groups: groups.to_vec() });
+        self.stats_map
+            .insert(key, zero, 0)
+            .map_err(map_err("SESSION_STATS"))?;
+        let session = Session {
+            session_id,
+            groups: group_set(groups, self.groups.current()),
+        };
+        self.sessions_map
+            .insert(key, session, 0)
+            .map_err(map_err("SESSIONS"))?;
+        self.sessions.insert(
+            addr,
+            SessionState {
+                session_id,
+                groups: groups.to_vec(),
+            },
+        );
         debug!(%addr, session_id, ?groups, "session added");
         Ok(())
     }
 
     /// Removes a session; its packets are dropped from now on. Returns its final counters.
-    pub fn remove_session(&mut self, addr: Ipv4Addr) -> Result<Option<SessionCounters>, DataPlaneError> {
+    pub fn remove_session(
+        &mut self,
+        addr: Ipv4Addr,
+    ) -> Result<Option<SessionCounters>, DataPlaneError> {
         let key = addr.octets();
         if self.sessions.remove(&addr).is_none() {
             return Ok(None);
@@ -651,7 +710,10 @@ impl DataPlane {
         Ok(counters)
     }
 
-    pub fn session_counters(&self, addr: Ipv4Addr) -> Result<Option<SessionCounters>, DataPlaneError> {
+    pub fn session_counters(
+        &self,
+        addr: Ipv4Addr,
+    ) -> Result<Option<SessionCounters>, DataPlaneError> {
         match self.stats_map.get(&addr.octets(), 0) {
             Ok(values) => {
                 let mut c = SessionCounters::default();
@@ -695,15 +757,32 @@ impl DataPlane {
         // 1. Sessions learn bits of newly referenced groups (the live policy ignores them).
         self.rewrite_session_groups(&plan.transition)?;
         // 2. Fill the idle slot with the new entries.
-        sync_trie(&mut self.auth[idle], &mut self.slot_auth[idle], &auth, "AUTH")?;
-        sync_trie(&mut self.routes[idle], &mut self.slot_routes[idle], &routes, "ROUTE")?;
+        sync_trie(
+            &mut self.auth[idle],
+            &mut self.slot_auth[idle],
+            &auth,
+            "AUTH",
+        )?;
+        sync_trie(
+            &mut self.routes[idle],
+            &mut self.slot_routes[idle],
+            &routes,
+            "ROUTE",
+        )?;
         // 3. Flip.
-        self.slot_map.set(0, idle as u32, 0).map_err(map_err("POLICY_SLOT"))?;
+        self.slot_map
+            .set(0, idle as u32, 0)
+            .map_err(map_err("POLICY_SLOT"))?;
         self.slot = idle as u32;
         // 4. Sessions drop the bits of groups no rule names any more.
         self.rewrite_session_groups(&plan.next)?;
         self.groups.commit(plan);
-        info!(rules = policy.rules.len(), routes = policy.routes.len(), slot = idle, "policy applied");
+        info!(
+            rules = policy.rules.len(),
+            routes = policy.routes.len(),
+            slot = idle,
+            "policy applied"
+        );
         self.policy = policy;
         Ok(())
     }
@@ -719,9 +798,15 @@ impl DataPlane {
         self.groups.current()
     }
 
-    fn rewrite_session_groups(&mut self, bits: &HashMap<String, usize>) -> Result<(), DataPlaneError> {
+    fn rewrite_session_groups(
+        &mut self,
+        bits: &HashMap<String, usize>,
+    ) -> Result<(), DataPlaneError> {
         for (addr, s) in &self.sessions {
-            let session = Session { session_id: s.session_id, groups: group_set(&s.groups, bits) };
+            let session = Session {
+                session_id: s.session_id,
+                groups: group_set(&s.groups, bits),
+            };
             self.sessions_map
                 .insert(addr.octets(), session, 0)
                 .map_err(map_err("SESSIONS"))?;
@@ -750,16 +835,32 @@ impl DataPlane {
             self.target_links.insert(spec.interface.clone(), (link, 1));
         }
         self.targets_map
-            .insert(spec.id, TargetNetwork { ifindex, snat_addr: snat_addr.octets() }, 0)
+            .insert(
+                spec.id,
+                TargetNetwork {
+                    ifindex,
+                    snat_addr: snat_addr.octets(),
+                },
+                0,
+            )
             .map_err(map_err("TARGETS"))?;
-        self.targets.insert(spec.id, TargetState { interface: spec.interface.clone(), snat_addr });
+        self.targets.insert(
+            spec.id,
+            TargetState {
+                interface: spec.interface.clone(),
+                snat_addr,
+            },
+        );
         info!(id = spec.id, interface = %spec.interface, %snat_addr, "target network added");
         Ok(snat_addr)
     }
 
     /// Removes a target network; routes to it stop matching (their packets count as no-route).
     pub fn remove_target_network(&mut self, id: u32) -> Result<(), DataPlaneError> {
-        let state = self.targets.remove(&id).ok_or(DataPlaneError::UnknownTarget(id))?;
+        let state = self
+            .targets
+            .remove(&id)
+            .ok_or(DataPlaneError::UnknownTarget(id))?;
         match self.targets_map.remove(&id) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err("TARGETS")(e)),
@@ -832,17 +933,22 @@ impl DataPlane {
         let program = PROG_TARGET_XDP;
         self.ebpf
             .program_mut(program)
-            .ok_or(DataPlaneError::Program { program, source: ProgramError::NotLoaded })?
+            .ok_or(DataPlaneError::Program {
+                program,
+                source: ProgramError::NotLoaded,
+            })?
             .try_into()
             .map_err(|source| DataPlaneError::Program { program, source })
     }
 
     /// How return traffic of `interface` is taken in, if it is a target interface.
     pub fn return_hook(&self, interface: &str) -> Option<ReturnHook> {
-        self.target_links.get(interface).map(|(link, _)| match link {
-            TargetLink::Tc(_) => ReturnHook::Tc,
-            TargetLink::Xdp(_) => ReturnHook::XdpDriver,
-        })
+        self.target_links
+            .get(interface)
+            .map(|(link, _)| match link {
+                TargetLink::Tc(_) => ReturnHook::Tc,
+                TargetLink::Xdp(_) => ReturnHook::XdpDriver,
+            })
     }
 
     pub fn target_snat_addr(&self, id: u32) -> Option<Ipv4Addr> {
@@ -854,7 +960,10 @@ impl DataPlane {
     pub fn global_counters(&self) -> Result<GlobalCounters, DataPlaneError> {
         let mut out = BTreeMap::new();
         for c in Counter::ALL {
-            let values = self.counters.get(&(c as u32), 0).map_err(map_err("COUNTERS"))?;
+            let values = self
+                .counters
+                .get(&(c as u32), 0)
+                .map_err(map_err("COUNTERS"))?;
             out.insert(c.name(), values.iter().sum());
         }
         debug_assert_eq!(out.len(), COUNTER_COUNT as usize);
@@ -872,7 +981,11 @@ impl DataPlane {
         let mut out = Vec::new();
         for item in self.nat_rev.iter() {
             let Ok((k, r)) = item else { continue };
-            let fwd_key = NatKey { addr: r.client_addr, port: r.client_port, ..k };
+            let fwd_key = NatKey {
+                addr: r.client_addr,
+                port: r.client_port,
+                ..k
+            };
             let fwd = self.nat_fwd.get(&fwd_key, 0).ok();
             let last = fwd.map_or(r.last_seen_ns, |f| f.last_seen_ns.max(r.last_seen_ns));
             out.push(NatEntry {
@@ -907,7 +1020,11 @@ impl DataPlane {
         let mut live_fwd = std::collections::HashSet::new();
         for item in self.nat_rev.iter() {
             let Ok((rev_key, r)) = item else { continue };
-            let fwd_key = NatKey { addr: r.client_addr, port: r.client_port, ..rev_key };
+            let fwd_key = NatKey {
+                addr: r.client_addr,
+                port: r.client_port,
+                ..rev_key
+            };
             let fwd = self.nat_fwd.get(&fwd_key, 0).ok();
             let last = fwd.map_or(r.last_seen_ns, |f| f.last_seen_ns.max(r.last_seen_ns));
             let closing = (r.flags | fwd.map_or(0, |f| f.flags)) & NAT_FLAG_TCP_CLOSING != 0;
@@ -980,11 +1097,18 @@ impl DataPlane {
             ..TestRunOptions::default()
         };
         let (name, res) = match program {
-            ProgramKind::ClientIngress => (PROG_CLIENT, self.classifier(PROG_CLIENT)?.test_run(opts)),
-            ProgramKind::TargetIngress => (PROG_TARGET, self.classifier(PROG_TARGET)?.test_run(opts)),
+            ProgramKind::ClientIngress => {
+                (PROG_CLIENT, self.classifier(PROG_CLIENT)?.test_run(opts))
+            }
+            ProgramKind::TargetIngress => {
+                (PROG_TARGET, self.classifier(PROG_TARGET)?.test_run(opts))
+            }
             ProgramKind::TargetXdp => (PROG_TARGET_XDP, self.xdp_program()?.test_run(opts)),
         };
-        let res = res.map_err(|source| DataPlaneError::Program { program: name, source })?;
+        let res = res.map_err(|source| DataPlaneError::Program {
+            program: name,
+            source,
+        })?;
         out.truncate(res.data_size_out as usize);
         Ok(TestRunOutput {
             verdict: res.return_value as i32,
@@ -1009,7 +1133,8 @@ fn sync_trie<V: aya::Pod + PartialEq + Copy>(
     }
     for (prefix, value) in want {
         if mirror.get(prefix) != Some(value) {
-            trie.insert(&Key::new(prefix.0, prefix.1), *value, 0).map_err(map_err(name))?;
+            trie.insert(&Key::new(prefix.0, prefix.1), *value, 0)
+                .map_err(map_err(name))?;
         }
     }
     *mirror = want.clone();

@@ -140,8 +140,9 @@ pub fn compile_rules(
 pub fn compile_routes(routes: &[Route]) -> BTreeMap<Prefix, RouteEntry> {
     let mut out = BTreeMap::new();
     for r in routes {
-        out.entry(prefix_of(&r.destination))
-            .or_insert(RouteEntry { target_id: r.target });
+        out.entry(prefix_of(&r.destination)).or_insert(RouteEntry {
+            target_id: r.target,
+        });
     }
     out
 }
@@ -172,7 +173,10 @@ mod tests {
     use super::*;
 
     fn rule(cidr: &str, access: Access) -> AuthorizationRule {
-        AuthorizationRule { destination: cidr.parse().unwrap(), access }
+        AuthorizationRule {
+            destination: cidr.parse().unwrap(),
+            access,
+        }
     }
 
     #[test]
@@ -202,11 +206,17 @@ mod tests {
     #[test]
     fn freed_bits_are_not_reused_by_the_next_policy() {
         let mut interner = GroupInterner::default();
-        let p1 = Policy { rules: vec![rule("10.0.0.0/8", Access::Group("old".into()))], routes: vec![] };
+        let p1 = Policy {
+            rules: vec![rule("10.0.0.0/8", Access::Group("old".into()))],
+            routes: vec![],
+        };
         let plan = interner.plan(&p1).unwrap();
         let old_bit = plan.next["old"];
         interner.commit(plan);
-        let p2 = Policy { rules: vec![rule("10.0.0.0/8", Access::Group("new".into()))], routes: vec![] };
+        let p2 = Policy {
+            rules: vec![rule("10.0.0.0/8", Access::Group("new".into()))],
+            routes: vec![],
+        };
         let plan = interner.plan(&p2).unwrap();
         assert_ne!(plan.next["new"], old_bit);
         assert_eq!(plan.transition["old"], old_bit);
@@ -218,7 +228,12 @@ mod tests {
         let rules = (0..=MAX_GROUPS)
             .map(|i| rule("10.0.0.0/8", Access::Group(format!("g{i}"))))
             .collect();
-        let err = GroupInterner::default().plan(&Policy { rules, routes: vec![] }).unwrap_err();
+        let err = GroupInterner::default()
+            .plan(&Policy {
+                rules,
+                routes: vec![],
+            })
+            .unwrap_err();
         assert!(err.to_string().contains("groups"), "{err}");
     }
 }

@@ -30,12 +30,16 @@ impl CookieJar {
     /// A jar with a fresh random key.
     pub fn new() -> Result<Self, ring::error::Unspecified> {
         let rng = ring::rand::SystemRandom::new();
-        Ok(CookieJar { key: hmac::Key::generate(hmac::HMAC_SHA256, &rng)? })
+        Ok(CookieJar {
+            key: hmac::Key::generate(hmac::HMAC_SHA256, &rng)?,
+        })
     }
 
     /// A jar with a given key (tests).
     pub fn with_key(key: &[u8]) -> Self {
-        CookieJar { key: hmac::Key::new(hmac::HMAC_SHA256, key) }
+        CookieJar {
+            key: hmac::Key::new(hmac::HMAC_SHA256, key),
+        }
     }
 
     fn cookie(&self, client: SessionId, peer: SocketAddr, slot: u64) -> SessionId {
@@ -64,7 +68,12 @@ impl CookieJar {
 
     /// The server's reset answering a client's `P_CONTROL_HARD_RESET_CLIENT_V2`: our cookie as
     /// session id, acknowledging the client's packet 0, our own packet 0.
-    pub fn answer(&self, reset: &ControlPacket, peer: SocketAddr, now_unix: Duration) -> Option<ControlPacket> {
+    pub fn answer(
+        &self,
+        reset: &ControlPacket,
+        peer: SocketAddr,
+        now_unix: Duration,
+    ) -> Option<ControlPacket> {
         if reset.opcode != ControlOpcode::HardResetClientV2 || reset.packet_id != 0 {
             return None;
         }
@@ -81,12 +90,21 @@ impl CookieJar {
 
     /// True when `claimed` is the cookie we would have given `client` at `peer` in this slot or
     /// the previous one.
-    pub fn verify(&self, client: SessionId, peer: SocketAddr, claimed: SessionId, now_unix: Duration) -> bool {
+    pub fn verify(
+        &self,
+        client: SessionId,
+        peer: SocketAddr,
+        claimed: SessionId,
+        now_unix: Duration,
+    ) -> bool {
         let slot = Self::slot(now_unix);
         [slot, slot.saturating_sub(1)].iter().any(|s| {
             // Compare all 8 bytes without an early exit.
             let ours = self.cookie(client, peer, *s).0;
-            ours.iter().zip(claimed.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+            ours.iter()
+                .zip(claimed.0.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
         })
     }
 }
@@ -117,11 +135,23 @@ mod tests {
         assert_eq!(acks.ids(), &[0]);
         assert_eq!(acks.remote_session_id(), SessionId([1; 8]));
         assert!(jar.verify(SessionId([1; 8]), peer, ans.session_id, t));
-        assert!(jar.verify(SessionId([1; 8]), peer, ans.session_id, t + SLOT), "valid in the next slot");
-        assert!(!jar.verify(SessionId([1; 8]), peer, ans.session_id, t + SLOT * 2), "expired");
+        assert!(
+            jar.verify(SessionId([1; 8]), peer, ans.session_id, t + SLOT),
+            "valid in the next slot"
+        );
+        assert!(
+            !jar.verify(SessionId([1; 8]), peer, ans.session_id, t + SLOT * 2),
+            "expired"
+        );
         let other: SocketAddr = "192.0.2.1:5001".parse().unwrap();
-        assert!(!jar.verify(SessionId([1; 8]), other, ans.session_id, t), "bound to the address");
-        assert!(!jar.verify(SessionId([2; 8]), peer, ans.session_id, t), "bound to the client session");
+        assert!(
+            !jar.verify(SessionId([1; 8]), other, ans.session_id, t),
+            "bound to the address"
+        );
+        assert!(
+            !jar.verify(SessionId([2; 8]), peer, ans.session_id, t),
+            "bound to the client session"
+        );
         assert!(!CookieJar::with_key(b"other").verify(SessionId([1; 8]), peer, ans.session_id, t));
     }
 

@@ -10,11 +10,11 @@
 //! * [`tls`]: rustls server configuration and client-certificate facts (CN, OU groups).
 //! * [`keymethod`]: key-method 2 records and the client's peer-info (`IV_*` keys).
 //! * [`push`]: control-channel text messages, `PUSH_REPLY` building and cipher negotiation.
+pub mod cookie;
+pub mod keymethod;
 pub mod packet;
 pub mod prf;
-pub mod cookie;
-pub mod reliable;
-pub mod keymethod;
 pub mod push;
+pub mod reliable;
 pub mod session;
 pub mod tls;

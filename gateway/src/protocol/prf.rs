@@ -10,7 +10,9 @@ use super::{packet::SessionId, session::EKM_LEN};
 
 /// P_hash from RFC 2246 section 5, XORed into `out`.
 fn p_hash_xor<M: Mac + hmac::digest::KeyInit + Clone>(secret: &[u8], seed: &[u8], out: &mut [u8]) {
-    let Ok(base) = <M as hmac::digest::KeyInit>::new_from_slice(secret) else { return };
+    let Ok(base) = <M as hmac::digest::KeyInit>::new_from_slice(secret) else {
+        return;
+    };
     // A(1) = HMAC(secret, seed)
     let mut a = {
         let mut m = base.clone();
@@ -89,7 +91,10 @@ mod tests {
         tls1_prf(&[0xab; 48], b"PRF Testvector", &[0xcd; 64], &mut out);
         assert_eq!(
             &out[..16],
-            &[0xd3, 0xd4, 0xd1, 0xe3, 0x49, 0xb5, 0xd5, 0x15, 0x04, 0x46, 0x66, 0xd5, 0x1d, 0xe3, 0x2b, 0xab]
+            &[
+                0xd3, 0xd4, 0xd1, 0xe3, 0x49, 0xb5, 0xd5, 0x15, 0x04, 0x46, 0x66, 0xd5, 0x1d, 0xe3,
+                0x2b, 0xab
+            ]
         );
     }
 
@@ -106,10 +111,22 @@ mod tests {
             server_session: SessionId([4; 8]),
         };
         let k = openvpn_key_material(&base);
-        let other_sid = KeySources { server_session: SessionId([5; 8]), ..base };
+        let other_sid = KeySources {
+            server_session: SessionId([5; 8]),
+            ..base
+        };
         assert_ne!(k, openvpn_key_material(&other_sid));
         let r2 = [9u8; 32];
-        let other_random = KeySources { server_random2: &r2, ..other_sid };
-        assert_ne!(openvpn_key_material(&other_random), openvpn_key_material(&KeySources { server_random2: &r, ..other_random }));
+        let other_random = KeySources {
+            server_random2: &r2,
+            ..other_sid
+        };
+        assert_ne!(
+            openvpn_key_material(&other_random),
+            openvpn_key_material(&KeySources {
+                server_random2: &r,
+                ..other_random
+            })
+        );
     }
 }

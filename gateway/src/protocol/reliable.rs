@@ -28,7 +28,10 @@ pub struct ReliableConfig {
 
 impl Default for ReliableConfig {
     fn default() -> Self {
-        ReliableConfig { initial_rto: Duration::from_millis(1000), max_rto: Duration::from_secs(8) }
+        ReliableConfig {
+            initial_rto: Duration::from_millis(1000),
+            max_rto: Duration::from_secs(8),
+        }
     }
 }
 
@@ -141,7 +144,11 @@ impl Reliable {
     /// The oldest id that may still be sent: the window starts at the oldest unacknowledged
     /// packet.
     fn window_start(&self) -> u32 {
-        self.in_flight.keys().next().copied().unwrap_or(self.next_packet_id)
+        self.in_flight
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_packet_id)
     }
 
     fn take_acks(&mut self) -> Vec<u32> {
@@ -154,12 +161,20 @@ impl Reliable {
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         // Admit queued payloads into the window.
         while self.next_packet_id.wrapping_sub(self.window_start()) < WINDOW {
-            let Some((opcode, payload)) = self.queued.pop_front() else { break };
+            let Some((opcode, payload)) = self.queued.pop_front() else {
+                break;
+            };
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.wrapping_add(1);
             self.in_flight.insert(
                 id,
-                InFlight { opcode, payload, due: None, rto: self.config.initial_rto, transmissions: 0 },
+                InFlight {
+                    opcode,
+                    payload,
+                    due: None,
+                    rto: self.config.initial_rto,
+                    transmissions: 0,
+                },
             );
         }
         let due_id = self
@@ -175,7 +190,12 @@ impl Reliable {
         }
         p.transmissions += 1;
         p.due = Some(now + p.rto);
-        Some(Transmit { opcode: p.opcode, packet_id: due_id, payload: p.payload.clone(), acks })
+        Some(Transmit {
+            opcode: p.opcode,
+            packet_id: due_id,
+            payload: p.payload.clone(),
+            acks,
+        })
     }
 
     /// Acks waiting with nothing to carry them: send them in a `P_ACK_V1`.
@@ -199,7 +219,11 @@ impl Reliable {
 
     /// The most transmissions any unacknowledged packet has had (to give up on a dead peer).
     pub fn max_transmissions(&self) -> u32 {
-        self.in_flight.values().map(|p| p.transmissions).max().unwrap_or(0)
+        self.in_flight
+            .values()
+            .map(|p| p.transmissions)
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -217,7 +241,9 @@ mod tests {
         for i in 0..10u8 {
             r.send(C, vec![i]);
         }
-        let sent: Vec<u32> = std::iter::from_fn(|| r.poll_transmit(now)).map(|t| t.packet_id).collect();
+        let sent: Vec<u32> = std::iter::from_fn(|| r.poll_transmit(now))
+            .map(|t| t.packet_id)
+            .collect();
         assert_eq!(sent, vec![0, 1, 2, 3, 4, 5]);
         // Acking a later packet does not move the window start: 0 is still outstanding.
         r.on_acks(&[3]);
@@ -225,14 +251,23 @@ mod tests {
         r.on_acks(&[0]);
         assert_eq!(r.poll_transmit(now).map(|t| t.packet_id), Some(6));
         r.on_acks(&[1, 2]);
-        let more: Vec<u32> = std::iter::from_fn(|| r.poll_transmit(now)).map(|t| t.packet_id).collect();
-        assert_eq!(more, vec![7, 8, 9], "the window now starts at 4, the oldest unacknowledged");
+        let more: Vec<u32> = std::iter::from_fn(|| r.poll_transmit(now))
+            .map(|t| t.packet_id)
+            .collect();
+        assert_eq!(
+            more,
+            vec![7, 8, 9],
+            "the window now starts at 4, the oldest unacknowledged"
+        );
     }
 
     #[test]
     fn retransmits_with_backoff_until_acked() {
         let t0 = Instant::now();
-        let mut r = Reliable::new(ReliableConfig { initial_rto: Duration::from_millis(100), max_rto: Duration::from_millis(350) });
+        let mut r = Reliable::new(ReliableConfig {
+            initial_rto: Duration::from_millis(100),
+            max_rto: Duration::from_millis(350),
+        });
         r.send(C, b"hello".to_vec());
         assert_eq!(r.poll_transmit(t0).unwrap().packet_id, 0);
         assert!(r.poll_transmit(t0).is_none());
@@ -242,7 +277,11 @@ mod tests {
         assert_eq!(r.next_deadline(), Some(t1 + Duration::from_millis(200)));
         let t2 = t1 + Duration::from_millis(200);
         r.poll_transmit(t2).unwrap();
-        assert_eq!(r.next_deadline(), Some(t2 + Duration::from_millis(350)), "capped at max_rto");
+        assert_eq!(
+            r.next_deadline(),
+            Some(t2 + Duration::from_millis(350)),
+            "capped at max_rto"
+        );
         assert_eq!(r.max_transmissions(), 3);
         r.on_acks(&[0]);
         assert_eq!(r.next_deadline(), None);
@@ -253,9 +292,15 @@ mod tests {
     fn delivers_in_order_acks_everything_and_reacks_duplicates() {
         let mut r = Reliable::new(ReliableConfig::default());
         assert_eq!(r.on_received(1, b"b".to_vec()), (Received::New, vec![]));
-        assert_eq!(r.on_received(0, b"a".to_vec()), (Received::New, vec![b"a".to_vec(), b"b".to_vec()]));
+        assert_eq!(
+            r.on_received(0, b"a".to_vec()),
+            (Received::New, vec![b"a".to_vec(), b"b".to_vec()])
+        );
         assert_eq!(r.on_received(0, b"a".to_vec()).0, Received::Duplicate);
-        assert_eq!(r.on_received(2 + WINDOW, b"far".to_vec()).0, Received::OutOfWindow);
+        assert_eq!(
+            r.on_received(2 + WINDOW, b"far".to_vec()).0,
+            Received::OutOfWindow
+        );
         assert_eq!(r.poll_ack(), Some(vec![1, 0]));
         assert_eq!(r.poll_ack(), None);
     }

@@ -80,7 +80,10 @@ pub enum Event {
     },
     /// Data-channel key material for `key_id` (256 bytes, TLS-EKM or TLS-PRF): after the first
     /// handshake and after every renegotiation.
-    KeysReady { key_id: KeyId, material: Box<[u8; EKM_LEN]> },
+    KeysReady {
+        key_id: KeyId,
+        material: Box<[u8; EKM_LEN]>,
+    },
     /// A control-channel text message from the client (e.g. `PUSH_REQUEST`, `EXIT`).
     Control(String),
     /// The first handshake was refused; the reason is in the connection log's vocabulary.
@@ -125,7 +128,14 @@ impl std::fmt::Debug for ServerSession {
         f.debug_struct("ServerSession")
             .field("local", &self.local)
             .field("remote", &self.remote)
-            .field("keys", &self.keys.iter().map(|k| (k.key_id, k.phase)).collect::<Vec<_>>())
+            .field(
+                "keys",
+                &self
+                    .keys
+                    .iter()
+                    .map(|k| (k.key_id, k.phase))
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -148,7 +158,12 @@ pub enum SessionError {
 impl ServerSession {
     /// A session whose reset exchange is done: `local` is our (cookie) session id, `remote`
     /// the client's.
-    pub fn after_reset(config: Arc<SessionConfig>, local: SessionId, remote: SessionId, now: Instant) -> Result<Self, rustls::Error> {
+    pub fn after_reset(
+        config: Arc<SessionConfig>,
+        local: SessionId,
+        remote: SessionId,
+        now: Instant,
+    ) -> Result<Self, rustls::Error> {
         let first = KeyState {
             key_id: KeyId::default(),
             reliable: Reliable::after_reset_exchange(config.reliable),
@@ -192,7 +207,11 @@ impl ServerSession {
 
     /// The newest key id whose handshake completed.
     pub fn active_key(&self) -> Option<KeyId> {
-        self.keys.iter().rev().find(|k| k.phase == Phase::Active).map(|k| k.key_id)
+        self.keys
+            .iter()
+            .rev()
+            .find(|k| k.phase == Phase::Active)
+            .map(|k| k.key_id)
     }
 
     fn key_mut(&mut self, key_id: KeyId) -> Option<&mut KeyState> {
@@ -212,7 +231,9 @@ impl ServerSession {
                     self.open_key(c.key_id, now, false)?;
                 }
                 self.take_acks(c.key_id, c.acks.as_ref())?;
-                let ks = self.key_mut(c.key_id).ok_or(SessionError::UnknownKey(c.key_id))?;
+                let ks = self
+                    .key_mut(c.key_id)
+                    .ok_or(SessionError::UnknownKey(c.key_id))?;
                 match c.opcode {
                     ControlOpcode::ControlV1 => {
                         let (_, ready) = ks.reliable.on_received(c.packet_id, c.payload.clone());
@@ -240,7 +261,8 @@ impl ServerSession {
     /// Opens a key state for `key_id` (renegotiation). `ours`: we start it, so our soft reset
     /// goes first; otherwise the client's soft reset (packet 0) is on its way in.
     fn open_key(&mut self, key_id: KeyId, now: Instant, ours: bool) -> Result<(), SessionError> {
-        let tls = ServerConnection::new(self.config.tls.clone()).map_err(|e| SessionError::Tls(e.to_string()))?;
+        let tls = ServerConnection::new(self.config.tls.clone())
+            .map_err(|e| SessionError::Tls(e.to_string()))?;
         let mut reliable = Reliable::new(self.config.reliable);
         // Our soft reset (theirs answered, or ours to start) is packet 0 of our sequence.
         reliable.send(ControlOpcode::SoftResetV1, Vec::new());
@@ -250,11 +272,26 @@ impl ServerSession {
             let oldest = self
                 .keys
                 .iter()
-                .position(|k| Some(k.key_id) != self.keys.iter().rev().find(|k| k.phase == Phase::Active).map(|k| k.key_id))
+                .position(|k| {
+                    Some(k.key_id)
+                        != self
+                            .keys
+                            .iter()
+                            .rev()
+                            .find(|k| k.phase == Phase::Active)
+                            .map(|k| k.key_id)
+                })
                 .unwrap_or(0);
             self.keys.remove(oldest);
         }
-        self.keys.push(KeyState { key_id, reliable, tls, phase: Phase::Tls, plaintext: Vec::new(), started: now });
+        self.keys.push(KeyState {
+            key_id,
+            reliable,
+            tls,
+            phase: Phase::Tls,
+            plaintext: Vec::new(),
+            started: now,
+        });
         Ok(())
     }
 
@@ -262,7 +299,11 @@ impl ServerSession {
     pub fn start_renegotiation(&mut self, now: Instant) -> Result<KeyId, SessionError> {
         let current = self.keys.last().map_or(0, |k| k.key_id.get());
         // Key ids cycle through 1..=7; 0 is only for the first handshake.
-        let next = if current >= KeyId::MAX { 1 } else { current + 1 };
+        let next = if current >= KeyId::MAX {
+            1
+        } else {
+            current + 1
+        };
         let key_id = KeyId::new(next).ok_or(SessionError::Unexpected("key id"))?;
         self.open_key(key_id, now, true)?;
         Ok(key_id)
@@ -270,7 +311,10 @@ impl ServerSession {
 
     fn check_session(&self, got: SessionId) -> Result<(), SessionError> {
         if got != self.remote {
-            return Err(SessionError::WrongSession { got, want: self.remote });
+            return Err(SessionError::WrongSession {
+                got,
+                want: self.remote,
+            });
         }
         Ok(())
     }
@@ -278,7 +322,10 @@ impl ServerSession {
     fn take_acks(&mut self, key_id: KeyId, acks: Option<&AckBlock>) -> Result<(), SessionError> {
         if let Some(a) = acks {
             if a.remote_session_id() != self.local {
-                return Err(SessionError::WrongAckSession { got: a.remote_session_id(), want: self.local });
+                return Err(SessionError::WrongAckSession {
+                    got: a.remote_session_id(),
+                    want: self.local,
+                });
             }
             if let Some(ks) = self.key_mut(key_id) {
                 ks.reliable.on_acks(a.ids());
@@ -288,7 +335,9 @@ impl ServerSession {
     }
 
     fn tls_input(&mut self, key_id: KeyId, mut data: &[u8]) {
-        let Some(ks) = self.key_mut(key_id) else { return };
+        let Some(ks) = self.key_mut(key_id) else {
+            return;
+        };
         if ks.phase == Phase::Failed {
             return;
         }
@@ -308,7 +357,9 @@ impl ServerSession {
 
     fn fail(&mut self, key_id: KeyId, reason: String) {
         let first = self.identity.is_none();
-        let Some(ks) = self.key_mut(key_id) else { return };
+        let Some(ks) = self.key_mut(key_id) else {
+            return;
+        };
         if ks.phase == Phase::Failed {
             return;
         }
@@ -321,17 +372,26 @@ impl ServerSession {
     }
 
     fn after_tls_input(&mut self, key_id: KeyId) {
-        let Some(ks) = self.key_mut(key_id) else { return };
+        let Some(ks) = self.key_mut(key_id) else {
+            return;
+        };
         if ks.phase == Phase::Failed {
             return;
         }
         if ks.phase == Phase::Tls && !ks.tls.is_handshaking() {
-            let id = ks.tls.peer_certificates().and_then(|c| c.first()).map(client_identity);
+            let id = ks
+                .tls
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(client_identity);
             match id {
                 Some(Ok(id)) => {
                     if let Some(first) = &self.identity {
                         if first.common_name != id.common_name {
-                            let reason = format!("renegotiation-identity-changed ({} -> {})", first.common_name, id.common_name);
+                            let reason = format!(
+                                "renegotiation-identity-changed ({} -> {})",
+                                first.common_name, id.common_name
+                            );
                             return self.fail(key_id, reason);
                         }
                     } else {
@@ -345,7 +405,9 @@ impl ServerSession {
                 None => return self.fail(key_id, "no-client-certificate".into()),
             }
         }
-        let Some(ks) = self.key_mut(key_id) else { return };
+        let Some(ks) = self.key_mut(key_id) else {
+            return;
+        };
         // Plaintext from the client.
         let mut buf = [0u8; 4096];
         loop {
@@ -368,7 +430,9 @@ impl ServerSession {
                 Err(_) => {} // wait for the rest
             }
         }
-        let Some(ks) = self.key_mut(key_id) else { return };
+        let Some(ks) = self.key_mut(key_id) else {
+            return;
+        };
         if ks.phase == Phase::Active {
             let mut messages = Vec::new();
             while let Some(end) = ks.plaintext.iter().position(|&b| b == 0) {
@@ -395,17 +459,27 @@ impl ServerSession {
         {
             return self.fail(key_id, "internal-error (no randomness)".into());
         }
-        let ours = ServerKeyRecord { random1, random2, options: self.config.options.clone(), peer_info: None };
+        let ours = ServerKeyRecord {
+            random1,
+            random2,
+            options: self.config.options.clone(),
+            peer_info: None,
+        };
         let Ok(out) = ours.to_bytes() else {
             return self.fail(key_id, "internal-error (key-method record)".into());
         };
         let sessions = (self.remote, self.local);
-        let Some(ks) = self.key_mut(key_id) else { return };
+        let Some(ks) = self.key_mut(key_id) else {
+            return;
+        };
         if ks.tls.writer().write_all(&out).is_err() {
             return self.fail(key_id, "tls-error (cannot write key-method record)".into());
         }
         let material = if tls_ekm {
-            match ks.tls.export_keying_material([0u8; EKM_LEN], EKM_LABEL, None) {
+            match ks
+                .tls
+                .export_keying_material([0u8; EKM_LEN], EKM_LABEL, None)
+            {
                 Ok(m) => Box::new(m),
                 Err(e) => return self.fail(key_id, format!("tls-error (key export: {e})")),
             }
@@ -446,7 +520,9 @@ impl ServerSession {
     /// Sends a control-channel text message (e.g. a `PUSH_REPLY`, `RESTART`) on the newest
     /// established key state, NUL-terminated as OpenVPN expects.
     pub fn send_control(&mut self, text: &str) {
-        let Some(key_id) = self.active_key() else { return };
+        let Some(key_id) = self.active_key() else {
+            return;
+        };
         let mut msg = text.as_bytes().to_vec();
         msg.push(0);
         if let Some(ks) = self.key_mut(key_id) {
@@ -458,7 +534,9 @@ impl ServerSession {
 
     /// Moves TLS output of a key state into control packets.
     fn flush_tls(&mut self, key_id: KeyId) {
-        let Some(ks) = self.key_mut(key_id) else { return };
+        let Some(ks) = self.key_mut(key_id) else {
+            return;
+        };
         let mut out = Vec::new();
         while ks.tls.wants_write() {
             if ks.tls.write_tls(&mut out).is_err() {
@@ -479,7 +557,9 @@ impl ServerSession {
                 self.gone = true;
                 self.events.push_back(Event::Gone);
             }
-            if matches!(ks.phase, Phase::Tls | Phase::KeyExchange) && now.duration_since(ks.started) > timeout {
+            if matches!(ks.phase, Phase::Tls | Phase::KeyExchange)
+                && now.duration_since(ks.started) > timeout
+            {
                 expired.push(ks.key_id);
             }
         }
@@ -501,7 +581,14 @@ impl ServerSession {
             }
             if let Some(acks) = ks.reliable.poll_ack() {
                 if let Ok(block) = AckBlock::new(acks, remote) {
-                    return Some(Packet::Ack(AckPacket { key_id: ks.key_id, session_id: local, acks: block }).to_vec());
+                    return Some(
+                        Packet::Ack(AckPacket {
+                            key_id: ks.key_id,
+                            session_id: local,
+                            acks: block,
+                        })
+                        .to_vec(),
+                    );
                 }
             }
         }

@@ -18,7 +18,11 @@ use rustls::{
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: cannot read PEM {what}: {detail}")]
-    Pem { path: String, what: &'static str, detail: String },
+    Pem {
+        path: String,
+        what: &'static str,
+        detail: String,
+    },
     #[error("{path}: no {what} found in the file (expected a PEM block)")]
     Empty { path: String, what: &'static str },
     #[error("client CA {path}: {detail}")]
@@ -47,22 +51,36 @@ fn read(path: &Path, what: &'static str) -> Result<String, TlsError> {
 }
 
 fn pem_error(origin: &str, what: &'static str, e: impl std::fmt::Display) -> TlsError {
-    TlsError::Pem { path: origin.to_string(), what, detail: e.to_string() }
+    TlsError::Pem {
+        path: origin.to_string(),
+        what,
+        detail: e.to_string(),
+    }
 }
 
 /// One or more certificates; `origin` (a path, or "(database)") names the source in errors.
-fn chain(pem: &str, origin: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn chain(
+    pem: &str,
+    origin: &str,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| pem_error(origin, what, e))?;
     if certs.is_empty() {
-        return Err(TlsError::Empty { path: origin.to_string(), what });
+        return Err(TlsError::Empty {
+            path: origin.to_string(),
+            what,
+        });
     }
     Ok(certs)
 }
 
 fn private_key(pem: &str, origin: &str) -> Result<Arc<PrivateKeyDer<'static>>, TlsError> {
-    Ok(Arc::new(PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| pem_error(origin, "private key", e))?))
+    Ok(Arc::new(
+        PrivateKeyDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| pem_error(origin, "private key", e))?,
+    ))
 }
 
 fn crls(pem: &str, origin: &str) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
@@ -81,9 +99,17 @@ impl TlsMaterial {
     ) -> Result<Self, TlsError> {
         let shown = |p: &Path| p.display().to_string();
         Ok(TlsMaterial {
-            server_chain: chain(&read(server_cert, "server certificate")?, &shown(server_cert), "server certificate")?,
+            server_chain: chain(
+                &read(server_cert, "server certificate")?,
+                &shown(server_cert),
+                "server certificate",
+            )?,
             server_key: private_key(&read(server_key, "private key")?, &shown(server_key))?,
-            client_ca: chain(&read(client_ca, "client CA certificate")?, &shown(client_ca), "client CA certificate")?,
+            client_ca: chain(
+                &read(client_ca, "client CA certificate")?,
+                &shown(client_ca),
+                "client CA certificate",
+            )?,
             crls: match crl {
                 None => Vec::new(),
                 Some(p) => crls(&read(p, "CRL")?, &shown(p))?,
@@ -103,7 +129,10 @@ impl TlsMaterial {
             server_chain: chain(server_cert, DB, "server certificate")?,
             server_key: private_key(server_key, DB)?,
             client_ca: chain(client_ca, DB, "client CA certificate")?,
-            crls: crl.map(|pem| crls(pem, DB)).transpose()?.unwrap_or_default(),
+            crls: crl
+                .map(|pem| crls(pem, DB))
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 
@@ -112,14 +141,16 @@ impl TlsMaterial {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         for ca in &self.client_ca {
-            roots
-                .add(ca.clone())
-                .map_err(|e| TlsError::ClientCa { path: "client_ca".into(), detail: e.to_string() })?;
+            roots.add(ca.clone()).map_err(|e| TlsError::ClientCa {
+                path: "client_ca".into(),
+                detail: e.to_string(),
+            })?;
         }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .with_crls(self.crls.iter().cloned())
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .with_crls(self.crls.iter().cloned())
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
         let config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| TlsError::Identity(e.to_string()))?
@@ -155,15 +186,23 @@ pub fn client_identity(cert: &CertificateDer<'_>) -> Result<ClientIdentity, Stri
         .filter_map(|ou| ou.as_str().ok())
         .map(str::to_string)
         .collect();
-    Ok(ClientIdentity { common_name, groups, serial: x509.raw_serial_as_string() })
+    Ok(ClientIdentity {
+        common_name,
+        groups,
+        serial: x509.raw_serial_as_string(),
+    })
 }
 
 /// A short reason for a refused handshake, in the connection log's vocabulary.
 pub fn refusal_reason(err: &rustls::Error) -> String {
     match err {
         rustls::Error::InvalidCertificate(c) => match c {
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "certificate-expired".into(),
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => "certificate-not-yet-valid".into(),
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "certificate-expired".into()
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "certificate-not-yet-valid".into()
+            }
             CertificateError::Revoked => "certificate-revoked".into(),
             CertificateError::UnknownIssuer => "certificate-unknown-ca".into(),
             CertificateError::BadSignature => "certificate-bad-signature".into(),

@@ -58,9 +58,9 @@ use rusqlite::{params, Connection as Db, OptionalExtension, Row, TransactionBeha
 use crate::dataplane::policy::{self, Policy};
 use crate::dataplane::TargetSpec;
 
+pub use apply::{apply_endpoint_config, config_key, ApplyReport, APPLIED_TAG_KEY};
 pub use error::{codes, ApiError};
 pub use model::*;
-pub use apply::{apply_endpoint_config, config_key, ApplyReport, APPLIED_TAG_KEY};
 
 /// The default data directory.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cvpn";
@@ -469,8 +469,14 @@ fn find_route(
 /// A connection that has not ended (active or terminating); `IncorrectState` otherwise.
 fn load_live_connection(db: &Db, id: &str) -> Result<Connection, ApiError> {
     let c = load_connection(db, id)?;
-    if !matches!(c.status, ConnectionStatus::Active | ConnectionStatus::Terminating) {
-        return Err(ApiError::incorrect_state(format!("connection {id} is already {}", c.status)));
+    if !matches!(
+        c.status,
+        ConnectionStatus::Active | ConnectionStatus::Terminating
+    ) {
+        return Err(ApiError::incorrect_state(format!(
+            "connection {id} is already {}",
+            c.status
+        )));
     }
     Ok(c)
 }

@@ -55,7 +55,12 @@ use crate::test_support::{ca, ServerPki};
 
 impl Pki {
     fn new() -> Pki {
-        let ServerPki { issuer, ca_pem, server_cert, server_key } = ServerPki::new("cvpn test CA");
+        let ServerPki {
+            issuer,
+            ca_pem,
+            server_cert,
+            server_key,
+        } = ServerPki::new("cvpn test CA");
         Pki {
             issuer,
             ca_pem,
@@ -1215,13 +1220,29 @@ fn certificate_clients_are_found_by_common_name_and_ids_can_be_chosen() {
     };
     // The daemon names connections itself (the connection log uses the same id).
     let id = "cvpn-connection-0123456789abcdef0";
-    let carol = fx.store.record_connection_start_as(id, &new("carol", None, 2)).unwrap();
+    let carol = fx
+        .store
+        .record_connection_start_as(id, &new("carol", None, 2))
+        .unwrap();
     assert_eq!(carol.connection_id, id);
-    assert!(fx.store.record_connection_start_as(id, &new("carol", None, 3)).is_err(), "an id is never reused");
-    assert_eq!(code(fx.store.record_connection_start_as("conn-1", &new("x", None, 4))), codes::INVALID_PARAMETER_VALUE);
+    assert!(
+        fx.store
+            .record_connection_start_as(id, &new("carol", None, 3))
+            .is_err(),
+        "an id is never reused"
+    );
+    assert_eq!(
+        code(
+            fx.store
+                .record_connection_start_as("conn-1", &new("x", None, 4))
+        ),
+        codes::INVALID_PARAMETER_VALUE
+    );
     // A user-authenticated "carol" is someone else than the certificate "carol"… unless no
     // user name was given: then the user is the certificate's common name.
-    fx.store.record_connection_start(&new("laptop-7", Some("dave"), 5)).unwrap();
+    fx.store
+        .record_connection_start(&new("laptop-7", Some("dave"), 5))
+        .unwrap();
     let by = |user: &str| {
         fx.store
             .describe_connections(&ConnectionFilter {
@@ -1236,8 +1257,14 @@ fn certificate_clients_are_found_by_common_name_and_ids_can_be_chosen() {
     };
     assert_eq!(by("carol"), ["carol"]);
     assert_eq!(by("dave"), ["laptop-7"]);
-    assert!(by("laptop-7").is_empty(), "a user name, when given, is the user");
-    let t = fx.store.terminate_connections(&eid, &TerminateTarget::Username("carol".into())).unwrap();
+    assert!(
+        by("laptop-7").is_empty(),
+        "a user name, when given, is the user"
+    );
+    let t = fx
+        .store
+        .terminate_connections(&eid, &TerminateTarget::Username("carol".into()))
+        .unwrap();
     assert_eq!(t.len(), 1);
     assert_eq!(t[0].connection_id, id);
 }

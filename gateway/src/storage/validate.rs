@@ -16,10 +16,9 @@ use super::model::*;
 
 /// An IPv4 CIDR in network form (`10.88.0.0/24`; host bits refused); `Err` says what is wrong.
 pub fn check_cidr(s: &str) -> Result<Ipv4Net, String> {
-    let net: Ipv4Net = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not an IPv4 CIDR (write a.b.c.d/n, e.g. \"10.88.0.0/24\")"))?;
+    let net: Ipv4Net = s.trim().parse().map_err(|_| {
+        format!("{s:?} is not an IPv4 CIDR (write a.b.c.d/n, e.g. \"10.88.0.0/24\")")
+    })?;
     if net != net.trunc() {
         return Err(format!("{s:?} has host bits set; write {}", net.trunc()));
     }
@@ -41,13 +40,18 @@ pub fn check_client_cidr(s: &str) -> Result<Ipv4Net, String> {
 
 /// An IPv4 address.
 pub fn check_ipv4(s: &str) -> Result<Ipv4Addr, String> {
-    s.trim().parse().map_err(|_| format!("{s:?} is not an IPv4 address (write a.b.c.d)"))
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 address (write a.b.c.d)"))
 }
 
 /// At most two distinct IPv4 addresses.
 pub fn check_dns_servers(list: &[String]) -> Result<Vec<Ipv4Addr>, String> {
     if list.len() > MAX_DNS_SERVERS {
-        return Err(format!("{} servers given; at most {MAX_DNS_SERVERS} are allowed", list.len()));
+        return Err(format!(
+            "{} servers given; at most {MAX_DNS_SERVERS} are allowed",
+            list.len()
+        ));
     }
     let mut out = Vec::new();
     for s in list {
@@ -67,7 +71,8 @@ pub fn check_interface_name(s: &str) -> Result<String, String> {
         || s.len() > 15
         || s == "."
         || s == ".."
-        || s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+        || s.chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
     if bad {
         return Err(format!(
             "{s:?} is not a network interface name (1 to 15 characters, no '/', ':' or spaces)"

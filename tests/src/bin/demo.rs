@@ -33,7 +33,10 @@ fn rules(list: &[(&str, Option<&str>)]) -> Policy {
                 access: g.map_or(Access::AllGroups, |g| Access::Group(g.to_string())),
             })
             .collect(),
-        routes: vec![Route { destination: "10.88.0.0/24".parse().expect("demo CIDR"), target: TARGET_ID }],
+        routes: vec![Route {
+            destination: "10.88.0.0/24".parse().expect("demo CIDR"),
+            target: TARGET_ID,
+        }],
     }
 }
 
@@ -70,7 +73,13 @@ fn main() -> Result<()> {
 fn admin(daemon: &cvpn_tests::gateway::StoreDaemon, args: &[&str]) -> Result<String> {
     let shown: Vec<String> = args
         .iter()
-        .map(|a| if a.starts_with('/') { a.rsplit('/').next().unwrap_or(a).to_string() } else { a.to_string() })
+        .map(|a| {
+            if a.starts_with('/') {
+                a.rsplit('/').next().unwrap_or(a).to_string()
+            } else {
+                a.to_string()
+            }
+        })
         .collect();
     println!("$ cvpn {}", shown.join(" "));
     let out = daemon.cli(args)?;
@@ -107,29 +116,112 @@ fn endpoint_demo() -> Result<()> {
     let p = |p: &std::path::Path| p.to_string_lossy().into_owned();
     let (cert, key, ca) = (p(&cert), p(&key), p(&ca));
     let created = daemon.json(&[
-        "endpoint", "create", "--client-cidr", "10.77.0.0/22", "--server-cert", &cert, "--server-key", &key,
-        "--client-ca", &ca, "--split-tunnel", "--description", "demo",
+        "endpoint",
+        "create",
+        "--client-cidr",
+        "10.77.0.0/22",
+        "--server-cert",
+        &cert,
+        "--server-key",
+        &key,
+        "--client-ca",
+        &ca,
+        "--split-tunnel",
+        "--description",
+        "demo",
     ])?;
-    let ep = created["client-vpn-endpoint-id"].as_str().context("endpoint id")?.to_string();
+    let ep = created["client-vpn-endpoint-id"]
+        .as_str()
+        .context("endpoint id")?
+        .to_string();
     admin(&daemon, &["endpoint", "describe", &ep])?;
-    admin(&daemon, &["network", "associate", &ep, "--interface", "tgt0", "--subnet", "10.88.0.0/24"])?;
-    admin(&daemon, &["rule", "authorize", &ep, "--destination", "10.88.0.0/24", "--group", "engineering"])?;
-    admin(&daemon, &["rule", "authorize", &ep, "--destination", "10.88.0.10/32", "--group", "finance"])?;
+    admin(
+        &daemon,
+        &[
+            "network",
+            "associate",
+            &ep,
+            "--interface",
+            "tgt0",
+            "--subnet",
+            "10.88.0.0/24",
+        ],
+    )?;
+    admin(
+        &daemon,
+        &[
+            "rule",
+            "authorize",
+            &ep,
+            "--destination",
+            "10.88.0.0/24",
+            "--group",
+            "engineering",
+        ],
+    )?;
+    admin(
+        &daemon,
+        &[
+            "rule",
+            "authorize",
+            &ep,
+            "--destination",
+            "10.88.0.10/32",
+            "--group",
+            "finance",
+        ],
+    )?;
     println!("(AWS semantics: the longest matching prefix decides, so finance's /32 takes 10.88.0.10 away from engineering)\n");
     for host in [PRIVATE_HOST, PRIVATE_HOST_2] {
         cvpn_tests::http::spawn_server(&net.private, host, 80)?;
     }
     let mut clients = Vec::new();
-    for (i, (user, group)) in [("alice", "engineering"), ("bob", "finance")].into_iter().enumerate() {
+    for (i, (user, group)) in [("alice", "engineering"), ("bob", "finance")]
+        .into_iter()
+        .enumerate()
+    {
         let pem = net.ca.client(user, &[group])?;
         let d = net.dir.0.clone();
-        let cert = p(&cvpn_tests::pki::write(&d, &format!("{user}.crt"), &pem.cert)?);
-        let key = p(&cvpn_tests::pki::write(&d, &format!("{user}.key"), &pem.key)?);
+        let cert = p(&cvpn_tests::pki::write(
+            &d,
+            &format!("{user}.crt"),
+            &pem.cert,
+        )?);
+        let key = p(&cvpn_tests::pki::write(
+            &d,
+            &format!("{user}.key"),
+            &pem.key,
+        )?);
         let remote = EndpointNet::server_addr(i);
         let profile = if i == 0 {
-            admin(&daemon, &["config", "export", &ep, "--remote-host", &remote, "--cert", &cert, "--key", &key])?
+            admin(
+                &daemon,
+                &[
+                    "config",
+                    "export",
+                    &ep,
+                    "--remote-host",
+                    &remote,
+                    "--cert",
+                    &cert,
+                    "--key",
+                    &key,
+                ],
+            )?
         } else {
-            daemon.cli(&["config", "export", &ep, "--remote-host", &remote, "--cert", &cert, "--key", &key])?.stdout
+            daemon
+                .cli(&[
+                    "config",
+                    "export",
+                    &ep,
+                    "--remote-host",
+                    &remote,
+                    "--cert",
+                    &cert,
+                    "--key",
+                    &key,
+                ])?
+                .stdout
         };
         let mut c = OpenVpnClient::start_with_text(&net.clients[i], &profile, &d, user)?;
         let took = c.wait_connected(Duration::from_secs(20))?;
@@ -148,50 +240,101 @@ fn endpoint_demo() -> Result<()> {
     }
     println!("\n-- live change: engineering loses 10.88.0.0/24; nobody is reset --");
     let started = Instant::now();
-    admin(&daemon, &["rule", "revoke", &ep, "--destination", "10.88.0.0/24", "--group", "engineering"])?;
-    println!("(the CLI call, API and data-plane swap took {:?})", started.elapsed());
+    admin(
+        &daemon,
+        &[
+            "rule",
+            "revoke",
+            &ep,
+            "--destination",
+            "10.88.0.0/24",
+            "--group",
+            "engineering",
+        ],
+    )?;
+    println!(
+        "(the CLI call, API and data-plane swap took {:?})",
+        started.elapsed()
+    );
     println!("alice  -> {PRIVATE_HOST_2}: {}", ask(0, PRIVATE_HOST_2));
     println!("bob    -> {PRIVATE_HOST}: {}", ask(1, PRIVATE_HOST));
     // Counters reach the database every few seconds.
     std::thread::sleep(Duration::from_secs(5));
     println!("\n-- connections --");
     admin(&daemon, &["connection", "list", &ep])?;
-    admin(&daemon, &["connection", "terminate", &ep, "--username", "bob"])?;
+    admin(
+        &daemon,
+        &["connection", "terminate", &ep, "--username", "bob"],
+    )?;
     let mut bob = clients.pop().context("bob")?;
     let start = Instant::now();
     while bob.exited().is_none() && start.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("bob's openvpn: {}", bob.log().iter().rev().find(|l| l.contains("Halt")).map(String::as_str).unwrap_or("(still running)"));
+    println!(
+        "bob's openvpn: {}",
+        bob.log()
+            .iter()
+            .rev()
+            .find(|l| l.contains("Halt"))
+            .map(String::as_str)
+            .unwrap_or("(still running)")
+    );
     for mut c in clients {
         c.stop();
     }
     std::thread::sleep(Duration::from_millis(500));
     admin(&daemon, &["connection", "list", &ep])?;
-    println!("\n-- connection log ({}/connection.log, AWS field names) --", data.0.display());
-    for l in std::fs::read_to_string(data.0.join("connection.log")).unwrap_or_default().lines() {
+    println!(
+        "\n-- connection log ({}/connection.log, AWS field names) --",
+        data.0.display()
+    );
+    for l in std::fs::read_to_string(data.0.join("connection.log"))
+        .unwrap_or_default()
+        .lines()
+    {
         println!("  {l}");
     }
     println!("\n-- flow log (denied destinations) --");
-    for l in std::fs::read_to_string(data.0.join("flow.log")).unwrap_or_default().lines().take(4) {
+    for l in std::fs::read_to_string(data.0.join("flow.log"))
+        .unwrap_or_default()
+        .lines()
+        .take(4)
+    {
         println!("  {l}");
     }
     daemon.daemon.stop();
-    println!("\ncvpn serve stopped (SIGTERM): programs detached, TUN removed; namespaces removed next\n");
+    println!(
+        "\ncvpn serve stopped (SIGTERM): programs detached, TUN removed; namespaces removed next\n"
+    );
     Ok(())
 }
 
 /// Part 2: the kernel data plane alone, driven through its API.
 fn dataplane_demo() -> Result<()> {
     println!("== part 2: the kernel data plane, driven directly ==");
-    let mut t = Topology::new(TopologyOptions { clients: 2, ..TopologyOptions::default() })?;
+    let mut t = Topology::new(TopologyOptions {
+        clients: 2,
+        ..TopologyOptions::default()
+    })?;
     let (eng, fin) = (t.clients[0].addr, t.clients[1].addr);
-    println!("namespaces: gateway {}, private {}, clients {} / {}", t.gateway.name(), t.private.name(), t.clients[0].ns.name(), t.clients[1].ns.name());
+    println!(
+        "namespaces: gateway {}, private {}, clients {} / {}",
+        t.gateway.name(),
+        t.private.name(),
+        t.clients[0].ns.name(),
+        t.clients[1].ns.name()
+    );
     println!("client_ingress attached to the gateway's TUN, target_ingress to its target interface (SNAT address {GATEWAY_TARGET_ADDR})");
 
-    t.dataplane.add_session(eng, 101, &["engineering".to_string()])?;
-    t.dataplane.add_session(fin, 102, &["finance".to_string()])?;
-    let policy = rules(&[("10.88.0.0/24", Some("engineering")), ("10.88.0.10/32", Some("finance"))]);
+    t.dataplane
+        .add_session(eng, 101, &["engineering".to_string()])?;
+    t.dataplane
+        .add_session(fin, 102, &["finance".to_string()])?;
+    let policy = rules(&[
+        ("10.88.0.0/24", Some("engineering")),
+        ("10.88.0.10/32", Some("finance")),
+    ]);
     t.dataplane.replace_policy(policy)?;
     println!("sessions: {eng} (engineering), {fin} (finance)");
     println!("rules: 10.88.0.0/24 -> engineering; 10.88.0.10/32 -> finance");
@@ -210,10 +353,22 @@ fn dataplane_demo() -> Result<()> {
         }
     };
     println!("\n-- requests --");
-    println!("engineering -> {PRIVATE_HOST}: {}", ask(&t, 0, PRIVATE_HOST));
-    println!("engineering -> {PRIVATE_HOST_2}: {}", ask(&t, 0, PRIVATE_HOST_2));
-    println!("finance     -> {PRIVATE_HOST}: {}", ask(&t, 1, PRIVATE_HOST));
-    println!("finance     -> {PRIVATE_HOST_2}: {}", ask(&t, 1, PRIVATE_HOST_2));
+    println!(
+        "engineering -> {PRIVATE_HOST}: {}",
+        ask(&t, 0, PRIVATE_HOST)
+    );
+    println!(
+        "engineering -> {PRIVATE_HOST_2}: {}",
+        ask(&t, 0, PRIVATE_HOST_2)
+    );
+    println!(
+        "finance     -> {PRIVATE_HOST}: {}",
+        ask(&t, 1, PRIVATE_HOST)
+    );
+    println!(
+        "finance     -> {PRIVATE_HOST_2}: {}",
+        ask(&t, 1, PRIVATE_HOST_2)
+    );
     show_events(&mut events);
 
     println!("\n-- live policy change: finance gets 10.88.0.20/32, engineering loses it --");
@@ -224,8 +379,14 @@ fn dataplane_demo() -> Result<()> {
         ("10.88.0.20/32", Some("finance")),
     ]))?;
     println!("applied in {:?}, no session reset", started.elapsed());
-    println!("engineering -> {PRIVATE_HOST_2}: {}", ask(&t, 0, PRIVATE_HOST_2));
-    println!("finance     -> {PRIVATE_HOST_2}: {}", ask(&t, 1, PRIVATE_HOST_2));
+    println!(
+        "engineering -> {PRIVATE_HOST_2}: {}",
+        ask(&t, 0, PRIVATE_HOST_2)
+    );
+    println!(
+        "finance     -> {PRIVATE_HOST_2}: {}",
+        ask(&t, 1, PRIVATE_HOST_2)
+    );
     show_events(&mut events);
 
     println!("\n-- counters --");
@@ -246,7 +407,14 @@ fn dataplane_demo() -> Result<()> {
     for e in t.dataplane.nat_entries() {
         println!(
             "  proto {:<2} {}:{} -> {}:{} as {}:{} (idle {:?}{})",
-            e.protocol, e.client.0, e.client.1, e.remote.0, e.remote.1, e.snat.0, e.snat.1, e.idle,
+            e.protocol,
+            e.client.0,
+            e.client.1,
+            e.remote.0,
+            e.remote.1,
+            e.snat.0,
+            e.snat.1,
+            e.idle,
             if e.closing { ", closing" } else { "" }
         );
     }
