@@ -207,6 +207,20 @@ impl FailureReason {
     pub const ADDRESS_POOL_EXHAUSTED: &'static str = "address-pool-exhausted";
     /// The endpoint has no target network (`pending-associate`) or is being deleted.
     pub const ENDPOINT_NOT_AVAILABLE: &'static str = "endpoint-not-available";
+    /// The client offers no data cipher the endpoint allows.
+    pub const NO_COMMON_CIPHER: &'static str = "no-common-cipher";
+    /// The client stopped answering during the handshake (control packets unacknowledged).
+    pub const PEER_GONE: &'static str = "peer-gone";
+    /// The client closed its TCP connection before it was admitted.
+    pub const TCP_CLOSED: &'static str = "tcp-closed";
+    /// The client broke a bound of the control channel (unterminated text, a send queue it
+    /// does not drain): the session is ended.
+    pub const CONTROL_CHANNEL_FLOOD: &'static str = "control-channel-flood";
+    /// A renegotiation failed (revoked or expired certificate, another certificate, stalled)
+    /// and no new key came within the grace.
+    pub const RENEGOTIATION_FAILED: &'static str = "renegotiation-failed";
+    /// The daemon stopped before the client was admitted.
+    pub const SERVER_SHUTDOWN: &'static str = "server-shutdown";
 
     /// A reason with a code only.
     pub fn new(code: impl Into<String>) -> Self {

@@ -262,6 +262,14 @@ fn serve(
                         let policy = cfg.policy(|iface| target_ids.iter().find(|(i, _)| i == iface).map_or(0, |(_, id)| *id));
                         tracing::info!(path = %config_path.display(), "configuration reloaded (rules and routes)");
                         let _ = commands.send(gateway::server::ServerCommand::ReplacePolicy(policy));
+                        // The certificates and the CRL too: new handshakes and running
+                        // sessions' renegotiations use them, and revoked sessions end.
+                        match file_tls(&cfg) {
+                            Ok((tls, revoked_serials)) => {
+                                let _ = commands.send(gateway::server::ServerCommand::ReplaceTls { tls, revoked_serials });
+                            }
+                            Err(e) => tracing::warn!(error = %e, "certificates or CRL not reloaded; the running ones stay"),
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "configuration not reloaded; the running one stays"),
                 }
@@ -269,6 +277,31 @@ fn serve(
         });
         server.run_with_commands(shutdown_signal()?, receiver).await
     })
+}
+
+/// The TLS material of an endpoint file and the serials its CRL revokes.
+fn file_tls(
+    cfg: &gateway::config::EndpointConfig,
+) -> anyhow::Result<(gateway::protocol::tls::TlsMaterial, Vec<String>)> {
+    let tls = gateway::protocol::tls::TlsMaterial::load(
+        &cfg.server_cert,
+        &cfg.server_key,
+        &cfg.client_ca,
+        cfg.crl.as_deref(),
+    )?;
+    let revoked = match &cfg.crl {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the CRL {}", path.display()))?;
+            let ca = std::fs::read_to_string(&cfg.client_ca)
+                .with_context(|| format!("reading the client CA {}", cfg.client_ca.display()))?;
+            gateway::storage::validate::crl("crl", &pem, &ca, usize::MAX)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                .revoked_serials
+        }
+        None => Vec::new(),
+    };
+    Ok((tls, revoked))
 }
 
 /// `cvpn-endpoint-` and 17 hex digits of a digest of the endpoint's client CIDR, transport and

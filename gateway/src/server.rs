@@ -25,6 +25,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    connlog::FailureReason,
     datachannel::{Cipher, DataChannel, Opener, Role, Sealer},
     dataplane::{policy::Policy, DataPlane, DataPlaneConfig, TargetSpec},
     pool::AddressPool,
@@ -39,9 +40,7 @@ use crate::{
 };
 
 /// OpenVPN's keepalive ping: a data-channel packet with this payload.
-pub const PING_MAGIC: [u8; 16] = [
-    0x2a, 0x18, 0x7b, 0xf3, 0x64, 0x1e, 0xb4, 0xcb, 0x07, 0xed, 0x2d, 0x0a, 0x98, 0x1f, 0xc7, 0x48,
-];
+pub use crate::datachannel::inner::PING_MAGIC;
 
 /// Transport of an endpoint.
 pub use crate::storage::TransportProtocol as Transport;
@@ -422,40 +421,128 @@ enum Peer {
 struct Conn {
     peer: Peer,
     remote_addr: SocketAddr,
+    /// The address the handshake came from (counted in [`PendingHandshakes`] until admitted;
+    /// `remote_addr` may move).
+    handshake_source: IpAddr,
     session: ServerSession,
+    /// Where the connection is in its life; data packets are accepted only when admitted.
+    state: ConnState,
     /// Receiving halves of the data channel by key id, newest last (the previous key keeps
     /// working after a renegotiation until it is replaced).
     data: Vec<Opener>,
     /// The sending half, shared with the TUN reader thread.
     tx: Option<Arc<Mutex<TxSession>>>,
     peer_id: u32,
-    client_ip: Option<Ipv4Addr>,
     cipher: Option<Cipher>,
     common_name: String,
     /// The client certificate's serial, `aa:bb:…` (CRL checks of running sessions).
     serial: String,
     /// For the connection log.
     log: crate::connlog::ConnectionInfo,
-    logged_attempt: bool,
     last_rx: Instant,
     /// When the current data keys were installed, and whether we started a renegotiation
     /// that has not finished.
     keys_at: Instant,
-    /// When the client authenticated (the session timeout counts from here).
-    authenticated_at: Option<Instant>,
     rekey_pending: bool,
-    pushed: bool,
-    /// The client asked for its configuration before it was admitted.
+    /// A renegotiation failed at this time; the session ends if no new key is in place
+    /// within [`RENEGOTIATION_GRACE`].
+    rekey_failed_at: Option<Instant>,
+    /// The client asked for its configuration (it is sent once the client is admitted).
     push_requested: bool,
-    push_messages: Vec<String>,
-    /// Authenticated, waiting for the client connect handler's answer.
-    pending: Option<Admission>,
+    /// Data packets dropped because their inner source was not the client's own address (or
+    /// not IPv4), and because they came before the client was admitted.
+    forged: u64,
+    early: u64,
 }
+
+/// A connection's life. It moves forward only: `Handshaking` → `Authorizing` → `Admitted`,
+/// and ends by removal from the endpoint's table (with a connection-log entry saying why).
+enum ConnState {
+    /// The reset exchange is done; TLS and the first key exchange are under way.
+    Handshaking,
+    /// The certificate is verified and data keys exist, but outside checks (the client
+    /// connect handler) decide whether the client may in. It has no address; its data
+    /// packets are dropped.
+    Authorizing {
+        admission: Admission,
+        /// The session timeout counts from here.
+        authenticated_at: Instant,
+    },
+    /// The client has an address and a data-plane session; its configuration is pushed when
+    /// it asks (or at once, for clients that do not ask).
+    Admitted {
+        client_ip: Ipv4Addr,
+        authenticated_at: Instant,
+        push_messages: Vec<String>,
+    },
+}
+
+impl ConnState {
+    fn client_ip(&self) -> Option<Ipv4Addr> {
+        match self {
+            ConnState::Admitted { client_ip, .. } => Some(*client_ip),
+            _ => None,
+        }
+    }
+
+    fn authenticated_at(&self) -> Option<Instant> {
+        match self {
+            ConnState::Handshaking => None,
+            ConnState::Authorizing {
+                authenticated_at, ..
+            }
+            | ConnState::Admitted {
+                authenticated_at, ..
+            } => Some(*authenticated_at),
+        }
+    }
+}
+
+/// Bounds on connections that are not admitted yet: each holds a TLS state.
+const MAX_PENDING_HANDSHAKES: usize = 1024;
+const MAX_PENDING_PER_SOURCE: u32 = 32;
+
+/// Connections not admitted yet, in all and by source address.
+#[derive(Debug, Default)]
+struct PendingHandshakes {
+    total: usize,
+    by_source: HashMap<IpAddr, u32>,
+}
+
+impl PendingHandshakes {
+    /// Counts a new handshake from `source`, or says which bound it would break.
+    fn admit(&mut self, source: IpAddr) -> Result<(), &'static str> {
+        if self.total >= MAX_PENDING_HANDSHAKES {
+            return Err("pending handshakes in all");
+        }
+        let n = self.by_source.entry(source).or_insert(0);
+        if *n >= MAX_PENDING_PER_SOURCE {
+            return Err("pending handshakes from this address");
+        }
+        *n += 1;
+        self.total += 1;
+        Ok(())
+    }
+
+    /// A handshake from `source` ended or was admitted.
+    fn done(&mut self, source: IpAddr) {
+        if let Some(n) = self.by_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_source.remove(&source);
+            }
+            self.total = self.total.saturating_sub(1);
+        }
+    }
+}
+
+/// How long a session keeps its old keys after a renegotiation failed (a revoked or expired
+/// certificate, a stalled key exchange) before it is ended.
+const RENEGOTIATION_GRACE: Duration = Duration::from_secs(10);
 
 /// What admitting an authenticated client takes (kept while the connect handler decides).
 struct Admission {
     identity: crate::protocol::tls::ClientIdentity,
-    username: Option<String>,
     peer_info: crate::protocol::keymethod::PeerInfo,
     tls_version: String,
     tls_ekm: bool,
@@ -504,9 +591,10 @@ pub struct Server {
     conns: HashMap<u64, Conn>,
     by_peer: HashMap<Peer, u64>,
     by_peer_id: HashMap<u32, u64>,
-    by_client_ip: HashMap<Ipv4Addr, u64>,
     next_conn: u64,
-    next_peer_id: u32,
+    peer_ids: crate::protocol::peer_id::PeerIds,
+    /// Connections not yet admitted, in all and by source address (handshake-flood bounds).
+    pending: PendingHandshakes,
     /// What the TUN reader thread shares with the event loop: sockets and sending halves.
     tx: TxShared,
     tcp_addrs: HashMap<u64, SocketAddr>,
@@ -586,9 +674,9 @@ impl Server {
             conns: HashMap::new(),
             by_peer: HashMap::new(),
             by_peer_id: HashMap::new(),
-            by_client_ip: HashMap::new(),
             next_conn: 1,
-            next_peer_id: 0,
+            peer_ids: crate::protocol::peer_id::PeerIds::new(),
+            pending: PendingHandshakes::default(),
             tx: TxShared {
                 sessions: Arc::new(RwLock::new(HashMap::new())),
                 udp: None,
@@ -751,7 +839,7 @@ impl Server {
                             lock(&self.tx.tcp_writers).remove(&id);
                             self.tcp_addrs.remove(&id);
                             if let Some(cid) = self.by_peer.get(&Peer::Tcp(id)).copied() {
-                                self.disconnect(cid, "tcp-closed");
+                                self.disconnect(cid, FailureReason::TCP_CLOSED);
                             }
                         }
                     }
@@ -788,7 +876,7 @@ impl Server {
         // Each session's end goes to the connection log and the recorder.
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
-            self.disconnect(id, "server-shutdown");
+            self.disconnect(id, FailureReason::SERVER_SHUTDOWN);
         }
         reader.stop();
         Ok(())
@@ -868,6 +956,17 @@ impl Server {
             debug!(%addr, "packet for an unknown session without a valid cookie: dropped");
             return;
         }
+        // Handshakes cost a TLS state each: bounded in all and per source address. The
+        // client retransmits, so it gets in once others finish.
+        if let Err(bound) = self.pending.admit(addr.ip()) {
+            debug!(%addr, %bound, "handshake not started: too many pending");
+            return;
+        }
+        let Some(peer_id) = self.peer_ids.allocate() else {
+            self.pending.done(addr.ip());
+            warn!(%addr, "no free peer id");
+            return;
+        };
         let now = Instant::now();
         let session =
             match ServerSession::after_reset(self.session_config.clone(), claimed, client_sid, now)
@@ -875,21 +974,22 @@ impl Server {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(error = %e, "cannot start a TLS session");
+                    self.pending.done(addr.ip());
+                    self.peer_ids.release(peer_id);
                     return;
                 }
             };
         let id = self.next_conn;
         self.next_conn += 1;
-        let peer_id = self.next_peer_id;
-        self.next_peer_id = (self.next_peer_id + 1) & 0x00ff_ffff;
         let mut conn = Conn {
             peer,
             remote_addr: addr,
+            handshake_source: addr.ip(),
             session,
+            state: ConnState::Handshaking,
             data: Vec::new(),
             tx: None,
             peer_id,
-            client_ip: None,
             cipher: None,
             common_name: String::new(),
             serial: String::new(),
@@ -900,15 +1000,13 @@ impl Server {
                 addr,
                 SystemTime::now(),
             ),
-            logged_attempt: false,
             last_rx: now,
             keys_at: now,
-            authenticated_at: None,
             rekey_pending: false,
-            pushed: false,
+            rekey_failed_at: None,
             push_requested: false,
-            push_messages: Vec::new(),
-            pending: None,
+            forged: 0,
+            early: 0,
         };
         if let Err(e) = conn.session.handle(now, packet) {
             debug!(error = %e, "first packet of a session dropped");
@@ -935,16 +1033,14 @@ impl Server {
                     peer_info,
                     tls_version,
                     tls_ekm,
-                    username,
                     ..
                 } => {
+                    // Certificate authentication only: a user name the client sends in its
+                    // key-method record is a claim nothing checked, so it is not the user
+                    // (AWS records "NA"); the identity is the certificate's.
                     c.common_name = identity.common_name.clone();
                     c.serial = identity.serial.clone();
-                    c.authenticated_at = Some(Instant::now());
                     c.log = c.log.clone().with_common_name(identity.common_name.clone());
-                    if let Some(user) = &username {
-                        c.log = c.log.clone().with_username(user.clone());
-                    }
                     if let Some(platform) = &peer_info.platform {
                         c.log = c.log.clone().with_device_type(platform.clone());
                     }
@@ -953,14 +1049,13 @@ impl Server {
                         Ok(n) => n.to_string(),
                         Err(e) => {
                             warn!(conn = id, error = %e, "no common data cipher");
-                            self.disconnect(id, "no-common-cipher");
+                            self.disconnect(id, FailureReason::NO_COMMON_CIPHER);
                             return;
                         }
                     };
                     c.cipher = Cipher::from_openvpn_name(&cipher_name);
                     let admission = Admission {
                         identity,
-                        username,
                         peer_info,
                         tls_version,
                         tls_ekm,
@@ -971,7 +1066,7 @@ impl Server {
                             connection_id: c.log.connection_id.clone(),
                             endpoint_id: self.settings.endpoint_id.clone(),
                             common_name: admission.identity.common_name.clone(),
-                            username: admission.username.clone().unwrap_or_else(|| "NA".into()),
+                            username: "NA".into(),
                             platform: admission
                                 .peer_info
                                 .platform
@@ -991,7 +1086,10 @@ impl Server {
                             groups: admission.identity.groups.clone(),
                             schema_version: "v2".into(),
                         };
-                        c.pending = Some(admission);
+                        c.state = ConnState::Authorizing {
+                            admission,
+                            authenticated_at: Instant::now(),
+                        };
                         let answers = self.handler_tx.clone();
                         debug!(conn = id, "asking the client connect handler");
                         tokio::spawn(async move {
@@ -1000,7 +1098,7 @@ impl Server {
                         });
                         continue;
                     }
-                    if !self.admit(id, admission) {
+                    if !self.admit(id, admission, Instant::now()) {
                         return;
                     }
                 }
@@ -1016,6 +1114,7 @@ impl Server {
                         Ok(dc) => {
                             c.keys_at = Instant::now();
                             c.rekey_pending = false;
+                            c.rekey_failed_at = None;
                             let (sealer, opener) = dc.split();
                             c.data.retain(|d| d.key_id() != key_id.get());
                             c.data.push(opener);
@@ -1031,7 +1130,7 @@ impl Server {
                                         sealer,
                                         last_tx: Instant::now(),
                                     }));
-                                    if let Some(ip) = c.client_ip {
+                                    if let Some(ip) = c.state.client_ip() {
                                         write_lock(&self.tx.sessions).insert(ip, tx.clone());
                                     }
                                     c.tx = Some(tx);
@@ -1046,7 +1145,9 @@ impl Server {
                 }
                 Event::RenegotiationFailed { key_id, reason } => {
                     c.rekey_pending = false;
-                    warn!(conn = id, key_id = key_id.get(), %reason, "renegotiation failed; keeping the current keys");
+                    c.rekey_failed_at.get_or_insert_with(Instant::now);
+                    warn!(conn = id, key_id = key_id.get(), %reason, grace = ?RENEGOTIATION_GRACE,
+                        "renegotiation failed; the session ends unless a new key is in place within the grace");
                 }
                 Event::Control(text) => {
                     if text.starts_with("PUSH_REQUEST") {
@@ -1070,8 +1171,14 @@ impl Server {
                     self.remove(id);
                     return;
                 }
+                Event::Flood { reason } => {
+                    warn!(conn = id, addr = %c.remote_addr, common_name = %c.common_name, %reason,
+                        "control channel flood: session ended");
+                    self.disconnect(id, FailureReason::CONTROL_CHANNEL_FLOOD);
+                    return;
+                }
                 Event::Gone => {
-                    self.disconnect(id, "peer-gone");
+                    self.disconnect(id, FailureReason::PEER_GONE);
                     return;
                 }
             }
@@ -1081,14 +1188,12 @@ impl Server {
 
     /// Gives an authenticated (and, with a connect handler, allowed) client its address, its
     /// data-plane session and its configuration. False when the connection is gone.
-    fn admit(&mut self, id: u64, a: Admission) -> bool {
+    fn admit(&mut self, id: u64, a: Admission, authenticated_at: Instant) -> bool {
         let Some(addr) = self.pool.allocate() else {
             warn!(conn = id, "client address pool exhausted");
             self.refuse(
                 id,
-                crate::connlog::FailureReason::new(
-                    crate::connlog::FailureReason::ADDRESS_POOL_EXHAUSTED,
-                ),
+                FailureReason::new(FailureReason::ADDRESS_POOL_EXHAUSTED),
                 None,
             );
             return false;
@@ -1097,19 +1202,17 @@ impl Server {
             self.pool.release(addr);
             return false;
         };
-        c.client_ip = Some(addr);
         if let Err(e) = self.dataplane.add_session(addr, id, &a.identity.groups) {
             warn!(conn = id, error = %e, "data plane refused the session");
-            self.disconnect(id, "dataplane-error");
+            self.pool.release(addr);
+            self.disconnect(id, FailureReason::INTERNAL_ERROR);
             return false;
         }
-        self.by_client_ip.insert(addr, id);
         // Data keys may already be in place (they come while the connect handler decides).
         if let Some(tx) = &c.tx {
             write_lock(&self.tx.sessions).insert(addr, tx.clone());
         }
         c.log = c.log.clone().with_client_ip(addr);
-        c.logged_attempt = true;
         if let Some(r) = &self.settings.recorder {
             r.started(
                 &c.log.connection_id,
@@ -1117,7 +1220,7 @@ impl Server {
                     client_vpn_endpoint_id: self.settings.endpoint_id.clone(),
                     client_ip: addr,
                     common_name: a.identity.common_name.clone(),
-                    username: a.username.clone(),
+                    username: None,
                     device_ip: c.remote_addr.ip(),
                     device_port: c.remote_addr.port(),
                     transport_protocol: self.settings.transport,
@@ -1151,7 +1254,12 @@ impl Server {
             tun_mtu: Some(1500),
             ..PushReply::new(addr, self.pool.netmask(), self.pool.gateway_addr())
         };
-        c.push_messages = reply.to_messages(1024).unwrap_or_default();
+        self.pending.done(c.handshake_source);
+        c.state = ConnState::Admitted {
+            client_ip: addr,
+            authenticated_at,
+            push_messages: reply.to_messages(1024).unwrap_or_default(),
+        };
         info!(
             conn = id,
             common_name = %a.identity.common_name,
@@ -1178,17 +1286,25 @@ impl Server {
             crate::connect_handler::HandlerError,
         >,
     ) {
-        use crate::connlog::FailureReason;
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        let Some(admission) = c.pending.take() else {
-            return;
-        };
+        let (admission, authenticated_at) =
+            match std::mem::replace(&mut c.state, ConnState::Handshaking) {
+                ConnState::Authorizing {
+                    admission,
+                    authenticated_at,
+                } => (admission, authenticated_at),
+                other => {
+                    // Not waiting for an answer (a stale one): nothing changes.
+                    c.state = other;
+                    return;
+                }
+            };
         match answer {
             Ok(r) if r.allow => {
                 c.log.posture_compliance_statuses = r.posture_compliance_statuses;
-                if self.admit(id, admission) {
+                if self.admit(id, admission, authenticated_at) {
                     self.flush(id);
                 }
             }
@@ -1241,15 +1357,14 @@ impl Server {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        if c.push_messages.is_empty() {
+        let ConnState::Admitted { push_messages, .. } = &c.state else {
             // Not admitted yet (the connect handler decides): answer when it is.
             c.push_requested = true;
             return;
+        };
+        for m in push_messages {
+            c.session.send_control(m);
         }
-        for m in c.push_messages.clone() {
-            c.session.send_control(&m);
-        }
-        c.pushed = true;
     }
 
     fn flush(&mut self, id: u64) {
@@ -1292,8 +1407,22 @@ impl Server {
             }
         };
         c.last_rx = Instant::now();
-        // The client moved (NAT rebinding, roaming): same peer id, authenticated packet.
-        if c.peer != peer {
+        // Nothing from a client that is not admitted reaches the TUN: it has no address yet
+        // (the connect handler decides), so any source it writes would be someone else's.
+        let Some(client_ip) = c.state.client_ip() else {
+            c.early += 1;
+            if c.early == 1 {
+                warn!(
+                    conn = id,
+                    "data packet before the client was admitted: dropped"
+                );
+            }
+            return;
+        };
+        // The client moved (NAT rebinding, roaming): same peer id, authenticated packet. Not
+        // onto an address another connection holds (a spoofed source must not take it over).
+        let taken = self.by_peer.get(&peer).is_some_and(|&other| other != id);
+        if c.peer != peer && !taken {
             if let Peer::Udp(addr) = peer {
                 info!(conn = id, from = %c.remote_addr, to = %addr, "client address changed");
                 self.by_peer.remove(&c.peer);
@@ -1305,15 +1434,25 @@ impl Server {
                 self.by_peer.insert(peer, id);
             }
         }
-        if plain.is_empty() || plain[..] == PING_MAGIC[..] {
-            return;
-        }
-        // Only IPv4 from the client's own address reaches the data plane (which checks too).
-        if plain[0] >> 4 != 4 {
-            return;
-        }
-        if let Err(e) = self.tun.get_ref().send(plain) {
-            debug!(error = %e, "TUN write");
+        use crate::datachannel::inner::{classify, Inner, InnerDrop};
+        match classify(plain, client_ip) {
+            Inner::Forward => {
+                if let Err(e) = self.tun.get_ref().send(plain) {
+                    debug!(error = %e, "TUN write");
+                }
+            }
+            Inner::Keepalive | Inner::Drop(InnerDrop::Ipv6) => {}
+            Inner::Drop(InnerDrop::Malformed) => {
+                debug!(conn = id, "malformed inner packet dropped")
+            }
+            Inner::Drop(InnerDrop::ForgedSource(source)) => {
+                c.forged += 1;
+                // The first of a connection is logged; the total at its end.
+                if c.forged == 1 {
+                    warn!(conn = id, common_name = %c.common_name, %client_ip, forged_source = %source,
+                        "packet with a source address that is not the client's: dropped");
+                }
+            }
         }
     }
 
@@ -1376,6 +1515,10 @@ impl Server {
                             ..SessionConfig::new(config)
                         });
                         self.settings.tls = tls;
+                        // Running sessions' renegotiations are checked against it too.
+                        for c in self.conns.values_mut() {
+                            c.session.set_config(self.session_config.clone());
+                        }
                         info!("TLS material replaced for new handshakes");
                     }
                     Err(e) => warn!(error = %e, "new TLS material refused; the previous one stays"),
@@ -1459,7 +1602,7 @@ impl Server {
             .conns
             .values()
             .filter_map(|c| {
-                let ip = c.client_ip?;
+                let ip = c.state.client_ip()?;
                 let counters = self.dataplane.session_counters(ip).ok().flatten()?;
                 Some((c.log.connection_id.clone(), counters))
             })
@@ -1513,7 +1656,16 @@ impl Server {
                 self.disconnect(id, "keepalive-timeout");
                 continue;
             }
-            let expired = match (self.settings.live.session_timeout, c.authenticated_at) {
+            if c.rekey_failed_at
+                .is_some_and(|at| now.duration_since(at) >= RENEGOTIATION_GRACE)
+            {
+                self.halt(id, FailureReason::RENEGOTIATION_FAILED);
+                continue;
+            }
+            let expired = match (
+                self.settings.live.session_timeout,
+                c.state.authenticated_at(),
+            ) {
                 (Some(limit), Some(at)) => now.duration_since(at) >= limit,
                 _ => false,
             };
@@ -1564,21 +1716,40 @@ impl Server {
         }
     }
 
+    /// Ends a connection. One that was admitted gets its end (with counters) in the
+    /// connection log; one that never got in gets a failed attempt with `reason`.
     fn disconnect(&mut self, id: u64, reason: &str) {
-        if let Some(c) = self.conns.get_mut(&id) {
-            info!(conn = id, common_name = %c.common_name, %reason, "disconnect");
+        let Some(c) = self.conns.get(&id) else {
+            return;
+        };
+        info!(conn = id, common_name = %c.common_name, %reason, forged = c.forged, early = c.early, "disconnect");
+        if c.state.client_ip().is_none() {
+            let entry = crate::connlog::ConnectionLogEntry::attempt_failed(
+                reason,
+                &c.log,
+                SystemTime::now(),
+            );
+            log_connection(&self.logs, self.settings.print_log_lines, &entry);
         }
         self.remove(id);
     }
 
+    /// Forgets a connection: its peer and peer id, and for an admitted one its session in the
+    /// data plane and its address (in that order: the address is free only once the kernel
+    /// has no state of it), with the end in the connection log.
     fn remove(&mut self, id: u64) {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
-        self.by_peer.remove(&c.peer);
+        if self.by_peer.get(&c.peer) == Some(&id) {
+            self.by_peer.remove(&c.peer);
+        }
         self.by_peer_id.remove(&c.peer_id);
-        if let Some(addr) = c.client_ip {
-            self.by_client_ip.remove(&addr);
+        self.peer_ids.release(c.peer_id);
+        if c.state.client_ip().is_none() {
+            self.pending.done(c.handshake_source);
+        }
+        if let Some(addr) = c.state.client_ip() {
             write_lock(&self.tx.sessions).remove(&addr);
             let counters = self.dataplane.remove_session(addr).ok().flatten();
             self.pool.release(addr);
@@ -1586,12 +1757,10 @@ impl Server {
             if let Some(r) = &self.settings.recorder {
                 r.ended(&c.log.connection_id, counters.unwrap_or_default());
             }
-            if c.logged_attempt {
-                let counters: crate::connlog::TrafficCounters = counters.unwrap_or_default().into();
-                let entry =
-                    crate::connlog::ConnectionLogEntry::reset(&c.log, &counters, SystemTime::now());
-                log_connection(&self.logs, self.settings.print_log_lines, &entry);
-            }
+            let counters: crate::connlog::TrafficCounters = counters.unwrap_or_default().into();
+            let entry =
+                crate::connlog::ConnectionLogEntry::reset(&c.log, &counters, SystemTime::now());
+            log_connection(&self.logs, self.settings.print_log_lines, &entry);
         }
     }
 }

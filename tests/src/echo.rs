@@ -80,3 +80,54 @@ pub fn probe_loop(target: (Ipv4Addr, u16), run_for: Duration) -> Result<Vec<(Ins
         .map(|(i, t)| (t, answered.contains(&(i as u64))))
         .collect())
 }
+
+/// A UDP server on a private host that keeps every datagram's payload: what the forged-packet
+/// tests look at to see whether a packet got through. Stopped on drop.
+pub struct UdpSink {
+    stop: Arc<AtomicBool>,
+    received: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpSink {
+    /// Binds `addr:port` in `ns`.
+    pub fn start(ns: &crate::Netns, addr: Ipv4Addr, port: u16) -> Result<UdpSink> {
+        let sock = ns.run(move || Ok(UdpSocket::bind((addr, port))?))?;
+        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (flag, keep) = (stop.clone(), received.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    if let Ok(mut r) = keep.lock() {
+                        r.push(buf[..n].to_vec());
+                    }
+                }
+            }
+        });
+        Ok(UdpSink {
+            stop,
+            received,
+            thread: Some(thread),
+        })
+    }
+
+    /// How many datagrams so far carried exactly `payload`.
+    pub fn count(&self, payload: &[u8]) -> usize {
+        self.received
+            .lock()
+            .map(|r| r.iter().filter(|p| p.as_slice() == payload).count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -15,6 +15,9 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
+/// The validity of ordinary test certificates: from yesterday to 30 days from now.
+const VALID: (Duration, Duration) = (Duration::days(-1), Duration::days(30));
+
 /// A certificate and its key, as PEM.
 #[derive(Clone, Debug)]
 pub struct Pem {
@@ -57,7 +60,14 @@ impl Ca {
         self.issuer.pem()
     }
 
-    fn issue(&mut self, cn: &str, ous: &[&str], server: bool, expired: bool) -> Result<(Pem, u64)> {
+    /// Issues a certificate valid from `valid.0` to `valid.1` relative to now.
+    fn issue(
+        &mut self,
+        cn: &str,
+        ous: &[&str],
+        server: bool,
+        valid: (Duration, Duration),
+    ) -> Result<(Pem, u64)> {
         let mut p = CertificateParams::new(if server {
             vec![cn.to_string()]
         } else {
@@ -80,13 +90,8 @@ impl Ca {
             ExtendedKeyUsagePurpose::ClientAuth
         }];
         let now = OffsetDateTime::now_utc();
-        if expired {
-            p.not_before = now - Duration::days(30);
-            p.not_after = now - Duration::days(1);
-        } else {
-            p.not_before = now - Duration::days(1);
-            p.not_after = now + Duration::days(30);
-        }
+        p.not_before = now + valid.0;
+        p.not_after = now + valid.1;
         let serial = self.next_serial;
         self.next_serial += 1;
         p.serial_number = Some(SerialNumber::from(serial));
@@ -103,7 +108,7 @@ impl Ca {
 
     /// A server certificate (EKU serverAuth), ECDSA P-256.
     pub fn server(&mut self, cn: &str) -> Result<Pem> {
-        Ok(self.issue(cn, &[], true, false)?.0)
+        Ok(self.issue(cn, &[], true, VALID)?.0)
     }
 
     /// A server certificate with a 2048-bit RSA key (made by `openssl genpkey`; ring cannot
@@ -146,17 +151,32 @@ impl Ca {
 
     /// A client certificate whose OU value is the group in `groups` (zero or one).
     pub fn client(&mut self, cn: &str, groups: &[&str]) -> Result<Pem> {
-        Ok(self.issue(cn, groups, false, false)?.0)
+        Ok(self.issue(cn, groups, false, VALID)?.0)
+    }
+
+    /// A client certificate (one OU at most, as [`Ca::client`]) that expires `seconds` from
+    /// now.
+    pub fn short_lived_client(&mut self, cn: &str, groups: &[&str], seconds: i64) -> Result<Pem> {
+        Ok(self
+            .issue(
+                cn,
+                groups,
+                false,
+                (-Duration::days(1), Duration::seconds(seconds)),
+            )?
+            .0)
     }
 
     /// A client certificate that expired yesterday.
     pub fn expired_client(&mut self, cn: &str) -> Result<Pem> {
-        Ok(self.issue(cn, &[], false, true)?.0)
+        Ok(self
+            .issue(cn, &[], false, (-Duration::days(30), -Duration::days(1)))?
+            .0)
     }
 
     /// A client certificate that is on this CA's CRL.
     pub fn revoked_client(&mut self, cn: &str) -> Result<Pem> {
-        let (pem, serial) = self.issue(cn, &[], false, false)?;
+        let (pem, serial) = self.issue(cn, &[], false, VALID)?;
         self.revoked.push(serial);
         Ok(pem)
     }

@@ -37,6 +37,7 @@
 //! OpenVPN 2.7's epoch data keys, and the framing of the plaintext itself (compression stub
 //! byte, OpenVPN's ping magic), which belongs to the session.
 
+pub mod inner;
 pub mod replay;
 
 pub use replay::ReplayWindow;

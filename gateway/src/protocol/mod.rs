@@ -13,6 +13,7 @@
 pub mod cookie;
 pub mod keymethod;
 pub mod packet;
+pub mod peer_id;
 pub mod prf;
 pub mod push;
 pub mod reliable;

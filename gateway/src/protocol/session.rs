@@ -33,6 +33,13 @@ pub const EKM_LEN: usize = 256;
 pub const MAX_CONTROL_PAYLOAD: usize = 1150;
 /// Plaintext the client may send before its key-method record parses.
 const MAX_PENDING_PLAINTEXT: usize = 16 * 1024;
+/// Longest control-channel text message (`PUSH_REQUEST`, `EXIT`, challenge answers) the
+/// client may send; more text without its terminating NUL ends the session.
+pub const MAX_CONTROL_MESSAGE: usize = 4096;
+/// Control packets of one key state waiting for the client's acknowledgement (sent and
+/// queued). A client that makes us queue more — it does not acknowledge, or asks for more
+/// than it reads — ends its session; the TLS flight and a push take far fewer.
+pub const MAX_UNACKNOWLEDGED: usize = 64;
 /// Transmissions of one control packet before the peer is declared gone.
 const MAX_TRANSMISSIONS: u32 = 12;
 /// Key states kept at once: the active one and the one being negotiated (or retiring).
@@ -92,6 +99,9 @@ pub enum Event {
     RenegotiationFailed { key_id: KeyId, reason: String },
     /// The peer stopped answering.
     Gone,
+    /// The peer broke a bound of the control channel ([`MAX_CONTROL_MESSAGE`],
+    /// [`MAX_UNACKNOWLEDGED`]): the session must end. Nothing more is sent or accepted.
+    Flood { reason: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +130,9 @@ pub struct ServerSession {
     keys: Vec<KeyState>,
     events: VecDeque<Event>,
     identity: Option<ClientIdentity>,
+    /// The client certificate of the first handshake (DER): a renegotiation must present the
+    /// same one.
+    certificate: Option<Vec<u8>>,
     gone: bool,
 }
 
@@ -179,8 +192,15 @@ impl ServerSession {
             keys: vec![first],
             events: VecDeque::new(),
             identity: None,
+            certificate: None,
             gone: false,
         })
+    }
+
+    /// New settings for key states opened from now on (renegotiations): a CRL import or a
+    /// changed CRL file applies to running sessions' next handshakes too.
+    pub fn set_config(&mut self, config: Arc<SessionConfig>) {
+        self.config = config;
     }
 
     pub fn local_session_id(&self) -> SessionId {
@@ -220,6 +240,9 @@ impl ServerSession {
 
     /// Takes in one decoded control-channel packet (data packets belong to the data channel).
     pub fn handle(&mut self, now: Instant, packet: &Packet<'_>) -> Result<(), SessionError> {
+        if self.gone {
+            return Err(SessionError::Unexpected("a packet after the session ended"));
+        }
         match packet {
             Packet::Ack(ack) => {
                 self.check_session(ack.session_id)?;
@@ -379,15 +402,15 @@ impl ServerSession {
             return;
         }
         if ks.phase == Phase::Tls && !ks.tls.is_handshaking() {
-            let id = ks
-                .tls
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(client_identity);
+            let cert = ks.tls.peer_certificates().and_then(|c| c.first());
+            let der = cert.map(|c| c.as_ref().to_vec());
+            let id = cert.map(client_identity);
             match id {
                 Some(Ok(id)) => {
                     if let Some(first) = &self.identity {
-                        if first.common_name != id.common_name {
+                        // The same certificate, byte for byte: another one (even with the same
+                        // name, e.g. a reissued or a colleague's) would change who this is.
+                        if self.certificate != der {
                             let reason = format!(
                                 "renegotiation-identity-changed ({} -> {})",
                                 first.common_name, id.common_name
@@ -396,6 +419,7 @@ impl ServerSession {
                         }
                     } else {
                         self.identity = Some(id);
+                        self.certificate = der;
                     }
                     if let Some(ks) = self.key_mut(key_id) {
                         ks.phase = Phase::KeyExchange;
@@ -442,9 +466,28 @@ impl ServerSession {
                     messages.push(Event::Control(text));
                 }
             }
+            let overlong = ks.plaintext.len() > MAX_CONTROL_MESSAGE;
             self.events.extend(messages);
+            if overlong {
+                return self.flood(format!(
+                    "control message longer than {MAX_CONTROL_MESSAGE} bytes"
+                ));
+            }
         }
         self.flush_tls(key_id);
+    }
+
+    /// The peer broke a bound: the session is over (the daemon ends it on the event).
+    fn flood(&mut self, reason: String) {
+        if self.gone {
+            return;
+        }
+        self.gone = true;
+        for ks in &mut self.keys {
+            ks.phase = Phase::Failed;
+            ks.plaintext = Vec::new();
+        }
+        self.events.push_back(Event::Flood { reason });
     }
 
     fn key_exchange(&mut self, key_id: KeyId, record: ClientKeyRecord) {
@@ -545,6 +588,11 @@ impl ServerSession {
         }
         for chunk in out.chunks(MAX_CONTROL_PAYLOAD) {
             ks.reliable.send(ControlOpcode::ControlV1, chunk.to_vec());
+        }
+        if ks.reliable.unacknowledged() > MAX_UNACKNOWLEDGED {
+            self.flood(format!(
+                "more than {MAX_UNACKNOWLEDGED} control packets unacknowledged"
+            ));
         }
     }
 
