@@ -1601,3 +1601,107 @@ fn a_target_network_associated_live_carries_traffic_and_leaves_without_resetting
         "no session reset"
     );
 }
+
+/// Attack 1 (SECURITY.md): while the connect handler decides, a client has data keys but no
+/// address. Its data packets, whatever source they carry (here: bob's tunnel address, which
+/// his group may use), reach nobody; once admitted it is held to its own address.
+#[test]
+fn data_packets_before_admission_are_dropped_while_the_connect_handler_decides() {
+    use cvpn_tests::{
+        echo::UdpSink,
+        raw_client::{tls_config, udp_packet, RawClient},
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = setup(2);
+    ok(
+        s.cli(&[
+            "rule",
+            "authorize",
+            &s.endpoint,
+            "--destination",
+            "10.88.0.0/24",
+            "--all-groups",
+        ]),
+        "authorize",
+    );
+    let sink = UdpSink::start(&s.net.private, PRIVATE, 7000).unwrap();
+    // Bob connects before there is a handler: his is the address mallory forges.
+    let _bob = s.connect(1, "bob", "engineering");
+    let bob_ip = s.connections(&["--username", "bob"])[0]["client-ip"]
+        .as_str()
+        .unwrap()
+        .parse::<Ipv4Addr>()
+        .unwrap();
+    // From now on the handler takes 4 s to allow anyone.
+    let handler = s.net.dir.0.join("slow-handler.sh");
+    std::fs::write(
+        &handler,
+        "#!/bin/sh\ncat >/dev/null\nsleep 4\necho '{\"allow\": true, \"schema-version\": \"v2\"}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&handler, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ok(
+        s.cli(&[
+            "endpoint",
+            "modify",
+            &s.endpoint,
+            "--connect-handler",
+            handler.to_str().unwrap(),
+        ]),
+        "modify --connect-handler",
+    );
+    let pem = s.net.ca.client("mallory", &["engineering"]).unwrap();
+    let tls = tls_config(&s.net.ca.cert_pem(), &pem).unwrap();
+    let sock = s.net.clients[0]
+        .run(|| Ok(std::net::UdpSocket::bind("10.99.0.2:0")?))
+        .unwrap();
+    let server = "10.99.0.1:443".parse().unwrap();
+    let mut mallory = RawClient::connect(sock, server, tls, Duration::from_secs(10)).unwrap();
+    // Keys are in place, the handler is still thinking. Peer ids are small numbers: try a few
+    // (only mallory's own opens with her keys).
+    let forged = udp_packet(bob_ip, 40000, PRIVATE, 7000, b"before admission");
+    let mut channels: Vec<_> = (0..4).map(|p| mallory.data_channel(p).unwrap()).collect();
+    for dc in channels.iter_mut() {
+        for _ in 0..10 {
+            mallory.send_data(dc, &forged).unwrap();
+        }
+    }
+    let reply = mallory
+        .wait_message("PUSH_REPLY", Duration::from_secs(15))
+        .unwrap();
+    let peer_id: u32 = reply
+        .split(',')
+        .find_map(|o| o.strip_prefix("peer-id "))
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let own: Ipv4Addr = reply
+        .split(',')
+        .find_map(|o| o.strip_prefix("ifconfig "))
+        .and_then(|a| a.split(' ').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap();
+    // Admitted now: the forged source is still refused, her own address works.
+    // (The same channel: its packet ids go on where the ones before admission stopped.)
+    let dc = &mut channels[peer_id as usize];
+    let after = udp_packet(bob_ip, 40000, PRIVATE, 7000, b"after admission");
+    let honest = udp_packet(own, 40000, PRIVATE, 7000, b"mallory herself");
+    for _ in 0..5 {
+        mallory.send_data(dc, &after).unwrap();
+        mallory.send_data(dc, &honest).unwrap();
+    }
+    wait_until("mallory's own datagram", Duration::from_secs(5), || {
+        sink.count(b"mallory herself") > 0
+    });
+    assert_eq!(
+        sink.count(b"before admission"),
+        0,
+        "data before admission got through"
+    );
+    assert_eq!(
+        sink.count(b"after admission"),
+        0,
+        "a forged source got through"
+    );
+    let log = s.daemon.daemon.log().join("\n");
+    assert!(log.contains("before the client was admitted"), "{log}");
+}
