@@ -18,7 +18,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 use tokio::{
-    io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt},
+    io::unix::AsyncFd,
     net::{TcpListener, UdpSocket},
     sync::mpsc,
 };
@@ -28,10 +28,11 @@ use crate::{
     connlog::FailureReason,
     datachannel::{Cipher, DataChannel, Opener, Role, Sealer},
     dataplane::{policy::Policy, DataPlane, DataPlaneConfig, TargetSpec},
+    io::tcp::{TcpEvent, TcpLimits},
     pool::AddressPool,
     protocol::{
         cookie::CookieJar,
-        packet::{Header, Opcode, Packet, TcpFramer},
+        packet::{Header, Opcode, Packet},
         push::{negotiate_cipher, KeySignalling, PushReply, Tunnel},
         session::{Event, ServerSession, SessionConfig},
         tls::TlsMaterial,
@@ -155,7 +156,8 @@ struct TxShared {
     udp: Option<Arc<UdpSocket>>,
     /// GSO/GRO and batched syscalls on the UDP socket (quinn-udp).
     udp_state: Option<Arc<quinn_udp::UdpSocketState>>,
-    tcp_writers: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Vec<u8>>>>>,
+    /// The TCP listener's connections (sending, closing, admission bounds).
+    tcp: crate::io::tcp::TcpPeers,
 }
 
 /// A poisoned lock only means another thread panicked while holding it; the data (maps of
@@ -184,11 +186,11 @@ impl TxShared {
                 }
             }
             Peer::Tcp(id) => {
-                if let Some(w) = lock(&self.tcp_writers).get(&id) {
-                    let mut framed = Vec::with_capacity(bytes.len() + 2);
-                    if crate::protocol::packet::frame_into(bytes, &mut framed).is_ok() {
-                        let _ = w.send(framed);
-                    }
+                if !self.tcp.send(id, bytes) {
+                    debug!(
+                        conn = id,
+                        "TCP packet dropped: queue full or connection gone"
+                    );
                 }
             }
         }
@@ -555,11 +557,6 @@ type HandlerAnswer = (
     Result<crate::connect_handler::ConnectResponse, crate::connect_handler::HandlerError>,
 );
 
-enum TcpEvent {
-    Frame(u64, Vec<u8>),
-    Closed(u64),
-}
-
 fn unix_now() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -597,7 +594,6 @@ pub struct Server {
     pending: PendingHandshakes,
     /// What the TUN reader thread shares with the event loop: sockets and sending halves.
     tx: TxShared,
-    tcp_addrs: HashMap<u64, SocketAddr>,
     tun: Arc<AsyncFd<Tun>>,
     logs: Option<Arc<crate::connlog::ConnectionLogs>>,
     /// When counters were last reported to the recorder.
@@ -681,9 +677,8 @@ impl Server {
                 sessions: Arc::new(RwLock::new(HashMap::new())),
                 udp: None,
                 udp_state: None,
-                tcp_writers: Arc::new(Mutex::new(HashMap::new())),
+                tcp: Default::default(),
             },
-            tcp_addrs: HashMap::new(),
             // SAFETY: the Tun owns its fd, which stays open for as long as the AsyncFd (which
             // owns the Tun) exists.
             tun: Arc::new(
@@ -710,7 +705,8 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()>,
         mut commands: mpsc::UnboundedReceiver<ServerCommand>,
     ) -> Result<()> {
-        let (tcp_tx, mut tcp_rx) = mpsc::unbounded_channel::<TcpEvent>();
+        let (tcp_tx, mut tcp_rx) = mpsc::channel::<TcpEvent>(crate::io::tcp::EVENT_QUEUE);
+        let tcp_limits = TcpLimits::for_file_limit(crate::io::tcp::raise_file_limit());
         let tcp_listener = match self.settings.transport {
             Transport::Udp => {
                 let sock = UdpSocket::bind(self.settings.listen)
@@ -733,11 +729,18 @@ impl Server {
                 self.tx.udp = Some(Arc::new(sock));
                 None
             }
-            Transport::Tcp => Some(
-                TcpListener::bind(self.settings.listen)
+            Transport::Tcp => {
+                let listener = TcpListener::bind(self.settings.listen)
                     .await
-                    .with_context(|| format!("binding TCP {}", self.settings.listen))?,
-            ),
+                    .with_context(|| format!("binding TCP {}", self.settings.listen))?;
+                info!(?tcp_limits, "TCP bounds");
+                Some(crate::io::tcp::spawn_acceptor(
+                    listener,
+                    self.tx.tcp.clone(),
+                    tcp_limits,
+                    tcp_tx,
+                ))
+            }
         };
         info!(listen = %self.settings.listen, transport = ?self.settings.transport, tun = %self.settings.tun_name, "serving");
         let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -795,49 +798,13 @@ impl Server {
                         }
                     }
                 }
-                r = async { match &tcp_listener { Some(l) => l.accept().await, None => std::future::pending().await } } => {
-                    if let Ok((stream, addr)) = r {
-                        let _ = stream.set_nodelay(true);
-                        let id = self.next_conn;
-                        self.next_conn += 1;
-                        let (mut rd, mut wr) = stream.into_split();
-                        let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
-                        lock(&self.tx.tcp_writers).insert(id, wtx);
-                        self.by_peer.remove(&Peer::Tcp(id));
-                        tokio::spawn(async move {
-                            while let Some(frame) = wrx.recv().await {
-                                if wr.write_all(&frame).await.is_err() { break; }
-                            }
-                        });
-                        let tx = tcp_tx.clone();
-                        tokio::spawn(async move {
-                            let mut framer = TcpFramer::new();
-                            let mut buf = vec![0u8; 65536];
-                            loop {
-                                let n = match rd.read(&mut buf).await { Ok(0) | Err(_) => break, Ok(n) => n };
-                                framer.push(&buf[..n]);
-                                loop {
-                                    match framer.next_frame() {
-                                        Ok(Some(f)) => { let _ = tx.send(TcpEvent::Frame(id, f.to_vec())); }
-                                        Ok(None) => break,
-                                        Err(_) => { let _ = tx.send(TcpEvent::Closed(id)); return; }
-                                    }
-                                }
-                            }
-                            let _ = tx.send(TcpEvent::Closed(id));
-                        });
-                        self.tcp_addrs.insert(id, addr);
-                    }
-                }
                 Some(ev) = tcp_rx.recv() => {
                     match ev {
-                        TcpEvent::Frame(id, mut f) => {
-                            let addr = self.tcp_addrs.get(&id).copied().unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                            self.on_packet(Peer::Tcp(id), addr, &mut f);
+                        TcpEvent::Packet(id, addr, mut packet) => {
+                            self.on_packet(Peer::Tcp(id), addr, &mut packet);
                         }
                         TcpEvent::Closed(id) => {
-                            lock(&self.tx.tcp_writers).remove(&id);
-                            self.tcp_addrs.remove(&id);
+                            self.tx.tcp.close(id);
                             if let Some(cid) = self.by_peer.get(&Peer::Tcp(id)).copied() {
                                 self.disconnect(cid, FailureReason::TCP_CLOSED);
                             }
@@ -853,6 +820,12 @@ impl Server {
                 Some((id, answer)) = handler_rx.recv() => self.on_handler_answer(id, answer),
                 _ = tick.tick() => {
                     self.on_tick();
+                    for id in self.tx.tcp.reap(Instant::now(), tcp_limits.admission_deadline) {
+                        debug!(conn = id, "TCP connection without a session past its deadline: closed");
+                        if let Some(cid) = self.by_peer.get(&Peer::Tcp(id)).copied() {
+                            self.disconnect(cid, FailureReason::HANDSHAKE_TIMEOUT);
+                        }
+                    }
                     if last_gc.elapsed() > Duration::from_secs(10) {
                         let r = self.dataplane.expire_nat();
                         debug!(?r, "NAT expiry");
@@ -860,6 +833,9 @@ impl Server {
                     }
                 }
             }
+        }
+        if let Some(acceptor) = &tcp_listener {
+            acceptor.abort();
         }
         info!(
             clients = self.conns.len(),
@@ -1255,6 +1231,9 @@ impl Server {
             ..PushReply::new(addr, self.pool.netmask(), self.pool.gateway_addr())
         };
         self.pending.done(c.handshake_source);
+        if let Peer::Tcp(tcp) = c.peer {
+            self.tx.tcp.admitted(tcp);
+        }
         c.state = ConnState::Admitted {
             client_ip: addr,
             authenticated_at,
@@ -1746,6 +1725,10 @@ impl Server {
         }
         self.by_peer_id.remove(&c.peer_id);
         self.peer_ids.release(c.peer_id);
+        // A TCP session's socket closes with it.
+        if let Peer::Tcp(tcp) = c.peer {
+            self.tx.tcp.close(tcp);
+        }
         if c.state.client_ip().is_none() {
             self.pending.done(c.handshake_source);
         }

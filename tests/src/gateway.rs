@@ -106,8 +106,48 @@ impl Daemon {
         level: &str,
         ready: &str,
     ) -> Result<Self> {
-        let mut child = ns
-            .command(cvpn_binary()?.to_str().context("binary path")?)
+        Self::spawn_with_file_limit(ns, args, level, ready, None)
+    }
+
+    /// [`Daemon::start`] with the open-file limit (soft and hard) set to `nofile`, as a
+    /// service manager would.
+    pub fn start_with_file_limit(ns: &Netns, config: &Path, nofile: u64) -> Result<Self> {
+        let data_dir = config.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let args = vec![
+            "serve".into(),
+            "--config".into(),
+            config.as_os_str().to_owned(),
+            "--data-dir".into(),
+            data_dir.into(),
+        ];
+        Self::spawn_with_file_limit(ns, &args, "debug", "serving", Some(nofile))
+    }
+
+    fn spawn_with_file_limit(
+        ns: &Netns,
+        args: &[std::ffi::OsString],
+        level: &str,
+        ready: &str,
+        nofile: Option<u64>,
+    ) -> Result<Self> {
+        let mut cmd = ns.command(cvpn_binary()?.to_str().context("binary path")?);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only an async-signal-safe setrlimit between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .args(args)
             .env("CVPN_LOG", level)
             .stdout(Stdio::piped())

@@ -444,3 +444,168 @@ fn sighup_with_a_new_crl_file_ends_the_revoked_session_only() {
         .unwrap();
     assert!(ping.status.success(), "bob lost his tunnel");
 }
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Attack 2: under the file limit a service gets by default (1024), one address opens 1100
+/// idle TCP connections and four more that send hard resets without ever reading. The daemon's
+/// memory stays bounded and a stock client from another address connects meanwhile.
+#[test]
+fn tcp_connection_floods_stay_bounded_and_others_connect() {
+    require_root();
+    // The attacker (this process) needs more descriptors than the daemon gets.
+    // SAFETY: setrlimit with a valid struct.
+    unsafe {
+        let lim = libc::rlimit {
+            rlim_cur: 8192,
+            rlim_max: 8192,
+        };
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    let mut net = EndpointNet::new(2).unwrap();
+    let cfg = net
+        .write_config(
+            &"client_cidr = \"10.77.0.0/22\"\ntransport = \"tcp\"\nport = 443\nlisten = \"0.0.0.0\"\nsplit_tunnel = true\n",
+            rules(),
+        )
+        .unwrap();
+    let daemon = Daemon::start_with_file_limit(&net.gateway, &cfg, 1024).unwrap();
+    let before = rss(daemon.pid());
+    let server: SocketAddr = "10.99.0.1:443".parse().unwrap();
+
+    let reset = {
+        use gateway::protocol::packet::{ControlOpcode, ControlPacket, KeyId, SessionId};
+        let p = gateway::protocol::packet::Packet::Control(ControlPacket {
+            opcode: ControlOpcode::HardResetClientV2,
+            key_id: KeyId::default(),
+            session_id: SessionId([9; 8]),
+            acks: None,
+            packet_id: 0,
+            payload: vec![],
+        })
+        .to_vec();
+        let mut framed = Vec::new();
+        gateway::protocol::packet::frame_into(&p, &mut framed).unwrap();
+        framed.repeat(2000)
+    };
+    let flood_for = Duration::from_secs(12);
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let burst = reset.clone();
+            net.clients[0].spawn(move || {
+                let start = Instant::now();
+                let (mut sent, mut connects) = (0usize, 0usize);
+                while start.elapsed() < flood_for {
+                    let Ok(mut s) =
+                        std::net::TcpStream::connect_timeout(&server, Duration::from_millis(500))
+                    else {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    };
+                    connects += 1;
+                    s.set_write_timeout(Some(Duration::from_millis(200)))?;
+                    while start.elapsed() < flood_for {
+                        use std::io::Write;
+                        match s.write(&burst) {
+                            Ok(n) => sent += n,
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::WouldBlock
+                                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Ok((sent, connects))
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(500));
+    // Then 1100 idle connections (the daemon closes what is over its bounds).
+    let idle = net.clients[0]
+        .run(move || {
+            let mut held = Vec::new();
+            for _ in 0..1100 {
+                if let Ok(s) =
+                    std::net::TcpStream::connect_timeout(&server, Duration::from_millis(500))
+                {
+                    held.push(s);
+                }
+            }
+            Ok(held)
+        })
+        .unwrap();
+    // Meanwhile a stock client from another address connects and works.
+    let bob = net.ca.client("bob", &["ops"]).unwrap();
+    let mut p = profile(&net, 1, bob, vec![]);
+    p.proto = "tcp".into();
+    let started = Instant::now();
+    let mut client = OpenVpnClient::start(&net.clients[1], &p, &net.dir.0, "bob").unwrap();
+    client
+        .wait_connected(Duration::from_secs(30))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e:#}\ncvpn log tail:\n{}",
+                daemon
+                    .log()
+                    .iter()
+                    .rev()
+                    .take(30)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        });
+    println!(
+        "bob connected over TCP in {:?} during the flood",
+        started.elapsed()
+    );
+    let mut peak = 0;
+    let mut sent = 0;
+    for f in flooders {
+        while !f.is_finished() {
+            peak = peak.max(rss(daemon.pid()));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (bytes, connects) = f
+            .join()
+            .map_err(|_| anyhow::anyhow!("flooder panicked"))
+            .and_then(|r| r)
+            .unwrap();
+        println!("flooder: {} kB in {connects} connection(s)", bytes >> 10);
+        sent += bytes;
+    }
+    peak = peak.max(rss(daemon.pid()));
+    let grew = peak.saturating_sub(before);
+    println!(
+        "{} idle connections opened, {} MB of hard resets sent; daemon RSS {} MB -> peak {} MB",
+        idle.len(),
+        sent >> 20,
+        before >> 20,
+        peak >> 20
+    );
+    assert!(sent > 1 << 20, "the flood did not get going ({sent} bytes)");
+    let log = daemon.log();
+    let dropped = log
+        .iter()
+        .filter(|l| l.contains("TCP packet dropped"))
+        .count();
+    println!("{dropped} answers dropped at full queues");
+    assert!(grew < 64 << 20, "the daemon grew by {} MB", grew >> 20);
+    let ping = net.clients[1]
+        .command("ping")
+        .args(["-c", "1", "-W", "2", "10.88.0.20"])
+        .output()
+        .unwrap();
+    assert!(ping.status.success(), "bob's tunnel does not carry traffic");
+    assert!(daemon.log().iter().any(|l| l.contains("closed at once")));
+    drop(idle);
+}

@@ -1,0 +1,5 @@
+//! I/O: moves bytes between the kernel and the endpoint (sockets, later the TUN and worker
+//! threads). Nothing here decides anything about a client; it enforces the bounds on what a
+//! peer can make the daemon hold.
+
+pub mod tcp;
