@@ -14,8 +14,16 @@
 //! | `POLICY_SLOT` | array\[1\] | 0 | active slot (0 or 1) | daemon |
 //! | `TARGETS` | hash | target id | [`TargetNetwork`] | daemon |
 //! | `CONFIG` | array\[1\] | 0 | [`GatewayConfig`] | daemon |
-//! | `NAT_FWD` | LRU hash | [`NatKey`] (client side) | [`NatForward`] | kernel; daemon expires |
-//! | `NAT_REV` | LRU hash | [`NatKey`] (target side) | [`NatReverse`] | kernel; daemon expires |
+//! | `NAT_FWD` | hash | [`NatKey`] (client side) | [`NatForward`] | kernel; daemon expires |
+//! | `NAT_REV` | hash | [`NatKey`] (target side) | [`NatReverse`] | kernel; daemon expires |
+//! | `NAT_CREATED` | hash | client IPv4 | u64: NAT entries the kernel made | kernel (daemon creates/deletes) |
+//! | `NAT_RELEASED` | hash | client IPv4 | u64: NAT entries the daemon removed | daemon |
+//!
+//! The NAT tables are plain hashes, not LRU: an LRU evicts the least recently used entry of
+//! *any* session when full, so one client spraying ports could evict others' flows (and a later
+//! flow could inherit an evicted reverse entry's port). Instead each session may hold at most
+//! [`GatewayConfig::nat_session_cap`] entries (`NAT_CREATED - NAT_RELEASED`); a full table
+//! refuses new flows and never touches existing ones.
 //! | `COUNTERS` | per-CPU array | [`Counter`] index | u64 | kernel |
 //! | `EVENTS` | ring buffer | | [`FlowEvent`] | kernel |
 #![no_std]
@@ -121,10 +129,20 @@ pub struct TargetNetwork {
 pub struct GatewayConfig {
     /// Where return traffic is delivered (the TUN device carrying client packets).
     pub client_ifindex: u32,
-    /// The SNAT port range used when the client's own port is taken (inclusive).
+    /// The SNAT port range (inclusive), disjoint from the kernel's local port range: every
+    /// TCP/UDP SNAT port comes from it (a client's own port is kept only inside it), and return
+    /// traffic to a port outside it is never NAT traffic.
     pub nat_port_min: u16,
     pub nat_port_max: u16,
+    /// NAT entries one session may hold at once (0: [`DEFAULT_NAT_SESSION_CAP`]).
+    pub nat_session_cap: u32,
 }
+
+/// Default SNAT port range: above Linux's default local port range (32768-60999).
+pub const DEFAULT_NAT_PORT_MIN: u16 = 61000;
+pub const DEFAULT_NAT_PORT_MAX: u16 = 65535;
+/// Default number of NAT entries one session may hold.
+pub const DEFAULT_NAT_SESSION_CAP: u32 = 4096;
 
 /// Key of both NAT tables. Forward: (proto, client addr, remote addr, client port, remote
 /// port). Reverse: (proto, SNAT addr, remote addr, SNAT port, remote port). For ICMP echo the
@@ -202,9 +220,16 @@ pub enum Counter {
     ReturnNoSession = 13,
     /// Flow events lost because the ring buffer was full.
     EventsLost = 14,
+    /// Dropped: a client packet with IP options (IHL > 5).
+    IpOptions = 15,
+    /// Dropped: a client packet whose TTL would expire at the gateway (TTL <= 1 on arrival).
+    TtlExpired = 16,
+    /// New flows refused because their session holds its cap of NAT entries (also counted in
+    /// `NatFull`).
+    NatSessionCap = 17,
 }
 
-pub const COUNTER_COUNT: u32 = 15;
+pub const COUNTER_COUNT: u32 = 18;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -223,6 +248,9 @@ impl Counter {
         Counter::NatPortRemapped,
         Counter::ReturnNoSession,
         Counter::EventsLost,
+        Counter::IpOptions,
+        Counter::TtlExpired,
+        Counter::NatSessionCap,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -242,6 +270,9 @@ impl Counter {
             Counter::NatPortRemapped => "nat_port_remapped",
             Counter::ReturnNoSession => "return_no_session",
             Counter::EventsLost => "events_lost",
+            Counter::IpOptions => "dropped_ip_options",
+            Counter::TtlExpired => "dropped_ttl_expired",
+            Counter::NatSessionCap => "nat_session_cap",
         }
     }
 }
@@ -313,7 +344,7 @@ mod tests {
         assert_eq!(size_of::<Session>(), 40);
         assert_eq!(size_of::<AuthEntry>(), 40);
         assert_eq!(size_of::<TargetNetwork>(), 8);
-        assert_eq!(size_of::<GatewayConfig>(), 8);
+        assert_eq!(size_of::<GatewayConfig>(), 12);
         assert_eq!(size_of::<NatKey>(), 16);
         assert_eq!(size_of::<NatForward>(), 24);
         assert_eq!(size_of::<NatReverse>(), 24);

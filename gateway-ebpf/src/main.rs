@@ -4,28 +4,34 @@
 //!   session check, authorization (one LPM lookup), route (one LPM lookup), SNAT through the NAT
 //!   tables, Ethernet header, redirect out of the target interface.
 //! * `target_ingress` (TC ingress on each target interface): reverse NAT for return traffic and
-//!   redirect into the TUN; everything else passes to the host untouched.
+//!   redirect into the TUN; everything else goes on untouched with `TC_ACT_UNSPEC` (TCX:
+//!   `TCX_NEXT`), so the program of another endpoint attached to the same interface (or, at
+//!   the end of the chain, the host) sees it. `TC_ACT_OK` would end the chain there.
 //!
 //! Every drop is an [`Drop`] value that names its counter (and, where the flow log wants it, a
 //! flow event); the program entry points turn it into a verdict in one place.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the one atomic the NAT cap counter needs (see `allocate_nat`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 pub(crate) mod maps;
 mod packet;
 mod xdp;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh},
     macros::{classifier, xdp},
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
 use gateway_common::{
-    AuthEntry, Counter, FlowEvent, NatForward, NatKey, NatReverse, RouteEntry, Session,
-    SessionStats, CLIENT_LINK_ETHERNET, CLIENT_LINK_TUN, EVENT_DENIED, EVENT_NAT_FULL,
-    EVENT_NO_ROUTE, EVENT_UNKNOWN_SOURCE, IPPROTO_ICMP, IPPROTO_TCP, NAT_FLAG_TCP_CLOSING,
+    AuthEntry, Counter, FlowEvent, GatewayConfig, NatForward, NatKey, NatReverse, RouteEntry,
+    Session, SessionStats, CLIENT_LINK_ETHERNET, CLIENT_LINK_TUN, DEFAULT_NAT_PORT_MAX,
+    DEFAULT_NAT_PORT_MIN, DEFAULT_NAT_SESSION_CAP, EVENT_DENIED, EVENT_NAT_FULL, EVENT_NO_ROUTE,
+    EVENT_UNKNOWN_SOURCE, IPPROTO_ICMP, IPPROTO_TCP, NAT_FLAG_TCP_CLOSING,
 };
 
 use maps::*;
@@ -37,16 +43,85 @@ use packet::{Flow, PacketError, ETH_HLEN};
 #[no_mangle]
 static CLIENT_LINK: u32 = 0;
 
-/// How many ports the NAT tries before it gives up on a flow (the client's own port first).
+/// How many ports the NAT tries before it gives up on a flow (the client's own port first,
+/// when it lies in the SNAT range).
 const NAT_PORT_TRIES: u32 = 16;
 
 /// Why a client packet is dropped. Each maps to a counter; some also emit a flow event.
-enum Drop {
-    Packet(PacketError),
-    UnknownSource(Flow),
-    Denied(Flow, u64),
-    NoRoute(Flow, u64),
-    NatFull(Flow, u64),
+/// Fieldless on purpose (see [`Drop`]).
+#[derive(Clone, Copy)]
+enum Reason {
+    NotIpv4,
+    Malformed,
+    Unsupported,
+    IpOptions,
+    UnknownSource,
+    Denied,
+    NoRoute,
+    TtlExpired,
+    NatFull,
+    NatSessionCap,
+}
+
+/// A dropped client packet: why, and the flow and session it belongs to (empty before the
+/// packet is parsed). Every byte is set on every path: with enum variants carrying payloads of
+/// different shapes, LLVM merges them into registers left undefined on some paths (and spills
+/// whatever such a register holds, a pointer even), which the verifier refuses.
+struct Drop {
+    reason: Reason,
+    flow: Flow,
+    session_id: u64,
+}
+
+impl Drop {
+    #[inline(always)]
+    fn packet(error: PacketError) -> Drop {
+        let reason = match error {
+            PacketError::NotIpv4 => Reason::NotIpv4,
+            PacketError::Malformed => Reason::Malformed,
+            PacketError::Unsupported => Reason::Unsupported,
+            PacketError::IpOptions => Reason::IpOptions,
+        };
+        Drop {
+            reason,
+            flow: Flow::EMPTY,
+            session_id: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn of(reason: Reason, flow: Flow, session_id: u64) -> Drop {
+        Drop {
+            reason,
+            flow,
+            session_id,
+        }
+    }
+}
+
+/// Why a new flow gets no NAT entry.
+#[derive(Clone, Copy)]
+enum NatError {
+    /// No free port, or the table is full.
+    Full,
+    /// The session holds its cap of NAT entries.
+    SessionCap,
+}
+
+/// The global settings (defaults when the daemon wrote none).
+#[inline(always)]
+pub(crate) fn config() -> GatewayConfig {
+    CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// The SNAT port range, inclusive; the default range when the configured one is empty.
+#[inline(always)]
+pub(crate) fn nat_port_range(cfg: &GatewayConfig) -> (u32, u32) {
+    if cfg.nat_port_min == 0 || cfg.nat_port_max < cfg.nat_port_min {
+        (DEFAULT_NAT_PORT_MIN as u32, DEFAULT_NAT_PORT_MAX as u32)
+    } else {
+        (cfg.nat_port_min as u32, cfg.nat_port_max as u32)
+    }
 }
 
 #[inline(always)]
@@ -122,31 +197,46 @@ pub fn client_ingress(ctx: TcContext) -> i32 {
     match try_client_ingress(&ctx) {
         Ok(verdict) => verdict,
         Err(drop) => {
-            match drop {
-                Drop::Packet(PacketError::NotIpv4) => count(Counter::NotIpv4),
-                Drop::Packet(PacketError::Malformed) => count(Counter::Malformed),
-                Drop::Packet(PacketError::Unsupported) => count(Counter::Unsupported),
-                Drop::UnknownSource(flow) => {
-                    count(Counter::UnknownSource);
-                    emit(EVENT_UNKNOWN_SOURCE, &flow, 0);
-                }
-                Drop::Denied(flow, session_id) => {
-                    count(Counter::Denied);
-                    add_session_stats(&flow.src, 0, false, true);
-                    emit(EVENT_DENIED, &flow, session_id);
-                }
-                Drop::NoRoute(flow, session_id) => {
-                    count(Counter::NoRoute);
-                    add_session_stats(&flow.src, 0, false, true);
-                    emit(EVENT_NO_ROUTE, &flow, session_id);
-                }
-                Drop::NatFull(flow, session_id) => {
-                    count(Counter::NatFull);
-                    add_session_stats(&flow.src, 0, false, true);
-                    emit(EVENT_NAT_FULL, &flow, session_id);
-                }
-            }
+            account(&drop);
             TC_ACT_SHOT
+        }
+    }
+}
+
+/// Counts a dropped client packet (and emits its flow event).
+#[inline(always)]
+fn account(drop: &Drop) {
+    let (flow, session_id) = (&drop.flow, drop.session_id);
+    match drop.reason {
+        Reason::NotIpv4 => count(Counter::NotIpv4),
+        Reason::Malformed => count(Counter::Malformed),
+        Reason::Unsupported => count(Counter::Unsupported),
+        Reason::IpOptions => count(Counter::IpOptions),
+        Reason::UnknownSource => {
+            count(Counter::UnknownSource);
+            emit(EVENT_UNKNOWN_SOURCE, flow, 0);
+        }
+        Reason::Denied => {
+            count(Counter::Denied);
+            add_session_stats(&flow.src, 0, false, true);
+            emit(EVENT_DENIED, flow, session_id);
+        }
+        Reason::NoRoute => {
+            count(Counter::NoRoute);
+            add_session_stats(&flow.src, 0, false, true);
+            emit(EVENT_NO_ROUTE, flow, session_id);
+        }
+        Reason::TtlExpired => {
+            count(Counter::TtlExpired);
+            add_session_stats(&flow.src, 0, false, true);
+        }
+        Reason::NatFull | Reason::NatSessionCap => {
+            count(Counter::NatFull);
+            if let Reason::NatSessionCap = drop.reason {
+                count(Counter::NatSessionCap);
+            }
+            add_session_stats(&flow.src, 0, false, true);
+            emit(EVENT_NAT_FULL, flow, session_id);
         }
     }
 }
@@ -154,21 +244,21 @@ pub fn client_ingress(ctx: TcContext) -> i32 {
 fn try_client_ingress(ctx: &TcContext) -> Result<i32, Drop> {
     let l2 = client_l2_len();
     if l2 != 0 && l2 != ETH_HLEN {
-        return Err(Drop::Packet(PacketError::Malformed));
+        return Err(Drop::packet(PacketError::Malformed));
     }
     // On an Ethernet client link (benchmark variant) the clients must resolve the gateway:
     // ARP goes to the host. A TUN has no ARP.
     if l2 == ETH_HLEN && packet::is_arp(ctx) {
         return Ok(TC_ACT_OK);
     }
-    let flow = packet::parse(ctx, l2, true).map_err(Drop::Packet)?;
+    let flow = packet::parse(ctx, l2, true).map_err(Drop::packet)?;
     count(Counter::ClientPackets);
 
     // 1. The source must be an active session.
     // SAFETY: the value is copied out at once; the daemon never mutates a session in place.
     let session: Session = match unsafe { SESSIONS.get(&flow.src) } {
         Some(s) => *s,
-        None => return Err(Drop::UnknownSource(flow)),
+        None => return Err(Drop::of(Reason::UnknownSource, flow, 0)),
     };
 
     // 2. Authorization and route, from the same policy slot (one read of the slot).
@@ -184,19 +274,24 @@ fn try_client_ingress(ctx: &TcContext) -> Result<i32, Drop> {
         None => false,
     };
     if !allowed {
-        return Err(Drop::Denied(flow, session.session_id));
+        return Err(Drop::of(Reason::Denied, flow, session.session_id));
     }
     let target_id = match route {
         Some(r) => r.target_id,
-        None => return Err(Drop::NoRoute(flow, session.session_id)),
+        None => return Err(Drop::of(Reason::NoRoute, flow, session.session_id)),
     };
     // SAFETY: copied out at once.
     let target = match unsafe { TARGETS.get(&target_id) } {
         Some(t) => *t,
-        None => return Err(Drop::NoRoute(flow, session.session_id)),
+        None => return Err(Drop::of(Reason::NoRoute, flow, session.session_id)),
     };
 
-    // 3. SNAT: reuse the flow's translation, or allocate one.
+    // 3. TTL: a packet that would expire here goes no further (and makes no NAT state).
+    if flow.ttl <= 1 {
+        return Err(Drop::of(Reason::TtlExpired, flow, session.session_id));
+    }
+
+    // 4. SNAT: reuse the flow's translation, or allocate one.
     // SAFETY: helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let closing = flow.proto == IPPROTO_TCP && flow.tcp_fin_or_rst;
@@ -217,28 +312,59 @@ fn try_client_ingress(ctx: &TcContext) -> Result<i32, Drop> {
             }
             (*entry).snat_port
         },
-        _ => allocate_nat(&flow, &fwd_key, target_id, &target, now, closing)
-            .ok_or(Drop::NatFull(flow, session.session_id))?,
+        _ => allocate_nat(&flow, &fwd_key, target_id, &target, now, closing).map_err(|e| {
+            let reason = match e {
+                NatError::Full => Reason::NatFull,
+                NatError::SessionCap => Reason::NatSessionCap,
+            };
+            Drop::of(reason, flow, session.session_id)
+        })?,
     };
 
-    // 4. Rewrite source address and port, fix the checksums.
-    packet::rewrite_source(ctx, l2, &flow, target.snat_addr, snat_port).map_err(Drop::Packet)?;
+    // 5. Rewrite source address and port and decrement the TTL, fixing the checksums.
+    packet::rewrite_source(ctx, l2, &flow, target.snat_addr, snat_port).map_err(Drop::packet)?;
+    packet::decrement_ttl(ctx, l2, &flow).map_err(Drop::packet)?;
     add_session_stats(&flow.src, flow.ip_len, false, false);
     count(Counter::Forwarded);
 
-    // 5. An Ethernet header in front (TUN packets have none), then out of the target interface;
+    // 6. An Ethernet header in front (TUN packets have none), then out of the target interface;
     //    the kernel fills the MAC addresses from its neighbour table.
     if l2 == 0 {
-        packet::push_ethernet(ctx).map_err(Drop::Packet)?;
+        packet::push_ethernet(ctx).map_err(Drop::packet)?;
     }
     // SAFETY: helper call; a NULL neighbour means "look the next hop up in the FIB".
     let verdict = unsafe { bpf_redirect_neigh(target.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
     Ok(verdict)
 }
 
-/// Picks the SNAT port for a new flow: the client's own port when no other flow to the same
-/// remote holds it, else a random port of the configured range. The reverse entry is inserted
-/// with `BPF_NOEXIST`, so two CPUs can never hand out the same port.
+/// How many NAT entries the session at `addr` may still create: `Ok` with the counter to bump
+/// when it is below its cap. A session without a counter (never registered, or ended) gets
+/// none.
+#[inline(always)]
+fn nat_quota(addr: &[u8; 4], cfg: &GatewayConfig) -> Result<*mut u64, NatError> {
+    let cap = if cfg.nat_session_cap == 0 {
+        DEFAULT_NAT_SESSION_CAP
+    } else {
+        cfg.nat_session_cap
+    } as u64;
+    let created = NAT_CREATED.get_ptr_mut(addr).ok_or(NatError::Full)?;
+    // SAFETY: a read of a map value valid for this run. A concurrent add on another CPU may be
+    // missed: the cap can be exceeded by at most (CPUs - 1) entries, never more.
+    let held = unsafe { core::ptr::read_volatile(created) }
+        // SAFETY: read-only lookup; the value is copied out at once.
+        .saturating_sub(unsafe { NAT_RELEASED.get(addr) }.copied().unwrap_or(0));
+    if held >= cap {
+        return Err(NatError::SessionCap);
+    }
+    Ok(created)
+}
+
+/// Picks the SNAT port for a new flow: the client's own port when it lies in the SNAT range
+/// and no other flow to the same remote holds it, else a random port of the range — never a
+/// port outside it, so replies meant for the host's own sockets (whose ports come from the
+/// kernel's local port range, disjoint from the SNAT range) never reach a client. The reverse
+/// entry is inserted with `BPF_NOEXIST`, so two CPUs can never hand out the same port; the
+/// session's cap is checked first and its counter bumped once both entries exist.
 fn allocate_nat(
     flow: &Flow,
     fwd_key: &NatKey,
@@ -246,15 +372,17 @@ fn allocate_nat(
     target: &gateway_common::TargetNetwork,
     now: u64,
     closing: bool,
-) -> Option<u16> {
-    let cfg = CONFIG.get(0).copied().unwrap_or_default();
-    let (min, max) = if cfg.nat_port_min == 0 || cfg.nat_port_max < cfg.nat_port_min {
-        (1024u32, 65535u32)
-    } else {
-        (cfg.nat_port_min as u32, cfg.nat_port_max as u32)
-    };
+) -> Result<u16, NatError> {
+    let cfg = config();
+    // 1. The session's cap.
+    let created = nat_quota(&flow.src, &cfg)?;
+    // 2. The port range.
+    let (min, max) = nat_port_range(&cfg);
     // Never zero (max >= min above); spelled out so no division-by-zero path reaches the verifier.
     let span = if max >= min { max - min + 1 } else { 1 };
+    // ICMP echo ids are no ports of the host's sockets: kept as they are when free.
+    let keep_own =
+        flow.proto == IPPROTO_ICMP || (flow.sport as u32 >= min && flow.sport as u32 <= max);
     let flags = if closing { NAT_FLAG_TCP_CLOSING } else { 0 };
     let reverse = NatReverse {
         client_addr: flow.src,
@@ -275,7 +403,7 @@ fn allocate_nat(
     let mut chosen: Option<u16> = None;
     let mut i = 0;
     while i < NAT_PORT_TRIES {
-        if i > 0 {
+        if i > 0 || !keep_own {
             // SAFETY: helper call without arguments.
             let r = unsafe { bpf_get_prandom_u32() };
             rev_key.port = (min + r.checked_rem(span).unwrap_or(0)) as u16;
@@ -291,7 +419,7 @@ fn allocate_nat(
         }
         i += 1;
     }
-    let port = chosen?;
+    let port = chosen.ok_or(NatError::Full)?;
     let forward = NatForward {
         snat_addr: target.snat_addr,
         snat_port: port,
@@ -302,13 +430,22 @@ fn allocate_nat(
     };
     if NAT_FWD.insert(fwd_key, &forward, 0).is_err() {
         let _ = NAT_REV.remove(&rev_key);
-        return None;
+        return Err(NatError::Full);
     }
+    // 3. One more entry held by the session.
+    // SAFETY: `created` points at a map value valid for this run; an atomic add (the result is
+    // unused, so this is BPF's plain XADD) keeps concurrent CPUs' increments. The intrinsic,
+    // because `AtomicU64::fetch_add` does not exist for bpfel (no 64-bit atomics declared).
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            created, 1,
+        )
+    };
     count(Counter::NatCreated);
     if port != flow.sport {
         count(Counter::NatPortRemapped);
     }
-    Some(port)
+    Ok(port)
 }
 
 /// Why return-side traffic is not delivered to a client.
@@ -320,9 +457,18 @@ pub enum ReturnError {
 }
 
 /// The reverse-NAT step shared by the TC and XDP return paths: finds the client of a return
-/// packet, refreshes the entry, and checks that the client's session is still active.
+/// packet, refreshes the entry, and checks that the client's session is still active. TCP and
+/// UDP to a port outside the SNAT range are the host's own traffic (its sockets and services)
+/// and never looked up.
 #[inline(always)]
 pub fn reverse_nat(flow: &Flow) -> Result<([u8; 4], u16), ReturnError> {
+    if flow.proto != IPPROTO_ICMP {
+        let (min, max) = nat_port_range(&config());
+        let port = flow.dport as u32;
+        if port < min || port > max {
+            return Err(ReturnError::NotOurs(PacketError::Unsupported));
+        }
+    }
     let rev_key = NatKey {
         proto: flow.proto,
         _pad: [0; 3],
@@ -356,7 +502,9 @@ pub fn target_ingress(ctx: TcContext) -> i32 {
         Ok(verdict) => verdict,
         Err(ReturnError::NotOurs(_)) => {
             count(Counter::ReturnPassed);
-            TC_ACT_OK
+            // Not this endpoint's: the next program on the interface (another endpoint's), or
+            // the host when none follows. TC_ACT_OK would end the chain here.
+            TC_ACT_UNSPEC
         }
         Err(ReturnError::NoSession) => TC_ACT_SHOT,
     }
@@ -372,7 +520,7 @@ fn try_target_ingress(ctx: &TcContext) -> Result<i32, ReturnError> {
     add_session_stats(&client_addr, flow.ip_len, true, false);
     count(Counter::ReturnDelivered);
 
-    let cfg = CONFIG.get(0).copied().unwrap_or_default();
+    let cfg = config();
     let verdict = if client_link() == CLIENT_LINK_ETHERNET {
         // Hosts behind an Ethernet link need their MAC: the kernel's neighbour table has it.
         // SAFETY: helper call; NULL neighbour = FIB lookup.

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use gateway_common::{
     AuthEntry, FlowEvent, GatewayConfig, NatForward, NatKey, NatReverse, RouteEntry, Session,
@@ -44,12 +44,24 @@ pub static TARGETS: HashMap<u32, TargetNetwork> = HashMap::with_max_entries(1024
 pub static CONFIG: Array<GatewayConfig> = Array::with_max_entries(1, 0);
 
 /// NAT, client side: (proto, client, remote, client port, remote port) -> translation.
+/// A plain hash, not LRU: a full table refuses new flows instead of evicting anyone's (see
+/// `gateway_common`'s map inventory).
 #[map]
-pub static NAT_FWD: LruHashMap<NatKey, NatForward> = LruHashMap::with_max_entries(262144, 0);
+pub static NAT_FWD: HashMap<NatKey, NatForward> = HashMap::with_max_entries(262144, 0);
 
 /// NAT, target side: (proto, SNAT address, remote, SNAT port, remote port) -> client.
 #[map]
-pub static NAT_REV: LruHashMap<NatKey, NatReverse> = LruHashMap::with_max_entries(262144, 0);
+pub static NAT_REV: HashMap<NatKey, NatReverse> = HashMap::with_max_entries(262144, 0);
+
+/// NAT entries each session's flows created (kernel, atomic adds). The daemon creates the
+/// entry with the session and deletes it with the session's NAT entries.
+#[map]
+pub static NAT_CREATED: HashMap<[u8; 4], u64> = HashMap::with_max_entries(65536, 0);
+
+/// NAT entries of each session the daemon's expiry removed (written only by the daemon).
+/// `NAT_CREATED - NAT_RELEASED` is what the session holds now.
+#[map]
+pub static NAT_RELEASED: HashMap<[u8; 4], u64> = HashMap::with_max_entries(65536, 0);
 
 /// Global counters, indexed by `gateway_common::Counter`.
 #[map]

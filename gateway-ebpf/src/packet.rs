@@ -17,6 +17,7 @@ const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
 
 // Offsets inside the IPv4 header and the L4 headers.
+const IP_TTL: usize = 8;
 const IP_CSUM: usize = 10;
 const IP_SRC: usize = 12;
 const IP_DST: usize = 16;
@@ -33,6 +34,9 @@ pub enum PacketError {
     Malformed,
     /// A protocol, ICMP type or fragment the gateway does not translate.
     Unsupported,
+    /// A client packet with IP options (IHL > 5): source routes, record-route and the like
+    /// are never forwarded.
+    IpOptions,
 }
 
 #[repr(C)]
@@ -84,11 +88,28 @@ pub struct Flow {
     pub sport: u16,
     pub dport: u16,
     pub ip_len: u16,
+    pub ttl: u8,
     /// Offset of the L4 header from the start of the packet.
     pub l4: usize,
     pub tcp_fin_or_rst: bool,
     /// UDP only: the checksum field is zero (no checksum).
     pub udp_no_csum: bool,
+}
+
+impl Flow {
+    /// No flow (a packet dropped before it was parsed).
+    pub const EMPTY: Flow = Flow {
+        proto: 0,
+        src: [0; 4],
+        dst: [0; 4],
+        sport: 0,
+        dport: 0,
+        ip_len: 0,
+        ttl: 0,
+        l4: 0,
+        tcp_fin_or_rst: false,
+        udp_no_csum: false,
+    };
 }
 
 /// True for an ARP frame (only asked on Ethernet links).
@@ -117,6 +138,9 @@ pub fn parse(ctx: &TcContext, l3: usize, from_client: bool) -> Result<Flow, Pack
     if ihl < 20 {
         return Err(PacketError::Malformed);
     }
+    if from_client && ihl > 20 {
+        return Err(PacketError::IpOptions);
+    }
     let ip_len = u16::from_be_bytes(ip.tot_len);
     if (ip_len as usize) < ihl || (ctx.len() as usize) < l3 + ip_len as usize {
         return Err(PacketError::Malformed);
@@ -133,6 +157,7 @@ pub fn parse(ctx: &TcContext, l3: usize, from_client: bool) -> Result<Flow, Pack
         sport: 0,
         dport: 0,
         ip_len,
+        ttl: ip.ttl,
         l4,
         tcp_fin_or_rst: false,
         udp_no_csum: false,
@@ -281,6 +306,21 @@ pub fn rewrite_destination(
         flow.dport,
         client_port,
     )
+}
+
+/// Forwarding: TTL minus one, with the IP checksum fixed. The caller has dropped packets whose
+/// TTL is 1 or 0.
+#[inline(always)]
+pub fn decrement_ttl(ctx: &TcContext, l3: usize, flow: &Flow) -> Result<(), PacketError> {
+    let new_ttl = flow.ttl.wrapping_sub(1);
+    // TTL shares a 16-bit checksum word with the protocol byte.
+    let old_word = u16::from_ne_bytes([flow.ttl, flow.proto]) as u64;
+    let new_word = u16::from_ne_bytes([new_ttl, flow.proto]) as u64;
+    let err = |_| PacketError::Malformed;
+    ctx.store(l3 + IP_TTL, &new_ttl, 0).map_err(err)?;
+    ctx.l3_csum_replace(l3 + IP_CSUM, old_word, new_word, 2)
+        .map_err(err)?;
+    Ok(())
 }
 
 /// Puts an Ethernet header (zero MACs, type IPv4) in front of an IP packet. The kernel drops

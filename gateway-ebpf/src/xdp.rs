@@ -4,6 +4,11 @@
 //! incrementally (RFC 1624), and the frame is redirected to the client device. Only devices
 //! with `ndo_xdp_xmit` take XDP frames: a TAP does, a TUN does not (the kernel answers
 //! EOPNOTSUPP), so the daemon uses this program with a TAP client device and TC with a TUN.
+//!
+//! Traffic that is not this endpoint's gets `XDP_PASS`: an interface holds one XDP program, so
+//! a second endpoint on the same target interface necessarily runs its return path in TC
+//! (the loader falls back to TC when the XDP hook is taken), and a passed packet reaches it
+//! there.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
@@ -90,6 +95,7 @@ pub fn try_target_xdp(ctx: &XdpContext) -> Result<u32, ReturnError> {
         sport: 0,
         dport: 0,
         ip_len,
+        ttl: iph[8],
         l4,
         tcp_fin_or_rst: false,
         udp_no_csum: false,

@@ -143,6 +143,8 @@ pub struct TopologyOptions {
     /// The gateway's client device: `Tun` or `Tap`.
     pub client_link: ClientLink,
     pub return_path: ReturnPath,
+    /// The data plane's SNAT port range (inclusive).
+    pub nat_port_range: (u16, u16),
 }
 
 impl Default for TopologyOptions {
@@ -153,6 +155,7 @@ impl Default for TopologyOptions {
             nat_table_size: 65536,
             client_link: ClientLink::Tun,
             return_path: ReturnPath::Auto,
+            nat_port_range: DataPlaneConfig::default().nat_port_range,
         }
     }
 }
@@ -215,6 +218,7 @@ impl Topology {
             return_path: opts.return_path,
             nat_table_size: opts.nat_table_size,
             nat_timeouts: opts.nat_timeouts,
+            nat_port_range: opts.nat_port_range,
             ..DataPlaneConfig::default()
         })?;
         dataplane.add_target_network(TargetSpec {
@@ -229,6 +233,53 @@ impl Topology {
             clients,
             private,
             gateway,
+        })
+    }
+}
+
+/// A second endpoint on the same gateway: its own TUN, its own data plane (whose return path
+/// attaches to the same target interface as the first), one client namespace and a relay.
+/// Field order is drop order.
+pub struct SecondEndpoint {
+    pub relay: Relay,
+    pub dataplane: DataPlane,
+    pub client: Client,
+}
+
+impl Topology {
+    /// Adds a second endpoint with TUN `tun_name`, gateway address `10.66.0.1/22`, one client
+    /// `10.66.0.10`, and SNAT ports `nat_port_range`. Call it on the thread that built the
+    /// topology (it is inside the gateway namespace).
+    pub fn second_endpoint(
+        &self,
+        tun_name: &str,
+        nat_port_range: (u16, u16),
+    ) -> Result<SecondEndpoint> {
+        let gw_tun = Tun::open(tun_name).context("second gateway TUN")?;
+        self.gateway
+            .ip(&format!("addr add 10.66.0.1/22 dev {tun_name}"))?;
+        self.gateway.ip(&format!("link set {tun_name} up"))?;
+        let addr = Ipv4Addr::new(10, 66, 0, 10);
+        let ns = Netns::new("c2e")?;
+        let tun = ns.run(|| Ok(Tun::open("tun0")?))?;
+        ns.ip(&format!("addr add {addr}/32 dev tun0"))?;
+        ns.ip("link set tun0 up")?;
+        ns.ip(&format!("route add {PRIVATE_NET} dev tun0 src {addr}"))?;
+        let mut dataplane = DataPlane::load(DataPlaneConfig {
+            client_interface: Some(tun_name.to_string()),
+            nat_port_range,
+            ..DataPlaneConfig::default()
+        })?;
+        dataplane.add_target_network(TargetSpec {
+            id: TARGET_ID,
+            interface: TARGET_IF.to_string(),
+            snat_addr: None,
+        })?;
+        let relay = Relay::start(gw_tun, vec![(addr, tun)], false)?;
+        Ok(SecondEndpoint {
+            relay,
+            dataplane,
+            client: Client { ns, addr },
         })
     }
 }

@@ -20,6 +20,8 @@ use gateway::dataplane::{
 use gateway_common::Counter;
 
 const TC_ACT_OK: i32 = 0;
+/// `TC_ACT_UNSPEC` (TCX: `TCX_NEXT`): not ours, the next program (or the host) decides.
+const TC_PASS: i32 = -1;
 const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_REDIRECT: i32 = 7;
 const XDP_PASS: i32 = 2;
@@ -49,11 +51,16 @@ fn group(g: &str) -> Access {
 
 /// A namespace with a veth as the target interface, and the programs loaded in it.
 fn setup() -> (Netns, DataPlane) {
+    setup_with(DataPlaneConfig::default())
+}
+
+/// [`setup`] with other load-time settings (the SNAT range is always 20000-20999).
+fn setup_with(config: DataPlaneConfig) -> (Netns, DataPlane) {
     let (ns, mut dp) = cvpn_tests::fixture_dataplane(
         "fx",
         DataPlaneConfig {
             nat_port_range: (20000, 20999),
-            ..DataPlaneConfig::default()
+            ..config
         },
     )
     .expect("fixture data plane");
@@ -122,7 +129,7 @@ fn run_rows(dp: &mut DataPlane, rows: Vec<Row>) {
                 Err(e) => failures.push(format!("{}: {e}", row.what)),
             }
         }
-        if row.verdict == TC_ACT_SHOT || row.verdict == TC_ACT_OK {
+        if row.verdict == TC_ACT_SHOT || row.verdict == TC_ACT_OK || row.verdict == TC_PASS {
             // Dropped or passed packets are not rewritten.
             if out.packet != row.input {
                 failures.push(format!(
@@ -162,23 +169,23 @@ fn client_path_allow_deny_unknown_and_route_miss() {
         vec![
             fwd(
                 client(
-                    "TCP, group a, /16 rule: allowed, SNAT keeps the port",
+                    "TCP, group a, /16 rule: allowed, SNAT keeps a port of the SNAT range",
                     A,
                     HOST,
-                    tcp(40000, 80),
+                    tcp(20040, 80),
                     TC_ACT_REDIRECT,
                 ),
-                (SNAT, 40000, HOST, 80),
+                (SNAT, 20040, HOST, 80),
             ),
             fwd(
                 client(
                     "UDP, group a: allowed",
                     A,
                     HOST,
-                    udp(40001, 53),
+                    udp(20041, 53),
                     TC_ACT_REDIRECT,
                 ),
-                (SNAT, 40001, HOST, 53),
+                (SNAT, 20041, HOST, 53),
             ),
             fwd(
                 client(
@@ -224,10 +231,10 @@ fn client_path_allow_deny_unknown_and_route_miss() {
                     "group b's /24 inside a's /16: b allowed",
                     B,
                     HOST_B,
-                    tcp(41000, 443),
+                    tcp(20410, 443),
                     TC_ACT_REDIRECT,
                 ),
-                (SNAT, 41000, HOST_B, 443),
+                (SNAT, 20410, HOST_B, 443),
             ),
             client(
                 "group b's /24 takes the destination away from group a",
@@ -395,14 +402,14 @@ fn snat_reverse_nat_and_port_collisions() {
     let first = dp
         .test_run(
             ProgramKind::ClientIngress,
-            &build(A, HOST, tcp(50000, 80), b"x"),
+            &build(A, HOST, tcp(20050, 80), b"x"),
             1,
         )
         .unwrap();
     let second = dp
         .test_run(
             ProgramKind::ClientIngress,
-            &build(A2, HOST, tcp(50000, 80), b"y"),
+            &build(A2, HOST, tcp(20050, 80), b"y"),
             1,
         )
         .unwrap();
@@ -414,11 +421,11 @@ fn snat_reverse_nat_and_port_collisions() {
     let p2 = parse_and_verify(&second.packet).unwrap();
     assert_eq!(
         (p1.src, p1.sport),
-        (SNAT, 50000),
+        (SNAT, 20050),
         "the first flow keeps its port"
     );
     assert_eq!(p2.src, SNAT);
-    assert_ne!(p2.sport, 50000, "the second flow must get another port");
+    assert_ne!(p2.sport, 20050, "the second flow must get another port");
     assert!(
         (20000..=20999).contains(&p2.sport),
         "remapped port {} outside the configured range",
@@ -428,7 +435,7 @@ fn snat_reverse_nat_and_port_collisions() {
     let again = dp
         .test_run(
             ProgramKind::ClientIngress,
-            &build(A2, HOST, tcp(50000, 80), b"z"),
+            &build(A2, HOST, tcp(20050, 80), b"z"),
             1,
         )
         .unwrap();
@@ -461,16 +468,16 @@ fn snat_reverse_nat_and_port_collisions() {
             Row {
                 what: "reply to the first flow",
                 program: ProgramKind::TargetIngress,
-                input: ret(80, 50000),
+                input: ret(80, 20050),
                 verdict: TC_ACT_REDIRECT,
-                output: Some((HOST, 80, A, 50000)),
+                output: Some((HOST, 80, A, 20050)),
             },
             Row {
                 what: "reply to the remapped flow",
                 program: ProgramKind::TargetIngress,
                 input: ret(80, p2.sport),
                 verdict: TC_ACT_REDIRECT,
-                output: Some((HOST, 80, A2, 50000)),
+                output: Some((HOST, 80, A2, 20050)),
             },
             Row {
                 what: "echo reply to the remapped id",
@@ -480,10 +487,10 @@ fn snat_reverse_nat_and_port_collisions() {
                 output: Some((HOST, 9, A2, 0)),
             },
             Row {
-                what: "not NAT traffic: passed untouched",
+                what: "not NAT traffic: passed on untouched",
                 program: ProgramKind::TargetIngress,
                 input: ret(80, 12345),
-                verdict: TC_ACT_OK,
+                verdict: TC_PASS,
                 output: None,
             },
             Row {
@@ -498,7 +505,7 @@ fn snat_reverse_nat_and_port_collisions() {
                     },
                     b"dns",
                 ),
-                verdict: TC_ACT_OK,
+                verdict: TC_PASS,
                 output: None,
             },
         ],
@@ -509,7 +516,7 @@ fn snat_reverse_nat_and_port_collisions() {
         SNAT,
         L4::Udp {
             sport: 53,
-            dport: 50001,
+            dport: 20051,
         },
         b"nocsum",
     );
@@ -521,7 +528,7 @@ fn snat_reverse_nat_and_port_collisions() {
                 A2,
                 HOST,
                 L4::Udp {
-                    sport: 50001,
+                    sport: 20051,
                     dport: 53,
                 },
                 b"q",
@@ -538,7 +545,7 @@ fn snat_reverse_nat_and_port_collisions() {
                 program: ProgramKind::TargetXdp,
                 input: ret(80, p2.sport),
                 verdict: XDP_REDIRECT,
-                output: Some((HOST, 80, A2, 50000)),
+                output: Some((HOST, 80, A2, 20050)),
             },
             Row {
                 what: "XDP: echo reply",
@@ -552,7 +559,7 @@ fn snat_reverse_nat_and_port_collisions() {
                 program: ProgramKind::TargetXdp,
                 input: udp_no_csum,
                 verdict: XDP_REDIRECT,
-                output: Some((HOST, 53, A2, 50001)),
+                output: Some((HOST, 53, A2, 20051)),
             },
             Row {
                 what: "XDP: not NAT traffic passes untouched",
@@ -566,19 +573,15 @@ fn snat_reverse_nat_and_port_collisions() {
     let a2 = dp.session_counters(A2).unwrap().unwrap();
     assert_eq!(a2.to_client_packets, 5);
 
-    // A session that ended: its return traffic is dropped, not delivered.
+    // A session that ended: its entries went with it, its return traffic is not delivered.
     dp.remove_session(A).unwrap();
     let out = dp
-        .test_run(ProgramKind::TargetIngress, &ret(80, 50000), 1)
+        .test_run(ProgramKind::TargetIngress, &ret(80, 20050), 1)
         .unwrap();
-    assert_eq!(out.verdict, TC_ACT_SHOT);
-    assert_eq!(
-        dp.global_counters().unwrap().get(Counter::ReturnNoSession),
-        1
-    );
-    // Expiry removes the ended session's entries.
+    assert_eq!(out.verdict, TC_PASS);
+    // Nothing is left for expiry to find.
     let report = dp.expire_nat();
-    assert_eq!(report.orphaned, 2, "{report:?}");
+    assert_eq!(report.orphaned, 0, "{report:?}");
 }
 
 #[test]
@@ -673,4 +676,343 @@ fn malformed_and_unsupported_packets_are_dropped_without_changes() {
     assert_eq!(c.get(Counter::Malformed), 3);
     assert_eq!(c.get(Counter::Unsupported), 3);
     assert_eq!(c.get(Counter::Forwarded), 0);
+}
+
+/// Recomputes the IPv4 header checksum of an Ethernet + IPv4 packet.
+fn fix_ip_csum(p: &mut [u8]) {
+    let ihl = usize::from(p[14] & 0x0f) * 4;
+    p[24] = 0;
+    p[25] = 0;
+    let mut sum = 0u32;
+    for c in p[14..14 + ihl].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    p[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+fn with_ttl(mut p: Vec<u8>, ttl: u8) -> Vec<u8> {
+    p[14 + 8] = ttl;
+    fix_ip_csum(&mut p);
+    p
+}
+
+/// The same packet with four bytes of IP options (NOP, NOP, NOP, end of list): IHL 6.
+fn with_ip_options(p: Vec<u8>) -> Vec<u8> {
+    let mut out = p[..34].to_vec();
+    out.extend_from_slice(&[1, 1, 1, 0]);
+    out.extend_from_slice(&p[34..]);
+    out[14] = 0x46;
+    let total = u16::from_be_bytes([out[16], out[17]]) + 4;
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    fix_ip_csum(&mut out);
+    out
+}
+
+fn tcp(sport: u16, dport: u16) -> L4 {
+    L4::Tcp {
+        sport,
+        dport,
+        fin: false,
+    }
+}
+
+fn udp(sport: u16, dport: u16) -> L4 {
+    L4::Udp { sport, dport }
+}
+
+/// Runs one client packet; returns the verdict and the SNAT port when forwarded.
+fn forward(dp: &mut DataPlane, src: Ipv4Addr, dst: Ipv4Addr, l4: L4) -> (i32, Option<u16>) {
+    let out = dp
+        .test_run(ProgramKind::ClientIngress, &build(src, dst, l4, b"f"), 1)
+        .unwrap();
+    let port =
+        (out.verdict == TC_ACT_REDIRECT).then(|| parse_and_verify(&out.packet).unwrap().sport);
+    (out.verdict, port)
+}
+
+/// Attack 3: SNAT ports come only from the configured SNAT range; a client's port is kept only
+/// when it lies inside it, and return traffic to a port outside it is never ours.
+#[test]
+fn snat_ports_come_only_from_the_snat_range() {
+    if !is_root() {
+        panic!("the fixture tests need root: run `cargo xtask test` as root");
+    }
+    let (_ns, mut dp) = setup();
+    let range = 20000..=20999;
+    assert_eq!(
+        forward(&mut dp, A, HOST, tcp(20500, 80)),
+        (TC_ACT_REDIRECT, Some(20500)),
+        "a port inside the range is kept"
+    );
+    for (what, l4) in [
+        ("TCP from the kernel's local port range", tcp(40000, 80)),
+        ("UDP from a privileged port", udp(53, 53)),
+        ("UDP from port 1023", udp(1023, 53)),
+        ("UDP from port 65535", udp(65535, 53)),
+    ] {
+        let (verdict, port) = forward(&mut dp, A, HOST, l4);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{what}");
+        let port = port.unwrap();
+        assert!(
+            range.contains(&port),
+            "{what}: SNAT port {port} outside the range"
+        );
+    }
+    let (_, remapped) = forward(&mut dp, A, HOST, tcp(40000, 80));
+    let remapped = remapped.unwrap();
+    let ret = |dport| build(HOST, SNAT, tcp(80, dport), b"reply");
+    run_rows(
+        &mut dp,
+        vec![
+            Row {
+                what: "reply to the client's own port (outside the range): the host's, passed on",
+                program: ProgramKind::TargetIngress,
+                input: ret(40000),
+                verdict: TC_PASS,
+                output: None,
+            },
+            Row {
+                what: "XDP: reply to a port outside the range: passed",
+                program: ProgramKind::TargetXdp,
+                input: ret(40000),
+                verdict: XDP_PASS,
+                output: None,
+            },
+            Row {
+                what: "reply to the remapped port: delivered",
+                program: ProgramKind::TargetIngress,
+                input: ret(remapped),
+                verdict: TC_ACT_REDIRECT,
+                output: Some((HOST, 80, A, 40000)),
+            },
+        ],
+    );
+}
+
+/// Attack 4: one session cannot hold more than its cap of NAT entries; the next new flow is
+/// dropped and counted as NAT full, while its existing flows and other sessions go on.
+#[test]
+fn nat_entries_per_session_are_capped() {
+    if !is_root() {
+        panic!("the fixture tests need root: run `cargo xtask test` as root");
+    }
+    let (_ns, mut dp) = setup();
+    const CAP: u16 = 4096; // the default
+    for i in 1..=CAP {
+        let (verdict, _) = forward(&mut dp, A, HOST, udp(20001, i));
+        assert_eq!(verdict, TC_ACT_REDIRECT, "flow {i} of the cap");
+    }
+    let (verdict, _) = forward(&mut dp, A, HOST, udp(20001, CAP + 1));
+    assert_eq!(
+        verdict, TC_ACT_SHOT,
+        "the flow after the cap must be dropped"
+    );
+    let c = dp.global_counters().unwrap();
+    assert_eq!(
+        (c.get(Counter::NatFull), c.get(Counter::NatSessionCap)),
+        (1, 1)
+    );
+    assert_eq!(
+        forward(&mut dp, A, HOST, udp(20001, 1)).0,
+        TC_ACT_REDIRECT,
+        "existing flows of the capped session go on"
+    );
+    assert_eq!(
+        forward(&mut dp, A2, HOST, udp(20001, 1)).0,
+        TC_ACT_REDIRECT,
+        "another session still gets entries"
+    );
+    // The session ends: its entries go, and the address starts from zero again.
+    dp.remove_session(A).unwrap();
+    dp.add_session(A, 21, &["a".to_string()]).unwrap();
+    assert_eq!(
+        forward(&mut dp, A, HOST, udp(20001, CAP + 1)).0,
+        TC_ACT_REDIRECT,
+        "a new session on the same address is not capped by the old one's entries"
+    );
+}
+
+/// Attack 4: a client spraying ports into a full NAT table cannot evict another session's flow.
+#[test]
+fn a_spraying_client_cannot_evict_other_sessions_flows() {
+    if !is_root() {
+        panic!("the fixture tests need root: run `cargo xtask test` as root");
+    }
+    let (_ns, mut dp) = setup_with(DataPlaneConfig {
+        nat_table_size: 64,
+        ..DataPlaneConfig::default()
+    });
+    let (verdict, port) = forward(&mut dp, A2, HOST, udp(20002, 53));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let port = port.unwrap();
+    let mut refused = 0;
+    for i in 0..200 {
+        if forward(&mut dp, A, HOST, udp(20001, 1000 + i)).0 == TC_ACT_SHOT {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused > 0,
+        "the table is full: some of the spray is refused"
+    );
+    run_rows(
+        &mut dp,
+        vec![Row {
+            what: "the other session's flow survives the spray",
+            program: ProgramKind::TargetIngress,
+            input: build(HOST, SNAT, udp(53, port), b"answer"),
+            verdict: TC_ACT_REDIRECT,
+            output: Some((HOST, 53, A2, 20002)),
+        }],
+    );
+    assert_eq!(
+        forward(&mut dp, A2, HOST, udp(20002, 53)),
+        (TC_ACT_REDIRECT, Some(port))
+    );
+}
+
+/// Attack 4: `remove_session` deletes the session's NAT entries before it returns, so a new
+/// session given the same address inherits no flow.
+#[test]
+fn remove_session_deletes_its_nat_entries_at_once() {
+    if !is_root() {
+        panic!("the fixture tests need root: run `cargo xtask test` as root");
+    }
+    let (_ns, mut dp) = setup();
+    assert_eq!(forward(&mut dp, A, HOST, tcp(20300, 80)).0, TC_ACT_REDIRECT);
+    assert_eq!(forward(&mut dp, A, HOST, udp(20301, 53)).0, TC_ACT_REDIRECT);
+    assert_eq!(
+        forward(&mut dp, A2, HOST, tcp(20300, 80)).0,
+        TC_ACT_REDIRECT
+    );
+    dp.remove_session(A).unwrap();
+    let left = dp.nat_entries();
+    assert!(left.iter().all(|e| e.client.0 != A), "{left:?}");
+    assert_eq!(left.len(), 1, "the other session's entry stays: {left:?}");
+    // The address is handed out again: the old flow's replies must not reach the new session.
+    dp.add_session(A, 99, &["a".to_string()]).unwrap();
+    run_rows(
+        &mut dp,
+        vec![Row {
+            what: "reply to the ended session's flow, address reused: not delivered",
+            program: ProgramKind::TargetIngress,
+            input: build(HOST, SNAT, tcp(80, 20300), b"old"),
+            verdict: TC_PASS,
+            output: None,
+        }],
+    );
+}
+
+/// Attack 11: client packets with IP options are dropped; TTL is decremented (checksum fixed),
+/// and a packet that would expire at the gateway is dropped.
+#[test]
+fn ip_options_and_ttl_on_the_client_path() {
+    if !is_root() {
+        panic!("the fixture tests need root: run `cargo xtask test` as root");
+    }
+    let (_ns, mut dp) = setup();
+    let pkt = || build(A, HOST, tcp(20600, 80), b"payload");
+    let rows = vec![
+        Row {
+            what: "IP options (IHL 6): dropped",
+            program: ProgramKind::ClientIngress,
+            input: with_ip_options(pkt()),
+            verdict: TC_ACT_SHOT,
+            output: None,
+        },
+        Row {
+            what: "TTL 1: dropped",
+            program: ProgramKind::ClientIngress,
+            input: with_ttl(pkt(), 1),
+            verdict: TC_ACT_SHOT,
+            output: None,
+        },
+        Row {
+            what: "TTL 0: dropped",
+            program: ProgramKind::ClientIngress,
+            input: with_ttl(pkt(), 0),
+            verdict: TC_ACT_SHOT,
+            output: None,
+        },
+    ];
+    run_rows(&mut dp, rows);
+    for ttl in [2u8, 64, 255] {
+        let out = dp
+            .test_run(ProgramKind::ClientIngress, &with_ttl(pkt(), ttl), 1)
+            .unwrap();
+        assert_eq!(out.verdict, TC_ACT_REDIRECT, "TTL {ttl}");
+        parse_and_verify(&out.packet).unwrap();
+        assert_eq!(out.packet[14 + 8], ttl - 1, "TTL {ttl} is decremented");
+    }
+    let c = dp.global_counters().unwrap();
+    assert_eq!(c.get(Counter::Forwarded), 3);
+    assert_eq!(c.get(Counter::IpOptions), 1);
+    assert_eq!(c.get(Counter::TtlExpired), 2);
+    assert_eq!(
+        c.get(Counter::NatCreated),
+        1,
+        "expired packets make no NAT state"
+    );
+}
+
+/// Attack 11: the return path delivers a packet to a client only when it matches a flow
+/// exactly (protocol, SNAT address and port, remote address and port); the TC and XDP paths
+/// agree.
+#[test]
+fn return_path_never_delivers_without_a_matching_flow() {
+    if !is_root() {
+        panic!("the fixture tests need root: run `cargo xtask test` as root");
+    }
+    let (_ns, mut dp) = setup();
+    assert_eq!(
+        forward(&mut dp, A, HOST, tcp(20400, 80)),
+        (TC_ACT_REDIRECT, Some(20400))
+    );
+    let cases = [
+        ("other remote port", build(HOST, SNAT, tcp(81, 20400), b"r")),
+        (
+            "other remote host",
+            build(HOST_B, SNAT, tcp(80, 20400), b"r"),
+        ),
+        ("other protocol", build(HOST, SNAT, udp(80, 20400), b"r")),
+        (
+            "other SNAT address",
+            build(HOST, Ipv4Addr::new(10, 88, 0, 2), tcp(80, 20400), b"r"),
+        ),
+        (
+            "other SNAT port in the range",
+            build(HOST, SNAT, tcp(80, 20401), b"r"),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (what, input) in cases {
+        rows.push(Row {
+            what,
+            program: ProgramKind::TargetIngress,
+            input: input.clone(),
+            verdict: TC_PASS,
+            output: None,
+        });
+        rows.push(Row {
+            what,
+            program: ProgramKind::TargetXdp,
+            input,
+            verdict: XDP_PASS,
+            output: None,
+        });
+    }
+    rows.push(Row {
+        what: "the flow's own reply",
+        program: ProgramKind::TargetIngress,
+        input: build(HOST, SNAT, tcp(80, 20400), b"r"),
+        verdict: TC_ACT_REDIRECT,
+        output: Some((HOST, 80, A, 20400)),
+    });
+    run_rows(&mut dp, rows);
+    let c = dp.global_counters().unwrap();
+    assert_eq!(c.get(Counter::ReturnDelivered), 1);
+    assert_eq!(c.get(Counter::ReturnPassed), 10);
 }

@@ -424,7 +424,14 @@ fn nat_entries_expire_and_tcp_close_shortens_them() {
     let mut buf = [0u8; 8];
     udp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let (_, from) = udp.recv_from(&mut buf).unwrap();
-    assert_eq!(from.port(), udp_port, "SNAT keeps the client's UDP port");
+    // The client's ephemeral port lies in its kernel's local port range, outside the SNAT range:
+    // the SNAT port is one of the range (ports are kept only inside it).
+    let (lo, hi) = t.dataplane.config().nat_port_range;
+    assert!(
+        (lo..=hi).contains(&from.port()) && from.port() != udp_port,
+        "SNAT port {} (client port {udp_port}) outside {lo}-{hi}",
+        from.port()
+    );
 
     let entries = t.dataplane.nat_entries();
     assert_eq!(entries.len(), 2, "{entries:?}");
@@ -445,4 +452,204 @@ fn nat_entries_expire_and_tcp_close_shortens_them() {
     let report = t.dataplane.expire_nat();
     assert_eq!(report.expired, 2, "{report:?}");
     assert!(t.dataplane.nat_entries().is_empty());
+}
+
+/// Receives one datagram within `ms`, if any.
+fn recv_within(s: &UdpSocket, ms: u64) -> Option<(Vec<u8>, SocketAddr)> {
+    s.set_read_timeout(Some(Duration::from_millis(ms))).ok()?;
+    let mut buf = [0u8; 256];
+    s.recv_from(&mut buf)
+        .ok()
+        .map(|(n, from)| (buf[..n].to_vec(), from))
+}
+
+/// Attack 3: a client whose source port equals the local port of one of the gateway host's own
+/// sockets must not take over that socket's replies. The SNAT port comes from the SNAT range
+/// (disjoint from the kernel's local port range), so the client is remapped and the host's
+/// socket keeps its traffic.
+#[test]
+fn snat_never_takes_the_port_of_a_gateway_hosts_own_socket() {
+    require_root();
+    let mut t = Topology::new(TopologyOptions::default()).unwrap();
+    let client = t.clients[0].addr;
+    t.dataplane.add_session(client, 1, &[]).unwrap();
+    t.dataplane
+        .replace_policy(policy(&[("10.88.0.0/24", "*")]))
+        .unwrap();
+    let _echo = cvpn_tests::echo::UdpEcho::start(&t.private, PRIVATE_HOST, 7007).unwrap();
+
+    // The gateway host's own UDP socket to the private host, on a kernel-chosen local port P.
+    let host_sock = t
+        .gateway
+        .run(|| {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect((PRIVATE_HOST, 7007))?;
+            Ok(s)
+        })
+        .unwrap();
+    let p = host_sock.local_addr().unwrap().port();
+    host_sock.send(b"host-1").unwrap();
+    assert_eq!(
+        recv_within(&host_sock, 1000).map(|r| r.0),
+        Some(b"host-1".to_vec()),
+        "the host's socket works before any client flow"
+    );
+
+    // A client flow from the same port P to the same private host and port.
+    let client_sock = t.clients[0]
+        .ns
+        .run(move || {
+            let s = UdpSocket::bind(("0.0.0.0", p))?;
+            s.connect((PRIVATE_HOST, 7007))?;
+            Ok(s)
+        })
+        .unwrap();
+    client_sock.send(b"client-1").unwrap();
+    assert_eq!(
+        recv_within(&client_sock, 1000).map(|r| r.0),
+        Some(b"client-1".to_vec()),
+        "the client flow works"
+    );
+
+    // The host's socket still gets its replies; the client never sees them.
+    host_sock.send(b"host-2").unwrap();
+    assert_eq!(
+        recv_within(&host_sock, 1000).map(|r| r.0),
+        Some(b"host-2".to_vec()),
+        "the host's own socket lost its reply to the client flow"
+    );
+    while let Some((got, _)) = recv_within(&client_sock, 300) {
+        assert_ne!(got, b"host-2", "the client received the host's reply");
+    }
+    let nat = t.dataplane.nat_entries();
+    assert!(
+        nat.iter().all(|e| e.snat.1 != p),
+        "the SNAT port must not be the host's local port {p}: {nat:?}"
+    );
+}
+
+/// Attack 3: a private host talking to a service of the gateway host must reach the service,
+/// even when a client flow to that private host used the service's port as its source port.
+#[test]
+fn a_private_hosts_traffic_to_a_gateway_service_is_not_diverted_to_a_client() {
+    require_root();
+    const SERVICE: u16 = 4000;
+    const PEER: u16 = 5000;
+    let mut t = Topology::new(TopologyOptions::default()).unwrap();
+    let client = t.clients[0].addr;
+    t.dataplane.add_session(client, 1, &[]).unwrap();
+    t.dataplane
+        .replace_policy(policy(&[("10.88.0.0/24", "*")]))
+        .unwrap();
+    let service = t
+        .gateway
+        .run(|| Ok(UdpSocket::bind((GATEWAY_TARGET_ADDR, SERVICE))?))
+        .unwrap();
+    let peer = t
+        .private
+        .run(|| Ok(UdpSocket::bind((PRIVATE_HOST, PEER))?))
+        .unwrap();
+    // The client uses the service's port as its source port.
+    let client_sock = t.clients[0]
+        .ns
+        .run(|| Ok(UdpSocket::bind(("0.0.0.0", SERVICE))?))
+        .unwrap();
+    client_sock.send_to(b"hello", (PRIVATE_HOST, PEER)).unwrap();
+    let (_, from) = recv_within(&peer, 1000).expect("the client's datagram arrives");
+    assert_eq!(from.ip(), std::net::IpAddr::V4(GATEWAY_TARGET_ADDR));
+
+    // The private host now talks to the gateway's service from the same socket.
+    peer.send_to(b"to-service", (GATEWAY_TARGET_ADDR, SERVICE))
+        .unwrap();
+    assert_eq!(
+        recv_within(&service, 1000).map(|r| r.0),
+        Some(b"to-service".to_vec()),
+        "the gateway's service did not get the private host's datagram"
+    );
+    while let Some((got, _)) = recv_within(&client_sock, 300) {
+        assert_ne!(
+            got, b"to-service",
+            "the datagram was diverted to the client"
+        );
+    }
+}
+
+/// Attack 3: the loader refuses an SNAT range that overlaps the kernel's local port range.
+#[test]
+fn snat_range_overlapping_the_local_port_range_is_refused() {
+    require_root();
+    let ns = cvpn_tests::Netns::new("lpr").unwrap();
+    ns.command("sysctl")
+        .args(["-qw", "net.ipv4.ip_local_port_range=1024 65000"])
+        .output()
+        .unwrap();
+    let err = ns
+        .run(|| {
+            Ok(
+                gateway::dataplane::DataPlane::load(gateway::dataplane::DataPlaneConfig::default())
+                    .err()
+                    .map(|e| e.to_string()),
+            )
+        })
+        .unwrap()
+        .expect("an SNAT range inside the local port range must be refused");
+    assert!(err.contains("ip_local_port_range"), "{err}");
+}
+
+/// Attack 5: two endpoints (two data planes, two TUNs) share one target interface; return
+/// traffic one endpoint does not know is passed on to the other's program, so both endpoints'
+/// clients reach the private host at the same time.
+#[test]
+fn two_endpoints_on_one_target_interface_both_work() {
+    require_root();
+    let mut t = Topology::new(TopologyOptions {
+        nat_port_range: (61000, 62999),
+        ..TopologyOptions::default()
+    })
+    .unwrap();
+    let mut second = t.second_endpoint("cvpn1", (63000, 65535)).unwrap();
+    let c1 = t.clients[0].addr;
+    let c2 = second.client.addr;
+    t.dataplane.add_session(c1, 1, &[]).unwrap();
+    second.dataplane.add_session(c2, 2, &[]).unwrap();
+    let allow = policy(&[("10.88.0.0/24", "*")]);
+    t.dataplane.replace_policy(allow.clone()).unwrap();
+    second.dataplane.replace_policy(allow).unwrap();
+    let _echo = cvpn_tests::echo::UdpEcho::start(&t.private, PRIVATE_HOST, 7007).unwrap();
+
+    let run_for = Duration::from_millis(800);
+    let f1 = t.clients[0]
+        .ns
+        .spawn(move || echo_loop((PRIVATE_HOST, 7007), run_for));
+    let f2 = second
+        .client
+        .ns
+        .spawn(move || echo_loop((PRIVATE_HOST, 7007), run_for));
+    let (sent1, ans1) = f1.join().unwrap().unwrap();
+    let (sent2, ans2) = f2.join().unwrap().unwrap();
+    assert!(
+        ans1.len() * 10 >= sent1.len() * 9,
+        "endpoint 1: {} of {} answered",
+        ans1.len(),
+        sent1.len()
+    );
+    assert!(
+        ans2.len() * 10 >= sent2.len() * 9,
+        "endpoint 2: {} of {} answered",
+        ans2.len(),
+        sent2.len()
+    );
+    // A TCP exchange through the second endpoint as well.
+    let listener = t
+        .private
+        .run(move || Ok(TcpListener::bind((PRIVATE_HOST, 8082))?))
+        .unwrap();
+    let server = std::thread::spawn(move || http_server(listener, 1, 100_000));
+    let resp = second
+        .client
+        .ns
+        .run(move || http_get(PRIVATE_HOST, 8082, 1000))
+        .unwrap();
+    server.join().unwrap().unwrap();
+    assert!(resp.contains("uploaded=1000"), "{resp:.200}");
 }

@@ -9,6 +9,10 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
     os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
     time::Duration,
 };
 
@@ -27,9 +31,9 @@ use aya::{
 };
 use gateway_common::{
     AuthEntry, Counter, FlowEvent, GatewayConfig, NatForward, NatKey, NatReverse, RouteEntry,
-    Session, SessionStats, TargetNetwork, COUNTER_COUNT, EVENT_DENIED, EVENT_NAT_FULL,
-    EVENT_NO_ROUTE, EVENT_UNKNOWN_SOURCE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    NAT_FLAG_TCP_CLOSING,
+    Session, SessionStats, TargetNetwork, COUNTER_COUNT, DEFAULT_NAT_PORT_MAX,
+    DEFAULT_NAT_PORT_MIN, DEFAULT_NAT_SESSION_CAP, EVENT_DENIED, EVENT_NAT_FULL, EVENT_NO_ROUTE,
+    EVENT_UNKNOWN_SOURCE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_FLAG_TCP_CLOSING,
 };
 use policy::{compile_routes, compile_rules, group_set, GroupInterner, Policy, Prefix};
 use tracing::{debug, info, warn};
@@ -82,6 +86,23 @@ pub enum DataPlaneError {
     MissingMap(&'static str),
     #[error("route to {destination} names target network {target}, which is not attached")]
     RouteToUnknownTarget { destination: String, target: u32 },
+    #[error("the SNAT port range {min}-{max} is empty or includes port 0: give a range such as {DEFAULT_NAT_PORT_MIN}-{DEFAULT_NAT_PORT_MAX}")]
+    BadSnatRange { min: u16, max: u16 },
+    #[error("the SNAT port range {min}-{max} overlaps the kernel's local port range {local_min}-{local_max} (net.ipv4.ip_local_port_range): the host's own connections could collide with clients' flows. Choose an SNAT range outside it, or move the local range away, e.g. `sysctl -w net.ipv4.ip_local_port_range=\"32768 60999\"` with the default SNAT range {DEFAULT_NAT_PORT_MIN}-{DEFAULT_NAT_PORT_MAX}")]
+    SnatRangeOverlapsLocalPorts {
+        min: u16,
+        max: u16,
+        local_min: u16,
+        local_max: u16,
+    },
+    #[error("another endpoint's data plane already SNATs to {addr} with ports {other_min}-{other_max}, which overlap this one's {min}-{max}: its replies could reach the wrong endpoint's clients. Give each endpoint sharing a target interface its own SNAT port range")]
+    SnatPortsShared {
+        addr: Ipv4Addr,
+        min: u16,
+        max: u16,
+        other_min: u16,
+        other_max: u16,
+    },
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataPlaneError {
@@ -156,8 +177,15 @@ pub struct DataPlaneConfig {
     /// Entries of each NAT table (forward and reverse).
     pub nat_table_size: u32,
     pub max_sessions: u32,
-    /// SNAT ports used when the client's own port is taken (inclusive).
+    /// SNAT ports (inclusive). Must not overlap the kernel's local port range
+    /// (`net.ipv4.ip_local_port_range`, checked at load): the host's own sockets take their
+    /// ports from there, and a client flow holding one of them would receive the host's replies.
+    /// A client's own port is kept only when it lies in this range. Data planes sharing an SNAT
+    /// address (endpoints on one target interface) need disjoint ranges.
     pub nat_port_range: (u16, u16),
+    /// NAT entries one session may hold at once: a client spraying ports is refused new flows
+    /// (counted as NAT full) instead of filling the table for everyone.
+    pub nat_entries_per_session: u32,
     pub nat_timeouts: NatTimeouts,
     pub return_path: ReturnPath,
 }
@@ -169,7 +197,8 @@ impl Default for DataPlaneConfig {
             client_link: ClientLink::Tun,
             nat_table_size: 262_144,
             max_sessions: 65_536,
-            nat_port_range: (1024, 65535),
+            nat_port_range: (DEFAULT_NAT_PORT_MIN, DEFAULT_NAT_PORT_MAX),
+            nat_entries_per_session: DEFAULT_NAT_SESSION_CAP,
             nat_timeouts: NatTimeouts::default(),
             return_path: ReturnPath::Auto,
         }
@@ -386,6 +415,9 @@ pub struct DataPlane {
     targets_map: BpfHashMap<MapData, u32, TargetNetwork>,
     nat_fwd: BpfHashMap<MapData, NatKey, NatForward>,
     nat_rev: BpfHashMap<MapData, NatKey, NatReverse>,
+    /// NAT entries each session created (kernel) and released (daemon): see `gateway_common`.
+    nat_created: BpfHashMap<MapData, [u8; 4], u64>,
+    nat_released: BpfHashMap<MapData, [u8; 4], u64>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<FlowEvents>,
     // Mirrors of what the kernel holds, so updates write only differences.
@@ -400,6 +432,91 @@ pub struct DataPlane {
     target_links: HashMap<String, (TargetLink, usize)>,
     client_link: Option<SchedClassifierLinkId>,
     nr_cpus: usize,
+    /// This data plane's key in [`SNAT_CLAIMS`], and the network namespace it was loaded in.
+    id: u64,
+    netns: u64,
+}
+
+/// SNAT port ranges of the data planes of this process, by network namespace and SNAT address:
+/// (data plane, namespace, address, min, max). Two data planes (endpoints) on one target
+/// interface SNAT to the same address and keep separate NAT tables, so a port both handed out
+/// would send one endpoint's replies to the other's client (the first program in the chain
+/// would match). Overlaps are refused. (Data planes of other processes are not seen.)
+static SNAT_CLAIMS: Mutex<Vec<SnatClaim>> = Mutex::new(Vec::new());
+type SnatClaim = (u64, u64, Ipv4Addr, u16, u16);
+static NEXT_DATAPLANE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The calling thread's network namespace (its inode number; 0 when unknown).
+fn current_netns() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| m.ino())
+        .unwrap_or(0)
+}
+
+/// Claims `min..=max` on `addr` in namespace `netns` for data plane `id`, unless another data
+/// plane holds an overlapping range on the same address there.
+fn claim_snat_ports(
+    id: u64,
+    netns: u64,
+    addr: Ipv4Addr,
+    min: u16,
+    max: u16,
+) -> Result<(), DataPlaneError> {
+    let mut claims = SNAT_CLAIMS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&(.., other_min, other_max)) = claims.iter().find(|(owner, ns, a, lo, hi)| {
+        *owner != id && *ns == netns && *a == addr && *lo <= max && min <= *hi
+    }) {
+        return Err(DataPlaneError::SnatPortsShared {
+            addr,
+            min,
+            max,
+            other_min,
+            other_max,
+        });
+    }
+    if !claims
+        .iter()
+        .any(|(owner, _, a, ..)| *owner == id && *a == addr)
+    {
+        claims.push((id, netns, addr, min, max));
+    }
+    Ok(())
+}
+
+/// Gives up data plane `id`'s claim on `addr` (all of its claims with `None`).
+fn release_snat_ports(id: u64, addr: Option<Ipv4Addr>) {
+    let mut claims = SNAT_CLAIMS.lock().unwrap_or_else(|e| e.into_inner());
+    claims.retain(|(owner, _, a, ..)| !(*owner == id && addr.is_none_or(|x| x == *a)));
+}
+
+/// The kernel's local port range (`net.ipv4.ip_local_port_range`) of the calling thread's
+/// network namespace.
+pub fn kernel_local_port_range() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(|v| v.parse::<u16>().ok());
+    Some((it.next()??, it.next()??))
+}
+
+/// Checks an SNAT port range: not empty, no port 0, disjoint from the local port range.
+pub fn check_snat_range(
+    (min, max): (u16, u16),
+    local: Option<(u16, u16)>,
+) -> Result<(), DataPlaneError> {
+    if min == 0 || max < min {
+        return Err(DataPlaneError::BadSnatRange { min, max });
+    }
+    if let Some((local_min, local_max)) = local {
+        if min <= local_max && local_min <= max {
+            return Err(DataPlaneError::SnatRangeOverlapsLocalPorts {
+                min,
+                max,
+                local_min,
+                local_max,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataPlaneError>
@@ -524,6 +641,11 @@ impl DataPlane {
         if !nix::unistd::geteuid().is_root() {
             return Err(DataPlaneError::NotRoot);
         }
+        let local = kernel_local_port_range();
+        if local.is_none() {
+            warn!("cannot read net.ipv4.ip_local_port_range: the SNAT port range is not checked against it");
+        }
+        check_snat_range(config.nat_port_range, local)?;
         let link = config.client_link.code();
         let mut ebpf = EbpfLoader::new()
             .override_global("CLIENT_LINK", &link, true)
@@ -531,6 +653,8 @@ impl DataPlane {
             .map_max_entries("NAT_REV", config.nat_table_size)
             .map_max_entries("SESSIONS", config.max_sessions)
             .map_max_entries("SESSION_STATS", config.max_sessions)
+            .map_max_entries("NAT_CREATED", config.max_sessions)
+            .map_max_entries("NAT_RELEASED", config.max_sessions)
             .load(EBPF_OBJECT)
             .map_err(DataPlaneError::Load)?;
         for program in [PROG_CLIENT, PROG_TARGET] {
@@ -571,6 +695,8 @@ impl DataPlane {
             targets_map: take(&mut ebpf, "TARGETS")?,
             nat_fwd: take(&mut ebpf, "NAT_FWD")?,
             nat_rev: take(&mut ebpf, "NAT_REV")?,
+            nat_created: take(&mut ebpf, "NAT_CREATED")?,
+            nat_released: take(&mut ebpf, "NAT_RELEASED")?,
             counters: take(&mut ebpf, "COUNTERS")?,
             events: Some(FlowEvents {
                 ring: take(&mut ebpf, "EVENTS")?,
@@ -586,6 +712,8 @@ impl DataPlane {
             target_links: HashMap::new(),
             client_link: None,
             nr_cpus,
+            id: NEXT_DATAPLANE_ID.fetch_add(1, Ordering::Relaxed),
+            netns: current_netns(),
             config,
         };
         let client_ifindex = match &dp.config.client_interface {
@@ -596,6 +724,7 @@ impl DataPlane {
             client_ifindex,
             nat_port_min: dp.config.nat_port_range.0,
             nat_port_max: dp.config.nat_port_range.1,
+            nat_session_cap: dp.config.nat_entries_per_session.max(1),
         };
         let mut config_map: Array<MapData, GatewayConfig> = take(&mut dp.ebpf, "CONFIG")?;
         config_map.set(0, cfg, 0).map_err(map_err("CONFIG"))?;
@@ -673,6 +802,14 @@ impl DataPlane {
         self.stats_map
             .insert(key, zero, 0)
             .map_err(map_err("SESSION_STATS"))?;
+        // The NAT cap counts from zero for every session (without these the kernel gives the
+        // session no NAT entries).
+        self.nat_released
+            .insert(key, 0, 0)
+            .map_err(map_err("NAT_RELEASED"))?;
+        self.nat_created
+            .insert(key, 0, 0)
+            .map_err(map_err("NAT_CREATED"))?;
         let session = Session {
             session_id,
             groups: group_set(groups, self.groups.current()),
@@ -691,7 +828,9 @@ impl DataPlane {
         Ok(())
     }
 
-    /// Removes a session; its packets are dropped from now on. Returns its final counters.
+    /// Removes a session; its packets are dropped from now on, and its NAT entries are gone
+    /// when this returns, so the address can be handed out again without the next session
+    /// inheriting a flow. Returns its final counters.
     pub fn remove_session(
         &mut self,
         addr: Ipv4Addr,
@@ -700,14 +839,44 @@ impl DataPlane {
         if self.sessions.remove(&addr).is_none() {
             return Ok(None);
         }
+        // 1. No new packets (and so no new NAT entries) from the address.
         match self.sessions_map.remove(&key) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err("SESSIONS")(e)),
         }
+        // 2. Its NAT entries, then its cap counters.
+        let removed = self.remove_nat_of(key);
+        let _ = self.nat_created.remove(&key);
+        let _ = self.nat_released.remove(&key);
         let counters = self.session_counters(addr)?;
         let _ = self.stats_map.remove(&key);
-        debug!(%addr, "session removed");
+        debug!(%addr, nat_entries = removed, "session removed");
         Ok(counters)
+    }
+
+    /// Deletes every NAT entry (both tables) of the client at `addr`; returns how many reverse
+    /// entries went. A walk of both tables: proportional to the NAT entries held.
+    fn remove_nat_of(&mut self, addr: [u8; 4]) -> usize {
+        let rev: Vec<NatKey> = self
+            .nat_rev
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, r)| r.client_addr == addr)
+            .map(|(k, _)| k)
+            .collect();
+        let fwd: Vec<NatKey> = self
+            .nat_fwd
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.addr == addr)
+            .collect();
+        for k in &rev {
+            let _ = self.nat_rev.remove(k);
+        }
+        for k in &fwd {
+            let _ = self.nat_fwd.remove(k);
+        }
+        rev.len()
     }
 
     pub fn session_counters(
@@ -828,10 +997,25 @@ impl DataPlane {
             None => interface_ipv4(&spec.interface)
                 .ok_or_else(|| DataPlaneError::NoSnatAddress(spec.interface.clone()))?,
         };
+        claim_snat_ports(
+            self.id,
+            self.netns,
+            snat_addr,
+            self.config.nat_port_range.0,
+            self.config.nat_port_range.1,
+        )?;
         if let Some((_, users)) = self.target_links.get_mut(&spec.interface) {
             *users += 1;
         } else {
-            let link = self.attach_return_path(&spec.interface)?;
+            let link = match self.attach_return_path(&spec.interface) {
+                Ok(link) => link,
+                Err(e) => {
+                    if !self.targets.values().any(|t| t.snat_addr == snat_addr) {
+                        release_snat_ports(self.id, Some(snat_addr));
+                    }
+                    return Err(e);
+                }
+            };
             self.target_links.insert(spec.interface.clone(), (link, 1));
         }
         self.targets_map
@@ -883,6 +1067,13 @@ impl DataPlane {
                 }
             }
         }
+        if !self
+            .targets
+            .values()
+            .any(|t| t.snat_addr == state.snat_addr)
+        {
+            release_snat_ports(self.id, Some(state.snat_addr));
+        }
         info!(id, interface = %state.interface, "target network removed");
         Ok(())
     }
@@ -918,7 +1109,7 @@ impl DataPlane {
                     return Err(DataPlaneError::Attach {
                         program: PROG_TARGET_XDP,
                         interface: interface.to_string(),
-                        detail: format!("XDP driver mode: {e}"),
+                        detail: format!("XDP driver mode: {e} (an interface holds one XDP program: when another endpoint's return path is there, use the TC return path)"),
                     });
                 }
                 Err(e) => {
@@ -1036,8 +1227,12 @@ impl DataPlane {
                 live_fwd.insert(fwd_key);
             }
         }
+        let mut released: HashMap<[u8; 4], u64> = HashMap::new();
         for (rev_key, fwd_key, orphan) in doomed {
-            let _ = self.nat_rev.remove(&rev_key);
+            // A live session's entry no longer counts against its cap.
+            if self.nat_rev.remove(&rev_key).is_ok() && !orphan {
+                *released.entry(fwd_key.addr).or_default() += 1;
+            }
             // Only when the forward entry still points at this reverse entry.
             if let Ok(f) = self.nat_fwd.get(&fwd_key, 0) {
                 if f.snat_addr == rev_key.addr && f.snat_port == rev_key.port {
@@ -1074,6 +1269,12 @@ impl DataPlane {
             .collect();
         for k in stray {
             let _ = self.nat_fwd.remove(&k);
+        }
+        // Only the daemon writes NAT_RELEASED, so read-add-write is race-free.
+        for (addr, n) in released {
+            if let Ok(before) = self.nat_released.get(&addr, 0) {
+                let _ = self.nat_released.insert(addr, before + n, 0);
+            }
         }
         report.remaining = live_fwd.len();
         report
@@ -1149,5 +1350,62 @@ impl Drop for DataPlane {
             targets = self.target_links.len(),
             "detaching data-plane programs"
         );
+        release_snat_ports(self.id, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snat_range_must_be_disjoint_from_the_local_port_range() {
+        let local = Some((32768, 60999));
+        assert!(check_snat_range((61000, 65535), local).is_ok());
+        assert!(check_snat_range((20000, 20999), local).is_ok());
+        assert!(check_snat_range((61000, 65535), None).is_ok());
+        for bad in [
+            (1024, 65535),
+            (60999, 65535),
+            (30000, 32768),
+            (40000, 41000),
+        ] {
+            let err = check_snat_range(bad, local).unwrap_err().to_string();
+            assert!(err.contains("ip_local_port_range"), "{bad:?}: {err}");
+        }
+        assert!(matches!(
+            check_snat_range((0, 10), local),
+            Err(DataPlaneError::BadSnatRange { .. })
+        ));
+        assert!(matches!(
+            check_snat_range((65000, 64000), local),
+            Err(DataPlaneError::BadSnatRange { .. })
+        ));
+    }
+
+    #[test]
+    fn data_planes_sharing_an_snat_address_need_disjoint_port_ranges() {
+        let addr = Ipv4Addr::new(192, 0, 2, 1);
+        let other = Ipv4Addr::new(192, 0, 2, 2);
+        let (a, b) = (u64::MAX - 1, u64::MAX - 2);
+        claim_snat_ports(a, 7, addr, 61000, 62999).unwrap();
+        claim_snat_ports(a, 7, addr, 61000, 62999).unwrap(); // the same data plane again
+        assert!(matches!(
+            claim_snat_ports(b, 7, addr, 62000, 65535),
+            Err(DataPlaneError::SnatPortsShared { .. })
+        ));
+        claim_snat_ports(b, 7, addr, 63000, 65535).unwrap();
+        claim_snat_ports(b, 7, other, 61000, 65535).unwrap();
+        // The same address in another network namespace is another address.
+        claim_snat_ports(u64::MAX - 3, 8, addr, 61000, 65535).unwrap();
+        release_snat_ports(u64::MAX - 3, None);
+        release_snat_ports(a, None);
+        claim_snat_ports(b, 7, addr, 63000, 65535).unwrap();
+        release_snat_ports(b, None);
+        assert!(SNAT_CLAIMS
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(o, ..)| *o != a && *o != b && *o != u64::MAX - 3));
     }
 }
