@@ -50,13 +50,16 @@ const LIVE_FIELDS: &[&str] = &[
 ];
 
 /// The settings of an endpoint that apply without a restart.
-fn live_settings(ep: &crate::storage::Endpoint) -> Result<LiveSettings> {
+fn live_settings(
+    ep: &crate::storage::Endpoint,
+    policy: &crate::storage::HandlerPolicy,
+) -> Result<LiveSettings> {
     let connect_handler = match (
         &ep.client_connect_options.enabled,
         &ep.client_connect_options.handler,
     ) {
         (true, Some(h)) => Some(Arc::new(
-            crate::connect_handler::ConnectHandler::new(h)
+            crate::connect_handler::ConnectHandler::new(h, policy)
                 .map_err(|e| anyhow!("client connect handler: {e}"))?,
         )),
         _ => None,
@@ -109,6 +112,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         Store::open(StoreOptions {
             retention: config.retention,
             quotas: config.quotas,
+            handler_policy: config.connect_handler.clone(),
             ..StoreOptions::in_dir(&config.data_dir)
         })
         .map_err(|e| anyhow!("{e}"))
@@ -321,7 +325,7 @@ impl Daemon {
             print_log_lines: ep.connection_log_options.enabled
                 && ep.connection_log_options.stdout
                 && !c.log.stdout,
-            live: live_settings(&ep)?,
+            live: live_settings(&ep, &c.connect_handler)?,
         };
         Ok((settings, fingerprint))
     }
@@ -489,7 +493,7 @@ impl Daemon {
                             revoked_serials: revoked,
                         })
                         .await;
-                        match live_settings(&ep) {
+                        match live_settings(&ep, &self.config.connect_handler) {
                             Ok(live) => {
                                 self.command(&id, ServerCommand::LiveSettings(live));
                             }
@@ -538,7 +542,7 @@ impl Daemon {
                             .store
                             .describe_endpoint(&endpoint_id)
                             .map_err(|e| anyhow!("{e}"))
-                            .and_then(|ep| live_settings(&ep))
+                            .and_then(|ep| live_settings(&ep, &self.config.connect_handler))
                         {
                             Ok(live) => {
                                 self.command(&endpoint_id, ServerCommand::LiveSettings(live));

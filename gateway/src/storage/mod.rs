@@ -84,6 +84,9 @@ pub struct StoreOptions {
     pub retention: Duration,
     /// The current time.
     pub clock: Clock,
+    /// Which client connect handlers endpoints may name (`[connect_handler]` of the daemon
+    /// configuration): create and modify refuse others.
+    pub handler_policy: HandlerPolicy,
 }
 
 impl Default for StoreOptions {
@@ -93,6 +96,7 @@ impl Default for StoreOptions {
             quotas: Quotas::default(),
             retention: DEFAULT_RETENTION,
             clock: Arc::new(Timestamp::now),
+            handler_policy: HandlerPolicy::default(),
         }
     }
 }
@@ -113,6 +117,7 @@ impl fmt::Debug for StoreOptions {
             .field("data_dir", &self.data_dir)
             .field("quotas", &self.quotas)
             .field("retention", &self.retention)
+            .field("handler_policy", &self.handler_policy)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +129,7 @@ pub struct Store {
     quotas: Quotas,
     retention_secs: i64,
     clock: Clock,
+    handler_policy: HandlerPolicy,
 }
 
 impl fmt::Debug for Store {
@@ -608,12 +614,18 @@ impl Store {
             quotas: options.quotas,
             retention_secs: i64::try_from(options.retention.as_secs()).unwrap_or(i64::MAX),
             clock: options.clock,
+            handler_policy: options.handler_policy,
         })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The client connect handlers endpoints may name.
+    pub fn handler_policy(&self) -> &HandlerPolicy {
+        &self.handler_policy
     }
 
     /// The quotas in force.
@@ -708,6 +720,7 @@ impl Store {
         let connect = validate::client_connect(
             "client-connect-options",
             &req.client_connect_options.clone().unwrap_or_default(),
+            &self.handler_policy,
         )?;
         let log = req.connection_log_options.clone().unwrap_or_default();
         let portal = validate::self_service_portal(
@@ -851,7 +864,9 @@ impl Store {
             );
             let connect = match &req.client_connect_options {
                 None => cur.client_connect_options.clone(),
-                Some(c) => validate::client_connect("client-connect-options", c)?,
+                Some(c) => {
+                    validate::client_connect("client-connect-options", c, &self.handler_policy)?
+                }
             };
             mark(
                 "client-connect-options",
