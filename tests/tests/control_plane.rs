@@ -1097,18 +1097,66 @@ fn the_api_over_tls_needs_the_bearer_token() {
     let api_cert = net.ca.server("127.0.0.1").unwrap();
     let d = net.dir.0.clone();
     let w = |name: &str, text: &str| cvpn_tests::pki::write(&d, name, text).unwrap();
+    const TOKEN: &str = "3f9a1c0d5e7b2a4968f1c3e5a7b9d0f2";
     let (cert, key, ca, token) = (
         w("api.crt", &api_cert.cert),
         w("api.key", &api_cert.key),
         w("api-ca.crt", &net.ca.cert_pem()),
-        w("api.token", "tok-3f9a1c\n"),
+        w("api.token", &format!("{TOKEN}\n")),
     );
-    let config = w(
-        "cvpn.toml",
-        &format!("[api]\ntcp_listen = \"127.0.0.1:8443\"\ntls_cert = {cert:?}\ntls_key = {key:?}\ntoken_file = {token:?}\n"),
-    );
-    let daemon = StoreDaemon::start_with_config(&net.gateway, &data.0, Some(&config)).unwrap();
+    let config = |token: &std::path::Path| {
+        w(
+            "cvpn.toml",
+            &format!("[api]\ntcp_listen = \"127.0.0.1:8443\"\ntls_cert = {cert:?}\ntls_key = {key:?}\ntoken_file = {token:?}\n"),
+        )
+    };
     let bin = cvpn_tests::gateway::cvpn_binary().unwrap();
+    // The daemon refuses to start with a token file others can read, or a short token.
+    let chmod = |p: &std::path::Path, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let short = w("short.token", "tok-3f9a1c\n");
+    chmod(&short, 0o600);
+    chmod(&token, 0o644);
+    for (file, needle) in [
+        (&token, format!("chmod 600 {}", token.display())),
+        (&short, "openssl rand -hex 32".to_string()),
+    ] {
+        let cfg = config(file);
+        let mut child = net
+            .gateway
+            .command(bin.to_str().unwrap())
+            .args(["serve", "--data-dir"])
+            .arg(&data.0)
+            .arg("--api-socket")
+            .arg(data.0.join("api.sock"))
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon started with the token file {}", file.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{stderr}");
+        assert!(stderr.contains(&needle), "{needle:?} not in: {stderr}");
+    }
+    chmod(&token, 0o600);
+    let config = config(&token);
+    let daemon = StoreDaemon::start_with_config(&net.gateway, &data.0, Some(&config)).unwrap();
     // The CLI runs in the gateway's namespace, where 127.0.0.1:8443 is the daemon.
     let remote = |token: &str| {
         net.gateway
@@ -1125,7 +1173,7 @@ fn the_api_over_tls_needs_the_bearer_token() {
             .output()
             .unwrap()
     };
-    let good = remote("tok-3f9a1c");
+    let good = remote(TOKEN);
     assert!(
         good.status.success(),
         "{}",

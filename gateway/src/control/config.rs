@@ -13,7 +13,7 @@
 //! # tcp_listen = "0.0.0.0:8443"      # optional remote API: TLS + bearer token
 //! # tls_cert = "/etc/cvpn/api.crt"
 //! # tls_key = "/etc/cvpn/api.key"
-//! # token_file = "/etc/cvpn/api.token"
+//! # token_file = "/etc/cvpn/api.token" # mode 0600, >= 32 characters (openssl rand -hex 32)
 //!
 //! [log]
 //! stdout = false                     # also print connection- and flow-log lines on stdout

@@ -108,6 +108,11 @@ pub fn tun_name(endpoint_id: &str) -> String {
 /// is told to reconnect, the kernel programs are detached and the API socket is removed.
 /// Must run inside a [`tokio::task::LocalSet`] (the endpoints' event loops are local tasks).
 pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    // The remote API's token first: a daemon that would serve it badly does not start at all.
+    let token = match &config.api.tcp {
+        Some(tcp) => Some(crate::api::serve::read_token_file(&tcp.token_file)?),
+        None => None,
+    };
     let store = Arc::new(
         Store::open(StoreOptions {
             retention: config.retention,
@@ -158,12 +163,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         stopped(api_stop.clone()),
     ))];
     info!(socket = %config.api.socket.display(), "API listening");
-    if let Some(tcp) = &config.api.tcp {
+    if let (Some(tcp), Some(token)) = (&config.api.tcp, token) {
         let tls = api_tls_config(tcp)?;
-        let token = std::fs::read_to_string(&tcp.token_file)
-            .with_context(|| format!("reading the API token file {}", tcp.token_file.display()))?
-            .trim()
-            .to_string();
         let listener = tokio::net::TcpListener::bind(tcp.listen)
             .await
             .with_context(|| format!("binding the API's TLS listener {}", tcp.listen))?;

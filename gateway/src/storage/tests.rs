@@ -2144,3 +2144,111 @@ fn connect_handlers_follow_the_daemon_configuration() {
         .unwrap_err();
     assert!(e.message.contains("outside the handler directory"), "{e}");
 }
+
+#[test]
+fn modes_of_the_data_directory_and_database_files_are_enforced_at_every_start() {
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let chmod = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    // The function alone: every file with another mode is fixed and reported.
+    let bare = TempDir::new("modes");
+    std::fs::create_dir_all(&bare.0).unwrap();
+    chmod(&bare.0, 0o755);
+    for suffix in ["", "-wal", "-shm"] {
+        let f = bare.0.join(format!("{DB_FILE_NAME}{suffix}"));
+        std::fs::write(&f, b"").unwrap();
+        chmod(&f, 0o644);
+    }
+    let fixed = enforce_private_modes(&bare.0).unwrap();
+    assert_eq!(fixed.len(), 4, "{fixed:?}");
+    assert!(
+        fixed[0].contains("0755") && fixed[0].contains("0700"),
+        "{fixed:?}"
+    );
+    assert_eq!(mode(&bare.0), 0o700);
+    for suffix in ["", "-wal", "-shm"] {
+        assert_eq!(mode(&bare.0.join(format!("{DB_FILE_NAME}{suffix}"))), 0o600);
+    }
+    assert!(
+        enforce_private_modes(&bare.0).unwrap().is_empty(),
+        "nothing left to fix"
+    );
+
+    // Through a restart of the store: a directory and database made readable to others
+    // between two runs are private again once it is open, WAL and shared memory included.
+    let fx = Fx::new();
+    let dir = fx.dir.0.clone();
+    fx.endpoint();
+    drop(fx.store);
+    chmod(&dir, 0o755);
+    chmod(&dir.join(DB_FILE_NAME), 0o644);
+    let store = Store::open(StoreOptions::in_dir(&dir)).unwrap();
+    store.create_endpoint(&fx.pki.create()).unwrap();
+    assert_eq!(mode(&dir), 0o700);
+    for suffix in ["", "-wal", "-shm"] {
+        let f = dir.join(format!("{DB_FILE_NAME}{suffix}"));
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+}
+
+#[test]
+fn deleted_private_keys_are_scrubbed_from_the_database_files() {
+    let fx = Fx::new();
+    // A line of the key's base64 body: found in the files only if the key is.
+    let marker = fx
+        .pki
+        .server_key
+        .lines()
+        .nth(2)
+        .expect("a PEM key has several lines")
+        .to_string();
+    assert!(marker.len() >= 40, "{marker}");
+    let find = |what: &str| {
+        let mut hits = Vec::new();
+        for suffix in ["", "-wal"] {
+            let f = fx.dir.0.join(format!("{DB_FILE_NAME}{suffix}"));
+            let bytes = std::fs::read(&f).unwrap_or_default();
+            if bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                hits.push(format!("{what}: {}", f.display()));
+            }
+        }
+        hits
+    };
+    let checkpoint = || {
+        let (busy, _, _): (i64, i64, i64) = fx
+            .store
+            .lock()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(busy, 0, "the checkpoint completed");
+    };
+    // A row larger than a page (as with an RSA key and chain) keeps its tail, the key included,
+    // in overflow pages: without secure_delete the freed ones keep their bytes in the file.
+    let mut req = fx.pki.create();
+    req.client_login_banner_options = Some(ClientLoginBannerOptions {
+        enabled: true,
+        banner_text: Some("é".repeat(1400)),
+    });
+    let eid = fx
+        .store
+        .create_endpoint(&req)
+        .unwrap()
+        .client_vpn_endpoint_id;
+    checkpoint();
+    assert!(!find("stored").is_empty(), "the test sees a stored key");
+    assert_eq!(fx.store.secure_delete().unwrap(), true);
+
+    fx.store.delete_endpoint(&eid).unwrap();
+    fx.store.finish_endpoint_deletion(&eid).unwrap();
+    checkpoint();
+    let hits = find("after deletion");
+    assert!(hits.is_empty(), "the deleted key is still in {hits:?}");
+    // The row itself, once past the retention period.
+    fx.advance(DEFAULT_RETENTION.as_secs() as i64 + 60);
+    fx.store.prune().unwrap();
+    checkpoint();
+    assert!(find("after prune").is_empty());
+}
