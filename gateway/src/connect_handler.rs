@@ -10,7 +10,6 @@
 //! to the user), `posture-compliance-statuses` (at most 10, written to the connection log),
 //! `schema-version`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use hyper::Method;
@@ -19,6 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cli::client::{send, ApiRequest, ClientError, Target};
 use crate::connlog::FailureReason;
+use crate::storage::validate::{self, HandlerTarget};
+use crate::storage::HandlerPolicy;
 
 /// The longest a handler may take (AWS's cap).
 pub const HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,6 +74,9 @@ pub enum HandlerError {
     /// The webhook could not be reached or answered with an HTTP error.
     #[error("the client connect webhook failed: {0}")]
     Service(String),
+    /// The daemon configuration does not allow this handler (`[connect_handler]`).
+    #[error("the client connect handler is not allowed: {0}")]
+    NotAllowed(String),
 }
 
 impl HandlerError {
@@ -80,7 +84,7 @@ impl HandlerError {
     pub fn reason(&self) -> FailureReason {
         let code = match self {
             HandlerError::TimedOut(_) => FailureReason::CLIENT_CONNECT_HANDLER_TIMED_OUT,
-            HandlerError::Execution(_) => {
+            HandlerError::Execution(_) | HandlerError::NotAllowed(_) => {
                 FailureReason::CLIENT_CONNECT_HANDLER_OTHER_EXECUTION_ERROR
             }
             HandlerError::InvalidResponse(_) => {
@@ -94,12 +98,11 @@ impl HandlerError {
 
 #[derive(Clone, Debug)]
 enum Kind {
-    Executable(PathBuf),
+    /// The path as configured: checked against the policy again before every call, since
+    /// the file system may have changed since (a symbolic link replaced, a mode changed).
+    Executable { spec: String, policy: HandlerPolicy },
     /// Where to POST (TLS verified with the system's CA bundle for https), and the path.
-    Webhook {
-        target: Target,
-        path: String,
-    },
+    Webhook { target: Target, path: String },
 }
 
 /// A configured handler (the endpoint's `client-connect-options.handler`).
@@ -110,34 +113,27 @@ pub struct ConnectHandler {
 }
 
 impl ConnectHandler {
-    /// An `http(s)://host[:port]/path` URL or the absolute path of an executable (the store has
-    /// validated the form).
-    pub fn new(spec: &str) -> Result<ConnectHandler, HandlerError> {
-        let bad = || {
-            HandlerError::Execution(format!(
-                "{spec:?} is neither an http(s) URL nor an absolute path"
-            ))
-        };
-        let kind = if spec.starts_with('/') {
-            Kind::Executable(PathBuf::from(spec))
-        } else {
-            let (https, rest) = match (spec.strip_prefix("https://"), spec.strip_prefix("http://"))
-            {
-                (Some(r), _) => (true, r),
-                (None, Some(r)) => (false, r),
-                _ => return Err(bad()),
-            };
-            let (authority, path) = match rest.find('/') {
-                Some(i) => (&rest[..i], rest[i..].to_string()),
-                None => (rest, "/".to_string()),
-            };
-            let target = if https {
-                Target::https(&format!("https://{authority}"), None, None)
-            } else {
-                Target::http(authority)
+    /// An `http(s)://host[:port]/path` URL or the absolute path of an executable, if the
+    /// daemon configuration's `policy` allows it (see [`validate::check_handler`]).
+    pub fn new(spec: &str, policy: &HandlerPolicy) -> Result<ConnectHandler, HandlerError> {
+        let kind = match validate::check_handler(spec, policy).map_err(HandlerError::NotAllowed)? {
+            HandlerTarget::Executable(_) => Kind::Executable {
+                spec: spec.to_string(),
+                policy: policy.clone(),
+            },
+            HandlerTarget::Webhook { https, rest } => {
+                let (authority, path) = match rest.find('/') {
+                    Some(i) => (&rest[..i], rest[i..].to_string()),
+                    None => (rest.as_str(), "/".to_string()),
+                };
+                let target = if https {
+                    Target::https(&format!("https://{authority}"), None, None)
+                } else {
+                    Target::http(authority)
+                }
+                .map_err(|e| HandlerError::Service(e.to_string()))?;
+                Kind::Webhook { target, path }
             }
-            .map_err(|e| HandlerError::Service(e.to_string()))?;
-            Kind::Webhook { target, path }
         };
         Ok(ConnectHandler {
             kind,
@@ -163,8 +159,17 @@ impl ConnectHandler {
 
     async fn exchange(&self, body: &serde_json::Value) -> Result<Vec<u8>, HandlerError> {
         match &self.kind {
-            Kind::Executable(path) => {
-                let mut child = tokio::process::Command::new(path)
+            Kind::Executable { spec, policy } => {
+                let path = match validate::check_handler(spec, policy) {
+                    Ok(HandlerTarget::Executable(p)) => p,
+                    Ok(HandlerTarget::Webhook { .. }) => {
+                        return Err(HandlerError::NotAllowed(format!(
+                            "{spec:?} is not an executable"
+                        )))
+                    }
+                    Err(e) => return Err(HandlerError::NotAllowed(e)),
+                };
+                let mut child = tokio::process::Command::new(&path)
                     .stdin(std::process::Stdio::piped())
                     .stdout(std::process::Stdio::piped())
                     .stderr(std::process::Stdio::null())
@@ -175,13 +180,18 @@ impl ConnectHandler {
                     // A handler that does not read its input is its own business.
                     let _ = stdin.write_all(body.to_string().as_bytes()).await;
                 }
+                // At most one byte past the limit: a handler that writes more is refused at
+                // once (and killed when `child` drops), not read to its end.
                 let mut out = Vec::new();
                 if let Some(stdout) = child.stdout.take() {
                     stdout
-                        .take(MAX_RESPONSE_BYTES as u64)
+                        .take(MAX_RESPONSE_BYTES as u64 + 1)
                         .read_to_end(&mut out)
                         .await
                         .map_err(|e| HandlerError::Execution(format!("reading its answer: {e}")))?;
+                }
+                if out.len() > MAX_RESPONSE_BYTES {
+                    return Err(too_large());
                 }
                 let status = child
                     .wait()
@@ -196,15 +206,25 @@ impl ConnectHandler {
                 Ok(out)
             }
             Kind::Webhook { target, path } => {
-                let req = ApiRequest::new(Method::POST, path.clone()).json(body);
+                let req = ApiRequest::new(Method::POST, path.clone())
+                    .json(body)
+                    .max_body(MAX_RESPONSE_BYTES);
                 match send(target, req).await {
                     Ok(reply) => Ok(reply.body.to_vec()),
                     Err(ClientError::Timeout) => Err(HandlerError::TimedOut(self.timeout)),
+                    Err(ClientError::TooLarge { .. }) => Err(too_large()),
                     Err(e) => Err(HandlerError::Service(e.to_string())),
                 }
             }
         }
     }
+}
+
+fn too_large() -> HandlerError {
+    HandlerError::InvalidResponse(format!(
+        "larger than {MAX_RESPONSE_BYTES} bytes (reading stopped there); answer with the \
+         contract's small JSON object"
+    ))
 }
 
 /// Checks an answer against the contract.
@@ -261,6 +281,27 @@ mod tests {
         p.to_str().unwrap().to_string()
     }
 
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("cvpn-hook-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn exe_policy(dir: &std::path::Path) -> HandlerPolicy {
+        HandlerPolicy {
+            executable_dir: Some(dir.to_path_buf()),
+            allow_http: false,
+        }
+    }
+
+    fn allow_http() -> HandlerPolicy {
+        HandlerPolicy {
+            executable_dir: None,
+            allow_http: true,
+        }
+    }
+
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -309,15 +350,15 @@ mod tests {
 
     #[test]
     fn an_executable_gets_the_request_and_its_answer_counts() {
-        let dir = std::env::temp_dir().join(format!("cvpn-hook-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("exe");
         // Allows members of engineering only, reading the request from stdin.
         let allow = script(
             &dir,
             "allow.sh",
             r#"if grep -q '"engineering"'; then echo '{"allow": true, "posture-compliance-statuses": ["ok"]}'; else echo '{"allow": false, "error-msg-on-denied-connection": "no"}'; fi"#,
         );
-        let h = ConnectHandler::new(&allow).unwrap();
+        let policy = exe_policy(&dir);
+        let h = ConnectHandler::new(&allow, &policy).unwrap();
         let r = rt().block_on(h.call(&request())).unwrap();
         assert!(r.allow);
         assert_eq!(r.posture_compliance_statuses, ["ok"]);
@@ -327,7 +368,11 @@ mod tests {
 
         let failing = script(&dir, "fail.sh", "exit 3");
         let e = rt()
-            .block_on(ConnectHandler::new(&failing).unwrap().call(&request()))
+            .block_on(
+                ConnectHandler::new(&failing, &policy)
+                    .unwrap()
+                    .call(&request()),
+            )
             .unwrap_err();
         assert_eq!(
             e.reason().code,
@@ -338,7 +383,7 @@ mod tests {
         let started = std::time::Instant::now();
         let e = rt()
             .block_on(
-                ConnectHandler::new(&slow)
+                ConnectHandler::new(&slow, &policy)
                     .unwrap()
                     .with_timeout(Duration::from_millis(300))
                     .call(&request()),
@@ -349,8 +394,8 @@ mod tests {
             FailureReason::CLIENT_CONNECT_HANDLER_TIMED_OUT
         );
         assert!(started.elapsed() < Duration::from_secs(2), "the cap holds");
-        let missing = ConnectHandler::new("/nonexistent/handler").unwrap();
-        assert!(rt().block_on(missing.call(&request())).is_err());
+        let e = ConnectHandler::new(&format!("{}/missing.sh", dir.display()), &policy).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -394,7 +439,11 @@ mod tests {
             }
             seen
         });
-        let h = ConnectHandler::new(&format!("http://127.0.0.1:{port}/hooks/connect")).unwrap();
+        let h = ConnectHandler::new(
+            &format!("http://127.0.0.1:{port}/hooks/connect"),
+            &allow_http(),
+        )
+        .unwrap();
         assert!(rt().block_on(h.call(&request())).unwrap().allow);
         let e = rt().block_on(h.call(&request())).unwrap_err();
         assert_eq!(
@@ -413,11 +462,16 @@ mod tests {
 
     #[test]
     fn handler_specs_parse() {
+        let dir = temp_dir("specs");
+        let exe = script(&dir, "x", "true");
         assert!(matches!(
-            ConnectHandler::new("/usr/bin/x").unwrap().kind,
-            Kind::Executable(_)
+            ConnectHandler::new(&exe, &exe_policy(&dir)).unwrap().kind,
+            Kind::Executable { .. }
         ));
-        match ConnectHandler::new("http://10.0.0.1:8080").unwrap().kind {
+        match ConnectHandler::new("http://10.0.0.1:8080", &allow_http())
+            .unwrap()
+            .kind
+        {
             Kind::Webhook { target, path } => {
                 assert_eq!(
                     (target.describe().as_str(), path.as_str()),
@@ -426,7 +480,7 @@ mod tests {
             }
             k => panic!("{k:?}"),
         }
-        match ConnectHandler::new("http://[fd00::1]/hooks/connect")
+        match ConnectHandler::new("http://[fd00::1]/hooks/connect", &allow_http())
             .unwrap()
             .kind
         {
@@ -439,7 +493,10 @@ mod tests {
             k => panic!("{k:?}"),
         }
         // https verifies with the system's CA bundle, read once here.
-        match ConnectHandler::new("https://hooks.example.com/connect") {
+        match ConnectHandler::new(
+            "https://hooks.example.com/connect",
+            &HandlerPolicy::default(),
+        ) {
             Ok(ConnectHandler {
                 kind: Kind::Webhook { target, path },
                 ..
@@ -452,7 +509,168 @@ mod tests {
             Ok(h) => panic!("{h:?}"),
             Err(e) => assert!(e.to_string().contains("CA certificates"), "{e}"),
         }
-        assert!(ConnectHandler::new("ftp://x").is_err());
-        assert!(ConnectHandler::new("http://:80/x").is_err());
+        assert!(ConnectHandler::new("ftp://x", &allow_http()).is_err());
+        assert!(ConnectHandler::new("http://:80/x", &allow_http()).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn executables_are_refused_without_executable_dir() {
+        let dir = temp_dir("nodir");
+        let exe = script(&dir, "allow.sh", r#"echo '{"allow": true}'"#);
+        let e = ConnectHandler::new(&exe, &HandlerPolicy::default()).unwrap_err();
+        assert_eq!(
+            e.reason().code,
+            FailureReason::CLIENT_CONNECT_HANDLER_OTHER_EXECUTION_ERROR
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("[connect_handler]") && text.contains("executable_dir"),
+            "the error names the key to set: {text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn executables_outside_the_directory_are_refused_dotdot_and_symlinks_included() {
+        let root = temp_dir("escape");
+        let allowed = root.join("handlers");
+        std::fs::create_dir_all(&allowed).unwrap();
+        let outside = script(&root, "outside.sh", r#"echo '{"allow": true}'"#);
+        let policy = exe_policy(&allowed);
+        let refused = |spec: &str| {
+            let e = ConnectHandler::new(spec, &policy).unwrap_err();
+            assert!(matches!(e, HandlerError::NotAllowed(_)), "{spec}: {e}");
+            e.to_string()
+        };
+        // Straight outside, through `..`, through a symbolic link inside the directory, and a
+        // sibling directory whose name starts with the allowed one's.
+        assert!(refused(&outside).contains("outside the handler directory"));
+        refused(&format!("{}/../outside.sh", allowed.display()));
+        let link = allowed.join("link.sh");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        refused(link.to_str().unwrap());
+        let sibling = root.join("handlers2");
+        std::fs::create_dir_all(&sibling).unwrap();
+        refused(&script(&sibling, "s.sh", "true"));
+        // Inside, but writable by others, or not executable.
+        let writable = script(&allowed, "w.sh", "true");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(refused(&writable).contains("chmod go-w"));
+        let plain = allowed.join("plain.sh");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(refused(plain.to_str().unwrap()).contains("not an executable"));
+
+        // Allowed when configured, and checked again on use: a handler later replaced by a
+        // link leading out is refused then (the connection fails closed).
+        let inside = script(&allowed, "inside.sh", r#"echo '{"allow": true}'"#);
+        let h = ConnectHandler::new(&inside, &policy).unwrap();
+        assert!(rt().block_on(h.call(&request())).unwrap().allow);
+        std::fs::remove_file(&inside).unwrap();
+        std::os::unix::fs::symlink(&outside, &inside).unwrap();
+        let e = rt().block_on(h.call(&request())).unwrap_err();
+        assert!(matches!(e, HandlerError::NotAllowed(_)), "{e}");
+        assert_eq!(
+            e.reason().code,
+            FailureReason::CLIENT_CONNECT_HANDLER_OTHER_EXECUTION_ERROR
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn http_webhooks_need_allow_http_and_https_is_always_allowed() {
+        let e = ConnectHandler::new("http://127.0.0.1:8080/hook", &HandlerPolicy::default())
+            .unwrap_err();
+        assert!(matches!(e, HandlerError::NotAllowed(_)), "{e}");
+        assert!(e.to_string().contains("allow_http = true"), "{e}");
+        assert!(ConnectHandler::new("http://127.0.0.1:8080/hook", &allow_http()).is_ok());
+        // https: allowed without any key (it may still fail on a host without a CA bundle).
+        if let Err(e) =
+            ConnectHandler::new("https://hooks.example.com/c", &HandlerPolicy::default())
+        {
+            assert!(!matches!(e, HandlerError::NotAllowed(_)), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_executable_answer_over_the_limit_fails_at_once_without_reading_it_all() {
+        let dir = temp_dir("big");
+        // 2 MB and then nothing: reading the whole answer (or waiting for the handler to exit
+        // while it is blocked on a full pipe) would run into the time limit instead.
+        let big = script(&dir, "big.sh", "exec head -c 2000000 /dev/zero");
+        let h = ConnectHandler::new(&big, &exe_policy(&dir))
+            .unwrap()
+            .with_timeout(Duration::from_secs(5));
+        let started = std::time::Instant::now();
+        let e = rt().block_on(h.call(&request())).unwrap_err();
+        assert_eq!(
+            e.reason().code,
+            FailureReason::CLIENT_CONNECT_HANDLER_INVALID_RESPONSE,
+            "{e}"
+        );
+        assert!(e.to_string().contains("larger than 65536 bytes"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        // Just over the limit and then a valid answer: still refused (not cut to a prefix).
+        let padded = script(
+            &dir,
+            "padded.sh",
+            r#"head -c 65600 /dev/zero | tr '\0' ' '; echo '{"allow": true}'"#,
+        );
+        let e = rt()
+            .block_on(
+                ConnectHandler::new(&padded, &exe_policy(&dir))
+                    .unwrap()
+                    .call(&request()),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("larger than 65536 bytes"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_webhook_answer_over_the_limit_fails_at_once_without_reading_it_all() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = vec![0u8; 8192];
+            let _ = s.read(&mut buf);
+            // Announces 16 MB, sends 1 MB of it, then waits for the client to hang up.
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 16777216\r\n\r\n",
+            );
+            let chunk = vec![b' '; 64 * 1024];
+            for _ in 0..16 {
+                if s.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        });
+        let h = ConnectHandler::new(&format!("http://127.0.0.1:{port}/hook"), &allow_http())
+            .unwrap()
+            .with_timeout(Duration::from_secs(5));
+        let started = std::time::Instant::now();
+        let e = rt().block_on(h.call(&request())).unwrap_err();
+        assert_eq!(
+            e.reason().code,
+            FailureReason::CLIENT_CONNECT_HANDLER_INVALID_RESPONSE,
+            "{e}"
+        );
+        assert!(e.to_string().contains("larger than 65536 bytes"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        server.join().unwrap();
     }
 }

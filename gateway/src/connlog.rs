@@ -53,6 +53,23 @@
 //! `copytruncate`), it creates a new one (and the directory, if that was removed too) and goes
 //! on; lines are never written to a file that no longer has the name. Generations beyond `keep`
 //! left by an earlier, larger setting are left alone.
+//!
+//! # Floods
+//!
+//! Failed attempts and flow events are what an outsider or a client can produce at will; left
+//! alone, a flood of them would rotate the whole history out of the files. [`ConnectionLogs`]
+//! therefore writes, per key — (endpoint, failure reason, client address) for failed attempts,
+//! (endpoint, flow type, source, destination) for flow events — at most
+//! [`RepeatLimits::per_interval`] lines per [`RepeatLimits::interval`], counts the others, and
+//! then writes one summary line for them: the first suppressed entry with its type set to
+//! `suppressed-repeats` and the fields `suppressed-count` (how many entries were not written),
+//! `suppressed-since`, `suppressed-until` and `suppressed-scope` (`same-key`, or
+//! `other-keys-table-full`, below). Summaries are written when the key's interval has ended, at
+//! the next line of the log (or when the logs are dropped). The limiter keeps at most
+//! [`RepeatLimits::table_size`] keys; when the table is full, new keys share one more slot with
+//! the same allowance (so distinct sources get lines of their own up to that bound). Successful
+//! attempts and connection ends are never suppressed.
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -60,7 +77,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -920,45 +937,318 @@ fn generation(path: &Path, n: usize) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// The daemon's two logs in one directory: `connection.log` and `flow.log`.
-#[derive(Debug)]
+/// How [`ConnectionLogs`] limits repeated failed attempts and flow events (see the module
+/// documentation, "Floods").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RepeatLimits {
+    /// Lines written per key and interval; the rest are counted.
+    pub per_interval: u32,
+    /// The interval.
+    pub interval: Duration,
+    /// Keys tracked at once; past it, new keys share one slot.
+    pub table_size: usize,
+}
+
+impl Default for RepeatLimits {
+    fn default() -> Self {
+        RepeatLimits {
+            per_interval: 10,
+            interval: Duration::from_secs(60),
+            table_size: 1024,
+        }
+    }
+}
+
+/// One key's interval.
+struct Slot {
+    window_start: Instant,
+    written: u32,
+    suppressed: u64,
+    /// When the first suppressed entry came, and that entry (the summary's template).
+    since: SystemTime,
+    template: String,
+}
+
+impl Slot {
+    fn new(now: Instant) -> Slot {
+        Slot {
+            window_start: now,
+            written: 0,
+            suppressed: 0,
+            since: UNIX_EPOCH,
+            template: String::new(),
+        }
+    }
+
+    /// The summary line of what this slot suppressed, if anything; then resets the count.
+    fn take_summary(&mut self, type_field: &str, scope: &str) -> Option<String> {
+        if self.suppressed == 0 {
+            return None;
+        }
+        let mut v: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&self.template).unwrap_or_default();
+        v.insert(type_field.into(), "suppressed-repeats".into());
+        v.insert(
+            "suppressed-count".into(),
+            self.suppressed.to_string().into(),
+        );
+        v.insert("suppressed-since".into(), format_time(self.since).into());
+        v.insert(
+            "suppressed-until".into(),
+            format_time(SystemTime::now()).into(),
+        );
+        v.insert("suppressed-scope".into(), scope.into());
+        self.suppressed = 0;
+        self.template = String::new();
+        Some(serde_json::Value::Object(v).to_string())
+    }
+}
+
+/// Counts lines per key and interval, in a table of bounded size.
+struct RepeatLimiter {
+    limits: RepeatLimits,
+    /// `connection-log-type` or `flow-log-type`: the summary's type field.
+    type_field: &'static str,
+    slots: HashMap<String, Slot>,
+    /// Keys that found the table full.
+    overflow: Option<Slot>,
+    next_sweep: Option<Instant>,
+}
+
+const SCOPE_KEY: &str = "same-key";
+const SCOPE_OVERFLOW: &str = "other-keys-table-full";
+
+impl RepeatLimiter {
+    fn new(limits: RepeatLimits, type_field: &'static str) -> Self {
+        RepeatLimiter {
+            limits,
+            type_field,
+            slots: HashMap::new(),
+            overflow: None,
+            next_sweep: None,
+        }
+    }
+
+    /// Whether the line of `key` may be written now; summaries due are added to `summaries`
+    /// (to be written first).
+    fn admit(&mut self, key: &str, line: &str, now: Instant, summaries: &mut Vec<String>) -> bool {
+        self.sweep(now, summaries);
+        let (per, interval, type_field) = (
+            self.limits.per_interval,
+            self.limits.interval,
+            self.type_field,
+        );
+        let (slot, scope) =
+            if self.slots.contains_key(key) || self.slots.len() < self.limits.table_size {
+                let slot = self
+                    .slots
+                    .entry(key.to_string())
+                    .or_insert_with(|| Slot::new(now));
+                (slot, SCOPE_KEY)
+            } else {
+                let slot = self.overflow.get_or_insert_with(|| Slot::new(now));
+                (slot, SCOPE_OVERFLOW)
+            };
+        if now.saturating_duration_since(slot.window_start) >= interval {
+            summaries.extend(slot.take_summary(type_field, scope));
+            *slot = Slot::new(now);
+        }
+        if slot.written < per {
+            slot.written += 1;
+            return true;
+        }
+        if slot.suppressed == 0 {
+            slot.since = SystemTime::now();
+            slot.template = line.to_string();
+        }
+        slot.suppressed += 1;
+        false
+    }
+
+    /// At most once per interval: the keys whose interval has ended leave the table (making
+    /// room), with their summaries.
+    fn sweep(&mut self, now: Instant, summaries: &mut Vec<String>) {
+        if self.next_sweep.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_sweep = Some(now + self.limits.interval);
+        let interval = self.limits.interval;
+        let type_field = self.type_field;
+        let ended = |s: &Slot| now.saturating_duration_since(s.window_start) >= interval;
+        self.slots.retain(|_, slot| {
+            if ended(slot) {
+                summaries.extend(slot.take_summary(type_field, SCOPE_KEY));
+                false
+            } else {
+                true
+            }
+        });
+        if let Some(slot) = &mut self.overflow {
+            if ended(slot) {
+                summaries.extend(slot.take_summary(type_field, SCOPE_OVERFLOW));
+                self.overflow = None;
+            }
+        }
+    }
+
+    /// Every pending summary, now (the counts restart).
+    fn flush(&mut self, summaries: &mut Vec<String>) {
+        let type_field = self.type_field;
+        for slot in self.slots.values_mut() {
+            summaries.extend(slot.take_summary(type_field, SCOPE_KEY));
+        }
+        if let Some(slot) = &mut self.overflow {
+            summaries.extend(slot.take_summary(type_field, SCOPE_OVERFLOW));
+        }
+    }
+}
+
+/// A log writer with its repeat limiter.
+struct Limited {
+    writer: LogWriter,
+    limiter: Mutex<RepeatLimiter>,
+}
+
+impl Limited {
+    fn limiter(&self) -> MutexGuard<'_, RepeatLimiter> {
+        self.limiter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `line` unless its key is over its allowance; writes due summaries first.
+    fn write(&self, key: Option<&str>, line: &str, now: Instant) -> Result<(), LogError> {
+        let mut summaries = Vec::new();
+        let admitted = {
+            let mut limiter = self.limiter();
+            match key {
+                Some(key) => limiter.admit(key, line, now, &mut summaries),
+                None => {
+                    limiter.sweep(now, &mut summaries);
+                    true
+                }
+            }
+        };
+        for s in &summaries {
+            self.writer.write_line(s)?;
+        }
+        if admitted {
+            self.writer.write_line(line)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), LogError> {
+        let mut summaries = Vec::new();
+        self.limiter().flush(&mut summaries);
+        for s in &summaries {
+            self.writer.write_line(s)?;
+        }
+        Ok(())
+    }
+}
+
+/// The daemon's two logs in one directory: `connection.log` and `flow.log`, with repeats of
+/// failed attempts and flow events limited (see the module documentation, "Floods").
 pub struct ConnectionLogs {
-    connection: LogWriter,
-    flow: LogWriter,
+    connection: Limited,
+    flow: Limited,
+}
+
+impl fmt::Debug for ConnectionLogs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionLogs")
+            .field("connection", &self.connection.writer)
+            .field("flow", &self.flow.writer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConnectionLogs {
-    /// Opens (creating as needed) `dir/connection.log` and `dir/flow.log`.
+    /// Opens (creating as needed) `dir/connection.log` and `dir/flow.log`, with the default
+    /// [`RepeatLimits`].
     pub fn open(dir: impl AsRef<Path>, options: &LogOptions) -> Result<Self, LogError> {
+        Self::open_with_limits(dir, options, RepeatLimits::default())
+    }
+
+    /// [`ConnectionLogs::open`] with other repeat limits.
+    pub fn open_with_limits(
+        dir: impl AsRef<Path>,
+        options: &LogOptions,
+        limits: RepeatLimits,
+    ) -> Result<Self, LogError> {
         let dir = dir.as_ref();
+        let limited = |name, type_field| -> Result<Limited, LogError> {
+            Ok(Limited {
+                writer: LogWriter::open(dir, name, options)?,
+                limiter: Mutex::new(RepeatLimiter::new(limits, type_field)),
+            })
+        };
         Ok(ConnectionLogs {
-            connection: LogWriter::open(dir, CONNECTION_LOG_FILE, options)?,
-            flow: LogWriter::open(dir, FLOW_LOG_FILE, options)?,
+            connection: limited(CONNECTION_LOG_FILE, "connection-log-type")?,
+            flow: limited(FLOW_LOG_FILE, "flow-log-type")?,
         })
     }
 
-    /// Appends a connection log entry.
+    /// Appends a connection log entry. Failed attempts are limited per (endpoint, reason,
+    /// client address); successful attempts and connection ends are always written.
     pub fn connection(&self, entry: &ConnectionLogEntry) -> Result<(), LogError> {
-        self.connection.write_line(&entry.to_json_line())
+        self.connection_at(entry, Instant::now())
     }
 
-    /// Appends a flow log entry.
+    fn connection_at(&self, entry: &ConnectionLogEntry, now: Instant) -> Result<(), LogError> {
+        let key = (entry.connection_attempt_status == AttemptStatus::Failed).then(|| {
+            format!(
+                "{}|{}|{}",
+                entry.client_vpn_endpoint_id,
+                entry.connection_attempt_failure_reason,
+                entry.device_ip
+            )
+        });
+        self.connection
+            .write(key.as_deref(), &entry.to_json_line(), now)
+    }
+
+    /// Appends a flow log entry, limited per (endpoint, type, source, destination).
     pub fn flow(&self, entry: &FlowLogEntry) -> Result<(), LogError> {
-        self.flow.write_line(&entry.to_json_line())
+        self.flow_at(entry, Instant::now())
+    }
+
+    fn flow_at(&self, entry: &FlowLogEntry, now: Instant) -> Result<(), LogError> {
+        let key = format!(
+            "{}|{}|{}|{}",
+            entry.client_vpn_endpoint_id,
+            entry.flow_log_type,
+            entry.source_ip,
+            entry.destination_ip
+        );
+        self.flow.write(Some(&key), &entry.to_json_line(), now)
+    }
+
+    /// Writes the summaries of everything suppressed so far (e.g. before a shutdown).
+    pub fn flush_suppressed(&self) -> Result<(), LogError> {
+        self.connection.flush()?;
+        self.flow.flush()
     }
 
     pub fn connection_writer(&self) -> &LogWriter {
-        &self.connection
+        &self.connection.writer
     }
 
     pub fn flow_writer(&self) -> &LogWriter {
-        &self.flow
+        &self.flow.writer
     }
 
-    /// `fsync`s both files.
+    /// Writes pending summaries, then `fsync`s both files.
     pub fn sync(&self) -> Result<(), LogError> {
-        self.connection.sync()?;
-        self.flow.sync()
+        self.flush_suppressed()?;
+        self.connection.writer.sync()?;
+        self.flow.writer.sync()
+    }
+}
+
+impl Drop for ConnectionLogs {
+    fn drop(&mut self) {
+        // What was suppressed is said before the logs close.
+        let _ = self.flush_suppressed();
     }
 }
 
@@ -2031,5 +2321,196 @@ mod tests {
             LogWriter::open(tmp.path().join("d"), "c.log", &LogOptions::default()).unwrap_err();
         assert!(matches!(err, LogError::Open { .. }), "{err}");
         assert!(err.to_string().contains("d/c.log"), "{err}");
+    }
+
+    // --- floods ----------------------------------------------------------------------------
+
+    fn failed_from(device: &str, reason: &str) -> ConnectionLogEntry {
+        let info = ConnectionInfo::new(
+            CONN_ID,
+            ENDPOINT_ID,
+            Transport::Udp,
+            device.parse().unwrap(),
+            t0(),
+        );
+        ConnectionLogEntry::attempt_failed(reason, &info, t0())
+    }
+
+    fn objects(p: &Path) -> Vec<serde_json::Map<String, Value>> {
+        read_lines(p)
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<Value>(l)
+                    .unwrap()
+                    .as_object()
+                    .unwrap()
+                    .clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn connlog_a_flood_of_failed_attempts_is_bounded_keeps_history_and_is_summarized() {
+        let dir = TempDir::new("flood");
+        // Small files: without the limiter, the flood would rotate the first line away at once.
+        let logs = ConnectionLogs::open(dir.path(), &tiny(64 * 1024, 1)).unwrap();
+        let path = logs.connection_writer().path().to_path_buf();
+        let mut ok_info = info();
+        ok_info.client_ip = Some("10.0.1.2".parse().unwrap());
+        ok_info.common_name = Some("alice".into());
+        let first = ConnectionLogEntry::attempt_succeeded(&ok_info);
+        let start = Instant::now();
+        logs.connection_at(&first, start).unwrap();
+        let flood = failed_from("203.0.113.9:40000", "certificate-unknown-ca");
+        for i in 0..100_000u32 {
+            logs.connection_at(&flood, start).unwrap();
+            // Successful attempts and ends in the middle of it are all written.
+            if i % 20_000 == 0 {
+                logs.connection_at(&first, start).unwrap();
+                logs.connection_at(
+                    &ConnectionLogEntry::reset(&ok_info, &TrafficCounters::default(), t0()),
+                    start,
+                )
+                .unwrap();
+            }
+        }
+        let lines = objects(&path);
+        let failed =
+            |l: &serde_json::Map<String, Value>| l["connection-attempt-status"] == "failed";
+        assert_eq!(lines.iter().filter(|l| failed(l)).count(), 10);
+        assert_eq!(lines.len(), 1 + 10 + 5 * 2, "bounded: {}", lines.len());
+        assert_eq!(
+            lines[0]["connection-attempt-status"], "successful",
+            "history kept"
+        );
+        assert!(
+            !logs.connection_writer().generation_path(1).exists(),
+            "never rotated"
+        );
+
+        // The next line after the interval brings the summary, then is written itself.
+        logs.connection_at(&flood, start + Duration::from_secs(61))
+            .unwrap();
+        let lines = objects(&path);
+        let summary = &lines[lines.len() - 2];
+        assert_eq!(summary["connection-log-type"], "suppressed-repeats");
+        assert_eq!(summary["suppressed-count"], "99990");
+        assert_eq!(summary["suppressed-scope"], "same-key");
+        assert_eq!(
+            summary["connection-attempt-failure-reason"],
+            "certificate-unknown-ca"
+        );
+        assert_eq!(summary["device-ip"], "203.0.113.9");
+        assert!(
+            summary.contains_key("suppressed-since") && summary.contains_key("suppressed-until")
+        );
+        assert_eq!(
+            lines[lines.len() - 1]["connection-attempt-status"],
+            "failed"
+        );
+        assert_eq!(lines.len(), 1 + 10 + 10 + 2);
+    }
+
+    #[test]
+    fn connlog_distinct_sources_get_lines_of_their_own_up_to_the_table_bound() {
+        let dir = TempDir::new("sources");
+        let limits = RepeatLimits {
+            per_interval: 2,
+            interval: Duration::from_secs(60),
+            table_size: 8,
+        };
+        let logs =
+            ConnectionLogs::open_with_limits(dir.path(), &LogOptions::default(), limits).unwrap();
+        let path = logs.connection_writer().path().to_path_buf();
+        let start = Instant::now();
+        for source in 0..12 {
+            let e = failed_from(&format!("198.51.100.{source}:5000"), "tls-error");
+            for _ in 0..5 {
+                logs.connection_at(&e, start).unwrap();
+            }
+        }
+        // Another reason from the same address is a key of its own too, but the table is full.
+        let lines = objects(&path);
+        let from = |ip: &str| lines.iter().filter(|l| l["device-ip"] == ip).count();
+        for source in 0..8 {
+            assert_eq!(from(&format!("198.51.100.{source}")), 2, "source {source}");
+        }
+        // The table is full: the four others share one more allowance.
+        let rest: usize = (8..12).map(|s| from(&format!("198.51.100.{s}"))).sum();
+        assert_eq!(rest, 2);
+        assert_eq!(lines.len(), 18);
+        assert!(
+            logs.connection.limiter().slots.len() <= 8,
+            "the table stays bounded"
+        );
+
+        logs.flush_suppressed().unwrap();
+        let summaries: Vec<_> = objects(&path)
+            .into_iter()
+            .filter(|l| l["connection-log-type"] == "suppressed-repeats")
+            .collect();
+        assert_eq!(summaries.len(), 9);
+        let per_key: Vec<_> = summaries
+            .iter()
+            .filter(|s| s["suppressed-scope"] == "same-key")
+            .collect();
+        assert_eq!(per_key.len(), 8);
+        assert!(
+            per_key.iter().all(|s| s["suppressed-count"] == "3"),
+            "{per_key:?}"
+        );
+        let overflow = summaries
+            .iter()
+            .find(|s| s["suppressed-scope"] == "other-keys-table-full")
+            .unwrap();
+        assert_eq!(overflow["suppressed-count"], "18");
+
+        // Once the interval is over, the table makes room: a new source has its own slot again.
+        let later = start + Duration::from_secs(61);
+        let new = failed_from("198.51.100.200:5000", "tls-error");
+        for _ in 0..3 {
+            logs.connection_at(&new, later).unwrap();
+        }
+        assert_eq!(
+            objects(&path)
+                .iter()
+                .filter(|l| l["device-ip"] == "198.51.100.200"
+                    && l["connection-log-type"] == "connection-attempt")
+                .count(),
+            2
+        );
+        assert!(logs.connection.limiter().overflow.is_none());
+    }
+
+    #[test]
+    fn connlog_a_flood_of_denied_flows_is_limited_per_source_and_destination() {
+        let dir = TempDir::new("flows");
+        let logs = ConnectionLogs::open(dir.path(), &tiny(64 * 1024, 1)).unwrap();
+        let path = logs.flow_writer().path().to_path_buf();
+        let start = Instant::now();
+        let denied = FlowLogEntry::from_event_at(
+            ENDPOINT_ID,
+            &flow_event(FlowEventKind::Denied, 17),
+            Some(CONN_ID),
+            None,
+            t0(),
+        );
+        let mut elsewhere = denied.clone();
+        elsewhere.destination_ip = "192.0.2.81".into();
+        for _ in 0..100_000 {
+            logs.flow_at(&denied, start).unwrap();
+        }
+        logs.flow_at(&elsewhere, start).unwrap();
+        let lines = objects(&path);
+        assert_eq!(lines.len(), 11, "10 of the flood and the other destination");
+        assert_eq!(lines[10]["destination-ip"], "192.0.2.81");
+        assert!(!logs.flow_writer().generation_path(1).exists());
+        drop(logs);
+        // Dropping the logs writes what is pending.
+        let lines = objects(&path);
+        let summary = lines.last().unwrap();
+        assert_eq!(summary["flow-log-type"], "suppressed-repeats");
+        assert_eq!(summary["suppressed-count"], "99990");
+        assert_eq!(summary["destination-ip"], "192.0.2.80");
     }
 }

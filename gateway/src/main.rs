@@ -121,6 +121,7 @@ fn main() -> anyhow::Result<()> {
                 &file,
                 data_dir.unwrap_or_else(|| daemon.data_dir.clone()),
                 daemon.quotas,
+                daemon.connect_handler,
             )?
         }
         Command::Check => {
@@ -322,6 +323,7 @@ fn apply(
     path: &std::path::Path,
     data_dir: std::path::PathBuf,
     quotas: gateway::storage::Quotas,
+    handler_policy: gateway::storage::HandlerPolicy,
 ) -> anyhow::Result<()> {
     use gateway::{
         config::EndpointConfig,
@@ -337,6 +339,7 @@ fn apply(
     let crl = cfg.crl.as_deref().map(|p| read(p, "CRL")).transpose()?;
     let store = Store::open(StoreOptions {
         quotas,
+        handler_policy,
         ..StoreOptions::in_dir(&data_dir)
     })
     .map_err(|e| anyhow::anyhow!("{e}"))

@@ -38,10 +38,21 @@ struct Setup {
 }
 
 fn setup(clients: usize) -> Setup {
+    setup_with_config(clients, |_| None)
+}
+
+/// [`setup`] with a daemon configuration: `config` gets the test's file directory and returns
+/// the configuration's text (`None`: no configuration file).
+fn setup_with_config(
+    clients: usize,
+    config: impl FnOnce(&std::path::Path) -> Option<String>,
+) -> Setup {
     require_root();
     let mut net = EndpointNet::new(clients).unwrap();
     let data = TempDir::new("cp").unwrap();
-    let daemon = StoreDaemon::start(&net.gateway, &data.0).unwrap();
+    let config = config(&net.dir.0)
+        .map(|text| cvpn_tests::pki::write(&net.dir.0, "cvpn.toml", &text).unwrap());
+    let daemon = StoreDaemon::start_with_config(&net.gateway, &data.0, config.as_deref()).unwrap();
     let (cert, key, ca) = net.write_server_files().unwrap();
     let created = daemon
         .json(&[
@@ -1086,18 +1097,66 @@ fn the_api_over_tls_needs_the_bearer_token() {
     let api_cert = net.ca.server("127.0.0.1").unwrap();
     let d = net.dir.0.clone();
     let w = |name: &str, text: &str| cvpn_tests::pki::write(&d, name, text).unwrap();
+    const TOKEN: &str = "3f9a1c0d5e7b2a4968f1c3e5a7b9d0f2";
     let (cert, key, ca, token) = (
         w("api.crt", &api_cert.cert),
         w("api.key", &api_cert.key),
         w("api-ca.crt", &net.ca.cert_pem()),
-        w("api.token", "tok-3f9a1c\n"),
+        w("api.token", &format!("{TOKEN}\n")),
     );
-    let config = w(
-        "cvpn.toml",
-        &format!("[api]\ntcp_listen = \"127.0.0.1:8443\"\ntls_cert = {cert:?}\ntls_key = {key:?}\ntoken_file = {token:?}\n"),
-    );
-    let daemon = StoreDaemon::start_with_config(&net.gateway, &data.0, Some(&config)).unwrap();
+    let config = |token: &std::path::Path| {
+        w(
+            "cvpn.toml",
+            &format!("[api]\ntcp_listen = \"127.0.0.1:8443\"\ntls_cert = {cert:?}\ntls_key = {key:?}\ntoken_file = {token:?}\n"),
+        )
+    };
     let bin = cvpn_tests::gateway::cvpn_binary().unwrap();
+    // The daemon refuses to start with a token file others can read, or a short token.
+    let chmod = |p: &std::path::Path, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let short = w("short.token", "tok-3f9a1c\n");
+    chmod(&short, 0o600);
+    chmod(&token, 0o644);
+    for (file, needle) in [
+        (&token, format!("chmod 600 {}", token.display())),
+        (&short, "openssl rand -hex 32".to_string()),
+    ] {
+        let cfg = config(file);
+        let mut child = net
+            .gateway
+            .command(bin.to_str().unwrap())
+            .args(["serve", "--data-dir"])
+            .arg(&data.0)
+            .arg("--api-socket")
+            .arg(data.0.join("api.sock"))
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon started with the token file {}", file.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{stderr}");
+        assert!(stderr.contains(&needle), "{needle:?} not in: {stderr}");
+    }
+    chmod(&token, 0o600);
+    let config = config(&token);
+    let daemon = StoreDaemon::start_with_config(&net.gateway, &data.0, Some(&config)).unwrap();
     // The CLI runs in the gateway's namespace, where 127.0.0.1:8443 is the daemon.
     let remote = |token: &str| {
         net.gateway
@@ -1114,7 +1173,7 @@ fn the_api_over_tls_needs_the_bearer_token() {
             .output()
             .unwrap()
     };
-    let good = remote("tok-3f9a1c");
+    let good = remote(TOKEN);
     assert!(
         good.status.success(),
         "{}",
@@ -1226,7 +1285,13 @@ fn two_endpoints_on_one_listener_the_second_waits_for_a_port_of_its_own() {
 #[test]
 fn the_client_connect_handler_admits_denies_and_fails_closed() {
     use std::os::unix::fs::PermissionsExt;
-    let mut s = setup(3);
+    // Handlers are executables in the test's directory: the daemon must be told to allow them.
+    let mut s = setup_with_config(3, |dir| {
+        Some(format!(
+            "[connect_handler]\nexecutable_dir = {:?}\n",
+            dir.display().to_string()
+        ))
+    });
     ok(
         s.cli(&[
             "rule",
@@ -1337,6 +1402,57 @@ fn the_client_connect_handler_admits_denies_and_fails_closed() {
     assert_eq!(
         carol["connection-attempt-failure-reason"],
         "client-connect-handler-other-execution-error"
+    );
+}
+
+#[test]
+fn connect_handlers_the_daemon_configuration_does_not_allow_are_refused_at_the_api() {
+    use std::os::unix::fs::PermissionsExt;
+    let handlers = TempDir::new("handlers").unwrap();
+    let allowed = handlers.0.join("allowed");
+    std::fs::create_dir_all(&allowed).unwrap();
+    let script = |dir: &std::path::Path, name: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, "#!/bin/sh\necho '{\"allow\": true}'\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let inside = script(&allowed, "ok.sh");
+    let outside = script(&handlers.0, "outside.sh");
+    let dir = allowed.clone();
+    let s = setup_with_config(0, move |_| {
+        Some(format!(
+            "[connect_handler]\nexecutable_dir = {:?}\n",
+            dir.display().to_string()
+        ))
+    });
+    let modify = |h: &str| s.cli(&["endpoint", "modify", &s.endpoint, "--connect-handler", h]);
+    for (h, needle) in [
+        (outside.clone(), "outside the handler directory"),
+        (
+            format!("{}/../outside.sh", allowed.display()),
+            "outside the handler directory",
+        ),
+        (
+            "http://127.0.0.1:8080/hook".to_string(),
+            "allow_http = true",
+        ),
+    ] {
+        let out = modify(&h);
+        assert_eq!(out.code, 1, "{h} accepted: {}", out.stdout);
+        assert!(
+            out.stderr.contains("InvalidParameterValue")
+                && out.stderr.contains("client-connect-options.handler")
+                && out.stderr.contains(needle),
+            "{h}: {}",
+            out.stderr
+        );
+    }
+    ok(modify(&inside), "a handler inside executable_dir");
+    assert_eq!(
+        s.json(&["endpoint", "describe", &s.endpoint])["client-vpn-endpoints"][0]
+            ["client-connect-options"]["handler"],
+        inside.as_str()
     );
 }
 

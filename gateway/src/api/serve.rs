@@ -59,12 +59,77 @@ pub enum ServeError {
     /// The TLS listener needs a non-empty bearer token.
     #[error("the API bearer token must not be empty")]
     EmptyToken,
+    /// The bearer token file could not be read.
+    #[error("reading the API token file {path}: {source}")]
+    TokenRead {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The bearer token file is open to group or others.
+    #[error(
+        "the API token file {} is readable or writable by group or others (mode {mode:04o}); \
+         whoever reads it administers every endpoint: run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    TokenExposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The bearer token is too short to resist guessing.
+    #[error(
+        "the API token in {} has {chars} characters; at least {MIN_TOKEN_CHARS} are needed: \
+         generate one with `openssl rand -hex 32 > {}` (then `chmod 600` it)",
+        path.display(),
+        path.display()
+    )]
+    TokenTooShort {
+        /// The file.
+        path: PathBuf,
+        /// Characters after trimming.
+        chars: usize,
+    },
     /// The listener's certificate and key do not make a TLS server identity.
     #[error("API TLS certificate and key: {0}")]
     Tls(String),
     /// Serving failed.
     #[error("API server: {0}")]
     Io(#[from] io::Error),
+}
+
+/// The fewest characters a bearer token may have (after trimming white space).
+pub const MIN_TOKEN_CHARS: usize = 32;
+
+/// Reads the bearer token of the TLS listener from `path` (one line, trimmed): refused when
+/// the file is open to group or others (mode `& 0o077`) or the token is shorter than
+/// [`MIN_TOKEN_CHARS`].
+pub fn read_token_file(path: &Path) -> Result<String, ServeError> {
+    let read_err = |source| ServeError::TokenRead {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(ServeError::TokenExposed {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(read_err)?;
+    let token = text.trim();
+    let chars = token.chars().count();
+    if chars < MIN_TOKEN_CHARS {
+        return Err(ServeError::TokenTooShort {
+            path: path.to_path_buf(),
+            chars,
+        });
+    }
+    Ok(token.to_string())
 }
 
 // ---- Unix socket --------------------------------------------------------------------------------
@@ -280,4 +345,51 @@ async fn require_bearer(
         return resp.into_response();
     }
     next.run(req).await
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    fn file(name: &str, text: &str, mode: u32) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("cvpn-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_token_file_readable_by_others_is_refused_with_the_chmod_to_run() {
+        let good = "3f9a1c".repeat(11);
+        for mode in [0o644, 0o640, 0o604, 0o620] {
+            let p = file(&format!("open-{mode:o}"), &good, mode);
+            let e = read_token_file(&p).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("chmod 600 {}", p.display())),
+                "{mode:o}: {e}"
+            );
+        }
+        let p = file("private", &format!("{good}\n"), 0o600);
+        assert_eq!(read_token_file(&p).unwrap(), good);
+        let p = file("owner-read-only", &good, 0o400);
+        assert_eq!(read_token_file(&p).unwrap(), good);
+    }
+
+    #[test]
+    fn a_short_token_is_refused_with_how_to_generate_one() {
+        for short in ["", "tok-3f9a1c\n", &format!("  {}  \n", "x".repeat(31))] {
+            let p = file("short", short, 0o600);
+            let e = read_token_file(&p).unwrap_err().to_string();
+            assert!(
+                e.contains("at least 32") && e.contains("openssl rand -hex 32"),
+                "{short:?}: {e}"
+            );
+        }
+        let p = file("exact", &"x".repeat(32), 0o600);
+        assert!(read_token_file(&p).is_ok());
+        let e = read_token_file(Path::new("/nonexistent/cvpn/token")).unwrap_err();
+        assert!(matches!(e, ServeError::TokenRead { .. }), "{e}");
+    }
 }

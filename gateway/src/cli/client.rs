@@ -70,6 +70,13 @@ pub enum ClientError {
     /// A success whose body is not what the operation answers.
     #[error("unexpected answer from the cvpn API: {0}")]
     Decode(String),
+    /// The answer's body is longer than the request's [`ApiRequest::max_body`]; reading
+    /// stopped there.
+    #[error("the answer is larger than {limit} bytes (reading stopped there)")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// What to do when the API cannot be reached.
@@ -193,6 +200,9 @@ pub struct ApiRequest {
     pub body: Option<(&'static str, Vec<u8>)>,
     /// The `Accept` header, if any.
     pub accept: Option<&'static str>,
+    /// The most bytes of the answer's body to read: at most one more is read, then the
+    /// request fails with [`ClientError::TooLarge`]. `None`: no limit (the API's own answers).
+    pub max_body: Option<usize>,
 }
 
 impl ApiRequest {
@@ -203,7 +213,14 @@ impl ApiRequest {
             path: path.into(),
             body: None,
             accept: None,
+            max_body: None,
         }
+    }
+
+    /// With a limit on the answer's body ([`ApiRequest::max_body`]).
+    pub fn max_body(mut self, limit: usize) -> Self {
+        self.max_body = Some(limit);
+        self
     }
 
     /// With a JSON body.
@@ -312,6 +329,24 @@ fn host_port(url: &str, authority: &str, default_port: u16) -> Result<(String, u
     Ok((host, port))
 }
 
+/// Reads a body frame by frame, keeping at most `limit + 1` bytes: past `limit` it stops
+/// reading (the connection is dropped) and fails, whatever the peer announced or goes on
+/// sending.
+async fn read_limited(mut body: hyper::body::Incoming, limit: usize) -> Result<Bytes, ClientError> {
+    let mut out: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers
+        };
+        let room = (limit + 1).saturating_sub(out.len());
+        out.extend_from_slice(&data[..data.len().min(room)]);
+        if out.len() > limit {
+            return Err(ClientError::TooLarge { limit });
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
 /// `host:port` for the Host header (IPv6 addresses in brackets).
 fn authority(host: &str, port: u16) -> String {
     if host.contains(':') {
@@ -350,6 +385,7 @@ where
     if let Some(a) = req.accept {
         builder = builder.header(header::ACCEPT, a);
     }
+    let max_body = req.max_body;
     let body = match req.body {
         Some((content_type, bytes)) => {
             builder = builder.header(header::CONTENT_TYPE, content_type);
@@ -359,9 +395,18 @@ where
     };
     let response = sender.send_request(builder.body(body)?).await?;
     let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
+    let body = match max_body {
+        None => response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(ClientError::from),
+        Some(limit) => read_limited(response.into_body(), limit).await,
+    };
     drop(sender);
     driver.abort();
+    let body = body?;
     if status.is_success() {
         return Ok(ApiReply { status, body });
     }

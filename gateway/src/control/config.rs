@@ -13,7 +13,7 @@
 //! # tcp_listen = "0.0.0.0:8443"      # optional remote API: TLS + bearer token
 //! # tls_cert = "/etc/cvpn/api.crt"
 //! # tls_key = "/etc/cvpn/api.key"
-//! # token_file = "/etc/cvpn/api.token"
+//! # token_file = "/etc/cvpn/api.token" # mode 0600, >= 32 characters (openssl rand -hex 32)
 //!
 //! [log]
 //! stdout = false                     # also print connection- and flow-log lines on stdout
@@ -33,6 +33,10 @@
 //! authorization_rules_per_endpoint = 200   # at most 10000
 //! routes_per_association = 100             # at most 1000
 //! crl_entries = 20000                      # at most 1000000
+//!
+//! [connect_handler]                  # which client connect handlers endpoints may name
+//! # executable_dir = "/etc/cvpn/handlers"  # executables only from here (none without it)
+//! # allow_http = false               # plain http:// webhooks (https:// always allowed)
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -97,6 +101,8 @@ pub struct DaemonConfig {
     pub reneg_sec: u32,
     /// Resource limits.
     pub quotas: crate::storage::Quotas,
+    /// Which client connect handlers endpoints may name (`[connect_handler]`).
+    pub connect_handler: crate::storage::HandlerPolicy,
 }
 
 /// Where the management API listens.
@@ -138,6 +144,7 @@ impl Default for DaemonConfig {
             ping_restart: 60,
             reneg_sec: 3600,
             quotas: crate::storage::Quotas::default(),
+            connect_handler: crate::storage::HandlerPolicy::default(),
         }
     }
 }
@@ -158,6 +165,15 @@ struct Raw {
     tunnel: RawTunnel,
     #[serde(default)]
     quotas: RawQuotas,
+    #[serde(default)]
+    connect_handler: RawConnectHandler,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConnectHandler {
+    executable_dir: Option<PathBuf>,
+    allow_http: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -310,6 +326,17 @@ impl DaemonConfig {
                 1_000_000,
             )?,
         };
+        if let Some(dir) = &raw.connect_handler.executable_dir {
+            if !dir.is_absolute() {
+                return Err(invalid(
+                    "[connect_handler] executable_dir",
+                    format!(
+                        "{} is not an absolute path; name the directory from / (e.g. \"/etc/cvpn/handlers\")",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
         let max_file_bytes = raw.log.max_file_bytes.unwrap_or(d.log.max_file_bytes);
         if max_file_bytes < 4096 {
             return Err(invalid(
@@ -336,6 +363,10 @@ impl DaemonConfig {
             ping_restart,
             reneg_sec: raw.tunnel.reneg_sec.unwrap_or(d.reneg_sec),
             quotas,
+            connect_handler: crate::storage::HandlerPolicy {
+                executable_dir: raw.connect_handler.executable_dir,
+                allow_http: raw.connect_handler.allow_http.unwrap_or(false),
+            },
         })
     }
 }
@@ -386,6 +417,9 @@ reneg_sec = 0
 authorization_rules_per_endpoint = 500
 routes_per_association = 20
 crl_entries = 100
+[connect_handler]
+executable_dir = "/etc/cvpn/handlers"
+allow_http = true
 "#,
             "t",
         )
@@ -400,6 +434,13 @@ crl_entries = 100
         assert_eq!(
             (c.quotas.routes_per_association, c.quotas.crl_entries),
             (20, 100)
+        );
+        assert_eq!(
+            c.connect_handler,
+            crate::storage::HandlerPolicy {
+                executable_dir: Some(PathBuf::from("/etc/cvpn/handlers")),
+                allow_http: true
+            }
         );
     }
 
@@ -420,6 +461,11 @@ crl_entries = 100
                 "[quotas]\nroutes_per_association = 0",
                 "[quotas] routes_per_association",
             ),
+            (
+                "[connect_handler]\nexecutable_dir = \"handlers\"",
+                "[connect_handler] executable_dir",
+            ),
+            ("[connect_handler]\nallow_https = true", "allow_https"),
         ] {
             let e = DaemonConfig::parse(text, "f.toml").unwrap_err().to_string();
             assert!(e.contains(needle) && e.contains("f.toml"), "{text:?}: {e}");

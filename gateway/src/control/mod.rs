@@ -50,13 +50,16 @@ const LIVE_FIELDS: &[&str] = &[
 ];
 
 /// The settings of an endpoint that apply without a restart.
-fn live_settings(ep: &crate::storage::Endpoint) -> Result<LiveSettings> {
+fn live_settings(
+    ep: &crate::storage::Endpoint,
+    policy: &crate::storage::HandlerPolicy,
+) -> Result<LiveSettings> {
     let connect_handler = match (
         &ep.client_connect_options.enabled,
         &ep.client_connect_options.handler,
     ) {
         (true, Some(h)) => Some(Arc::new(
-            crate::connect_handler::ConnectHandler::new(h)
+            crate::connect_handler::ConnectHandler::new(h, policy)
                 .map_err(|e| anyhow!("client connect handler: {e}"))?,
         )),
         _ => None,
@@ -105,10 +108,16 @@ pub fn tun_name(endpoint_id: &str) -> String {
 /// is told to reconnect, the kernel programs are detached and the API socket is removed.
 /// Must run inside a [`tokio::task::LocalSet`] (the endpoints' event loops are local tasks).
 pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    // The remote API's token first: a daemon that would serve it badly does not start at all.
+    let token = match &config.api.tcp {
+        Some(tcp) => Some(crate::api::serve::read_token_file(&tcp.token_file)?),
+        None => None,
+    };
     let store = Arc::new(
         Store::open(StoreOptions {
             retention: config.retention,
             quotas: config.quotas,
+            handler_policy: config.connect_handler.clone(),
             ..StoreOptions::in_dir(&config.data_dir)
         })
         .map_err(|e| anyhow!("{e}"))
@@ -154,12 +163,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         stopped(api_stop.clone()),
     ))];
     info!(socket = %config.api.socket.display(), "API listening");
-    if let Some(tcp) = &config.api.tcp {
+    if let (Some(tcp), Some(token)) = (&config.api.tcp, token) {
         let tls = api_tls_config(tcp)?;
-        let token = std::fs::read_to_string(&tcp.token_file)
-            .with_context(|| format!("reading the API token file {}", tcp.token_file.display()))?
-            .trim()
-            .to_string();
         let listener = tokio::net::TcpListener::bind(tcp.listen)
             .await
             .with_context(|| format!("binding the API's TLS listener {}", tcp.listen))?;
@@ -321,7 +326,7 @@ impl Daemon {
             print_log_lines: ep.connection_log_options.enabled
                 && ep.connection_log_options.stdout
                 && !c.log.stdout,
-            live: live_settings(&ep)?,
+            live: live_settings(&ep, &c.connect_handler)?,
         };
         Ok((settings, fingerprint))
     }
@@ -489,7 +494,7 @@ impl Daemon {
                             revoked_serials: revoked,
                         })
                         .await;
-                        match live_settings(&ep) {
+                        match live_settings(&ep, &self.config.connect_handler) {
                             Ok(live) => {
                                 self.command(&id, ServerCommand::LiveSettings(live));
                             }
@@ -538,7 +543,7 @@ impl Daemon {
                             .store
                             .describe_endpoint(&endpoint_id)
                             .map_err(|e| anyhow!("{e}"))
-                            .and_then(|ep| live_settings(&ep))
+                            .and_then(|ep| live_settings(&ep, &self.config.connect_handler))
                         {
                             Ok(live) => {
                                 self.command(&endpoint_id, ServerCommand::LiveSettings(live));

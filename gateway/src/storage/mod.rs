@@ -3,7 +3,7 @@
 //!
 //! # Durability
 //!
-//! One data directory (default [`DEFAULT_DATA_DIR`], created 0700) holds the database file
+//! One data directory (default [`DEFAULT_DATA_DIR`], 0700) holds the database file
 //! [`DB_FILE_NAME`] (created 0600: it holds the servers' private keys). The database runs in WAL
 //! mode with `synchronous = FULL` and foreign keys on:
 //!
@@ -84,6 +84,9 @@ pub struct StoreOptions {
     pub retention: Duration,
     /// The current time.
     pub clock: Clock,
+    /// Which client connect handlers endpoints may name (`[connect_handler]` of the daemon
+    /// configuration): create and modify refuse others.
+    pub handler_policy: HandlerPolicy,
 }
 
 impl Default for StoreOptions {
@@ -93,6 +96,7 @@ impl Default for StoreOptions {
             quotas: Quotas::default(),
             retention: DEFAULT_RETENTION,
             clock: Arc::new(Timestamp::now),
+            handler_policy: HandlerPolicy::default(),
         }
     }
 }
@@ -113,6 +117,7 @@ impl fmt::Debug for StoreOptions {
             .field("data_dir", &self.data_dir)
             .field("quotas", &self.quotas)
             .field("retention", &self.retention)
+            .field("handler_policy", &self.handler_policy)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +129,7 @@ pub struct Store {
     quotas: Quotas,
     retention_secs: i64,
     clock: Clock,
+    handler_policy: HandlerPolicy,
 }
 
 impl fmt::Debug for Store {
@@ -558,9 +564,46 @@ fn access_text(access: &policy::Access) -> String {
 
 // ---- the store ----------------------------------------------------------------------------------
 
+/// Gives the data directory mode 0700 and the database files (`cvpn.db`, its `-wal` and `-shm`)
+/// mode 0600 where they have another. Returns one sentence per change made (the caller logs
+/// them); `Err` says which file could not be fixed.
+pub fn enforce_private_modes(dir: &Path) -> Result<Vec<String>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut fixed = Vec::new();
+    let mut enforce = |path: &Path, want: u32, what: &str| -> Result<(), String> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode != want {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(want)).map_err(|e| {
+                format!(
+                    "{} has mode {mode:04o} and cannot be made {want:04o}: {e}; run chmod {want:o} {} as its owner",
+                    path.display(),
+                    path.display()
+                )
+            })?;
+            fixed.push(format!(
+                "{} ({what}) had mode {mode:04o}, readable or writable by others than the daemon; set to {want:04o}",
+                path.display()
+            ));
+        }
+        Ok(())
+    };
+    enforce(dir, 0o700, "data directory")?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = dir.join(format!("{DB_FILE_NAME}{suffix}"));
+        enforce(&file, 0o600, "database file")?;
+    }
+    Ok(fixed)
+}
+
 impl Store {
-    /// Opens (creating if needed) the database in `options.data_dir`, sets WAL mode, FULL
-    /// synchronous and foreign keys, and applies pending migrations.
+    /// Opens (creating if needed) the database in `options.data_dir`, enforces the modes of the
+    /// directory (0700) and the database files (0600; see [`enforce_private_modes`]), sets WAL
+    /// mode, FULL synchronous, foreign keys and secure delete, and applies pending migrations.
     pub fn open(options: StoreOptions) -> Result<Store, ApiError> {
         let dir = &options.data_dir;
         if !dir.is_dir() {
@@ -576,6 +619,12 @@ impl Store {
                 })?;
         }
         let path = dir.join(DB_FILE_NAME);
+        // The directory and the database files hold the servers' private keys: whatever made
+        // them readable to others (a copy, a restore, an operator's chmod) is undone at every
+        // start, and said.
+        for fixed in enforce_private_modes(dir).map_err(ApiError::internal)? {
+            tracing::warn!("{fixed}");
+        }
         // Create the file 0600 ourselves: SQLite would use 0644, and it gives the WAL and
         // shared-memory files the database file's mode.
         std::fs::OpenOptions::new()
@@ -599,6 +648,17 @@ impl Store {
         }
         db.pragma_update(None, "synchronous", "FULL").map_err(at)?;
         db.pragma_update(None, "foreign_keys", "ON").map_err(at)?;
+        // Deleted and overwritten content (a deleted endpoint's private key, a replaced one) is
+        // zeroed in the file rather than left in free space. Per connection, so at every open.
+        let scrub: i64 = db
+            .pragma_update_and_check(None, "secure_delete", "ON", |r| r.get(0))
+            .map_err(at)?;
+        if scrub != 1 {
+            return Err(ApiError::internal(format!(
+                "database {}: cannot turn on secure_delete (SQLite answered {scrub})",
+                path.display()
+            )));
+        }
         migrate(&mut db).map_err(|e| {
             ApiError::internal(format!("database {}: {}", path.display(), e.message))
         })?;
@@ -608,12 +668,18 @@ impl Store {
             quotas: options.quotas,
             retention_secs: i64::try_from(options.retention.as_secs()).unwrap_or(i64::MAX),
             clock: options.clock,
+            handler_policy: options.handler_policy,
         })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The client connect handlers endpoints may name.
+    pub fn handler_policy(&self) -> &HandlerPolicy {
+        &self.handler_policy
     }
 
     /// The quotas in force.
@@ -624,6 +690,14 @@ impl Store {
     /// The schema version (number of migrations applied).
     pub fn schema_version(&self) -> Result<u32, ApiError> {
         self.read(|db| Ok(db.pragma_query_value(None, "user_version", |r| r.get(0))?))
+    }
+
+    /// Whether deleted content is zeroed in the database file (`PRAGMA secure_delete`; on
+    /// from [`Store::open`]).
+    pub fn secure_delete(&self) -> Result<bool, ApiError> {
+        self.read(|db| {
+            Ok(db.pragma_query_value(None, "secure_delete", |r| r.get::<_, i64>(0))? == 1)
+        })
     }
 
     /// SQLite's `PRAGMA integrity_check`: `"ok"` for a sound database, else the problems.
@@ -708,6 +782,7 @@ impl Store {
         let connect = validate::client_connect(
             "client-connect-options",
             &req.client_connect_options.clone().unwrap_or_default(),
+            &self.handler_policy,
         )?;
         let log = req.connection_log_options.clone().unwrap_or_default();
         let portal = validate::self_service_portal(
@@ -851,7 +926,9 @@ impl Store {
             );
             let connect = match &req.client_connect_options {
                 None => cur.client_connect_options.clone(),
-                Some(c) => validate::client_connect("client-connect-options", c)?,
+                Some(c) => {
+                    validate::client_connect("client-connect-options", c, &self.handler_policy)?
+                }
             };
             mark(
                 "client-connect-options",

@@ -342,6 +342,18 @@ pub struct ClientConnectOptions {
     pub handler: Option<String>,
 }
 
+/// Which client connect handlers the daemon configuration allows (`[connect_handler]`). The
+/// API refuses others when an endpoint is created or modified, and the daemon refuses them again
+/// when it is about to call one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HandlerPolicy {
+    /// Executables are allowed only inside this directory (after resolving `..` and symbolic
+    /// links); `None` refuses every executable.
+    pub executable_dir: Option<std::path::PathBuf>,
+    /// Plain `http://` webhooks are allowed (`https://` always is).
+    pub allow_http: bool,
+}
+
 /// The banner clients show after connecting.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]

@@ -113,6 +113,7 @@ fn options(dir: &Path, clock: &Arc<AtomicI64>, quotas: Quotas) -> StoreOptions {
         quotas,
         retention: DEFAULT_RETENTION,
         clock: Arc::new(move || Timestamp(c.load(Ordering::SeqCst))),
+        handler_policy: HandlerPolicy::default(),
     }
 }
 
@@ -315,6 +316,8 @@ fn validation_table() {
         Row("banner enabled without text", MISSING_PARAMETER, "banner-text", create(&|r| r.client_login_banner_options = Some(ClientLoginBannerOptions { enabled: true, banner_text: None }))),
         Row("connect handler enabled without handler", MISSING_PARAMETER, "client-connect-options.handler", create(&|r| r.client_connect_options = Some(ClientConnectOptions { enabled: true, handler: None }))),
         Row("connect handler not a URL or path", INVALID_PARAMETER_VALUE, "client-connect-options.handler", create(&|r| r.client_connect_options = Some(ClientConnectOptions { enabled: true, handler: Some("ftp://x".into()) }))),
+        Row("connect handler executable, no executable_dir configured", INVALID_PARAMETER_VALUE, "[connect_handler] table", create(&|r| r.client_connect_options = Some(ClientConnectOptions { enabled: true, handler: Some("/bin/true".into()) }))),
+        Row("connect handler http:// not allowed", INVALID_PARAMETER_VALUE, "allow_http = true", create(&|r| r.client_connect_options = Some(ClientConnectOptions { enabled: true, handler: Some("http://127.0.0.1/hook".into()) }))),
         Row("self-service portal without federated auth", INVALID_PARAMETER_COMBINATION, "self-service-portal", create(&|r| r.self_service_portal = Some(true))),
         Row("description of 256 characters", INVALID_PARAMETER_VALUE, "description", create(&|r| r.description = Some("d".repeat(256)))),
         Row("tag key twice", INVALID_PARAMETER_VALUE, "tags", create(&|r| r.tags = vec![Tag { key: "a".into(), value: "1".into() }, Tag { key: "a".into(), value: "2".into() }])),
@@ -327,6 +330,7 @@ fn validation_table() {
         Row("modify: change the transport", OPERATION_NOT_PERMITTED, "immutable", modify(&|r| r.transport_protocol = Some("tcp".into()))),
         Row("modify: change authentication", OPERATION_NOT_PERMITTED, "immutable", modify(&|r| r.authentication_options = Some(vec![AuthenticationOption::CertificateAuthentication { client_root_certificate_chain: fx.pki.foreign.pem() }]))),
         Row("modify: port 80", INVALID_PARAMETER_VALUE, "vpn-port", modify(&|r| r.vpn_port = Some(80))),
+        Row("modify: executable handler, no executable_dir configured", INVALID_PARAMETER_VALUE, "executable_dir", modify(&|r| r.client_connect_options = Some(ClientConnectOptions { enabled: true, handler: Some("/bin/true".into()) }))),
         Row("modify: key that fits no certificate", INVALID_PARAMETER_COMBINATION, "does not match", modify(&|r| r.server_private_key = Some(fx.pki.other_key.clone()))),
         Row("modify: session timeout 48", INVALID_PARAMETER_VALUE, "session-timeout-hours", modify(&|r| r.session_timeout_hours = Some(48))),
         Row("modify: three DNS servers", INVALID_PARAMETER_VALUE, "dns-servers", modify(&|r| r.dns_servers = Some(vec!["1.1.1.1".into(), "1.0.0.1".into(), "8.8.8.8".into()]))),
@@ -450,15 +454,6 @@ fn valid_edge_values_are_accepted() {
                 r.client_connect_options = Some(ClientConnectOptions {
                     enabled: true,
                     handler: Some("https://hooks.example.com/connect".into()),
-                })
-            }),
-        ),
-        (
-            "executable handler",
-            Box::new(|r: &mut CreateEndpointRequest| {
-                r.client_connect_options = Some(ClientConnectOptions {
-                    enabled: true,
-                    handler: Some("/usr/local/bin/cvpn-connect".into()),
                 })
             }),
         ),
@@ -2074,4 +2069,186 @@ fn apply_with_another_client_cidr_declares_another_endpoint() {
     );
     assert_eq!(code(e), codes::OPERATION_NOT_PERMITTED);
     assert_eq!(fx.snapshot(), snap);
+}
+
+#[test]
+fn connect_handlers_follow_the_daemon_configuration() {
+    let dir = TempDir::new("handlers");
+    let allowed = dir.0.join("handlers");
+    std::fs::create_dir_all(&allowed).unwrap();
+    let exe = |d: &Path, name: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, "#!/bin/sh\necho '{\"allow\": true}'\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let inside = exe(&allowed, "ok.sh");
+    let outside = exe(&dir.0, "outside.sh");
+    std::os::unix::fs::symlink(&outside, allowed.join("link.sh")).unwrap();
+    let clock = Arc::new(AtomicI64::new(T0));
+    let store = Store::open(StoreOptions {
+        handler_policy: HandlerPolicy {
+            executable_dir: Some(allowed.clone()),
+            allow_http: false,
+        },
+        ..options(&dir.0.join("data"), &clock, Quotas::default())
+    })
+    .unwrap();
+    let pki = Pki::new();
+    let with = |h: &str| {
+        let mut r = pki.create();
+        r.client_connect_options = Some(ClientConnectOptions {
+            enabled: true,
+            handler: Some(h.to_string()),
+        });
+        store.create_endpoint(&r)
+    };
+    with(&inside).unwrap();
+    with("https://hooks.example.com/connect").unwrap();
+    for (h, needle) in [
+        (outside.clone(), "outside the handler directory"),
+        (
+            format!("{}/../outside.sh", allowed.display()),
+            "outside the handler directory",
+        ),
+        (
+            format!("{}/link.sh", allowed.display()),
+            "outside the handler directory",
+        ),
+        (
+            format!("{}/missing.sh", allowed.display()),
+            "does not exist",
+        ),
+        ("http://127.0.0.1/hook".to_string(), "allow_http"),
+    ] {
+        let e = with(&h).unwrap_err();
+        assert_eq!(e.code, codes::INVALID_PARAMETER_VALUE, "{h}: {e}");
+        assert!(
+            e.message.contains("client-connect-options.handler") && e.message.contains(needle),
+            "{h}: {e}"
+        );
+    }
+    // Modify is checked the same way.
+    let id = with(&inside).unwrap().client_vpn_endpoint_id;
+    let e = store
+        .modify_endpoint(
+            &id,
+            &ModifyEndpointRequest {
+                client_connect_options: Some(ClientConnectOptions {
+                    enabled: true,
+                    handler: Some(outside.clone()),
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(e.message.contains("outside the handler directory"), "{e}");
+}
+
+#[test]
+fn modes_of_the_data_directory_and_database_files_are_enforced_at_every_start() {
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let chmod = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    // The function alone: every file with another mode is fixed and reported.
+    let bare = TempDir::new("modes");
+    std::fs::create_dir_all(&bare.0).unwrap();
+    chmod(&bare.0, 0o755);
+    for suffix in ["", "-wal", "-shm"] {
+        let f = bare.0.join(format!("{DB_FILE_NAME}{suffix}"));
+        std::fs::write(&f, b"").unwrap();
+        chmod(&f, 0o644);
+    }
+    let fixed = enforce_private_modes(&bare.0).unwrap();
+    assert_eq!(fixed.len(), 4, "{fixed:?}");
+    assert!(
+        fixed[0].contains("0755") && fixed[0].contains("0700"),
+        "{fixed:?}"
+    );
+    assert_eq!(mode(&bare.0), 0o700);
+    for suffix in ["", "-wal", "-shm"] {
+        assert_eq!(mode(&bare.0.join(format!("{DB_FILE_NAME}{suffix}"))), 0o600);
+    }
+    assert!(
+        enforce_private_modes(&bare.0).unwrap().is_empty(),
+        "nothing left to fix"
+    );
+
+    // Through a restart of the store: a directory and database made readable to others
+    // between two runs are private again once it is open, WAL and shared memory included.
+    let fx = Fx::new();
+    let dir = fx.dir.0.clone();
+    fx.endpoint();
+    drop(fx.store);
+    chmod(&dir, 0o755);
+    chmod(&dir.join(DB_FILE_NAME), 0o644);
+    let store = Store::open(StoreOptions::in_dir(&dir)).unwrap();
+    store.create_endpoint(&fx.pki.create()).unwrap();
+    assert_eq!(mode(&dir), 0o700);
+    for suffix in ["", "-wal", "-shm"] {
+        let f = dir.join(format!("{DB_FILE_NAME}{suffix}"));
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+}
+
+#[test]
+fn deleted_private_keys_are_scrubbed_from_the_database_files() {
+    let fx = Fx::new();
+    // A line of the key's base64 body: found in the files only if the key is.
+    let marker = fx
+        .pki
+        .server_key
+        .lines()
+        .nth(2)
+        .expect("a PEM key has several lines")
+        .to_string();
+    assert!(marker.len() >= 40, "{marker}");
+    let find = |what: &str| {
+        let mut hits = Vec::new();
+        for suffix in ["", "-wal"] {
+            let f = fx.dir.0.join(format!("{DB_FILE_NAME}{suffix}"));
+            let bytes = std::fs::read(&f).unwrap_or_default();
+            if bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                hits.push(format!("{what}: {}", f.display()));
+            }
+        }
+        hits
+    };
+    let checkpoint = || {
+        let (busy, _, _): (i64, i64, i64) = fx
+            .store
+            .lock()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(busy, 0, "the checkpoint completed");
+    };
+    // A row larger than a page (as with an RSA key and chain) keeps its tail, the key included,
+    // in overflow pages: without secure_delete the freed ones keep their bytes in the file.
+    let mut req = fx.pki.create();
+    req.client_login_banner_options = Some(ClientLoginBannerOptions {
+        enabled: true,
+        banner_text: Some("é".repeat(1400)),
+    });
+    let eid = fx
+        .store
+        .create_endpoint(&req)
+        .unwrap()
+        .client_vpn_endpoint_id;
+    checkpoint();
+    assert!(!find("stored").is_empty(), "the test sees a stored key");
+    assert_eq!(fx.store.secure_delete().unwrap(), true);
+
+    fx.store.delete_endpoint(&eid).unwrap();
+    fx.store.finish_endpoint_deletion(&eid).unwrap();
+    checkpoint();
+    let hits = find("after deletion");
+    assert!(hits.is_empty(), "the deleted key is still in {hits:?}");
+    // The row itself, once past the retention period.
+    fx.advance(DEFAULT_RETENTION.as_secs() as i64 + 60);
+    fx.store.prune().unwrap();
+    checkpoint();
+    assert!(find("after prune").is_empty());
 }

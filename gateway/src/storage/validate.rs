@@ -187,27 +187,135 @@ pub fn banner(
     })
 }
 
-/// The client connect handler: an `http(s)://` URL or an absolute path; required if enabled.
+/// Where a client connect handler is, once the daemon's [`HandlerPolicy`] allows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandlerTarget {
+    /// The executable's canonical path: inside the allowed directory.
+    Executable(std::path::PathBuf),
+    /// A webhook: `https`, and what follows `scheme://` (`host[:port][/path]`).
+    Webhook {
+        /// `https://` (else `http://`, allowed by `[connect_handler] allow_http`).
+        https: bool,
+        /// Authority and path.
+        rest: String,
+    },
+}
+
+/// A client connect handler the daemon configuration allows: an `https://` URL, an `http://`
+/// URL when `allow_http` is set, or an executable file inside `executable_dir` (after resolving
+/// `..` and symbolic links, so neither can lead out of it), not writable by group or others.
+/// Reads the file system (the executable's path and mode); `Err` says what is wrong and what
+/// to do.
+pub fn check_handler(h: &str, policy: &HandlerPolicy) -> Result<HandlerTarget, String> {
+    if h.chars().any(char::is_whitespace) {
+        return Err(format!("{h:?} contains white space"));
+    }
+    let url = |https: bool, rest: &str| {
+        if rest.is_empty() || rest.starts_with('/') {
+            Err(format!(
+                "{h:?} names no host (write {}://HOST[:PORT]/PATH)",
+                if https { "https" } else { "http" }
+            ))
+        } else {
+            Ok(HandlerTarget::Webhook {
+                https,
+                rest: rest.to_string(),
+            })
+        }
+    };
+    if let Some(rest) = h.strip_prefix("https://") {
+        return url(true, rest);
+    }
+    if let Some(rest) = h.strip_prefix("http://") {
+        if !policy.allow_http {
+            return Err(format!(
+                "{h:?} is a plain http:// webhook: the request and the answer that admits the \
+                 client would cross the network unprotected; use https://, or allow http \
+                 explicitly with `allow_http = true` in the daemon configuration's \
+                 [connect_handler] table"
+            ));
+        }
+        return url(false, rest);
+    }
+    if h.starts_with('/') {
+        return check_executable(std::path::Path::new(h), policy).map(HandlerTarget::Executable);
+    }
+    Err(format!(
+        "{h:?} is neither an http(s) URL nor the absolute path of an executable"
+    ))
+}
+
+/// An executable handler inside the policy's directory: its canonical path.
+fn check_executable(
+    path: &std::path::Path,
+    policy: &HandlerPolicy,
+) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(dir) = &policy.executable_dir else {
+        return Err(format!(
+            "{} is an executable, and the daemon configuration allows none: set \
+             `executable_dir = \"DIR\"` in its [connect_handler] table (e.g. \
+             \"/etc/cvpn/handlers\"), install the handler in DIR and restart the daemon; or use \
+             an https:// webhook",
+            path.display()
+        ));
+    };
+    let canonical_dir = dir.canonicalize().map_err(|e| {
+        format!(
+            "the handler directory {} ([connect_handler] executable_dir): {e}; create it or fix \
+             the daemon configuration",
+            dir.display()
+        )
+    })?;
+    let canonical = path.canonicalize().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "{} does not exist; install the handler in {} first",
+                path.display(),
+                canonical_dir.display()
+            )
+        } else {
+            format!("{}: {e}", path.display())
+        }
+    })?;
+    if !canonical.starts_with(&canonical_dir) {
+        return Err(format!(
+            "{} resolves to {}, outside the handler directory {} ([connect_handler] \
+             executable_dir); install the handler in that directory",
+            path.display(),
+            canonical.display(),
+            canonical_dir.display()
+        ));
+    }
+    let meta =
+        std::fs::metadata(&canonical).map_err(|e| format!("{}: {e}", canonical.display()))?;
+    let mode = meta.permissions().mode();
+    if !meta.is_file() || mode & 0o111 == 0 {
+        return Err(format!(
+            "{} is not an executable file (chmod 755 it)",
+            canonical.display()
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by group or others, who could then decide who connects: chmod go-w it",
+            canonical.display()
+        ));
+    }
+    Ok(canonical)
+}
+
+/// The client connect handler: one [`check_handler`] allows; required if enabled.
 pub fn client_connect(
     field: &str,
     c: &ClientConnectOptions,
+    policy: &HandlerPolicy,
 ) -> Result<ClientConnectOptions, ApiError> {
     let sub = format!("{field}.handler");
     let handler = match c.handler.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(h) => {
-            let url = h
-                .strip_prefix("https://")
-                .or_else(|| h.strip_prefix("http://"))
-                .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
-            if !(url || h.starts_with('/')) || h.chars().any(char::is_whitespace) {
-                return Err(ApiError::invalid(
-                    &sub,
-                    format!(
-                        "{h:?} is neither an http(s) URL nor the absolute path of an executable"
-                    ),
-                ));
-            }
+            check_handler(h, policy).map_err(|e| ApiError::invalid(&sub, e))?;
             Some(h.to_string())
         }
     };
