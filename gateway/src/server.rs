@@ -87,6 +87,27 @@ pub struct ServerSettings {
     pub print_log_lines: bool,
     /// Session timeout and connect handler (changeable while running).
     pub live: LiveSettings,
+    /// SNAT ports of this endpoint; `None`: the data plane's default range. Endpoints of one
+    /// daemon that share a target interface need disjoint ranges ([`snat_slice`]).
+    pub nat_port_range: Option<(u16, u16)>,
+}
+
+/// The slice of the default SNAT range an endpoint of a daemon uses, by its listener: AWS's
+/// ports (443, 1194) and transports give four endpoints per host address, each with a quarter
+/// of the range, so two endpoints on one target interface never hand out the same port.
+pub fn snat_slice(transport: Transport, port: u16) -> (u16, u16) {
+    use gateway_common::{DEFAULT_NAT_PORT_MAX, DEFAULT_NAT_PORT_MIN};
+    let slot: u32 = match (transport, port) {
+        (Transport::Udp, 443) => 0,
+        (Transport::Udp, _) => 1,
+        (Transport::Tcp, 443) => 2,
+        (Transport::Tcp, _) => 3,
+    };
+    let (min, max) = (u32::from(DEFAULT_NAT_PORT_MIN), u32::from(DEFAULT_NAT_PORT_MAX));
+    let size = (max - min + 1) / 4;
+    let lo = min + slot * size;
+    let hi = if slot == 3 { max } else { lo + size - 1 };
+    (lo as u16, hi as u16)
 }
 
 /// The settings a running endpoint takes without a restart ([`ServerCommand::LiveSettings`]).
@@ -624,8 +645,10 @@ impl Server {
         ip(&["addr", "replace", &gw, "dev", &settings.tun_name])?;
         ip(&["link", "set", &settings.tun_name, "mtu", "1500", "up"])?;
 
+        let defaults = DataPlaneConfig::default();
         let mut dataplane = DataPlane::load(DataPlaneConfig {
             client_interface: Some(settings.tun_name.clone()),
+            nat_port_range: settings.nat_port_range.unwrap_or(defaults.nat_port_range),
             ..DataPlaneConfig::default()
         })
         .context("loading the kernel data plane")?;

@@ -1728,7 +1728,12 @@ fn data_packets_before_admission_are_dropped_while_the_connect_handler_decides()
         raw_client::{tls_config, udp_packet, RawClient},
     };
     use std::os::unix::fs::PermissionsExt;
-    let mut s = setup(2);
+    let mut s = setup_with_config(2, |dir| {
+        Some(format!(
+            "[connect_handler]\nexecutable_dir = {:?}\n",
+            dir.display().to_string()
+        ))
+    });
     ok(
         s.cli(&[
             "rule",

@@ -735,6 +735,7 @@ fn serve_with_session_timeout(
             disconnect_on_session_timeout: disconnect,
             connect_handler: None,
         },
+        nat_port_range: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = net.gateway.spawn(move || {
