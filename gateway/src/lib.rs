@@ -21,6 +21,7 @@ pub mod connlog;
 pub mod control;
 pub mod datachannel;
 pub mod dataplane;
+pub mod endpoint;
 pub mod io;
 pub mod pool;
 pub mod protocol;

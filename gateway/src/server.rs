@@ -1,10 +1,13 @@
-//! The endpoint daemon's I/O: sockets, the TUN device, timers. It only moves bytes between the
-//! sans-IO protocol core ([`crate::protocol`]), the data channel ([`crate::datachannel`]) and
-//! the kernel data plane ([`crate::dataplane`]), which makes every per-packet policy decision.
+//! The endpoint daemon's I/O: sockets, the TUN device, the kernel data plane, timers. It only
+//! moves bytes and drives deadlines for the sans-IO [`crate::endpoint::Endpoint`] (which decides
+//! everything about connections) and [`crate::endpoint::datapath::DataPath`] (which opens data
+//! packets), and applies their outputs in order.
 //!
-//! One event loop owns all state: UDP datagrams and TCP frames in, TUN packets in, a tick for
-//! retransmissions and keepalives. Decrypted client packets go into the TUN, where
-//! `client_ingress` takes them; return traffic comes out of the TUN and is encrypted here.
+//! One event loop: UDP datagrams and TCP packets in (data packets to the data path, the rest to
+//! the endpoint), commands and connect-handler answers in, the endpoint's next deadline, a
+//! one-second housekeeping tick that touches no connection. Decrypted client packets go into
+//! the TUN, where `client_ingress` takes them; return traffic comes out of the TUN and is
+//! encrypted and sent by a second thread (`TunReader`).
 
 use std::{
     collections::HashMap,
@@ -12,7 +15,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     process::Command,
     sync::{Arc, Mutex, RwLock},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{bail, Context, Result};
@@ -25,16 +28,16 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    connlog::FailureReason,
-    datachannel::{Cipher, DataChannel, Opener, Role, Sealer},
+    datachannel::Sealer,
     dataplane::{policy::Policy, DataPlane, DataPlaneConfig, TargetSpec},
+    endpoint::{
+        datapath::{Activity, DataPath, Opened},
+        Clock, Command as EndpointCommand, ConnId, Endpoint, EndpointConfig, Output, Peer,
+    },
     io::tcp::{TcpEvent, TcpLimits},
-    pool::AddressPool,
     protocol::{
-        cookie::CookieJar,
-        packet::{Header, Opcode, Packet},
-        push::{negotiate_cipher, KeySignalling, PushReply, Tunnel},
-        session::{Event, ServerSession, SessionConfig},
+        packet::{Header, Opcode},
+        session::SessionConfig,
         tls::TlsMaterial,
     },
     tun::{Kind, Tun},
@@ -103,7 +106,10 @@ pub fn snat_slice(transport: Transport, port: u16) -> (u16, u16) {
         (Transport::Tcp, 443) => 2,
         (Transport::Tcp, _) => 3,
     };
-    let (min, max) = (u32::from(DEFAULT_NAT_PORT_MIN), u32::from(DEFAULT_NAT_PORT_MAX));
+    let (min, max) = (
+        u32::from(DEFAULT_NAT_PORT_MIN),
+        u32::from(DEFAULT_NAT_PORT_MAX),
+    );
     let size = (max - min + 1) / 4;
     let lo = min + slot * size;
     let hi = if slot == 3 { max } else { lo + size - 1 };
@@ -111,18 +117,7 @@ pub fn snat_slice(transport: Transport, port: u16) -> (u16, u16) {
 }
 
 /// The settings a running endpoint takes without a restart ([`ServerCommand::LiveSettings`]).
-#[derive(Clone, Debug, Default)]
-pub struct LiveSettings {
-    /// The longest a session lasts (AWS's session timeout, 8 to 24 hours); `None`: no limit.
-    /// Running sessions are measured against a new value from their start.
-    pub session_timeout: Option<Duration>,
-    /// At the session timeout: true, the client is told to exit (HALT; its user reconnects);
-    /// false, it is told to reconnect at once (RESTART), which authenticates it again.
-    pub disconnect_on_session_timeout: bool,
-    /// The client connect handler, asked before a client gets an address (clients that
-    /// connect after a change use the new one); `None`: none.
-    pub connect_handler: Option<Arc<crate::connect_handler::ConnectHandler>>,
-}
+pub use crate::endpoint::LiveSettings;
 
 /// What the server tells the control plane about connections. Calls come from the event loop,
 /// so implementations queue the work (see `control::recorder`) rather than block.
@@ -167,6 +162,8 @@ struct TxSession {
     peer: Peer,
     sealer: Sealer,
     last_tx: Instant,
+    /// Shared with the endpoint: told when packet ids run out.
+    activity: Arc<Activity>,
 }
 
 /// State the event loop and the TUN reader thread share.
@@ -297,6 +294,9 @@ impl TxShared {
             match t.sealer.seal_in_place(&mut buf[..24 + n], n) {
                 Ok(len) => {
                     t.last_tx = Instant::now();
+                    if t.sealer.needs_renegotiation() {
+                        t.activity.mark_running_out();
+                    }
                     (t.peer, len)
                 }
                 Err(e) => {
@@ -434,155 +434,11 @@ pub enum ServerCommand {
     LiveSettings(LiveSettings),
 }
 
-/// Where a client's packets come from and go to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Peer {
-    Udp(SocketAddr),
-    Tcp(u64),
-}
-
-struct Conn {
-    peer: Peer,
-    remote_addr: SocketAddr,
-    /// The address the handshake came from (counted in [`PendingHandshakes`] until admitted;
-    /// `remote_addr` may move).
-    handshake_source: IpAddr,
-    session: ServerSession,
-    /// Where the connection is in its life; data packets are accepted only when admitted.
-    state: ConnState,
-    /// Receiving halves of the data channel by key id, newest last (the previous key keeps
-    /// working after a renegotiation until it is replaced).
-    data: Vec<Opener>,
-    /// The sending half, shared with the TUN reader thread.
-    tx: Option<Arc<Mutex<TxSession>>>,
-    peer_id: u32,
-    cipher: Option<Cipher>,
-    common_name: String,
-    /// The client certificate's serial, `aa:bb:…` (CRL checks of running sessions).
-    serial: String,
-    /// For the connection log.
-    log: crate::connlog::ConnectionInfo,
-    last_rx: Instant,
-    /// When the current data keys were installed, and whether we started a renegotiation
-    /// that has not finished.
-    keys_at: Instant,
-    rekey_pending: bool,
-    /// A renegotiation failed at this time; the session ends if no new key is in place
-    /// within [`RENEGOTIATION_GRACE`].
-    rekey_failed_at: Option<Instant>,
-    /// The client asked for its configuration (it is sent once the client is admitted).
-    push_requested: bool,
-    /// Data packets dropped because their inner source was not the client's own address (or
-    /// not IPv4), and because they came before the client was admitted.
-    forged: u64,
-    early: u64,
-}
-
-/// A connection's life. It moves forward only: `Handshaking` → `Authorizing` → `Admitted`,
-/// and ends by removal from the endpoint's table (with a connection-log entry saying why).
-enum ConnState {
-    /// The reset exchange is done; TLS and the first key exchange are under way.
-    Handshaking,
-    /// The certificate is verified and data keys exist, but outside checks (the client
-    /// connect handler) decide whether the client may in. It has no address; its data
-    /// packets are dropped.
-    Authorizing {
-        admission: Admission,
-        /// The session timeout counts from here.
-        authenticated_at: Instant,
-    },
-    /// The client has an address and a data-plane session; its configuration is pushed when
-    /// it asks (or at once, for clients that do not ask).
-    Admitted {
-        client_ip: Ipv4Addr,
-        authenticated_at: Instant,
-        push_messages: Vec<String>,
-    },
-}
-
-impl ConnState {
-    fn client_ip(&self) -> Option<Ipv4Addr> {
-        match self {
-            ConnState::Admitted { client_ip, .. } => Some(*client_ip),
-            _ => None,
-        }
-    }
-
-    fn authenticated_at(&self) -> Option<Instant> {
-        match self {
-            ConnState::Handshaking => None,
-            ConnState::Authorizing {
-                authenticated_at, ..
-            }
-            | ConnState::Admitted {
-                authenticated_at, ..
-            } => Some(*authenticated_at),
-        }
-    }
-}
-
-/// Bounds on connections that are not admitted yet: each holds a TLS state.
-const MAX_PENDING_HANDSHAKES: usize = 1024;
-const MAX_PENDING_PER_SOURCE: u32 = 32;
-
-/// Connections not admitted yet, in all and by source address.
-#[derive(Debug, Default)]
-struct PendingHandshakes {
-    total: usize,
-    by_source: HashMap<IpAddr, u32>,
-}
-
-impl PendingHandshakes {
-    /// Counts a new handshake from `source`, or says which bound it would break.
-    fn admit(&mut self, source: IpAddr) -> Result<(), &'static str> {
-        if self.total >= MAX_PENDING_HANDSHAKES {
-            return Err("pending handshakes in all");
-        }
-        let n = self.by_source.entry(source).or_insert(0);
-        if *n >= MAX_PENDING_PER_SOURCE {
-            return Err("pending handshakes from this address");
-        }
-        *n += 1;
-        self.total += 1;
-        Ok(())
-    }
-
-    /// A handshake from `source` ended or was admitted.
-    fn done(&mut self, source: IpAddr) {
-        if let Some(n) = self.by_source.get_mut(&source) {
-            *n -= 1;
-            if *n == 0 {
-                self.by_source.remove(&source);
-            }
-            self.total = self.total.saturating_sub(1);
-        }
-    }
-}
-
-/// How long a session keeps its old keys after a renegotiation failed (a revoked or expired
-/// certificate, a stalled key exchange) before it is ended.
-const RENEGOTIATION_GRACE: Duration = Duration::from_secs(10);
-
-/// What admitting an authenticated client takes (kept while the connect handler decides).
-struct Admission {
-    identity: crate::protocol::tls::ClientIdentity,
-    peer_info: crate::protocol::keymethod::PeerInfo,
-    tls_version: String,
-    tls_ekm: bool,
-    cipher_name: String,
-}
-
 /// The connect handler's answer for a connection.
 type HandlerAnswer = (
-    u64,
+    ConnId,
     Result<crate::connect_handler::ConnectResponse, crate::connect_handler::HandlerError>,
 );
-
-fn unix_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-}
 
 fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
@@ -599,26 +455,28 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The daemon's state and event loop.
+/// How often the driver's own housekeeping runs (counters to the recorder, NAT expiry, TCP
+/// deadlines). It touches no connection of the endpoint.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// NAT entries are expired this often.
+const NAT_EXPIRY_EVERY: Duration = Duration::from_secs(10);
+
+/// One endpoint's I/O: sockets, the TUN device, the kernel data plane, and the sans-IO
+/// [`Endpoint`] and [`DataPath`] it drives.
 pub struct Server {
     settings: ServerSettings,
-    session_config: Arc<SessionConfig>,
-    cookies: CookieJar,
-    pool: AddressPool,
+    endpoint: Endpoint,
+    datapath: DataPath,
     dataplane: DataPlane,
-    conns: HashMap<u64, Conn>,
-    by_peer: HashMap<Peer, u64>,
-    by_peer_id: HashMap<u32, u64>,
-    next_conn: u64,
-    peer_ids: crate::protocol::peer_id::PeerIds,
-    /// Connections not yet admitted, in all and by source address (handshake-flood bounds).
-    pending: PendingHandshakes,
+    /// Sending halves of connections not admitted yet (their keys come before their address).
+    unadmitted_tx: HashMap<ConnId, Arc<Mutex<TxSession>>>,
     /// What the TUN reader thread shares with the event loop: sockets and sending halves.
     tx: TxShared,
     tun: Arc<AsyncFd<Tun>>,
     logs: Option<Arc<crate::connlog::ConnectionLogs>>,
-    /// When counters were last reported to the recorder.
+    /// When counters were last reported to the recorder and NAT entries last expired.
     counters_at: Instant,
+    nat_expired_at: Instant,
     /// Connect handler answers come back here.
     handler_tx: mpsc::UnboundedSender<HandlerAnswer>,
     handler_rx: Option<mpsc::UnboundedReceiver<HandlerAnswer>>,
@@ -628,18 +486,34 @@ pub struct Server {
 impl Server {
     /// Opens the TUN, loads the data plane, and binds the listener's socket.
     pub fn new(settings: ServerSettings) -> Result<Self> {
-        let pool = AddressPool::new(settings.client_cidr).context("client CIDR")?;
         let tls = settings.tls.server_config().context("TLS configuration")?;
         let session_config = Arc::new(SessionConfig {
             force_tls_prf: settings.force_tls_prf,
             ..SessionConfig::new(tls)
         });
+        let mut endpoint = Endpoint::new(
+            EndpointConfig {
+                endpoint_id: settings.endpoint_id.clone(),
+                transport: settings.transport,
+                client_cidr: settings.client_cidr,
+                split_tunnel: settings.split_tunnel,
+                dns_servers: settings.dns_servers.clone(),
+                ciphers: settings.ciphers.clone(),
+                ping: settings.ping,
+                ping_restart: settings.ping_restart,
+                reneg_after: settings.reneg_after,
+                live: settings.live.clone(),
+            },
+            session_config,
+            Endpoint::random_cookies()?,
+            Instant::now(),
+        )?;
 
         let tun = Tun::open_with(&settings.tun_name, Kind::Tun, false, true)
             .with_context(|| format!("creating TUN device {}", settings.tun_name))?;
         let gw = format!(
             "{}/{}",
-            pool.gateway_addr(),
+            endpoint.gateway_addr(),
             settings.client_cidr.prefix_len()
         );
         ip(&["addr", "replace", &gw, "dev", &settings.tun_name])?;
@@ -664,6 +538,10 @@ impl Server {
                 &settings.targets,
             ))
             .context("applying rules and routes")?;
+        endpoint.handle_command(
+            Clock::system(),
+            EndpointCommand::SetRoutes(pushed_routes(&dataplane)),
+        );
 
         let logs = match (&settings.shared_logs, &settings.log_dir) {
             (Some(shared), _) => Some(shared.clone()),
@@ -682,20 +560,14 @@ impl Server {
         Ok(Server {
             logs,
             counters_at: Instant::now(),
+            nat_expired_at: Instant::now(),
             handler_tx,
             handler_rx: Some(handler_rx),
             flow_events,
-            cookies: CookieJar::new()
-                .map_err(|_| anyhow::anyhow!("no system randomness for the cookie key"))?,
-            session_config,
-            pool,
+            endpoint,
+            datapath: DataPath::new(),
             dataplane,
-            conns: HashMap::new(),
-            by_peer: HashMap::new(),
-            by_peer_id: HashMap::new(),
-            next_conn: 1,
-            peer_ids: crate::protocol::peer_id::PeerIds::new(),
-            pending: PendingHandshakes::default(),
+            unadmitted_tx: HashMap::new(),
             tx: TxShared {
                 sessions: Arc::new(RwLock::new(HashMap::new())),
                 udp: None,
@@ -766,8 +638,7 @@ impl Server {
             }
         };
         info!(listen = %self.settings.listen, transport = ?self.settings.transport, tun = %self.settings.tun_name, "serving");
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        let mut last_gc = Instant::now();
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         // Receive batches: up to RECV_BATCH datagrams (each possibly GRO-coalesced) per call.
         let mut rx_bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; 65536]).collect();
         let mut rx_meta = vec![quinn_udp::RecvMeta::default(); RECV_BATCH];
@@ -785,13 +656,19 @@ impl Server {
             Duration::from_secs(self.settings.ping as u64),
         )?;
         tokio::pin!(shutdown);
+        // The endpoint's next deadline: recomputed after every input it takes (data packets
+        // only move keepalive deadlines later, so an early wake-up finds nothing to do).
+        let mut deadline = self.endpoint.poll_timeout();
         loop {
             let udp = self.tx.udp.clone();
+            // At least a millisecond ahead: a deadline that does not move cannot spin the loop.
+            let wake = deadline.map(|d| d.max(Instant::now() + Duration::from_millis(1)));
             tokio::select! {
                 _ = &mut shutdown => break,
                 r = async { match &udp { Some(s) => s.readable().await, None => std::future::pending().await } } => {
                     if r.is_ok() {
                         if let Some(sock) = &udp {
+                            let mut control = false;
                             // A few batches per wake-up, so the TUN side gets its turn.
                             for _ in 0..4 {
                                 let got = {
@@ -810,13 +687,17 @@ impl Server {
                                             let buf = &mut rx_bufs[i][..meta.len];
                                             // GRO hands several datagrams of one sender in one buffer.
                                             for dgram in buf.chunks_mut(stride) {
-                                                self.on_packet(Peer::Udp(meta.addr), meta.addr, dgram);
+                                                control |= self.on_packet(Peer::Udp(meta.addr), meta.addr, dgram);
                                             }
                                         }
                                     }
                                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                                     Err(e) => { warn!(error = %e, "UDP receive"); break; }
                                 }
+                            }
+                            if control {
+                                self.drain();
+                                deadline = self.endpoint.poll_timeout();
                             }
                         }
                     }
@@ -828,642 +709,227 @@ impl Server {
                         }
                         TcpEvent::Closed(id) => {
                             self.tx.tcp.close(id);
-                            if let Some(cid) = self.by_peer.get(&Peer::Tcp(id)).copied() {
-                                self.disconnect(cid, FailureReason::TCP_CLOSED);
-                            }
+                            self.endpoint.handle_tcp_closed(Clock::system(), id);
                         }
                     }
+                    self.drain();
+                    deadline = self.endpoint.poll_timeout();
                 }
                 r = async { match &self.flow_events { Some(f) => f.readable().await.map(|mut g| g.clear_ready()), None => std::future::pending().await } } => {
                     if r.is_ok() {
                         self.on_flow_events();
                     }
                 }
-                Some(cmd) = commands.recv() => self.on_command(cmd),
-                Some((id, answer)) = handler_rx.recv() => self.on_handler_answer(id, answer),
-                _ = tick.tick() => {
-                    self.on_tick();
-                    for id in self.tx.tcp.reap(Instant::now(), tcp_limits.admission_deadline) {
-                        debug!(conn = id, "TCP connection without a session past its deadline: closed");
-                        if let Some(cid) = self.by_peer.get(&Peer::Tcp(id)).copied() {
-                            self.disconnect(cid, FailureReason::HANDSHAKE_TIMEOUT);
-                        }
-                    }
-                    if last_gc.elapsed() > Duration::from_secs(10) {
-                        let r = self.dataplane.expire_nat();
-                        debug!(?r, "NAT expiry");
-                        last_gc = Instant::now();
-                    }
+                Some(cmd) = commands.recv() => {
+                    self.on_command(cmd);
+                    self.drain();
+                    deadline = self.endpoint.poll_timeout();
+                }
+                Some((id, answer)) = handler_rx.recv() => {
+                    self.endpoint.handle_connect_answer(Clock::system(), id, answer);
+                    self.drain();
+                    deadline = self.endpoint.poll_timeout();
+                }
+                _ = async { match wake { Some(w) => tokio::time::sleep_until(w.into()).await, None => std::future::pending().await } } => {
+                    self.endpoint.handle_timeout(Clock::system());
+                    self.drain();
+                    deadline = self.endpoint.poll_timeout();
+                }
+                _ = housekeeping.tick() => {
+                    self.housekeeping(tcp_limits);
+                    self.drain();
+                    deadline = self.endpoint.poll_timeout();
                 }
             }
         }
         if let Some(acceptor) = &tcp_listener {
             acceptor.abort();
         }
-        info!(
-            clients = self.conns.len(),
-            "shutting down: telling clients to reconnect"
-        );
-        let ids: Vec<u64> = self.conns.keys().copied().collect();
-        for id in ids {
-            if let Some(c) = self.conns.get_mut(&id) {
-                c.session.send_control("RESTART");
-            }
-            self.flush(id);
-        }
+        self.endpoint.shutdown(Clock::system());
+        self.drain();
         tokio::time::sleep(Duration::from_millis(100)).await;
         // Each session's end goes to the connection log and the recorder.
-        let ids: Vec<u64> = self.conns.keys().copied().collect();
-        for id in ids {
-            self.disconnect(id, FailureReason::SERVER_SHUTDOWN);
-        }
+        self.endpoint.close_all(Clock::system());
+        self.drain();
         reader.stop();
         Ok(())
     }
 
-    fn send_to(&mut self, peer: Peer, bytes: &[u8]) {
-        self.tx.send_to(peer, bytes);
-    }
-
-    fn on_packet(&mut self, peer: Peer, addr: SocketAddr, buf: &mut [u8]) {
+    /// One packet from a peer: data packets to the data path, the rest to the endpoint. True
+    /// when the endpoint took it (its outputs want draining).
+    fn on_packet(&mut self, peer: Peer, addr: SocketAddr, buf: &mut [u8]) -> bool {
         let Ok(header) = Header::peek(buf) else {
-            return;
-        };
-        if header.opcode == Opcode::DataV2 {
-            self.on_data(peer, buf);
-            return;
-        }
-        if header.opcode == Opcode::DataV1 {
-            return;
-        }
-        let packet = match Packet::decode(buf) {
-            Ok(p) => p,
-            Err(e) => {
-                debug!(%addr, error = %e, "malformed control packet");
-                return;
-            }
-        };
-        let now = Instant::now();
-        if let Some(&id) = self.by_peer.get(&peer) {
-            if let Some(c) = self.conns.get_mut(&id) {
-                if let Err(e) = c.session.handle(now, &packet) {
-                    debug!(conn = id, error = %e, "control packet dropped");
-                }
-                c.last_rx = now;
-                self.after_session(id);
-                return;
-            }
-        }
-        // No state for this peer: only a first reset (answered statelessly) or a packet that
-        // acknowledges our cookie creates any.
-        match &packet {
-            Packet::Control(c)
-                if c.opcode == crate::protocol::packet::ControlOpcode::HardResetClientV2 =>
-            {
-                if let Some(answer) = self.cookies.answer(c, addr, unix_now()) {
-                    let bytes = Packet::Control(answer).to_vec();
-                    self.send_to(peer, &bytes);
-                }
-            }
-            Packet::Control(c) => {
-                if let Some(acks) = &c.acks {
-                    self.accept(peer, addr, c.session_id, acks.remote_session_id(), &packet);
-                }
-            }
-            Packet::Ack(a) => {
-                self.accept(
-                    peer,
-                    addr,
-                    a.session_id,
-                    a.acks.remote_session_id(),
-                    &packet,
-                );
-            }
-            Packet::Data(_) => {}
-        }
-    }
-
-    fn accept(
-        &mut self,
-        peer: Peer,
-        addr: SocketAddr,
-        client_sid: crate::protocol::packet::SessionId,
-        claimed: crate::protocol::packet::SessionId,
-        packet: &Packet<'_>,
-    ) {
-        if !self.cookies.verify(client_sid, addr, claimed, unix_now()) {
-            debug!(%addr, "packet for an unknown session without a valid cookie: dropped");
-            return;
-        }
-        // Handshakes cost a TLS state each: bounded in all and per source address. The
-        // client retransmits, so it gets in once others finish.
-        if let Err(bound) = self.pending.admit(addr.ip()) {
-            debug!(%addr, %bound, "handshake not started: too many pending");
-            return;
-        }
-        let Some(peer_id) = self.peer_ids.allocate() else {
-            self.pending.done(addr.ip());
-            warn!(%addr, "no free peer id");
-            return;
-        };
-        let now = Instant::now();
-        let session =
-            match ServerSession::after_reset(self.session_config.clone(), claimed, client_sid, now)
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "cannot start a TLS session");
-                    self.pending.done(addr.ip());
-                    self.peer_ids.release(peer_id);
-                    return;
-                }
-            };
-        let id = self.next_conn;
-        self.next_conn += 1;
-        let mut conn = Conn {
-            peer,
-            remote_addr: addr,
-            handshake_source: addr.ip(),
-            session,
-            state: ConnState::Handshaking,
-            data: Vec::new(),
-            tx: None,
-            peer_id,
-            cipher: None,
-            common_name: String::new(),
-            serial: String::new(),
-            log: crate::connlog::ConnectionInfo::new(
-                new_connection_id(),
-                self.settings.endpoint_id.clone(),
-                self.settings.transport,
-                addr,
-                SystemTime::now(),
-            ),
-            last_rx: now,
-            keys_at: now,
-            rekey_pending: false,
-            rekey_failed_at: None,
-            push_requested: false,
-            forged: 0,
-            early: 0,
-        };
-        if let Err(e) = conn.session.handle(now, packet) {
-            debug!(error = %e, "first packet of a session dropped");
-        }
-        info!(conn = id, %addr, "control channel opened");
-        self.conns.insert(id, conn);
-        self.by_peer.insert(peer, id);
-        self.by_peer_id.insert(peer_id, id);
-        self.after_session(id);
-    }
-
-    /// Handles session events and sends what the session has to send.
-    fn after_session(&mut self, id: u64) {
-        loop {
-            let Some(c) = self.conns.get_mut(&id) else {
-                return;
-            };
-            let Some(ev) = c.session.poll_event() else {
-                break;
-            };
-            match ev {
-                Event::Authenticated {
-                    identity,
-                    peer_info,
-                    tls_version,
-                    tls_ekm,
-                    ..
-                } => {
-                    // Certificate authentication only: a user name the client sends in its
-                    // key-method record is a claim nothing checked, so it is not the user
-                    // (AWS records "NA"); the identity is the certificate's.
-                    c.common_name = identity.common_name.clone();
-                    c.serial = identity.serial.clone();
-                    c.log = c.log.clone().with_common_name(identity.common_name.clone());
-                    if let Some(platform) = &peer_info.platform {
-                        c.log = c.log.clone().with_device_type(platform.clone());
-                    }
-                    // The cipher is settled now: the data keys (next event) need it.
-                    let cipher_name = match negotiate_cipher(&self.settings.ciphers, &peer_info) {
-                        Ok(n) => n.to_string(),
-                        Err(e) => {
-                            warn!(conn = id, error = %e, "no common data cipher");
-                            self.disconnect(id, FailureReason::NO_COMMON_CIPHER);
-                            return;
-                        }
-                    };
-                    c.cipher = Cipher::from_openvpn_name(&cipher_name);
-                    let admission = Admission {
-                        identity,
-                        peer_info,
-                        tls_version,
-                        tls_ekm,
-                        cipher_name,
-                    };
-                    if let Some(handler) = self.settings.live.connect_handler.clone() {
-                        let request = crate::connect_handler::ConnectRequest {
-                            connection_id: c.log.connection_id.clone(),
-                            endpoint_id: self.settings.endpoint_id.clone(),
-                            common_name: admission.identity.common_name.clone(),
-                            username: "NA".into(),
-                            platform: admission
-                                .peer_info
-                                .platform
-                                .clone()
-                                .unwrap_or_else(|| "NA".into()),
-                            platform_version: admission
-                                .peer_info
-                                .platform_version
-                                .clone()
-                                .unwrap_or_else(|| "NA".into()),
-                            public_ip: c.remote_addr.ip().to_string(),
-                            client_openvpn_version: admission
-                                .peer_info
-                                .version
-                                .clone()
-                                .unwrap_or_else(|| "NA".into()),
-                            groups: admission.identity.groups.clone(),
-                            schema_version: "v2".into(),
-                        };
-                        c.state = ConnState::Authorizing {
-                            admission,
-                            authenticated_at: Instant::now(),
-                        };
-                        let answers = self.handler_tx.clone();
-                        debug!(conn = id, "asking the client connect handler");
-                        tokio::spawn(async move {
-                            let answer = handler.call(&request).await;
-                            let _ = answers.send((id, answer));
-                        });
-                        continue;
-                    }
-                    if !self.admit(id, admission, Instant::now()) {
-                        return;
-                    }
-                }
-                Event::KeysReady { key_id, material } => {
-                    let cipher = c.cipher.unwrap_or(Cipher::Aes256Gcm);
-                    match DataChannel::from_ekm(
-                        &material,
-                        cipher,
-                        Role::Server,
-                        key_id.get(),
-                        c.peer_id,
-                    ) {
-                        Ok(dc) => {
-                            c.keys_at = Instant::now();
-                            c.rekey_pending = false;
-                            c.rekey_failed_at = None;
-                            let (sealer, opener) = dc.split();
-                            c.data.retain(|d| d.key_id() != key_id.get());
-                            c.data.push(opener);
-                            if c.data.len() > 2 {
-                                c.data.remove(0);
-                            }
-                            // The newest key seals from now on.
-                            match &c.tx {
-                                Some(tx) => lock(tx).sealer = sealer,
-                                None => {
-                                    let tx = Arc::new(Mutex::new(TxSession {
-                                        peer: c.peer,
-                                        sealer,
-                                        last_tx: Instant::now(),
-                                    }));
-                                    if let Some(ip) = c.state.client_ip() {
-                                        write_lock(&self.tx.sessions).insert(ip, tx.clone());
-                                    }
-                                    c.tx = Some(tx);
-                                }
-                            }
-                            if key_id.get() != 0 {
-                                info!(conn = id, key_id = key_id.get(), "renegotiated");
-                            }
-                        }
-                        Err(e) => warn!(conn = id, error = %e, "data channel keys"),
-                    }
-                }
-                Event::RenegotiationFailed { key_id, reason } => {
-                    c.rekey_pending = false;
-                    c.rekey_failed_at.get_or_insert_with(Instant::now);
-                    warn!(conn = id, key_id = key_id.get(), %reason, grace = ?RENEGOTIATION_GRACE,
-                        "renegotiation failed; the session ends unless a new key is in place within the grace");
-                }
-                Event::Control(text) => {
-                    if text.starts_with("PUSH_REQUEST") {
-                        self.push(id);
-                    } else if text.starts_with("EXIT") {
-                        self.disconnect(id, "client-exit");
-                        return;
-                    } else {
-                        debug!(conn = id, %text, "control message ignored");
-                    }
-                }
-                Event::Refused { reason } => {
-                    warn!(conn = id, %reason, addr = %c.remote_addr, "handshake refused");
-                    let entry = crate::connlog::ConnectionLogEntry::attempt_failed(
-                        reason.as_str(),
-                        &c.log,
-                        SystemTime::now(),
-                    );
-                    log_connection(&self.logs, self.settings.print_log_lines, &entry);
-                    self.flush(id);
-                    self.remove(id);
-                    return;
-                }
-                Event::Flood { reason } => {
-                    warn!(conn = id, addr = %c.remote_addr, common_name = %c.common_name, %reason,
-                        "control channel flood: session ended");
-                    self.disconnect(id, FailureReason::CONTROL_CHANNEL_FLOOD);
-                    return;
-                }
-                Event::Gone => {
-                    self.disconnect(id, FailureReason::PEER_GONE);
-                    return;
-                }
-            }
-        }
-        self.flush(id);
-    }
-
-    /// Gives an authenticated (and, with a connect handler, allowed) client its address, its
-    /// data-plane session and its configuration. False when the connection is gone.
-    fn admit(&mut self, id: u64, a: Admission, authenticated_at: Instant) -> bool {
-        let Some(addr) = self.pool.allocate() else {
-            warn!(conn = id, "client address pool exhausted");
-            self.refuse(
-                id,
-                FailureReason::new(FailureReason::ADDRESS_POOL_EXHAUSTED),
-                None,
-            );
             return false;
         };
-        let Some(c) = self.conns.get_mut(&id) else {
-            self.pool.release(addr);
-            return false;
-        };
-        if let Err(e) = self.dataplane.add_session(addr, id, &a.identity.groups) {
-            warn!(conn = id, error = %e, "data plane refused the session");
-            self.pool.release(addr);
-            self.disconnect(id, FailureReason::INTERNAL_ERROR);
-            return false;
-        }
-        // Data keys may already be in place (they come while the connect handler decides).
-        if let Some(tx) = &c.tx {
-            write_lock(&self.tx.sessions).insert(addr, tx.clone());
-        }
-        c.log = c.log.clone().with_client_ip(addr);
-        if let Some(r) = &self.settings.recorder {
-            r.started(
-                &c.log.connection_id,
-                crate::storage::NewConnection {
-                    client_vpn_endpoint_id: self.settings.endpoint_id.clone(),
-                    client_ip: addr,
-                    common_name: a.identity.common_name.clone(),
-                    username: None,
-                    device_ip: c.remote_addr.ip(),
-                    device_port: c.remote_addr.port(),
-                    transport_protocol: self.settings.transport,
-                },
-            );
-        }
-        log_connection(
-            &self.logs,
-            self.settings.print_log_lines,
-            &crate::connlog::ConnectionLogEntry::attempt_succeeded(&c.log),
-        );
-        let reply = PushReply {
-            tunnel: if self.settings.split_tunnel {
-                Tunnel::Split(
-                    self.dataplane
-                        .policy()
-                        .routes
-                        .iter()
-                        .map(|r| r.destination)
-                        .collect(),
-                )
-            } else {
-                Tunnel::Full
-            },
-            dns_servers: self.settings.dns_servers.clone(),
-            ping: Some(self.settings.ping),
-            ping_restart: Some(self.settings.ping_restart),
-            peer_id: Some(c.peer_id),
-            cipher: Some(a.cipher_name.clone()),
-            key_signalling: KeySignalling::for_client(a.peer_info.proto, a.tls_ekm),
-            tun_mtu: Some(1500),
-            ..PushReply::new(addr, self.pool.netmask(), self.pool.gateway_addr())
-        };
-        self.pending.done(c.handshake_source);
-        if let Peer::Tcp(tcp) = c.peer {
-            self.tx.tcp.admitted(tcp);
-        }
-        c.state = ConnState::Admitted {
-            client_ip: addr,
-            authenticated_at,
-            push_messages: reply.to_messages(1024).unwrap_or_default(),
-        };
-        info!(
-            conn = id,
-            common_name = %a.identity.common_name,
-            groups = ?a.identity.groups,
-            client_ip = %addr,
-            cipher = %a.cipher_name,
-            tls = %a.tls_version,
-            version = a.peer_info.version.as_deref().unwrap_or("?"),
-            "client authenticated"
-        );
-        // Clients that announce IV_PROTO "request push" send no PUSH_REQUEST.
-        if a.peer_info.proto.request_push() || c.push_requested {
-            self.push(id);
-        }
-        true
-    }
-
-    /// The connect handler answered for connection `id`.
-    fn on_handler_answer(
-        &mut self,
-        id: u64,
-        answer: Result<
-            crate::connect_handler::ConnectResponse,
-            crate::connect_handler::HandlerError,
-        >,
-    ) {
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let (admission, authenticated_at) =
-            match std::mem::replace(&mut c.state, ConnState::Handshaking) {
-                ConnState::Authorizing {
-                    admission,
-                    authenticated_at,
-                } => (admission, authenticated_at),
-                other => {
-                    // Not waiting for an answer (a stale one): nothing changes.
-                    c.state = other;
-                    return;
-                }
-            };
-        match answer {
-            Ok(r) if r.allow => {
-                c.log.posture_compliance_statuses = r.posture_compliance_statuses;
-                if self.admit(id, admission, authenticated_at) {
-                    self.flush(id);
-                }
+        match header.opcode {
+            Opcode::DataV2 => {
+                self.on_data(peer, buf);
+                false
             }
-            Ok(r) => {
-                info!(conn = id, common_name = %admission.identity.common_name, "the client connect handler denied the connection");
-                let message = r
-                    .error_msg_on_denied_connection
-                    .filter(|m| !m.trim().is_empty());
-                let reason = match &message {
-                    Some(m) => {
-                        FailureReason::with_detail(FailureReason::CLIENT_CONNECT_FAILED, m.clone())
-                    }
-                    None => FailureReason::new(FailureReason::CLIENT_CONNECT_FAILED),
-                };
-                c.log.posture_compliance_statuses = r.posture_compliance_statuses;
-                self.refuse(id, reason, message);
+            Opcode::DataV1 => false,
+            _ => {
+                self.endpoint
+                    .handle_packet(Clock::system(), peer, addr, buf);
+                true
             }
-            Err(e) => {
-                warn!(conn = id, error = %e, "client connect handler failed: connection refused (fails closed)");
-                self.refuse(id, e.reason(), None);
-            }
-        }
-    }
-
-    /// Refuses an authenticated client: AUTH_FAILED (with `message` for the user; the client
-    /// stops rather than retrying), a failed attempt in the connection log, state dropped.
-    fn refuse(&mut self, id: u64, reason: crate::connlog::FailureReason, message: Option<String>) {
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let text: String = message
-            .unwrap_or_default()
-            .chars()
-            .map(|ch| if ch.is_control() { ' ' } else { ch })
-            .take(crate::connect_handler::MAX_DENIAL_MESSAGE)
-            .collect();
-        c.session.send_control(&if text.is_empty() {
-            "AUTH_FAILED".to_string()
-        } else {
-            format!("AUTH_FAILED,{text}")
-        });
-        let entry =
-            crate::connlog::ConnectionLogEntry::attempt_failed(reason, &c.log, SystemTime::now());
-        log_connection(&self.logs, self.settings.print_log_lines, &entry);
-        self.flush(id);
-        self.remove(id);
-    }
-
-    fn push(&mut self, id: u64) {
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let ConnState::Admitted { push_messages, .. } = &c.state else {
-            // Not admitted yet (the connect handler decides): answer when it is.
-            c.push_requested = true;
-            return;
-        };
-        for m in push_messages {
-            c.session.send_control(m);
-        }
-    }
-
-    fn flush(&mut self, id: u64) {
-        let now = Instant::now();
-        let mut out = Vec::new();
-        let peer = {
-            let Some(c) = self.conns.get_mut(&id) else {
-                return;
-            };
-            while let Some(p) = c.session.poll_transmit(now) {
-                out.push(p);
-            }
-            c.peer
-        };
-        for p in out {
-            self.send_to(peer, &p);
         }
     }
 
     fn on_data(&mut self, peer: Peer, buf: &mut [u8]) {
-        if buf.len() < 4 {
-            return;
-        }
-        let peer_id = u32::from_be_bytes([0, buf[1], buf[2], buf[3]]);
-        let Some(&id) = self.by_peer_id.get(&peer_id) else {
-            return;
+        let peer_id = match buf {
+            [_, a, b, c, ..] => u32::from_be_bytes([0, *a, *b, *c]),
+            _ => return,
         };
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let key_id = buf[0] & 0x07;
-        let Some(dc) = c.data.iter_mut().find(|d| d.key_id() == key_id) else {
+        let Opened::Accepted {
+            conn,
+            moved,
+            forward,
+        } = self.datapath.open(Instant::now(), peer, buf)
+        else {
             return;
         };
-        let plain = match dc.open_in_place(buf) {
-            Ok(p) => p,
-            Err(e) => {
-                debug!(conn = id, error = %e, "data packet dropped");
-                return;
-            }
-        };
-        c.last_rx = Instant::now();
-        // Nothing from a client that is not admitted reaches the TUN: it has no address yet
-        // (the connect handler decides), so any source it writes would be someone else's.
-        let Some(client_ip) = c.state.client_ip() else {
-            c.early += 1;
-            if c.early == 1 {
-                warn!(
-                    conn = id,
-                    "data packet before the client was admitted: dropped"
-                );
-            }
-            return;
-        };
-        // The client moved (NAT rebinding, roaming): same peer id, authenticated packet. Not
-        // onto an address another connection holds (a spoofed source must not take it over).
-        let taken = self.by_peer.get(&peer).is_some_and(|&other| other != id);
-        if c.peer != peer && !taken {
-            if let Peer::Udp(addr) = peer {
-                info!(conn = id, from = %c.remote_addr, to = %addr, "client address changed");
-                self.by_peer.remove(&c.peer);
-                c.peer = peer;
-                c.remote_addr = addr;
-                if let Some(tx) = &c.tx {
+        if moved && self.endpoint.handle_float(conn, peer) {
+            if let Some(ip) = self.datapath.set_peer(peer_id, peer) {
+                if let Some(tx) = read_lock(&self.tx.sessions).get(&ip) {
                     lock(tx).peer = peer;
                 }
-                self.by_peer.insert(peer, id);
             }
         }
-        use crate::datachannel::inner::{classify, Inner, InnerDrop};
-        match classify(plain, client_ip) {
-            Inner::Forward => {
-                if let Err(e) = self.tun.get_ref().send(plain) {
-                    debug!(error = %e, "TUN write");
+        if let Some(packet) = forward {
+            if let Err(e) = self.tun.get_ref().send(packet) {
+                debug!(error = %e, "TUN write");
+            }
+        }
+    }
+
+    /// Applies the endpoint's outputs, in order.
+    fn drain(&mut self) {
+        while let Some(out) = self.endpoint.poll_output() {
+            match out {
+                Output::Transmit { peer, packet } => self.tx.send_to(peer, &packet),
+                Output::Keys {
+                    conn,
+                    peer_id,
+                    peer,
+                    opener,
+                    sealer,
+                    activity,
+                } => {
+                    self.datapath
+                        .install_keys(conn, peer_id, peer, opener, activity.clone());
+                    // The newest key seals from now on (by client address once admitted).
+                    let client_ip = self.datapath.client_ip(peer_id);
+                    let existing = client_ip
+                        .and_then(|ip| read_lock(&self.tx.sessions).get(&ip).cloned())
+                        .or_else(|| self.unadmitted_tx.get(&conn).cloned());
+                    match existing {
+                        Some(tx) => lock(&tx).sealer = sealer,
+                        None => {
+                            let tx = Arc::new(Mutex::new(TxSession {
+                                peer,
+                                sealer,
+                                last_tx: Instant::now(),
+                                activity,
+                            }));
+                            match client_ip {
+                                Some(ip) => {
+                                    write_lock(&self.tx.sessions).insert(ip, tx);
+                                }
+                                None => {
+                                    self.unadmitted_tx.insert(conn, tx);
+                                }
+                            }
+                        }
+                    }
                 }
-            }
-            Inner::Keepalive | Inner::Drop(InnerDrop::Ipv6) => {}
-            Inner::Drop(InnerDrop::Malformed) => {
-                debug!(conn = id, "malformed inner packet dropped")
-            }
-            Inner::Drop(InnerDrop::ForgedSource(source)) => {
-                c.forged += 1;
-                // The first of a connection is logged; the total at its end.
-                if c.forged == 1 {
-                    warn!(conn = id, common_name = %c.common_name, %client_ip, forged_source = %source,
-                        "packet with a source address that is not the client's: dropped");
+                Output::Admitted {
+                    conn,
+                    peer_id,
+                    peer,
+                    client_ip,
+                    groups,
+                    connection_id,
+                    record,
+                } => {
+                    if let Err(e) = self.dataplane.add_session(client_ip, conn, &groups) {
+                        warn!(conn, error = %e, "data plane refused the session");
+                        self.endpoint.admission_failed(Clock::system(), conn);
+                        continue;
+                    }
+                    self.datapath.admit(peer_id, client_ip);
+                    if let Some(tx) = self.unadmitted_tx.remove(&conn) {
+                        write_lock(&self.tx.sessions).insert(client_ip, tx);
+                    }
+                    if let Peer::Tcp(tcp) = peer {
+                        self.tx.tcp.admitted(tcp);
+                    }
+                    if let Some(r) = &self.settings.recorder {
+                        r.started(&connection_id, record);
+                    }
+                }
+                Output::Ended {
+                    conn,
+                    peer_id,
+                    peer,
+                    client_ip,
+                    info,
+                    reason: _,
+                } => {
+                    // The data path first (nothing more is forwarded), then the data plane
+                    // (its NAT entries go before the address can be handed out again).
+                    self.datapath.remove(peer_id);
+                    self.unadmitted_tx.remove(&conn);
+                    // A TCP session's socket closes with it.
+                    if let Peer::Tcp(tcp) = peer {
+                        self.tx.tcp.close(tcp);
+                    }
+                    if let Some(addr) = client_ip {
+                        write_lock(&self.tx.sessions).remove(&addr);
+                        let counters = self.dataplane.remove_session(addr).ok().flatten();
+                        info!(conn, client_ip = %addr, ?counters, "session ended");
+                        if let Some(r) = &self.settings.recorder {
+                            r.ended(&info.connection_id, counters.unwrap_or_default());
+                        }
+                        let counters: crate::connlog::TrafficCounters =
+                            counters.unwrap_or_default().into();
+                        let entry = crate::connlog::ConnectionLogEntry::reset(
+                            &info,
+                            &counters,
+                            SystemTime::now(),
+                        );
+                        log_connection(&self.logs, self.settings.print_log_lines, &entry);
+                    }
+                }
+                Output::AskConnectHandler {
+                    conn,
+                    handler,
+                    request,
+                } => {
+                    let answers = self.handler_tx.clone();
+                    tokio::spawn(async move {
+                        let answer = handler.call(&request).await;
+                        let _ = answers.send((conn, answer));
+                    });
+                }
+                Output::Log(entry) => {
+                    log_connection(&self.logs, self.settings.print_log_lines, &entry)
+                }
+                Output::NotRunning { connection_id } => {
+                    if let Some(r) = &self.settings.recorder {
+                        r.ended(&connection_id, Default::default());
+                    }
                 }
             }
         }
     }
 
     fn on_command(&mut self, cmd: ServerCommand) {
+        let clock = Clock::system();
         match cmd {
             ServerCommand::ReplacePolicy(policy) => self.replace_policy(policy),
             ServerCommand::LiveSettings(live) => {
-                info!(?live, "live settings changed");
-                self.settings.live = live;
+                self.endpoint
+                    .handle_command(clock, EndpointCommand::LiveSettings(live));
             }
             ServerCommand::ReplaceNetwork { targets, policy } => {
                 // Removed networks first, so an interface can move to a new association.
@@ -1509,79 +975,37 @@ impl Server {
             ServerCommand::ReplaceTls {
                 tls,
                 revoked_serials,
-            } => {
-                match tls.server_config() {
-                    Ok(config) => {
-                        self.session_config = Arc::new(SessionConfig {
-                            force_tls_prf: self.settings.force_tls_prf,
-                            ..SessionConfig::new(config)
-                        });
-                        self.settings.tls = tls;
-                        // Running sessions' renegotiations are checked against it too.
-                        for c in self.conns.values_mut() {
-                            c.session.set_config(self.session_config.clone());
-                        }
-                        info!("TLS material replaced for new handshakes");
-                    }
-                    Err(e) => warn!(error = %e, "new TLS material refused; the previous one stays"),
+            } => match tls.server_config() {
+                Ok(config) => {
+                    let config = Arc::new(SessionConfig {
+                        force_tls_prf: self.settings.force_tls_prf,
+                        ..SessionConfig::new(config)
+                    });
+                    self.settings.tls = tls;
+                    info!("TLS material replaced for new handshakes and renegotiations");
+                    self.endpoint.handle_command(
+                        clock,
+                        EndpointCommand::ReplaceTls {
+                            config,
+                            revoked_serials,
+                        },
+                    );
                 }
-                let revoked: Vec<u64> = self
-                    .conns
-                    .iter()
-                    .filter(|(_, c)| {
-                        !c.serial.is_empty()
-                            && revoked_serials
-                                .iter()
-                                .any(|s| s.eq_ignore_ascii_case(&c.serial))
-                    })
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in revoked {
-                    self.halt(id, "certificate-revoked");
+                Err(e) => {
+                    warn!(error = %e, "new TLS material refused; the previous one stays");
                 }
-            }
+            },
             ServerCommand::Terminate {
                 connection_ids,
                 usernames,
-            } => {
-                let ids: Vec<u64> = self
-                    .conns
-                    .iter()
-                    .filter(|(_, c)| {
-                        connection_ids.contains(&c.log.connection_id)
-                            || c.log
-                                .username
-                                .as_ref()
-                                .is_some_and(|u| usernames.contains(u))
-                            || usernames.contains(&c.common_name)
-                    })
-                    .map(|(id, _)| *id)
-                    .collect();
-                for cid in &connection_ids {
-                    if !ids.iter().any(|id| {
-                        self.conns
-                            .get(id)
-                            .is_some_and(|c| &c.log.connection_id == cid)
-                    }) {
-                        if let Some(r) = &self.settings.recorder {
-                            r.ended(cid, Default::default());
-                        }
-                    }
-                }
-                for id in ids {
-                    self.halt(id, "terminated");
-                }
-            }
+            } => self.endpoint.handle_command(
+                clock,
+                EndpointCommand::Terminate {
+                    connection_ids,
+                    usernames,
+                },
+            ),
         }
-    }
-
-    /// Tells the client to exit (HALT), then forgets it: its packets are dropped from now on.
-    fn halt(&mut self, id: u64, reason: &str) {
-        if let Some(c) = self.conns.get_mut(&id) {
-            c.session.send_control("HALT");
-        }
-        self.flush(id);
-        self.disconnect(id, reason);
     }
 
     fn replace_policy(&mut self, policy: Policy) {
@@ -1593,6 +1017,30 @@ impl Server {
             Ok(()) => info!(took = ?started.elapsed(), "policy replaced; running sessions kept"),
             Err(e) => warn!(error = %e, "policy not replaced; the previous one stays in force"),
         }
+        let routes = pushed_routes(&self.dataplane);
+        self.endpoint
+            .handle_command(Clock::system(), EndpointCommand::SetRoutes(routes));
+    }
+
+    /// Counters to the recorder, NAT expiry, TCP connections past their admission deadline.
+    fn housekeeping(&mut self, tcp_limits: TcpLimits) {
+        let now = Instant::now();
+        if now.duration_since(self.counters_at) >= self.settings.counters_every {
+            self.counters_at = now;
+            self.report_counters();
+        }
+        if now.duration_since(self.nat_expired_at) >= NAT_EXPIRY_EVERY {
+            self.nat_expired_at = now;
+            let r = self.dataplane.expire_nat();
+            debug!(?r, "NAT expiry");
+        }
+        for id in self.tx.tcp.reap(now, tcp_limits.admission_deadline) {
+            debug!(
+                conn = id,
+                "TCP connection without a session past its deadline: closed"
+            );
+            self.endpoint.handle_tcp_deadline(Clock::system(), id);
+        }
     }
 
     /// Reports running connections' counters to the recorder.
@@ -1601,12 +1049,11 @@ impl Server {
             return;
         };
         let batch: Vec<_> = self
-            .conns
-            .values()
-            .filter_map(|c| {
-                let ip = c.state.client_ip()?;
+            .endpoint
+            .admitted()
+            .filter_map(|(_, ip, connection_id)| {
                 let counters = self.dataplane.session_counters(ip).ok().flatten()?;
-                Some((c.log.connection_id.clone(), counters))
+                Some((connection_id.to_string(), counters))
             })
             .collect();
         if !batch.is_empty() {
@@ -1621,14 +1068,16 @@ impl Server {
             return;
         };
         let events = f.get_mut().drain();
-        let Some(logs) = &self.logs else { return };
+        let Some(logs) = &self.logs else {
+            return;
+        };
         for ev in events {
-            let conn = self.conns.get(&ev.session_id);
+            let names = self.endpoint.connection_names(ev.session_id);
             let entry = crate::connlog::FlowLogEntry::from_event(
                 &self.settings.endpoint_id,
                 &ev,
-                conn.map(|c| c.log.connection_id.as_str()),
-                conn.and_then(|c| c.log.username.as_deref()),
+                names.map(|n| n.0),
+                names.and_then(|n| n.1),
             );
             if let Err(e) = logs.flow(&entry) {
                 warn!(error = %e, "flow log");
@@ -1638,137 +1087,16 @@ impl Server {
             }
         }
     }
+}
 
-    fn on_tick(&mut self) {
-        let now = Instant::now();
-        if now.duration_since(self.counters_at) >= self.settings.counters_every {
-            self.counters_at = now;
-            self.report_counters();
-        }
-        let ids: Vec<u64> = self.conns.keys().copied().collect();
-        for id in ids {
-            self.after_session(id);
-            let Some(c) = self.conns.get_mut(&id) else {
-                continue;
-            };
-            if c.session.is_established()
-                && now.duration_since(c.last_rx)
-                    > Duration::from_secs(self.settings.ping_restart as u64 * 2)
-            {
-                self.disconnect(id, "keepalive-timeout");
-                continue;
-            }
-            if c.rekey_failed_at
-                .is_some_and(|at| now.duration_since(at) >= RENEGOTIATION_GRACE)
-            {
-                self.halt(id, FailureReason::RENEGOTIATION_FAILED);
-                continue;
-            }
-            let expired = match (
-                self.settings.live.session_timeout,
-                c.state.authenticated_at(),
-            ) {
-                (Some(limit), Some(at)) => now.duration_since(at) >= limit,
-                _ => false,
-            };
-            if expired {
-                if self.settings.live.disconnect_on_session_timeout {
-                    self.halt(id, "session-timeout");
-                } else {
-                    if let Some(c) = self.conns.get_mut(&id) {
-                        c.session.send_control("RESTART");
-                    }
-                    self.flush(id);
-                    self.disconnect(id, "session-timeout");
-                }
-                continue;
-            }
-            // Renegotiate from our side: keys old enough, or packet ids running out.
-            let exhausted = c.data.last().is_some_and(|d| d.needs_renegotiation())
-                || c.tx
-                    .as_ref()
-                    .is_some_and(|t| lock(t).sealer.needs_renegotiation());
-            let aged = self
-                .settings
-                .reneg_after
-                .is_some_and(|a| now.duration_since(c.keys_at) > a);
-            if (exhausted || aged)
-                && !c.rekey_pending
-                && !c.data.is_empty()
-                && c.session.active_key().is_some()
-            {
-                match c.session.start_renegotiation(now) {
-                    Ok(k) => {
-                        c.rekey_pending = true;
-                        let why = if exhausted {
-                            "packet ids running out"
-                        } else {
-                            "key lifetime reached"
-                        };
-                        info!(
-                            conn = id,
-                            key_id = k.get(),
-                            reason = why,
-                            "starting renegotiation"
-                        );
-                    }
-                    Err(e) => warn!(conn = id, error = %e, "cannot start renegotiation"),
-                }
-            }
-        }
-    }
-
-    /// Ends a connection. One that was admitted gets its end (with counters) in the
-    /// connection log; one that never got in gets a failed attempt with `reason`.
-    fn disconnect(&mut self, id: u64, reason: &str) {
-        let Some(c) = self.conns.get(&id) else {
-            return;
-        };
-        info!(conn = id, common_name = %c.common_name, %reason, forged = c.forged, early = c.early, "disconnect");
-        if c.state.client_ip().is_none() {
-            let entry = crate::connlog::ConnectionLogEntry::attempt_failed(
-                reason,
-                &c.log,
-                SystemTime::now(),
-            );
-            log_connection(&self.logs, self.settings.print_log_lines, &entry);
-        }
-        self.remove(id);
-    }
-
-    /// Forgets a connection: its peer and peer id, and for an admitted one its session in the
-    /// data plane and its address (in that order: the address is free only once the kernel
-    /// has no state of it), with the end in the connection log.
-    fn remove(&mut self, id: u64) {
-        let Some(c) = self.conns.remove(&id) else {
-            return;
-        };
-        if self.by_peer.get(&c.peer) == Some(&id) {
-            self.by_peer.remove(&c.peer);
-        }
-        self.by_peer_id.remove(&c.peer_id);
-        self.peer_ids.release(c.peer_id);
-        // A TCP session's socket closes with it.
-        if let Peer::Tcp(tcp) = c.peer {
-            self.tx.tcp.close(tcp);
-        }
-        if c.state.client_ip().is_none() {
-            self.pending.done(c.handshake_source);
-        }
-        if let Some(addr) = c.state.client_ip() {
-            write_lock(&self.tx.sessions).remove(&addr);
-            let counters = self.dataplane.remove_session(addr).ok().flatten();
-            self.pool.release(addr);
-            info!(conn = id, client_ip = %addr, ?counters, "session ended");
-            if let Some(r) = &self.settings.recorder {
-                r.ended(&c.log.connection_id, counters.unwrap_or_default());
-            }
-            let counters: crate::connlog::TrafficCounters = counters.unwrap_or_default().into();
-            let entry =
-                crate::connlog::ConnectionLogEntry::reset(&c.log, &counters, SystemTime::now());
-            log_connection(&self.logs, self.settings.print_log_lines, &entry);
-        }
-    }
+/// The routes split-tunnel clients are told about: every route of the live policy.
+fn pushed_routes(dataplane: &DataPlane) -> Vec<Ipv4Net> {
+    dataplane
+        .policy()
+        .routes
+        .iter()
+        .map(|r| r.destination)
+        .collect()
 }
 
 /// Writes a connection-log entry; `print` also puts it on stdout (an endpoint that asks for
@@ -1816,14 +1144,6 @@ fn check_target_overlap(client_cidr: Ipv4Net, t: &TargetSpec) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A connection id in AWS's form: `cvpn-connection-` and 17 hex digits.
-fn new_connection_id() -> String {
-    let mut b = [0u8; 9];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("cvpn-connection-{}", &hex[..17])
 }
 
 /// Lets the kernel fragment datagrams larger than the path MTU (IP_PMTUDISC_DONT).

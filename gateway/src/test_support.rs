@@ -69,3 +69,22 @@ impl ServerPki {
         }
     }
 }
+
+/// A client certificate (common name `cn`, one OU per group, EKU clientAuth) that `issuer`
+/// issued with `serial`: (certificate PEM, key PEM).
+pub(crate) fn client_cert(
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    cn: &str,
+    group: &str,
+    serial: u64,
+) -> (String, String) {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.distinguished_name
+        .push(DnType::OrganizationalUnitName, group);
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    p.serial_number = Some(SerialNumber::from(serial));
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}

@@ -1,0 +1,1164 @@
+//! The endpoint core, sans-IO: everything an OpenVPN endpoint decides, and nothing it does.
+//!
+//! An [`Endpoint`] owns every connection of one listener: the stateless reset cookie,
+//! admission (handshake bounds, the client connect handler), the address pool, peer ids, the
+//! push, keepalive and session timeouts, renegotiation, terminate and CRL checks. What goes in:
+//! control packets ([`Endpoint::handle_packet`]), the time ([`Endpoint::handle_timeout`]),
+//! commands ([`Endpoint::handle_command`]) and the answers of outside checks
+//! ([`Endpoint::handle_connect_answer`]). What comes out ([`Endpoint::poll_output`]): packets to
+//! send, data keys for the data path, sessions for the kernel data plane, connection-log
+//! entries, questions for the connect handler; and [`Endpoint::poll_timeout`], when to call
+//! again. The I/O layer (`crate::server`) only moves bytes and drives that deadline.
+//!
+//! Data packets do not come here: the data path ([`datapath::DataPath`]) holds each session's
+//! keys and opens, checks and forwards them on its own, so the per-packet work never needs the
+//! endpoint's single owner. It shares with the endpoint one [`datapath::Activity`] per
+//! connection (last packet, drop counters, "packet ids running out"), read here for timeouts.
+//!
+//! A connection's life is one [`ConnState`]; it only moves forward and ends by removal, with
+//! an [`Output::Ended`] saying why. Applying the outputs in order, before the next input, is
+//! the driver's part of the contract: an ended session leaves the data plane before its
+//! address can be handed out again.
+
+pub mod datapath;
+pub mod test_client;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use ipnet::Ipv4Net;
+
+/// A destination pushed to split-tunnel clients.
+type Route = Ipv4Net;
+use tracing::{debug, info, warn};
+
+use crate::{
+    connect_handler::{ConnectHandler, ConnectRequest, ConnectResponse, HandlerError},
+    connlog::{ConnectionInfo, ConnectionLogEntry, FailureReason},
+    datachannel::{Cipher, DataChannel, Opener, Role, Sealer},
+    pool::AddressPool,
+    protocol::{
+        cookie::CookieJar,
+        packet::{ControlOpcode, Header, Opcode, Packet, SessionId},
+        peer_id::PeerIds,
+        push::{negotiate_cipher, KeySignalling, PushReply, Tunnel},
+        session::{Event, ServerSession, SessionConfig},
+        tls::ClientIdentity,
+    },
+    storage::{NewConnection, TransportProtocol as Transport},
+};
+use datapath::Activity;
+
+/// A connection of the endpoint (also the data plane's session id and the flow log's key).
+pub type ConnId = u64;
+
+/// Where a client's packets come from and go to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Peer {
+    Udp(SocketAddr),
+    /// A TCP connection of the listener (`io::tcp`'s id).
+    Tcp(u64),
+}
+
+/// The time, both ways: the monotonic clock for deadlines, the wall clock for logs and the
+/// reset cookie. Tests pass virtual time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    pub now: Instant,
+    pub wall: SystemTime,
+}
+
+impl Clock {
+    pub fn system() -> Self {
+        Clock {
+            now: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    fn unix(&self) -> Duration {
+        self.wall.duration_since(UNIX_EPOCH).unwrap_or_default()
+    }
+}
+
+/// Bounds on connections that are not admitted yet: each holds a TLS state.
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+pub const MAX_PENDING_PER_SOURCE: u32 = 32;
+/// How long a session keeps its old keys after a renegotiation failed (a revoked or expired
+/// certificate, a stalled key exchange) before it is ended.
+pub const RENEGOTIATION_GRACE: Duration = Duration::from_secs(10);
+
+/// What the endpoint is configured with (the I/O bits — sockets, TUN, logs — stay outside).
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    pub endpoint_id: String,
+    pub transport: Transport,
+    pub client_cidr: Ipv4Net,
+    pub split_tunnel: bool,
+    pub dns_servers: Vec<Ipv4Addr>,
+    /// Data ciphers, best first.
+    pub ciphers: Vec<String>,
+    /// Seconds between keepalive pings, and of silence before a client is dropped (twice
+    /// `ping_restart`).
+    pub ping: u32,
+    pub ping_restart: u32,
+    /// Renegotiate each session's keys after this long; `None`: only when asked or when
+    /// packet ids run out.
+    pub reneg_after: Option<Duration>,
+    pub live: LiveSettings,
+}
+
+/// The settings a running endpoint takes without a restart.
+#[derive(Clone, Debug, Default)]
+pub struct LiveSettings {
+    /// The longest a session lasts (AWS's session timeout); `None`: no limit. Running sessions
+    /// are measured against a new value from their start.
+    pub session_timeout: Option<Duration>,
+    /// At the session timeout: true, HALT (the client exits); false, RESTART (it reconnects at
+    /// once and authenticates again).
+    pub disconnect_on_session_timeout: bool,
+    /// Asked before a client gets an address (clients that connect after a change use the new
+    /// one); `None`: none.
+    pub connect_handler: Option<Arc<ConnectHandler>>,
+}
+
+/// Commands from the control plane.
+#[derive(Debug)]
+pub enum Command {
+    /// End the sessions of these connection ids or user names (HALT: the client exits).
+    Terminate {
+        connection_ids: Vec<String>,
+        usernames: Vec<String>,
+    },
+    /// New TLS settings (a CRL import, a reloaded file): new handshakes and running sessions'
+    /// renegotiations use them; sessions whose certificate serial is listed end at once.
+    ReplaceTls {
+        config: Arc<SessionConfig>,
+        revoked_serials: Vec<String>,
+    },
+    /// The routes pushed to split-tunnel clients that connect from now on.
+    SetRoutes(Vec<Route>),
+    LiveSettings(LiveSettings),
+}
+
+/// What the endpoint asks the I/O layer to do, in order.
+#[derive(Debug)]
+pub enum Output {
+    /// Send one packet.
+    Transmit { peer: Peer, packet: Vec<u8> },
+    /// New data keys of a connection (its first, or a renegotiation's): the data path opens
+    /// with `opener` from now on (keeping the previous key a while) and seals with `sealer`.
+    Keys {
+        conn: ConnId,
+        peer_id: u32,
+        peer: Peer,
+        opener: Opener,
+        sealer: Sealer,
+        activity: Arc<Activity>,
+    },
+    /// The client is admitted with `client_ip`: the data plane gets its session (groups), the
+    /// data path accepts its packets from that source, the store records it.
+    Admitted {
+        conn: ConnId,
+        peer_id: u32,
+        peer: Peer,
+        client_ip: Ipv4Addr,
+        groups: Vec<String>,
+        connection_id: String,
+        record: NewConnection,
+    },
+    /// The connection is gone. `client_ip` is set for an admitted one: the data path and the
+    /// data plane forget it (before anything else happens), and its end goes to the connection
+    /// log with the data plane's counters. A TCP peer's socket is closed.
+    Ended {
+        conn: ConnId,
+        peer_id: u32,
+        peer: Peer,
+        client_ip: Option<Ipv4Addr>,
+        info: ConnectionInfo,
+        reason: String,
+    },
+    /// Ask the client connect handler; the answer comes back through
+    /// [`Endpoint::handle_connect_answer`].
+    AskConnectHandler {
+        conn: ConnId,
+        handler: Arc<ConnectHandler>,
+        request: ConnectRequest,
+    },
+    /// A connection-log entry (attempts, successful or failed).
+    Log(ConnectionLogEntry),
+    /// A terminate named a connection that is not running: the store records its end.
+    NotRunning { connection_id: String },
+}
+
+/// A connection's life. It moves forward only: `Handshaking` → `Authorizing` → `Admitted`,
+/// and ends by removal from the endpoint's table (with an [`Output::Ended`] saying why).
+enum ConnState {
+    /// The reset exchange is done; TLS and the first key exchange are under way.
+    Handshaking,
+    /// The certificate is verified and data keys exist, but outside checks (the client
+    /// connect handler) decide whether the client may in. It has no address; the data path
+    /// drops its packets.
+    Authorizing {
+        admission: Admission,
+        authenticated_at: Instant,
+    },
+    /// The client has an address and a data-plane session.
+    Admitted {
+        client_ip: Ipv4Addr,
+        authenticated_at: Instant,
+        push_messages: Vec<String>,
+    },
+}
+
+impl ConnState {
+    fn client_ip(&self) -> Option<Ipv4Addr> {
+        match self {
+            ConnState::Admitted { client_ip, .. } => Some(*client_ip),
+            _ => None,
+        }
+    }
+
+    fn authenticated_at(&self) -> Option<Instant> {
+        match self {
+            ConnState::Handshaking => None,
+            ConnState::Authorizing {
+                authenticated_at, ..
+            }
+            | ConnState::Admitted {
+                authenticated_at, ..
+            } => Some(*authenticated_at),
+        }
+    }
+}
+
+/// What admitting an authenticated client takes (kept while the connect handler decides).
+struct Admission {
+    identity: ClientIdentity,
+    peer_info: crate::protocol::keymethod::PeerInfo,
+    tls_version: String,
+    tls_ekm: bool,
+    cipher_name: String,
+}
+
+struct Connection {
+    peer: Peer,
+    remote_addr: SocketAddr,
+    /// The address the handshake came from (counted in [`PendingHandshakes`] until admitted;
+    /// `remote_addr` may move).
+    handshake_source: IpAddr,
+    session: ServerSession,
+    state: ConnState,
+    peer_id: u32,
+    cipher: Option<Cipher>,
+    common_name: String,
+    /// The client certificate's serial, `aa:bb:…` (CRL checks of running sessions).
+    serial: String,
+    log: ConnectionInfo,
+    /// Shared with the data path: last packet, drop counters.
+    activity: Arc<Activity>,
+    /// The last control packet (data packets count through `activity`).
+    last_control_rx: Instant,
+    /// When the current data keys were installed.
+    keys_at: Instant,
+    rekey_pending: bool,
+    /// A renegotiation failed at this time; the session ends unless a new key is in place
+    /// within [`RENEGOTIATION_GRACE`].
+    rekey_failed_at: Option<Instant>,
+    /// The client asked for its configuration (it is sent once the client is admitted).
+    push_requested: bool,
+}
+
+impl Connection {
+    /// The last packet of any kind from the client.
+    fn last_rx(&self) -> Instant {
+        self.activity
+            .last_rx()
+            .map_or(self.last_control_rx, |d| d.max(self.last_control_rx))
+    }
+}
+
+/// Connections not admitted yet, in all and by source address.
+#[derive(Debug, Default)]
+struct PendingHandshakes {
+    total: usize,
+    by_source: HashMap<IpAddr, u32>,
+}
+
+impl PendingHandshakes {
+    /// Counts a new handshake from `source`, or says which bound it would break.
+    fn admit(&mut self, source: IpAddr) -> Result<(), &'static str> {
+        if self.total >= MAX_PENDING_HANDSHAKES {
+            return Err("pending handshakes in all");
+        }
+        let n = self.by_source.entry(source).or_insert(0);
+        if *n >= MAX_PENDING_PER_SOURCE {
+            return Err("pending handshakes from this address");
+        }
+        *n += 1;
+        self.total += 1;
+        Ok(())
+    }
+
+    /// A handshake from `source` ended or was admitted.
+    fn done(&mut self, source: IpAddr) {
+        if let Some(n) = self.by_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_source.remove(&source);
+            }
+            self.total = self.total.saturating_sub(1);
+        }
+    }
+}
+
+/// The endpoint: all connections of one listener.
+pub struct Endpoint {
+    config: EndpointConfig,
+    session_config: Arc<SessionConfig>,
+    cookies: CookieJar,
+    pool: AddressPool,
+    peer_ids: PeerIds,
+    pending: PendingHandshakes,
+    conns: HashMap<ConnId, Connection>,
+    by_peer: HashMap<Peer, ConnId>,
+    next_conn: ConnId,
+    /// Routes pushed to split-tunnel clients.
+    routes: Vec<Route>,
+    /// The data path's clock origin (activity timestamps are offsets from it).
+    epoch: Instant,
+    outputs: VecDeque<Output>,
+}
+
+/// Errors starting an endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("client CIDR: {0}")]
+    Pool(#[from] crate::pool::PoolError),
+    #[error("no system randomness for the reset cookie key")]
+    Randomness,
+}
+
+impl Endpoint {
+    pub fn new(
+        config: EndpointConfig,
+        session_config: Arc<SessionConfig>,
+        cookies: CookieJar,
+        epoch: Instant,
+    ) -> Result<Self, EndpointError> {
+        let pool = AddressPool::new(config.client_cidr)?;
+        Ok(Endpoint {
+            config,
+            session_config,
+            cookies,
+            pool,
+            peer_ids: PeerIds::new(),
+            pending: PendingHandshakes::default(),
+            conns: HashMap::new(),
+            by_peer: HashMap::new(),
+            next_conn: 1,
+            routes: Vec::new(),
+            epoch,
+            outputs: VecDeque::new(),
+        })
+    }
+
+    /// A cookie jar with a random key (the daemon's).
+    pub fn random_cookies() -> Result<CookieJar, EndpointError> {
+        CookieJar::new().map_err(|_| EndpointError::Randomness)
+    }
+
+    pub fn config(&self) -> &EndpointConfig {
+        &self.config
+    }
+
+    /// The gateway's own address in the client CIDR and the client netmask.
+    pub fn gateway_addr(&self) -> Ipv4Addr {
+        self.pool.gateway_addr()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The connection id and user name of a connection (flow log lines).
+    pub fn connection_names(&self, conn: ConnId) -> Option<(&str, Option<&str>)> {
+        self.conns
+            .get(&conn)
+            .map(|c| (c.log.connection_id.as_str(), c.log.username.as_deref()))
+    }
+
+    /// Admitted connections: (conn, client address, connection id).
+    pub fn admitted(&self) -> impl Iterator<Item = (ConnId, Ipv4Addr, &str)> {
+        self.conns.iter().filter_map(|(id, c)| {
+            c.state
+                .client_ip()
+                .map(|ip| (*id, ip, c.log.connection_id.as_str()))
+        })
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The next time [`Endpoint::handle_timeout`] has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let keepalive = Duration::from_secs(u64::from(self.config.ping_restart) * 2);
+        self.conns
+            .values()
+            .flat_map(|c| {
+                let established = c.session.is_established();
+                [
+                    c.session.next_deadline(),
+                    established.then(|| c.last_rx() + keepalive),
+                    c.state
+                        .authenticated_at()
+                        .zip(self.config.live.session_timeout)
+                        .map(|(at, limit)| at + limit),
+                    c.rekey_failed_at.map(|at| at + RENEGOTIATION_GRACE),
+                    (established && !c.rekey_pending)
+                        .then_some(self.config.reneg_after)
+                        .flatten()
+                        .map(|after| c.keys_at + after),
+                ]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// A packet that is not a data packet (the data path takes those), from `peer` at `addr`.
+    pub fn handle_packet(&mut self, clock: Clock, peer: Peer, addr: SocketAddr, buf: &[u8]) {
+        let Ok(header) = Header::peek(buf) else {
+            return;
+        };
+        if matches!(header.opcode, Opcode::DataV1 | Opcode::DataV2) {
+            return;
+        }
+        let packet = match Packet::decode(buf) {
+            Ok(p) => p,
+            Err(e) => {
+                debug!(%addr, error = %e, "malformed control packet");
+                return;
+            }
+        };
+        if let Some(&id) = self.by_peer.get(&peer) {
+            if let Some(c) = self.conns.get_mut(&id) {
+                if let Err(e) = c.session.handle(clock.now, &packet) {
+                    debug!(conn = id, error = %e, "control packet dropped");
+                }
+                c.last_control_rx = clock.now;
+                self.after_session(clock, id);
+                return;
+            }
+        }
+        // No state for this peer: only a first reset (answered statelessly) or a packet that
+        // acknowledges our cookie creates any.
+        match &packet {
+            Packet::Control(c) if c.opcode == ControlOpcode::HardResetClientV2 => {
+                if let Some(answer) = self.cookies.answer(c, addr, clock.unix()) {
+                    self.outputs.push_back(Output::Transmit {
+                        peer,
+                        packet: Packet::Control(answer).to_vec(),
+                    });
+                }
+            }
+            Packet::Control(c) => {
+                if let Some(acks) = &c.acks {
+                    self.accept(
+                        clock,
+                        peer,
+                        addr,
+                        c.session_id,
+                        acks.remote_session_id(),
+                        &packet,
+                    );
+                }
+            }
+            Packet::Ack(a) => {
+                self.accept(
+                    clock,
+                    peer,
+                    addr,
+                    a.session_id,
+                    a.acks.remote_session_id(),
+                    &packet,
+                );
+            }
+            Packet::Data(_) => {}
+        }
+    }
+
+    fn accept(
+        &mut self,
+        clock: Clock,
+        peer: Peer,
+        addr: SocketAddr,
+        client_sid: SessionId,
+        claimed: SessionId,
+        packet: &Packet<'_>,
+    ) {
+        if !self.cookies.verify(client_sid, addr, claimed, clock.unix()) {
+            debug!(%addr, "packet for an unknown session without a valid cookie: dropped");
+            return;
+        }
+        // Handshakes cost a TLS state each: bounded in all and per source address. The
+        // client retransmits, so it gets in once others finish.
+        if let Err(bound) = self.pending.admit(addr.ip()) {
+            debug!(%addr, %bound, "handshake not started: too many pending");
+            return;
+        }
+        let Some(peer_id) = self.peer_ids.allocate() else {
+            self.pending.done(addr.ip());
+            warn!(%addr, "no free peer id");
+            return;
+        };
+        let now = clock.now;
+        let session =
+            match ServerSession::after_reset(self.session_config.clone(), claimed, client_sid, now)
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot start a TLS session");
+                    self.pending.done(addr.ip());
+                    self.peer_ids.release(peer_id);
+                    return;
+                }
+            };
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let mut conn = Connection {
+            peer,
+            remote_addr: addr,
+            handshake_source: addr.ip(),
+            session,
+            state: ConnState::Handshaking,
+            peer_id,
+            cipher: None,
+            common_name: String::new(),
+            serial: String::new(),
+            log: ConnectionInfo::new(
+                new_connection_id(),
+                self.config.endpoint_id.clone(),
+                self.config.transport,
+                addr,
+                clock.wall,
+            ),
+            activity: Arc::new(Activity::new(self.epoch)),
+            last_control_rx: now,
+            keys_at: now,
+            rekey_pending: false,
+            rekey_failed_at: None,
+            push_requested: false,
+        };
+        if let Err(e) = conn.session.handle(now, packet) {
+            debug!(error = %e, "first packet of a session dropped");
+        }
+        info!(conn = id, %addr, "control channel opened");
+        self.conns.insert(id, conn);
+        self.by_peer.insert(peer, id);
+        self.after_session(clock, id);
+    }
+
+    /// Handles session events and queues what the session has to send.
+    fn after_session(&mut self, clock: Clock, id: ConnId) {
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            let Some(ev) = c.session.poll_event() else {
+                break;
+            };
+            match ev {
+                Event::Authenticated {
+                    identity,
+                    peer_info,
+                    tls_version,
+                    tls_ekm,
+                    ..
+                } => {
+                    // Certificate authentication only: a user name the client sends in its
+                    // key-method record is a claim nothing checked, so it is not the user
+                    // (AWS records "NA"); the identity is the certificate's.
+                    c.common_name = identity.common_name.clone();
+                    c.serial = identity.serial.clone();
+                    c.log = c.log.clone().with_common_name(identity.common_name.clone());
+                    if let Some(platform) = &peer_info.platform {
+                        c.log = c.log.clone().with_device_type(platform.clone());
+                    }
+                    // The cipher is settled now: the data keys (next event) need it.
+                    let cipher_name = match negotiate_cipher(&self.config.ciphers, &peer_info) {
+                        Ok(n) => n.to_string(),
+                        Err(e) => {
+                            warn!(conn = id, error = %e, "no common data cipher");
+                            self.end(clock, id, FailureReason::NO_COMMON_CIPHER);
+                            return;
+                        }
+                    };
+                    c.cipher = Cipher::from_openvpn_name(&cipher_name);
+                    let admission = Admission {
+                        identity,
+                        peer_info,
+                        tls_version,
+                        tls_ekm,
+                        cipher_name,
+                    };
+                    if let Some(handler) = self.config.live.connect_handler.clone() {
+                        let request = connect_request(&self.config.endpoint_id, c, &admission);
+                        c.state = ConnState::Authorizing {
+                            admission,
+                            authenticated_at: clock.now,
+                        };
+                        debug!(conn = id, "asking the client connect handler");
+                        self.outputs.push_back(Output::AskConnectHandler {
+                            conn: id,
+                            handler,
+                            request,
+                        });
+                        continue;
+                    }
+                    if !self.admit(clock, id, admission, clock.now) {
+                        return;
+                    }
+                }
+                Event::KeysReady { key_id, material } => {
+                    let cipher = c.cipher.unwrap_or(Cipher::Aes256Gcm);
+                    match DataChannel::from_ekm(
+                        &material,
+                        cipher,
+                        Role::Server,
+                        key_id.get(),
+                        c.peer_id,
+                    ) {
+                        Ok(dc) => {
+                            c.keys_at = clock.now;
+                            c.rekey_pending = false;
+                            c.rekey_failed_at = None;
+                            c.activity.renegotiated();
+                            let (sealer, opener) = dc.split();
+                            self.outputs.push_back(Output::Keys {
+                                conn: id,
+                                peer_id: c.peer_id,
+                                peer: c.peer,
+                                opener,
+                                sealer,
+                                activity: c.activity.clone(),
+                            });
+                            if key_id.get() != 0 {
+                                info!(conn = id, key_id = key_id.get(), "renegotiated");
+                            }
+                        }
+                        Err(e) => warn!(conn = id, error = %e, "data channel keys"),
+                    }
+                }
+                Event::RenegotiationFailed { key_id, reason } => {
+                    c.rekey_pending = false;
+                    c.rekey_failed_at.get_or_insert(clock.now);
+                    warn!(conn = id, key_id = key_id.get(), %reason, grace = ?RENEGOTIATION_GRACE,
+                        "renegotiation failed; the session ends unless a new key is in place within the grace");
+                }
+                Event::Control(text) => {
+                    if text.starts_with("PUSH_REQUEST") {
+                        self.push(id);
+                    } else if text.starts_with("EXIT") {
+                        self.end(clock, id, "client-exit");
+                        return;
+                    } else {
+                        debug!(conn = id, %text, "control message ignored");
+                    }
+                }
+                Event::Refused { reason } => {
+                    warn!(conn = id, %reason, addr = %c.remote_addr, "handshake refused");
+                    self.outputs
+                        .push_back(Output::Log(ConnectionLogEntry::attempt_failed(
+                            reason.as_str(),
+                            &c.log,
+                            clock.wall,
+                        )));
+                    self.flush(clock, id);
+                    self.remove(id, &reason);
+                    return;
+                }
+                Event::Flood { reason } => {
+                    warn!(conn = id, addr = %c.remote_addr, common_name = %c.common_name, %reason,
+                        "control channel flood: session ended");
+                    self.end(clock, id, FailureReason::CONTROL_CHANNEL_FLOOD);
+                    return;
+                }
+                Event::Gone => {
+                    self.end(clock, id, FailureReason::PEER_GONE);
+                    return;
+                }
+            }
+        }
+        self.flush(clock, id);
+    }
+
+    /// Gives an authenticated (and, with a connect handler, allowed) client its address and
+    /// its configuration. False when the connection is gone.
+    fn admit(&mut self, clock: Clock, id: ConnId, a: Admission, authenticated_at: Instant) -> bool {
+        let Some(addr) = self.pool.allocate() else {
+            warn!(conn = id, "client address pool exhausted");
+            self.refuse(
+                clock,
+                id,
+                FailureReason::new(FailureReason::ADDRESS_POOL_EXHAUSTED),
+                None,
+            );
+            return false;
+        };
+        let Some(c) = self.conns.get_mut(&id) else {
+            self.pool.release(addr);
+            return false;
+        };
+        self.pending.done(c.handshake_source);
+        c.log = c.log.clone().with_client_ip(addr);
+        self.outputs.push_back(Output::Admitted {
+            conn: id,
+            peer_id: c.peer_id,
+            peer: c.peer,
+            client_ip: addr,
+            groups: a.identity.groups.clone(),
+            connection_id: c.log.connection_id.clone(),
+            record: NewConnection {
+                client_vpn_endpoint_id: self.config.endpoint_id.clone(),
+                client_ip: addr,
+                common_name: a.identity.common_name.clone(),
+                username: None,
+                device_ip: c.remote_addr.ip(),
+                device_port: c.remote_addr.port(),
+                transport_protocol: self.config.transport,
+            },
+        });
+        self.outputs
+            .push_back(Output::Log(ConnectionLogEntry::attempt_succeeded(&c.log)));
+        let reply = PushReply {
+            tunnel: if self.config.split_tunnel {
+                Tunnel::Split(self.routes.clone())
+            } else {
+                Tunnel::Full
+            },
+            dns_servers: self.config.dns_servers.clone(),
+            ping: Some(self.config.ping),
+            ping_restart: Some(self.config.ping_restart),
+            peer_id: Some(c.peer_id),
+            cipher: Some(a.cipher_name.clone()),
+            key_signalling: KeySignalling::for_client(a.peer_info.proto, a.tls_ekm),
+            tun_mtu: Some(1500),
+            ..PushReply::new(addr, self.pool.netmask(), self.pool.gateway_addr())
+        };
+        c.state = ConnState::Admitted {
+            client_ip: addr,
+            authenticated_at,
+            push_messages: reply.to_messages(1024).unwrap_or_default(),
+        };
+        info!(
+            conn = id,
+            common_name = %a.identity.common_name,
+            groups = ?a.identity.groups,
+            client_ip = %addr,
+            cipher = %a.cipher_name,
+            tls = %a.tls_version,
+            version = a.peer_info.version.as_deref().unwrap_or("?"),
+            "client authenticated"
+        );
+        // Clients that announce IV_PROTO "request push" send no PUSH_REQUEST.
+        if a.peer_info.proto.request_push() || c.push_requested {
+            self.push(id);
+        }
+        true
+    }
+
+    /// The data plane could not take an admitted session: the connection ends.
+    pub fn admission_failed(&mut self, clock: Clock, conn: ConnId) {
+        self.end(clock, conn, FailureReason::INTERNAL_ERROR);
+    }
+
+    /// The connect handler answered for connection `conn`.
+    pub fn handle_connect_answer(
+        &mut self,
+        clock: Clock,
+        conn: ConnId,
+        answer: Result<ConnectResponse, HandlerError>,
+    ) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let (admission, authenticated_at) =
+            match std::mem::replace(&mut c.state, ConnState::Handshaking) {
+                ConnState::Authorizing {
+                    admission,
+                    authenticated_at,
+                } => (admission, authenticated_at),
+                other => {
+                    // Not waiting for an answer (a stale one): nothing changes.
+                    c.state = other;
+                    return;
+                }
+            };
+        match answer {
+            Ok(r) if r.allow => {
+                c.log.posture_compliance_statuses = r.posture_compliance_statuses;
+                if self.admit(clock, conn, admission, authenticated_at) {
+                    self.flush(clock, conn);
+                }
+            }
+            Ok(r) => {
+                info!(conn, common_name = %admission.identity.common_name, "the client connect handler denied the connection");
+                let message = r
+                    .error_msg_on_denied_connection
+                    .filter(|m| !m.trim().is_empty());
+                let reason = match &message {
+                    Some(m) => {
+                        FailureReason::with_detail(FailureReason::CLIENT_CONNECT_FAILED, m.clone())
+                    }
+                    None => FailureReason::new(FailureReason::CLIENT_CONNECT_FAILED),
+                };
+                c.log.posture_compliance_statuses = r.posture_compliance_statuses;
+                self.refuse(clock, conn, reason, message);
+            }
+            Err(e) => {
+                warn!(conn, error = %e, "client connect handler failed: connection refused (fails closed)");
+                self.refuse(clock, conn, e.reason(), None);
+            }
+        }
+    }
+
+    /// Refuses an authenticated client: AUTH_FAILED (with `message` for the user; the client
+    /// stops rather than retrying), a failed attempt in the connection log, state dropped.
+    fn refuse(&mut self, clock: Clock, id: ConnId, reason: FailureReason, message: Option<String>) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let text: String = message
+            .unwrap_or_default()
+            .chars()
+            .map(|ch| if ch.is_control() { ' ' } else { ch })
+            .take(crate::connect_handler::MAX_DENIAL_MESSAGE)
+            .collect();
+        c.session.send_control(&if text.is_empty() {
+            "AUTH_FAILED".to_string()
+        } else {
+            format!("AUTH_FAILED,{text}")
+        });
+        let code = reason.code.clone();
+        self.outputs
+            .push_back(Output::Log(ConnectionLogEntry::attempt_failed(
+                reason, &c.log, clock.wall,
+            )));
+        self.flush(clock, id);
+        self.remove(id, &code);
+    }
+
+    fn push(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let ConnState::Admitted { push_messages, .. } = &c.state else {
+            // Not admitted yet (the connect handler decides): answer when it is.
+            c.push_requested = true;
+            return;
+        };
+        for m in push_messages {
+            c.session.send_control(m);
+        }
+    }
+
+    /// Queues what connection `id`'s session has to send.
+    fn flush(&mut self, clock: Clock, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        while let Some(packet) = c.session.poll_transmit(clock.now) {
+            self.outputs.push_back(Output::Transmit {
+                peer: c.peer,
+                packet,
+            });
+        }
+    }
+
+    /// The data path saw an authenticated packet of `conn` from a new UDP address (NAT
+    /// rebinding, roaming). True when the connection moves there; not onto an address another
+    /// connection holds (a spoofed source must not take it over).
+    pub fn handle_float(&mut self, conn: ConnId, peer: Peer) -> bool {
+        let Peer::Udp(addr) = peer else {
+            return false;
+        };
+        if self.by_peer.get(&peer).is_some_and(|&other| other != conn) {
+            return false;
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if c.state.client_ip().is_none() || c.peer == peer {
+            return false;
+        }
+        info!(conn, from = %c.remote_addr, to = %addr, "client address changed");
+        self.by_peer.remove(&c.peer);
+        c.peer = peer;
+        c.remote_addr = addr;
+        self.by_peer.insert(peer, conn);
+        true
+    }
+
+    /// The TCP connection of a peer closed.
+    pub fn handle_tcp_closed(&mut self, clock: Clock, tcp: u64) {
+        if let Some(id) = self.by_peer.get(&Peer::Tcp(tcp)).copied() {
+            self.end(clock, id, FailureReason::TCP_CLOSED);
+        }
+    }
+
+    /// The TCP connection of a peer had no admitted session in time and was closed.
+    pub fn handle_tcp_deadline(&mut self, clock: Clock, tcp: u64) {
+        if let Some(id) = self.by_peer.get(&Peer::Tcp(tcp)).copied() {
+            self.end(clock, id, FailureReason::HANDSHAKE_TIMEOUT);
+        }
+    }
+
+    pub fn handle_command(&mut self, clock: Clock, command: Command) {
+        match command {
+            Command::SetRoutes(routes) => self.routes = routes,
+            Command::LiveSettings(live) => {
+                info!(?live, "live settings changed");
+                self.config.live = live;
+            }
+            Command::ReplaceTls {
+                config,
+                revoked_serials,
+            } => {
+                self.session_config = config;
+                // Running sessions' renegotiations are checked against it too.
+                for c in self.conns.values_mut() {
+                    c.session.set_config(self.session_config.clone());
+                }
+                let revoked: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| {
+                        !c.serial.is_empty()
+                            && revoked_serials
+                                .iter()
+                                .any(|s| s.eq_ignore_ascii_case(&c.serial))
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in revoked {
+                    self.halt(clock, id, "certificate-revoked");
+                }
+            }
+            Command::Terminate {
+                connection_ids,
+                usernames,
+            } => {
+                let ids: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| {
+                        connection_ids.contains(&c.log.connection_id)
+                            || c.log
+                                .username
+                                .as_ref()
+                                .is_some_and(|u| usernames.contains(u))
+                            || usernames.contains(&c.common_name)
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                for cid in connection_ids {
+                    let running = ids.iter().any(|id| {
+                        self.conns
+                            .get(id)
+                            .is_some_and(|c| c.log.connection_id == cid)
+                    });
+                    if !running {
+                        self.outputs
+                            .push_back(Output::NotRunning { connection_id: cid });
+                    }
+                }
+                for id in ids {
+                    self.halt(clock, id, "terminated");
+                }
+            }
+        }
+    }
+
+    /// Tells the client to exit (HALT), then forgets it.
+    fn halt(&mut self, clock: Clock, id: ConnId, reason: &str) {
+        self.say_and_end(clock, id, "HALT", reason);
+    }
+
+    /// Sends `message` on the control channel, then ends the connection.
+    fn say_and_end(&mut self, clock: Clock, id: ConnId, message: &str, reason: &str) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.session.send_control(message);
+        }
+        self.flush(clock, id);
+        self.end(clock, id, reason);
+    }
+
+    /// Keepalive, session timeouts, renegotiation and the control channels' own timers.
+    pub fn handle_timeout(&mut self, clock: Clock) {
+        let now = clock.now;
+        let keepalive = Duration::from_secs(u64::from(self.config.ping_restart) * 2);
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.after_session(clock, id);
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            if c.session.is_established() && now.saturating_duration_since(c.last_rx()) > keepalive
+            {
+                self.end(clock, id, "keepalive-timeout");
+                continue;
+            }
+            if c.rekey_failed_at
+                .is_some_and(|at| now.saturating_duration_since(at) >= RENEGOTIATION_GRACE)
+            {
+                self.halt(clock, id, FailureReason::RENEGOTIATION_FAILED);
+                continue;
+            }
+            let expired = match (self.config.live.session_timeout, c.state.authenticated_at()) {
+                (Some(limit), Some(at)) => now.saturating_duration_since(at) >= limit,
+                _ => false,
+            };
+            if expired {
+                let message = if self.config.live.disconnect_on_session_timeout {
+                    "HALT"
+                } else {
+                    "RESTART"
+                };
+                self.say_and_end(clock, id, message, "session-timeout");
+                continue;
+            }
+            // Renegotiate from our side: keys old enough, or packet ids running out.
+            let exhausted = c.activity.packet_ids_running_out();
+            let aged = self
+                .config
+                .reneg_after
+                .is_some_and(|a| now.saturating_duration_since(c.keys_at) >= a);
+            if (exhausted || aged) && !c.rekey_pending && c.session.active_key().is_some() {
+                match c.session.start_renegotiation(now) {
+                    Ok(k) => {
+                        c.rekey_pending = true;
+                        let why = if exhausted {
+                            "packet ids running out"
+                        } else {
+                            "key lifetime reached"
+                        };
+                        info!(
+                            conn = id,
+                            key_id = k.get(),
+                            reason = why,
+                            "starting renegotiation"
+                        );
+                    }
+                    Err(e) => {
+                        // Tried again after another key lifetime (the deadline must move).
+                        c.keys_at = now;
+                        warn!(conn = id, error = %e, "cannot start renegotiation");
+                    }
+                }
+            }
+            self.flush(clock, id);
+        }
+    }
+
+    /// Tells every client to reconnect (the daemon stops); [`Endpoint::close_all`] after a
+    /// moment ends their connections.
+    pub fn shutdown(&mut self, clock: Clock) {
+        info!(
+            clients = self.conns.len(),
+            "shutting down: telling clients to reconnect"
+        );
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.session.send_control("RESTART");
+            }
+            self.flush(clock, id);
+        }
+    }
+
+    /// Ends every connection (each end goes to the log and the store).
+    pub fn close_all(&mut self, clock: Clock) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.end(clock, id, FailureReason::SERVER_SHUTDOWN);
+        }
+    }
+
+    /// Ends a connection. One that never got in gets a failed attempt with `reason` in the
+    /// connection log; an admitted one's end is logged by the driver with the counters.
+    fn end(&mut self, clock: Clock, id: ConnId, reason: &str) {
+        let Some(c) = self.conns.get(&id) else {
+            return;
+        };
+        let activity = &c.activity;
+        info!(conn = id, common_name = %c.common_name, %reason,
+            forged = activity.forged(), early = activity.early(), "disconnect");
+        if c.state.client_ip().is_none() {
+            self.outputs
+                .push_back(Output::Log(ConnectionLogEntry::attempt_failed(
+                    reason, &c.log, clock.wall,
+                )));
+        }
+        self.remove(id, reason);
+    }
+
+    /// Forgets a connection: its peer, peer id, handshake place and address; the driver is
+    /// told to forget its data path, data-plane session and TCP socket.
+    fn remove(&mut self, id: ConnId, reason: &str) {
+        let Some(c) = self.conns.remove(&id) else {
+            return;
+        };
+        if self.by_peer.get(&c.peer) == Some(&id) {
+            self.by_peer.remove(&c.peer);
+        }
+        self.peer_ids.release(c.peer_id);
+        let client_ip = c.state.client_ip();
+        match client_ip {
+            Some(addr) => {
+                self.pool.release(addr);
+            }
+            None => self.pending.done(c.handshake_source),
+        }
+        self.outputs.push_back(Output::Ended {
+            conn: id,
+            peer_id: c.peer_id,
+            peer: c.peer,
+            client_ip,
+            info: c.log,
+            reason: reason.to_string(),
+        });
+    }
+}
+
+/// The connect handler's request for a connection (AWS's Lambda contract, v2).
+fn connect_request(endpoint_id: &str, c: &Connection, a: &Admission) -> ConnectRequest {
+    let or_na = |v: &Option<String>| v.clone().unwrap_or_else(|| "NA".into());
+    ConnectRequest {
+        connection_id: c.log.connection_id.clone(),
+        endpoint_id: endpoint_id.to_string(),
+        common_name: a.identity.common_name.clone(),
+        username: "NA".into(),
+        platform: or_na(&a.peer_info.platform),
+        platform_version: or_na(&a.peer_info.platform_version),
+        public_ip: c.remote_addr.ip().to_string(),
+        client_openvpn_version: or_na(&a.peer_info.version),
+        groups: a.identity.groups.clone(),
+        schema_version: "v2".into(),
+    }
+}
+
+/// A connection id in AWS's form: `cvpn-connection-` and 17 hex digits.
+fn new_connection_id() -> String {
+    let mut b = [0u8; 9];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("cvpn-connection-{}", &hex[..17])
+}
+
+#[cfg(test)]
+mod tests;
