@@ -328,7 +328,10 @@ impl Daemon {
                 && !c.log.stdout,
             live: live_settings(&ep, &c.connect_handler)?,
             // Endpoints of one daemon may share a target interface: each its own SNAT ports.
-            nat_port_range: Some(crate::server::snat_slice(ep.transport_protocol, ep.vpn_port)),
+            nat_port_range: Some(crate::server::snat_slice(
+                ep.transport_protocol,
+                ep.vpn_port,
+            )),
         };
         Ok((settings, fingerprint))
     }

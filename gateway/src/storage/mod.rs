@@ -40,9 +40,15 @@
 
 pub mod apply;
 pub mod error;
-pub mod model;
 pub mod schema;
-pub mod validate;
+
+/// re-export: the types live in model ([`crate::model`]); `storage::model::X` keeps working.
+pub mod model {
+    pub use super::ConnectionCounters;
+    pub use crate::model::{ids::*, resources::*};
+}
+// re-export: the module lives in model
+pub use crate::model::validate;
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -55,12 +61,16 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use rusqlite::{params, Connection as Db, OptionalExtension, Row, TransactionBehavior};
 
-use crate::dataplane::policy::{self, Policy};
-use crate::dataplane::TargetSpec;
+use crate::model::policy::{self, Policy, TargetSpec};
 
 pub use apply::{apply_endpoint_config, config_key, ApplyReport, APPLIED_TAG_KEY};
 pub use error::{codes, ApiError};
-pub use model::*;
+// re-export: the types live in model
+pub use crate::model::{ids::*, resources::*};
+
+/// A connection's traffic counters as the store records them. re-export: the type lives in
+/// model ([`crate::model::Counters`], the one counter type).
+pub type ConnectionCounters = crate::model::Counters;
 
 /// The default data directory.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cvpn";
