@@ -1820,10 +1820,10 @@ fn check_target_overlap(client_cidr: Ipv4Net, t: &TargetSpec) -> Result<()> {
 
 /// A connection id in AWS's form: `cvpn-connection-` and 17 hex digits.
 fn new_connection_id() -> String {
-    let mut b = [0u8; 9];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("cvpn-connection-{}", &hex[..17])
+    use crate::model::ids::{new_id, CONNECTION_ID_PREFIX, ID_HEX_DIGITS};
+    // Without system randomness the digits stay zero, as they always did here.
+    new_id(CONNECTION_ID_PREFIX)
+        .unwrap_or_else(|_| format!("{CONNECTION_ID_PREFIX}{}", "0".repeat(ID_HEX_DIGITS)))
 }
 
 /// Lets the kernel fragment datagrams larger than the path MTU (IP_PMTUDISC_DONT).
