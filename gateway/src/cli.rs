@@ -39,7 +39,7 @@ use self::client::{ApiReply, ApiRequest, ClientError, Target};
 use self::table::{opt, Table};
 use crate::api::types::*;
 use crate::api::DEFAULT_SOCKET_PATH;
-use crate::storage::{
+use crate::model::{
     AssociateResult, AuthorizationRule, Connection, CrlSummary, DeleteEndpointResult,
     DisassociateResult, Endpoint, ListenerStatus, ModifyEndpointResult, Route, TargetNetwork,
 };

@@ -57,8 +57,8 @@ use thiserror::Error;
 
 use crate::dataplane::policy::{Access, AuthorizationRule, Policy, Route};
 
-use crate::storage::validate::{self, overlaps};
-pub use crate::storage::{MAX_CLIENT_PREFIX, MAX_DNS_SERVERS, MIN_CLIENT_PREFIX};
+use crate::model::validate::{self, overlaps};
+pub use crate::model::{MAX_CLIENT_PREFIX, MAX_DNS_SERVERS, MIN_CLIENT_PREFIX};
 /// Default listening port.
 pub const DEFAULT_PORT: u16 = 443;
 
@@ -112,7 +112,7 @@ fn invalid(at: impl Into<String>, message: impl Into<String>) -> ConfigError {
 }
 
 /// The transport the endpoint listens on (the API's type: one spelling everywhere).
-pub use crate::storage::TransportProtocol as Transport;
+pub use crate::model::TransportProtocol as Transport;
 
 /// A target network: a gateway-host interface that client traffic leaves through.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! The exported client configuration: a plain OpenVPN profile (DESIGN.md §2).
 
-use crate::storage::{validate, ApiError, Endpoint, TransportProtocol};
+use crate::model::{validate, ApiError, Endpoint, TransportProtocol};
 
 /// What a client profile is made of.
 #[derive(Clone, Debug, PartialEq, Eq)]
