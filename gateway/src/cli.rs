@@ -1,4 +1,4 @@
-//! The `cvpn` resource commands: one subcommand group per resource of DESIGN.md §2, each a
+//! The `cvpn` resource commands: one subcommand group per resource of the model, each a
 //! client of the management API ([`crate::api`]) on the daemon's Unix socket (default
 //! [`DEFAULT_SOCKET_PATH`]) or, with `--api https://HOST:PORT`, its TLS listener.
 //!

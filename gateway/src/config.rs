@@ -115,6 +115,11 @@ fn invalid(at: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub use crate::model::TransportProtocol as Transport;
 
 /// A target network: a gateway-host interface that client traffic leaves through.
+///
+/// An `[[target_network]]` entry of the endpoint file. The same concept at other layers: the API
+/// resource [`crate::model::TargetNetwork`] (an association), the data plane's
+/// [`crate::model::TargetSpec`] (what both are turned into) and the kernel map value
+/// `gateway_common::TargetNetwork`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetNetwork {
     /// The interface name, e.g. `eth1`.

@@ -1,5 +1,7 @@
-//! The management API: HTTP/JSON over the [`Store`], one route per
-//! action of DESIGN.md §2, AWS-flavoured names (kebab-case fields, AWS error codes).
+//! The management API: HTTP/JSON over the [`Store`], one route per action on the resources of
+//! [`crate::model`] (AWS Client VPN's: endpoints, target networks, routes, authorization rules,
+//! connections, CRLs), AWS-flavoured names (kebab-case fields, AWS error codes). See
+//! `docs/architecture.md` for where it sits.
 //!
 //! # Routes
 //!

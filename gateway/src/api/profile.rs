@@ -1,4 +1,5 @@
-//! The exported client configuration: a plain OpenVPN profile (DESIGN.md §2).
+//! The exported client configuration: a plain OpenVPN profile that any stock OpenVPN client
+//! imports ([`render_client_profile`] lists its lines).
 
 use crate::model::{validate, ApiError, Endpoint, TransportProtocol};
 

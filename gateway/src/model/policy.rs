@@ -36,9 +36,10 @@ pub struct Policy {
 }
 
 /// A target network as the data plane needs it: traffic routed to `id` leaves through
-/// `interface`, SNATed to `snat_addr` (by default the interface's first IPv4 address). Not to be
-/// confused with the API resource `model::TargetNetwork` (an association, which carries the same
-/// id as `target_id`) or the kernel's map value `gateway_common::TargetNetwork`.
+/// `interface`, SNATed to `snat_addr` (by default the interface's first IPv4 address). Made
+/// from the API resource [`TargetNetwork`](super::TargetNetwork) (whose `target_id` is `id`) or
+/// the endpoint file's `config::TargetNetwork`; the data plane turns it into the kernel's map
+/// value `gateway_common::TargetNetwork`.
 #[derive(Clone, Debug)]
 pub struct TargetSpec {
     pub id: u32,

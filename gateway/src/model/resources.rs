@@ -581,6 +581,11 @@ pub struct DeleteEndpointResult {
 // ---- target networks ----------------------------------------------------------------------------
 
 /// A target network association: a gateway-host interface that client traffic leaves through.
+///
+/// The API resource (AWS's `TargetNetwork`). The same concept at other layers: the endpoint
+/// file's `config::TargetNetwork`, the data plane's [`TargetSpec`](super::TargetSpec) (what
+/// both are turned into, keyed by [`target_id`](Self::target_id)) and the kernel map value
+/// `gateway_common::TargetNetwork`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct TargetNetwork {

@@ -1,5 +1,6 @@
-//! The control plane's model and storage: every resource of DESIGN.md §2 in an embedded SQLite
-//! database, with AWS Client VPN's rules, states and error codes.
+//! The control plane's storage: every resource of the model ([`crate::model`]: endpoints, target
+//! networks, routes, authorization rules, connections, CRLs) in an embedded SQLite database, with
+//! AWS Client VPN's rules, states and error codes.
 //!
 //! # Layout
 //!
