@@ -46,7 +46,9 @@ fn session_config() -> Arc<SessionConfig> {
                 client_ca: vec![cert],
                 crls: Vec::new(),
             };
-            Arc::new(SessionConfig::new(material.server_config().expect("server config")))
+            Arc::new(SessionConfig::new(
+                material.server_config().expect("server config"),
+            ))
         })
         .clone()
 }
@@ -63,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let config = EndpointConfig {
         endpoint_id: "cvpn-endpoint-0123456789abcdef0".into(),
-        transport: gateway::storage::TransportProtocol::Udp,
+        transport: gateway::model::TransportProtocol::Udp,
         client_cidr: "10.77.0.0/22".parse().expect("cidr"),
         split_tunnel: true,
         dns_servers: vec![Ipv4Addr::new(10, 88, 0, 2)],
@@ -113,7 +115,9 @@ fuzz_target!(|data: &[u8]| {
                 } = datapath.open(clock.now, peer, &mut bytes)
                 {
                     if let Some(p) = forward {
-                        let own = admitted.get(&peer_id).expect("forwarded for a peer id never admitted");
+                        let own = admitted
+                            .get(&peer_id)
+                            .expect("forwarded for a peer id never admitted");
                         assert_eq!(&p[12..16], &own.octets()[..], "forwarded a forged source");
                     }
                     if moved {
@@ -220,7 +224,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         assert!(
-            endpoint.connection_count() <= gateway::endpoint::MAX_PENDING_HANDSHAKES + admitted.len(),
+            endpoint.connection_count()
+                <= gateway::endpoint::MAX_PENDING_HANDSHAKES + admitted.len(),
             "more connections than the handshake bounds allow"
         );
     }

@@ -116,6 +116,11 @@ pub struct RouteEntry {
 }
 
 /// A target network: the interface traffic leaves through and the address it is SNATed to.
+///
+/// The kernel's map value (by target id). Three types share the name, one per layer: this one;
+/// the API resource `gateway::model::TargetNetwork` (an association, whose `target_id` keys this
+/// map); and `gateway::config::TargetNetwork` (an `[[target_network]]` entry of an endpoint file).
+/// Both become a `gateway::model::TargetSpec`, which the data plane turns into this value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TargetNetwork {

@@ -1,4 +1,4 @@
-//! The `cvpn` resource commands: one subcommand group per resource of DESIGN.md §2, each a
+//! The `cvpn` resource commands: one subcommand group per resource of the model, each a
 //! client of the management API ([`crate::api`]) on the daemon's Unix socket (default
 //! [`DEFAULT_SOCKET_PATH`]) or, with `--api https://HOST:PORT`, its TLS listener.
 //!
@@ -39,7 +39,7 @@ use self::client::{ApiReply, ApiRequest, ClientError, Target};
 use self::table::{opt, Table};
 use crate::api::types::*;
 use crate::api::DEFAULT_SOCKET_PATH;
-use crate::storage::{
+use crate::model::{
     AssociateResult, AuthorizationRule, Connection, CrlSummary, DeleteEndpointResult,
     DisassociateResult, Endpoint, ListenerStatus, ModifyEndpointResult, Route, TargetNetwork,
 };

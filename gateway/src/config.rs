@@ -57,8 +57,8 @@ use thiserror::Error;
 
 use crate::dataplane::policy::{Access, AuthorizationRule, Policy, Route};
 
-use crate::storage::validate::{self, overlaps};
-pub use crate::storage::{MAX_CLIENT_PREFIX, MAX_DNS_SERVERS, MIN_CLIENT_PREFIX};
+use crate::model::validate::{self, overlaps};
+pub use crate::model::{MAX_CLIENT_PREFIX, MAX_DNS_SERVERS, MIN_CLIENT_PREFIX};
 /// Default listening port.
 pub const DEFAULT_PORT: u16 = 443;
 
@@ -112,9 +112,14 @@ fn invalid(at: impl Into<String>, message: impl Into<String>) -> ConfigError {
 }
 
 /// The transport the endpoint listens on (the API's type: one spelling everywhere).
-pub use crate::storage::TransportProtocol as Transport;
+pub use crate::model::TransportProtocol as Transport;
 
 /// A target network: a gateway-host interface that client traffic leaves through.
+///
+/// An `[[target_network]]` entry of the endpoint file. The same concept at other layers: the API
+/// resource [`crate::model::TargetNetwork`] (an association), the data plane's
+/// [`crate::model::TargetSpec`] (what both are turned into) and the kernel map value
+/// `gateway_common::TargetNetwork`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetNetwork {
     /// The interface name, e.g. `eth1`.

@@ -16,10 +16,10 @@ use hyper::Method;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::cli::client::{send, ApiRequest, ClientError, Target};
 use crate::connlog::FailureReason;
-use crate::storage::validate::{self, HandlerTarget};
-use crate::storage::HandlerPolicy;
+use crate::http_client::{send, ClientError, Request, Target};
+use crate::model::validate::{self, HandlerTarget};
+use crate::model::HandlerPolicy;
 
 /// The longest a handler may take (AWS's cap).
 pub const HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -206,7 +206,7 @@ impl ConnectHandler {
                 Ok(out)
             }
             Kind::Webhook { target, path } => {
-                let req = ApiRequest::new(Method::POST, path.clone())
+                let req = Request::new(Method::POST, path.clone())
                     .json(body)
                     .max_body(MAX_RESPONSE_BYTES);
                 match send(target, req).await {

@@ -82,7 +82,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Transport;
-use crate::dataplane::{FlowEventRecord, SessionCounters};
+use crate::dataplane::FlowEventRecord;
 
 /// AWS's value for "unknown" or "does not apply".
 pub const NA: &str = "NA";
@@ -366,25 +366,9 @@ impl ConnectionInfo {
 }
 
 /// A connection's traffic: ingress = from the client, egress = to the client (AWS's
-/// convention: "bytes sent by the client" / "bytes received by the client").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TrafficCounters {
-    pub ingress_bytes: u64,
-    pub egress_bytes: u64,
-    pub ingress_packets: u64,
-    pub egress_packets: u64,
-}
-
-impl From<SessionCounters> for TrafficCounters {
-    fn from(c: SessionCounters) -> Self {
-        TrafficCounters {
-            ingress_bytes: c.from_client_bytes,
-            egress_bytes: c.to_client_bytes,
-            ingress_packets: c.from_client_packets,
-            egress_packets: c.to_client_packets,
-        }
-    }
-}
+/// convention). re-export: the type lives in model ([`crate::model::Counters`], the one counter
+/// type; `From<SessionCounters>` is there too).
+pub type TrafficCounters = crate::model::Counters;
 
 /// One connection log entry, field for field as AWS Client VPN writes it (in AWS's order), plus
 /// `connection-attempt-failure-detail` (not an AWS field) at the end. Every value is a string
@@ -1258,6 +1242,7 @@ impl Drop for ConnectionLogs {
 mod tests {
     use super::*;
     use crate::dataplane::FlowEventKind;
+    use crate::model::SessionCounters;
     use serde_json::Value;
     use std::collections::{BTreeMap, BTreeSet};
     use std::os::unix::fs::PermissionsExt;

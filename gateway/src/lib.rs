@@ -8,6 +8,10 @@
 //! * [`connlog`]: the connection log and flow log (JSON lines, AWS field names), size-rotated.
 //! * [`datachannel`]: the OpenVPN data channel's AEAD seal/open and replay window, sans-IO.
 //! * [`dataplane`]: the kernel programs' loader and the typed API that drives them.
+//! * [`http_client`]: a small HTTP/1.1 client (Unix socket, TCP, TLS), bounded answers: the
+//!   CLI's API client and the connect handler's webhook client.
+//! * [`model`]: the resource model every other module speaks (resources, ids, validation, policy,
+//!   counters); depends on nothing else in the crate.
 //! * [`protocol`]: the OpenVPN wire protocol, sans-IO (packet codec, reliability, TLS, ...).
 //! * [`pool`]: the client address pool over the client CIDR.
 //! * [`server`]: the endpoint daemon's event loop: sockets, TUN, timers (moves bytes only).
@@ -22,7 +26,9 @@ pub mod control;
 pub mod datachannel;
 pub mod dataplane;
 pub mod endpoint;
+pub mod http_client;
 pub mod io;
+pub mod model;
 pub mod pool;
 pub mod protocol;
 pub mod server;

@@ -47,7 +47,7 @@ use crate::{
 pub use crate::datachannel::inner::PING_MAGIC;
 
 /// Transport of an endpoint.
-pub use crate::storage::TransportProtocol as Transport;
+pub use crate::model::TransportProtocol as Transport;
 
 /// Everything the daemon needs to serve one endpoint.
 #[derive(Clone, Debug)]
@@ -123,7 +123,7 @@ pub use crate::endpoint::LiveSettings;
 /// so implementations queue the work (see `control::recorder`) rather than block.
 pub trait ConnectionRecorder: Send + Sync + std::fmt::Debug {
     /// A client authenticated and got `connection.client_ip`.
-    fn started(&self, connection_id: &str, connection: crate::storage::NewConnection);
+    fn started(&self, connection_id: &str, connection: crate::model::NewConnection);
     /// The current counters of running connections.
     fn counters(&self, batch: Vec<(String, crate::dataplane::SessionCounters)>);
     /// A connection ended (or was asked to end and was not running any more).

@@ -6,8 +6,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::run;
 
-/// Debian packages: LLVM 22 for bpf-linker (DESIGN.md section 5), and the real tools the tests
-/// and benchmarks drive.
+/// Debian packages: LLVM 22 for bpf-linker (built below with `--features llvm-22`; it must match
+/// the LLVM of the nightly that compiles the kernel programs), and the real tools the tests and
+/// benchmarks drive.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",

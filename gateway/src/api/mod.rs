@@ -1,5 +1,7 @@
-//! The management API: HTTP/JSON over the [`Store`], one route per
-//! action of DESIGN.md §2, AWS-flavoured names (kebab-case fields, AWS error codes).
+//! The management API: HTTP/JSON over the [`Store`], one route per action on the resources of
+//! [`crate::model`] (AWS Client VPN's: endpoints, target networks, routes, authorization rules,
+//! connections, CRLs), AWS-flavoured names (kebab-case fields, AWS error codes). See
+//! `docs/architecture.md` for where it sits.
 //!
 //! # Routes
 //!
@@ -58,7 +60,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::storage::{codes, ApiError, EndpointStatus, Store};
@@ -350,21 +351,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
 
 // ---- errors -------------------------------------------------------------------------------------
 
-/// The error body: `{"error": {"code": "...", "message": "..."}}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// The inside of an [`ErrorBody`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorDetail {
-    /// AWS-style code, e.g. `InvalidParameterValue`.
-    pub code: String,
-    /// What is wrong; names the field.
-    pub message: String,
-}
+// re-export: the types live in model (the error body is a wire type, read by the HTTP client too)
+pub use crate::model::{ErrorBody, ErrorDetail};
 
 /// An error response with an explicit status.
 pub(crate) fn error_response(

@@ -1,6 +1,7 @@
-//! The exported client configuration: a plain OpenVPN profile (DESIGN.md §2).
+//! The exported client configuration: a plain OpenVPN profile that any stock OpenVPN client
+//! imports ([`render_client_profile`] lists its lines).
 
-use crate::storage::{validate, ApiError, Endpoint, TransportProtocol};
+use crate::model::{validate, ApiError, Endpoint, TransportProtocol};
 
 /// What a client profile is made of.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,10 +1,10 @@
 //! The API's own request and response bodies (the resources and most requests are the
-//! store's, [`crate::storage::model`]). Lists are wrapped in an object named after them, as
+//! model's, [`crate::model`]). Lists are wrapped in an object named after them, as
 //! AWS's describe calls answer, so that fields can be added without breaking clients.
 
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{
+use crate::model::{
     AuthorizationRule, Connection, Endpoint, Route, TargetNetwork, TerminatedConnection,
 };
 

@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::*;
 use crate::api::tests::{Daemon, TempDir, TlsDaemon};
 use crate::api::{ControlEvent, EndpointChange};
-use crate::storage::EndpointStatus;
+use crate::model::EndpointStatus;
 
 /// What a CLI run printed and returned.
 struct Run {

@@ -6,9 +6,9 @@ use std::sync::{mpsc, Arc};
 
 use tracing::{debug, warn};
 
-use crate::dataplane::SessionCounters;
+use crate::model::{Counters, SessionCounters};
 use crate::server::ConnectionRecorder;
-use crate::storage::{ConnectionCounters, NewConnection, Store};
+use crate::storage::{NewConnection, Store};
 
 enum Op {
     Started(String, NewConnection),
@@ -31,15 +31,6 @@ impl std::fmt::Debug for StoreRecorder {
     }
 }
 
-fn counters(c: SessionCounters) -> ConnectionCounters {
-    ConnectionCounters {
-        ingress_bytes: c.from_client_bytes,
-        egress_bytes: c.to_client_bytes,
-        ingress_packets: c.from_client_packets,
-        egress_packets: c.to_client_packets,
-    }
-}
-
 impl StoreRecorder {
     /// Starts the writer thread.
     pub fn spawn(store: Arc<Store>) -> std::io::Result<StoreRecorder> {
@@ -53,12 +44,12 @@ impl StoreRecorder {
                         }
                     }
                     Op::Counters(batch) => {
-                        let batch: Vec<_> = batch.into_iter().map(|(id, c)| (id, counters(c))).collect();
+                        let batch: Vec<_> = batch.into_iter().map(|(id, c)| (id, Counters::from(c))).collect();
                         if let Err(e) = store.update_connections(&batch) {
                             warn!(error = %e, "connection counters not recorded");
                         }
                     }
-                    Op::Ended(id, c) => match store.end_connection(&id, counters(c)) {
+                    Op::Ended(id, c) => match store.end_connection(&id, Counters::from(c)) {
                         Ok(_) => {}
                         // Already ended (e.g. a terminate for a connection that had just gone).
                         Err(e) => debug!(connection_id = %id, error = %e, "connection end not recorded"),

@@ -205,24 +205,8 @@ impl Default for DataPlaneConfig {
     }
 }
 
-/// A target network to add: traffic routed to `id` leaves through `interface`, SNATed to
-/// `snat_addr` (by default the interface's first IPv4 address).
-#[derive(Clone, Debug)]
-pub struct TargetSpec {
-    pub id: u32,
-    pub interface: String,
-    pub snat_addr: Option<Ipv4Addr>,
-}
-
-/// Per-session counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SessionCounters {
-    pub from_client_packets: u64,
-    pub from_client_bytes: u64,
-    pub to_client_packets: u64,
-    pub to_client_bytes: u64,
-    pub dropped_packets: u64,
-}
+// re-export: the types live in model
+pub use crate::model::{SessionCounters, TargetSpec};
 
 /// Global counters, summed over CPUs, by [`Counter`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! Authorization rules and routes, compiled into the entries of the kernel's LPM tries.
+//! Authorization rules and routes (the model's [`Policy`]), compiled into the entries of the
+//! kernel's LPM tries.
 //!
 //! Pure code: no maps here, so the compilation is unit-tested without a kernel.
 
@@ -9,33 +10,8 @@ use ipnet::Ipv4Net;
 
 use super::DataPlaneError;
 
-/// Who an authorization rule admits.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Access {
-    AllGroups,
-    Group(String),
-}
-
-/// An authorization rule: traffic to `destination` is allowed for `access`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuthorizationRule {
-    pub destination: Ipv4Net,
-    pub access: Access,
-}
-
-/// A route: traffic to `destination` leaves through target network `target`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route {
-    pub destination: Ipv4Net,
-    pub target: u32,
-}
-
-/// The whole policy of an endpoint; replaced as one unit.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Policy {
-    pub rules: Vec<AuthorizationRule>,
-    pub routes: Vec<Route>,
-}
+// re-export: the types live in model
+pub use crate::model::policy::{Access, AuthorizationRule, Policy, Route};
 
 /// LPM key as the kernel stores it: (prefix length, network address bytes).
 pub type Prefix = (u32, [u8; 4]);

@@ -40,6 +40,7 @@ use crate::{
     connect_handler::{ConnectHandler, ConnectRequest, ConnectResponse, HandlerError},
     connlog::{ConnectionInfo, ConnectionLogEntry, FailureReason},
     datachannel::{Cipher, DataChannel, Opener, Role, Sealer},
+    model::{NewConnection, TransportProtocol as Transport},
     pool::AddressPool,
     protocol::{
         cookie::CookieJar,
@@ -49,7 +50,6 @@ use crate::{
         session::{Event, ServerSession, SessionConfig},
         tls::ClientIdentity,
     },
-    storage::{NewConnection, TransportProtocol as Transport},
 };
 use datapath::Activity;
 
@@ -1154,10 +1154,10 @@ fn connect_request(endpoint_id: &str, c: &Connection, a: &Admission) -> ConnectR
 
 /// A connection id in AWS's form: `cvpn-connection-` and 17 hex digits.
 fn new_connection_id() -> String {
-    let mut b = [0u8; 9];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("cvpn-connection-{}", &hex[..17])
+    use crate::model::ids::{new_id, CONNECTION_ID_PREFIX, ID_HEX_DIGITS};
+    // Without system randomness the digits stay zero.
+    new_id(CONNECTION_ID_PREFIX)
+        .unwrap_or_else(|_| format!("{CONNECTION_ID_PREFIX}{}", "0".repeat(ID_HEX_DIGITS)))
 }
 
 #[cfg(test)]

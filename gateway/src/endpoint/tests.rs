@@ -38,7 +38,7 @@ struct World {
 fn config(live: LiveSettings) -> EndpointConfig {
     EndpointConfig {
         endpoint_id: "cvpn-endpoint-0123456789abcdef0".into(),
-        transport: crate::storage::TransportProtocol::Udp,
+        transport: crate::model::TransportProtocol::Udp,
         client_cidr: "10.77.0.0/22".parse().unwrap(),
         split_tunnel: true,
         dns_servers: vec![],

@@ -497,7 +497,7 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// The 2.6.14 client's peer-info from the capture in DESIGN.md §6.
+    /// The peer-info a stock OpenVPN 2.6.14 client sent in a captured handshake.
     fn client_2_6_14() -> PeerInfo {
         PeerInfo::parse(
             "IV_VER=2.6.14\nIV_PLAT=linux\nIV_TCPNL=1\nIV_MTU=1600\nIV_NCP=2\n\

@@ -43,7 +43,7 @@
 use std::collections::BTreeSet;
 
 use crate::config::EndpointConfig;
-use crate::dataplane::policy::Access;
+use crate::model::policy::Access;
 
 use super::*;
 

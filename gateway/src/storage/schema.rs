@@ -6,7 +6,7 @@
 
 /// The migrations, in order; migration `i` takes the schema from version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
-    // 1: the resources of DESIGN.md §2.
+    // 1: the resources of the model (endpoints, associations, routes, rules, connections, CRLs).
     r#"
 CREATE TABLE endpoints (
     id                            TEXT    PRIMARY KEY NOT NULL,

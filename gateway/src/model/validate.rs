@@ -8,7 +8,8 @@ use ipnet::Ipv4Net;
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 
 use super::error::ApiError;
-use super::model::*;
+use super::ids::*;
+use super::resources::*;
 
 // The rules themselves, without an error type: the API ([`ApiError`]) and the endpoint file
 // (`config::ConfigError`) wrap the same checks, so both refuse the same values with the same

@@ -1,5 +1,6 @@
-//! The resources of the control plane (DESIGN.md §2), as the store returns them and as requests
-//! describe them.
+//! The resources of the control plane (AWS Client VPN's: endpoints, target networks, routes,
+//! authorization rules, connections, CRLs), as the store returns them and as requests describe
+//! them.
 //!
 //! * Resource structs ([`Endpoint`], [`TargetNetwork`], [`Route`], [`AuthorizationRule`],
 //!   [`Connection`]) are what describe calls return: typed values, serialized with AWS-style
@@ -16,41 +17,7 @@ use std::str::FromStr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use super::error::ApiError;
-use crate::dataplane::policy::Access;
-
-/// Prefix of endpoint ids: `cvpn-endpoint-` and 17 lowercase hex digits.
-pub const ENDPOINT_ID_PREFIX: &str = "cvpn-endpoint-";
-/// Prefix of target network association ids: `cvpn-assoc-` and 17 lowercase hex digits.
-pub const ASSOCIATION_ID_PREFIX: &str = "cvpn-assoc-";
-/// Prefix of connection ids: `cvpn-connection-` and 17 lowercase hex digits.
-pub const CONNECTION_ID_PREFIX: &str = "cvpn-connection-";
-/// Number of hex digits after an id's prefix (as AWS's ids).
-pub const ID_HEX_DIGITS: usize = 17;
-
-/// A new random id: `prefix` and [`ID_HEX_DIGITS`] lowercase hex digits (68 random bits from
-/// the system's CSPRNG).
-pub fn new_id(prefix: &str) -> Result<String, ApiError> {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 9];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| ApiError::internal("no system randomness for a new resource id"))?;
-    let mut id = String::with_capacity(prefix.len() + ID_HEX_DIGITS);
-    id.push_str(prefix);
-    for b in bytes {
-        id.push_str(&format!("{b:02x}"));
-    }
-    id.truncate(prefix.len() + ID_HEX_DIGITS);
-    Ok(id)
-}
-
-/// True if `id` is `prefix` followed by exactly [`ID_HEX_DIGITS`] lowercase hex digits.
-pub fn is_valid_id(prefix: &str, id: &str) -> bool {
-    id.strip_prefix(prefix).is_some_and(|hex| {
-        hex.len() == ID_HEX_DIGITS && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    })
-}
+use super::policy::Access;
 
 // ---- time ---------------------------------------------------------------------------------------
 
@@ -603,8 +570,9 @@ pub struct ModifyEndpointResult {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct DeleteEndpointResult {
-    /// The endpoint, now `deleting` (after [`delete_endpoint`](super::Store::delete_endpoint))
-    /// or `deleted` (after [`finish_endpoint_deletion`](super::Store::finish_endpoint_deletion)).
+    /// The endpoint, now `deleting` (after
+    /// [`delete_endpoint`](crate::storage::Store::delete_endpoint)) or `deleted` (after
+    /// [`finish_endpoint_deletion`](crate::storage::Store::finish_endpoint_deletion)).
     pub endpoint: Endpoint,
     /// Connections the daemon must close (marked `terminating`).
     pub terminate_connections: Vec<String>,
@@ -613,6 +581,11 @@ pub struct DeleteEndpointResult {
 // ---- target networks ----------------------------------------------------------------------------
 
 /// A target network association: a gateway-host interface that client traffic leaves through.
+///
+/// The API resource (AWS's `TargetNetwork`). The same concept at other layers: the endpoint
+/// file's `config::TargetNetwork`, the data plane's [`TargetSpec`](super::TargetSpec) (what
+/// both are turned into, keyed by [`target_id`](Self::target_id)) and the kernel map value
+/// `gateway_common::TargetNetwork`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct TargetNetwork {
@@ -872,32 +845,6 @@ pub struct NewConnection {
     pub transport_protocol: TransportProtocol,
 }
 
-/// Traffic counters of a connection: ingress is from the client, egress to the client (AWS's
-/// meaning).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct ConnectionCounters {
-    /// Bytes from the client.
-    pub ingress_bytes: u64,
-    /// Bytes to the client.
-    pub egress_bytes: u64,
-    /// Packets from the client.
-    pub ingress_packets: u64,
-    /// Packets to the client.
-    pub egress_packets: u64,
-}
-
-impl From<crate::dataplane::SessionCounters> for ConnectionCounters {
-    fn from(c: crate::dataplane::SessionCounters) -> Self {
-        ConnectionCounters {
-            ingress_bytes: c.from_client_bytes,
-            egress_bytes: c.to_client_bytes,
-            ingress_packets: c.from_client_packets,
-            egress_packets: c.to_client_packets,
-        }
-    }
-}
-
 /// Which connections to describe. Connections that ended more than the retention period ago
 /// are never shown.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -989,34 +936,6 @@ pub struct PruneReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_have_the_aws_form() {
-        for prefix in [
-            ENDPOINT_ID_PREFIX,
-            ASSOCIATION_ID_PREFIX,
-            CONNECTION_ID_PREFIX,
-        ] {
-            let id = new_id(prefix).unwrap();
-            assert_eq!(id.len(), prefix.len() + 17, "{id}");
-            assert!(is_valid_id(prefix, &id), "{id}");
-            assert_ne!(id, new_id(prefix).unwrap());
-        }
-        assert!(is_valid_id(
-            ENDPOINT_ID_PREFIX,
-            "cvpn-endpoint-0123456789abcdef0"
-        ));
-        for bad in [
-            "cvpn-endpoint-0123456789abcdef",   // 16 digits
-            "cvpn-endpoint-0123456789abcdef01", // 18 digits
-            "cvpn-endpoint-0123456789ABCDEF0",  // upper case
-            "cvpn-endpoint-0123456789abcdefg",  // not hex
-            "cvpn-assoc-0123456789abcdef0",     // other kind
-            "",
-        ] {
-            assert!(!is_valid_id(ENDPOINT_ID_PREFIX, bad), "{bad}");
-        }
-    }
 
     #[test]
     fn timestamps_format_and_parse() {

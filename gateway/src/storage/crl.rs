@@ -1,0 +1,45 @@
+//! Certificate revocation lists: import and export.
+
+use super::*;
+
+impl Store {
+    /// Imports (replaces) an endpoint's certificate revocation list: PEM, one or more
+    /// `X509 CRL` blocks issued by the endpoint's client CA, at most the quota of entries.
+    /// Returns the revoked serials: the daemon terminates their sessions.
+    pub fn import_crl(&self, endpoint_id: &str, pem: &str) -> Result<CrlSummary, ApiError> {
+        self.write(|db, _now| {
+            load_live_endpoint(db, endpoint_id)?;
+            let ca: String = db
+                .prepare_cached("SELECT client_ca_pem FROM endpoints WHERE id = ?1")?
+                .query_row([endpoint_id], |r| r.get(0))?;
+            let parsed = validate::crl(
+                "certificate-revocation-list",
+                pem,
+                &ca,
+                self.quotas.crl_entries,
+            )?;
+            db.prepare_cached("UPDATE endpoints SET crl_pem = ?2, crl_entries = ?3 WHERE id = ?1")?
+                .execute(params![
+                    endpoint_id,
+                    pem,
+                    i64::try_from(parsed.revoked_serials.len()).unwrap_or(i64::MAX)
+                ])?;
+            Ok(CrlSummary {
+                client_vpn_endpoint_id: endpoint_id.to_string(),
+                crls: parsed.crls,
+                entries: parsed.revoked_serials.len(),
+                revoked_serials: parsed.revoked_serials,
+            })
+        })
+    }
+
+    /// The endpoint's certificate revocation list as imported (PEM), if any.
+    pub fn export_crl(&self, endpoint_id: &str) -> Result<Option<String>, ApiError> {
+        self.read(|db| {
+            load_endpoint(db, endpoint_id)?;
+            Ok(db
+                .prepare_cached("SELECT crl_pem FROM endpoints WHERE id = ?1")?
+                .query_row([endpoint_id], |r| r.get(0))?)
+        })
+    }
+}

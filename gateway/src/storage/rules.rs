@@ -1,0 +1,154 @@
+//! Authorization rules: authorize, revoke, describe.
+
+use super::*;
+
+impl Store {
+    /// Adds an authorization rule. The (destination, group | all groups) pair must be new, and
+    /// the endpoint's rule quota applies.
+    pub fn authorize_rule(&self, req: &AuthorizeRequest) -> Result<AuthorizationRule, ApiError> {
+        let dest = validate::cidr("target-network-cidr", &req.target_network_cidr)?;
+        let access = access_of(
+            req.access_group_id.as_deref(),
+            req.authorize_all_groups,
+            "authorize-all-groups",
+        )?;
+        let description = validate::description("description", req.description.as_deref())?;
+        self.write(|db, now| {
+            let ep = load_live_endpoint(db, &req.client_vpn_endpoint_id)?;
+            let eid = ep.client_vpn_endpoint_id.as_str();
+            let (group, all) = group_param(&access);
+            let exists: Option<i64> = db
+                .prepare_cached(
+                    "SELECT seq FROM authorization_rules WHERE endpoint_id = ?1 AND destination = ?2 \
+                     AND access_all = ?3 AND ifnull(group_id, '') = ifnull(?4, '')",
+                )?
+                .query_row(params![eid, dest.to_string(), all, group], |r| r.get(0))
+                .optional()?;
+            if exists.is_some() {
+                return Err(ApiError::new(
+                    codes::DUPLICATE_AUTHORIZATION_RULE,
+                    format!(
+                        "endpoint {eid} already authorizes {} to {dest}",
+                        access_text(&access)
+                    ),
+                ));
+            }
+            let count: i64 = db
+                .prepare_cached("SELECT count(*) FROM authorization_rules WHERE endpoint_id = ?1")?
+                .query_row([eid], |r| r.get(0))?;
+            if usize::try_from(count).unwrap_or(usize::MAX) >= self.quotas.authorization_rules_per_endpoint {
+                return Err(ApiError::new(
+                    codes::AUTHORIZATION_RULE_LIMIT_EXCEEDED,
+                    format!(
+                        "endpoint {eid} has reached its quota of {} authorization rules",
+                        self.quotas.authorization_rules_per_endpoint
+                    ),
+                ));
+            }
+            db.prepare_cached(
+                "INSERT INTO authorization_rules (endpoint_id, destination, group_id, access_all, \
+                 description, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![eid, dest.to_string(), group, all, description, now.0])?;
+            let seq = db.last_insert_rowid();
+            bump_revision(db, eid)?;
+            Ok(db
+                .prepare_cached(&format!("SELECT {RULE_COLS} FROM authorization_rules WHERE seq = ?1"))?
+                .query_row([seq], rule_row)?)
+        })
+    }
+
+    /// Removes an authorization rule; returns it.
+    pub fn revoke_rule(&self, req: &RevokeRequest) -> Result<AuthorizationRule, ApiError> {
+        let dest = validate::cidr("target-network-cidr", &req.target_network_cidr)?;
+        let access = access_of(
+            req.access_group_id.as_deref(),
+            req.revoke_all_groups,
+            "revoke-all-groups",
+        )?;
+        self.write(|db, _now| {
+            let ep = load_live_endpoint(db, &req.client_vpn_endpoint_id)?;
+            let eid = ep.client_vpn_endpoint_id.as_str();
+            let (group, all) = group_param(&access);
+            let found = db
+                .prepare_cached(&format!(
+                    "SELECT seq, {RULE_COLS} FROM authorization_rules WHERE endpoint_id = ?1 \
+                     AND destination = ?2 AND access_all = ?3 AND ifnull(group_id, '') = ifnull(?4, '')"
+                ))?
+                .query_row(params![eid, dest.to_string(), all, group], |r| {
+                    let seq: i64 = r.get(0)?;
+                    Ok((
+                        seq,
+                        AuthorizationRule {
+                            client_vpn_endpoint_id: r.get(1)?,
+                            destination_cidr: col(r, 2)?,
+                            group_id: r.get(3)?,
+                            access_all: r.get(4)?,
+                            description: r.get(5)?,
+                            creation_time: ts(r, 6)?,
+                        },
+                    ))
+                })
+                .optional()?;
+            let Some((seq, rule)) = found else {
+                return Err(ApiError::new(
+                    codes::AUTHORIZATION_RULE_NOT_FOUND,
+                    format!("endpoint {eid} has no rule authorizing {} to {dest}", access_text(&access)),
+                ));
+            };
+            db.prepare_cached("DELETE FROM authorization_rules WHERE seq = ?1")?
+                .execute([seq])?;
+            bump_revision(db, eid)?;
+            Ok(rule)
+        })
+    }
+
+    /// Describes an endpoint's authorization rules, oldest first.
+    pub fn describe_rules(&self, endpoint_id: &str) -> Result<Vec<AuthorizationRule>, ApiError> {
+        self.read(|db| {
+            load_endpoint(db, endpoint_id)?;
+            query(
+                db,
+                &format!("SELECT {RULE_COLS} FROM authorization_rules WHERE endpoint_id = ?1 ORDER BY seq"),
+                [endpoint_id],
+                rule_row,
+            )
+        })
+    }
+}
+
+/// Parses the access part of an authorize/revoke request.
+fn access_of(
+    group: Option<&str>,
+    all: Option<bool>,
+    all_field: &str,
+) -> Result<policy::Access, ApiError> {
+    match (group, all.unwrap_or(false)) {
+        (Some(_), true) => Err(ApiError::combination(format!(
+            "give either access-group-id or {all_field} = true, not both"
+        ))),
+        (None, false) => Err(ApiError::missing(
+            "access-group-id",
+            format!("give access-group-id or {all_field} = true"),
+        )),
+        (Some(g), false) => Ok(policy::Access::Group(validate::group(
+            "access-group-id",
+            g,
+        )?)),
+        (None, true) => Ok(policy::Access::AllGroups),
+    }
+}
+
+fn group_param(access: &policy::Access) -> (Option<&str>, bool) {
+    match access {
+        policy::Access::AllGroups => (None, true),
+        policy::Access::Group(g) => (Some(g.as_str()), false),
+    }
+}
+
+fn access_text(access: &policy::Access) -> String {
+    match access {
+        policy::Access::AllGroups => "all groups".to_string(),
+        policy::Access::Group(g) => format!("group {g:?}"),
+    }
+}
