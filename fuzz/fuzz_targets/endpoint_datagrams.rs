@@ -204,7 +204,7 @@ fuzz_target!(|data: &[u8]| {
                     if !conns.contains(&conn) {
                         conns.push(conn);
                     }
-                    datapath.install_keys(conn, peer_id, peer, opener, activity);
+                    datapath.install_keys(conn, peer_id, peer, *opener, activity);
                 }
                 Output::Admitted {
                     peer_id, client_ip, ..

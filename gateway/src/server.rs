@@ -816,18 +816,18 @@ impl Server {
                     activity,
                 } => {
                     self.datapath
-                        .install_keys(conn, peer_id, peer, opener, activity.clone());
+                        .install_keys(conn, peer_id, peer, *opener, activity.clone());
                     // The newest key seals from now on (by client address once admitted).
                     let client_ip = self.datapath.client_ip(peer_id);
                     let existing = client_ip
                         .and_then(|ip| read_lock(&self.tx.sessions).get(&ip).cloned())
                         .or_else(|| self.unadmitted_tx.get(&conn).cloned());
                     match existing {
-                        Some(tx) => lock(&tx).sealer = sealer,
+                        Some(tx) => lock(&tx).sealer = *sealer,
                         None => {
                             let tx = Arc::new(Mutex::new(TxSession {
                                 peer,
-                                sealer,
+                                sealer: *sealer,
                                 last_tx: Instant::now(),
                                 activity,
                             }));

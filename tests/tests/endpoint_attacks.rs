@@ -473,7 +473,7 @@ fn tcp_connection_floods_stay_bounded_and_others_connect() {
     let mut net = EndpointNet::new(2).unwrap();
     let cfg = net
         .write_config(
-            &"client_cidr = \"10.77.0.0/22\"\ntransport = \"tcp\"\nport = 443\nlisten = \"0.0.0.0\"\nsplit_tunnel = true\n",
+            "client_cidr = \"10.77.0.0/22\"\ntransport = \"tcp\"\nport = 443\nlisten = \"0.0.0.0\"\nsplit_tunnel = true\n",
             rules(),
         )
         .unwrap();

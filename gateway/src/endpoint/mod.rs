@@ -156,8 +156,9 @@ pub enum Output {
         conn: ConnId,
         peer_id: u32,
         peer: Peer,
-        opener: Opener,
-        sealer: Sealer,
+        /// Boxed: key schedules are large and keys are rare next to transmits.
+        opener: Box<Opener>,
+        sealer: Box<Sealer>,
         activity: Arc<Activity>,
     },
     /// The client is admitted with `client_ip`: the data plane gets its session (groups), the
@@ -179,7 +180,7 @@ pub enum Output {
         peer_id: u32,
         peer: Peer,
         client_ip: Option<Ipv4Addr>,
-        info: ConnectionInfo,
+        info: Box<ConnectionInfo>,
         reason: String,
     },
     /// Ask the client connect handler; the answer comes back through
@@ -189,8 +190,9 @@ pub enum Output {
         handler: Arc<ConnectHandler>,
         request: ConnectRequest,
     },
-    /// A connection-log entry (attempts, successful or failed).
-    Log(ConnectionLogEntry),
+    /// A connection-log entry (attempts, successful or failed). Boxed, as `Ended`'s info:
+    /// outputs are mostly transmits, which should stay small.
+    Log(Box<ConnectionLogEntry>),
     /// A terminate named a connection that is not running: the store records its end.
     NotRunning { connection_id: String },
 }
@@ -204,7 +206,7 @@ enum ConnState {
     /// connect handler) decide whether the client may in. It has no address; the data path
     /// drops its packets.
     Authorizing {
-        admission: Admission,
+        admission: Box<Admission>,
         authenticated_at: Instant,
     },
     /// The client has an address and a data-plane session.
@@ -609,7 +611,7 @@ impl Endpoint {
                     if let Some(handler) = self.config.live.connect_handler.clone() {
                         let request = connect_request(&self.config.endpoint_id, c, &admission);
                         c.state = ConnState::Authorizing {
-                            admission,
+                            admission: Box::new(admission),
                             authenticated_at: clock.now,
                         };
                         debug!(conn = id, "asking the client connect handler");
@@ -643,8 +645,8 @@ impl Endpoint {
                                 conn: id,
                                 peer_id: c.peer_id,
                                 peer: c.peer,
-                                opener,
-                                sealer,
+                                opener: Box::new(opener),
+                                sealer: Box::new(sealer),
                                 activity: c.activity.clone(),
                             });
                             if key_id.get() != 0 {
@@ -672,12 +674,9 @@ impl Endpoint {
                 }
                 Event::Refused { reason } => {
                     warn!(conn = id, %reason, addr = %c.remote_addr, "handshake refused");
-                    self.outputs
-                        .push_back(Output::Log(ConnectionLogEntry::attempt_failed(
-                            reason.as_str(),
-                            &c.log,
-                            clock.wall,
-                        )));
+                    self.outputs.push_back(Output::Log(Box::new(
+                        ConnectionLogEntry::attempt_failed(reason.as_str(), &c.log, clock.wall),
+                    )));
                     self.flush(clock, id);
                     self.remove(id, &reason);
                     return;
@@ -733,8 +732,9 @@ impl Endpoint {
                 transport_protocol: self.config.transport,
             },
         });
-        self.outputs
-            .push_back(Output::Log(ConnectionLogEntry::attempt_succeeded(&c.log)));
+        self.outputs.push_back(Output::Log(Box::new(
+            ConnectionLogEntry::attempt_succeeded(&c.log),
+        )));
         let reply = PushReply {
             tunnel: if self.config.split_tunnel {
                 Tunnel::Split(self.routes.clone())
@@ -802,7 +802,7 @@ impl Endpoint {
         match answer {
             Ok(r) if r.allow => {
                 c.log.posture_compliance_statuses = r.posture_compliance_statuses;
-                if self.admit(clock, conn, admission, authenticated_at) {
+                if self.admit(clock, conn, *admission, authenticated_at) {
                     self.flush(clock, conn);
                 }
             }
@@ -846,9 +846,9 @@ impl Endpoint {
         });
         let code = reason.code.clone();
         self.outputs
-            .push_back(Output::Log(ConnectionLogEntry::attempt_failed(
+            .push_back(Output::Log(Box::new(ConnectionLogEntry::attempt_failed(
                 reason, &c.log, clock.wall,
-            )));
+            ))));
         self.flush(clock, id);
         self.remove(id, &code);
     }
@@ -1100,9 +1100,9 @@ impl Endpoint {
             forged = activity.forged(), early = activity.early(), "disconnect");
         if c.state.client_ip().is_none() {
             self.outputs
-                .push_back(Output::Log(ConnectionLogEntry::attempt_failed(
+                .push_back(Output::Log(Box::new(ConnectionLogEntry::attempt_failed(
                     reason, &c.log, clock.wall,
-                )));
+                ))));
         }
         self.remove(id, reason);
     }
@@ -1129,7 +1129,7 @@ impl Endpoint {
             peer_id: c.peer_id,
             peer: c.peer,
             client_ip,
-            info: c.log,
+            info: Box::new(c.log),
             reason: reason.to_string(),
         });
     }

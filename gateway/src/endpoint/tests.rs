@@ -115,7 +115,7 @@ impl World {
                         ..
                     } => {
                         self.datapath
-                            .install_keys(conn, peer_id, peer, opener, activity);
+                            .install_keys(conn, peer_id, peer, *opener, activity);
                         self.keyed.push(conn);
                     }
                     Output::Admitted {

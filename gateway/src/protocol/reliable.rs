@@ -345,18 +345,18 @@ mod tests {
                 }
                 for t in wire {
                     k += 1;
-                    if drops[k % drops.len()] && k % 3 == 0 {
+                    if drops[k % drops.len()] && k.is_multiple_of(3) {
                         continue; // lost
                     }
                     let (_, ready) = b.on_received(t.packet_id, t.payload.clone());
                     got.extend(ready);
-                    if k % 7 == 0 {
+                    if k.is_multiple_of(7) {
                         b.on_received(t.packet_id, t.payload); // duplicated
                     }
                 }
                 if let Some(acks) = b.poll_ack() {
                     k += 1;
-                    if !(drops[k % drops.len()] && k % 2 == 0) {
+                    if !(drops[k % drops.len()] && k.is_multiple_of(2)) {
                         a.on_acks(&acks);
                     }
                 }

@@ -71,6 +71,8 @@ impl SessionConfig {
 }
 
 /// What the session tells the daemon.
+// Events are few (a handful per handshake) and moved once: boxing the large one buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Event {
     /// The first key state is done: TLS, the client certificate verified, the client's

@@ -2239,7 +2239,7 @@ fn deleted_private_keys_are_scrubbed_from_the_database_files() {
         .client_vpn_endpoint_id;
     checkpoint();
     assert!(!find("stored").is_empty(), "the test sees a stored key");
-    assert_eq!(fx.store.secure_delete().unwrap(), true);
+    assert!(fx.store.secure_delete().unwrap());
 
     fx.store.delete_endpoint(&eid).unwrap();
     fx.store.finish_endpoint_deletion(&eid).unwrap();
