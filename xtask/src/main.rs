@@ -97,7 +97,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// The ecosystem's habits, checked before the suite: rustfmt's style and no clippy warning.
+fn lint() -> Result<()> {
+    let run = |args: &[&str], what: &str| -> Result<()> {
+        let status = Command::new("cargo")
+            .current_dir(root())
+            .args(args)
+            .status()
+            .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+        if !status.success() {
+            bail!("{what}");
+        }
+        Ok(())
+    };
+    run(
+        &["fmt", "--all", "--", "--check"],
+        "the code is not formatted: run `cargo fmt --all` and commit the result",
+    )?;
+    run(
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--quiet",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        "clippy has warnings (above): fix them, or allow one with a comment saying why",
+    )
+}
+
 fn test(extra: &[String]) -> Result<()> {
+    lint()?;
     let mut args: Vec<&str> = vec!["test", "--workspace", "--exclude", "xtask"];
     // Network-namespace tests share the host's kernel; they use unique names, but keep the
     // load moderate on a 2-core machine.
@@ -117,7 +149,7 @@ fn test(extra: &[String]) -> Result<()> {
             let line = line.context("reading cargo test output")?;
             println!("{line}");
             if let Some(rest) = line.strip_prefix("test result: ") {
-                for part in rest.split(|c| c == ';' || c == '.') {
+                for part in rest.split([';', '.']) {
                     let mut words = part.split_whitespace();
                     if let (Some(n), Some(what)) = (words.next(), words.next()) {
                         let n: u64 = n.parse().unwrap_or(0);
