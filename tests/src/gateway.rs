@@ -75,6 +75,18 @@ impl Drop for TempDir {
     }
 }
 
+/// `serve --config FILE --data-dir DIR`, the data directory being the file's.
+fn serve_args(config: &Path) -> Vec<std::ffi::OsString> {
+    let data_dir = config.parent().unwrap_or(Path::new(".")).to_path_buf();
+    vec![
+        "serve".into(),
+        "--config".into(),
+        config.as_os_str().to_owned(),
+        "--data-dir".into(),
+        data_dir.into(),
+    ]
+}
+
 /// The running daemon; SIGTERM then SIGKILL on drop.
 pub struct Daemon {
     child: Child,
@@ -88,15 +100,7 @@ impl Daemon {
 
     /// Like [`Daemon::start`] with `CVPN_LOG` set to `level` (benchmarks run at "info").
     pub fn start_with_log_level(ns: &Netns, config: &Path, level: &str) -> Result<Self> {
-        let data_dir = config.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let args = vec![
-            "serve".into(),
-            "--config".into(),
-            config.as_os_str().to_owned(),
-            "--data-dir".into(),
-            data_dir.into(),
-        ];
-        Self::spawn(ns, &args, level, "serving")
+        Self::spawn(ns, &serve_args(config), level, "serving")
     }
 
     /// Starts `cvpn ARGS` in `ns` and waits for `ready` in its log.
@@ -112,15 +116,7 @@ impl Daemon {
     /// [`Daemon::start`] with the open-file limit (soft and hard) set to `nofile`, as a
     /// service manager would.
     pub fn start_with_file_limit(ns: &Netns, config: &Path, nofile: u64) -> Result<Self> {
-        let data_dir = config.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let args = vec![
-            "serve".into(),
-            "--config".into(),
-            config.as_os_str().to_owned(),
-            "--data-dir".into(),
-            data_dir.into(),
-        ];
-        Self::spawn_with_file_limit(ns, &args, "debug", "serving", Some(nofile))
+        Self::spawn_with_file_limit(ns, &serve_args(config), "debug", "serving", Some(nofile))
     }
 
     fn spawn_with_file_limit(

@@ -41,6 +41,19 @@ fn setup(clients: usize) -> Setup {
     setup_with_config(clients, |_| None)
 }
 
+/// The daemon configuration that allows connect-handler executables in `dir`.
+fn handler_dir_config(dir: &std::path::Path) -> String {
+    format!(
+        "[connect_handler]\nexecutable_dir = {:?}\n",
+        dir.display().to_string()
+    )
+}
+
+/// [`setup`] with connect-handler executables allowed in the test's directory.
+fn setup_with_handler_dir(clients: usize) -> Setup {
+    setup_with_config(clients, |dir| Some(handler_dir_config(dir)))
+}
+
 /// [`setup`] with a daemon configuration: `config` gets the test's file directory and returns
 /// the configuration's text (`None`: no configuration file).
 fn setup_with_config(
@@ -1286,12 +1299,7 @@ fn two_endpoints_on_one_listener_the_second_waits_for_a_port_of_its_own() {
 fn the_client_connect_handler_admits_denies_and_fails_closed() {
     use std::os::unix::fs::PermissionsExt;
     // Handlers are executables in the test's directory: the daemon must be told to allow them.
-    let mut s = setup_with_config(3, |dir| {
-        Some(format!(
-            "[connect_handler]\nexecutable_dir = {:?}\n",
-            dir.display().to_string()
-        ))
-    });
+    let mut s = setup_with_handler_dir(3);
     ok(
         s.cli(&[
             "rule",
@@ -1420,12 +1428,7 @@ fn connect_handlers_the_daemon_configuration_does_not_allow_are_refused_at_the_a
     let inside = script(&allowed, "ok.sh");
     let outside = script(&handlers.0, "outside.sh");
     let dir = allowed.clone();
-    let s = setup_with_config(0, move |_| {
-        Some(format!(
-            "[connect_handler]\nexecutable_dir = {:?}\n",
-            dir.display().to_string()
-        ))
-    });
+    let s = setup_with_config(0, move |_| Some(handler_dir_config(&dir)));
     let modify = |h: &str| s.cli(&["endpoint", "modify", &s.endpoint, "--connect-handler", h]);
     for (h, needle) in [
         (outside.clone(), "outside the handler directory"),
@@ -1728,12 +1731,7 @@ fn data_packets_before_admission_are_dropped_while_the_connect_handler_decides()
         raw_client::{tls_config, udp_packet, RawClient},
     };
     use std::os::unix::fs::PermissionsExt;
-    let mut s = setup_with_config(2, |dir| {
-        Some(format!(
-            "[connect_handler]\nexecutable_dir = {:?}\n",
-            dir.display().to_string()
-        ))
-    });
+    let mut s = setup_with_handler_dir(2);
     ok(
         s.cli(&[
             "rule",

@@ -138,6 +138,19 @@ impl World {
         panic!("the exchange does not settle");
     }
 
+    /// A world whose endpoint asks a connect handler (the test answers for it).
+    fn with_connect_handler() -> World {
+        let handler = crate::connect_handler::ConnectHandler::new(
+            "https://handler.example.test/",
+            &Default::default(),
+        )
+        .unwrap();
+        World::new(LiveSettings {
+            connect_handler: Some(Arc::new(handler)),
+            ..LiveSettings::default()
+        })
+    }
+
     fn advance(&mut self, by: Duration) {
         self.clock.now += by;
         self.clock.wall += by;
@@ -338,15 +351,7 @@ fn the_server_renegotiates_when_keys_age_and_data_goes_on() {
 
 #[test]
 fn with_a_slow_connect_handler_no_data_gets_through_until_it_allows() {
-    let handler = crate::connect_handler::ConnectHandler::new(
-        "https://handler.example.test/",
-        &Default::default(),
-    )
-    .unwrap();
-    let mut w = World::new(LiveSettings {
-        connect_handler: Some(Arc::new(handler)),
-        ..LiveSettings::default()
-    });
+    let mut w = World::with_connect_handler();
     w.connect();
     let conn = w.conn();
     assert!(w
@@ -380,15 +385,7 @@ fn with_a_slow_connect_handler_no_data_gets_through_until_it_allows() {
 
 #[test]
 fn a_denying_connect_handler_sends_auth_failed_with_its_message() {
-    let handler = crate::connect_handler::ConnectHandler::new(
-        "https://handler.example.test/",
-        &Default::default(),
-    )
-    .unwrap();
-    let mut w = World::new(LiveSettings {
-        connect_handler: Some(Arc::new(handler)),
-        ..LiveSettings::default()
-    });
+    let mut w = World::with_connect_handler();
     w.connect();
     let conn = w.conn();
     w.endpoint.handle_connect_answer(
