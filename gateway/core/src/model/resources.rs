@@ -571,8 +571,8 @@ pub struct ModifyEndpointResult {
 #[serde(rename_all = "kebab-case")]
 pub struct DeleteEndpointResult {
     /// The endpoint, now `deleting` (after
-    /// [`delete_endpoint`](crate::storage::Store::delete_endpoint)) or `deleted` (after
-    /// [`finish_endpoint_deletion`](crate::storage::Store::finish_endpoint_deletion)).
+    /// `gateway::storage::Store::delete_endpoint`) or `deleted` (after
+    /// `gateway::storage::Store::finish_endpoint_deletion`).
     pub endpoint: Endpoint,
     /// Connections the daemon must close (marked `terminating`).
     pub terminate_connections: Vec<String>,
