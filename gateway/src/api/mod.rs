@@ -369,12 +369,10 @@ pub(crate) fn error_response(
     (status, axum::Json(body)).into_response()
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        error_response(status, self.code, self.message)
-    }
+/// An [`ApiError`] as a response: its status from its code, the AWS-style body.
+fn api_error_response(e: ApiError) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error_response(status, e.code, e.message)
 }
 
 /// A refused request: an [`ApiError`] (status from its code) or an error with an explicit
@@ -394,7 +392,7 @@ impl From<ApiError> for Rejection {
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         match self {
-            Rejection::Api(e) => e.into_response(),
+            Rejection::Api(e) => api_error_response(e),
             Rejection::Status(s, code, msg) => error_response(s, code, msg),
         }
     }

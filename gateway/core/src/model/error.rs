@@ -140,3 +140,11 @@ pub struct ErrorDetail {
     /// What is wrong; names the field.
     pub message: String,
 }
+
+/// A database error is an internal error (the store's `?` relies on it).
+#[cfg(feature = "sqlite")]
+impl From<rusqlite::Error> for ApiError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApiError::internal(format!("database: {e}"))
+    }
+}
