@@ -324,7 +324,7 @@ pub fn decrement_ttl(ctx: &TcContext, l3: usize, flow: &Flow) -> Result<(), Pack
 }
 
 /// Puts an Ethernet header (zero MACs, type IPv4) in front of an IP packet. The kernel drops
-/// packets redirected from a TUN to an Ethernet device without one (DESIGN.md section 5);
+/// packets redirected from a TUN to an Ethernet device without one (measured on Linux 6.18: it is dropped silently);
 /// `bpf_redirect_neigh` then fills in the MAC addresses.
 #[inline(always)]
 pub fn push_ethernet(ctx: &TcContext) -> Result<(), PacketError> {
