@@ -323,8 +323,8 @@ pub fn decrement_ttl(ctx: &TcContext, l3: usize, flow: &Flow) -> Result<(), Pack
     Ok(())
 }
 
-/// Puts an Ethernet header (zero MACs, type IPv4) in front of an IP packet. The kernel drops
-/// packets redirected from a TUN to an Ethernet device without one (measured on Linux 6.18: it is dropped silently);
+/// Puts an Ethernet header (zero MACs, type IPv4) in front of an IP packet. The kernel silently
+/// drops packets redirected from a TUN to an Ethernet device without one (seen on Linux 6.18);
 /// `bpf_redirect_neigh` then fills in the MAC addresses.
 #[inline(always)]
 pub fn push_ethernet(ctx: &TcContext) -> Result<(), PacketError> {
