@@ -18,40 +18,16 @@
 //! checks more often than random bytes do).
 #![no_main]
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use gateway::endpoint::datapath::{DataPath, Opened};
 use gateway::endpoint::{Clock, Command, Endpoint, EndpointConfig, LiveSettings, Output, Peer};
 use gateway::protocol::cookie::CookieJar;
-use gateway::protocol::session::SessionConfig;
-use gateway::protocol::tls::TlsMaterial;
 use libfuzzer_sys::fuzz_target;
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-
-fn session_config() -> Arc<SessionConfig> {
-    static CONFIG: OnceLock<Arc<SessionConfig>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let ck = rcgen::generate_simple_self_signed(vec!["cvpn.test".to_string()])
-                .expect("self-signed certificate");
-            let cert = ck.cert.der().clone();
-            let key =
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
-            let material = TlsMaterial {
-                server_chain: vec![cert.clone()],
-                server_key: Arc::new(key),
-                client_ca: vec![cert],
-                crls: Vec::new(),
-            };
-            Arc::new(SessionConfig::new(
-                material.server_config().expect("server config"),
-            ))
-        })
-        .clone()
-}
 
 fn peer_addr(i: u8) -> SocketAddr {
     SocketAddr::from(([198, 51, 100, 1 + (i % 4)], 40000 + u16::from(i % 2)))
@@ -77,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let Ok(mut endpoint) = Endpoint::new(
         config,
-        session_config(),
+        common::session_config(),
         CookieJar::with_key(b"fuzz cookie key"),
         start,
     ) else {
@@ -142,7 +118,7 @@ fuzz_target!(|data: &[u8]| {
                         usernames: vec![name],
                     },
                     1 => Command::ReplaceTls {
-                        config: session_config(),
+                        config: common::session_config(),
                         revoked_serials: vec![name],
                     },
                     _ => Command::SetRoutes(vec!["10.88.0.0/24".parse().expect("route")]),

@@ -14,38 +14,16 @@
 //! a renegotiation when bit 2 is set; 3: send the bytes as a control message.
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use gateway::protocol::packet::{AckBlock, Packet, SessionId};
-use gateway::protocol::session::{ServerSession, SessionConfig};
-use gateway::protocol::tls::TlsMaterial;
+use gateway::protocol::session::ServerSession;
 use libfuzzer_sys::fuzz_target;
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 const LOCAL: SessionId = SessionId([0x4c; 8]);
 const REMOTE: SessionId = SessionId([0x52; 8]);
-
-fn config() -> Arc<SessionConfig> {
-    static CONFIG: OnceLock<Arc<SessionConfig>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let ck = rcgen::generate_simple_self_signed(vec!["cvpn.test".to_string()])
-                .expect("self-signed certificate");
-            let cert = ck.cert.der().clone();
-            let key =
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
-            let material = TlsMaterial {
-                server_chain: vec![cert.clone()],
-                server_key: Arc::new(key),
-                client_ca: vec![cert],
-                crls: Vec::new(),
-            };
-            let tls = material.server_config().expect("server config");
-            Arc::new(SessionConfig::new(tls))
-        })
-        .clone()
-}
 
 fn drain(session: &mut ServerSession, now: Instant) {
     for _ in 0..10_000 {
@@ -79,8 +57,8 @@ fn drain(session: &mut ServerSession, now: Instant) {
 fuzz_target!(|data: &[u8]| {
     let start = Instant::now();
     let mut now = start;
-    let mut session =
-        ServerSession::after_reset(config(), LOCAL, REMOTE, now).expect("a fresh session");
+    let mut session = ServerSession::after_reset(common::session_config(), LOCAL, REMOTE, now)
+        .expect("a fresh session");
     let mut rest = data;
     while let Some((&[op, len], tail)) = rest.split_first_chunk::<2>() {
         let (chunk, tail) = tail.split_at(usize::from(len).min(tail.len()));
