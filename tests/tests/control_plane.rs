@@ -114,6 +114,21 @@ impl Setup {
         self.daemon.cli(args).unwrap()
     }
 
+    /// `cvpn rule authorize ENDPOINT --destination DEST --all-groups`, which must succeed.
+    fn authorize_all_groups(&self, destination: &str) {
+        ok(
+            self.cli(&[
+                "rule",
+                "authorize",
+                &self.endpoint,
+                "--destination",
+                destination,
+                "--all-groups",
+            ]),
+            "authorize",
+        );
+    }
+
     fn json(&self, args: &[&str]) -> Value {
         self.daemon.json(args).unwrap()
     }
@@ -527,17 +542,7 @@ fn rule_revoked_through_the_api_cuts_a_running_flow_within_100ms_and_spares_the_
 #[test]
 fn crl_import_ends_the_revoked_clients_session_only() {
     let mut s = setup(2);
-    ok(
-        s.cli(&[
-            "rule",
-            "authorize",
-            &s.endpoint,
-            "--destination",
-            "10.88.0.0/24",
-            "--all-groups",
-        ]),
-        "authorize",
-    );
+    s.authorize_all_groups("10.88.0.0/24");
     // This endpoint's connection log also goes to the daemon's stdout.
     ok(
         s.cli(&["endpoint", "modify", &s.endpoint, "--connection-log-stdout"]),
@@ -583,17 +588,7 @@ fn crl_import_ends_the_revoked_clients_session_only() {
 #[test]
 fn disassociating_the_last_network_ends_every_connection_and_stops_serving() {
     let mut s = setup(1);
-    ok(
-        s.cli(&[
-            "rule",
-            "authorize",
-            &s.endpoint,
-            "--destination",
-            "10.88.0.0/24",
-            "--all-groups",
-        ]),
-        "authorize",
-    );
+    s.authorize_all_groups("10.88.0.0/24");
     let mut alice = s.connect(0, "alice", "engineering");
     let nets = s.json(&["network", "describe", &s.endpoint]);
     let assoc = nets["client-vpn-target-networks"][0]["association-id"]
@@ -626,17 +621,7 @@ fn disassociating_the_last_network_ends_every_connection_and_stops_serving() {
 #[test]
 fn the_database_survives_restarts_and_a_kill_during_a_burst_of_writes() {
     let mut s = setup(1);
-    ok(
-        s.cli(&[
-            "rule",
-            "authorize",
-            &s.endpoint,
-            "--destination",
-            "10.88.0.10/32",
-            "--all-groups",
-        ]),
-        "authorize",
-    );
+    s.authorize_all_groups("10.88.0.10/32");
     // Restart: the same endpoint, rules and association, serving again.
     s.daemon.daemon.stop();
     let data = s.daemon.data_dir.clone();
@@ -854,17 +839,7 @@ fn api_errors_name_the_field_and_exit_nonzero() {
 #[test]
 fn sigterm_tells_clients_to_reconnect_and_detaches_everything() {
     let mut s = setup(1);
-    ok(
-        s.cli(&[
-            "rule",
-            "authorize",
-            &s.endpoint,
-            "--destination",
-            "10.88.0.0/24",
-            "--all-groups",
-        ]),
-        "authorize",
-    );
+    s.authorize_all_groups("10.88.0.0/24");
     let alice = s.connect(0, "alice", "engineering");
     let status = s.daemon.daemon.stop().unwrap();
     assert!(status.success(), "clean exit: {status}");
@@ -1018,17 +993,7 @@ fn apply_then_sighup_brings_a_running_daemon_in_line_with_the_file() {
 #[test]
 fn listener_changes_restart_the_endpoint_and_clients_come_back_with_the_new_push() {
     let mut s = setup(1);
-    ok(
-        s.cli(&[
-            "rule",
-            "authorize",
-            &s.endpoint,
-            "--destination",
-            "10.88.0.0/24",
-            "--all-groups",
-        ]),
-        "authorize",
-    );
+    s.authorize_all_groups("10.88.0.0/24");
     let alice = s.connect(0, "alice", "engineering");
     // A split-tunnel route added while alice is connected: stock 2.6 clients take no pushed
     // updates, so it comes with her next connect.
@@ -1259,17 +1224,7 @@ fn two_endpoints_on_one_listener_the_second_waits_for_a_port_of_its_own() {
         "{table}"
     );
     // The first endpoint goes on serving.
-    ok(
-        s.cli(&[
-            "rule",
-            "authorize",
-            &s.endpoint,
-            "--destination",
-            "10.88.0.0/24",
-            "--all-groups",
-        ]),
-        "authorize",
-    );
+    s.authorize_all_groups("10.88.0.0/24");
     let _alice = s.connect(0, "alice", "engineering");
     // Port 1194 for the second: it starts.
     ok(
@@ -1300,17 +1255,7 @@ fn the_client_connect_handler_admits_denies_and_fails_closed() {
     use std::os::unix::fs::PermissionsExt;
     // Handlers are executables in the test's directory: the daemon must be told to allow them.
     let mut s = setup_with_handler_dir(3);
-    ok(
-        s.cli(&[
-            "rule",
-            "authorize",
-            &s.endpoint,
-            "--destination",
-            "10.88.0.0/24",
-            "--all-groups",
-        ]),
-        "authorize",
-    );
+    s.authorize_all_groups("10.88.0.0/24");
     let dir = s.net.dir.0.clone();
     let script = |name: &str, body: &str| {
         let p = dir.join(name);
@@ -1649,17 +1594,7 @@ fn a_target_network_associated_live_carries_traffic_and_leaves_without_resetting
     other.ip("addr add 10.66.0.10/24 dev eth0").unwrap();
     let far = Ipv4Addr::new(10, 66, 0, 10);
     http::spawn_server(&other, far, 8080).unwrap();
-    ok(
-        s.cli(&[
-            "rule",
-            "authorize",
-            &s.endpoint,
-            "--destination",
-            "10.0.0.0/8",
-            "--all-groups",
-        ]),
-        "authorize",
-    );
+    s.authorize_all_groups("10.0.0.0/8");
     let alice = s.connect(0, "alice", "engineering");
     // Stock 2.6 clients take no pushed route updates: give alice the route by hand, as a full
     // tunnel would.
@@ -1732,17 +1667,7 @@ fn data_packets_before_admission_are_dropped_while_the_connect_handler_decides()
     };
     use std::os::unix::fs::PermissionsExt;
     let mut s = setup_with_handler_dir(2);
-    ok(
-        s.cli(&[
-            "rule",
-            "authorize",
-            &s.endpoint,
-            "--destination",
-            "10.88.0.0/24",
-            "--all-groups",
-        ]),
-        "authorize",
-    );
+    s.authorize_all_groups("10.88.0.0/24");
     let sink = UdpSink::start(&s.net.private, PRIVATE, 7000).unwrap();
     // Bob connects before there is a handler: his is the address mallory forges.
     let _bob = s.connect(1, "bob", "engineering");
