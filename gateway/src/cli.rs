@@ -850,7 +850,14 @@ async fn endpoint(c: EndpointCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
                 if r.changed.is_empty() {
                     s.push_str("no change\n");
                 } else {
-                    s.push_str(&format!("changed: {}\n", r.changed.join(", ")));
+                    s.push_str(&format!(
+                        "changed: {}\n",
+                        r.changed
+                            .iter()
+                            .map(|f| f.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
                 }
                 s
             })

@@ -128,8 +128,8 @@ pub enum EndpointChange {
     Created,
     /// Settings changed; the kebab-case names of the fields whose value changed.
     Modified {
-        /// e.g. `["vpn-port", "dns-servers"]`.
-        fields: Vec<String>,
+        /// e.g. `[VpnPort, DnsServers]`.
+        fields: Vec<crate::model::EndpointField>,
     },
     /// Its state changed because a target network was associated or disassociated
     /// (`pending-associate` ↔ `available`).

@@ -681,7 +681,10 @@ fn api_changes_send_control_events_after_commit() {
         vec![ControlEvent::EndpointChanged {
             endpoint_id: eid.clone(),
             change: EndpointChange::Modified {
-                fields: vec!["vpn-port".into(), "description".into()]
+                fields: vec![
+                    crate::model::EndpointField::VpnPort,
+                    crate::model::EndpointField::Description
+                ]
             },
         }]
     );

@@ -40,15 +40,6 @@ use self::recorder::StoreRecorder;
 /// How often records past the retention period are removed from the database.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// Endpoint fields whose change needs no restart of the endpoint's listener.
-const DESCRIPTIVE_FIELDS: &[&str] = &["description", "tags", "self-service-portal"];
-/// Endpoint fields a running endpoint takes without a restart.
-const LIVE_FIELDS: &[&str] = &[
-    "session-timeout-hours",
-    "disconnect-on-session-timeout",
-    "client-connect-options",
-];
-
 /// The settings of an endpoint that apply without a restart.
 fn live_settings(
     ep: &crate::storage::Endpoint,
@@ -539,10 +530,8 @@ impl Daemon {
                 } => self.start(&endpoint_id),
                 EndpointChange::Status { .. } => self.stop(&endpoint_id).await,
                 EndpointChange::Modified { fields } => {
-                    let live = |f: &String| {
-                        DESCRIPTIVE_FIELDS.contains(&f.as_str())
-                            || LIVE_FIELDS.contains(&f.as_str())
-                    };
+                    use crate::model::FieldEffect;
+                    let live = |f: &crate::model::EndpointField| f.effect() != FieldEffect::Restart;
                     if fields.iter().all(live) && self.running.contains_key(&endpoint_id) {
                         match self
                             .store
@@ -561,7 +550,7 @@ impl Daemon {
                     }
                     if fields
                         .iter()
-                        .all(|f| DESCRIPTIVE_FIELDS.contains(&f.as_str()))
+                        .all(|f| f.effect() == FieldEffect::Descriptive)
                     {
                         return;
                     }

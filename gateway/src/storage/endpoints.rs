@@ -126,10 +126,10 @@ impl Store {
                     )));
                 }
             }
-            let mut changed: Vec<String> = Vec::new();
-            let mut mark = |field: &str, differs: bool| {
+            let mut changed: Vec<EndpointField> = Vec::new();
+            let mut mark = |field: EndpointField, differs: bool| {
                 if differs {
-                    changed.push(field.to_string());
+                    changed.push(field);
                 }
             };
 
@@ -149,31 +149,34 @@ impl Store {
             if req.server_certificate.is_some() || req.server_private_key.is_some() {
                 validate::server_identity("server-certificate", &cert, "server-private-key", &key)?;
             }
-            mark("server-certificate", cert != cur_cert);
-            mark("server-private-key", key != cur_key);
+            mark(EndpointField::ServerCertificate, cert != cur_cert);
+            mark(EndpointField::ServerPrivateKey, key != cur_key);
 
             let port = match req.vpn_port {
                 None => cur.vpn_port,
                 Some(n) => validate::port("vpn-port", n)?,
             };
-            mark("vpn-port", port != cur.vpn_port);
+            mark(EndpointField::VpnPort, port != cur.vpn_port);
             let dns = match &req.dns_servers {
                 None => cur.dns_servers.clone(),
                 Some(l) => validate::dns_servers("dns-servers", l)?,
             };
-            mark("dns-servers", dns != cur.dns_servers);
+            mark(EndpointField::DnsServers, dns != cur.dns_servers);
             let split = req.split_tunnel.unwrap_or(cur.split_tunnel);
-            mark("split-tunnel", split != cur.split_tunnel);
+            mark(EndpointField::SplitTunnel, split != cur.split_tunnel);
             let hours = match req.session_timeout_hours {
                 None => cur.session_timeout_hours,
                 Some(n) => validate::session_timeout("session-timeout-hours", n)?,
             };
-            mark("session-timeout-hours", hours != cur.session_timeout_hours);
+            mark(
+                EndpointField::SessionTimeoutHours,
+                hours != cur.session_timeout_hours,
+            );
             let disconnect = req
                 .disconnect_on_session_timeout
                 .unwrap_or(cur.disconnect_on_session_timeout);
             mark(
-                "disconnect-on-session-timeout",
+                EndpointField::DisconnectOnSessionTimeout,
                 disconnect != cur.disconnect_on_session_timeout,
             );
             let banner = match &req.client_login_banner_options {
@@ -181,7 +184,7 @@ impl Store {
                 Some(b) => validate::banner("client-login-banner-options", b)?,
             };
             mark(
-                "client-login-banner-options",
+                EndpointField::ClientLoginBannerOptions,
                 banner != cur.client_login_banner_options,
             );
             let connect = match &req.client_connect_options {
@@ -191,29 +194,35 @@ impl Store {
                 }
             };
             mark(
-                "client-connect-options",
+                EndpointField::ClientConnectOptions,
                 connect != cur.client_connect_options,
             );
             let log = req
                 .connection_log_options
                 .clone()
                 .unwrap_or_else(|| cur.connection_log_options.clone());
-            mark("connection-log-options", log != cur.connection_log_options);
+            mark(
+                EndpointField::ConnectionLogOptions,
+                log != cur.connection_log_options,
+            );
             let portal = match req.self_service_portal {
                 None => cur.self_service_portal,
                 Some(on) => validate::self_service_portal("self-service-portal", on)?,
             };
-            mark("self-service-portal", portal != cur.self_service_portal);
+            mark(
+                EndpointField::SelfServicePortal,
+                portal != cur.self_service_portal,
+            );
             let description = match &req.description {
                 None => cur.description.clone(),
                 Some(d) => validate::description("description", Some(d))?,
             };
-            mark("description", description != cur.description);
+            mark(EndpointField::Description, description != cur.description);
             let tags = match &req.tags {
                 None => cur.tags.clone(),
                 Some(t) => validate::tags("tags", t)?,
             };
-            mark("tags", tags != cur.tags);
+            mark(EndpointField::Tags, tags != cur.tags);
 
             if changed.is_empty() {
                 return Ok(ModifyEndpointResult {

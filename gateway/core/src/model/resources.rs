@@ -555,15 +555,97 @@ pub struct ModifyEndpointRequest {
     pub tags: Option<Vec<Tag>>,
 }
 
+/// A field of an endpoint that a modify call can change (its request name on the wire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointField {
+    ServerCertificate,
+    ServerPrivateKey,
+    VpnPort,
+    DnsServers,
+    SplitTunnel,
+    SessionTimeoutHours,
+    DisconnectOnSessionTimeout,
+    ClientLoginBannerOptions,
+    ClientConnectOptions,
+    ConnectionLogOptions,
+    SelfServicePortal,
+    Description,
+    Tags,
+}
+
+/// How a running endpoint takes a change of one of its fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldEffect {
+    /// Nothing to do: the field only describes the endpoint.
+    Descriptive,
+    /// Applied to the running endpoint without a restart.
+    Live,
+    /// The listener restarts (its clients are told to reconnect).
+    Restart,
+}
+
+impl EndpointField {
+    /// The field's request name (`vpn-port`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointField::ServerCertificate => "server-certificate",
+            EndpointField::ServerPrivateKey => "server-private-key",
+            EndpointField::VpnPort => "vpn-port",
+            EndpointField::DnsServers => "dns-servers",
+            EndpointField::SplitTunnel => "split-tunnel",
+            EndpointField::SessionTimeoutHours => "session-timeout-hours",
+            EndpointField::DisconnectOnSessionTimeout => "disconnect-on-session-timeout",
+            EndpointField::ClientLoginBannerOptions => "client-login-banner-options",
+            EndpointField::ClientConnectOptions => "client-connect-options",
+            EndpointField::ConnectionLogOptions => "connection-log-options",
+            EndpointField::SelfServicePortal => "self-service-portal",
+            EndpointField::Description => "description",
+            EndpointField::Tags => "tags",
+        }
+    }
+
+    /// What a change of this field does to a running endpoint.
+    pub fn effect(self) -> FieldEffect {
+        match self {
+            EndpointField::Description | EndpointField::Tags | EndpointField::SelfServicePortal => {
+                FieldEffect::Descriptive
+            }
+            EndpointField::SessionTimeoutHours
+            | EndpointField::DisconnectOnSessionTimeout
+            | EndpointField::ClientConnectOptions => FieldEffect::Live,
+            EndpointField::ServerCertificate
+            | EndpointField::ServerPrivateKey
+            | EndpointField::VpnPort
+            | EndpointField::DnsServers
+            | EndpointField::SplitTunnel
+            | EndpointField::ClientLoginBannerOptions
+            | EndpointField::ConnectionLogOptions => FieldEffect::Restart,
+        }
+    }
+}
+
+impl std::fmt::Display for EndpointField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for EndpointField {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// What a modify call did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct ModifyEndpointResult {
     /// The endpoint after the change.
     pub endpoint: Endpoint,
-    /// The request fields whose value changed (kebab-case); empty when the call was a no-op
-    /// (nothing was written then).
-    pub changed: Vec<String>,
+    /// The fields whose value changed; empty when the call was a no-op (nothing was written
+    /// then).
+    pub changed: Vec<EndpointField>,
 }
 
 /// What a delete call did.
