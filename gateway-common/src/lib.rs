@@ -232,9 +232,12 @@ pub enum Counter {
     /// New flows refused because their session holds its cap of NAT entries (also counted in
     /// `NatFull`).
     NatSessionCap = 17,
+    /// ICMP errors about a translated flow (fragmentation needed, unreachable, time exceeded)
+    /// translated back to its client (also counted in `ReturnDelivered`).
+    IcmpErrorTranslated = 18,
 }
 
-pub const COUNTER_COUNT: u32 = 18;
+pub const COUNTER_COUNT: u32 = 19;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -256,6 +259,7 @@ impl Counter {
         Counter::IpOptions,
         Counter::TtlExpired,
         Counter::NatSessionCap,
+        Counter::IcmpErrorTranslated,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -278,6 +282,7 @@ impl Counter {
             Counter::IpOptions => "dropped_ip_options",
             Counter::TtlExpired => "dropped_ttl_expired",
             Counter::NatSessionCap => "nat_session_cap",
+            Counter::IcmpErrorTranslated => "icmp_errors_translated",
         }
     }
 }

@@ -511,13 +511,33 @@ pub fn target_ingress(ctx: TcContext) -> i32 {
 }
 
 fn try_target_ingress(ctx: &TcContext) -> Result<i32, ReturnError> {
-    let flow = packet::parse(ctx, ETH_HLEN, false).map_err(ReturnError::NotOurs)?;
-    let (client_addr, client_port) = reverse_nat(&flow)?;
-    if packet::rewrite_destination(ctx, ETH_HLEN, &flow, client_addr, client_port).is_err() {
-        count(Counter::Malformed);
-        return Ok(TC_ACT_SHOT);
-    }
-    add_session_stats(&client_addr, flow.ip_len, true, false);
+    // 1. A reply of a translated flow, or an ICMP error about one (fragmentation needed,
+    //    unreachable, time exceeded: path-MTU discovery needs them at the client).
+    let (client_addr, ip_len) = match packet::parse(ctx, ETH_HLEN, false) {
+        Ok(flow) => {
+            let (client_addr, client_port) = reverse_nat(&flow)?;
+            if packet::rewrite_destination(ctx, ETH_HLEN, &flow, client_addr, client_port)
+                .is_err()
+            {
+                count(Counter::Malformed);
+                return Ok(TC_ACT_SHOT);
+            }
+            (client_addr, flow.ip_len)
+        }
+        Err(PacketError::Unsupported) => {
+            let e = packet::parse_icmp_error(ctx, ETH_HLEN).map_err(ReturnError::NotOurs)?;
+            let (client_addr, client_port) = reverse_nat(&e.quoted)?;
+            if packet::rewrite_icmp_error(ctx, ETH_HLEN, &e, client_addr, client_port).is_err() {
+                count(Counter::Malformed);
+                return Ok(TC_ACT_SHOT);
+            }
+            count(Counter::IcmpErrorTranslated);
+            (client_addr, e.outer.ip_len)
+        }
+        Err(e) => return Err(ReturnError::NotOurs(e)),
+    };
+    // 2. Into the client's device.
+    add_session_stats(&client_addr, ip_len, true, false);
     count(Counter::ReturnDelivered);
 
     let cfg = config();

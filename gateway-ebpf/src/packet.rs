@@ -15,6 +15,12 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
+/// ICMP errors that quote the packet they answer: destination unreachable (fragmentation
+/// needed among them) and time exceeded.
+const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+/// Offset of the quoted packet in an ICMP error (type, code, checksum, 4 bytes of rest).
+const ICMP_ERROR_QUOTE: usize = 8;
 
 // Offsets inside the IPv4 header and the L4 headers.
 const IP_TTL: usize = 8;
@@ -306,6 +312,115 @@ pub fn rewrite_destination(
         flow.dport,
         client_port,
     )
+}
+
+/// An ICMP error on the return path that quotes one of our translated packets: the quoted
+/// packet went out from the SNAT address and port to a remote, so the error belongs to that
+/// flow's client.
+pub struct IcmpError {
+    /// The outer packet: destination the SNAT address; ICMP header at `outer.l4`.
+    pub outer: Flow,
+    /// The quoted packet's IP header, and its flow as the return path sees replies to it
+    /// (`src` the remote, `dst` the SNAT address, `dport` the SNAT port).
+    pub quoted_l3: usize,
+    pub quoted: Flow,
+}
+
+/// Parses an ICMP destination-unreachable or time-exceeded message whose IP header starts at
+/// `l3` and that quotes a TCP or UDP packet (its IP header and at least 8 bytes).
+#[inline(always)]
+pub fn parse_icmp_error(ctx: &TcContext, l3: usize) -> Result<IcmpError, PacketError> {
+    let ip: Ipv4Hdr = ctx.load(l3).map_err(|_| PacketError::Malformed)?;
+    let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
+    if ip.version_ihl >> 4 != 4 || ihl < 20 || ip.proto != IPPROTO_ICMP {
+        return Err(PacketError::Unsupported);
+    }
+    if u16::from_be_bytes(ip.frag_off) & 0x3fff != 0 {
+        return Err(PacketError::Unsupported);
+    }
+    let l4 = l3 + ihl;
+    let icmp: Head8 = ctx.load(l4).map_err(|_| PacketError::Malformed)?;
+    if icmp.a[0] != ICMP_DEST_UNREACHABLE && icmp.a[0] != ICMP_TIME_EXCEEDED {
+        return Err(PacketError::Unsupported);
+    }
+    let quoted_l3 = l4 + ICMP_ERROR_QUOTE;
+    let q: Ipv4Hdr = ctx.load(quoted_l3).map_err(|_| PacketError::Malformed)?;
+    let qihl = ((q.version_ihl & 0x0f) as usize) * 4;
+    if q.version_ihl >> 4 != 4 || qihl != 20 {
+        return Err(PacketError::Unsupported);
+    }
+    if q.proto != IPPROTO_TCP && q.proto != IPPROTO_UDP {
+        return Err(PacketError::Unsupported);
+    }
+    let ports: Head8 = ctx
+        .load(quoted_l3 + 20)
+        .map_err(|_| PacketError::Malformed)?;
+    let outer = Flow {
+        proto: IPPROTO_ICMP,
+        src: ip.src,
+        dst: ip.dst,
+        sport: 0,
+        dport: 0,
+        ip_len: u16::from_be_bytes(ip.tot_len),
+        ttl: ip.ttl,
+        l4,
+        tcp_fin_or_rst: false,
+        udp_no_csum: false,
+    };
+    // The quoted packet went SNAT address:port -> remote; as a reply it is remote -> SNAT.
+    let quoted = Flow {
+        proto: q.proto,
+        src: q.dst,
+        dst: q.src,
+        sport: u16::from_be_bytes(ports.b),
+        dport: u16::from_be_bytes(ports.a),
+        ip_len: u16::from_be_bytes(q.tot_len),
+        ttl: q.ttl,
+        l4: quoted_l3 + 20,
+        tcp_fin_or_rst: false,
+        udp_no_csum: false,
+    };
+    Ok(IcmpError {
+        outer,
+        quoted_l3,
+        quoted,
+    })
+}
+
+/// Translates an ICMP error back to the client: the outer destination, and the quoted
+/// packet's source address and port, become the client's. The quoted IP header's checksum is
+/// fixed; the ICMP checksum changes only by the port (an address change and the quoted header
+/// checksum's matching change cancel out in the ICMP sum). The quoted TCP/UDP checksum is left
+/// as it is: nobody verifies a quoted one.
+#[inline(always)]
+pub fn rewrite_icmp_error(
+    ctx: &TcContext,
+    l3: usize,
+    e: &IcmpError,
+    client_addr: [u8; 4],
+    client_port: u16,
+) -> Result<(), PacketError> {
+    let err = |_| PacketError::Malformed;
+    let old_a = u32::from_ne_bytes(e.outer.dst) as u64;
+    let new_a = u32::from_ne_bytes(client_addr) as u64;
+    // 1. Outer destination (the IP checksum; ICMP has no pseudo-header).
+    ctx.store(l3 + IP_DST, &client_addr, 0).map_err(err)?;
+    ctx.l3_csum_replace(l3 + IP_CSUM, old_a, new_a, 4)
+        .map_err(err)?;
+    // 2. Quoted source address, with the quoted header's checksum.
+    let old_q = u32::from_ne_bytes(e.quoted.dst) as u64;
+    ctx.store(e.quoted_l3 + IP_SRC, &client_addr, 0)
+        .map_err(err)?;
+    ctx.l3_csum_replace(e.quoted_l3 + IP_CSUM, old_q, new_a, 4)
+        .map_err(err)?;
+    // 3. Quoted source port, and the ICMP checksum.
+    let old_p = u16::to_be(e.quoted.dport) as u64;
+    let new_p = u16::to_be(client_port) as u64;
+    ctx.store(e.quoted.l4, &client_port.to_be_bytes(), 0)
+        .map_err(err)?;
+    ctx.l4_csum_replace(e.outer.l4 + ICMP_CSUM, old_p, new_p, 2)
+        .map_err(err)?;
+    Ok(())
 }
 
 /// Forwarding: TTL minus one, with the IP checksum fixed. The caller has dropped packets whose

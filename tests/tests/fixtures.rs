@@ -1016,3 +1016,105 @@ fn return_path_never_delivers_without_a_matching_flow() {
     assert_eq!(c.get(Counter::ReturnDelivered), 1);
     assert_eq!(c.get(Counter::ReturnPassed), 10);
 }
+
+/// An ICMP error from the private side (`host`, type 3 code 4: fragmentation needed, MTU 1400)
+/// about a packet that went from `snat:snat_port` to `remote:remote_port`, quoting its IP
+/// header and first 8 bytes (as routers do at least).
+fn icmp_frag_needed(host: Ipv4Addr, snat: Ipv4Addr, quoted_l4: L4) -> Vec<u8> {
+    // The quoted packet as it left the gateway: its IP header and 8 bytes of TCP/UDP.
+    let sent = build(snat, HOST, quoted_l4, b"quoted payload");
+    let quoted = &sent[14..14 + 28];
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ethernet2(cvpn_tests::packets::MAC_A, cvpn_tests::packets::MAC_B)
+        .ipv4(host.octets(), snat.octets(), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut out, quoted)
+        .unwrap();
+    out
+}
+
+/// RFC 1071 sum over `data` is all ones: the checksum it contains is right.
+fn checksum_ok(data: &[u8]) -> bool {
+    let mut acc: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc == 0xffff
+}
+
+/// Attack 11: ICMP errors about a translated flow (here: fragmentation needed, which path-MTU
+/// discovery depends on) reach its client with the outer destination and the quoted packet's
+/// source address and port translated back, every checksum right; errors about no flow of
+/// ours pass untouched.
+#[test]
+fn icmp_errors_about_a_translated_flow_reach_its_client() {
+    if !is_root() {
+        panic!("the fixture tests need root: run `cargo xtask test` as root");
+    }
+    let (_ns, mut dp) = setup();
+    // Client A's UDP flow to HOST:53 gets an SNAT port; so does a TCP flow.
+    let (v, udp_port) = forward(&mut dp, A, HOST, udp(20600, 53));
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let udp_port = udp_port.unwrap();
+    let (v, tcp_port) = forward(&mut dp, A, HOST, tcp(20601, 443));
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let tcp_port = tcp_port.unwrap();
+    for (what, quoted, client_port) in [
+        ("UDP", udp(udp_port, 53), 20600u16),
+        ("TCP", tcp(tcp_port, 443), 20601u16),
+    ] {
+        let input = icmp_frag_needed(HOST, SNAT, quoted);
+        let out = dp
+            .test_run(ProgramKind::TargetIngress, &input, 1)
+            .expect("test run");
+        assert_eq!(out.verdict, TC_ACT_REDIRECT, "{what}: not delivered");
+        let ip = &out.packet[14..];
+        assert_eq!(&ip[16..20], &A.octets()[..], "{what}: outer destination");
+        assert!(checksum_ok(&ip[..20]), "{what}: outer IP checksum");
+        let icmp = &ip[20..];
+        assert_eq!((icmp[0], icmp[1]), (3, 4), "{what}: still frag needed");
+        assert_eq!(
+            u16::from_be_bytes([icmp[6], icmp[7]]),
+            1400,
+            "{what}: MTU kept"
+        );
+        assert!(checksum_ok(icmp), "{what}: ICMP checksum");
+        let q = &icmp[8..];
+        assert_eq!(&q[12..16], &A.octets()[..], "{what}: quoted source");
+        assert_eq!(&q[16..20], &HOST.octets()[..], "{what}: quoted destination");
+        assert!(checksum_ok(&q[..20]), "{what}: quoted IP checksum");
+        assert_eq!(
+            u16::from_be_bytes([q[20], q[21]]),
+            client_port,
+            "{what}: quoted source port"
+        );
+    }
+    // Errors about no flow of ours (another port in the range, another remote) pass untouched.
+    let mut rows = Vec::new();
+    for (what, input) in [
+        (
+            "an error about a port with no flow",
+            icmp_frag_needed(HOST, SNAT, udp(20999, 53)),
+        ),
+        (
+            "an error about another remote",
+            icmp_frag_needed(HOST, SNAT, udp(udp_port, 54)),
+        ),
+    ] {
+        rows.push(Row {
+            what,
+            program: ProgramKind::TargetIngress,
+            input,
+            verdict: TC_PASS,
+            output: None,
+        });
+    }
+    run_rows(&mut dp, rows);
+    let c = dp.global_counters().unwrap();
+    assert_eq!(c.get(Counter::IcmpErrorTranslated), 2);
+}
