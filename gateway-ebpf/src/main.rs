@@ -516,8 +516,7 @@ fn try_target_ingress(ctx: &TcContext) -> Result<i32, ReturnError> {
     let (client_addr, ip_len) = match packet::parse(ctx, ETH_HLEN, false) {
         Ok(flow) => {
             let (client_addr, client_port) = reverse_nat(&flow)?;
-            if packet::rewrite_destination(ctx, ETH_HLEN, &flow, client_addr, client_port)
-                .is_err()
+            if packet::rewrite_destination(ctx, ETH_HLEN, &flow, client_addr, client_port).is_err()
             {
                 count(Counter::Malformed);
                 return Ok(TC_ACT_SHOT);
