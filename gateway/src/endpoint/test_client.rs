@@ -89,6 +89,8 @@ pub struct TestClient {
     pub messages: Vec<String>,
     /// Acknowledge the server's control packets (a flooding test turns this off).
     pub acknowledge: bool,
+    /// The peer-info text of the key-method record (a stock 2.6 client's by default).
+    pub peer_info: String,
 }
 
 impl TestClient {
@@ -110,6 +112,7 @@ impl TestClient {
             out: VecDeque::new(),
             messages: Vec::new(),
             acknowledge: true,
+            peer_info: PEER_INFO.to_string(),
         };
         c.send_control_packet(0, ControlOpcode::HardResetClientV2, Vec::new(), None);
         Ok(c)
@@ -277,6 +280,7 @@ impl TestClient {
                 );
             }
         }
+        let peer_info = self.peer_info.clone();
         let ks = &mut self.keys[index];
         if p.packet_id >= ks.next_expected && p.opcode == ControlOpcode::ControlV1 {
             ks.reorder.insert(p.packet_id, p.payload.to_vec());
@@ -307,7 +311,7 @@ impl TestClient {
                 random2: [3; 32],
                 options: "V4,dev-type tun,link-mtu 1559,tun-mtu 1500,proto UDPv4,cipher AES-256-GCM,auth [null-digest],keysize 256,key-method 2,tls-client".into(),
                 credentials: None,
-                peer_info: Some(PEER_INFO.into()),
+                peer_info: Some(peer_info),
             };
             let bytes = record
                 .to_bytes()
@@ -349,6 +353,11 @@ impl TestClient {
             .write_all(text)
             .map_err(|e| TestClientError::Other(e.to_string()))?;
         self.flush_tls(index, Vec::new())
+    }
+
+    /// Presents `config` (another certificate) in the handshakes of renegotiations from now on.
+    pub fn set_tls_config(&mut self, config: Arc<ClientConfig>) {
+        self.config = config;
     }
 
     /// The first server message starting with `prefix`.

@@ -21,6 +21,7 @@ const CLIENT: &str = "198.51.100.7:40000";
 
 /// An endpoint, its data path, a client and a virtual clock.
 struct World {
+    pki: ServerPki,
     endpoint: Endpoint,
     datapath: DataPath,
     client: TestClient,
@@ -74,6 +75,7 @@ impl World {
         .unwrap();
         let addr: SocketAddr = CLIENT.parse().unwrap();
         World {
+            pki,
             endpoint,
             datapath: DataPath::new(),
             client,
@@ -405,5 +407,109 @@ fn a_denying_connect_handler_sends_auth_failed_with_its_message() {
         .iter()
         .any(|m| m == "AUTH_FAILED,not from there"));
     assert_eq!(w.ended(), Some("client-connect-failed"));
+    assert_eq!(w.admitted(), None);
+}
+
+/// The failed-attempt entries of the connection log so far, as JSON lines.
+fn failed_attempts(w: &World) -> Vec<String> {
+    w.seen
+        .iter()
+        .filter_map(|o| match o {
+            Output::Log(e) => Some(e.to_json_line()),
+            _ => None,
+        })
+        .filter(|l| l.contains("\"failed\""))
+        .collect()
+}
+
+#[test]
+fn a_renegotiation_with_another_certificate_of_the_same_name_ends_the_session() {
+    let mut w = World::new(LiveSettings::default());
+    w.connect();
+    // Another certificate for "alice" (another key, another serial) from the same CA: the
+    // common name matches, the certificate does not.
+    let (cert, key) = client_cert(&w.pki.issuer, "alice", "engineering", 11);
+    w.client
+        .set_tls_config(tls_config(&w.pki.ca_pem, &cert, &key).unwrap());
+    let ip = w.admitted().unwrap();
+    let peer_id = w.peer_id();
+    for _ in 0..61 {
+        w.data(peer_id, &ipv4_udp(ip));
+        w.advance(Duration::from_secs(60));
+    }
+    // The renegotiation failed; the session ends after the grace.
+    w.data(peer_id, &ipv4_udp(ip));
+    w.advance(super::RENEGOTIATION_GRACE);
+    assert_eq!(w.ended(), Some("renegotiation-failed"), "{:?}", w.seen);
+    assert!(w.client.messages.iter().any(|m| m == "HALT"));
+}
+
+#[test]
+fn a_client_without_a_common_cipher_is_refused_and_logged() {
+    let mut w = World::new(LiveSettings::default());
+    w.client.peer_info = super::test_client::PEER_INFO.replace(
+        "IV_CIPHERS=AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305",
+        "IV_CIPHERS=BF-CBC",
+    );
+    w.exchange();
+    assert_eq!(w.admitted(), None);
+    assert_eq!(w.ended(), Some("no-common-cipher"));
+    let failed = failed_attempts(&w);
+    assert!(
+        failed.iter().any(|l| l.contains("no-common-cipher")),
+        "{failed:?}"
+    );
+}
+
+#[test]
+fn a_peer_silent_mid_handshake_is_reaped_and_logged() {
+    let mut w = World::new(LiveSettings::default());
+    // The reset exchange and the client's first TLS flight; the server's answer never
+    // reaches the client, which goes silent.
+    for round in 0..2 {
+        while let Some(p) = w.client.poll_transmit() {
+            w.endpoint.handle_packet(w.clock, w.peer, w.addr, &p);
+        }
+        while let Some(out) = w.endpoint.poll_output() {
+            if let (0, Output::Transmit { packet, .. }) = (round, out) {
+                w.client.handle_packet(&packet).unwrap();
+            }
+        }
+    }
+    assert_eq!(w.endpoint.connection_count(), 1, "the handshake started");
+    // Retransmissions back off and give up; nothing from the client. Every deadline, once
+    // handled, moves time forward (a driver sleeping until it would otherwise spin).
+    let mut handled_at: Option<Instant> = None;
+    for _ in 0..200 {
+        let Some(next) = w.endpoint.poll_timeout() else {
+            break;
+        };
+        if let Some(at) = handled_at {
+            assert!(next > at, "a deadline that handling does not move");
+        }
+        w.clock.now = next.max(w.clock.now);
+        w.endpoint.handle_timeout(w.clock);
+        handled_at = Some(w.clock.now);
+        while let Some(out) = w.endpoint.poll_output() {
+            if !matches!(out, Output::Transmit { .. }) {
+                w.seen.push(out);
+            }
+        }
+        if w.endpoint.connection_count() == 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        w.endpoint.connection_count(),
+        0,
+        "a silent handshake was kept"
+    );
+    let reason = w.ended().expect("ended").to_string();
+    assert!(
+        reason == "peer-gone" || reason == "handshake-timeout",
+        "{reason}"
+    );
+    let failed = failed_attempts(&w);
+    assert!(failed.iter().any(|l| l.contains(&reason)), "{failed:?}");
     assert_eq!(w.admitted(), None);
 }

@@ -608,7 +608,7 @@ impl ServerSession {
                 self.events.push_back(Event::Gone);
             }
             if matches!(ks.phase, Phase::Tls | Phase::KeyExchange)
-                && now.duration_since(ks.started) > timeout
+                && now.saturating_duration_since(ks.started) >= timeout
             {
                 expired.push(ks.key_id);
             }
