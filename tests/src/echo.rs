@@ -131,3 +131,42 @@ impl Drop for UdpSink {
         }
     }
 }
+
+/// What the live-revoke tests assert of two probe loops (`probe_loop`) around a revoke at
+/// `revoked` (`event` names it in messages): alice's flow ran before it (more than 50 answers)
+/// and her last answered probe was sent less than 100 ms after it; bob's flow, from 200 ms
+/// after it, still has more than 50 probes and at least 90 % answered.
+pub fn assert_cut_and_spared(
+    alice: &[(Instant, bool)],
+    bob: &[(Instant, bool)],
+    revoked: Instant,
+    event: &str,
+) {
+    let before = alice.iter().filter(|(t, ok)| *ok && *t < revoked).count();
+    assert!(
+        before > 50,
+        "alice's flow must run before the revoke ({before} answers)"
+    );
+    let last_ok = alice
+        .iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(t, _)| *t)
+        .max()
+        .expect("answered probes");
+    let after = last_ok.saturating_duration_since(revoked);
+    println!("alice's last answered request was sent {after:?} after {event}");
+    assert!(
+        after < Duration::from_millis(100),
+        "the revoke took effect only {after:?} after {event}"
+    );
+    let bob_after: Vec<_> = bob
+        .iter()
+        .filter(|(t, _)| *t > revoked + Duration::from_millis(200))
+        .collect();
+    let bob_ok = bob_after.iter().filter(|(_, ok)| *ok).count();
+    assert!(
+        bob_after.len() > 50 && bob_ok * 10 >= bob_after.len() * 9,
+        "bob's flow must continue: {bob_ok} of {}",
+        bob_after.len()
+    );
+}
