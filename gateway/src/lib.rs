@@ -1,6 +1,7 @@
 //! cvpn: a self-hosted Client VPN gateway. One module per concern:
 //!
 //! * [`api`]: the management API (HTTP/JSON on a Unix socket, or TCP + TLS + bearer token).
+//! * [`auth`]: directories (LDAP, Active Directory), MFA (TOTP, RADIUS), auth-tokens, the login throttle.
 //! * [`cli`]: the `cvpn` resource commands (`endpoint`, `network`, `route`, ...), the API's client.
 //! * [`config`]: the configuration file of `cvpn serve --config FILE` (TOML, validated).
 //! * [`control`]: the daemon behind `cvpn serve`: endpoints from the database, the API, live changes.
@@ -22,6 +23,7 @@
 //! * [`storage`]: the control plane's resources (AWS Client VPN model) in embedded SQLite.
 //! * [`tun`]: TUN devices (the path between the data channel and the kernel data plane).
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connect_handler;

@@ -11,6 +11,8 @@ pub const ENDPOINT_ID_PREFIX: &str = "cvpn-endpoint-";
 pub const ASSOCIATION_ID_PREFIX: &str = "cvpn-assoc-";
 /// Prefix of connection ids: `cvpn-connection-` and 17 lowercase hex digits.
 pub const CONNECTION_ID_PREFIX: &str = "cvpn-connection-";
+/// Prefix of directory ids: `cvpn-directory-` and 17 lowercase hex digits.
+pub const DIRECTORY_ID_PREFIX: &str = "cvpn-directory-";
 /// Number of hex digits after an id's prefix (as AWS's ids).
 pub const ID_HEX_DIGITS: usize = 17;
 

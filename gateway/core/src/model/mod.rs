@@ -12,11 +12,13 @@
 //!   field it refuses.
 //! * [`policy`]: authorization rules, routes and target networks as the data plane takes them.
 //! * [`counters`]: traffic counters.
+//! * [`directory`]: directories (LDAP / Active Directory) that endpoints sign users in against.
 //!
 //! Everything but the modules [`policy`] and [`validate`] is re-exported here, so
 //! `model::Endpoint`, `model::new_id`, `model::ApiError` work.
 
 pub mod counters;
+pub mod directory;
 pub mod error;
 pub mod ids;
 pub mod policy;
@@ -24,6 +26,7 @@ pub mod resources;
 pub mod validate;
 
 pub use counters::{Counters, SessionCounters};
+pub use directory::*;
 pub use error::{codes, ApiError, ErrorBody, ErrorDetail};
 pub use ids::*;
 pub use policy::TargetSpec;

@@ -1,0 +1,135 @@
+//! Signing people in beyond the certificate: directories (LDAP, Active Directory), second
+//! factors (TOTP, RADIUS), the auth-token that spares them a second prompt, and the throttle
+//! that slows guessing.
+//!
+//! The endpoint core (`crate::endpoint`) decides *when* a user is checked and what follows
+//! (admit, refuse, narrow a running session's groups, end it); the modules here do the checks.
+//! Network lookups are `async` and run off the endpoint's event loop, each under a deadline;
+//! everything a directory, RADIUS server or client says is checked before it counts.
+//!
+//! Every outcome other than success is an [`AuthFailure`]: its [`AuthFailure::reason`] goes to
+//! the connection log, its [`AuthFailure::client_message`] to the client's `AUTH_FAILED`.
+
+/// Who the directory says a user is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryUser {
+    /// The user name as the directory stores it (`uid`, `sAMAccountName`): the session's
+    /// user name in the connection log and `connection list`.
+    pub username: String,
+    /// The user's entry.
+    pub dn: String,
+    /// Every name an authorization rule may use for each of the user's groups, direct and
+    /// nested: the group's name (CN), its DN, and on Active Directory its SID (`S-1-5-…`).
+    /// Sorted, without duplicates.
+    pub groups: Vec<String>,
+}
+
+/// Why a sign-in (or a check of a connected user) did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("the client sent no user name and password (the profile needs auth-user-pass)")]
+    NoCredentials,
+    #[error("empty password refused (it would be an unauthenticated bind)")]
+    EmptyPassword,
+    #[error("wrong password")]
+    BadPassword,
+    #[error("no such user in the directory")]
+    UnknownUser,
+    #[error("the account is disabled")]
+    AccountDisabled,
+    #[error("the account is locked out")]
+    AccountLocked,
+    #[error("the account has expired")]
+    AccountExpired,
+    #[error("the password has expired")]
+    PasswordExpired,
+    #[error("the user is in no group")]
+    NotInAnyGroup,
+    #[error("directory unreachable: {0}")]
+    DirectoryUnreachable(String),
+    #[error("the directory refused the lookup: {0}")]
+    DirectoryError(String),
+    #[error("no MFA code given")]
+    MfaMissing,
+    #[error("wrong MFA code")]
+    MfaBadCode,
+    #[error("MFA code already used")]
+    MfaReplayed,
+    #[error("the user has no MFA enrolment")]
+    MfaNotEnrolled,
+    #[error("MFA server unavailable: {0}")]
+    MfaUnavailable(String),
+    #[error("too many failed attempts: try again later")]
+    Throttled,
+    #[error("the auth-token is invalid or expired")]
+    BadToken,
+}
+
+impl AuthFailure {
+    /// The connection log's reason code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthFailure::NoCredentials => "no-credentials",
+            AuthFailure::EmptyPassword => "empty-password",
+            AuthFailure::BadPassword => "bad-password",
+            AuthFailure::UnknownUser => "unknown-user",
+            AuthFailure::AccountDisabled => "account-disabled",
+            AuthFailure::AccountLocked => "account-locked",
+            AuthFailure::AccountExpired => "account-expired",
+            AuthFailure::PasswordExpired => "password-expired",
+            AuthFailure::NotInAnyGroup => "not-in-any-group",
+            AuthFailure::DirectoryUnreachable(_) => "directory-unreachable",
+            AuthFailure::DirectoryError(_) => "directory-error",
+            AuthFailure::MfaMissing => "mfa-code-missing",
+            AuthFailure::MfaBadCode => "mfa-code-wrong",
+            AuthFailure::MfaReplayed => "mfa-code-replayed",
+            AuthFailure::MfaNotEnrolled => "mfa-not-enrolled",
+            AuthFailure::MfaUnavailable(_) => "mfa-unavailable",
+            AuthFailure::Throttled => "throttled",
+            AuthFailure::BadToken => "auth-token-invalid",
+        }
+    }
+
+    /// What the user is told (`AUTH_FAILED,<message>`). A wrong password and an unknown user
+    /// read the same, so the message does not tell a guesser which names exist.
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            AuthFailure::NoCredentials => "this server needs a user name and password",
+            AuthFailure::EmptyPassword | AuthFailure::BadPassword | AuthFailure::UnknownUser => {
+                "wrong user name or password"
+            }
+            AuthFailure::AccountDisabled => "your account is disabled: ask your administrator",
+            AuthFailure::AccountLocked => "your account is locked: ask your administrator",
+            AuthFailure::AccountExpired => "your account has expired: ask your administrator",
+            AuthFailure::PasswordExpired => "your password has expired: change it, then retry",
+            AuthFailure::NotInAnyGroup => "your account has no VPN access: ask your administrator",
+            AuthFailure::DirectoryUnreachable(_) | AuthFailure::DirectoryError(_) => {
+                "the directory is not answering: try again later"
+            }
+            AuthFailure::MfaMissing => "enter your MFA code",
+            AuthFailure::MfaBadCode | AuthFailure::MfaReplayed => {
+                "wrong or already used MFA code: wait for the next one"
+            }
+            AuthFailure::MfaNotEnrolled => {
+                "no MFA device is enrolled for you: ask your administrator"
+            }
+            AuthFailure::MfaUnavailable(_) => "the MFA service is not answering: try again later",
+            AuthFailure::Throttled => "too many failed attempts: wait a minute, then retry",
+            AuthFailure::BadToken => "your session token expired: sign in again",
+        }
+    }
+
+    /// True when the failure says something about the credentials (counted by the throttle);
+    /// false when the directory or MFA service could not answer.
+    pub fn is_guess(&self) -> bool {
+        matches!(
+            self,
+            AuthFailure::EmptyPassword
+                | AuthFailure::BadPassword
+                | AuthFailure::UnknownUser
+                | AuthFailure::MfaBadCode
+                | AuthFailure::MfaReplayed
+                | AuthFailure::BadToken
+        )
+    }
+}
