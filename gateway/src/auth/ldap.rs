@@ -415,6 +415,12 @@ impl LdapDirectory {
     }
 }
 
+/// Whole milliseconds, rounded (a share computed a few µs after the start reads as the
+/// configured timeout).
+fn round_ms(d: Duration) -> u128 {
+    (d.as_micros() + 500) / 1000
+}
+
 /// Hostile names are unknown users, without a query.
 fn check_username(username: &str) -> Result<(), AuthFailure> {
     if username.is_empty()
@@ -549,7 +555,7 @@ async fn attempt(
         Err(_) => {
             return Err(Step::Failover(format!(
                 "{url}: no answer within {} ms",
-                share.as_millis()
+                round_ms(share)
             )))
         }
         Ok(r) => r?,
