@@ -23,6 +23,11 @@ const PACKAGES: &[&str] = &[
     "ethtool",
     "conntrack",
     "systemd",
+    // The directory client's tests: OpenLDAP's server and tools, a Samba AD DC.
+    "slapd",
+    "ldap-utils",
+    "samba-ad-dc",
+    "samba-ad-provision",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
