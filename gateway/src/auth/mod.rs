@@ -10,6 +10,8 @@
 //! Every outcome other than success is an [`AuthFailure`]: its [`AuthFailure::reason`] goes to
 //! the connection log, its [`AuthFailure::client_message`] to the client's `AUTH_FAILED`.
 
+pub mod challenge;
+
 /// Who the directory says a user is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectoryUser {
