@@ -11,6 +11,7 @@
 //! the connection log, its [`AuthFailure::client_message`] to the client's `AUTH_FAILED`.
 
 pub mod challenge;
+pub mod radius;
 pub mod totp;
 
 /// Who the directory says a user is.
