@@ -15,6 +15,7 @@ pub mod http;
 pub mod openvpn;
 pub mod packets;
 pub mod pki;
+pub mod radius_server;
 pub mod raw_client;
 pub mod topology;
 

@@ -8,7 +8,7 @@ use crate::run;
 
 /// Debian packages: LLVM 22 for bpf-linker (built below with `--features llvm-22`; it must match
 /// the LLVM of the nightly that compiles the kernel programs), and the real tools the tests and
-/// benchmarks drive.
+/// benchmarks drive (FreeRADIUS for the RADIUS MFA tests, oathtool to cross-check TOTP codes).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -28,6 +28,10 @@ const PACKAGES: &[&str] = &[
     "ldap-utils",
     "samba-ad-dc",
     "samba-ad-provision",
+    // MFA: FreeRADIUS for the RADIUS tests, oathtool for TOTP codes.
+    "freeradius",
+    "freeradius-utils",
+    "oathtool",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

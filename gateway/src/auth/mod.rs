@@ -11,6 +11,9 @@
 //! the connection log, its [`AuthFailure::client_message`] to the client's `AUTH_FAILED`.
 
 pub mod ldap;
+pub mod challenge;
+pub mod radius;
+pub mod totp;
 
 /// Who the directory says a user is.
 #[derive(Clone, Debug, PartialEq, Eq)]
