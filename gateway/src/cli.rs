@@ -23,6 +23,7 @@
 //! or a tokio-rustls stream ([`client`]), on a current-thread runtime per command.
 
 pub mod client;
+pub mod directory;
 pub mod table;
 #[cfg(test)]
 mod tests;
@@ -166,6 +167,25 @@ pub enum ResourceCommand {
         #[command(subcommand)]
         action: CrlCommand,
     },
+    /// Directories (LDAP / Active Directory) users sign in against: create, modify, delete,
+    /// describe.
+    Directory {
+        /// Where the API is and how to print.
+        #[command(flatten)]
+        api: ApiOptions,
+        /// The action.
+        #[command(subcommand)]
+        action: directory::DirectoryCommand,
+    },
+    /// TOTP enrolments of directory users: enroll, remove, list.
+    Mfa {
+        /// Where the API is and how to print.
+        #[command(flatten)]
+        api: ApiOptions,
+        /// The action.
+        #[command(subcommand)]
+        action: directory::MfaCommand,
+    },
 }
 
 /// Endpoint settings that both create and modify take.
@@ -233,8 +253,13 @@ pub enum EndpointCommand {
         server_key: PathBuf,
         /// CA bundle (PEM file) that client certificates must chain to (certificate
         /// authentication; immutable).
-        #[arg(long, value_name = "FILE")]
-        client_ca: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "directory")]
+        client_ca: Option<PathBuf>,
+        /// Sign users in against this directory (id or name; `cvpn directory create`): with
+        /// --client-ca both must pass (AWS's mutual + Active Directory); alone, users sign in
+        /// with a user name and password only (immutable).
+        #[arg(long, value_name = "DIR")]
+        directory: Option<String>,
         /// Transport: udp (default) or tcp (immutable).
         #[arg(long, value_name = "udp|tcp")]
         transport: Option<String>,
@@ -517,6 +542,8 @@ enum Action {
     Connection(ConnectionCommand),
     Config(ConfigCommand),
     Crl(CrlCommand),
+    Directory(directory::DirectoryCommand),
+    Mfa(directory::MfaCommand),
 }
 
 fn split(cmd: ResourceCommand) -> (ApiOptions, Action) {
@@ -528,6 +555,8 @@ fn split(cmd: ResourceCommand) -> (ApiOptions, Action) {
         ResourceCommand::Connection { api, action } => (api, Action::Connection(action)),
         ResourceCommand::Config { api, action } => (api, Action::Config(action)),
         ResourceCommand::Crl { api, action } => (api, Action::Crl(action)),
+        ResourceCommand::Directory { api, action } => (api, Action::Directory(action)),
+        ResourceCommand::Mfa { api, action } => (api, Action::Mfa(action)),
     }
 }
 
@@ -770,6 +799,8 @@ impl Action {
             Action::Connection(c) => connection(c, cx).await,
             Action::Config(c) => config(c, cx).await,
             Action::Crl(c) => crl(c, cx).await,
+            Action::Directory(c) => directory::directory(c, cx).await,
+            Action::Mfa(c) => directory::mfa(c, cx).await,
         }
     }
 }
@@ -783,6 +814,7 @@ async fn endpoint(c: EndpointCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
             server_cert,
             server_key,
             client_ca,
+            directory,
             transport,
             settings,
         } => {
@@ -796,13 +828,27 @@ async fn endpoint(c: EndpointCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
                 "server-private-key".into(),
                 json!(read_file(&server_key, "server key")?),
             );
-            m.insert(
-                "authentication-options".into(),
-                json!([{
+            let mut auth = Vec::new();
+            if let Some(ca) = &client_ca {
+                auth.push(json!({
                     "type": "certificate-authentication",
-                    "client-root-certificate-chain": read_file(&client_ca, "client CA")?,
-                }]),
-            );
+                    "client-root-certificate-chain": read_file(ca, "client CA")?,
+                }));
+            }
+            if let Some(dir) = directory {
+                // A name is resolved to its id (the option carries AWS's directory-id).
+                let dir = if dir.starts_with(crate::model::DIRECTORY_ID_PREFIX) {
+                    dir
+                } else {
+                    let reply = cx.get(format!("/v1/directories/{}", enc(&dir))).await?;
+                    reply.decode::<crate::model::Directory>()?.directory_id
+                };
+                auth.push(json!({
+                    "type": "directory-service-authentication",
+                    "directory-id": dir,
+                }));
+            }
+            m.insert("authentication-options".into(), Value::Array(auth));
             insert(&mut m, "transport-protocol", transport);
             settings.fields(&mut m, (true, false));
             let reply = cx

@@ -10,6 +10,7 @@
 //! server_cert = "/etc/cvpn/server.crt"   # required
 //! server_key = "/etc/cvpn/server.key"    # required
 //! client_ca = "/etc/cvpn/ca.crt"         # required
+//! directory = "corp-ad"                  # optional (cvpn apply): users also sign in against it
 //! crl = "/etc/cvpn/crl.pem"              # optional
 //! split_tunnel = false            # default false
 //! dns_servers = ["10.88.0.2"]     # at most 2, default []
@@ -168,6 +169,9 @@ pub struct EndpointConfig {
     pub client_ca: PathBuf,
     /// PEM certificate revocation list, if any.
     pub crl: Option<PathBuf>,
+    /// A directory (id or name) users also sign in against (`cvpn apply` only; both the
+    /// certificate and the directory must pass).
+    pub directory: Option<String>,
     /// Split tunnel: push the routes instead of `redirect-gateway`.
     pub split_tunnel: bool,
     /// DNS servers pushed to clients (at most [`MAX_DNS_SERVERS`]).
@@ -227,6 +231,7 @@ struct RawEndpoint {
     server_key: String,
     client_ca: String,
     crl: Option<String>,
+    directory: Option<String>,
     #[serde(default)]
     split_tunnel: bool,
     #[serde(default)]
@@ -271,6 +276,7 @@ const ENDPOINT_KEYS: &[(&str, bool)] = &[
     ("server_key", true),
     ("client_ca", true),
     ("crl", false),
+    ("directory", false),
     ("split_tunnel", false),
     ("dns_servers", false),
     ("key_derivation", false),
@@ -614,6 +620,7 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
         server_key,
         client_ca,
         crl,
+        directory: e.directory.clone(),
         split_tunnel: e.split_tunnel,
         dns_servers,
         key_derivation,

@@ -447,7 +447,11 @@ pub(super) async fn export_client_config(
                     ep.status
                 )));
             }
-            profile::render_client_profile(&ep, &host, &ciphers)
+            let mut p = profile::ClientProfile::for_endpoint(&ep, &host, &ciphers)?;
+            p.user_auth = s
+                .endpoint_directory(&id2)?
+                .map(|d| profile::UserAuth::for_directory(&d));
+            Ok(p.render())
         })
         .await?;
     if wants_json(&headers) {
@@ -497,4 +501,110 @@ pub(super) async fn export_crl(
         client_vpn_endpoint_id: id,
         certificate_revocation_list: crl,
     })
+}
+
+// ---- directories --------------------------------------------------------------------------------
+
+fn directory_changed(state: &ApiState, directory_id: &str) {
+    state.emit(ControlEvent::DirectoryChanged {
+        directory_id: directory_id.to_string(),
+    });
+}
+
+pub(super) async fn create_directory(State(state): S, q: QueryParams, body: Body) -> Answer {
+    q.finish(&[])?;
+    let req: crate::model::CreateDirectoryRequest = body.parse()?;
+    let dir = state.blocking(move |s| s.create_directory(&req)).await?;
+    created(dir)
+}
+
+pub(super) async fn describe_directories(State(state): S, q: QueryParams) -> Answer {
+    q.finish(&[])?;
+    let directories = state.blocking(|s| s.describe_directories()).await?;
+    ok(crate::model::DirectoryList { directories })
+}
+
+pub(super) async fn describe_directory(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+) -> Answer {
+    q.finish(&[])?;
+    ok(state.blocking(move |s| s.describe_directory(&id)).await?)
+}
+
+pub(super) async fn modify_directory(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+    body: Body,
+) -> Answer {
+    q.finish(&[])?;
+    let req: crate::model::ModifyDirectoryRequest = body.parse()?;
+    let dir = state
+        .blocking(move |s| s.modify_directory(&id, &req))
+        .await?;
+    directory_changed(&state, &dir.directory_id);
+    ok(dir)
+}
+
+pub(super) async fn delete_directory(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+) -> Answer {
+    q.finish(&[])?;
+    ok(state.blocking(move |s| s.delete_directory(&id)).await?)
+}
+
+pub(super) async fn enroll_mfa(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+    body: Body,
+) -> Answer {
+    q.finish(&[])?;
+    let req: crate::model::MfaEnrollRequest = body.parse()?;
+    let username = req
+        .username
+        .clone()
+        .ok_or_else(|| ApiError::missing("username", "required: the directory user name"))?;
+    let secret = crate::auth::totp::TotpSecret::generate()
+        .map_err(|_| ApiError::internal("no system randomness for a TOTP secret"))?;
+    let bytes = secret.as_bytes().to_vec();
+    let user = username.clone();
+    let dir = state
+        .blocking(move |s| s.enroll_mfa(&id, &user, &bytes, req.replace))
+        .await?;
+    directory_changed(&state, &dir.directory_id);
+    let uri = crate::auth::totp::otpauth_uri(&secret, &format!("cvpn {}", dir.name), &username);
+    created(crate::model::MfaEnrollment {
+        directory_id: dir.directory_id,
+        username,
+        secret: secret.to_base32(),
+        otpauth_uri: uri,
+    })
+}
+
+pub(super) async fn describe_mfa(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+) -> Answer {
+    q.finish(&[])?;
+    let users = state.blocking(move |s| s.mfa_enrolled_users(&id)).await?;
+    ok(serde_json::json!({ "usernames": users }))
+}
+
+pub(super) async fn remove_mfa(
+    State(state): S,
+    PathParams((id, username)): PathParams<(String, String)>,
+    q: QueryParams,
+) -> Answer {
+    q.finish(&[])?;
+    let dir = state
+        .blocking(move |s| s.remove_mfa(&id, &username))
+        .await?;
+    directory_changed(&state, &dir.directory_id);
+    ok(dir)
 }

@@ -18,6 +18,10 @@
 //! | `POST /v1/endpoints/{id}/connections/terminate` | terminate by connection id or username |
 //! | `GET /v1/endpoints/{id}/client-config` | export the OpenVPN client profile (text) |
 //! | `PUT`, `GET /v1/endpoints/{id}/crl` | import, export the CRL |
+//! | `POST`, `GET /v1/directories` | create, describe directories (LDAP / Active Directory) |
+//! | `GET`, `PATCH`, `DELETE /v1/directories/{id}` | describe, modify, delete one (id or name) |
+//! | `POST`, `GET /v1/directories/{id}/mfa-enrollments` | enrol a user for TOTP (the secret is shown once), list enrolled users |
+//! | `DELETE /v1/directories/{id}/mfa-enrollments/{username}` | remove a user's TOTP enrolment |
 //! | `GET /v1/openapi.json` | this API's OpenAPI 3 description |
 //!
 //! The OpenAPI document ([`OPENAPI_JSON`], `openapi.json` beside this file) is written by hand;
@@ -110,6 +114,12 @@ pub enum ControlEvent {
         endpoint_id: String,
         /// The connections, `cvpn-connection-…`.
         connection_ids: Vec<String>,
+    },
+    /// A directory's settings or MFA enrolments changed: the running endpoints that use it
+    /// take them for new sign-ins and the next re-checks.
+    DirectoryChanged {
+        /// The directory.
+        directory_id: String,
     },
     /// A new certificate revocation list was imported: reload it for new handshakes and close
     /// the sessions whose client certificate serial is revoked.
@@ -328,6 +338,18 @@ fn table() -> Vec<(RouteSpec, MethodFilter, Handler)> {
         ),
         op!(PUT, "/v1/endpoints/{id}/crl", h::import_crl),
         op!(GET, "/v1/endpoints/{id}/crl", h::export_crl),
+        op!(POST, "/v1/directories", h::create_directory),
+        op!(GET, "/v1/directories", h::describe_directories),
+        op!(GET, "/v1/directories/{id}", h::describe_directory),
+        op!(PATCH, "/v1/directories/{id}", h::modify_directory),
+        op!(DELETE, "/v1/directories/{id}", h::delete_directory),
+        op!(POST, "/v1/directories/{id}/mfa-enrollments", h::enroll_mfa),
+        op!(GET, "/v1/directories/{id}/mfa-enrollments", h::describe_mfa),
+        op!(
+            DELETE,
+            "/v1/directories/{id}/mfa-enrollments/{username}",
+            h::remove_mfa
+        ),
     ]
 }
 

@@ -1,7 +1,27 @@
 //! The exported client configuration: a plain OpenVPN profile that any stock OpenVPN client
 //! imports ([`render_client_profile`] lists its lines).
 
-use crate::model::{validate, ApiError, Endpoint, TransportProtocol};
+use crate::model::{validate, ApiError, Directory, Endpoint, MfaMode, TransportProtocol};
+
+/// The text a client shows when it asks for the MFA code (`static-challenge`).
+pub const MFA_PROMPT: &str = "Enter MFA code";
+
+/// User sign-in (directory endpoints): the client asks for a user name and password, and
+/// with MFA for a code too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserAuth {
+    /// `static-challenge "<prompt>" 1`: the client asks for the code (echoed) and sends it as
+    /// `SCRV1:<b64 password>:<b64 code>`.
+    pub static_challenge: bool,
+}
+
+impl UserAuth {
+    pub fn for_directory(d: &Directory) -> Self {
+        UserAuth {
+            static_challenge: d.mfa != MfaMode::None,
+        }
+    }
+}
 
 /// What a client profile is made of.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +37,8 @@ pub struct ClientProfile {
     pub data_ciphers: Vec<String>,
     /// The CA certificates that verify the server (PEM).
     pub ca_pem: String,
+    /// Directory sign-in; `None`: the certificate alone.
+    pub user_auth: Option<UserAuth>,
 }
 
 impl ClientProfile {
@@ -33,6 +55,7 @@ impl ClientProfile {
             transport: endpoint.transport_protocol,
             data_ciphers: data_ciphers.to_vec(),
             ca_pem: server_ca_pem(endpoint)?,
+            user_auth: None,
         })
     }
 
@@ -51,6 +74,14 @@ impl ClientProfile {
         if !self.data_ciphers.is_empty() {
             s.push_str(&format!("data-ciphers {}\n", self.data_ciphers.join(":")));
             s.push_str(&format!("cipher {}\n", self.data_ciphers[0]));
+        }
+        if let Some(u) = &self.user_auth {
+            s.push_str("auth-user-pass\n");
+            if u.static_challenge {
+                s.push_str(&format!("static-challenge \"{MFA_PROMPT}\" 1\n"));
+            }
+            // Keep the password out of the client's memory once the auth-token replaces it.
+            s.push_str("auth-nocache\n");
         }
         s.push_str("verb 3\n");
         s.push_str("<ca>\n");

@@ -610,7 +610,9 @@ fn cli_help_explains_every_flag_and_command() {
             "rule",
             "connection",
             "config",
-            "crl"
+            "crl",
+            "directory",
+            "mfa"
         ]
     );
     let help = cmd

@@ -111,9 +111,14 @@ pub fn apply_endpoint_config(
     let key = config_key(cfg);
     let transport = cfg.transport;
     let dns: Vec<String> = cfg.dns_servers.iter().map(|a| a.to_string()).collect();
-    let auth = vec![AuthenticationOption::CertificateAuthentication {
+    let mut auth = vec![AuthenticationOption::CertificateAuthentication {
         client_root_certificate_chain: client_ca_pem.to_string(),
     }];
+    if let Some(dir) = &cfg.directory {
+        auth.push(AuthenticationOption::DirectoryServiceAuthentication {
+            directory_id: store.describe_directory(dir)?.directory_id,
+        });
+    }
     let mut report = ApplyReport::default();
 
     // ---- the endpoint ----

@@ -18,7 +18,7 @@ impl Store {
             .as_deref()
             .ok_or_else(|| ApiError::missing("server-private-key", "required (PEM private key)"))?;
         validate::server_identity("server-certificate", cert, "server-private-key", key)?;
-        let client_ca = validate::authentication_options(
+        let auth = validate::authentication_options(
             "authentication-options",
             &req.authentication_options,
         )?;
@@ -53,13 +53,17 @@ impl Store {
         let tags = validate::tags("tags", &req.tags)?;
         let id = new_id(ENDPOINT_ID_PREFIX)?;
         self.write(|db, now| {
+            if let Some(dir) = &auth.directory_id {
+                directories::load_directory(db, dir)?;
+            }
             db.prepare_cached(
                 "INSERT INTO endpoints (id, state, client_cidr, transport, vpn_port, split_tunnel, \
                  dns_servers, session_timeout_hours, disconnect_on_session_timeout, \
                  banner_enabled, banner_text, connect_enabled, connect_handler, log_enabled, \
                  log_stdout, self_service_portal, description, server_cert_pem, server_key_pem, \
-                 client_ca_pem, created_at) VALUES (?1, 'pending-associate', ?2, ?3, ?4, ?5, ?6, \
-                 ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                 client_ca_pem, created_at, directory_id) VALUES (?1, 'pending-associate', ?2, \
+                 ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
+                 ?20, ?21)",
             )?
             .execute(params![
                 id,
@@ -80,8 +84,9 @@ impl Store {
                 description,
                 cert,
                 key,
-                client_ca,
+                auth.client_ca.clone().unwrap_or_default(),
                 now.0,
+                auth.directory_id,
             ])?;
             write_tags(db, &id, &tags)?;
             load_endpoint(db, &id)

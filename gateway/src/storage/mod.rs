@@ -51,6 +51,7 @@
 pub mod apply;
 mod connections;
 mod crl;
+mod directories;
 mod endpoints;
 pub mod error;
 mod networks;
@@ -228,7 +229,7 @@ const ENDPOINT_COLS: &str = "id, state, client_cidr, transport, vpn_port, split_
     dns_servers, session_timeout_hours, disconnect_on_session_timeout, banner_enabled, \
     banner_text, connect_enabled, connect_handler, log_enabled, log_stdout, self_service_portal, \
     description, server_cert_pem, client_ca_pem, crl_entries, policy_revision, created_at, \
-    deleted_at";
+    deleted_at, directory_id";
 
 fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
     let dns: String = r.get(6)?;
@@ -268,9 +269,7 @@ fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
         self_service_portal: r.get(15)?,
         description: r.get(16)?,
         server_certificate: r.get(17)?,
-        authentication_options: vec![AuthenticationOption::CertificateAuthentication {
-            client_root_certificate_chain: r.get(18)?,
-        }],
+        authentication_options: authentication_options(r.get(18)?, r.get(23)?),
         crl_entries: u64_col(r, 19)?,
         policy_revision: u64_col(r, 20)?,
         creation_time: ts(r, 21)?,
@@ -278,6 +277,24 @@ fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
         tags: Vec::new(),
         listener: None,
     })
+}
+
+/// The options an endpoint row stands for: certificate authentication when it has a client
+/// CA, directory authentication when it names a directory.
+fn authentication_options(
+    client_ca: String,
+    directory_id: Option<String>,
+) -> Vec<AuthenticationOption> {
+    let mut opts = Vec::new();
+    if !client_ca.is_empty() {
+        opts.push(AuthenticationOption::CertificateAuthentication {
+            client_root_certificate_chain: client_ca,
+        });
+    }
+    if let Some(directory_id) = directory_id {
+        opts.push(AuthenticationOption::DirectoryServiceAuthentication { directory_id });
+    }
+    opts
 }
 
 const ASSOC_COLS: &str = "seq, id, endpoint_id, interface, subnet, snat_address, state, \

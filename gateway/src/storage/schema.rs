@@ -111,4 +111,41 @@ CREATE TABLE connections (
 CREATE INDEX connections_endpoint ON connections(endpoint_id, status);
 CREATE INDEX connections_ended ON connections(end_time) WHERE end_time IS NOT NULL;
 "#,
+    // 2: directories (LDAP / Active Directory) that endpoints sign users in against, and TOTP
+    // enrolments.
+    r#"
+CREATE TABLE directories (
+    id                TEXT    PRIMARY KEY NOT NULL,
+    name              TEXT    NOT NULL UNIQUE,
+    description       TEXT,
+    urls              TEXT    NOT NULL,  -- one per line, tried in order
+    base_dn           TEXT    NOT NULL,
+    bind_dn           TEXT,
+    bind_password     TEXT,
+    preset            TEXT    NOT NULL CHECK (preset IN ('openldap', 'active-directory')),
+    user_filter       TEXT    NOT NULL,
+    groups_mode       TEXT    NOT NULL CHECK (groups_mode IN ('memberof', 'ad-nested', 'groupofnames')),
+    ca_pem            TEXT,
+    allow_plaintext   INTEGER NOT NULL,
+    realm             TEXT,
+    timeout_ms        INTEGER NOT NULL,
+    recheck_seconds   INTEGER NOT NULL,
+    mfa               TEXT    NOT NULL CHECK (mfa IN ('none', 'totp', 'radius')),
+    radius_server     TEXT,
+    radius_secret     TEXT,
+    radius_timeout_ms INTEGER NOT NULL,
+    radius_retries    INTEGER NOT NULL,
+    created_at        INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE mfa_enrollments (
+    directory_id TEXT    NOT NULL REFERENCES directories(id) ON DELETE CASCADE,
+    username     TEXT    NOT NULL COLLATE NOCASE,
+    secret       BLOB    NOT NULL,
+    created_at   INTEGER NOT NULL,
+    PRIMARY KEY (directory_id, username)
+) STRICT;
+
+ALTER TABLE endpoints ADD COLUMN directory_id TEXT REFERENCES directories(id);
+"#,
 ];

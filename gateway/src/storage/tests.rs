@@ -296,8 +296,10 @@ fn validation_table() {
         Row("server key not PEM", INVALID_PARAMETER_VALUE, "server-private-key", create(&|r| r.server_private_key = Some("hello".into()))),
         Row("server key of another certificate", INVALID_PARAMETER_COMBINATION, "does not match", create(&|r| r.server_private_key = Some(fx.pki.other_key.clone()))),
         Row("no authentication option", MISSING_PARAMETER, "authentication-options", auth(vec![])),
-        Row("directory authentication alone", INVALID_PARAMETER_VALUE, "not supported", auth(vec![dir.clone()])),
-        Row("certificate + directory (not implemented)", INVALID_PARAMETER_VALUE, "not supported", auth(vec![cert.clone(), dir.clone()])),
+        Row("directory id malformed", INVALID_PARAMETER_VALUE, "directory-id", auth(vec![dir.clone()])),
+        Row("certificate + malformed directory id", INVALID_PARAMETER_VALUE, "directory-id", auth(vec![cert.clone(), dir.clone()])),
+        Row("certificate + unknown directory", codes::DIRECTORY_NOT_FOUND, "does not exist", auth(vec![cert.clone(), AuthenticationOption::DirectoryServiceAuthentication { directory_id: "cvpn-directory-00000000000000000".into() }])),
+        Row("federated authentication", INVALID_PARAMETER_VALUE, "not supported", auth(vec![fed.clone()])),
         Row("directory + federated", INVALID_PARAMETER_COMBINATION, "cannot be combined", auth(vec![dir.clone(), fed.clone()])),
         Row("certificate twice", INVALID_PARAMETER_COMBINATION, "twice", auth(vec![cert.clone(), cert.clone()])),
         Row("three options", INVALID_PARAMETER_VALUE, "at most 2", auth(vec![cert.clone(), dir.clone(), fed.clone()])),
@@ -2251,4 +2253,272 @@ fn deleted_private_keys_are_scrubbed_from_the_database_files() {
     fx.store.prune().unwrap();
     checkpoint();
     assert!(find("after prune").is_empty());
+}
+
+// ---- directories --------------------------------------------------------------------------------
+
+fn directory_req(name: &str) -> crate::model::CreateDirectoryRequest {
+    crate::model::CreateDirectoryRequest {
+        name: Some(name.into()),
+        urls: vec![
+            "ldaps://dc1.example.test".into(),
+            "ldap://dc2.example.test:389".into(),
+        ],
+        base_dn: Some("dc=example,dc=test".into()),
+        bind_dn: Some("cn=reader,dc=example,dc=test".into()),
+        bind_password: Some("reader-secret\n".into()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn directories_keep_secrets_out_of_descriptions_and_take_presets() {
+    let fx = Fx::new();
+    let d = fx.store.create_directory(&directory_req("corp")).unwrap();
+    assert!(d.directory_id.starts_with("cvpn-directory-"));
+    assert_eq!(
+        d.user_filter,
+        "(&(objectClass=inetOrgPerson)(uid={username}))"
+    );
+    assert_eq!(d.groups, crate::model::GroupMode::Memberof);
+    assert_eq!(d.recheck_seconds, 300);
+    assert!(d.bind_password_set);
+    let json = serde_json::to_string(&fx.store.describe_directories().unwrap()).unwrap();
+    assert!(!json.contains("reader-secret"), "{json}");
+    // The daemon reads it, without the file's newline.
+    let s = fx.store.directory_secrets(&d.directory_id).unwrap();
+    assert_eq!(s.bind_password.as_deref(), Some("reader-secret"));
+    assert!(!format!("{s:?}").contains("reader-secret"));
+    // Active Directory preset.
+    let ad = fx
+        .store
+        .create_directory(&crate::model::CreateDirectoryRequest {
+            preset: Some("active-directory".into()),
+            ..directory_req("ad")
+        })
+        .unwrap();
+    assert_eq!(ad.groups, crate::model::GroupMode::AdNested);
+    assert!(ad.user_filter.contains("sAMAccountName={username}"));
+    // By name, too; a duplicate name is refused.
+    assert_eq!(fx.store.describe_directory("ad").unwrap(), ad);
+    let e = fx.store.create_directory(&directory_req("ad")).unwrap_err();
+    assert_eq!(e.code, codes::DUPLICATE_DIRECTORY_RESOURCE, "{e:?}");
+}
+
+#[test]
+fn bad_directory_input_is_refused_with_the_field_named() {
+    let fx = Fx::new();
+    let cases: Vec<(crate::model::CreateDirectoryRequest, &str)> = vec![
+        (
+            crate::model::CreateDirectoryRequest {
+                urls: vec![],
+                ..directory_req("a")
+            },
+            "urls",
+        ),
+        (
+            crate::model::CreateDirectoryRequest {
+                urls: vec!["http://x".into()],
+                ..directory_req("a")
+            },
+            "urls",
+        ),
+        (
+            crate::model::CreateDirectoryRequest {
+                urls: vec!["ldap://x:99999".into()],
+                ..directory_req("a")
+            },
+            "urls",
+        ),
+        (
+            crate::model::CreateDirectoryRequest {
+                base_dn: Some("example".into()),
+                ..directory_req("a")
+            },
+            "base-dn",
+        ),
+        (
+            crate::model::CreateDirectoryRequest {
+                user_filter: Some("uid=x".into()),
+                ..directory_req("a")
+            },
+            "user-filter",
+        ),
+        (
+            crate::model::CreateDirectoryRequest {
+                user_filter: Some("(uid={username}".into()),
+                ..directory_req("a")
+            },
+            "user-filter",
+        ),
+        (
+            crate::model::CreateDirectoryRequest {
+                groups: Some("nested".into()),
+                ..directory_req("a")
+            },
+            "groups",
+        ),
+        (
+            crate::model::CreateDirectoryRequest {
+                mfa: Some("sms".into()),
+                ..directory_req("a")
+            },
+            "mfa",
+        ),
+        (
+            crate::model::CreateDirectoryRequest {
+                mfa: Some("radius".into()),
+                ..directory_req("a")
+            },
+            "radius-server",
+        ),
+        (
+            crate::model::CreateDirectoryRequest {
+                bind_password: None,
+                ..directory_req("a")
+            },
+            "bind-password",
+        ),
+        (
+            crate::model::CreateDirectoryRequest {
+                timeout_ms: Some(5),
+                ..directory_req("a")
+            },
+            "timeout-ms",
+        ),
+        (
+            crate::model::CreateDirectoryRequest {
+                recheck_seconds: Some(1),
+                ..directory_req("a")
+            },
+            "recheck-seconds",
+        ),
+        (
+            crate::model::CreateDirectoryRequest {
+                ca_pem: Some("not pem".into()),
+                ..directory_req("a")
+            },
+            "ca-pem",
+        ),
+        (
+            crate::model::CreateDirectoryRequest {
+                name: Some("a b".into()),
+                ..directory_req("a")
+            },
+            "name",
+        ),
+    ];
+    for (req, field) in cases {
+        let e = fx.store.create_directory(&req).unwrap_err();
+        assert!(e.message.contains(field), "{field}: {e:?}");
+    }
+    assert!(
+        fx.store.describe_directories().unwrap().is_empty(),
+        "nothing written"
+    );
+}
+
+#[test]
+fn endpoints_use_a_directory_alone_or_with_certificates_and_it_cannot_go_while_used() {
+    let fx = Fx::new();
+    let d = fx.store.create_directory(&directory_req("corp")).unwrap();
+    let dir_opt = AuthenticationOption::DirectoryServiceAuthentication {
+        directory_id: d.directory_id.clone(),
+    };
+    // Directory only: no client CA kept.
+    let only = fx
+        .store
+        .create_endpoint(&CreateEndpointRequest {
+            authentication_options: vec![dir_opt.clone()],
+            ..fx.pki.create()
+        })
+        .unwrap();
+    assert_eq!(only.authentication_options, vec![dir_opt.clone()]);
+    assert_eq!(
+        fx.store
+            .endpoint_secrets(&only.client_vpn_endpoint_id)
+            .unwrap()
+            .client_ca_pem,
+        ""
+    );
+    // Both.
+    let mut both_opts = fx.pki.cert_auth();
+    both_opts.push(dir_opt);
+    let both = fx
+        .store
+        .create_endpoint(&CreateEndpointRequest {
+            client_cidr_block: Some("10.3.0.0/22".into()),
+            authentication_options: both_opts.clone(),
+            ..fx.pki.create()
+        })
+        .unwrap();
+    assert_eq!(both.authentication_options, both_opts);
+    assert_eq!(
+        fx.store
+            .endpoint_directory(&both.client_vpn_endpoint_id)
+            .unwrap(),
+        Some(d.clone())
+    );
+    // An unknown directory.
+    let e = fx
+        .store
+        .create_endpoint(&CreateEndpointRequest {
+            authentication_options: vec![AuthenticationOption::DirectoryServiceAuthentication {
+                directory_id: "cvpn-directory-00000000000000000".into(),
+            }],
+            ..fx.pki.create()
+        })
+        .unwrap_err();
+    assert_eq!(e.code, codes::DIRECTORY_NOT_FOUND);
+    // In use: not deleted.
+    let e = fx.store.delete_directory("corp").unwrap_err();
+    assert_eq!(e.code, codes::INCORRECT_STATE);
+    assert!(e.message.contains(&only.client_vpn_endpoint_id), "{e:?}");
+}
+
+#[test]
+fn mfa_enrolments_need_totp_are_unique_and_removable() {
+    let fx = Fx::new();
+    let d = fx.store.create_directory(&directory_req("corp")).unwrap();
+    let e = fx
+        .store
+        .enroll_mfa("corp", "alice", &[1; 20], false)
+        .unwrap_err();
+    assert_eq!(e.code, codes::INCORRECT_STATE, "mfa none: {e:?}");
+    fx.store
+        .modify_directory(
+            "corp",
+            &crate::model::ModifyDirectoryRequest {
+                mfa: Some("totp".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    fx.store
+        .enroll_mfa("corp", "alice", &[1; 20], false)
+        .unwrap();
+    let e = fx
+        .store
+        .enroll_mfa("corp", "ALICE", &[2; 20], false)
+        .unwrap_err();
+    assert_eq!(
+        e.code,
+        codes::DUPLICATE_DIRECTORY_RESOURCE,
+        "names match without case"
+    );
+    fx.store
+        .enroll_mfa("corp", "alice", &[3; 20], true)
+        .unwrap();
+    assert_eq!(
+        fx.store.mfa_secrets(&d.directory_id).unwrap(),
+        vec![("alice".to_string(), vec![3; 20])]
+    );
+    assert_eq!(fx.store.mfa_enrolled_users("corp").unwrap(), vec!["alice"]);
+    fx.store.remove_mfa("corp", "alice").unwrap();
+    let e = fx.store.remove_mfa("corp", "alice").unwrap_err();
+    assert_eq!(e.code, codes::MFA_ENROLLMENT_NOT_FOUND);
+    // Deleting the directory takes its enrolments.
+    fx.store.enroll_mfa("corp", "bob", &[4; 20], false).unwrap();
+    fx.store.delete_directory("corp").unwrap();
+    assert_eq!(fx.store.describe_directories().unwrap(), vec![]);
 }

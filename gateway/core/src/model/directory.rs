@@ -86,8 +86,9 @@ pub struct Directory {
     pub realm: Option<String>,
     /// Each lookup's deadline, milliseconds.
     pub timeout_ms: u32,
-    /// Minutes between checks of a connected user's account and groups.
-    pub recheck_minutes: u32,
+    /// Seconds between checks of a connected user's account and groups (requests give
+    /// minutes, or seconds for finer control).
+    pub recheck_seconds: u32,
     pub mfa: MfaMode,
     /// `HOST:PORT` of the RADIUS server (with `mfa = radius`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,7 +120,7 @@ impl fmt::Debug for DirectorySecrets {
 
 /// Defaults.
 pub const DEFAULT_DIRECTORY_TIMEOUT_MS: u32 = 5_000;
-pub const DEFAULT_RECHECK_MINUTES: u32 = 5;
+pub const DEFAULT_RECHECK_SECONDS: u32 = 5 * 60;
 pub const DEFAULT_RADIUS_TIMEOUT_MS: u32 = 3_000;
 pub const DEFAULT_RADIUS_RETRIES: u32 = 3;
 
@@ -141,4 +142,105 @@ impl DirectoryPreset {
             DirectoryPreset::ActiveDirectory => GroupMode::AdNested,
         }
     }
+}
+
+/// Create a directory. Required: `name`, `urls`, `base-dn`; the preset (default `openldap`)
+/// gives the user filter and group mode unless they are given.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CreateDirectoryRequest {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub urls: Vec<String>,
+    pub base_dn: Option<String>,
+    pub bind_dn: Option<String>,
+    /// Write-only.
+    pub bind_password: Option<String>,
+    /// `openldap` (default) or `active-directory`.
+    pub preset: Option<String>,
+    pub user_filter: Option<String>,
+    /// `memberof`, `ad-nested` or `groupofnames`.
+    pub groups: Option<String>,
+    pub ca_pem: Option<String>,
+    pub allow_plaintext: Option<bool>,
+    pub realm: Option<String>,
+    pub timeout_ms: Option<i64>,
+    /// Minutes between re-checks of connected users (default 5).
+    pub recheck_minutes: Option<i64>,
+    /// The same in seconds (10 or more); not with `recheck-minutes`.
+    pub recheck_seconds: Option<i64>,
+    /// `none` (default), `totp` or `radius`.
+    pub mfa: Option<String>,
+    pub radius_server: Option<String>,
+    /// Write-only.
+    pub radius_secret: Option<String>,
+    pub radius_timeout_ms: Option<i64>,
+    pub radius_retries: Option<i64>,
+}
+
+/// Modify a directory: only the given fields change; `""` clears an optional text field
+/// (`description`, `bind-dn`, `bind-password`, `ca-pem`, `realm`, `radius-server`,
+/// `radius-secret`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ModifyDirectoryRequest {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub urls: Option<Vec<String>>,
+    pub base_dn: Option<String>,
+    pub bind_dn: Option<String>,
+    pub bind_password: Option<String>,
+    pub preset: Option<String>,
+    pub user_filter: Option<String>,
+    pub groups: Option<String>,
+    pub ca_pem: Option<String>,
+    pub allow_plaintext: Option<bool>,
+    pub realm: Option<String>,
+    pub timeout_ms: Option<i64>,
+    pub recheck_minutes: Option<i64>,
+    pub recheck_seconds: Option<i64>,
+    pub mfa: Option<String>,
+    pub radius_server: Option<String>,
+    pub radius_secret: Option<String>,
+    pub radius_timeout_ms: Option<i64>,
+    pub radius_retries: Option<i64>,
+}
+
+/// Enrol a user for TOTP.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct MfaEnrollRequest {
+    pub username: Option<String>,
+    /// Re-enrol a user who has a secret already (the old one stops working).
+    #[serde(default)]
+    pub replace: bool,
+}
+
+/// A TOTP enrolment, shown once: the secret and the `otpauth://` URI for an authenticator
+/// app (a QR code of it).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MfaEnrollment {
+    pub directory_id: String,
+    pub username: String,
+    /// Base32, no padding.
+    pub secret: String,
+    pub otpauth_uri: String,
+}
+
+impl fmt::Debug for MfaEnrollment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MfaEnrollment")
+            .field("directory_id", &self.directory_id)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Directories, as `GET /v1/directories` returns them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DirectoryList {
+    pub directories: Vec<Directory>,
 }

@@ -46,6 +46,13 @@ pub mod codes {
     pub const CRL_LIMIT_EXCEEDED: &str = "ClientVpnCertificateRevocationListLimitExceeded";
     /// The resource is not in a state that allows the operation.
     pub const INCORRECT_STATE: &str = "IncorrectState";
+    /// No directory with that id (AWS's `InvalidDirectoryId.NotFound` has no Client VPN
+    /// counterpart; this follows its form).
+    pub const DIRECTORY_NOT_FOUND: &str = "InvalidDirectoryId.NotFound";
+    /// No MFA enrolment for that user.
+    pub const MFA_ENROLLMENT_NOT_FOUND: &str = "InvalidMfaEnrollment.NotFound";
+    /// A directory with that name, or an enrolment for that user, exists already.
+    pub const DUPLICATE_DIRECTORY_RESOURCE: &str = "InvalidDirectory.Duplicate";
     /// The operation is never allowed on this resource (immutable field, associate-origin route).
     pub const OPERATION_NOT_PERMITTED: &str = "OperationNotPermitted";
     /// The database failed (I/O, corruption, a schema newer than this program).
@@ -113,8 +120,11 @@ impl ApiError {
             | ROUTE_NOT_FOUND
             | AUTHORIZATION_RULE_NOT_FOUND
             | CONNECTION_NOT_FOUND
-            | CONNECTION_USER_NOT_FOUND => 404,
+            | CONNECTION_USER_NOT_FOUND
+            | DIRECTORY_NOT_FOUND
+            | MFA_ENROLLMENT_NOT_FOUND => 404,
             INCORRECT_STATE
+            | DUPLICATE_DIRECTORY_RESOURCE
             | ACTIVE_ASSOCIATION_NOT_FOUND
             | DUPLICATE_ASSOCIATION
             | DUPLICATE_ROUTE

@@ -459,17 +459,28 @@ pub fn client_ca(field: &str, pem: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Checks the authentication options: exactly one certificate authentication with a valid
-/// client CA. Directory and federated authentication are refused (not implemented), as is the
-/// self-service portal, which needs federated authentication.
+/// The authentication an endpoint uses, as the store keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckedAuthentication {
+    /// The client CA bundle (certificate authentication), PEM.
+    pub client_ca: Option<String>,
+    /// The directory (directory-service authentication).
+    pub directory_id: Option<String>,
+}
+
+/// Checks the authentication options: certificate authentication (with a valid client CA),
+/// directory authentication (a well-formed directory id; the store checks it exists), or both
+/// (AWS's mutual + Active Directory: both must pass). Federated authentication is refused (not
+/// implemented yet).
 pub fn authentication_options(
     field: &str,
     opts: &[AuthenticationOption],
-) -> Result<String, ApiError> {
+) -> Result<CheckedAuthentication, ApiError> {
     if opts.is_empty() {
         return Err(ApiError::missing(
             field,
-            "give one option of type \"certificate-authentication\" with the client CA",
+            "give an option of type \"certificate-authentication\" with the client CA, \
+             \"directory-service-authentication\" with a directory id, or both",
         ));
     }
     if opts.len() > 2 {
@@ -481,49 +492,58 @@ pub fn authentication_options(
             ),
         ));
     }
-    let directory = opts.iter().any(|o| {
+    let has = |f: fn(&AuthenticationOption) -> bool| opts.iter().any(f);
+    if has(|o| {
         matches!(
             o,
             AuthenticationOption::DirectoryServiceAuthentication { .. }
         )
-    });
-    let federated = opts
-        .iter()
-        .any(|o| matches!(o, AuthenticationOption::FederatedAuthentication { .. }));
-    if directory && federated {
+    }) && has(|o| matches!(o, AuthenticationOption::FederatedAuthentication { .. }))
+    {
         return Err(ApiError::combination(format!(
             "{field}: directory-service-authentication and federated-authentication cannot be combined"
         )));
     }
-    let certs: Vec<&str> = opts
-        .iter()
-        .filter_map(|o| match o {
+    let mut checked = CheckedAuthentication::default();
+    for o in opts {
+        match o {
             AuthenticationOption::CertificateAuthentication {
                 client_root_certificate_chain,
-            } => Some(client_root_certificate_chain.as_str()),
-            _ => None,
-        })
-        .collect();
-    if certs.len() > 1 {
-        return Err(ApiError::combination(format!(
-            "{field}: certificate-authentication is given twice"
-        )));
+            } => {
+                if checked.client_ca.is_some() {
+                    return Err(ApiError::combination(format!(
+                        "{field}: certificate-authentication is given twice"
+                    )));
+                }
+                client_ca(
+                    &format!("{field}.client-root-certificate-chain"),
+                    client_root_certificate_chain,
+                )?;
+                checked.client_ca = Some(client_root_certificate_chain.clone());
+            }
+            AuthenticationOption::DirectoryServiceAuthentication { directory_id } => {
+                if checked.directory_id.is_some() {
+                    return Err(ApiError::combination(format!(
+                        "{field}: directory-service-authentication is given twice"
+                    )));
+                }
+                id(
+                    &format!("{field}.directory-id"),
+                    super::ids::DIRECTORY_ID_PREFIX,
+                    directory_id,
+                )?;
+                checked.directory_id = Some(directory_id.clone());
+            }
+            AuthenticationOption::FederatedAuthentication { .. } => {
+                return Err(ApiError::invalid(
+                    field,
+                    "federated-authentication is not supported by this gateway yet; use \
+                     certificate-authentication, directory-service-authentication, or both",
+                ));
+            }
+        }
     }
-    if directory || federated {
-        return Err(ApiError::invalid(
-            field,
-            "directory-service-authentication and federated-authentication are not supported by \
-             this gateway yet; use certificate-authentication alone",
-        ));
-    }
-    let Some(ca) = certs.first() else {
-        return Err(ApiError::missing(
-            field,
-            "certificate-authentication is required",
-        ));
-    };
-    client_ca(&format!("{field}.client-root-certificate-chain"), ca)?;
-    Ok((*ca).to_string())
+    Ok(checked)
 }
 
 /// The self-service portal needs federated authentication, which is not supported.
@@ -606,4 +626,155 @@ pub fn crl(field: &str, pem: &str, client_ca_pem: &str, cap: usize) -> Result<Pa
         crls,
         revoked_serials,
     })
+}
+
+// ---- directories --------------------------------------------------------------------------------
+
+/// Directory URLs: 1 to 8, each `ldap://HOST[:PORT]` or `ldaps://HOST[:PORT]`, nothing after
+/// the port.
+pub fn directory_urls(field: &str, urls: &[String]) -> Result<Vec<String>, ApiError> {
+    if urls.is_empty() {
+        return Err(ApiError::missing(
+            field,
+            "give at least one URL, e.g. ldaps://dc1.example.com (several: tried in order)",
+        ));
+    }
+    if urls.len() > 8 {
+        return Err(ApiError::invalid(field, "at most 8 URLs"));
+    }
+    for u in urls {
+        let rest = u
+            .strip_prefix("ldaps://")
+            .or_else(|| u.strip_prefix("ldap://"))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    field,
+                    format!("{u:?}: use ldaps://HOST[:PORT] or ldap://HOST[:PORT] (StartTLS)"),
+                )
+            })?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, Some(p)),
+            _ => (rest, None),
+        };
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+        let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+        if !host_ok || !port_ok {
+            return Err(ApiError::invalid(
+                field,
+                format!("{u:?}: not HOST[:PORT] after the scheme"),
+            ));
+        }
+    }
+    Ok(urls.to_vec())
+}
+
+/// A distinguished name: 1..=1024 characters, with `=`, no control characters.
+pub fn dn(field: &str, s: &str) -> Result<String, ApiError> {
+    if s.trim().is_empty() || !s.contains('=') || s.chars().count() > 1024 {
+        return Err(ApiError::invalid(
+            field,
+            format!("{s:?} is not a DN (e.g. dc=example,dc=com)"),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(ApiError::invalid(field, "contains control characters"));
+    }
+    Ok(s.to_string())
+}
+
+/// A user search filter: parenthesized, with `{username}`, at most 1024 characters.
+pub fn user_filter(field: &str, s: &str) -> Result<String, ApiError> {
+    let balanced = s.chars().try_fold(0i32, |depth, c| {
+        let d = match c {
+            '(' => depth + 1,
+            ')' => depth - 1,
+            _ => depth,
+        };
+        (d >= 0).then_some(d)
+    }) == Some(0);
+    if !s.starts_with('(') || !balanced || !s.contains("{username}") || s.len() > 1024 {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "{s:?}: give an LDAP filter in parentheses with {{username}} where the user \
+                 name goes, e.g. (uid={{username}})"
+            ),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(ApiError::invalid(field, "contains control characters"));
+    }
+    Ok(s.to_string())
+}
+
+/// A directory's name: 1..=64 of `A-Z a-z 0-9 . _ -`.
+pub fn directory_name(field: &str, s: &str) -> Result<String, ApiError> {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(ApiError::invalid(
+            field,
+            format!("{s:?}: 1 to 64 letters, digits, '.', '_' or '-'"),
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// A number within bounds.
+pub fn bounded(field: &str, n: i64, min: i64, max: i64, unit: &str) -> Result<u32, ApiError> {
+    if n < min || n > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("{n}: give {min} to {max} {unit}"),
+        ));
+    }
+    u32::try_from(n).map_err(|_| ApiError::invalid(field, "out of range"))
+}
+
+/// A secret (bind password, RADIUS secret): 1..=1024 bytes, no NUL or line breaks.
+pub fn secret(field: &str, s: &str) -> Result<String, ApiError> {
+    if s.is_empty() || s.len() > 1024 || s.contains(['\0', '\n', '\r']) {
+        return Err(ApiError::invalid(
+            field,
+            "1 to 1024 bytes without NUL or line breaks (a trailing newline of a file is removed)",
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// `HOST:PORT` of a RADIUS server.
+pub fn host_port(field: &str, s: &str) -> Result<String, ApiError> {
+    let ok = s.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.is_empty()
+            && h.len() <= 253
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
+            && p.parse::<u16>().is_ok_and(|n| n > 0)
+    });
+    if !ok {
+        return Err(ApiError::invalid(
+            field,
+            format!("{s:?}: give HOST:PORT, e.g. 127.0.0.1:1812"),
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// A user name for MFA enrolment: 1..=256 characters, no control characters.
+pub fn username(field: &str, s: &str) -> Result<String, ApiError> {
+    if s.trim().is_empty() || s.chars().count() > 256 || s.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            "1 to 256 characters, no control characters",
+        ));
+    }
+    Ok(s.to_string())
 }
