@@ -243,6 +243,7 @@ fn serve(
         counters_every: std::time::Duration::from_secs(5),
         print_log_lines: false,
         live: Default::default(),
+        authenticator: None,
         // The only endpoint of this process: the whole SNAT range.
         nat_port_range: None,
     };

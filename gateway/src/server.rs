@@ -28,6 +28,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    auth::service::Authenticator,
     datachannel::Sealer,
     dataplane::{policy::Policy, DataPlane, DataPlaneConfig, TargetSpec},
     endpoint::{
@@ -90,6 +91,8 @@ pub struct ServerSettings {
     pub print_log_lines: bool,
     /// Session timeout and connect handler (changeable while running).
     pub live: LiveSettings,
+    /// Runs the directory checks of `live.directory` (changeable while running).
+    pub authenticator: Option<Arc<Authenticator>>,
     /// SNAT ports of this endpoint; `None`: the data plane's default range. Endpoints of one
     /// daemon that share a target interface need disjoint ranges ([`snat_slice`]).
     pub nat_port_range: Option<(u16, u16)>,
@@ -432,7 +435,16 @@ pub enum ServerCommand {
     },
     /// New session timeout and connect handler.
     LiveSettings(LiveSettings),
+    /// A new authenticator for the endpoint's directory (settings changed, a user enrolled for
+    /// MFA); `None`: no directory.
+    Authenticator(Option<Arc<Authenticator>>),
 }
+
+/// The directory's answer for a connection.
+type AuthAnswer = (
+    ConnId,
+    Result<crate::auth::DirectoryUser, crate::auth::AuthFailure>,
+);
 
 /// The connect handler's answer for a connection.
 type HandlerAnswer = (
@@ -480,6 +492,9 @@ pub struct Server {
     /// Connect handler answers come back here.
     handler_tx: mpsc::UnboundedSender<HandlerAnswer>,
     handler_rx: Option<mpsc::UnboundedReceiver<HandlerAnswer>>,
+    /// Directory answers come back here.
+    auth_tx: mpsc::UnboundedSender<AuthAnswer>,
+    auth_rx: Option<mpsc::UnboundedReceiver<AuthAnswer>>,
     flow_events: Option<AsyncFd<crate::dataplane::FlowEvents>>,
 }
 
@@ -489,6 +504,7 @@ impl Server {
         let tls = settings.tls.server_config().context("TLS configuration")?;
         let session_config = Arc::new(SessionConfig {
             force_tls_prf: settings.force_tls_prf,
+            require_client_certificate: settings.tls.requires_client_certificate(),
             ..SessionConfig::new(tls)
         });
         let mut endpoint = Endpoint::new(
@@ -557,7 +573,10 @@ impl Server {
             None => None,
         };
         let (handler_tx, handler_rx) = mpsc::unbounded_channel();
+        let (auth_tx, auth_rx) = mpsc::unbounded_channel();
         Ok(Server {
+            auth_tx,
+            auth_rx: Some(auth_rx),
             logs,
             counters_at: Instant::now(),
             nat_expired_at: Instant::now(),
@@ -647,6 +666,10 @@ impl Server {
             .handler_rx
             .take()
             .unwrap_or_else(|| mpsc::unbounded_channel().1);
+        let mut auth_rx = self
+            .auth_rx
+            .take()
+            .unwrap_or_else(|| mpsc::unbounded_channel().1);
         let reader = TunReader::spawn(
             self.tun
                 .get_ref()
@@ -727,6 +750,11 @@ impl Server {
                 }
                 Some((id, answer)) = handler_rx.recv() => {
                     self.endpoint.handle_connect_answer(Clock::system(), id, answer);
+                    self.drain();
+                    deadline = self.endpoint.poll_timeout();
+                }
+                Some((id, answer)) = auth_rx.recv() => {
+                    self.endpoint.handle_auth_answer(Clock::system(), id, answer);
                     self.drain();
                     deadline = self.endpoint.poll_timeout();
                 }
@@ -911,6 +939,35 @@ impl Server {
                         let _ = answers.send((conn, answer));
                     });
                 }
+                Output::Authenticate { conn, request } => {
+                    let answers = self.auth_tx.clone();
+                    match self.settings.authenticator.clone() {
+                        Some(authenticator) => {
+                            tokio::spawn(async move {
+                                let answer = authenticator.check(&request).await;
+                                let _ = answers.send((conn, answer));
+                            });
+                        }
+                        None => {
+                            let _ = answers.send((
+                                conn,
+                                Err(crate::auth::AuthFailure::DirectoryUnreachable(
+                                    "the endpoint's directory could not be set up (see the daemon's log)".into(),
+                                )),
+                            ));
+                        }
+                    }
+                }
+                Output::GroupsChanged {
+                    conn,
+                    client_ip,
+                    groups,
+                } => {
+                    if let Err(e) = self.dataplane.set_session_groups(client_ip, &groups) {
+                        warn!(conn, error = %e, "data plane refused the session's new groups: session ended");
+                        self.endpoint.admission_failed(Clock::system(), conn);
+                    }
+                }
                 Output::Log(entry) => {
                     log_connection(&self.logs, self.settings.print_log_lines, &entry)
                 }
@@ -927,6 +984,10 @@ impl Server {
         let clock = Clock::system();
         match cmd {
             ServerCommand::ReplacePolicy(policy) => self.replace_policy(policy),
+            ServerCommand::Authenticator(a) => {
+                info!(directory = ?a.as_ref().map(|a| a.directory_id().to_string()), "directory checks replaced");
+                self.settings.authenticator = a;
+            }
             ServerCommand::LiveSettings(live) => {
                 self.endpoint
                     .handle_command(clock, EndpointCommand::LiveSettings(live));
@@ -979,6 +1040,7 @@ impl Server {
                 Ok(config) => {
                     let config = Arc::new(SessionConfig {
                         force_tls_prf: self.settings.force_tls_prf,
+                        require_client_certificate: tls.requires_client_certificate(),
                         ..SessionConfig::new(config)
                     });
                     self.settings.tls = tls;

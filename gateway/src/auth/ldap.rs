@@ -1289,7 +1289,7 @@ mod tests {
             allow_plaintext: false,
             realm: Some("EXAMPLE.TEST".into()),
             timeout_ms: 1000,
-            recheck_minutes: 5,
+            recheck_seconds: 300,
             mfa: cvpn_core::model::directory::MfaMode::None,
             radius_server: None,
             radius_timeout_ms: 3000,

@@ -10,9 +10,12 @@
 //! Every outcome other than success is an [`AuthFailure`]: its [`AuthFailure::reason`] goes to
 //! the connection log, its [`AuthFailure::client_message`] to the client's `AUTH_FAILED`.
 
-pub mod ldap;
 pub mod challenge;
+pub mod ldap;
 pub mod radius;
+pub mod service;
+pub mod throttle;
+pub mod token;
 pub mod totp;
 
 /// Who the directory says a user is.
@@ -135,6 +138,35 @@ impl AuthFailure {
                 | AuthFailure::MfaBadCode
                 | AuthFailure::MfaReplayed
                 | AuthFailure::BadToken
+        )
+    }
+}
+
+impl AuthFailure {
+    /// The connection log's failure reason: the code, and the detail a directory or MFA
+    /// server gave (never a secret).
+    pub fn failure_reason(&self) -> crate::connlog::FailureReason {
+        use crate::connlog::FailureReason;
+        match self {
+            AuthFailure::DirectoryUnreachable(d)
+            | AuthFailure::DirectoryError(d)
+            | AuthFailure::MfaUnavailable(d) => {
+                FailureReason::with_detail(self.reason(), d.clone())
+            }
+            _ => FailureReason::new(self.reason()),
+        }
+    }
+
+    /// True when a connected user's re-check says the account may no longer be used: the
+    /// session ends. Other failures (the directory not answering) keep the current access.
+    pub fn ends_session(&self) -> bool {
+        matches!(
+            self,
+            AuthFailure::UnknownUser
+                | AuthFailure::AccountDisabled
+                | AuthFailure::AccountLocked
+                | AuthFailure::AccountExpired
+                | AuthFailure::NotInAnyGroup
         )
     }
 }

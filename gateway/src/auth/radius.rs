@@ -651,7 +651,7 @@ mod tests {
             allow_plaintext: false,
             realm: None,
             timeout_ms: 5000,
-            recheck_minutes: 5,
+            recheck_seconds: 300,
             mfa: MfaMode::Radius,
             radius_server: server.map(Into::into),
             radius_timeout_ms: timeout_ms,

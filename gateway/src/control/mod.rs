@@ -11,6 +11,7 @@
 //! | rules, routes, target networks | recompiles the data-plane policy; sessions are kept |
 //! | connections terminated | HALT to each client, session out of the data plane, address freed |
 //! | CRL imported | new handshakes check it; sessions of revoked certificates end |
+//! | directory modified, user enrolled for MFA | endpoints using it take the new checks for sign-ins and re-checks; sessions are kept |
 //!
 //! Connections are written back to the store by a [`recorder::StoreRecorder`] (start, counters
 //! every few seconds, end), so `cvpn connection list` shows them.
@@ -29,7 +30,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::api::{ApiSettings, ApiState, ControlEvent, EndpointChange};
+use crate::auth::{service::Authenticator, totp::TotpVerifier};
 use crate::connlog::ConnectionLogs;
+use crate::endpoint::DirectoryPolicy;
+use crate::model::Directory;
 use crate::protocol::tls::TlsMaterial;
 use crate::server::{LiveSettings, Server, ServerCommand, ServerSettings};
 use crate::storage::{EndpointStatus, Store, StoreOptions};
@@ -44,6 +48,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 fn live_settings(
     ep: &crate::storage::Endpoint,
     policy: &crate::storage::HandlerPolicy,
+    directory: Option<&Directory>,
 ) -> Result<LiveSettings> {
     let connect_handler = match (
         &ep.client_connect_options.enabled,
@@ -61,6 +66,11 @@ fn live_settings(
         )),
         disconnect_on_session_timeout: ep.disconnect_on_session_timeout,
         connect_handler,
+        directory: directory.map(|d| DirectoryPolicy {
+            directory_id: d.directory_id.clone(),
+            mfa: d.mfa,
+            recheck: Duration::from_secs(u64::from(d.recheck_seconds)),
+        }),
     })
 }
 
@@ -85,6 +95,9 @@ pub struct Daemon {
     recorder: StoreRecorder,
     logs: Arc<ConnectionLogs>,
     running: HashMap<String, Running>,
+    /// Each directory's memory of used TOTP codes, shared by its endpoints and kept while the
+    /// daemon runs (a code used once stays used across directory changes).
+    totp_verifiers: std::sync::Mutex<HashMap<String, Arc<TotpVerifier>>>,
 }
 
 /// The TUN device of an endpoint: `cvpn` and the first 10 hex digits of its id (stable across
@@ -177,6 +190,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         recorder,
         logs,
         running: HashMap::new(),
+        totp_verifiers: Default::default(),
     };
     daemon.recover();
     let mut check = tokio::time::interval(Duration::from_secs(1));
@@ -238,6 +252,99 @@ fn api_tls_config(tcp: &config::TcpApi) -> Result<Arc<rustls::ServerConfig>> {
 }
 
 impl Daemon {
+    /// An endpoint's directory and the authenticator that runs its checks. A directory whose
+    /// settings cannot be used (this is logged) gives no authenticator: its sign-ins fail
+    /// closed with "directory unreachable" until it is fixed.
+    fn directory_checks(
+        &self,
+        endpoint_id: &str,
+    ) -> Result<(Option<Directory>, Option<Arc<Authenticator>>)> {
+        let store_err = |e: crate::storage::ApiError| anyhow!("{e}");
+        let Some(dir) = self
+            .store
+            .endpoint_directory(endpoint_id)
+            .map_err(store_err)?
+        else {
+            return Ok((None, None));
+        };
+        let secrets = self
+            .store
+            .directory_secrets(&dir.directory_id)
+            .map_err(store_err)?;
+        let enrolled = self
+            .store
+            .mfa_secrets(&dir.directory_id)
+            .map_err(store_err)?
+            .into_iter()
+            .filter_map(
+                |(user, bytes)| match crate::auth::totp::TotpSecret::from_bytes(&bytes) {
+                    Ok(secret) => Some((user, secret)),
+                    Err(e) => {
+                        warn!(directory = %dir.directory_id, %user, error = %e, "unusable TOTP enrolment skipped: enrol the user again");
+                        None
+                    }
+                },
+            )
+            .collect();
+        let verifier = self
+            .totp_verifiers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(dir.directory_id.clone())
+            .or_insert_with(|| Arc::new(TotpVerifier::new()))
+            .clone();
+        let authenticator = match Authenticator::new(&dir, &secrets, enrolled, verifier) {
+            Ok(a) => Some(Arc::new(a)),
+            Err(e) => {
+                error!(endpoint = %endpoint_id, error = %e, "directory settings unusable: its sign-ins fail until they are fixed");
+                None
+            }
+        };
+        Ok((Some(dir), authenticator))
+    }
+
+    /// Gives the running endpoints of a directory its current settings and enrolments.
+    fn refresh_directory(&self, directory_id: &str) {
+        let users = match self.store.endpoints_using_directory(directory_id) {
+            Ok(u) => u,
+            Err(e) => {
+                warn!(directory = %directory_id, error = %e, "cannot list the directory's endpoints");
+                return;
+            }
+        };
+        for id in users {
+            if !self.running.contains_key(&id) {
+                continue;
+            }
+            let live = self.directory_checks(&id).and_then(|(dir, auth)| {
+                let ep = self
+                    .store
+                    .describe_endpoint(&id)
+                    .map_err(|e| anyhow!("{e}"))?;
+                Ok((
+                    live_settings(&ep, &self.config.connect_handler, dir.as_ref())?,
+                    auth,
+                ))
+            });
+            match live {
+                Ok((live, auth)) => {
+                    self.command(&id, ServerCommand::Authenticator(auth));
+                    self.command(&id, ServerCommand::LiveSettings(live));
+                    info!(endpoint = %id, directory = %directory_id, "directory settings applied");
+                }
+                Err(e) => {
+                    warn!(endpoint = %id, error = format!("{e:#}"), "directory settings not applied")
+                }
+            }
+        }
+    }
+
+    /// An endpoint's live settings with its directory, read now.
+    fn live_settings_of(&self, ep: &crate::storage::Endpoint) -> Result<LiveSettings> {
+        let (dir, _) = self.directory_checks(&ep.client_vpn_endpoint_id)?;
+        live_settings(ep, &self.config.connect_handler, dir.as_ref())
+    }
+
     /// After a start: finishes deletions the previous run left half done and starts every
     /// available endpoint.
     fn recover(&mut self) {
@@ -291,6 +398,7 @@ impl Daemon {
         let fingerprint = ring::digest::digest(&ring::digest::SHA256, listener_settings.as_bytes())
             .as_ref()
             .to_vec();
+        let (directory, authenticator) = self.directory_checks(id)?;
         let c = &self.config;
         let settings = ServerSettings {
             listen: SocketAddr::new(c.listen_address, ep.vpn_port),
@@ -317,7 +425,8 @@ impl Daemon {
             print_log_lines: ep.connection_log_options.enabled
                 && ep.connection_log_options.stdout
                 && !c.log.stdout,
-            live: live_settings(&ep, &c.connect_handler)?,
+            live: live_settings(&ep, &c.connect_handler, directory.as_ref())?,
+            authenticator,
             // Endpoints of one daemon may share a target interface: each its own SNAT ports.
             nat_port_range: Some(crate::server::snat_slice(
                 ep.transport_protocol,
@@ -490,8 +599,14 @@ impl Daemon {
                             revoked_serials: revoked,
                         })
                         .await;
-                        match live_settings(&ep, &self.config.connect_handler) {
-                            Ok(live) => {
+                        match self.directory_checks(&id).and_then(|(dir, auth)| {
+                            Ok((
+                                live_settings(&ep, &self.config.connect_handler, dir.as_ref())?,
+                                auth,
+                            ))
+                        }) {
+                            Ok((live, auth)) => {
+                                self.command(&id, ServerCommand::Authenticator(auth));
                                 self.command(&id, ServerCommand::LiveSettings(live));
                             }
                             Err(e) => {
@@ -537,7 +652,7 @@ impl Daemon {
                             .store
                             .describe_endpoint(&endpoint_id)
                             .map_err(|e| anyhow!("{e}"))
-                            .and_then(|ep| live_settings(&ep, &self.config.connect_handler))
+                            .and_then(|ep| self.live_settings_of(&ep))
                         {
                             Ok(live) => {
                                 self.command(&endpoint_id, ServerCommand::LiveSettings(live));
@@ -618,6 +733,9 @@ impl Daemon {
                         );
                     }
                 }
+            }
+            ControlEvent::DirectoryChanged { directory_id } => {
+                self.refresh_directory(&directory_id);
             }
             ControlEvent::CrlChanged {
                 endpoint_id,

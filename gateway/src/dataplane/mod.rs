@@ -82,6 +82,8 @@ pub enum DataPlaneError {
     TargetExists(u32),
     #[error("a session with client address {0} is already active")]
     SessionExists(Ipv4Addr),
+    #[error("no session with client address {0}")]
+    NoSession(Ipv4Addr),
     #[error("the kernel object lacks map {0}: rebuild it with `cargo xtask build-ebpf`")]
     MissingMap(&'static str),
     #[error("route to {destination} names target network {target}, which is not attached")]
@@ -809,6 +811,29 @@ impl DataPlane {
             },
         );
         debug!(%addr, session_id, ?groups, "session added");
+        Ok(())
+    }
+
+    /// Gives a running session new groups (a directory re-check): one map write, so its next
+    /// packet is judged by them, and no flow or tunnel is reset. A flow the new groups no
+    /// longer allow is dropped from its next packet on (authorization runs on every packet).
+    pub fn set_session_groups(
+        &mut self,
+        addr: Ipv4Addr,
+        groups: &[String],
+    ) -> Result<(), DataPlaneError> {
+        let Some(state) = self.sessions.get_mut(&addr) else {
+            return Err(DataPlaneError::NoSession(addr));
+        };
+        let session = Session {
+            session_id: state.session_id,
+            groups: group_set(groups, self.groups.current()),
+        };
+        self.sessions_map
+            .insert(addr.octets(), session, 0)
+            .map_err(map_err("SESSIONS"))?;
+        state.groups = groups.to_vec();
+        debug!(%addr, ?groups, "session groups replaced");
         Ok(())
     }
 

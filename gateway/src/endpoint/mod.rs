@@ -37,13 +37,20 @@ type Route = Ipv4Net;
 use tracing::{debug, info, warn};
 
 use crate::{
+    auth::{
+        challenge::split_static_challenge,
+        throttle::{Throttle, ThrottlePolicy},
+        token::{is_token, session_of, TokenClaims, TokenKey},
+        AuthFailure, DirectoryUser,
+    },
     connect_handler::{ConnectHandler, ConnectRequest, ConnectResponse, HandlerError},
     connlog::{ConnectionInfo, ConnectionLogEntry, FailureReason},
     datachannel::{Cipher, DataChannel, Opener, Role, Sealer},
-    model::{NewConnection, TransportProtocol as Transport},
+    model::{MfaMode, NewConnection, TransportProtocol as Transport},
     pool::AddressPool,
     protocol::{
         cookie::CookieJar,
+        keymethod::{Credentials, Password},
         packet::{ControlOpcode, Header, Opcode, Packet, SessionId},
         peer_id::PeerIds,
         push::{negotiate_cipher, KeySignalling, PushReply, Tunnel},
@@ -124,6 +131,43 @@ pub struct LiveSettings {
     /// Asked before a client gets an address (clients that connect after a change use the new
     /// one); `None`: none.
     pub connect_handler: Option<Arc<ConnectHandler>>,
+    /// Clients sign in with a directory user name and password (and a second factor): how.
+    /// `None`: the certificate alone.
+    pub directory: Option<DirectoryPolicy>,
+}
+
+/// How an endpoint signs users in against its directory (the checks themselves run outside,
+/// see [`Output::Authenticate`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryPolicy {
+    pub directory_id: String,
+    /// The second factor the password field must carry (`SCRV1:` static challenge answers).
+    pub mfa: MfaMode,
+    /// How often a connected user's account and groups are checked again.
+    pub recheck: Duration,
+}
+
+/// A check the endpoint asks of the directory (and MFA service); the answer comes back
+/// through [`Endpoint::handle_auth_answer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthRequest {
+    /// A sign-in: the password (bind) and, with MFA, the code.
+    Login {
+        username: String,
+        password: Password,
+        code: Option<String>,
+    },
+    /// The account and groups without a password: a re-check of a connected user, a
+    /// renegotiation, or a reconnect with a valid auth-token.
+    Lookup { username: String },
+}
+
+impl AuthRequest {
+    pub fn username(&self) -> &str {
+        match self {
+            AuthRequest::Login { username, .. } | AuthRequest::Lookup { username } => username,
+        }
+    }
 }
 
 /// Commands from the control plane.
@@ -195,6 +239,24 @@ pub enum Output {
     Log(Box<ConnectionLogEntry>),
     /// A terminate named a connection that is not running: the store records its end.
     NotRunning { connection_id: String },
+    /// Check a user against the endpoint's directory (off the event loop, under its deadline).
+    Authenticate { conn: ConnId, request: AuthRequest },
+    /// An admitted session's groups changed (a directory re-check): the data plane judges
+    /// its next packet by these.
+    GroupsChanged {
+        conn: ConnId,
+        client_ip: Ipv4Addr,
+        groups: Vec<String>,
+    },
+}
+
+/// What an authorizing connection waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waiting {
+    /// The directory (and MFA) check of its credentials.
+    Directory,
+    /// The client connect handler.
+    ConnectHandler,
 }
 
 /// A connection's life. It moves forward only: `Handshaking` → `Authorizing` → `Admitted`,
@@ -208,6 +270,7 @@ enum ConnState {
     Authorizing {
         admission: Box<Admission>,
         authenticated_at: Instant,
+        waiting: Waiting,
     },
     /// The client has an address and a data-plane session.
     Admitted {
@@ -238,9 +301,14 @@ impl ConnState {
     }
 }
 
-/// What admitting an authenticated client takes (kept while the connect handler decides).
+/// What admitting an authenticated client takes (kept while the directory and the connect
+/// handler decide).
 struct Admission {
     identity: ClientIdentity,
+    /// The user name the client claimed (directory endpoints), until the directory answers.
+    claimed_user: Option<String>,
+    /// A reconnect with a valid auth-token: the session it continues.
+    resumed: Option<TokenClaims>,
     peer_info: crate::protocol::keymethod::PeerInfo,
     tls_version: String,
     tls_ekm: bool,
@@ -273,6 +341,24 @@ struct Connection {
     rekey_failed_at: Option<Instant>,
     /// The client asked for its configuration (it is sent once the client is admitted).
     push_requested: bool,
+    /// Signed in against the directory: who, and when to check again.
+    user: Option<SignedIn>,
+}
+
+/// A directory user's session.
+struct SignedIn {
+    /// The directory's name for the user.
+    username: String,
+    /// The groups the certificate gives (OU values), kept to rebuild the session's groups
+    /// when the directory's change.
+    certificate_groups: Vec<String>,
+    /// The directory's groups at the last check.
+    groups: Vec<String>,
+    /// The auth-token's claims (the session it names, its expiry).
+    token: TokenClaims,
+    next_check: Instant,
+    /// A re-check is under way.
+    checking: bool,
 }
 
 impl Connection {
@@ -334,14 +420,25 @@ pub struct Endpoint {
     /// The data path's clock origin (activity timestamps are offsets from it).
     epoch: Instant,
     outputs: VecDeque<Output>,
+    /// Failed sign-ins slow down further tries.
+    throttle: Throttle,
+    /// Signs and checks auth-tokens (random per endpoint instance).
+    tokens: TokenKey,
+    /// Sessions whose tokens no longer count (terminated, account gone), until they expire.
+    revoked_sessions: HashMap<String, u64>,
 }
+
+/// Revoked token sessions remembered at most (the oldest expiry goes first beyond it).
+const MAX_REVOKED_SESSIONS: usize = 10_000;
+/// A token's lifetime when the endpoint has no session timeout.
+const TOKEN_LIFETIME_WITHOUT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Errors starting an endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
     #[error("client CIDR: {0}")]
     Pool(#[from] crate::pool::PoolError),
-    #[error("no system randomness for the reset cookie key")]
+    #[error("no system randomness for the reset cookie or auth-token key")]
     Randomness,
 }
 
@@ -366,6 +463,9 @@ impl Endpoint {
             routes: Vec::new(),
             epoch,
             outputs: VecDeque::new(),
+            throttle: Throttle::new(ThrottlePolicy::default()),
+            tokens: TokenKey::random().ok_or(EndpointError::Randomness)?,
+            revoked_sessions: HashMap::new(),
         })
     }
 
@@ -422,6 +522,10 @@ impl Endpoint {
                         .zip(self.config.live.session_timeout)
                         .map(|(at, limit)| at + limit),
                     c.rekey_failed_at.map(|at| at + RENEGOTIATION_GRACE),
+                    c.user
+                        .as_ref()
+                        .filter(|u| !u.checking)
+                        .map(|u| u.next_check),
                     (established && !c.rekey_pending)
                         .then_some(self.config.reneg_after)
                         .flatten()
@@ -555,6 +659,7 @@ impl Endpoint {
             rekey_pending: false,
             rekey_failed_at: None,
             push_requested: false,
+            user: None,
         };
         if let Err(e) = conn.session.handle(now, packet) {
             debug!(error = %e, "first packet of a session dropped");
@@ -577,14 +682,16 @@ impl Endpoint {
             match ev {
                 Event::Authenticated {
                     identity,
+                    credentials,
                     peer_info,
                     tls_version,
                     tls_ekm,
                     ..
                 } => {
-                    // Certificate authentication only: a user name the client sends in its
-                    // key-method record is a claim nothing checked, so it is not the user
-                    // (AWS records "NA"); the identity is the certificate's.
+                    // Without a directory, a user name the client sends in its key-method
+                    // record is a claim nothing checks, so it is not the user (AWS records
+                    // "NA"); the identity is the certificate's. With one, the directory
+                    // decides (below) before anything is admitted.
                     c.common_name = identity.common_name.clone();
                     c.serial = identity.serial.clone();
                     c.log = c.log.clone().with_common_name(identity.common_name.clone());
@@ -601,18 +708,58 @@ impl Endpoint {
                         }
                     };
                     c.cipher = Cipher::from_openvpn_name(&cipher_name);
-                    let admission = Admission {
+                    let mut admission = Admission {
                         identity,
+                        claimed_user: None,
+                        resumed: None,
                         peer_info,
                         tls_version,
                         tls_ekm,
                         cipher_name,
                     };
+                    if let Some(policy) = self.config.live.directory.clone() {
+                        let source = c.remote_addr.ip();
+                        let claimed = credentials.as_ref().map(|cr| cr.username.clone());
+                        match self.sign_in_request(clock, source, &policy, credentials) {
+                            Ok((request, resumed)) => {
+                                let Some(c) = self.conns.get_mut(&id) else {
+                                    return;
+                                };
+                                let authenticated_at = match &resumed {
+                                    // A reconnect within the session: its timeout counts from
+                                    // the first sign-in.
+                                    Some(t) => clock
+                                        .now
+                                        .checked_sub(Duration::from_secs(
+                                            clock.unix().as_secs().saturating_sub(t.issued_unix),
+                                        ))
+                                        .unwrap_or(clock.now),
+                                    None => clock.now,
+                                };
+                                admission.claimed_user = Some(request.username().to_string());
+                                admission.resumed = resumed;
+                                c.state = ConnState::Authorizing {
+                                    admission: Box::new(admission),
+                                    authenticated_at,
+                                    waiting: Waiting::Directory,
+                                };
+                                debug!(conn = id, user = %request.username(), "asking the directory");
+                                self.outputs
+                                    .push_back(Output::Authenticate { conn: id, request });
+                                continue;
+                            }
+                            Err(failure) => {
+                                self.refuse_sign_in(clock, id, claimed.as_deref(), failure);
+                                return;
+                            }
+                        }
+                    }
                     if let Some(handler) = self.config.live.connect_handler.clone() {
                         let request = connect_request(&self.config.endpoint_id, c, &admission);
                         c.state = ConnState::Authorizing {
                             admission: Box::new(admission),
                             authenticated_at: clock.now,
+                            waiting: Waiting::ConnectHandler,
                         };
                         debug!(conn = id, "asking the client connect handler");
                         self.outputs.push_back(Output::AskConnectHandler {
@@ -626,7 +773,46 @@ impl Endpoint {
                         return;
                     }
                 }
-                Event::KeysReady { key_id, material } => {
+                Event::KeysReady {
+                    key_id,
+                    material,
+                    credentials,
+                } => {
+                    // A directory user's renegotiation carries the auth-token: the new keys
+                    // count only if it is this session's, and the account is checked again.
+                    if key_id.get() != 0 && c.user.is_some() {
+                        let now_unix = clock.unix().as_secs();
+                        let valid = match (&c.user, &credentials) {
+                            (Some(u), Some(cr)) => {
+                                cr.username.eq_ignore_ascii_case(&u.username)
+                                    && !self.revoked_sessions.contains_key(&u.token.session)
+                                    && self
+                                        .tokens
+                                        .verify(cr.password.expose(), &u.username, now_unix)
+                                        .is_ok_and(|t| t.session == u.token.session)
+                            }
+                            _ => false,
+                        };
+                        if !valid {
+                            warn!(
+                                conn = id,
+                                "renegotiation without this session's auth-token: session ended"
+                            );
+                            self.halt(clock, id, AuthFailure::BadToken.reason());
+                            return;
+                        }
+                        if let Some(u) = c.user.as_mut() {
+                            if !u.checking {
+                                u.checking = true;
+                                self.outputs.push_back(Output::Authenticate {
+                                    conn: id,
+                                    request: AuthRequest::Lookup {
+                                        username: u.username.clone(),
+                                    },
+                                });
+                            }
+                        }
+                    }
                     let cipher = c.cipher.unwrap_or(Cipher::Aes256Gcm);
                     match DataChannel::from_ekm(
                         &material,
@@ -726,7 +912,7 @@ impl Endpoint {
                 client_vpn_endpoint_id: self.config.endpoint_id.clone(),
                 client_ip: addr,
                 common_name: a.identity.common_name.clone(),
-                username: None,
+                username: c.user.as_ref().map(|u| u.username.clone()),
                 device_ip: c.remote_addr.ip(),
                 device_port: c.remote_addr.port(),
                 transport_protocol: self.config.transport,
@@ -748,6 +934,11 @@ impl Endpoint {
             cipher: Some(a.cipher_name.clone()),
             key_signalling: KeySignalling::for_client(a.peer_info.proto, a.tls_ekm),
             tun_mtu: Some(1500),
+            extra: c
+                .user
+                .as_ref()
+                .map(|u| auth_token_options(&self.tokens, u))
+                .unwrap_or_default(),
             ..PushReply::new(addr, self.pool.netmask(), self.pool.gateway_addr())
         };
         c.state = ConnState::Admitted {
@@ -772,6 +963,282 @@ impl Endpoint {
         true
     }
 
+    /// Turns a directory endpoint's credentials into the check to ask for, or a refusal that
+    /// needs no directory (missing or malformed credentials, a throttled name or address, an
+    /// invalid auth-token).
+    fn sign_in_request(
+        &mut self,
+        clock: Clock,
+        source: IpAddr,
+        policy: &DirectoryPolicy,
+        credentials: Option<Credentials>,
+    ) -> Result<(AuthRequest, Option<TokenClaims>), AuthFailure> {
+        let Some(Credentials { username, password }) = credentials else {
+            return Err(AuthFailure::NoCredentials);
+        };
+        if username.is_empty() {
+            return Err(AuthFailure::NoCredentials);
+        }
+        if username.len() > MAX_USERNAME || username.chars().any(char::is_control) {
+            return Err(AuthFailure::UnknownUser);
+        }
+        if let Err(r) = self.throttle.check(clock.now, &username, source) {
+            debug!(user = %username, %source, by = r.by, retry_after = ?r.retry_after, "sign-in throttled");
+            return Err(AuthFailure::Throttled);
+        }
+        let secret = password.expose();
+        if is_token(secret) {
+            let claims = self
+                .tokens
+                .verify(secret, &username, clock.unix().as_secs())?;
+            if self.revoked_sessions.contains_key(&claims.session) {
+                return Err(AuthFailure::BadToken);
+            }
+            return Ok((AuthRequest::Lookup { username }, Some(claims)));
+        }
+        let (password, code) = match split_static_challenge(secret) {
+            Ok(Some((p, code))) => (p, Some(code)),
+            Ok(None) => (password, None),
+            Err(_) => return Err(AuthFailure::MfaBadCode),
+        };
+        if password.is_empty() {
+            return Err(AuthFailure::EmptyPassword);
+        }
+        let code = match policy.mfa {
+            MfaMode::None => None,
+            _ => Some(
+                code.filter(|c| !c.is_empty())
+                    .ok_or(AuthFailure::MfaMissing)?
+                    .expose()
+                    .to_string(),
+            ),
+        };
+        Ok((
+            AuthRequest::Login {
+                username,
+                password,
+                code,
+            },
+            None,
+        ))
+    }
+
+    /// Refuses a directory sign-in: counted by the throttle when it was a guess (a burst is
+    /// logged once), then refused like any other attempt.
+    fn refuse_sign_in(
+        &mut self,
+        clock: Clock,
+        id: ConnId,
+        claimed: Option<&str>,
+        failure: AuthFailure,
+    ) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let source = c.remote_addr.ip();
+        if let Some(user) = claimed.filter(|u| !u.is_empty()) {
+            c.log = c.log.clone().with_username(user.to_string());
+            if failure.is_guess() {
+                for by in self.throttle.failed(clock.now, user, source) {
+                    warn!(user, %source, by, "repeated failed sign-ins: further tries are slowed down");
+                }
+            }
+        }
+        info!(conn = id, user = claimed.unwrap_or(""), reason = failure.reason(), error = %failure, "sign-in refused");
+        self.refuse(
+            clock,
+            id,
+            failure.failure_reason(),
+            Some(failure.client_message().to_string()),
+        );
+    }
+
+    /// The directory (and MFA service) answered for connection `conn`: a sign-in, or a
+    /// re-check of a connected user.
+    pub fn handle_auth_answer(
+        &mut self,
+        clock: Clock,
+        conn: ConnId,
+        answer: Result<DirectoryUser, AuthFailure>,
+    ) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        match &c.state {
+            ConnState::Authorizing {
+                waiting: Waiting::Directory,
+                ..
+            } => self.finish_sign_in(clock, conn, answer),
+            ConnState::Admitted { .. } if c.user.as_ref().is_some_and(|u| u.checking) => {
+                self.finish_recheck(clock, conn, answer)
+            }
+            // Not waiting for an answer (a stale one): nothing changes.
+            _ => {}
+        }
+    }
+
+    fn finish_sign_in(
+        &mut self,
+        clock: Clock,
+        conn: ConnId,
+        answer: Result<DirectoryUser, AuthFailure>,
+    ) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let ConnState::Authorizing {
+            admission,
+            authenticated_at,
+            ..
+        } = std::mem::replace(&mut c.state, ConnState::Handshaking)
+        else {
+            return;
+        };
+        let claimed = admission.claimed_user.clone();
+        let user = match answer {
+            Ok(u) if u.groups.is_empty() => Err(AuthFailure::NotInAnyGroup),
+            other => other,
+        };
+        let user = match user {
+            Ok(u) => u,
+            Err(f) => {
+                c.state = ConnState::Authorizing {
+                    admission,
+                    authenticated_at,
+                    waiting: Waiting::Directory,
+                };
+                self.refuse_sign_in(clock, conn, claimed.as_deref(), f);
+                return;
+            }
+        };
+        if let Some(name) = &claimed {
+            self.throttle.succeeded(name);
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let mut admission = admission;
+        let now_unix = clock.unix().as_secs();
+        let token = admission.resumed.take().unwrap_or_else(|| TokenClaims {
+            session: session_of(&c.log.connection_id).to_string(),
+            issued_unix: now_unix,
+            expires_unix: now_unix.saturating_add(
+                self.config
+                    .live
+                    .session_timeout
+                    .unwrap_or(TOKEN_LIFETIME_WITHOUT_TIMEOUT)
+                    .as_secs(),
+            ),
+        });
+        let certificate_groups = admission.identity.groups.clone();
+        admission.identity.groups = merge_groups(&certificate_groups, &user.groups);
+        c.log = c.log.clone().with_username(user.username.clone());
+        info!(conn, user = %user.username, groups = ?user.groups, "signed in against the directory");
+        let recheck = self
+            .config
+            .live
+            .directory
+            .as_ref()
+            .map_or(Duration::from_secs(300), |p| p.recheck);
+        c.user = Some(SignedIn {
+            username: user.username,
+            certificate_groups,
+            groups: user.groups,
+            token,
+            next_check: clock.now + recheck,
+            checking: false,
+        });
+        if let Some(handler) = self.config.live.connect_handler.clone() {
+            let request = connect_request(&self.config.endpoint_id, c, &admission);
+            c.state = ConnState::Authorizing {
+                admission,
+                authenticated_at,
+                waiting: Waiting::ConnectHandler,
+            };
+            self.outputs.push_back(Output::AskConnectHandler {
+                conn,
+                handler,
+                request,
+            });
+            return;
+        }
+        if self.admit(clock, conn, *admission, authenticated_at) {
+            self.flush(clock, conn);
+        }
+    }
+
+    fn finish_recheck(
+        &mut self,
+        clock: Clock,
+        conn: ConnId,
+        answer: Result<DirectoryUser, AuthFailure>,
+    ) {
+        let recheck = self
+            .config
+            .live
+            .directory
+            .as_ref()
+            .map_or(Duration::from_secs(300), |p| p.recheck);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(client_ip) = c.state.client_ip() else {
+            return;
+        };
+        let Some(u) = c.user.as_mut() else {
+            return;
+        };
+        u.checking = false;
+        u.next_check = clock.now + recheck;
+        let answer = match answer {
+            Ok(d) if d.groups.is_empty() => Err(AuthFailure::NotInAnyGroup),
+            other => other,
+        };
+        match answer {
+            Ok(d) => {
+                if d.groups != u.groups {
+                    info!(conn, user = %u.username, from = ?u.groups, to = ?d.groups,
+                        "the directory changed the user's groups: the session's access follows");
+                    let groups = merge_groups(&u.certificate_groups, &d.groups);
+                    u.groups = d.groups;
+                    self.outputs.push_back(Output::GroupsChanged {
+                        conn,
+                        client_ip,
+                        groups,
+                    });
+                }
+            }
+            Err(f) if f.ends_session() => {
+                let session = u.token.session.clone();
+                let expires = u.token.expires_unix;
+                warn!(conn, user = %u.username, reason = f.reason(), "the directory no longer admits the user: session ended");
+                self.revoke_session(session, expires);
+                self.halt(clock, conn, f.reason());
+            }
+            Err(f) => {
+                // The directory did not answer: the session keeps the access it has (ending
+                // every session whenever the directory blinks would be worse), and the next
+                // check comes after the usual interval.
+                warn!(conn, user = %u.username, error = %f, "re-check failed: the session keeps its current access");
+            }
+        }
+    }
+
+    /// Tokens of this session no longer count (until they would have expired).
+    fn revoke_session(&mut self, session: String, expires_unix: u64) {
+        if self.revoked_sessions.len() >= MAX_REVOKED_SESSIONS {
+            if let Some(oldest) = self
+                .revoked_sessions
+                .iter()
+                .min_by_key(|(_, e)| **e)
+                .map(|(k, _)| k.clone())
+            {
+                self.revoked_sessions.remove(&oldest);
+            }
+        }
+        self.revoked_sessions.insert(session, expires_unix);
+    }
+
     /// The data plane could not take an admitted session: the connection ends.
     pub fn admission_failed(&mut self, clock: Clock, conn: ConnId) {
         self.end(clock, conn, FailureReason::INTERNAL_ERROR);
@@ -792,6 +1259,7 @@ impl Endpoint {
                 ConnState::Authorizing {
                     admission,
                     authenticated_at,
+                    waiting: Waiting::ConnectHandler,
                 } => (admission, authenticated_at),
                 other => {
                     // Not waiting for an answer (a stale one): nothing changes.
@@ -978,6 +1446,10 @@ impl Endpoint {
                     }
                 }
                 for id in ids {
+                    if let Some(u) = self.conns.get(&id).and_then(|c| c.user.as_ref()) {
+                        let (session, expires) = (u.token.session.clone(), u.token.expires_unix);
+                        self.revoke_session(session, expires);
+                    }
                     self.halt(clock, id, "terminated");
                 }
             }
@@ -1031,6 +1503,18 @@ impl Endpoint {
                 };
                 self.say_and_end(clock, id, message, "session-timeout");
                 continue;
+            }
+            // Directory users: time to check the account and groups again.
+            if let Some(u) = c.user.as_mut() {
+                if !u.checking && now >= u.next_check && c.state.client_ip().is_some() {
+                    u.checking = true;
+                    self.outputs.push_back(Output::Authenticate {
+                        conn: id,
+                        request: AuthRequest::Lookup {
+                            username: u.username.clone(),
+                        },
+                    });
+                }
             }
             // Renegotiate from our side: keys old enough, or packet ids running out.
             let exhausted = c.activity.packet_ids_running_out();
@@ -1142,13 +1626,39 @@ fn connect_request(endpoint_id: &str, c: &Connection, a: &Admission) -> ConnectR
         connection_id: c.log.connection_id.clone(),
         endpoint_id: endpoint_id.to_string(),
         common_name: a.identity.common_name.clone(),
-        username: "NA".into(),
+        username: c
+            .user
+            .as_ref()
+            .map_or_else(|| "NA".into(), |u| u.username.clone()),
         platform: or_na(&a.peer_info.platform),
         platform_version: or_na(&a.peer_info.platform_version),
         public_ip: c.remote_addr.ip().to_string(),
         client_openvpn_version: or_na(&a.peer_info.version),
         groups: a.identity.groups.clone(),
         schema_version: "v2".into(),
+    }
+}
+
+/// Longest user name taken from a client (longer ones are refused without a lookup).
+const MAX_USERNAME: usize = 256;
+
+/// The session's groups: the certificate's and the directory's, sorted, without duplicates.
+fn merge_groups(certificate: &[String], directory: &[String]) -> Vec<String> {
+    let mut all: Vec<String> = certificate.iter().chain(directory).cloned().collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// `auth-token-user` and `auth-token` for a directory user's push.
+fn auth_token_options(tokens: &TokenKey, u: &SignedIn) -> Vec<String> {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    match tokens.issue(&u.username, &u.token) {
+        Some(token) => vec![
+            format!("auth-token-user {}", STANDARD.encode(u.username.as_bytes())),
+            format!("auth-token {token}"),
+        ],
+        None => Vec::new(),
     }
 }
 

@@ -20,7 +20,7 @@ use rustls::{
 use crate::{
     datachannel::{Cipher, DataChannel, Role},
     protocol::{
-        keymethod::{ClientKeyRecord, ServerKeyRecord},
+        keymethod::{ClientKeyRecord, Credentials, Password, ServerKeyRecord},
         packet::{AckBlock, AckPacket, ControlOpcode, ControlPacket, KeyId, Packet, SessionId},
         session::{EKM_LABEL, EKM_LEN},
     },
@@ -64,6 +64,22 @@ pub fn tls_config(
     ))
 }
 
+/// A rustls client configuration trusting `ca_pem` and presenting no certificate (user name
+/// and password sign-in).
+pub fn tls_config_without_certificate(ca_pem: &str) -> Result<Arc<ClientConfig>, TestClientError> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.map_err(|e| TestClientError::Pem(e.to_string()))?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
 /// One key state's TLS and counters.
 struct KeyState {
     key_id: KeyId,
@@ -91,6 +107,9 @@ pub struct TestClient {
     pub acknowledge: bool,
     /// The peer-info text of the key-method record (a stock 2.6 client's by default).
     pub peer_info: String,
+    /// `auth-user-pass`: sent in every key-method record. After a push with `auth-token`, the
+    /// token replaces the password (as OpenVPN clients do).
+    pub credentials: Option<Credentials>,
 }
 
 impl TestClient {
@@ -113,6 +132,7 @@ impl TestClient {
             messages: Vec::new(),
             acknowledge: true,
             peer_info: PEER_INFO.to_string(),
+            credentials: None,
         };
         c.send_control_packet(0, ControlOpcode::HardResetClientV2, Vec::new(), None);
         Ok(c)
@@ -281,6 +301,8 @@ impl TestClient {
             }
         }
         let peer_info = self.peer_info.clone();
+        let credentials = self.credentials.clone();
+        let mut token = None;
         let ks = &mut self.keys[index];
         if p.packet_id >= ks.next_expected && p.opcode == ControlOpcode::ControlV1 {
             ks.reorder.insert(p.packet_id, p.payload.to_vec());
@@ -310,7 +332,7 @@ impl TestClient {
                 random1: [2; 32],
                 random2: [3; 32],
                 options: "V4,dev-type tun,link-mtu 1559,tun-mtu 1500,proto UDPv4,cipher AES-256-GCM,auth [null-digest],keysize 256,key-method 2,tls-client".into(),
-                credentials: None,
+                credentials,
                 peer_info: Some(peer_info),
             };
             let bytes = record
@@ -332,9 +354,15 @@ impl TestClient {
         if ks.keys.is_some() {
             while let Some(end) = ks.plaintext.iter().position(|&b| b == 0) {
                 let msg: Vec<u8> = ks.plaintext.drain(..=end).collect();
-                self.messages
-                    .push(String::from_utf8_lossy(&msg[..msg.len() - 1]).into_owned());
+                let text = String::from_utf8_lossy(&msg[..msg.len() - 1]).into_owned();
+                if let Some(c) = auth_token(&text) {
+                    token = Some(c);
+                }
+                self.messages.push(text);
             }
+        }
+        if token.is_some() {
+            self.credentials = token;
         }
         self.flush_tls(index, Vec::new())
     }
@@ -367,4 +395,26 @@ impl TestClient {
             .find(|m| m.starts_with(prefix))
             .map(String::as_str)
     }
+}
+
+/// The credentials a push with `auth-token-user` and `auth-token` gives.
+fn auth_token(push: &str) -> Option<Credentials> {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    let rest = push.strip_prefix("PUSH_REPLY,")?;
+    let mut user = None;
+    let mut token = None;
+    for o in rest.split(',') {
+        if let Some(u) = o.strip_prefix("auth-token-user ") {
+            user = STANDARD
+                .decode(u)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok());
+        } else if let Some(t) = o.strip_prefix("auth-token ") {
+            token = Some(t.to_string());
+        }
+    }
+    Some(Credentials {
+        username: user?,
+        password: Password::new(token?),
+    })
 }

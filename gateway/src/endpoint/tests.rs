@@ -25,6 +25,7 @@ struct World {
     endpoint: Endpoint,
     datapath: DataPath,
     client: TestClient,
+    client_tls: Arc<rustls::ClientConfig>,
     peer: Peer,
     addr: SocketAddr,
     clock: Clock,
@@ -53,32 +54,46 @@ fn config(live: LiveSettings) -> EndpointConfig {
 
 impl World {
     fn new(live: LiveSettings) -> World {
+        World::build(live, true)
+    }
+
+    /// `certificates`: the endpoint requires client certificates (and the client has one);
+    /// false: user name and password only.
+    fn build(live: LiveSettings, certificates: bool) -> World {
         let pki = ServerPki::new("endpoint test CA");
-        let tls = TlsMaterial::from_pem(&pki.server_cert, &pki.server_key, &pki.ca_pem, None)
-            .unwrap()
-            .server_config()
-            .unwrap();
+        let client_ca = if certificates {
+            pki.ca_pem.as_str()
+        } else {
+            ""
+        };
+        let material =
+            TlsMaterial::from_pem(&pki.server_cert, &pki.server_key, client_ca, None).unwrap();
+        let tls = material.server_config().unwrap();
         let start = Instant::now();
         let endpoint = Endpoint::new(
             config(live),
-            Arc::new(SessionConfig::new(tls)),
+            Arc::new(SessionConfig {
+                require_client_certificate: material.requires_client_certificate(),
+                ..SessionConfig::new(tls)
+            }),
             CookieJar::with_key(b"virtual time cookie key"),
             start,
         )
         .unwrap();
-        let (cert, key) = client_cert(&pki.issuer, "alice", "engineering", 10);
-        let client = TestClient::new(
-            tls_config(&pki.ca_pem, &cert, &key).unwrap(),
-            "vpn.example.com",
-            [7; 8],
-        )
-        .unwrap();
+        let client_tls = if certificates {
+            let (cert, key) = client_cert(&pki.issuer, "alice", "engineering", 10);
+            tls_config(&pki.ca_pem, &cert, &key).unwrap()
+        } else {
+            super::test_client::tls_config_without_certificate(&pki.ca_pem).unwrap()
+        };
+        let client = TestClient::new(client_tls.clone(), "vpn.example.com", [7; 8]).unwrap();
         let addr: SocketAddr = CLIENT.parse().unwrap();
         World {
             pki,
             endpoint,
             datapath: DataPath::new(),
             client,
+            client_tls,
             peer: Peer::Udp(addr),
             addr,
             clock: Clock {
@@ -221,6 +236,9 @@ fn ipv4_udp(src: std::net::Ipv4Addr) -> Vec<u8> {
     p
 }
 
+#[path = "directory_tests.rs"]
+mod directory;
+
 #[test]
 fn a_handshake_admits_the_client_and_pushes_its_configuration() {
     let mut w = World::new(LiveSettings::default());
@@ -281,7 +299,7 @@ fn the_session_timeout_restarts_or_halts_the_client() {
         let mut w = World::new(LiveSettings {
             session_timeout: Some(Duration::from_secs(8 * 3600)),
             disconnect_on_session_timeout: halt,
-            connect_handler: None,
+            ..LiveSettings::default()
         });
         w.connect();
         // Keep the client alive with a packet every minute until the timeout.

@@ -19,7 +19,7 @@ use std::{
 use rustls::{ServerConfig, ServerConnection};
 
 use super::{
-    keymethod::{ClientKeyRecord, PeerInfo, ServerKeyRecord},
+    keymethod::{ClientKeyRecord, Credentials, PeerInfo, ServerKeyRecord},
     packet::{AckBlock, AckPacket, ControlOpcode, ControlPacket, KeyId, Packet, SessionId},
     reliable::{Reliable, ReliableConfig},
     tls::{client_identity, refusal_reason, ClientIdentity},
@@ -56,6 +56,11 @@ pub struct SessionConfig {
     pub options: String,
     /// Derive data keys with the legacy TLS-PRF even when the client supports TLS-EKM.
     pub force_tls_prf: bool,
+    /// False when clients sign in with a user name and password alone (a directory endpoint
+    /// without certificate authentication; `tls` then asks for no certificate): a session
+    /// without one gets an identity with no common name, and the endpoint must check its
+    /// credentials before admitting it.
+    pub require_client_certificate: bool,
 }
 
 impl SessionConfig {
@@ -66,6 +71,7 @@ impl SessionConfig {
             handshake_timeout: Duration::from_secs(60),
             options: "V4,dev-type tun,link-mtu 1549,tun-mtu 1500,proto UDPv4,cipher AES-256-GCM,auth [null-digest],keysize 256,key-method 2,tls-server".to_string(),
             force_tls_prf: false,
+            require_client_certificate: true,
         }
     }
 }
@@ -80,7 +86,9 @@ pub enum Event {
     Authenticated {
         key_id: KeyId,
         identity: ClientIdentity,
-        username: Option<String>,
+        /// The user name and password of the client's key-method record (`auth-user-pass`),
+        /// unchecked: a claim until the endpoint verified it.
+        credentials: Option<Credentials>,
         peer_info: PeerInfo,
         tls_version: String,
         /// True: keys by TLS-EKM (push `key-derivation tls-ekm` / `protocol-flags tls-ekm`);
@@ -92,6 +100,10 @@ pub enum Event {
     KeysReady {
         key_id: KeyId,
         material: Box<[u8; EKM_LEN]>,
+        /// A renegotiation's credentials (the client re-sends its user name and, after an
+        /// `auth-token` push, the token as password); `None` on the first key, whose
+        /// credentials came with [`Event::Authenticated`].
+        credentials: Option<Credentials>,
     },
     /// A control-channel text message from the client (e.g. `PUSH_REQUEST`, `EXIT`).
     Control(String),
@@ -428,6 +440,24 @@ impl ServerSession {
                     }
                 }
                 Some(Err(e)) => return self.fail(key_id, format!("certificate-invalid ({e})")),
+                None if !self.config.require_client_certificate => {
+                    // Credentials alone (checked by the endpoint before it admits anyone).
+                    if self.identity.is_none() {
+                        self.identity = Some(ClientIdentity {
+                            common_name: String::new(),
+                            groups: Vec::new(),
+                            serial: String::new(),
+                        });
+                    } else if self.certificate.is_some() {
+                        return self.fail(
+                            key_id,
+                            "renegotiation-identity-changed (certificate dropped)".into(),
+                        );
+                    }
+                    if let Some(ks) = self.key_mut(key_id) {
+                        ks.phase = Phase::KeyExchange;
+                    }
+                }
                 None => return self.fail(key_id, "no-client-certificate".into()),
             }
         }
@@ -549,17 +579,28 @@ impl ServerSession {
         let Some(identity) = self.identity.clone() else {
             return self.fail(key_id, "no-client-certificate".into());
         };
+        let credentials = record.credentials;
         if first {
             self.events.push_back(Event::Authenticated {
                 key_id,
                 identity,
-                username: record.credentials.as_ref().map(|c| c.username.clone()),
+                credentials,
                 peer_info,
                 tls_version,
                 tls_ekm,
             });
+            self.events.push_back(Event::KeysReady {
+                key_id,
+                material,
+                credentials: None,
+            });
+        } else {
+            self.events.push_back(Event::KeysReady {
+                key_id,
+                material,
+                credentials,
+            });
         }
-        self.events.push_back(Event::KeysReady { key_id, material });
     }
 
     /// Sends a control-channel text message (e.g. a `PUSH_REPLY`, `RESTART`) on the newest

@@ -128,7 +128,12 @@ impl TlsMaterial {
         Ok(TlsMaterial {
             server_chain: chain(server_cert, DB, "server certificate")?,
             server_key: private_key(server_key, DB)?,
-            client_ca: chain(client_ca, DB, "client CA certificate")?,
+            // Empty: no certificate authentication (a directory-only endpoint).
+            client_ca: if client_ca.trim().is_empty() {
+                Vec::new()
+            } else {
+                chain(client_ca, DB, "client CA certificate")?
+            },
             crls: crl
                 .map(|pem| crls(pem, DB))
                 .transpose()?
@@ -136,9 +141,25 @@ impl TlsMaterial {
         })
     }
 
-    /// The rustls server configuration: TLS 1.3 and 1.2, client certificates required.
+    /// True when clients must present a certificate (there is a client CA).
+    pub fn requires_client_certificate(&self) -> bool {
+        !self.client_ca.is_empty()
+    }
+
+    /// The rustls server configuration: TLS 1.3 and 1.2; client certificates required when
+    /// there is a client CA, not asked for otherwise (clients then sign in with a user name
+    /// and password, which the endpoint checks before admitting them).
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        if self.client_ca.is_empty() {
+            let config = ServerConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(|e| TlsError::Identity(e.to_string()))?
+                .with_no_client_auth()
+                .with_single_cert(self.server_chain.clone(), self.server_key.clone_key())
+                .map_err(|e| TlsError::Identity(e.to_string()))?;
+            return Ok(Arc::new(config));
+        }
         let mut roots = RootCertStore::empty();
         for ca in &self.client_ca {
             roots.add(ca.clone()).map_err(|e| TlsError::ClientCa {
