@@ -175,3 +175,90 @@ impl Drop for OpenVpnClient {
         self.stop();
     }
 }
+
+/// The management interface of a client started with `--management 127.0.0.1 PORT
+/// --management-hold --management-query-passwords`: how tests answer its prompts (the user
+/// name, password and static-challenge code) the way a GUI does.
+pub struct Management {
+    writer: std::net::TcpStream,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Management {
+    /// Connects to the client's management port inside `ns` (retrying while it starts).
+    pub fn connect(ns: &Netns, port: u16, timeout: Duration) -> Result<Management> {
+        let stream = ns.run(move || {
+            let start = Instant::now();
+            loop {
+                match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    Ok(s) => return Ok(s),
+                    Err(e) if start.elapsed() > timeout => {
+                        bail!("management port {port}: {e}")
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        })?;
+        let reader = stream.try_clone()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Management {
+            writer: stream,
+            lines: rx,
+            seen: Vec::new(),
+        })
+    }
+
+    pub fn send(&mut self, line: &str) -> Result<()> {
+        use std::io::Write;
+        self.writer.write_all(format!("{line}\n").as_bytes())?;
+        Ok(())
+    }
+
+    /// Waits for a line starting with `prefix`.
+    pub fn wait_for(&mut self, prefix: &str, timeout: Duration) -> Result<String> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.starts_with(prefix) {
+                        return Ok(l);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(_) => bail!("management closed before {prefix:?}; saw {:?}", self.seen),
+            }
+        }
+        bail!("no {prefix:?} within {timeout:?}; saw {:?}", self.seen)
+    }
+
+    /// Releases the hold and answers the credentials prompt: `response` is the static
+    /// challenge's answer (sent as `SCRV1:<b64 password>:<b64 response>`), or `None` for a
+    /// plain password. Returns the prompt line.
+    pub fn sign_in(
+        &mut self,
+        user: &str,
+        password: &str,
+        response: Option<&str>,
+    ) -> Result<String> {
+        use base64::{engine::general_purpose::STANDARD, Engine};
+        self.wait_for(">HOLD:", Duration::from_secs(10))?;
+        self.send("hold release")?;
+        let prompt = self.wait_for(">PASSWORD:Need 'Auth'", Duration::from_secs(10))?;
+        self.send(&format!("username \"Auth\" {user}"))?;
+        let secret = match response {
+            Some(r) => format!("SCRV1:{}:{}", STANDARD.encode(password), STANDARD.encode(r)),
+            None => password.to_string(),
+        };
+        self.send(&format!("password \"Auth\" \"{secret}\""))?;
+        Ok(prompt)
+    }
+}

@@ -46,7 +46,7 @@ fn directory(preset: DirectoryPreset, urls: Vec<String>, base_dn: &str) -> Direc
         allow_plaintext: false,
         realm: None,
         timeout_ms: 5_000,
-        recheck_minutes: 5,
+        recheck_seconds: 300,
         mfa: MfaMode::None,
         radius_server: None,
         radius_timeout_ms: 3_000,

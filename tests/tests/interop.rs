@@ -707,8 +707,9 @@ fn serve_with_session_timeout(
         live: gateway::server::LiveSettings {
             session_timeout: Some(timeout),
             disconnect_on_session_timeout: disconnect,
-            connect_handler: None,
+            ..Default::default()
         },
+        authenticator: None,
         nat_port_range: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -47,7 +47,7 @@ fn directory(server: SocketAddr, timeout_ms: u32, retries: u32) -> Directory {
         allow_plaintext: false,
         realm: None,
         timeout_ms: 5000,
-        recheck_minutes: 5,
+        recheck_seconds: 300,
         mfa: MfaMode::Radius,
         radius_server: Some(server.to_string()),
         radius_timeout_ms: timeout_ms,
