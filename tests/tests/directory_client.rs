@@ -356,6 +356,57 @@ async fn plain_ldap_only_when_allowed() {
     assert!(e.to_string().contains("ldaps://"), "{e}");
 }
 
+/// A server that answers every request with `reply` (plain LDAP); returns its URL.
+async fn answering_server(reply: &'static [u8]) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = l.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 || conn.write_all(reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    format!("ldap://127.0.0.1:{port}")
+}
+
+#[tokio::test]
+async fn malformed_answers_are_errors_not_panics() {
+    // Each answers message 1 (the service bind): a BindResponse without its fields, one whose
+    // result code is not an ENUMERATED, and a search entry instead of a bind response.
+    for reply in [
+        &[0x30, 0x05, 0x02, 0x01, 0x01, 0x61, 0x00][..],
+        &[
+            0x30, 0x0c, 0x02, 0x01, 0x01, 0x61, 0x07, 0x04, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00,
+        ],
+        &[
+            0x30, 0x09, 0x02, 0x01, 0x01, 0x64, 0x04, 0x04, 0x00, 0x30, 0x00,
+        ],
+    ] {
+        let mut d = directory(
+            DirectoryPreset::Openldap,
+            vec![answering_server(reply).await],
+            "dc=example,dc=test",
+        );
+        d.allow_plaintext = true;
+        d.bind_dn = Some("cn=reader,dc=example,dc=test".into());
+        d.timeout_ms = 1_000;
+        let (r, took) = timed(client(&d, &secrets("x")).authenticate("alice", ALICE_PW)).await;
+        // (ldap3 panics on these; the client's attempt task turns that into an error.)
+        assert!(
+            matches!(&r, Err(AuthFailure::DirectoryError(m)) if m.contains("malformed")),
+            "{reply:02x?}: {r:?}"
+        );
+        assert!(took < Duration::from_millis(1_300), "{took:?}");
+    }
+}
+
 #[tokio::test]
 async fn failover_to_the_next_server_within_the_deadline() {
     let s = Slapd::start().expect("slapd");
