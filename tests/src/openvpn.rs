@@ -216,6 +216,14 @@ impl Management {
         })
     }
 
+    /// Every line so far, including those no wait asked for.
+    pub fn drain(&mut self) -> &[String] {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        &self.seen
+    }
+
     pub fn send(&mut self, line: &str) -> Result<()> {
         use std::io::Write;
         self.writer.write_all(format!("{line}\n").as_bytes())?;
