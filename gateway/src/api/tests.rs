@@ -1149,3 +1149,109 @@ fn api_tls_listener_refuses_an_empty_token() {
     });
     assert!(matches!(r, Err(ServeError::EmptyToken)));
 }
+
+#[test]
+fn api_directories_hide_secrets_enrol_once_and_drive_profiles() {
+    let mut d = Daemon::start();
+    let created = d
+        .json(
+            Method::POST,
+            "/v1/directories",
+            Some(json!({
+                "name": "corp",
+                "urls": ["ldaps://dc1.example.test"],
+                "base-dn": "dc=example,dc=test",
+                "bind-dn": "cn=reader,dc=example,dc=test",
+                "bind-password": "bind-s3cret",
+                "mfa": "totp",
+            })),
+        )
+        .unwrap();
+    let id = created["directory-id"].as_str().unwrap().to_string();
+    assert_eq!(created["bind-password-set"], true);
+    for path in [
+        "/v1/directories".to_string(),
+        format!("/v1/directories/{id}"),
+    ] {
+        let text = d
+            .call(ApiRequest::new(Method::GET, path))
+            .unwrap()
+            .text()
+            .unwrap();
+        assert!(!text.contains("bind-s3cret"), "{text}");
+    }
+    // Unknown fields and ids are refused with the field or id named.
+    let e = d
+        .json(
+            Method::POST,
+            "/v1/directories",
+            Some(json!({"name": "x", "urls": ["ldaps://a"], "base-dn": "dc=a", "passwd": "x"})),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("passwd"), "{e}");
+    let e = d
+        .call(ApiRequest::new(
+            Method::GET,
+            "/v1/directories/cvpn-directory-00000000000000000",
+        ))
+        .unwrap_err();
+    assert!(e.to_string().contains("InvalidDirectoryId.NotFound"), "{e}");
+
+    // Enrolment: the secret once, then only the name; a change event for the daemon.
+    d.drain_events();
+    let e = d
+        .json(
+            Method::POST,
+            &format!("/v1/directories/{id}/mfa-enrollments"),
+            Some(json!({"username": "alice"})),
+        )
+        .unwrap();
+    let secret = e["secret"].as_str().unwrap();
+    assert_eq!(secret.len(), 32, "20 bytes in base32");
+    assert!(e["otpauth-uri"].as_str().unwrap().contains(secret));
+    let list = d
+        .call(ApiRequest::new(
+            Method::GET,
+            format!("/v1/directories/{id}/mfa-enrollments"),
+        ))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(list.contains("alice") && !list.contains(secret), "{list}");
+    assert_eq!(
+        d.drain_events(),
+        vec![ControlEvent::DirectoryChanged {
+            directory_id: id.clone()
+        }]
+    );
+
+    // A directory-only endpoint's profile asks for a user name, password and code.
+    let mut body = d.pki.create_body();
+    body["authentication-options"] =
+        json!([{"type": "directory-service-authentication", "directory-id": id}]);
+    // Without a client CA the server chain must carry its CA.
+    body["server-certificate"] = json!(format!("{}{}", d.pki.server_cert, d.pki.ca_pem));
+    let ep = d.json(Method::POST, "/v1/endpoints", Some(body)).unwrap();
+    let eid = ep["client-vpn-endpoint-id"].as_str().unwrap();
+    let text = d
+        .call(ApiRequest::new(
+            Method::GET,
+            format!("/v1/endpoints/{eid}/client-config?remote-host=vpn.example.com"),
+        ))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(text.contains("\nauth-user-pass\n"), "{text}");
+    assert!(
+        text.contains("\nstatic-challenge \"Enter MFA code\" 1\n"),
+        "{text}"
+    );
+    // In use: not deleted.
+    let e = d
+        .call(ApiRequest::new(
+            Method::DELETE,
+            format!("/v1/directories/{id}"),
+        ))
+        .unwrap_err();
+    assert!(e.to_string().contains(eid), "{e}");
+}

@@ -18,6 +18,31 @@ pub mod throttle;
 pub mod token;
 pub mod totp;
 
+use crate::protocol::keymethod::Password;
+
+/// A check the endpoint asks of the directory (and MFA service); the answer comes back
+/// through `Endpoint::handle_auth_answer`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthRequest {
+    /// A sign-in: the password (bind) and, with MFA, the code.
+    Login {
+        username: String,
+        password: Password,
+        code: Option<String>,
+    },
+    /// The account and groups without a password: a re-check of a connected user, a
+    /// renegotiation, or a reconnect with a valid auth-token.
+    Lookup { username: String },
+}
+
+impl AuthRequest {
+    pub fn username(&self) -> &str {
+        match self {
+            AuthRequest::Login { username, .. } | AuthRequest::Lookup { username } => username,
+        }
+    }
+}
+
 /// Who the directory says a user is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectoryUser {

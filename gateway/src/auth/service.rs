@@ -1,7 +1,7 @@
 //! The [`Authenticator`]: one directory's sign-in checks as the daemon runs them — the LDAP
 //! bind and group lookup, then the second factor — bounded in number and in time.
 //!
-//! The endpoint core asks ([`crate::endpoint::AuthRequest`]); the endpoint's driver runs
+//! The endpoint core asks ([`AuthRequest`]); the endpoint's driver runs
 //! [`Authenticator::check`] on a task of its own and hands the answer back, so a slow
 //! directory never holds up other clients' packets or handshakes.
 
@@ -17,12 +17,9 @@ use super::{
     ldap::LdapDirectory,
     radius::RadiusClient,
     totp::{TotpSecret, TotpVerifier},
-    AuthFailure, DirectoryUser,
+    AuthFailure, AuthRequest, DirectoryUser,
 };
-use crate::{
-    endpoint::AuthRequest,
-    model::{Directory, DirectorySecrets, MfaMode},
-};
+use crate::model::{Directory, DirectorySecrets, MfaMode};
 
 /// Checks running at once per directory; more wait (within their deadline) for a place.
 pub const MAX_CONCURRENT_CHECKS: usize = 64;

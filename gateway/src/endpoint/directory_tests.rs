@@ -6,9 +6,10 @@ use std::time::Duration;
 use super::*;
 use crate::{
     auth::{
-        challenge::static_challenge_password as challenge_password, AuthFailure, DirectoryUser,
+        challenge::static_challenge_password as challenge_password, AuthFailure, AuthRequest,
+        DirectoryUser,
     },
-    endpoint::{AuthRequest, DirectoryPolicy},
+    endpoint::DirectoryPolicy,
     model::MfaMode,
     protocol::keymethod::{Credentials, Password},
 };

@@ -41,7 +41,7 @@ use crate::{
         challenge::split_static_challenge,
         throttle::{Throttle, ThrottlePolicy},
         token::{is_token, session_of, TokenClaims, TokenKey},
-        AuthFailure, DirectoryUser,
+        AuthFailure, AuthRequest, DirectoryUser,
     },
     connect_handler::{ConnectHandler, ConnectRequest, ConnectResponse, HandlerError},
     connlog::{ConnectionInfo, ConnectionLogEntry, FailureReason},
@@ -50,7 +50,7 @@ use crate::{
     pool::AddressPool,
     protocol::{
         cookie::CookieJar,
-        keymethod::{Credentials, Password},
+        keymethod::Credentials,
         packet::{ControlOpcode, Header, Opcode, Packet, SessionId},
         peer_id::PeerIds,
         push::{negotiate_cipher, KeySignalling, PushReply, Tunnel},
@@ -145,29 +145,6 @@ pub struct DirectoryPolicy {
     pub mfa: MfaMode,
     /// How often a connected user's account and groups are checked again.
     pub recheck: Duration,
-}
-
-/// A check the endpoint asks of the directory (and MFA service); the answer comes back
-/// through [`Endpoint::handle_auth_answer`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AuthRequest {
-    /// A sign-in: the password (bind) and, with MFA, the code.
-    Login {
-        username: String,
-        password: Password,
-        code: Option<String>,
-    },
-    /// The account and groups without a password: a re-check of a connected user, a
-    /// renegotiation, or a reconnect with a valid auth-token.
-    Lookup { username: String },
-}
-
-impl AuthRequest {
-    pub fn username(&self) -> &str {
-        match self {
-            AuthRequest::Login { username, .. } | AuthRequest::Lookup { username } => username,
-        }
-    }
 }
 
 /// Commands from the control plane.

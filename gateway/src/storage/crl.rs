@@ -12,6 +12,13 @@ impl Store {
             let ca: String = db
                 .prepare_cached("SELECT client_ca_pem FROM endpoints WHERE id = ?1")?
                 .query_row([endpoint_id], |r| r.get(0))?;
+            if ca.is_empty() {
+                return Err(ApiError::incorrect_state(format!(
+                    "endpoint {endpoint_id} signs users in with a directory only: a certificate \
+                     revocation list applies to client certificates, which it does not take \
+                     (disable a user in the directory instead)"
+                )));
+            }
             let parsed = validate::crl(
                 "certificate-revocation-list",
                 pem,

@@ -2374,6 +2374,15 @@ fn bad_directory_input_is_refused_with_the_field_named() {
         ),
         (
             crate::model::CreateDirectoryRequest {
+                mfa: Some("radius".into()),
+                radius_server: Some("radius.example.test:1812".into()),
+                radius_secret: Some("s3cret".into()),
+                ..directory_req("a")
+            },
+            "radius-server",
+        ),
+        (
+            crate::model::CreateDirectoryRequest {
                 bind_password: None,
                 ..directory_req("a")
             },

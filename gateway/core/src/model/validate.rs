@@ -750,22 +750,16 @@ pub fn secret(field: &str, s: &str) -> Result<String, ApiError> {
     Ok(s.to_string())
 }
 
-/// `HOST:PORT` of a RADIUS server.
+/// `ADDRESS:PORT` of a RADIUS server: an IP address (RADIUS shared secrets are per client
+/// address; AWS takes addresses too), port 1..=65535.
 pub fn host_port(field: &str, s: &str) -> Result<String, ApiError> {
-    let ok = s.rsplit_once(':').is_some_and(|(h, p)| {
-        !h.is_empty()
-            && h.len() <= 253
-            && h.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
-            && p.parse::<u16>().is_ok_and(|n| n > 0)
-    });
-    if !ok {
-        return Err(ApiError::invalid(
+    match s.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.port() != 0 => Ok(a.to_string()),
+        _ => Err(ApiError::invalid(
             field,
-            format!("{s:?}: give HOST:PORT, e.g. 127.0.0.1:1812"),
-        ));
+            format!("{s:?}: give ADDRESS:PORT, e.g. 10.0.0.5:1812 or [2001:db8::5]:1812"),
+        )),
     }
-    Ok(s.to_string())
 }
 
 /// A user name for MFA enrolment: 1..=256 characters, no control characters.
