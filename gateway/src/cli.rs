@@ -679,15 +679,7 @@ fn pretty_json(text: &[u8]) -> String {
 
 /// Percent-encodes a path segment or query value (everything but RFC 3986's unreserved).
 fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::http_client::percent_encode(s)
 }
 
 /// `path?k=v&…` with the given (encoded) parameters, skipping absent ones.

@@ -425,3 +425,14 @@ where
         }),
     }
 }
+
+/// RFC 3986 percent-encoding of everything but the unreserved characters (`A-Z a-z 0-9 - . _
+/// ~`): path segments, query values, `otpauth://` labels.
+pub fn percent_encode(s: &str) -> String {
+    const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, RESERVED).to_string()
+}

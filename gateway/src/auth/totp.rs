@@ -128,25 +128,12 @@ impl fmt::Debug for TotpSecret {
 /// label `issuer:account`, each part percent-encoded, and `secret`, `issuer`, `algorithm`,
 /// `digits`, `period`.
 pub fn otpauth_uri(secret: &TotpSecret, issuer: &str, account: &str) -> String {
-    let issuer = percent_encode(issuer);
+    let issuer = crate::http_client::percent_encode(issuer);
     format!(
         "otpauth://totp/{issuer}:{}?secret={}&issuer={issuer}&algorithm=SHA1&digits={TOTP_DIGITS}&period={TOTP_STEP_SECS}",
-        percent_encode(account),
+        crate::http_client::percent_encode(account),
         secret.to_base32(),
     )
-}
-
-/// RFC 3986: everything but the unreserved characters as `%XX` of its UTF-8 bytes.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Checks codes, each step at most once per key. `Send + Sync`: one per daemon.
