@@ -165,13 +165,24 @@ impl Dx {
     /// A stock client from namespace `i` driven through its management interface (as a GUI
     /// does): `extra` profile lines.
     fn start_managed(&self, i: usize, name: &str, extra: &str) -> (OpenVpnClient, Management) {
+        self.start_managed_with(i, name, extra, |p| p)
+    }
+
+    /// [`Dx::start_managed`] with the profile text edited by `edit`.
+    fn start_managed_with(
+        &self,
+        i: usize,
+        name: &str,
+        extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> (OpenVpnClient, Management) {
         let port = 7505 + i as u16;
-        let p = self.profile(
+        let p = edit(self.profile(
             i,
             &format!(
                 "management 127.0.0.1 {port}\nmanagement-hold\nmanagement-query-passwords\nauth-retry none\n{extra}"
             ),
-        );
+        ));
         let c = OpenVpnClient::start_with_text(&self.net.clients[i], &p, &self.net.dir.0, name)
             .unwrap();
         let m = Management::connect(&self.net.clients[i], port, Duration::from_secs(10)).unwrap();
@@ -421,7 +432,7 @@ fn totp_now(secret: &str) -> String {
 #[test]
 fn totp_through_the_static_challenge_once_per_code_and_renegotiation_needs_no_new_code() {
     let mut servers = None;
-    let dx = Dx::new(3, |dir| {
+    let dx = Dx::new(4, |dir| {
         let s = directory();
         let mut args = directory_args(&s, dir);
         args.extend(["--mfa".into(), "totp".into()]);
@@ -508,6 +519,38 @@ fn totp_through_the_static_challenge_once_per_code_and_renegotiation_needs_no_ne
         );
     }
     assert_eq!(dx.active().len(), 1);
+
+    // A client that can answer a question in the session (GUIs announce IV_SSO crtext) may
+    // send its plain password: it is asked for the code with CR_TEXT.
+    let enrolled: Value = serde_json::from_str(&dx.cli(&[
+        "mfa",
+        "enroll",
+        "--directory",
+        "corp",
+        "--username",
+        "dave",
+        "--output",
+        "json",
+    ]))
+    .unwrap();
+    let dave_secret = enrolled["secret"].as_str().unwrap().to_string();
+    let (mut dave, mut m4) = dx.start_managed_with(3, "dave", "setenv IV_SSO crtext", |p| {
+        p.replace("static-challenge \"Enter MFA code\" 1\n", "")
+    });
+    m4.sign_in("dave", "dave-pw", None).unwrap();
+    let question = m4
+        .wait_for(">INFOMSG:CR_TEXT:", Duration::from_secs(20))
+        .unwrap();
+    assert!(question.contains("Enter MFA code"), "{question}");
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    m4.send(&format!(
+        "cr-response {}",
+        STANDARD.encode(totp_now(&dave_secret))
+    ))
+    .unwrap();
+    dave.wait_connected(Duration::from_secs(20)).unwrap();
+    assert!(dx.reaches(3, STAFF_HOST));
+    assert_eq!(dx.active().len(), 2);
 }
 
 #[test]

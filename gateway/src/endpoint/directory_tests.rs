@@ -428,3 +428,73 @@ fn certificate_and_directory_both_must_pass() {
         Some(vec!["eng-ad".to_string(), "engineering".to_string()])
     );
 }
+
+#[test]
+fn clients_that_can_answer_cr_text_are_asked_for_their_code_in_the_same_session() {
+    let mut w = World::directory(MfaMode::Totp, creds("alice", "s3cret"));
+    w.client.peer_info.push_str("IV_SSO=webauth,crtext\n");
+    w.exchange();
+    // Not refused: asked, and nothing goes to the directory before the code.
+    assert!(w.asked().is_empty());
+    assert!(
+        w.client.message("AUTH_PENDING").is_some(),
+        "{:?}",
+        w.client.messages
+    );
+    assert_eq!(
+        w.client.message("INFO_PRE"),
+        Some("INFO_PRE,CR_TEXT:R,E:Enter MFA code")
+    );
+    // An answer that is not base64 would be a wrong code; this one is right.
+    w.client
+        .send_control_text(b"CR_RESPONSE,MTIzNDU2\0")
+        .unwrap();
+    w.exchange();
+    let asked = w.asked();
+    let [(
+        conn,
+        AuthRequest::Login {
+            username,
+            password,
+            code,
+        },
+    )] = asked.as_slice()
+    else {
+        panic!("{asked:?}");
+    };
+    assert_eq!(
+        (username.as_str(), password.expose(), code.as_deref()),
+        ("alice", "s3cret", Some("123456"))
+    );
+    w.answer(*conn, Ok(user("alice", &["eng"])));
+    assert!(w.client.message("PUSH_REPLY").is_some());
+    // A second answer changes nothing.
+    w.client
+        .send_control_text(b"CR_RESPONSE,OTk5OTk5\0")
+        .unwrap();
+    w.exchange();
+    assert!(w.asked().is_empty());
+}
+
+#[test]
+fn an_unanswered_cr_text_question_ends_the_attempt_after_its_timeout() {
+    let mut w = World::directory(MfaMode::Totp, creds("alice", "s3cret"));
+    w.client.peer_info.push_str("IV_SSO=crtext\n");
+    w.exchange();
+    assert!(w.client.message("INFO_PRE").is_some());
+    w.advance(super::super::CODE_ANSWER_TIMEOUT - Duration::from_secs(1));
+    assert!(w.failure_reasons().is_empty(), "not yet");
+    w.advance(Duration::from_secs(1));
+    assert!(
+        w.failure_reasons()
+            .iter()
+            .any(|l| l.contains("mfa-code-missing")),
+        "{:?}",
+        w.failure_reasons()
+    );
+    assert!(w.client.message("AUTH_FAILED").is_some());
+    assert!(
+        w.asked().is_empty(),
+        "the password never went to the directory"
+    );
+}

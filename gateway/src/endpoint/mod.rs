@@ -50,7 +50,7 @@ use crate::{
     pool::AddressPool,
     protocol::{
         cookie::CookieJar,
-        keymethod::Credentials,
+        keymethod::{Credentials, Password},
         packet::{ControlOpcode, Header, Opcode, Packet, SessionId},
         peer_id::PeerIds,
         push::{negotiate_cipher, KeySignalling, PushReply, Tunnel},
@@ -228,13 +228,39 @@ pub enum Output {
 }
 
 /// What an authorizing connection waits for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Waiting {
+    /// The client's answer to the MFA question asked with `CR_TEXT` (clients that announce
+    /// `IV_SSO=crtext` and sent a plain password): the password waits here until `until`.
+    Code {
+        username: String,
+        password: Password,
+        until: Instant,
+    },
     /// The directory (and MFA) check of its credentials.
     Directory,
     /// The client connect handler.
     ConnectHandler,
 }
+
+/// What a directory endpoint does with a client's credentials.
+enum SignIn {
+    /// Ask the directory; `resumed`: a reconnect with a valid auth-token.
+    Ask {
+        request: AuthRequest,
+        resumed: Option<TokenClaims>,
+    },
+    /// Ask the client for its code first (`CR_TEXT`), then the directory.
+    AskCode {
+        username: String,
+        password: Password,
+    },
+}
+
+/// How long a client has to answer the `CR_TEXT` question.
+pub const CODE_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// The question clients show.
+const CODE_PROMPT: &str = "Enter MFA code";
 
 /// A connection's life. It moves forward only: `Handshaking` → `Authorizing` → `Admitted`,
 /// and ends by removal from the endpoint's table (with an [`Output::Ended`] saying why).
@@ -503,6 +529,13 @@ impl Endpoint {
                         .as_ref()
                         .filter(|u| !u.checking)
                         .map(|u| u.next_check),
+                    match &c.state {
+                        ConnState::Authorizing {
+                            waiting: Waiting::Code { until, .. },
+                            ..
+                        } => Some(*until),
+                        _ => None,
+                    },
                     (established && !c.rekey_pending)
                         .then_some(self.config.reneg_after)
                         .flatten()
@@ -697,8 +730,35 @@ impl Endpoint {
                     if let Some(policy) = self.config.live.directory.clone() {
                         let source = c.remote_addr.ip();
                         let claimed = credentials.as_ref().map(|cr| cr.username.clone());
-                        match self.sign_in_request(clock, source, &policy, credentials) {
-                            Ok((request, resumed)) => {
+                        let crtext = admission.peer_info.sso("crtext");
+                        let pending_kw = admission.peer_info.proto.auth_pending_kw();
+                        match self.sign_in_request(clock, source, &policy, credentials, crtext) {
+                            Ok(SignIn::AskCode { username, password }) => {
+                                let Some(c) = self.conns.get_mut(&id) else {
+                                    return;
+                                };
+                                admission.claimed_user = Some(username.clone());
+                                let timeout = CODE_ANSWER_TIMEOUT.as_secs();
+                                c.session.send_control(&if pending_kw {
+                                    format!("AUTH_PENDING,timeout {timeout}")
+                                } else {
+                                    "AUTH_PENDING".to_string()
+                                });
+                                c.session
+                                    .send_control(&format!("INFO_PRE,CR_TEXT:R,E:{CODE_PROMPT}"));
+                                c.state = ConnState::Authorizing {
+                                    admission: Box::new(admission),
+                                    authenticated_at: clock.now,
+                                    waiting: Waiting::Code {
+                                        username,
+                                        password,
+                                        until: clock.now + CODE_ANSWER_TIMEOUT,
+                                    },
+                                };
+                                debug!(conn = id, "asking the client for its MFA code (CR_TEXT)");
+                                continue;
+                            }
+                            Ok(SignIn::Ask { request, resumed }) => {
                                 let Some(c) = self.conns.get_mut(&id) else {
                                     return;
                                 };
@@ -828,6 +888,8 @@ impl Endpoint {
                 Event::Control(text) => {
                     if text.starts_with("PUSH_REQUEST") {
                         self.push(id);
+                    } else if let Some(answer) = text.strip_prefix("CR_RESPONSE,") {
+                        self.code_answered(clock, id, answer);
                     } else if text.starts_with("EXIT") {
                         self.end(clock, id, "client-exit");
                         return;
@@ -949,7 +1011,8 @@ impl Endpoint {
         source: IpAddr,
         policy: &DirectoryPolicy,
         credentials: Option<Credentials>,
-    ) -> Result<(AuthRequest, Option<TokenClaims>), AuthFailure> {
+        crtext: bool,
+    ) -> Result<SignIn, AuthFailure> {
         let Some(Credentials { username, password }) = credentials else {
             return Err(AuthFailure::NoCredentials);
         };
@@ -971,7 +1034,10 @@ impl Endpoint {
             if self.revoked_sessions.contains_key(&claims.session) {
                 return Err(AuthFailure::BadToken);
             }
-            return Ok((AuthRequest::Lookup { username }, Some(claims)));
+            return Ok(SignIn::Ask {
+                request: AuthRequest::Lookup { username },
+                resumed: Some(claims),
+            });
         }
         let (password, code) = match split_static_challenge(secret) {
             Ok(Some((p, code))) => (p, Some(code)),
@@ -980,6 +1046,9 @@ impl Endpoint {
         };
         if password.is_empty() {
             return Err(AuthFailure::EmptyPassword);
+        }
+        if policy.mfa != MfaMode::None && code.is_none() && crtext {
+            return Ok(SignIn::AskCode { username, password });
         }
         let code = match policy.mfa {
             MfaMode::None => None,
@@ -990,14 +1059,69 @@ impl Endpoint {
                     .to_string(),
             ),
         };
-        Ok((
-            AuthRequest::Login {
+        Ok(SignIn::Ask {
+            request: AuthRequest::Login {
                 username,
                 password,
                 code,
             },
-            None,
-        ))
+            resumed: None,
+        })
+    }
+
+    /// The client answered the `CR_TEXT` question (`CR_RESPONSE,<base64>`): the directory is
+    /// asked with the password and the code. An answer nobody asked for is ignored.
+    fn code_answered(&mut self, clock: Clock, id: ConnId, answer: &str) {
+        use base64::{engine::general_purpose::STANDARD, Engine};
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if !matches!(
+            c.state,
+            ConnState::Authorizing {
+                waiting: Waiting::Code { .. },
+                ..
+            }
+        ) {
+            debug!(conn = id, "CR_RESPONSE nobody asked for: ignored");
+            return;
+        }
+        let ConnState::Authorizing {
+            admission,
+            authenticated_at,
+            waiting: Waiting::Code {
+                username, password, ..
+            },
+        } = std::mem::replace(&mut c.state, ConnState::Handshaking)
+        else {
+            return;
+        };
+        c.state = ConnState::Authorizing {
+            admission,
+            authenticated_at,
+            waiting: Waiting::Directory,
+        };
+        // A code is a handful of digits: anything long or undecodable is a wrong code.
+        let code = (answer.len() <= 256)
+            .then(|| STANDARD.decode(answer.trim()).ok())
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        match code {
+            Some(code) => {
+                debug!(conn = id, user = %username, "asking the directory");
+                self.outputs.push_back(Output::Authenticate {
+                    conn: id,
+                    request: AuthRequest::Login {
+                        username,
+                        password,
+                        code: Some(code),
+                    },
+                });
+            }
+            None => self.refuse_sign_in(clock, id, Some(&username), AuthFailure::MfaBadCode),
+        }
     }
 
     /// Refuses a directory sign-in: counted by the throttle when it was a guess (a burst is
@@ -1457,6 +1581,19 @@ impl Endpoint {
             let Some(c) = self.conns.get_mut(&id) else {
                 continue;
             };
+            if let ConnState::Authorizing {
+                waiting: Waiting::Code {
+                    username, until, ..
+                },
+                ..
+            } = &c.state
+            {
+                if now >= *until {
+                    let username = username.clone();
+                    self.refuse_sign_in(clock, id, Some(&username), AuthFailure::MfaMissing);
+                    continue;
+                }
+            }
             if c.session.is_established() && now.saturating_duration_since(c.last_rx()) > keepalive
             {
                 self.end(clock, id, "keepalive-timeout");

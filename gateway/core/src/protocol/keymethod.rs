@@ -508,6 +508,14 @@ pub struct PeerInfo {
 }
 
 impl PeerInfo {
+    /// True when the client's `IV_SSO` (comma-separated methods a GUI or a `setenv IV_SSO`
+    /// announces: `webauth`, `openurl`, `crtext`) names `method`.
+    pub fn sso(&self, method: &str) -> bool {
+        self.other
+            .get("IV_SSO")
+            .is_some_and(|v| v.split(',').any(|m| m.trim() == method))
+    }
+
     /// Parses peer-info text. Never fails; see the type docs for what goes where.
     pub fn parse(text: &str) -> Self {
         let mut pi = PeerInfo::default();
@@ -579,6 +587,14 @@ impl PeerInfo {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sso_methods_come_from_iv_sso() {
+        let pi = PeerInfo::parse("IV_VER=2.6.14\nIV_SSO=webauth,crtext\n");
+        assert!(pi.sso("crtext") && pi.sso("webauth"));
+        assert!(!pi.sso("openurl") && !pi.sso("crt"));
+        assert!(!PeerInfo::parse("IV_VER=2.6.14\n").sso("crtext"));
+    }
+
     use proptest::prelude::*;
 
     use super::*;
