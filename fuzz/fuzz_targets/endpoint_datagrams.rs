@@ -13,7 +13,9 @@
 //! peer `peer % 4`; 1 the same bytes as a data datagram (first byte forced to P_DATA_V2); 2 the
 //! clock moves by the bytes (big-endian milliseconds, at most ~18 h); 3 a command (terminate by
 //! the bytes as a name, replace TLS revoking nothing, new routes); 4 a connect-handler answer
-//! for connection `peer` (allow when bit 0 of the first byte is set); 5 the last transmit to
+//! for connection `peer` (allow when bit 0 of the first byte is set), or on a directory
+//! endpoint (the input's first byte has bit 7 set) with bit 1 set a directory answer (a user
+//! with the bytes as groups, or a failure the byte picks); 5 the last transmit to
 //! that peer is echoed back with its session ids swapped (gets past the cookie and the session
 //! checks more often than random bytes do).
 #![no_main]
@@ -49,7 +51,20 @@ fuzz_target!(|data: &[u8]| {
         ping: 10,
         ping_restart: 60,
         reneg_after: Some(Duration::from_secs(60)),
-        live: LiveSettings::default(),
+        live: LiveSettings {
+            directory: data.first().is_some_and(|b| b & 0x80 != 0).then(|| {
+                gateway::endpoint::DirectoryPolicy {
+                    directory_id: "cvpn-directory-0123456789abcdef0".into(),
+                    mfa: if data.first().is_some_and(|b| b & 0x40 != 0) {
+                        gateway::model::MfaMode::Totp
+                    } else {
+                        gateway::model::MfaMode::None
+                    },
+                    recheck: Duration::from_secs(30),
+                }
+            }),
+            ..LiveSettings::default()
+        },
     };
     let Ok(mut endpoint) = Endpoint::new(
         config,
@@ -125,6 +140,25 @@ fuzz_target!(|data: &[u8]| {
                 };
                 endpoint.handle_command(clock, command);
             }
+            4 if bytes.first().is_some_and(|b| b & 2 != 0) => {
+                if let Some(&conn) = conns.get(usize::from(who) % conns.len().max(1)) {
+                    use gateway::auth::{AuthFailure, DirectoryUser};
+                    let answer = match bytes.get(1).copied().unwrap_or(0) % 4 {
+                        0 => Err(AuthFailure::BadPassword),
+                        1 => Err(AuthFailure::UnknownUser),
+                        2 => Err(AuthFailure::DirectoryUnreachable("fuzz".into())),
+                        _ => Ok(DirectoryUser {
+                            username: "fuzz".into(),
+                            dn: "uid=fuzz,dc=example".into(),
+                            groups: bytes
+                                .split(|b| *b == b',')
+                                .map(|g| String::from_utf8_lossy(g).into_owned())
+                                .collect(),
+                        }),
+                    };
+                    endpoint.handle_auth_answer(clock, conn, answer);
+                }
+            }
             4 => {
                 if let Some(&conn) = conns.get(usize::from(who) % conns.len().max(1)) {
                     let answer = Ok(gateway::connect_handler::ConnectResponse {
@@ -196,7 +230,18 @@ fuzz_target!(|data: &[u8]| {
                     admitted.remove(&peer_id);
                     datapath.remove(peer_id);
                 }
-                Output::AskConnectHandler { .. } | Output::Log(_) | Output::NotRunning { .. } => {}
+                Output::GroupsChanged {
+                    conn, client_ip, ..
+                } => {
+                    assert!(
+                        admitted.values().any(|ip| *ip == client_ip),
+                        "groups changed for {client_ip} (conn {conn}), which is not admitted"
+                    );
+                }
+                Output::AskConnectHandler { .. }
+                | Output::Authenticate { .. }
+                | Output::Log(_)
+                | Output::NotRunning { .. } => {}
             }
         }
         assert!(
