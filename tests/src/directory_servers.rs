@@ -246,6 +246,11 @@ impl Slapd {
         format!("cn={cn},ou=groups,{LDAP_BASE_DN}")
     }
 
+    /// slapd's process ID (the benchmarks read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// slapd's operation log so far (`-d 256`: `BIND dn="…"` lines and the like).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("slapd.log")).unwrap_or_default()

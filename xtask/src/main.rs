@@ -8,6 +8,7 @@
 //! * `demo`       — the main job on an embedded default
 //! * `bench dataplane` — data plane vs the kernel's forwarding + iptables path
 //! * `bench tunnel` — `cvpn serve` vs the stock OpenVPN 2.6 server, same namespaces and client
+//! * `bench logins` — 200 logins at once (certificate, directory + TOTP) vs the stock server
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -55,14 +56,16 @@ fn cargo(args: &[&str]) -> Result<()> {
 
 fn help() {
     eprintln!(
-        "usage: cargo xtask <setup | build-ebpf | build | test | demo | bench dataplane|tunnel>\n\
+        "usage: cargo xtask <setup | build-ebpf | build | test | demo | bench dataplane|tunnel|logins>\n\
          \n  setup        install what the build and tests need (idempotent)\
          \n  build-ebpf   build the kernel programs\
          \n  build        kernel programs, then the cvpn binary (release)\
          \n  test         set up, build, and run the whole test suite\
          \n  demo         set up, build, and run the demo\
          \n  bench dataplane   benchmark the data plane against the kernel's own path\
-         \n  bench tunnel      benchmark cvpn serve against the stock OpenVPN 2.6 server [--seconds N]"
+         \n  bench tunnel      benchmark cvpn serve against the stock OpenVPN 2.6 server [--seconds N]\
+         \n  bench logins      many logins at once (certificate, directory + TOTP) against the stock server\
+         \n                    [--clients N] [--sources N] [--openvpn-default-limits]"
     );
 }
 
@@ -187,22 +190,23 @@ fn bench(args: &[String]) -> Result<()> {
             a.extend(args.iter().skip(1).map(String::as_str));
             cargo(&a)
         }
-        Some("tunnel") => {
+        Some(name @ ("tunnel" | "logins")) => {
             // The benchmark runs target/release/cvpn: build it first, so a stale daemon never
             // gets measured.
             cargo(&["build", "--release", "-p", "gateway", "--bin", "cvpn"])?;
+            let bin = format!("cvpn-bench-{name}");
             let mut a = vec![
                 "run",
                 "--release",
                 "-p",
                 "cvpn-benches",
                 "--bin",
-                "cvpn-bench-tunnel",
+                &bin,
                 "--",
             ];
             a.extend(args.iter().skip(1).map(String::as_str));
             cargo(&a)
         }
-        Some(other) => bail!("unknown benchmark {other:?}; available: dataplane, tunnel"),
+        Some(other) => bail!("unknown benchmark {other:?}; available: dataplane, tunnel, logins"),
     }
 }
