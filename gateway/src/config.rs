@@ -9,7 +9,7 @@
 //! listen = "0.0.0.0"              # default "0.0.0.0"; any IPv4 or IPv6 address
 //! server_cert = "/etc/cvpn/server.crt"   # required
 //! server_key = "/etc/cvpn/server.key"    # required
-//! client_ca = "/etc/cvpn/ca.crt"         # required
+//! client_ca = "/etc/cvpn/ca.crt"         # required, unless `directory` is given (cvpn apply)
 //! directory = "corp-ad"                  # optional (cvpn apply): users also sign in against it
 //! crl = "/etc/cvpn/crl.pem"              # optional
 //! split_tunnel = false            # default false
@@ -165,8 +165,9 @@ pub struct EndpointConfig {
     pub server_cert: PathBuf,
     /// PEM server private key.
     pub server_key: PathBuf,
-    /// PEM CA that client certificates must chain to.
-    pub client_ca: PathBuf,
+    /// PEM CA that client certificates must chain to; `None` only with [`Self::directory`]
+    /// (a directory-only endpoint, for `cvpn apply`).
+    pub client_ca: Option<PathBuf>,
     /// PEM certificate revocation list, if any.
     pub crl: Option<PathBuf>,
     /// A directory (id or name) users also sign in against (`cvpn apply` only; both the
@@ -229,7 +230,7 @@ struct RawEndpoint {
     listen: Option<String>,
     server_cert: String,
     server_key: String,
-    client_ca: String,
+    client_ca: Option<String>,
     crl: Option<String>,
     directory: Option<String>,
     #[serde(default)]
@@ -274,7 +275,7 @@ const ENDPOINT_KEYS: &[(&str, bool)] = &[
     ("listen", false),
     ("server_cert", true),
     ("server_key", true),
-    ("client_ca", true),
+    ("client_ca", false),
     ("crl", false),
     ("directory", false),
     ("split_tunnel", false),
@@ -456,7 +457,18 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
     };
     let server_cert = path(&at("server_cert"), &e.server_cert)?;
     let server_key = path(&at("server_key"), &e.server_key)?;
-    let client_ca = path(&at("client_ca"), &e.client_ca)?;
+    let client_ca = match (&e.client_ca, &e.directory) {
+        (Some(s), _) => Some(path(&at("client_ca"), s)?),
+        (None, Some(_)) => None,
+        (None, None) => {
+            return Err(invalid(
+                at("client_ca"),
+                "required: the CA client certificates chain to (or `directory = \"NAME\"` for \
+                 an endpoint whose users sign in with a directory only, through `cvpn apply`)"
+                    .to_string(),
+            ))
+        }
+    };
     let crl = e.crl.as_deref().map(|s| path(&at("crl"), s)).transpose()?;
     let dns_servers =
         validate::check_dns_servers(&e.dns_servers).map_err(|d| invalid(at("dns_servers"), d))?;

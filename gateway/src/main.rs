@@ -192,7 +192,7 @@ fn serve(
     let tls = TlsMaterial::load(
         &cfg.server_cert,
         &cfg.server_key,
-        &cfg.client_ca,
+        file_client_ca(&cfg)?,
         cfg.crl.as_deref(),
     )?;
     let targets: Vec<TargetSpec> = cfg
@@ -283,22 +283,34 @@ fn serve(
     })
 }
 
+/// The client CA of an endpoint file served without a database: required there (directory
+/// sign-in needs the database: `cvpn apply -f`, then `cvpn serve`).
+fn file_client_ca(cfg: &gateway::config::EndpointConfig) -> anyhow::Result<&std::path::Path> {
+    cfg.client_ca.as_deref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "[endpoint] client_ca is required to serve an endpoint file; an endpoint whose users \
+             sign in with a directory runs from the database: `cvpn apply -f FILE`, then `cvpn serve`"
+        )
+    })
+}
+
 /// The TLS material of an endpoint file and the serials its CRL revokes.
 fn file_tls(
     cfg: &gateway::config::EndpointConfig,
 ) -> anyhow::Result<(gateway::protocol::tls::TlsMaterial, Vec<String>)> {
+    let client_ca = file_client_ca(cfg)?;
     let tls = gateway::protocol::tls::TlsMaterial::load(
         &cfg.server_cert,
         &cfg.server_key,
-        &cfg.client_ca,
+        client_ca,
         cfg.crl.as_deref(),
     )?;
     let revoked = match &cfg.crl {
         Some(path) => {
             let pem = std::fs::read_to_string(path)
                 .with_context(|| format!("reading the CRL {}", path.display()))?;
-            let ca = std::fs::read_to_string(&cfg.client_ca)
-                .with_context(|| format!("reading the client CA {}", cfg.client_ca.display()))?;
+            let ca = std::fs::read_to_string(client_ca)
+                .with_context(|| format!("reading the client CA {}", client_ca.display()))?;
             gateway::storage::validate::crl("crl", &pem, &ca, usize::MAX)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
                 .revoked_serials
@@ -338,7 +350,11 @@ fn apply(
     };
     let cert = read(&cfg.server_cert, "server certificate")?;
     let key = read(&cfg.server_key, "server key")?;
-    let ca = read(&cfg.client_ca, "client CA")?;
+    let ca = cfg
+        .client_ca
+        .as_deref()
+        .map(|p| read(p, "client CA"))
+        .transpose()?;
     let crl = cfg.crl.as_deref().map(|p| read(p, "CRL")).transpose()?;
     let store = Store::open(StoreOptions {
         quotas,
@@ -347,7 +363,7 @@ fn apply(
     })
     .map_err(|e| anyhow::anyhow!("{e}"))
     .with_context(|| format!("opening the database in {}", data_dir.display()))?;
-    let report = apply_endpoint_config(&store, &cfg, &cert, &key, &ca, crl.as_deref())
+    let report = apply_endpoint_config(&store, &cfg, &cert, &key, ca.as_deref(), crl.as_deref())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if report.created {
         println!("created {}", report.endpoint_id);

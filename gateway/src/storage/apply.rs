@@ -105,15 +105,18 @@ pub fn apply_endpoint_config(
     cfg: &EndpointConfig,
     server_cert_pem: &str,
     server_key_pem: &str,
-    client_ca_pem: &str,
+    client_ca_pem: Option<&str>,
     crl_pem: Option<&str>,
 ) -> Result<ApplyReport, ApiError> {
     let key = config_key(cfg);
     let transport = cfg.transport;
     let dns: Vec<String> = cfg.dns_servers.iter().map(|a| a.to_string()).collect();
-    let mut auth = vec![AuthenticationOption::CertificateAuthentication {
-        client_root_certificate_chain: client_ca_pem.to_string(),
-    }];
+    let mut auth: Vec<AuthenticationOption> = client_ca_pem
+        .map(|ca| AuthenticationOption::CertificateAuthentication {
+            client_root_certificate_chain: ca.to_string(),
+        })
+        .into_iter()
+        .collect();
     if let Some(dir) = &cfg.directory {
         auth.push(AuthenticationOption::DirectoryServiceAuthentication {
             directory_id: store.describe_directory(dir)?.directory_id,

@@ -1862,7 +1862,7 @@ impl Fx {
             &apply_cfg(text),
             &self.pki.server_cert,
             &self.pki.server_key,
-            &self.pki.ca_pem,
+            Some(&self.pki.ca_pem),
             crl,
         )
     }
@@ -2066,7 +2066,7 @@ fn apply_with_another_client_cidr_declares_another_endpoint() {
         &apply_cfg(APPLY_TOML),
         &fx.pki.server_cert,
         &fx.pki.server_key,
-        &fx.pki.foreign.pem(),
+        Some(&fx.pki.foreign.pem()),
         None,
     );
     assert_eq!(code(e), codes::OPERATION_NOT_PERMITTED);
@@ -2530,4 +2530,46 @@ fn mfa_enrolments_need_totp_are_unique_and_removable() {
     fx.store.enroll_mfa("corp", "bob", &[4; 20], false).unwrap();
     fx.store.delete_directory("corp").unwrap();
     assert_eq!(fx.store.describe_directories().unwrap(), vec![]);
+}
+
+#[test]
+fn apply_takes_a_directory_with_or_without_the_client_ca() {
+    let fx = Fx::new();
+    let d = fx.store.create_directory(&directory_req("corp")).unwrap();
+    // Certificate and directory.
+    let both = APPLY_TOML.replace(
+        "client_ca = \"ca.crt\"\n",
+        "client_ca = \"ca.crt\"\ndirectory = \"corp\"\n",
+    );
+    let r = fx.apply(&both, None).unwrap();
+    let ep = fx.store.describe_endpoint(&r.endpoint_id).unwrap();
+    assert_eq!(ep.authentication_options.len(), 2, "{ep:?}");
+    // Directory only (another client CIDR: another endpoint).
+    let only = APPLY_TOML
+        .replace("client_ca = \"ca.crt\"\n", "directory = \"corp\"\n")
+        .replace("10.2.0.0/22", "10.6.0.0/22");
+    let cfg = apply_cfg(&only);
+    assert!(cfg.client_ca.is_none());
+    let r = apply_endpoint_config(
+        &fx.store,
+        &cfg,
+        &format!("{}{}", fx.pki.server_cert, fx.pki.ca_pem),
+        &fx.pki.server_key,
+        None,
+        None,
+    )
+    .unwrap();
+    let ep = fx.store.describe_endpoint(&r.endpoint_id).unwrap();
+    assert_eq!(
+        ep.authentication_options,
+        vec![AuthenticationOption::DirectoryServiceAuthentication {
+            directory_id: d.directory_id.clone()
+        }]
+    );
+    // Neither: the file says what to add.
+    let e = crate::config::EndpointConfig::from_toml_str(
+        &APPLY_TOML.replace("client_ca = \"ca.crt\"\n", ""),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("client_ca"), "{e}");
 }
