@@ -592,3 +592,90 @@ impl Drop for SambaAd {
         self.shutdown();
     }
 }
+
+/// A TCP port on the loopback of one namespace that carries every connection to an address on
+/// the loopback of another: how a daemon in a gateway namespace reaches a directory that binds
+/// only its own namespace's loopback (Samba's `interfaces = lo`). Stopped on drop.
+pub struct LoopbackBridge {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    port: u16,
+}
+
+impl LoopbackBridge {
+    /// Listens on `127.0.0.1:<free port>` in `listen_in`; connects to `target` from inside
+    /// `target_ns` for each connection accepted.
+    pub fn start(listen_in: &Netns, target_ns: &Netns, target: SocketAddr) -> Result<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = listen_in.run(|| Ok(TcpListener::bind("127.0.0.1:0")?))?;
+        let port = listener.local_addr()?.port();
+        listener.set_nonblocking(true)?;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let path = format!("/run/netns/{}", target_ns.name());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((inbound, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let Ok(ns) = fs::File::open(&path) else {
+                        return;
+                    };
+                    use std::os::fd::AsFd;
+                    if nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).is_err()
+                    {
+                        return;
+                    }
+                    let _ = inbound.set_nonblocking(false);
+                    let Ok(outbound) = TcpStream::connect_timeout(&target, Duration::from_secs(5))
+                    else {
+                        return;
+                    };
+                    let (Ok(mut a_read), Ok(mut b_write)) =
+                        (inbound.try_clone(), outbound.try_clone())
+                    else {
+                        return;
+                    };
+                    let up = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut a_read, &mut b_write);
+                        let _ = b_write.shutdown(std::net::Shutdown::Write);
+                    });
+                    let (mut b_read, mut a_write) = (outbound, inbound);
+                    let _ = std::io::copy(&mut b_read, &mut a_write);
+                    let _ = a_write.shutdown(std::net::Shutdown::Write);
+                    let _ = up.join();
+                });
+            }
+        });
+        Ok(LoopbackBridge {
+            stop,
+            thread: Some(thread),
+            port,
+        })
+    }
+
+    /// The port on the listening namespace's 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for LoopbackBridge {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl SambaAd {
+    /// The DC's LDAPS port carried into `ns`'s loopback (the DC's certificate names
+    /// 127.0.0.1, so TLS verifies there too).
+    pub fn ldaps_bridge_into(&self, ns: &Netns) -> Result<LoopbackBridge> {
+        LoopbackBridge::start(ns, &self.netns, SocketAddr::from(([127, 0, 0, 1], 636)))
+    }
+}

@@ -12,13 +12,14 @@ use std::{
 };
 
 use cvpn_tests::{
-    directory_servers::Slapd,
+    directory_servers::{SambaAd, Slapd},
     echo::{probe_loop, UdpEcho},
     gateway::{CliOutput, EndpointNet, StoreDaemon, TempDir},
     is_root,
     openvpn::{Management, OpenVpnClient},
     pki::write,
     radius_server::FreeRadius,
+    Netns,
 };
 use serde_json::Value;
 
@@ -44,9 +45,9 @@ impl Dx {
     /// The daemon, an endpoint on `directory create ARGS` (directory only: no client
     /// certificates), echo servers on both private hosts; staff may reach .10, ops .20.
     /// `servers` starts the directory (and MFA) servers once the test thread is in the
-    /// gateway's namespace, and returns the `directory create` arguments; it gets the test's
-    /// file directory.
-    fn new(clients: usize, servers: impl FnOnce(&Path) -> Vec<String>) -> Dx {
+    /// gateway's namespace, and returns the `directory create` arguments; it gets that
+    /// namespace and the test's file directory.
+    fn new(clients: usize, servers: impl FnOnce(&Netns, &Path) -> Vec<String>) -> Dx {
         assert!(
             is_root(),
             "the directory tests need root: run `cargo xtask test`"
@@ -54,7 +55,7 @@ impl Dx {
         let mut net = EndpointNet::new(clients).unwrap();
         // The directory servers this test starts listen on the gateway's loopback.
         net.gateway.enter().unwrap();
-        let directory_args = servers(&net.dir.0);
+        let directory_args = servers(&net.gateway, &net.dir.0);
         let data = TempDir::new("dir").unwrap();
         let daemon = StoreDaemon::start(&net.gateway, &data.0).unwrap();
         let mut args = vec!["directory", "create", "--name", "corp"];
@@ -306,7 +307,7 @@ fn directory_args(s: &Slapd, dir: &Path) -> Vec<String> {
 #[test]
 fn directory_users_sign_in_and_groups_decide_access_as_the_directory_changes() {
     let mut servers = None;
-    let dx = Dx::new(4, |dir| {
+    let dx = Dx::new(4, |_, dir| {
         let s = directory();
         let args = directory_args(&s, dir);
         servers = Some(s);
@@ -432,7 +433,7 @@ fn totp_now(secret: &str) -> String {
 #[test]
 fn totp_through_the_static_challenge_once_per_code_and_renegotiation_needs_no_new_code() {
     let mut servers = None;
-    let dx = Dx::new(4, |dir| {
+    let dx = Dx::new(4, |_, dir| {
         let s = directory();
         let mut args = directory_args(&s, dir);
         args.extend(["--mfa".into(), "totp".into()]);
@@ -556,7 +557,7 @@ fn totp_through_the_static_challenge_once_per_code_and_renegotiation_needs_no_ne
 #[test]
 fn radius_mfa_against_freeradius() {
     let mut servers = None;
-    let dx = Dx::new(2, |dir| {
+    let dx = Dx::new(2, |_, dir| {
         let s = directory();
         let r = FreeRadius::start(&[("bob", "424242")]).unwrap();
         let mut args = directory_args(&s, dir);
@@ -589,4 +590,78 @@ fn radius_mfa_against_freeradius() {
         .iter()
         .any(|(u, r)| u == "bob" && r == "mfa-code-wrong"));
     assert_eq!(dx.active().len(), 1);
+}
+
+#[test]
+fn active_directory_users_sign_in_by_upn_and_rules_name_groups_by_sid() {
+    // One DC for this binary (provisioning takes seconds), reached from the gateway's
+    // namespace through a loopback bridge; the first URL is dead (failover).
+    let ad = SambaAd::shared().unwrap();
+    ad.create_user("nina", "Nina-Secret-42!").unwrap();
+    ad.create_user("otto", "Otto-Secret-42!").unwrap();
+    ad.create_group("vpn-eng").unwrap();
+    ad.create_group("vpn-staff").unwrap();
+    ad.add_members("vpn-eng", &["nina", "otto"]).unwrap();
+    ad.add_members("vpn-staff", &["vpn-eng"]).unwrap();
+    ad.disable_user("otto").unwrap();
+    let staff_sid = ad.sid_of("vpn-staff").unwrap();
+    let mut bridge = None;
+    let dx = Dx::new(2, |gateway, dir| {
+        let b = ad.ldaps_bridge_into(gateway).unwrap();
+        let pw = write(dir, "ad-bind.pw", ad.bind_password()).unwrap();
+        let ca = write(dir, "ad-ca.pem", ad.ca_pem()).unwrap();
+        let args = vec![
+            "--preset".into(),
+            "active-directory".into(),
+            "--realm".into(),
+            ad.realm().into(),
+            "--url".into(),
+            "ldaps://127.0.0.1:1".into(),
+            "--url".into(),
+            format!("ldaps://127.0.0.1:{}", b.port()),
+            "--base-dn".into(),
+            ad.base_dn().into(),
+            "--bind-dn".into(),
+            ad.bind_dn(),
+            "--bind-password-file".into(),
+            pw.display().to_string(),
+            "--ca-file".into(),
+            ca.display().to_string(),
+        ];
+        bridge = Some(b);
+        args
+    });
+    let _bridge = bridge.take().unwrap();
+    // The rule names the nested group by its SID, as rules written for AWS do.
+    dx.cli(&[
+        "rule",
+        "authorize",
+        &dx.endpoint,
+        "--destination",
+        &format!("{OPS_HOST}/32"),
+        "--group",
+        &staff_sid,
+    ]);
+    let mut nina = dx.start_client(0, "nina@EXAMPLE.TEST", "Nina-Secret-42!");
+    nina.wait_connected(Duration::from_secs(30)).unwrap();
+    assert!(dx.reaches(0, OPS_HOST), "the SID rule lets nina in");
+    assert!(
+        !dx.reaches(0, STAFF_HOST),
+        "the name rule names no group of hers"
+    );
+    assert_eq!(dx.active()[0]["username"], "nina");
+    let mut otto = dx.start_client(1, "otto", "Otto-Secret-42!");
+    otto.wait_for("AUTH_FAILED", Duration::from_secs(30))
+        .unwrap();
+    assert!(
+        otto.log()
+            .iter()
+            .any(|l| l.contains("your account is disabled")),
+        "{:?}",
+        otto.log()
+    );
+    assert!(dx
+        .failures()
+        .iter()
+        .any(|(u, r)| u == "otto" && r == "account-disabled"));
 }
