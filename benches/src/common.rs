@@ -264,3 +264,32 @@ pub fn udp_rcvbuf_errors(ns: &Netns) -> Result<u64> {
         .context("short Udp: line")?
         .parse()?)
 }
+
+/// Fails, naming the first of `tools` that is not on the PATH and how to get it.
+pub fn require_tools(tools: &[&str]) -> Result<()> {
+    for tool in tools {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            bail!("{tool} is not installed (`cargo xtask setup` installs it)");
+        }
+    }
+    Ok(())
+}
+
+/// "OpenVPN 2.6.14", from `openvpn --version` (just "OpenVPN" when it says nothing).
+pub fn openvpn_version() -> String {
+    std::process::Command::new("openvpn")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        })
+        .unwrap_or_else(|| "OpenVPN".into())
+}

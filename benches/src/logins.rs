@@ -1462,27 +1462,8 @@ fn main() -> Result<()> {
     if sources == 0 {
         bail!("--sources must be at least 1");
     }
-    for tool in ["openvpn", "iptables", "slapd", "ldapmodify", "ss"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            bail!("{tool} is not installed (`cargo xtask setup` installs it)");
-        }
-    }
-    let openvpn_version = Command::new("openvpn")
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
-        })
-        .unwrap_or_else(|| "OpenVPN".into());
+    common::require_tools(&["openvpn", "iptables", "slapd", "ldapmodify", "ss"])?;
+    let openvpn_version = common::openvpn_version();
     // The daemon binary is target/release/cvpn (built by the xtask; `cvpn_binary` checks).
     let bin = cvpn_tests::gateway::cvpn_binary()?;
     eprintln!("cvpn binary: {}", bin.display());
