@@ -312,37 +312,33 @@ impl Daemon {
                 return;
             }
         };
-        for id in users {
-            if !self.running.contains_key(&id) {
-                continue;
-            }
-            let live = self.directory_checks(&id).and_then(|(dir, auth)| {
-                let ep = self
-                    .store
-                    .describe_endpoint(&id)
-                    .map_err(|e| anyhow!("{e}"))?;
+        for id in users.iter().filter(|id| self.running.contains_key(*id)) {
+            self.send_live(id);
+            info!(endpoint = %id, directory = %directory_id, "directory settings applied");
+        }
+    }
+
+    /// Sends a running endpoint the settings it takes without a restart, and the checks of
+    /// its directory, as the store has them now.
+    fn send_live(&self, id: &str) {
+        let read = self
+            .store
+            .describe_endpoint(id)
+            .map_err(|e| anyhow!("{e}"))
+            .and_then(|ep| {
+                let (dir, auth) = self.directory_checks(id)?;
                 Ok((
                     live_settings(&ep, &self.config.connect_handler, dir.as_ref())?,
                     auth,
                 ))
             });
-            match live {
-                Ok((live, auth)) => {
-                    self.command(&id, ServerCommand::Authenticator(auth));
-                    self.command(&id, ServerCommand::LiveSettings(live));
-                    info!(endpoint = %id, directory = %directory_id, "directory settings applied");
-                }
-                Err(e) => {
-                    warn!(endpoint = %id, error = format!("{e:#}"), "directory settings not applied")
-                }
+        match read {
+            Ok((live, auth)) => {
+                self.command(id, ServerCommand::Authenticator(auth));
+                self.command(id, ServerCommand::LiveSettings(live));
             }
+            Err(e) => warn!(endpoint = %id, error = format!("{e:#}"), "settings not applied"),
         }
-    }
-
-    /// An endpoint's live settings with its directory, read now.
-    fn live_settings_of(&self, ep: &crate::storage::Endpoint) -> Result<LiveSettings> {
-        let (dir, _) = self.directory_checks(&ep.client_vpn_endpoint_id)?;
-        live_settings(ep, &self.config.connect_handler, dir.as_ref())
     }
 
     /// After a start: finishes deletions the previous run left half done and starts every
@@ -599,20 +595,7 @@ impl Daemon {
                             revoked_serials: revoked,
                         })
                         .await;
-                        match self.directory_checks(&id).and_then(|(dir, auth)| {
-                            Ok((
-                                live_settings(&ep, &self.config.connect_handler, dir.as_ref())?,
-                                auth,
-                            ))
-                        }) {
-                            Ok((live, auth)) => {
-                                self.command(&id, ServerCommand::Authenticator(auth));
-                                self.command(&id, ServerCommand::LiveSettings(live));
-                            }
-                            Err(e) => {
-                                warn!(endpoint = %id, error = format!("{e:#}"), "settings not applied")
-                            }
-                        }
+                        self.send_live(&id);
                     } else {
                         self.start(&id);
                     }
@@ -648,19 +631,7 @@ impl Daemon {
                     use crate::model::FieldEffect;
                     let live = |f: &crate::model::EndpointField| f.effect() != FieldEffect::Restart;
                     if fields.iter().all(live) && self.running.contains_key(&endpoint_id) {
-                        match self
-                            .store
-                            .describe_endpoint(&endpoint_id)
-                            .map_err(|e| anyhow!("{e}"))
-                            .and_then(|ep| self.live_settings_of(&ep))
-                        {
-                            Ok(live) => {
-                                self.command(&endpoint_id, ServerCommand::LiveSettings(live));
-                            }
-                            Err(e) => {
-                                warn!(endpoint = %endpoint_id, error = format!("{e:#}"), "settings not applied")
-                            }
-                        }
+                        self.send_live(&endpoint_id);
                         return;
                     }
                     if fields

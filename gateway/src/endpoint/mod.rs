@@ -433,6 +433,8 @@ pub struct Endpoint {
 
 /// Revoked token sessions remembered at most (the oldest expiry goes first beyond it).
 const MAX_REVOKED_SESSIONS: usize = 10_000;
+/// The re-check interval when the live settings name none (a directory removed mid-session).
+const DEFAULT_RECHECK: Duration = Duration::from_secs(300);
 /// A token's lifetime when the endpoint has no session timeout.
 const TOKEN_LIFETIME_WITHOUT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
@@ -1215,6 +1217,7 @@ impl Endpoint {
         if let Some(name) = &claimed {
             self.throttle.succeeded(name);
         }
+        let recheck = self.recheck_interval();
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -1235,12 +1238,6 @@ impl Endpoint {
         admission.identity.groups = merge_groups(&certificate_groups, &user.groups);
         c.log = c.log.clone().with_username(user.username.clone());
         info!(conn, user = %user.username, groups = ?user.groups, "signed in against the directory");
-        let recheck = self
-            .config
-            .live
-            .directory
-            .as_ref()
-            .map_or(Duration::from_secs(300), |p| p.recheck);
         c.user = Some(SignedIn {
             username: user.username,
             certificate_groups,
@@ -1274,12 +1271,7 @@ impl Endpoint {
         conn: ConnId,
         answer: Result<DirectoryUser, AuthFailure>,
     ) {
-        let recheck = self
-            .config
-            .live
-            .directory
-            .as_ref()
-            .map_or(Duration::from_secs(300), |p| p.recheck);
+        let recheck = self.recheck_interval();
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -1323,6 +1315,15 @@ impl Endpoint {
                 warn!(conn, user = %u.username, error = %f, "re-check failed: the session keeps its current access");
             }
         }
+    }
+
+    /// How often a directory user's account and groups are checked again.
+    fn recheck_interval(&self) -> Duration {
+        self.config
+            .live
+            .directory
+            .as_ref()
+            .map_or(DEFAULT_RECHECK, |p| p.recheck)
     }
 
     /// Tokens of this session no longer count (until they would have expired).

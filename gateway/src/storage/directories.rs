@@ -160,131 +160,152 @@ fn check_combination(d: &Directory, secrets: &DirectorySecrets) -> Result<(), Ap
     Ok(())
 }
 
+/// Applies the given fields of a request (each validated, naming its field), then the rules
+/// the fields must keep together.
+fn apply_changes(
+    d: &mut Directory,
+    secrets: &mut DirectorySecrets,
+    req: &ModifyDirectoryRequest,
+) -> Result<(), ApiError> {
+    if let Some(s) = &req.name {
+        d.name = validate::directory_name("name", s)?;
+    }
+    if let Some(s) = &req.description {
+        d.description = validate::description("description", Some(s))?;
+    }
+    if let Some(u) = &req.urls {
+        d.urls = validate::directory_urls("urls", u)?;
+    }
+    if let Some(s) = &req.base_dn {
+        d.base_dn = validate::dn("base-dn", s)?;
+    }
+    if let Some(s) = &req.bind_dn {
+        d.bind_dn = optional_text("bind-dn", s, validate::dn)?;
+    }
+    if let Some(s) = &req.bind_password {
+        secrets.bind_password = optional_secret("bind-password", s)?;
+    }
+    if let Some(s) = &req.preset {
+        d.preset = parse_enum(
+            "preset",
+            s,
+            DirectoryPreset::parse,
+            "openldap, active-directory",
+        )?;
+    }
+    if let Some(s) = &req.user_filter {
+        d.user_filter = validate::user_filter("user-filter", s)?;
+    }
+    if let Some(s) = &req.groups {
+        d.groups = parse_enum(
+            "groups",
+            s,
+            GroupMode::parse,
+            "memberof, ad-nested, groupofnames",
+        )?;
+    }
+    if let Some(s) = &req.ca_pem {
+        d.ca_pem = optional_text("ca-pem", s, ca)?;
+    }
+    if let Some(b) = req.allow_plaintext {
+        d.allow_plaintext = b;
+    }
+    if let Some(s) = &req.realm {
+        d.realm = optional_text("realm", s, realm)?;
+    }
+    if let Some(n) = req.timeout_ms {
+        d.timeout_ms = validate::bounded("timeout-ms", n, 100, 60_000, "milliseconds")?;
+    }
+    if let Some(n) = recheck(req.recheck_minutes, req.recheck_seconds)? {
+        d.recheck_seconds = n;
+    }
+    if let Some(s) = &req.mfa {
+        d.mfa = parse_enum("mfa", s, MfaMode::parse, "none, totp, radius")?;
+    }
+    if let Some(s) = &req.radius_server {
+        d.radius_server = optional_text("radius-server", s, validate::host_port)?;
+    }
+    if let Some(s) = &req.radius_secret {
+        secrets.radius_secret = optional_secret("radius-secret", s)?;
+    }
+    if let Some(n) = req.radius_timeout_ms {
+        d.radius_timeout_ms =
+            validate::bounded("radius-timeout-ms", n, 100, 30_000, "milliseconds")?;
+    }
+    if let Some(n) = req.radius_retries {
+        d.radius_retries = validate::bounded("radius-retries", n, 1, 10, "tries")?;
+    }
+    d.bind_password_set = secrets.bind_password.is_some();
+    d.radius_secret_set = secrets.radius_secret.is_some();
+    check_combination(d, secrets)
+}
+
+/// Directory names are unique.
+fn check_name_free(db: &Db, d: &Directory) -> Result<(), ApiError> {
+    let taken: Option<String> = db
+        .prepare_cached("SELECT id FROM directories WHERE name = ?1 AND id <> ?2")?
+        .query_row([&d.name, &d.directory_id], |r| r.get(0))
+        .optional()?;
+    match taken {
+        Some(other) => Err(ApiError::new(
+            codes::DUPLICATE_DIRECTORY_RESOURCE,
+            format!(
+                "name: directory {other} is named {:?} already; choose another name",
+                d.name
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 impl Store {
-    /// Creates a directory.
+    /// Creates a directory: the required fields, then every other one as modify takes it,
+    /// the preset filling in the user filter and group mode not given.
     pub fn create_directory(&self, req: &CreateDirectoryRequest) -> Result<Directory, ApiError> {
-        let name = validate::directory_name(
-            "name",
-            req.name
-                .as_deref()
-                .ok_or_else(|| ApiError::missing("name", "required (e.g. corp-ad)"))?,
-        )?;
-        let urls = validate::directory_urls("urls", &req.urls)?;
-        let base_dn = validate::dn(
-            "base-dn",
-            req.base_dn
-                .as_deref()
-                .ok_or_else(|| ApiError::missing("base-dn", "required (e.g. dc=example,dc=com)"))?,
-        )?;
-        let preset = match req.preset.as_deref() {
-            None => DirectoryPreset::Openldap,
-            Some(s) => parse_enum(
-                "preset",
-                s,
-                DirectoryPreset::parse,
-                "openldap, active-directory",
-            )?,
-        };
-        let groups = match req.groups.as_deref() {
-            None => preset.default_groups(),
-            Some(s) => parse_enum(
-                "groups",
-                s,
-                GroupMode::parse,
-                "memberof, ad-nested, groupofnames",
-            )?,
-        };
-        let mfa = match req.mfa.as_deref() {
-            None => MfaMode::None,
-            Some(s) => parse_enum("mfa", s, MfaMode::parse, "none, totp, radius")?,
-        };
-        let secrets = DirectorySecrets {
-            bind_password: req
-                .bind_password
-                .as_deref()
-                .map(|s| optional_secret("bind-password", s))
-                .transpose()?
-                .flatten(),
-            radius_secret: req
-                .radius_secret
-                .as_deref()
-                .map(|s| optional_secret("radius-secret", s))
-                .transpose()?
-                .flatten(),
-        };
-        let dir = Directory {
+        if req.name.is_none() {
+            return Err(ApiError::missing("name", "required (e.g. corp-ad)"));
+        }
+        if req.base_dn.is_none() {
+            return Err(ApiError::missing(
+                "base-dn",
+                "required (e.g. dc=example,dc=com)",
+            ));
+        }
+        validate::directory_urls("urls", &req.urls)?;
+        let mut dir = Directory {
             directory_id: new_id(DIRECTORY_ID_PREFIX)?,
-            name,
-            description: validate::description("description", req.description.as_deref())?,
-            urls,
-            base_dn,
-            bind_dn: req
-                .bind_dn
-                .as_deref()
-                .map(|s| optional_text("bind-dn", s, validate::dn))
-                .transpose()?
-                .flatten(),
-            bind_password_set: secrets.bind_password.is_some(),
-            preset,
-            user_filter: validate::user_filter(
-                "user-filter",
-                req.user_filter
-                    .as_deref()
-                    .unwrap_or(preset.default_user_filter()),
-            )?,
-            groups,
-            ca_pem: req
-                .ca_pem
-                .as_deref()
-                .map(|s| optional_text("ca-pem", s, ca))
-                .transpose()?
-                .flatten(),
-            allow_plaintext: req.allow_plaintext.unwrap_or(false),
-            realm: req
-                .realm
-                .as_deref()
-                .map(|s| optional_text("realm", s, realm))
-                .transpose()?
-                .flatten(),
-            timeout_ms: match req.timeout_ms {
-                None => DEFAULT_DIRECTORY_TIMEOUT_MS,
-                Some(n) => validate::bounded("timeout-ms", n, 100, 60_000, "milliseconds")?,
-            },
-            recheck_seconds: recheck(req.recheck_minutes, req.recheck_seconds)?
-                .unwrap_or(DEFAULT_RECHECK_SECONDS),
-            mfa,
-            radius_server: req
-                .radius_server
-                .as_deref()
-                .map(|s| optional_text("radius-server", s, validate::host_port))
-                .transpose()?
-                .flatten(),
-            radius_timeout_ms: match req.radius_timeout_ms {
-                None => DEFAULT_RADIUS_TIMEOUT_MS,
-                Some(n) => validate::bounded("radius-timeout-ms", n, 100, 30_000, "milliseconds")?,
-            },
-            radius_retries: match req.radius_retries {
-                None => DEFAULT_RADIUS_RETRIES,
-                Some(n) => validate::bounded("radius-retries", n, 1, 10, "tries")?,
-            },
-            radius_secret_set: secrets.radius_secret.is_some(),
+            name: String::new(),
+            description: None,
+            urls: Vec::new(),
+            base_dn: String::new(),
+            bind_dn: None,
+            bind_password_set: false,
+            preset: DirectoryPreset::Openldap,
+            user_filter: String::new(),
+            groups: GroupMode::Memberof,
+            ca_pem: None,
+            allow_plaintext: false,
+            realm: None,
+            timeout_ms: DEFAULT_DIRECTORY_TIMEOUT_MS,
+            recheck_seconds: DEFAULT_RECHECK_SECONDS,
+            mfa: MfaMode::None,
+            radius_server: None,
+            radius_timeout_ms: DEFAULT_RADIUS_TIMEOUT_MS,
+            radius_retries: DEFAULT_RADIUS_RETRIES,
+            radius_secret_set: false,
             creation_time: Timestamp(0),
         };
-        check_combination(&dir, &secrets)?;
+        let mut secrets = DirectorySecrets::default();
+        let changes = ModifyDirectoryRequest::from(req.clone());
+        apply_changes(&mut dir, &mut secrets, &changes)?;
+        if req.user_filter.is_none() {
+            dir.user_filter = dir.preset.default_user_filter().to_string();
+        }
+        if req.groups.is_none() {
+            dir.groups = dir.preset.default_groups();
+        }
         self.write(|db, now| {
-            let taken: Option<String> = db
-                .prepare_cached("SELECT id FROM directories WHERE name = ?1")?
-                .query_row([&dir.name], |r| r.get(0))
-                .optional()?;
-            if let Some(other) = taken {
-                return Err(ApiError::new(
-                    codes::DUPLICATE_DIRECTORY_RESOURCE,
-                    format!(
-                        "name: directory {other} is named {:?} already; choose another name",
-                        dir.name
-                    ),
-                ));
-            }
+            check_name_free(db, &dir)?;
             save(db, &dir, &secrets, now, true)?;
             load_directory(db, &dir.directory_id)
         })
@@ -300,85 +321,8 @@ impl Store {
         self.write(|db, now| {
             let mut d = resolve(db, id_or_name)?;
             let mut secrets = load_secrets(db, &d.directory_id)?;
-            if let Some(s) = &req.name {
-                d.name = validate::directory_name("name", s)?;
-            }
-            if let Some(s) = &req.description {
-                d.description = validate::description("description", Some(s))?;
-            }
-            if let Some(u) = &req.urls {
-                d.urls = validate::directory_urls("urls", u)?;
-            }
-            if let Some(s) = &req.base_dn {
-                d.base_dn = validate::dn("base-dn", s)?;
-            }
-            if let Some(s) = &req.bind_dn {
-                d.bind_dn = optional_text("bind-dn", s, validate::dn)?;
-            }
-            if let Some(s) = &req.bind_password {
-                secrets.bind_password = optional_secret("bind-password", s)?;
-            }
-            if let Some(s) = &req.preset {
-                d.preset = parse_enum(
-                    "preset",
-                    s,
-                    DirectoryPreset::parse,
-                    "openldap, active-directory",
-                )?;
-            }
-            if let Some(s) = &req.user_filter {
-                d.user_filter = validate::user_filter("user-filter", s)?;
-            }
-            if let Some(s) = &req.groups {
-                d.groups = parse_enum(
-                    "groups",
-                    s,
-                    GroupMode::parse,
-                    "memberof, ad-nested, groupofnames",
-                )?;
-            }
-            if let Some(s) = &req.ca_pem {
-                d.ca_pem = optional_text("ca-pem", s, ca)?;
-            }
-            if let Some(b) = req.allow_plaintext {
-                d.allow_plaintext = b;
-            }
-            if let Some(s) = &req.realm {
-                d.realm = optional_text("realm", s, realm)?;
-            }
-            if let Some(n) = req.timeout_ms {
-                d.timeout_ms = validate::bounded("timeout-ms", n, 100, 60_000, "milliseconds")?;
-            }
-            if let Some(n) = recheck(req.recheck_minutes, req.recheck_seconds)? {
-                d.recheck_seconds = n;
-            }
-            if let Some(s) = &req.mfa {
-                d.mfa = parse_enum("mfa", s, MfaMode::parse, "none, totp, radius")?;
-            }
-            if let Some(s) = &req.radius_server {
-                d.radius_server = optional_text("radius-server", s, validate::host_port)?;
-            }
-            if let Some(s) = &req.radius_secret {
-                secrets.radius_secret = optional_secret("radius-secret", s)?;
-            }
-            if let Some(n) = req.radius_timeout_ms {
-                d.radius_timeout_ms =
-                    validate::bounded("radius-timeout-ms", n, 100, 30_000, "milliseconds")?;
-            }
-            if let Some(n) = req.radius_retries {
-                d.radius_retries = validate::bounded("radius-retries", n, 1, 10, "tries")?;
-            }
-            check_combination(&d, &secrets)?;
-            let taken: Option<String> = db
-                .prepare_cached("SELECT id FROM directories WHERE name = ?1 AND id <> ?2")?
-                .query_row([&d.name, &d.directory_id], |r| r.get(0))
-                .optional()?;
-            if let Some(other) = taken {
-                return Err(ApiError::new(
-                    codes::DUPLICATE_DIRECTORY_RESOURCE,
-                    format!("name: directory {other} is named {:?} already", d.name),
-                ));
-            }
+            apply_changes(&mut d, &mut secrets, req)?;
+            check_name_free(db, &d)?;
             save(db, &d, &secrets, now, false)?;
             load_directory(db, &d.directory_id)
         })

@@ -207,6 +207,35 @@ pub struct ModifyDirectoryRequest {
     pub radius_retries: Option<i64>,
 }
 
+/// A create request as the changes it makes to an empty directory (the store applies both
+/// the same way).
+impl From<CreateDirectoryRequest> for ModifyDirectoryRequest {
+    fn from(r: CreateDirectoryRequest) -> Self {
+        ModifyDirectoryRequest {
+            name: r.name,
+            description: r.description,
+            urls: Some(r.urls),
+            base_dn: r.base_dn,
+            bind_dn: r.bind_dn,
+            bind_password: r.bind_password,
+            preset: r.preset,
+            user_filter: r.user_filter,
+            groups: r.groups,
+            ca_pem: r.ca_pem,
+            allow_plaintext: r.allow_plaintext,
+            realm: r.realm,
+            timeout_ms: r.timeout_ms,
+            recheck_minutes: r.recheck_minutes,
+            recheck_seconds: r.recheck_seconds,
+            mfa: r.mfa,
+            radius_server: r.radius_server,
+            radius_secret: r.radius_secret,
+            radius_timeout_ms: r.radius_timeout_ms,
+            radius_retries: r.radius_retries,
+        }
+    }
+}
+
 /// Enrol a user for TOTP.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
