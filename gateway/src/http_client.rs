@@ -426,6 +426,141 @@ where
     }
 }
 
+/// Sends one request to an absolute `https://` URL (`http://` only to a loopback address: a
+/// test identity provider on this host) and returns the answer whatever its status, its body
+/// read up to `max_body` bytes. No redirects are followed (a redirect could point a server-side
+/// request anywhere). For protocol clients that judge the status themselves (OIDC).
+pub async fn fetch(
+    tls: &Arc<rustls::ClientConfig>,
+    request: hyper::Request<Vec<u8>>,
+    max_body: usize,
+) -> Result<hyper::Response<Vec<u8>>, ClientError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, fetch_inner(tls, request, max_body))
+        .await
+        .map_err(|_| ClientError::Timeout)?
+}
+
+async fn fetch_inner(
+    tls: &Arc<rustls::ClientConfig>,
+    request: hyper::Request<Vec<u8>>,
+    max_body: usize,
+) -> Result<hyper::Response<Vec<u8>>, ClientError> {
+    let url = request.uri().clone();
+    let bad = || ClientError::BadUrl(url.to_string());
+    let host = url.host().ok_or_else(bad)?.trim_matches(['[', ']']).to_string();
+    let secure = match url.scheme_str() {
+        Some("https") => true,
+        Some("http") if is_loopback(&host) => false,
+        _ => return Err(bad()),
+    };
+    let port = url.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let target = if secure {
+        Target::Https {
+            host: host.clone(),
+            port,
+            tls: Arc::clone(tls),
+            token: None,
+        }
+    } else {
+        Target::Http {
+            host: host.clone(),
+            port,
+        }
+    };
+    let connect_err = |cause| ClientError::Connect {
+        target: target.describe(),
+        cause,
+    };
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(connect_err)?;
+    let (parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
+    let mut builder = hyper::Request::builder()
+        .method(parts.method)
+        .uri(path)
+        .header(header::HOST, authority(&host, port))
+        .header(
+            header::USER_AGENT,
+            concat!("cvpn/", env!("CARGO_PKG_VERSION")),
+        );
+    for (name, value) in &parts.headers {
+        if name != header::HOST {
+            builder = builder.header(name, value);
+        }
+    }
+    let req = builder.body(Full::new(Bytes::from(body)))?;
+    if secure {
+        let name = ServerName::try_from(host.clone())
+            .map_err(|e| ClientError::Tls(format!("server name {host:?}: {e}")))?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
+            .connect(name, tcp)
+            .await
+            .map_err(connect_err)?;
+        exchange_raw(TokioIo::new(stream), req, max_body).await
+    } else {
+        exchange_raw(TokioIo::new(tcp), req, max_body).await
+    }
+}
+
+async fn exchange_raw<IO>(
+    io: IO,
+    req: hyper::Request<Full<Bytes>>,
+    max_body: usize,
+) -> Result<hyper::Response<Vec<u8>>, ClientError>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "HTTP connection ended with an error");
+        }
+    });
+    let response = sender.send_request(req).await?;
+    let (parts, body) = response.into_parts();
+    let body = read_limited(body, max_body).await;
+    drop(sender);
+    driver.abort();
+    Ok(hyper::Response::from_parts(parts, body?.to_vec()))
+}
+
+/// True for `localhost` and loopback addresses.
+pub fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
+}
+
+/// TLS client settings that trust the system's CA bundle, plus the PEM certificates of
+/// `extra_ca` if given.
+pub fn client_tls(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let mut paths = vec![PathBuf::from(SYSTEM_CA_BUNDLE)];
+    paths.extend(extra_ca.map(Path::to_path_buf));
+    for path in &paths {
+        let Ok(certs) = CertificateDer::pem_file_iter(path) else {
+            continue;
+        };
+        for c in certs.flatten() {
+            let _ = roots.add(c);
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ClientError::Tls(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// RFC 3986 percent-encoding of everything but the unreserved characters (`A-Z a-z 0-9 - . _
 /// ~`): path segments, query values, `otpauth://` labels.
 pub fn percent_encode(s: &str) -> String {

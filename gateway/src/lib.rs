@@ -39,6 +39,7 @@ pub mod storage;
 #[cfg(test)]
 mod test_support;
 pub mod tun;
+pub mod web;
 
 // The kernel-free core lives in its own crate (`gateway/core`, tested without the eBPF
 // toolchain); its modules keep their paths here.

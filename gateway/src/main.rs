@@ -244,6 +244,7 @@ fn serve(
         print_log_lines: false,
         live: Default::default(),
         authenticator: None,
+        sso: None,
         // The only endpoint of this process: the whole SNAT range.
         nat_port_range: None,
     };

@@ -28,7 +28,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    auth::service::Authenticator,
+    auth::{service::Authenticator, AuthRequest},
     datachannel::Sealer,
     dataplane::{policy::Policy, DataPlane, DataPlaneConfig, TargetSpec},
     endpoint::{
@@ -93,9 +93,22 @@ pub struct ServerSettings {
     pub live: LiveSettings,
     /// Runs the directory checks of `live.directory` (changeable while running).
     pub authenticator: Option<Arc<Authenticator>>,
+    /// Runs the web sign-ins and single sign-on sessions of `live.sso` (changeable while
+    /// running).
+    pub sso: Option<SsoLink>,
     /// SNAT ports of this endpoint; `None`: the data plane's default range. Endpoints of one
     /// daemon that share a target interface need disjoint ranges ([`snat_slice`]).
     pub nat_port_range: Option<(u16, u16)>,
+}
+
+/// An endpoint's single sign-on: the web listener's sign-ins and sessions, and the endpoint's
+/// identity provider.
+#[derive(Clone, Debug)]
+pub struct SsoLink {
+    pub service: Arc<crate::web::SsoService>,
+    pub idp: Arc<crate::web::SsoIdp>,
+    /// Shown on the approval page.
+    pub endpoint_name: String,
 }
 
 /// The slice of the default SNAT range an endpoint of a daemon uses, by its listener: AWS's
@@ -438,6 +451,8 @@ pub enum ServerCommand {
     /// A new authenticator for the endpoint's directory (settings changed, a user enrolled for
     /// MFA); `None`: no directory.
     Authenticator(Option<Arc<Authenticator>>),
+    /// A new identity provider link (settings changed); `None`: no single sign-on.
+    Sso(Option<SsoLink>),
 }
 
 /// The directory's answer for a connection.
@@ -941,6 +956,13 @@ impl Server {
                 }
                 Output::Authenticate { conn, request } => {
                     let answers = self.auth_tx.clone();
+                    if matches!(
+                        request,
+                        AuthRequest::WebSignIn(_) | AuthRequest::SsoSession { .. }
+                    ) {
+                        self.single_sign_on(conn, request);
+                        continue;
+                    }
                     match self.settings.authenticator.clone() {
                         Some(authenticator) => {
                             tokio::spawn(async move {
@@ -980,10 +1002,53 @@ impl Server {
         }
     }
 
+    /// A web sign-in goes to the web listener, which answers when the user has signed in; a
+    /// session check goes to the identity provider (off the event loop).
+    fn single_sign_on(&mut self, conn: ConnId, request: AuthRequest) {
+        let answers = self.auth_tx.clone();
+        let Some(link) = self.settings.sso.clone() else {
+            let _ = answers.send((
+                conn,
+                Err(crate::auth::AuthFailure::IdpUnreachable(
+                    "the endpoint's identity provider could not be set up (see the daemon's log)"
+                        .into(),
+                )),
+            ));
+            return;
+        };
+        match request {
+            AuthRequest::WebSignIn(sign_in) => link.service.begin(
+                crate::web::sso::SignInTarget {
+                    endpoint_id: self.settings.endpoint_id.clone(),
+                    endpoint_name: link.endpoint_name.clone(),
+                    conn,
+                    idp: link.idp,
+                    answers,
+                },
+                *sign_in,
+            ),
+            AuthRequest::SsoSession { username, session } => {
+                let endpoint_id = self.settings.endpoint_id.clone();
+                tokio::spawn(async move {
+                    let answer = link
+                        .service
+                        .check_session(&endpoint_id, &session, &username)
+                        .await;
+                    let _ = answers.send((conn, answer));
+                });
+            }
+            _ => {}
+        }
+    }
+
     fn on_command(&mut self, cmd: ServerCommand) {
         let clock = Clock::system();
         match cmd {
             ServerCommand::ReplacePolicy(policy) => self.replace_policy(policy),
+            ServerCommand::Sso(link) => {
+                info!(idp = ?link.as_ref().map(|l| &l.idp), "identity provider replaced");
+                self.settings.sso = link;
+            }
             ServerCommand::Authenticator(a) => {
                 info!(directory = ?a.as_ref().map(|a| a.directory_id().to_string()), "directory checks replaced");
                 self.settings.authenticator = a;

@@ -710,6 +710,7 @@ fn serve_with_session_timeout(
             ..Default::default()
         },
         authenticator: None,
+        sso: None,
         nat_port_range: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -249,16 +249,41 @@ pub async fn serve_tls_listener(
     }
     let token = Arc::new(BearerToken::new(&bearer_token));
     let app = router(state).layer(middleware::from_fn_with_state(token, require_bearer));
+    serve_router_tls(listener, config, app, "API", usize::MAX, shutdown).await;
+    Ok(())
+}
+
+/// Serves `app` with TLS on a bound TCP listener until `shutdown` completes (connections in
+/// progress go on until they end): the API's TLS listener and the web listener. At most
+/// `max_connections` at once; beyond it new connections wait in the kernel's backlog.
+pub async fn serve_router_tls(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    app: axum::Router,
+    what: &'static str,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let acceptor = TlsAcceptor::from(config);
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        max_connections.min(tokio::sync::Semaphore::MAX_PERMITS),
+    ));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => return,
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
         let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => return,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "API: accept failed");
+                    tracing::warn!(listener = what, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -267,29 +292,36 @@ pub async fn serve_tls_listener(
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "API: TLS handshake failed");
+                    tracing::debug!(listener = what, %peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    tracing::debug!(%peer, "API: TLS handshake timed out");
+                    tracing::debug!(listener = what, %peer, "TLS handshake timed out");
                     return;
                 }
             };
-            let service = hyper_util::service::TowerToHyperService::new(app);
+            let service = hyper_util::service::TowerToHyperService::new(
+                app.layer(axum::Extension(ClientAddr(peer))),
+            );
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), service);
             if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "API: connection ended with an error");
+                tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
             }
         });
     }
 }
+
+/// The TCP peer of a request on a TLS listener (an axum extension).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
 
 /// The expected bearer token, kept as its SHA-256 digest so that comparing takes the same
 /// time whatever the presented token's length and content.

@@ -12,6 +12,7 @@
 
 pub mod challenge;
 pub mod ldap;
+pub mod oidc;
 pub mod radius;
 pub mod service;
 pub mod throttle;
@@ -33,14 +34,48 @@ pub enum AuthRequest {
     /// The account and groups without a password: a re-check of a connected user, a
     /// renegotiation, or a reconnect with a valid auth-token.
     Lookup { username: String },
+    /// A web sign-in (single sign-on): the client was told to open
+    /// `{public_url}/s/{id}`; the answer comes when the user has signed in at the identity
+    /// provider (or the sign-in is abandoned).
+    WebSignIn(Box<WebSignIn>),
+    /// A single sign-on session's user and groups now (a re-check, a renegotiation, a
+    /// reconnect with its auth-token): refreshed at the identity provider.
+    SsoSession { username: String, session: String },
 }
 
 impl AuthRequest {
+    /// The user the request is about (empty for a web sign-in: the IdP will say).
     pub fn username(&self) -> &str {
         match self {
-            AuthRequest::Login { username, .. } | AuthRequest::Lookup { username } => username,
+            AuthRequest::Login { username, .. }
+            | AuthRequest::Lookup { username }
+            | AuthRequest::SsoSession { username, .. } => username,
+            AuthRequest::WebSignIn(_) => "",
         }
     }
+}
+
+/// A web sign-in waiting for its user: what the approval page shows, so that a forwarded
+/// link cannot silently sign someone else's connection in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebSignIn {
+    /// The secret in the short URL (`/s/{id}`): 128 random bits, base64url.
+    pub id: String,
+    /// The auth-token session the sign-in starts (its refresh token is kept under it).
+    pub session: String,
+    /// The connection's id (connection log, `connection list`).
+    pub connection_id: String,
+    /// Where the client connects from.
+    pub client_addr: std::net::SocketAddr,
+    /// `IV_PLAT` and `IV_VER`, as the client announced them.
+    pub platform: Option<String>,
+    pub client_version: Option<String>,
+    /// The client certificate's common name (certificate + federated endpoints).
+    pub common_name: Option<String>,
+    /// When the sign-in is abandoned (Unix seconds).
+    pub expires_unix: u64,
+    /// When the session it starts ends at the latest (its auth-token's expiry).
+    pub session_expires_unix: u64,
 }
 
 /// Who the directory says a user is.
@@ -96,6 +131,16 @@ pub enum AuthFailure {
     Throttled,
     #[error("the auth-token is invalid or expired")]
     BadToken,
+    #[error("the client cannot sign in through a web browser (it announced no IV_SSO=webauth)")]
+    WebSignInUnsupported,
+    #[error("the web sign-in was not completed in time")]
+    WebSignInTimedOut,
+    #[error("the identity provider refused the sign-in: {0}")]
+    IdpRefused(String),
+    #[error("identity provider unreachable: {0}")]
+    IdpUnreachable(String),
+    #[error("the single sign-on session is unknown (the gateway restarted or it ended)")]
+    SsoSessionUnknown,
 }
 
 impl AuthFailure {
@@ -120,6 +165,11 @@ impl AuthFailure {
             AuthFailure::MfaUnavailable(_) => "mfa-unavailable",
             AuthFailure::Throttled => "throttled",
             AuthFailure::BadToken => "auth-token-invalid",
+            AuthFailure::WebSignInUnsupported => "web-sign-in-unsupported",
+            AuthFailure::WebSignInTimedOut => "web-sign-in-timeout",
+            AuthFailure::IdpRefused(_) => "idp-refused",
+            AuthFailure::IdpUnreachable(_) => "idp-unreachable",
+            AuthFailure::SsoSessionUnknown => "sso-session-unknown",
         }
     }
 
@@ -149,6 +199,21 @@ impl AuthFailure {
             AuthFailure::MfaUnavailable(_) => "the MFA service is not answering: try again later",
             AuthFailure::Throttled => "too many failed attempts: wait a minute, then retry",
             AuthFailure::BadToken => "your session token expired: sign in again",
+            AuthFailure::WebSignInUnsupported => {
+                "this server signs you in through a web browser: add 'setenv IV_SSO webauth' to \
+                 your profile (or download it again from the portal), or use OpenVPN Connect, \
+                 openvpn-gui or Tunnelblick"
+            }
+            AuthFailure::WebSignInTimedOut => {
+                "the web sign-in was not finished in time: connect again and sign in in the browser"
+            }
+            AuthFailure::IdpRefused(_) => {
+                "your identity provider refused the sign-in: ask your administrator"
+            }
+            AuthFailure::IdpUnreachable(_) => {
+                "the identity provider is not answering: try again later"
+            }
+            AuthFailure::SsoSessionUnknown => "your session ended: sign in again",
         }
     }
 
@@ -175,7 +240,9 @@ impl AuthFailure {
         match self {
             AuthFailure::DirectoryUnreachable(d)
             | AuthFailure::DirectoryError(d)
-            | AuthFailure::MfaUnavailable(d) => {
+            | AuthFailure::MfaUnavailable(d)
+            | AuthFailure::IdpRefused(d)
+            | AuthFailure::IdpUnreachable(d) => {
                 FailureReason::with_detail(self.reason(), d.clone())
             }
             _ => FailureReason::new(self.reason()),
@@ -192,6 +259,8 @@ impl AuthFailure {
                 | AuthFailure::AccountLocked
                 | AuthFailure::AccountExpired
                 | AuthFailure::NotInAnyGroup
+                | AuthFailure::IdpRefused(_)
+                | AuthFailure::SsoSessionUnknown
         )
     }
 }

@@ -129,6 +129,10 @@ impl Authenticator {
                     Ok(user)
                 }
                 AuthRequest::Lookup { username } => self.ldap.lookup(username).await,
+                // Single sign-on is the web listener's (`crate::web`), never a directory's.
+                AuthRequest::WebSignIn(_) | AuthRequest::SsoSession { .. } => Err(
+                    AuthFailure::DirectoryError("not a directory check (single sign-on)".into()),
+                ),
             }
         };
         match tokio::time::timeout(self.deadline, work).await {

@@ -71,6 +71,7 @@ fn live_settings(
             mfa: d.mfa,
             recheck: Duration::from_secs(u64::from(d.recheck_seconds)),
         }),
+        sso: None,
     })
 }
 
@@ -423,6 +424,7 @@ impl Daemon {
                 && !c.log.stdout,
             live: live_settings(&ep, &c.connect_handler, directory.as_ref())?,
             authenticator,
+            sso: None,
             // Endpoints of one daemon may share a target interface: each its own SNAT ports.
             nat_port_range: Some(crate::server::snat_slice(
                 ep.transport_protocol,

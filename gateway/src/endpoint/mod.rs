@@ -41,7 +41,7 @@ use crate::{
         challenge::split_static_challenge,
         throttle::{Throttle, ThrottlePolicy},
         token::{is_token, session_of, TokenClaims, TokenKey},
-        AuthFailure, AuthRequest, DirectoryUser,
+        AuthFailure, AuthRequest, DirectoryUser, WebSignIn,
     },
     connect_handler::{ConnectHandler, ConnectRequest, ConnectResponse, HandlerError},
     connlog::{ConnectionInfo, ConnectionLogEntry, FailureReason},
@@ -134,6 +134,23 @@ pub struct LiveSettings {
     /// Clients sign in with a directory user name and password (and a second factor): how.
     /// `None`: the certificate alone.
     pub directory: Option<DirectoryPolicy>,
+    /// Clients sign in through a web browser at an identity provider (single sign-on): how.
+    /// `None`: no web sign-in.
+    pub sso: Option<SsoPolicy>,
+}
+
+/// How an endpoint signs users in at its identity provider: the client is told to open
+/// `{sign_in_base}/s/{id}` (`AUTH_PENDING` + `INFO_PRE,WEB_AUTH::…`), the web listener does the
+/// rest and answers through [`Endpoint::handle_auth_answer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SsoPolicy {
+    pub idp_id: String,
+    /// The web listener's public URL, without a trailing `/`.
+    pub sign_in_base: String,
+    /// How long a user has to finish signing in.
+    pub sign_in_timeout: Duration,
+    /// How often a connected user's session is refreshed at the identity provider.
+    pub recheck: Duration,
 }
 
 /// How an endpoint signs users in against its directory (the checks themselves run outside,
@@ -239,8 +256,21 @@ enum Waiting {
     },
     /// The directory (and MFA) check of its credentials.
     Directory,
+    /// The user signing in through the browser (single sign-on), until `until`.
+    Web { until: Instant },
     /// The client connect handler.
     ConnectHandler,
+}
+
+/// How a single sign-on endpoint starts with a new client.
+enum WebStart {
+    /// A valid auth-token: the session goes on once the identity provider confirms the user.
+    Resume {
+        request: AuthRequest,
+        resumed: TokenClaims,
+    },
+    /// Sign in through the browser.
+    Browser(Box<WebSignIn>),
 }
 
 /// What a directory endpoint does with a client's credentials.
@@ -362,6 +392,23 @@ struct SignedIn {
     next_check: Instant,
     /// A re-check is under way.
     checking: bool,
+}
+
+impl SignedIn {
+    /// The check of a connected user: the directory's lookup, or the identity provider's
+    /// refresh of the session.
+    fn recheck_request(&self, sso: bool) -> AuthRequest {
+        if sso {
+            AuthRequest::SsoSession {
+                username: self.username.clone(),
+                session: self.token.session.clone(),
+            }
+        } else {
+            AuthRequest::Lookup {
+                username: self.username.clone(),
+            }
+        }
+    }
 }
 
 impl Connection {
@@ -729,6 +776,62 @@ impl Endpoint {
                         tls_ekm,
                         cipher_name,
                     };
+                    if let Some(policy) = self.config.live.sso.clone() {
+                        match self.web_sign_in(clock, id, &policy, credentials, &admission) {
+                            Ok(WebStart::Resume { request, resumed }) => {
+                                let Some(c) = self.conns.get_mut(&id) else {
+                                    return;
+                                };
+                                admission.claimed_user = Some(request.username().to_string());
+                                let authenticated_at =
+                                    resumed_at(clock, resumed.issued_unix);
+                                admission.resumed = Some(resumed);
+                                c.state = ConnState::Authorizing {
+                                    admission: Box::new(admission),
+                                    authenticated_at,
+                                    waiting: Waiting::Directory,
+                                };
+                                debug!(conn = id, user = %request.username(), "resuming a single sign-on session");
+                                self.outputs
+                                    .push_back(Output::Authenticate { conn: id, request });
+                                continue;
+                            }
+                            Ok(WebStart::Browser(request)) => {
+                                let Some(c) = self.conns.get_mut(&id) else {
+                                    return;
+                                };
+                                let timeout = policy.sign_in_timeout.as_secs();
+                                c.session.send_control(
+                                    &if admission.peer_info.proto.auth_pending_kw() {
+                                        format!("AUTH_PENDING,timeout {timeout}")
+                                    } else {
+                                        "AUTH_PENDING".to_string()
+                                    },
+                                );
+                                c.session.send_control(&format!(
+                                    "INFO_PRE,WEB_AUTH::{}/s/{}",
+                                    policy.sign_in_base, request.id
+                                ));
+                                c.state = ConnState::Authorizing {
+                                    admission: Box::new(admission),
+                                    authenticated_at: clock.now,
+                                    waiting: Waiting::Web {
+                                        until: clock.now + policy.sign_in_timeout,
+                                    },
+                                };
+                                debug!(conn = id, "web sign-in started");
+                                self.outputs.push_back(Output::Authenticate {
+                                    conn: id,
+                                    request: AuthRequest::WebSignIn(request),
+                                });
+                                continue;
+                            }
+                            Err(failure) => {
+                                self.refuse_sign_in(clock, id, None, failure);
+                                return;
+                            }
+                        }
+                    }
                     if let Some(policy) = self.config.live.directory.clone() {
                         let source = c.remote_addr.ip();
                         let claimed = credentials.as_ref().map(|cr| cr.username.clone());
@@ -767,12 +870,7 @@ impl Endpoint {
                                 let authenticated_at = match &resumed {
                                     // A reconnect within the session: its timeout counts from
                                     // the first sign-in.
-                                    Some(t) => clock
-                                        .now
-                                        .checked_sub(Duration::from_secs(
-                                            clock.unix().as_secs().saturating_sub(t.issued_unix),
-                                        ))
-                                        .unwrap_or(clock.now),
+                                    Some(t) => resumed_at(clock, t.issued_unix),
                                     None => clock.now,
                                 };
                                 admission.claimed_user = Some(request.username().to_string());
@@ -840,14 +938,13 @@ impl Endpoint {
                             self.halt(clock, id, AuthFailure::BadToken.reason());
                             return;
                         }
+                        let sso = self.config.live.sso.is_some();
                         if let Some(u) = c.user.as_mut() {
                             if !u.checking {
                                 u.checking = true;
                                 self.outputs.push_back(Output::Authenticate {
                                     conn: id,
-                                    request: AuthRequest::Lookup {
-                                        username: u.username.clone(),
-                                    },
+                                    request: u.recheck_request(sso),
                                 });
                             }
                         }
@@ -1169,7 +1266,7 @@ impl Endpoint {
         };
         match &c.state {
             ConnState::Authorizing {
-                waiting: Waiting::Directory,
+                waiting: Waiting::Directory | Waiting::Web { .. },
                 ..
             } => self.finish_sign_in(clock, conn, answer),
             ConnState::Admitted { .. } if c.user.as_ref().is_some_and(|u| u.checking) => {
@@ -1237,7 +1334,9 @@ impl Endpoint {
         let certificate_groups = admission.identity.groups.clone();
         admission.identity.groups = merge_groups(&certificate_groups, &user.groups);
         c.log = c.log.clone().with_username(user.username.clone());
-        info!(conn, user = %user.username, groups = ?user.groups, "signed in against the directory");
+        info!(conn, user = %user.username, groups = ?user.groups,
+            via = if self.config.live.sso.is_some() { "identity provider" } else { "directory" },
+            "signed in");
         c.user = Some(SignedIn {
             username: user.username,
             certificate_groups,
@@ -1317,13 +1416,68 @@ impl Endpoint {
         }
     }
 
-    /// How often a directory user's account and groups are checked again.
+    /// How often a directory or single sign-on user's account and groups are checked again.
     fn recheck_interval(&self) -> Duration {
-        self.config
-            .live
-            .directory
-            .as_ref()
-            .map_or(DEFAULT_RECHECK, |p| p.recheck)
+        match (&self.config.live.sso, &self.config.live.directory) {
+            (Some(p), _) => p.recheck,
+            (None, Some(p)) => p.recheck,
+            (None, None) => DEFAULT_RECHECK,
+        }
+    }
+
+    /// A single sign-on endpoint's first step with a new client: a reconnect or renegotiation
+    /// with this endpoint's auth-token resumes its session; any other client must be able to
+    /// sign in through a browser. A user name and password the client sends otherwise are not
+    /// an identity (a profile may carry placeholders so that clients without a certificate
+    /// start at all) and are ignored.
+    fn web_sign_in(
+        &mut self,
+        clock: Clock,
+        id: ConnId,
+        policy: &SsoPolicy,
+        credentials: Option<Credentials>,
+        admission: &Admission,
+    ) -> Result<WebStart, AuthFailure> {
+        let now_unix = clock.unix().as_secs();
+        if let Some(Credentials { username, password }) = credentials {
+            if is_token(password.expose()) {
+                let claims = self.tokens.verify(password.expose(), &username, now_unix)?;
+                if self.revoked_sessions.contains_key(&claims.session) {
+                    return Err(AuthFailure::BadToken);
+                }
+                return Ok(WebStart::Resume {
+                    request: AuthRequest::SsoSession {
+                        username,
+                        session: claims.session.clone(),
+                    },
+                    resumed: claims,
+                });
+            }
+        }
+        if !admission.peer_info.sso("webauth") {
+            return Err(AuthFailure::WebSignInUnsupported);
+        }
+        let c = self.conns.get(&id).ok_or(AuthFailure::WebSignInTimedOut)?;
+        let common_name = (!admission.identity.common_name.is_empty())
+            .then(|| admission.identity.common_name.clone());
+        Ok(WebStart::Browser(Box::new(WebSignIn {
+            id: sign_in_id()
+                .ok_or_else(|| AuthFailure::IdpUnreachable("no system randomness".into()))?,
+            session: session_of(&c.log.connection_id).to_string(),
+            connection_id: c.log.connection_id.clone(),
+            client_addr: c.remote_addr,
+            platform: admission.peer_info.platform.clone(),
+            client_version: admission.peer_info.version.clone(),
+            common_name,
+            expires_unix: now_unix.saturating_add(policy.sign_in_timeout.as_secs()),
+            session_expires_unix: now_unix.saturating_add(
+                self.config
+                    .live
+                    .session_timeout
+                    .unwrap_or(TOKEN_LIFETIME_WITHOUT_TIMEOUT)
+                    .as_secs(),
+            ),
+        })))
     }
 
     /// Tokens of this session no longer count (until they would have expired).
@@ -1595,6 +1749,16 @@ impl Endpoint {
                     continue;
                 }
             }
+            if let ConnState::Authorizing {
+                waiting: Waiting::Web { until },
+                ..
+            } = &c.state
+            {
+                if now >= *until {
+                    self.refuse_sign_in(clock, id, None, AuthFailure::WebSignInTimedOut);
+                    continue;
+                }
+            }
             if c.session.is_established() && now.saturating_duration_since(c.last_rx()) > keepalive
             {
                 self.end(clock, id, "keepalive-timeout");
@@ -1619,15 +1783,14 @@ impl Endpoint {
                 self.say_and_end(clock, id, message, "session-timeout");
                 continue;
             }
-            // Directory users: time to check the account and groups again.
+            // Directory and single sign-on users: time to check the account and groups again.
+            let sso = self.config.live.sso.is_some();
             if let Some(u) = c.user.as_mut() {
                 if !u.checking && now >= u.next_check && c.state.client_ip().is_some() {
                     u.checking = true;
                     self.outputs.push_back(Output::Authenticate {
                         conn: id,
-                        request: AuthRequest::Lookup {
-                            username: u.username.clone(),
-                        },
+                        request: u.recheck_request(sso),
                     });
                 }
             }
@@ -1778,6 +1941,27 @@ fn auth_token_options(tokens: &TokenKey, u: &SignedIn) -> Vec<String> {
 }
 
 /// A connection id in AWS's form: `cvpn-connection-` and 17 hex digits.
+/// When a resumed session first signed in, on the monotonic clock (its session timeout counts
+/// from there).
+fn resumed_at(clock: Clock, issued_unix: u64) -> Instant {
+    clock
+        .now
+        .checked_sub(Duration::from_secs(
+            clock.unix().as_secs().saturating_sub(issued_unix),
+        ))
+        .unwrap_or(clock.now)
+}
+
+/// The secret of a web sign-in's short URL: 128 random bits, base64url (22 characters).
+/// `None` without system randomness (no sign-in is safe then).
+fn sign_in_id() -> Option<String> {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut bytes).ok()?;
+    Some(URL_SAFE_NO_PAD.encode(bytes))
+}
+
 fn new_connection_id() -> String {
     use crate::model::ids::{new_id, CONNECTION_ID_PREFIX, ID_HEX_DIGITS};
     // Without system randomness the digits stay zero.
