@@ -44,7 +44,7 @@ fn user(name: &str, groups: &[&str]) -> DirectoryUser {
 impl World {
     /// A new client session from the same host (another source port), with the same
     /// credentials as the last one.
-    fn reconnect(&mut self, n: u8) {
+    pub(super) fn reconnect(&mut self, n: u8) {
         let credentials = self.client.credentials.clone();
         self.client = TestClient::new(self.client_tls.clone(), "vpn.example.com", [n; 8]).unwrap();
         self.client.credentials = credentials;

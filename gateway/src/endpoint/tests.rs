@@ -239,6 +239,9 @@ fn ipv4_udp(src: std::net::Ipv4Addr) -> Vec<u8> {
 #[path = "directory_tests.rs"]
 mod directory;
 
+#[path = "sso_tests.rs"]
+mod sso;
+
 #[test]
 fn a_handshake_admits_the_client_and_pushes_its_configuration() {
     let mut w = World::new(LiveSettings::default());
