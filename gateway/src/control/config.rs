@@ -15,6 +15,13 @@
 //! # tls_key = "/etc/cvpn/api.key"
 //! # token_file = "/etc/cvpn/api.token" # mode 0600, >= 32 characters (openssl rand -hex 32)
 //!
+//! [web]                              # sign-in pages and the self-service portal (HTTPS)
+//! # listen = "0.0.0.0:8443"
+//! # certificate = "/etc/cvpn/web.crt"  # PEM chain, the name in public_url
+//! # key = "/etc/cvpn/web.key"
+//! # public_url = "https://vpn.example.com:8443"   # what users' browsers open
+//! # sign_in_timeout_seconds = 300    # a web sign-in must be finished within this
+//!
 //! [log]
 //! stdout = false                     # also print connection- and flow-log lines on stdout
 //! max_file_bytes = 10485760          # rotate connection.log / flow.log at this size
@@ -103,6 +110,20 @@ pub struct DaemonConfig {
     pub quotas: crate::storage::Quotas,
     /// Which client connect handlers endpoints may name (`[connect_handler]`).
     pub connect_handler: crate::storage::HandlerPolicy,
+    /// The web listener (`[web]`): single sign-on and the self-service portal.
+    pub web: Option<WebListen>,
+}
+
+/// Where the web listener serves, and the URL users reach it at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebListen {
+    pub listen: SocketAddr,
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    /// `https://host[:port]`, without a trailing `/`.
+    pub public_url: String,
+    /// How long a user has to finish a web sign-in.
+    pub sign_in_timeout: Duration,
 }
 
 /// Where the management API listens.
@@ -145,6 +166,7 @@ impl Default for DaemonConfig {
             reneg_sec: 3600,
             quotas: crate::storage::Quotas::default(),
             connect_handler: crate::storage::HandlerPolicy::default(),
+            web: None,
         }
     }
 }
@@ -167,6 +189,18 @@ struct Raw {
     quotas: RawQuotas,
     #[serde(default)]
     connect_handler: RawConnectHandler,
+    #[serde(default)]
+    web: RawWeb,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    listen: Option<SocketAddr>,
+    certificate: Option<PathBuf>,
+    key: Option<PathBuf>,
+    public_url: Option<String>,
+    sign_in_timeout_seconds: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -337,6 +371,51 @@ impl DaemonConfig {
                 ));
             }
         }
+        let web = match (raw.web.listen, raw.web.certificate, raw.web.key, raw.web.public_url) {
+            (None, None, None, None) => None,
+            (Some(listen), Some(certificate), Some(key), Some(public_url)) => {
+                let public_url = public_url.trim_end_matches('/').to_string();
+                let parsed = url::Url::parse(&public_url).ok();
+                let ok = parsed.as_ref().is_some_and(|u| {
+                    u.scheme() == "https"
+                        && u.host_str().is_some()
+                        && u.path() == "/"
+                        && u.query().is_none()
+                        && u.username().is_empty()
+                });
+                if !ok {
+                    return Err(invalid(
+                        "[web] public_url",
+                        format!(
+                            "{public_url:?} is not https://HOST[:PORT]: the URL users' browsers \
+                             open (no path)"
+                        ),
+                    ));
+                }
+                let timeout = raw.web.sign_in_timeout_seconds.unwrap_or(300);
+                if !(30..=3600).contains(&timeout) {
+                    return Err(invalid(
+                        "[web] sign_in_timeout_seconds",
+                        format!("{timeout} is out of range: 30 to 3600 seconds"),
+                    ));
+                }
+                Some(WebListen {
+                    listen,
+                    certificate,
+                    key,
+                    public_url,
+                    sign_in_timeout: Duration::from_secs(timeout),
+                })
+            }
+            _ => {
+                return Err(invalid(
+                    "[web] listen",
+                    "the web listener needs listen, certificate, key and public_url; give all \
+                     four (single sign-on and the portal need it), or none"
+                        .into(),
+                ))
+            }
+        };
         let max_file_bytes = raw.log.max_file_bytes.unwrap_or(d.log.max_file_bytes);
         if max_file_bytes < 4096 {
             return Err(invalid(
@@ -367,6 +446,7 @@ impl DaemonConfig {
                 executable_dir: raw.connect_handler.executable_dir,
                 allow_http: raw.connect_handler.allow_http.unwrap_or(false),
             },
+            web,
         })
     }
 }
@@ -380,6 +460,26 @@ pub fn is_endpoint_file(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_web_listener_needs_all_its_keys_and_an_https_public_url() {
+        let c = DaemonConfig::parse(
+            "[web]\nlisten = \"127.0.0.1:8443\"\ncertificate = \"/c\"\nkey = \"/k\"\npublic_url = \"https://vpn.example.test:8443/\"\n",
+            "t",
+        )
+        .unwrap();
+        let w = c.web.expect("web");
+        assert_eq!(w.public_url, "https://vpn.example.test:8443");
+        assert_eq!(w.sign_in_timeout, Duration::from_secs(300));
+        let e = DaemonConfig::parse("[web]\nlisten = \"127.0.0.1:8443\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("all"), "{e}");
+        let e = DaemonConfig::parse(
+            "[web]\nlisten = \"127.0.0.1:8443\"\ncertificate = \"/c\"\nkey = \"/k\"\npublic_url = \"http://vpn/x\"\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("https://HOST"), "{e}");
+    }
 
     #[test]
     fn empty_file_is_the_defaults() {

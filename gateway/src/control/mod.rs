@@ -99,6 +99,11 @@ pub struct Daemon {
     /// Each directory's memory of used TOTP codes, shared by its endpoints and kept while the
     /// daemon runs (a code used once stays used across directory changes).
     totp_verifiers: std::sync::Mutex<HashMap<String, Arc<TotpVerifier>>>,
+    /// The web listener's sign-ins under way and single sign-on sessions.
+    sso: Arc<crate::web::SsoService>,
+    /// Each identity provider's relying party (its discovered keys kept), rebuilt when the
+    /// provider's settings change.
+    idps: std::sync::Mutex<HashMap<String, Arc<crate::web::SsoIdp>>>,
 }
 
 /// The TUN device of an endpoint: `cvpn` and the first 10 hex digits of its id (stable across
@@ -183,8 +188,32 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         info!(listen = %tcp.listen, "API listening with TLS");
     }
 
+    let sso = Arc::new(crate::web::SsoService::new());
+    if let Some(web) = &config.web {
+        let tls = pem_tls_config(&web.certificate, &web.key, "web listener")?;
+        let listener = tokio::net::TcpListener::bind(web.listen)
+            .await
+            .with_context(|| format!("binding the web listener [web] listen = {}", web.listen))?;
+        let state = Arc::new(crate::web::WebState {
+            settings: crate::web::WebSettings {
+                public_url: web.public_url.clone(),
+            },
+            sso: sso.clone(),
+        });
+        api_tasks.push(tokio::spawn({
+            let stop = stopped(api_stop.clone());
+            async move {
+                crate::web::serve(listener, tls, state, stop).await;
+                Ok(())
+            }
+        }));
+        info!(listen = %web.listen, public_url = %web.public_url, "web listener (sign-in, portal) listening");
+    }
+
     let listeners = api_state.listeners.clone();
     let mut daemon = Daemon {
+        sso,
+        idps: Default::default(),
         config,
         listeners,
         store,
@@ -237,19 +266,23 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
 }
 
 fn api_tls_config(tcp: &config::TcpApi) -> Result<Arc<rustls::ServerConfig>> {
+    pem_tls_config(&tcp.tls_cert, &tcp.tls_key, "API")
+}
+
+/// A TLS listener's settings from a PEM certificate chain and key (`what` names it in errors).
+fn pem_tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    what: &str,
+) -> Result<Arc<rustls::ServerConfig>> {
     use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tcp.tls_cert)
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|i| i.collect::<Result<_, _>>())
-        .map_err(|e| {
-            anyhow!(
-                "reading the API certificate {}: {e}",
-                tcp.tls_cert.display()
-            )
-        })?;
-    let key = PrivateKeyDer::from_pem_file(&tcp.tls_key)
-        .map_err(|e| anyhow!("reading the API key {}: {e}", tcp.tls_key.display()))?;
-    crate::api::serve::tls_config(chain, key)
-        .with_context(|| format!("{} and {}", tcp.tls_cert.display(), tcp.tls_key.display()))
+        .map_err(|e| anyhow!("reading the {what} certificate {}: {e}", cert.display()))?;
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| anyhow!("reading the {what} key {}: {e}", key.display()))?;
+    crate::api::serve::tls_config(chain, private)
+        .with_context(|| format!("{} and {}", cert.display(), key.display()))
 }
 
 impl Daemon {
