@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use openidconnect::core::{
-    CoreAuthenticationFlow, CoreClient, CoreIdToken, CoreProviderMetadata, CoreTokenResponse,
+    CoreAuthenticationFlow, CoreClient, CoreIdToken, CoreJwsSigningAlgorithm,
+    CoreProviderMetadata, CoreTokenResponse,
 };
+use openidconnect::JwsSigningAlgorithm;
 use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet,
     EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
@@ -131,6 +133,9 @@ type Client = CoreClient<
 
 struct Discovered {
     client: Client,
+    /// The signature algorithms ID tokens may use: what the provider announces, without
+    /// `none` and without the HMAC ones (a client secret is no key to trust tokens by).
+    algs: Vec<CoreJwsSigningAlgorithm>,
     at: Instant,
 }
 
@@ -188,11 +193,11 @@ impl OidcRelyingParty {
     /// The client built from the provider's metadata and keys: fetched on first use, and again
     /// when `stale` (a token named a key we do not have), at most every
     /// [`REDISCOVER_AT_MOST_EVERY`].
-    async fn client(&self, stale: bool) -> Result<Client, OidcError> {
+    async fn client(&self, stale: bool) -> Result<(Client, Vec<CoreJwsSigningAlgorithm>), OidcError> {
         let mut d = self.discovered.lock().await;
         if let Some(found) = d.as_ref() {
             if !stale || found.at.elapsed() < REDISCOVER_AT_MOST_EVERY {
-                return Ok(found.client.clone());
+                return Ok((found.client.clone(), found.algs.clone()));
             }
         }
         let issuer = IssuerUrl::new(self.settings.issuer.clone())
@@ -201,6 +206,18 @@ impl OidcRelyingParty {
         let metadata = CoreProviderMetadata::discover_async(issuer, &http)
             .await
             .map_err(|e| OidcError::Unreachable(format!("discovery: {}", chain(&e))))?;
+        let algs: Vec<CoreJwsSigningAlgorithm> = metadata
+            .id_token_signing_alg_values_supported()
+            .iter()
+            .filter(|a| !a.uses_shared_secret() && **a != CoreJwsSigningAlgorithm::None)
+            .cloned()
+            .collect();
+        if algs.is_empty() {
+            return Err(OidcError::Settings(
+                "the provider announces no asymmetric ID-token signature algorithm (RS256, ES256, …)"
+                    .into(),
+            ));
+        }
         let redirect = RedirectUrl::new(self.settings.redirect_url.clone())
             .map_err(|e| OidcError::Settings(format!("redirect URL: {e}")))?;
         let client = CoreClient::from_provider_metadata(
@@ -214,15 +231,16 @@ impl OidcRelyingParty {
         }
         *d = Some(Discovered {
             client: client.clone(),
+            algs: algs.clone(),
             at: Instant::now(),
         });
-        Ok(client)
+        Ok((client, algs))
     }
 
     /// Starts a sign-in: the provider's authorization URL with a fresh state, nonce and PKCE
     /// challenge (S256).
     pub async fn authorize(&self) -> Result<Authorization, OidcError> {
-        let client = self.client(false).await?;
+        let (client, _) = self.client(false).await?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = client.authorize_url(
             CoreAuthenticationFlow::AuthorizationCode,
@@ -254,7 +272,7 @@ impl OidcRelyingParty {
         if code.is_empty() || code.len() > 4096 {
             return Err(OidcError::Invalid("authorization code missing or too long".into()));
         }
-        let client = self.client(false).await?;
+        let (client, algs) = self.client(false).await?;
         let http = http_client(Arc::clone(&self.tls));
         let response = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
@@ -267,7 +285,7 @@ impl OidcRelyingParty {
         let id_token = response
             .id_token()
             .ok_or_else(|| OidcError::Invalid("the token answer has no id_token".into()))?;
-        let subject = self.verify(&client, id_token, &nonce).await?;
+        let subject = self.verify(&client, &algs, id_token, &nonce).await?;
         self.identity(&response, id_token, subject)
     }
 
@@ -279,7 +297,7 @@ impl OidcRelyingParty {
         refresh_token: &str,
         subject: &str,
     ) -> Result<OidcIdentity, OidcError> {
-        let client = self.client(false).await?;
+        let (client, algs) = self.client(false).await?;
         let http = http_client(Arc::clone(&self.tls));
         let token = RefreshToken::new(refresh_token.to_string());
         let response = client
@@ -293,7 +311,7 @@ impl OidcRelyingParty {
         })?;
         // A refreshed ID token carries no nonce (OpenID Connect Core §12.2).
         let no_nonce = |_: Option<&Nonce>| Ok::<(), String>(());
-        let found = self.verify(&client, id_token, no_nonce).await?;
+        let found = self.verify(&client, &algs, id_token, no_nonce).await?;
         if found != subject {
             return Err(OidcError::Invalid(format!(
                 "the refreshed token names another subject ({found:?}, not {subject:?})"
@@ -311,16 +329,18 @@ impl OidcRelyingParty {
     async fn verify<N: openidconnect::NonceVerifier + Copy>(
         &self,
         client: &Client,
+        algs: &[CoreJwsSigningAlgorithm],
         id_token: &CoreIdToken,
         nonce: N,
     ) -> Result<String, OidcError> {
-        match id_token.claims(&client.id_token_verifier(), nonce) {
+        let verifier = client.id_token_verifier().set_allowed_algs(algs.to_vec());
+        match id_token.claims(&verifier, nonce) {
             Ok(c) => Ok(c.subject().to_string()),
             Err(e) if is_key_problem(&e) => {
                 warn!(issuer = %self.settings.issuer, error = %e,
                     "ID token signed with a key we do not know: fetching the provider's keys again");
-                let fresh = self.client(true).await?;
-                let verifier = fresh.id_token_verifier();
+                let (fresh, algs) = self.client(true).await?;
+                let verifier = fresh.id_token_verifier().set_allowed_algs(algs);
                 let subject = match id_token.claims(&verifier, nonce) {
                     Ok(c) => c.subject().to_string(),
                     Err(e) => return Err(OidcError::Invalid(chain(&e))),
