@@ -28,8 +28,10 @@
 // HTTPS: Chromium trusts only the system store (and a per-user NSS database, whose tool,
 // certutil, is not installed here). --ca FILE (PEM, one or more certificates) trusts those
 // certificates' public keys through Chromium's --ignore-certificate-errors-spki-list: a TLS
-// error on a chain holding one of those keys is ignored, others still fail. Put the server's
-// own certificate in FILE too: Chromium matches the keys of the chain the server sent.
+// error on a chain holding one of those keys is ignored, others still fail. Chromium matches
+// the keys of the chain the server sent, so put the server's own certificate in FILE (seen
+// here: a server sending only its leaf, FILE with only the CA: ERR_CERT_AUTHORITY_INVALID;
+// FILE with CA and leaf: the page loads).
 // --ignore-https-errors ignores every certificate error (fine for a localhost test CA).
 //
 // Network: the browser reaches loopback only (127.0.0.0/8, ::1, localhost, and the names given

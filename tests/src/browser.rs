@@ -22,7 +22,8 @@
 //!
 //! HTTPS: Chromium trusts only the system store. [`BrowserOptions::ca_file`] trusts the public
 //! keys of the certificates in a PEM file (`--ignore-certificate-errors-spki-list`: put the
-//! server's certificate in it, Chromium matches the keys of the chain the server sent);
+//! server's certificate in it, as Chromium matches the keys of the chain the server sent: the
+//! CA alone fails with `ERR_CERT_AUTHORITY_INVALID` when the server sends only its leaf);
 //! [`BrowserOptions::ignore_https_errors`] ignores all certificate errors, acceptable for a
 //! gateway on loopback with a test CA.
 
