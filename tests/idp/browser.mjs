@@ -2,7 +2,7 @@
 // tests: a real browser signing in through real pages. Test-only.
 //
 //   node browser.mjs [--ca FILE] [--ignore-https-errors] [--timeout-ms N] [--screenshot-dir DIR]
-//                    [--resolve HOST=IP]... [--chromium PATH] SCRIPT.json
+//                    [--resolve HOST=IP]... [--allow-host HOST]... [--chromium PATH] SCRIPT.json
 //
 // SCRIPT.json is a list of steps (or {"steps": [...]}); each is one object, with an optional
 // "timeout_ms" (default --timeout-ms, 20000): every wait is bounded.
@@ -34,8 +34,9 @@
 // FILE with CA and leaf: the page loads).
 // --ignore-https-errors ignores every certificate error (fine for a localhost test CA).
 //
-// Network: the browser reaches loopback only (127.0.0.0/8, ::1, localhost, and the names given
-// with --resolve HOST=IP, which Chromium's resolver maps to IP). Every other request is
+// Network: the browser reaches loopback only (127.0.0.0/8, ::1, localhost, the names given
+// with --resolve HOST=IP, which Chromium's resolver maps to IP, and the hosts given with
+// --allow-host: a test host's address in a network namespace the test made). Every other request is
 // aborted before it leaves (oidc-provider's pages ask for a web font, for one), and listed in
 // "blocked".
 
@@ -53,7 +54,7 @@ function usage(msg) {
 }
 
 const opts = {
-  ca: null, resolve: [], ignoreHttpsErrors: false, timeoutMs: 20000, screenshotDir: null, chromium: '/usr/bin/chromium', script: null,
+  ca: null, resolve: [], allowHosts: [], ignoreHttpsErrors: false, timeoutMs: 20000, screenshotDir: null, chromium: '/usr/bin/chromium', script: null,
 };
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i += 1) {
@@ -68,7 +69,8 @@ for (let i = 0; i < argv.length; i += 1) {
     const [host, ip] = value().split('=');
     if (!host || !ip) usage('--resolve HOST=IP');
     opts.resolve.push({ host: host.toLowerCase(), ip });
-  } else if (a === '--ignore-https-errors') opts.ignoreHttpsErrors = true;
+  } else if (a === '--allow-host') opts.allowHosts.push(value().toLowerCase());
+  else if (a === '--ignore-https-errors') opts.ignoreHttpsErrors = true;
   else if (a === '--timeout-ms') opts.timeoutMs = Number(value());
   else if (a === '--screenshot-dir') opts.screenshotDir = value();
   else if (a === '--chromium') opts.chromium = value();
@@ -137,7 +139,7 @@ function isLocal(url) {
   if (['data:', 'blob:', 'about:'].includes(u.protocol)) return true;
   const host = u.hostname.toLowerCase();
   return /^127\.\d+\.\d+\.\d+$/.test(host) || host === '[::1]' || host === 'localhost'
-    || opts.resolve.some((r) => r.host === host);
+    || opts.resolve.some((r) => r.host === host) || opts.allowHosts.includes(host);
 }
 
 async function visibleText(page) {

@@ -5,7 +5,9 @@
 //
 // CONFIG.json:
 //   {
-//     "port": 41234,                          // listens on 127.0.0.1:port
+//     "port": 41234,                          // listens on host:port
+//     "host": "127.0.0.1",                    // optional, the default; a test host's address
+//                                             // in a network namespace when others must reach it
 //     "issuer": "http://127.0.0.1:41234",     // no path: the provider is mounted at /
 //     "ready_file": "/tmp/…/ready.json",      // written (atomically) once it serves
 //     "admin_token": "…",                     // Bearer token for /admin/*
@@ -278,7 +280,7 @@ const server = createServer((req, res) => {
   return handler(req, res);
 });
 
-server.listen(config.port, '127.0.0.1', () => {
+server.listen(config.port, config.host || '127.0.0.1', () => {
   const ready = {
     issuer: config.issuer,
     port: server.address().port,

@@ -15,7 +15,8 @@
 //!
 //! Every wait is bounded ([`BrowserOptions::timeout`] per step, 20 s by default; the whole run
 //! by the steps' bounds plus a margin, after which the process is killed by its PID). The
-//! browser reaches loopback only (and names mapped with [`BrowserOptions::resolve`]): other
+//! browser reaches loopback only (and names mapped with [`BrowserOptions::resolve`], hosts
+//! allowed with [`BrowserOptions::allow_hosts`]; it may run in a namespace): other
 //! requests are aborted and listed in [`BrowserResult::blocked`]. A failed step comes back as
 //! an error with the step, the URL, the page's text and a screenshot path. Screenshots go to
 //! `<target>/test-artifacts/browser/` ([`artifacts_dir`]), where they outlive the test.
@@ -31,7 +32,7 @@ use std::{
     fs::{self, File},
     net::IpAddr,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -40,7 +41,7 @@ use serde_json::{json, Value};
 
 use crate::{
     gateway::TempDir,
-    oidc_idp::{ensure_node_modules, node, query_param},
+    oidc_idp::{ensure_node_modules, node_command, query_param},
     terminate, unique_tag,
 };
 
@@ -137,6 +138,11 @@ pub struct BrowserOptions {
     pub ignore_https_errors: bool,
     /// Host names Chromium resolves to these addresses (and may reach).
     pub resolve: Vec<(String, IpAddr)>,
+    /// Hosts the browser may reach besides loopback: test hosts' addresses in namespaces the
+    /// test made.
+    pub allow_hosts: Vec<String>,
+    /// Run the browser inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
     /// Where screenshots go; by default a new directory under [`artifacts_dir`].
     pub screenshot_dir: Option<PathBuf>,
 }
@@ -148,6 +154,8 @@ impl Default for BrowserOptions {
             ca_file: None,
             ignore_https_errors: false,
             resolve: Vec::new(),
+            allow_hosts: Vec::new(),
+            netns: None,
             screenshot_dir: None,
         }
     }
@@ -219,7 +227,7 @@ impl Browser {
             &script,
             serde_json::to_vec(&steps.iter().map(Step::to_json).collect::<Vec<_>>())?,
         )?;
-        let mut cmd = Command::new(node()?);
+        let mut cmd = node_command(options.netns.as_deref())?;
         cmd.arg(idp_dir.join("browser.mjs"))
             .arg("--timeout-ms")
             .arg(options.timeout.as_millis().to_string())
@@ -235,6 +243,9 @@ impl Browser {
         }
         for (host, ip) in &options.resolve {
             cmd.arg("--resolve").arg(format!("{host}={ip}"));
+        }
+        for host in &options.allow_hosts {
+            cmd.arg("--allow-host").arg(host);
         }
         cmd.arg(&script);
         let out_path = work.0.join("stdout");

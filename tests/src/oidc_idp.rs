@@ -18,7 +18,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Mutex,
@@ -187,6 +187,12 @@ pub struct OidcIdpConfig {
     /// oidc-provider lifetimes in seconds by artifact (`{"IdToken": 60, "AccessToken": 60}`);
     /// defaults: codes 60, access and id tokens 600, refresh tokens and sessions a day.
     pub ttl: Option<Value>,
+    /// Run inside this network namespace (`ip netns exec`; the name of a [`crate::Netns`] the
+    /// test made and keeps): the admin calls are then made from inside it too.
+    pub netns: Option<String>,
+    /// The address to listen on and to name in the issuer (default 127.0.0.1): a test host's
+    /// address in `netns` when the gateway or the browser reaches the IdP from another one.
+    pub listen: Option<IpAddr>,
 }
 
 /// A running IdP; stopped (SIGTERM to its PID, then SIGKILL) and its directory removed on drop.
@@ -196,6 +202,7 @@ pub struct OidcIdp {
     issuer: String,
     port: u16,
     admin_token: String,
+    netns: Option<String>,
 }
 
 impl OidcIdp {
@@ -209,13 +216,15 @@ impl OidcIdp {
             issuer: String::new(),
             port: 0,
             admin_token: random_hex(16)?,
+            netns: config.netns.clone(),
         };
+        let listen = config.listen.unwrap_or(IpAddr::from([127, 0, 0, 1]));
         // The free port is found by binding port 0 and closing the socket: another process
         // can take it in between. Try again with another port if the IdP fails to start.
         let mut last_err = None;
         for _ in 0..3 {
             idp.port = free_port()?;
-            idp.issuer = format!("http://127.0.0.1:{}", idp.port);
+            idp.issuer = format!("http://{}", SocketAddr::from((listen, idp.port)));
             match idp.launch(&idp_dir, &config) {
                 Ok(()) => return Ok(idp),
                 Err(e) => {
@@ -230,8 +239,13 @@ impl OidcIdp {
     fn launch(&mut self, idp_dir: &Path, config: &OidcIdpConfig) -> Result<()> {
         let ready = self.dir.0.join("ready.json");
         let _ = fs::remove_file(&ready);
+        let host = config
+            .listen
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+            .to_string();
         let conf = json!({
             "port": self.port,
+            "host": host,
             "issuer": self.issuer,
             "ready_file": ready,
             "admin_token": self.admin_token,
@@ -255,7 +269,7 @@ impl OidcIdp {
         fs::write(&conf_path, serde_json::to_vec_pretty(&conf)?)?;
         let log_path = self.log_path();
         let log = File::create(&log_path)?;
-        let child = Command::new(node()?)
+        let child = node_command(self.netns.as_deref())?
             .arg(idp_dir.join("oidc.mjs"))
             .arg(&conf_path)
             .current_dir(idp_dir)
@@ -290,7 +304,7 @@ impl OidcIdp {
         self.dir.0.join("idp.log")
     }
 
-    /// `http://127.0.0.1:<port>` (no trailing slash).
+    /// `http://<listen address>:<port>` (no trailing slash).
     pub fn issuer(&self) -> &str {
         &self.issuer
     }
@@ -364,7 +378,10 @@ impl OidcIdp {
     fn admin(&self, path: &str) -> Result<Value> {
         let url = format!("{}{path}", self.issuer);
         let auth = format!("Bearer {}", self.admin_token);
-        let (status, body) = http_request("POST", &url, &[("Authorization", &auth)], "")?;
+        let (status, body) = in_netns(self.netns.as_deref(), {
+            let url = url.clone();
+            move || http_request("POST", &url, &[("Authorization", &auth)], "")
+        })?;
         if status != 200 {
             bail!("{url}: {status} {body}\n{}", self.log());
         }
@@ -382,6 +399,41 @@ impl Drop for OidcIdp {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `node`, or `ip netns exec <ns> node` (which execs node: the child's PID is node's).
+pub fn node_command(netns: Option<&str>) -> Result<Command> {
+    let node = node()?;
+    Ok(match netns {
+        None => Command::new(node),
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(node);
+            c
+        }
+    })
+}
+
+/// Runs `f` on a thread inside the network namespace `netns` (or here when None) and waits
+/// for it: for requests to an IdP or a callback that listen in a namespace.
+pub fn in_netns<T, F>(netns: Option<&str>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    let Some(ns) = netns else { return f() };
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).with_context(|| format!("open {path}"))?;
+        nix::sched::setns(
+            std::os::fd::AsFd::as_fd(&file),
+            nix::sched::CloneFlags::CLONE_NEWNET,
+        )
+        .with_context(|| format!("setns {path}"))?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow!("thread in netns {ns} panicked"))?
 }
 
 /// `application/x-www-form-urlencoded` / query encoding of one value.

@@ -6,7 +6,7 @@
 
 use std::{
     io::{Read, Write},
-    net::TcpListener,
+    net::{IpAddr, TcpListener},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -14,11 +14,12 @@ use std::{
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use cvpn_tests::{
-    browser::{Browser, Step},
+    browser::{Browser, BrowserOptions, Step},
     oidc_idp::{
-        form_encode, http_get, http_post_form, jwt_claims, jwt_header, query_param, random_hex,
-        IdpClient, IdpUser, OidcIdp, OidcIdpConfig,
+        form_encode, http_get, http_post_form, in_netns, jwt_claims, jwt_header, query_param,
+        random_hex, IdpClient, IdpUser, OidcIdp, OidcIdpConfig,
     },
+    Netns,
 };
 use serde_json::Value;
 
@@ -28,15 +29,20 @@ const CLIENT_SECRET: &str = "gateway-secret-0123456789";
 /// A relying party's redirect target: answers `GET /cb?…` with a page saying so, and hands
 /// each callback's query on. Serves for at most a minute.
 struct Callback {
+    host: IpAddr,
     port: u16,
     rx: mpsc::Receiver<String>,
 }
 
 impl Callback {
     fn start() -> Result<Callback> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        Self::serve(TcpListener::bind("127.0.0.1:0")?)
+    }
+
+    fn serve(listener: TcpListener) -> Result<Callback> {
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
+        let host = listener.local_addr()?.ip();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let until = Instant::now() + Duration::from_secs(60);
@@ -74,15 +80,19 @@ impl Callback {
                 );
             }
         });
-        Ok(Callback { port, rx })
+        Ok(Callback { host, port, rx })
     }
 
     fn redirect_uri(&self) -> String {
-        format!("http://127.0.0.1:{}/cb", self.port)
+        format!("http://{}:{}/cb", self.host, self.port)
     }
 }
 
 fn idp(callback: &Callback) -> Result<OidcIdp> {
+    idp_with(callback, None, None)
+}
+
+fn idp_with(callback: &Callback, netns: Option<&str>, listen: Option<IpAddr>) -> Result<OidcIdp> {
     let mut carol = IdpUser::new("carol", "carol@example.test", "carol-pw", &["vpn-users"]);
     carol.disabled = true;
     OidcIdp::start(OidcIdpConfig {
@@ -100,6 +110,8 @@ fn idp(callback: &Callback) -> Result<OidcIdp> {
             ),
             carol,
         ],
+        netns: netns.map(str::to_owned),
+        listen,
         ..Default::default()
     })
 }
@@ -171,7 +183,7 @@ fn browser_signs_in_code_exchanged_with_pkce_refresh_until_disabled() -> Result<
     ];
     steps.extend(sign_in("alice@example.test", "alice-pw"));
     steps.extend([
-        Step::wait_url(&format!(r"^http://127\.0\.0\.1:{}/cb\?", callback.port)),
+        Step::wait_url(&format!("^{}\\?", regex_escape(&callback.redirect_uri()))),
         Step::expect_text("callback received"),
     ]);
     let r = Browser::run(&steps).with_context(|| idp.log())?;
@@ -295,6 +307,67 @@ fn wrong_password_and_disabled_user_stay_on_the_login_page() -> Result<()> {
     let log = idp.log();
     assert!(log.contains(r#"sign-in refused for "alice""#), "{log}");
     assert!(log.contains(r#"sign-in refused for "carol""#), "{log}");
+    Ok(())
+}
+
+/// The IdP, the relying party's callback and the browser in a network namespace of the test's,
+/// on a test host's address there (not loopback), as the gateway's tests will place them.
+#[test]
+fn in_a_namespace_on_a_test_host_address() -> Result<()> {
+    if !cvpn_tests::is_root() {
+        eprintln!("skipped: needs root for a network namespace");
+        return Ok(());
+    }
+    let ns = Netns::new("idp")?;
+    // (No dummy interfaces on this kernel: a veth pair inside the namespace.)
+    ns.ip("link add d0 type veth peer name d0peer")?;
+    ns.ip("link set d0peer up")?;
+    ns.ip("addr add 10.77.0.1/24 dev d0")?;
+    ns.ip("link set d0 up")?;
+    let addr: IpAddr = "10.77.0.1".parse()?;
+    let callback = Callback::serve(ns.run(move || Ok(TcpListener::bind((addr, 0))?))?)?;
+    let idp = idp_with(&callback, Some(ns.name()), Some(addr))?;
+    assert!(
+        idp.issuer().starts_with("http://10.77.0.1:"),
+        "{}",
+        idp.issuer()
+    );
+    let (verifier, challenge) = pkce()?;
+    let mut steps = vec![
+        Step::goto(&auth_url(&idp, &callback, "s2", "n2", &challenge)),
+        Step::wait_text("Sign-in"),
+    ];
+    steps.extend(sign_in("alice", "alice-pw"));
+    steps.push(Step::expect_text("callback received"));
+    let options = BrowserOptions {
+        netns: Some(ns.name().to_owned()),
+        allow_hosts: vec!["10.77.0.1".into()],
+        ..Default::default()
+    };
+    Browser::run_with(&options, &steps).with_context(|| idp.log())?;
+    let query = callback.rx.recv_timeout(Duration::from_secs(5))?;
+    let code = query_param(&query, "code").context("no code")?;
+    let (token_url, redirect_uri) = (idp.token_endpoint(), callback.redirect_uri());
+    let (status, tokens) = in_netns(Some(ns.name()), move || {
+        http_post_form(
+            &token_url,
+            Some((CLIENT_ID, CLIENT_SECRET)),
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", &redirect_uri),
+                ("code_verifier", &verifier),
+            ],
+        )
+    })?;
+    assert_eq!(status, 200, "{tokens}\n{}", idp.log());
+    assert_eq!(
+        jwt_claims(tokens["id_token"].as_str().unwrap_or(""))?["email"],
+        "alice@example.test"
+    );
+    // Admin calls reach it inside the namespace.
+    idp.disable_user("alice")?;
+    idp.rotate_keys()?;
     Ok(())
 }
 
