@@ -8,10 +8,12 @@
 //!   TUN — the stand-in for the data channel in data-plane tests.
 //! * [`Topology`]: clients → relay → gateway (kernel data plane) → private network.
 
+pub mod browser;
 pub mod directory_servers;
 pub mod echo;
 pub mod gateway;
 pub mod http;
+pub mod oidc_idp;
 pub mod openvpn;
 pub mod packets;
 pub mod pki;

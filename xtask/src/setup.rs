@@ -1,6 +1,7 @@
 //! `cargo xtask setup`: installs what building and testing need, and nothing twice. A second
-//! run only checks (one dpkg query, one sysroot look-up, one version call): well under a second.
-use std::{path::PathBuf, process::Command, time::Instant};
+//! run only checks (one dpkg query, one sysroot look-up, one version call, one file compare):
+//! well under a second.
+use std::{fs, path::PathBuf, process::Command, time::Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -32,6 +33,11 @@ const PACKAGES: &[&str] = &[
     "freeradius",
     "freeradius-utils",
     "oathtool",
+    // Single sign-on (OIDC, issue 10): the tests sign in through a real headless browser,
+    // Debian's Chromium (driven by playwright-core from tests/idp; chromium-driver is its
+    // WebDriver, for tools that want one). The IdP and the driver run on the machine's Node.js.
+    "chromium",
+    "chromium-driver",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -88,6 +94,32 @@ fn bpf_linker_ok() -> bool {
         .unwrap_or(false)
 }
 
+/// The SSO tests' Node packages (tests/idp: oidc-provider, playwright-core): `npm ci` unless
+/// node_modules already holds what package-lock.json says. The stamp is the one the tests'
+/// own lazy install (tests/src/oidc_idp.rs) reads and writes: a copy of the lock file.
+fn node_packages() -> Result<()> {
+    let dir = crate::root().join("tests/idp");
+    let lock = dir.join("package-lock.json");
+    let stamp = dir.join("node_modules/.cvpn-installed-package-lock.json");
+    let want = fs::read(&lock).with_context(|| format!("read {}", lock.display()))?;
+    if fs::read(&stamp).is_ok_and(|have| have == want) {
+        return Ok(());
+    }
+    if Command::new("npm").arg("--version").output().is_err() {
+        bail!("npm is missing: the SSO tests need the machine's Node.js (20 or later) and npm");
+    }
+    eprintln!("setup: npm ci in tests/idp (the OIDC IdP and browser driver)");
+    run(Command::new("npm").current_dir(&dir).args([
+        "ci",
+        "--no-audit",
+        "--no-fund",
+        "--ignore-scripts",
+    ]))
+    .context("npm ci in tests/idp")?;
+    fs::copy(&lock, &stamp).with_context(|| format!("write {}", stamp.display()))?;
+    Ok(())
+}
+
 pub fn setup() -> Result<()> {
     let started = Instant::now();
     let missing = missing_packages();
@@ -129,6 +161,7 @@ pub fn setup() -> Result<()> {
             .args(["--no-default-features", "--features", "llvm-22"]))
         .context("building bpf-linker")?;
     }
+    node_packages()?;
     let took = started.elapsed();
     if std::env::var_os("CVPN_SETUP_QUIET").is_none() {
         eprintln!("setup: toolchain ready ({} ms)", took.as_millis());
