@@ -264,3 +264,7 @@ impl AuthFailure {
         )
     }
 }
+
+#[cfg(test)]
+#[path = "oidc_tests.rs"]
+mod oidc_tests;

@@ -136,7 +136,8 @@ struct Discovered {
     /// The signature algorithms ID tokens may use: what the provider announces, without
     /// `none` and without the HMAC ones (a client secret is no key to trust tokens by).
     algs: Vec<CoreJwsSigningAlgorithm>,
-    at: Instant,
+    /// When a token naming an unknown key last sent us to the provider.
+    refetched_at: Option<Instant>,
 }
 
 /// One identity provider's relying party.
@@ -196,7 +197,10 @@ impl OidcRelyingParty {
     async fn client(&self, stale: bool) -> Result<(Client, Vec<CoreJwsSigningAlgorithm>), OidcError> {
         let mut d = self.discovered.lock().await;
         if let Some(found) = d.as_ref() {
-            if !stale || found.at.elapsed() < REDISCOVER_AT_MOST_EVERY {
+            let recently = found
+                .refetched_at
+                .is_some_and(|t| t.elapsed() < REDISCOVER_AT_MOST_EVERY);
+            if !stale || recently {
                 return Ok((found.client.clone(), found.algs.clone()));
             }
         }
@@ -232,7 +236,7 @@ impl OidcRelyingParty {
         *d = Some(Discovered {
             client: client.clone(),
             algs: algs.clone(),
-            at: Instant::now(),
+            refetched_at: stale.then(Instant::now),
         });
         Ok((client, algs))
     }
