@@ -267,4 +267,4 @@ impl AuthFailure {
 
 #[cfg(test)]
 #[path = "oidc_tests.rs"]
-mod oidc_tests;
+pub(crate) mod oidc_tests;

@@ -17,13 +17,13 @@ use super::oidc::*;
 const CLIENT: &str = "cvpn-test";
 const SECRET: &str = "client-secret-0123456789";
 
-struct Key {
+pub(crate) struct Key {
     kid: String,
     pair: EcdsaKeyPair,
 }
 
 impl Key {
-    fn new(kid: &str) -> Key {
+    pub(crate) fn new(kid: &str) -> Key {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
         let pair =
@@ -35,7 +35,7 @@ impl Key {
         }
     }
 
-    fn jwk(&self) -> Value {
+    pub(crate) fn jwk(&self) -> Value {
         let p = self.pair.public_key().as_ref(); // 0x04 || x || y
         json!({"kty":"EC","crv":"P-256","use":"sig","alg":"ES256","kid":self.kid,
             "x":B64.encode(&p[1..33]),"y":B64.encode(&p[33..65])})
@@ -54,14 +54,14 @@ impl Key {
         format!("{input}.{}", B64.encode(sig.as_ref()))
     }
 
-    fn token(&self, claims: &Value) -> String {
+    pub(crate) fn token(&self, claims: &Value) -> String {
         self.sign(&json!({"alg":"ES256","kid":self.kid,"typ":"JWT"}), claims)
     }
 }
 
 #[derive(Default)]
-struct Provider {
-    jwks: Vec<Value>,
+pub(crate) struct Provider {
+    pub(crate) jwks: Vec<Value>,
     /// The next answers of the token endpoint (code or refresh grant): status and body.
     token_answer: Option<(u16, Value)>,
     /// What the relying party sent to the token endpoint last.
@@ -69,15 +69,15 @@ struct Provider {
     jwks_fetches: u32,
 }
 
-type Shared = Arc<Mutex<Provider>>;
+pub(crate) type Shared = Arc<Mutex<Provider>>;
 
-struct Idp {
-    issuer: String,
-    shared: Shared,
-    rp: OidcRelyingParty,
+pub(crate) struct Idp {
+    pub(crate) issuer: String,
+    pub(crate) shared: Shared,
+    pub(crate) rp: OidcRelyingParty,
 }
 
-async fn start() -> Idp {
+pub(crate) async fn start() -> Idp {
     let shared: Shared = Arc::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let issuer = format!("http://{}", listener.local_addr().unwrap());
@@ -147,12 +147,12 @@ fn now() -> u64 {
 }
 
 impl Idp {
-    fn claims(&self, nonce: &str) -> Value {
+    pub(crate) fn claims(&self, nonce: &str) -> Value {
         json!({"iss": self.issuer, "aud": CLIENT, "sub": "user-1", "email": "alice@example.test",
             "groups": ["eng", "ops"], "iat": now(), "exp": now() + 300, "nonce": nonce})
     }
 
-    fn answer_with(&self, id_token: &str) {
+    pub(crate) fn answer_with(&self, id_token: &str) {
         self.shared.lock().unwrap().token_answer = Some((
             200,
             json!({"access_token":"at","token_type":"Bearer","expires_in":300,

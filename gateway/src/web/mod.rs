@@ -99,3 +99,6 @@ pub async fn serve(
 pub fn describe(addr: SocketAddr, settings: &WebSettings) -> String {
     format!("{addr} (public URL {})", settings.public_url)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,299 @@
+//! The web listener's sign-in pages over HTTP, against a provider in this process: what the
+//! approval page shows, the browser binding, `state`, one-time use, and the answers the
+//! endpoint gets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::sso::{SignInTarget, SsoIdp, SsoService};
+use super::{router, WebSettings, WebState};
+use crate::auth::oidc_tests::{start, Idp, Key};
+use crate::auth::{AuthFailure, DirectoryUser, WebSignIn};
+use crate::endpoint::ConnId;
+
+type Answer = (ConnId, Result<DirectoryUser, AuthFailure>);
+
+struct Site {
+    base: String,
+    sso: Arc<SsoService>,
+    idp: Idp,
+    idp_link: Arc<SsoIdp>,
+    answers: mpsc::UnboundedReceiver<Answer>,
+    tx: mpsc::UnboundedSender<Answer>,
+    key: Key,
+}
+
+async fn site() -> Site {
+    let idp = start().await;
+    let key = Key::new("k1");
+    idp.shared.lock().unwrap().jwks = vec![key.jwk()];
+    let sso = Arc::new(SsoService::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = Arc::new(WebState {
+        settings: WebSettings {
+            public_url: base.clone(),
+        },
+        sso: sso.clone(),
+    });
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    // The relying party of the provider in this process (its redirect URL does not matter
+    // here: the test plays the browser).
+    let rp = crate::auth::oidc::OidcRelyingParty::new(
+        idp.rp.settings().clone(),
+        crate::http_client::client_tls(None).unwrap(),
+    );
+    let (tx, answers) = mpsc::unbounded_channel();
+    Site {
+        base,
+        sso,
+        idp,
+        idp_link: Arc::new(SsoIdp::Oidc(rp)),
+        answers,
+        tx,
+        key,
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+struct Reply {
+    status: u16,
+    location: Option<String>,
+    cookie: Option<String>,
+    body: String,
+}
+
+async fn request(method: &str, url: &str, cookie: Option<&str>) -> Reply {
+    let mut b = http::Request::builder().method(method).uri(url);
+    if let Some(c) = cookie {
+        b = b.header("cookie", c);
+    }
+    let r = crate::http_client::fetch(
+        &crate::http_client::client_tls(None).unwrap(),
+        b.body(Vec::new()).unwrap(),
+        1 << 20,
+    )
+    .await
+    .unwrap();
+    let h = |n: &str| {
+        r.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    Reply {
+        status: r.status().as_u16(),
+        location: h("location"),
+        cookie: h("set-cookie").map(|c| c.split(';').next().unwrap().to_string()),
+        body: String::from_utf8_lossy(r.body()).into_owned(),
+    }
+}
+
+fn param(url: &str, name: &str) -> String {
+    url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap()
+}
+
+impl Site {
+    fn begin(&self, id: &str, conn: ConnId) {
+        self.sso.begin(
+            SignInTarget {
+                endpoint_id: "cvpn-endpoint-0123456789abcdef0".into(),
+                endpoint_name: "<b>Corp</b> VPN".into(),
+                conn,
+                idp: self.idp_link.clone(),
+                answers: self.tx.clone(),
+            },
+            WebSignIn {
+                id: id.into(),
+                session: format!("sess-{conn}"),
+                connection_id: format!("cvpn-connection-{conn:017x}"),
+                client_addr: SocketAddr::from(([198, 51, 100, 7], 40001)),
+                platform: Some("linux".into()),
+                client_version: Some("2.6.14".into()),
+                common_name: Some("alice-laptop".into()),
+                expires_unix: now() + 300,
+                session_expires_unix: now() + 3600,
+            },
+        );
+    }
+
+    /// Approves sign-in `id`: the IdP URL it redirects to and the binding cookie.
+    async fn approve(&self, id: &str) -> (String, String) {
+        let r = request("POST", &format!("{}/s/{id}", self.base), None).await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        (r.location.unwrap(), r.cookie.unwrap())
+    }
+
+    fn token_for(&self, authorize_url: &str) {
+        let nonce = param(authorize_url, "nonce");
+        self.idp
+            .answer_with(&self.key.token(&self.idp.claims(&nonce)));
+    }
+}
+
+#[tokio::test]
+async fn the_approval_page_shows_the_connection_and_a_get_signs_nobody_in() {
+    let mut s = site().await;
+    s.begin("id-approval-000000000", 1);
+    let r = request("GET", &format!("{}/s/id-approval-000000000", s.base), None).await;
+    assert_eq!(r.status, 200);
+    for shown in ["198.51.100.7", "linux", "2.6.14", "alice-laptop", "&lt;b&gt;Corp&lt;/b&gt; VPN"] {
+        assert!(r.body.contains(shown), "{shown} in {}", r.body);
+    }
+    assert!(!r.body.contains("<b>Corp</b>"), "escaped");
+    assert!(r.body.contains("method=\"post\""));
+    assert!(!r.body.contains("<script"), "no scripts");
+    assert!(s.answers.try_recv().is_err(), "a GET answers nothing");
+    let r = request("GET", &format!("{}/s/unknown", s.base), None).await;
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("Connect again"));
+}
+
+#[tokio::test]
+async fn a_completed_sign_in_answers_the_endpoint_once() {
+    let mut s = site().await;
+    s.begin("id-complete-000000000", 7);
+    let (url, cookie) = s.approve("id-complete-000000000").await;
+    assert!(url.starts_with(&s.idp.issuer), "{url}");
+    assert!(cookie.starts_with("cvpn_sso="));
+    s.token_for(&url);
+    let callback = format!(
+        "{}/oidc/callback?code=c1&state={}",
+        s.base,
+        param(&url, "state")
+    );
+    let r = request("GET", &callback, Some(&cookie)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("alice@example.test"));
+    let (conn, answer) = s.answers.recv().await.unwrap();
+    assert_eq!(conn, 7);
+    let user = answer.unwrap();
+    assert_eq!(user.username, "alice@example.test");
+    assert_eq!(user.groups, vec!["eng", "ops"]);
+    // Replayed: the sign-in is gone.
+    let r = request("GET", &callback, Some(&cookie)).await;
+    assert_eq!(r.status, 404);
+    assert!(s.answers.try_recv().is_err(), "answered once");
+    // The session is remembered for re-checks and reconnects (refreshed at the IdP).
+    let refreshed = s
+        .sso
+        .check_session("cvpn-endpoint-0123456789abcdef0", "sess-7", "alice@example.test")
+        .await;
+    assert_eq!(refreshed.unwrap().groups, vec!["eng", "ops"]);
+    // Another user name with this session's token is not this session.
+    let other = s.sso.check_session("cvpn-endpoint-0123456789abcdef0", "sess-7", "mallory").await;
+    assert!(matches!(other, Err(AuthFailure::BadToken)));
+    // The provider refuses the refresh (user disabled): the session is forgotten.
+    s.idp.shared.lock().unwrap().token_answer =
+        Some((400, serde_json::json!({"error": "invalid_grant"})));
+    let refused = s
+        .sso
+        .check_session("cvpn-endpoint-0123456789abcdef0", "sess-7", "alice@example.test")
+        .await;
+    assert!(refused.unwrap_err().ends_session());
+    let gone = s
+        .sso
+        .check_session("cvpn-endpoint-0123456789abcdef0", "sess-7", "alice@example.test")
+        .await;
+    assert!(matches!(gone, Err(AuthFailure::SsoSessionUnknown)));
+}
+
+#[tokio::test]
+async fn a_callback_without_the_approving_browsers_cookie_or_with_a_wrong_state_is_refused() {
+    let mut s = site().await;
+    s.begin("id-cookie-00000000000", 3);
+    let (url, _cookie) = s.approve("id-cookie-00000000000").await;
+    s.token_for(&url);
+    let callback = format!(
+        "{}/oidc/callback?code=c1&state={}",
+        s.base,
+        param(&url, "state")
+    );
+    let r = request("GET", &callback, Some("cvpn_sso=someone-elses")).await;
+    assert_eq!(r.status, 403);
+    let (conn, answer) = s.answers.recv().await.unwrap();
+    assert_eq!(conn, 3);
+    assert!(matches!(answer, Err(AuthFailure::IdpRefused(_))));
+    // Wrong state: nothing is found, nothing answered.
+    s.begin("id-state-000000000000", 4);
+    let (url, cookie) = s.approve("id-state-000000000000").await;
+    let _ = url;
+    let r = request(
+        "GET",
+        &format!("{}/oidc/callback?code=c1&state=forged", s.base),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert!(s.answers.try_recv().is_err());
+    // Approving twice is refused (the first browser owns it).
+    let r = request("POST", &format!("{}/s/id-state-000000000000", s.base), None).await;
+    assert_eq!(r.status, 409);
+}
+
+#[tokio::test]
+async fn an_idp_error_or_a_forged_token_at_the_callback_refuses_the_connection() {
+    let mut s = site().await;
+    s.begin("id-error-000000000000", 5);
+    let (url, cookie) = s.approve("id-error-000000000000").await;
+    let r = request(
+        "GET",
+        &format!(
+            "{}/oidc/callback?error=access_denied&state={}",
+            s.base,
+            param(&url, "state")
+        ),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let (_, answer) = s.answers.recv().await.unwrap();
+    assert!(matches!(answer, Err(AuthFailure::IdpRefused(d)) if d.contains("access_denied")));
+
+    s.begin("id-forged-00000000000", 6);
+    let (url, cookie) = s.approve("id-forged-00000000000").await;
+    let stranger = Key::new("k1");
+    s.idp
+        .answer_with(&stranger.token(&s.idp.claims(&param(&url, "nonce"))));
+    let r = request(
+        "GET",
+        &format!("{}/oidc/callback?code=c&state={}", s.base, param(&url, "state")),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let (_, answer) = s.answers.recv().await.unwrap();
+    assert!(answer.is_err());
+}
+
+#[tokio::test]
+async fn every_page_forbids_framing_scripts_and_caching() {
+    let s = site().await;
+    let r = crate::http_client::fetch(
+        &crate::http_client::client_tls(None).unwrap(),
+        http::Request::get(format!("{}/", s.base)).body(Vec::new()).unwrap(),
+        1 << 20,
+    )
+    .await
+    .unwrap();
+    let h = r.headers();
+    assert!(h["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'none'"));
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["cache-control"], "no-store");
+}
