@@ -912,6 +912,7 @@ fn api_profile_ca_comes_from_the_server_chain_or_a_self_signed_certificate() {
         disconnect_on_session_timeout: false,
         client_login_banner_options: Default::default(),
         self_service_portal: false,
+        self_service_portal_url: None,
         tags: vec![],
         policy_revision: 0,
         crl_entries: 0,

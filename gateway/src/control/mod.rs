@@ -318,6 +318,22 @@ impl Daemon {
         }
     }
 
+    /// Sends the running endpoints that use an identity provider their live settings again
+    /// (as [`Self::refresh_directory`] does for a directory's).
+    fn refresh_identity_provider(&self, idp_id: &str) {
+        let users = match self.store.endpoints_using_identity_provider(idp_id) {
+            Ok(u) => u,
+            Err(e) => {
+                warn!(identity_provider = %idp_id, error = %e, "cannot list the identity provider's endpoints");
+                return;
+            }
+        };
+        for id in users.iter().filter(|id| self.running.contains_key(*id)) {
+            self.send_live(id);
+            info!(endpoint = %id, identity_provider = %idp_id, "identity provider settings applied");
+        }
+    }
+
     /// Sends a running endpoint the settings it takes without a restart, and the checks of
     /// its directory, as the store has them now.
     fn send_live(&self, id: &str) {
@@ -707,6 +723,9 @@ impl Daemon {
             }
             ControlEvent::DirectoryChanged { directory_id } => {
                 self.refresh_directory(&directory_id);
+            }
+            ControlEvent::IdentityProviderChanged { id } => {
+                self.refresh_identity_provider(&id);
             }
             ControlEvent::CrlChanged {
                 endpoint_id,
