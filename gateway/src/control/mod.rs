@@ -388,6 +388,16 @@ impl Daemon {
     fn settings(&self, id: &str) -> Result<(ServerSettings, Vec<u8>)> {
         let store_err = |e: crate::storage::ApiError| anyhow!("{e}");
         let ep = self.store.describe_endpoint(id).map_err(store_err)?;
+        // Fail closed until the endpoint checks federated sign-in (issue 10): a federated-only
+        // endpoint has no client CA and no directory, so the listener would admit clients
+        // with no credentials at all, and certificate + federated ones without the sign-in.
+        // Remove this once `live_settings` / the authenticator carry the identity provider.
+        if let Some(idp) = ep.idp_id() {
+            return Err(anyhow!(
+                "endpoint {id} signs users in with identity provider {idp}, and this daemon \
+                 cannot check federated sign-in yet: it does not serve the endpoint"
+            ));
+        }
         let secrets = self.store.endpoint_secrets(id).map_err(store_err)?;
         let tls = TlsMaterial::from_pem(
             &secrets.server_certificate_pem,
