@@ -10,6 +10,9 @@
 //! cvpn connection list | terminate
 //! cvpn config     export
 //! cvpn crl        import | export
+//! cvpn directory  create | modify | delete | describe
+//! cvpn mfa        enroll | remove | list
+//! cvpn idp        create | modify | delete | describe | list
 //! ```
 //!
 //! Output is a human table by default and the API's JSON with `--output json`. A request the
@@ -24,6 +27,7 @@
 
 pub mod client;
 pub mod directory;
+pub mod identity_provider;
 pub mod table;
 #[cfg(test)]
 mod tests;
@@ -186,6 +190,16 @@ pub enum ResourceCommand {
         #[command(subcommand)]
         action: directory::MfaCommand,
     },
+    /// Identity providers (OIDC / SAML) users sign in at with federated authentication:
+    /// create, modify, delete, describe, list.
+    Idp {
+        /// Where the API is and how to print.
+        #[command(flatten)]
+        api: ApiOptions,
+        /// The action.
+        #[command(subcommand)]
+        action: identity_provider::IdpCommand,
+    },
 }
 
 /// Endpoint settings that both create and modify take.
@@ -235,6 +249,10 @@ pub struct EndpointSettings {
     /// A tag KEY=VALUE; repeat for more (on modify, replaces all tags).
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     pub tags: Vec<String>,
+    /// The self-service portal, where users sign in at the identity provider and download
+    /// their profile: enabled or disabled (create: default disabled; needs --idp).
+    #[arg(long, value_name = "enabled|disabled", value_parser = ["enabled", "disabled"])]
+    pub self_service_portal: Option<String>,
 }
 
 /// `cvpn endpoint …`.
@@ -253,13 +271,18 @@ pub enum EndpointCommand {
         server_key: PathBuf,
         /// CA bundle (PEM file) that client certificates must chain to (certificate
         /// authentication; immutable).
-        #[arg(long, value_name = "FILE", required_unless_present = "directory")]
+        #[arg(long, value_name = "FILE", required_unless_present_any = ["directory", "idp"])]
         client_ca: Option<PathBuf>,
         /// Sign users in against this directory (id or name; `cvpn directory create`): with
         /// --client-ca both must pass (AWS's mutual + Active Directory); alone, users sign in
         /// with a user name and password only (immutable).
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", conflicts_with = "idp")]
         directory: Option<String>,
+        /// Sign users in at this identity provider (id or name; `cvpn idp create`): single
+        /// sign-on in the browser. With --client-ca both must pass; alone, the identity
+        /// provider only (immutable).
+        #[arg(long, value_name = "IDP")]
+        idp: Option<String>,
         /// Transport: udp (default) or tcp (immutable).
         #[arg(long, value_name = "udp|tcp")]
         transport: Option<String>,
@@ -544,6 +567,7 @@ enum Action {
     Crl(CrlCommand),
     Directory(directory::DirectoryCommand),
     Mfa(directory::MfaCommand),
+    Idp(identity_provider::IdpCommand),
 }
 
 fn split(cmd: ResourceCommand) -> (ApiOptions, Action) {
@@ -557,6 +581,7 @@ fn split(cmd: ResourceCommand) -> (ApiOptions, Action) {
         ResourceCommand::Crl { api, action } => (api, Action::Crl(action)),
         ResourceCommand::Directory { api, action } => (api, Action::Directory(action)),
         ResourceCommand::Mfa { api, action } => (api, Action::Mfa(action)),
+        ResourceCommand::Idp { api, action } => (api, Action::Idp(action)),
     }
 }
 
@@ -774,6 +799,9 @@ impl EndpointSettings {
         if !self.tags.is_empty() {
             m.insert("tags".into(), tags(&self.tags));
         }
+        if let Some(p) = &self.self_service_portal {
+            m.insert("self-service-portal".into(), json!(p == "enabled"));
+        }
     }
 
     fn only_one_log_flag(&self) -> bool {
@@ -793,6 +821,7 @@ impl Action {
             Action::Crl(c) => crl(c, cx).await,
             Action::Directory(c) => directory::directory(c, cx).await,
             Action::Mfa(c) => directory::mfa(c, cx).await,
+            Action::Idp(c) => identity_provider::idp(c, cx).await,
         }
     }
 }
@@ -807,6 +836,7 @@ async fn endpoint(c: EndpointCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
             server_key,
             client_ca,
             directory,
+            idp,
             transport,
             settings,
         } => {
@@ -838,6 +868,21 @@ async fn endpoint(c: EndpointCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
                 auth.push(json!({
                     "type": "directory-service-authentication",
                     "directory-id": dir,
+                }));
+            }
+            if let Some(idp) = idp {
+                // A name is resolved to its id (the option carries AWS's SAMLProviderArn).
+                let idp = if crate::model::is_valid_id(crate::model::IDP_ID_PREFIX, &idp) {
+                    idp
+                } else {
+                    let reply = cx
+                        .get(format!("/v1/identity-providers/{}", enc(&idp)))
+                        .await?;
+                    reply.decode::<crate::model::IdentityProvider>()?.id
+                };
+                auth.push(json!({
+                    "type": "federated-authentication",
+                    "saml-provider-arn": idp,
                 }));
             }
             m.insert("authentication-options".into(), Value::Array(auth));
@@ -976,6 +1021,12 @@ fn endpoint_table(list: &[Endpoint]) -> String {
         {
             out.push_str(&format!(
                 "{}: listener {state}: {m}\n",
+                e.client_vpn_endpoint_id
+            ));
+        }
+        if let Some(url) = &e.self_service_portal_url {
+            out.push_str(&format!(
+                "{}: self-service portal: {url}\n",
                 e.client_vpn_endpoint_id
             ));
         }

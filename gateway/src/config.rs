@@ -11,6 +11,8 @@
 //! server_key = "/etc/cvpn/server.key"    # required
 //! client_ca = "/etc/cvpn/ca.crt"         # required, unless `directory` is given (cvpn apply)
 //! directory = "corp-ad"                  # optional (cvpn apply): users also sign in against it
+//! idp = "corp-sso"                       # optional (cvpn apply): single sign-on; not with directory
+//! self_service_portal = false            # default false; true needs idp (cvpn apply)
 //! crl = "/etc/cvpn/crl.pem"              # optional
 //! split_tunnel = false            # default false
 //! dns_servers = ["10.88.0.2"]     # at most 2, default []
@@ -173,6 +175,11 @@ pub struct EndpointConfig {
     /// A directory (id or name) users also sign in against (`cvpn apply` only; both the
     /// certificate and the directory must pass).
     pub directory: Option<String>,
+    /// An identity provider (id or name) users sign in at (`cvpn apply` only; with
+    /// `client_ca` both must pass). Not with [`Self::directory`].
+    pub idp: Option<String>,
+    /// The self-service portal (needs [`Self::idp`]).
+    pub self_service_portal: bool,
     /// Split tunnel: push the routes instead of `redirect-gateway`.
     pub split_tunnel: bool,
     /// DNS servers pushed to clients (at most [`MAX_DNS_SERVERS`]).
@@ -233,6 +240,9 @@ struct RawEndpoint {
     client_ca: Option<String>,
     crl: Option<String>,
     directory: Option<String>,
+    idp: Option<String>,
+    #[serde(default)]
+    self_service_portal: bool,
     #[serde(default)]
     split_tunnel: bool,
     #[serde(default)]
@@ -278,6 +288,8 @@ const ENDPOINT_KEYS: &[(&str, bool)] = &[
     ("client_ca", false),
     ("crl", false),
     ("directory", false),
+    ("idp", false),
+    ("self_service_portal", false),
     ("split_tunnel", false),
     ("dns_servers", false),
     ("key_derivation", false),
@@ -457,14 +469,27 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
     };
     let server_cert = path(&at("server_cert"), &e.server_cert)?;
     let server_key = path(&at("server_key"), &e.server_key)?;
-    let client_ca = match (&e.client_ca, &e.directory) {
+    if e.directory.is_some() && e.idp.is_some() {
+        return Err(invalid(
+            at("idp"),
+            "directory and idp cannot be combined: users sign in with one or the other",
+        ));
+    }
+    if e.self_service_portal && e.idp.is_none() {
+        return Err(invalid(
+            at("self_service_portal"),
+            "the self-service portal needs single sign-on: give `idp = \"NAME\"` too",
+        ));
+    }
+    let client_ca = match (&e.client_ca, e.directory.is_some() || e.idp.is_some()) {
         (Some(s), _) => Some(path(&at("client_ca"), s)?),
-        (None, Some(_)) => None,
-        (None, None) => {
+        (None, true) => None,
+        (None, false) => {
             return Err(invalid(
                 at("client_ca"),
-                "required: the CA client certificates chain to (or `directory = \"NAME\"` for \
-                 an endpoint whose users sign in with a directory only, through `cvpn apply`)"
+                "required: the CA client certificates chain to (or `directory = \"NAME\"` or \
+                 `idp = \"NAME\"` for an endpoint whose users sign in with a directory or an \
+                 identity provider only, through `cvpn apply`)"
                     .to_string(),
             ))
         }
@@ -633,6 +658,8 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
         client_ca,
         crl,
         directory: e.directory.clone(),
+        idp: e.idp.clone(),
+        self_service_portal: e.self_service_portal,
         split_tunnel: e.split_tunnel,
         dns_servers,
         key_derivation,

@@ -285,12 +285,12 @@ fn serve(
 }
 
 /// The client CA of an endpoint file served without a database: required there (directory
-/// sign-in needs the database: `cvpn apply -f`, then `cvpn serve`).
+/// and identity provider sign-in need the database: `cvpn apply -f`, then `cvpn serve`).
 fn file_client_ca(cfg: &gateway::config::EndpointConfig) -> anyhow::Result<&std::path::Path> {
     cfg.client_ca.as_deref().ok_or_else(|| {
         anyhow::anyhow!(
             "[endpoint] client_ca is required to serve an endpoint file; an endpoint whose users \
-             sign in with a directory runs from the database: `cvpn apply -f FILE`, then `cvpn serve`"
+             sign in with a directory or an identity provider runs from the database: `cvpn apply -f FILE`, then `cvpn serve`"
         )
     })
 }

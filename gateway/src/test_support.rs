@@ -88,3 +88,43 @@ pub(crate) fn client_cert(
     let cert = p.signed_by(&key, issuer).unwrap();
     (cert.pem(), key.serialize_pem())
 }
+
+/// A SAML 2.0 identity provider's metadata document: `entity_id`, an HTTP-Redirect single
+/// sign-on service at `sso_url`, and a fresh self-signed signing certificate. Returns the
+/// document and the certificate (base64 DER, as the metadata carries it).
+pub(crate) fn saml_metadata(entity_id: &str, sso_url: &str) -> (String, String) {
+    use base64::Engine as _;
+    let mut p = CertificateParams::new(vec!["idp.example.test".to_string()]).unwrap();
+    p.distinguished_name
+        .push(DnType::CommonName, "test SAML signing");
+    let cert = p.self_signed(&KeyPair::generate().unwrap()).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(cert.der());
+    // Wrapped at 64 columns, as identity providers publish it.
+    let wrapped: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<md:EntityDescriptor xmlns:md="urn:oasis:names:tc:SAML:2.0:metadata" entityID="{entity_id}">
+  <md:IDPSSODescriptor WantAuthnRequestsSigned="false" protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol">
+    <md:KeyDescriptor use="signing">
+      <ds:KeyInfo xmlns:ds="http://www.w3.org/2000/09/xmldsig#">
+        <ds:X509Data>
+          <ds:X509Certificate>
+{}
+          </ds:X509Certificate>
+        </ds:X509Data>
+      </ds:KeyInfo>
+    </md:KeyDescriptor>
+    <md:NameIDFormat>urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress</md:NameIDFormat>
+    <md:SingleSignOnService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST" Location="{sso_url}/post"/>
+    <md:SingleSignOnService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect" Location="{sso_url}"/>
+  </md:IDPSSODescriptor>
+</md:EntityDescriptor>
+"#,
+        wrapped.join("\n")
+    );
+    (xml, b64)
+}

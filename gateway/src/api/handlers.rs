@@ -59,6 +59,13 @@ fn status_changed(
     }
 }
 
+/// What the API adds to a stored endpoint: its listener's state and its portal address.
+fn annotate(state: &ApiState, ep: &mut crate::storage::Endpoint) {
+    state.listeners.annotate(ep);
+    ep.self_service_portal_url =
+        super::self_service_portal_url(state.settings.public_url.as_deref(), ep);
+}
+
 // ---- misc ---------------------------------------------------------------------------------------
 
 pub(super) async fn openapi() -> Response {
@@ -90,7 +97,8 @@ pub(super) async fn wrong_method(method: axum::http::Method, uri: Uri) -> Respon
 pub(super) async fn create_endpoint(State(state): S, q: QueryParams, body: Body) -> Answer {
     q.finish(&[])?;
     let req: CreateEndpointRequest = body.parse()?;
-    let ep = state.blocking(move |s| s.create_endpoint(&req)).await?;
+    let mut ep = state.blocking(move |s| s.create_endpoint(&req)).await?;
+    annotate(&state, &mut ep);
     state.emit(ControlEvent::EndpointChanged {
         endpoint_id: ep.client_vpn_endpoint_id.clone(),
         change: EndpointChange::Created,
@@ -104,7 +112,7 @@ pub(super) async fn describe_endpoints(State(state): S, mut q: QueryParams) -> A
     q.finish(&[IDS])?;
     let mut list = state.blocking(move |s| s.describe_endpoints(&ids)).await?;
     for ep in &mut list {
-        state.listeners.annotate(ep);
+        annotate(&state, ep);
     }
     ok(EndpointList {
         client_vpn_endpoints: list,
@@ -118,7 +126,7 @@ pub(super) async fn describe_endpoint(
 ) -> Answer {
     q.finish(&[])?;
     let mut ep = state.blocking(move |s| s.describe_endpoint(&id)).await?;
-    state.listeners.annotate(&mut ep);
+    annotate(&state, &mut ep);
     ok(ep)
 }
 
@@ -131,9 +139,10 @@ pub(super) async fn modify_endpoint(
     q.finish(&[])?;
     let req: ModifyEndpointRequest = body.parse()?;
     let id2 = id.clone();
-    let res = state
+    let mut res = state
         .blocking(move |s| s.modify_endpoint(&id2, &req))
         .await?;
+    annotate(&state, &mut res.endpoint);
     if !res.changed.is_empty() {
         state.emit(ControlEvent::EndpointChanged {
             endpoint_id: id,
@@ -607,4 +616,62 @@ pub(super) async fn remove_mfa(
         .await?;
     directory_changed(&state, &dir.directory_id);
     ok(dir)
+}
+
+// ---- identity providers -------------------------------------------------------------------------
+
+pub(super) async fn create_identity_provider(
+    State(state): S,
+    q: QueryParams,
+    body: Body,
+) -> Answer {
+    q.finish(&[])?;
+    let req: crate::model::CreateIdentityProviderRequest = body.parse()?;
+    let idp = state
+        .blocking(move |s| s.create_identity_provider(&req))
+        .await?;
+    created(idp)
+}
+
+pub(super) async fn describe_identity_providers(State(state): S, q: QueryParams) -> Answer {
+    q.finish(&[])?;
+    let identity_providers = state.blocking(|s| s.describe_identity_providers()).await?;
+    ok(crate::model::IdentityProviderList { identity_providers })
+}
+
+pub(super) async fn describe_identity_provider(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+) -> Answer {
+    q.finish(&[])?;
+    ok(state
+        .blocking(move |s| s.describe_identity_provider(&id))
+        .await?)
+}
+
+pub(super) async fn modify_identity_provider(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+    body: Body,
+) -> Answer {
+    q.finish(&[])?;
+    let req: crate::model::ModifyIdentityProviderRequest = body.parse()?;
+    let idp = state
+        .blocking(move |s| s.modify_identity_provider(&id, &req))
+        .await?;
+    state.emit(ControlEvent::IdentityProviderChanged { id: idp.id.clone() });
+    ok(idp)
+}
+
+pub(super) async fn delete_identity_provider(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+) -> Answer {
+    q.finish(&[])?;
+    ok(state
+        .blocking(move |s| s.delete_identity_provider(&id))
+        .await?)
 }

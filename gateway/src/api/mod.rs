@@ -22,6 +22,8 @@
 //! | `GET`, `PATCH`, `DELETE /v1/directories/{id}` | describe, modify, delete one (id or name) |
 //! | `POST`, `GET /v1/directories/{id}/mfa-enrollments` | enrol a user for TOTP (the secret is shown once), list enrolled users |
 //! | `DELETE /v1/directories/{id}/mfa-enrollments/{username}` | remove a user's TOTP enrolment |
+//! | `POST`, `GET /v1/identity-providers` | create, describe identity providers (OIDC / SAML) |
+//! | `GET`, `PATCH`, `DELETE /v1/identity-providers/{id}` | describe, modify, delete one (id or name) |
 //! | `GET /v1/openapi.json` | this API's OpenAPI 3 description |
 //!
 //! The OpenAPI document ([`OPENAPI_JSON`], `openapi.json` beside this file) is written by hand;
@@ -121,6 +123,12 @@ pub enum ControlEvent {
         /// The directory.
         directory_id: String,
     },
+    /// An identity provider's settings changed: the running endpoints that use it take them
+    /// for new sign-ins and the next session refreshes.
+    IdentityProviderChanged {
+        /// The identity provider, `idp-…`.
+        id: String,
+    },
     /// A new certificate revocation list was imported: reload it for new handshakes and close
     /// the sessions whose client certificate serial is revoked.
     CrlChanged {
@@ -162,12 +170,18 @@ pub struct ApiSettings {
     pub remote_host: Option<String>,
     /// The data ciphers the daemon accepts, best first (`data-ciphers` of exported profiles).
     pub data_ciphers: Vec<String>,
+    /// The gateway's public web address (`https://vpn.example.com`, no trailing `/`), where
+    /// the self-service portal and the sign-in pages are: endpoint descriptions show
+    /// `self-service-portal-url` = `{public_url}/portal/{endpoint id}` when it is set and the
+    /// portal is enabled.
+    pub public_url: Option<String>,
 }
 
 impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings {
             remote_host: None,
+            public_url: None,
             data_ciphers: crate::protocol::push::DEFAULT_SERVER_CIPHERS
                 .iter()
                 .map(|s| s.to_string())
@@ -222,6 +236,17 @@ impl Listeners {
     pub fn annotate(&self, ep: &mut crate::storage::Endpoint) {
         ep.listener = self.get(&ep.client_vpn_endpoint_id);
     }
+}
+
+/// The self-service portal's address of an endpoint: `{public_url}/portal/{endpoint id}` when
+/// the portal is enabled and the daemon has a public URL.
+pub fn self_service_portal_url(
+    public_url: Option<&str>,
+    ep: &crate::storage::Endpoint,
+) -> Option<String> {
+    let base = public_url?.trim_end_matches('/');
+    (ep.self_service_portal && !matches!(ep.status, EndpointStatus::Deleted))
+        .then(|| format!("{base}/portal/{}", ep.client_vpn_endpoint_id))
 }
 
 impl ApiState {
@@ -349,6 +374,27 @@ fn table() -> Vec<(RouteSpec, MethodFilter, Handler)> {
             DELETE,
             "/v1/directories/{id}/mfa-enrollments/{username}",
             h::remove_mfa
+        ),
+        op!(POST, "/v1/identity-providers", h::create_identity_provider),
+        op!(
+            GET,
+            "/v1/identity-providers",
+            h::describe_identity_providers
+        ),
+        op!(
+            GET,
+            "/v1/identity-providers/{id}",
+            h::describe_identity_provider
+        ),
+        op!(
+            PATCH,
+            "/v1/identity-providers/{id}",
+            h::modify_identity_provider
+        ),
+        op!(
+            DELETE,
+            "/v1/identity-providers/{id}",
+            h::delete_identity_provider
         ),
     ]
 }

@@ -912,6 +912,7 @@ fn api_profile_ca_comes_from_the_server_chain_or_a_self_signed_certificate() {
         disconnect_on_session_timeout: false,
         client_login_banner_options: Default::default(),
         self_service_portal: false,
+        self_service_portal_url: None,
         tags: vec![],
         policy_revision: 0,
         crl_entries: 0,
@@ -1254,4 +1255,180 @@ fn api_directories_hide_secrets_enrol_once_and_drive_profiles() {
         ))
         .unwrap_err();
     assert!(e.to_string().contains(eid), "{e}");
+}
+
+#[test]
+fn api_identity_providers_hide_the_secret_and_drive_federated_endpoints() {
+    let mut d = Daemon::with_settings(ApiSettings {
+        public_url: Some("https://vpn.example.com/".into()),
+        ..ApiSettings::default()
+    });
+    let created = d
+        .json(
+            Method::POST,
+            "/v1/identity-providers",
+            Some(json!({
+                "name": "corp-sso",
+                "issuer": "https://login.example.test",
+                "client-id": "cvpn",
+                "client-secret": "client-s3cret",
+            })),
+        )
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("idp-"), "{created}");
+    assert_eq!(created["protocol"], "oidc");
+    assert_eq!(created["client-secret-set"], true);
+    assert_eq!(
+        created["oidc"]["scopes"],
+        json!(["openid", "email", "profile"])
+    );
+    let (xml, cert) = crate::test_support::saml_metadata("urn:idp", "https://idp.test/sso");
+    let saml = d
+        .json(
+            Method::POST,
+            "/v1/identity-providers",
+            Some(json!({"name": "saml", "metadata-xml": xml})),
+        )
+        .unwrap();
+    assert_eq!(saml["saml"]["signing-certificates"], json!([cert]));
+    assert_eq!(saml["saml"]["sso-binding"], "http-redirect");
+    // Unknown fields and ids are refused with the field or id named; 404 for unknown ones.
+    let e = d
+        .json(
+            Method::POST,
+            "/v1/identity-providers",
+            Some(json!({"name": "x", "issuer": "https://a", "secret": "x"})),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("secret"), "{e}");
+    for unknown in ["idp-00000000000000000", "nobody"] {
+        let (status, code, _) = refused(d.call(ApiRequest::new(
+            Method::GET,
+            format!("/v1/identity-providers/{unknown}"),
+        )));
+        assert_eq!(
+            (status, code.as_str()),
+            (404, codes::IDENTITY_PROVIDER_NOT_FOUND)
+        );
+    }
+    let (status, code, _) = refused(d.json(
+        Method::POST,
+        "/v1/identity-providers",
+        Some(json!({"name": "corp-sso", "metadata-xml": saml["saml"]["metadata-xml"]})),
+    ));
+    assert_eq!(
+        (status, code.as_str()),
+        (409, codes::DUPLICATE_IDENTITY_PROVIDER)
+    );
+
+    // Modify by name: the daemon is told, by id.
+    d.drain_events();
+    let m = d
+        .json(
+            Method::PATCH,
+            "/v1/identity-providers/corp-sso",
+            Some(json!({"groups-claim": "roles", "client-secret": "new-s3cret"})),
+        )
+        .unwrap();
+    assert_eq!(m["oidc"]["groups-claim"], "roles");
+    assert_eq!(
+        d.drain_events(),
+        vec![ControlEvent::IdentityProviderChanged { id: id.clone() }]
+    );
+    assert_eq!(
+        d.store
+            .identity_provider_secrets(&id)
+            .unwrap()
+            .client_secret
+            .as_deref(),
+        Some("new-s3cret")
+    );
+
+    // A federated-only endpoint with the portal: its address from the public URL.
+    let mut body = d.pki.create_body();
+    body["authentication-options"] = json!([{
+        "type": "federated-authentication",
+        "saml-provider-arn": format!("arn:aws:iam::123456789012:saml-provider/{id}"),
+    }]);
+    body["self-service-portal"] = json!(true);
+    body["server-certificate"] = json!(format!("{}{}", d.pki.server_cert, d.pki.ca_pem));
+    let ep = d.json(Method::POST, "/v1/endpoints", Some(body)).unwrap();
+    let eid = ep["client-vpn-endpoint-id"].as_str().unwrap().to_string();
+    let portal = format!("https://vpn.example.com/portal/{eid}");
+    assert_eq!(ep["self-service-portal-url"], portal.as_str());
+    assert_eq!(
+        ep["authentication-options"],
+        json!([{"type": "federated-authentication", "saml-provider-arn": id}])
+    );
+    let described = d
+        .json(Method::GET, &format!("/v1/endpoints/{eid}"), None)
+        .unwrap();
+    assert_eq!(described["self-service-portal-url"], portal.as_str());
+    // Portal off: no address.
+    let r = d
+        .json(
+            Method::PATCH,
+            &format!("/v1/endpoints/{eid}"),
+            Some(json!({"self-service-portal": false})),
+        )
+        .unwrap();
+    assert!(
+        r["endpoint"].get("self-service-portal-url").is_none(),
+        "{r}"
+    );
+
+    // The secret is in no answer.
+    for path in [
+        "/v1/identity-providers".to_string(),
+        format!("/v1/identity-providers/{id}"),
+        "/v1/identity-providers/corp-sso".to_string(),
+        "/v1/endpoints".to_string(),
+        format!("/v1/endpoints/{eid}"),
+    ] {
+        let text = d
+            .call(ApiRequest::new(Method::GET, path))
+            .unwrap()
+            .text()
+            .unwrap();
+        assert!(
+            !text.contains("s3cret") && !text.contains("client-secret\""),
+            "{text}"
+        );
+    }
+    // In use: not deleted; the unused one is.
+    let (status, code, message) = refused(d.call(ApiRequest::new(
+        Method::DELETE,
+        format!("/v1/identity-providers/{id}"),
+    )));
+    assert_eq!((status, code.as_str()), (409, codes::INCORRECT_STATE));
+    assert!(message.contains(&eid), "{message}");
+    let gone = d
+        .json(Method::DELETE, "/v1/identity-providers/saml", None)
+        .unwrap();
+    assert_eq!(gone["name"], "saml");
+}
+
+#[test]
+fn api_without_a_public_url_shows_no_portal_address() {
+    let d = Daemon::start();
+    let p = d
+        .store
+        .create_identity_provider(&crate::model::CreateIdentityProviderRequest {
+            name: Some("p".into()),
+            issuer: Some("https://login.example.test".into()),
+            client_id: Some("c".into()),
+            client_secret: Some("s".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let mut body = d.pki.create_body();
+    body["authentication-options"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "federated-authentication", "saml-provider-arn": p.id}));
+    body["self-service-portal"] = json!(true);
+    let ep = d.json(Method::POST, "/v1/endpoints", Some(body)).unwrap();
+    assert_eq!(ep["self-service-portal"], true);
+    assert!(ep.get("self-service-portal-url").is_none(), "{ep}");
 }

@@ -612,7 +612,8 @@ fn cli_help_explains_every_flag_and_command() {
             "config",
             "crl",
             "directory",
-            "mfa"
+            "mfa",
+            "idp"
         ]
     );
     let help = cmd
@@ -753,4 +754,226 @@ fn cli_resource_commands_flatten_into_the_binary_commands() {
     let b = Bin::try_parse_from(["cvpn", "serve", "--config", "x"]).unwrap();
     assert!(matches!(b.command, BinCommand::Serve { .. }));
     Bin::command().debug_assert();
+}
+
+#[test]
+fn cli_idp_create_needs_one_protocol_and_endpoint_takes_idp_or_directory() {
+    let parse = |args: &[&str]| CliArgs::try_parse_from(args.iter().copied());
+    // One protocol's flags, at least one.
+    assert!(parse(&["cvpn", "idp", "create", "--name", "n"]).is_err());
+    assert!(parse(&[
+        "cvpn",
+        "idp",
+        "create",
+        "--name",
+        "n",
+        "--oidc-issuer",
+        "https://a",
+        "--saml-metadata",
+        "m.xml"
+    ])
+    .is_err());
+    let a = parse(&[
+        "cvpn",
+        "idp",
+        "create",
+        "--name",
+        "n",
+        "--oidc-issuer",
+        "https://a",
+        "--client-id",
+        "c",
+        "--client-secret-file",
+        "s",
+        "--scope",
+        "groups",
+        "--scope",
+        "offline_access",
+        "--recheck-minutes",
+        "10",
+    ])
+    .unwrap();
+    let ResourceCommand::Idp {
+        action: identity_provider::IdpCommand::Create { name, settings },
+        ..
+    } = a.command
+    else {
+        panic!()
+    };
+    assert_eq!(name, "n");
+    assert_eq!(settings.scopes, ["groups", "offline_access"]);
+    assert_eq!(settings.recheck_minutes, Some(10));
+    for cmd in [
+        vec!["cvpn", "idp", "list"],
+        vec!["cvpn", "idp", "describe"],
+        vec!["cvpn", "idp", "describe", "corp"],
+        vec!["cvpn", "idp", "delete", "corp"],
+        vec![
+            "cvpn",
+            "idp",
+            "modify",
+            "corp",
+            "--groups-attribute",
+            "groups",
+        ],
+    ] {
+        parse(&cmd).unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    }
+    // endpoint create: --idp stands in for --client-ca, not with --directory.
+    let base = [
+        "cvpn",
+        "endpoint",
+        "create",
+        "--client-cidr",
+        "10.2.0.0/22",
+        "--server-cert",
+        "c",
+        "--server-key",
+        "k",
+    ];
+    let with = |extra: &[&str]| {
+        let mut v = base.to_vec();
+        v.extend_from_slice(extra);
+        parse(&v)
+    };
+    assert!(with(&[]).is_err(), "no authentication");
+    with(&["--idp", "corp"]).unwrap();
+    with(&[
+        "--idp",
+        "corp",
+        "--client-ca",
+        "ca",
+        "--self-service-portal",
+        "enabled",
+    ])
+    .unwrap();
+    assert!(with(&["--idp", "corp", "--directory", "d"]).is_err());
+    assert!(with(&["--idp", "corp", "--self-service-portal", "on"]).is_err());
+    parse(&[
+        "cvpn",
+        "endpoint",
+        "modify",
+        "e",
+        "--self-service-portal",
+        "disabled",
+    ])
+    .unwrap();
+}
+
+#[test]
+fn cli_idp_create_describe_modify_delete_and_a_federated_endpoint() {
+    let mut d = Daemon::start();
+    let dir = TempDir::new("cli-idp");
+    let secret = dir.write("secret", "cli-s3cret\n");
+    let (xml, _) = crate::test_support::saml_metadata("urn:cli", "https://idp.test/sso");
+    let md = dir.write("md.xml", &xml);
+    let s = |p: &PathBuf| p.display().to_string();
+    let out = cvpn(
+        &d,
+        &[
+            "idp",
+            "create",
+            "--name",
+            "corp",
+            "--oidc-issuer",
+            "https://login.example.test",
+            "--client-id",
+            "cvpn",
+            "--client-secret-file",
+            &s(&secret),
+        ],
+    );
+    let id = out.ok().trim().to_string();
+    assert!(
+        crate::model::is_valid_id(crate::model::IDP_ID_PREFIX, &id),
+        "{id}"
+    );
+    let saml_id = cvpn(
+        &d,
+        &[
+            "idp",
+            "create",
+            "--name",
+            "sso2",
+            "--saml-metadata",
+            &s(&md),
+            "--username-attribute",
+            "uid",
+        ],
+    )
+    .ok()
+    .trim()
+    .to_string();
+    let list = cvpn(&d, &["idp", "list"]);
+    let text = list.ok();
+    assert!(
+        text.contains(&id) && text.contains(&saml_id) && text.contains("urn:cli"),
+        "{text}"
+    );
+    assert!(!text.contains("cli-s3cret"), "{text}");
+    let json = cvpn(&d, &["idp", "describe", "corp", "-o", "json"]).json();
+    assert_eq!(json["client-secret-set"], true);
+    assert!(!json.to_string().contains("cli-s3cret"));
+    d.drain_events();
+    let m = cvpn(
+        &d,
+        &[
+            "idp",
+            "modify",
+            "corp",
+            "--groups-claim",
+            "roles",
+            "-o",
+            "json",
+        ],
+    )
+    .json();
+    assert_eq!(m["oidc"]["groups-claim"], "roles");
+    assert_eq!(
+        d.drain_events(),
+        vec![ControlEvent::IdentityProviderChanged { id: id.clone() }]
+    );
+    // A refused modify prints the code and exits 1.
+    let r = cvpn(&d, &["idp", "modify", "corp", "--groups-attribute", "x"]);
+    assert_eq!(r.code, 1);
+    assert!(r.err.contains("InvalidParameterCombination"), "{}", r.err);
+    // An endpoint named by the provider's name, with the portal.
+    let (_pki, cert, key, _ca) = pki_files(&d);
+    let chain = dir.write(
+        "chain.pem",
+        &format!("{}{}", d.pki.server_cert, d.pki.ca_pem),
+    );
+    let _ = cert;
+    let ep = cvpn(
+        &d,
+        &[
+            "endpoint",
+            "create",
+            "--client-cidr",
+            "10.9.0.0/22",
+            "--server-cert",
+            &s(&chain),
+            "--server-key",
+            &key,
+            "--idp",
+            "corp",
+            "--self-service-portal",
+            "enabled",
+            "-o",
+            "json",
+        ],
+    )
+    .json();
+    assert_eq!(ep["self-service-portal"], true);
+    assert_eq!(
+        ep["authentication-options"][0]["saml-provider-arn"],
+        id.as_str()
+    );
+    let r = cvpn(&d, &["idp", "delete", "corp"]);
+    assert_eq!(r.code, 1);
+    assert!(r.err.contains("IncorrectState"), "{}", r.err);
+    assert_eq!(
+        cvpn(&d, &["idp", "delete", "sso2"]).ok(),
+        format!("deleted {saml_id}\n")
+    );
 }

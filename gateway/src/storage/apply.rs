@@ -122,6 +122,12 @@ pub fn apply_endpoint_config(
             directory_id: store.describe_directory(dir)?.directory_id,
         });
     }
+    if let Some(idp) = &cfg.idp {
+        auth.push(AuthenticationOption::FederatedAuthentication {
+            saml_provider_arn: store.describe_identity_provider(idp)?.id,
+            self_service_saml_provider_arn: None,
+        });
+    }
     let mut report = ApplyReport::default();
 
     // ---- the endpoint ----
@@ -179,6 +185,7 @@ pub fn apply_endpoint_config(
                     vpn_port: Some(i64::from(cfg.port)),
                     dns_servers: Some(dns),
                     split_tunnel: Some(cfg.split_tunnel),
+                    self_service_portal: Some(cfg.self_service_portal),
                     ..Default::default()
                 },
             )?;
@@ -199,6 +206,7 @@ pub fn apply_endpoint_config(
                 vpn_port: Some(i64::from(cfg.port)),
                 dns_servers: Some(dns),
                 split_tunnel: Some(cfg.split_tunnel),
+                self_service_portal: Some(cfg.self_service_portal),
                 tags: vec![Tag {
                     key: APPLIED_TAG_KEY.to_string(),
                     value: key.clone(),

@@ -9,15 +9,23 @@ impl Store {
     pub fn import_crl(&self, endpoint_id: &str, pem: &str) -> Result<CrlSummary, ApiError> {
         self.write(|db, _now| {
             load_live_endpoint(db, endpoint_id)?;
-            let ca: String = db
-                .prepare_cached("SELECT client_ca_pem FROM endpoints WHERE id = ?1")?
-                .query_row([endpoint_id], |r| r.get(0))?;
+            let (ca, idp): (String, Option<String>) = db
+                .prepare_cached("SELECT client_ca_pem, idp_id FROM endpoints WHERE id = ?1")?
+                .query_row([endpoint_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
             if ca.is_empty() {
-                return Err(ApiError::incorrect_state(format!(
-                    "endpoint {endpoint_id} signs users in with a directory only: a certificate \
-                     revocation list applies to client certificates, which it does not take \
-                     (disable a user in the directory instead)"
-                )));
+                return Err(ApiError::incorrect_state(match idp {
+                    Some(idp) => format!(
+                        "endpoint {endpoint_id} signs users in with identity provider {idp} \
+                         only: a certificate revocation list applies to client certificates, \
+                         which it does not take (disable the user at the identity provider \
+                         instead)"
+                    ),
+                    None => format!(
+                        "endpoint {endpoint_id} signs users in with a directory only: a \
+                         certificate revocation list applies to client certificates, which it \
+                         does not take (disable a user in the directory instead)"
+                    ),
+                }));
             }
             let parsed = validate::crl(
                 "certificate-revocation-list",

@@ -48,6 +48,7 @@ impl Store {
         let portal = validate::self_service_portal(
             "self-service-portal",
             req.self_service_portal.unwrap_or(false),
+            auth.idp_id.is_some(),
         )?;
         let description = validate::description("description", req.description.as_deref())?;
         let tags = validate::tags("tags", &req.tags)?;
@@ -56,14 +57,17 @@ impl Store {
             if let Some(dir) = &auth.directory_id {
                 directories::load_directory(db, dir)?;
             }
+            if let Some(idp) = &auth.idp_id {
+                identity_providers::load_identity_provider(db, idp)?;
+            }
             db.prepare_cached(
                 "INSERT INTO endpoints (id, state, client_cidr, transport, vpn_port, split_tunnel, \
                  dns_servers, session_timeout_hours, disconnect_on_session_timeout, \
                  banner_enabled, banner_text, connect_enabled, connect_handler, log_enabled, \
                  log_stdout, self_service_portal, description, server_cert_pem, server_key_pem, \
-                 client_ca_pem, created_at, directory_id) VALUES (?1, 'pending-associate', ?2, \
-                 ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-                 ?20, ?21)",
+                 client_ca_pem, created_at, directory_id, idp_id) VALUES (?1, \
+                 'pending-associate', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+                 ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
             )?
             .execute(params![
                 id,
@@ -87,6 +91,7 @@ impl Store {
                 auth.client_ca.clone().unwrap_or_default(),
                 now.0,
                 auth.directory_id,
+                auth.idp_id,
             ])?;
             write_tags(db, &id, &tags)?;
             load_endpoint(db, &id)
@@ -124,7 +129,13 @@ impl Store {
                 }
             }
             if let Some(v) = &req.authentication_options {
-                if *v != cur.authentication_options {
+                // Compared as checked, so that an ARN naming the endpoint's identity provider
+                // is the same option as its id.
+                let same =
+                    validate::authentication_options("authentication-options", v).is_ok_and(|c| {
+                        c == validate::CheckedAuthentication::of(&cur.authentication_options)
+                    });
+                if !same {
                     return Err(ApiError::not_permitted(format!(
                         "authentication-options are immutable on endpoint {id}; create a new \
                          endpoint for other authentication options"
@@ -212,7 +223,11 @@ impl Store {
             );
             let portal = match req.self_service_portal {
                 None => cur.self_service_portal,
-                Some(on) => validate::self_service_portal("self-service-portal", on)?,
+                Some(on) => validate::self_service_portal(
+                    "self-service-portal",
+                    on,
+                    cur.idp_id().is_some(),
+                )?,
             };
             mark(
                 EndpointField::SelfServicePortal,

@@ -8,7 +8,7 @@
 //! (`write`, `read`), maps rows to the model's types and prunes; each resource's
 //! calls are an `impl Store` block of their own: `endpoints.rs`, `networks.rs` (target network
 //! associations), `routes.rs`, `rules.rs` (authorization rules), `policy_view.rs` (what the data
-//! plane is told), `connections.rs`, `crl.rs`. `apply.rs` imports an endpoint file; the
+//! plane is told), `connections.rs`, `crl.rs`, `directories.rs`, `identity_providers.rs`. `apply.rs` imports an endpoint file; the
 //! resource types and validation rules are the model's ([`crate::model`]).
 //!
 //! # Durability
@@ -54,6 +54,7 @@ mod crl;
 mod directories;
 mod endpoints;
 pub mod error;
+mod identity_providers;
 mod networks;
 mod policy_view;
 mod routes;
@@ -229,7 +230,7 @@ const ENDPOINT_COLS: &str = "id, state, client_cidr, transport, vpn_port, split_
     dns_servers, session_timeout_hours, disconnect_on_session_timeout, banner_enabled, \
     banner_text, connect_enabled, connect_handler, log_enabled, log_stdout, self_service_portal, \
     description, server_cert_pem, client_ca_pem, crl_entries, policy_revision, created_at, \
-    deleted_at, directory_id";
+    deleted_at, directory_id, idp_id";
 
 fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
     let dns: String = r.get(6)?;
@@ -269,21 +270,24 @@ fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
         self_service_portal: r.get(15)?,
         description: r.get(16)?,
         server_certificate: r.get(17)?,
-        authentication_options: authentication_options(r.get(18)?, r.get(23)?),
+        authentication_options: authentication_options(r.get(18)?, r.get(23)?, r.get(24)?),
         crl_entries: u64_col(r, 19)?,
         policy_revision: u64_col(r, 20)?,
         creation_time: ts(r, 21)?,
         deletion_time: ts_opt(r, 22)?,
         tags: Vec::new(),
         listener: None,
+        self_service_portal_url: None,
     })
 }
 
 /// The options an endpoint row stands for: certificate authentication when it has a client
-/// CA, directory authentication when it names a directory.
+/// CA, directory authentication when it names a directory, federated authentication when it
+/// names an identity provider.
 fn authentication_options(
     client_ca: String,
     directory_id: Option<String>,
+    idp_id: Option<String>,
 ) -> Vec<AuthenticationOption> {
     let mut opts = Vec::new();
     if !client_ca.is_empty() {
@@ -293,6 +297,12 @@ fn authentication_options(
     }
     if let Some(directory_id) = directory_id {
         opts.push(AuthenticationOption::DirectoryServiceAuthentication { directory_id });
+    }
+    if let Some(saml_provider_arn) = idp_id {
+        opts.push(AuthenticationOption::FederatedAuthentication {
+            saml_provider_arn,
+            self_service_saml_provider_arn: None,
+        });
     }
     opts
 }

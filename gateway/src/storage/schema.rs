@@ -148,4 +148,22 @@ CREATE TABLE mfa_enrollments (
 
 ALTER TABLE endpoints ADD COLUMN directory_id TEXT REFERENCES directories(id);
 "#,
+    // 3: identity providers (OIDC / SAML) that federated endpoints send users to. The
+    // protocol's settings are one JSON object (OidcSettings or SamlSettings, kebab-case);
+    // the client secret has its column, never returned by describe calls.
+    // `endpoints.self_service_portal` exists since migration 1.
+    r#"
+CREATE TABLE identity_providers (
+    id              TEXT    PRIMARY KEY NOT NULL,
+    name            TEXT    NOT NULL UNIQUE,
+    description     TEXT,
+    protocol        TEXT    NOT NULL CHECK (protocol IN ('oidc', 'saml')),
+    settings        TEXT    NOT NULL,
+    client_secret   TEXT,
+    recheck_seconds INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL
+) STRICT;
+
+ALTER TABLE endpoints ADD COLUMN idp_id TEXT REFERENCES identity_providers(id);
+"#,
 ];

@@ -299,7 +299,8 @@ fn validation_table() {
         Row("directory id malformed", INVALID_PARAMETER_VALUE, "directory-id", auth(vec![dir.clone()])),
         Row("certificate + malformed directory id", INVALID_PARAMETER_VALUE, "directory-id", auth(vec![cert.clone(), dir.clone()])),
         Row("certificate + unknown directory", codes::DIRECTORY_NOT_FOUND, "does not exist", auth(vec![cert.clone(), AuthenticationOption::DirectoryServiceAuthentication { directory_id: "cvpn-directory-00000000000000000".into() }])),
-        Row("federated authentication", INVALID_PARAMETER_VALUE, "not supported", auth(vec![fed.clone()])),
+        Row("federated with an ARN naming no identity provider", INVALID_PARAMETER_VALUE, "saml-provider-arn", auth(vec![fed.clone()])),
+        Row("certificate + unknown identity provider", codes::IDENTITY_PROVIDER_NOT_FOUND, "does not exist", auth(vec![cert.clone(), AuthenticationOption::FederatedAuthentication { saml_provider_arn: "idp-00000000000000000".into(), self_service_saml_provider_arn: None }])),
         Row("directory + federated", INVALID_PARAMETER_COMBINATION, "cannot be combined", auth(vec![dir.clone(), fed.clone()])),
         Row("certificate twice", INVALID_PARAMETER_COMBINATION, "twice", auth(vec![cert.clone(), cert.clone()])),
         Row("three options", INVALID_PARAMETER_VALUE, "at most 2", auth(vec![cert.clone(), dir.clone(), fed.clone()])),
@@ -2572,4 +2573,467 @@ fn apply_takes_a_directory_with_or_without_the_client_ca() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("client_ca"), "{e}");
+}
+
+// ---- identity providers -------------------------------------------------------------------------
+
+fn oidc_req(name: &str) -> crate::model::CreateIdentityProviderRequest {
+    crate::model::CreateIdentityProviderRequest {
+        name: Some(name.into()),
+        issuer: Some("https://login.example.test/realms/corp".into()),
+        client_id: Some("cvpn-gateway".into()),
+        client_secret: Some("oidc-s3cret\n".into()),
+        ..Default::default()
+    }
+}
+
+fn saml_req(name: &str) -> (crate::model::CreateIdentityProviderRequest, String) {
+    let (xml, cert) = crate::test_support::saml_metadata(
+        "https://idp.example.test/metadata",
+        "https://idp.example.test/sso",
+    );
+    (
+        crate::model::CreateIdentityProviderRequest {
+            name: Some(name.into()),
+            metadata_xml: Some(xml),
+            ..Default::default()
+        },
+        cert,
+    )
+}
+
+fn fed(idp: &str) -> AuthenticationOption {
+    AuthenticationOption::FederatedAuthentication {
+        saml_provider_arn: idp.into(),
+        self_service_saml_provider_arn: None,
+    }
+}
+
+#[test]
+fn identity_providers_take_defaults_keep_the_secret_out_and_are_modified() {
+    let fx = Fx::new();
+    let o = fx
+        .store
+        .create_identity_provider(&oidc_req("corp-sso"))
+        .unwrap();
+    assert!(is_valid_id(IDP_ID_PREFIX, &o.id), "{}", o.id);
+    assert_eq!(o.protocol, crate::model::IdpProtocol::Oidc);
+    assert!(o.client_secret_set && o.saml.is_none());
+    assert_eq!(o.recheck_seconds, 900);
+    let oidc = o.oidc.clone().unwrap();
+    assert_eq!(oidc.groups_claim, "groups");
+    assert_eq!(oidc.username_claim, "email");
+    assert_eq!(oidc.scopes, ["openid", "email", "profile"]);
+    assert!(!format!("{o:?}").contains("oidc-s3cret"));
+    let secrets = fx.store.identity_provider_secrets(&o.id).unwrap();
+    assert_eq!(
+        secrets.client_secret.as_deref(),
+        Some("oidc-s3cret"),
+        "file newline removed"
+    );
+    assert!(
+        !format!("{secrets:?}").contains("oidc-s3cret"),
+        "Debug redacts"
+    );
+    // By name or id, listed by name.
+    assert_eq!(fx.store.describe_identity_provider("corp-sso").unwrap(), o);
+    assert_eq!(fx.store.describe_identity_provider(&o.id).unwrap(), o);
+    let (sreq, cert) = saml_req("a-saml");
+    let s = fx.store.create_identity_provider(&sreq).unwrap();
+    let saml = s.saml.clone().unwrap();
+    assert_eq!(saml.entity_id, "https://idp.example.test/metadata");
+    assert_eq!(
+        saml.sso_url, "https://idp.example.test/sso",
+        "HTTP-Redirect preferred"
+    );
+    assert_eq!(saml.sso_binding, crate::model::SamlBinding::HttpRedirect);
+    assert_eq!(saml.signing_certificates, vec![cert]);
+    assert_eq!(saml.groups_attribute, "memberOf");
+    assert_eq!(saml.username_attribute, None);
+    assert!(!s.client_secret_set);
+    let names: Vec<String> = fx
+        .store
+        .describe_identity_providers()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["a-saml", "corp-sso"]);
+
+    // Modify: only what is given; scopes always keep openid; the secret stays unless given.
+    let m = fx
+        .store
+        .modify_identity_provider(
+            "corp-sso",
+            &crate::model::ModifyIdentityProviderRequest {
+                scopes: Some(vec!["email".into(), "groups".into()]),
+                username_claim: Some("preferred_username".into()),
+                recheck_minutes: Some(5),
+                description: Some("staff".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mo = m.oidc.clone().unwrap();
+    assert_eq!(mo.scopes, ["openid", "email", "groups"]);
+    assert_eq!(mo.username_claim, "preferred_username");
+    assert_eq!(mo.issuer, oidc.issuer);
+    assert_eq!(m.recheck_seconds, 300);
+    assert_eq!(m.description.as_deref(), Some("staff"));
+    assert!(m.client_secret_set);
+    // Fields of the other protocol, a protocol change, a short re-check: refused.
+    let bad = [
+        (
+            crate::model::ModifyIdentityProviderRequest {
+                groups_attribute: Some("x".into()),
+                ..Default::default()
+            },
+            codes::INVALID_PARAMETER_COMBINATION,
+            "groups-attribute",
+        ),
+        (
+            crate::model::ModifyIdentityProviderRequest {
+                protocol: Some("saml".into()),
+                ..Default::default()
+            },
+            codes::OPERATION_NOT_PERMITTED,
+            "protocol",
+        ),
+        (
+            crate::model::ModifyIdentityProviderRequest {
+                recheck_seconds: Some(59),
+                ..Default::default()
+            },
+            codes::INVALID_PARAMETER_VALUE,
+            "recheck-seconds",
+        ),
+        (
+            crate::model::ModifyIdentityProviderRequest {
+                client_secret: Some(String::new()),
+                ..Default::default()
+            },
+            codes::MISSING_PARAMETER,
+            "client-secret",
+        ),
+        (
+            crate::model::ModifyIdentityProviderRequest {
+                name: Some("a-saml".into()),
+                ..Default::default()
+            },
+            codes::DUPLICATE_IDENTITY_PROVIDER,
+            "a-saml",
+        ),
+    ];
+    for (req, code, word) in bad {
+        let e = fx.store.modify_identity_provider(&o.id, &req).unwrap_err();
+        assert_eq!(e.code, code, "{req:?}: {e:?}");
+        assert!(e.message.contains(word), "{word}: {e:?}");
+    }
+    assert_eq!(
+        fx.store.describe_identity_provider(&o.id).unwrap(),
+        m,
+        "nothing written"
+    );
+    // SAML: new metadata is read again; "" goes back to the NameID.
+    let (xml2, cert2) = crate::test_support::saml_metadata(
+        "https://idp2.example.test/md",
+        "https://idp2.example.test/sso",
+    );
+    let s2 = fx
+        .store
+        .modify_identity_provider(
+            "a-saml",
+            &crate::model::ModifyIdentityProviderRequest {
+                metadata_xml: Some(xml2),
+                username_attribute: Some(String::new()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let saml2 = s2.saml.unwrap();
+    assert_eq!(saml2.entity_id, "https://idp2.example.test/md");
+    assert_eq!(saml2.signing_certificates, vec![cert2]);
+    // Unknown ids and names.
+    for unknown in ["idp-00000000000000000", "nobody"] {
+        let e = fx.store.describe_identity_provider(unknown).unwrap_err();
+        assert_eq!(e.code, codes::IDENTITY_PROVIDER_NOT_FOUND);
+        assert_eq!(e.http_status(), 404);
+    }
+    // Persisted across a reopen.
+    let dir = fx.dir.0.clone();
+    let before = fx.store.describe_identity_providers().unwrap();
+    drop(fx.store);
+    let store = Store::open(StoreOptions::in_dir(&dir)).unwrap();
+    assert_eq!(store.describe_identity_providers().unwrap(), before);
+}
+
+#[test]
+fn bad_identity_provider_input_is_refused_with_the_field_named() {
+    let fx = Fx::new();
+    use crate::model::CreateIdentityProviderRequest as R;
+    let with = |f: &dyn Fn(&mut R)| {
+        let mut r = oidc_req("x");
+        f(&mut r);
+        r
+    };
+    let saml = |xml: &str| R {
+        name: Some("s".into()),
+        metadata_xml: Some(xml.into()),
+        ..Default::default()
+    };
+    let (good_xml, _) = crate::test_support::saml_metadata("urn:idp", "https://idp.test/sso");
+    let md = "urn:oasis:names:tc:SAML:2.0:metadata";
+    #[rustfmt::skip]
+    let cases: Vec<(R, &str, &str)> = vec![
+        (with(&|r| r.name = None), codes::MISSING_PARAMETER, "name"),
+        (with(&|r| r.name = Some("bad name".into())), codes::INVALID_PARAMETER_VALUE, "name"),
+        (with(&|r| r.issuer = Some("http://login.example.test".into())), codes::INVALID_PARAMETER_VALUE, "loopback"),
+        (with(&|r| r.issuer = Some("ftp://login.example.test".into())), codes::INVALID_PARAMETER_VALUE, "issuer"),
+        (with(&|r| r.issuer = Some("https://".into())), codes::INVALID_PARAMETER_VALUE, "issuer"),
+        (with(&|r| r.issuer = Some("https://a.test/?x=1".into())), codes::INVALID_PARAMETER_VALUE, "query"),
+        (with(&|r| r.issuer = Some("https://user@a.test".into())), codes::INVALID_PARAMETER_VALUE, "user"),
+        (with(&|r| r.client_id = None), codes::MISSING_PARAMETER, "client-id"),
+        (with(&|r| r.client_secret = None), codes::MISSING_PARAMETER, "client-secret"),
+        (with(&|r| r.client_secret = Some("a\nb".into())), codes::INVALID_PARAMETER_VALUE, "client-secret"),
+        (with(&|r| r.scopes = Some(vec!["bad scope".into()])), codes::INVALID_PARAMETER_VALUE, "scopes"),
+        (with(&|r| r.groups_claim = Some("".into())), codes::INVALID_PARAMETER_VALUE, "groups-claim"),
+        (with(&|r| r.recheck_minutes = Some(0)), codes::INVALID_PARAMETER_VALUE, "recheck-minutes"),
+        (with(&|r| r.recheck_seconds = Some(30)), codes::INVALID_PARAMETER_VALUE, "recheck-seconds"),
+        (with(&|r| r.metadata_xml = Some(good_xml.clone())), codes::INVALID_PARAMETER_COMBINATION, "not both"),
+        (with(&|r| r.protocol = Some("saml".into())), codes::INVALID_PARAMETER_COMBINATION, "issuer"),
+        (with(&|r| r.protocol = Some("ldap".into())), codes::INVALID_PARAMETER_VALUE, "protocol"),
+        (R { name: Some("n".into()), ..Default::default() }, codes::MISSING_PARAMETER, "protocol"),
+        (saml("not xml <"), codes::INVALID_PARAMETER_VALUE, "not an XML document"),
+        (saml("<!DOCTYPE x [<!ENTITY a \"b\">]><x/>"), codes::INVALID_PARAMETER_VALUE, "metadata-xml"),
+        (saml(&format!("<md:EntityDescriptor xmlns:md=\"{md}\" entityID=\"e\"><md:SPSSODescriptor/></md:EntityDescriptor>")), codes::INVALID_PARAMETER_VALUE, "IDPSSODescriptor"),
+        (saml(&good_xml.replace("entityID=\"urn:idp\"", "")), codes::INVALID_PARAMETER_VALUE, "entityID"),
+        (saml(&good_xml.replace("bindings:HTTP-Redirect", "bindings:SOAP").replace("bindings:HTTP-POST", "bindings:SOAP")), codes::INVALID_PARAMETER_VALUE, "SingleSignOnService"),
+        (saml(&good_xml.replace("https://idp.test/sso", "http://idp.test/sso")), codes::INVALID_PARAMETER_VALUE, "Location"),
+        (saml(&good_xml.replace("use=\"signing\"", "use=\"encryption\"")), codes::INVALID_PARAMETER_VALUE, "signing certificate"),
+        (saml(&good_xml.replace("<ds:X509Certificate>\n", "<ds:X509Certificate>!!")), codes::INVALID_PARAMETER_VALUE, "base64"),
+        (saml(&good_xml.replace("<ds:X509Certificate>\n", "<ds:X509Certificate>QUFB")), codes::INVALID_PARAMETER_VALUE, "signing certificate"),
+        (saml(&format!("{good_xml}<!--{}-->", "x".repeat(256 * 1024))), codes::INVALID_PARAMETER_VALUE, "at most"),
+        (R { metadata_url: Some("http://idp.test/md".into()), ..saml(&good_xml) }, codes::INVALID_PARAMETER_VALUE, "metadata-url"),
+        (R { issuer: Some("https://x".into()), protocol: Some("saml".into()), ..saml(&good_xml) }, codes::INVALID_PARAMETER_COMBINATION, "issuer"),
+    ];
+    for (req, code, word) in cases {
+        let e = fx.store.create_identity_provider(&req).unwrap_err();
+        assert_eq!(e.code, code, "{word}: {e:?}");
+        assert!(e.message.contains(word), "{word}: {e:?}");
+    }
+    assert!(
+        fx.store.describe_identity_providers().unwrap().is_empty(),
+        "nothing written"
+    );
+    // Loopback http issuers are allowed (a provider on the gateway itself), and so is an
+    // EntitiesDescriptor around the provider's EntityDescriptor.
+    for host in ["127.0.0.1:8080", "localhost", "[::1]:9000"] {
+        let r = with(&|r| {
+            r.name = Some(format!("l{}", host.len()));
+            r.issuer = Some(format!("http://{host}/realms/x"));
+        });
+        fx.store.create_identity_provider(&r).unwrap();
+    }
+    let wrapped = good_xml.replace("<?xml version=\"1.0\" encoding=\"UTF-8\"?>", "");
+    let wrapped =
+        format!("<md:EntitiesDescriptor xmlns:md=\"{md}\">{wrapped}</md:EntitiesDescriptor>");
+    fx.store.create_identity_provider(&saml(&wrapped)).unwrap();
+    // Names are unique.
+    let e = fx
+        .store
+        .create_identity_provider(&oidc_req("l9"))
+        .unwrap_err();
+    assert_eq!(e.code, codes::DUPLICATE_IDENTITY_PROVIDER, "{e:?}");
+    assert_eq!(e.http_status(), 409);
+}
+
+#[test]
+fn endpoints_use_an_identity_provider_alone_or_with_certificates_and_it_cannot_go_while_used() {
+    let fx = Fx::new();
+    let p = fx
+        .store
+        .create_identity_provider(&oidc_req("corp-sso"))
+        .unwrap();
+    let d = fx.store.create_directory(&directory_req("corp")).unwrap();
+    // Federated only, named by an ARN: no client CA kept, the id stored, the portal allowed.
+    let only = fx
+        .store
+        .create_endpoint(&CreateEndpointRequest {
+            authentication_options: vec![AuthenticationOption::FederatedAuthentication {
+                saml_provider_arn: format!("arn:aws:iam::123456789012:saml-provider/{}", p.id),
+                self_service_saml_provider_arn: Some(p.id.clone()),
+            }],
+            self_service_portal: Some(true),
+            ..fx.pki.create()
+        })
+        .unwrap();
+    let oid = only.client_vpn_endpoint_id.clone();
+    assert_eq!(only.authentication_options, vec![fed(&p.id)]);
+    assert_eq!(only.idp_id(), Some(p.id.clone()));
+    assert!(only.self_service_portal);
+    assert_eq!(fx.store.endpoint_secrets(&oid).unwrap().client_ca_pem, "");
+    let (ep_idp, ep_secrets) = fx.store.endpoint_identity_provider(&oid).unwrap().unwrap();
+    assert_eq!(ep_idp, p);
+    assert_eq!(ep_secrets.client_secret.as_deref(), Some("oidc-s3cret"));
+    // Re-giving the options as the ARN is no change; another provider is.
+    let same = ModifyEndpointRequest {
+        authentication_options: Some(vec![fed(&format!("arn:x:saml-provider/{}", p.id))]),
+        ..Default::default()
+    };
+    assert!(fx
+        .store
+        .modify_endpoint(&oid, &same)
+        .unwrap()
+        .changed
+        .is_empty());
+    let other = ModifyEndpointRequest {
+        authentication_options: Some(vec![fed("idp-00000000000000000")]),
+        ..Default::default()
+    };
+    let e = fx.store.modify_endpoint(&oid, &other).unwrap_err();
+    assert_eq!(e.code, codes::OPERATION_NOT_PERMITTED);
+    // No CRL on an endpoint that takes no certificates.
+    let e = fx.store.import_crl(&oid, &fx.pki.crl(&[1])).unwrap_err();
+    assert_eq!(e.code, codes::INCORRECT_STATE);
+    assert!(e.message.contains("identity provider"), "{e:?}");
+    // Certificate + federated.
+    let mut both_opts = fx.pki.cert_auth();
+    both_opts.push(fed(&p.id));
+    let both = fx
+        .store
+        .create_endpoint(&CreateEndpointRequest {
+            client_cidr_block: Some("10.3.0.0/22".into()),
+            authentication_options: both_opts.clone(),
+            ..fx.pki.create()
+        })
+        .unwrap();
+    assert_eq!(both.authentication_options, both_opts);
+    assert!(fx
+        .store
+        .endpoint_directory(&both.client_vpn_endpoint_id)
+        .unwrap()
+        .is_none());
+    // Directory + federated: refused. The portal without federated authentication: refused,
+    // on create and on modify.
+    let e = fx
+        .store
+        .create_endpoint(&CreateEndpointRequest {
+            client_cidr_block: Some("10.4.0.0/22".into()),
+            authentication_options: vec![
+                AuthenticationOption::DirectoryServiceAuthentication {
+                    directory_id: d.directory_id.clone(),
+                },
+                fed(&p.id),
+            ],
+            ..fx.pki.create()
+        })
+        .unwrap_err();
+    assert_eq!(e.code, codes::INVALID_PARAMETER_COMBINATION, "{e:?}");
+    let cert_only = fx
+        .store
+        .create_endpoint(&CreateEndpointRequest {
+            client_cidr_block: Some("10.5.0.0/22".into()),
+            ..fx.pki.create()
+        })
+        .unwrap();
+    assert!(fx
+        .store
+        .endpoint_identity_provider(&cert_only.client_vpn_endpoint_id)
+        .unwrap()
+        .is_none());
+    let portal_on = ModifyEndpointRequest {
+        self_service_portal: Some(true),
+        ..Default::default()
+    };
+    let e = fx
+        .store
+        .modify_endpoint(&cert_only.client_vpn_endpoint_id, &portal_on)
+        .unwrap_err();
+    assert_eq!(e.code, codes::INVALID_PARAMETER_COMBINATION);
+    assert!(e.message.contains("self-service-portal"), "{e:?}");
+    let r = fx
+        .store
+        .modify_endpoint(&both.client_vpn_endpoint_id, &portal_on)
+        .unwrap();
+    assert_eq!(r.changed, vec![EndpointField::SelfServicePortal]);
+    // Self-service provider other than the endpoint's: refused.
+    let p2 = fx
+        .store
+        .create_identity_provider(&oidc_req("other"))
+        .unwrap();
+    let e = fx
+        .store
+        .create_endpoint(&CreateEndpointRequest {
+            client_cidr_block: Some("10.6.0.0/22".into()),
+            authentication_options: vec![AuthenticationOption::FederatedAuthentication {
+                saml_provider_arn: p.id.clone(),
+                self_service_saml_provider_arn: Some(p2.id.clone()),
+            }],
+            ..fx.pki.create()
+        })
+        .unwrap_err();
+    assert_eq!(e.code, codes::INVALID_PARAMETER_COMBINATION, "{e:?}");
+    // In use: not deleted, with the endpoints named and what to do.
+    assert_eq!(
+        fx.store.endpoints_using_identity_provider(&p.id).unwrap(),
+        {
+            let mut v = vec![oid.clone(), both.client_vpn_endpoint_id.clone()];
+            v.sort();
+            v
+        }
+    );
+    let e = fx.store.delete_identity_provider("corp-sso").unwrap_err();
+    assert_eq!(e.code, codes::INCORRECT_STATE);
+    assert!(
+        e.message.contains(&oid) && e.message.contains("delete"),
+        "{e:?}"
+    );
+    // Unused: deleted; gone afterwards.
+    let gone = fx.store.delete_identity_provider(&p2.id).unwrap();
+    assert_eq!(gone.name, "other");
+    let e = fx.store.describe_identity_provider(&p2.id).unwrap_err();
+    assert_eq!(e.code, codes::IDENTITY_PROVIDER_NOT_FOUND);
+}
+
+#[test]
+fn apply_takes_an_identity_provider_and_the_portal() {
+    let fx = Fx::new();
+    let p = fx
+        .store
+        .create_identity_provider(&oidc_req("corp-sso"))
+        .unwrap();
+    let text = APPLY_TOML
+        .replace(
+            "client_ca = \"ca.crt\"\n",
+            "idp = \"corp-sso\"\nself_service_portal = true\n",
+        )
+        .replace("10.2.0.0/22", "10.7.0.0/22");
+    let cfg = apply_cfg(&text);
+    assert!(cfg.client_ca.is_none() && cfg.self_service_portal);
+    let pem = format!("{}{}", fx.pki.server_cert, fx.pki.ca_pem);
+    let r = apply_endpoint_config(&fx.store, &cfg, &pem, &fx.pki.server_key, None, None).unwrap();
+    let ep = fx.store.describe_endpoint(&r.endpoint_id).unwrap();
+    assert_eq!(ep.authentication_options, vec![fed(&p.id)]);
+    assert!(ep.self_service_portal);
+    // Applying again changes nothing.
+    let again =
+        apply_endpoint_config(&fx.store, &cfg, &pem, &fx.pki.server_key, None, None).unwrap();
+    assert!(!again.changed(), "{:?}", again.changes);
+    // The file's own rules: not with a directory; the portal needs idp.
+    for (bad, word) in [
+        (
+            text.replace("idp = ", "directory = \"corp\"\nidp = "),
+            "cannot be combined",
+        ),
+        (
+            APPLY_TOML.replace(
+                "client_ca = \"ca.crt\"\n",
+                "client_ca = \"ca.crt\"\nself_service_portal = true\n",
+            ),
+            "idp",
+        ),
+    ] {
+        let e = crate::config::EndpointConfig::from_toml_str(&bad).unwrap_err();
+        assert!(e.to_string().contains(word), "{word}: {e}");
+    }
 }

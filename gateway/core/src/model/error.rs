@@ -53,6 +53,10 @@ pub mod codes {
     pub const MFA_ENROLLMENT_NOT_FOUND: &str = "InvalidMfaEnrollment.NotFound";
     /// A directory with that name, or an enrolment for that user, exists already.
     pub const DUPLICATE_DIRECTORY_RESOURCE: &str = "InvalidDirectory.Duplicate";
+    /// No identity provider with that id or name.
+    pub const IDENTITY_PROVIDER_NOT_FOUND: &str = "InvalidIdentityProviderId.NotFound";
+    /// An identity provider with that name exists already.
+    pub const DUPLICATE_IDENTITY_PROVIDER: &str = "InvalidIdentityProvider.Duplicate";
     /// The operation is never allowed on this resource (immutable field, associate-origin route).
     pub const OPERATION_NOT_PERMITTED: &str = "OperationNotPermitted";
     /// The database failed (I/O, corruption, a schema newer than this program).
@@ -122,9 +126,11 @@ impl ApiError {
             | CONNECTION_NOT_FOUND
             | CONNECTION_USER_NOT_FOUND
             | DIRECTORY_NOT_FOUND
-            | MFA_ENROLLMENT_NOT_FOUND => 404,
+            | MFA_ENROLLMENT_NOT_FOUND
+            | IDENTITY_PROVIDER_NOT_FOUND => 404,
             INCORRECT_STATE
             | DUPLICATE_DIRECTORY_RESOURCE
+            | DUPLICATE_IDENTITY_PROVIDER
             | ACTIVE_ASSOCIATION_NOT_FOUND
             | DUPLICATE_ASSOCIATION
             | DUPLICATE_ROUTE

@@ -13,6 +13,8 @@ pub const ASSOCIATION_ID_PREFIX: &str = "cvpn-assoc-";
 pub const CONNECTION_ID_PREFIX: &str = "cvpn-connection-";
 /// Prefix of directory ids: `cvpn-directory-` and 17 lowercase hex digits.
 pub const DIRECTORY_ID_PREFIX: &str = "cvpn-directory-";
+/// Prefix of identity provider ids: `idp-` and 17 lowercase hex digits.
+pub const IDP_ID_PREFIX: &str = "idp-";
 /// Number of hex digits after an id's prefix (as AWS's ids).
 pub const ID_HEX_DIGITS: usize = 17;
 
@@ -50,6 +52,8 @@ mod tests {
             ENDPOINT_ID_PREFIX,
             ASSOCIATION_ID_PREFIX,
             CONNECTION_ID_PREFIX,
+            DIRECTORY_ID_PREFIX,
+            IDP_ID_PREFIX,
         ] {
             let id = new_id(prefix).unwrap();
             assert_eq!(id.len(), prefix.len() + 17, "{id}");

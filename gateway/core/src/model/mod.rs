@@ -13,6 +13,8 @@
 //! * [`policy`]: authorization rules, routes and target networks as the data plane takes them.
 //! * [`counters`]: traffic counters.
 //! * [`directory`]: directories (LDAP / Active Directory) that endpoints sign users in against.
+//! * [`identity_provider`]: OIDC and SAML identity providers that federated endpoints send
+//!   users to for single sign-on.
 //!
 //! Everything but the modules [`policy`] and [`validate`] is re-exported here, so
 //! `model::Endpoint`, `model::new_id`, `model::ApiError` work.
@@ -20,6 +22,7 @@
 pub mod counters;
 pub mod directory;
 pub mod error;
+pub mod identity_provider;
 pub mod ids;
 pub mod policy;
 pub mod resources;
@@ -28,6 +31,7 @@ pub mod validate;
 pub use counters::{Counters, SessionCounters};
 pub use directory::*;
 pub use error::{codes, ApiError, ErrorBody, ErrorDetail};
+pub use identity_provider::*;
 pub use ids::*;
 pub use policy::TargetSpec;
 pub use resources::*;

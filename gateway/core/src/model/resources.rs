@@ -248,9 +248,9 @@ string_enum!(
 
 // ---- endpoint -----------------------------------------------------------------------------------
 
-/// How clients authenticate. Only certificate (mutual TLS) authentication is implemented;
-/// the directory and federated variants are part of the model so that requests written for AWS
-/// parse, and are refused by validation with a clear message until they are implemented.
+/// How clients authenticate: certificates (mutual TLS), a directory (LDAP / Active Directory),
+/// an identity provider (federated single sign-on, OIDC or SAML), or certificates with one of
+/// the other two.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
     tag = "type",
@@ -263,16 +263,17 @@ pub enum AuthenticationOption {
         /// The client CA bundle, PEM.
         client_root_certificate_chain: String,
     },
-    /// Active Directory user authentication (not implemented).
+    /// Directory user authentication (LDAP / Active Directory).
     DirectoryServiceAuthentication {
         /// The directory's id.
         directory_id: String,
     },
-    /// SAML federated authentication (not implemented).
+    /// Federated authentication (single sign-on at an OIDC or SAML identity provider).
     FederatedAuthentication {
-        /// The SAML provider.
+        /// The identity provider: its id (`idp-…`) or an ARN ending in `/idp-…` (AWS's
+        /// `SAMLProviderArn`). The store keeps and returns the id.
         saml_provider_arn: String,
-        /// The SAML provider of the self-service portal.
+        /// The identity provider of the self-service portal: the same one, or none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         self_service_saml_provider_arn: Option<String>,
     },
@@ -408,8 +409,13 @@ pub struct Endpoint {
     pub disconnect_on_session_timeout: bool,
     /// Login banner settings.
     pub client_login_banner_options: ClientLoginBannerOptions,
-    /// Self-service portal (requires federated authentication, so always false for now).
+    /// Self-service portal (AWS's `SelfServicePortal`; requires federated authentication):
+    /// users sign in at the identity provider and download their client profile.
     pub self_service_portal: bool,
+    /// Where the self-service portal is, `{public URL}/portal/{endpoint id}`: filled in by the
+    /// API when the portal is enabled and the daemon has a public URL (not stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_service_portal_url: Option<String>,
     /// Tags.
     pub tags: Vec<Tag>,
     /// Bumped in the same transaction as every change to the endpoint's rules, routes or
@@ -443,6 +449,11 @@ impl Endpoint {
             } => Some(client_root_certificate_chain.as_str()),
             _ => None,
         })
+    }
+
+    /// The identity provider of the federated authentication option, `idp-…`.
+    pub fn idp_id(&self) -> Option<String> {
+        super::validate::CheckedAuthentication::of(&self.authentication_options).idp_id
     }
 }
 

@@ -466,12 +466,64 @@ pub struct CheckedAuthentication {
     pub client_ca: Option<String>,
     /// The directory (directory-service authentication).
     pub directory_id: Option<String>,
+    /// The identity provider (federated authentication), `idp-…`.
+    pub idp_id: Option<String>,
+}
+
+impl CheckedAuthentication {
+    /// What an endpoint's (stored, already checked) options say.
+    pub fn of(opts: &[AuthenticationOption]) -> CheckedAuthentication {
+        let mut c = CheckedAuthentication::default();
+        for o in opts {
+            match o {
+                AuthenticationOption::CertificateAuthentication {
+                    client_root_certificate_chain,
+                } => c.client_ca = Some(client_root_certificate_chain.clone()),
+                AuthenticationOption::DirectoryServiceAuthentication { directory_id } => {
+                    c.directory_id = Some(directory_id.clone())
+                }
+                AuthenticationOption::FederatedAuthentication {
+                    saml_provider_arn, ..
+                } => c.idp_id = Some(idp_of_arn(saml_provider_arn).to_string()),
+            }
+        }
+        c
+    }
+}
+
+/// The identity provider id an ARN names: `idp-…` itself, or what follows the last `/` of
+/// an ARN (`arn:aws:iam::123456789012:saml-provider/idp-…`).
+fn idp_of_arn(arn: &str) -> &str {
+    arn.rsplit('/').next().unwrap_or(arn)
+}
+
+/// An identity provider named by AWS's `SAMLProviderArn` (an id, or an ARN ending in
+/// `/idp-…`): its id.
+pub fn idp_arn(field: &str, arn: &str) -> Result<String, ApiError> {
+    let id = idp_of_arn(arn.trim());
+    if id.is_empty() {
+        return Err(ApiError::missing(
+            field,
+            "required: an identity provider id (idp-…)",
+        ));
+    }
+    if !is_valid_id(IDP_ID_PREFIX, id) {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "{arn:?} names no identity provider: give its id ({IDP_ID_PREFIX}<17 lowercase \
+                 hex digits>, see `cvpn idp list`) or an ARN ending in /{IDP_ID_PREFIX}…"
+            ),
+        ));
+    }
+    Ok(id.to_string())
 }
 
 /// Checks the authentication options: certificate authentication (with a valid client CA),
-/// directory authentication (a well-formed directory id; the store checks it exists), or both
-/// (AWS's mutual + Active Directory: both must pass). Federated authentication is refused (not
-/// implemented yet).
+/// directory authentication (a well-formed directory id; the store checks it exists),
+/// federated authentication (an identity provider id or ARN; the store checks it exists), or
+/// certificate authentication with one of the other two (both must pass). Directory and
+/// federated authentication do not combine.
 pub fn authentication_options(
     field: &str,
     opts: &[AuthenticationOption],
@@ -480,7 +532,9 @@ pub fn authentication_options(
         return Err(ApiError::missing(
             field,
             "give an option of type \"certificate-authentication\" with the client CA, \
-             \"directory-service-authentication\" with a directory id, or both",
+             \"directory-service-authentication\" with a directory id, \
+             \"federated-authentication\" with an identity provider id, or certificate \
+             authentication with one of the other two",
         ));
     }
     if opts.len() > 2 {
@@ -534,26 +588,43 @@ pub fn authentication_options(
                 )?;
                 checked.directory_id = Some(directory_id.clone());
             }
-            AuthenticationOption::FederatedAuthentication { .. } => {
-                return Err(ApiError::invalid(
-                    field,
-                    "federated-authentication is not supported by this gateway yet; use \
-                     certificate-authentication, directory-service-authentication, or both",
-                ));
+            AuthenticationOption::FederatedAuthentication {
+                saml_provider_arn,
+                self_service_saml_provider_arn,
+            } => {
+                if checked.idp_id.is_some() {
+                    return Err(ApiError::combination(format!(
+                        "{field}: federated-authentication is given twice"
+                    )));
+                }
+                let idp = idp_arn(&format!("{field}.saml-provider-arn"), saml_provider_arn)?;
+                if let Some(ss) = self_service_saml_provider_arn {
+                    let sub = format!("{field}.self-service-saml-provider-arn");
+                    let other = idp_arn(&sub, ss)?;
+                    if other != idp {
+                        return Err(ApiError::combination(format!(
+                            "{sub}: {other} differs from saml-provider-arn ({idp}); the \
+                             self-service portal signs users in with the endpoint's own \
+                             identity provider: leave it out or give the same one"
+                        )));
+                    }
+                }
+                checked.idp_id = Some(idp);
             }
         }
     }
     Ok(checked)
 }
 
-/// The self-service portal needs federated authentication, which is not supported.
-pub fn self_service_portal(field: &str, on: bool) -> Result<bool, ApiError> {
-    if on {
+/// The self-service portal needs federated authentication (`federated`: the endpoint has it).
+pub fn self_service_portal(field: &str, on: bool, federated: bool) -> Result<bool, ApiError> {
+    if on && !federated {
         return Err(ApiError::combination(format!(
-            "{field}: the self-service portal requires federated-authentication"
+            "{field}: the self-service portal requires federated-authentication (an identity \
+             provider: `cvpn idp create`, then an endpoint created with --idp)"
         )));
     }
-    Ok(false)
+    Ok(on)
 }
 
 /// A parsed CRL bundle.
@@ -771,4 +842,241 @@ pub fn username(field: &str, s: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(s.to_string())
+}
+
+// ---- identity providers -------------------------------------------------------------------------
+
+/// True for the hosts plain `http://` is allowed to: the loopback ones.
+fn is_loopback_host(host: &str) -> bool {
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1")
+}
+
+/// An `https://HOST[:PORT][/PATH]` URL, or `http://` to a loopback host (`127.0.0.1`,
+/// `localhost`, `[::1]`: a provider on the gateway itself, e.g. in tests). No query, fragment,
+/// user info or white space.
+pub fn https_url(field: &str, s: &str) -> Result<String, ApiError> {
+    let bad = |why: &str| ApiError::invalid(field, format!("{s:?}: {why}"));
+    if s.len() > 2048 {
+        return Err(bad("longer than 2048 characters"));
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("contains white space"));
+    }
+    let (https, rest) = if let Some(r) = s.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = s.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(bad("give an https:// URL"));
+    };
+    if s.contains(['?', '#']) {
+        return Err(bad("a query or fragment is not allowed here"));
+    }
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(bad("user information (user@host) is not allowed"));
+    }
+    let host = if authority.starts_with('[') {
+        match authority.find(']') {
+            Some(i) => &authority[..=i],
+            None => return Err(bad("unclosed [ in the host")),
+        }
+    } else {
+        authority.split(':').next().unwrap_or("")
+    };
+    let port = &authority[host.len()..];
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    let host_ok = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+    if !host_ok || !port_ok {
+        return Err(bad("not scheme://HOST[:PORT][/PATH]"));
+    }
+    if !https && !is_loopback_host(host) {
+        return Err(bad(
+            "plain http:// is allowed only to a loopback host (127.0.0.1, localhost, [::1]); \
+             use https://",
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// An OIDC claim or SAML attribute name, or an OIDC client id: 1..=256 characters, no white
+/// space or control characters.
+pub fn token_name(field: &str, s: &str) -> Result<String, ApiError> {
+    if s.is_empty()
+        || s.chars().count() > 256
+        || s.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(ApiError::invalid(
+            field,
+            format!("{s:?}: 1 to 256 characters without white space"),
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// OIDC scopes: at most 20, each an RFC 6749 scope token; duplicates dropped, `openid` put
+/// first when missing.
+pub fn oidc_scopes(field: &str, list: &[String]) -> Result<Vec<String>, ApiError> {
+    if list.len() > 20 {
+        return Err(ApiError::invalid(field, "at most 20 scopes"));
+    }
+    let mut out: Vec<String> = vec!["openid".to_string()];
+    for s in list {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E));
+        if !ok {
+            return Err(ApiError::invalid(
+                field,
+                format!("{s:?} is not a scope (printable ASCII, no spaces, quotes or backslashes)"),
+            ));
+        }
+        if !out.contains(s) {
+            out.push(s.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a SAML 2.0 metadata document: its size (at most
+/// [`MAX_SAML_METADATA_BYTES`](super::identity_provider::MAX_SAML_METADATA_BYTES)), its
+/// form (XML without a DTD), the `EntityDescriptor`'s `entityID`, the `IDPSSODescriptor`'s
+/// `SingleSignOnService` for HTTP-Redirect (preferred) or HTTP-POST, whose `Location` must be
+/// an [`https_url`], and its signing certificates (X.509, at least one). Signatures are not
+/// checked here.
+pub fn saml_metadata(
+    field: &str,
+    xml: &str,
+) -> Result<super::identity_provider::SamlMetadata, ApiError> {
+    use super::identity_provider::*;
+    const MD: &str = "urn:oasis:names:tc:SAML:2.0:metadata";
+    const DS: &str = "http://www.w3.org/2000/09/xmldsig#";
+    if xml.len() > MAX_SAML_METADATA_BYTES {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "{} bytes; metadata may be at most {MAX_SAML_METADATA_BYTES} bytes",
+                xml.len()
+            ),
+        ));
+    }
+    let doc = roxmltree::Document::parse_with_options(
+        xml,
+        roxmltree::ParsingOptions {
+            allow_dtd: false,
+            nodes_limit: 100_000,
+        },
+    )
+    .map_err(|e| ApiError::invalid(field, format!("not an XML document: {e}")))?;
+    let is = |n: &roxmltree::Node<'_, '_>, ns: &str, name: &str| {
+        n.is_element() && n.tag_name().name() == name && n.tag_name().namespace() == Some(ns)
+    };
+    let entity = doc
+        .descendants()
+        .find(|n| {
+            is(n, MD, "EntityDescriptor") && n.children().any(|c| is(&c, MD, "IDPSSODescriptor"))
+        })
+        .ok_or_else(|| {
+            ApiError::invalid(
+                field,
+                "no md:EntityDescriptor with an md:IDPSSODescriptor (namespace \
+                 urn:oasis:names:tc:SAML:2.0:metadata): give the identity provider's metadata, \
+                 not a service provider's",
+            )
+        })?;
+    let entity_id = entity
+        .attribute("entityID")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::invalid(field, "the EntityDescriptor has no entityID"))?
+        .to_string();
+    if entity_id.len() > 1024 {
+        return Err(ApiError::invalid(
+            field,
+            "the entityID is longer than 1024 characters",
+        ));
+    }
+    let idp = entity
+        .children()
+        .find(|c| is(c, MD, "IDPSSODescriptor"))
+        .expect("found above");
+    let sso = |binding: &str| {
+        idp.children()
+            .filter(|c| is(c, MD, "SingleSignOnService"))
+            .find(|c| c.attribute("Binding") == Some(binding))
+            .and_then(|c| c.attribute("Location"))
+            .map(str::trim)
+    };
+    let (sso_url, sso_binding) =
+        match (sso(SAML_BINDING_HTTP_REDIRECT), sso(SAML_BINDING_HTTP_POST)) {
+            (Some(u), _) => (u, SamlBinding::HttpRedirect),
+            (None, Some(u)) => (u, SamlBinding::HttpPost),
+            (None, None) => {
+                return Err(ApiError::invalid(
+                    field,
+                    "the IDPSSODescriptor has no SingleSignOnService with the HTTP-Redirect or \
+                 HTTP-POST binding and a Location",
+                ))
+            }
+        };
+    let sso_url = https_url(&format!("{field} SingleSignOnService Location"), sso_url)?;
+    let mut signing_certificates = Vec::new();
+    for kd in idp.children().filter(|c| is(c, MD, "KeyDescriptor")) {
+        if !matches!(kd.attribute("use"), None | Some("signing")) {
+            continue;
+        }
+        for cert in kd.descendants().filter(|c| is(c, DS, "X509Certificate")) {
+            let b64: String = cert
+                .text()
+                .unwrap_or("")
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            use base64::Engine as _;
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(&b64)
+                .map_err(|e| {
+                    ApiError::invalid(
+                        field,
+                        format!(
+                            "signing certificate #{} is not base64: {e}",
+                            signing_certificates.len() + 1
+                        ),
+                    )
+                })?;
+            x509_parser::parse_x509_certificate(&der).map_err(|e| {
+                ApiError::invalid(
+                    field,
+                    format!(
+                        "signing certificate #{} is not an X.509 certificate: {e}",
+                        signing_certificates.len() + 1
+                    ),
+                )
+            })?;
+            if !signing_certificates.contains(&b64) {
+                signing_certificates.push(b64);
+            }
+        }
+    }
+    if signing_certificates.is_empty() {
+        return Err(ApiError::invalid(
+            field,
+            "the IDPSSODescriptor has no signing certificate (KeyDescriptor use=\"signing\" \
+             with ds:X509Certificate): responses could not be verified",
+        ));
+    }
+    Ok(SamlMetadata {
+        entity_id,
+        sso_url,
+        sso_binding,
+        signing_certificates,
+    })
 }
