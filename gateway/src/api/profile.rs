@@ -39,6 +39,8 @@ pub struct ClientProfile {
     pub ca_pem: String,
     /// Directory sign-in; `None`: the certificate alone.
     pub user_auth: Option<UserAuth>,
+    /// Web sign-in at the endpoint's identity provider (single sign-on).
+    pub web_sign_in: bool,
 }
 
 impl ClientProfile {
@@ -56,6 +58,7 @@ impl ClientProfile {
             data_ciphers: data_ciphers.to_vec(),
             ca_pem: server_ca_pem(endpoint)?,
             user_auth: None,
+            web_sign_in: endpoint.idp_id().is_some(),
         })
     }
 
@@ -82,6 +85,15 @@ impl ClientProfile {
             }
             // Keep the password out of the client's memory once the auth-token replaces it.
             s.push_str("auth-nocache\n");
+        }
+        if self.web_sign_in {
+            // Stock clients offer web sign-in only when told to; the gateway then answers
+            // with the sign-in link (shown by the 2.6 CLI, opened by GUIs).
+            s.push_str("setenv IV_SSO webauth\n");
+            // A client without a certificate starts only with some user name and password:
+            // these are placeholders (the gateway ignores them), replaced by the session's
+            // auth-token after the sign-in, so reconnects need no second sign-in.
+            s.push_str("<auth-user-pass>\nsso\nweb-sign-in\n</auth-user-pass>\n");
         }
         s.push_str("verb 3\n");
         s.push_str("<ca>\n");

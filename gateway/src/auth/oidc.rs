@@ -43,7 +43,7 @@ const REDISCOVER_AT_MOST_EVERY: Duration = Duration::from_secs(10);
 
 /// A relying party's settings (from the identity provider resource and the web listener).
 #[derive(Clone)]
-pub struct OidcSettings {
+pub struct OidcClientSettings {
     pub issuer: String,
     pub client_id: String,
     pub client_secret: Option<String>,
@@ -57,9 +57,9 @@ pub struct OidcSettings {
     pub redirect_url: String,
 }
 
-impl std::fmt::Debug for OidcSettings {
+impl std::fmt::Debug for OidcClientSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OidcSettings")
+        f.debug_struct("OidcClientSettings")
             .field("issuer", &self.issuer)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret.as_ref().map(|_| "<redacted>"))
@@ -142,7 +142,7 @@ struct Discovered {
 
 /// One identity provider's relying party.
 pub struct OidcRelyingParty {
-    settings: OidcSettings,
+    settings: OidcClientSettings,
     tls: Arc<rustls::ClientConfig>,
     discovered: Mutex<Option<Discovered>>,
 }
@@ -179,7 +179,7 @@ fn http_client(
 pub struct HttpError(String);
 
 impl OidcRelyingParty {
-    pub fn new(settings: OidcSettings, tls: Arc<rustls::ClientConfig>) -> Self {
+    pub fn new(settings: OidcClientSettings, tls: Arc<rustls::ClientConfig>) -> Self {
         OidcRelyingParty {
             settings,
             tls,
@@ -187,7 +187,7 @@ impl OidcRelyingParty {
         }
     }
 
-    pub fn settings(&self) -> &OidcSettings {
+    pub fn settings(&self) -> &OidcClientSettings {
         &self.settings
     }
 

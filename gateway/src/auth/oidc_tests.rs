@@ -63,7 +63,7 @@ impl Key {
 pub(crate) struct Provider {
     pub(crate) jwks: Vec<Value>,
     /// The next answers of the token endpoint (code or refresh grant): status and body.
-    token_answer: Option<(u16, Value)>,
+    pub(crate) token_answer: Option<(u16, Value)>,
     /// What the relying party sent to the token endpoint last.
     last_form: Vec<(String, String)>,
     jwks_fetches: u32,
@@ -125,7 +125,7 @@ pub(crate) async fn start() -> Idp {
         .with_state(shared.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     let rp = OidcRelyingParty::new(
-        OidcSettings {
+        OidcClientSettings {
             issuer: issuer.clone(),
             client_id: CLIENT.into(),
             client_secret: Some(SECRET.into()),
@@ -326,7 +326,7 @@ async fn an_unreachable_provider_is_not_a_refusal() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let rp = OidcRelyingParty::new(
-        OidcSettings {
+        OidcClientSettings {
             issuer: format!("http://{addr}"),
             client_id: CLIENT.into(),
             client_secret: None,

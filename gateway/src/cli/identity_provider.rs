@@ -40,8 +40,11 @@ pub struct IdpSettings {
     #[arg(long = "scope", value_name = "SCOPE")]
     pub scopes: Vec<String>,
     /// OIDC: minutes between refreshes of a connected user's session (default 15).
-    #[arg(long, value_name = "MINUTES")]
+    #[arg(long, value_name = "MINUTES", conflicts_with = "recheck_seconds")]
     pub recheck_minutes: Option<i64>,
+    /// The same in seconds (10 or more).
+    #[arg(long, value_name = "SECONDS")]
+    pub recheck_seconds: Option<i64>,
     /// SAML: the identity provider's metadata, a file or an https:// URL (fetched once, now;
     /// the document is stored).
     #[arg(long, value_name = "FILE|URL")]
@@ -72,6 +75,7 @@ impl IdpSettings {
             m.insert("scopes".into(), json!(self.scopes));
         }
         insert(m, "recheck-minutes", self.recheck_minutes);
+        insert(m, "recheck-seconds", self.recheck_seconds);
         if let Some(src) = &self.saml_metadata {
             let (xml, url) = read_metadata(src).await?;
             m.insert("metadata-xml".into(), json!(xml));

@@ -32,7 +32,7 @@ use tracing::{error, info, warn};
 use crate::api::{ApiSettings, ApiState, ControlEvent, EndpointChange};
 use crate::auth::{service::Authenticator, totp::TotpVerifier};
 use crate::connlog::ConnectionLogs;
-use crate::endpoint::DirectoryPolicy;
+use crate::endpoint::{DirectoryPolicy, SsoPolicy};
 use crate::model::Directory;
 use crate::protocol::tls::TlsMaterial;
 use crate::server::{LiveSettings, Server, ServerCommand, ServerSettings};
@@ -49,6 +49,7 @@ fn live_settings(
     ep: &crate::storage::Endpoint,
     policy: &crate::storage::HandlerPolicy,
     directory: Option<&Directory>,
+    sso: Option<SsoPolicy>,
 ) -> Result<LiveSettings> {
     let connect_handler = match (
         &ep.client_connect_options.enabled,
@@ -71,8 +72,38 @@ fn live_settings(
             mfa: d.mfa,
             recheck: Duration::from_secs(u64::from(d.recheck_seconds)),
         }),
-        sso: None,
+        sso,
     })
+}
+
+/// The relying party of an identity provider resource.
+fn sso_idp(
+    idp: &crate::model::IdentityProvider,
+    secrets: &crate::model::IdpSecrets,
+    public_url: &str,
+) -> Result<crate::web::SsoIdp> {
+    if let Some(o) = &idp.oidc {
+        let tls = crate::http_client::client_tls(None).map_err(|e| anyhow!("{e}"))?;
+        return Ok(crate::web::SsoIdp::Oidc(
+            crate::auth::oidc::OidcRelyingParty::new(
+                crate::auth::oidc::OidcClientSettings {
+                    issuer: o.issuer.clone(),
+                    client_id: o.client_id.clone(),
+                    client_secret: secrets.client_secret.clone(),
+                    groups_claim: o.groups_claim.clone(),
+                    username_claim: o.username_claim.clone(),
+                    scopes: o.scopes.clone(),
+                    redirect_url: format!("{public_url}/oidc/callback"),
+                },
+                tls,
+            ),
+        ));
+    }
+    Err(anyhow!(
+        "identity provider {} ({}): SAML sign-in is not available in this build",
+        idp.id,
+        idp.name
+    ))
 }
 
 /// A running endpoint.
@@ -158,6 +189,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         events_tx,
         ApiSettings {
             remote_host: config.public_host.clone(),
+            public_url: config.web.as_ref().map(|w| w.public_url.clone()),
             ..ApiSettings::default()
         },
     );
@@ -337,6 +369,60 @@ impl Daemon {
         Ok((Some(dir), authenticator))
     }
 
+    /// An endpoint's single sign-on: the policy the endpoint core follows and the link to the
+    /// web listener and the identity provider. An endpoint that names a provider but cannot
+    /// sign anyone in (no web listener, a provider the daemon cannot use) is an error: the
+    /// endpoint is not served rather than served without its sign-in.
+    fn sso_checks(
+        &self,
+        ep: &crate::storage::Endpoint,
+    ) -> Result<(Option<SsoPolicy>, Option<crate::server::SsoLink>)> {
+        let id = &ep.client_vpn_endpoint_id;
+        let Some(idp_id) = ep.idp_id() else {
+            return Ok((None, None));
+        };
+        let web = self.config.web.as_ref().ok_or_else(|| {
+            anyhow!(
+                "endpoint {id} signs users in with identity provider {idp_id}, but this daemon \
+                 has no web listener for the sign-in pages: add [web] listen, certificate, key \
+                 and public_url to the daemon configuration (cvpn.toml), then restart the daemon"
+            )
+        })?;
+        let (idp, secrets) = self
+            .store
+            .endpoint_identity_provider(id)
+            .map_err(|e| anyhow!("{e}"))?
+            .ok_or_else(|| anyhow!("identity provider {idp_id} of endpoint {id} is gone"))?;
+        let link = {
+            let mut idps = self.idps.lock().unwrap_or_else(|e| e.into_inner());
+            match idps.get(&idp.id) {
+                Some(l) => l.clone(),
+                None => {
+                    let made = Arc::new(sso_idp(&idp, &secrets, &web.public_url)?);
+                    idps.insert(idp.id.clone(), made.clone());
+                    made
+                }
+            }
+        };
+        Ok((
+            Some(SsoPolicy {
+                idp_id: idp.id.clone(),
+                sign_in_base: web.public_url.clone(),
+                sign_in_timeout: web.sign_in_timeout,
+                recheck: Duration::from_secs(u64::from(idp.recheck_seconds)),
+            }),
+            Some(crate::server::SsoLink {
+                service: self.sso.clone(),
+                idp: link,
+                endpoint_name: ep
+                    .description
+                    .clone()
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or_else(|| id.clone()),
+            }),
+        ))
+    }
+
     /// Gives the running endpoints of a directory its current settings and enrolments.
     fn refresh_directory(&self, directory_id: &str) {
         let users = match self.store.endpoints_using_directory(directory_id) {
@@ -355,6 +441,10 @@ impl Daemon {
     /// Sends the running endpoints that use an identity provider their live settings again
     /// (as [`Self::refresh_directory`] does for a directory's).
     fn refresh_identity_provider(&self, idp_id: &str) {
+        self.idps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(idp_id);
         let users = match self.store.endpoints_using_identity_provider(idp_id) {
             Ok(u) => u,
             Err(e) => {
@@ -377,14 +467,17 @@ impl Daemon {
             .map_err(|e| anyhow!("{e}"))
             .and_then(|ep| {
                 let (dir, auth) = self.directory_checks(id)?;
+                let (sso, link) = self.sso_checks(&ep)?;
                 Ok((
-                    live_settings(&ep, &self.config.connect_handler, dir.as_ref())?,
+                    live_settings(&ep, &self.config.connect_handler, dir.as_ref(), sso)?,
                     auth,
+                    link,
                 ))
             });
         match read {
-            Ok((live, auth)) => {
+            Ok((live, auth, link)) => {
                 self.command(id, ServerCommand::Authenticator(auth));
+                self.command(id, ServerCommand::Sso(link));
                 self.command(id, ServerCommand::LiveSettings(live));
             }
             Err(e) => warn!(endpoint = %id, error = format!("{e:#}"), "settings not applied"),
@@ -422,16 +515,9 @@ impl Daemon {
     fn settings(&self, id: &str) -> Result<(ServerSettings, Vec<u8>)> {
         let store_err = |e: crate::storage::ApiError| anyhow!("{e}");
         let ep = self.store.describe_endpoint(id).map_err(store_err)?;
-        // Fail closed until the endpoint checks federated sign-in (issue 10): a federated-only
-        // endpoint has no client CA and no directory, so the listener would admit clients
-        // with no credentials at all, and certificate + federated ones without the sign-in.
-        // Remove this once `live_settings` / the authenticator carry the identity provider.
-        if let Some(idp) = ep.idp_id() {
-            return Err(anyhow!(
-                "endpoint {id} signs users in with identity provider {idp}, and this daemon \
-                 cannot check federated sign-in yet: it does not serve the endpoint"
-            ));
-        }
+        // A federated endpoint whose sign-in cannot run is not served at all (fail closed):
+        // without it, a federated-only endpoint would admit clients with no credentials.
+        let (sso_policy, sso_link) = self.sso_checks(&ep)?;
         let secrets = self.store.endpoint_secrets(id).map_err(store_err)?;
         let tls = TlsMaterial::from_pem(
             &secrets.server_certificate_pem,
@@ -481,9 +567,9 @@ impl Daemon {
             print_log_lines: ep.connection_log_options.enabled
                 && ep.connection_log_options.stdout
                 && !c.log.stdout,
-            live: live_settings(&ep, &c.connect_handler, directory.as_ref())?,
+            live: live_settings(&ep, &c.connect_handler, directory.as_ref(), sso_policy)?,
             authenticator,
-            sso: None,
+            sso: sso_link,
             // Endpoints of one daemon may share a target interface: each its own SNAT ports.
             nat_port_range: Some(crate::server::snat_slice(
                 ep.transport_protocol,
@@ -568,6 +654,7 @@ impl Daemon {
         let Some(mut r) = self.running.remove(id) else {
             return;
         };
+        self.sso.forget_endpoint(id);
         self.listeners.set(id, "stopped", None);
         if let Some(stop) = r.stop.take() {
             let _ = stop.send(());

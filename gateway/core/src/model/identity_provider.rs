@@ -137,7 +137,7 @@ impl fmt::Debug for IdpSecrets {
 
 /// Defaults and limits.
 pub const DEFAULT_IDP_RECHECK_SECONDS: u32 = 15 * 60;
-pub const MIN_IDP_RECHECK_SECONDS: u32 = 60;
+pub const MIN_IDP_RECHECK_SECONDS: u32 = 10;
 pub const DEFAULT_OIDC_GROUPS_CLAIM: &str = "groups";
 pub const DEFAULT_OIDC_USERNAME_CLAIM: &str = "email";
 pub const DEFAULT_OIDC_SCOPES: [&str; 3] = ["openid", "email", "profile"];
@@ -176,7 +176,7 @@ pub struct CreateIdentityProviderRequest {
     pub username_attribute: Option<String>,
     /// Minutes between OIDC session refreshes (default 15).
     pub recheck_minutes: Option<i64>,
-    /// The same in seconds (60 or more); not with `recheck-minutes`.
+    /// The same in seconds (10 or more); not with `recheck-minutes`.
     pub recheck_seconds: Option<i64>,
 }
 

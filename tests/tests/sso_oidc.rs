@@ -1,0 +1,444 @@
+//! Single sign-on end to end with OpenID Connect: the npm `oidc-provider` as the identity
+//! provider, headless Chromium as the user's browser, stock `openvpn` 2.6 clients with the
+//! exported profile, the daemon (`cvpn serve`) with its web listener. Set up through the CLI,
+//! as an administrator does.
+//!
+//! The IdP, the web listener and the browser run in the gateway's namespace (on its
+//! loopback), where the daemon reaches the IdP and the browser reaches both; the clients are
+//! in their own namespaces and report the `WEB_AUTH` link on their management sockets, as a
+//! GUI would see it.
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use cvpn_tests::{
+    browser::{Browser, BrowserOptions, BrowserResult, Step},
+    directory_servers::free_port,
+    echo::{probe_loop, UdpEcho},
+    gateway::{CliOutput, EndpointNet, StoreDaemon, TempDir},
+    is_root,
+    oidc_idp::{IdpClient, IdpUser, OidcIdp, OidcIdpConfig},
+    openvpn::{Management, OpenVpnClient},
+    pki::write,
+};
+use serde_json::Value;
+
+const STAFF_HOST: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 10);
+const OPS_HOST: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 20);
+const ECHO_PORT: u16 = 7000;
+
+fn ok(out: CliOutput, what: &str) -> String {
+    assert_eq!(out.code, 0, "{what} failed: {}{}", out.stderr, out.stdout);
+    out.stdout
+}
+
+/// A gateway whose endpoint signs users in at an OIDC identity provider.
+struct Sx {
+    net: EndpointNet,
+    idp: OidcIdp,
+    daemon: StoreDaemon,
+    endpoint: String,
+    public_url: String,
+    _echo: Vec<UdpEcho>,
+    _data: TempDir,
+}
+
+impl Sx {
+    fn new(clients: usize) -> Sx {
+        assert!(is_root(), "the SSO tests need root: run `cargo xtask test`");
+        let mut net = EndpointNet::new(clients).unwrap();
+        net.gateway.enter().unwrap();
+        let web_port = free_port().unwrap();
+        let public_url = format!("https://127.0.0.1:{web_port}");
+        let idp = OidcIdp::start(OidcIdpConfig {
+            clients: vec![IdpClient::new(
+                "cvpn-gateway",
+                "gateway-secret-0123456789",
+                &format!("{public_url}/oidc/callback"),
+            )],
+            users: vec![
+                IdpUser::new("alice", "alice@example.test", "alice-pw", &["staff"]),
+                IdpUser::new("bob", "bob@example.test", "bob-pw", &["ops"]),
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+        let dir = net.dir.0.clone();
+        let web = net.ca.server("127.0.0.1").unwrap();
+        let web_cert = write(&dir, "web.crt", &web.cert).unwrap();
+        let web_key = write(&dir, "web.key", &web.key).unwrap();
+        let config = write(
+            &dir,
+            "cvpn.toml",
+            &format!(
+                "[web]\nlisten = \"127.0.0.1:{web_port}\"\ncertificate = \"{}\"\nkey = \"{}\"\n\
+                 public_url = \"{public_url}\"\nsign_in_timeout_seconds = 60\n",
+                web_cert.display(),
+                web_key.display()
+            ),
+        )
+        .unwrap();
+        let data = TempDir::new("sso").unwrap();
+        let daemon = StoreDaemon::start_with_config(&net.gateway, &data.0, Some(&config)).unwrap();
+        let secret = write(&dir, "client.secret", "gateway-secret-0123456789\n").unwrap();
+        let idp_id = ok(
+            daemon
+                .cli(&[
+                    "idp",
+                    "create",
+                    "--name",
+                    "corp-sso",
+                    "--oidc-issuer",
+                    idp.issuer(),
+                    "--client-id",
+                    "cvpn-gateway",
+                    "--client-secret-file",
+                    secret.to_str().unwrap(),
+                    "--scope",
+                    "email",
+                    "--scope",
+                    "groups",
+                    "--recheck-seconds",
+                    "10",
+                ])
+                .unwrap(),
+            "idp create",
+        )
+        .trim()
+        .to_string();
+        assert!(idp_id.starts_with("idp-"), "{idp_id}");
+        let (cert, key, ca) = net.write_server_files().unwrap();
+        let chain =
+            std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&ca).unwrap();
+        std::fs::write(&cert, chain).unwrap();
+        let created = daemon
+            .json(&[
+                "endpoint",
+                "create",
+                "--client-cidr",
+                "10.77.0.0/22",
+                "--server-cert",
+                cert.to_str().unwrap(),
+                "--server-key",
+                key.to_str().unwrap(),
+                "--idp",
+                "corp-sso",
+                "--split-tunnel",
+            ])
+            .unwrap();
+        let endpoint = created["client-vpn-endpoint-id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        daemon
+            .json(&[
+                "network",
+                "associate",
+                &endpoint,
+                "--interface",
+                "tgt0",
+                "--subnet",
+                "10.88.0.0/24",
+            ])
+            .unwrap();
+        for (host, group) in [(STAFF_HOST, "staff"), (OPS_HOST, "ops")] {
+            ok(
+                daemon
+                    .cli(&[
+                        "rule",
+                        "authorize",
+                        &endpoint,
+                        "--destination",
+                        &format!("{host}/32"),
+                        "--group",
+                        group,
+                    ])
+                    .unwrap(),
+                "authorize",
+            );
+        }
+        let echo = [STAFF_HOST, OPS_HOST]
+            .into_iter()
+            .map(|h| UdpEcho::start(&net.private, h, ECHO_PORT).unwrap())
+            .collect();
+        Sx {
+            net,
+            idp,
+            daemon,
+            endpoint,
+            public_url,
+            _echo: echo,
+            _data: data,
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        ok(self.daemon.cli(args).unwrap(), &args.join(" "))
+    }
+
+    /// The exported profile of client `i`, exactly, plus `extra` lines.
+    fn profile(&self, i: usize, extra: &str) -> String {
+        let remote = EndpointNet::server_addr(i);
+        let p = self.cli(&["config", "export", &self.endpoint, "--remote-host", &remote]);
+        format!("{p}\n{extra}\n")
+    }
+
+    /// A stock client from namespace `i` with its management socket (as a GUI has it).
+    fn start_managed(&self, i: usize, name: &str, extra: &str) -> (OpenVpnClient, Management) {
+        self.start_managed_with(i, name, extra, |p| p)
+    }
+
+    fn start_managed_with(
+        &self,
+        i: usize,
+        name: &str,
+        extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> (OpenVpnClient, Management) {
+        let port = 7505 + i as u16;
+        let p = edit(self.profile(
+            i,
+            &format!("management 127.0.0.1 {port}\nmanagement-hold\n{extra}"),
+        ));
+        let c = OpenVpnClient::start_with_text(&self.net.clients[i], &p, &self.net.dir.0, name)
+            .unwrap();
+        let mut m =
+            Management::connect(&self.net.clients[i], port, Duration::from_secs(10)).unwrap();
+        m.wait_for(">HOLD:", Duration::from_secs(10)).unwrap();
+        m.send("hold release").unwrap();
+        (c, m)
+    }
+
+    /// Signs in at the link the client reported: approve, the IdP's own login page, back.
+    fn browser_sign_in(&self, url: &str, user: &str, password: &str, tag: &str) -> BrowserResult {
+        let opts = BrowserOptions {
+            ignore_https_errors: true,
+            ..BrowserOptions::default()
+        };
+        Browser::run_with(
+            &opts,
+            &[
+                Step::goto(url),
+                Step::wait_text("Approve this VPN connection"),
+                Step::screenshot(&format!("{tag}-1-approve.png")),
+                Step::click("button[type=submit]"),
+                Step::wait_url(&format!("^{}", regex_escape(self.idp.issuer()))),
+                Step::screenshot(&format!("{tag}-2-idp-login.png")),
+                Step::fill("input[name=login]", user),
+                Step::fill("input[name=password]", password),
+                Step::click("button[type=submit]"),
+                Step::wait_url(&format!("^{}/oidc/callback", regex_escape(&self.public_url))),
+                Step::screenshot(&format!("{tag}-3-done.png")),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn connections(&self) -> Vec<Value> {
+        self.daemon
+            .json(&["connection", "list", &self.endpoint])
+            .unwrap()["connections"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn active(&self) -> Vec<Value> {
+        self.connections()
+            .into_iter()
+            .filter(|c| c["status"] == "active")
+            .collect()
+    }
+
+    fn reaches(&self, i: usize, host: Ipv4Addr) -> bool {
+        // While the client reconnects its tunnel is down: "network unreachable" is a no.
+        self.net.clients[i]
+            .run(move || probe_loop((host, ECHO_PORT), Duration::from_millis(400)))
+            .is_ok_and(|r| r.iter().any(|(_, answered)| *answered))
+    }
+
+    fn wait_until(&self, timeout: Duration, mut f: impl FnMut(&Sx) -> bool) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if f(self) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn wait(&self, what: &str, timeout: Duration, mut f: impl FnMut(&Sx) -> bool) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if f(self) {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = self.daemon.daemon.log();
+        panic!(
+            "{what}: not within {timeout:?}\nconnections: {:#?}\ndaemon log (tail):\n{}",
+            self.connections(),
+            log[log.len().saturating_sub(40)..].join("\n")
+        );
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if "\\.+*?()|[]{}^$".contains(c) {
+                vec!['\\', c]
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+fn web_auth_url(line: &str) -> String {
+    line.trim_start_matches(">INFOMSG:WEB_AUTH::").to_string()
+}
+
+#[test]
+fn stock_clients_sign_in_through_the_browser_and_idp_groups_decide_access() {
+    let t0 = Instant::now();
+    let sx = Sx::new(3);
+    eprintln!("set up in {:?}", t0.elapsed());
+
+    // alice: the client reports the short sign-in link; she approves it in the browser and
+    // signs in on the IdP's own page.
+    let (mut alice, mut m) = sx.start_managed(0, "alice", "reneg-sec 12\n");
+    let line = m
+        .wait_for(">INFOMSG:WEB_AUTH::", Duration::from_secs(20))
+        .unwrap();
+    let url = web_auth_url(&line);
+    assert!(url.starts_with(&format!("{}/s/", sx.public_url)), "{url}");
+    assert!(line.len() < 200, "fits the client's 256-byte buffer: {line}");
+    let page = sx.browser_sign_in(&url, "alice", "alice-pw", "alice");
+    assert!(
+        page.texts.iter().any(|t| t.contains("10.99.0.2")) || page.final_url.contains("callback"),
+        "{page:?}"
+    );
+    let signed_in = Instant::now();
+    alice.wait_connected(Duration::from_secs(10)).unwrap();
+    let push_delay = signed_in.elapsed();
+    // The reply is pushed as the sign-in completes, not at the client's next PUSH_REQUEST
+    // (every 5 s).
+    assert!(push_delay < Duration::from_secs(3), "{push_delay:?}");
+    assert!(sx.reaches(0, STAFF_HOST), "alice (staff) reaches the staff host");
+    assert!(!sx.reaches(0, OPS_HOST), "but not the ops host");
+    let active = sx.active();
+    assert_eq!(active.len(), 1, "{active:?}");
+    assert_eq!(active[0]["username"], "alice@example.test");
+
+    eprintln!("{:?}: step", t0.elapsed());
+    // bob (ops) reaches only the ops host.
+    let (mut bob, mut mb) = sx.start_managed(1, "bob", "");
+    let url = web_auth_url(
+        &mb.wait_for(">INFOMSG:WEB_AUTH::", Duration::from_secs(20))
+            .unwrap(),
+    );
+    sx.browser_sign_in(&url, "bob", "bob-pw", "bob");
+    bob.wait_connected(Duration::from_secs(10)).unwrap();
+    assert!(sx.reaches(1, OPS_HOST));
+    assert!(!sx.reaches(1, STAFF_HOST));
+
+    eprintln!("{:?}: step", t0.elapsed());
+    // A client whose profile lacks web sign-in is told what to add.
+    let (mut plain, _mp) = sx.start_managed_with(2, "plain", "", |p| {
+        p.replace("setenv IV_SSO webauth\n", "")
+    });
+    plain
+        .wait_for("AUTH_FAILED", Duration::from_secs(20))
+        .unwrap();
+    assert!(
+        plain.log().iter().any(|l| l.contains("setenv IV_SSO webauth")),
+        "{:?}",
+        plain.log()
+    );
+
+    eprintln!("{:?}: step", t0.elapsed());
+    // Renegotiation under traffic (the client renegotiates every 12 s): no second sign-in,
+    // the auth-token carries it.
+    let start = Instant::now();
+    let mut renegotiated = false;
+    while start.elapsed() < Duration::from_secs(30) {
+        assert!(sx.reaches(0, STAFF_HOST), "traffic goes on during renegotiation");
+        if sx
+            .daemon
+            .daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("renegotiated"))
+        {
+            renegotiated = true;
+            break;
+        }
+    }
+    assert!(renegotiated, "the client renegotiated within 30 s");
+    assert!(sx.reaches(0, STAFF_HOST));
+    assert_eq!(
+        m.drain()
+            .iter()
+            .filter(|l| l.starts_with(">INFOMSG:WEB_AUTH"))
+            .count(),
+        1,
+        "one sign-in only: {:?}",
+        m.seen
+    );
+
+    eprintln!("{:?}: step", t0.elapsed());
+    // A reconnect (SIGUSR1: the client restarts its connection) uses the auth-token: no
+    // browser.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(alice.pid() as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    // The client holds again at its restart (`management-hold`), as a GUI sees it.
+    m.wait_for(">HOLD:", Duration::from_secs(10)).unwrap();
+    m.send("hold release").unwrap();
+    let first = sx
+        .active()
+        .into_iter()
+        .find(|c| c["username"] == "alice@example.test")
+        .expect("alice is connected")["connection-id"]
+        .clone();
+    let back = sx.wait_until(Duration::from_secs(30), |s| {
+        s.active()
+            .iter()
+            .any(|c| c["username"] == "alice@example.test" && c["connection-id"] != first)
+            && s.reaches(0, STAFF_HOST)
+    });
+    assert!(
+        back,
+        "alice back after her reconnect\nclient log:\n{}\ndaemon log:\n{}",
+        alice.log()[alice.log().len().saturating_sub(40)..].join("\n"),
+        sx.daemon.daemon.log()[sx.daemon.daemon.log().len().saturating_sub(30)..].join("\n")
+    );
+    assert_eq!(
+        m.drain()
+            .iter()
+            .filter(|l| l.starts_with(">INFOMSG:WEB_AUTH"))
+            .count(),
+        1,
+        "the reconnect needed no second sign-in: {:?}",
+        m.seen
+    );
+
+    eprintln!("{:?}: step", t0.elapsed());
+    // The IdP disables bob: his next refresh (every 10 s) is refused and his session ends.
+    sx.idp.disable_user("bob").unwrap();
+    let took = sx.wait("bob's session ended", Duration::from_secs(40), |s| {
+        !s.active()
+            .iter()
+            .any(|c| c["username"] == "bob@example.test")
+    });
+    assert!(!sx.reaches(1, OPS_HOST), "bob's traffic no longer passes");
+    eprintln!("bob's session ended {took:?} after the IdP disabled him");
+    assert!(sx.reaches(0, STAFF_HOST), "alice is not affected");
+}
