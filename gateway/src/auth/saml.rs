@@ -573,7 +573,7 @@ impl SamlServiceProvider {
                 .iter()
                 .map(|a| a.get_content().trim().to_owned())
                 .collect();
-            if !audiences.iter().any(|a| *a == s.sp_entity_id) {
+            if !audiences.contains(&s.sp_entity_id) {
                 return Err(SamlError::WrongAudience(audiences));
             }
         }
