@@ -38,6 +38,22 @@ const PACKAGES: &[&str] = &[
     // WebDriver, for tools that want one). The IdP and the driver run on the machine's Node.js.
     "chromium",
     "chromium-driver",
+    // SAML single sign-on (issue 10): the gateway verifies XML signatures with the system's
+    // xmlsec1 (libxmlsec1 over libxml2 and OpenSSL, linked through the samael crate, whose
+    // build generates bindings with bindgen: libclang plus clang's builtin headers, the
+    // version of the llvm-22 above; pkg-config finds xmlsec1). The tests run Debian's
+    // SimpleSAMLphp under PHP's built-in server; it needs php-xml (an undeclared dependency).
+    // xmlsec1 (the CLI) checks signed responses by hand.
+    "libxmlsec1-dev",
+    "libxml2-dev",
+    "libssl-dev",
+    "pkg-config",
+    "libclang1-22",
+    "libclang-common-22-dev",
+    "simplesamlphp",
+    "php-cli",
+    "php-xml",
+    "xmlsec1",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

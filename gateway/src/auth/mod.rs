@@ -14,6 +14,7 @@ pub mod challenge;
 pub mod ldap;
 pub mod oidc;
 pub mod radius;
+pub mod saml;
 pub mod service;
 pub mod throttle;
 pub mod token;
