@@ -17,7 +17,7 @@ use cvpn_tests::{
     oidc_idp::{form_decode, query_param},
     saml_idp::{SamlIdp, SamlIdpConfig, SamlIdpUser, SamlSp},
 };
-use gateway::auth::saml::{SamlError, SamlServiceProvider, SamlSettings};
+use gateway::auth::saml::{SamlError, SamlServiceProvider, SamlSpSettings};
 
 /// Our ACS: answers `POST /saml/acs` with a page saying so and hands each posted form body on.
 /// Serves for at most a minute.
@@ -93,7 +93,7 @@ impl Acs {
     }
 }
 
-fn start(acs: &Acs) -> Result<(SamlIdp, SamlSettings)> {
+fn start(acs: &Acs) -> Result<(SamlIdp, SamlSpSettings)> {
     let public_url = acs.public_url();
     let idp = SamlIdp::start(SamlIdpConfig {
         sps: vec![SamlSp {
@@ -106,7 +106,7 @@ fn start(acs: &Acs) -> Result<(SamlIdp, SamlSettings)> {
         ],
         ..Default::default()
     })?;
-    let settings = SamlSettings::new(
+    let settings = SamlSpSettings::new(
         &idp.entity_id(),
         &idp.sso_url(),
         idp.cert_pem().as_bytes(),

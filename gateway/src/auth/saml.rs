@@ -76,7 +76,7 @@ const ALLOWED_ALGORITHMS: &[AllowedSignatureAlgorithm] = &[
 
 /// A service provider's settings (from the identity provider resource and the web listener).
 #[derive(Clone, Debug)]
-pub struct SamlSettings {
+pub struct SamlSpSettings {
     /// The IdP's entity id: the Issuer of its responses and assertions.
     pub idp_entity_id: String,
     /// The IdP's single sign-on service, HTTP-Redirect binding.
@@ -93,7 +93,7 @@ pub struct SamlSettings {
     pub acs_url: String,
 }
 
-impl SamlSettings {
+impl SamlSpSettings {
     /// Settings with our entity id and ACS URL under `public_url` (no trailing slash needed),
     /// the groups in `memberOf` and the user named by the NameID. `idp_certificates` is PEM (one
     /// or more certificates) or one DER certificate.
@@ -104,7 +104,7 @@ impl SamlSettings {
         public_url: &str,
     ) -> Result<Self, SamlError> {
         let base = public_url.trim_end_matches('/');
-        Ok(SamlSettings {
+        Ok(SamlSpSettings {
             idp_entity_id: idp_entity_id.into(),
             idp_sso_url: idp_sso_url.into(),
             idp_certificates: parse_certificates(idp_certificates)?,
@@ -114,6 +114,28 @@ impl SamlSettings {
             acs_url: format!("{base}/saml/acs"),
         })
     }
+}
+
+/// The service provider's metadata for entity id `entity_id` and assertion consumer service
+/// `acs_url` (the same for every identity provider of a web listener).
+pub fn sp_metadata(entity_id: &str, acs_url: &str) -> String {
+    format!(
+        concat!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n",
+            "<md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" entityID=\"{entity}\">\n",
+            "  <md:SPSSODescriptor AuthnRequestsSigned=\"false\" WantAssertionsSigned=\"true\" ",
+            "protocolSupportEnumeration=\"{p}\">\n",
+            "    <md:NameIDFormat>{nameid}</md:NameIDFormat>\n",
+            "    <md:AssertionConsumerService Binding=\"{binding}\" Location=\"{acs}\" index=\"0\" isDefault=\"true\"/>\n",
+            "  </md:SPSSODescriptor>\n",
+            "</md:EntityDescriptor>\n"
+        ),
+        entity = xml_escape(entity_id),
+        p = NS_PROTOCOL,
+        nameid = NAMEID_UNSPECIFIED,
+        binding = HTTP_POST,
+        acs = xml_escape(acs_url),
+    )
 }
 
 /// Certificates from PEM (every `CERTIFICATE` block) or one DER certificate; each must parse as
@@ -278,13 +300,13 @@ impl ReplayCache {
 /// One identity provider's service provider.
 #[derive(Debug)]
 pub struct SamlServiceProvider {
-    settings: SamlSettings,
+    settings: SamlSpSettings,
     certs: Vec<CertificateDer>,
     replay: Mutex<ReplayCache>,
 }
 
 impl SamlServiceProvider {
-    pub fn new(settings: SamlSettings) -> Result<Self, SamlError> {
+    pub fn new(settings: SamlSpSettings) -> Result<Self, SamlError> {
         for (what, v) in [
             ("IdP entity id", &settings.idp_entity_id),
             ("SP entity id", &settings.sp_entity_id),
@@ -322,7 +344,7 @@ impl SamlServiceProvider {
         })
     }
 
-    pub fn settings(&self) -> &SamlSettings {
+    pub fn settings(&self) -> &SamlSpSettings {
         &self.settings
     }
 
@@ -379,23 +401,7 @@ impl SamlServiceProvider {
 
     /// Our SP metadata (to give the IdP's administrator).
     pub fn sp_metadata(&self) -> String {
-        format!(
-            concat!(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n",
-                "<md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" entityID=\"{entity}\">\n",
-                "  <md:SPSSODescriptor AuthnRequestsSigned=\"false\" WantAssertionsSigned=\"true\" ",
-                "protocolSupportEnumeration=\"{p}\">\n",
-                "    <md:NameIDFormat>{nameid}</md:NameIDFormat>\n",
-                "    <md:AssertionConsumerService Binding=\"{binding}\" Location=\"{acs}\" index=\"0\" isDefault=\"true\"/>\n",
-                "  </md:SPSSODescriptor>\n",
-                "</md:EntityDescriptor>\n"
-            ),
-            entity = xml_escape(&self.settings.sp_entity_id),
-            p = NS_PROTOCOL,
-            nameid = NAMEID_UNSPECIFIED,
-            binding = HTTP_POST,
-            acs = xml_escape(&self.settings.acs_url),
-        )
+        sp_metadata(&self.settings.sp_entity_id, &self.settings.acs_url)
     }
 
     /// Checks the SAMLResponse form field posted to our ACS for the sign-in that sent request

@@ -99,11 +99,42 @@ fn sso_idp(
             ),
         ));
     }
-    Err(anyhow!(
-        "identity provider {} ({}): SAML sign-in is not available in this build",
-        idp.id,
-        idp.name
-    ))
+    let Some(saml) = &idp.saml else {
+        return Err(anyhow!(
+            "identity provider {} ({}) has neither OIDC nor SAML settings",
+            idp.id,
+            idp.name
+        ));
+    };
+    if saml.sso_binding != crate::model::SamlBinding::HttpRedirect {
+        return Err(anyhow!(
+            "identity provider {} ({}): its metadata offers single sign-on only with the \
+             HTTP-POST binding; cvpn sends sign-in requests with HTTP-Redirect: enable that \
+             binding at the identity provider, then give its metadata again (cvpn idp modify)",
+            idp.id,
+            idp.name
+        ));
+    }
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    let certificates = saml
+        .signing_certificates
+        .iter()
+        .map(|c| STANDARD.decode(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!("identity provider {}: a signing certificate: {e}", idp.id))?;
+    let base = public_url.trim_end_matches('/');
+    let settings = crate::auth::saml::SamlSpSettings {
+        idp_entity_id: saml.entity_id.clone(),
+        idp_sso_url: saml.sso_url.clone(),
+        idp_certificates: certificates,
+        groups_attribute: saml.groups_attribute.clone(),
+        username_attribute: saml.username_attribute.clone(),
+        sp_entity_id: format!("{base}/saml/metadata"),
+        acs_url: format!("{base}/saml/acs"),
+    };
+    let sp = crate::auth::saml::SamlServiceProvider::new(settings)
+        .map_err(|e| anyhow!("identity provider {} ({}): {e}", idp.id, idp.name))?;
+    Ok(crate::web::SsoIdp::Saml(sp))
 }
 
 /// A running endpoint.

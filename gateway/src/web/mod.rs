@@ -47,6 +47,8 @@ pub fn router(state: Arc<WebState>) -> Router {
     Router::new()
         .route("/s/{id}", get(sso::approval_page).post(sso::approve))
         .route("/oidc/callback", get(sso::oidc_callback))
+        .route("/saml/acs", axum::routing::post(sso::saml_acs))
+        .route("/saml/metadata", get(sso::saml_metadata))
         .route("/", get(sso::home))
         .with_state(state)
         .layer(axum::middleware::map_response(security_headers))

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use super::pages::{details, escape, message, page};
 use super::WebState;
 use crate::auth::oidc::OidcRelyingParty;
+use crate::auth::saml::SamlServiceProvider;
 use crate::auth::{AuthFailure, DirectoryUser, WebSignIn};
 use crate::endpoint::ConnId;
 
@@ -38,12 +39,53 @@ const BINDING_COOKIE: &str = "cvpn_sso";
 /// An endpoint's identity provider.
 pub enum SsoIdp {
     Oidc(OidcRelyingParty),
+    Saml(SamlServiceProvider),
 }
 
 impl std::fmt::Debug for SsoIdp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SsoIdp::Oidc(rp) => rp.fmt(f),
+            SsoIdp::Saml(sp) => f
+                .debug_struct("SamlServiceProvider")
+                .field("idp", &sp.settings().idp_entity_id)
+                .finish(),
+        }
+    }
+}
+
+/// A sign-in sent to the provider: where the browser goes, and what the answer is checked
+/// against (OIDC: `state`, nonce, PKCE verifier; SAML: RelayState and the request's ID).
+struct Sent {
+    url: String,
+    state: String,
+    nonce: String,
+    pkce_verifier: String,
+}
+
+impl SsoIdp {
+    async fn start(&self) -> Result<Sent, String> {
+        match self {
+            SsoIdp::Oidc(rp) => rp
+                .authorize()
+                .await
+                .map(|a| Sent {
+                    url: a.url,
+                    state: a.state,
+                    nonce: a.nonce,
+                    pkce_verifier: a.pkce_verifier,
+                })
+                .map_err(|e| e.to_string()),
+            SsoIdp::Saml(sp) => {
+                let relay = random_secret().ok_or("no system randomness")?;
+                let r = sp.authn_request(&relay).map_err(|e| e.to_string())?;
+                Ok(Sent {
+                    url: r.url,
+                    state: relay,
+                    nonce: r.id,
+                    pkce_verifier: String::new(),
+                })
+            }
         }
     }
 }
@@ -189,6 +231,8 @@ impl SsoService {
         };
         let answer = match &*idp {
             SsoIdp::Oidc(rp) => rp.refresh(&refresh, &subject).await,
+            // SAML has no refresh: the session keeps what the assertion said.
+            SsoIdp::Saml(_) => return Ok(known),
         };
         match answer {
             Ok(id) => {
@@ -213,7 +257,7 @@ impl SsoService {
         }
     }
 
-    fn remember(&self, p: &Pending, id: &crate::auth::oidc::OidcIdentity, expires_unix: u64) {
+    fn remember(&self, p: &Pending, id: &SignedInUser, expires_unix: u64) {
         let mut sessions = lock(&self.sessions);
         let now = now_unix();
         if sessions.len() >= MAX_SESSIONS {
@@ -355,10 +399,7 @@ pub async fn approve(State(web): State<Arc<WebState>>, Path(id): Path<String>) -
             None => return unknown_link(),
         }
     };
-    let authorization = match &*idp {
-        SsoIdp::Oidc(rp) => rp.authorize().await,
-    };
-    let a = match authorization {
+    let a = match idp.start().await {
         Ok(a) => a,
         Err(e) => {
             warn!(error = %e, "cannot start the sign-in at the identity provider");
@@ -392,8 +433,10 @@ pub async fn approve(State(web): State<Arc<WebState>>, Path(id): Path<String>) -
         };
         lock(&web.sso.by_state).insert(a.state, id);
     }
+    // SameSite=None: a SAML provider posts the answer back (a cross-site POST, which Lax
+    // cookies do not accompany); the cookie is a binding, not a credential.
     let cookie = format!(
-        "{BINDING_COOKIE}={binding}; Path=/; Max-Age={BINDING_MAX_AGE}; HttpOnly; Secure; SameSite=Lax"
+        "{BINDING_COOKIE}={binding}; Path=/; Max-Age={BINDING_MAX_AGE}; HttpOnly; Secure; SameSite=None"
     );
     Response::builder()
         .status(StatusCode::SEE_OTHER)
@@ -403,12 +446,28 @@ pub async fn approve(State(web): State<Arc<WebState>>, Path(id): Path<String>) -
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// Who the provider says signed in (either protocol).
+struct SignedInUser {
+    username: String,
+    subject: String,
+    groups: Vec<String>,
+    refresh_token: Option<String>,
+}
+
 #[derive(Deserialize)]
 pub struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
     error_description: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct AcsForm {
+    #[serde(rename = "SAMLResponse")]
+    saml_response: Option<String>,
+    #[serde(rename = "RelayState")]
+    relay_state: Option<String>,
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -422,16 +481,18 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// `GET /oidc/callback`: the provider sends the browser back. The sign-in is taken out first
-/// (one use), then the browser binding, the code (PKCE) and the ID token are checked; the
-/// endpoint gets the answer either way.
-pub async fn oidc_callback(
-    State(web): State<Arc<WebState>>,
-    headers: HeaderMap,
-    Query(q): Query<CallbackQuery>,
-) -> Response {
-    let Some(state) = q.state.filter(|s| !s.is_empty() && s.len() <= 512) else {
-        return html(
+/// The sign-in a provider's answer names (by `state` / RelayState), taken out (one use) and
+/// checked to come back to the browser that approved it. Everything the caller needs from it
+/// is returned; an error is the page to show.
+struct Returned {
+    p: Pending,
+    nonce: String,
+    pkce_verifier: String,
+}
+
+fn take_returned(web: &WebState, state: Option<String>, headers: &HeaderMap) -> Result<Returned, Response> {
+    let Some(state) = state.filter(|s| !s.is_empty() && s.len() <= 512) else {
+        return Err(html(
             StatusCode::BAD_REQUEST,
             message(
                 "Sign-in failed",
@@ -439,39 +500,36 @@ pub async fn oidc_callback(
                  Connect again from your VPN client.",
                 false,
             ),
-        );
+        ));
     };
-    let Some(id) = lock(&web.sso.by_state).remove(&state) else {
-        return unknown_link();
-    };
-    let Some(p) = lock(&web.sso.pending).remove(&id) else {
-        return unknown_link();
-    };
+    let id = lock(&web.sso.by_state).remove(&state).ok_or_else(unknown_link)?;
+    let p = lock(&web.sso.pending).remove(&id).ok_or_else(unknown_link)?;
     let Stage::AtIdp {
-        state: ref expected,
-        ref nonce,
-        ref pkce_verifier,
-        ref binding,
-    } = p.stage
+        state: expected,
+        nonce,
+        pkce_verifier,
+        binding,
+    } = &p.stage
     else {
-        return unknown_link();
+        return Err(unknown_link());
     };
-    let answer = |r: Result<DirectoryUser, AuthFailure>| {
-        let _ = p.target.answers.send((p.target.conn, r));
+    let refuse = |p: &Pending, why: &str| {
+        let _ = p
+            .target
+            .answers
+            .send((p.target.conn, Err(AuthFailure::IdpRefused(why.into()))));
     };
     if !bool::from(expected.as_bytes().ct_eq(state.as_bytes())) {
-        answer(Err(AuthFailure::IdpRefused("state mismatch".into())));
-        return unknown_link();
+        refuse(&p, "state mismatch");
+        return Err(unknown_link());
     }
-    let bound = cookie(&headers, BINDING_COOKIE)
+    let bound = cookie(headers, BINDING_COOKIE)
         .is_some_and(|c| bool::from(c.as_bytes().ct_eq(binding.as_bytes())));
     if !bound {
         warn!(endpoint = %p.target.endpoint_id, connection = %p.sign_in.connection_id,
-            "sign-in callback from a browser that did not approve it: refused");
-        answer(Err(AuthFailure::IdpRefused(
-            "callback from another browser".into(),
-        )));
-        return html(
+            "sign-in answer in a browser that did not approve it: refused");
+        refuse(&p, "answer in another browser");
+        return Err(html(
             StatusCode::FORBIDDEN,
             message(
                 "Sign-in refused",
@@ -479,39 +537,30 @@ pub async fn oidc_callback(
                  client and finish the sign-in in the browser that opens.",
                 false,
             ),
-        );
+        ));
     }
-    if let Some(err) = q.error {
-        let detail = format!(
-            "{}{}",
-            err.chars().take(100).collect::<String>(),
-            q.error_description
-                .map(|d| format!(": {}", d.chars().take(200).collect::<String>()))
-                .unwrap_or_default()
-        );
-        answer(Err(AuthFailure::IdpRefused(detail.clone())));
-        return html(
-            StatusCode::FORBIDDEN,
-            message(
-                "Sign-in refused",
-                &format!("The identity provider refused the sign-in ({detail})."),
-                false,
-            ),
-        );
-    }
-    let code = q.code.unwrap_or_default();
-    let result = match &*p.target.idp {
-        SsoIdp::Oidc(rp) => rp.finish(&code, nonce, pkce_verifier).await,
+    let (nonce, pkce_verifier) = (nonce.clone(), pkce_verifier.clone());
+    Ok(Returned {
+        p,
+        nonce,
+        pkce_verifier,
+    })
+}
+
+/// Answers the endpoint with the provider's verdict and shows the user the outcome.
+fn complete(web: &WebState, p: Pending, result: Result<SignedInUser, AuthFailure>) -> Response {
+    let answer = |r: Result<DirectoryUser, AuthFailure>| {
+        let _ = p.target.answers.send((p.target.conn, r));
     };
     match result {
-        Ok(identity) => {
+        Ok(user) => {
             info!(endpoint = %p.target.endpoint_id, connection = %p.sign_in.connection_id,
-                user = %identity.username, groups = ?identity.groups, "web sign-in completed");
-            web.sso.remember(&p, &identity, p.sign_in.session_expires_unix);
+                user = %user.username, groups = ?user.groups, "web sign-in completed");
+            web.sso.remember(&p, &user, p.sign_in.session_expires_unix);
             answer(Ok(DirectoryUser {
-                username: identity.username.clone(),
-                dn: identity.subject.clone(),
-                groups: identity.groups,
+                username: user.username.clone(),
+                dn: user.subject.clone(),
+                groups: user.groups,
             }));
             html(
                 StatusCode::OK,
@@ -519,16 +568,27 @@ pub async fn oidc_callback(
                     "You are signed in",
                     &format!(
                         "Signed in as {}. Your VPN connects now; you can close this page.",
-                        identity.username
+                        user.username
                     ),
                     true,
                 ),
             )
         }
-        Err(e) => {
+        Err(AuthFailure::IdpRefused(detail)) if detail.starts_with("provider: ") => {
+            answer(Err(AuthFailure::IdpRefused(detail.clone())));
+            html(
+                StatusCode::FORBIDDEN,
+                message(
+                    "Sign-in refused",
+                    &format!("The identity provider refused the sign-in ({detail})."),
+                    false,
+                ),
+            )
+        }
+        Err(failure) => {
             warn!(endpoint = %p.target.endpoint_id, connection = %p.sign_in.connection_id,
-                error = %e, "web sign-in failed");
-            answer(Err(AuthFailure::from(e)));
+                error = %failure, "web sign-in failed");
+            answer(Err(failure));
             html(
                 StatusCode::FORBIDDEN,
                 message(
@@ -540,4 +600,88 @@ pub async fn oidc_callback(
             )
         }
     }
+}
+
+/// `GET /oidc/callback`: an OpenID provider sends the browser back. The sign-in is taken out
+/// first (one use), then the browser binding, the code (PKCE) and the ID token are checked;
+/// the endpoint gets the answer either way.
+pub async fn oidc_callback(
+    State(web): State<Arc<WebState>>,
+    headers: HeaderMap,
+    Query(q): Query<CallbackQuery>,
+) -> Response {
+    let r = match take_returned(&web, q.state, &headers) {
+        Ok(r) => r,
+        Err(page) => return page,
+    };
+    let result = if let Some(err) = q.error {
+        Err(AuthFailure::IdpRefused(format!(
+            "provider: {}{}",
+            err.chars().take(100).collect::<String>(),
+            q.error_description
+                .map(|d| format!(": {}", d.chars().take(200).collect::<String>()))
+                .unwrap_or_default()
+        )))
+    } else {
+        match &*r.p.target.idp {
+            SsoIdp::Oidc(rp) => rp
+                .finish(&q.code.unwrap_or_default(), &r.nonce, &r.pkce_verifier)
+                .await
+                .map(|id| SignedInUser {
+                    username: id.username,
+                    subject: id.subject,
+                    groups: id.groups,
+                    refresh_token: id.refresh_token,
+                })
+                .map_err(AuthFailure::from),
+            SsoIdp::Saml(_) => Err(AuthFailure::IdpRefused(
+                "an OIDC answer for a SAML sign-in".into(),
+            )),
+        }
+    };
+    complete(&web, r.p, result)
+}
+
+/// `POST /saml/acs`: a SAML provider posts its response. The sign-in (RelayState) is taken
+/// out first, then the browser binding, then the response: signature over the element used,
+/// issuer, destination, recipient, audience, validity window, InResponseTo, one use.
+pub async fn saml_acs(
+    State(web): State<Arc<WebState>>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<AcsForm>,
+) -> Response {
+    let r = match take_returned(&web, form.relay_state, &headers) {
+        Ok(r) => r,
+        Err(page) => return page,
+    };
+    let result = match &*r.p.target.idp {
+        SsoIdp::Saml(sp) => sp
+            .verify_response(
+                &form.saml_response.unwrap_or_default(),
+                &r.nonce,
+                SystemTime::now(),
+            )
+            .map(|id| SignedInUser {
+                username: id.username,
+                subject: id.name_id,
+                groups: id.groups,
+                refresh_token: None,
+            })
+            .map_err(AuthFailure::from),
+        SsoIdp::Oidc(_) => Err(AuthFailure::IdpRefused(
+            "a SAML answer for an OIDC sign-in".into(),
+        )),
+    };
+    complete(&web, r.p, result)
+}
+
+/// `GET /saml/metadata`: the service provider's metadata, for the identity provider's
+/// administrator (our entity id is this URL).
+pub async fn saml_metadata(State(web): State<Arc<WebState>>) -> Response {
+    let base = &web.settings.public_url;
+    let xml = crate::auth::saml::sp_metadata(
+        &format!("{base}/saml/metadata"),
+        &format!("{base}/saml/acs"),
+    );
+    ([(header::CONTENT_TYPE, "application/samlmetadata+xml")], xml).into_response()
 }

@@ -66,7 +66,7 @@ fn now() -> SystemTime {
 
 fn sp() -> SamlServiceProvider {
     SamlServiceProvider::new(
-        SamlSettings::new(
+        SamlSpSettings::new(
             IDP,
             "https://idp.example.test/sso",
             &idp_key().cert_pem,
@@ -289,7 +289,7 @@ fn valid_responses_are_accepted_however_signed() {
 
 #[test]
 fn username_attribute_second_certificate_and_skew() {
-    let mut settings = SamlSettings::new(
+    let mut settings = SamlSpSettings::new(
         IDP,
         "https://idp.example.test/sso",
         &other_key().cert_pem,
@@ -799,11 +799,11 @@ fn sp_metadata_names_our_acs_and_wants_signed_assertions() {
 #[test]
 fn settings_are_checked() {
     assert!(matches!(
-        SamlSettings::new(IDP, "https://idp/sso", b"not a certificate", PUBLIC_URL),
+        SamlSpSettings::new(IDP, "https://idp/sso", b"not a certificate", PUBLIC_URL),
         Err(SamlError::Settings(_))
     ));
     assert!(matches!(
-        SamlSettings::new(
+        SamlSpSettings::new(
             IDP,
             "https://idp/sso",
             b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
@@ -811,7 +811,7 @@ fn settings_are_checked() {
         ),
         Err(SamlError::Settings(_))
     ));
-    let s = SamlSettings::new(
+    let s = SamlSpSettings::new(
         IDP,
         "ftp://idp/sso",
         &idp_key().cert_pem,

@@ -1,7 +1,7 @@
-//! Single sign-on end to end with OpenID Connect: the npm `oidc-provider` as the identity
-//! provider, headless Chromium as the user's browser, stock `openvpn` 2.6 clients with the
-//! exported profile, the daemon (`cvpn serve`) with its web listener. Set up through the CLI,
-//! as an administrator does.
+//! Single sign-on end to end: OpenID Connect with the npm `oidc-provider`, SAML 2.0 with
+//! Debian's SimpleSAMLphp, headless Chromium as the user's browser, stock `openvpn` 2.6
+//! clients with the exported profile, the daemon (`cvpn serve`) with its web listener. Set up
+//! through the CLI, as an administrator does.
 //!
 //! The IdP, the web listener and the browser run in the gateway's namespace (on its
 //! loopback), where the daemon reaches the IdP and the browser reaches both; the clients are
@@ -22,6 +22,7 @@ use cvpn_tests::{
     oidc_idp::{IdpClient, IdpUser, OidcIdp, OidcIdpConfig},
     openvpn::{Management, OpenVpnClient},
     pki::write,
+    saml_idp::{SamlIdp, SamlIdpConfig, SamlIdpUser, SamlSp},
 };
 use serde_json::Value;
 
@@ -34,10 +35,119 @@ fn ok(out: CliOutput, what: &str) -> String {
     out.stdout
 }
 
-/// A gateway whose endpoint signs users in at an OIDC identity provider.
+/// The test's identity provider: alice in staff, bob in ops.
+enum TestIdp {
+    Oidc(OidcIdp),
+    Saml(SamlIdp),
+}
+
+#[derive(Clone, Copy)]
+enum Protocol {
+    Oidc,
+    Saml,
+}
+
+impl TestIdp {
+    fn start(protocol: Protocol, public_url: &str) -> TestIdp {
+        match protocol {
+            Protocol::Oidc => TestIdp::Oidc(
+                OidcIdp::start(OidcIdpConfig {
+                    clients: vec![IdpClient::new(
+                        "cvpn-gateway",
+                        "gateway-secret-0123456789",
+                        &format!("{public_url}/oidc/callback"),
+                    )],
+                    users: vec![
+                        IdpUser::new("alice", "alice@example.test", "alice-pw", &["staff"]),
+                        IdpUser::new("bob", "bob@example.test", "bob-pw", &["ops"]),
+                    ],
+                    ..Default::default()
+                })
+                .unwrap(),
+            ),
+            Protocol::Saml => TestIdp::Saml(
+                SamlIdp::start(SamlIdpConfig {
+                    sps: vec![SamlSp {
+                        entity_id: format!("{public_url}/saml/metadata"),
+                        acs_url: format!("{public_url}/saml/acs"),
+                    }],
+                    users: vec![
+                        SamlIdpUser::new("alice", "alice-pw", &["staff"]),
+                        SamlIdpUser::new("bob", "bob-pw", &["ops"]),
+                    ],
+                    sign_response: true,
+                    sign_assertion: true,
+                })
+                .unwrap(),
+            ),
+        }
+    }
+
+    /// `cvpn idp create` arguments after the name.
+    fn create_args(&self, dir: &std::path::Path) -> Vec<String> {
+        match self {
+            TestIdp::Oidc(idp) => {
+                let secret = write(dir, "client.secret", "gateway-secret-0123456789\n").unwrap();
+                [
+                    "--oidc-issuer",
+                    idp.issuer(),
+                    "--client-id",
+                    "cvpn-gateway",
+                    "--client-secret-file",
+                    secret.to_str().unwrap(),
+                    "--scope",
+                    "email",
+                    "--scope",
+                    "groups",
+                    "--recheck-seconds",
+                    "10",
+                ]
+                .map(String::from)
+                .to_vec()
+            }
+            TestIdp::Saml(idp) => {
+                let metadata = write(dir, "idp-metadata.xml", &idp.metadata_xml().unwrap()).unwrap();
+                vec![
+                    "--saml-metadata".into(),
+                    metadata.display().to_string(),
+                    "--groups-attribute".into(),
+                    "memberOf".into(),
+                ]
+            }
+        }
+    }
+
+    /// The user name the gateway records for a user of this provider.
+    fn username(&self, user: &str) -> String {
+        match self {
+            TestIdp::Oidc(_) => format!("{user}@example.test"),
+            TestIdp::Saml(_) => user.to_string(),
+        }
+    }
+
+    /// The provider's own login page, filled in.
+    fn login_steps(&self, user: &str, password: &str) -> Vec<Step> {
+        match self {
+            TestIdp::Oidc(idp) => vec![
+                Step::wait_url(&format!("^{}", regex_escape(idp.issuer()))),
+                Step::fill("input[name=login]", user),
+                Step::fill("input[name=password]", password),
+                Step::click("button[type=submit]"),
+            ],
+            TestIdp::Saml(_) => vec![
+                Step::wait_url(r"/module\.php/core/loginuserpass\.php"),
+                Step::fill("input[name=username]", user),
+                Step::fill("input[name=password]", password),
+                Step::click("#submit_button"),
+            ],
+        }
+    }
+}
+
+/// A gateway whose endpoint signs users in at an identity provider.
 struct Sx {
     net: EndpointNet,
-    idp: OidcIdp,
+    idp: TestIdp,
     daemon: StoreDaemon,
     endpoint: String,
     public_url: String,
@@ -46,25 +156,13 @@ struct Sx {
 }
 
 impl Sx {
-    fn new(clients: usize) -> Sx {
+    fn new(clients: usize, protocol: Protocol) -> Sx {
         assert!(is_root(), "the SSO tests need root: run `cargo xtask test`");
         let mut net = EndpointNet::new(clients).unwrap();
         net.gateway.enter().unwrap();
         let web_port = free_port().unwrap();
         let public_url = format!("https://127.0.0.1:{web_port}");
-        let idp = OidcIdp::start(OidcIdpConfig {
-            clients: vec![IdpClient::new(
-                "cvpn-gateway",
-                "gateway-secret-0123456789",
-                &format!("{public_url}/oidc/callback"),
-            )],
-            users: vec![
-                IdpUser::new("alice", "alice@example.test", "alice-pw", &["staff"]),
-                IdpUser::new("bob", "bob@example.test", "bob-pw", &["ops"]),
-            ],
-            ..Default::default()
-        })
-        .unwrap();
+        let idp = TestIdp::start(protocol, &public_url);
         let dir = net.dir.0.clone();
         let web = net.ca.server("127.0.0.1").unwrap();
         let web_cert = write(&dir, "web.crt", &web.cert).unwrap();
@@ -82,32 +180,12 @@ impl Sx {
         .unwrap();
         let data = TempDir::new("sso").unwrap();
         let daemon = StoreDaemon::start_with_config(&net.gateway, &data.0, Some(&config)).unwrap();
-        let secret = write(&dir, "client.secret", "gateway-secret-0123456789\n").unwrap();
-        let idp_id = ok(
-            daemon
-                .cli(&[
-                    "idp",
-                    "create",
-                    "--name",
-                    "corp-sso",
-                    "--oidc-issuer",
-                    idp.issuer(),
-                    "--client-id",
-                    "cvpn-gateway",
-                    "--client-secret-file",
-                    secret.to_str().unwrap(),
-                    "--scope",
-                    "email",
-                    "--scope",
-                    "groups",
-                    "--recheck-seconds",
-                    "10",
-                ])
-                .unwrap(),
-            "idp create",
-        )
-        .trim()
-        .to_string();
+        let mut args = vec!["idp", "create", "--name", "corp-sso"];
+        let idp_args = idp.create_args(&dir);
+        args.extend(idp_args.iter().map(String::as_str));
+        let idp_id = ok(daemon.cli(&args).unwrap(), "idp create")
+            .trim()
+            .to_string();
         assert!(idp_id.starts_with("idp-"), "{idp_id}");
         let (cert, key, ca) = net.write_server_files().unwrap();
         let chain =
@@ -217,23 +295,18 @@ impl Sx {
             ignore_https_errors: true,
             ..BrowserOptions::default()
         };
-        Browser::run_with(
-            &opts,
-            &[
-                Step::goto(url),
-                Step::wait_text("Approve this VPN connection"),
-                Step::screenshot(&format!("{tag}-1-approve.png")),
-                Step::click("button[type=submit]"),
-                Step::wait_url(&format!("^{}", regex_escape(self.idp.issuer()))),
-                Step::screenshot(&format!("{tag}-2-idp-login.png")),
-                Step::fill("input[name=login]", user),
-                Step::fill("input[name=password]", password),
-                Step::click("button[type=submit]"),
-                Step::wait_url(&format!("^{}/oidc/callback", regex_escape(&self.public_url))),
-                Step::screenshot(&format!("{tag}-3-done.png")),
-            ],
-        )
-        .unwrap()
+        let mut steps = vec![
+            Step::goto(url),
+            Step::wait_text("Approve this VPN connection"),
+            Step::screenshot(&format!("{tag}-1-approve.png")),
+            Step::click("button[type=submit]"),
+        ];
+        steps.extend(self.idp.login_steps(user, password));
+        steps.extend([
+            Step::wait_text("You are signed in"),
+            Step::screenshot(&format!("{tag}-2-signed-in.png")),
+        ]);
+        Browser::run_with(&opts, &steps).unwrap()
     }
 
     fn connections(&self) -> Vec<Value> {
@@ -304,9 +377,9 @@ fn web_auth_url(line: &str) -> String {
 }
 
 #[test]
-fn stock_clients_sign_in_through_the_browser_and_idp_groups_decide_access() {
+fn oidc_stock_clients_sign_in_through_the_browser_and_idp_groups_decide_access() {
     let t0 = Instant::now();
-    let sx = Sx::new(3);
+    let sx = Sx::new(3, Protocol::Oidc);
     eprintln!("set up in {:?}", t0.elapsed());
 
     // alice: the client reports the short sign-in link; she approves it in the browser and
@@ -333,7 +406,7 @@ fn stock_clients_sign_in_through_the_browser_and_idp_groups_decide_access() {
     assert!(!sx.reaches(0, OPS_HOST), "but not the ops host");
     let active = sx.active();
     assert_eq!(active.len(), 1, "{active:?}");
-    assert_eq!(active[0]["username"], "alice@example.test");
+    assert_eq!(active[0]["username"], sx.idp.username("alice"));
 
     eprintln!("{:?}: step", t0.elapsed());
     // bob (ops) reaches only the ops host.
@@ -405,13 +478,13 @@ fn stock_clients_sign_in_through_the_browser_and_idp_groups_decide_access() {
     let first = sx
         .active()
         .into_iter()
-        .find(|c| c["username"] == "alice@example.test")
+        .find(|c| c["username"] == sx.idp.username("alice"))
         .expect("alice is connected")["connection-id"]
         .clone();
     let back = sx.wait_until(Duration::from_secs(30), |s| {
         s.active()
             .iter()
-            .any(|c| c["username"] == "alice@example.test" && c["connection-id"] != first)
+            .any(|c| c["username"] == sx.idp.username("alice") && c["connection-id"] != first)
             && s.reaches(0, STAFF_HOST)
     });
     assert!(
@@ -432,13 +505,56 @@ fn stock_clients_sign_in_through_the_browser_and_idp_groups_decide_access() {
 
     eprintln!("{:?}: step", t0.elapsed());
     // The IdP disables bob: his next refresh (every 10 s) is refused and his session ends.
-    sx.idp.disable_user("bob").unwrap();
+    let TestIdp::Oidc(idp) = &sx.idp else {
+        unreachable!()
+    };
+    idp.disable_user("bob").unwrap();
     let took = sx.wait("bob's session ended", Duration::from_secs(40), |s| {
         !s.active()
             .iter()
-            .any(|c| c["username"] == "bob@example.test")
+            .any(|c| c["username"] == s.idp.username("bob"))
     });
     assert!(!sx.reaches(1, OPS_HOST), "bob's traffic no longer passes");
     eprintln!("bob's session ended {took:?} after the IdP disabled him");
     assert!(sx.reaches(0, STAFF_HOST), "alice is not affected");
+}
+
+#[test]
+fn saml_stock_clients_sign_in_through_the_browser_and_assertion_groups_decide_access() {
+    let sx = Sx::new(2, Protocol::Saml);
+    let (mut alice, mut m) = sx.start_managed(0, "alice", "");
+    let url = web_auth_url(
+        &m.wait_for(">INFOMSG:WEB_AUTH::", Duration::from_secs(20))
+            .unwrap(),
+    );
+    sx.browser_sign_in(&url, "alice", "alice-pw", "saml-alice");
+    alice.wait_connected(Duration::from_secs(10)).unwrap();
+    assert!(sx.reaches(0, STAFF_HOST), "alice (staff) reaches the staff host");
+    assert!(!sx.reaches(0, OPS_HOST), "but not the ops host");
+    let active = sx.active();
+    assert_eq!(active.len(), 1, "{active:?}");
+    assert_eq!(active[0]["username"], "alice");
+
+    // bob first types a wrong password: the IdP's page says so and he is not connected;
+    // then he gets it right in the same browser.
+    let (mut bob, mut mb) = sx.start_managed(1, "bob", "");
+    let url = web_auth_url(
+        &mb.wait_for(">INFOMSG:WEB_AUTH::", Duration::from_secs(20))
+            .unwrap(),
+    );
+    let mut steps = vec![Step::goto(&url), Step::click("button[type=submit]")];
+    steps.extend(sx.idp.login_steps("bob", "guess"));
+    steps.push(Step::wait_text("Incorrect username or password"));
+    steps.push(Step::screenshot("saml-bob-wrong-password.png"));
+    steps.extend(sx.idp.login_steps("bob", "bob-pw"));
+    steps.push(Step::wait_text("You are signed in"));
+    let opts = BrowserOptions {
+        ignore_https_errors: true,
+        ..BrowserOptions::default()
+    };
+    Browser::run_with(&opts, &steps).unwrap();
+    bob.wait_connected(Duration::from_secs(10)).unwrap();
+    assert!(sx.reaches(1, OPS_HOST));
+    assert!(!sx.reaches(1, STAFF_HOST));
+    assert_eq!(sx.active().len(), 2);
 }
