@@ -16,6 +16,7 @@
 //   {"expect_no_text": TEXT}            the page does not show TEXT now
 //   {"expect_url": REGEX}               the page URL matches REGEX now
 //   {"screenshot": PATH}                a PNG of the page (relative: under --screenshot-dir)
+//   {"download": SELECTOR, "path": P}   click a download link and save the file to P
 //   {"print_text": true}                add the page's visible text to "texts"
 //
 // It prints one JSON object on stdout:
@@ -187,6 +188,15 @@ async function runStep(page, step) {
     result.screenshots.push(p);
   } else if ('print_text' in step) {
     result.texts.push(await visibleText(page));
+  } else if ('download' in step) {
+    // Click a link that downloads a file and save the file where the step says.
+    const [download] = await Promise.all([
+      page.waitForEvent('download', { timeout }),
+      page.locator(step.download).first().click({ timeout }),
+    ]);
+    await download.saveAs(step.path);
+    result.downloads = result.downloads ?? [];
+    result.downloads.push(step.path);
   } else {
     throw new Error(`unknown step ${JSON.stringify(step)}`);
   }

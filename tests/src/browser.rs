@@ -73,6 +73,8 @@ pub enum Step {
     Screenshot(String),
     /// Add the page's visible text to [`BrowserResult::texts`].
     PrintText,
+    /// Click a link that downloads a file, and save the file to `path`.
+    Download { selector: String, path: PathBuf },
 }
 
 impl Step {
@@ -109,6 +111,12 @@ impl Step {
     pub fn screenshot(path: &str) -> Step {
         Step::Screenshot(path.into())
     }
+    pub fn download(selector: &str, path: &Path) -> Step {
+        Step::Download {
+            selector: selector.into(),
+            path: path.to_path_buf(),
+        }
+    }
 
     fn to_json(&self) -> Value {
         match self {
@@ -123,6 +131,7 @@ impl Step {
             Step::ExpectUrl(r) => json!({ "expect_url": r }),
             Step::Screenshot(p) => json!({ "screenshot": p }),
             Step::PrintText => json!({ "print_text": true }),
+            Step::Download { selector, path } => json!({ "download": selector, "path": path }),
         }
     }
 }

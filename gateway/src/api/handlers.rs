@@ -456,11 +456,7 @@ pub(super) async fn export_client_config(
                     ep.status
                 )));
             }
-            let mut p = profile::ClientProfile::for_endpoint(&ep, &host, &ciphers)?;
-            p.user_auth = s
-                .endpoint_directory(&id2)?
-                .map(|d| profile::UserAuth::for_directory(&d));
-            Ok(p.render())
+            Ok(profile::endpoint_profile(s, &id2, &host, &ciphers)?.render())
         })
         .await?;
     if wants_json(&headers) {

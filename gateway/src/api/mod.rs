@@ -50,7 +50,7 @@
 //! rustls and a bearer token); see [`serve`].
 
 mod handlers;
-mod profile;
+pub(crate) mod profile;
 pub mod serve;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -270,14 +270,14 @@ impl ApiState {
     }
 
     /// Sends an event to the daemon; a closed channel is logged (the change is committed).
-    fn emit(&self, event: ControlEvent) {
+    pub(crate) fn emit(&self, event: ControlEvent) {
         if let Err(e) = self.events.send(event) {
             tracing::warn!(event = ?e.0, "API: no daemon receives control events; change committed but not applied live");
         }
     }
 
     /// Runs a store call on the blocking pool (SQLite fsyncs on every commit).
-    async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {

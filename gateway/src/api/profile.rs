@@ -103,6 +103,22 @@ impl ClientProfile {
     }
 }
 
+/// The profile of endpoint `id` as the store has it: its server CA, its transport, and how
+/// its users sign in (directory prompts, web sign-in).
+pub(crate) fn endpoint_profile(
+    store: &crate::storage::Store,
+    id: &str,
+    remote_host: &str,
+    data_ciphers: &[String],
+) -> Result<ClientProfile, ApiError> {
+    let ep = store.describe_endpoint(id)?;
+    let mut p = ClientProfile::for_endpoint(&ep, remote_host, data_ciphers)?;
+    p.user_auth = store
+        .endpoint_directory(id)?
+        .map(|d| UserAuth::for_directory(&d));
+    Ok(p)
+}
+
 /// The OpenVPN client profile of `endpoint` reached at `remote_host`.
 pub fn render_client_profile(
     endpoint: &Endpoint,

@@ -110,6 +110,35 @@ impl Authenticator {
         &self.directory_id
     }
 
+    /// True when sign-ins need a second factor's code (TOTP or RADIUS).
+    pub fn asks_code(&self) -> bool {
+        !matches!(self.mfa, SecondFactor::None)
+    }
+
+    /// With TOTP as the second factor: whether `username` has an enrolment (`None`: the
+    /// directory asks no TOTP code).
+    pub fn totp_enrolled(&self, username: &str) -> Option<bool> {
+        match &self.mfa {
+            SecondFactor::Totp { secrets, .. } => Some(
+                secrets
+                    .read()
+                    .map(|s| s.contains_key(&username.to_lowercase()))
+                    .unwrap_or(false),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Adds a user's new TOTP enrolment to this authenticator's table (the daemon rebuilds it
+    /// from the store too; this makes the enrolment count at once).
+    pub fn add_totp_enrolment(&self, username: &str, secret: TotpSecret) {
+        if let SecondFactor::Totp { secrets, .. } = &self.mfa {
+            if let Ok(mut s) = secrets.write() {
+                s.insert(username.to_lowercase(), secret);
+            }
+        }
+    }
+
     /// Runs one check under the deadline.
     pub async fn check(&self, request: &AuthRequest) -> Result<DirectoryUser, AuthFailure> {
         let work = async {

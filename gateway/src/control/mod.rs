@@ -163,6 +163,8 @@ pub struct Daemon {
     totp_verifiers: std::sync::Mutex<HashMap<String, Arc<TotpVerifier>>>,
     /// The web listener's sign-ins under way and single sign-on sessions.
     sso: Arc<crate::web::SsoService>,
+    /// The self-service portal: how each running endpoint signs people in.
+    portal: Arc<crate::web::Portal>,
     /// Each identity provider's relying party (its discovered keys kept), rebuilt when the
     /// provider's settings change.
     idps: std::sync::Mutex<HashMap<String, Arc<crate::web::SsoIdp>>>,
@@ -252,6 +254,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     }
 
     let sso = Arc::new(crate::web::SsoService::new());
+    let portal = Arc::new(crate::web::Portal::new());
     if let Some(web) = &config.web {
         let tls = pem_tls_config(&web.certificate, &web.key, "web listener")?;
         let listener = tokio::net::TcpListener::bind(web.listen)
@@ -262,6 +265,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
                 public_url: web.public_url.clone(),
             },
             sso: sso.clone(),
+            portal: portal.clone(),
+            api: api_state.clone(),
         });
         api_tasks.push(tokio::spawn({
             let stop = stopped(api_stop.clone());
@@ -276,6 +281,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let listeners = api_state.listeners.clone();
     let mut daemon = Daemon {
         sso,
+        portal,
         idps: Default::default(),
         config,
         listeners,
@@ -507,6 +513,13 @@ impl Daemon {
             });
         match read {
             Ok((live, auth, link)) => {
+                self.portal.set_access(
+                    id,
+                    Some(crate::web::PortalAccess {
+                        authenticator: auth.clone(),
+                        idp: link.as_ref().map(|l| l.idp.clone()),
+                    }),
+                );
                 self.command(id, ServerCommand::Authenticator(auth));
                 self.command(id, ServerCommand::Sso(link));
                 self.command(id, ServerCommand::LiveSettings(live));
@@ -630,6 +643,10 @@ impl Daemon {
             }
         };
         let listener = (settings.transport, settings.listen.port());
+        let access = crate::web::PortalAccess {
+            authenticator: settings.authenticator.clone(),
+            idp: settings.sso.as_ref().map(|l| l.idp.clone()),
+        };
         if let Some((other, _)) = self.running.iter().find(|(_, r)| r.listener == listener) {
             let e = anyhow!(
                 "endpoint {other} already listens on the same transport and port on this host; \
@@ -667,6 +684,7 @@ impl Daemon {
         });
         info!(endpoint = %id, tun = %tun_name(id), "endpoint started");
         self.listeners.set(id, "serving", None);
+        self.portal.set_access(id, Some(access));
         self.running.insert(
             id.to_string(),
             Running {
@@ -686,6 +704,7 @@ impl Daemon {
             return;
         };
         self.sso.forget_endpoint(id);
+        self.portal.set_access(id, None);
         self.listeners.set(id, "stopped", None);
         if let Some(stop) = r.stop.take() {
             let _ = stop.send(());

@@ -15,6 +15,7 @@
 //! (for refreshes at the re-check interval), both bounded, and speaks HTTP.
 
 pub mod pages;
+pub mod portal;
 pub mod sso;
 
 use std::future::Future;
@@ -25,6 +26,7 @@ use axum::http::{header, HeaderValue};
 use axum::Router;
 use tokio::net::TcpListener;
 
+pub use self::portal::{Portal, PortalAccess};
 pub use self::sso::{SsoIdp, SsoService};
 
 /// The web listener's settings (`[web]` in the daemon configuration).
@@ -38,17 +40,28 @@ pub struct WebSettings {
 pub struct WebState {
     pub settings: WebSettings,
     pub sso: Arc<SsoService>,
+    pub portal: Arc<Portal>,
+    /// The store and the daemon's change events (the portal reads endpoints, enrols, ends
+    /// sessions through them, as the management API does).
+    pub api: Arc<crate::api::ApiState>,
 }
 
 /// The routes of the web listener, with headers every page carries: nothing may be framed,
 /// sniffed, cached or loaded from elsewhere.
 pub fn router(state: Arc<WebState>) -> Router {
-    use axum::routing::get;
+    use axum::routing::{get, post};
     Router::new()
         .route("/s/{id}", get(sso::approval_page).post(sso::approve))
         .route("/oidc/callback", get(sso::oidc_callback))
-        .route("/saml/acs", axum::routing::post(sso::saml_acs))
+        .route("/saml/acs", post(sso::saml_acs))
         .route("/saml/metadata", get(sso::saml_metadata))
+        .route("/portal/{endpoint}", get(portal::index))
+        .route("/portal/{endpoint}/login", post(portal::login))
+        .route("/portal/{endpoint}/sso", post(portal::sso))
+        .route("/portal/{endpoint}/logout", post(portal::logout))
+        .route("/portal/{endpoint}/profile.ovpn", get(portal::profile))
+        .route("/portal/{endpoint}/disconnect", post(portal::disconnect))
+        .route("/portal/{endpoint}/mfa", get(portal::mfa_page).post(portal::mfa_confirm))
         .route("/", get(sso::home))
         .with_state(state)
         .layer(axum::middleware::map_response(security_headers))

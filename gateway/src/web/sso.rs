@@ -56,15 +56,15 @@ impl std::fmt::Debug for SsoIdp {
 
 /// A sign-in sent to the provider: where the browser goes, and what the answer is checked
 /// against (OIDC: `state`, nonce, PKCE verifier; SAML: RelayState and the request's ID).
-struct Sent {
-    url: String,
-    state: String,
-    nonce: String,
-    pkce_verifier: String,
+pub(super) struct Sent {
+    pub(super) url: String,
+    pub(super) state: String,
+    pub(super) nonce: String,
+    pub(super) pkce_verifier: String,
 }
 
 impl SsoIdp {
-    async fn start(&self) -> Result<Sent, String> {
+    pub(super) async fn start(&self) -> Result<Sent, String> {
         match self {
             SsoIdp::Oidc(rp) => rp
                 .authorize()
@@ -299,7 +299,7 @@ impl SsoService {
 /// How long the browser's binding cookie lives: as long as a sign-in may take at most.
 const BINDING_MAX_AGE: u64 = 900;
 
-fn random_secret() -> Option<String> {
+pub(super) fn random_secret() -> Option<String> {
     use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
     use ring::rand::SecureRandom;
     let mut b = [0u8; 32];
@@ -447,11 +447,55 @@ pub async fn approve(State(web): State<Arc<WebState>>, Path(id): Path<String>) -
 }
 
 /// Who the provider says signed in (either protocol).
-struct SignedInUser {
-    username: String,
-    subject: String,
-    groups: Vec<String>,
-    refresh_token: Option<String>,
+pub(super) struct SignedInUser {
+    pub(super) username: String,
+    pub(super) subject: String,
+    pub(super) groups: Vec<String>,
+    pub(super) refresh_token: Option<String>,
+}
+
+/// What came back from the provider.
+#[derive(Clone)]
+pub(super) enum IdpAnswer {
+    /// OIDC: the authorization code (or the provider's error).
+    Code(Result<String, String>),
+    /// SAML: the posted SAMLResponse.
+    SamlResponse(String),
+}
+
+/// Verifies a provider's answer for a sign-in that sent `nonce` (OIDC nonce, or SAML request
+/// ID) and `pkce_verifier`.
+pub(super) async fn verify_answer(
+    idp: &SsoIdp,
+    answer: IdpAnswer,
+    nonce: &str,
+    pkce_verifier: &str,
+) -> Result<SignedInUser, AuthFailure> {
+    match (idp, answer) {
+        (_, IdpAnswer::Code(Err(refusal))) => Err(AuthFailure::IdpRefused(refusal)),
+        (SsoIdp::Oidc(rp), IdpAnswer::Code(Ok(code))) => rp
+            .finish(&code, nonce, pkce_verifier)
+            .await
+            .map(|id| SignedInUser {
+                username: id.username,
+                subject: id.subject,
+                groups: id.groups,
+                refresh_token: id.refresh_token,
+            })
+            .map_err(AuthFailure::from),
+        (SsoIdp::Saml(sp), IdpAnswer::SamlResponse(response)) => sp
+            .verify_response(&response, nonce, SystemTime::now())
+            .map(|id| SignedInUser {
+                username: id.username,
+                subject: id.name_id,
+                groups: id.groups,
+                refresh_token: None,
+            })
+            .map_err(AuthFailure::from),
+        _ => Err(AuthFailure::IdpRefused(
+            "an answer of the other protocol".into(),
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -610,36 +654,17 @@ pub async fn oidc_callback(
     headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
 ) -> Response {
-    let r = match take_returned(&web, q.state, &headers) {
-        Ok(r) => r,
-        Err(page) => return page,
-    };
-    let result = if let Some(err) = q.error {
-        Err(AuthFailure::IdpRefused(format!(
+    let answer = match q.error {
+        Some(err) => IdpAnswer::Code(Err(format!(
             "provider: {}{}",
             err.chars().take(100).collect::<String>(),
             q.error_description
                 .map(|d| format!(": {}", d.chars().take(200).collect::<String>()))
                 .unwrap_or_default()
-        )))
-    } else {
-        match &*r.p.target.idp {
-            SsoIdp::Oidc(rp) => rp
-                .finish(&q.code.unwrap_or_default(), &r.nonce, &r.pkce_verifier)
-                .await
-                .map(|id| SignedInUser {
-                    username: id.username,
-                    subject: id.subject,
-                    groups: id.groups,
-                    refresh_token: id.refresh_token,
-                })
-                .map_err(AuthFailure::from),
-            SsoIdp::Saml(_) => Err(AuthFailure::IdpRefused(
-                "an OIDC answer for a SAML sign-in".into(),
-            )),
-        }
+        ))),
+        None => IdpAnswer::Code(Ok(q.code.unwrap_or_default())),
     };
-    complete(&web, r.p, result)
+    answered(&web, q.state, &headers, answer).await
 }
 
 /// `POST /saml/acs`: a SAML provider posts its response. The sign-in (RelayState) is taken
@@ -650,29 +675,30 @@ pub async fn saml_acs(
     headers: HeaderMap,
     axum::Form(form): axum::Form<AcsForm>,
 ) -> Response {
-    let r = match take_returned(&web, form.relay_state, &headers) {
+    let answer = IdpAnswer::SamlResponse(form.saml_response.unwrap_or_default());
+    answered(&web, form.relay_state, &headers, answer).await
+}
+
+/// A provider's answer: for a portal sign-in, or for a VPN connection's.
+async fn answered(
+    web: &WebState,
+    state: Option<String>,
+    headers: &HeaderMap,
+    answer: IdpAnswer,
+) -> Response {
+    if let Some(s) = state.as_deref() {
+        if !s.is_empty() && s.len() <= 512 {
+            if let Some(page) = super::portal::idp_answered(web, s, headers, answer.clone()).await {
+                return page;
+            }
+        }
+    }
+    let r = match take_returned(web, state, headers) {
         Ok(r) => r,
         Err(page) => return page,
     };
-    let result = match &*r.p.target.idp {
-        SsoIdp::Saml(sp) => sp
-            .verify_response(
-                &form.saml_response.unwrap_or_default(),
-                &r.nonce,
-                SystemTime::now(),
-            )
-            .map(|id| SignedInUser {
-                username: id.username,
-                subject: id.name_id,
-                groups: id.groups,
-                refresh_token: None,
-            })
-            .map_err(AuthFailure::from),
-        SsoIdp::Oidc(_) => Err(AuthFailure::IdpRefused(
-            "a SAML answer for an OIDC sign-in".into(),
-        )),
-    };
-    complete(&web, r.p, result)
+    let result = verify_answer(&r.p.target.idp, answer, &r.nonce, &r.pkce_verifier).await;
+    complete(web, r.p, result)
 }
 
 /// `GET /saml/metadata`: the service provider's metadata, for the identity provider's

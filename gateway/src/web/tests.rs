@@ -32,11 +32,22 @@ async fn site() -> Site {
     let sso = Arc::new(SsoService::new());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
+    let dir = std::env::temp_dir().join(format!(
+        "cvpn-web-test-{}-{}",
+        std::process::id(),
+        base.rsplit(':').next().unwrap()
+    ));
+    let store = Arc::new(
+        crate::storage::Store::open(crate::storage::StoreOptions::in_dir(&dir)).unwrap(),
+    );
+    let (events, _) = mpsc::unbounded_channel();
     let state = Arc::new(WebState {
         settings: WebSettings {
             public_url: base.clone(),
         },
         sso: sso.clone(),
+        portal: Arc::new(super::Portal::new()),
+        api: crate::api::ApiState::new(store, events),
     });
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
     // The relying party of the provider in this process (its redirect URL does not matter
