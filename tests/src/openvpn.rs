@@ -76,10 +76,18 @@ impl OpenVpnClient {
     pub fn start_with_text(ns: &Netns, text: &str, dir: &Path, name: &str) -> Result<Self> {
         let profile_path = dir.join(format!("{name}.ovpn"));
         fs::write(&profile_path, text)?;
+        Self::start_with_args(ns, &profile_path, &[], name)
+    }
+
+    /// Starts the client in `ns` with the profile file `profile_path` as it is (e.g. one a
+    /// user downloaded), and `args` on the command line.
+    pub fn start_with_args(ns: &Netns, profile_path: &Path, args: &[&str], _name: &str) -> Result<Self> {
+        let profile_path = profile_path.to_path_buf();
         let mut child = ns
             .command("openvpn")
             .arg("--config")
             .arg(&profile_path)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

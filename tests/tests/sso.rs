@@ -171,8 +171,10 @@ impl Sx {
             &dir,
             "cvpn.toml",
             &format!(
-                "[web]\nlisten = \"127.0.0.1:{web_port}\"\ncertificate = \"{}\"\nkey = \"{}\"\n\
-                 public_url = \"{public_url}\"\nsign_in_timeout_seconds = 60\n",
+                "public_host = \"{}\"\n[web]\nlisten = \"127.0.0.1:{web_port}\"\n\
+                 certificate = \"{}\"\nkey = \"{}\"\npublic_url = \"{public_url}\"\n\
+                 sign_in_timeout_seconds = 60\n",
+                EndpointNet::server_addr(0),
                 web_cert.display(),
                 web_key.display()
             ),
@@ -204,6 +206,8 @@ impl Sx {
                 "--idp",
                 "corp-sso",
                 "--split-tunnel",
+                "--self-service-portal",
+                "enabled",
             ])
             .unwrap();
         let endpoint = created["client-vpn-endpoint-id"]
@@ -557,4 +561,74 @@ fn saml_stock_clients_sign_in_through_the_browser_and_assertion_groups_decide_ac
     assert!(sx.reaches(1, OPS_HOST));
     assert!(!sx.reaches(1, STAFF_HOST));
     assert_eq!(sx.active().len(), 2);
+}
+
+#[test]
+fn the_portal_signs_in_at_the_idp_hands_out_the_profile_and_disconnects_own_sessions() {
+    let sx = Sx::new(1, Protocol::Oidc);
+    let portal = format!("{}/portal/{}", sx.public_url, sx.endpoint);
+    let described = sx.daemon.json(&["endpoint", "describe", &sx.endpoint]).unwrap();
+    assert_eq!(
+        described["client-vpn-endpoints"][0]["self-service-portal-url"],
+        portal.as_str(),
+        "{described}"
+    );
+    let opts = BrowserOptions {
+        ignore_https_errors: true,
+        ..BrowserOptions::default()
+    };
+
+    // alice signs in to the portal at the IdP and downloads her profile.
+    let profile = sx.net.dir.0.join("from-portal.ovpn");
+    let mut steps = vec![
+        Step::goto(&portal),
+        Step::wait_text("Self-service portal"),
+        Step::screenshot("portal-1-sign-in.png"),
+        Step::click("button[type=submit]"),
+    ];
+    steps.extend(sx.idp.login_steps("alice", "alice-pw"));
+    steps.extend([
+        Step::wait_text("Your VPNs"),
+        Step::expect_text("No active session"),
+        Step::screenshot("portal-2-vpns.png"),
+        Step::download("a[download]", &profile),
+    ]);
+    Browser::run_with(&opts, &steps).unwrap();
+    let text = std::fs::read_to_string(&profile).unwrap();
+    assert!(text.contains("setenv IV_SSO webauth"), "{text}");
+    assert!(text.contains(&format!("remote {} ", EndpointNet::server_addr(0))), "{text}");
+
+    // A stock client connects with exactly that file (management on the command line).
+    let mut client = OpenVpnClient::start_with_args(
+        &sx.net.clients[0],
+        &profile,
+        &["--management", "127.0.0.1", "7505", "--management-hold"],
+        "portal-alice",
+    )
+    .unwrap();
+    let mut m = Management::connect(&sx.net.clients[0], 7505, Duration::from_secs(10)).unwrap();
+    m.wait_for(">HOLD:", Duration::from_secs(10)).unwrap();
+    m.send("hold release").unwrap();
+    let url = web_auth_url(
+        &m.wait_for(">INFOMSG:WEB_AUTH::", Duration::from_secs(20))
+            .unwrap(),
+    );
+    sx.browser_sign_in(&url, "alice", "alice-pw", "portal-alice");
+    client.wait_connected(Duration::from_secs(10)).unwrap();
+    assert!(sx.reaches(0, STAFF_HOST));
+
+    // Back in the portal she sees her session and disconnects it.
+    let mut steps = vec![Step::goto(&portal), Step::click("button[type=submit]")];
+    steps.extend(sx.idp.login_steps("alice", "alice-pw"));
+    steps.extend([
+        Step::wait_text("Your active sessions"),
+        Step::expect_text("10.77.0."),
+        Step::screenshot("portal-3-sessions.png"),
+        Step::click("button[aria-label^=Disconnect]"),
+        Step::wait_text("No active session"),
+        Step::screenshot("portal-4-disconnected.png"),
+    ]);
+    Browser::run_with(&opts, &steps).unwrap();
+    sx.wait("the session ended", Duration::from_secs(10), |s| s.active().is_empty());
+    assert!(!sx.reaches(0, STAFF_HOST), "her traffic no longer passes");
 }

@@ -27,7 +27,8 @@ const STYLE: &str = "
 body{margin:0;font:16px/1.5 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;background:var(--bg)}
 header{padding:14px 24px;border-bottom:1px solid var(--line);background:var(--card);display:flex;gap:16px;align-items:center}
 header .brand{font-weight:700;letter-spacing:.02em}
-header nav{margin-left:auto;display:flex;gap:14px}
+header nav{margin-left:auto;display:flex;gap:14px;align-items:center}
+header nav form{margin:0}
 main{max-width:760px;margin:32px auto;padding:0 16px}
 .card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:24px;margin-bottom:20px}
 h1{font-size:1.4rem;margin:0 0 12px}

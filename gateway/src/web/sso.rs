@@ -347,7 +347,11 @@ pub async fn approval_page(State(web): State<Arc<WebState>>, Path(id): Path<Stri
     let mut rows = vec![
         (
             "VPN",
-            format!("{} ({})", p.target.endpoint_name, p.target.endpoint_id),
+            if p.target.endpoint_name == p.target.endpoint_id {
+                p.target.endpoint_id.clone()
+            } else {
+                format!("{} ({})", p.target.endpoint_name, p.target.endpoint_id)
+            },
         ),
         ("Connecting from", s.client_addr.ip().to_string()),
         (
