@@ -1,7 +1,7 @@
 // Drives Debian's headless Chromium (/usr/bin/chromium) through a script of steps, for cvpn's
 // tests: a real browser signing in through real pages. Test-only.
 //
-//   node browser.mjs [--ca FILE] [--ignore-https-errors] [--timeout-ms N] [--screenshot-dir DIR]
+//   node browser.mjs [--user-data-dir DIR] [--ca FILE] [--ignore-https-errors] [--timeout-ms N] [--screenshot-dir DIR]
 //                    [--resolve HOST=IP]... [--allow-host HOST]... [--chromium PATH] SCRIPT.json
 //
 // SCRIPT.json is a list of steps (or {"steps": [...]}); each is one object, with an optional
@@ -17,6 +17,9 @@
 //   {"expect_url": REGEX}               the page URL matches REGEX now
 //   {"screenshot": PATH}                a PNG of the page (relative: under --screenshot-dir)
 //   {"download": SELECTOR, "path": P}   click a download link and save the file to P
+//   {"remember": SELECTOR, "as": NAME}  keep an element's text (in the result's "remembered")
+//   {"fill_totp": SELECTOR, "secret": NAME, "offset": N}  type the TOTP code of a remembered
+//                                       base32 secret, N 30-second steps from now
 //   {"print_text": true}                add the page's visible text to "texts"
 //
 // It prints one JSON object on stdout:
@@ -41,7 +44,7 @@
 // aborted before it leaves (oidc-provider's pages ask for a web font, for one), and listed in
 // "blocked".
 
-import { X509Certificate, createHash } from 'node:crypto';
+import { X509Certificate, createHash, createHmac } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
@@ -75,6 +78,7 @@ for (let i = 0; i < argv.length; i += 1) {
   else if (a === '--timeout-ms') opts.timeoutMs = Number(value());
   else if (a === '--screenshot-dir') opts.screenshotDir = value();
   else if (a === '--chromium') opts.chromium = value();
+  else if (a === '--user-data-dir') opts.userDataDir = value();
   else if (a.startsWith('--')) usage(`unknown option ${a}`);
   else if (opts.script) usage('one script only');
   else opts.script = a;
@@ -151,6 +155,29 @@ async function visibleText(page) {
   }
 }
 
+// Values read off pages by "remember" steps, for later steps of the same run.
+const remembered = {};
+
+// RFC 6238 code (SHA-1, 6 digits, 30 s) of a base32 secret, `offset` steps from now: what an
+// authenticator app that scanned the secret shows.
+function totp(base32, offset) {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = '';
+  for (const ch of base32.replace(/[\s=]/g, '').toUpperCase()) {
+    const v = alphabet.indexOf(ch);
+    if (v < 0) throw new Error(`not base32: ${base32}`);
+    bits += v.toString(2).padStart(5, '0');
+  }
+  const key = Buffer.alloc(Math.floor(bits.length / 8));
+  for (let i = 0; i < key.length; i += 1) key[i] = parseInt(bits.slice(i * 8, i * 8 + 8), 2);
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(Date.now() / 1000 / 30) + offset));
+  const mac = createHmac('sha1', key).update(counter).digest();
+  const o = mac[mac.length - 1] & 0xf;
+  const n = ((mac[o] & 0x7f) << 24) | (mac[o + 1] << 16) | (mac[o + 2] << 8) | mac[o + 3];
+  return String(n % 1000000).padStart(6, '0');
+}
+
 async function runStep(page, step) {
   const timeout = step.timeout_ms ?? opts.timeoutMs;
   if ('goto' in step) {
@@ -188,6 +215,13 @@ async function runStep(page, step) {
     result.screenshots.push(p);
   } else if ('print_text' in step) {
     result.texts.push(await visibleText(page));
+  } else if ('remember' in step) {
+    remembered[step.as] = (await page.locator(step.remember).first().innerText({ timeout })).trim();
+    result.remembered = { ...remembered };
+  } else if ('fill_totp' in step) {
+    const secret = remembered[step.secret];
+    if (!secret) throw new Error(`nothing remembered as ${step.secret}`);
+    await page.locator(step.fill_totp).fill(totp(secret, step.offset ?? 0), { timeout });
   } else if ('download' in step) {
     // Click a link that downloads a file and save the file where the step says.
     const [download] = await Promise.all([
@@ -202,14 +236,17 @@ async function runStep(page, step) {
   }
 }
 
-const userDataDir = mkdtempSync(join(tmpdir(), 'cvpn-chromium-'));
+// A profile of the caller's (kept: cookies outlive the run) or a fresh one (removed).
+const keepProfile = Boolean(opts.userDataDir);
+if (keepProfile) mkdirSync(opts.userDataDir, { recursive: true });
+const userDataDir = opts.userDataDir ?? mkdtempSync(join(tmpdir(), 'cvpn-chromium-'));
 let context;
 let exitCode = 1;
 // A hard bound on the whole run: the steps' own bounds plus launch and teardown.
 const overall = setTimeout(() => {
   result.error = result.error ?? 'browser.mjs: overall time limit reached';
   process.stdout.write(`${JSON.stringify(result)}\n`);
-  try { rmSync(userDataDir, { recursive: true, force: true }); } catch { /* best effort */ }
+  if (!keepProfile) { try { rmSync(userDataDir, { recursive: true, force: true }); } catch { /* best effort */ } }
   process.exit(1);
 }, (steps.length + 2) * opts.timeoutMs + 10000);
 overall.unref();
@@ -268,7 +305,7 @@ try {
   if (context) {
     try { await context.close(); } catch { /* already gone */ }
   }
-  try { rmSync(userDataDir, { recursive: true, force: true }); } catch { /* best effort */ }
+  if (!keepProfile) { try { rmSync(userDataDir, { recursive: true, force: true }); } catch { /* best effort */ } }
 }
 process.stdout.write(`${JSON.stringify(result)}\n`);
 if (!result.ok) console.error(result.error);

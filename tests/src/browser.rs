@@ -75,6 +75,15 @@ pub enum Step {
     PrintText,
     /// Click a link that downloads a file, and save the file to `path`.
     Download { selector: String, path: PathBuf },
+    /// Keep an element's text as `name` ([`BrowserResult::remembered`]).
+    Remember { selector: String, name: String },
+    /// Type the TOTP code of the base32 secret remembered as `secret`, `offset` 30-second
+    /// steps from now (what an authenticator app that scanned it shows).
+    FillTotp {
+        selector: String,
+        secret: String,
+        offset: i64,
+    },
 }
 
 impl Step {
@@ -111,6 +120,19 @@ impl Step {
     pub fn screenshot(path: &str) -> Step {
         Step::Screenshot(path.into())
     }
+    pub fn remember(selector: &str, name: &str) -> Step {
+        Step::Remember {
+            selector: selector.into(),
+            name: name.into(),
+        }
+    }
+    pub fn fill_totp(selector: &str, secret: &str, offset: i64) -> Step {
+        Step::FillTotp {
+            selector: selector.into(),
+            secret: secret.into(),
+            offset,
+        }
+    }
     pub fn download(selector: &str, path: &Path) -> Step {
         Step::Download {
             selector: selector.into(),
@@ -132,6 +154,12 @@ impl Step {
             Step::Screenshot(p) => json!({ "screenshot": p }),
             Step::PrintText => json!({ "print_text": true }),
             Step::Download { selector, path } => json!({ "download": selector, "path": path }),
+            Step::Remember { selector, name } => json!({ "remember": selector, "as": name }),
+            Step::FillTotp {
+                selector,
+                secret,
+                offset,
+            } => json!({ "fill_totp": selector, "secret": secret, "offset": offset }),
         }
     }
 }
@@ -154,6 +182,9 @@ pub struct BrowserOptions {
     pub netns: Option<String>,
     /// Where screenshots go; by default a new directory under [`artifacts_dir`].
     pub screenshot_dir: Option<PathBuf>,
+    /// Keep the browser's profile (cookies) here across runs; by default each run starts
+    /// with a fresh profile that is removed after it.
+    pub user_data_dir: Option<PathBuf>,
 }
 
 impl Default for BrowserOptions {
@@ -166,6 +197,7 @@ impl Default for BrowserOptions {
             allow_hosts: Vec::new(),
             netns: None,
             screenshot_dir: None,
+            user_data_dir: None,
         }
     }
 }
@@ -188,6 +220,8 @@ pub struct BrowserResult {
     pub blocked: Vec<String>,
     /// Where this run's screenshots go.
     pub screenshot_dir: PathBuf,
+    /// What [`Step::Remember`] steps kept, by name.
+    pub remembered: std::collections::BTreeMap<String, String>,
 }
 
 impl BrowserResult {
@@ -250,6 +284,9 @@ impl Browser {
         if options.ignore_https_errors {
             cmd.arg("--ignore-https-errors");
         }
+        if let Some(d) = &options.user_data_dir {
+            cmd.arg("--user-data-dir").arg(d);
+        }
         for (host, ip) in &options.resolve {
             cmd.arg("--resolve").arg(format!("{host}={ip}"));
         }
@@ -310,6 +347,14 @@ impl Browser {
             console_errors: strings("console_errors"),
             blocked: strings("blocked"),
             screenshot_dir: shots,
+            remembered: v["remembered"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         if !status.success() || v["ok"] != json!(true) {
             bail!(

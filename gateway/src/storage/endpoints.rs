@@ -48,7 +48,7 @@ impl Store {
         let portal = validate::self_service_portal(
             "self-service-portal",
             req.self_service_portal.unwrap_or(false),
-            auth.idp_id.is_some(),
+            auth.idp_id.is_some() || auth.directory_id.is_some(),
         )?;
         let description = validate::description("description", req.description.as_deref())?;
         let tags = validate::tags("tags", &req.tags)?;
@@ -226,7 +226,10 @@ impl Store {
                 Some(on) => validate::self_service_portal(
                     "self-service-portal",
                     on,
-                    cur.idp_id().is_some(),
+                    cur.idp_id().is_some()
+                        || validate::CheckedAuthentication::of(&cur.authentication_options)
+                            .directory_id
+                            .is_some(),
                 )?,
             };
             mark(

@@ -883,12 +883,14 @@ pub async fn mfa_page(
          below with your app (Google Authenticator, Microsoft Authenticator, FreeOTP, 1Password, \
          …), then enter the code it shows.</p>\
          <div class=\"qr\" role=\"img\" aria-label=\"QR code of your authenticator secret\">{qr}</div>\
-         <p>Cannot scan? Enter this key by hand:</p>{}\
+         <p>Cannot scan? Enter this key by hand:</p>\
+         <p><code id=\"totp-key\">{}</code> <span class=\"muted\">(account {})</span></p>\
          <form method=\"post\" action=\"{}/mfa\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
          <label for=\"code\">Code from the app</label>\
          <input type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required autofocus>\
          <button type=\"submit\">Confirm</button></form></section>",
-        details(&[("Key", secret.to_base32()), ("Account", w.username.clone())]),
+        escape(&secret.to_base32()),
+        escape(&w.username),
         base(&endpoint_id),
         escape(&w.csrf),
     );
@@ -914,9 +916,11 @@ pub async fn mfa_confirm(
     Form(f): Form<MfaForm>,
 ) -> Response {
     let Some(w) = who(&web, &endpoint_id, &headers) else {
+        tracing::debug!(endpoint = %endpoint_id, "portal: enrolment confirmation without a session");
         return redirect(&base(&endpoint_id), None);
     };
     if !csrf_ok(&w, &f.csrf) {
+        warn!(endpoint = %endpoint_id, user = %w.username, "portal: enrolment confirmation with a wrong CSRF token");
         return html(
             StatusCode::FORBIDDEN,
             message("Refused", "The form was stale: reload the page and try again.", false),
@@ -926,6 +930,7 @@ pub async fn mfa_confirm(
         return redirect(&base(&endpoint_id), None);
     };
     if auth.totp_enrolled(&w.username) != Some(false) {
+        tracing::debug!(endpoint = %endpoint_id, user = %w.username, "portal: enrolment confirmation for a user already enrolled");
         return redirect(&base(&endpoint_id), None);
     }
     let secret = lock(&web.portal.sessions)

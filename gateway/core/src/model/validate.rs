@@ -617,11 +617,14 @@ pub fn authentication_options(
 }
 
 /// The self-service portal needs federated authentication (`federated`: the endpoint has it).
-pub fn self_service_portal(field: &str, on: bool, federated: bool) -> Result<bool, ApiError> {
-    if on && !federated {
+/// The portal signs people in the way the endpoint does: it needs an identity provider or a
+/// directory (`signs_in_users`); certificates alone have no sign-in for it.
+pub fn self_service_portal(field: &str, on: bool, signs_in_users: bool) -> Result<bool, ApiError> {
+    if on && !signs_in_users {
         return Err(ApiError::combination(format!(
-            "{field}: the self-service portal requires federated-authentication (an identity \
-             provider: `cvpn idp create`, then an endpoint created with --idp)"
+            "{field}: the self-service portal signs users in with the endpoint's identity \
+             provider or directory: create the endpoint with --idp (`cvpn idp create`) or \
+             --directory (`cvpn directory create`)"
         )));
     }
     Ok(on)
