@@ -447,7 +447,11 @@ async fn fetch_inner(
 ) -> Result<hyper::Response<Vec<u8>>, ClientError> {
     let url = request.uri().clone();
     let bad = || ClientError::BadUrl(url.to_string());
-    let host = url.host().ok_or_else(bad)?.trim_matches(['[', ']']).to_string();
+    let host = url
+        .host()
+        .ok_or_else(bad)?
+        .trim_matches(['[', ']'])
+        .to_string();
     let secure = match url.scheme_str() {
         Some("https") => true,
         Some("http") if is_loopback(&host) => false,

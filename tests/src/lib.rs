@@ -18,8 +18,8 @@ pub mod openvpn;
 pub mod packets;
 pub mod pki;
 pub mod radius_server;
-pub mod saml_idp;
 pub mod raw_client;
+pub mod saml_idp;
 pub mod topology;
 
 use std::{

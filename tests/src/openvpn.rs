@@ -81,7 +81,12 @@ impl OpenVpnClient {
 
     /// Starts the client in `ns` with the profile file `profile_path` as it is (e.g. one a
     /// user downloaded), and `args` on the command line.
-    pub fn start_with_args(ns: &Netns, profile_path: &Path, args: &[&str], _name: &str) -> Result<Self> {
+    pub fn start_with_args(
+        ns: &Netns,
+        profile_path: &Path,
+        args: &[&str],
+        _name: &str,
+    ) -> Result<Self> {
         let profile_path = profile_path.to_path_buf();
         let mut child = ns
             .command("openvpn")

@@ -30,13 +30,19 @@ fn ok(out: CliOutput, what: &str) -> String {
 
 /// The code an authenticator app shows `steps` 30-second steps from now.
 fn code(secret: &TotpSecret, steps: u64) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     secret.code(now + 30 * steps)
 }
 
 #[test]
 fn directory_users_enrol_their_app_in_the_portal_and_connect_with_its_profile() {
-    assert!(is_root(), "the portal tests need root: run `cargo xtask test`");
+    assert!(
+        is_root(),
+        "the portal tests need root: run `cargo xtask test`"
+    );
     let mut net = EndpointNet::new(1).unwrap();
     net.gateway.enter().unwrap();
     let slapd = Slapd::start().unwrap();
@@ -84,8 +90,8 @@ fn directory_users_enrol_their_app_in_the_portal_and_connect_with_its_profile() 
         "totp",
     ]);
     let (cert, key, server_ca) = net.write_server_files().unwrap();
-    let chain = std::fs::read_to_string(&cert).unwrap()
-        + &std::fs::read_to_string(&server_ca).unwrap();
+    let chain =
+        std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&server_ca).unwrap();
     std::fs::write(&cert, chain).unwrap();
     let created = daemon
         .json(&[
@@ -106,7 +112,10 @@ fn directory_users_enrol_their_app_in_the_portal_and_connect_with_its_profile() 
             "Corp VPN",
         ])
         .unwrap();
-    let endpoint = created["client-vpn-endpoint-id"].as_str().unwrap().to_string();
+    let endpoint = created["client-vpn-endpoint-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     daemon
         .json(&[
             "network",
@@ -198,7 +207,10 @@ fn directory_users_enrol_their_app_in_the_portal_and_connect_with_its_profile() 
     };
     let secret = TotpSecret::from_base32(&run.remembered["key"]).unwrap();
     let text = std::fs::read_to_string(&downloaded).unwrap();
-    assert!(text.contains("static-challenge \"Enter MFA code\" 1"), "{text}");
+    assert!(
+        text.contains("static-challenge \"Enter MFA code\" 1"),
+        "{text}"
+    );
 
     // A stock client connects with exactly that file: user name, password and the next code
     // (the portal's sign-in used this step's: a code counts once).

@@ -106,7 +106,8 @@ impl TestIdp {
                 .to_vec()
             }
             TestIdp::Saml(idp) => {
-                let metadata = write(dir, "idp-metadata.xml", &idp.metadata_xml().unwrap()).unwrap();
+                let metadata =
+                    write(dir, "idp-metadata.xml", &idp.metadata_xml().unwrap()).unwrap();
                 vec![
                     "--saml-metadata".into(),
                     metadata.display().to_string(),
@@ -394,7 +395,10 @@ fn oidc_stock_clients_sign_in_through_the_browser_and_idp_groups_decide_access()
         .unwrap();
     let url = web_auth_url(&line);
     assert!(url.starts_with(&format!("{}/s/", sx.public_url)), "{url}");
-    assert!(line.len() < 200, "fits the client's 256-byte buffer: {line}");
+    assert!(
+        line.len() < 200,
+        "fits the client's 256-byte buffer: {line}"
+    );
     let page = sx.browser_sign_in(&url, "alice", "alice-pw", "alice");
     assert!(
         page.texts.iter().any(|t| t.contains("10.99.0.2")) || page.final_url.contains("callback"),
@@ -406,7 +410,10 @@ fn oidc_stock_clients_sign_in_through_the_browser_and_idp_groups_decide_access()
     // The reply is pushed as the sign-in completes, not at the client's next PUSH_REQUEST
     // (every 5 s).
     assert!(push_delay < Duration::from_secs(3), "{push_delay:?}");
-    assert!(sx.reaches(0, STAFF_HOST), "alice (staff) reaches the staff host");
+    assert!(
+        sx.reaches(0, STAFF_HOST),
+        "alice (staff) reaches the staff host"
+    );
     assert!(!sx.reaches(0, OPS_HOST), "but not the ops host");
     let active = sx.active();
     assert_eq!(active.len(), 1, "{active:?}");
@@ -426,14 +433,16 @@ fn oidc_stock_clients_sign_in_through_the_browser_and_idp_groups_decide_access()
 
     eprintln!("{:?}: step", t0.elapsed());
     // A client whose profile lacks web sign-in is told what to add.
-    let (mut plain, _mp) = sx.start_managed_with(2, "plain", "", |p| {
-        p.replace("setenv IV_SSO webauth\n", "")
-    });
+    let (mut plain, _mp) =
+        sx.start_managed_with(2, "plain", "", |p| p.replace("setenv IV_SSO webauth\n", ""));
     plain
         .wait_for("AUTH_FAILED", Duration::from_secs(20))
         .unwrap();
     assert!(
-        plain.log().iter().any(|l| l.contains("setenv IV_SSO webauth")),
+        plain
+            .log()
+            .iter()
+            .any(|l| l.contains("setenv IV_SSO webauth")),
         "{:?}",
         plain.log()
     );
@@ -444,7 +453,10 @@ fn oidc_stock_clients_sign_in_through_the_browser_and_idp_groups_decide_access()
     let start = Instant::now();
     let mut renegotiated = false;
     while start.elapsed() < Duration::from_secs(30) {
-        assert!(sx.reaches(0, STAFF_HOST), "traffic goes on during renegotiation");
+        assert!(
+            sx.reaches(0, STAFF_HOST),
+            "traffic goes on during renegotiation"
+        );
         if sx
             .daemon
             .daemon
@@ -533,7 +545,10 @@ fn saml_stock_clients_sign_in_through_the_browser_and_assertion_groups_decide_ac
     );
     sx.browser_sign_in(&url, "alice", "alice-pw", "saml-alice");
     alice.wait_connected(Duration::from_secs(10)).unwrap();
-    assert!(sx.reaches(0, STAFF_HOST), "alice (staff) reaches the staff host");
+    assert!(
+        sx.reaches(0, STAFF_HOST),
+        "alice (staff) reaches the staff host"
+    );
     assert!(!sx.reaches(0, OPS_HOST), "but not the ops host");
     let active = sx.active();
     assert_eq!(active.len(), 1, "{active:?}");
@@ -567,7 +582,10 @@ fn saml_stock_clients_sign_in_through_the_browser_and_assertion_groups_decide_ac
 fn the_portal_signs_in_at_the_idp_hands_out_the_profile_and_disconnects_own_sessions() {
     let sx = Sx::new(1, Protocol::Oidc);
     let portal = format!("{}/portal/{}", sx.public_url, sx.endpoint);
-    let described = sx.daemon.json(&["endpoint", "describe", &sx.endpoint]).unwrap();
+    let described = sx
+        .daemon
+        .json(&["endpoint", "describe", &sx.endpoint])
+        .unwrap();
     assert_eq!(
         described["client-vpn-endpoints"][0]["self-service-portal-url"],
         portal.as_str(),
@@ -596,7 +614,10 @@ fn the_portal_signs_in_at_the_idp_hands_out_the_profile_and_disconnects_own_sess
     Browser::run_with(&opts, &steps).unwrap();
     let text = std::fs::read_to_string(&profile).unwrap();
     assert!(text.contains("setenv IV_SSO webauth"), "{text}");
-    assert!(text.contains(&format!("remote {} ", EndpointNet::server_addr(0))), "{text}");
+    assert!(
+        text.contains(&format!("remote {} ", EndpointNet::server_addr(0))),
+        "{text}"
+    );
 
     // A stock client connects with exactly that file (management on the command line).
     let mut client = OpenVpnClient::start_with_args(
@@ -629,6 +650,8 @@ fn the_portal_signs_in_at_the_idp_hands_out_the_profile_and_disconnects_own_sess
         Step::screenshot("portal-4-disconnected.png"),
     ]);
     Browser::run_with(&opts, &steps).unwrap();
-    sx.wait("the session ended", Duration::from_secs(10), |s| s.active().is_empty());
+    sx.wait("the session ended", Duration::from_secs(10), |s| {
+        s.active().is_empty()
+    });
     assert!(!sx.reaches(0, STAFF_HOST), "her traffic no longer passes");
 }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use openidconnect::core::{
-    CoreAuthenticationFlow, CoreClient, CoreIdToken, CoreJwsSigningAlgorithm,
-    CoreProviderMetadata, CoreTokenResponse,
+    CoreAuthenticationFlow, CoreClient, CoreIdToken, CoreJwsSigningAlgorithm, CoreProviderMetadata,
+    CoreTokenResponse,
 };
 use openidconnect::JwsSigningAlgorithm;
 use openidconnect::{
@@ -62,7 +62,10 @@ impl std::fmt::Debug for OidcClientSettings {
         f.debug_struct("OidcClientSettings")
             .field("issuer", &self.issuer)
             .field("client_id", &self.client_id)
-            .field("client_secret", &self.client_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("groups_claim", &self.groups_claim)
             .field("username_claim", &self.username_claim)
             .field("scopes", &self.scopes)
@@ -194,7 +197,10 @@ impl OidcRelyingParty {
     /// The client built from the provider's metadata and keys: fetched on first use, and again
     /// when `stale` (a token named a key we do not have), at most every
     /// [`REDISCOVER_AT_MOST_EVERY`].
-    async fn client(&self, stale: bool) -> Result<(Client, Vec<CoreJwsSigningAlgorithm>), OidcError> {
+    async fn client(
+        &self,
+        stale: bool,
+    ) -> Result<(Client, Vec<CoreJwsSigningAlgorithm>), OidcError> {
         let mut d = self.discovered.lock().await;
         if let Some(found) = d.as_ref() {
             let recently = found
@@ -274,7 +280,9 @@ impl OidcRelyingParty {
         pkce_verifier: &str,
     ) -> Result<OidcIdentity, OidcError> {
         if code.is_empty() || code.len() > 4096 {
-            return Err(OidcError::Invalid("authorization code missing or too long".into()));
+            return Err(OidcError::Invalid(
+                "authorization code missing or too long".into(),
+            ));
         }
         let (client, algs) = self.client(false).await?;
         let http = http_client(Arc::clone(&self.tls));
@@ -311,7 +319,9 @@ impl OidcRelyingParty {
             .await
             .map_err(token_error)?;
         let id_token = response.id_token().ok_or_else(|| {
-            OidcError::Invalid("the refresh answer has no id_token (ask for the openid scope)".into())
+            OidcError::Invalid(
+                "the refresh answer has no id_token (ask for the openid scope)".into(),
+            )
         })?;
         // A refreshed ID token carries no nonce (OpenID Connect Core §12.2).
         let no_nonce = |_: Option<&Nonce>| Ok::<(), String>(());
@@ -368,7 +378,9 @@ impl OidcRelyingParty {
             _ => subject.clone(),
         };
         if username.len() > MAX_NAME || username.chars().any(char::is_control) {
-            return Err(OidcError::Invalid("the user name claim is too long or has control characters".into()));
+            return Err(OidcError::Invalid(
+                "the user name claim is too long or has control characters".into(),
+            ));
         }
         let groups = groups_of(&claims, &self.settings.groups_claim)?;
         Ok(OidcIdentity {
@@ -382,7 +394,9 @@ impl OidcRelyingParty {
 
 /// The claims of an ID token that `openidconnect` has verified, as JSON (to read the claims
 /// the administrator names, which the crate's typed claims do not carry).
-fn payload(id_token: &CoreIdToken) -> Result<serde_json::Map<String, serde_json::Value>, OidcError> {
+fn payload(
+    id_token: &CoreIdToken,
+) -> Result<serde_json::Map<String, serde_json::Value>, OidcError> {
     let text = id_token.to_string();
     let part = text
         .split('.')
@@ -413,7 +427,9 @@ pub fn groups_of(
                 .iter()
                 .map(|v| match v {
                     serde_json::Value::String(s) => Ok(s.clone()),
-                    _ => Err(OidcError::Invalid(format!("the {name:?} claim holds a non-string"))),
+                    _ => Err(OidcError::Invalid(format!(
+                        "the {name:?} claim holds a non-string"
+                    ))),
                 })
                 .collect::<Result<_, _>>()?
         }
@@ -447,7 +463,10 @@ fn is_key_problem(e: &openidconnect::ClaimsVerificationError) -> bool {
 
 /// A token endpoint error: the provider's refusal, or a transport problem.
 fn token_error<E: std::error::Error + 'static>(
-    e: RequestTokenError<E, openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>>,
+    e: RequestTokenError<
+        E,
+        openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>,
+    >,
 ) -> OidcError {
     match e {
         RequestTokenError::ServerResponse(r) => OidcError::Refused(r.to_string()),

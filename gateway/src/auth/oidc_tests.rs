@@ -26,9 +26,8 @@ impl Key {
     pub(crate) fn new(kid: &str) -> Key {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-                .unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
         Key {
             kid: kid.into(),
             pair,
@@ -183,7 +182,10 @@ async fn a_valid_sign_in_gives_the_user_and_groups_and_sends_the_pkce_verifier()
     assert_eq!(id.groups, vec!["eng", "ops"]);
     assert_eq!(id.refresh_token.as_deref(), Some("rt-1"));
     let form = idp.shared.lock().unwrap().last_form.clone();
-    assert!(form.contains(&("code_verifier".into(), verifier.clone())), "{form:?}");
+    assert!(
+        form.contains(&("code_verifier".into(), verifier.clone())),
+        "{form:?}"
+    );
     assert!(form.contains(&("code".into(), "code-1".into())));
 }
 
@@ -222,7 +224,10 @@ async fn forged_id_tokens_are_refused() {
         ("wrong key, same kid", stranger.token(&good)),
         ("claims changed after signing", tampered.join(".")),
         ("HMAC with the client secret", hs256),
-        ("wrong audience", key.token(&with("aud", json!("another-client")))),
+        (
+            "wrong audience",
+            key.token(&with("aud", json!("another-client"))),
+        ),
         (
             "a token for another client id (azp)",
             key.token(&{
@@ -232,13 +237,22 @@ async fn forged_id_tokens_are_refused() {
             }),
         ),
         ("expired", key.token(&with("exp", json!(now() - 3600)))),
-        ("wrong issuer", key.token(&with("iss", json!("https://evil.example")))),
-        ("wrong nonce", key.token(&with("nonce", json!("replayed-nonce")))),
-        ("no nonce", key.token(&{
-            let mut c = good.clone();
-            c.as_object_mut().unwrap().remove("nonce");
-            c
-        })),
+        (
+            "wrong issuer",
+            key.token(&with("iss", json!("https://evil.example"))),
+        ),
+        (
+            "wrong nonce",
+            key.token(&with("nonce", json!("replayed-nonce"))),
+        ),
+        (
+            "no nonce",
+            key.token(&{
+                let mut c = good.clone();
+                c.as_object_mut().unwrap().remove("nonce");
+                c
+            }),
+        ),
         ("not a JWT", "garbage".to_string()),
         (
             "oversized groups claim",
@@ -247,7 +261,10 @@ async fn forged_id_tokens_are_refused() {
                 json!((0..1000).map(|i| format!("g{i}")).collect::<Vec<_>>()),
             )),
         ),
-        ("groups with a control character", key.token(&with("groups", json!(["a\nb"])))),
+        (
+            "groups with a control character",
+            key.token(&with("groups", json!(["a\nb"]))),
+        ),
     ];
     for (what, token) in cases {
         idp.answer_with(&token);
@@ -267,9 +284,15 @@ async fn a_provider_error_at_the_token_endpoint_is_a_refusal() {
     let key = Key::new("k1");
     idp.shared.lock().unwrap().jwks = vec![key.jwk()];
     let (_, nonce, verifier) = idp.authorize().await;
-    idp.shared.lock().unwrap().token_answer =
-        Some((400, json!({"error":"invalid_grant","error_description":"code reused"})));
-    let e = idp.rp.finish("code-1", &nonce, &verifier).await.unwrap_err();
+    idp.shared.lock().unwrap().token_answer = Some((
+        400,
+        json!({"error":"invalid_grant","error_description":"code reused"}),
+    ));
+    let e = idp
+        .rp
+        .finish("code-1", &nonce, &verifier)
+        .await
+        .unwrap_err();
     assert!(matches!(e, OidcError::Refused(_)), "{e}");
 }
 
@@ -313,9 +336,11 @@ async fn a_refresh_updates_groups_and_a_refusal_or_another_subject_ends_it() {
     assert!(form.contains(&("grant_type".into(), "refresh_token".into())));
     claims["sub"] = json!("user-2");
     idp.answer_with(&key.token(&claims));
-    assert!(idp.rp.refresh("rt-1", "user-1").await.is_err(), "another subject");
-    idp.shared.lock().unwrap().token_answer =
-        Some((400, json!({"error":"invalid_grant"})));
+    assert!(
+        idp.rp.refresh("rt-1", "user-1").await.is_err(),
+        "another subject"
+    );
+    idp.shared.lock().unwrap().token_answer = Some((400, json!({"error":"invalid_grant"})));
     let e = idp.rp.refresh("rt-1", "user-1").await.unwrap_err();
     assert!(crate::auth::AuthFailure::from(e).ends_session());
 }
@@ -340,5 +365,8 @@ async fn an_unreachable_provider_is_not_a_refusal() {
     let e = rp.refresh("rt", "user-1").await.unwrap_err();
     let f = crate::auth::AuthFailure::from(e);
     assert_eq!(f.reason(), "idp-unreachable");
-    assert!(!f.ends_session(), "the session keeps its access while the IdP is down");
+    assert!(
+        !f.ends_session(),
+        "the session keeps its access while the IdP is down"
+    );
 }

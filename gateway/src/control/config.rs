@@ -371,7 +371,12 @@ impl DaemonConfig {
                 ));
             }
         }
-        let web = match (raw.web.listen, raw.web.certificate, raw.web.key, raw.web.public_url) {
+        let web = match (
+            raw.web.listen,
+            raw.web.certificate,
+            raw.web.key,
+            raw.web.public_url,
+        ) {
             (None, None, None, None) => None,
             (Some(listen), Some(certificate), Some(key), Some(public_url)) => {
                 let public_url = public_url.trim_end_matches('/').to_string();

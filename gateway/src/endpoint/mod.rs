@@ -783,8 +783,7 @@ impl Endpoint {
                                     return;
                                 };
                                 admission.claimed_user = Some(request.username().to_string());
-                                let authenticated_at =
-                                    resumed_at(clock, resumed.issued_unix);
+                                let authenticated_at = resumed_at(clock, resumed.issued_unix);
                                 admission.resumed = Some(resumed);
                                 c.state = ConnState::Authorizing {
                                     admission: Box::new(admission),
@@ -801,13 +800,15 @@ impl Endpoint {
                                     return;
                                 };
                                 let timeout = policy.sign_in_timeout.as_secs();
-                                c.session.send_control(
-                                    &if admission.peer_info.proto.auth_pending_kw() {
-                                        format!("AUTH_PENDING,timeout {timeout}")
-                                    } else {
-                                        "AUTH_PENDING".to_string()
-                                    },
-                                );
+                                c.session.send_control(&if admission
+                                    .peer_info
+                                    .proto
+                                    .auth_pending_kw()
+                                {
+                                    format!("AUTH_PENDING,timeout {timeout}")
+                                } else {
+                                    "AUTH_PENDING".to_string()
+                                });
                                 c.session.send_control(&format!(
                                     "INFO_PRE,WEB_AUTH::{}/s/{}",
                                     policy.sign_in_base, request.id

@@ -104,14 +104,15 @@ fn a_web_sign_in_tells_the_url_and_pushes_at_once_when_the_idp_answers() {
     assert!(w.client.message("PUSH_REPLY").is_none());
     answer(&mut w, *conn, Ok(user("alice@example.test", &["eng"])));
     let groups = w.seen.iter().find_map(|o| match o {
-        Output::Admitted { groups, record, .. } => {
-            Some((groups.clone(), record.username.clone()))
-        }
+        Output::Admitted { groups, record, .. } => Some((groups.clone(), record.username.clone())),
         _ => None,
     });
     assert_eq!(
         groups,
-        Some((vec!["eng".to_string()], Some("alice@example.test".to_string())))
+        Some((
+            vec!["eng".to_string()],
+            Some("alice@example.test".to_string())
+        ))
     );
     let reply = w.client.message("PUSH_REPLY").expect("pushed at once");
     assert!(reply.contains("auth-token CVPN1."), "{reply}");
@@ -134,7 +135,11 @@ fn a_client_without_web_sign_in_is_told_what_to_add() {
     w.client.peer_info = crate::endpoint::test_client::PEER_INFO.to_string();
     w.exchange();
     assert!(asked(&mut w).is_empty());
-    let m = w.client.message("AUTH_FAILED").expect("refused").to_string();
+    let m = w
+        .client
+        .message("AUTH_FAILED")
+        .expect("refused")
+        .to_string();
     assert!(m.contains("setenv IV_SSO webauth"), "{m}");
     assert!(failures(&w)[0].contains("web-sign-in-unsupported"));
 }
@@ -150,11 +155,21 @@ fn an_abandoned_sign_in_ends_at_its_deadline_with_its_reason() {
         w.client.send_control_text(b"PUSH_REQUEST\0").unwrap();
         w.exchange();
     }
-    assert!(w.client.message("AUTH_FAILED").is_none(), "{:?}", failures(&w));
+    assert!(
+        w.client.message("AUTH_FAILED").is_none(),
+        "{:?}",
+        failures(&w)
+    );
     w.advance(Duration::from_secs(6));
-    let m = w.client.message("AUTH_FAILED").expect("refused").to_string();
+    let m = w
+        .client
+        .message("AUTH_FAILED")
+        .expect("refused")
+        .to_string();
     assert!(m.contains("not finished in time"), "{m}");
-    assert!(failures(&w).iter().any(|l| l.contains("web-sign-in-timeout")));
+    assert!(failures(&w)
+        .iter()
+        .any(|l| l.contains("web-sign-in-timeout")));
     // A late answer changes nothing.
     answer(&mut w, conn, Ok(user("alice", &["eng"])));
     assert!(w.admitted().is_none());
@@ -165,7 +180,11 @@ fn an_idp_refusal_is_an_auth_failed_with_its_reason() {
     let mut w = sso(false);
     w.exchange();
     let (conn, _) = asked(&mut w).remove(0);
-    answer(&mut w, conn, Err(AuthFailure::IdpRefused("access_denied".into())));
+    answer(
+        &mut w,
+        conn,
+        Err(AuthFailure::IdpRefused("access_denied".into())),
+    );
     assert!(w.client.message("AUTH_FAILED").is_some());
     assert!(failures(&w).iter().any(|l| l.contains("idp-refused")));
     assert!(w.admitted().is_none());
@@ -191,7 +210,11 @@ fn a_reconnect_with_the_token_resumes_without_a_browser_and_a_refusal_at_refresh
     };
     assert_eq!(username, "alice@example.test");
     assert!(!session.is_empty());
-    answer(&mut w, *conn, Ok(user("alice@example.test", &["eng", "ops"])));
+    answer(
+        &mut w,
+        *conn,
+        Ok(user("alice@example.test", &["eng", "ops"])),
+    );
     assert!(w.client.message("PUSH_REPLY").is_some());
     // At the re-check the provider refuses (user disabled): the session ends.
     w.advance(Duration::from_secs(60));
@@ -203,7 +226,11 @@ fn a_reconnect_with_the_token_resumes_without_a_browser_and_a_refusal_at_refresh
         w.advance(Duration::from_secs(60));
         for (c, r) in asked(&mut w) {
             assert!(matches!(r, AuthRequest::SsoSession { .. }), "{r:?}");
-            answer(&mut w, c, Err(AuthFailure::IdpRefused("invalid_grant".into())));
+            answer(
+                &mut w,
+                c,
+                Err(AuthFailure::IdpRefused("invalid_grant".into())),
+            );
             refused = true;
         }
         if refused {
@@ -219,7 +246,9 @@ fn a_forged_or_foreign_token_does_not_skip_the_browser() {
     let mut w = sso(false);
     w.client.credentials = Some(Credentials {
         username: "alice".into(),
-        password: Password::new("CVPN1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        password: Password::new(
+            "CVPN1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ),
     });
     w.exchange();
     assert!(asked(&mut w).is_empty());

@@ -61,7 +61,10 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/portal/{endpoint}/logout", post(portal::logout))
         .route("/portal/{endpoint}/profile.ovpn", get(portal::profile))
         .route("/portal/{endpoint}/disconnect", post(portal::disconnect))
-        .route("/portal/{endpoint}/mfa", get(portal::mfa_page).post(portal::mfa_confirm))
+        .route(
+            "/portal/{endpoint}/mfa",
+            get(portal::mfa_page).post(portal::mfa_confirm),
+        )
         .route("/", get(sso::home))
         .with_state(state)
         .layer(axum::middleware::map_response(security_headers))

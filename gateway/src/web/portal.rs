@@ -352,8 +352,16 @@ pub async fn login(
         Ok(ep) => ep,
         Err(page) => return page,
     };
-    let Some(auth) = web.portal.access(&endpoint_id).and_then(|a| a.authenticator) else {
-        return sign_in_page(&web, &ep, Some("This VPN does not sign in with a password."));
+    let Some(auth) = web
+        .portal
+        .access(&endpoint_id)
+        .and_then(|a| a.authenticator)
+    else {
+        return sign_in_page(
+            &web,
+            &ep,
+            Some("This VPN does not sign in with a password."),
+        );
     };
     let source = peer.map_or_else(
         || std::net::IpAddr::from([127, 0, 0, 1]),
@@ -439,11 +447,7 @@ fn start_session(
     };
     redirect(
         &to,
-        Some(session_cookie(
-            endpoint_id,
-            &id,
-            SESSION_LIFETIME.as_secs(),
-        )),
+        Some(session_cookie(endpoint_id, &id, SESSION_LIFETIME.as_secs())),
     )
 }
 
@@ -619,7 +623,11 @@ async fn usable_endpoints(web: &WebState, ep: &Endpoint, groups: &[String]) -> V
         .unwrap_or_default()
 }
 
-async fn my_sessions(web: &WebState, endpoint_id: &str, username: &str) -> Vec<crate::model::Connection> {
+async fn my_sessions(
+    web: &WebState,
+    endpoint_id: &str,
+    username: &str,
+) -> Vec<crate::model::Connection> {
     let filter = ConnectionFilter {
         client_vpn_endpoint_id: Some(endpoint_id.to_string()),
         username: Some(username.to_string()),
@@ -738,7 +746,10 @@ pub async fn profile(
             info!(endpoint = %endpoint_id, user = %w.username, "portal: profile downloaded");
             (
                 [
-                    (header::CONTENT_TYPE, "application/x-openvpn-profile".to_string()),
+                    (
+                        header::CONTENT_TYPE,
+                        "application/x-openvpn-profile".to_string(),
+                    ),
                     (
                         header::CONTENT_DISPOSITION,
                         format!("attachment; filename=\"{endpoint_id}.ovpn\""),
@@ -779,7 +790,11 @@ pub async fn disconnect(
     if !csrf_ok(&w, &f.csrf) {
         return html(
             StatusCode::FORBIDDEN,
-            message("Refused", "The form was stale: reload the page and try again.", false),
+            message(
+                "Refused",
+                "The form was stale: reload the page and try again.",
+                false,
+            ),
         );
     }
     // Only the user's own active sessions.
@@ -833,7 +848,10 @@ pub async fn mfa_page(
     let Some(w) = who(&web, &endpoint_id, &headers) else {
         return redirect(&base(&endpoint_id), None);
     };
-    let auth = web.portal.access(&endpoint_id).and_then(|a| a.authenticator);
+    let auth = web
+        .portal
+        .access(&endpoint_id)
+        .and_then(|a| a.authenticator);
     if auth.as_ref().and_then(|a| a.totp_enrolled(&w.username)) != Some(false) {
         return html(
             StatusCode::OK,
@@ -867,7 +885,11 @@ pub async fn mfa_page(
     let Some(secret) = secret else {
         return redirect(&base(&endpoint_id), None);
     };
-    let uri = otpauth_uri(&secret, &format!("cvpn {}", endpoint_title(&ep)), &w.username);
+    let uri = otpauth_uri(
+        &secret,
+        &format!("cvpn {}", endpoint_title(&ep)),
+        &w.username,
+    );
     let qr = qrcode::QrCode::new(uri.as_bytes())
         .map(|c| {
             c.render::<qrcode::render::svg::Color>()
@@ -923,10 +945,18 @@ pub async fn mfa_confirm(
         warn!(endpoint = %endpoint_id, user = %w.username, "portal: enrolment confirmation with a wrong CSRF token");
         return html(
             StatusCode::FORBIDDEN,
-            message("Refused", "The form was stale: reload the page and try again.", false),
+            message(
+                "Refused",
+                "The form was stale: reload the page and try again.",
+                false,
+            ),
         );
     }
-    let Some(auth) = web.portal.access(&endpoint_id).and_then(|a| a.authenticator) else {
+    let Some(auth) = web
+        .portal
+        .access(&endpoint_id)
+        .and_then(|a| a.authenticator)
+    else {
         return redirect(&base(&endpoint_id), None);
     };
     if auth.totp_enrolled(&w.username) != Some(false) {
@@ -969,13 +999,15 @@ pub async fn mfa_confirm(
             let dir = s.endpoint_directory(&id)?.ok_or_else(|| {
                 crate::model::ApiError::incorrect_state("this VPN has no directory")
             })?;
-            Ok(s.enroll_mfa(&dir.directory_id, &user, &bytes, false)?.directory_id)
+            Ok(s.enroll_mfa(&dir.directory_id, &user, &bytes, false)?
+                .directory_id)
         })
         .await;
     match stored {
         Ok(directory_id) => {
             auth.add_totp_enrolment(&w.username, secret);
-            web.api.emit(crate::api::ControlEvent::DirectoryChanged { directory_id });
+            web.api
+                .emit(crate::api::ControlEvent::DirectoryChanged { directory_id });
             if let Some(s) = lock(&web.portal.sessions).get_mut(&w.id) {
                 s.enrolling = None;
                 // Enrolled, but this session began with the password alone: sign in again

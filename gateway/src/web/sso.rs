@@ -360,13 +360,18 @@ pub async fn approval_page(State(web): State<Arc<WebState>>, Path(id): Path<Stri
         ),
         (
             "Client version",
-            s.client_version.clone().unwrap_or_else(|| "not announced".into()),
+            s.client_version
+                .clone()
+                .unwrap_or_else(|| "not announced".into()),
         ),
     ];
     if let Some(cn) = &s.common_name {
         rows.push(("Certificate", cn.clone()));
     }
-    rows.push(("Expires in", format!("{} s", s.expires_unix.saturating_sub(now))));
+    rows.push((
+        "Expires in",
+        format!("{} s", s.expires_unix.saturating_sub(now)),
+    ));
     let body = format!(
         "<section class=\"card\"><h1>Approve this VPN connection?</h1>\
          <p>A VPN client asks to sign in as you. Continue only if it is yours: the details \
@@ -426,7 +431,10 @@ pub async fn approve(State(web): State<Arc<WebState>>, Path(id): Path<String>) -
     };
     {
         let mut pending = lock(&web.sso.pending);
-        let Some(p) = pending.get_mut(&id).filter(|p| matches!(p.stage, Stage::Waiting)) else {
+        let Some(p) = pending
+            .get_mut(&id)
+            .filter(|p| matches!(p.stage, Stage::Waiting))
+        else {
             return unknown_link();
         };
         p.stage = Stage::AtIdp {
@@ -538,7 +546,11 @@ struct Returned {
     pkce_verifier: String,
 }
 
-fn take_returned(web: &WebState, state: Option<String>, headers: &HeaderMap) -> Result<Returned, Response> {
+fn take_returned(
+    web: &WebState,
+    state: Option<String>,
+    headers: &HeaderMap,
+) -> Result<Returned, Response> {
     let Some(state) = state.filter(|s| !s.is_empty() && s.len() <= 512) else {
         return Err(html(
             StatusCode::BAD_REQUEST,
@@ -550,8 +562,12 @@ fn take_returned(web: &WebState, state: Option<String>, headers: &HeaderMap) -> 
             ),
         ));
     };
-    let id = lock(&web.sso.by_state).remove(&state).ok_or_else(unknown_link)?;
-    let p = lock(&web.sso.pending).remove(&id).ok_or_else(unknown_link)?;
+    let id = lock(&web.sso.by_state)
+        .remove(&state)
+        .ok_or_else(unknown_link)?;
+    let p = lock(&web.sso.pending)
+        .remove(&id)
+        .ok_or_else(unknown_link)?;
     let Stage::AtIdp {
         state: expected,
         nonce,
@@ -713,5 +729,9 @@ pub async fn saml_metadata(State(web): State<Arc<WebState>>) -> Response {
         &format!("{base}/saml/metadata"),
         &format!("{base}/saml/acs"),
     );
-    ([(header::CONTENT_TYPE, "application/samlmetadata+xml")], xml).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/samlmetadata+xml")],
+        xml,
+    )
+        .into_response()
 }

@@ -37,9 +37,8 @@ async fn site() -> Site {
         std::process::id(),
         base.rsplit(':').next().unwrap()
     ));
-    let store = Arc::new(
-        crate::storage::Store::open(crate::storage::StoreOptions::in_dir(&dir)).unwrap(),
-    );
+    let store =
+        Arc::new(crate::storage::Store::open(crate::storage::StoreOptions::in_dir(&dir)).unwrap());
     let (events, _) = mpsc::unbounded_channel();
     let state = Arc::new(WebState {
         settings: WebSettings {
@@ -161,7 +160,13 @@ async fn the_approval_page_shows_the_connection_and_a_get_signs_nobody_in() {
     s.begin("id-approval-000000000", 1);
     let r = request("GET", &format!("{}/s/id-approval-000000000", s.base), None).await;
     assert_eq!(r.status, 200);
-    for shown in ["198.51.100.7", "linux", "2.6.14", "alice-laptop", "&lt;b&gt;Corp&lt;/b&gt; VPN"] {
+    for shown in [
+        "198.51.100.7",
+        "linux",
+        "2.6.14",
+        "alice-laptop",
+        "&lt;b&gt;Corp&lt;/b&gt; VPN",
+    ] {
         assert!(r.body.contains(shown), "{shown} in {}", r.body);
     }
     assert!(!r.body.contains("<b>Corp</b>"), "escaped");
@@ -201,23 +206,38 @@ async fn a_completed_sign_in_answers_the_endpoint_once() {
     // The session is remembered for re-checks and reconnects (refreshed at the IdP).
     let refreshed = s
         .sso
-        .check_session("cvpn-endpoint-0123456789abcdef0", "sess-7", "alice@example.test")
+        .check_session(
+            "cvpn-endpoint-0123456789abcdef0",
+            "sess-7",
+            "alice@example.test",
+        )
         .await;
     assert_eq!(refreshed.unwrap().groups, vec!["eng", "ops"]);
     // Another user name with this session's token is not this session.
-    let other = s.sso.check_session("cvpn-endpoint-0123456789abcdef0", "sess-7", "mallory").await;
+    let other = s
+        .sso
+        .check_session("cvpn-endpoint-0123456789abcdef0", "sess-7", "mallory")
+        .await;
     assert!(matches!(other, Err(AuthFailure::BadToken)));
     // The provider refuses the refresh (user disabled): the session is forgotten.
     s.idp.shared.lock().unwrap().token_answer =
         Some((400, serde_json::json!({"error": "invalid_grant"})));
     let refused = s
         .sso
-        .check_session("cvpn-endpoint-0123456789abcdef0", "sess-7", "alice@example.test")
+        .check_session(
+            "cvpn-endpoint-0123456789abcdef0",
+            "sess-7",
+            "alice@example.test",
+        )
         .await;
     assert!(refused.unwrap_err().ends_session());
     let gone = s
         .sso
-        .check_session("cvpn-endpoint-0123456789abcdef0", "sess-7", "alice@example.test")
+        .check_session(
+            "cvpn-endpoint-0123456789abcdef0",
+            "sess-7",
+            "alice@example.test",
+        )
         .await;
     assert!(matches!(gone, Err(AuthFailure::SsoSessionUnknown)));
 }
@@ -281,7 +301,11 @@ async fn an_idp_error_or_a_forged_token_at_the_callback_refuses_the_connection()
         .answer_with(&stranger.token(&s.idp.claims(&param(&url, "nonce"))));
     let r = request(
         "GET",
-        &format!("{}/oidc/callback?code=c&state={}", s.base, param(&url, "state")),
+        &format!(
+            "{}/oidc/callback?code=c&state={}",
+            s.base,
+            param(&url, "state")
+        ),
         Some(&cookie),
     )
     .await;
@@ -295,7 +319,9 @@ async fn every_page_forbids_framing_scripts_and_caching() {
     let s = site().await;
     let r = crate::http_client::fetch(
         &crate::http_client::client_tls(None).unwrap(),
-        http::Request::get(format!("{}/", s.base)).body(Vec::new()).unwrap(),
+        http::Request::get(format!("{}/", s.base))
+            .body(Vec::new())
+            .unwrap(),
         1 << 20,
     )
     .await
