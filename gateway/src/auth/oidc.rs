@@ -158,14 +158,13 @@ impl std::fmt::Debug for OidcRelyingParty {
     }
 }
 
-/// The HTTP client `openidconnect` calls: ours, bounded, no redirects.
-fn http_client(
-    tls: Arc<rustls::ClientConfig>,
-) -> impl Fn(
-    http::Request<Vec<u8>>,
-) -> std::pin::Pin<
+/// What the HTTP client `openidconnect` calls returns.
+type HttpFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<http::Response<Vec<u8>>, HttpError>> + Send>,
-> {
+>;
+
+/// The HTTP client `openidconnect` calls: ours, bounded, no redirects.
+fn http_client(tls: Arc<rustls::ClientConfig>) -> impl Fn(http::Request<Vec<u8>>) -> HttpFuture {
     move |request| {
         let tls = Arc::clone(&tls);
         Box::pin(async move {

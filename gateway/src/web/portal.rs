@@ -21,7 +21,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
-use super::pages::{details, escape, message, page};
+use super::pages::{escape, message, page};
 use super::sso::{random_secret, SsoIdp};
 use super::WebState;
 use crate::api::serve::ClientAddr;

@@ -36,7 +36,9 @@ pub const MAX_SESSIONS: usize = 100_000;
 /// The cookie that binds a sign-in to the browser that approved it.
 const BINDING_COOKIE: &str = "cvpn_sso";
 
-/// An endpoint's identity provider.
+/// An endpoint's identity provider. Always shared behind an `Arc` (one per provider), so the
+/// variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum SsoIdp {
     Oidc(OidcRelyingParty),
     Saml(SamlServiceProvider),
@@ -550,9 +552,9 @@ fn take_returned(
     web: &WebState,
     state: Option<String>,
     headers: &HeaderMap,
-) -> Result<Returned, Response> {
+) -> Result<Returned, Box<Response>> {
     let Some(state) = state.filter(|s| !s.is_empty() && s.len() <= 512) else {
-        return Err(html(
+        return Err(Box::new(html(
             StatusCode::BAD_REQUEST,
             message(
                 "Sign-in failed",
@@ -560,14 +562,14 @@ fn take_returned(
                  Connect again from your VPN client.",
                 false,
             ),
-        ));
+        )));
     };
     let id = lock(&web.sso.by_state)
         .remove(&state)
-        .ok_or_else(unknown_link)?;
+        .ok_or_else(|| Box::new(unknown_link()))?;
     let p = lock(&web.sso.pending)
         .remove(&id)
-        .ok_or_else(unknown_link)?;
+        .ok_or_else(|| Box::new(unknown_link()))?;
     let Stage::AtIdp {
         state: expected,
         nonce,
@@ -575,7 +577,7 @@ fn take_returned(
         binding,
     } = &p.stage
     else {
-        return Err(unknown_link());
+        return Err(Box::new(unknown_link()));
     };
     let refuse = |p: &Pending, why: &str| {
         let _ = p
@@ -585,7 +587,7 @@ fn take_returned(
     };
     if !bool::from(expected.as_bytes().ct_eq(state.as_bytes())) {
         refuse(&p, "state mismatch");
-        return Err(unknown_link());
+        return Err(Box::new(unknown_link()));
     }
     let bound = cookie(headers, BINDING_COOKIE)
         .is_some_and(|c| bool::from(c.as_bytes().ct_eq(binding.as_bytes())));
@@ -593,7 +595,7 @@ fn take_returned(
         warn!(endpoint = %p.target.endpoint_id, connection = %p.sign_in.connection_id,
             "sign-in answer in a browser that did not approve it: refused");
         refuse(&p, "answer in another browser");
-        return Err(html(
+        return Err(Box::new(html(
             StatusCode::FORBIDDEN,
             message(
                 "Sign-in refused",
@@ -601,7 +603,7 @@ fn take_returned(
                  client and finish the sign-in in the browser that opens.",
                 false,
             ),
-        ));
+        )));
     }
     let (nonce, pkce_verifier) = (nonce.clone(), pkce_verifier.clone());
     Ok(Returned {
@@ -715,7 +717,7 @@ async fn answered(
     }
     let r = match take_returned(web, state, headers) {
         Ok(r) => r,
-        Err(page) => return page,
+        Err(page) => return *page,
     };
     let result = verify_answer(&r.p.target.idp, answer, &r.nonce, &r.pkce_verifier).await;
     complete(web, r.p, result)
