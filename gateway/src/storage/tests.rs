@@ -2701,7 +2701,7 @@ fn identity_providers_take_defaults_keep_the_secret_out_and_are_modified() {
         ),
         (
             crate::model::ModifyIdentityProviderRequest {
-                recheck_seconds: Some(59),
+                recheck_seconds: Some(9),
                 ..Default::default()
             },
             codes::INVALID_PARAMETER_VALUE,
@@ -2798,7 +2798,7 @@ fn bad_identity_provider_input_is_refused_with_the_field_named() {
         (with(&|r| r.scopes = Some(vec!["bad scope".into()])), codes::INVALID_PARAMETER_VALUE, "scopes"),
         (with(&|r| r.groups_claim = Some("".into())), codes::INVALID_PARAMETER_VALUE, "groups-claim"),
         (with(&|r| r.recheck_minutes = Some(0)), codes::INVALID_PARAMETER_VALUE, "recheck-minutes"),
-        (with(&|r| r.recheck_seconds = Some(30)), codes::INVALID_PARAMETER_VALUE, "recheck-seconds"),
+        (with(&|r| r.recheck_seconds = Some(9)), codes::INVALID_PARAMETER_VALUE, "recheck-seconds"),
         (with(&|r| r.metadata_xml = Some(good_xml.clone())), codes::INVALID_PARAMETER_COMBINATION, "not both"),
         (with(&|r| r.protocol = Some("saml".into())), codes::INVALID_PARAMETER_COMBINATION, "issuer"),
         (with(&|r| r.protocol = Some("ldap".into())), codes::INVALID_PARAMETER_VALUE, "protocol"),
