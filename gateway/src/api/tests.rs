@@ -916,6 +916,8 @@ fn api_profile_ca_comes_from_the_server_chain_or_a_self_signed_certificate() {
         tags: vec![],
         policy_revision: 0,
         crl_entries: 0,
+        client_ca_key_set: false,
+        self_service_portal_downloads: 0,
         listener: None,
     };
     let ciphers = vec!["AES-256-GCM".to_string()];
