@@ -3,7 +3,7 @@
 //! [`DEFAULT_SOCKET_PATH`]) or, with `--api https://HOST:PORT`, its TLS listener.
 //!
 //! ```text
-//! cvpn endpoint   create | modify | delete | describe
+//! cvpn endpoint   create | modify | delete | describe | revoke-user | certificates
 //! cvpn network    associate | disassociate | describe
 //! cvpn route      create | delete | describe
 //! cvpn rule       authorize | revoke | describe
@@ -107,7 +107,8 @@ pub struct ApiOptions {
 /// The resource commands, one group per resource. Each talks to the daemon's API.
 #[derive(Debug, Subcommand)]
 pub enum ResourceCommand {
-    /// Client VPN endpoints: create, modify, delete, describe.
+    /// Client VPN endpoints: create, modify, delete, describe; revoke a user's portal
+    /// certificates, list them.
     Endpoint {
         /// Where the API is and how to print.
         #[command(flatten)]
@@ -303,9 +304,35 @@ pub enum EndpointCommand {
         /// Remove every DNS server.
         #[arg(long, conflicts_with = "dns_servers")]
         no_dns_servers: bool,
+        /// The client CA's private key, PEM file (PKCS#8, PKCS#1 or SEC1; must belong to a
+        /// certificate of the client CA): the self-service portal then issues users short-lived
+        /// client certificates. Never shown again; "" removes it.
+        #[arg(long, value_name = "FILE", conflicts_with = "remove_client_ca_key")]
+        client_ca_key: Option<String>,
+        /// Remove the client CA's private key (the portal stops issuing certificates).
+        #[arg(long)]
+        remove_client_ca_key: bool,
         /// Settings.
         #[command(flatten)]
         settings: EndpointSettings,
+    },
+    /// Ends a user's access: revokes the client certificates the self-service portal issued
+    /// them (a new CRL, signed with the endpoint's client CA key) and terminates their
+    /// connections.
+    RevokeUser {
+        /// The endpoint, cvpn-endpoint-….
+        endpoint_id: String,
+        /// The user.
+        #[arg(long, value_name = "NAME")]
+        username: String,
+    },
+    /// Lists the client certificates the self-service portal issued.
+    Certificates {
+        /// The endpoint, cvpn-endpoint-….
+        endpoint_id: String,
+        /// Only this user's.
+        #[arg(long, value_name = "NAME")]
+        username: Option<String>,
     },
     /// Deletes an endpoint (disassociate its target networks first).
     Delete {
@@ -898,9 +925,26 @@ async fn endpoint(c: EndpointCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
             server_cert,
             server_key,
             no_dns_servers,
+            client_ca_key,
+            remove_client_ca_key,
             settings,
         } => {
             let mut m = Map::new();
+            match client_ca_key {
+                Some(p) if p.is_empty() => {
+                    m.insert("client-ca-key".into(), json!(""));
+                }
+                Some(p) => {
+                    m.insert(
+                        "client-ca-key".into(),
+                        json!(read_file(Path::new(&p), "client CA key")?),
+                    );
+                }
+                None if remove_client_ca_key => {
+                    m.insert("client-ca-key".into(), json!(""));
+                }
+                None => {}
+            }
             if let Some(p) = server_cert {
                 m.insert(
                     "server-certificate".into(),
@@ -958,6 +1002,62 @@ async fn endpoint(c: EndpointCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
                     ));
                 }
                 s
+            })
+        }
+        EndpointCommand::RevokeUser {
+            endpoint_id,
+            username,
+        } => {
+            let mut m = Map::new();
+            m.insert("username".into(), json!(username));
+            let reply = cx
+                .send_json(
+                    Method::POST,
+                    format!("{}/revoke-user", ep_path(&endpoint_id)),
+                    m,
+                )
+                .await?;
+            cx.show(&reply, |r: RevokeUserResult| {
+                let mut s = format!("{}\n", r.message);
+                for serial in &r.revoked_serials {
+                    s.push_str(&format!("revoked {serial}\n"));
+                }
+                for c in &r.connection_statuses {
+                    s.push_str(&format!("terminating {}\n", c.connection_id));
+                }
+                s
+            })
+        }
+        EndpointCommand::Certificates {
+            endpoint_id,
+            username,
+        } => {
+            let path = with_query(
+                format!("{}/issued-certificates", ep_path(&endpoint_id)),
+                &[("username", username.as_deref())],
+            );
+            let reply = cx.get(path).await?;
+            cx.show(&reply, |l: IssuedCertificateList| {
+                let mut t = Table::new(&[
+                    "SERIAL",
+                    "USERNAME",
+                    "STATUS",
+                    "ISSUED",
+                    "NOT AFTER",
+                    "REVOKED",
+                ]);
+                for c in l.issued_certificates {
+                    t.row(vec![
+                        c.serial,
+                        c.username,
+                        c.status,
+                        c.issue_time.to_string(),
+                        c.not_after.to_string(),
+                        c.revocation_time
+                            .map_or_else(|| "-".to_string(), |t| t.to_string()),
+                    ]);
+                }
+                t.render()
             })
         }
         EndpointCommand::Describe { endpoint_ids } => {
@@ -1028,6 +1128,13 @@ fn endpoint_table(list: &[Endpoint]) -> String {
             out.push_str(&format!(
                 "{}: self-service portal: {url}\n",
                 e.client_vpn_endpoint_id
+            ));
+        }
+        // Only where the portal is in play (JSON always has both fields).
+        if e.self_service_portal || e.client_ca_key_set || e.self_service_portal_downloads > 0 {
+            out.push_str(&format!(
+                "{}: client-ca-key-set: {}, self-service-portal-downloads: {}\n",
+                e.client_vpn_endpoint_id, e.client_ca_key_set, e.self_service_portal_downloads
             ));
         }
     }

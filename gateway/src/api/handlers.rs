@@ -37,12 +37,7 @@ fn policy_changed(state: &ApiState, endpoint_id: &str) {
 }
 
 fn terminate(state: &ApiState, endpoint_id: &str, ids: Vec<String>) {
-    if !ids.is_empty() {
-        state.emit(ControlEvent::Terminate {
-            endpoint_id: endpoint_id.to_string(),
-            connection_ids: ids,
-        });
-    }
+    super::actions::send_terminate(state, endpoint_id, ids);
 }
 
 fn status_changed(
@@ -387,15 +382,7 @@ pub(super) async fn terminate_connections(
         TerminateTarget::Username(u) => Some(u.clone()),
         TerminateTarget::ConnectionId(_) => None,
     };
-    let id2 = id.clone();
-    let statuses = state
-        .blocking(move |s| s.terminate_connections(&id2, &target))
-        .await?;
-    terminate(
-        &state,
-        &id,
-        statuses.iter().map(|c| c.connection_id.clone()).collect(),
-    );
+    let statuses = super::actions::terminate(&state, &id, target).await?;
     ok(TerminateResult {
         client_vpn_endpoint_id: id,
         username,
@@ -505,6 +492,34 @@ pub(super) async fn export_crl(
     ok(CrlExport {
         client_vpn_endpoint_id: id,
         certificate_revocation_list: crl,
+    })
+}
+
+// ---- the self-service portal's certificates -----------------------------------------------------
+
+pub(super) async fn revoke_user(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+    body: Body,
+) -> Answer {
+    q.finish(&[])?;
+    let req: RevokeUserRequest = body.parse_for_endpoint(&id)?;
+    ok(super::actions::revoke_user(&state, &id, &req.username).await?)
+}
+
+pub(super) async fn issued_certificates(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    mut q: QueryParams,
+) -> Answer {
+    const USER: &str = "username";
+    let username = q.take(USER)?;
+    q.finish(&[USER])?;
+    let issued_certificates =
+        super::actions::issued_certificates(&state, &id, username.as_deref()).await?;
+    ok(IssuedCertificateList {
+        issued_certificates,
     })
 }
 

@@ -18,6 +18,8 @@
 //! | `POST /v1/endpoints/{id}/connections/terminate` | terminate by connection id or username |
 //! | `GET /v1/endpoints/{id}/client-config` | export the OpenVPN client profile (text) |
 //! | `PUT`, `GET /v1/endpoints/{id}/crl` | import, export the CRL |
+//! | `POST /v1/endpoints/{id}/revoke-user` | end a user's access: revoke the certificates the self-service portal issued them (new CRL), terminate their connections |
+//! | `GET /v1/endpoints/{id}/issued-certificates[?username=U]` | the certificates the self-service portal issued |
 //! | `POST`, `GET /v1/directories` | create, describe directories (LDAP / Active Directory) |
 //! | `GET`, `PATCH`, `DELETE /v1/directories/{id}` | describe, modify, delete one (id or name) |
 //! | `POST`, `GET /v1/directories/{id}/mfa-enrollments` | enrol a user for TOTP (the secret is shown once), list enrolled users |
@@ -49,6 +51,7 @@
 //! [`serve_unix`] (the default, `/run/cvpn/api.sock`, mode 0600) and [`serve_tls`] (TCP with
 //! rustls and a bearer token); see [`serve`].
 
+pub mod actions;
 mod handlers;
 pub(crate) mod profile;
 pub mod serve;
@@ -70,6 +73,10 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::storage::{codes, ApiError, EndpointStatus, Store};
 
+pub use actions::{
+    issue_portal_certificate, issued_certificates, record_portal_download, revoke_user,
+    send_terminate, terminate, terminate_connection,
+};
 pub use profile::{render_client_profile, ClientProfile};
 pub use serve::{
     bind_unix, serve_tls, serve_tls_listener, serve_unix, serve_unix_listener, ServeError,
@@ -363,6 +370,12 @@ fn table() -> Vec<(RouteSpec, MethodFilter, Handler)> {
         ),
         op!(PUT, "/v1/endpoints/{id}/crl", h::import_crl),
         op!(GET, "/v1/endpoints/{id}/crl", h::export_crl),
+        op!(POST, "/v1/endpoints/{id}/revoke-user", h::revoke_user),
+        op!(
+            GET,
+            "/v1/endpoints/{id}/issued-certificates",
+            h::issued_certificates
+        ),
         op!(POST, "/v1/directories", h::create_directory),
         op!(GET, "/v1/directories", h::describe_directories),
         op!(GET, "/v1/directories/{id}", h::describe_directory),

@@ -916,6 +916,8 @@ fn api_profile_ca_comes_from_the_server_chain_or_a_self_signed_certificate() {
         tags: vec![],
         policy_revision: 0,
         crl_entries: 0,
+        client_ca_key_set: false,
+        self_service_portal_downloads: 0,
         listener: None,
     };
     let ciphers = vec!["AES-256-GCM".to_string()];
@@ -995,6 +997,218 @@ fn api_crl_import_export_round_trip() {
     // Not a CRL.
     let (_, c, m) = refused(d.raw(Method::PUT, &path, "text/plain", &d.pki.ca_pem));
     assert_eq!(c, codes::INVALID_PARAMETER_VALUE, "{m}");
+}
+
+// ---- the self-service portal's certificates -----------------------------------------------------
+
+#[test]
+fn api_client_ca_key_is_write_only_and_revoke_user_revokes_and_terminates() {
+    let mut d = Daemon::start();
+    let eid = d.endpoint();
+    let base = format!("/v1/endpoints/{eid}");
+    d.json(
+        Method::POST,
+        &format!("{base}/target-networks"),
+        Some(json!({"target-network-id": "lo"})),
+    )
+    .unwrap();
+    let ca_key = d.pki.issuer.key().serialize_pem();
+    let ep = d.json(Method::GET, &base, None).unwrap();
+    assert_eq!(ep["client-ca-key-set"], false);
+    assert_eq!(ep["self-service-portal-downloads"], 0);
+    // A key of another certificate is refused.
+    let other = KeyPair::generate().unwrap().serialize_pem();
+    let (s, c, m) = refused(d.json(Method::PATCH, &base, Some(json!({"client-ca-key": other}))));
+    assert_eq!(
+        (s, c.as_str()),
+        (400, codes::INVALID_PARAMETER_COMBINATION),
+        "{m}"
+    );
+    let r = d
+        .json(Method::PATCH, &base, Some(json!({"client-ca-key": ca_key})))
+        .unwrap();
+    assert_eq!(r["changed"], json!(["client-ca-key"]));
+    assert_eq!(r["endpoint"]["client-ca-key-set"], true);
+    let text = String::from_utf8(
+        d.call(ApiRequest::new(Method::GET, base.clone()))
+            .unwrap()
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+
+    // The portal issues alice two certificates; she has two connections, bob one.
+    let state = ApiState::new(Arc::clone(&d.store), unbounded_channel().0);
+    let hour = std::time::Duration::from_secs(3600);
+    let a1 = block_on(crate::api::issue_portal_certificate(
+        &state, &eid, "alice", hour,
+    ))
+    .unwrap();
+    let a2 = block_on(crate::api::issue_portal_certificate(
+        &state, &eid, "alice", hour,
+    ))
+    .unwrap();
+    let b = block_on(crate::api::issue_portal_certificate(
+        &state, &eid, "bob", hour,
+    ))
+    .unwrap();
+    assert_eq!(
+        block_on(crate::api::record_portal_download(&state, &eid)).unwrap(),
+        1
+    );
+    let c1 = d.connect(&eid, "alice", 2);
+    let c2 = d.connect(&eid, "alice", 3);
+    let _bob = d.connect(&eid, "bob", 4);
+    d.drain_events();
+
+    let l: IssuedCertificateList = d
+        .call(ApiRequest::new(
+            Method::GET,
+            format!("{base}/issued-certificates?username=alice"),
+        ))
+        .unwrap()
+        .decode()
+        .unwrap();
+    // Oldest first (same second: by serial).
+    let mut want = vec![a1.serial_hex.clone(), a2.serial_hex.clone()];
+    want.sort();
+    assert_eq!(
+        l.issued_certificates
+            .iter()
+            .map(|c| c.serial.clone())
+            .collect::<Vec<_>>(),
+        want
+    );
+    assert_eq!(l.issued_certificates.len(), 2);
+    assert!(l.issued_certificates.iter().all(|c| c.status == "valid"));
+
+    let r: RevokeUserResult = d
+        .call(
+            ApiRequest::new(Method::POST, format!("{base}/revoke-user"))
+                .json(&json!({"username": "alice"})),
+        )
+        .unwrap()
+        .decode()
+        .unwrap();
+    let mut revoked = r.revoked_serials.clone();
+    revoked.sort();
+    let mut want = vec![a1.serial_hex.clone(), a2.serial_hex.clone()];
+    want.sort();
+    assert_eq!(revoked, want);
+    assert_eq!(
+        r.connection_statuses
+            .iter()
+            .map(|c| c.connection_id.clone())
+            .collect::<Vec<_>>(),
+        vec![c1.clone(), c2.clone()]
+    );
+    assert!(
+        r.message.contains("revoked 2 certificate(s)"),
+        "{}",
+        r.message
+    );
+    // The daemon is told to load the new CRL (ending those certificates' sessions) and to
+    // terminate alice's connections.
+    assert_eq!(
+        d.drain_events(),
+        vec![
+            ControlEvent::CrlChanged {
+                endpoint_id: eid.clone(),
+                revoked_serials: r.revoked_serials.clone(),
+            },
+            ControlEvent::Terminate {
+                endpoint_id: eid.clone(),
+                connection_ids: vec![c1.clone(), c2.clone()],
+            },
+        ]
+    );
+    let crl: CrlExport = d
+        .call(ApiRequest::new(Method::GET, format!("{base}/crl")))
+        .unwrap()
+        .decode()
+        .unwrap();
+    let listed = crate::model::validate::crl(
+        "crl",
+        &crl.certificate_revocation_list.unwrap(),
+        &d.pki.ca_pem,
+        100,
+    )
+    .unwrap()
+    .revoked_serials;
+    assert!(!listed.contains(&b.serial_hex));
+    assert_eq!(listed.len(), 2);
+
+    // Once the daemon has ended them, again: nothing left to do, said so, no event.
+    for c in [&c1, &c2] {
+        d.store.end_connection(c, Default::default()).unwrap();
+    }
+    let r = d
+        .json(
+            Method::POST,
+            &format!("{base}/revoke-user"),
+            Some(json!({"username": "alice"})),
+        )
+        .unwrap();
+    assert_eq!(r["revoked-serials"], json!([]));
+    assert!(
+        r["message"].as_str().unwrap().contains("nothing to do"),
+        "{r}"
+    );
+    assert_eq!(d.drain_events(), vec![]);
+    // Bad requests.
+    let (_, c, _) = refused(d.json(
+        Method::POST,
+        &format!("{base}/revoke-user"),
+        Some(json!({})),
+    ));
+    assert_eq!(c, codes::MISSING_PARAMETER);
+    let (_, c, _) = refused(d.json(
+        Method::POST,
+        &format!("{base}/revoke-user"),
+        Some(json!({"username": "alice", "serial": "01"})),
+    ));
+    assert_eq!(c, codes::INVALID_PARAMETER_VALUE);
+    let (_, c, _) = refused(d.json(
+        Method::GET,
+        &format!("{base}/issued-certificates?user=alice"),
+        None,
+    ));
+    assert_eq!(c, codes::INVALID_PARAMETER_VALUE);
+    let ep = d.json(Method::GET, &base, None).unwrap();
+    assert_eq!(ep["self-service-portal-downloads"], 1);
+}
+
+#[test]
+fn api_terminate_connection_for_the_portal_sends_the_event() {
+    let d = Daemon::start();
+    let eid = d.endpoint();
+    d.json(
+        Method::POST,
+        &format!("/v1/endpoints/{eid}/target-networks"),
+        Some(json!({"target-network-id": "lo"})),
+    )
+    .unwrap();
+    let c = d.connect(&eid, "alice", 2);
+    let (tx, mut rx) = unbounded_channel();
+    let state = ApiState::new(Arc::clone(&d.store), tx);
+    let s = block_on(crate::api::terminate_connection(&state, &eid, &c)).unwrap();
+    assert_eq!(s[0].connection_id, c);
+    assert_eq!(
+        rx.try_recv().unwrap(),
+        ControlEvent::Terminate {
+            endpoint_id: eid.clone(),
+            connection_ids: vec![c.clone()],
+        }
+    );
+    // Not a connection of this endpoint.
+    let e = block_on(crate::api::terminate_connection(
+        &state,
+        &eid,
+        "cvpn-connection-00000000000000000",
+    ))
+    .unwrap_err();
+    assert_eq!(e.code, codes::CONNECTION_NOT_FOUND, "{e:?}");
 }
 
 // ---- serving ------------------------------------------------------------------------------------

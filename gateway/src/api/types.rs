@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    AuthorizationRule, Connection, Endpoint, Route, TargetNetwork, TerminatedConnection,
+    AuthorizationRule, Connection, Endpoint, PortalCertificate, Route, TargetNetwork,
+    TerminatedConnection,
 };
 
 /// `GET /v1/endpoints`.
@@ -107,4 +108,39 @@ pub struct ClientConfigExport {
     pub client_vpn_endpoint_id: String,
     /// The OpenVPN client profile.
     pub client_configuration: String,
+}
+
+/// `POST /v1/endpoints/{id}/revoke-user`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RevokeUserRequest {
+    /// The endpoint (taken from the path; a body may repeat it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_vpn_endpoint_id: Option<String>,
+    /// The user whose access ends.
+    pub username: String,
+}
+
+/// The answer to a revoke-user call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RevokeUserResult {
+    /// The endpoint.
+    pub client_vpn_endpoint_id: String,
+    /// The user.
+    pub username: String,
+    /// Serials of the portal-issued certificates newly revoked (the endpoint's CRL lists them).
+    pub revoked_serials: Vec<String>,
+    /// The user's connections being terminated.
+    pub connection_statuses: Vec<TerminatedConnection>,
+    /// What was done, in words.
+    pub message: String,
+}
+
+/// `GET /v1/endpoints/{id}/issued-certificates`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct IssuedCertificateList {
+    /// The certificates, oldest first.
+    pub issued_certificates: Vec<PortalCertificate>,
 }

@@ -11,6 +11,7 @@
 //! the connection log, its [`AuthFailure::client_message`] to the client's `AUTH_FAILED`.
 
 pub mod challenge;
+pub mod issuer;
 pub mod ldap;
 pub mod oidc;
 pub mod radius;

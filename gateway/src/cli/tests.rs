@@ -977,3 +977,170 @@ fn cli_idp_create_describe_modify_delete_and_a_federated_endpoint() {
         format!("deleted {saml_id}\n")
     );
 }
+
+// ---- the self-service portal's certificates -----------------------------------------------------
+
+#[test]
+fn cli_parses_the_client_ca_key_and_revoke_user_commands() {
+    let parse = |args: &[&str]| CliArgs::try_parse_from(args.iter().copied());
+    let a = parse(&[
+        "cvpn",
+        "endpoint",
+        "modify",
+        "e",
+        "--client-ca-key",
+        "ca.key",
+    ])
+    .unwrap();
+    let ResourceCommand::Endpoint {
+        action:
+            EndpointCommand::Modify {
+                client_ca_key,
+                remove_client_ca_key,
+                ..
+            },
+        ..
+    } = a.command
+    else {
+        panic!()
+    };
+    assert_eq!(client_ca_key.as_deref(), Some("ca.key"));
+    assert!(!remove_client_ca_key);
+    assert!(parse(&["cvpn", "endpoint", "modify", "e", "--client-ca-key", ""]).is_ok());
+    assert!(parse(&["cvpn", "endpoint", "modify", "e", "--remove-client-ca-key"]).is_ok());
+    assert!(parse(&[
+        "cvpn",
+        "endpoint",
+        "modify",
+        "e",
+        "--remove-client-ca-key",
+        "--client-ca-key",
+        "k"
+    ])
+    .is_err());
+    let a = parse(&[
+        "cvpn",
+        "endpoint",
+        "revoke-user",
+        "e",
+        "--username",
+        "alice",
+    ])
+    .unwrap();
+    let ResourceCommand::Endpoint {
+        action:
+            EndpointCommand::RevokeUser {
+                endpoint_id,
+                username,
+            },
+        ..
+    } = a.command
+    else {
+        panic!()
+    };
+    assert_eq!((endpoint_id.as_str(), username.as_str()), ("e", "alice"));
+    assert!(parse(&["cvpn", "endpoint", "revoke-user", "e"]).is_err());
+    let a = parse(&["cvpn", "endpoint", "certificates", "e", "--username", "bob"]).unwrap();
+    assert!(matches!(
+        a.command,
+        ResourceCommand::Endpoint {
+            action: EndpointCommand::Certificates { username: Some(ref u), .. },
+            ..
+        } if u == "bob"
+    ));
+    assert!(parse(&["cvpn", "endpoint", "certificates", "e"]).is_ok());
+}
+
+#[test]
+fn cli_sets_the_client_ca_key_revokes_a_user_and_lists_certificates() {
+    let mut d = Daemon::start();
+    let eid = create(&d, &["-o", "json"]).json()["client-vpn-endpoint-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = TempDir::new("cli-ca-key");
+    let key = dir.write("ca.key", &d.pki.issuer.key().serialize_pem());
+    let key = key.display().to_string();
+    let r = cvpn(&d, &["endpoint", "modify", &eid, "--client-ca-key", &key]);
+    assert!(r.ok().contains("changed: client-ca-key"), "{}", r.out);
+    assert!(r.ok().contains("client-ca-key-set: true"), "{}", r.out);
+    let j = cvpn(&d, &["endpoint", "describe", &eid, "-o", "json"]).json();
+    assert_eq!(j["client-vpn-endpoints"][0]["client-ca-key-set"], true);
+    assert_eq!(
+        j["client-vpn-endpoints"][0]["self-service-portal-downloads"],
+        0
+    );
+    assert!(!cvpn(&d, &["endpoint", "describe", &eid, "-o", "json"])
+        .ok()
+        .contains("PRIVATE KEY"));
+
+    let c = d
+        .store
+        .issue_portal_certificate(&eid, "alice", std::time::Duration::from_secs(3600))
+        .unwrap();
+    let r = cvpn(
+        &d,
+        &["endpoint", "certificates", &eid, "--username", "alice"],
+    );
+    assert!(
+        r.ok().contains(&c.serial_hex) && r.ok().contains("valid"),
+        "{}",
+        r.out
+    );
+    d.drain_events();
+    let r = cvpn(
+        &d,
+        &["endpoint", "revoke-user", &eid, "--username", "alice"],
+    );
+    assert!(
+        r.ok().contains(&format!("revoked {}", c.serial_hex)),
+        "{}",
+        r.out
+    );
+    assert_eq!(
+        d.drain_events(),
+        vec![ControlEvent::CrlChanged {
+            endpoint_id: eid.clone(),
+            revoked_serials: vec![c.serial_hex.clone()],
+        }]
+    );
+    let j = cvpn(&d, &["endpoint", "certificates", &eid, "-o", "json"]).json();
+    assert_eq!(j["issued-certificates"][0]["status"], "revoked");
+    let r = cvpn(
+        &d,
+        &["endpoint", "revoke-user", &eid, "--username", "alice"],
+    );
+    assert!(r.ok().contains("nothing to do"), "{}", r.out);
+
+    let r = cvpn(
+        &d,
+        &[
+            "endpoint",
+            "modify",
+            &eid,
+            "--remove-client-ca-key",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(
+        r.json()["endpoint"]["client-ca-key-set"],
+        false,
+        "{}",
+        r.out
+    );
+    // A key that is not the CA's: the API's refusal, exit 1.
+    let other = dir.write("other.key", &d.pki.server_key);
+    let r = cvpn(
+        &d,
+        &[
+            "endpoint",
+            "modify",
+            &eid,
+            "--client-ca-key",
+            &other.display().to_string(),
+        ],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.err.contains("client-ca-key does not match"), "{}", r.err);
+}

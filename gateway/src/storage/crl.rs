@@ -6,8 +6,12 @@ impl Store {
     /// Imports (replaces) an endpoint's certificate revocation list: PEM, one or more
     /// `X509 CRL` blocks issued by the endpoint's client CA, at most the quota of entries.
     /// Returns the revoked serials: the daemon terminates their sessions.
+    ///
+    /// When the endpoint holds its client CA key and the self-service portal revoked
+    /// certificates the given list lacks, they are kept: the list is signed again with them
+    /// (see `issued_certificates.rs`), and that is what is stored and summarised.
     pub fn import_crl(&self, endpoint_id: &str, pem: &str) -> Result<CrlSummary, ApiError> {
-        self.write(|db, _now| {
+        self.write(|db, now| {
             load_live_endpoint(db, endpoint_id)?;
             let (ca, idp): (String, Option<String>) = db
                 .prepare_cached("SELECT client_ca_pem, idp_id FROM endpoints WHERE id = ?1")?
@@ -27,18 +31,19 @@ impl Store {
                     ),
                 }));
             }
-            let parsed = validate::crl(
+            validate::crl(
                 "certificate-revocation-list",
                 pem,
                 &ca,
                 self.quotas.crl_entries,
             )?;
-            db.prepare_cached("UPDATE endpoints SET crl_pem = ?2, crl_entries = ?3 WHERE id = ?1")?
-                .execute(params![
-                    endpoint_id,
-                    pem,
-                    i64::try_from(parsed.revoked_serials.len()).unwrap_or(i64::MAX)
-                ])?;
+            let merged = issued_certificates::with_portal_revocations(db, endpoint_id, pem, now)?;
+            let parsed = issued_certificates::store_crl(
+                db,
+                endpoint_id,
+                merged.as_deref().unwrap_or(pem),
+                self.quotas.crl_entries,
+            )?;
             Ok(CrlSummary {
                 client_vpn_endpoint_id: endpoint_id.to_string(),
                 crls: parsed.crls,

@@ -246,6 +246,12 @@ impl Store {
                 Some(t) => validate::tags("tags", t)?,
             };
             mark(EndpointField::Tags, tags != cur.tags);
+            let cur_ca_key = issued_certificates::stored_ca_key(db, id)?;
+            let ca_key = match &req.client_ca_key {
+                None => cur_ca_key.clone(),
+                Some(k) => issued_certificates::checked_ca_key(db, id, Some(k))?,
+            };
+            mark(EndpointField::ClientCaKey, ca_key != cur_ca_key);
 
             if changed.is_empty() {
                 return Ok(ModifyEndpointResult {
@@ -280,6 +286,10 @@ impl Store {
             ])?;
             if tags != cur.tags {
                 write_tags(db, id, &tags)?;
+            }
+            if ca_key != cur_ca_key {
+                db.prepare_cached("UPDATE endpoints SET client_ca_key_pem = ?2 WHERE id = ?1")?
+                    .execute(params![id, ca_key])?;
             }
             Ok(ModifyEndpointResult {
                 endpoint: load_endpoint(db, id)?,
@@ -319,8 +329,8 @@ impl Store {
     }
 
     /// Finishes deleting a `deleting` endpoint: its rules, routes, associations, connections
-    /// and tags are removed and its private key and CRL erased; the endpoint stays visible as
-    /// `deleted` for the retention period.
+    /// and tags are removed and its private keys (server, client CA) and CRL erased; the
+    /// endpoint stays visible as `deleted` for the retention period.
     pub fn finish_endpoint_deletion(&self, id: &str) -> Result<DeleteEndpointResult, ApiError> {
         self.write(|db, now| {
             let ep = load_endpoint(db, id)?;
@@ -348,7 +358,7 @@ impl Store {
             }
             db.prepare_cached(
                 "UPDATE endpoints SET state = 'deleted', deleted_at = ?2, server_key_pem = '', \
-                 crl_pem = NULL, crl_entries = 0 WHERE id = ?1",
+                 crl_pem = NULL, crl_entries = 0, client_ca_key_pem = NULL WHERE id = ?1",
             )?
             .execute(params![id, now.0])?;
             Ok(DeleteEndpointResult {

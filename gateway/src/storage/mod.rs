@@ -8,7 +8,8 @@
 //! (`write`, `read`), maps rows to the model's types and prunes; each resource's
 //! calls are an `impl Store` block of their own: `endpoints.rs`, `networks.rs` (target network
 //! associations), `routes.rs`, `rules.rs` (authorization rules), `policy_view.rs` (what the data
-//! plane is told), `connections.rs`, `crl.rs`, `directories.rs`, `identity_providers.rs`. `apply.rs` imports an endpoint file; the
+//! plane is told), `connections.rs`, `crl.rs`, `directories.rs`, `identity_providers.rs`,
+//! `issued_certificates.rs` (the client CA key, the portal's certificates and downloads). `apply.rs` imports an endpoint file; the
 //! resource types and validation rules are the model's ([`crate::model`]).
 //!
 //! # Durability
@@ -55,6 +56,7 @@ mod directories;
 mod endpoints;
 pub mod error;
 mod identity_providers;
+mod issued_certificates;
 mod networks;
 mod policy_view;
 mod routes;
@@ -82,8 +84,11 @@ use rusqlite::{params, Connection as Db, OptionalExtension, Row, TransactionBeha
 
 use crate::model::policy::{self, Policy, TargetSpec};
 
+/// re-export: the type lives in auth::issuer (what the portal hands a user).
+pub use crate::auth::issuer::IssuedCertificate;
 pub use apply::{apply_endpoint_config, config_key, ApplyReport, APPLIED_TAG_KEY};
 pub use error::{codes, ApiError};
+pub use issued_certificates::{MAX_PORTAL_CERTIFICATE_LIFETIME, SIGNED_CRL_VALIDITY};
 // re-export: the types live in model
 pub use crate::model::{ids::*, resources::*};
 
@@ -230,7 +235,8 @@ const ENDPOINT_COLS: &str = "id, state, client_cidr, transport, vpn_port, split_
     dns_servers, session_timeout_hours, disconnect_on_session_timeout, banner_enabled, \
     banner_text, connect_enabled, connect_handler, log_enabled, log_stdout, self_service_portal, \
     description, server_cert_pem, client_ca_pem, crl_entries, policy_revision, created_at, \
-    deleted_at, directory_id, idp_id";
+    deleted_at, directory_id, idp_id, client_ca_key_pem IS NOT NULL, \
+    (SELECT count FROM portal_downloads d WHERE d.endpoint_id = endpoints.id)";
 
 fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
     let dns: String = r.get(6)?;
@@ -272,6 +278,10 @@ fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
         server_certificate: r.get(17)?,
         authentication_options: authentication_options(r.get(18)?, r.get(23)?, r.get(24)?),
         crl_entries: u64_col(r, 19)?,
+        client_ca_key_set: r.get(25)?,
+        self_service_portal_downloads: r
+            .get::<_, Option<i64>>(26)?
+            .map_or(0, |n| u64::try_from(n).unwrap_or(0)),
         policy_revision: u64_col(r, 20)?,
         creation_time: ts(r, 21)?,
         deletion_time: ts_opt(r, 22)?,

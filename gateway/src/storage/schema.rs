@@ -166,4 +166,26 @@ CREATE TABLE identity_providers (
 
 ALTER TABLE endpoints ADD COLUMN idp_id TEXT REFERENCES identity_providers(id);
 "#,
+    // 4: the self-service portal's certificates. An endpoint may hold its client CA's private
+    // key (never returned by describe calls; erased when the endpoint is deleted): the portal
+    // then issues users short-lived client certificates, recorded here so that removing a
+    // user's access revokes them through the endpoint's CRL. Profile downloads are counted.
+    r#"
+ALTER TABLE endpoints ADD COLUMN client_ca_key_pem TEXT;
+
+CREATE TABLE issued_certificates (
+    serial      TEXT    PRIMARY KEY NOT NULL,  -- aa:bb:… hex, the TLS layer's format
+    endpoint_id TEXT    NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    username    TEXT    NOT NULL COLLATE NOCASE,
+    issued_at   INTEGER NOT NULL,
+    not_after   INTEGER NOT NULL,
+    revoked_at  INTEGER
+) STRICT;
+CREATE INDEX issued_certificates_user ON issued_certificates(endpoint_id, username);
+
+CREATE TABLE portal_downloads (
+    endpoint_id TEXT    PRIMARY KEY NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    count       INTEGER NOT NULL
+) STRICT;
+"#,
 ];

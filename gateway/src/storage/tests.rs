@@ -3037,3 +3037,377 @@ fn apply_takes_an_identity_provider_and_the_portal() {
         assert!(e.to_string().contains(word), "{word}: {e}");
     }
 }
+
+// ---- the portal's certificates ------------------------------------------------------------------
+
+impl Fx {
+    fn ca_key(&self) -> String {
+        self.pki.issuer.key().serialize_pem()
+    }
+
+    /// The serials the endpoint's stored CRL lists.
+    fn crl_serials(&self, eid: &str) -> Vec<String> {
+        match self.store.export_crl(eid).unwrap() {
+            None => vec![],
+            Some(pem) => {
+                validate::crl("crl", &pem, &self.pki.ca_pem, 1000)
+                    .unwrap()
+                    .revoked_serials
+            }
+        }
+    }
+}
+
+#[test]
+fn client_ca_key_is_checked_write_only_and_erased_with_the_endpoint() {
+    let fx = Fx::new();
+    let eid = fx.endpoint();
+    let ep = fx.store.describe_endpoint(&eid).unwrap();
+    assert!(!ep.client_ca_key_set);
+    assert_eq!(fx.store.client_ca_key(&eid).unwrap(), None);
+    // Another key than the CA's: refused, naming the field.
+    let e = fx
+        .store
+        .set_client_ca_key(&eid, Some(&fx.pki.other_key))
+        .unwrap_err();
+    assert_eq!(e.code, codes::INVALID_PARAMETER_COMBINATION);
+    assert!(e.message.contains("client-ca-key does not match"), "{e:?}");
+    assert_eq!(
+        fx.store
+            .set_client_ca_key(&eid, Some("not a key"))
+            .unwrap_err()
+            .code,
+        codes::INVALID_PARAMETER_VALUE
+    );
+    let ep = fx
+        .store
+        .set_client_ca_key(&eid, Some(&fx.ca_key()))
+        .unwrap();
+    assert!(ep.client_ca_key_set);
+    assert_eq!(fx.store.client_ca_key(&eid).unwrap(), Some(fx.ca_key()));
+    // Never in what describe calls return.
+    let json = serde_json::to_string(&fx.store.describe_endpoints(&[]).unwrap()).unwrap();
+    assert!(!json.contains("PRIVATE KEY"), "{json}");
+    assert!(json.contains("\"client-ca-key-set\":true"), "{json}");
+    // Removed with None or "" (modify's field too).
+    assert!(
+        !fx.store
+            .set_client_ca_key(&eid, None)
+            .unwrap()
+            .client_ca_key_set
+    );
+    let res = fx
+        .store
+        .modify_endpoint(
+            &eid,
+            &ModifyEndpointRequest {
+                client_ca_key: Some(fx.ca_key()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(res.changed, vec![EndpointField::ClientCaKey]);
+    assert!(res.endpoint.client_ca_key_set);
+    let again = ModifyEndpointRequest {
+        client_ca_key: Some(fx.ca_key()),
+        ..Default::default()
+    };
+    assert!(fx
+        .store
+        .modify_endpoint(&eid, &again)
+        .unwrap()
+        .changed
+        .is_empty());
+    let e = fx
+        .store
+        .modify_endpoint(
+            &eid,
+            &ModifyEndpointRequest {
+                client_ca_key: Some(fx.pki.other_key.clone()),
+                description: Some("not written".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.code, codes::INVALID_PARAMETER_COMBINATION);
+    assert_eq!(fx.store.describe_endpoint(&eid).unwrap().description, None);
+    let res = fx
+        .store
+        .modify_endpoint(
+            &eid,
+            &ModifyEndpointRequest {
+                client_ca_key: Some(String::new()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(res.changed, vec![EndpointField::ClientCaKey]);
+    assert!(!res.endpoint.client_ca_key_set);
+    // Deleting the endpoint erases the key.
+    fx.store
+        .set_client_ca_key(&eid, Some(&fx.ca_key()))
+        .unwrap();
+    fx.store.delete_endpoint(&eid).unwrap();
+    fx.store.finish_endpoint_deletion(&eid).unwrap();
+    assert_eq!(fx.store.client_ca_key(&eid).unwrap(), None);
+    assert!(!fx.store.describe_endpoint(&eid).unwrap().client_ca_key_set);
+}
+
+#[test]
+fn client_ca_key_is_refused_on_endpoints_without_a_client_ca() {
+    let fx = Fx::new();
+    let d = fx.store.create_directory(&directory_req("corp")).unwrap();
+    let eid = fx
+        .store
+        .create_endpoint(&CreateEndpointRequest {
+            authentication_options: vec![AuthenticationOption::DirectoryServiceAuthentication {
+                directory_id: d.directory_id.clone(),
+            }],
+            ..fx.pki.create()
+        })
+        .unwrap()
+        .client_vpn_endpoint_id;
+    let e = fx
+        .store
+        .set_client_ca_key(&eid, Some(&fx.ca_key()))
+        .unwrap_err();
+    assert_eq!(e.code, codes::INCORRECT_STATE);
+    assert!(e.message.contains("has no client CA"), "{e:?}");
+    // Removing nothing is fine.
+    fx.store.set_client_ca_key(&eid, None).unwrap();
+    let e = fx
+        .store
+        .issue_portal_certificate(&eid, "alice", std::time::Duration::from_secs(3600))
+        .unwrap_err();
+    assert_eq!(e.code, codes::INCORRECT_STATE);
+}
+
+#[test]
+fn portal_certificates_need_the_ca_key_and_are_recorded() {
+    let fx = Fx::new();
+    let eid = fx.endpoint();
+    let hour = std::time::Duration::from_secs(3600);
+    // No key: refused, saying what to do.
+    let e = fx
+        .store
+        .issue_portal_certificate(&eid, "alice", hour)
+        .unwrap_err();
+    assert_eq!(e.code, codes::INCORRECT_STATE);
+    assert!(e.message.contains("holds no client CA key"), "{e:?}");
+    assert!(e.message.contains("--client-ca-key"), "{e:?}");
+    assert!(fx.store.issued_certificates(&eid, None).unwrap().is_empty());
+
+    fx.store
+        .set_client_ca_key(&eid, Some(&fx.ca_key()))
+        .unwrap();
+    let a = fx
+        .store
+        .issue_portal_certificate(&eid, "alice", hour)
+        .unwrap();
+    assert_eq!(a.not_after, Timestamp(T0 + 3600));
+    assert_eq!(a.common_name, "alice");
+    // The endpoint's TLS layer reads it as issued.
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(a.cert_pem.as_bytes()).unwrap();
+    let id = crate::protocol::tls::client_identity(&der).unwrap();
+    assert_eq!(
+        (id.common_name.as_str(), id.serial.as_str()),
+        ("alice", a.serial_hex.as_str())
+    );
+    fx.advance(10);
+    let b = fx
+        .store
+        .issue_portal_certificate(&eid, "bob", hour)
+        .unwrap();
+    let list = fx.store.issued_certificates(&eid, None).unwrap();
+    assert_eq!(
+        list.iter().map(|c| c.serial.as_str()).collect::<Vec<_>>(),
+        vec![a.serial_hex.as_str(), b.serial_hex.as_str()]
+    );
+    assert_eq!(list[0].username, "alice");
+    assert_eq!(list[0].issue_time, Timestamp(T0));
+    assert_eq!(list[0].status, "valid");
+    assert_eq!(list[0].revocation_time, None);
+    let bobs = fx.store.issued_certificates(&eid, Some("BOB")).unwrap();
+    assert_eq!(bobs.len(), 1, "user names compare case-insensitively");
+    assert_eq!(bobs[0].serial, b.serial_hex);
+    // Expiry shows.
+    fx.advance(3600);
+    assert_eq!(
+        fx.store.issued_certificates(&eid, Some("alice")).unwrap()[0].status,
+        "expired"
+    );
+    // Lifetimes are bounded; unknown endpoints are not found.
+    for bad in [
+        std::time::Duration::ZERO,
+        MAX_PORTAL_CERTIFICATE_LIFETIME * 2,
+    ] {
+        assert_eq!(
+            fx.store
+                .issue_portal_certificate(&eid, "alice", bad)
+                .unwrap_err()
+                .code,
+            codes::INVALID_PARAMETER_VALUE
+        );
+    }
+    assert_eq!(
+        fx.store
+            .issue_portal_certificate(&eid, "\n", hour)
+            .unwrap_err()
+            .code,
+        codes::INVALID_PARAMETER_VALUE
+    );
+    assert_eq!(
+        fx.store
+            .issue_portal_certificate("cvpn-endpoint-00000000000000000", "alice", hour)
+            .unwrap_err()
+            .code,
+        codes::ENDPOINT_NOT_FOUND
+    );
+}
+
+#[test]
+fn revoking_a_user_signs_a_crl_of_the_portal_revocations_and_keeps_other_entries() {
+    let fx = Fx::new();
+    let eid = fx.endpoint();
+    let day = std::time::Duration::from_secs(86_400);
+    // A user with nothing issued: a no-op, nothing written (no CRL appears).
+    assert_eq!(
+        fx.store.revoke_user_certificates(&eid, "nobody").unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(fx.store.export_crl(&eid).unwrap(), None);
+
+    // The administrator's own CRL (same CA) and another CA's list are kept.
+    let foreign = Pki::crl_by(&fx.pki.foreign, &[7]);
+    let ca_bundle_crl = fx.pki.crl(&[0x64]);
+    fx.store.import_crl(&eid, &ca_bundle_crl).unwrap();
+
+    fx.store
+        .set_client_ca_key(&eid, Some(&fx.ca_key()))
+        .unwrap();
+    let a1 = fx
+        .store
+        .issue_portal_certificate(&eid, "alice", day)
+        .unwrap();
+    let a2 = fx
+        .store
+        .issue_portal_certificate(&eid, "Alice", day)
+        .unwrap();
+    let b = fx.store.issue_portal_certificate(&eid, "bob", day).unwrap();
+    fx.advance(60);
+    let revoked = fx.store.revoke_user_certificates(&eid, "alice").unwrap();
+    assert_eq!(revoked.len(), 2);
+    assert!(revoked.contains(&a1.serial_hex) && revoked.contains(&a2.serial_hex));
+    let mut listed = fx.crl_serials(&eid);
+    listed.sort();
+    let mut want = vec![
+        "64".to_string(),
+        a1.serial_hex.clone(),
+        a2.serial_hex.clone(),
+    ];
+    want.sort();
+    assert_eq!(listed, want);
+    assert_eq!(fx.store.describe_endpoint(&eid).unwrap().crl_entries, 3);
+    let secrets = fx.store.endpoint_secrets(&eid).unwrap();
+    assert_eq!(secrets.crl_pem, fx.store.export_crl(&eid).unwrap());
+    let alice = fx.store.issued_certificates(&eid, Some("alice")).unwrap();
+    assert!(alice
+        .iter()
+        .all(|c| c.status == "revoked" && c.revocation_time == Some(Timestamp(T0 + 60))));
+    assert_eq!(
+        fx.store.issued_certificates(&eid, Some("bob")).unwrap()[0].status,
+        "valid"
+    );
+    // Again: nothing new.
+    assert!(fx
+        .store
+        .revoke_user_certificates(&eid, "alice")
+        .unwrap()
+        .is_empty());
+
+    // An import that lacks the portal's revocations keeps them (signed in again). (Another
+    // CA's list would stay a block of its own: the import accepts only the endpoint's CAs, so
+    // that is checked on the split alone.)
+    let s = fx.store.import_crl(&eid, &fx.pki.crl(&[0x65])).unwrap();
+    let mut got = s.revoked_serials.clone();
+    got.sort();
+    let mut want = vec![
+        "65".to_string(),
+        a1.serial_hex.clone(),
+        a2.serial_hex.clone(),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    let split = crate::auth::issuer::split_crl(
+        &format!("{}{foreign}", fx.store.export_crl(&eid).unwrap().unwrap()),
+        &fx.pki.ca_pem,
+        &fx.ca_key(),
+    )
+    .unwrap();
+    assert_eq!(split.others, vec![foreign.clone()]);
+
+    // Bob's revocation: his serial joins; expired portal entries drop out of the list.
+    fx.advance(86_400);
+    let b2 = fx.store.issue_portal_certificate(&eid, "bob", day).unwrap();
+    let revoked = fx.store.revoke_user_certificates(&eid, "bob").unwrap();
+    assert_eq!(
+        revoked,
+        vec![b2.serial_hex.clone()],
+        "{} expired",
+        b.serial_hex
+    );
+    let mut listed = fx.crl_serials(&eid);
+    listed.sort();
+    let mut want = vec!["65".to_string(), b2.serial_hex.clone()];
+    want.sort();
+    assert_eq!(listed, want);
+
+    // Without the key, a revocation that has something to revoke is refused, nothing changes.
+    let c = fx
+        .store
+        .issue_portal_certificate(&eid, "carol", day)
+        .unwrap();
+    fx.store.set_client_ca_key(&eid, None).unwrap();
+    let e = fx
+        .store
+        .revoke_user_certificates(&eid, "carol")
+        .unwrap_err();
+    assert_eq!(e.code, codes::INCORRECT_STATE);
+    assert!(e.message.contains(&c.serial_hex), "{e:?}");
+    assert_eq!(
+        fx.store.issued_certificates(&eid, Some("carol")).unwrap()[0].status,
+        "valid"
+    );
+}
+
+#[test]
+fn portal_downloads_are_counted() {
+    let fx = Fx::new();
+    let eid = fx.endpoint();
+    let other = fx.endpoint();
+    assert_eq!(fx.store.portal_downloads(&eid).unwrap(), 0);
+    assert_eq!(fx.store.record_portal_download(&eid).unwrap(), 1);
+    assert_eq!(fx.store.record_portal_download(&eid).unwrap(), 2);
+    assert_eq!(fx.store.portal_downloads(&eid).unwrap(), 2);
+    assert_eq!(fx.store.portal_downloads(&other).unwrap(), 0);
+    assert_eq!(
+        fx.store
+            .describe_endpoint(&eid)
+            .unwrap()
+            .self_service_portal_downloads,
+        2
+    );
+    let json = serde_json::to_string(&fx.store.describe_endpoint(&other).unwrap()).unwrap();
+    assert!(
+        json.contains("\"self-service-portal-downloads\":0"),
+        "{json}"
+    );
+    assert_eq!(
+        fx.store
+            .record_portal_download("cvpn-endpoint-00000000000000000")
+            .unwrap_err()
+            .code,
+        codes::ENDPOINT_NOT_FOUND
+    );
+}

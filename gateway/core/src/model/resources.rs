@@ -423,6 +423,14 @@ pub struct Endpoint {
     pub policy_revision: u64,
     /// Revoked certificates in the imported CRL (0 without one).
     pub crl_entries: u64,
+    /// Whether the endpoint holds its client CA's private key (write-only field
+    /// `client-ca-key` of modify): then the self-service portal issues users short-lived
+    /// client certificates, revoked through the endpoint's CRL.
+    #[serde(default)]
+    pub client_ca_key_set: bool,
+    /// Profiles downloaded from the self-service portal.
+    #[serde(default)]
+    pub self_service_portal_downloads: u64,
     /// What the running daemon's listener for this endpoint is doing; filled in by the API of
     /// a running daemon, absent otherwise (not stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -565,6 +573,10 @@ pub struct ModifyEndpointRequest {
     pub description: Option<String>,
     /// Replaces the tags.
     pub tags: Option<Vec<Tag>>,
+    /// The client CA's private key, PEM (PKCS#8, PKCS#1 or SEC1), matching a certificate of
+    /// the endpoint's client CA bundle: the self-service portal then issues client
+    /// certificates. Write-only (descriptions show `client-ca-key-set`); `""` removes it.
+    pub client_ca_key: Option<String>,
 }
 
 /// A field of an endpoint that a modify call can change (its request name on the wire).
@@ -584,6 +596,7 @@ pub enum EndpointField {
     SelfServicePortal,
     Description,
     Tags,
+    ClientCaKey,
 }
 
 /// How a running endpoint takes a change of one of its fields.
@@ -614,15 +627,17 @@ impl EndpointField {
             EndpointField::SelfServicePortal => "self-service-portal",
             EndpointField::Description => "description",
             EndpointField::Tags => "tags",
+            EndpointField::ClientCaKey => "client-ca-key",
         }
     }
 
     /// What a change of this field does to a running endpoint.
     pub fn effect(self) -> FieldEffect {
         match self {
-            EndpointField::Description | EndpointField::Tags | EndpointField::SelfServicePortal => {
-                FieldEffect::Descriptive
-            }
+            EndpointField::Description
+            | EndpointField::Tags
+            | EndpointField::SelfServicePortal
+            | EndpointField::ClientCaKey => FieldEffect::Descriptive,
             EndpointField::SessionTimeoutHours
             | EndpointField::DisconnectOnSessionTimeout
             | EndpointField::ClientConnectOptions => FieldEffect::Live,
@@ -991,6 +1006,28 @@ pub struct CrlSummary {
     /// Their serial numbers, `aa:bb:..` hex (the format of the TLS layer's client identity),
     /// so that the daemon can terminate the sessions of revoked certificates.
     pub revoked_serials: Vec<String>,
+}
+
+/// A client certificate the self-service portal issued (the certificate itself and its key
+/// are given to the user once and not kept).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PortalCertificate {
+    /// Its serial, `aa:bb:…` hex (the TLS layer's client identity format).
+    pub serial: String,
+    /// The endpoint.
+    pub client_vpn_endpoint_id: String,
+    /// The user it was issued to (its common name).
+    pub username: String,
+    /// When it was issued.
+    pub issue_time: Timestamp,
+    /// When it expires.
+    pub not_after: Timestamp,
+    /// When it was revoked, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_time: Option<Timestamp>,
+    /// `valid`, `revoked` or `expired` (at the time of the call).
+    pub status: String,
 }
 
 /// Limits, AWS's defaults. Configurable for tests and larger deployments.
