@@ -60,6 +60,11 @@ impl Ca {
         self.issuer.pem()
     }
 
+    /// The CA's private key (PEM): for a gateway that issues client certificates itself.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
     /// Issues a certificate valid from `valid.0` to `valid.1` relative to now.
     fn issue(
         &mut self,

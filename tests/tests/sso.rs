@@ -158,6 +158,12 @@ struct Sx {
 
 impl Sx {
     fn new(clients: usize, protocol: Protocol) -> Sx {
+        Self::with_client_ca(clients, protocol, false)
+    }
+
+    /// With `client_ca`: certificate AND single sign-on, the endpoint holding its client CA's
+    /// key (the portal issues users their certificates).
+    fn with_client_ca(clients: usize, protocol: Protocol, client_ca: bool) -> Sx {
         assert!(is_root(), "the SSO tests need root: run `cargo xtask test`");
         let mut net = EndpointNet::new(clients).unwrap();
         net.gateway.enter().unwrap();
@@ -194,27 +200,44 @@ impl Sx {
         let chain =
             std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&ca).unwrap();
         std::fs::write(&cert, chain).unwrap();
-        let created = daemon
-            .json(&[
-                "endpoint",
-                "create",
-                "--client-cidr",
-                "10.77.0.0/22",
-                "--server-cert",
-                cert.to_str().unwrap(),
-                "--server-key",
-                key.to_str().unwrap(),
-                "--idp",
-                "corp-sso",
-                "--split-tunnel",
-                "--self-service-portal",
-                "enabled",
-            ])
-            .unwrap();
+        let mut args = vec![
+            "endpoint",
+            "create",
+            "--client-cidr",
+            "10.77.0.0/22",
+            "--server-cert",
+            cert.to_str().unwrap(),
+            "--server-key",
+            key.to_str().unwrap(),
+            "--idp",
+            "corp-sso",
+            "--split-tunnel",
+            "--self-service-portal",
+            "enabled",
+        ];
+        let ca_key = write(&dir, "ca.key", &net.ca.key_pem()).unwrap();
+        if client_ca {
+            args.extend(["--client-ca", ca.to_str().unwrap()]);
+        }
+        let created = daemon.json(&args).unwrap();
         let endpoint = created["client-vpn-endpoint-id"]
             .as_str()
             .unwrap()
             .to_string();
+        if client_ca {
+            ok(
+                daemon
+                    .cli(&[
+                        "endpoint",
+                        "modify",
+                        &endpoint,
+                        "--client-ca-key",
+                        ca_key.to_str().unwrap(),
+                    ])
+                    .unwrap(),
+                "endpoint modify --client-ca-key",
+            );
+        }
         daemon
             .json(&[
                 "network",
@@ -654,4 +677,102 @@ fn the_portal_signs_in_at_the_idp_hands_out_the_profile_and_disconnects_own_sess
         s.active().is_empty()
     });
     assert!(!sx.reaches(0, STAFF_HOST), "her traffic no longer passes");
+}
+
+#[test]
+fn the_portal_issues_a_certificate_that_revoke_user_ends() {
+    let sx = Sx::with_client_ca(1, Protocol::Oidc, true);
+    let portal = format!("{}/portal/{}", sx.public_url, sx.endpoint);
+    let opts = BrowserOptions {
+        ignore_https_errors: true,
+        ..BrowserOptions::default()
+    };
+    let profile = sx.net.dir.0.join("with-certificate.ovpn");
+    let mut steps = vec![Step::goto(&portal), Step::click("main button[type=submit]")];
+    steps.extend(sx.idp.login_steps("alice", "alice-pw"));
+    steps.extend([
+        Step::wait_text("Your VPNs"),
+        Step::download("a[download]", &profile),
+    ]);
+    Browser::run_with(&opts, &steps).unwrap();
+    let text = std::fs::read_to_string(&profile).unwrap();
+    assert!(text.contains("<cert>") && text.contains("<key>"), "{text}");
+    let issued = sx
+        .daemon
+        .json(&[
+            "endpoint",
+            "certificates",
+            &sx.endpoint,
+            "--username",
+            "alice@example.test",
+        ])
+        .unwrap();
+    let certs = issued.to_string();
+    assert!(certs.contains("valid"), "{certs}");
+    let described = sx
+        .daemon
+        .json(&["endpoint", "describe", &sx.endpoint])
+        .unwrap();
+    assert_eq!(
+        described["client-vpn-endpoints"][0]["self-service-portal-downloads"], 1,
+        "the download is counted: {described}"
+    );
+
+    // The certificate AND the sign-in: a stock client with exactly that file.
+    let mut client = OpenVpnClient::start_with_args(
+        &sx.net.clients[0],
+        &profile,
+        &["--management", "127.0.0.1", "7505", "--management-hold"],
+        "cert-alice",
+    )
+    .unwrap();
+    let mut m = Management::connect(&sx.net.clients[0], 7505, Duration::from_secs(10)).unwrap();
+    m.wait_for(">HOLD:", Duration::from_secs(10)).unwrap();
+    m.send("hold release").unwrap();
+    let url = web_auth_url(
+        &m.wait_for(">INFOMSG:WEB_AUTH::", Duration::from_secs(20))
+            .unwrap(),
+    );
+    sx.browser_sign_in(&url, "alice", "alice-pw", "cert-alice");
+    client.wait_connected(Duration::from_secs(10)).unwrap();
+    assert!(sx.reaches(0, STAFF_HOST));
+    let active = sx.active();
+    assert_eq!(active[0]["common-name"], "alice@example.test", "{active:?}");
+
+    // The administrator removes her access: the certificate goes on the CRL and the session
+    // ends; the client cannot come back with that file.
+    let out = sx.cli(&[
+        "endpoint",
+        "revoke-user",
+        &sx.endpoint,
+        "--username",
+        "alice@example.test",
+    ]);
+    assert!(out.contains("revoked 1"), "{out}");
+    sx.wait("her session ended", Duration::from_secs(10), |s| {
+        s.active().is_empty()
+    });
+    assert!(!sx.reaches(0, STAFF_HOST));
+    client.stop();
+    let refusals = |s: &Sx| {
+        s.daemon
+            .daemon
+            .log()
+            .iter()
+            .filter(|l| l.contains("handshake refused") && l.contains("revoked"))
+            .count()
+    };
+    let before = refusals(&sx);
+    let mut again =
+        OpenVpnClient::start_with_args(&sx.net.clients[0], &profile, &[], "again").unwrap();
+    sx.wait(
+        "the revoked certificate refused",
+        Duration::from_secs(15),
+        |s| refusals(s) > before,
+    );
+    assert!(
+        sx.active().is_empty(),
+        "the revoked certificate does not come back"
+    );
+    again.stop();
 }

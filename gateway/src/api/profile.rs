@@ -41,6 +41,9 @@ pub struct ClientProfile {
     pub user_auth: Option<UserAuth>,
     /// Web sign-in at the endpoint's identity provider (single sign-on).
     pub web_sign_in: bool,
+    /// The user's own client certificate and key (PEM), inline: what the self-service portal
+    /// issues where the endpoint holds its client CA's key.
+    pub client_certificate: Option<(String, String)>,
 }
 
 impl ClientProfile {
@@ -59,6 +62,7 @@ impl ClientProfile {
             ca_pem: server_ca_pem(endpoint)?,
             user_auth: None,
             web_sign_in: endpoint.idp_id().is_some(),
+            client_certificate: None,
         })
     }
 
@@ -99,6 +103,13 @@ impl ClientProfile {
         s.push_str("<ca>\n");
         s.push_str(self.ca_pem.trim_end());
         s.push_str("\n</ca>\n");
+        if let Some((cert, key)) = &self.client_certificate {
+            s.push_str(&format!(
+                "<cert>\n{}\n</cert>\n<key>\n{}\n</key>\n",
+                cert.trim_end(),
+                key.trim_end()
+            ));
+        }
         s
     }
 }

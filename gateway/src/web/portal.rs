@@ -29,7 +29,7 @@ use crate::auth::service::Authenticator;
 use crate::auth::throttle::{Throttle, ThrottlePolicy};
 use crate::auth::totp::{otpauth_uri, TotpSecret, TotpVerifier};
 use crate::auth::{AuthFailure, AuthRequest};
-use crate::model::{ConnectionFilter, ConnectionStatus, Endpoint, TerminateTarget};
+use crate::model::{ConnectionFilter, ConnectionStatus, Endpoint};
 use crate::protocol::keymethod::Password;
 
 /// At most this many portal sessions at once (the oldest go first beyond it).
@@ -38,6 +38,10 @@ pub const MAX_SESSIONS: usize = 10_000;
 pub const MAX_SIGN_INS: usize = 4096;
 /// How long a portal session lasts.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
+/// How long a client certificate the portal issues is valid (where the endpoint holds its
+/// client CA's key): a day, so a lost laptop's profile stops working soon even if nobody
+/// revokes it, and the CRL of revoked ones stays short.
+pub const ISSUED_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// How long a portal sign-in at the identity provider may take.
 const SIGN_IN_LIFETIME: Duration = Duration::from_secs(600);
 const SESSION_COOKIE: &str = "cvpn_portal";
@@ -721,9 +725,10 @@ pub async fn profile(
     Path(endpoint_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(page) = portal_endpoint(&web, &endpoint_id).await {
-        return page;
-    }
+    let ep = match portal_endpoint(&web, &endpoint_id).await {
+        Ok(ep) => ep,
+        Err(page) => return page,
+    };
     let Some(w) = who(&web, &endpoint_id, &headers).filter(|w| w.level == Level::Full) else {
         return redirect(&base(&endpoint_id), None);
     };
@@ -735,15 +740,39 @@ pub async fn profile(
     });
     let ciphers = web.api.settings.data_ciphers.clone();
     let id = endpoint_id.clone();
-    let text = web
+    let profile = web
         .api
-        .blocking(move |s| {
-            Ok(crate::api::profile::endpoint_profile(s, &id, &host, &ciphers)?.render())
-        })
+        .blocking(move |s| crate::api::profile::endpoint_profile(s, &id, &host, &ciphers))
         .await;
+    // Where the endpoint holds its client CA's key, the profile carries the user's own
+    // short-lived certificate (the administrator's `revoke-user` puts it on the CRL).
+    let text = match profile {
+        Ok(mut p) if ep.client_ca_key_set => crate::api::issue_portal_certificate(
+            &web.api,
+            &endpoint_id,
+            &w.username,
+            ISSUED_CERTIFICATE_LIFETIME,
+        )
+        .await
+        .map(|c| {
+            info!(endpoint = %endpoint_id, user = %w.username, serial = %c.serial_hex,
+                "portal: client certificate issued");
+            p.client_certificate = Some((c.cert_pem.clone(), c.key_pem.clone()));
+            p.render()
+        }),
+        Ok(p) => Ok(p.render()),
+        Err(e) => Err(e),
+    };
     match text {
         Ok(text) => {
-            info!(endpoint = %endpoint_id, user = %w.username, "portal: profile downloaded");
+            match crate::api::record_portal_download(&web.api, &endpoint_id).await {
+                Ok(n) => {
+                    info!(endpoint = %endpoint_id, user = %w.username, downloads = n, "portal: profile downloaded")
+                }
+                Err(e) => {
+                    warn!(endpoint = %endpoint_id, error = %e, "portal: download not counted")
+                }
+            }
             (
                 [
                     (
@@ -812,18 +841,8 @@ pub async fn disconnect(
             ),
         );
     }
-    let id = endpoint_id.clone();
-    let target = TerminateTarget::ConnectionId(f.connection_id.clone());
-    match web
-        .api
-        .blocking(move |s| s.terminate_connections(&id, &target))
-        .await
-    {
-        Ok(statuses) => {
-            web.api.emit(crate::api::ControlEvent::Terminate {
-                endpoint_id: endpoint_id.clone(),
-                connection_ids: statuses.into_iter().map(|c| c.connection_id).collect(),
-            });
+    match crate::api::terminate_connection(&web.api, &endpoint_id, &f.connection_id).await {
+        Ok(_) => {
             info!(endpoint = %endpoint_id, user = %w.username, connection = %f.connection_id, "portal: session disconnected by its user");
             redirect(&base(&endpoint_id), None)
         }
