@@ -17,6 +17,9 @@ type Answer = (ConnId, Result<DirectoryUser, AuthFailure>);
 
 struct Site {
     base: String,
+    web: Arc<WebState>,
+    events: mpsc::UnboundedReceiver<crate::api::ControlEvent>,
+    dir: std::path::PathBuf,
     sso: Arc<SsoService>,
     idp: Idp,
     idp_link: Arc<SsoIdp>,
@@ -39,15 +42,16 @@ async fn site() -> Site {
     ));
     let store =
         Arc::new(crate::storage::Store::open(crate::storage::StoreOptions::in_dir(&dir)).unwrap());
-    let (events, _) = mpsc::unbounded_channel();
+    let (events_tx, events) = mpsc::unbounded_channel();
     let state = Arc::new(WebState {
         settings: WebSettings {
             public_url: base.clone(),
         },
         sso: sso.clone(),
         portal: Arc::new(super::Portal::new()),
-        api: crate::api::ApiState::new(store, events),
+        api: crate::api::ApiState::new(store, events_tx),
     });
+    let web = state.clone();
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
     // The relying party of the provider in this process (its redirect URL does not matter
     // here: the test plays the browser).
@@ -58,6 +62,9 @@ async fn site() -> Site {
     let (tx, answers) = mpsc::unbounded_channel();
     Site {
         base,
+        web,
+        events,
+        dir,
         sso,
         idp,
         idp_link: Arc::new(SsoIdp::Oidc(rp)),
@@ -74,6 +81,12 @@ fn now() -> u64 {
         .as_secs()
 }
 
+impl Drop for Site {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 struct Reply {
     status: u16,
     location: Option<String>,
@@ -82,13 +95,29 @@ struct Reply {
 }
 
 async fn request(method: &str, url: &str, cookie: Option<&str>) -> Reply {
+    send(method, url, cookie, None).await
+}
+
+async fn post_form(url: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> Reply {
+    let body = form
+        .iter()
+        .map(|(k, v)| format!("{k}={}", crate::http_client::percent_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    send("POST", url, cookie, Some(body)).await
+}
+
+async fn send(method: &str, url: &str, cookie: Option<&str>, form: Option<String>) -> Reply {
     let mut b = http::Request::builder().method(method).uri(url);
     if let Some(c) = cookie {
         b = b.header("cookie", c);
     }
+    if form.is_some() {
+        b = b.header("content-type", "application/x-www-form-urlencoded");
+    }
     let r = crate::http_client::fetch(
         &crate::http_client::client_tls(None).unwrap(),
-        b.body(Vec::new()).unwrap(),
+        b.body(form.unwrap_or_default().into_bytes()).unwrap(),
         1 << 20,
     )
     .await
@@ -333,4 +362,278 @@ async fn every_page_forbids_framing_scripts_and_caching() {
         .contains("default-src 'none'"));
     assert_eq!(h["x-frame-options"], "DENY");
     assert_eq!(h["cache-control"], "no-store");
+}
+
+impl Site {
+    /// An identity provider (the one in this process) and an endpoint with the portal on, in
+    /// the store; the portal signs in there. Returns the endpoint id.
+    fn portal_endpoint(&self, portal: bool) -> String {
+        let store = &self.web.api.store;
+        let idp = store
+            .create_identity_provider(&crate::model::CreateIdentityProviderRequest {
+                name: Some(format!(
+                    "idp-{}",
+                    store.describe_identity_providers().unwrap().len()
+                )),
+                issuer: Some(self.idp.issuer.clone()),
+                client_id: Some("cvpn-test".into()),
+                client_secret: Some("client-secret-0123456789".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        let pki = crate::test_support::ServerPki::new("web test CA");
+        let ep = store
+            .create_endpoint(&crate::model::CreateEndpointRequest {
+                client_cidr_block: Some("10.9.0.0/22".into()),
+                server_certificate: Some(format!("{}{}", pki.server_cert, pki.ca_pem)),
+                server_private_key: Some(pki.server_key.clone()),
+                authentication_options: vec![
+                    crate::model::AuthenticationOption::FederatedAuthentication {
+                        saml_provider_arn: idp.id.clone(),
+                        self_service_saml_provider_arn: None,
+                    },
+                ],
+                self_service_portal: Some(portal),
+                ..Default::default()
+            })
+            .unwrap();
+        let id = ep.client_vpn_endpoint_id;
+        // Associated: the endpoint is available (connections may be recorded).
+        store
+            .associate_target_network(&crate::model::AssociateTargetNetworkRequest {
+                client_vpn_endpoint_id: id.clone(),
+                target_network_id: "lo".into(),
+                subnet_cidr: Some("10.250.0.0/24".into()),
+                snat_address: None,
+            })
+            .unwrap();
+        self.web.portal.set_access(
+            &id,
+            Some(super::PortalAccess {
+                authenticator: None,
+                idp: Some(self.idp_link.clone()),
+            }),
+        );
+        id
+    }
+
+    fn connection(&self, endpoint: &str, user: &str, ip: [u8; 4]) -> String {
+        self.web
+            .api
+            .store
+            .record_connection_start(&crate::model::NewConnection {
+                client_vpn_endpoint_id: endpoint.into(),
+                client_ip: ip.into(),
+                common_name: String::new(),
+                username: Some(user.into()),
+                device_ip: std::net::IpAddr::from([198, 51, 100, 9]),
+                device_port: 40000,
+                transport_protocol: crate::model::TransportProtocol::Udp,
+            })
+            .unwrap()
+            .connection_id
+    }
+
+    /// Signs in to the endpoint's portal at the IdP: the portal session cookie.
+    async fn portal_session(&self, endpoint: &str) -> String {
+        let r = request(
+            "POST",
+            &format!("{}/portal/{endpoint}/sso", self.base),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        let url = r.location.unwrap();
+        self.token_for(&url);
+        let binding = r.cookie.unwrap();
+        let r = request(
+            "GET",
+            &format!(
+                "{}/oidc/callback?code=c&state={}",
+                self.base,
+                param(&url, "state")
+            ),
+            Some(&binding),
+        )
+        .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        assert_eq!(
+            r.location.as_deref(),
+            Some(format!("/portal/{endpoint}").as_str())
+        );
+        r.cookie.unwrap()
+    }
+}
+
+fn csrf_of(page: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let at = page.find(marker).expect("a form with a CSRF token") + marker.len();
+    page[at..].split('"').next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn portal_pages_need_a_session_forms_need_its_csrf_token_and_users_end_only_their_sessions() {
+    let mut s = site().await;
+    let ep = s.portal_endpoint(true);
+    let portal = format!("{}/portal/{ep}", s.base);
+    // No session: the sign-in page; nothing else.
+    let r = request("GET", &portal, None).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains("Sign in with your organization"),
+        "{}",
+        r.body
+    );
+    let r = request("GET", &format!("{portal}/profile.ovpn"), None).await;
+    assert_eq!(r.status, 303, "no profile without a session");
+    let r = post_form(
+        &format!("{portal}/disconnect"),
+        None,
+        &[("csrf", "x"), ("connection_id", "y")],
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    // A forged session cookie is no session.
+    let r = request("GET", &portal, Some("cvpn_portal=forged")).await;
+    assert!(r.body.contains("Sign in with your organization"));
+
+    let cookie = s.portal_session(&ep).await;
+    assert!(cookie.starts_with("cvpn_portal="));
+    let mine = s.connection(&ep, "alice@example.test", [10, 9, 0, 2]);
+    let theirs = s.connection(&ep, "bob@example.test", [10, 9, 0, 3]);
+    let page = request("GET", &portal, Some(&cookie)).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("Your VPNs") && page.body.contains("10.9.0.2"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("10.9.0.3"), "only her own sessions");
+    let csrf = csrf_of(&page.body);
+
+    // Without the page's token: refused, nothing ended.
+    let r = post_form(
+        &format!("{portal}/disconnect"),
+        Some(&cookie),
+        &[("csrf", "wrong"), ("connection_id", &mine)],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    // Someone else's session: refused.
+    let r = post_form(
+        &format!("{portal}/disconnect"),
+        Some(&cookie),
+        &[("csrf", &csrf), ("connection_id", &theirs)],
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert!(s.events.try_recv().is_err(), "nothing terminated");
+    // Her own: ended.
+    let r = post_form(
+        &format!("{portal}/disconnect"),
+        Some(&cookie),
+        &[("csrf", &csrf), ("connection_id", &mine)],
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    match s.events.try_recv() {
+        Ok(crate::api::ControlEvent::Terminate { connection_ids, .. }) => {
+            assert_eq!(connection_ids, vec![mine.clone()])
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The profile: a download, counted.
+    let r = request("GET", &format!("{portal}/profile.ovpn"), Some(&cookie)).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains("setenv IV_SSO webauth") && r.body.contains("<ca>"),
+        "{}",
+        r.body
+    );
+    assert_eq!(s.web.api.store.portal_downloads(&ep).unwrap(), 1);
+
+    // The cookie is this portal's only.
+    let other = s.portal_endpoint(true);
+    let r = request("GET", &format!("{}/portal/{other}", s.base), Some(&cookie)).await;
+    assert!(r.body.contains("Sign in with your organization"));
+
+    // Signing out without the token does nothing; with it, the session is gone.
+    let r = post_form(
+        &format!("{portal}/logout"),
+        Some(&cookie),
+        &[("csrf", "wrong")],
+    )
+    .await;
+    assert_eq!(r.status, 303);
+    assert!(request("GET", &portal, Some(&cookie))
+        .await
+        .body
+        .contains("Your VPNs"));
+    post_form(
+        &format!("{portal}/logout"),
+        Some(&cookie),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert!(request("GET", &portal, Some(&cookie))
+        .await
+        .body
+        .contains("Sign in with your organization"));
+}
+
+#[tokio::test]
+async fn an_endpoint_without_the_portal_has_none() {
+    let s = site().await;
+    let ep = s.portal_endpoint(false);
+    let r = request("GET", &format!("{}/portal/{ep}", s.base), None).await;
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("No self-service portal here"));
+    let r = request("POST", &format!("{}/portal/{ep}/sso", s.base), None).await;
+    assert_eq!(r.status, 404);
+    let r = request(
+        "GET",
+        &format!("{}/portal/cvpn-endpoint-00000000000000000", s.base),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn a_portal_sign_in_answer_in_another_browser_is_refused() {
+    let s = site().await;
+    let ep = s.portal_endpoint(true);
+    let r = request("POST", &format!("{}/portal/{ep}/sso", s.base), None).await;
+    let url = r.location.unwrap();
+    s.token_for(&url);
+    let r = request(
+        "GET",
+        &format!(
+            "{}/oidc/callback?code=c&state={}",
+            s.base,
+            param(&url, "state")
+        ),
+        Some("cvpn_portal_sso=someone-elses"),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(r.cookie.is_none(), "no session");
+    assert_eq!(s.web.portal.session_count(), 0);
+}
+
+#[tokio::test]
+async fn saml_sp_metadata_is_served_for_the_idp_administrator() {
+    let s = site().await;
+    let r = request("GET", &format!("{}/saml/metadata", s.base), None).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body
+            .contains(&format!("entityID=\"{}/saml/metadata\"", s.base)),
+        "{}",
+        r.body
+    );
+    assert!(r
+        .body
+        .contains(&format!("Location=\"{}/saml/acs\"", s.base)));
 }
