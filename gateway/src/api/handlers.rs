@@ -631,6 +631,26 @@ pub(super) async fn remove_mfa(
 
 // ---- identity providers -------------------------------------------------------------------------
 
+/// What the API adds to a stored identity provider: what to register at the provider, under
+/// the daemon's public web address.
+fn annotate_idp(
+    state: &ApiState,
+    mut idp: crate::model::IdentityProvider,
+) -> crate::model::IdentityProvider {
+    if let Some(base) = state.settings.public_url.as_deref() {
+        let base = base.trim_end_matches('/');
+        match idp.protocol {
+            crate::model::IdpProtocol::Oidc => {
+                idp.redirect_uri = Some(format!("{base}/oidc/callback"))
+            }
+            crate::model::IdpProtocol::Saml => {
+                idp.sp_metadata_url = Some(format!("{base}/saml/metadata"))
+            }
+        }
+    }
+    idp
+}
+
 pub(super) async fn create_identity_provider(
     State(state): S,
     q: QueryParams,
@@ -641,12 +661,17 @@ pub(super) async fn create_identity_provider(
     let idp = state
         .blocking(move |s| s.create_identity_provider(&req))
         .await?;
-    created(idp)
+    created(annotate_idp(&state, idp))
 }
 
 pub(super) async fn describe_identity_providers(State(state): S, q: QueryParams) -> Answer {
     q.finish(&[])?;
-    let identity_providers = state.blocking(|s| s.describe_identity_providers()).await?;
+    let identity_providers = state
+        .blocking(|s| s.describe_identity_providers())
+        .await?
+        .into_iter()
+        .map(|i| annotate_idp(&state, i))
+        .collect();
     ok(crate::model::IdentityProviderList { identity_providers })
 }
 
@@ -656,9 +681,10 @@ pub(super) async fn describe_identity_provider(
     q: QueryParams,
 ) -> Answer {
     q.finish(&[])?;
-    ok(state
+    let idp = state
         .blocking(move |s| s.describe_identity_provider(&id))
-        .await?)
+        .await?;
+    ok(annotate_idp(&state, idp))
 }
 
 pub(super) async fn modify_identity_provider(
@@ -673,7 +699,7 @@ pub(super) async fn modify_identity_provider(
         .blocking(move |s| s.modify_identity_provider(&id, &req))
         .await?;
     state.emit(ControlEvent::IdentityProviderChanged { id: idp.id.clone() });
-    ok(idp)
+    ok(annotate_idp(&state, idp))
 }
 
 pub(super) async fn delete_identity_provider(

@@ -1507,6 +1507,16 @@ fn api_identity_providers_hide_the_secret_and_drive_federated_endpoints() {
         .unwrap();
     assert_eq!(saml["saml"]["signing-certificates"], json!([cert]));
     assert_eq!(saml["saml"]["sso-binding"], "http-redirect");
+    // What to register at each provider, under the daemon's public address.
+    assert_eq!(
+        created["redirect-uri"],
+        "https://vpn.example.com/oidc/callback"
+    );
+    assert_eq!(
+        saml["sp-metadata-url"],
+        "https://vpn.example.com/saml/metadata"
+    );
+    assert!(created.get("sp-metadata-url").is_none() && saml.get("redirect-uri").is_none());
     // Unknown fields and ids are refused with the field or id named; 404 for unknown ones.
     let e = d
         .json(

@@ -206,7 +206,23 @@ fn idp_table(list: &[IdentityProvider]) -> String {
             opt(&p.description),
         ]);
     }
-    t.render()
+    let mut out = t.render();
+    // What the provider's administrator needs from us (when the daemon has a web listener).
+    for p in list {
+        if let Some(u) = &p.redirect_uri {
+            out.push_str(&format!(
+                "{}: register the redirect URI {u} at the provider\n",
+                p.id
+            ));
+        }
+        if let Some(u) = &p.sp_metadata_url {
+            out.push_str(&format!(
+                "{}: give the provider our SAML metadata, {u} (entity id: the same URL)\n",
+                p.id
+            ));
+        }
+    }
+    out
 }
 
 pub(super) async fn idp(c: IdpCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {

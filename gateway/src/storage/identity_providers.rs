@@ -33,6 +33,8 @@ fn idp_row(r: &Row<'_>) -> rusqlite::Result<IdentityProvider> {
         recheck_seconds: u32::try_from(r.get::<_, i64>(6)?)
             .map_err(|_| conversion_error(6, "out of range".into()))?,
         creation_time: ts(r, 7)?,
+        redirect_uri: None,
+        sp_metadata_url: None,
     })
 }
 
@@ -317,6 +319,8 @@ impl Store {
             client_secret_set: false,
             recheck_seconds: DEFAULT_IDP_RECHECK_SECONDS,
             creation_time: Timestamp(0),
+            redirect_uri: None,
+            sp_metadata_url: None,
         };
         let mut secrets = IdpSecrets::default();
         apply_changes(

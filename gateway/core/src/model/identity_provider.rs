@@ -115,6 +115,13 @@ pub struct IdentityProvider {
     /// the provider still accepts the user).
     pub recheck_seconds: u32,
     pub creation_time: Timestamp,
+    /// What to register at the provider, from the daemon's web listener (not stored; absent
+    /// without one): OIDC, the redirect URI `{public_url}/oidc/callback`; SAML, the service
+    /// provider's metadata `{public_url}/saml/metadata` (also its entity id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sp_metadata_url: Option<String>,
 }
 
 /// An identity provider's secrets (the store keeps them; describe never returns them).
