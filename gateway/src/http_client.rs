@@ -368,12 +368,6 @@ async fn exchange<IO>(
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    let driver = tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "API connection ended with an error");
-        }
-    });
     let mut builder = hyper::Request::builder()
         .method(req.method)
         .uri(req.path)
@@ -388,7 +382,6 @@ where
     if let Some(a) = req.accept {
         builder = builder.header(header::ACCEPT, a);
     }
-    let max_body = req.max_body;
     let body = match req.body {
         Some((content_type, bytes)) => {
             builder = builder.header(header::CONTENT_TYPE, content_type);
@@ -396,20 +389,9 @@ where
         }
         None => Full::new(Bytes::new()),
     };
-    let response = sender.send_request(builder.body(body)?).await?;
+    let response = round_trip(io, builder.body(body)?, req.max_body).await?;
     let status = response.status();
-    let body = match max_body {
-        None => response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .map_err(ClientError::from),
-        Some(limit) => read_limited(response.into_body(), limit).await,
-    };
-    drop(sender);
-    driver.abort();
-    let body = body?;
+    let body = Bytes::from(response.into_body());
     if status.is_success() {
         return Ok(Reply { status, body });
     }
@@ -424,6 +406,37 @@ where
             body: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
         }),
     }
+}
+
+/// One request on a fresh HTTP/1 connection over `io`; the answer's body read whole, or up to
+/// `max_body` bytes.
+async fn round_trip<IO>(
+    io: IO,
+    req: hyper::Request<Full<Bytes>>,
+    max_body: Option<usize>,
+) -> Result<hyper::Response<Vec<u8>>, ClientError>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "HTTP connection ended with an error");
+        }
+    });
+    let response = sender.send_request(req).await?;
+    let (parts, body) = response.into_parts();
+    let body = match max_body {
+        None => body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(ClientError::from),
+        Some(limit) => read_limited(body, limit).await,
+    };
+    drop(sender);
+    driver.abort();
+    Ok(hyper::Response::from_parts(parts, body?.to_vec()))
 }
 
 /// Sends one request to an absolute `https://` URL (`http://` only to a loopback address: a
@@ -504,32 +517,10 @@ async fn fetch_inner(
             .connect(name, tcp)
             .await
             .map_err(connect_err)?;
-        exchange_raw(TokioIo::new(stream), req, max_body).await
+        round_trip(TokioIo::new(stream), req, Some(max_body)).await
     } else {
-        exchange_raw(TokioIo::new(tcp), req, max_body).await
+        round_trip(TokioIo::new(tcp), req, Some(max_body)).await
     }
-}
-
-async fn exchange_raw<IO>(
-    io: IO,
-    req: hyper::Request<Full<Bytes>>,
-    max_body: usize,
-) -> Result<hyper::Response<Vec<u8>>, ClientError>
-where
-    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    let driver = tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "HTTP connection ended with an error");
-        }
-    });
-    let response = sender.send_request(req).await?;
-    let (parts, body) = response.into_parts();
-    let body = read_limited(body, max_body).await;
-    drop(sender);
-    driver.abort();
-    Ok(hyper::Response::from_parts(parts, body?.to_vec()))
 }
 
 /// True for `localhost` and loopback addresses.

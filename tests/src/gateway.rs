@@ -401,4 +401,46 @@ impl EndpointNet {
             write(d, "ca.crt", &self.ca.cert_pem())?,
         ))
     }
+
+    /// [`EndpointNet::write_server_files`] with the CA appended to the server certificate, as
+    /// endpoints without a client CA take it (exported profiles give clients that CA to verify
+    /// the server).
+    pub fn write_server_chain(&mut self) -> Result<(PathBuf, PathBuf, PathBuf)> {
+        let (cert, key, ca) = self.write_server_files()?;
+        let chain = std::fs::read_to_string(&cert)? + &std::fs::read_to_string(&ca)?;
+        std::fs::write(&cert, chain)?;
+        Ok((cert, key, ca))
+    }
+}
+
+impl StoreDaemon {
+    /// Associates `endpoint` with the private network (`tgt0`, 10.88.0.0/24) and authorizes
+    /// each `(host, group)`: the group may reach that host.
+    pub fn associate_and_authorize(
+        &self,
+        endpoint: &str,
+        rules: &[(std::net::Ipv4Addr, &str)],
+    ) -> Result<()> {
+        self.json(&[
+            "network",
+            "associate",
+            endpoint,
+            "--interface",
+            "tgt0",
+            "--subnet",
+            "10.88.0.0/24",
+        ])?;
+        for (host, group) in rules {
+            self.json(&[
+                "rule",
+                "authorize",
+                endpoint,
+                "--destination",
+                &format!("{host}/32"),
+                "--group",
+                group,
+            ])?;
+        }
+        Ok(())
+    }
 }

@@ -66,10 +66,7 @@ impl Dx {
         assert!(directory.starts_with("cvpn-directory-"), "{directory}");
         // No client CA here: the server certificate chain carries its CA, which exported
         // profiles give clients to verify the server.
-        let (cert, key, ca) = net.write_server_files().unwrap();
-        let chain =
-            std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&ca).unwrap();
-        std::fs::write(&cert, chain).unwrap();
+        let (cert, key, _) = net.write_server_chain().unwrap();
         let created = daemon
             .json(&[
                 "endpoint",
@@ -94,32 +91,8 @@ impl Dx {
             serde_json::json!([{"type": "directory-service-authentication", "directory-id": directory}])
         );
         daemon
-            .json(&[
-                "network",
-                "associate",
-                &endpoint,
-                "--interface",
-                "tgt0",
-                "--subnet",
-                "10.88.0.0/24",
-            ])
+            .associate_and_authorize(&endpoint, &[(STAFF_HOST, "staff"), (OPS_HOST, "ops")])
             .unwrap();
-        for (host, group) in [(STAFF_HOST, "staff"), (OPS_HOST, "ops")] {
-            ok(
-                daemon
-                    .cli(&[
-                        "rule",
-                        "authorize",
-                        &endpoint,
-                        "--destination",
-                        &format!("{host}/32"),
-                        "--group",
-                        group,
-                    ])
-                    .unwrap(),
-                "authorize",
-            );
-        }
         let echo = [STAFF_HOST, OPS_HOST]
             .into_iter()
             .map(|h| UdpEcho::start(&net.private, h, ECHO_PORT).unwrap())

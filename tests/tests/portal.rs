@@ -89,10 +89,7 @@ fn directory_users_enrol_their_app_in_the_portal_and_connect_with_its_profile() 
         "--mfa",
         "totp",
     ]);
-    let (cert, key, server_ca) = net.write_server_files().unwrap();
-    let chain =
-        std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&server_ca).unwrap();
-    std::fs::write(&cert, chain).unwrap();
+    let (cert, key, _) = net.write_server_chain().unwrap();
     let created = daemon
         .json(&[
             "endpoint",
@@ -117,25 +114,8 @@ fn directory_users_enrol_their_app_in_the_portal_and_connect_with_its_profile() 
         .unwrap()
         .to_string();
     daemon
-        .json(&[
-            "network",
-            "associate",
-            &endpoint,
-            "--interface",
-            "tgt0",
-            "--subnet",
-            "10.88.0.0/24",
-        ])
+        .associate_and_authorize(&endpoint, &[(STAFF_HOST, "staff")])
         .unwrap();
-    cli(&[
-        "rule",
-        "authorize",
-        &endpoint,
-        "--destination",
-        &format!("{STAFF_HOST}/32"),
-        "--group",
-        "staff",
-    ]);
     let _echo = UdpEcho::start(&net.private, STAFF_HOST, ECHO_PORT).unwrap();
     let portal = format!("{public_url}/portal/{endpoint}");
     let profile_dir = TempDir::new("portal-browser").unwrap();

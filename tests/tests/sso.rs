@@ -196,10 +196,7 @@ impl Sx {
             .trim()
             .to_string();
         assert!(idp_id.starts_with("idp-"), "{idp_id}");
-        let (cert, key, ca) = net.write_server_files().unwrap();
-        let chain =
-            std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&ca).unwrap();
-        std::fs::write(&cert, chain).unwrap();
+        let (cert, key, ca) = net.write_server_chain().unwrap();
         let mut args = vec![
             "endpoint",
             "create",
@@ -239,32 +236,8 @@ impl Sx {
             );
         }
         daemon
-            .json(&[
-                "network",
-                "associate",
-                &endpoint,
-                "--interface",
-                "tgt0",
-                "--subnet",
-                "10.88.0.0/24",
-            ])
+            .associate_and_authorize(&endpoint, &[(STAFF_HOST, "staff"), (OPS_HOST, "ops")])
             .unwrap();
-        for (host, group) in [(STAFF_HOST, "staff"), (OPS_HOST, "ops")] {
-            ok(
-                daemon
-                    .cli(&[
-                        "rule",
-                        "authorize",
-                        &endpoint,
-                        "--destination",
-                        &format!("{host}/32"),
-                        "--group",
-                        group,
-                    ])
-                    .unwrap(),
-                "authorize",
-            );
-        }
         let echo = [STAFF_HOST, OPS_HOST]
             .into_iter()
             .map(|h| UdpEcho::start(&net.private, h, ECHO_PORT).unwrap())
@@ -335,6 +308,41 @@ impl Sx {
             Step::screenshot(&format!("{tag}-2-signed-in.png")),
         ]);
         Browser::run_with(&opts, &steps).unwrap()
+    }
+
+    /// A stock client in namespace `i` with exactly the profile file `profile` (its management
+    /// socket on the command line), signed in through the browser as `user`; connected.
+    fn connect_with_file(
+        &self,
+        i: usize,
+        profile: &std::path::Path,
+        user: &str,
+        password: &str,
+        tag: &str,
+    ) -> OpenVpnClient {
+        let port = (7505 + i).to_string();
+        let mut client = OpenVpnClient::start_with_args(
+            &self.net.clients[i],
+            profile,
+            &["--management", "127.0.0.1", &port, "--management-hold"],
+            tag,
+        )
+        .unwrap();
+        let mut m = Management::connect(
+            &self.net.clients[i],
+            7505 + i as u16,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        m.wait_for(">HOLD:", Duration::from_secs(10)).unwrap();
+        m.send("hold release").unwrap();
+        let url = web_auth_url(
+            &m.wait_for(">INFOMSG:WEB_AUTH::", Duration::from_secs(20))
+                .unwrap(),
+        );
+        self.browser_sign_in(&url, user, password, tag);
+        client.wait_connected(Duration::from_secs(10)).unwrap();
+        client
     }
 
     fn connections(&self) -> Vec<Value> {
@@ -643,22 +651,7 @@ fn the_portal_signs_in_at_the_idp_hands_out_the_profile_and_disconnects_own_sess
     );
 
     // A stock client connects with exactly that file (management on the command line).
-    let mut client = OpenVpnClient::start_with_args(
-        &sx.net.clients[0],
-        &profile,
-        &["--management", "127.0.0.1", "7505", "--management-hold"],
-        "portal-alice",
-    )
-    .unwrap();
-    let mut m = Management::connect(&sx.net.clients[0], 7505, Duration::from_secs(10)).unwrap();
-    m.wait_for(">HOLD:", Duration::from_secs(10)).unwrap();
-    m.send("hold release").unwrap();
-    let url = web_auth_url(
-        &m.wait_for(">INFOMSG:WEB_AUTH::", Duration::from_secs(20))
-            .unwrap(),
-    );
-    sx.browser_sign_in(&url, "alice", "alice-pw", "portal-alice");
-    client.wait_connected(Duration::from_secs(10)).unwrap();
+    let _client = sx.connect_with_file(0, &profile, "alice", "alice-pw", "portal-alice");
     assert!(sx.reaches(0, STAFF_HOST));
 
     // Back in the portal she sees her session and disconnects it.
@@ -719,22 +712,7 @@ fn the_portal_issues_a_certificate_that_revoke_user_ends() {
     );
 
     // The certificate AND the sign-in: a stock client with exactly that file.
-    let mut client = OpenVpnClient::start_with_args(
-        &sx.net.clients[0],
-        &profile,
-        &["--management", "127.0.0.1", "7505", "--management-hold"],
-        "cert-alice",
-    )
-    .unwrap();
-    let mut m = Management::connect(&sx.net.clients[0], 7505, Duration::from_secs(10)).unwrap();
-    m.wait_for(">HOLD:", Duration::from_secs(10)).unwrap();
-    m.send("hold release").unwrap();
-    let url = web_auth_url(
-        &m.wait_for(">INFOMSG:WEB_AUTH::", Duration::from_secs(20))
-            .unwrap(),
-    );
-    sx.browser_sign_in(&url, "alice", "alice-pw", "cert-alice");
-    client.wait_connected(Duration::from_secs(10)).unwrap();
+    let mut client = sx.connect_with_file(0, &profile, "alice", "alice-pw", "cert-alice");
     assert!(sx.reaches(0, STAFF_HOST));
     let active = sx.active();
     assert_eq!(active[0]["common-name"], "alice@example.test", "{active:?}");

@@ -92,6 +92,18 @@ async fn security_headers(mut r: axum::response::Response) -> axum::response::Re
     r
 }
 
+/// The value of cookie `name` in a request (the first, if several).
+fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
 /// At most this many browser connections at once.
 pub const MAX_CONNECTIONS: usize = 1024;
 

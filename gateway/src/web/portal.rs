@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use super::pages::{escape, message, page};
 use super::sso::{random_secret, SsoIdp};
-use super::WebState;
+use super::{cookie, WebState};
 use crate::api::serve::ClientAddr;
 use crate::auth::service::Authenticator;
 use crate::auth::throttle::{Throttle, ThrottlePolicy};
@@ -167,17 +167,6 @@ fn html(status: StatusCode, body: String) -> Response {
     (status, Html(body)).into_response()
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
 fn redirect(to: &str, cookie: Option<String>) -> Response {
     let mut r = Response::builder()
         .status(StatusCode::SEE_OTHER)
@@ -224,6 +213,18 @@ fn who(web: &WebState, endpoint_id: &str, headers: &HeaderMap) -> Option<Who> {
 
 fn csrf_ok(w: &Who, given: &str) -> bool {
     bool::from(w.csrf.as_bytes().ct_eq(given.as_bytes()))
+}
+
+/// A form without this session's CSRF token (an old page, or another site's form).
+fn stale_form() -> Response {
+    html(
+        StatusCode::FORBIDDEN,
+        message(
+            "Refused",
+            "The form was stale: reload the page and try again.",
+            false,
+        ),
+    )
 }
 
 /// The endpoint, if its portal is on; else the page that says there is none.
@@ -817,14 +818,7 @@ pub async fn disconnect(
         return redirect(&base(&endpoint_id), None);
     };
     if !csrf_ok(&w, &f.csrf) {
-        return html(
-            StatusCode::FORBIDDEN,
-            message(
-                "Refused",
-                "The form was stale: reload the page and try again.",
-                false,
-            ),
-        );
+        return stale_form();
     }
     // Only the user's own active sessions.
     let mine = my_sessions(&web, &endpoint_id, &w.username)
@@ -962,14 +956,7 @@ pub async fn mfa_confirm(
     };
     if !csrf_ok(&w, &f.csrf) {
         warn!(endpoint = %endpoint_id, user = %w.username, "portal: enrolment confirmation with a wrong CSRF token");
-        return html(
-            StatusCode::FORBIDDEN,
-            message(
-                "Refused",
-                "The form was stale: reload the page and try again.",
-                false,
-            ),
-        );
+        return stale_form();
     }
     let Some(auth) = web
         .portal

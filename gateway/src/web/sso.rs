@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::pages::{details, escape, message, page};
-use super::WebState;
+use super::{cookie, WebState};
 use crate::auth::oidc::OidcRelyingParty;
 use crate::auth::saml::SamlServiceProvider;
 use crate::auth::{AuthFailure, DirectoryUser, WebSignIn};
@@ -526,17 +526,6 @@ pub struct AcsForm {
     saml_response: Option<String>,
     #[serde(rename = "RelayState")]
     relay_state: Option<String>,
-}
-
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
 }
 
 /// The sign-in a provider's answer names (by `state` / RelayState), taken out (one use) and
