@@ -438,6 +438,7 @@ fn oidc_stock_clients_sign_in_through_the_browser_and_idp_groups_decide_access()
     let signed_in = Instant::now();
     alice.wait_connected(Duration::from_secs(10)).unwrap();
     let push_delay = signed_in.elapsed();
+    eprintln!("connected {push_delay:?} after the browser finished the sign-in");
     // The reply is pushed as the sign-in completes, not at the client's next PUSH_REQUEST
     // (every 5 s).
     assert!(push_delay < Duration::from_secs(3), "{push_delay:?}");
