@@ -830,13 +830,26 @@ fn check_declaration(xml: &str) -> Result<(), SamlError> {
     Ok(())
 }
 
+/// Parses `xml` as UTF-8 XML, nothing recovered, nothing fetched.
+///
+/// No `encoding` is given to libxml2: `libxml` 0.3.3 (pinned by samael) frees the C string of
+/// `ParserOptions::encoding` before `xmlReadMemory` reads it, a use-after-free on every
+/// response (found by the `saml_response` fuzz target under AddressSanitizer). UTF-8 is what
+/// libxml2 reads anyway once the two ways it could pick another encoding are closed:
+/// [`check_declaration`] refuses any other declared encoding, and a NUL is refused here —
+/// autodetection of UTF-16 and UCS-4 needs NUL bytes (ASCII spaced out with NULs is valid
+/// UTF-8), and U+0000 is never an XML character. samael parses with autodetection too, so
+/// xmlsec sees the document as this check does.
 fn parse_strict(xml: &str) -> Result<libxml::tree::Document, SamlError> {
+    if xml.contains('\0') {
+        return Err(SamlError::NotXml("a NUL character".into()));
+    }
     let options = ParserOptions {
         recover: false,
         no_net: true,
         no_error: true,
         no_warning: true,
-        encoding: Some("UTF-8"),
+        encoding: None,
         ..ParserOptions::default()
     };
     Parser::default()

@@ -319,6 +319,37 @@ fn username_attribute_second_certificate_and_skew() {
     sp.verify_response(&wrapped, REQ, now()).unwrap();
 }
 
+/// `parse_strict` gives libxml2 no encoding (libxml 0.3.3 frees it before use, which the
+/// `saml_response` fuzz target caught under AddressSanitizer): UTF-8 must still be read as
+/// UTF-8, and the documents that would make libxml2 pick another encoding are refused.
+#[test]
+fn documents_are_read_as_utf8_whatever_their_first_bytes() {
+    let mut f = Fixture::valid();
+    f.groups = vec!["ingénierie".into(), "équipe-réseau".into()];
+    let id = verify(&f.response()).unwrap();
+    assert_eq!(id.groups, ["ingénierie", "équipe-réseau"]);
+    let doc = parse_strict("<a>café ✓</a>").unwrap();
+    assert_eq!(doc.get_root_element().unwrap().get_content(), "café ✓");
+    for (what, xml) in [
+        (
+            "UTF-16LE",
+            "<\0?\0x\0m\0l\0 \0v\0e\0r\0s\0i\0o\0n\0=\0\"\01\0.\00\0\"\0?\0>\0<\0a\0/\0>\0",
+        ),
+        (
+            "UTF-16BE",
+            "\0<\0?\0x\0m\0l\0 \0v\0e\0r\0s\0i\0o\0n\0=\0\"\01\0.\00\0\"\0?\0>\0<\0a\0/\0>",
+        ),
+        ("UCS-4", "\0\0\0<\0\0\0a\0\0\0/\0\0\0>"),
+        ("a NUL in the text", "<a>x\0y</a>"),
+    ] {
+        assert_eq!(
+            parse_strict(xml).err(),
+            Some(SamlError::NotXml("a NUL character".into())),
+            "{what}"
+        );
+    }
+}
+
 /// Signature wrapping: an unsigned Assertion next to the signed one.
 fn evil_assertion(id: &str) -> String {
     let mut evil = Fixture::valid();
@@ -621,6 +652,18 @@ fn forged_inputs_are_refused() {
                 valid().response()
             ),
             SamlError::NotXml("only UTF-8 is accepted".into()),
+        ),
+        (
+            // ASCII spaced out with NULs is valid UTF-8, which libxml2 would autodetect as
+            // UTF-16LE: refused before any parser reads it.
+            "a correctly signed response in UTF-16",
+            valid()
+                .response()
+                .encode_utf16()
+                .flat_map(|u| u.to_le_bytes())
+                .map(char::from)
+                .collect(),
+            SamlError::NotXml("a NUL character".into()),
         ),
         (
             "an Assertion alone, not a Response",
