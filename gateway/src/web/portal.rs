@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::{Extension, Form};
@@ -651,11 +651,12 @@ async fn dashboard(web: &WebState, ep: &Endpoint, w: &Who) -> Response {
     let mut vpns = String::new();
     for other in &usable {
         vpns.push_str(&format!(
-            "<tr><td>{}</td><td>{} {}</td><td><a class=\"button\" href=\"/portal/{}/profile.ovpn\" \
-             download>Download profile</a></td></tr>",
+            "<tr><td>{}</td><td>{} {}</td><td><a class=\"button\" \
+             href=\"{}/profile.ovpn?endpoint={}\" download>Download profile</a></td></tr>",
             escape(&endpoint_title(other)),
             escape(other.transport_protocol.as_str()),
             other.vpn_port,
+            base(id),
             escape(&other.client_vpn_endpoint_id),
         ));
     }
@@ -720,19 +721,44 @@ from your app store and open the profile with it.</p></details></section>";
 
 // ---- profile, sessions, second factor -----------------------------------------------------------
 
-/// `GET /portal/{endpoint}/profile.ovpn`: the user's ready profile (counted).
+#[derive(Deserialize)]
+pub struct ProfileQuery {
+    /// Which of the user's VPNs (default: this portal's endpoint).
+    endpoint: Option<String>,
+}
+
+/// `GET /portal/{endpoint}/profile.ovpn[?endpoint=ID]`: the user's ready profile of one of the
+/// VPNs the portal lists for her (counted on that endpoint).
 pub async fn profile(
     State(web): State<Arc<WebState>>,
-    Path(endpoint_id): Path<String>,
+    Path(portal_id): Path<String>,
+    Query(q): Query<ProfileQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let ep = match portal_endpoint(&web, &endpoint_id).await {
+    let portal = match portal_endpoint(&web, &portal_id).await {
         Ok(ep) => ep,
         Err(page) => return page,
     };
-    let Some(w) = who(&web, &endpoint_id, &headers).filter(|w| w.level == Level::Full) else {
-        return redirect(&base(&endpoint_id), None);
+    let Some(w) = who(&web, &portal_id, &headers).filter(|w| w.level == Level::Full) else {
+        return redirect(&base(&portal_id), None);
     };
+    // Only a VPN the page lists: same sign-in, portal on, something the user's groups may reach.
+    let wanted = q.endpoint.unwrap_or_else(|| portal_id.clone());
+    let Some(ep) = usable_endpoints(&web, &portal, &w.groups)
+        .await
+        .into_iter()
+        .find(|e| e.client_vpn_endpoint_id == wanted)
+    else {
+        return html(
+            StatusCode::NOT_FOUND,
+            message(
+                "Not one of your VPNs",
+                "There is no profile for you here: go back to the list of your VPNs.",
+                false,
+            ),
+        );
+    };
+    let endpoint_id = ep.client_vpn_endpoint_id.clone();
     let host = web.api.settings.remote_host.clone().unwrap_or_else(|| {
         url::Url::parse(&web.settings.public_url)
             .ok()

@@ -368,8 +368,27 @@ impl Site {
     /// An identity provider (the one in this process) and an endpoint with the portal on, in
     /// the store; the portal signs in there. Returns the endpoint id.
     fn portal_endpoint(&self, portal: bool) -> String {
+        let idp = self.new_idp();
+        let ep = self.endpoint_of(&idp, portal, "");
+        // Everyone may use it.
+        self.web
+            .api
+            .store
+            .authorize_rule(&crate::model::AuthorizeRequest {
+                client_vpn_endpoint_id: ep.clone(),
+                target_network_cidr: "10.88.0.0/24".into(),
+                access_group_id: None,
+                authorize_all_groups: Some(true),
+                description: None,
+            })
+            .unwrap();
+        ep
+    }
+
+    /// An identity provider resource for the provider in this process: its id.
+    fn new_idp(&self) -> String {
         let store = &self.web.api.store;
-        let idp = store
+        store
             .create_identity_provider(&crate::model::CreateIdentityProviderRequest {
                 name: Some(format!(
                     "idp-{}",
@@ -380,7 +399,14 @@ impl Site {
                 client_secret: Some("client-secret-0123456789".into()),
                 ..Default::default()
             })
-            .unwrap();
+            .unwrap()
+            .id
+    }
+
+    /// An endpoint of identity provider `idp` (with its portal on or off, described as
+    /// `description`): its id.
+    fn endpoint_of(&self, idp: &str, portal: bool, description: &str) -> String {
+        let store = &self.web.api.store;
         let pki = crate::test_support::ServerPki::new("web test CA");
         let ep = store
             .create_endpoint(&crate::model::CreateEndpointRequest {
@@ -389,11 +415,12 @@ impl Site {
                 server_private_key: Some(pki.server_key.clone()),
                 authentication_options: vec![
                     crate::model::AuthenticationOption::FederatedAuthentication {
-                        saml_provider_arn: idp.id.clone(),
+                        saml_provider_arn: idp.into(),
                         self_service_saml_provider_arn: None,
                     },
                 ],
                 self_service_portal: Some(portal),
+                description: Some(description.into()).filter(|d: &String| !d.is_empty()),
                 ..Default::default()
             })
             .unwrap();
@@ -636,4 +663,55 @@ async fn saml_sp_metadata_is_served_for_the_idp_administrator() {
     assert!(r
         .body
         .contains(&format!("Location=\"{}/saml/acs\"", s.base)));
+}
+
+#[tokio::test]
+async fn the_portal_lists_the_vpns_of_the_same_provider_that_the_users_groups_may_use() {
+    let s = site().await;
+    let idp = s.new_idp();
+    let home = s.endpoint_of(&idp, true, "Home VPN");
+    let eng = s.endpoint_of(&idp, true, "Engineering VPN");
+    let finance = s.endpoint_of(&idp, true, "Finance VPN");
+    let hidden = s.endpoint_of(&idp, false, "No-portal VPN");
+    let elsewhere = s.endpoint_of(&s.new_idp(), true, "Other IdP VPN");
+    let store = &s.web.api.store;
+    let rule = |ep: &str, group: Option<&str>| {
+        store
+            .authorize_rule(&crate::model::AuthorizeRequest {
+                client_vpn_endpoint_id: ep.into(),
+                target_network_cidr: "10.88.0.0/24".into(),
+                access_group_id: group.map(Into::into),
+                authorize_all_groups: group.is_none().then_some(true),
+                description: None,
+            })
+            .unwrap();
+    };
+    // alice's token says groups eng and ops.
+    rule(&home, None);
+    rule(&eng, Some("eng"));
+    rule(&finance, Some("finance"));
+    rule(&hidden, Some("eng"));
+    rule(&elsewhere, Some("eng"));
+    let cookie = s.portal_session(&home).await;
+    let page = request("GET", &format!("{}/portal/{home}", s.base), Some(&cookie)).await;
+    assert!(page.body.contains("Home VPN"), "{}", page.body);
+    assert!(page.body.contains("Engineering VPN"));
+    for absent in ["Finance VPN", "No-portal VPN", "Other IdP VPN"] {
+        assert!(
+            !page.body.contains(absent),
+            "{absent} listed: {}",
+            page.body
+        );
+    }
+    // The listed VPN's profile comes from this portal; the others' do not.
+    let get = |ep: &str| {
+        let url = format!("{}/portal/{home}/profile.ovpn?endpoint={ep}", s.base);
+        let cookie = cookie.clone();
+        async move { request("GET", &url, Some(&cookie)).await.status }
+    };
+    assert_eq!(get(&eng).await, 200);
+    assert_eq!(store.portal_downloads(&eng).unwrap(), 1);
+    for ep in [&finance, &hidden, &elsewhere] {
+        assert_eq!(get(ep).await, 404, "{ep}");
+    }
 }
