@@ -759,3 +759,65 @@ fn the_portal_issues_a_certificate_that_revoke_user_ends() {
     );
     again.stop();
 }
+
+#[test]
+fn an_sso_endpoint_on_a_daemon_without_a_web_listener_is_not_served_and_says_why() {
+    assert!(is_root(), "the SSO tests need root: run `cargo xtask test`");
+    let mut net = EndpointNet::new(0).unwrap();
+    let data = TempDir::new("sso-noweb").unwrap();
+    let daemon = StoreDaemon::start(&net.gateway, &data.0).unwrap();
+    let secret = write(&net.dir.0, "client.secret", "gateway-secret-0123456789\n").unwrap();
+    ok(
+        daemon
+            .cli(&[
+                "idp",
+                "create",
+                "--name",
+                "corp-sso",
+                "--oidc-issuer",
+                "https://login.example.test",
+                "--client-id",
+                "cvpn",
+                "--client-secret-file",
+                secret.to_str().unwrap(),
+            ])
+            .unwrap(),
+        "idp create",
+    );
+    let (cert, key, _) = net.write_server_chain().unwrap();
+    let created = daemon
+        .json(&[
+            "endpoint",
+            "create",
+            "--client-cidr",
+            "10.77.0.0/22",
+            "--server-cert",
+            cert.to_str().unwrap(),
+            "--server-key",
+            key.to_str().unwrap(),
+            "--idp",
+            "corp-sso",
+        ])
+        .unwrap();
+    let endpoint = created["client-vpn-endpoint-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    daemon.associate_and_authorize(&endpoint, &[]).unwrap();
+    // Not served (fail closed: no sign-in could run), and the description says what to add.
+    let start = Instant::now();
+    let listener = loop {
+        let d = daemon.json(&["endpoint", "describe", &endpoint]).unwrap();
+        let l = d["client-vpn-endpoints"][0]["listener"].clone();
+        if l["state"] == "failed" || start.elapsed() > Duration::from_secs(10) {
+            break l;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(listener["state"], "failed", "{listener}");
+    let message = listener["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("[web]") && message.contains("public_url"),
+        "{message}"
+    );
+}
