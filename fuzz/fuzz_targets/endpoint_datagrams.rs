@@ -14,7 +14,8 @@
 //! clock moves by the bytes (big-endian milliseconds, at most ~18 h); 3 a command (terminate by
 //! the bytes as a name, replace TLS revoking nothing, new routes); 4 a connect-handler answer
 //! for connection `peer` (allow when bit 0 of the first byte is set), or on a directory
-//! endpoint (the input's first byte has bit 7 set) with bit 1 set a directory answer (a user
+//! endpoint (the input's first byte has bit 7 set; bit 5 alone: a single sign-on endpoint)
+//! with bit 1 set a directory or identity-provider answer (a user
 //! with the bytes as groups, or a failure the byte picks); 5 the last transmit to
 //! that peer is echoed back with its session ids swapped (gets past the cookie and the session
 //! checks more often than random bytes do).
@@ -60,6 +61,15 @@ fuzz_target!(|data: &[u8]| {
                     } else {
                         gateway::model::MfaMode::None
                     },
+                    recheck: Duration::from_secs(30),
+                }
+            }),
+            // Bit 5 without bit 7: a single sign-on endpoint (web sign-in; answers as above).
+            sso: data.first().is_some_and(|b| b & 0xa0 == 0x20).then(|| {
+                gateway::endpoint::SsoPolicy {
+                    idp_id: "idp-0123456789abcdef0".into(),
+                    sign_in_base: "https://vpn.example.test".into(),
+                    sign_in_timeout: Duration::from_secs(60),
                     recheck: Duration::from_secs(30),
                 }
             }),
