@@ -845,13 +845,10 @@ fn settings_are_checked() {
         SamlSpSettings::new(IDP, "https://idp/sso", b"not a certificate", PUBLIC_URL),
         Err(SamlError::Settings(_))
     ));
+    // A key where a certificate belongs (made now: no key is kept in the source).
+    let key_pem = rcgen::KeyPair::generate().unwrap().serialize_pem();
     assert!(matches!(
-        SamlSpSettings::new(
-            IDP,
-            "https://idp/sso",
-            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
-            PUBLIC_URL
-        ),
+        SamlSpSettings::new(IDP, "https://idp/sso", key_pem.as_bytes(), PUBLIC_URL),
         Err(SamlError::Settings(_))
     ));
     let s = SamlSpSettings::new(
