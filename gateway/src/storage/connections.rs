@@ -182,13 +182,13 @@ impl Store {
             let ids = query(
                 db,
                 "SELECT id FROM connections WHERE status IN ('active', 'terminating') ORDER BY seq",
-                [],
+                (),
                 |r| r.get(0),
             )?;
             db.execute(
                 "UPDATE connections SET status = 'terminated', end_time = last_update_time \
                  WHERE status IN ('active', 'terminating')",
-                [],
+                (),
             )?;
             Ok(ids)
         })
@@ -213,8 +213,8 @@ impl Store {
                 &format!(
                     "SELECT {CONN_COLS} FROM connections \
                      WHERE (end_time IS NULL OR end_time >= ?1) \
-                     AND (?2 IS NULL OR endpoint_id = ?2) AND (?3 IS NULL OR id = ?3) \
-                     AND (?4 IS NULL OR username = ?4 OR (username IS NULL AND common_name = ?4)) AND (?5 IS NULL OR status = ?5) \
+                     AND (CAST(?2 AS TEXT) IS NULL OR endpoint_id = ?2) AND (CAST(?3 AS TEXT) IS NULL OR id = ?3) \
+                     AND (CAST(?4 AS TEXT) IS NULL OR username = ?4 OR (username IS NULL AND common_name = ?4)) AND (CAST(?5 AS TEXT) IS NULL OR status = ?5) \
                      ORDER BY start_time, seq"
                 ),
                 params![

@@ -14,11 +14,11 @@ const DIRECTORY_COLS: &str = "id, name, description, urls, base_dn, bind_dn, \
     timeout_ms, recheck_seconds, mfa, radius_server, radius_timeout_ms, radius_retries, \
     radius_secret IS NOT NULL, created_at";
 
-fn u32_col(r: &Row<'_>, i: usize) -> rusqlite::Result<u32> {
+fn u32_col(r: &Row<'_>, i: usize) -> sql::Result<u32> {
     u32::try_from(r.get::<_, i64>(i)?).map_err(|_| conversion_error(i, "out of range".into()))
 }
 
-fn directory_row(r: &Row<'_>) -> rusqlite::Result<Directory> {
+fn directory_row(r: &Row<'_>) -> sql::Result<Directory> {
     let urls: String = r.get(3)?;
     Ok(Directory {
         directory_id: r.get(0)?,
@@ -365,7 +365,7 @@ impl Store {
             query(
                 db,
                 &format!("SELECT {DIRECTORY_COLS} FROM directories ORDER BY name"),
-                [],
+                (),
                 directory_row,
             )
         })
@@ -422,8 +422,9 @@ impl Store {
                 ));
             }
             db.prepare_cached(
-                "INSERT OR REPLACE INTO mfa_enrollments (directory_id, username, secret, created_at) \
-                 VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO mfa_enrollments (directory_id, username, secret, created_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (directory_id, username) DO UPDATE \
+                 SET secret = excluded.secret, created_at = excluded.created_at",
             )?
             .execute(params![d.directory_id, username, secret, now.0])?;
             Ok(d)

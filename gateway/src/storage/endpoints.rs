@@ -378,7 +378,7 @@ impl Store {
             let mut eps = query(
                 db,
                 &format!("SELECT {ENDPOINT_COLS} FROM endpoints ORDER BY created_at, id"),
-                [],
+                (),
                 endpoint_row,
             )?;
             for ep in &mut eps {

@@ -14,7 +14,7 @@ use super::*;
 const IDP_COLS: &str = "id, name, description, protocol, settings, client_secret IS NOT NULL, \
     recheck_seconds, created_at";
 
-fn idp_row(r: &Row<'_>) -> rusqlite::Result<IdentityProvider> {
+fn idp_row(r: &Row<'_>) -> sql::Result<IdentityProvider> {
     let protocol = col_enum(r, 3, IdpProtocol::parse)?;
     let settings: String = r.get(4)?;
     let bad = |e: serde_json::Error| conversion_error(4, format!("settings: {e}"));
@@ -389,7 +389,7 @@ impl Store {
             query(
                 db,
                 &format!("SELECT {IDP_COLS} FROM identity_providers ORDER BY name"),
-                [],
+                (),
                 idp_row,
             )
         })

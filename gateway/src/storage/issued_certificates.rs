@@ -326,7 +326,7 @@ impl Store {
                 db,
                 "SELECT serial, endpoint_id, username, issued_at, not_after, revoked_at \
                  FROM issued_certificates WHERE endpoint_id = ?1 \
-                 AND (?2 IS NULL OR username = ?2) ORDER BY issued_at, serial",
+                 AND (CAST(?2 AS TEXT) IS NULL OR username = ?2) ORDER BY issued_at, serial",
                 params![endpoint_id, username],
                 |r| {
                     let not_after: i64 = r.get(4)?;
@@ -352,7 +352,7 @@ impl Store {
             let n: i64 = db
                 .prepare_cached(
                     "INSERT INTO portal_downloads (endpoint_id, count) VALUES (?1, 1) \
-                     ON CONFLICT (endpoint_id) DO UPDATE SET count = count + 1 \
+                     ON CONFLICT (endpoint_id) DO UPDATE SET count = portal_downloads.count + 1 \
                      RETURNING count",
                 )?
                 .query_row([endpoint_id], |r| r.get(0))?;

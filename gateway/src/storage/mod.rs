@@ -62,6 +62,7 @@ mod policy_view;
 mod routes;
 mod rules;
 pub mod schema;
+pub mod sql;
 
 /// re-export: the types live in model ([`crate::model`]); `storage::model::X` keeps working.
 pub mod model {
@@ -80,7 +81,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use rusqlite::{params, Connection as Db, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::TransactionBehavior;
+use sql::{conversion_error, params, Db, OptionalExtension, Row};
 
 use crate::model::policy::{self, Policy, TargetSpec};
 
@@ -121,6 +123,27 @@ pub struct StoreOptions {
     /// Which client connect handlers endpoints may name (`[connect_handler]` of the daemon
     /// configuration): create and modify refuse others.
     pub handler_policy: HandlerPolicy,
+    /// A shared PostgreSQL database instead of SQLite in the data directory (a cluster's
+    /// nodes all name the same one).
+    pub postgres: Option<PostgresOptions>,
+}
+
+/// Where the shared PostgreSQL database is, and how to talk to it.
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// `postgres://user[:password]@host[:port]/dbname[?sslmode=disable|prefer|require]`.
+    pub url: String,
+    /// TLS settings (the roots the server's certificate must chain to); `None`: no TLS.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("url", &sql::redact(&self.url))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Default for StoreOptions {
@@ -131,6 +154,7 @@ impl Default for StoreOptions {
             retention: DEFAULT_RETENTION,
             clock: Arc::new(Timestamp::now),
             handler_policy: HandlerPolicy::default(),
+            postgres: None,
         }
     }
 }
@@ -152,13 +176,14 @@ impl fmt::Debug for StoreOptions {
             .field("quotas", &self.quotas)
             .field("retention", &self.retention)
             .field("handler_policy", &self.handler_policy)
+            .field("postgres", &self.postgres)
             .finish_non_exhaustive()
     }
 }
 
 /// The control plane's database. See the [module documentation](self).
 pub struct Store {
-    db: Mutex<Db>,
+    backend: Backend,
     path: PathBuf,
     quotas: Quotas,
     retention_secs: i64,
@@ -176,14 +201,18 @@ impl fmt::Debug for Store {
     }
 }
 
-// ---- row helpers --------------------------------------------------------------------------------
-
-fn conversion_error(i: usize, msg: String) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, msg.into())
+/// The database a [`Store`] runs on.
+enum Backend {
+    /// One SQLite connection, its calls serialized.
+    Sqlite(Mutex<rusqlite::Connection>),
+    /// A pool of connections to a PostgreSQL database that other nodes may share.
+    Postgres(sql::PgPool),
 }
 
+// ---- row helpers --------------------------------------------------------------------------------
+
 /// A text column parsed with `FromStr`.
-fn col<T: FromStr>(r: &Row<'_>, i: usize) -> rusqlite::Result<T>
+fn col<T: FromStr>(r: &Row<'_>, i: usize) -> sql::Result<T>
 where
     T::Err: fmt::Display,
 {
@@ -193,7 +222,7 @@ where
 }
 
 /// A nullable text column parsed with `FromStr`.
-fn col_opt<T: FromStr>(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<T>>
+fn col_opt<T: FromStr>(r: &Row<'_>, i: usize) -> sql::Result<Option<T>>
 where
     T::Err: fmt::Display,
 {
@@ -206,20 +235,20 @@ where
 }
 
 /// A text column holding one of a [`model`] enumeration's spellings.
-fn col_enum<T>(r: &Row<'_>, i: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+fn col_enum<T>(r: &Row<'_>, i: usize, parse: fn(&str) -> Option<T>) -> sql::Result<T> {
     let s: String = r.get(i)?;
     parse(&s).ok_or_else(|| conversion_error(i, format!("unknown state {s:?}")))
 }
 
-fn ts(r: &Row<'_>, i: usize) -> rusqlite::Result<Timestamp> {
+fn ts(r: &Row<'_>, i: usize) -> sql::Result<Timestamp> {
     Ok(Timestamp(r.get(i)?))
 }
 
-fn ts_opt(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<Timestamp>> {
+fn ts_opt(r: &Row<'_>, i: usize) -> sql::Result<Option<Timestamp>> {
     Ok(r.get::<_, Option<i64>>(i)?.map(Timestamp))
 }
 
-fn u64_col(r: &Row<'_>, i: usize) -> rusqlite::Result<u64> {
+fn u64_col(r: &Row<'_>, i: usize) -> sql::Result<u64> {
     Ok(u64::try_from(r.get::<_, i64>(i)?).unwrap_or(0))
 }
 
@@ -227,7 +256,7 @@ fn sql_u64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn target_id(seq: i64) -> rusqlite::Result<u32> {
+fn target_id(seq: i64) -> sql::Result<u32> {
     u32::try_from(seq).map_err(|_| conversion_error(0, format!("target id {seq} exceeds u32")))
 }
 
@@ -238,7 +267,7 @@ const ENDPOINT_COLS: &str = "id, state, client_cidr, transport, vpn_port, split_
     deleted_at, directory_id, idp_id, client_ca_key_pem IS NOT NULL, \
     (SELECT count FROM portal_downloads d WHERE d.endpoint_id = endpoints.id)";
 
-fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
+fn endpoint_row(r: &Row<'_>) -> sql::Result<Endpoint> {
     let dns: String = r.get(6)?;
     let dns_servers = dns
         .split(',')
@@ -247,7 +276,7 @@ fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
             s.parse::<Ipv4Addr>()
                 .map_err(|e| conversion_error(6, format!("{s:?}: {e}")))
         })
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<sql::Result<Vec<_>>>()?;
     let vpn_port: i64 = r.get(4)?;
     let hours: i64 = r.get(7)?;
     Ok(Endpoint {
@@ -320,7 +349,7 @@ fn authentication_options(
 const ASSOC_COLS: &str = "seq, id, endpoint_id, interface, subnet, snat_address, state, \
     created_at, updated_at";
 
-fn assoc_row(r: &Row<'_>) -> rusqlite::Result<TargetNetwork> {
+fn assoc_row(r: &Row<'_>) -> sql::Result<TargetNetwork> {
     Ok(TargetNetwork {
         target_id: target_id(r.get(0)?)?,
         association_id: r.get(1)?,
@@ -338,7 +367,7 @@ const ROUTE_COLS: &str = "r.endpoint_id, r.destination, a.interface, a.id, a.seq
     r.state, r.description, r.created_at, r.seq";
 const ROUTE_FROM: &str = "routes r JOIN associations a ON a.seq = r.association_seq";
 
-fn route_row(r: &Row<'_>) -> rusqlite::Result<Route> {
+fn route_row(r: &Row<'_>) -> sql::Result<Route> {
     Ok(Route {
         client_vpn_endpoint_id: r.get(0)?,
         destination_cidr: col(r, 1)?,
@@ -354,7 +383,7 @@ fn route_row(r: &Row<'_>) -> rusqlite::Result<Route> {
 
 const RULE_COLS: &str = "endpoint_id, destination, group_id, access_all, description, created_at";
 
-fn rule_row(r: &Row<'_>) -> rusqlite::Result<AuthorizationRule> {
+fn rule_row(r: &Row<'_>) -> sql::Result<AuthorizationRule> {
     Ok(AuthorizationRule {
         client_vpn_endpoint_id: r.get(0)?,
         destination_cidr: col(r, 1)?,
@@ -369,7 +398,7 @@ const CONN_COLS: &str = "id, endpoint_id, status, client_ip, common_name, userna
     device_port, transport, start_time, last_update_time, end_time, ingress_bytes, egress_bytes, \
     ingress_packets, egress_packets";
 
-fn conn_row(r: &Row<'_>) -> rusqlite::Result<Connection> {
+fn conn_row(r: &Row<'_>) -> sql::Result<Connection> {
     let port: i64 = r.get(7)?;
     Ok(Connection {
         connection_id: r.get(0)?,
@@ -395,12 +424,10 @@ fn conn_row(r: &Row<'_>) -> rusqlite::Result<Connection> {
 fn query<T>(
     db: &Db,
     sql: &str,
-    params: impl rusqlite::Params,
-    f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    params: impl sql::Params,
+    f: impl FnMut(&Row<'_>) -> sql::Result<T>,
 ) -> Result<Vec<T>, ApiError> {
-    let mut stmt = db.prepare_cached(sql)?;
-    let rows = stmt.query_map(params, f)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<T>>>()?)
+    Ok(db.query_all(sql, params, f)?)
 }
 
 fn endpoint_not_found(id: &str) -> ApiError {
@@ -575,10 +602,20 @@ pub fn enforce_private_modes(dir: &Path) -> Result<Vec<String>, String> {
 }
 
 impl Store {
+    /// Opens the store: PostgreSQL when `options.postgres` names a database, else SQLite in
+    /// `options.data_dir` (see [`Store::open_sqlite`]). Pending migrations are applied either
+    /// way.
+    pub fn open(options: StoreOptions) -> Result<Store, ApiError> {
+        match options.postgres.clone() {
+            Some(pg) => Self::open_postgres(pg, options),
+            None => Self::open_sqlite(options),
+        }
+    }
+
     /// Opens (creating if needed) the database in `options.data_dir`, enforces the modes of the
     /// directory (0700) and the database files (0600; see [`enforce_private_modes`]), sets WAL
     /// mode, FULL synchronous, foreign keys and secure delete, and applies pending migrations.
-    pub fn open(options: StoreOptions) -> Result<Store, ApiError> {
+    fn open_sqlite(options: StoreOptions) -> Result<Store, ApiError> {
         let dir = &options.data_dir;
         if !dir.is_dir() {
             std::fs::DirBuilder::new()
@@ -609,7 +646,7 @@ impl Store {
             .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", path.display())))?;
         let at =
             |e: rusqlite::Error| ApiError::internal(format!("database {}: {e}", path.display()));
-        let mut db = Db::open(&path).map_err(at)?;
+        let mut db = rusqlite::Connection::open(&path).map_err(at)?;
         db.busy_timeout(Duration::from_secs(5)).map_err(at)?;
         let mode: String = db
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
@@ -633,11 +670,11 @@ impl Store {
                 path.display()
             )));
         }
-        migrate(&mut db).map_err(|e| {
+        schema::migrate_sqlite(&mut db).map_err(|e| {
             ApiError::internal(format!("database {}: {}", path.display(), e.message))
         })?;
         Ok(Store {
-            db: Mutex::new(db),
+            backend: Backend::Sqlite(Mutex::new(db)),
             path,
             quotas: options.quotas,
             retention_secs: i64::try_from(options.retention.as_secs()).unwrap_or(i64::MAX),
@@ -646,9 +683,43 @@ impl Store {
         })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Connects to the PostgreSQL database (checking that it answers) and applies pending
+    /// migrations, serialized with other nodes starting at the same time.
+    fn open_postgres(pg: PostgresOptions, options: StoreOptions) -> Result<Store, ApiError> {
+        let tls = match pg.tls {
+            Some(config) => sql::PgTls::Rustls(config),
+            None => sql::PgTls::None,
+        };
+        let pool = sql::PgPool::connect(&pg.url, tls)
+            .map_err(|e| ApiError::new(codes::SERVICE_UNAVAILABLE, e))?;
+        schema::migrate_postgres(&pool)?;
+        Ok(Store {
+            path: PathBuf::from(pool.target()),
+            backend: Backend::Postgres(pool),
+            quotas: options.quotas,
+            retention_secs: i64::try_from(options.retention.as_secs()).unwrap_or(i64::MAX),
+            clock: options.clock,
+            handler_policy: options.handler_policy,
+        })
+    }
+
+    /// The SQLite database file; `None` on PostgreSQL.
+    pub fn path(&self) -> Option<&Path> {
+        match self.backend {
+            Backend::Sqlite(_) => Some(&self.path),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Where the data lives, for messages: the SQLite file, or the PostgreSQL URL without its
+    /// password.
+    pub fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Whether the store is a PostgreSQL database (that other nodes may share).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     /// The client connect handlers endpoints may name.
@@ -663,56 +734,83 @@ impl Store {
 
     /// The schema version (number of migrations applied).
     pub fn schema_version(&self) -> Result<u32, ApiError> {
-        self.read(|db| Ok(db.pragma_query_value(None, "user_version", |r| r.get(0))?))
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                Ok(lock(db).pragma_query_value(None, "user_version", |r| r.get(0))?)
+            }
+            Backend::Postgres(pool) => schema::postgres_version(pool),
+        }
     }
 
     /// Whether deleted content is zeroed in the database file (`PRAGMA secure_delete`; on
-    /// from [`Store::open`]).
+    /// from [`Store::open`]). PostgreSQL has no such setting: `false` there (its dead rows stay
+    /// until `VACUUM`; protect the database's disk instead).
     pub fn secure_delete(&self) -> Result<bool, ApiError> {
-        self.read(|db| {
-            Ok(db.pragma_query_value(None, "secure_delete", |r| r.get::<_, i64>(0))? == 1)
-        })
+        match &self.backend {
+            Backend::Sqlite(db) => Ok(lock(db)
+                .pragma_query_value(None, "secure_delete", |r| r.get::<_, i64>(0))?
+                == 1),
+            Backend::Postgres(_) => Ok(false),
+        }
     }
 
     /// SQLite's `PRAGMA integrity_check`: `"ok"` for a sound database, else the problems.
+    /// PostgreSQL checks its own pages as it reads them: `"ok"` there.
     pub fn integrity_check(&self) -> Result<String, ApiError> {
-        self.read(|db| {
-            let lines: Vec<String> = query(db, "PRAGMA integrity_check", [], |r| r.get(0))?;
-            Ok(lines.join("\n"))
-        })
+        match &self.backend {
+            Backend::Sqlite(_) => self.read(|db| {
+                let lines: Vec<String> = query(db, "PRAGMA integrity_check", (), |r| r.get(0))?;
+                Ok(lines.join("\n"))
+            }),
+            Backend::Postgres(_) => Ok("ok".into()),
+        }
     }
 
     fn now(&self) -> Timestamp {
         (self.clock)()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Db> {
-        // A panic while holding the lock cannot leave a half-done transaction behind (the
-        // transaction rolls back when dropped), so a poisoned lock is safe to reuse.
-        self.db.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`), committed if `f` succeeds and
-    /// rolled back otherwise.
+    /// Runs `f` in one write transaction, committed if `f` succeeds and rolled back otherwise.
+    /// SQLite: `BEGIN IMMEDIATE` (writers queue). PostgreSQL: `SERIALIZABLE`, and `f` runs again
+    /// when a concurrent transaction (another node's) wins a conflict, so `f` must be
+    /// repeatable: it only reads and writes through `db`.
     fn write<T>(
         &self,
-        f: impl FnOnce(&Db, Timestamp) -> Result<T, ApiError>,
+        mut f: impl FnMut(&Db, Timestamp) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let now = self.now();
-        let mut db = self.lock();
-        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx, now)?;
-        tx.commit()?;
-        Ok(out)
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                let mut db = lock(db);
+                let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let out = f(&Db::sqlite(&tx), now)?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Backend::Postgres(pool) => pool.transaction(
+                "BEGIN ISOLATION LEVEL SERIALIZABLE",
+                sql::PG_WRITE_ATTEMPTS,
+                |db| f(db, now),
+            ),
+        }
     }
 
     /// Runs `f` in one read transaction (a consistent snapshot).
-    fn read<T>(&self, f: impl FnOnce(&Db) -> Result<T, ApiError>) -> Result<T, ApiError> {
-        let mut db = self.lock();
-        let tx = db.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+    fn read<T>(&self, mut f: impl FnMut(&Db) -> Result<T, ApiError>) -> Result<T, ApiError> {
+        match &self.backend {
+            Backend::Sqlite(db) => {
+                let mut db = lock(db);
+                let tx = db.transaction_with_behavior(TransactionBehavior::Deferred)?;
+                let out = f(&Db::sqlite(&tx))?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Backend::Postgres(pool) => {
+                pool.transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 1, |db| {
+                    f(db)
+                })
+            }
+        }
     }
 
     // ---- housekeeping -----------------------------------------------------------------------------
@@ -743,28 +841,21 @@ impl Store {
     }
 }
 
-/// Applies the missing migrations, each in one transaction with its `user_version` bump.
-fn migrate(db: &mut Db) -> Result<(), ApiError> {
-    let current: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let known = schema::MIGRATIONS.len();
-    let current = usize::try_from(current).unwrap_or(usize::MAX);
-    if current > known {
-        return Err(ApiError::internal(format!(
-            "schema version {current} is newer than this cvpn knows ({known}); run a newer cvpn"
-        )));
+#[cfg(test)]
+impl Store {
+    /// The SQLite connection, for tests of SQLite's own behaviour (pragmas, files).
+    fn lock(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+        match &self.backend {
+            Backend::Sqlite(db) => lock(db),
+            Backend::Postgres(_) => panic!("a test of SQLite's files ran on PostgreSQL"),
+        }
     }
-    for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(current) {
-        let tx = db.transaction_with_behavior(TransactionBehavior::Exclusive)?;
-        tx.execute_batch(sql)
-            .map_err(|e| ApiError::internal(format!("migration {}: {e}", i + 1)))?;
-        tx.pragma_update(
-            None,
-            "user_version",
-            i64::try_from(i + 1).unwrap_or(i64::MAX),
-        )?;
-        tx.commit()?;
-    }
-    Ok(())
+}
+
+fn lock(db: &Mutex<rusqlite::Connection>) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+    // A panic while holding the lock cannot leave a half-done transaction behind (the
+    // transaction rolls back when dropped), so a poisoned lock is safe to reuse.
+    db.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -41,19 +41,24 @@ impl Store {
             if let Some(net) = &subnet {
                 self.check_subnet(&ep, net)?;
             }
-            db.prepare_cached(
-                "INSERT INTO associations (id, endpoint_id, interface, subnet, snat_address, \
-                 state, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'associated', ?6, ?6)",
-            )?
-            .execute(params![
-                assoc_id,
-                eid,
-                interface,
-                subnet.map(|n| n.to_string()),
-                snat.map(|a| a.to_string()),
-                now.0
-            ])?;
-            let seq = target_id(db.last_insert_rowid())?;
+            let seq = db
+                .prepare_cached(
+                    "INSERT INTO associations (id, endpoint_id, interface, subnet, snat_address, \
+                 state, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'associated', ?6, ?6) \
+                 RETURNING seq",
+                )?
+                .query_row(
+                    params![
+                        assoc_id,
+                        eid,
+                        interface,
+                        subnet.map(|n| n.to_string()),
+                        snat.map(|a| a.to_string()),
+                        now.0
+                    ],
+                    |r| r.get::<_, i64>(0),
+                )?;
+            let seq = target_id(seq)?;
             let route = match &subnet {
                 Some(net) => {
                     insert_associate_route(db, eid, net, seq, now)?;

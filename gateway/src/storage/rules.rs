@@ -20,7 +20,7 @@ impl Store {
             let exists: Option<i64> = db
                 .prepare_cached(
                     "SELECT seq FROM authorization_rules WHERE endpoint_id = ?1 AND destination = ?2 \
-                     AND access_all = ?3 AND ifnull(group_id, '') = ifnull(?4, '')",
+                     AND access_all = ?3 AND coalesce(group_id, '') = coalesce(?4, '')",
                 )?
                 .query_row(params![eid, dest.to_string(), all, group], |r| r.get(0))
                 .optional()?;
@@ -45,12 +45,14 @@ impl Store {
                     ),
                 ));
             }
-            db.prepare_cached(
-                "INSERT INTO authorization_rules (endpoint_id, destination, group_id, access_all, \
-                 description, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![eid, dest.to_string(), group, all, description, now.0])?;
-            let seq = db.last_insert_rowid();
+            let seq: i64 = db
+                .prepare_cached(
+                    "INSERT INTO authorization_rules (endpoint_id, destination, group_id, access_all, \
+                     description, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING seq",
+                )?
+                .query_row(params![eid, dest.to_string(), group, all, description, now.0], |r| {
+                    r.get(0)
+                })?;
             bump_revision(db, eid)?;
             Ok(db
                 .prepare_cached(&format!("SELECT {RULE_COLS} FROM authorization_rules WHERE seq = ?1"))?
@@ -73,7 +75,7 @@ impl Store {
             let found = db
                 .prepare_cached(&format!(
                     "SELECT seq, {RULE_COLS} FROM authorization_rules WHERE endpoint_id = ?1 \
-                     AND destination = ?2 AND access_all = ?3 AND ifnull(group_id, '') = ifnull(?4, '')"
+                     AND destination = ?2 AND access_all = ?3 AND coalesce(group_id, '') = coalesce(?4, '')"
                 ))?
                 .query_row(params![eid, dest.to_string(), all, group], |r| {
                     let seq: i64 = r.get(0)?;

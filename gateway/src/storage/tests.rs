@@ -4,6 +4,16 @@
 //!
 //! The test PKI (CA, server certificate and key, CRLs) is generated per test with rcgen; no key
 //! material lives in the repository.
+//!
+//! # Both backends
+//!
+//! The suite runs on SQLite by default. With `CVPN_TEST_POSTGRES` set to an administrator's URL
+//! of a PostgreSQL server (`cargo xtask test` starts one and runs `storage::` again so), every
+//! test's store is a fresh PostgreSQL database instead, named after the test's temporary
+//! directory (so reopening the "same directory" reopens the same database) and dropped with
+//! it. The few tests of SQLite's files (modes, WAL, secure delete, a writer killed mid-write)
+//! say so and return early there; [`schema_is_the_same_on_both_backends`] compares the two
+//! schemas.
 
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
@@ -19,7 +29,73 @@ use super::*;
 
 // ---- fixtures -----------------------------------------------------------------------------------
 
-/// A directory under the system temp dir, removed on drop.
+/// The PostgreSQL server the suite runs against, if `CVPN_TEST_POSTGRES` names one.
+fn postgres_admin() -> Option<String> {
+    std::env::var("CVPN_TEST_POSTGRES")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// Whether this run is on PostgreSQL: tests of SQLite's own files call it and return early.
+fn on_postgres(test: &str) -> bool {
+    let pg = postgres_admin().is_some();
+    if pg {
+        eprintln!("{test}: a test of SQLite's files; not run on PostgreSQL");
+    }
+    pg
+}
+
+/// The PostgreSQL database that stands for the data directory `dir`: its path made an
+/// identifier (the end of it, within PostgreSQL's 63 bytes; the temporary directories' names
+/// end in the process id and a counter).
+fn database_for(dir: &Path) -> String {
+    let name: Vec<char> = dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let tail: String = name[name.len().saturating_sub(58)..].iter().collect();
+    format!("t_{}", tail.trim_start_matches('_'))
+}
+
+/// `admin` (a URL ending in a database name) pointing at `database` instead.
+fn with_database(admin: &str, database: &str) -> String {
+    let mut u = url::Url::parse(admin).expect("CVPN_TEST_POSTGRES is a postgres:// URL");
+    u.set_path(database);
+    u.to_string()
+}
+
+/// Runs `sql` as the administrator.
+fn admin_batch(sql: &str) {
+    let admin = postgres_admin().expect("on PostgreSQL");
+    let pool = sql::PgPool::connect(&admin, sql::PgTls::None).unwrap();
+    pool.batch(sql).unwrap();
+}
+
+/// Store options for the data directory `dir`: on PostgreSQL, its database (created when new).
+fn in_dir(dir: &Path) -> StoreOptions {
+    let mut o = StoreOptions::in_dir(dir);
+    if let Some(admin) = postgres_admin() {
+        let db = database_for(dir);
+        let exists = sql::PgPool::connect(&with_database(&admin, &db), sql::PgTls::None).is_ok();
+        if !exists {
+            admin_batch(&format!("CREATE DATABASE {db}"));
+        }
+        o.postgres = Some(PostgresOptions {
+            url: with_database(&admin, &db),
+            tls: None,
+        });
+    }
+    o
+}
+
+/// A directory under the system temp dir, removed on drop (with its PostgreSQL database).
 struct TempDir(PathBuf);
 
 impl TempDir {
@@ -38,6 +114,22 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        // The databases of this directory and of the directories under it.
+        if let Some(admin) = postgres_admin() {
+            let prefix = database_for(&self.0);
+            let pool = sql::PgPool::connect(&admin, sql::PgTls::None).unwrap();
+            let names: Vec<String> = pool
+                .transaction("BEGIN", 1, |db| {
+                    Ok(db.query_all("SELECT datname FROM pg_database", (), |r| r.get(0))?)
+                })
+                .unwrap();
+            for name in names {
+                if name == prefix || name.starts_with(&format!("{prefix}_")) {
+                    pool.batch(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .unwrap();
+                }
+            }
+        }
     }
 }
 
@@ -109,11 +201,11 @@ struct Fx {
 fn options(dir: &Path, clock: &Arc<AtomicI64>, quotas: Quotas) -> StoreOptions {
     let c = Arc::clone(clock);
     StoreOptions {
-        data_dir: dir.to_path_buf(),
         quotas,
         retention: DEFAULT_RETENTION,
         clock: Arc::new(move || Timestamp(c.load(Ordering::SeqCst))),
         handler_policy: HandlerPolicy::default(),
+        ..in_dir(dir)
     }
 }
 
@@ -1493,6 +1585,9 @@ fn retention_is_configurable() {
 
 #[test]
 fn database_is_wal_full_sync_with_foreign_keys_and_private_files() {
+    if on_postgres("database_is_wal_full_sync_with_foreign_keys_and_private_files") {
+        return;
+    }
     let fx = Fx::new();
     assert_eq!(fx.pragma("journal_mode"), "wal");
     assert_eq!(fx.pragma("synchronous"), "2", "FULL");
@@ -1502,7 +1597,7 @@ fn database_is_wal_full_sync_with_foreign_keys_and_private_files() {
         u32::try_from(schema::MIGRATIONS.len()).unwrap()
     );
     assert_eq!(fx.store.integrity_check().unwrap(), "ok");
-    assert_eq!(fx.store.path(), fx.dir.0.join("cvpn.db"));
+    assert_eq!(fx.store.path(), Some(fx.dir.0.join("cvpn.db").as_path()));
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&fx.dir.0), 0o700);
     assert_eq!(mode(&fx.dir.0.join("cvpn.db")), 0o600);
@@ -1510,10 +1605,13 @@ fn database_is_wal_full_sync_with_foreign_keys_and_private_files() {
 
 #[test]
 fn data_directory_is_created_with_parents() {
+    if on_postgres("data_directory_is_created_with_parents") {
+        return;
+    }
     let dir = TempDir::new("nested");
     let nested = dir.0.join("a/b");
     let store = Store::open(StoreOptions::in_dir(&nested)).unwrap();
-    assert!(store.path().starts_with(&nested));
+    assert!(store.path().unwrap().starts_with(&nested));
     assert_eq!(
         StoreOptions::default().data_dir,
         PathBuf::from("/var/lib/cvpn")
@@ -1524,12 +1622,12 @@ fn data_directory_is_created_with_parents() {
 fn a_newer_schema_is_refused() {
     let fx = Fx::new();
     let dir = fx.dir.0.clone();
-    fx.store
-        .lock()
-        .pragma_update(None, "user_version", 99)
-        .unwrap();
+    match &fx.store.backend {
+        Backend::Sqlite(db) => lock(db).pragma_update(None, "user_version", 99).unwrap(),
+        Backend::Postgres(pool) => pool.batch("UPDATE cvpn_schema SET version = 99").unwrap(),
+    }
     drop(fx.store);
-    let e = Store::open(StoreOptions::in_dir(&dir)).unwrap_err();
+    let e = Store::open(in_dir(&dir)).unwrap_err();
     assert_eq!(e.code, codes::INTERNAL_ERROR);
     assert!(e.message.contains("newer"), "{e}");
 }
@@ -1697,8 +1795,14 @@ fn check_consistent(dir: &Path) -> usize {
     })
     .unwrap();
     assert_eq!(store.integrity_check().unwrap(), "ok");
-    let fk: Vec<String> =
-        query(&store.lock(), "PRAGMA foreign_key_check", [], |r| r.get(0)).unwrap();
+    let fk: Vec<String> = store
+        .lock()
+        .prepare("PRAGMA foreign_key_check")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert!(fk.is_empty(), "foreign key violations in {fk:?}");
     let ep = &store.describe_endpoints(&[]).unwrap()[0];
     let eid = &ep.client_vpn_endpoint_id;
@@ -1755,6 +1859,9 @@ fn next_report(reader: &mut impl BufRead) -> Option<Option<usize>> {
 
 #[test]
 fn killed_writer_leaves_a_consistent_database() {
+    if on_postgres("killed_writer_leaves_a_consistent_database") {
+        return;
+    }
     let fx = Fx::new();
     fx.endpoint();
     let Fx { store, dir, .. } = fx;
@@ -2150,6 +2257,9 @@ fn connect_handlers_follow_the_daemon_configuration() {
 
 #[test]
 fn modes_of_the_data_directory_and_database_files_are_enforced_at_every_start() {
+    if on_postgres("modes_of_the_data_directory_and_database_files_are_enforced_at_every_start") {
+        return;
+    }
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     let chmod = |p: &Path, m: u32| {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
@@ -2197,6 +2307,9 @@ fn modes_of_the_data_directory_and_database_files_are_enforced_at_every_start() 
 
 #[test]
 fn deleted_private_keys_are_scrubbed_from_the_database_files() {
+    if on_postgres("deleted_private_keys_are_scrubbed_from_the_database_files") {
+        return;
+    }
     let fx = Fx::new();
     // A line of the key's base64 body: found in the files only if the key is.
     let marker = fx
@@ -2763,7 +2876,7 @@ fn identity_providers_take_defaults_keep_the_secret_out_and_are_modified() {
     let dir = fx.dir.0.clone();
     let before = fx.store.describe_identity_providers().unwrap();
     drop(fx.store);
-    let store = Store::open(StoreOptions::in_dir(&dir)).unwrap();
+    let store = Store::open(in_dir(&dir)).unwrap();
     assert_eq!(store.describe_identity_providers().unwrap(), before);
 }
 
@@ -3410,4 +3523,109 @@ fn portal_downloads_are_counted() {
             .code,
         codes::ENDPOINT_NOT_FOUND
     );
+}
+
+// ---- both backends ------------------------------------------------------------------------------
+
+/// The tables and columns of the store's schema: `(table, column)`, sorted.
+fn schema_columns(store: &Store) -> Vec<(String, String)> {
+    let sql = match &store.backend {
+        Backend::Sqlite(_) => {
+            "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+             WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'"
+        }
+        Backend::Postgres(_) => {
+            "SELECT table_name::text, column_name::text FROM information_schema.columns \
+             WHERE table_schema = 'public' AND table_name <> 'cvpn_schema'"
+        }
+    };
+    let mut cols = store
+        .read(|db| query(db, sql, (), |r| Ok((r.get(0)?, r.get(1)?))))
+        .unwrap();
+    cols.sort();
+    cols
+}
+
+#[test]
+fn schema_is_the_same_on_both_backends() {
+    let fx = Fx::new();
+    let sqlite_dir = TempDir::new("parity");
+    let sqlite = Store::open(StoreOptions::in_dir(&sqlite_dir.0)).unwrap();
+    assert!(!sqlite.is_shared());
+    let want = schema_columns(&sqlite);
+    assert!(want.len() > 50, "{want:?}");
+    assert!(want.contains(&("connections".into(), "client_ip".into())));
+    if postgres_admin().is_none() {
+        eprintln!("schema_is_the_same_on_both_backends: compared on PostgreSQL runs only");
+        return;
+    }
+    assert!(fx.store.is_shared());
+    assert_eq!(schema_columns(&fx.store), want);
+    assert_eq!(
+        schema::POSTGRES_MIGRATIONS.len(),
+        schema::MIGRATIONS.len(),
+        "one migration story: each SQLite migration has its PostgreSQL twin"
+    );
+    assert_eq!(
+        fx.store.schema_version().unwrap(),
+        sqlite.schema_version().unwrap()
+    );
+}
+
+/// Two stores on one database are two nodes of a cluster (on SQLite, two processes on one
+/// host): writes that check a quota and then insert, racing from both, never exceed it, and
+/// no two rules are the same.
+#[test]
+fn two_stores_on_one_database_keep_quotas_under_concurrent_writes() {
+    let quotas = Quotas {
+        authorization_rules_per_endpoint: 12,
+        ..Quotas::default()
+    };
+    let fx = Fx::with_quotas(quotas);
+    let eid = fx.endpoint();
+    let other = Store::open(options(&fx.dir.0, &fx.clock, quotas)).unwrap();
+    let stores = [&fx.store, &other];
+    let ok = AtomicU32::new(0);
+    std::thread::scope(|s| {
+        for (t, store) in stores.iter().enumerate() {
+            let (eid, ok) = (&eid, &ok);
+            s.spawn(move || {
+                for i in 0..10u8 {
+                    // Half the destinations are the same from both threads: exactly one wins.
+                    let octet = if i % 2 == 0 {
+                        i
+                    } else {
+                        100 + i + u8::try_from(t).unwrap() * 50
+                    };
+                    let r = store.authorize_rule(&AuthorizeRequest {
+                        client_vpn_endpoint_id: eid.clone(),
+                        target_network_cidr: format!("172.16.{octet}.0/24"),
+                        authorize_all_groups: Some(true),
+                        ..Default::default()
+                    });
+                    match r {
+                        Ok(_) => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => assert!(
+                            e.code == codes::DUPLICATE_AUTHORIZATION_RULE
+                                || e.code == codes::AUTHORIZATION_RULE_LIMIT_EXCEEDED,
+                            "{e}"
+                        ),
+                    }
+                }
+            });
+        }
+    });
+    let rules = fx.store.describe_rules(&eid).unwrap();
+    assert_eq!(rules.len(), 12, "the quota holds across both stores");
+    assert_eq!(ok.load(Ordering::SeqCst), 12);
+    let mut dests: Vec<String> = rules
+        .iter()
+        .map(|r| r.destination_cidr.to_string())
+        .collect();
+    dests.sort();
+    dests.dedup();
+    assert_eq!(dests.len(), 12, "no rule twice");
+    assert_eq!(other.describe_rules(&eid).unwrap(), rules);
 }

@@ -61,6 +61,9 @@ pub mod codes {
     pub const OPERATION_NOT_PERMITTED: &str = "OperationNotPermitted";
     /// The database failed (I/O, corruption, a schema newer than this program).
     pub const INTERNAL_ERROR: &str = "InternalError";
+    /// The shared database (PostgreSQL) does not answer: changes wait until it does; running
+    /// sessions are not affected. HTTP 503; AWS's code for a service that cannot answer now.
+    pub const SERVICE_UNAVAILABLE: &str = "ServiceUnavailable";
 }
 
 /// An error of the control plane: `code` is stable and machine-readable (AWS names), `message`
@@ -115,7 +118,8 @@ impl ApiError {
 
     /// The HTTP status for this error: 404 for unknown ids, 409 for state conflicts and
     /// duplicates, 500 for internal errors, 400 for everything else (invalid parameters and
-    /// quotas, as AWS does; no 429: a quota is not a rate limit).
+    /// quotas, as AWS does; no 429: a quota is not a rate limit), 503 while the shared database does
+    /// not answer.
     pub fn http_status(&self) -> u16 {
         use codes::*;
         match self.code {
@@ -136,6 +140,7 @@ impl ApiError {
             | DUPLICATE_ROUTE
             | DUPLICATE_AUTHORIZATION_RULE => 409,
             INTERNAL_ERROR => 500,
+            SERVICE_UNAVAILABLE => 503,
             _ => 400,
         }
     }
