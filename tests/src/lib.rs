@@ -17,6 +17,7 @@ pub mod oidc_idp;
 pub mod openvpn;
 pub mod packets;
 pub mod pki;
+pub mod postgres;
 pub mod radius_server;
 pub mod raw_client;
 pub mod saml_idp;

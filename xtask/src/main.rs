@@ -138,15 +138,74 @@ fn test(extra: &[String]) -> Result<()> {
     // load moderate on a 2-core machine.
     args.extend(["--", "--test-threads=2"]);
     args.extend(extra.iter().map(String::as_str));
-    // Stream cargo's output and add up its per-binary results into one closing line, so the
-    // run ends with the whole suite's count rather than the last (often empty) doc-test run.
+    let mut total = counted_cargo(&args)?;
+    // The storage suite again, on PostgreSQL (issue 11: one storage API, two backends, both
+    // under the same tests): `with-postgres` starts a server on loopback and stops it after.
+    // Skipped when the caller filtered the run to something else.
+    if extra
+        .iter()
+        .all(|a| a.starts_with('-') || a.starts_with("storage"))
+    {
+        let mut pg: Vec<&str> = vec![
+            "run",
+            "--quiet",
+            "-p",
+            "cvpn-tests",
+            "--bin",
+            "with-postgres",
+            "--",
+            "cargo",
+            "test",
+            "-p",
+            "gateway",
+            "--lib",
+            "storage::",
+            "--",
+            "--test-threads=2",
+        ];
+        pg.extend(extra.iter().map(String::as_str));
+        println!("storage suite on PostgreSQL:");
+        let on_pg = counted_cargo(&pg)?;
+        total.add(&on_pg);
+    }
+    println!(
+        "suite: {} passed, {} failed, {} skipped",
+        total.passed, total.failed, total.ignored
+    );
+    if let Some(status) = total.failure {
+        bail!("cargo test failed with {status}");
+    }
+    Ok(())
+}
+
+/// What one or more `cargo test` runs reported.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    failure: Option<std::process::ExitStatus>,
+}
+
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+        self.failure = self.failure.or(other.failure);
+    }
+}
+
+/// Runs cargo with `args`, streaming its output, and adds up its per-binary results, so the run
+/// ends with the whole suite's count rather than the last (often empty) doc-test run.
+fn counted_cargo(args: &[&str]) -> Result<Tally> {
     let mut child = Command::new("cargo")
         .current_dir(root())
-        .args(&args)
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot start cargo test")?;
-    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let mut tally = Tally::default();
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
             let line = line.context("reading cargo test output")?;
@@ -157,9 +216,9 @@ fn test(extra: &[String]) -> Result<()> {
                     if let (Some(n), Some(what)) = (words.next(), words.next()) {
                         let n: u64 = n.parse().unwrap_or(0);
                         match what {
-                            "passed" => passed += n,
-                            "failed" => failed += n,
-                            "ignored" => ignored += n,
+                            "passed" => tally.passed += n,
+                            "failed" => tally.failed += n,
+                            "ignored" => tally.ignored += n,
                             _ => {}
                         }
                     }
@@ -168,11 +227,10 @@ fn test(extra: &[String]) -> Result<()> {
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
-    println!("suite: {passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() {
-        bail!("cargo test failed with {status}");
+        tally.failure = Some(status);
     }
-    Ok(())
+    Ok(tally)
 }
 
 fn bench(args: &[String]) -> Result<()> {

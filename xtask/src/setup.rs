@@ -54,6 +54,9 @@ const PACKAGES: &[&str] = &[
     "php-cli",
     "php-xml",
     "xmlsec1",
+    // High availability (issue 11): the storage tests run against a real PostgreSQL server too,
+    // Debian's, started by the tests with a data directory of their own.
+    "postgresql",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
