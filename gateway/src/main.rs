@@ -36,6 +36,10 @@ enum Command {
         /// Overrides the configuration's data_dir [default: /var/lib/cvpn].
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
+        /// A shared PostgreSQL database (postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME)
+        /// instead of SQLite in the data directory. Overrides the configuration's database.
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
         /// The API's Unix socket. Overrides the configuration's [api] socket
         /// [default: /run/cvpn/api.sock].
         #[arg(long, value_name = "PATH")]
@@ -55,7 +59,11 @@ enum Command {
         /// (`systemctl reload cvpn`).
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
-        /// The daemon configuration (`cvpn serve --config`): its data_dir and [quotas] apply.
+        /// The shared PostgreSQL database [default: the daemon configuration's database].
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+        /// The daemon configuration (`cvpn serve --config`): its data_dir, database and
+        /// [quotas] apply.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<std::path::PathBuf>,
     },
@@ -81,6 +89,7 @@ fn main() -> anyhow::Result<()> {
             config,
             tun,
             data_dir,
+            database,
             api_socket,
             log_stdout,
         } => {
@@ -99,7 +108,7 @@ fn main() -> anyhow::Result<()> {
                     data_dir.unwrap_or_else(|| gateway::storage::DEFAULT_DATA_DIR.into()),
                     log_stdout,
                 )?,
-                config => serve_daemon(config, data_dir, api_socket, log_stdout)?,
+                config => serve_daemon(config, data_dir, database, api_socket, log_stdout)?,
             }
         }
         Command::Resource(cmd) => {
@@ -111,18 +120,15 @@ fn main() -> anyhow::Result<()> {
         Command::Apply {
             file,
             data_dir,
+            database,
             config,
         } => {
-            let daemon = match &config {
+            let mut daemon = match &config {
                 Some(p) => gateway::control::DaemonConfig::load(p)?,
                 None => gateway::control::DaemonConfig::default(),
             };
-            apply(
-                &file,
-                data_dir.unwrap_or_else(|| daemon.data_dir.clone()),
-                daemon.quotas,
-                daemon.connect_handler,
-            )?
+            override_store(&mut daemon, data_dir, database)?;
+            apply(&file, &daemon)?
         }
         Command::Check => {
             let dp = DataPlane::load(DataPlaneConfig::default())
@@ -148,9 +154,29 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// `--data-dir` and `--database` over the configuration's.
+fn override_store(
+    cfg: &mut gateway::control::DaemonConfig,
+    data_dir: Option<std::path::PathBuf>,
+    database: Option<String>,
+) -> anyhow::Result<()> {
+    if let Some(dir) = data_dir {
+        cfg.data_dir = dir;
+    }
+    if let Some(url) = database {
+        let ca = cfg.database.take().and_then(|d| d.ca);
+        cfg.database = Some(
+            gateway::control::config::DatabaseConfig::parse(&url, ca)
+                .map_err(|e| anyhow::anyhow!("--database: {e}"))?,
+        );
+    }
+    Ok(())
+}
+
 fn serve_daemon(
     config: Option<std::path::PathBuf>,
     data_dir: Option<std::path::PathBuf>,
+    database: Option<String>,
     api_socket: Option<std::path::PathBuf>,
     log_stdout: bool,
 ) -> anyhow::Result<()> {
@@ -159,9 +185,7 @@ fn serve_daemon(
         Some(path) => DaemonConfig::load(path)?,
         None => DaemonConfig::default(),
     };
-    if let Some(dir) = data_dir {
-        cfg.data_dir = dir;
-    }
+    override_store(&mut cfg, data_dir, database)?;
     if let Some(sock) = api_socket {
         cfg.api.socket = sock;
     }
@@ -335,15 +359,10 @@ fn endpoint_id(cfg: &gateway::config::EndpointConfig) -> String {
     format!("cvpn-endpoint-{}", &hex[..17])
 }
 
-fn apply(
-    path: &std::path::Path,
-    data_dir: std::path::PathBuf,
-    quotas: gateway::storage::Quotas,
-    handler_policy: gateway::storage::HandlerPolicy,
-) -> anyhow::Result<()> {
+fn apply(path: &std::path::Path, daemon: &gateway::control::DaemonConfig) -> anyhow::Result<()> {
     use gateway::{
         config::EndpointConfig,
-        storage::{apply_endpoint_config, Store, StoreOptions},
+        storage::{apply_endpoint_config, Store},
     };
     let cfg = EndpointConfig::load(path)?;
     let read = |p: &std::path::Path, what: &str| {
@@ -357,13 +376,10 @@ fn apply(
         .map(|p| read(p, "client CA"))
         .transpose()?;
     let crl = cfg.crl.as_deref().map(|p| read(p, "CRL")).transpose()?;
-    let store = Store::open(StoreOptions {
-        quotas,
-        handler_policy,
-        ..StoreOptions::in_dir(&data_dir)
-    })
-    .map_err(|e| anyhow::anyhow!("{e}"))
-    .with_context(|| format!("opening the database in {}", data_dir.display()))?;
+    let options = daemon.store_options().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = Store::open(options)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("opening the database in {}", daemon.store_location()))?;
     let report = apply_endpoint_config(&store, &cfg, &cert, &key, ca.as_deref(), crl.as_deref())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if report.created {

@@ -41,7 +41,7 @@ use crate::{sh, terminate, unique_tag, Netns};
 
 /// A CA and a server certificate for `names` (IP addresses become IP SANs), as PEM:
 /// (ca, cert, key).
-fn server_pki(ca_name: &str, names: &[&str]) -> Result<(String, String, String)> {
+pub fn server_pki(ca_name: &str, names: &[&str]) -> Result<(String, String, String)> {
     let now = OffsetDateTime::now_utc();
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.distinguished_name.push(DnType::CommonName, ca_name);

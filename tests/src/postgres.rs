@@ -13,6 +13,7 @@
 
 use std::{
     fs,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -54,16 +55,26 @@ impl PostgresServer {
 
     /// Makes a fresh cluster and starts it on `127.0.0.1`.
     pub fn start() -> Result<PostgresServer> {
-        Self::start_with(None, "127.0.0.1")
+        Self::start_with(None, "127.0.0.1", None)
+    }
+
+    /// Like [`PostgresServer::start`], serving TLS with this certificate and key (PEM) and
+    /// refusing connections without it (`pg_hba.conf`: `hostssl` only).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<PostgresServer> {
+        Self::start_with(None, "127.0.0.1", Some((cert_pem, key_pem)))
     }
 
     /// Makes a fresh cluster and starts it in `ns`, listening on `listen` (an address of the
     /// namespace's: its loopback, or a veth address other namespaces reach).
     pub fn start_in(ns: &Netns, listen: &str) -> Result<PostgresServer> {
-        Self::start_with(Some(ns.name().to_string()), listen)
+        Self::start_with(Some(ns.name().to_string()), listen, None)
     }
 
-    fn start_with(netns: Option<String>, listen: &str) -> Result<PostgresServer> {
+    fn start_with(
+        netns: Option<String>,
+        listen: &str,
+        tls: Option<(&str, &str)>,
+    ) -> Result<PostgresServer> {
         if !Path::new(BIN_DIR).join("postgres").exists() {
             bail!("PostgreSQL 15 is not installed ({BIN_DIR}); run `cargo xtask setup`");
         }
@@ -88,6 +99,24 @@ impl PostgresServer {
             "-E",
             "UTF8",
         ]))?;
+        if let Some((cert, key)) = tls {
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(name);
+                fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+                sh(Command::new("chown").arg("postgres:postgres").arg(&path))?;
+            }
+            let conf = data.join("postgresql.conf");
+            let mut text = fs::read_to_string(&conf)?;
+            text.push_str(
+                "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            );
+            fs::write(&conf, text)?;
+            fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )?;
+        }
         server.pg_ctl_start()?;
         Ok(server)
     }

@@ -10,6 +10,7 @@ use cvpn_tests::{
     gateway::{cli, CliOutput, EndpointNet, StoreDaemon, TempDir},
     http, is_root,
     openvpn::OpenVpnClient,
+    postgres::PostgresServer,
 };
 use serde_json::Value;
 
@@ -61,7 +62,15 @@ fn setup_with_config(
     config: impl FnOnce(&std::path::Path) -> Option<String>,
 ) -> Setup {
     require_root();
-    let mut net = EndpointNet::new(clients).unwrap();
+    let net = EndpointNet::new(clients).unwrap();
+    setup_in(net, config)
+}
+
+/// [`setup_with_config`] on a network made by the caller.
+fn setup_in(
+    mut net: EndpointNet,
+    config: impl FnOnce(&std::path::Path) -> Option<String>,
+) -> Setup {
     let data = TempDir::new("cp").unwrap();
     let config = config(&net.dir.0)
         .map(|text| cvpn_tests::pki::write(&net.dir.0, "cvpn.toml", &text).unwrap());
@@ -1722,4 +1731,78 @@ fn data_packets_before_admission_are_dropped_while_the_connect_handler_decides()
     );
     let log = s.daemon.daemon.log().join("\n");
     assert!(log.contains("before the client was admitted"), "{log}");
+}
+
+/// Issue 11's first slice: `database = "postgres://…"` puts the daemon's state in PostgreSQL
+/// (nothing in SQLite), it survives a restart, and the database going away under a running
+/// session stops changes with a clear error, not the session; when it is back, changes work
+/// again without restarting the daemon.
+#[test]
+fn the_daemon_keeps_its_state_in_postgresql_and_rides_out_a_database_restart() {
+    require_root();
+    let net = EndpointNet::new(1).unwrap();
+    let mut pg = PostgresServer::start_in(&net.gateway, "127.0.0.1").unwrap();
+    pg.create_database("cvpn").unwrap();
+    let url = pg.url("cvpn");
+    let mut s = setup_in(net, |_| Some(format!("database = {url:?}\n")));
+    s.authorize_all_groups("10.88.0.10/32");
+    assert!(
+        !s.daemon.data_dir.join("cvpn.db").exists(),
+        "the state is in PostgreSQL, not in a SQLite file"
+    );
+    http::spawn_server(&s.net.private, PRIVATE, 8080).unwrap();
+    let _c = s.connect(0, "alice", "engineering");
+    assert!(get(&s.net.clients[0], PRIVATE).is_ok());
+
+    // The database stops: the session keeps its access; a change is refused, saying why.
+    pg.pause().unwrap();
+    assert!(
+        get(&s.net.clients[0], PRIVATE).is_ok(),
+        "the running session is unaffected"
+    );
+    let out = s.cli(&[
+        "rule",
+        "authorize",
+        &s.endpoint,
+        "--destination",
+        "10.88.0.11/32",
+        "--all-groups",
+    ]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("ServiceUnavailable") && out.stderr.contains("database"),
+        "{out:?}"
+    );
+    // Back: the same daemon takes changes again.
+    pg.restart().unwrap();
+    s.wait("changes accepted again", Duration::from_secs(20), |s| {
+        s.cli(&[
+            "rule",
+            "authorize",
+            &s.endpoint,
+            "--destination",
+            "10.88.0.11/32",
+            "--all-groups",
+        ])
+        .code
+            == 0
+    });
+    assert!(get(&s.net.clients[0], PRIVATE).is_ok());
+
+    // A restart of the daemon finds everything in the database.
+    s.daemon.daemon.stop();
+    let data = s.daemon.data_dir.clone();
+    let config = s.net.dir.0.join("cvpn.toml");
+    s.daemon = StoreDaemon::start_with_config(&s.net.gateway, &data, Some(&config)).unwrap();
+    s.daemon
+        .daemon
+        .wait_for("endpoint started", Duration::from_secs(10))
+        .unwrap();
+    let rules = s.json(&["rule", "describe", &s.endpoint])["authorization-rules"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(rules, 2);
+    assert!(!data.join("cvpn.db").exists());
+    pg.stop().unwrap();
 }

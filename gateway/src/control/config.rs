@@ -7,6 +7,10 @@
 //! data_dir = "/var/lib/cvpn"         # database (cvpn.db), connection.log, flow.log
 //! listen_address = "0.0.0.0"         # address the endpoints' VPN listeners bind
 //! public_host = "vpn.example.com"    # `remote` of exported client profiles
+//! # database = "postgres://cvpn@db.example.com/cvpn?sslmode=require"
+//! #                                  # a PostgreSQL database shared by a cluster's nodes,
+//! #                                  # instead of SQLite in data_dir (the logs stay there)
+//! # database_ca = "/etc/cvpn/db-ca.pem"  # roots for the database's TLS certificate
 //!
 //! [api]
 //! socket = "/run/cvpn/api.sock"      # local API (root only: mode 0600)
@@ -112,6 +116,66 @@ pub struct DaemonConfig {
     pub connect_handler: crate::storage::HandlerPolicy,
     /// The web listener (`[web]`): single sign-on and the self-service portal.
     pub web: Option<WebListen>,
+    /// A shared PostgreSQL database (`database`, `database_ca`) instead of SQLite in
+    /// `data_dir`.
+    pub database: Option<DatabaseConfig>,
+}
+
+/// Where the shared PostgreSQL database is (`database = "postgres://…"`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseConfig {
+    /// `postgres://user[:password]@host[:port]/dbname[?sslmode=disable|prefer|require]`.
+    pub url: String,
+    /// Extra roots for the server's TLS certificate (the system's are always trusted).
+    pub ca: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &crate::storage::sql::redact(&self.url))
+            .field("ca", &self.ca)
+            .finish()
+    }
+}
+
+impl DatabaseConfig {
+    /// Checks a `database` value: a PostgreSQL URL the driver accepts.
+    pub fn parse(url: &str, ca: Option<PathBuf>) -> Result<DatabaseConfig, String> {
+        let scheme_ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        if !scheme_ok {
+            return Err(format!(
+                "{} is not a PostgreSQL URL; write postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME                  (leave database out for SQLite in data_dir)",
+                crate::storage::sql::redact(url)
+            ));
+        }
+        url.parse::<tokio_postgres::Config>()
+            .map_err(|e| format!("{}: {e}", crate::storage::sql::redact(url)))?;
+        Ok(DatabaseConfig {
+            url: url.to_string(),
+            ca,
+        })
+    }
+
+    /// The store's view of it: the URL and, unless `sslmode=disable`, TLS verified against
+    /// the system's roots and `ca`.
+    pub fn store_options(&self) -> Result<crate::storage::PostgresOptions, String> {
+        let config: tokio_postgres::Config = self
+            .url
+            .parse()
+            .map_err(|e| format!("{}: {e}", crate::storage::sql::redact(&self.url)))?;
+        let tls = match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Disable => None,
+            _ => Some(
+                crate::http_client::client_tls(self.ca.as_deref())
+                    .map_err(|e| format!("TLS to the database: {e}"))?,
+            ),
+        };
+        Ok(crate::storage::PostgresOptions {
+            url: self.url.clone(),
+            tls,
+        })
+    }
 }
 
 /// Where the web listener serves, and the URL users reach it at.
@@ -167,6 +231,7 @@ impl Default for DaemonConfig {
             quotas: crate::storage::Quotas::default(),
             connect_handler: crate::storage::HandlerPolicy::default(),
             web: None,
+            database: None,
         }
     }
 }
@@ -177,6 +242,8 @@ struct Raw {
     data_dir: Option<PathBuf>,
     listen_address: Option<IpAddr>,
     public_host: Option<String>,
+    database: Option<String>,
+    database_ca: Option<PathBuf>,
     #[serde(default)]
     api: RawApi,
     #[serde(default)]
@@ -252,6 +319,31 @@ struct RawTunnel {
 }
 
 impl DaemonConfig {
+    /// How the store opens: SQLite in `data_dir`, or the shared PostgreSQL database; with the
+    /// configuration's retention, quotas and connect-handler policy.
+    pub fn store_options(&self) -> Result<crate::storage::StoreOptions, String> {
+        Ok(crate::storage::StoreOptions {
+            retention: self.retention,
+            quotas: self.quotas,
+            handler_policy: self.connect_handler.clone(),
+            postgres: self
+                .database
+                .as_ref()
+                .map(DatabaseConfig::store_options)
+                .transpose()?,
+            ..crate::storage::StoreOptions::in_dir(&self.data_dir)
+        })
+    }
+
+    /// Where the store's data lives, for messages: the data directory, or the database URL
+    /// without its password.
+    pub fn store_location(&self) -> String {
+        match &self.database {
+            Some(db) => crate::storage::sql::redact(&db.url),
+            None => self.data_dir.display().to_string(),
+        }
+    }
+
     /// Reads and checks a daemon configuration file.
     pub fn load(path: &Path) -> Result<Self, DaemonConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| DaemonConfigError::Read {
@@ -421,6 +513,20 @@ impl DaemonConfig {
                 ))
             }
         };
+        let database = match (raw.database, raw.database_ca) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "database_ca",
+                    "names the roots of the database's TLS certificate, but there is no \
+                     database; add database = \"postgres://…\", or remove database_ca"
+                        .into(),
+                ))
+            }
+            (Some(url), ca) => {
+                Some(DatabaseConfig::parse(&url, ca).map_err(|e| invalid("database", e))?)
+            }
+        };
         let max_file_bytes = raw.log.max_file_bytes.unwrap_or(d.log.max_file_bytes);
         if max_file_bytes < 4096 {
             return Err(invalid(
@@ -452,6 +558,7 @@ impl DaemonConfig {
                 allow_http: raw.connect_handler.allow_http.unwrap_or(false),
             },
             web,
+            database,
         })
     }
 }
@@ -484,6 +591,47 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("https://HOST"), "{e}");
+    }
+
+    #[test]
+    fn database_is_a_postgres_url_whose_password_stays_out_of_messages() {
+        let c = DaemonConfig::parse(
+            "database = \"postgres://cvpn:s3cret@127.0.0.1:5433/cvpn?sslmode=disable\"\n",
+            "t",
+        )
+        .unwrap();
+        let db = c.database.clone().expect("database");
+        assert_eq!(
+            db.url,
+            "postgres://cvpn:s3cret@127.0.0.1:5433/cvpn?sslmode=disable"
+        );
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
+        assert!(
+            db.store_options().unwrap().tls.is_none(),
+            "sslmode=disable: no TLS"
+        );
+        let tls = DaemonConfig::parse("database = \"postgres://cvpn@db/cvpn\"\n", "t")
+            .unwrap()
+            .database
+            .unwrap()
+            .store_options()
+            .unwrap();
+        assert!(
+            tls.tls.is_some(),
+            "TLS unless disabled (sslmode=prefer by default)"
+        );
+        for (text, needle) in [
+            ("database = \"mysql://u:pw@h/db\"", "not a PostgreSQL URL"),
+            (
+                "database = \"postgres://u:pw@h/db?sslmode=bogus\"",
+                "database",
+            ),
+            ("database_ca = \"/ca.pem\"", "there is no database"),
+        ] {
+            let e = DaemonConfig::parse(text, "t").unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+            assert!(!e.contains("pw@"), "{e}");
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::endpoint::{DirectoryPolicy, SsoPolicy};
 use crate::model::Directory;
 use crate::protocol::tls::TlsMaterial;
 use crate::server::{LiveSettings, Server, ServerCommand, ServerSettings};
-use crate::storage::{EndpointStatus, Store, StoreOptions};
+use crate::storage::{EndpointStatus, Store};
 
 pub use self::config::DaemonConfig;
 use self::recorder::StoreRecorder;
@@ -188,14 +188,9 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         None => None,
     };
     let store = Arc::new(
-        Store::open(StoreOptions {
-            retention: config.retention,
-            quotas: config.quotas,
-            handler_policy: config.connect_handler.clone(),
-            ..StoreOptions::in_dir(&config.data_dir)
-        })
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
+        Store::open(config.store_options().map_err(|e| anyhow!("{e}"))?)
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(|| format!("opening the database in {}", config.store_location()))?,
     );
     // Whatever was connected when the daemon last stopped is gone now.
     match store.close_stale_connections() {

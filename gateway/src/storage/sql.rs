@@ -482,7 +482,17 @@ impl PgError {
         );
         let message = match e.as_db_error() {
             Some(db) => format!("{}: {}", db.code().code(), db.message()),
-            None => format!("PostgreSQL: {e}"),
+            None => {
+                // The driver's own text is terse ("error performing TLS handshake"): the causes
+                // say what to fix (an unknown issuer, a refused connection).
+                let mut message = format!("PostgreSQL: {e}");
+                let mut source = std::error::Error::source(e);
+                while let Some(cause) = source {
+                    message.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                message
+            }
         };
         PgError { message, retryable }
     }
