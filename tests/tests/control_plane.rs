@@ -1804,5 +1804,29 @@ fn the_daemon_keeps_its_state_in_postgresql_and_rides_out_a_database_restart() {
         .len();
     assert_eq!(rules, 2);
     assert!(!data.join("cvpn.db").exists());
+
+    // Another host on the same database while this one serves: refused, naming the node
+    // that serves (until the client CIDR is split between nodes, two would hand out the
+    // same addresses). Once this one has stopped cleanly, the other starts.
+    let other = TempDir::new("cp-b").unwrap();
+    let config_b = cvpn_tests::pki::write(
+        &s.net.dir.0,
+        "cvpn-b.toml",
+        &format!("database = {url:?}\nnode_name = \"gw-b\"\n"),
+    )
+    .unwrap();
+    let refused = StoreDaemon::start_with_config(&s.net.gateway, &other.0, Some(&config_b))
+        .err()
+        .expect("a second node is refused while the first is alive");
+    let text = format!("{refused:#}");
+    assert!(text.contains("is serving from this database"), "{text}");
+    s.daemon.daemon.stop();
+    let b = StoreDaemon::start_with_config(&s.net.gateway, &other.0, Some(&config_b)).unwrap();
+    let eps = b.json(&["endpoint", "describe"]).unwrap();
+    assert_eq!(
+        eps["client-vpn-endpoints"][0]["client-vpn-endpoint-id"],
+        s.endpoint.as_str()
+    );
+    drop(b);
     pg.stop().unwrap();
 }

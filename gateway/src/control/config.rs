@@ -11,6 +11,8 @@
 //! #                                  # a PostgreSQL database shared by a cluster's nodes,
 //! #                                  # instead of SQLite in data_dir (the logs stay there)
 //! # database_ca = "/etc/cvpn/db-ca.pem"  # roots for the database's TLS certificate
+//! # node_name = "gw-a"               # this host's name among the database's nodes
+//! #                                  # [default: the host name]
 //!
 //! [api]
 //! socket = "/run/cvpn/api.sock"      # local API (root only: mode 0600)
@@ -119,6 +121,32 @@ pub struct DaemonConfig {
     /// A shared PostgreSQL database (`database`, `database_ca`) instead of SQLite in
     /// `data_dir`.
     pub database: Option<DatabaseConfig>,
+    /// This daemon's name among the nodes of its database (`node_name`; the host name by
+    /// default). See [`crate::storage::nodes`].
+    pub node_name: String,
+}
+
+/// The host name as a node name (letters, digits, `-`, `_`, `.`; others become `-`), or
+/// `cvpn` when there is none.
+pub fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(crate::storage::nodes::MAX_NODE_NAME)
+        .collect();
+    if name.is_empty() {
+        "cvpn".into()
+    } else {
+        name
+    }
 }
 
 /// Where the shared PostgreSQL database is (`database = "postgres://…"`).
@@ -232,6 +260,7 @@ impl Default for DaemonConfig {
             connect_handler: crate::storage::HandlerPolicy::default(),
             web: None,
             database: None,
+            node_name: default_node_name(),
         }
     }
 }
@@ -244,6 +273,7 @@ struct Raw {
     public_host: Option<String>,
     database: Option<String>,
     database_ca: Option<PathBuf>,
+    node_name: Option<String>,
     #[serde(default)]
     api: RawApi,
     #[serde(default)]
@@ -527,6 +557,9 @@ impl DaemonConfig {
                 Some(DatabaseConfig::parse(&url, ca).map_err(|e| invalid("database", e))?)
             }
         };
+        let node_name = raw.node_name.unwrap_or(d.node_name);
+        crate::storage::nodes::validate_node_name(&node_name)
+            .map_err(|e| invalid("node_name", e.message))?;
         let max_file_bytes = raw.log.max_file_bytes.unwrap_or(d.log.max_file_bytes);
         if max_file_bytes < 4096 {
             return Err(invalid(
@@ -559,6 +592,7 @@ impl DaemonConfig {
             },
             web,
             database,
+            node_name,
         })
     }
 }
@@ -706,6 +740,7 @@ allow_http = true
             ("[tunnel]\nping = 10\nping_restart = 5", "ping_restart"),
             ("listen_address = \"nope\"", "listen_address"),
             ("[log]\nmax_file_bytes = 10", "max_file_bytes"),
+            ("node_name = \"gw a\"", "node_name"),
             (
                 "[quotas]\nauthorization_rules_per_endpoint = 20000",
                 "[quotas] authorization_rules_per_endpoint",

@@ -192,6 +192,13 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("opening the database in {}", config.store_location()))?,
     );
+    // This daemon among the database's nodes: refused while another host serves it.
+    let instance = crate::model::ids::new_id("run-").map_err(|e| anyhow!("{e}"))?;
+    let node = store
+        .register_node(&config.node_name, &instance, config.public_host.as_deref())
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("registering node {:?}", config.node_name))?;
+    info!(node = %node.name, instance = %node.instance, database = %config.store_location(), "node registered");
     // Whatever was connected when the daemon last stopped is gone now.
     match store.close_stale_connections() {
         Ok(ids) if !ids.is_empty() => info!(
@@ -290,6 +297,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let mut check = tokio::time::interval(Duration::from_secs(1));
     // Housekeeping: what is past the retention period leaves the database (first tick: now).
     let mut prune = tokio::time::interval(PRUNE_EVERY);
+    let mut heartbeat = tokio::time::interval(crate::storage::nodes::HEARTBEAT_EVERY);
+    let (taken_over_tx, mut taken_over) = mpsc::channel::<String>(1);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     tokio::pin!(shutdown);
@@ -299,6 +308,21 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             Some(()) = hup.recv() => daemon.resync().await,
             Some(event) = events.recv() => daemon.on_event(event).await,
             _ = check.tick() => daemon.reap().await,
+            _ = heartbeat.tick() => {
+                let (store, name, instance, tx) = (daemon.store.clone(), node.name.clone(), node.instance.clone(), taken_over_tx.clone());
+                tokio::task::spawn_blocking(move || match store.node_heartbeat(&name, &instance) {
+                    Ok(()) => {}
+                    Err(e) if e.code == crate::storage::codes::INCORRECT_STATE => {
+                        let _ = tx.try_send(e.message);
+                    }
+                    // The database away: keep serving; the next beat tries again.
+                    Err(e) => warn!(error = %e, "heartbeat not recorded"),
+                });
+            }
+            Some(why) = taken_over.recv() => {
+                error!(reason = %why, "another run of this node serves the database now; stopping");
+                break;
+            }
             _ = prune.tick() => {
                 let store = daemon.store.clone();
                 tokio::task::spawn_blocking(move || match store.prune() {
@@ -317,6 +341,9 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         daemon.stop(&id).await;
     }
     daemon.recorder.flush();
+    if let Err(e) = daemon.store.deregister_node(&node.name, &node.instance) {
+        warn!(error = %e, "node not removed from the database; it counts as dead in 15 s");
+    }
     let _ = api_stop_tx.send(true);
     for t in api_tasks {
         match tokio::time::timeout(Duration::from_secs(5), t).await {

@@ -58,6 +58,7 @@ pub mod error;
 mod identity_providers;
 mod issued_certificates;
 mod networks;
+pub mod nodes;
 mod policy_view;
 mod routes;
 mod rules;

@@ -201,6 +201,16 @@ CREATE TABLE portal_downloads (
     count       INTEGER NOT NULL
 ) STRICT;
 "#,
+    // 5: the daemons (nodes) serving from this database, each with its heartbeat.
+    r#"
+CREATE TABLE nodes (
+    name         TEXT    PRIMARY KEY NOT NULL,
+    instance     TEXT    NOT NULL,  -- this run of the daemon (a restart is a new instance)
+    address      TEXT,
+    started_at   INTEGER NOT NULL,
+    heartbeat_at INTEGER NOT NULL
+) STRICT;
+"#,
 ];
 
 /// The PostgreSQL text of each of [`MIGRATIONS`], same numbers, same tables and columns.
@@ -379,6 +389,16 @@ CREATE INDEX issued_certificates_user ON issued_certificates(endpoint_id, userna
 CREATE TABLE portal_downloads (
     endpoint_id TEXT    PRIMARY KEY NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
     count       BIGINT  NOT NULL
+);
+"#,
+    // 5
+    r#"
+CREATE TABLE nodes (
+    name         TEXT    PRIMARY KEY NOT NULL,
+    instance     TEXT    NOT NULL,
+    address      TEXT,
+    started_at   BIGINT  NOT NULL,
+    heartbeat_at BIGINT  NOT NULL
 );
 "#,
 ];

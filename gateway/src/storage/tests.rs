@@ -3629,3 +3629,64 @@ fn two_stores_on_one_database_keep_quotas_under_concurrent_writes() {
     assert_eq!(dests.len(), 12, "no rule twice");
     assert_eq!(other.describe_rules(&eid).unwrap(), rules);
 }
+
+// ---- nodes --------------------------------------------------------------------------------------
+
+#[test]
+fn one_node_serves_a_database_until_its_heartbeat_goes_stale() {
+    let fx = Fx::new();
+    let a = fx
+        .store
+        .register_node("gw-a", "run-1", Some("192.0.2.1"))
+        .unwrap();
+    assert_eq!((a.name.as_str(), a.heartbeat_at.0), ("gw-a", T0));
+    // Another host while gw-a is alive: refused, naming it.
+    let other = Store::open(options(&fx.dir.0, &fx.clock, Quotas::default())).unwrap();
+    let e = other.register_node("gw-b", "run-9", None).unwrap_err();
+    assert_eq!(e.code, codes::INCORRECT_STATE);
+    assert!(
+        e.message.contains("\"gw-a\"") && e.message.contains("15 s"),
+        "{e}"
+    );
+    // Heartbeats keep it alive past the stale bound.
+    for _ in 0..4 {
+        fx.advance(5);
+        fx.store.node_heartbeat("gw-a", "run-1").unwrap();
+    }
+    assert_eq!(
+        code(other.register_node("gw-b", "run-9", None)),
+        codes::INCORRECT_STATE
+    );
+    // gw-a restarting (a new run of the same name) takes its own place at once.
+    let a2 = other
+        .register_node("gw-a", "run-2", Some("192.0.2.1"))
+        .unwrap();
+    assert_eq!(a2.instance, "run-2");
+    // The old run's heartbeat now fails: it was taken over.
+    assert_eq!(
+        code(fx.store.node_heartbeat("gw-a", "run-1")),
+        codes::INCORRECT_STATE
+    );
+    // Silent for the stale bound: dead; a standby takes over.
+    fx.advance(15);
+    let nodes = fx.store.describe_nodes().unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert!(!nodes[0].1, "gw-a is dead after 15 s without a heartbeat");
+    other.register_node("gw-b", "run-9", None).unwrap();
+    let nodes = fx.store.describe_nodes().unwrap();
+    let alive: Vec<(&str, bool)> = nodes.iter().map(|(n, a)| (n.name.as_str(), *a)).collect();
+    assert_eq!(alive, [("gw-a", false), ("gw-b", true)]);
+    // A clean stop removes only its own run.
+    other.deregister_node("gw-a", "run-2").unwrap();
+    other.deregister_node("gw-b", "run-0").unwrap();
+    assert_eq!(fx.store.describe_nodes().unwrap().len(), 1);
+    other.deregister_node("gw-b", "run-9").unwrap();
+    assert!(fx.store.describe_nodes().unwrap().is_empty());
+    // Names are checked.
+    for bad in ["", "a b", "x;DROP", &"n".repeat(64)] {
+        assert_eq!(
+            code(fx.store.register_node(bad, "r", None)),
+            codes::INVALID_PARAMETER_VALUE
+        );
+    }
+}
