@@ -410,6 +410,14 @@ pub struct ConnectionLogEntry {
     pub connection_duration_seconds: String,
     /// Not an AWS field: the detail of the failure reason, `"NA"` when there is none.
     pub connection_attempt_failure_detail: String,
+    /// Not an AWS field: the gateway node that served the connection (`node_name`), `"NA"` for
+    /// logs written without one. Set by [`ConnectionLogs`] as it writes the entry.
+    #[serde(default = "na")]
+    pub node: String,
+}
+
+fn na() -> String {
+    NA.into()
 }
 
 impl ConnectionLogEntry {
@@ -443,6 +451,7 @@ impl ConnectionLogEntry {
             username: na_or_nonempty(info.username.as_deref()),
             connection_duration_seconds: "0".into(),
             connection_attempt_failure_detail: NA.into(),
+            node: NA.into(),
         }
     }
 
@@ -1135,6 +1144,8 @@ impl Limited {
 pub struct ConnectionLogs {
     connection: Limited,
     flow: Limited,
+    /// The node whose entries these are, written into each connection entry.
+    node: Option<String>,
 }
 
 impl fmt::Debug for ConnectionLogs {
@@ -1169,7 +1180,14 @@ impl ConnectionLogs {
         Ok(ConnectionLogs {
             connection: limited(CONNECTION_LOG_FILE, "connection-log-type")?,
             flow: limited(FLOW_LOG_FILE, "flow-log-type")?,
+            node: None,
         })
+    }
+
+    /// Names the node in every connection entry written from now on (the `node` field).
+    pub fn with_node(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
     }
 
     /// Appends a connection log entry. Failed attempts are limited per (endpoint, reason,
@@ -1187,8 +1205,15 @@ impl ConnectionLogs {
                 entry.device_ip
             )
         });
-        self.connection
-            .write(key.as_deref(), &entry.to_json_line(), now)
+        let line = match &self.node {
+            Some(node) if entry.node == NA => {
+                let mut named = entry.clone();
+                named.node.clone_from(node);
+                named.to_json_line()
+            }
+            _ => entry.to_json_line(),
+        };
+        self.connection.write(key.as_deref(), &line, now)
     }
 
     /// Appends a flow log entry, limited per (endpoint, type, source, destination).
@@ -1273,6 +1298,7 @@ mod tests {
         "username",
         "connection-duration-seconds",
         "connection-attempt-failure-detail",
+        "node",
     ];
 
     const FLOW_FIELDS: &[&str] = &[
@@ -1876,6 +1902,32 @@ mod tests {
                 ..LogOptions::default()
             }
         );
+    }
+
+    #[test]
+    fn connection_entries_name_the_node_that_served_them() {
+        let tmp = TempDir::new("node");
+        let plain = ConnectionLogs::open(tmp.path().join("plain"), &LogOptions::default()).unwrap();
+        plain
+            .connection(&ConnectionLogEntry::attempt_succeeded(&info()))
+            .unwrap();
+        let named = ConnectionLogs::open(tmp.path().join("named"), &LogOptions::default())
+            .unwrap()
+            .with_node("gw-b");
+        named
+            .connection(&ConnectionLogEntry::attempt_succeeded(&info()))
+            .unwrap();
+        let read = |d: &str| -> serde_json::Value {
+            let text = fs::read_to_string(tmp.path().join(d).join(CONNECTION_LOG_FILE)).unwrap();
+            serde_json::from_str(text.lines().next().unwrap()).unwrap()
+        };
+        assert_eq!(read("plain")["node"], "NA");
+        assert_eq!(read("named")["node"], "gw-b");
+        // Lines written before the field existed still read back.
+        let mut old = read("plain");
+        old.as_object_mut().unwrap().remove("node");
+        let back: ConnectionLogEntry = serde_json::from_value(old).unwrap();
+        assert_eq!(back.node, "NA");
     }
 
     #[test]

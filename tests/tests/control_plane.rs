@@ -1751,7 +1751,7 @@ fn the_daemon_keeps_its_state_in_postgresql_and_rides_out_a_database_restart() {
         "the state is in PostgreSQL, not in a SQLite file"
     );
     http::spawn_server(&s.net.private, PRIVATE, 8080).unwrap();
-    let _c = s.connect(0, "alice", "engineering");
+    let c = s.connect(0, "alice", "engineering");
     assert!(get(&s.net.clients[0], PRIVATE).is_ok());
 
     // The database stops: the session keeps its access; a change is refused, saying why.
@@ -1790,6 +1790,7 @@ fn the_daemon_keeps_its_state_in_postgresql_and_rides_out_a_database_restart() {
     assert!(get(&s.net.clients[0], PRIVATE).is_ok());
 
     // A restart of the daemon finds everything in the database.
+    drop(c);
     s.daemon.daemon.stop();
     let data = s.daemon.data_dir.clone();
     let config = s.net.dir.0.join("cvpn.toml");
@@ -1804,6 +1805,16 @@ fn the_daemon_keeps_its_state_in_postgresql_and_rides_out_a_database_restart() {
         .len();
     assert_eq!(rules, 2);
     assert!(!data.join("cvpn.db").exists());
+    let _c = s.connect(0, "alice", "engineering");
+    let node_a = gateway::control::config::default_node_name();
+    let live = s.connections(&["--status", "active"]);
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0]["node"], node_a.as_str(), "{live:?}");
+    let log = read_log(&data, "connection.log");
+    assert!(
+        log.iter().any(|l| l["node"] == node_a.as_str()),
+        "the connection log names the node: {log:?}"
+    );
 
     // Another host on the same database while this one serves: refused, naming the node
     // that serves (until the client CIDR is split between nodes, two would hand out the
@@ -1820,12 +1831,49 @@ fn the_daemon_keeps_its_state_in_postgresql_and_rides_out_a_database_restart() {
         .expect("a second node is refused while the first is alive");
     let text = format!("{refused:#}");
     assert!(text.contains("is serving from this database"), "{text}");
-    s.daemon.daemon.stop();
-    let b = StoreDaemon::start_with_config(&s.net.gateway, &other.0, Some(&config_b)).unwrap();
+
+    // The first node dies (SIGKILL) with a client connected: the standby may start once its
+    // heartbeat is 15 s old, and records the dead node's connection as ended.
+    s.daemon.daemon.kill();
+    let died = std::time::Instant::now();
+    let b = loop {
+        match StoreDaemon::start_with_config(&s.net.gateway, &other.0, Some(&config_b)) {
+            Ok(b) => break b,
+            Err(e) if died.elapsed() < Duration::from_secs(30) => {
+                assert!(format!("{e:#}").contains("is serving"), "{e:#}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("the standby did not start within 30 s: {e:#}"),
+        }
+    };
+    let took_over = died.elapsed();
+    assert!(
+        took_over >= Duration::from_secs(9) && took_over < Duration::from_secs(25),
+        "took over after {took_over:?} (heartbeat every 5 s, dead after 15 s)"
+    );
     let eps = b.json(&["endpoint", "describe"]).unwrap();
     assert_eq!(
         eps["client-vpn-endpoints"][0]["client-vpn-endpoint-id"],
         s.endpoint.as_str()
+    );
+    let ended = || {
+        b.json(&["connection", "list", &s.endpoint]).unwrap()["connections"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c["node"] == node_a.as_str() && c["status"] == "terminated")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ended() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        ended(),
+        2,
+        "both of the dead node's connections are recorded as ended\n{}",
+        b.daemon.log().join("\n")
     );
     drop(b);
     pg.stop().unwrap();

@@ -361,6 +361,7 @@ impl DaemonConfig {
                 .as_ref()
                 .map(DatabaseConfig::store_options)
                 .transpose()?,
+            node: Some(self.node_name.clone()),
             ..crate::storage::StoreOptions::in_dir(&self.data_dir)
         })
     }

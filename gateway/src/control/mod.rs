@@ -209,12 +209,14 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         Err(e) => warn!(error = %e, "stale connections not closed"),
     }
     let logs = Arc::new(
-        ConnectionLogs::open(&config.data_dir, &config.log).with_context(|| {
-            format!(
-                "opening the connection log in {}",
-                config.data_dir.display()
-            )
-        })?,
+        ConnectionLogs::open(&config.data_dir, &config.log)
+            .map(|logs| logs.with_node(&config.node_name))
+            .with_context(|| {
+                format!(
+                    "opening the connection log in {}",
+                    config.data_dir.display()
+                )
+            })?,
     );
     let recorder =
         StoreRecorder::spawn(store.clone()).context("starting the connection recorder")?;
@@ -309,15 +311,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             Some(event) = events.recv() => daemon.on_event(event).await,
             _ = check.tick() => daemon.reap().await,
             _ = heartbeat.tick() => {
-                let (store, name, instance, tx) = (daemon.store.clone(), node.name.clone(), node.instance.clone(), taken_over_tx.clone());
-                tokio::task::spawn_blocking(move || match store.node_heartbeat(&name, &instance) {
-                    Ok(()) => {}
-                    Err(e) if e.code == crate::storage::codes::INCORRECT_STATE => {
-                        let _ = tx.try_send(e.message);
-                    }
-                    // The database away: keep serving; the next beat tries again.
-                    Err(e) => warn!(error = %e, "heartbeat not recorded"),
-                });
+                let (store, node, tx) = (daemon.store.clone(), node.clone(), taken_over_tx.clone());
+                tokio::task::spawn_blocking(move || beat(&store, &node, &tx));
             }
             Some(why) = taken_over.recv() => {
                 error!(reason = %why, "another run of this node serves the database now; stopping");
@@ -354,6 +349,38 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     info!("stopped");
     Ok(())
+}
+
+/// One heartbeat: records this node's, and sweeps the nodes that died (their connections are
+/// recorded as ended). A node that was swept itself (cut off from the database) rejoins; one
+/// whose name was taken over, or that another host now replaces, is told to stop through
+/// `stop`.
+fn beat(store: &Store, node: &crate::storage::nodes::Node, stop: &mpsc::Sender<String>) {
+    use crate::storage::nodes::Heartbeat;
+    match store.node_heartbeat(&node.name, &node.instance, node.address.as_deref()) {
+        Ok(Heartbeat::Beat) => {}
+        Ok(Heartbeat::Rejoined) => warn!(
+            node = %node.name,
+            "this node had been presumed dead (no heartbeat reached the database) and rejoined"
+        ),
+        Err(e) if e.code == crate::storage::codes::INCORRECT_STATE => {
+            let _ = stop.try_send(e.message);
+            return;
+        }
+        // The database away: keep serving; the next beat tries again.
+        Err(e) => {
+            warn!(error = %e, "heartbeat not recorded");
+            return;
+        }
+    }
+    match store.sweep_dead_nodes() {
+        Ok(swept) => {
+            for dead in swept {
+                warn!(node = %dead.name, connections = dead.connections.len(), "node found dead: its connections are recorded as ended");
+            }
+        }
+        Err(e) => warn!(error = %e, "dead nodes not swept"),
+    }
 }
 
 fn api_tls_config(tcp: &config::TcpApi) -> Result<Arc<rustls::ServerConfig>> {

@@ -39,8 +39,8 @@ impl Store {
             }
             db.prepare_cached(
                 "INSERT INTO connections (id, endpoint_id, status, client_ip, common_name, \
-                 username, device_ip, device_port, transport, start_time, last_update_time) \
-                 VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                 username, device_ip, device_port, transport, start_time, last_update_time, \
+                 node) VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
             )?
             .execute(params![
                 id,
@@ -51,7 +51,8 @@ impl Store {
                 c.device_ip.to_string(),
                 c.device_port,
                 c.transport_protocol.as_str(),
-                now.0
+                now.0,
+                self.node
             ])?;
             load_connection(db, &id)
         })
@@ -175,23 +176,12 @@ impl Store {
         })
     }
 
-    /// After a daemon restart, no recorded connection survives: every `active` or
-    /// `terminating` one is ended (`terminated`, end time = its last update). Returns their ids.
+    /// After a daemon restart, none of its recorded connections survives: every `active` or
+    /// `terminating` one of this store's node (and any recorded before nodes existed; every
+    /// one for a store without a node) is ended (`terminated`, end time = its last update).
+    /// Other nodes' connections are theirs. Returns the ids ended.
     pub fn close_stale_connections(&self) -> Result<Vec<String>, ApiError> {
-        self.write(|db, _now| {
-            let ids = query(
-                db,
-                "SELECT id FROM connections WHERE status IN ('active', 'terminating') ORDER BY seq",
-                (),
-                |r| r.get(0),
-            )?;
-            db.execute(
-                "UPDATE connections SET status = 'terminated', end_time = last_update_time \
-                 WHERE status IN ('active', 'terminating')",
-                (),
-            )?;
-            Ok(ids)
-        })
+        self.write(|db, _now| end_connections_of(db, self.node.as_deref()))
     }
 
     /// Describes connections: those not ended and those ended within the retention period,
@@ -280,4 +270,25 @@ fn set_counters(
             sql_u64(c.egress_packets),
             now.0
         ])?)
+}
+
+/// Records the live connections of `node` as ended at their last update (the daemon that held
+/// them is gone), and those recorded before nodes existed; returns their ids. `None`: every
+/// live connection (a store without a node: one host).
+pub(super) fn end_connections_of(db: &Db, node: Option<&str>) -> Result<Vec<String>, ApiError> {
+    const MINE: &str = "status IN ('active', 'terminating') \
+        AND (CAST(?1 AS TEXT) IS NULL OR node IS NULL OR node = ?1)";
+    let ids = query(
+        db,
+        &format!("SELECT id FROM connections WHERE {MINE} ORDER BY seq"),
+        [node],
+        |r| r.get(0),
+    )?;
+    db.execute(
+        &format!(
+            "UPDATE connections SET status = 'terminated', end_time = last_update_time WHERE {MINE}"
+        ),
+        [node],
+    )?;
+    Ok(ids)
 }

@@ -127,6 +127,10 @@ pub struct StoreOptions {
     /// A shared PostgreSQL database instead of SQLite in the data directory (a cluster's
     /// nodes all name the same one).
     pub postgres: Option<PostgresOptions>,
+    /// The node this store works for (the daemon's `node_name`): connections it records are
+    /// that node's, and [`Store::close_stale_connections`] ends only those. None: a tool
+    /// (`cvpn apply`) or a test.
+    pub node: Option<String>,
 }
 
 /// Where the shared PostgreSQL database is, and how to talk to it.
@@ -156,6 +160,7 @@ impl Default for StoreOptions {
             clock: Arc::new(Timestamp::now),
             handler_policy: HandlerPolicy::default(),
             postgres: None,
+            node: None,
         }
     }
 }
@@ -178,6 +183,7 @@ impl fmt::Debug for StoreOptions {
             .field("retention", &self.retention)
             .field("handler_policy", &self.handler_policy)
             .field("postgres", &self.postgres)
+            .field("node", &self.node)
             .finish_non_exhaustive()
     }
 }
@@ -190,6 +196,7 @@ pub struct Store {
     retention_secs: i64,
     clock: Clock,
     handler_policy: HandlerPolicy,
+    node: Option<String>,
 }
 
 impl fmt::Debug for Store {
@@ -397,7 +404,7 @@ fn rule_row(r: &Row<'_>) -> sql::Result<AuthorizationRule> {
 
 const CONN_COLS: &str = "id, endpoint_id, status, client_ip, common_name, username, device_ip, \
     device_port, transport, start_time, last_update_time, end_time, ingress_bytes, egress_bytes, \
-    ingress_packets, egress_packets";
+    ingress_packets, egress_packets, node";
 
 fn conn_row(r: &Row<'_>) -> sql::Result<Connection> {
     let port: i64 = r.get(7)?;
@@ -418,6 +425,7 @@ fn conn_row(r: &Row<'_>) -> sql::Result<Connection> {
         egress_bytes: u64_col(r, 13)?,
         ingress_packets: u64_col(r, 14)?,
         egress_packets: u64_col(r, 15)?,
+        node: r.get(16)?,
     })
 }
 
@@ -681,6 +689,7 @@ impl Store {
             retention_secs: i64::try_from(options.retention.as_secs()).unwrap_or(i64::MAX),
             clock: options.clock,
             handler_policy: options.handler_policy,
+            node: options.node,
         })
     }
 
@@ -701,6 +710,7 @@ impl Store {
             retention_secs: i64::try_from(options.retention.as_secs()).unwrap_or(i64::MAX),
             clock: options.clock,
             handler_policy: options.handler_policy,
+            node: options.node,
         })
     }
 

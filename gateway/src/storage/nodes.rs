@@ -37,6 +37,23 @@ pub struct Node {
     pub heartbeat_at: Timestamp,
 }
 
+/// What a heartbeat found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// Recorded.
+    Beat,
+    /// The node had been swept as dead (it was cut off): registered again.
+    Rejoined,
+}
+
+/// A dead node that [`Store::sweep_dead_nodes`] removed, and the connections it recorded as
+/// ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SweptNode {
+    pub name: String,
+    pub connections: Vec<String>,
+}
+
 const NODE_COLS: &str = "name, instance, address, started_at, heartbeat_at";
 
 fn node_row(r: &Row<'_>) -> sql::Result<Node> {
@@ -113,22 +130,76 @@ impl Store {
         })
     }
 
-    /// Refreshes node `name`'s heartbeat. `IncorrectState` when another run has taken the
-    /// name over (this daemon was presumed dead): it must stop serving.
-    pub fn node_heartbeat(&self, name: &str, instance: &str) -> Result<(), ApiError> {
-        self.write(|db, now| {
+    /// Refreshes node `name`'s heartbeat. A node found dead and swept meanwhile (cut off from
+    /// the database for longer than [`NODE_STALE_AFTER`]) registers again:
+    /// [`Heartbeat::Rejoined`]. `IncorrectState` when another run has taken the name over, or
+    /// another host serves the database now: this daemon must stop serving.
+    pub fn node_heartbeat(
+        &self,
+        name: &str,
+        instance: &str,
+        address: Option<&str>,
+    ) -> Result<Heartbeat, ApiError> {
+        let swept = self.write(|db, now| {
             let n = db
                 .prepare_cached(
                     "UPDATE nodes SET heartbeat_at = ?3 WHERE name = ?1 AND instance = ?2",
                 )?
                 .execute(params![name, instance, now.0])?;
-            if n == 0 {
+            if n == 1 {
+                return Ok(false);
+            }
+            let taken: Option<String> = db
+                .prepare_cached("SELECT instance FROM nodes WHERE name = ?1")?
+                .query_row([name], |r| r.get(0))
+                .optional()?;
+            if taken.is_some() {
                 return Err(ApiError::new(
                     codes::INCORRECT_STATE,
                     format!("node {name:?} has been taken over by another run of the daemon"),
                 ));
             }
-            Ok(())
+            Ok(true)
+        })?;
+        if !swept {
+            return Ok(Heartbeat::Beat);
+        }
+        self.register_node(name, instance, address)?;
+        Ok(Heartbeat::Rejoined)
+    }
+
+    /// The nodes whose heartbeat is older than [`NODE_STALE_AFTER`] (this store's own node
+    /// aside): their live connections are recorded as ended and their rows removed, in one
+    /// transaction, so any node may run it at any time and each dead node is swept once. A
+    /// node that comes back registers again.
+    pub fn sweep_dead_nodes(&self) -> Result<Vec<SweptNode>, ApiError> {
+        let stale = i64::try_from(NODE_STALE_AFTER.as_secs()).unwrap_or(i64::MAX);
+        self.write(|db, now| {
+            let dead: Vec<String> = query(
+                db,
+                "SELECT name FROM nodes WHERE heartbeat_at <= ?1 \
+                 AND (CAST(?2 AS TEXT) IS NULL OR name <> ?2) ORDER BY name",
+                params![now.0 - stale, self.node],
+                |r| r.get(0),
+            )?;
+            let mut swept = Vec::with_capacity(dead.len());
+            for name in dead {
+                let connections: Vec<String> = query(
+                    db,
+                    "SELECT id FROM connections WHERE node = ?1 \
+                     AND status IN ('active', 'terminating') ORDER BY seq",
+                    [&name],
+                    |r| r.get(0),
+                )?;
+                db.execute(
+                    "UPDATE connections SET status = 'terminated', end_time = last_update_time \
+                     WHERE node = ?1 AND status IN ('active', 'terminating')",
+                    [&name],
+                )?;
+                db.execute("DELETE FROM nodes WHERE name = ?1", [&name])?;
+                swept.push(SweptNode { name, connections });
+            }
+            Ok(swept)
         })
     }
 

@@ -210,6 +210,9 @@ CREATE TABLE nodes (
     started_at   INTEGER NOT NULL,
     heartbeat_at INTEGER NOT NULL
 ) STRICT;
+
+-- The node that holds each connection (none: recorded before nodes existed).
+ALTER TABLE connections ADD COLUMN node TEXT;
 "#,
 ];
 
@@ -400,6 +403,8 @@ CREATE TABLE nodes (
     started_at   BIGINT  NOT NULL,
     heartbeat_at BIGINT  NOT NULL
 );
+
+ALTER TABLE connections ADD COLUMN node TEXT;
 "#,
 ];
 

@@ -3651,7 +3651,7 @@ fn one_node_serves_a_database_until_its_heartbeat_goes_stale() {
     // Heartbeats keep it alive past the stale bound.
     for _ in 0..4 {
         fx.advance(5);
-        fx.store.node_heartbeat("gw-a", "run-1").unwrap();
+        fx.store.node_heartbeat("gw-a", "run-1", None).unwrap();
     }
     assert_eq!(
         code(other.register_node("gw-b", "run-9", None)),
@@ -3664,7 +3664,7 @@ fn one_node_serves_a_database_until_its_heartbeat_goes_stale() {
     assert_eq!(a2.instance, "run-2");
     // The old run's heartbeat now fails: it was taken over.
     assert_eq!(
-        code(fx.store.node_heartbeat("gw-a", "run-1")),
+        code(fx.store.node_heartbeat("gw-a", "run-1", None)),
         codes::INCORRECT_STATE
     );
     // Silent for the stale bound: dead; a standby takes over.
@@ -3689,4 +3689,84 @@ fn one_node_serves_a_database_until_its_heartbeat_goes_stale() {
             codes::INVALID_PARAMETER_VALUE
         );
     }
+}
+
+/// A store working for node `name` on the fixture's database.
+fn node_store(fx: &Fx, name: &str) -> Store {
+    Store::open(StoreOptions {
+        node: Some(name.into()),
+        ..options(&fx.dir.0, &fx.clock, Quotas::default())
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_dead_nodes_connections_are_ended_by_a_live_one_and_a_restart_ends_only_its_own() {
+    let fx = Fx::new();
+    let eid = fx.endpoint();
+    fx.associate(&eid, "tgt0", None).unwrap();
+    let (a, b) = (node_store(&fx, "gw-a"), node_store(&fx, "gw-b"));
+    a.register_node("gw-a", "run-1", None).unwrap();
+    let start = |store: &Store, ip: u8| {
+        store
+            .record_connection_start(&NewConnection {
+                client_vpn_endpoint_id: eid.clone(),
+                client_ip: Ipv4Addr::new(10, 2, 0, ip),
+                common_name: format!("user{ip}"),
+                username: None,
+                device_ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, ip)),
+                device_port: 50_000,
+                transport_protocol: TransportProtocol::Udp,
+            })
+            .unwrap()
+            .connection_id
+    };
+    let c1 = start(&a, 1);
+    let c2 = start(&b, 2);
+    let status = |id: &str| {
+        let c = &fx
+            .store
+            .describe_connections(&ConnectionFilter {
+                connection_id: Some(id.into()),
+                ..Default::default()
+            })
+            .unwrap()[0];
+        (c.status, c.node.clone())
+    };
+    assert_eq!(status(&c1), (ConnectionStatus::Active, Some("gw-a".into())));
+    // gw-b restarting ends its own connections, not gw-a's.
+    assert_eq!(b.close_stale_connections().unwrap(), vec![c2.clone()]);
+    assert_eq!(status(&c2).0, ConnectionStatus::Terminated);
+    assert_eq!(status(&c1).0, ConnectionStatus::Active);
+    let c3 = start(&b, 3);
+    // gw-a stays silent past the bound: gw-b's sweep ends gw-a's connections, once.
+    fx.advance(10);
+    assert!(
+        b.sweep_dead_nodes().unwrap().is_empty(),
+        "10 s of silence is not death"
+    );
+    fx.advance(6);
+    let swept = b.sweep_dead_nodes().unwrap();
+    assert_eq!(
+        swept,
+        vec![nodes::SweptNode {
+            name: "gw-a".into(),
+            connections: vec![c1.clone()],
+        }]
+    );
+    assert_eq!(status(&c1).0, ConnectionStatus::Terminated);
+    assert_eq!(status(&c3), (ConnectionStatus::Active, Some("gw-b".into())));
+    assert!(b.sweep_dead_nodes().unwrap().is_empty());
+    // gw-a was only cut off: its next heartbeat rejoins.
+    assert_eq!(
+        a.node_heartbeat("gw-a", "run-1", Some("192.0.2.1"))
+            .unwrap(),
+        nodes::Heartbeat::Rejoined
+    );
+    let nodes = fx.store.describe_nodes().unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].0.address.as_deref(), Some("192.0.2.1"));
+    assert!(nodes[0].1);
+    // A store without a node (one host, or a tool) ends every live connection.
+    assert_eq!(fx.store.close_stale_connections().unwrap(), vec![c3]);
 }

@@ -933,6 +933,10 @@ pub struct Connection {
     pub ingress_packets: u64,
     /// Packets to the client.
     pub egress_packets: u64,
+    /// The gateway node that holds it (cvpn; not in AWS's shape). None: recorded before
+    /// nodes existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A new connection, as the daemon records it.
