@@ -1878,3 +1878,106 @@ fn the_daemon_keeps_its_state_in_postgresql_and_rides_out_a_database_restart() {
     drop(b);
     pg.stop().unwrap();
 }
+
+/// Issue 11: a change written to the shared database by someone else (another node's API; here
+/// a store the test opens on the same PostgreSQL database) reaches this daemon's kernel maps
+/// by its change watch (every 50 ms), without SIGHUP and without resetting anyone: the revoked
+/// group's flow stops, the other group's continues.
+#[test]
+fn a_rule_revoked_by_another_writer_of_the_database_cuts_a_flow_within_the_change_watch_bound() {
+    require_root();
+    let net = EndpointNet::new(2).unwrap();
+    let pg = PostgresServer::start_in(&net.gateway, "127.0.0.1").unwrap();
+    pg.create_database("cvpn").unwrap();
+    let url = pg.url("cvpn");
+    let mut s = setup_in(net, |_| Some(format!("database = {url:?}\n")));
+    for g in ["engineering", "finance"] {
+        ok(
+            s.cli(&[
+                "rule",
+                "authorize",
+                &s.endpoint,
+                "--destination",
+                "10.88.0.0/24",
+                "--group",
+                g,
+            ]),
+            "authorize",
+        );
+    }
+    let _alice = s.connect(0, "alice", "engineering");
+    let _bob = s.connect(1, "bob", "finance");
+    let echo = cvpn_tests::echo::UdpEcho::start(&s.net.private, PRIVATE, 7007).unwrap();
+    let run_for = Duration::from_millis(3000);
+    let alice =
+        s.net.clients[0].spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for));
+    let bob =
+        s.net.clients[1].spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for));
+    // The other writer: a store on the same database, opened from the gateway's namespace
+    // (where the database listens), as another node's API would write.
+    let endpoint = s.endpoint.clone();
+    let other_url = url.clone();
+    let committed = s
+        .net
+        .gateway
+        .run(move || {
+            let cfg = gateway::control::DaemonConfig::parse(
+                &format!("database = {other_url:?}\nnode_name = \"gw-other\"\n"),
+                "test",
+            )?;
+            let store = gateway::storage::Store::open(
+                cfg.store_options().map_err(|e| anyhow::anyhow!("{e}"))?,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            std::thread::sleep(Duration::from_millis(800));
+            store
+                .revoke_rule(&gateway::storage::RevokeRequest {
+                    client_vpn_endpoint_id: endpoint,
+                    target_network_cidr: "10.88.0.0/24".into(),
+                    access_group_id: Some("engineering".into()),
+                    ..Default::default()
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(std::time::Instant::now())
+        })
+        .unwrap();
+    let alice = alice.join().unwrap().unwrap();
+    let bob = bob.join().unwrap().unwrap();
+    drop(echo);
+    let last_ok = alice
+        .iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(t, _)| *t)
+        .max()
+        .expect("answered probes");
+    let after = last_ok.saturating_duration_since(committed);
+    println!("alice's last answered request was sent {after:?} after the other writer's commit");
+    assert!(
+        alice.iter().filter(|(t, ok)| *ok && *t < committed).count() > 50,
+        "alice's flow ran before the revoke"
+    );
+    assert!(
+        after < Duration::from_millis(500),
+        "the revoke reached the kernel only {after:?} after it was committed"
+    );
+    let bob_after: Vec<_> = bob
+        .iter()
+        .filter(|(t, _)| *t > committed + Duration::from_millis(200))
+        .collect();
+    let bob_ok = bob_after.iter().filter(|(_, ok)| *ok).count();
+    assert!(
+        bob_after.len() > 50 && bob_ok * 10 >= bob_after.len() * 9,
+        "bob's flow continues: {bob_ok} of {}",
+        bob_after.len()
+    );
+    assert!(
+        !s.daemon
+            .daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("session ended")),
+        "no session may be reset"
+    );
+    assert_eq!(s.connections(&["--status", "active"]).len(), 2);
+    pg.stop().unwrap();
+}

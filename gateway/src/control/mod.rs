@@ -44,6 +44,11 @@ use self::recorder::StoreRecorder;
 /// How often records past the retention period are removed from the database.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// How often a daemon on a shared database looks at its change counter
+/// ([`Store::change_seq`]): the bound on how late a change made through another node (or a
+/// tool) reaches this node's kernel maps, plus the resynchronisation itself.
+pub const CHANGE_POLL_EVERY: Duration = Duration::from_millis(50);
+
 /// The settings of an endpoint that apply without a restart.
 fn live_settings(
     ep: &crate::storage::Endpoint,
@@ -301,6 +306,15 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     let mut heartbeat = tokio::time::interval(crate::storage::nodes::HEARTBEAT_EVERY);
     let (taken_over_tx, mut taken_over) = mpsc::channel::<String>(1);
+    // Changes made elsewhere (another node's API, a tool): on a shared database, watch the
+    // change counter and resynchronise when it moves; after the database was away, resync
+    // whatever the counter says (notifications may have been missed).
+    let shared = daemon.store.is_shared();
+    let mut changes = tokio::time::interval(CHANGE_POLL_EVERY);
+    changes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (seq_tx, mut seq_rx) = mpsc::channel::<Result<i64, String>>(1);
+    let mut last_seq = daemon.store.change_seq().ok();
+    let mut polling = false;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     tokio::pin!(shutdown);
@@ -313,6 +327,32 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             _ = heartbeat.tick() => {
                 let (store, node, tx) = (daemon.store.clone(), node.clone(), taken_over_tx.clone());
                 tokio::task::spawn_blocking(move || beat(&store, &node, &tx));
+            }
+            _ = changes.tick(), if shared && !polling => {
+                polling = true;
+                let (store, tx) = (daemon.store.clone(), seq_tx.clone());
+                tokio::task::spawn_blocking(move || {
+                    let _ = tx.blocking_send(store.change_seq().map_err(|e| e.message));
+                });
+            }
+            Some(seq) = seq_rx.recv() => {
+                polling = false;
+                match seq {
+                    Ok(seq) if last_seq == Some(seq) => {}
+                    Ok(seq) => {
+                        let away = last_seq.is_none();
+                        last_seq = Some(seq);
+                        info!(change = seq, after_outage = away, "the configuration changed in the database: resynchronising");
+                        daemon.resync().await;
+                        daemon.terminate_requested().await;
+                    }
+                    Err(e) => {
+                        if last_seq.is_some() {
+                            warn!(error = %e, "the database does not answer: serving with the current policy until it does");
+                        }
+                        last_seq = None;
+                    }
+                }
             }
             Some(why) = taken_over.recv() => {
                 error!(reason = %why, "another run of this node serves the database now; stopping");
@@ -785,6 +825,39 @@ impl Daemon {
     /// Brings the running endpoints in line with the database after it was changed behind the
     /// API's back (`cvpn apply -f`, SIGHUP): starts available ones, stops the others, restarts
     /// those whose listener settings changed, and reapplies every running one's policy and CRL.
+    /// Closes the connections of this node that the database says are `terminating`: a
+    /// terminate made through another node's API (or while this one missed it).
+    async fn terminate_requested(&mut self) {
+        let filter = crate::storage::ConnectionFilter {
+            status: Some(crate::storage::ConnectionStatus::Terminating),
+            ..Default::default()
+        };
+        let conns = match self.store.describe_connections(&filter) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot list connections being terminated");
+                return;
+            }
+        };
+        let mut by_endpoint: HashMap<String, Vec<String>> = HashMap::new();
+        for c in conns {
+            let mine = c.node.as_deref().is_none_or(|n| n == self.config.node_name);
+            if mine && self.running.contains_key(&c.client_vpn_endpoint_id) {
+                by_endpoint
+                    .entry(c.client_vpn_endpoint_id)
+                    .or_default()
+                    .push(c.connection_id);
+            }
+        }
+        for (endpoint_id, connection_ids) in by_endpoint {
+            self.on_event(ControlEvent::Terminate {
+                endpoint_id,
+                connection_ids,
+            })
+            .await;
+        }
+    }
+
     async fn resync(&mut self) {
         let endpoints = match self.store.describe_endpoints(&[]) {
             Ok(e) => e,

@@ -20,7 +20,7 @@ impl Store {
     ) -> Result<Connection, ApiError> {
         validate::id("connection-id", CONNECTION_ID_PREFIX, id)?;
         let id = id.to_string();
-        self.write(|db, now| {
+        self.record(|db, now| {
             let ep = load_endpoint(db, &c.client_vpn_endpoint_id)?;
             if ep.status != EndpointStatus::Available {
                 return Err(ApiError::incorrect_state(format!(
@@ -64,7 +64,7 @@ impl Store {
         id: &str,
         counters: ConnectionCounters,
     ) -> Result<Connection, ApiError> {
-        self.write(|db, now| {
+        self.record(|db, now| {
             load_live_connection(db, id)?;
             set_counters(db, id, counters, now)?;
             load_connection(db, id)
@@ -77,7 +77,7 @@ impl Store {
         &self,
         batch: &[(String, ConnectionCounters)],
     ) -> Result<usize, ApiError> {
-        self.write(|db, now| {
+        self.record(|db, now| {
             let mut n = 0;
             for (id, counters) in batch {
                 n += set_counters(db, id, *counters, now)?;
@@ -92,7 +92,7 @@ impl Store {
         id: &str,
         counters: ConnectionCounters,
     ) -> Result<Connection, ApiError> {
-        self.write(|db, now| {
+        self.record(|db, now| {
             load_live_connection(db, id)?;
             set_counters(db, id, counters, now)?;
             db.prepare_cached(
@@ -160,7 +160,7 @@ impl Store {
 
     /// Records that the daemon could not close a `terminating` connection.
     pub fn connection_termination_failed(&self, id: &str) -> Result<Connection, ApiError> {
-        self.write(|db, _now| {
+        self.record(|db, _now| {
             let c = load_connection(db, id)?;
             if c.status != ConnectionStatus::Terminating {
                 return Err(ApiError::incorrect_state(format!(
@@ -181,7 +181,7 @@ impl Store {
     /// one for a store without a node) is ended (`terminated`, end time = its last update).
     /// Other nodes' connections are theirs. Returns the ids ended.
     pub fn close_stale_connections(&self) -> Result<Vec<String>, ApiError> {
-        self.write(|db, _now| end_connections_of(db, self.node.as_deref()))
+        self.record(|db, _now| end_connections_of(db, self.node.as_deref()))
     }
 
     /// Describes connections: those not ended and those ended within the retention period,

@@ -228,7 +228,7 @@ impl Store {
             ));
         }
         let retention = self.retention_secs;
-        self.write(|db, now| {
+        self.record(|db, now| {
             load_live_endpoint(db, endpoint_id)?;
             let ca = client_ca_of(db, endpoint_id)?;
             let key = stored_ca_key(db, endpoint_id)?.ok_or_else(|| {
@@ -347,7 +347,7 @@ impl Store {
 
     /// Counts one profile download from the endpoint's self-service portal; returns the count.
     pub fn record_portal_download(&self, endpoint_id: &str) -> Result<u64, ApiError> {
-        self.write(|db, _now| {
+        self.record(|db, _now| {
             load_endpoint(db, endpoint_id)?;
             let n: i64 = db
                 .prepare_cached(

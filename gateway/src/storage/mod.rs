@@ -781,11 +781,36 @@ impl Store {
         (self.clock)()
     }
 
-    /// Runs `f` in one write transaction, committed if `f` succeeds and rolled back otherwise.
+    /// A configuration change: [`Store::record`] that also increments the change counter in
+    /// the same transaction, so every node watching [`Store::change_seq`] learns of it.
+    fn write<T>(
+        &self,
+        mut f: impl FnMut(&Db, Timestamp) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        self.record(|db, now| {
+            let out = f(db, now)?;
+            db.prepare_cached("UPDATE changes SET seq = seq + 1 WHERE one = 1")?
+                .execute(())?;
+            Ok(out)
+        })
+    }
+
+    /// The change counter: it moves whenever the configuration changes (through any node's
+    /// API or a tool). A daemon on a shared database polls it and resynchronises when it moves.
+    pub fn change_seq(&self) -> Result<i64, ApiError> {
+        self.read(|db| {
+            Ok(db
+                .prepare_cached("SELECT seq FROM changes WHERE one = 1")?
+                .query_row((), |r| r.get(0))?)
+        })
+    }
+
+    /// Runs `f` in one write transaction, committed if `f` succeeds and rolled back otherwise,
+    /// without noting a configuration change (connection records, heartbeats, housekeeping).
     /// SQLite: `BEGIN IMMEDIATE` (writers queue). PostgreSQL: `SERIALIZABLE`, and `f` runs again
     /// when a concurrent transaction (another node's) wins a conflict, so `f` must be
     /// repeatable: it only reads and writes through `db`.
-    fn write<T>(
+    fn record<T>(
         &self,
         mut f: impl FnMut(&Db, Timestamp) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
@@ -830,7 +855,7 @@ impl Store {
     /// associations, deleted endpoints.
     pub fn prune(&self) -> Result<PruneReport, ApiError> {
         let before = self.now().0.saturating_sub(self.retention_secs);
-        self.write(|db, _now| {
+        self.record(|db, _now| {
             let connections = db.execute(
                 "DELETE FROM connections WHERE end_time IS NOT NULL AND end_time < ?1",
                 [before],

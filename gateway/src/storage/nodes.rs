@@ -94,7 +94,7 @@ impl Store {
     ) -> Result<Node, ApiError> {
         validate_node_name(name)?;
         let stale = i64::try_from(NODE_STALE_AFTER.as_secs()).unwrap_or(i64::MAX);
-        self.write(|db, now| {
+        self.record(|db, now| {
             let live: Vec<Node> = query(
                 db,
                 &format!(
@@ -140,7 +140,7 @@ impl Store {
         instance: &str,
         address: Option<&str>,
     ) -> Result<Heartbeat, ApiError> {
-        let swept = self.write(|db, now| {
+        let swept = self.record(|db, now| {
             let n = db
                 .prepare_cached(
                     "UPDATE nodes SET heartbeat_at = ?3 WHERE name = ?1 AND instance = ?2",
@@ -174,7 +174,7 @@ impl Store {
     /// node that comes back registers again.
     pub fn sweep_dead_nodes(&self) -> Result<Vec<SweptNode>, ApiError> {
         let stale = i64::try_from(NODE_STALE_AFTER.as_secs()).unwrap_or(i64::MAX);
-        self.write(|db, now| {
+        self.record(|db, now| {
             let dead: Vec<String> = query(
                 db,
                 "SELECT name FROM nodes WHERE heartbeat_at <= ?1 \
@@ -205,7 +205,7 @@ impl Store {
 
     /// Removes node `name` (this run only): a clean stop.
     pub fn deregister_node(&self, name: &str, instance: &str) -> Result<(), ApiError> {
-        self.write(|db, _now| {
+        self.record(|db, _now| {
             db.prepare_cached("DELETE FROM nodes WHERE name = ?1 AND instance = ?2")?
                 .execute(params![name, instance])?;
             Ok(())

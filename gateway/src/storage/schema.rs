@@ -213,6 +213,14 @@ CREATE TABLE nodes (
 
 -- The node that holds each connection (none: recorded before nodes existed).
 ALTER TABLE connections ADD COLUMN node TEXT;
+
+-- A counter every configuration change increments in its own transaction: nodes watch it
+-- to learn of changes made through other nodes (or tools) and resynchronise.
+CREATE TABLE changes (
+    one INTEGER PRIMARY KEY NOT NULL CHECK (one = 1),
+    seq INTEGER NOT NULL
+) STRICT;
+INSERT INTO changes (one, seq) VALUES (1, 0);
 "#,
 ];
 
@@ -405,6 +413,12 @@ CREATE TABLE nodes (
 );
 
 ALTER TABLE connections ADD COLUMN node TEXT;
+
+CREATE TABLE changes (
+    one BIGINT PRIMARY KEY NOT NULL CHECK (one = 1),
+    seq BIGINT NOT NULL
+);
+INSERT INTO changes (one, seq) VALUES (1, 0);
 "#,
 ];
 

@@ -3770,3 +3770,34 @@ fn a_dead_nodes_connections_are_ended_by_a_live_one_and_a_restart_ends_only_its_
     // A store without a node (one host, or a tool) ends every live connection.
     assert_eq!(fx.store.close_stale_connections().unwrap(), vec![c3]);
 }
+
+#[test]
+fn configuration_changes_move_the_change_counter_and_records_do_not() {
+    let fx = Fx::new();
+    let seq = || fx.store.change_seq().unwrap();
+    let s0 = seq();
+    let eid = fx.endpoint();
+    fx.associate(&eid, "tgt0", None).unwrap();
+    assert_eq!(seq(), s0 + 2, "create and associate are changes");
+    fx.rule(&eid, "10.88.0.0/24", None).unwrap();
+    assert_eq!(seq(), s0 + 3);
+    // A refused change changes nothing, the counter included.
+    assert_eq!(
+        code(fx.rule(&eid, "10.88.0.0/24", None)),
+        codes::DUPLICATE_AUTHORIZATION_RULE
+    );
+    assert_eq!(seq(), s0 + 3);
+    // Connection records are not configuration: nodes need not resynchronise for them.
+    let c = fx.connect(&eid, "alice", 5).unwrap();
+    fx.store
+        .update_connections(&[(c.connection_id.clone(), ConnectionCounters::default())])
+        .unwrap();
+    fx.store.register_node("gw-a", "run-1", None).unwrap();
+    fx.store.node_heartbeat("gw-a", "run-1", None).unwrap();
+    assert_eq!(seq(), s0 + 3);
+    // A terminate is: the node holding the connection must act on it.
+    fx.store
+        .terminate_connections(&eid, &TerminateTarget::ConnectionId(c.connection_id))
+        .unwrap();
+    assert_eq!(seq(), s0 + 4);
+}
