@@ -372,6 +372,27 @@ impl OidcRelyingParty {
         subject: String,
     ) -> Result<OidcIdentity, OidcError> {
         let claims = payload(id_token)?;
+        // An address the IdP says it has not verified is a name anyone could have typed in:
+        // it must not become the user name (the connection log's identity, terminate by user,
+        // the portal's certificates). IdPs that do not send `email_verified` vouch for their
+        // addresses in other ways; an explicit `false` is refused.
+        if self.settings.username_claim == "email" {
+            let unverified = matches!(
+                claims.get("email_verified"),
+                Some(serde_json::Value::Bool(false))
+            ) || matches!(
+                claims.get("email_verified"),
+                Some(serde_json::Value::String(s)) if s.eq_ignore_ascii_case("false")
+            );
+            if unverified {
+                return Err(OidcError::Invalid(
+                    "the IdP says the user's email address is not verified \
+                     (email_verified: false): it cannot name the user; verify the address at the \
+                     IdP, or name users by another claim (username-claim)"
+                        .into(),
+                ));
+            }
+        }
         let username = match claims.get(&self.settings.username_claim) {
             Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
             _ => subject.clone(),

@@ -189,6 +189,36 @@ async fn a_valid_sign_in_gives_the_user_and_groups_and_sends_the_pkce_verifier()
     assert!(form.contains(&("code".into(), "code-1".into())));
 }
 
+/// An attacker who registered the victim's address at the IdP without verifying it must not
+/// sign in under the victim's name.
+#[tokio::test]
+async fn an_unverified_email_does_not_name_the_user() {
+    let idp = start().await;
+    let key = Key::new("k1");
+    idp.shared.lock().unwrap().jwks = vec![key.jwk()];
+    for (verified, refused) in [
+        (json!(false), true),
+        (json!("false"), true),
+        (json!(true), false),
+        (Value::Null, false),
+    ] {
+        let (_, nonce, verifier) = idp.authorize().await;
+        let mut claims = idp.claims(&nonce);
+        if !verified.is_null() {
+            claims["email_verified"] = verified.clone();
+        }
+        idp.answer_with(&key.token(&claims));
+        let r = idp.rp.finish("code-1", &nonce, &verifier).await;
+        match r {
+            Err(OidcError::Invalid(m)) if refused => {
+                assert!(m.contains("email_verified"), "{m}");
+            }
+            Ok(id) if !refused => assert_eq!(id.username, "alice@example.test"),
+            other => panic!("email_verified {verified}: {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn forged_id_tokens_are_refused() {
     let idp = start().await;

@@ -172,6 +172,9 @@ impl SsoService {
         let now = now_unix();
         let mut pending = lock(&self.pending);
         pending.retain(|_, p| p.sign_in.expires_unix > now);
+        // A sign-in abandoned at the IdP leaves its `state` behind: forget it with its sign-in,
+        // so the states never outnumber the sign-ins (themselves at most MAX_PENDING).
+        lock(&self.by_state).retain(|_, id| pending.contains_key(id));
         if pending.len() >= MAX_PENDING {
             drop(pending);
             warn!(endpoint = %target.endpoint_id, "too many web sign-ins under way: refused");
@@ -197,8 +200,21 @@ impl SsoService {
 
     /// Forgets the sign-ins and sessions of an endpoint that stopped.
     pub fn forget_endpoint(&self, endpoint_id: &str) {
-        lock(&self.pending).retain(|_, p| p.target.endpoint_id != endpoint_id);
+        let mut pending = lock(&self.pending);
+        pending.retain(|_, p| p.target.endpoint_id != endpoint_id);
+        lock(&self.by_state).retain(|_, id| pending.contains_key(id));
+        drop(pending);
         lock(&self.sessions).retain(|(e, _), _| e != endpoint_id);
+    }
+
+    /// How many sign-ins, IdP states and sessions it holds (tests of its bounds).
+    #[cfg(test)]
+    pub(crate) fn sizes(&self) -> (usize, usize, usize) {
+        (
+            lock(&self.pending).len(),
+            lock(&self.by_state).len(),
+            lock(&self.sessions).len(),
+        )
     }
 
     /// The user and groups of a running session now: refreshed at the provider when it gave a

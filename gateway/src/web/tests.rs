@@ -147,6 +147,11 @@ fn param(url: &str, name: &str) -> String {
 
 impl Site {
     fn begin(&self, id: &str, conn: ConnId) {
+        self.begin_until(id, conn, now() + 300);
+    }
+
+    /// [`Site::begin`] with a sign-in that expires at `expires_unix`.
+    fn begin_until(&self, id: &str, conn: ConnId, expires_unix: u64) {
         self.sso.begin(
             SignInTarget {
                 endpoint_id: "cvpn-endpoint-0123456789abcdef0".into(),
@@ -163,7 +168,7 @@ impl Site {
                 platform: Some("linux".into()),
                 client_version: Some("2.6.14".into()),
                 common_name: Some("alice-laptop".into()),
-                expires_unix: now() + 300,
+                expires_unix,
                 session_expires_unix: now() + 3600,
             },
         );
@@ -269,6 +274,25 @@ async fn a_completed_sign_in_answers_the_endpoint_once() {
         )
         .await;
     assert!(matches!(gone, Err(AuthFailure::SsoSessionUnknown)));
+}
+
+/// Sign-ins taken to the IdP and never brought back must not leave their `state` behind for
+/// ever: an attacker who connects and opens the link again and again would fill memory.
+#[tokio::test]
+async fn sign_ins_abandoned_at_the_idp_leave_no_state_behind() {
+    let s = site().await;
+    for i in 0..3 {
+        let id = format!("id-abandon-{i:010}");
+        s.begin_until(&id, 40 + i, now() + 1);
+        s.approve(&id).await;
+    }
+    assert_eq!(s.sso.sizes(), (3, 3, 0));
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // The next sign-in's arrival sweeps the expired ones, their IdP states with them.
+    s.begin("id-abandon-next000000", 50);
+    assert_eq!(s.sso.sizes(), (1, 0, 0));
+    s.sso.forget_endpoint("cvpn-endpoint-0123456789abcdef0");
+    assert_eq!(s.sso.sizes(), (0, 0, 0));
 }
 
 #[tokio::test]
