@@ -25,6 +25,11 @@ pub const SIGNED_CRL_VALIDITY: Duration = Duration::from_secs(30 * 86_400);
 /// The longest lifetime [`Store::issue_portal_certificate`] accepts.
 pub const MAX_PORTAL_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(366 * 86_400);
 
+/// At most this many unexpired, unrevoked portal certificates per user and endpoint: each
+/// download issues one, and each would take a CRL entry if revoked, so without a bound one
+/// user could fill the CRL quota and make `revoke-user` fail for everyone.
+pub const MAX_LIVE_PORTAL_CERTIFICATES_PER_USER: usize = 10;
+
 const FIELD: &str = "client-ca-key";
 
 fn issuer_error(e: IssuerError) -> ApiError {
@@ -239,6 +244,24 @@ impl Store {
                      yourself"
                 ))
             })?;
+            let live: i64 = db
+                .prepare_cached(
+                    "SELECT count(*) FROM issued_certificates WHERE endpoint_id = ?1 \
+                     AND username = ?2 AND revoked_at IS NULL AND not_after > ?3",
+                )?
+                .query_row(params![endpoint_id, username, now.0], |r| r.get(0))?;
+            if usize::try_from(live).unwrap_or(usize::MAX) >= MAX_LIVE_PORTAL_CERTIFICATES_PER_USER
+            {
+                return Err(ApiError::new(
+                    codes::OPERATION_NOT_PERMITTED,
+                    format!(
+                        "{username} already holds {live} unexpired certificates from the portal \
+                         of endpoint {endpoint_id} (at most \
+                         {MAX_LIVE_PORTAL_CERTIFICATES_PER_USER}): use a profile already \
+                         downloaded, or wait until one expires"
+                    ),
+                ));
+            }
             let cert = issuer::issue_client_certificate(&ca, &key, username, lifetime, now)
                 .map_err(issuer_error)?;
             // Rows of certificates long expired (and so out of every CRL) are of no use.
@@ -266,8 +289,9 @@ impl Store {
     /// endpoint's CA key that lists them (see the module documentation for what else it
     /// keeps). Returns the serials newly revoked: the daemon ends their sessions
     /// (`ControlEvent::CrlChanged`). A user with no such certificate is a no-op: an empty
-    /// list, nothing written. Refused when the endpoint holds no CA key (a CRL cannot be
-    /// signed then) or the new CRL would exceed the CRL quota.
+    /// list. Either way the time is recorded: portal sessions of the user begun before it take
+    /// no more profiles ([`Store::access_revoked_since`]). Refused when the endpoint holds no
+    /// CA key (a CRL cannot be signed then) or the new CRL would exceed the CRL quota.
     pub fn revoke_user_certificates(
         &self,
         endpoint_id: &str,
@@ -284,6 +308,12 @@ impl Store {
                 params![endpoint_id, username, now.0],
                 |r| r.get(0),
             )?;
+            db.prepare_cached(
+                "INSERT INTO user_revocations (endpoint_id, username, revoked_at) \
+                 VALUES (?1, ?2, ?3) ON CONFLICT (endpoint_id, username) DO UPDATE \
+                 SET revoked_at = excluded.revoked_at",
+            )?
+            .execute(params![endpoint_id, username, now.0])?;
             if serials.is_empty() {
                 return Ok(serials);
             }
@@ -309,6 +339,24 @@ impl Store {
                 .ok_or_else(|| ApiError::internal("no CRL signed"))?;
             store_crl(db, endpoint_id, &pem, cap)?;
             Ok(serials)
+        })
+    }
+
+    /// Whether an administrator ended `username`'s access to the endpoint (`revoke-user`) at or
+    /// after `since` (user names compare case-insensitively).
+    pub fn access_revoked_since(
+        &self,
+        endpoint_id: &str,
+        username: &str,
+        since: Timestamp,
+    ) -> Result<bool, ApiError> {
+        self.read(|db| {
+            Ok(db
+                .prepare_cached(
+                    "SELECT revoked_at FROM user_revocations WHERE endpoint_id = ?1 \
+                     AND username = ?2 AND revoked_at >= ?3",
+                )?
+                .exists(params![endpoint_id, username, since.0])?)
         })
     }
 

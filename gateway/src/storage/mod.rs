@@ -91,7 +91,9 @@ use crate::model::policy::{self, Policy, TargetSpec};
 pub use crate::auth::issuer::IssuedCertificate;
 pub use apply::{apply_endpoint_config, config_key, ApplyReport, APPLIED_TAG_KEY};
 pub use error::{codes, ApiError};
-pub use issued_certificates::{MAX_PORTAL_CERTIFICATE_LIFETIME, SIGNED_CRL_VALIDITY};
+pub use issued_certificates::{
+    MAX_LIVE_PORTAL_CERTIFICATES_PER_USER, MAX_PORTAL_CERTIFICATE_LIFETIME, SIGNED_CRL_VALIDITY,
+};
 // re-export: the types live in model
 pub use crate::model::{ids::*, resources::*};
 

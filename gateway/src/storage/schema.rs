@@ -221,6 +221,15 @@ CREATE TABLE changes (
     seq INTEGER NOT NULL
 ) STRICT;
 INSERT INTO changes (one, seq) VALUES (1, 0);
+
+-- When an administrator last ended a user's access to an endpoint (revoke-user): portal
+-- sessions begun before it may not take new profiles.
+CREATE TABLE user_revocations (
+    endpoint_id TEXT    NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    username    TEXT    NOT NULL COLLATE NOCASE,
+    revoked_at  INTEGER NOT NULL,
+    PRIMARY KEY (endpoint_id, username)
+) STRICT;
 "#,
 ];
 
@@ -419,6 +428,13 @@ CREATE TABLE changes (
     seq BIGINT NOT NULL
 );
 INSERT INTO changes (one, seq) VALUES (1, 0);
+
+CREATE TABLE user_revocations (
+    endpoint_id TEXT    NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    username    TEXT    NOT NULL COLLATE nocase,
+    revoked_at  BIGINT  NOT NULL,
+    PRIMARY KEY (endpoint_id, username)
+);
 "#,
 ];
 

@@ -3384,12 +3384,27 @@ fn revoking_a_user_signs_a_crl_of_the_portal_revocations_and_keeps_other_entries
     let fx = Fx::new();
     let eid = fx.endpoint();
     let day = std::time::Duration::from_secs(86_400);
-    // A user with nothing issued: a no-op, nothing written (no CRL appears).
+    // A user with nothing issued: nothing revoked, no CRL appears; the time is recorded
+    // (portal sessions begun before it take no more profiles).
+    let before = Timestamp(fx.clock.load(Ordering::SeqCst));
+    assert!(!fx
+        .store
+        .access_revoked_since(&eid, "NoBody", before)
+        .unwrap());
     assert_eq!(
         fx.store.revoke_user_certificates(&eid, "nobody").unwrap(),
         Vec::<String>::new()
     );
     assert_eq!(fx.store.export_crl(&eid).unwrap(), None);
+    assert!(fx
+        .store
+        .access_revoked_since(&eid, "NoBody", before)
+        .unwrap());
+    let later = Timestamp(before.0 + 1);
+    assert!(!fx
+        .store
+        .access_revoked_since(&eid, "nobody", later)
+        .unwrap());
 
     // The administrator's own CRL (same CA) and another CA's list are kept.
     let foreign = Pki::crl_by(&fx.pki.foreign, &[7]);
@@ -3800,4 +3815,43 @@ fn configuration_changes_move_the_change_counter_and_records_do_not() {
         .terminate_connections(&eid, &TerminateTarget::ConnectionId(c.connection_id))
         .unwrap();
     assert_eq!(seq(), s0 + 4);
+}
+
+/// Each portal download issues a certificate, and each revoked one takes a CRL entry: one user
+/// must not be able to hold more than a few at once (else downloading in a loop fills the CRL
+/// quota and `revoke-user` fails for everyone).
+#[test]
+fn a_user_holds_at_most_ten_live_portal_certificates() {
+    let fx = Fx::new();
+    let eid = fx.endpoint();
+    fx.store
+        .set_client_ca_key(&eid, Some(&fx.ca_key()))
+        .unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    for _ in 0..MAX_LIVE_PORTAL_CERTIFICATES_PER_USER {
+        fx.store
+            .issue_portal_certificate(&eid, "alice", hour)
+            .unwrap();
+    }
+    let e = fx
+        .store
+        .issue_portal_certificate(&eid, "Alice", hour)
+        .unwrap_err();
+    assert_eq!(e.code, codes::OPERATION_NOT_PERMITTED);
+    assert!(
+        e.message.contains("use a profile already downloaded"),
+        "{e}"
+    );
+    // Others are not affected; expiry or revocation frees the user's room.
+    fx.store
+        .issue_portal_certificate(&eid, "bob", hour)
+        .unwrap();
+    fx.advance(3601);
+    fx.store
+        .issue_portal_certificate(&eid, "alice", hour)
+        .unwrap();
+    fx.store.revoke_user_certificates(&eid, "alice").unwrap();
+    fx.store
+        .issue_portal_certificate(&eid, "alice", hour)
+        .unwrap();
 }

@@ -31,6 +31,7 @@ use crate::auth::totp::{otpauth_uri, TotpSecret, TotpVerifier};
 use crate::auth::{AuthFailure, AuthRequest};
 use crate::model::{ConnectionFilter, ConnectionStatus, Endpoint};
 use crate::protocol::keymethod::Password;
+use crate::storage::MAX_LIVE_PORTAL_CERTIFICATES_PER_USER;
 
 /// At most this many portal sessions at once (the oldest go first beyond it).
 pub const MAX_SESSIONS: usize = 10_000;
@@ -71,6 +72,9 @@ struct Session {
     csrf: String,
     level: Level,
     expires: Instant,
+    /// When the user signed in (wall clock): an administrator's `revoke-user` after it ends
+    /// the session's right to new profiles.
+    started: crate::model::Timestamp,
     /// A TOTP secret shown for enrolment, until confirmed by one code.
     enrolling: Option<TotpSecret>,
 }
@@ -196,6 +200,7 @@ struct Who {
     groups: Vec<String>,
     csrf: String,
     level: Level,
+    started: crate::model::Timestamp,
 }
 
 fn who(web: &WebState, endpoint_id: &str, headers: &HeaderMap) -> Option<Who> {
@@ -208,6 +213,7 @@ fn who(web: &WebState, endpoint_id: &str, headers: &HeaderMap) -> Option<Who> {
         groups: s.groups.clone(),
         csrf: s.csrf.clone(),
         level: s.level,
+        started: s.started,
     })
 }
 
@@ -439,6 +445,7 @@ fn start_session(
         csrf,
         level,
         expires: Instant::now() + SESSION_LIFETIME,
+        started: crate::model::Timestamp::now(),
         enrolling: None,
     }) else {
         return html(
@@ -652,12 +659,13 @@ async fn dashboard(web: &WebState, ep: &Endpoint, w: &Who) -> Response {
     for other in &usable {
         vpns.push_str(&format!(
             "<tr><td>{}</td><td>{} {}</td><td><a class=\"button\" \
-             href=\"{}/profile.ovpn?endpoint={}\" download>Download profile</a></td></tr>",
+             href=\"{}/profile.ovpn?endpoint={}&amp;csrf={}\" download>Download profile</a></td></tr>",
             escape(&endpoint_title(other)),
             escape(other.transport_protocol.as_str()),
             other.vpn_port,
             base(id),
             escape(&other.client_vpn_endpoint_id),
+            escape(&w.csrf),
         ));
     }
     if vpns.is_empty() {
@@ -725,6 +733,10 @@ from your app store and open the profile with it.</p></details></section>";
 pub struct ProfileQuery {
     /// Which of the user's VPNs (default: this portal's endpoint).
     endpoint: Option<String>,
+    /// The session's CSRF token: a download issues a certificate, so another site's link
+    /// must not trigger one.
+    #[serde(default)]
+    csrf: String,
 }
 
 /// `GET /portal/{endpoint}/profile.ovpn[?endpoint=ID]`: the user's ready profile of one of the
@@ -742,6 +754,17 @@ pub async fn profile(
     let Some(w) = who(&web, &portal_id, &headers).filter(|w| w.level == Level::Full) else {
         return redirect(&base(&portal_id), None);
     };
+    if !csrf_ok(&w, &q.csrf) {
+        return html(
+            StatusCode::FORBIDDEN,
+            message(
+                "Refused",
+                "The download link was stale or came from another site: reload your VPN list \
+                 and use its link.",
+                false,
+            ),
+        );
+    }
     // Only a VPN the page lists: same sign-in, portal on, something the user's groups may reach.
     let wanted = q.endpoint.unwrap_or_else(|| portal_id.clone());
     let Some(ep) = usable_endpoints(&web, &portal, &w.groups)
@@ -759,6 +782,27 @@ pub async fn profile(
         );
     };
     let endpoint_id = ep.client_vpn_endpoint_id.clone();
+    // An administrator who ended this user's access (revoke-user) after this session began
+    // ends its right to new profiles: the user must sign in again (where a disabled account
+    // fails).
+    let (id, user, since) = (endpoint_id.clone(), w.username.clone(), w.started);
+    let revoked = web
+        .api
+        .blocking(move |s| s.access_revoked_since(&id, &user, since))
+        .await;
+    if !matches!(revoked, Ok(false)) {
+        lock(&web.portal.sessions).remove(&w.id);
+        info!(endpoint = %endpoint_id, user = %w.username, "portal: access revoked since sign-in; session ended");
+        return html(
+            StatusCode::FORBIDDEN,
+            message(
+                "Access ended",
+                "An administrator has ended your access to this VPN since you signed in. Sign \
+                 in again; if you still may use it, you will get a new profile.",
+                false,
+            ),
+        );
+    }
     let host = web.api.settings.remote_host.clone().unwrap_or_else(|| {
         url::Url::parse(&web.settings.public_url)
             .ok()
@@ -815,6 +859,18 @@ pub async fn profile(
             )
                 .into_response()
         }
+        Err(e) if e.code == crate::model::codes::OPERATION_NOT_PERMITTED => html(
+            StatusCode::TOO_MANY_REQUESTS,
+            message(
+                "Too many profiles",
+                &format!(
+                    "You already hold {MAX_LIVE_PORTAL_CERTIFICATES_PER_USER} profiles of this \
+                     VPN that have not expired. Use one you downloaded before, or try again \
+                     tomorrow."
+                ),
+                false,
+            ),
+        ),
         Err(e) => html(
             StatusCode::INTERNAL_SERVER_ERROR,
             message(

@@ -283,11 +283,11 @@ async fn sign_ins_abandoned_at_the_idp_leave_no_state_behind() {
     let s = site().await;
     for i in 0..3 {
         let id = format!("id-abandon-{i:010}");
-        s.begin_until(&id, 40 + i, now() + 1);
+        s.begin_until(&id, 40 + i, now() + 2);
         s.approve(&id).await;
     }
     assert_eq!(s.sso.sizes(), (3, 3, 0));
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     // The next sign-in's arrival sweeps the expired ones, their IdP states with them.
     s.begin("id-abandon-next000000", 50);
     assert_eq!(s.sso.sizes(), (1, 0, 0));
@@ -594,8 +594,27 @@ async fn portal_pages_need_a_session_forms_need_its_csrf_token_and_users_end_onl
         other => panic!("{other:?}"),
     }
 
-    // The profile: a download, counted.
-    let r = request("GET", &format!("{portal}/profile.ovpn"), Some(&cookie)).await;
+    // The profile: only through the page's own link, which carries the session's token (a
+    // download issues a certificate; another site's link must not).
+    assert!(
+        page.body
+            .contains(&format!("profile.ovpn?endpoint={ep}&amp;csrf={csrf}")),
+        "{}",
+        page.body
+    );
+    for forged in ["", "?csrf=wrong"] {
+        let r = request(
+            "GET",
+            &format!("{portal}/profile.ovpn{forged}"),
+            Some(&cookie),
+        )
+        .await;
+        assert_eq!(r.status, 403, "{forged}: {}", r.body);
+    }
+    assert_eq!(s.web.api.store.portal_downloads(&ep).unwrap(), 0);
+    // With it: a download, counted.
+    let download = format!("{portal}/profile.ovpn?csrf={csrf}");
+    let r = request("GET", &download, Some(&cookie)).await;
     assert_eq!(r.status, 200);
     assert!(
         r.body.contains("setenv IV_SSO webauth") && r.body.contains("<ca>"),
@@ -631,6 +650,32 @@ async fn portal_pages_need_a_session_forms_need_its_csrf_token_and_users_end_onl
         .await
         .body
         .contains("Sign in with your organization"));
+
+    // An administrator's revoke-user ends the right of sessions begun before it to new
+    // profiles (else a revoked user would download a fresh certificate at once).
+    let cookie = s.portal_session(&ep).await;
+    let page = request("GET", &portal, Some(&cookie)).await;
+    let download = format!("{portal}/profile.ovpn?csrf={}", csrf_of(&page.body));
+    assert_eq!(request("GET", &download, Some(&cookie)).await.status, 200);
+    s.web
+        .api
+        .store
+        .revoke_user_certificates(&ep, "ALICE@example.test")
+        .unwrap();
+    let r = request("GET", &download, Some(&cookie)).await;
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("ended your access"), "{}", r.body);
+    assert_eq!(s.web.api.store.portal_downloads(&ep).unwrap(), 2);
+    // The session is over; signing in again is possible (the IdP decides).
+    assert!(request("GET", &portal, Some(&cookie))
+        .await
+        .body
+        .contains("Sign in with your organization"));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let cookie = s.portal_session(&ep).await;
+    let page = request("GET", &portal, Some(&cookie)).await;
+    let download = format!("{portal}/profile.ovpn?csrf={}", csrf_of(&page.body));
+    assert_eq!(request("GET", &download, Some(&cookie)).await.status, 200);
 }
 
 #[tokio::test]
@@ -728,8 +773,12 @@ async fn the_portal_lists_the_vpns_of_the_same_provider_that_the_users_groups_ma
         );
     }
     // The listed VPN's profile comes from this portal; the others' do not.
+    let csrf = csrf_of(&page.body);
     let get = |ep: &str| {
-        let url = format!("{}/portal/{home}/profile.ovpn?endpoint={ep}", s.base);
+        let url = format!(
+            "{}/portal/{home}/profile.ovpn?endpoint={ep}&csrf={csrf}",
+            s.base
+        );
         let cookie = cookie.clone();
         async move { request("GET", &url, Some(&cookie)).await.status }
     };
