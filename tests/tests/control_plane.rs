@@ -118,9 +118,53 @@ fn setup_in(
     }
 }
 
+/// Two clients of two groups, both allowed to the private network, each running a UDP probe
+/// loop (`echo::probe_loop`) for 3 s against an echo server there.
+struct TwoGroupFlows {
+    alice: std::thread::JoinHandle<Result<Vec<(std::time::Instant, bool)>>>,
+    bob: std::thread::JoinHandle<Result<Vec<(std::time::Instant, bool)>>>,
+    echo: cvpn_tests::echo::UdpEcho,
+    _clients: [OpenVpnClient; 2],
+}
+
 impl Setup {
     fn cli(&self, args: &[&str]) -> CliOutput {
         self.daemon.cli(args).unwrap()
+    }
+
+    /// Authorizes `engineering` and `finance` to 10.88.0.0/24, connects alice (engineering,
+    /// client 0) and bob (finance, client 1) and starts their probe loops.
+    fn two_group_flows(&mut self) -> TwoGroupFlows {
+        for g in ["engineering", "finance"] {
+            ok(
+                self.cli(&[
+                    "rule",
+                    "authorize",
+                    &self.endpoint,
+                    "--destination",
+                    "10.88.0.0/24",
+                    "--group",
+                    g,
+                ]),
+                "authorize",
+            );
+        }
+        let clients = [
+            self.connect(0, "alice", "engineering"),
+            self.connect(1, "bob", "finance"),
+        ];
+        let echo = cvpn_tests::echo::UdpEcho::start(&self.net.private, PRIVATE, 7007).unwrap();
+        let run_for = Duration::from_millis(3000);
+        let probe = |i: usize| {
+            self.net.clients[i]
+                .spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for))
+        };
+        TwoGroupFlows {
+            alice: probe(0),
+            bob: probe(1),
+            echo,
+            _clients: clients,
+        }
     }
 
     /// `cvpn rule authorize ENDPOINT --destination DEST --all-groups`, which must succeed.
@@ -471,28 +515,8 @@ fn cli_drives_a_running_daemon_connections_terminate_and_logs() {
 #[test]
 fn rule_revoked_through_the_api_cuts_a_running_flow_within_100ms_and_spares_the_other() {
     let mut s = setup(2);
-    for g in ["engineering", "finance"] {
-        ok(
-            s.cli(&[
-                "rule",
-                "authorize",
-                &s.endpoint,
-                "--destination",
-                "10.88.0.0/24",
-                "--group",
-                g,
-            ]),
-            "authorize",
-        );
-    }
-    let _alice = s.connect(0, "alice", "engineering");
-    let _bob = s.connect(1, "bob", "finance");
-    let echo = cvpn_tests::echo::UdpEcho::start(&s.net.private, PRIVATE, 7007).unwrap();
-    let run_for = Duration::from_millis(3000);
-    let alice =
-        s.net.clients[0].spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for));
-    let bob =
-        s.net.clients[1].spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for));
+    let flows = s.two_group_flows();
+    let (alice, bob, echo) = (flows.alice, flows.bob, flows.echo);
     std::thread::sleep(Duration::from_millis(800));
     let out = s.cli(&[
         "rule",
@@ -1891,28 +1915,8 @@ fn a_rule_revoked_by_another_writer_of_the_database_cuts_a_flow_within_the_chang
     pg.create_database("cvpn").unwrap();
     let url = pg.url("cvpn");
     let mut s = setup_in(net, |_| Some(format!("database = {url:?}\n")));
-    for g in ["engineering", "finance"] {
-        ok(
-            s.cli(&[
-                "rule",
-                "authorize",
-                &s.endpoint,
-                "--destination",
-                "10.88.0.0/24",
-                "--group",
-                g,
-            ]),
-            "authorize",
-        );
-    }
-    let _alice = s.connect(0, "alice", "engineering");
-    let _bob = s.connect(1, "bob", "finance");
-    let echo = cvpn_tests::echo::UdpEcho::start(&s.net.private, PRIVATE, 7007).unwrap();
-    let run_for = Duration::from_millis(3000);
-    let alice =
-        s.net.clients[0].spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for));
-    let bob =
-        s.net.clients[1].spawn(move || cvpn_tests::echo::probe_loop((PRIVATE, 7007), run_for));
+    let flows = s.two_group_flows();
+    let (alice, bob, echo) = (flows.alice, flows.bob, flows.echo);
     // The other writer: a store on the same database, opened from the gateway's namespace
     // (where the database listens), as another node's API would write.
     let endpoint = s.endpoint.clone();
@@ -1944,31 +1948,13 @@ fn a_rule_revoked_by_another_writer_of_the_database_cuts_a_flow_within_the_chang
     let alice = alice.join().unwrap().unwrap();
     let bob = bob.join().unwrap().unwrap();
     drop(echo);
-    let last_ok = alice
-        .iter()
-        .filter(|(_, ok)| *ok)
-        .map(|(t, _)| *t)
-        .max()
-        .expect("answered probes");
-    let after = last_ok.saturating_duration_since(committed);
-    println!("alice's last answered request was sent {after:?} after the other writer's commit");
-    assert!(
-        alice.iter().filter(|(t, ok)| *ok && *t < committed).count() > 50,
-        "alice's flow ran before the revoke"
-    );
-    assert!(
-        after < Duration::from_millis(500),
-        "the revoke reached the kernel only {after:?} after it was committed"
-    );
-    let bob_after: Vec<_> = bob
-        .iter()
-        .filter(|(t, _)| *t > committed + Duration::from_millis(200))
-        .collect();
-    let bob_ok = bob_after.iter().filter(|(_, ok)| *ok).count();
-    assert!(
-        bob_after.len() > 50 && bob_ok * 10 >= bob_after.len() * 9,
-        "bob's flow continues: {bob_ok} of {}",
-        bob_after.len()
+    // Bound: the 50 ms change watch plus the reconcile; measured around 10 ms.
+    cvpn_tests::echo::assert_cut_within_and_spared(
+        &alice,
+        &bob,
+        committed,
+        "the other writer's commit",
+        Duration::from_millis(500),
     );
     assert!(
         !s.daemon
