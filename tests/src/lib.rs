@@ -9,6 +9,7 @@
 //! * [`Topology`]: clients → relay → gateway (kernel data plane) → private network.
 
 pub mod browser;
+pub mod cluster;
 pub mod directory_servers;
 pub mod echo;
 pub mod gateway;

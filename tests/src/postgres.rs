@@ -55,25 +55,34 @@ impl PostgresServer {
 
     /// Makes a fresh cluster and starts it on `127.0.0.1`.
     pub fn start() -> Result<PostgresServer> {
-        Self::start_with(None, "127.0.0.1", None)
+        Self::start_with(None, "127.0.0.1", None, None)
     }
 
     /// Like [`PostgresServer::start`], serving TLS with this certificate and key (PEM) and
     /// refusing connections without it (`pg_hba.conf`: `hostssl` only).
     pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<PostgresServer> {
-        Self::start_with(None, "127.0.0.1", Some((cert_pem, key_pem)))
+        Self::start_with(None, "127.0.0.1", Some((cert_pem, key_pem)), None)
     }
 
     /// Makes a fresh cluster and starts it in `ns`, listening on `listen` (an address of the
     /// namespace's: its loopback, or a veth address other namespaces reach).
     pub fn start_in(ns: &Netns, listen: &str) -> Result<PostgresServer> {
-        Self::start_with(Some(ns.name().to_string()), listen, None)
+        Self::start_with(Some(ns.name().to_string()), listen, None, None)
+    }
+
+    /// Like [`PostgresServer::start_in`], trusting connections from `network` (a CIDR such as
+    /// `10.55.0.0/24`) as well as loopback: `host all all NETWORK trust` in `pg_hba.conf`,
+    /// written before the server starts. For a server other namespaces reach over a veth or
+    /// a bridge (`initdb -A trust` trusts loopback only).
+    pub fn start_in_for_network(ns: &Netns, listen: &str, network: &str) -> Result<PostgresServer> {
+        Self::start_with(Some(ns.name().to_string()), listen, None, Some(network))
     }
 
     fn start_with(
         netns: Option<String>,
         listen: &str,
         tls: Option<(&str, &str)>,
+        network: Option<&str>,
     ) -> Result<PostgresServer> {
         if !Path::new(BIN_DIR).join("postgres").exists() {
             bail!("PostgreSQL 15 is not installed ({BIN_DIR}); run `cargo xtask setup`");
@@ -116,6 +125,12 @@ impl PostgresServer {
                 data.join("pg_hba.conf"),
                 "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
             )?;
+        }
+        if let Some(network) = network {
+            let hba = data.join("pg_hba.conf");
+            let mut text = fs::read_to_string(&hba)?;
+            text.push_str(&format!("host all all {network} trust\n"));
+            fs::write(&hba, text)?;
         }
         server.pg_ctl_start()?;
         Ok(server)
