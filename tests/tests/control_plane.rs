@@ -972,15 +972,24 @@ fn apply_then_sighup_brings_a_running_daemon_in_line_with_the_file() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The first SIGHUP logged a resync already: wait for one more (not for the line, which is
+    // there, so the check below would race the reconcile on a loaded machine).
+    let resyncs = |d: &StoreDaemon| {
+        d.daemon
+            .log()
+            .iter()
+            .filter(|l| l.contains("resynchronised with the database"))
+            .count()
+    };
+    let before = resyncs(&daemon);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.daemon.pid() as i32),
         nix::sys::signal::Signal::SIGHUP,
     )
     .unwrap();
-    daemon
-        .daemon
-        .wait_for("resynchronised with the database", Duration::from_secs(5))
-        .unwrap();
+    wait_until("the second resync", Duration::from_secs(5), || {
+        resyncs(&daemon) > before
+    });
     assert!(
         get(&net.clients[0], PRIVATE).is_err(),
         "no rule allows it any more"
