@@ -122,3 +122,140 @@ fn cluster_network_connects_clients_nodes_database_and_private_hosts() {
     );
     eprintln!("cluster smoke test: {:?}", started.elapsed());
 }
+
+/// Issue 11: a node cut off the database (its link down, so nothing answers: no refusal, just
+/// silence) keeps moving its sessions' traffic with the policy it has, refuses changes saying
+/// why, and takes changes again once the link is back — without a restart.
+#[test]
+fn a_node_cut_off_the_database_keeps_its_sessions_and_catches_up() {
+    require_root();
+    let mut net = ClusterNet::new(1, 1).unwrap();
+    let node = net.start_node(0).unwrap();
+    let (cert, key, ca) = net.write_server_files().unwrap();
+    let created = node
+        .json(&[
+            "endpoint",
+            "create",
+            "--client-cidr",
+            "10.66.0.0/22",
+            "--server-cert",
+            cert.to_str().unwrap(),
+            "--server-key",
+            key.to_str().unwrap(),
+            "--client-ca",
+            ca.to_str().unwrap(),
+            "--split-tunnel",
+        ])
+        .unwrap();
+    let endpoint = created["client-vpn-endpoint-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    node.json(&[
+        "network",
+        "associate",
+        &endpoint,
+        "--interface",
+        "tgt0",
+        "--subnet",
+        "10.88.0.0/24",
+    ])
+    .unwrap();
+    let authorize = |dest: &str| {
+        node.cli(&[
+            "rule",
+            "authorize",
+            &endpoint,
+            "--destination",
+            dest,
+            "--all-groups",
+        ])
+        .unwrap()
+    };
+    assert_eq!(authorize("10.88.0.10/32").code, 0);
+
+    // A stock client on the exported profile, and a flow through the node.
+    let pem = net.ca.client("alice", &["engineering"]).unwrap();
+    let d = net.dir.0.clone();
+    let cert = cvpn_tests::pki::write(&d, "alice.crt", &pem.cert).unwrap();
+    let key = cvpn_tests::pki::write(&d, "alice.key", &pem.key).unwrap();
+    let out = node
+        .cli(&[
+            "config",
+            "export",
+            &endpoint,
+            "--remote-host",
+            &ClusterNet::node_wan(0),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+    let profile = format!(
+        "{}\nconnect-retry 1\nconnect-retry-max 3\nserver-poll-timeout 5\n",
+        out.stdout
+    );
+    let mut client =
+        cvpn_tests::openvpn::OpenVpnClient::start_with_text(&net.clients[0], &profile, &d, "alice")
+            .unwrap();
+    client.wait_connected(Duration::from_secs(20)).unwrap();
+    let echo = cvpn_tests::echo::UdpEcho::start(&net.private, PRIVATE_HOSTS[0], 7007).unwrap();
+    let target = (PRIVATE_HOSTS[0], 7007);
+    let probes =
+        net.clients[0].spawn(move || cvpn_tests::echo::probe_loop(target, Duration::from_secs(16)));
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Cut off: a change waits for the database's deadline, then is refused, saying why.
+    net.set_database_link(0, false).unwrap();
+    let cut = Instant::now();
+    let refused = authorize("10.88.0.20/32");
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(refused.stderr.contains("ServiceUnavailable"), "{refused:?}");
+    let waited = cut.elapsed();
+    assert!(
+        waited < Duration::from_secs(25),
+        "the refusal took {waited:?}"
+    );
+    std::thread::sleep(Duration::from_secs(12).saturating_sub(cut.elapsed()));
+    net.set_database_link(0, true).unwrap();
+    let back = Instant::now();
+
+    // Back: the same daemon takes the change (the pool reconnects).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut accepted = false;
+    while Instant::now() < deadline {
+        if authorize("10.88.0.20/32").code == 0 {
+            accepted = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        accepted,
+        "no change accepted within 30 s of the link coming back\n{}",
+        node.daemon.log().join("\n")
+    );
+    println!(
+        "cut off {:?}; first change accepted {:?} after the link came back",
+        back - cut,
+        back.elapsed()
+    );
+
+    // The flow never stopped while the node was cut off.
+    let probes = probes.join().unwrap().unwrap();
+    drop(echo);
+    let during: Vec<bool> = probes
+        .iter()
+        .filter(|(t, _)| *t > cut + Duration::from_millis(200) && *t < back)
+        .map(|(_, ok)| *ok)
+        .collect();
+    let answered = during.iter().filter(|ok| **ok).count();
+    assert!(
+        during.len() > 100 && answered * 100 >= during.len() * 95,
+        "the session's traffic kept flowing while the database was away: {answered} of {} probes answered",
+        during.len()
+    );
+    assert!(client.exited().is_none(), "the client was never reset");
+}

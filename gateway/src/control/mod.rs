@@ -822,9 +822,6 @@ impl Daemon {
         }
     }
 
-    /// Brings the running endpoints in line with the database after it was changed behind the
-    /// API's back (`cvpn apply -f`, SIGHUP): starts available ones, stops the others, restarts
-    /// those whose listener settings changed, and reapplies every running one's policy and CRL.
     /// Closes the connections of this node that the database says are `terminating`: a
     /// terminate made through another node's API (or while this one missed it).
     async fn terminate_requested(&mut self) {
@@ -858,6 +855,10 @@ impl Daemon {
         }
     }
 
+    /// Brings the running endpoints in line with the database after it was changed behind the
+    /// API's back (`cvpn apply -f`, SIGHUP, another node's API): starts available ones, stops
+    /// the others, restarts those whose listener settings changed, and reapplies every running
+    /// one's policy and CRL.
     async fn resync(&mut self) {
         let endpoints = match self.store.describe_endpoints(&[]) {
             Ok(e) => e,
