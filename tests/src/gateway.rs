@@ -32,22 +32,7 @@ pub fn cvpn_binary() -> Result<PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
         cmd.args(["build", "--quiet", "-p", "gateway", "--bin", "cvpn"]);
-        // Cargo gives the test process its package's variables; some build scripts (ring's)
-        // rerun when they change, so the build would differ from the outer `cargo test`'s.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy().into_owned();
-            if (k.starts_with("CARGO_PKG_") || k.starts_with("CARGO_MANIFEST_"))
-                || [
-                    "CARGO_CRATE_NAME",
-                    "CARGO_PRIMARY_PACKAGE",
-                    "CARGO_TARGET_TMPDIR",
-                    "OUT_DIR",
-                ]
-                .contains(&k.as_str())
-            {
-                cmd.env_remove(k);
-            }
-        }
+        crate::without_package_env(&mut cmd);
         if release {
             cmd.arg("--release");
         }

@@ -43,6 +43,28 @@ pub fn unique_tag() -> String {
     format!("{:x}{:x}", std::process::id() % 0xffff, n)
 }
 
+/// Removes the variables cargo gives a test process (or a `cargo run` program) about its own
+/// package from `cmd`, a nested cargo: some build scripts (ring's) rerun when they change, so
+/// the nested build would undo the outer one's and rebuild ring, rustls and the gateway.
+pub fn without_package_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || k.starts_with("CARGO_BIN_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&k.as_str())
+        {
+            cmd.env_remove(k);
+        }
+    }
+}
+
 /// Runs a command; fails with its output when it fails.
 pub fn sh(cmd: &mut Command) -> Result<Output> {
     let shown = format!("{cmd:?}");

@@ -16,7 +16,10 @@ fn main() -> Result<ExitCode> {
     let server = PostgresServer::start()?;
     let url = server.url("postgres");
     eprintln!("with-postgres: PostgreSQL on 127.0.0.1:{}", server.port());
-    let status = Command::new(program)
+    let mut cmd = Command::new(program);
+    // A nested cargo must not see `cargo run`'s package variables (see without_package_env).
+    cvpn_tests::without_package_env(&mut cmd);
+    let status = cmd
         .args(rest)
         .env("CVPN_TEST_POSTGRES", &url)
         .status()
