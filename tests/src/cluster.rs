@@ -323,13 +323,7 @@ impl ClusterNet {
     /// Writes a server certificate (for `vpn.example.test`), its key and the client CA as PEM
     /// files for `cvpn endpoint create`; returns their paths.
     pub fn write_server_files(&mut self) -> Result<(PathBuf, PathBuf, PathBuf)> {
-        let server = self.ca.server("vpn.example.test")?;
-        let d = &self.dir.0;
-        Ok((
-            write(d, "server.crt", &server.cert)?,
-            write(d, "server.key", &server.key)?,
-            write(d, "ca.crt", &self.ca.cert_pem())?,
-        ))
+        self.ca.write_server_files(&self.dir.0)
     }
 
     /// The database host's namespace (PostgreSQL's; `eth0` 10.55.0.100).

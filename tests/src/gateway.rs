@@ -394,13 +394,7 @@ impl EndpointNet {
     /// Writes the server certificate, key and client CA as PEM files for `cvpn endpoint
     /// create`; returns their paths.
     pub fn write_server_files(&mut self) -> Result<(PathBuf, PathBuf, PathBuf)> {
-        let server = self.ca.server("vpn.example.test")?;
-        let d = &self.dir.0;
-        Ok((
-            write(d, "server.crt", &server.cert)?,
-            write(d, "server.key", &server.key)?,
-            write(d, "ca.crt", &self.ca.cert_pem())?,
-        ))
+        self.ca.write_server_files(&self.dir.0)
     }
 
     /// [`EndpointNet::write_server_files`] with the CA appended to the server certificate, as

@@ -111,6 +111,17 @@ impl Ca {
         ))
     }
 
+    /// A server certificate for `vpn.example.test`, its key and this CA, written as PEM files
+    /// in `dir` for `cvpn endpoint create`; returns their paths (certificate, key, CA).
+    pub fn write_server_files(&mut self, dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+        let server = self.server("vpn.example.test")?;
+        Ok((
+            write(dir, "server.crt", &server.cert)?,
+            write(dir, "server.key", &server.key)?,
+            write(dir, "ca.crt", &self.cert_pem())?,
+        ))
+    }
+
     /// A server certificate (EKU serverAuth), ECDSA P-256.
     pub fn server(&mut self, cn: &str) -> Result<Pem> {
         Ok(self.issue(cn, &[], true, VALID)?.0)

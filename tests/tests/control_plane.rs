@@ -132,6 +132,21 @@ impl Setup {
         self.daemon.cli(args).unwrap()
     }
 
+    /// After a live policy change under [`Setup::two_group_flows`]: nobody was reset, both
+    /// connections are still active.
+    fn assert_no_session_reset_and_both_active(&self) {
+        assert!(
+            !self
+                .daemon
+                .daemon
+                .log()
+                .iter()
+                .any(|l| l.contains("session ended")),
+            "no session may be reset"
+        );
+        assert_eq!(self.connections(&["--status", "active"]).len(), 2);
+    }
+
     /// Authorizes `engineering` and `finance` to 10.88.0.0/24, connects alice (engineering,
     /// client 0) and bob (finance, client 1) and starts their probe loops.
     fn two_group_flows(&mut self) -> TwoGroupFlows {
@@ -535,15 +550,7 @@ fn rule_revoked_through_the_api_cuts_a_running_flow_within_100ms_and_spares_the_
     drop(echo);
 
     cvpn_tests::echo::assert_cut_and_spared(&alice, &bob, returned, "the API call returned");
-    assert!(
-        !s.daemon
-            .daemon
-            .log()
-            .iter()
-            .any(|l| l.contains("session ended")),
-        "no session may be reset"
-    );
-    assert_eq!(s.connections(&["--status", "active"]).len(), 2);
+    s.assert_no_session_reset_and_both_active();
 }
 
 #[test]
@@ -1968,14 +1975,6 @@ fn a_rule_revoked_by_another_writer_of_the_database_cuts_a_flow_within_the_chang
         "the other writer's commit",
         Duration::from_millis(500),
     );
-    assert!(
-        !s.daemon
-            .daemon
-            .log()
-            .iter()
-            .any(|l| l.contains("session ended")),
-        "no session may be reset"
-    );
-    assert_eq!(s.connections(&["--status", "active"]).len(), 2);
+    s.assert_no_session_reset_and_both_active();
     pg.stop().unwrap();
 }
