@@ -181,7 +181,17 @@ function totp(base32, offset) {
 async function runStep(page, step) {
   const timeout = step.timeout_ms ?? opts.timeoutMs;
   if ('goto' in step) {
-    await page.goto(step.goto, { timeout, waitUntil: 'load' });
+    // Chromium aborts a load with ERR_NETWORK_CHANGED when any interface of the host changes,
+    // and other tests add and remove veths all the time: such a load is tried again (a GET).
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        await page.goto(step.goto, { timeout, waitUntil: 'load' });
+        break;
+      } catch (e) {
+        if (attempt >= 4 || !String(e?.message).includes('ERR_NETWORK_CHANGED')) throw e;
+        await new Promise((r) => setTimeout(r, 200 * attempt));
+      }
+    }
   } else if ('fill' in step) {
     await page.locator(step.fill).fill(String(step.value ?? ''), { timeout });
   } else if ('click' in step) {
