@@ -364,6 +364,10 @@ pub enum NetworkCommand {
         /// Source address for NAT on that network (default: the interface's own).
         #[arg(long, value_name = "IPV4")]
         snat_address: Option<String>,
+        /// The node (gateway host) whose interface this is; that node serves the endpoint
+        /// (default: the node whose API is asked).
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
     },
     /// Disassociates a target network and removes its routes; the last one terminates every
     /// connection.
@@ -1150,11 +1154,13 @@ async fn network(c: NetworkCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
             interface,
             subnet,
             snat_address,
+            node,
         } => {
             let mut m = Map::new();
             m.insert("target-network-id".into(), json!(interface));
             insert(&mut m, "subnet-cidr", subnet);
             insert(&mut m, "snat-address", snat_address);
+            insert(&mut m, "node", node);
             let path = format!("{}/target-networks", ep_path(&endpoint_id));
             let reply = cx.send_json(Method::POST, path, m).await?;
             cx.show(&reply, |r: AssociateResult| {
@@ -1223,6 +1229,7 @@ fn network_table(list: &[TargetNetwork]) -> String {
         "STATUS",
         "TARGET ID",
         "CREATED",
+        "NODE",
     ]);
     for a in list {
         t.row(vec![
@@ -1233,6 +1240,7 @@ fn network_table(list: &[TargetNetwork]) -> String {
             a.status.to_string(),
             a.target_id.to_string(),
             a.creation_time.to_string(),
+            opt(&a.node),
         ]);
     }
     t.render()

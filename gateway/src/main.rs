@@ -271,6 +271,7 @@ fn serve(
         sso: None,
         // The only endpoint of this process: the whole SNAT range.
         nat_port_range: None,
+        address_blocks: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

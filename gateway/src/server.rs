@@ -99,6 +99,18 @@ pub struct ServerSettings {
     /// SNAT ports of this endpoint; `None`: the data plane's default range. Endpoints of one
     /// daemon that share a target interface need disjoint ranges ([`snat_slice`]).
     pub nat_port_range: Option<(u16, u16)>,
+    /// Client addresses from claimed blocks of the client CIDR (several nodes serve the
+    /// endpoint); `None`: from all of it.
+    pub address_blocks: Option<AddressBlocks>,
+}
+
+/// The blocks of the client CIDR a node has claimed for an endpoint, and where it asks for
+/// more (the answer comes back as [`ServerCommand::AddAddressBlock`]).
+#[derive(Clone, Debug)]
+pub struct AddressBlocks {
+    pub claimed: Vec<Ipv4Net>,
+    /// Receives the endpoint id when its pool runs low.
+    pub ask_more: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 /// An endpoint's single sign-on: the web listener's sign-ins and sessions, and the endpoint's
@@ -453,6 +465,9 @@ pub enum ServerCommand {
     Authenticator(Option<Arc<Authenticator>>),
     /// A new identity provider link (settings changed); `None`: no single sign-on.
     Sso(Option<SsoLink>),
+    /// Another claimed block of the client CIDR for the address pool (asked for through
+    /// [`AddressBlocks::ask_more`]).
+    AddAddressBlock(Ipv4Net),
 }
 
 /// The directory's answer for a connection.
@@ -539,6 +554,11 @@ impl Server {
             Endpoint::random_cookies()?,
             Instant::now(),
         )?;
+        if let Some(blocks) = &settings.address_blocks {
+            endpoint
+                .use_address_blocks(&blocks.claimed)
+                .context("the claimed address blocks")?;
+        }
 
         let tun = Tun::open_with(&settings.tun_name, Kind::Tun, false, true)
             .with_context(|| format!("creating TUN device {}", settings.tun_name))?;
@@ -998,6 +1018,11 @@ impl Server {
                         r.ended(&connection_id, Default::default());
                     }
                 }
+                Output::NeedAddressBlock => {
+                    if let Some(b) = &self.settings.address_blocks {
+                        let _ = b.ask_more.send(self.settings.endpoint_id.clone());
+                    }
+                }
             }
         }
     }
@@ -1045,6 +1070,17 @@ impl Server {
         let clock = Clock::system();
         match cmd {
             ServerCommand::ReplacePolicy(policy) => self.replace_policy(policy),
+            ServerCommand::AddAddressBlock(block) => {
+                match self.endpoint.add_address_block(block) {
+                    Ok(_) => {
+                        info!(endpoint = %self.settings.endpoint_id, %block, available = self.endpoint.addresses_available(), "address block added to the pool")
+                    }
+                    Err(e) => {
+                        warn!(endpoint = %self.settings.endpoint_id, error = %e, "address block not added")
+                    }
+                }
+                self.drain();
+            }
             ServerCommand::Sso(link) => {
                 info!(idp = ?link.as_ref().map(|l| &l.idp), "identity provider replaced");
                 self.settings.sso = link;

@@ -712,6 +712,7 @@ fn serve_with_session_timeout(
         authenticator: None,
         sso: None,
         nat_port_range: None,
+        address_blocks: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = net.gateway.spawn(move || {

@@ -418,17 +418,10 @@ pub(super) async fn export_client_config(
     const HOST: &str = "remote-host";
     let host = q.take(HOST)?;
     q.finish(&[HOST])?;
-    let host =
-        match host.or_else(|| state.settings.remote_host.clone()) {
-            Some(h) => profile::remote_host_param(&h)?,
-            None => return Err(ApiError::missing(
-                HOST,
-                "the daemon has no public host name configured; give the name or address clients \
-                 connect to (CLI: --remote-host HOST; API: ?remote-host=HOST), or set public_host \
-                 in the daemon configuration",
-            )
-            .into()),
-        };
+    if let Some(h) = &host {
+        profile::remote_host_param(h)?;
+    }
+    let fallback = state.settings.remote_host.clone();
     let ciphers = state.settings.data_ciphers.clone();
     let id2 = id.clone();
     let text = state
@@ -443,7 +436,8 @@ pub(super) async fn export_client_config(
                     ep.status
                 )));
             }
-            Ok(profile::endpoint_profile(s, &id2, &host, &ciphers)?.render())
+            let hosts = profile::remote_hosts(s, &id2, host.clone(), fallback.clone())?;
+            Ok(profile::endpoint_profile(s, &id2, &hosts, &ciphers)?.render())
         })
         .await?;
     if wants_json(&headers) {

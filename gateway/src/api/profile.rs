@@ -26,8 +26,9 @@ impl UserAuth {
 /// What a client profile is made of.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientProfile {
-    /// Host name or address clients connect to.
-    pub remote_host: String,
+    /// Host names or addresses clients connect to: one (a name the operator gave, or the only
+    /// node), or every node serving the endpoint, which clients try in random order.
+    pub remote_hosts: Vec<String>,
     /// The endpoint's port.
     pub port: u16,
     /// The endpoint's transport.
@@ -47,15 +48,24 @@ pub struct ClientProfile {
 }
 
 impl ClientProfile {
-    /// The profile of `endpoint` reached at `remote_host` (checked: a host name or an address,
-    /// nothing that could smuggle another directive into the profile).
+    /// The profile of `endpoint` reached at `remote_hosts` (each checked: a host name or an
+    /// address, nothing that could smuggle another directive into the profile).
     pub fn for_endpoint(
         endpoint: &Endpoint,
-        remote_host: &str,
+        remote_hosts: &[String],
         data_ciphers: &[String],
     ) -> Result<ClientProfile, ApiError> {
+        if remote_hosts.is_empty() {
+            return Err(ApiError::missing(
+                "remote-host",
+                "no host for the profile's remote line: give one (--remote-host)",
+            ));
+        }
         Ok(ClientProfile {
-            remote_host: remote_host_param(remote_host)?,
+            remote_hosts: remote_hosts
+                .iter()
+                .map(|h| remote_host_param(h))
+                .collect::<Result<_, _>>()?,
             port: endpoint.vpn_port,
             transport: endpoint.transport_protocol,
             data_ciphers: data_ciphers.to_vec(),
@@ -71,7 +81,16 @@ impl ClientProfile {
         let mut s = String::new();
         s.push_str("client\ndev tun\n");
         s.push_str(&format!("proto {}\n", self.transport.as_str()));
-        s.push_str(&format!("remote {} {}\n", self.remote_host, self.port));
+        for host in &self.remote_hosts {
+            s.push_str(&format!("remote {host} {}\n", self.port));
+        }
+        if self.remote_hosts.len() > 1 {
+            // Several nodes serve the endpoint: spread clients over them, and move on to the
+            // next one quickly when one does not answer (a node down).
+            s.push_str(&format!(
+                "remote-random\nserver-poll-timeout {SERVER_POLL_TIMEOUT_SECS}\n"
+            ));
+        }
         s.push_str("remote-cert-tls server\nnobind\nresolv-retry infinite\n");
         if self.transport == TransportProtocol::Udp {
             // Tell the gateway when the client goes, so the session (and the connection list)
@@ -114,16 +133,46 @@ impl ClientProfile {
     }
 }
 
+/// How long a client with several `remote` lines waits for one node before it tries the next.
+pub const SERVER_POLL_TIMEOUT_SECS: u32 = 5;
+
+/// Where a profile of endpoint `id` sends clients: the host the operator names (`given`: a DNS
+/// name for all its nodes, say), else every live node that serves it and has a public
+/// address, else `fallback` (this daemon's `public_host`).
+pub(crate) fn remote_hosts(
+    store: &crate::storage::Store,
+    id: &str,
+    given: Option<String>,
+    fallback: Option<String>,
+) -> Result<Vec<String>, ApiError> {
+    if let Some(h) = given {
+        return Ok(vec![remote_host_param(&h)?]);
+    }
+    let nodes = store.endpoint_node_addresses(id)?;
+    if !nodes.is_empty() {
+        return Ok(nodes);
+    }
+    match fallback {
+        Some(h) => Ok(vec![remote_host_param(&h)?]),
+        None => Err(ApiError::missing(
+            "remote-host",
+            "no node serving the endpoint has a public address, and none was given; give the \
+             name or address clients connect to (CLI: --remote-host HOST; API: \
+             ?remote-host=HOST), or set public_host in each node's daemon configuration",
+        )),
+    }
+}
+
 /// The profile of endpoint `id` as the store has it: its server CA, its transport, and how
 /// its users sign in (directory prompts, web sign-in).
 pub(crate) fn endpoint_profile(
     store: &crate::storage::Store,
     id: &str,
-    remote_host: &str,
+    remote_hosts: &[String],
     data_ciphers: &[String],
 ) -> Result<ClientProfile, ApiError> {
     let ep = store.describe_endpoint(id)?;
-    let mut p = ClientProfile::for_endpoint(&ep, remote_host, data_ciphers)?;
+    let mut p = ClientProfile::for_endpoint(&ep, remote_hosts, data_ciphers)?;
     p.user_auth = store
         .endpoint_directory(id)?
         .map(|d| UserAuth::for_directory(&d));
@@ -136,7 +185,7 @@ pub fn render_client_profile(
     remote_host: &str,
     data_ciphers: &[String],
 ) -> Result<String, ApiError> {
-    Ok(ClientProfile::for_endpoint(endpoint, remote_host, data_ciphers)?.render())
+    Ok(ClientProfile::for_endpoint(endpoint, &[remote_host.to_string()], data_ciphers)?.render())
 }
 
 /// Checks a remote host: 1..=253 characters of letters, digits, `.`, `-`, `_`, `:` (IPv6).

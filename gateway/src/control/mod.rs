@@ -173,6 +173,8 @@ pub struct Daemon {
     /// Each identity provider's relying party (its discovered keys kept), rebuilt when the
     /// provider's settings change.
     idps: std::sync::Mutex<HashMap<String, Arc<crate::web::SsoIdp>>>,
+    /// Where running endpoints ask for another block of client addresses (shared database).
+    more_addresses: mpsc::UnboundedSender<String>,
 }
 
 /// The TUN device of an endpoint: `cvpn` and the first 10 hex digits of its id (stable across
@@ -288,7 +290,9 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     }
 
     let listeners = api_state.listeners.clone();
+    let (more_addresses, mut address_requests) = mpsc::unbounded_channel::<String>();
     let mut daemon = Daemon {
+        more_addresses,
         sso,
         portal,
         idps: Default::default(),
@@ -323,6 +327,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             _ = &mut shutdown => break,
             Some(()) = hup.recv() => daemon.resync().await,
             Some(event) = events.recv() => daemon.on_event(event).await,
+            Some(endpoint_id) = address_requests.recv() => daemon.claim_more_addresses(&endpoint_id),
             _ = check.tick() => daemon.reap().await,
             _ = heartbeat.tick() => {
                 let (store, node, tx) = (daemon.store.clone(), node.clone(), taken_over_tx.clone());
@@ -630,7 +635,9 @@ impl Daemon {
         for ep in endpoints {
             match ep.status {
                 EndpointStatus::Deleting => self.finish_deletion(&ep.client_vpn_endpoint_id),
-                EndpointStatus::Available => self.start(&ep.client_vpn_endpoint_id),
+                EndpointStatus::Available if self.serves(&ep.client_vpn_endpoint_id) => {
+                    self.start(&ep.client_vpn_endpoint_id)
+                }
                 _ => {}
             }
         }
@@ -708,8 +715,71 @@ impl Daemon {
                 ep.transport_protocol,
                 ep.vpn_port,
             )),
+            // Claimed when the endpoint starts (see `address_blocks`).
+            address_blocks: None,
         };
         Ok((settings, fingerprint))
+    }
+
+    /// On a shared database, the blocks of the endpoint's client CIDR this node hands out
+    /// addresses from: those it holds, or a newly claimed one. `None` (a database of one
+    /// node): the whole client CIDR.
+    fn address_blocks(&self, id: &str) -> Result<Option<crate::server::AddressBlocks>> {
+        if !self.store.is_shared() {
+            return Ok(None);
+        }
+        let store_err = |e: crate::storage::ApiError| anyhow!("{e}");
+        let mut claimed = self.store.own_address_blocks(id).map_err(store_err)?;
+        if claimed.is_empty() {
+            let block = self
+                .store
+                .claim_address_block(id)
+                .map_err(store_err)?
+                .ok_or_else(|| {
+                    anyhow!(
+                    "every block of the endpoint's client CIDR is held by other live nodes: give \
+                     the endpoint a larger client CIDR, or serve it from fewer nodes"
+                )
+                })?;
+            info!(endpoint = %id, %block, "address block claimed");
+            claimed.push(block);
+        }
+        Ok(Some(crate::server::AddressBlocks {
+            claimed,
+            ask_more: self.more_addresses.clone(),
+        }))
+    }
+
+    /// A running endpoint's pool runs low: claims another block for it (off the event loop).
+    fn claim_more_addresses(&self, id: &str) {
+        let Some(r) = self.running.get(id) else {
+            return;
+        };
+        let (store, commands, id) = (self.store.clone(), r.commands.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || match store.claim_address_block(&id) {
+            Ok(Some(block)) => {
+                info!(endpoint = %id, %block, "address block claimed");
+                let _ = commands.send(ServerCommand::AddAddressBlock(block));
+            }
+            Ok(None) => {
+                warn!(endpoint = %id, "no address block left to claim: every block of the client CIDR is held by a live node")
+            }
+            Err(e) => {
+                warn!(endpoint = %id, error = %e, "address block not claimed; asked again when the next client is admitted")
+            }
+        });
+    }
+
+    /// Whether this node serves endpoint `id`: it is available and has a target network
+    /// association of this node (see [`Store::serves_endpoint`]).
+    fn serves(&self, id: &str) -> bool {
+        match self.store.serves_endpoint(id) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(endpoint = %id, error = %e, "cannot tell whether this node serves the endpoint");
+                false
+            }
+        }
     }
 
     /// Starts an endpoint's listener, TUN and data plane. Failures are logged; the endpoint
@@ -722,8 +792,17 @@ impl Daemon {
             error!(endpoint = %id, error = format!("{e:#}"), "endpoint not started");
             listeners.set(id, "failed", Some(format!("{e:#}")));
         };
-        let (settings, fingerprint) = match self.settings(id) {
-            Ok(s) => s,
+        let (settings, fingerprint) = match self
+            .settings(id)
+            .and_then(|(s, f)| Ok((s, f, self.address_blocks(id)?)))
+        {
+            Ok((s, f, address_blocks)) => (
+                ServerSettings {
+                    address_blocks,
+                    ..s
+                },
+                f,
+            ),
             Err(e) => {
                 return fail(
                     &self.listeners,
@@ -822,6 +901,30 @@ impl Daemon {
         }
     }
 
+    /// Those of `ids` that this node holds (or that no node holds: recorded before nodes
+    /// existed). Unreadable: none, so nothing of another node is recorded as ended.
+    fn own_connections(&self, endpoint_id: &str, ids: Vec<String>) -> Vec<String> {
+        if !self.store.is_shared() {
+            return ids;
+        }
+        let filter = crate::storage::ConnectionFilter {
+            client_vpn_endpoint_id: Some(endpoint_id.to_string()),
+            ..Default::default()
+        };
+        match self.store.describe_connections(&filter) {
+            Ok(conns) => conns
+                .into_iter()
+                .filter(|c| ids.contains(&c.connection_id))
+                .filter(|c| c.node.as_deref().is_none_or(|n| n == self.config.node_name))
+                .map(|c| c.connection_id)
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot tell which node holds the connections to terminate; the change watch retries");
+                Vec::new()
+            }
+        }
+    }
+
     /// Closes the connections of this node that the database says are `terminating`: a
     /// terminate made through another node's API (or while this one missed it).
     async fn terminate_requested(&mut self) {
@@ -872,6 +975,7 @@ impl Daemon {
             if !endpoints
                 .iter()
                 .any(|e| e.client_vpn_endpoint_id == id && e.status == EndpointStatus::Available)
+                || !self.serves(&id)
             {
                 self.stop(&id).await;
             }
@@ -880,7 +984,7 @@ impl Daemon {
             let id = ep.client_vpn_endpoint_id.clone();
             match ep.status {
                 EndpointStatus::Deleting => self.finish_deletion(&id),
-                EndpointStatus::Available => {
+                EndpointStatus::Available if self.serves(&id) => {
                     let changed = match (self.running.get(&id), self.settings(&id)) {
                         (Some(r), Ok((_, f))) => r.fingerprint != f,
                         _ => false,
@@ -946,7 +1050,7 @@ impl Daemon {
                 EndpointChange::Created => {}
                 EndpointChange::Status {
                     status: EndpointStatus::Available,
-                } => self.start(&endpoint_id),
+                } if self.serves(&endpoint_id) => self.start(&endpoint_id),
                 EndpointChange::Status { .. } => self.stop(&endpoint_id).await,
                 EndpointChange::Modified { fields } => {
                     use crate::model::FieldEffect;
@@ -965,11 +1069,7 @@ impl Daemon {
                         info!(endpoint = %endpoint_id, ?fields, "endpoint modified: restarting its listener");
                         self.stop(&endpoint_id).await;
                         self.start(&endpoint_id);
-                    } else if self
-                        .store
-                        .describe_endpoint(&endpoint_id)
-                        .is_ok_and(|e| e.status == EndpointStatus::Available)
-                    {
+                    } else if self.serves(&endpoint_id) {
                         // It may not have started before (e.g. its port was taken).
                         self.start(&endpoint_id);
                     }
@@ -982,13 +1082,15 @@ impl Daemon {
             },
             ControlEvent::PolicyChanged { endpoint_id } => {
                 if !self.running.contains_key(&endpoint_id) {
-                    if self
-                        .store
-                        .describe_endpoint(&endpoint_id)
-                        .is_ok_and(|e| e.status == EndpointStatus::Available)
-                    {
+                    if self.serves(&endpoint_id) {
                         self.start(&endpoint_id);
                     }
+                    return;
+                }
+                if !self.serves(&endpoint_id) {
+                    // This node's last association of it went (others may still serve it).
+                    info!(endpoint = %endpoint_id, "no target network of this node is associated any more: not serving the endpoint here");
+                    self.stop(&endpoint_id).await;
                     return;
                 }
                 let read = self
@@ -1011,6 +1113,12 @@ impl Daemon {
                 endpoint_id,
                 connection_ids,
             } => {
+                // Only this node's connections: another node's stay `terminating` until that
+                // node closes them (it watches the database) or is found dead.
+                let connection_ids = self.own_connections(&endpoint_id, connection_ids);
+                if connection_ids.is_empty() {
+                    return;
+                }
                 let cmd = ServerCommand::Terminate {
                     connection_ids: connection_ids.clone(),
                     usernames: Vec::new(),

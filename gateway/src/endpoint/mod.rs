@@ -233,6 +233,9 @@ pub enum Output {
     Log(Box<ConnectionLogEntry>),
     /// A terminate named a connection that is not running: the store records its end.
     NotRunning { connection_id: String },
+    /// The pool of claimed address blocks runs low: claim another block of the client CIDR
+    /// for this node and give it back with [`Endpoint::add_address_block`].
+    NeedAddressBlock,
     /// Check a user against the endpoint's directory (off the event loop, under its deadline).
     Authenticate { conn: ConnId, request: AuthRequest },
     /// An admitted session's groups changed (a directory re-check): the data plane judges
@@ -476,7 +479,22 @@ pub struct Endpoint {
     tokens: TokenKey,
     /// Sessions whose tokens no longer count (terminated, account gone), until they expire.
     revoked_sessions: HashMap<String, u64>,
+    /// Whether the pool holds claimed blocks of the client CIDR (a node sharing the endpoint
+    /// with others) rather than all of it, and whether another block has been asked for.
+    blocks: BlockSupply,
 }
+
+/// Where the address pool's addresses come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BlockSupply {
+    /// The whole client CIDR.
+    WholeCidr,
+    /// Claimed blocks; `asked`: [`Output::NeedAddressBlock`] went out and no block came since.
+    Claimed { asked: bool },
+}
+
+/// A pool of claimed blocks asks for another block when fewer addresses than this are left.
+pub const ADDRESS_LOW_WATER: usize = 16;
 
 /// Revoked token sessions remembered at most (the oldest expiry goes first beyond it).
 const MAX_REVOKED_SESSIONS: usize = 10_000;
@@ -518,7 +536,56 @@ impl Endpoint {
             throttle: Throttle::new(ThrottlePolicy::default()),
             tokens: TokenKey::random().ok_or(EndpointError::Randomness)?,
             revoked_sessions: HashMap::new(),
+            blocks: BlockSupply::WholeCidr,
         })
+    }
+
+    /// Hands out client addresses only from `blocks` of the client CIDR (claimed by this node
+    /// for an endpoint that several nodes serve), and from blocks added later
+    /// ([`add_address_block`](Self::add_address_block)); when few addresses are left the
+    /// endpoint asks for another ([`Output::NeedAddressBlock`]). Called before any client is
+    /// admitted.
+    pub fn use_address_blocks(
+        &mut self,
+        blocks: &[Ipv4Net],
+    ) -> Result<(), crate::pool::BlockError> {
+        let mut pool = AddressPool::with_blocks(self.pool.cidr()).map_err(|_| {
+            crate::pool::BlockError::Outside {
+                block: self.pool.cidr(),
+                cidr: self.pool.cidr(),
+            }
+        })?;
+        for b in blocks {
+            pool.add_block(*b)?;
+        }
+        self.pool = pool;
+        self.blocks = BlockSupply::Claimed { asked: false };
+        self.ask_for_addresses_if_low();
+        Ok(())
+    }
+
+    /// One more claimed block of the client CIDR for the pool.
+    pub fn add_address_block(&mut self, block: Ipv4Net) -> Result<bool, crate::pool::BlockError> {
+        let added = self.pool.add_block(block)?;
+        if let BlockSupply::Claimed { asked } = &mut self.blocks {
+            *asked = false;
+        }
+        self.ask_for_addresses_if_low();
+        Ok(added)
+    }
+
+    /// Client addresses the pool can still hand out.
+    pub fn addresses_available(&self) -> usize {
+        self.pool.available()
+    }
+
+    fn ask_for_addresses_if_low(&mut self) {
+        if self.blocks == (BlockSupply::Claimed { asked: false })
+            && self.pool.available() < ADDRESS_LOW_WATER
+        {
+            self.blocks = BlockSupply::Claimed { asked: true };
+            self.outputs.push_back(Output::NeedAddressBlock);
+        }
     }
 
     /// A cookie jar with a random key (the daemon's).
@@ -1024,7 +1091,9 @@ impl Endpoint {
     /// Gives an authenticated (and, with a connect handler, allowed) client its address and
     /// its configuration. False when the connection is gone.
     fn admit(&mut self, clock: Clock, id: ConnId, a: Admission, authenticated_at: Instant) -> bool {
-        let Some(addr) = self.pool.allocate() else {
+        let allocated = self.pool.allocate();
+        self.ask_for_addresses_if_low();
+        let Some(addr) = allocated else {
             warn!(conn = id, "client address pool exhausted");
             self.refuse(
                 clock,

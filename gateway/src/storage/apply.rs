@@ -223,11 +223,11 @@ pub fn apply_endpoint_config(
     };
     report.endpoint_id = eid.clone();
 
-    // ---- target networks ----
+    // ---- target networks (this node's; other nodes apply their own) ----
     let assocs: Vec<TargetNetwork> = store
         .describe_target_networks(&eid, &[])?
         .into_iter()
-        .filter(is_live_assoc)
+        .filter(|a| is_live_assoc(a) && store.is_own(a))
         .collect();
     // Disassociate the ones no longer declared, or declared with another SNAT address.
     for a in &assocs {
@@ -248,7 +248,7 @@ pub fn apply_endpoint_config(
     let assocs: Vec<TargetNetwork> = store
         .describe_target_networks(&eid, &[])?
         .into_iter()
-        .filter(is_live_assoc)
+        .filter(|a| is_live_assoc(a) && store.is_own(a))
         .collect();
     for t in &cfg.target_networks {
         if assocs.iter().any(|a| a.target_network_id == t.interface) {
@@ -259,6 +259,7 @@ pub fn apply_endpoint_config(
             target_network_id: t.interface.clone(),
             subnet_cidr: None,
             snat_address: t.snat_address.map(|a| a.to_string()),
+            node: None,
         })?;
         report.changes.push(format!(
             "associated target network {} ({})",

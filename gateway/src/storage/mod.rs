@@ -49,6 +49,7 @@
 //! Times are whole seconds (UTC) from the store's clock ([`StoreOptions::clock`], the system
 //! clock by default; tests substitute their own).
 
+mod address_blocks;
 pub mod apply;
 mod connections;
 mod crl;
@@ -357,7 +358,7 @@ fn authentication_options(
 }
 
 const ASSOC_COLS: &str = "seq, id, endpoint_id, interface, subnet, snat_address, state, \
-    created_at, updated_at";
+    created_at, updated_at, node";
 
 fn assoc_row(r: &Row<'_>) -> sql::Result<TargetNetwork> {
     Ok(TargetNetwork {
@@ -370,6 +371,7 @@ fn assoc_row(r: &Row<'_>) -> sql::Result<TargetNetwork> {
         status: col_enum(r, 6, AssociationStatus::parse)?,
         creation_time: ts(r, 7)?,
         update_time: ts(r, 8)?,
+        node: r.get(9)?,
     })
 }
 

@@ -21,19 +21,32 @@ impl Store {
             .as_deref()
             .map(|s| validate::ipv4("snat-address", s))
             .transpose()?;
+        let node = match &req.node {
+            Some(n) => {
+                super::nodes::validate_node_name(n).map_err(|e| {
+                    ApiError::invalid("node", e.message.trim_start_matches("node_name: "))
+                })?;
+                Some(n.clone())
+            }
+            None => self.node.clone(),
+        };
         let assoc_id = new_id(ASSOCIATION_ID_PREFIX)?;
         self.write(|db, now| {
             let ep = load_live_endpoint(db, &req.client_vpn_endpoint_id)?;
             let eid = ep.client_vpn_endpoint_id.as_str();
             if let Some(a) = live_associations(db, eid)?
                 .into_iter()
-                .find(|a| a.target_network_id == interface)
+                .find(|a| a.target_network_id == interface && a.node == node)
             {
+                let on = node
+                    .as_deref()
+                    .map(|n| format!(" of node {n}"))
+                    .unwrap_or_default();
                 return Err(ApiError::new(
                     codes::DUPLICATE_ASSOCIATION,
                     format!(
-                        "target-network-id: {interface} is already associated with endpoint {eid} \
-                         ({})",
+                        "target-network-id: {interface}{on} is already associated with endpoint \
+                         {eid} ({})",
                         a.association_id
                     ),
                 ));
@@ -44,8 +57,8 @@ impl Store {
             let seq = db
                 .prepare_cached(
                     "INSERT INTO associations (id, endpoint_id, interface, subnet, snat_address, \
-                 state, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'associated', ?6, ?6) \
-                 RETURNING seq",
+                 state, created_at, updated_at, node) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'associated', ?6, ?6, ?7) RETURNING seq",
                 )?
                 .query_row(
                     params![
@@ -54,7 +67,8 @@ impl Store {
                         interface,
                         subnet.map(|n| n.to_string()),
                         snat.map(|a| a.to_string()),
-                        now.0
+                        now.0,
+                        node
                     ],
                     |r| r.get::<_, i64>(0),
                 )?;

@@ -5,12 +5,17 @@
 //! [`HEARTBEAT_EVERY`] and removes itself when it stops. A node whose heartbeat is older than
 //! [`NODE_STALE_AFTER`] is dead (killed, cut off).
 //!
-//! Until the client CIDR is split between nodes and changes propagate between them, one node
-//! serves a database at a time: a daemon starting while another node *of another name* is
-//! alive is refused, saying which, so two daemons never hand out the same client address or
-//! close each other's connections. A node of the same name is the same host restarting (after
-//! a crash its last heartbeat may still look fresh): it takes over its own row. A dead node's
-//! place can be taken by another (a standby host) once its heartbeat is stale.
+//! On PostgreSQL any number of nodes of different names serve one database together: each
+//! serves the endpoints it has target network associations for, hands out client addresses
+//! from the blocks it claimed ([`super::address_blocks`]) and ends only its own connections. A
+//! SQLite database is a file on one host, so one node serves it at a time: a daemon starting
+//! while another node *of another name* is alive there is refused, saying which.
+//!
+//! A node of the same name is the same host restarting (after a crash its last heartbeat may
+//! still look fresh): it takes over its own row, and the address blocks its previous run held
+//! become free (that run's sessions are gone). A node that was swept while cut off from the
+//! database and comes back rejoins with its blocks, which nobody took while any other block was
+//! free.
 
 use std::time::Duration;
 
@@ -83,18 +88,56 @@ pub fn validate_node_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+fn upsert_node_row(
+    db: &Db,
+    name: &str,
+    instance: &str,
+    address: Option<&str>,
+    now: Timestamp,
+) -> Result<Node, ApiError> {
+    db.prepare_cached(
+        "INSERT INTO nodes (name, instance, address, started_at, heartbeat_at) \
+         VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (name) DO UPDATE SET \
+         instance = excluded.instance, address = excluded.address, \
+         started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
+    )?
+    .execute(params![name, instance, address, now.0])?;
+    Ok(db
+        .prepare_cached(&format!("SELECT {NODE_COLS} FROM nodes WHERE name = ?1"))?
+        .query_row([name], node_row)?)
+}
+
 impl Store {
-    /// Registers this daemon as node `name`, run `instance`. Refused (`IncorrectState`) while
-    /// another node of another name is alive; see the [module documentation](self).
+    /// Registers this daemon as node `name`, run `instance`: a fresh start, so the address
+    /// blocks a previous run of `name` held are released. On SQLite, refused (`IncorrectState`)
+    /// while another node of another name is alive; see the [module documentation](self).
     pub fn register_node(
         &self,
         name: &str,
         instance: &str,
         address: Option<&str>,
     ) -> Result<Node, ApiError> {
+        self.upsert_node(name, instance, address, true)
+    }
+
+    fn upsert_node(
+        &self,
+        name: &str,
+        instance: &str,
+        address: Option<&str>,
+        fresh_start: bool,
+    ) -> Result<Node, ApiError> {
         validate_node_name(name)?;
         let stale = i64::try_from(NODE_STALE_AFTER.as_secs()).unwrap_or(i64::MAX);
+        let one_node_only = !self.is_shared();
         self.record(|db, now| {
+            if fresh_start {
+                db.prepare_cached("DELETE FROM address_blocks WHERE node = ?1")?
+                    .execute([name])?;
+            }
+            if !one_node_only {
+                return upsert_node_row(db, name, instance, address, now);
+            }
             let live: Vec<Node> = query(
                 db,
                 &format!(
@@ -108,25 +151,17 @@ impl Store {
                 return Err(ApiError::new(
                     codes::INCORRECT_STATE,
                     format!(
-                        "node {:?} is serving from this database (last heartbeat {} s ago); \
-                         one node serves a database at a time for now: stop it, or start this \
-                         one {} s after it died",
+                        "node {:?} is serving from this SQLite database (last heartbeat {} s \
+                         ago); one node serves a SQLite database at a time: stop it, or start \
+                         this one {} s after it died. Several nodes share a PostgreSQL database \
+                         (database = \"postgres://…\")",
                         other.name,
                         (now.0 - other.heartbeat_at.0).max(0),
                         NODE_STALE_AFTER.as_secs()
                     ),
                 ));
             }
-            db.prepare_cached(
-                "INSERT INTO nodes (name, instance, address, started_at, heartbeat_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (name) DO UPDATE SET \
-                 instance = excluded.instance, address = excluded.address, \
-                 started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
-            )?
-            .execute(params![name, instance, address, now.0])?;
-            Ok(db
-                .prepare_cached(&format!("SELECT {NODE_COLS} FROM nodes WHERE name = ?1"))?
-                .query_row([name], node_row)?)
+            upsert_node_row(db, name, instance, address, now)
         })
     }
 
@@ -164,7 +199,7 @@ impl Store {
         if !swept {
             return Ok(Heartbeat::Beat);
         }
-        self.register_node(name, instance, address)?;
+        self.upsert_node(name, instance, address, false)?;
         Ok(Heartbeat::Rejoined)
     }
 
@@ -203,11 +238,16 @@ impl Store {
         })
     }
 
-    /// Removes node `name` (this run only): a clean stop.
+    /// Removes node `name` (this run only): a clean stop. Its address blocks are free again.
     pub fn deregister_node(&self, name: &str, instance: &str) -> Result<(), ApiError> {
         self.record(|db, _now| {
-            db.prepare_cached("DELETE FROM nodes WHERE name = ?1 AND instance = ?2")?
+            let n = db
+                .prepare_cached("DELETE FROM nodes WHERE name = ?1 AND instance = ?2")?
                 .execute(params![name, instance])?;
+            if n == 1 {
+                db.prepare_cached("DELETE FROM address_blocks WHERE node = ?1")?
+                    .execute([name])?;
+            }
             Ok(())
         })
     }

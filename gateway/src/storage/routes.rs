@@ -8,7 +8,7 @@ impl Store {
     /// target network) must be new; the association's route quota applies.
     pub fn create_route(&self, req: &CreateRouteRequest) -> Result<Route, ApiError> {
         let dest = validate::cidr("destination-cidr-block", &req.destination_cidr_block)?;
-        let interface = validate::interface_name("target-network-id", &req.target_network_id)?;
+        let (on_node, interface) = target_network_name(&req.target_network_id)?;
         let description = validate::description("description", req.description.as_deref())?;
         self.write(|db, now| {
             let ep = load_live_endpoint(db, &req.client_vpn_endpoint_id)?;
@@ -33,17 +33,7 @@ impl Store {
                     format!("endpoint {eid} has no associated target network; associate one first"),
                 ));
             }
-            let Some(assoc) = live.iter().find(|a| a.target_network_id == interface) else {
-                let names: Vec<&str> = live.iter().map(|a| a.target_network_id.as_str()).collect();
-                return Err(ApiError::invalid(
-                    "target-network-id",
-                    format!(
-                        "{interface:?} is not an associated target network of endpoint {eid} \
-                         (associated: {})",
-                        names.join(", ")
-                    ),
-                ));
-            };
+            let assoc = self.resolve_association(&live, on_node.as_deref(), &interface, eid)?;
             if find_route(db, eid, &dest, assoc.target_id)?.is_some() {
                 return Err(ApiError::new(
                     codes::DUPLICATE_ROUTE,
@@ -152,5 +142,86 @@ impl Store {
                 route_row,
             )
         })
+    }
+}
+
+/// A target network as a request names it: `INTERFACE`, or `NODE:INTERFACE` where several
+/// nodes have an interface of that name.
+pub(super) fn target_network_name(s: &str) -> Result<(Option<String>, String), ApiError> {
+    const FIELD: &str = "target-network-id";
+    match s.split_once(':') {
+        Some((node, interface)) => {
+            super::nodes::validate_node_name(node).map_err(|_| {
+                ApiError::invalid(
+                    FIELD,
+                    format!("{s:?}: before ':' comes a node name (letters, digits, '-', '_', '.')"),
+                )
+            })?;
+            Ok((
+                Some(node.to_string()),
+                validate::interface_name(FIELD, interface)?,
+            ))
+        }
+        None => Ok((None, validate::interface_name(FIELD, s)?)),
+    }
+}
+
+impl Store {
+    /// The associated target network a request names (see [`target_network_name`]): with a
+    /// node, that node's; without, this store's node's association of that interface, else
+    /// the only one of that name.
+    pub(super) fn resolve_association<'a>(
+        &self,
+        live: &'a [TargetNetwork],
+        node: Option<&str>,
+        interface: &str,
+        eid: &str,
+    ) -> Result<&'a TargetNetwork, ApiError> {
+        let named: Vec<&TargetNetwork> = live
+            .iter()
+            .filter(|a| a.target_network_id == interface)
+            .filter(|a| node.is_none_or(|n| a.node.as_deref() == Some(n)))
+            .collect();
+        let own = named
+            .iter()
+            .find(|a| self.node.is_some() && a.node == self.node)
+            .copied();
+        match (own, named.as_slice()) {
+            (Some(a), _) | (None, &[a]) => Ok(a),
+            (None, []) => {
+                let names: Vec<String> = live.iter().map(association_name).collect();
+                Err(ApiError::invalid(
+                    "target-network-id",
+                    format!(
+                        "{} is not an associated target network of endpoint {eid} \
+                         (associated: {})",
+                        match node {
+                            Some(n) => format!("{n}:{interface}"),
+                            None => format!("{interface:?}"),
+                        },
+                        names.join(", ")
+                    ),
+                ))
+            }
+            (None, several) => {
+                let names: Vec<String> = several.iter().map(|a| association_name(a)).collect();
+                Err(ApiError::invalid(
+                    "target-network-id",
+                    format!(
+                        "{interface:?} is associated on several nodes of endpoint {eid}; name \
+                         one as NODE:INTERFACE ({})",
+                        names.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// `NODE:INTERFACE`, or the interface alone for an association of no node.
+fn association_name(a: &TargetNetwork) -> String {
+    match &a.node {
+        Some(n) => format!("{n}:{}", a.target_network_id),
+        None => a.target_network_id.clone(),
     }
 }

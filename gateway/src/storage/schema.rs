@@ -231,6 +231,25 @@ CREATE TABLE user_revocations (
     PRIMARY KEY (endpoint_id, username)
 ) STRICT;
 "#,
+    // 6: several nodes serve one endpoint. An association names the node whose interface it
+    // is (none: made before nodes existed, served by whichever node serves the database), and
+    // one interface name may be associated once per node. Each node hands out client addresses
+    // only from the blocks of the client CIDR it has claimed here.
+    r#"
+ALTER TABLE associations ADD COLUMN node TEXT;
+DROP INDEX associations_live;
+CREATE UNIQUE INDEX associations_live ON associations(endpoint_id, coalesce(node, ''), interface)
+    WHERE state <> 'disassociated';
+
+CREATE TABLE address_blocks (
+    endpoint_id TEXT    NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    block       TEXT    NOT NULL,  -- a CIDR inside the endpoint's client CIDR
+    node        TEXT    NOT NULL,
+    claimed_at  INTEGER NOT NULL,
+    PRIMARY KEY (endpoint_id, block)
+) STRICT;
+CREATE INDEX address_blocks_node ON address_blocks(node);
+"#,
 ];
 
 /// The PostgreSQL text of each of [`MIGRATIONS`], same numbers, same tables and columns.
@@ -435,6 +454,22 @@ CREATE TABLE user_revocations (
     revoked_at  BIGINT  NOT NULL,
     PRIMARY KEY (endpoint_id, username)
 );
+"#,
+    // 6
+    r#"
+ALTER TABLE associations ADD COLUMN node TEXT;
+DROP INDEX associations_live;
+CREATE UNIQUE INDEX associations_live ON associations(endpoint_id, coalesce(node, ''), interface)
+    WHERE state <> 'disassociated';
+
+CREATE TABLE address_blocks (
+    endpoint_id TEXT    NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    block       TEXT    NOT NULL,
+    node        TEXT    NOT NULL,
+    claimed_at  BIGINT  NOT NULL,
+    PRIMARY KEY (endpoint_id, block)
+);
+CREATE INDEX address_blocks_node ON address_blocks(node);
 "#,
 ];
 

@@ -249,6 +249,7 @@ impl Fx {
                 target_network_id: interface.into(),
                 subnet_cidr: subnet.map(Into::into),
                 snat_address: None,
+                node: None,
             })
     }
 
@@ -437,7 +438,7 @@ fn validation_table() {
         Row("associate: subnet inside the client CIDR", SUBNET_OVERLAPPING_CIDR, "overlaps the client CIDR", Box::new(move |fx: &Fx| ok(fx.associate(&e(), "eth2", Some("10.2.1.0/24"))))),
         Row("associate: subnet containing the client CIDR", SUBNET_OVERLAPPING_CIDR, "overlaps the client CIDR", Box::new(move |fx: &Fx| ok(fx.associate(&e(), "eth2", Some("10.0.0.0/8"))))),
         Row("associate: subnet not a CIDR", INVALID_PARAMETER_VALUE, "subnet-cidr", Box::new(move |fx: &Fx| ok(fx.associate(&e(), "eth2", Some("10.77.0.0/33"))))),
-        Row("associate: SNAT not an address", INVALID_PARAMETER_VALUE, "snat-address", Box::new(move |fx: &Fx| ok(fx.store.associate_target_network(&AssociateTargetNetworkRequest { client_vpn_endpoint_id: e(), target_network_id: "eth2".into(), subnet_cidr: None, snat_address: Some("x".into()) })))),
+        Row("associate: SNAT not an address", INVALID_PARAMETER_VALUE, "snat-address", Box::new(move |fx: &Fx| ok(fx.store.associate_target_network(&AssociateTargetNetworkRequest { client_vpn_endpoint_id: e(), target_network_id: "eth2".into(), subnet_cidr: None, snat_address: Some("x".into()), node: None })))),
         Row("disassociate: unknown association", ASSOCIATION_NOT_FOUND, "does not exist", Box::new(move |fx: &Fx| ok(fx.store.disassociate_target_network(&e(), &unknown_assoc)))),
         Row("disassociate: malformed association id", INVALID_PARAMETER_VALUE, "association-id", Box::new(move |fx: &Fx| ok(fx.store.disassociate_target_network(&e(), "assoc-1")))),
         Row("disassociate: association of another endpoint", ASSOCIATION_NOT_FOUND, "does not belong", Box::new(move |fx: &Fx| ok(fx.store.disassociate_target_network(&b(), &assoc.association_id)))),
@@ -1002,6 +1003,7 @@ fn routes_follow_origin_rules_and_feed_the_policy() {
             target_network_id: "eth2".into(),
             subnet_cidr: None,
             snat_address: Some("192.0.2.5".into()),
+            node: None,
         })
         .unwrap();
     assert!(a2.route.is_none(), "no subnet known, no route yet");
@@ -1764,6 +1766,7 @@ fn crash_child_writer() {
                     target_network_id: format!("if{n}"),
                     subnet_cidr: Some(format!("10.{}.{}.0/24", 100 + (n >> 8) % 100, n & 255)),
                     snat_address: None,
+                    node: None,
                 })
                 .unwrap();
         }
@@ -3655,23 +3658,35 @@ fn one_node_serves_a_database_until_its_heartbeat_goes_stale() {
         .register_node("gw-a", "run-1", Some("192.0.2.1"))
         .unwrap();
     assert_eq!((a.name.as_str(), a.heartbeat_at.0), ("gw-a", T0));
-    // Another host while gw-a is alive: refused, naming it.
     let other = Store::open(options(&fx.dir.0, &fx.clock, Quotas::default())).unwrap();
-    let e = other.register_node("gw-b", "run-9", None).unwrap_err();
-    assert_eq!(e.code, codes::INCORRECT_STATE);
-    assert!(
-        e.message.contains("\"gw-a\"") && e.message.contains("15 s"),
-        "{e}"
-    );
+    let shared = fx.store.is_shared();
+    if shared {
+        // PostgreSQL: nodes of other names serve it together.
+        other.register_node("gw-b", "run-9", None).unwrap();
+        let nodes = fx.store.describe_nodes().unwrap();
+        let alive: Vec<(&str, bool)> = nodes.iter().map(|(n, a)| (n.name.as_str(), *a)).collect();
+        assert_eq!(alive, [("gw-a", true), ("gw-b", true)]);
+        other.deregister_node("gw-b", "run-9").unwrap();
+    } else {
+        // SQLite: another host while gw-a is alive is refused, naming it.
+        let e = other.register_node("gw-b", "run-9", None).unwrap_err();
+        assert_eq!(e.code, codes::INCORRECT_STATE);
+        assert!(
+            e.message.contains("\"gw-a\"") && e.message.contains("15 s"),
+            "{e}"
+        );
+    }
     // Heartbeats keep it alive past the stale bound.
     for _ in 0..4 {
         fx.advance(5);
         fx.store.node_heartbeat("gw-a", "run-1", None).unwrap();
     }
-    assert_eq!(
-        code(other.register_node("gw-b", "run-9", None)),
-        codes::INCORRECT_STATE
-    );
+    if !shared {
+        assert_eq!(
+            code(other.register_node("gw-b", "run-9", None)),
+            codes::INCORRECT_STATE
+        );
+    }
     // gw-a restarting (a new run of the same name) takes its own place at once.
     let a2 = other
         .register_node("gw-a", "run-2", Some("192.0.2.1"))
@@ -3704,6 +3719,161 @@ fn one_node_serves_a_database_until_its_heartbeat_goes_stale() {
             codes::INVALID_PARAMETER_VALUE
         );
     }
+}
+
+#[test]
+fn nodes_of_one_endpoint_serve_their_own_associations_routes_and_address_blocks() {
+    let fx = Fx::new();
+    let eid = fx.endpoint();
+    let (a, b) = (node_store(&fx, "gw-a"), node_store(&fx, "gw-b"));
+    let associate = |store: &Store, iface: &str, subnet: &str, node: Option<&str>| {
+        store.associate_target_network(&AssociateTargetNetworkRequest {
+            client_vpn_endpoint_id: eid.clone(),
+            target_network_id: iface.into(),
+            subnet_cidr: Some(subnet.into()),
+            snat_address: None,
+            node: node.map(Into::into),
+        })
+    };
+    assert!(!a.serves_endpoint(&eid).unwrap() && !b.serves_endpoint(&eid).unwrap());
+    // Each node associates its own eth1 (the node asked, by default); the same name twice on
+    // one node is a duplicate.
+    let on_a = associate(&a, "eth1", "10.88.1.0/24", None).unwrap();
+    assert_eq!(on_a.association.node.as_deref(), Some("gw-a"));
+    assert!(a.serves_endpoint(&eid).unwrap() && !b.serves_endpoint(&eid).unwrap());
+    let on_b = associate(&a, "eth1", "10.88.2.0/24", Some("gw-b")).unwrap();
+    assert_eq!(on_b.association.node.as_deref(), Some("gw-b"));
+    assert!(b.serves_endpoint(&eid).unwrap());
+    let dup = associate(&b, "eth1", "10.88.3.0/24", None).unwrap_err();
+    assert_eq!(dup.code, codes::DUPLICATE_ASSOCIATION);
+    assert!(dup.message.contains("of node gw-b"), "{dup}");
+    assert_eq!(
+        code(associate(&a, "eth2", "10.88.4.0/24", Some("bad node"))),
+        codes::INVALID_PARAMETER_VALUE
+    );
+    // Each node's data plane sees its own target network and the routes through it; the
+    // rules are everybody's.
+    fx.store
+        .authorize_rule(&AuthorizeRequest {
+            client_vpn_endpoint_id: eid.clone(),
+            target_network_cidr: "10.88.0.0/16".into(),
+            authorize_all_groups: Some(true),
+            ..Default::default()
+        })
+        .unwrap();
+    for (store, subnet, assoc) in [(&a, "10.88.1.0/24", &on_a), (&b, "10.88.2.0/24", &on_b)] {
+        let targets = store.target_specs(&eid).unwrap();
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].id, assoc.association.target_id);
+        let policy = store.policy_for(&eid).unwrap();
+        let dests: Vec<String> = policy
+            .routes
+            .iter()
+            .map(|r| r.destination.to_string())
+            .collect();
+        assert_eq!(dests, [subnet]);
+        assert_eq!(policy.rules.len(), 1);
+    }
+    // A route names its target network by interface: this node's first, NODE:INTERFACE for
+    // another's; a name on several nodes from a store of no node must be qualified.
+    let route = |store: &Store, target: &str| {
+        store.create_route(&CreateRouteRequest {
+            client_vpn_endpoint_id: eid.clone(),
+            destination_cidr_block: "192.168.50.0/24".into(),
+            target_network_id: target.into(),
+            description: None,
+        })
+    };
+    let r = route(&b, "eth1").unwrap();
+    assert_eq!(r.association_id, on_b.association.association_id);
+    let r = route(&fx.store, "gw-a:eth1").unwrap();
+    assert_eq!(r.association_id, on_a.association.association_id);
+    let e = route(&fx.store, "eth1").unwrap_err();
+    assert!(
+        e.message.contains("several nodes") && e.message.contains("gw-b:eth1"),
+        "{e}"
+    );
+    assert_eq!(
+        code(route(&fx.store, "gw-c:eth1")),
+        codes::INVALID_PARAMETER_VALUE
+    );
+    // Profiles list the live nodes that serve the endpoint and have a public address.
+    b.register_node("gw-b", "run-b", Some("198.51.100.2"))
+        .unwrap();
+    assert_eq!(
+        fx.store.endpoint_node_addresses(&eid).unwrap(),
+        ["198.51.100.2"]
+    );
+
+    // Address blocks: no two nodes ever hold one; the blocks run out.
+    let mut held = std::collections::HashSet::new();
+    for i in 0..16 {
+        let store = if i % 3 == 0 { &b } else { &a };
+        let block = store
+            .claim_address_block(&eid)
+            .unwrap()
+            .expect("a free block");
+        assert!(held.insert(block), "{block} claimed twice");
+    }
+    assert_eq!(
+        a.claim_address_block(&eid).unwrap(),
+        None,
+        "gw-b is alive: nothing left"
+    );
+    let of_b = b.own_address_blocks(&eid).unwrap();
+    assert_eq!(of_b.len(), 6);
+    assert_eq!(a.own_address_blocks(&eid).unwrap().len(), 10);
+    // gw-b silent past the stale bound: its blocks may be claimed, only now that none is free.
+    fx.advance(16);
+    let taken = a
+        .claim_address_block(&eid)
+        .unwrap()
+        .expect("a dead node's block");
+    assert!(of_b.contains(&taken), "{taken}");
+    assert_eq!(a.sweep_dead_nodes().unwrap().len(), 1);
+    // gw-b back: it still holds the rest; a fresh start of gw-b frees them.
+    assert_eq!(
+        b.node_heartbeat("gw-b", "run-b", None).unwrap(),
+        crate::storage::nodes::Heartbeat::Rejoined
+    );
+    assert_eq!(b.own_address_blocks(&eid).unwrap().len(), 5);
+    b.register_node("gw-b", "run-b2", None).unwrap();
+    assert!(b.own_address_blocks(&eid).unwrap().is_empty());
+    assert_eq!(fx.store.describe_address_blocks().unwrap().len(), 11);
+    // A store of no node claims nothing.
+    assert_eq!(
+        code(fx.store.claim_address_block(&eid)),
+        codes::INTERNAL_ERROR
+    );
+}
+
+#[test]
+fn two_nodes_claiming_blocks_at_once_never_get_the_same_one() {
+    let fx = Fx::new();
+    if !fx.store.is_shared() {
+        eprintln!("two_nodes_claiming_blocks_at_once: PostgreSQL runs only (SQLite: one node)");
+        return;
+    }
+    let eid = fx.endpoint();
+    let stores = [node_store(&fx, "gw-a"), node_store(&fx, "gw-b")];
+    stores[0].register_node("gw-a", "run-a", None).unwrap();
+    stores[1].register_node("gw-b", "run-b", None).unwrap();
+    let got = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for store in &stores {
+            let (eid, got) = (&eid, &got);
+            s.spawn(move || {
+                while let Some(b) = store.claim_address_block(eid).unwrap() {
+                    got.lock().unwrap().push(b);
+                }
+            });
+        }
+    });
+    let mut got = got.into_inner().unwrap();
+    got.sort();
+    let n = got.len();
+    got.dedup();
+    assert_eq!((n, got.len()), (16, 16), "every block once");
 }
 
 /// A store working for node `name` on the fixture's database.

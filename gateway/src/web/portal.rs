@@ -803,17 +803,19 @@ pub async fn profile(
             ),
         );
     }
-    let host = web.api.settings.remote_host.clone().unwrap_or_else(|| {
+    let fallback = web.api.settings.remote_host.clone().or_else(|| {
         url::Url::parse(&web.settings.public_url)
             .ok()
             .and_then(|u| u.host_str().map(str::to_string))
-            .unwrap_or_default()
     });
     let ciphers = web.api.settings.data_ciphers.clone();
     let id = endpoint_id.clone();
     let profile = web
         .api
-        .blocking(move |s| crate::api::profile::endpoint_profile(s, &id, &host, &ciphers))
+        .blocking(move |s| {
+            let hosts = crate::api::profile::remote_hosts(s, &id, None, fallback.clone())?;
+            crate::api::profile::endpoint_profile(s, &id, &hosts, &ciphers)
+        })
         .await;
     // Where the endpoint holds its client CA's key, the profile carries the user's own
     // short-lived certificate (the administrator's `revoke-user` puts it on the CRL).

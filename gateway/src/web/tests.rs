@@ -456,6 +456,7 @@ impl Site {
                 target_network_id: "lo".into(),
                 subnet_cidr: Some("10.250.0.0/24".into()),
                 snat_address: None,
+                node: None,
             })
             .unwrap();
         self.web.portal.set_access(

@@ -714,6 +714,11 @@ pub struct TargetNetwork {
     pub status: AssociationStatus,
     /// The data plane's id for this target network (stable, never reused).
     pub target_id: u32,
+    /// The node (gateway host) whose interface this is: that node serves the endpoint and
+    /// SNATs its traffic to this network. `None`: an association made before nodes existed,
+    /// served by whichever node serves the database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// When it was associated.
     pub creation_time: Timestamp,
     /// When its state or subnet last changed.
@@ -732,6 +737,9 @@ pub struct AssociateTargetNetworkRequest {
     pub subnet_cidr: Option<String>,
     /// SNAT address on that network.
     pub snat_address: Option<String>,
+    /// The node whose interface this is; `None`: the node the request is made through.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// What an associate call did.
