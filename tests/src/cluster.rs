@@ -49,6 +49,8 @@ use crate::{
 pub const DATABASE_NETWORK: &str = "10.55.0.0/24";
 /// The database host's address, where PostgreSQL listens.
 pub const DATABASE_HOST: Ipv4Addr = Ipv4Addr::new(10, 55, 0, 100);
+/// The client CIDR of the endpoints [`ClusterNet::create_endpoint`] makes.
+pub const CLIENT_CIDR: &str = "10.66.0.0/22";
 /// The private hosts (on `eth0` of [`ClusterNet::private`]).
 pub const PRIVATE_HOSTS: [Ipv4Addr; 2] =
     [Ipv4Addr::new(10, 88, 0, 10), Ipv4Addr::new(10, 88, 0, 20)];
@@ -324,6 +326,70 @@ impl ClusterNet {
     /// files for `cvpn endpoint create`; returns their paths.
     pub fn write_server_files(&mut self) -> Result<(PathBuf, PathBuf, PathBuf)> {
         self.ca.write_server_files(&self.dir.0)
+    }
+
+    /// Creates an endpoint through `node`'s API: client CIDR [`CLIENT_CIDR`], split tunnel, the
+    /// server certificate of [`ClusterNet::write_server_files`]. Returns its id.
+    pub fn create_endpoint(&mut self, node: &StoreDaemon) -> Result<String> {
+        let (cert, key, ca) = self.write_server_files()?;
+        let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+        let created = node.json(&[
+            "endpoint",
+            "create",
+            "--client-cidr",
+            CLIENT_CIDR,
+            "--server-cert",
+            &path(&cert),
+            "--server-key",
+            &path(&key),
+            "--client-ca",
+            &path(&ca),
+            "--split-tunnel",
+        ])?;
+        created["client-vpn-endpoint-id"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("endpoint create answered {created}"))
+    }
+
+    /// Associates node `n`'s `tgt0` (subnet 10.88.0.0/24) with `endpoint`, asking `through`'s
+    /// API (`--node gN`).
+    pub fn associate(&self, through: &StoreDaemon, endpoint: &str, n: usize) -> Result<()> {
+        through.json(&[
+            "network",
+            "associate",
+            endpoint,
+            "--interface",
+            "tgt0",
+            "--subnet",
+            "10.88.0.0/24",
+            "--node",
+            &format!("g{n}"),
+        ])?;
+        Ok(())
+    }
+
+    /// The profile of `endpoint` that `node` exports (`remote_host`: the `--remote-host` to
+    /// give, if any) with a new client certificate of `user` in `groups` inline.
+    pub fn client_profile(
+        &mut self,
+        node: &StoreDaemon,
+        endpoint: &str,
+        remote_host: Option<&str>,
+        user: &str,
+        groups: &[&str],
+    ) -> Result<String> {
+        let pem = self.ca.client(user, groups)?;
+        let cert = write(&self.dir.0, &format!("{user}.crt"), &pem.cert)?;
+        let key = write(&self.dir.0, &format!("{user}.key"), &pem.key)?;
+        let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+        let mut args = vec!["config", "export", endpoint, "--cert", &cert, "--key", &key];
+        if let Some(h) = remote_host {
+            args.extend(["--remote-host", h]);
+        }
+        let out = node.cli(&args)?;
+        ensure!(out.code == 0, "config export failed: {out:?}");
+        Ok(out.stdout)
     }
 
     /// The database host's namespace (PostgreSQL's; `eth0` 10.55.0.100).

@@ -8,7 +8,11 @@ use std::{
 
 use cvpn_tests::{
     cluster::{ClusterNet, DATABASE_HOST, PRIVATE_HOSTS},
-    is_root, sh, Netns,
+    echo::{probe_loop, UdpEcho},
+    gateway::StoreDaemon,
+    is_root,
+    openvpn::OpenVpnClient,
+    sh, Netns,
 };
 
 fn require_root() {
@@ -131,36 +135,8 @@ fn a_node_cut_off_the_database_keeps_its_sessions_and_catches_up() {
     require_root();
     let mut net = ClusterNet::new(1, 1).unwrap();
     let node = net.start_node(0).unwrap();
-    let (cert, key, ca) = net.write_server_files().unwrap();
-    let created = node
-        .json(&[
-            "endpoint",
-            "create",
-            "--client-cidr",
-            "10.66.0.0/22",
-            "--server-cert",
-            cert.to_str().unwrap(),
-            "--server-key",
-            key.to_str().unwrap(),
-            "--client-ca",
-            ca.to_str().unwrap(),
-            "--split-tunnel",
-        ])
-        .unwrap();
-    let endpoint = created["client-vpn-endpoint-id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    node.json(&[
-        "network",
-        "associate",
-        &endpoint,
-        "--interface",
-        "tgt0",
-        "--subnet",
-        "10.88.0.0/24",
-    ])
-    .unwrap();
+    let endpoint = net.create_endpoint(&node).unwrap();
+    net.associate(&node, &endpoint, 0).unwrap();
     let authorize = |dest: &str| {
         node.cli(&[
             "rule",
@@ -175,28 +151,18 @@ fn a_node_cut_off_the_database_keeps_its_sessions_and_catches_up() {
     assert_eq!(authorize("10.88.0.10/32").code, 0);
 
     // A stock client on the exported profile, and a flow through the node.
-    let pem = net.ca.client("alice", &["engineering"]).unwrap();
-    let d = net.dir.0.clone();
-    let cert = cvpn_tests::pki::write(&d, "alice.crt", &pem.cert).unwrap();
-    let key = cvpn_tests::pki::write(&d, "alice.key", &pem.key).unwrap();
-    let out = node
-        .cli(&[
-            "config",
-            "export",
+    let profile = net
+        .client_profile(
+            &node,
             &endpoint,
-            "--remote-host",
-            &ClusterNet::node_wan(0),
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ])
+            Some(&ClusterNet::node_wan(0)),
+            "alice",
+            &["engineering"],
+        )
         .unwrap();
-    assert_eq!(out.code, 0, "{out:?}");
-    let profile = format!(
-        "{}\nconnect-retry 1\nconnect-retry-max 3\nserver-poll-timeout 5\n",
-        out.stdout
-    );
+    let profile =
+        format!("{profile}\nconnect-retry 1\nconnect-retry-max 3\nserver-poll-timeout 5\n");
+    let d = net.dir.0.clone();
     let mut client =
         cvpn_tests::openvpn::OpenVpnClient::start_with_text(&net.clients[0], &profile, &d, "alice")
             .unwrap();
@@ -258,4 +224,310 @@ fn a_node_cut_off_the_database_keeps_its_sessions_and_catches_up() {
         during.len()
     );
     assert!(client.exited().is_none(), "the client was never reset");
+}
+
+/// The active connections of `endpoint` as `node` lists them (every node's).
+fn active_connections(node: &StoreDaemon, endpoint: &str) -> Vec<serde_json::Value> {
+    node.json(&["connection", "list", endpoint, "--status", "active"])
+        .map(|v| v["connections"].as_array().cloned().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// The active connection of `user` (common name), if any: (node index, connection id, address).
+fn connection_of(
+    node: &StoreDaemon,
+    endpoint: &str,
+    user: &str,
+) -> Option<(usize, String, String)> {
+    active_connections(node, endpoint)
+        .into_iter()
+        .find(|c| c["common-name"] == user)
+        .map(|c| {
+            let n = c["node"].as_str().unwrap_or("g?")[1..]
+                .parse()
+                .unwrap_or(usize::MAX);
+            (
+                n,
+                c["connection-id"].as_str().unwrap_or_default().to_string(),
+                c["client-ip"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+}
+
+/// Running node `n` of `nodes`.
+fn node(nodes: &[Option<StoreDaemon>], n: usize) -> &StoreDaemon {
+    nodes[n].as_ref().expect("node running")
+}
+
+/// Waits up to `timeout` for `what`, polling every 200 ms; panics with `what` after.
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Issue 11: three nodes serve one endpoint from one PostgreSQL database, each with its own
+/// target network association, address blocks and SNAT address; stock clients use the
+/// exported profile, which lists all three. A rule revoked through one node cuts a flow another
+/// node serves; connections are listed and terminated across nodes; a node SIGKILLed under
+/// traffic loses its clients to the others, which find it dead and end its connections; it
+/// rejoins on restart; the database stopped and started under running sessions costs them
+/// nothing.
+#[test]
+fn three_nodes_serve_one_endpoint_and_survive_a_node_and_the_database_going_away() {
+    require_root();
+    let started = Instant::now();
+    let mut net = ClusterNet::new(3, 3).unwrap();
+    // Fast keepalive: a client notices a dead node within 5 s.
+    for n in 0..3 {
+        net.write_node_config(n, "[tunnel]\nping = 1\nping_restart = 5\n")
+            .unwrap();
+    }
+    let mut nodes: Vec<Option<StoreDaemon>> =
+        (0..3).map(|n| Some(net.start_node(n).unwrap())).collect();
+    let endpoint = net.create_endpoint(node(&nodes, 0)).unwrap();
+    // Every node's tgt0, associated through node 0's API.
+    for n in 0..3 {
+        net.associate(node(&nodes, 0), &endpoint, n).unwrap();
+    }
+    let authorize = |through: &StoreDaemon, dest: &str, group: Option<&str>| {
+        let mut args = vec!["rule", "authorize", &endpoint, "--destination", dest];
+        match group {
+            Some(g) => args.extend(["--group", g]),
+            None => args.push("--all-groups"),
+        }
+        through.cli(&args).unwrap()
+    };
+    assert_eq!(authorize(node(&nodes, 1), "10.88.0.10/32", None).code, 0);
+    assert_eq!(
+        authorize(node(&nodes, 2), "10.88.0.20/32", Some("engineering")).code,
+        0
+    );
+    for n in 0..3 {
+        wait_for(
+            "every node serves the endpoint",
+            Duration::from_secs(10),
+            || {
+                node(&nodes, n)
+                    .daemon
+                    .log()
+                    .iter()
+                    .any(|l| l.contains("endpoint started"))
+                    .then_some(())
+            },
+        );
+    }
+
+    // The profile exported through node 1 names all three nodes.
+    let users = [
+        ("alice", "engineering"),
+        ("bob", "engineering"),
+        ("carol", "sales"),
+    ];
+    let mut clients = Vec::new();
+    for (i, (user, group)) in users.iter().enumerate() {
+        let profile = net
+            .client_profile(node(&nodes, 1), &endpoint, None, user, &[group])
+            .unwrap();
+        let remotes: Vec<&str> = profile
+            .lines()
+            .filter(|l| l.starts_with("remote "))
+            .collect();
+        assert_eq!(
+            remotes,
+            [
+                "remote 10.99.0.1 443",
+                "remote 10.99.0.2 443",
+                "remote 10.99.0.3 443"
+            ],
+            "{profile}"
+        );
+        assert!(
+            profile.contains("\nremote-random\n") && profile.contains("\nserver-poll-timeout 5\n")
+        );
+        let d = net.dir.0.clone();
+        let mut c = OpenVpnClient::start_with_text(&net.clients[i], &profile, &d, user).unwrap();
+        c.wait_connected(Duration::from_secs(30)).unwrap();
+        clients.push(c);
+    }
+    let list = active_connections(node(&nodes, 0), &endpoint);
+    assert_eq!(
+        list.len(),
+        3,
+        "node 0 lists every node's connections: {list:#?}"
+    );
+    let placed: Vec<(usize, String, String)> = users
+        .iter()
+        .map(|(u, _)| connection_of(node(&nodes, 2), &endpoint, u).unwrap())
+        .collect();
+    println!("placement: {placed:?}");
+    let mut addresses: Vec<&String> = placed.iter().map(|(_, _, ip)| ip).collect();
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(
+        addresses.len(),
+        3,
+        "no two clients share an address: {placed:?}"
+    );
+    let echo10 = UdpEcho::start(&net.private, PRIVATE_HOSTS[0], 7007).unwrap();
+    let echo20 = UdpEcho::start(&net.private, PRIVATE_HOSTS[1], 7008).unwrap();
+
+    // A rule revoked through a node other than alice's cuts alice's flow at once; carol's
+    // flow (all groups) is spared.
+    let alice_node = placed[0].0;
+    let other = (alice_node + 1) % 3;
+    let alice =
+        net.clients[0].spawn(move || probe_loop((PRIVATE_HOSTS[1], 7008), Duration::from_secs(3)));
+    let carol =
+        net.clients[2].spawn(move || probe_loop((PRIVATE_HOSTS[0], 7007), Duration::from_secs(3)));
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = node(&nodes, other)
+        .cli(&[
+            "rule",
+            "revoke",
+            &endpoint,
+            "--destination",
+            "10.88.0.20/32",
+            "--group",
+            "engineering",
+        ])
+        .unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+    let revoked = Instant::now();
+    let (alice, carol) = (
+        alice.join().unwrap().unwrap(),
+        carol.join().unwrap().unwrap(),
+    );
+    cvpn_tests::echo::assert_cut_within_and_spared(
+        &alice,
+        &carol,
+        revoked,
+        &format!("the revoke through node {other} (alice on node {alice_node})"),
+        Duration::from_secs(1),
+    );
+
+    // Terminate through a node other than carol's: her node ends the session (HALT: the
+    // stock client exits), and every node lists it ended.
+    let (carol_node, carol_conn, _) = placed[2].clone();
+    let through = (carol_node + 2) % 3;
+    let out = node(&nodes, through)
+        .cli(&[
+            "connection",
+            "terminate",
+            &endpoint,
+            "--connection-id",
+            &carol_conn,
+        ])
+        .unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+    let t = Instant::now();
+    wait_for("carol's client exits", Duration::from_secs(10), || {
+        clients[2].exited()
+    });
+    println!(
+        "terminate through node {through} ended carol's session on node {carol_node} in {:?}",
+        t.elapsed()
+    );
+    wait_for("carol's connection ends", Duration::from_secs(10), || {
+        connection_of(node(&nodes, through), &endpoint, "carol")
+            .is_none()
+            .then_some(())
+    });
+
+    // Bob's node dies (SIGKILL) while bob's flow runs: bob is back through another node, and
+    // reaches what he may (10.88.0.10); the others find the node dead and end its connections.
+    let (bob_node, bob_conn, _) = placed[1].clone();
+    let survivor = (bob_node + 1) % 3;
+    // Bob's traffic: short probe runs, each from a new socket (a reconnected client has a new
+    // address, which sockets opened before do not follow), until one is answered.
+    let bob_passes = |ns: &Netns| {
+        ns.spawn(|| probe_loop((PRIVATE_HOSTS[0], 7007), Duration::from_millis(300)))
+            .join()
+            .ok()
+            .and_then(|r| r.ok())
+            .is_some_and(|p| p.iter().any(|(_, ok)| *ok))
+    };
+    assert!(bob_passes(&net.clients[1]), "bob's flow runs before");
+    nodes[bob_node].as_mut().unwrap().daemon.kill();
+    let died = Instant::now();
+    let back = wait_for("bob passes traffic again", Duration::from_secs(40), || {
+        bob_passes(&net.clients[1]).then(|| died.elapsed())
+    });
+    let (new_node, _, _) = wait_for(
+        "bob reconnects to another node",
+        Duration::from_secs(40),
+        || {
+            connection_of(node(&nodes, survivor), &endpoint, "bob")
+                .filter(|(n, _, _)| *n != bob_node)
+        },
+    );
+    let ended = wait_for(
+        "the dead node's connection is recorded as ended",
+        Duration::from_secs(40),
+        || {
+            node(&nodes, survivor)
+                .json(&["connection", "list", &endpoint])
+                .ok()?["connections"]
+                .as_array()?
+                .iter()
+                .any(|c| c["connection-id"] == bob_conn.as_str() && c["status"] == "terminated")
+                .then(|| died.elapsed())
+        },
+    );
+    println!(
+        "node {bob_node} killed: bob passes traffic again through node {new_node} after {back:?}; \
+         its connection recorded ended after {ended:?}"
+    );
+    assert!(back < Duration::from_secs(30), "failover took {back:?}");
+
+    // The dead node restarts and rejoins without anyone's help: it serves the endpoint again
+    // from a fresh address block.
+    drop(nodes[bob_node].take());
+    let again = net.start_node(bob_node).unwrap();
+    wait_for(
+        "the restarted node serves again",
+        Duration::from_secs(10),
+        || {
+            again
+                .daemon
+                .log()
+                .iter()
+                .any(|l| l.contains("endpoint started"))
+                .then_some(())
+        },
+    );
+    nodes[bob_node] = Some(again);
+
+    // PostgreSQL stops under the running sessions: they keep passing traffic; a change is
+    // refused, saying why; once it is back, changes are taken again.
+    let alive = clients.iter().take(2).count();
+    assert_eq!(alive, 2);
+    let alice_flow =
+        net.clients[0].spawn(move || probe_loop((PRIVATE_HOSTS[0], 7007), Duration::from_secs(4)));
+    std::thread::sleep(Duration::from_millis(500));
+    net.pg.pause().unwrap();
+    let refused = authorize(node(&nodes, 0), "10.88.0.30/32", None);
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(refused.stderr.contains("ServiceUnavailable"), "{refused:?}");
+    let alice_flow = alice_flow.join().unwrap().unwrap();
+    let answered = alice_flow.iter().filter(|(_, ok)| *ok).count();
+    assert!(
+        answered * 100 >= alice_flow.len() * 95,
+        "alice's traffic while the database was away: {answered} of {} answered",
+        alice_flow.len()
+    );
+    net.pg.restart().unwrap();
+    wait_for("a change is taken again", Duration::from_secs(30), || {
+        (authorize(node(&nodes, 2), "10.88.0.30/32", None).code == 0).then_some(())
+    });
+    for c in clients.iter_mut().take(2) {
+        assert!(c.exited().is_none(), "a client was reset");
+    }
+    drop((echo10, echo20));
+    println!("three-node test: {:?}", started.elapsed());
 }

@@ -1870,7 +1870,10 @@ fn the_daemon_keeps_its_state_in_postgresql_and_rides_out_a_database_restart() {
         .expect("a second node joins while the first is alive");
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        !b.daemon.log().iter().any(|l| l.contains("endpoint started")),
+        !b.daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("endpoint started")),
         "gw-b has no association of the endpoint and does not serve it:\n{}",
         b.daemon.log().join("\n")
     );
