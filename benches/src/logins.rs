@@ -59,11 +59,11 @@
 // Shared with the other benchmarks; this one uses part of it.
 #[allow(dead_code)]
 mod common;
+mod login_client;
 
 use std::{
     collections::BTreeMap,
     fs,
-    io::ErrorKind,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     path::{Path, PathBuf},
     process::Command,
@@ -89,27 +89,19 @@ use cvpn_tests::{
 use gateway::{
     auth::{challenge::static_challenge_password, totp::TotpSecret},
     datachannel::{inner::PING_MAGIC, DataChannel},
-    endpoint::test_client::{tls_config, tls_config_without_certificate, TestClient},
+    endpoint::test_client::{tls_config, tls_config_without_certificate},
     protocol::{
         keymethod::{Credentials, Password},
-        packet::{ControlOpcode, Header, Opcode, Packet},
+        packet::{Header, Opcode},
     },
 };
-
-/// The test client's TLS configuration.
-type ClientConfig = Arc<rustls::ClientConfig>;
+use login_client::{would_block, Session};
 
 const PORT: u16 = 1194;
-const SERVER_NAME: &str = "vpn.example.test";
 const PRIVATE: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 10);
 const ECHO_PORT: u16 = 7000;
 const PROBE_SOURCE_PORT: u16 = 40000;
 const CIPHERS: &str = "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305";
-/// A stock client's first retransmission timeout (`tls-timeout`), doubled on each retry.
-const TLS_TIMEOUT: Duration = Duration::from_secs(2);
-const MAX_RTO: Duration = Duration::from_secs(16);
-/// A stock 2.6 client sends PUSH_REQUEST again this often until it gets an answer.
-const PUSH_REQUEST_INTERVAL: Duration = Duration::from_secs(5);
 /// A login that takes longer counts as failed.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(40);
 const PROBE_EVERY: Duration = Duration::from_millis(5);
@@ -131,189 +123,6 @@ const USER_PASSWORD_PREFIX: &str = "pw-";
 /// round trip at most this much above the certificate burst's.
 const GOAL_PROBE_LOSS: f64 = 0.01;
 const GOAL_PROBE_P99_SLACK_MS: f64 = 20.0;
-
-// ---------------------------------------------------------------------------------------------
-// One client: the test client on a UDP socket, with a stock client's retransmissions
-
-struct Unacked {
-    bytes: Vec<u8>,
-    reset: bool,
-    due: Instant,
-    rto: Duration,
-}
-
-struct Session {
-    sock: UdpSocket,
-    server: SocketAddr,
-    client: TestClient,
-    /// Our control packets the server has not acknowledged: (key id, packet id).
-    unacked: BTreeMap<(u8, u32), Unacked>,
-    retransmits: u32,
-}
-
-/// Eight random bytes (std's hasher keys are random per process and instance).
-fn random_session_id() -> [u8; 8] {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    h.finish().to_be_bytes()
-}
-
-fn would_block(e: &std::io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
-}
-
-impl Session {
-    fn new(
-        sock: UdpSocket,
-        server: SocketAddr,
-        tls: ClientConfig,
-        credentials: Option<Credentials>,
-    ) -> Result<Self> {
-        let mut client = TestClient::new(tls, SERVER_NAME, random_session_id())?;
-        client.credentials = credentials;
-        Ok(Session {
-            sock,
-            server,
-            client,
-            unacked: BTreeMap::new(),
-            retransmits: 0,
-        })
-    }
-
-    /// Sends what the client has queued; keeps its control packets until acknowledged.
-    fn flush(&mut self) -> Result<()> {
-        let now = Instant::now();
-        while let Some(p) = self.client.poll_transmit() {
-            if let Ok(Packet::Control(c)) = Packet::decode(&p) {
-                self.unacked.insert(
-                    (c.key_id.get(), c.packet_id),
-                    Unacked {
-                        bytes: p.clone(),
-                        reset: c.opcode == ControlOpcode::HardResetClientV2,
-                        due: now + TLS_TIMEOUT,
-                        rto: TLS_TIMEOUT,
-                    },
-                );
-            }
-            self.sock.send_to(&p, self.server)?;
-        }
-        Ok(())
-    }
-
-    /// A control packet from the server: its acknowledgements clear ours, the client takes it.
-    fn control(&mut self, buf: &[u8]) -> Result<()> {
-        let acked: Option<(u8, Vec<u32>)> = match Packet::decode(buf) {
-            Ok(Packet::Control(c)) => c.acks.as_ref().map(|a| (c.key_id.get(), a.ids().to_vec())),
-            Ok(Packet::Ack(a)) => Some((a.key_id.get(), a.acks.ids().to_vec())),
-            _ => None,
-        };
-        if let Some((key, ids)) = acked {
-            for id in ids {
-                self.unacked.remove(&(key, id));
-            }
-        }
-        self.client.handle_packet(buf)?;
-        if self.client.has_server_session() {
-            // The server's reset answered ours.
-            self.unacked.retain(|_, u| !u.reset);
-        }
-        self.flush()
-    }
-
-    /// Sends again what is due, doubling each packet's timeout.
-    fn resend_due(&mut self) -> Result<()> {
-        let now = Instant::now();
-        for u in self.unacked.values_mut() {
-            if u.due <= now {
-                self.sock.send_to(&u.bytes, self.server)?;
-                self.retransmits += 1;
-                u.rto = (u.rto * 2).min(MAX_RTO);
-                u.due = now + u.rto;
-            }
-        }
-        Ok(())
-    }
-
-    fn next_due(&self) -> Option<Instant> {
-        self.unacked.values().map(|u| u.due).min()
-    }
-
-    /// What the client knows so far, for a timeout's reason.
-    fn stage(&self) -> &'static str {
-        if !self.client.has_server_session() {
-            "no answer to the reset"
-        } else if !self.client.is_keyed() {
-            "TLS and key exchange not done"
-        } else {
-            "keys exchanged, no PUSH_REPLY"
-        }
-    }
-
-    /// Signs in: from the first packet to the server's PUSH_REPLY (returned, its messages
-    /// joined), or why not.
-    fn login(&mut self, deadline: Instant) -> std::result::Result<String, String> {
-        self.flush().map_err(|e| format!("send: {e}"))?;
-        let mut buf = vec![0u8; 4096];
-        let mut push_due: Option<Instant> = None;
-        loop {
-            let replies: Vec<&str> = self
-                .client
-                .messages
-                .iter()
-                .filter(|m| m.starts_with("PUSH_REPLY"))
-                .map(String::as_str)
-                .collect();
-            if !replies.is_empty() {
-                return Ok(replies.join(","));
-            }
-            if let Some(m) = self
-                .client
-                .messages
-                .iter()
-                .find(|m| m.starts_with("AUTH_FAILED") || m.starts_with("HALT"))
-            {
-                return Err(m.clone());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(format!("timed out: {}", self.stage()));
-            }
-            if self.client.is_keyed() && push_due.is_none_or(|t| now >= t) {
-                self.client
-                    .send_control_text(b"PUSH_REQUEST\0")
-                    .map_err(|e| format!("PUSH_REQUEST: {e}"))?;
-                self.flush().map_err(|e| format!("send: {e}"))?;
-                push_due = Some(now + PUSH_REQUEST_INTERVAL);
-            }
-            self.resend_due().map_err(|e| format!("send: {e}"))?;
-            let wake = [Some(deadline), self.next_due(), push_due]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(deadline);
-            let wait = wake
-                .saturating_duration_since(Instant::now())
-                .clamp(Duration::from_millis(1), Duration::from_millis(100));
-            self.sock
-                .set_read_timeout(Some(wait))
-                .map_err(|e| e.to_string())?;
-            match self.sock.recv_from(&mut buf) {
-                Ok((n, from)) if from == self.server => {
-                    let data = Header::peek(&buf[..n])
-                        .map(|h| matches!(h.opcode, Opcode::DataV1 | Opcode::DataV2))
-                        .unwrap_or(true);
-                    if !data {
-                        self.control(&buf[..n]).map_err(|e| format!("{e:#}"))?;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) if would_block(&e) => {}
-                Err(e) => return Err(format!("receive: {e}")),
-            }
-        }
-    }
-}
 
 /// The value of option `name` in a PUSH_REPLY (`peer-id 3`, `ifconfig 10.77.0.2 …`).
 fn push_option<'a>(reply: &'a str, name: &str) -> Option<&'a str> {
