@@ -506,8 +506,8 @@ pub enum ConfigCommand {
     Export {
         /// The endpoint, cvpn-endpoint-….
         endpoint_id: String,
-        /// The host name or address clients connect to (default: the daemon's configured
-        /// public host).
+        /// The host name or address clients connect to (default: every node serving the
+        /// endpoint, by its public_host, else the daemon's configured public host).
         #[arg(long, value_name = "HOST")]
         remote_host: Option<String>,
         /// Append this client certificate (PEM file) to the profile as <cert>.

@@ -445,18 +445,18 @@ fn three_nodes_serve_one_endpoint_and_survive_a_node_and_the_database_going_away
     let survivor = (bob_node + 1) % 3;
     // Bob's traffic: short probe runs, each from a new socket (a reconnected client has a new
     // address, which sockets opened before do not follow), until one is answered.
-    let bob_passes = |ns: &Netns| {
+    let passes = |ns: &Netns| {
         ns.spawn(|| probe_loop((PRIVATE_HOSTS[0], 7007), Duration::from_millis(300)))
             .join()
             .ok()
             .and_then(|r| r.ok())
             .is_some_and(|p| p.iter().any(|(_, ok)| *ok))
     };
-    assert!(bob_passes(&net.clients[1]), "bob's flow runs before");
+    assert!(passes(&net.clients[1]), "bob's flow runs before");
     nodes[bob_node].as_mut().unwrap().daemon.kill();
     let died = Instant::now();
     let back = wait_for("bob passes traffic again", Duration::from_secs(40), || {
-        bob_passes(&net.clients[1]).then(|| died.elapsed())
+        passes(&net.clients[1]).then(|| died.elapsed())
     });
     let (new_node, _, _) = wait_for(
         "bob reconnects to another node",
@@ -502,6 +502,10 @@ fn three_nodes_serve_one_endpoint_and_survive_a_node_and_the_database_going_away
         },
     );
     nodes[bob_node] = Some(again);
+    // Alice may have been on the killed node too: her client is back before going on.
+    wait_for("alice passes traffic", Duration::from_secs(40), || {
+        passes(&net.clients[0]).then_some(())
+    });
 
     // PostgreSQL stops under the running sessions: they keep passing traffic; a change is
     // refused, saying why; once it is back, changes are taken again.
@@ -528,6 +532,37 @@ fn three_nodes_serve_one_endpoint_and_survive_a_node_and_the_database_going_away
     for c in clients.iter_mut().take(2) {
         assert!(c.exited().is_none(), "a client was reset");
     }
+
+    // A node that misses a change's notification (cut off the database while another node
+    // takes it) catches up from the database once it is back: alice's flow through it is cut.
+    let alice_node = wait_for("alice's connection", Duration::from_secs(10), || {
+        connection_of(node(&nodes, 0), &endpoint, "alice")
+    })
+    .0;
+    let other = (alice_node + 1) % 3;
+    net.set_database_link(alice_node, false).unwrap();
+    let out = node(&nodes, other)
+        .cli(&[
+            "rule",
+            "revoke",
+            &endpoint,
+            "--destination",
+            "10.88.0.10/32",
+            "--all-groups",
+        ])
+        .unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        passes(&net.clients[0]),
+        "alice's node has not heard of the revoke while cut off"
+    );
+    net.set_database_link(alice_node, true).unwrap();
+    let back = Instant::now();
+    let caught_up = wait_for("alice's node catches up", Duration::from_secs(15), || {
+        (!passes(&net.clients[0])).then(|| back.elapsed())
+    });
+    println!("node {alice_node} applied the revoke it missed {caught_up:?} after its database link came back");
     drop((echo10, echo20));
     println!("three-node test: {:?}", started.elapsed());
 }

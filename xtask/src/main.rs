@@ -9,6 +9,7 @@
 //! * `bench dataplane` — data plane vs the kernel's forwarding + iptables path
 //! * `bench tunnel` — `cvpn serve` vs the stock OpenVPN 2.6 server, same namespaces and client
 //! * `bench logins` — 200 logins at once (certificate, directory + TOTP) vs the stock server
+//! * `bench cluster` — three nodes on one PostgreSQL: change propagation, failover, connects/s
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -56,7 +57,7 @@ fn cargo(args: &[&str]) -> Result<()> {
 
 fn help() {
     eprintln!(
-        "usage: cargo xtask <setup | build-ebpf | build | test | demo | bench dataplane|tunnel|logins>\n\
+        "usage: cargo xtask <setup | build-ebpf | build | test | demo | bench dataplane|tunnel|logins|cluster>\n\
          \n  setup        install what the build and tests need (idempotent)\
          \n  build-ebpf   build the kernel programs\
          \n  build        kernel programs, then the cvpn binary (release)\
@@ -65,6 +66,7 @@ fn help() {
          \n  bench dataplane   benchmark the data plane against the kernel's own path\
          \n  bench tunnel      benchmark cvpn serve against the stock OpenVPN 2.6 server [--seconds N]\
          \n  bench logins      many logins at once (certificate, directory + TOTP) against the stock server\
+         \n  bench cluster     three nodes on one PostgreSQL: change propagation, failover, connects/s\
          \n                    [--clients N] [--sources N] [--openvpn-default-limits]"
     );
 }
@@ -248,7 +250,7 @@ fn bench(args: &[String]) -> Result<()> {
             a.extend(args.iter().skip(1).map(String::as_str));
             cargo(&a)
         }
-        Some(name @ ("tunnel" | "logins")) => {
+        Some(name @ ("tunnel" | "logins" | "cluster")) => {
             // The benchmark runs target/release/cvpn: build it first, so a stale daemon never
             // gets measured.
             cargo(&["build", "--release", "-p", "gateway", "--bin", "cvpn"])?;
@@ -265,6 +267,8 @@ fn bench(args: &[String]) -> Result<()> {
             a.extend(args.iter().skip(1).map(String::as_str));
             cargo(&a)
         }
-        Some(other) => bail!("unknown benchmark {other:?}; available: dataplane, tunnel, logins"),
+        Some(other) => {
+            bail!("unknown benchmark {other:?}; available: dataplane, tunnel, logins, cluster")
+        }
     }
 }

@@ -45,9 +45,11 @@ use self::recorder::StoreRecorder;
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// How often a daemon on a shared database looks at its change counter
-/// ([`Store::change_seq`]): the bound on how late a change made through another node (or a
-/// tool) reaches this node's kernel maps, plus the resynchronisation itself.
-pub const CHANGE_POLL_EVERY: Duration = Duration::from_millis(50);
+/// ([`Store::change_seq`]) besides when PostgreSQL notifies it of a change
+/// ([`Store::watch_changes`]): the bound on how late a change made through another node (or a
+/// tool) reaches this node's kernel maps should a notification be lost, plus the
+/// resynchronisation itself. A notified change is read at once.
+pub const CHANGE_POLL_EVERY: Duration = Duration::from_millis(500);
 
 /// The settings of an endpoint that apply without a restart.
 fn live_settings(
@@ -318,7 +320,19 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     changes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let (seq_tx, mut seq_rx) = mpsc::channel::<Result<i64, String>>(1);
     let mut last_seq = daemon.store.change_seq().ok();
-    let mut polling = false;
+    // A read of the counter under way; `read_again`: a change was notified meanwhile (the read
+    // may predate its commit).
+    let (mut polling, mut read_again) = (false, false);
+    let read_seq = |store: Arc<Store>, tx: mpsc::Sender<Result<i64, String>>| {
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.blocking_send(store.change_seq().map_err(|e| e.message));
+        });
+    };
+    let mut notices = if shared {
+        daemon.store.watch_changes()
+    } else {
+        None
+    };
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     tokio::pin!(shutdown);
@@ -335,13 +349,30 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             }
             _ = changes.tick(), if shared && !polling => {
                 polling = true;
-                let (store, tx) = (daemon.store.clone(), seq_tx.clone());
-                tokio::task::spawn_blocking(move || {
-                    let _ = tx.blocking_send(store.change_seq().map_err(|e| e.message));
-                });
+                read_seq(daemon.store.clone(), seq_tx.clone());
+            }
+            Some(notice) = async {
+                match notices.as_mut() {
+                    Some(n) => n.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if notice == crate::storage::sql::Notice::Listening {
+                    info!("listening to the database's change notifications");
+                }
+                if polling {
+                    read_again = true;
+                } else {
+                    polling = true;
+                    read_seq(daemon.store.clone(), seq_tx.clone());
+                }
             }
             Some(seq) = seq_rx.recv() => {
                 polling = false;
+                if std::mem::take(&mut read_again) {
+                    polling = true;
+                    read_seq(daemon.store.clone(), seq_tx.clone());
+                }
                 match seq {
                     Ok(seq) if last_seq == Some(seq) => {}
                     Ok(seq) => {

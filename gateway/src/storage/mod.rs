@@ -191,6 +191,9 @@ impl fmt::Debug for StoreOptions {
     }
 }
 
+/// The PostgreSQL notification channel of configuration changes ([`Store::watch_changes`]).
+const CHANGES_CHANNEL: &str = "cvpn_changes";
+
 /// The control plane's database. See the [module documentation](self).
 pub struct Store {
     backend: Backend,
@@ -795,8 +798,24 @@ impl Store {
             let out = f(db, now)?;
             db.prepare_cached("UPDATE changes SET seq = seq + 1 WHERE one = 1")?
                 .execute(())?;
+            if db.is_postgres() {
+                // Delivered to every listening node when (and only if) this commits.
+                db.batch(&format!("NOTIFY {CHANGES_CHANNEL}"))?;
+            }
             Ok(out)
         })
+    }
+
+    /// On PostgreSQL, notice of configuration changes as they commit (through any node's API
+    /// or a tool): [`sql::Notice::Notified`] for each (several may collapse into one), and
+    /// [`sql::Notice::Listening`] whenever the listening connection is (re)made, since changes
+    /// may have been missed before it. `None` on SQLite (one node: its own API's changes are
+    /// the only ones, besides `cvpn apply` with SIGHUP).
+    pub fn watch_changes(&self) -> Option<tokio::sync::mpsc::Receiver<sql::Notice>> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(pool) => Some(pool.listen(CHANGES_CHANNEL)),
+        }
     }
 
     /// The change counter: it moves whenever the configuration changes (through any node's

@@ -507,6 +507,9 @@ impl From<PgError> for Error {
 /// A pool of PostgreSQL connections and the runtime their I/O runs on.
 pub struct PgPool {
     pool: deadpool_postgres::Pool,
+    /// What the pool connects with: a listener ([`PgPool::listen`]) makes its own connection.
+    config: Box<tokio_postgres::Config>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     runtime: tokio::runtime::Handle,
     /// Ends the runtime's thread when the pool is dropped.
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -555,15 +558,19 @@ impl PgPool {
         let manager_config = deadpool_postgres::ManagerConfig {
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,
         };
-        let manager = match tls {
-            PgTls::None => deadpool_postgres::Manager::from_config(
-                config,
+        let tls = match tls {
+            PgTls::None => None,
+            PgTls::Rustls(c) => Some(c),
+        };
+        let manager = match &tls {
+            None => deadpool_postgres::Manager::from_config(
+                config.clone(),
                 tokio_postgres::NoTls,
                 manager_config,
             ),
-            PgTls::Rustls(c) => deadpool_postgres::Manager::from_config(
-                config,
-                tokio_postgres_rustls::MakeRustlsConnect::new((*c).clone()),
+            Some(c) => deadpool_postgres::Manager::from_config(
+                config.clone(),
+                tokio_postgres_rustls::MakeRustlsConnect::new((**c).clone()),
                 manager_config,
             ),
         };
@@ -580,6 +587,8 @@ impl PgPool {
             .map_err(|e| format!("database pool: {e}"))?;
         let pg = PgPool {
             pool,
+            config: Box::new(config),
+            tls,
             runtime,
             _stop: stop_tx,
             target,
@@ -682,6 +691,104 @@ impl PgPool {
     pub fn batch(&self, sql: &str) -> std::result::Result<(), String> {
         let tx = self.connection().map_err(|e| e.message)?;
         tx.batch(sql).map_err(|e| e.message)
+    }
+
+    /// Listens to `NOTIFY channel` on a connection of its own (not the pool's), reconnecting
+    /// every [`LISTEN_RETRY`] while the database is away. Each (re)connection is announced
+    /// with [`Notice::Listening`] — whatever was notified before it may have been missed — and
+    /// each notification with [`Notice::Notified`]. Stops when the receiver is dropped.
+    pub fn listen(&self, channel: &'static str) -> tokio::sync::mpsc::Receiver<Notice> {
+        // Notifications between two reads collapse: a full queue drops the newer ones, and the
+        // reader reads the database's state anyway.
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let (config, tls, target) = (
+            (*self.config).clone(),
+            self.tls.clone(),
+            self.target.clone(),
+        );
+        self.runtime.spawn(async move {
+            let mut announced_loss = false;
+            while !tx.is_closed() {
+                let listened = match &tls {
+                    None => match config.connect(tokio_postgres::NoTls).await {
+                        Ok((client, conn)) => listen_on(client, conn, channel, &tx).await,
+                        Err(e) => Err(PgError::of(&e).message),
+                    },
+                    Some(c) => {
+                        let make = tokio_postgres_rustls::MakeRustlsConnect::new((**c).clone());
+                        match config.connect(make).await {
+                            Ok((client, conn)) => listen_on(client, conn, channel, &tx).await,
+                            Err(e) => Err(PgError::of(&e).message),
+                        }
+                    }
+                };
+                match listened {
+                    Ok(()) => announced_loss = false,
+                    Err(e) if !announced_loss => {
+                        tracing::warn!(database = %target, error = %e, "not listening to change notifications; retrying every second");
+                        announced_loss = true;
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(LISTEN_RETRY).await;
+            }
+        });
+        rx
+    }
+}
+
+/// How often a lost listener connection is tried again.
+pub const LISTEN_RETRY: Duration = Duration::from_secs(1);
+
+/// What a listener ([`PgPool::listen`]) reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// Listening (again): notifications sent before may have been missed.
+    Listening,
+    /// A notification arrived.
+    Notified,
+}
+
+/// Drives one listener connection until it ends: `Ok` if it was listening when it ended (the
+/// loss is announced by the next [`Notice::Listening`]), the reason otherwise.
+async fn listen_on<S, T>(
+    client: tokio_postgres::Client,
+    mut conn: tokio_postgres::Connection<S, T>,
+    channel: &'static str,
+    tx: &tokio::sync::mpsc::Sender<Notice>,
+) -> std::result::Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use std::future::poll_fn;
+    use tokio_postgres::AsyncMessage;
+    // The connection must be driven for LISTEN to be answered: both at once.
+    let statement = format!("LISTEN {channel}");
+    let listen = client.batch_execute(&statement);
+    tokio::pin!(listen);
+    let mut listening = false;
+    loop {
+        tokio::select! {
+            r = &mut listen, if !listening => {
+                r.map_err(|e| PgError::of(&e).message)?;
+                listening = true;
+                let _ = tx.try_send(Notice::Listening);
+            }
+            m = poll_fn(|cx| conn.poll_message(cx)) => match m {
+                Some(Ok(AsyncMessage::Notification(_))) => {
+                    let _ = tx.try_send(Notice::Notified);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) if listening => {
+                    tracing::warn!(error = %PgError::of(&e).message, "the change-notification connection was lost; listening again");
+                    return Ok(());
+                }
+                Some(Err(e)) => return Err(PgError::of(&e).message),
+                None => return if listening { Ok(()) } else { Err("the database closed the connection".into()) },
+            },
+            _ = tx.closed() => return Ok(()),
+        }
     }
 }
 
