@@ -466,8 +466,9 @@ pub enum ServerCommand {
     /// A new identity provider link (settings changed); `None`: no single sign-on.
     Sso(Option<SsoLink>),
     /// Another claimed block of the client CIDR for the address pool (asked for through
-    /// [`AddressBlocks::ask_more`]).
-    AddAddressBlock(Ipv4Net),
+    /// [`AddressBlocks::ask_more`]); `None`: none could be claimed, so the clients waiting for
+    /// an address are refused.
+    AddAddressBlock(Option<Ipv4Net>),
 }
 
 /// The directory's answer for a connection.
@@ -1070,8 +1071,12 @@ impl Server {
         let clock = Clock::system();
         match cmd {
             ServerCommand::ReplacePolicy(policy) => self.replace_policy(policy),
-            ServerCommand::AddAddressBlock(block) => {
-                match self.endpoint.add_address_block(block) {
+            ServerCommand::AddAddressBlock(None) => {
+                self.endpoint.no_address_block(Clock::system());
+                self.drain();
+            }
+            ServerCommand::AddAddressBlock(Some(block)) => {
+                match self.endpoint.add_address_block(Clock::system(), block) {
                     Ok(_) => {
                         info!(endpoint = %self.settings.endpoint_id, %block, available = self.endpoint.addresses_available(), "address block added to the pool")
                     }

@@ -787,17 +787,23 @@ impl Daemon {
             return;
         };
         let (store, commands, id) = (self.store.clone(), r.commands.clone(), id.to_string());
-        tokio::task::spawn_blocking(move || match store.claim_address_block(&id) {
-            Ok(Some(block)) => {
-                info!(endpoint = %id, %block, "address block claimed");
-                let _ = commands.send(ServerCommand::AddAddressBlock(block));
-            }
-            Ok(None) => {
-                warn!(endpoint = %id, "no address block left to claim: every block of the client CIDR is held by a live node")
-            }
-            Err(e) => {
-                warn!(endpoint = %id, error = %e, "address block not claimed; asked again when the next client is admitted")
-            }
+        tokio::task::spawn_blocking(move || {
+            let block = match store.claim_address_block(&id) {
+                Ok(Some(block)) => {
+                    info!(endpoint = %id, %block, "address block claimed");
+                    Some(block)
+                }
+                Ok(None) => {
+                    warn!(endpoint = %id, "no address block left to claim: every block of the client CIDR is held by a live node");
+                    None
+                }
+                Err(e) => {
+                    warn!(endpoint = %id, error = %e, "address block not claimed; asked again when the next client is admitted");
+                    None
+                }
+            };
+            // None: the clients waiting for an address are refused.
+            let _ = commands.send(ServerCommand::AddAddressBlock(block));
         });
     }
 

@@ -263,7 +263,13 @@ enum Waiting {
     Web { until: Instant },
     /// The client connect handler.
     ConnectHandler,
+    /// A client address: the pool of claimed blocks ran out and another block was asked for
+    /// ([`Output::NeedAddressBlock`]); refused at `until` if none has come.
+    Address { until: Instant },
 }
+
+/// How long an admitted-to-be client waits for another address block before it is refused.
+pub const ADDRESS_BLOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// How a single sign-on endpoint starts with a new client.
 enum WebStart {
@@ -564,14 +570,74 @@ impl Endpoint {
         Ok(())
     }
 
-    /// One more claimed block of the client CIDR for the pool.
-    pub fn add_address_block(&mut self, block: Ipv4Net) -> Result<bool, crate::pool::BlockError> {
+    /// One more claimed block of the client CIDR for the pool; clients waiting for an address
+    /// get theirs.
+    pub fn add_address_block(
+        &mut self,
+        clock: Clock,
+        block: Ipv4Net,
+    ) -> Result<bool, crate::pool::BlockError> {
         let added = self.pool.add_block(block)?;
         if let BlockSupply::Claimed { asked } = &mut self.blocks {
             *asked = false;
         }
+        for id in self.waiting_for_address() {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            if let ConnState::Authorizing {
+                admission,
+                authenticated_at,
+                ..
+            } = std::mem::replace(&mut c.state, ConnState::Handshaking)
+            {
+                if self.admit(clock, id, *admission, authenticated_at) {
+                    self.flush(clock, id);
+                }
+            }
+        }
         self.ask_for_addresses_if_low();
         Ok(added)
+    }
+
+    /// No block of the client CIDR could be claimed (every block is held by a live node, or
+    /// the database did not answer): the clients waiting for an address are refused.
+    pub fn no_address_block(&mut self, clock: Clock) {
+        if let BlockSupply::Claimed { asked } = &mut self.blocks {
+            *asked = false;
+        }
+        for id in self.waiting_for_address() {
+            warn!(
+                conn = id,
+                "client address pool exhausted and no address block to claim"
+            );
+            self.refuse(
+                clock,
+                id,
+                FailureReason::new(FailureReason::ADDRESS_POOL_EXHAUSTED),
+                None,
+            );
+        }
+    }
+
+    /// The connections waiting for an address block, oldest first.
+    fn waiting_for_address(&self) -> Vec<ConnId> {
+        let mut ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                matches!(
+                    c.state,
+                    ConnState::Authorizing {
+                        waiting: Waiting::Address { .. },
+                        ..
+                    }
+                )
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Client addresses the pool can still hand out.
@@ -647,7 +713,7 @@ impl Endpoint {
                         .map(|u| u.next_check),
                     match &c.state {
                         ConnState::Authorizing {
-                            waiting: Waiting::Code { until, .. },
+                            waiting: Waiting::Code { until, .. } | Waiting::Address { until },
                             ..
                         } => Some(*until),
                         _ => None,
@@ -1094,6 +1160,21 @@ impl Endpoint {
         let allocated = self.pool.allocate();
         self.ask_for_addresses_if_low();
         let Some(addr) = allocated else {
+            if let (BlockSupply::Claimed { asked: true }, Some(c)) =
+                (self.blocks, self.conns.get_mut(&id))
+            {
+                // Another block is on its way: the client waits for it (a burst of connects
+                // outruns the claim).
+                c.state = ConnState::Authorizing {
+                    admission: Box::new(a),
+                    authenticated_at,
+                    waiting: Waiting::Address {
+                        until: clock.now + ADDRESS_BLOCK_WAIT,
+                    },
+                };
+                // Still there: what its session has queued goes out.
+                return true;
+            }
             warn!(conn = id, "client address pool exhausted");
             self.refuse(
                 clock,
@@ -1816,6 +1897,22 @@ impl Endpoint {
                 if now >= *until {
                     let username = username.clone();
                     self.refuse_sign_in(clock, id, Some(&username), AuthFailure::MfaMissing);
+                    continue;
+                }
+            }
+            if let ConnState::Authorizing {
+                waiting: Waiting::Address { until },
+                ..
+            } = &c.state
+            {
+                if now >= *until {
+                    warn!(conn = id, "no address block came in time: client refused");
+                    self.refuse(
+                        clock,
+                        id,
+                        FailureReason::new(FailureReason::ADDRESS_POOL_EXHAUSTED),
+                        None,
+                    );
                     continue;
                 }
             }

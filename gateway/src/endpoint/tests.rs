@@ -534,3 +534,51 @@ fn a_peer_silent_mid_handshake_is_reaped_and_logged() {
     assert!(failed.iter().any(|l| l.contains(&reason)), "{failed:?}");
     assert_eq!(w.admitted(), None);
 }
+
+#[test]
+fn a_client_waits_for_an_address_block_and_is_refused_without_one() {
+    let block: ipnet::Ipv4Net = "10.77.1.0/26".parse().unwrap();
+    // A node with no block yet: it asks for one at once; the client waits for it.
+    let mut w = World::new(LiveSettings::default());
+    w.endpoint.use_address_blocks(&[]).unwrap();
+    w.connect();
+    let asked = |w: &World| {
+        w.seen
+            .iter()
+            .filter(|o| matches!(o, Output::NeedAddressBlock))
+            .count()
+    };
+    assert_eq!(asked(&w), 1, "{:?}", w.seen);
+    assert_eq!((w.admitted(), w.ended()), (None, None), "the client waits");
+    w.advance(Duration::from_secs(5));
+    assert_eq!(w.ended(), None, "still within the wait");
+    w.endpoint.add_address_block(w.clock, block).unwrap();
+    w.exchange();
+    let ip = w.admitted().expect("admitted once the block came");
+    assert!(block.contains(&ip), "{ip} from the block");
+    assert!(w.client.message("PUSH_REPLY").is_some());
+    // 62 addresses in the block, fewer than 16 left only later: no second request yet.
+    assert_eq!(asked(&w), 1);
+
+    // No block to claim: the waiting client is refused, saying why.
+    let mut w = World::new(LiveSettings::default());
+    w.endpoint.use_address_blocks(&[]).unwrap();
+    w.connect();
+    w.endpoint.no_address_block(w.clock);
+    w.exchange();
+    assert_eq!(w.ended(), Some("address-pool-exhausted"));
+    assert!(w
+        .client
+        .messages
+        .iter()
+        .any(|m| m.starts_with("AUTH_FAILED")));
+
+    // No answer at all: refused when the wait is over.
+    let mut w = World::new(LiveSettings::default());
+    w.endpoint.use_address_blocks(&[]).unwrap();
+    w.connect();
+    let deadline = w.endpoint.poll_timeout().unwrap();
+    assert!(deadline <= w.clock.now + super::ADDRESS_BLOCK_WAIT);
+    w.advance(super::ADDRESS_BLOCK_WAIT);
+    assert_eq!(w.ended(), Some("address-pool-exhausted"));
+}
