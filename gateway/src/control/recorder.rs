@@ -1,6 +1,11 @@
 //! Writes what the servers report about connections into the store, on a thread of its own:
 //! every commit fsyncs, and the event loops must not wait for that. Reports are applied in
 //! the order they were made, so a connection's end never overtakes its start.
+//!
+//! The queue is bounded ([`RECORDER_QUEUE`] reports): a database that is slow or away (each
+//! write then waits for its deadline) must not grow the daemon's memory without end. When the
+//! queue is full a report is dropped, never waited for: counters first of all (the next batch
+//! supersedes them), and a start or end with a warning naming the connection.
 
 use std::sync::{mpsc, Arc};
 
@@ -18,11 +23,14 @@ enum Op {
     Flush(mpsc::Sender<()>),
 }
 
+/// How many reports may wait for the database writer.
+pub const RECORDER_QUEUE: usize = 16_384;
+
 /// The store-backed [`ConnectionRecorder`]. Cloning shares the writer thread, which ends when
 /// the last clone is dropped (after writing what was queued).
 #[derive(Clone)]
 pub struct StoreRecorder {
-    tx: mpsc::Sender<Op>,
+    tx: mpsc::SyncSender<Op>,
 }
 
 impl std::fmt::Debug for StoreRecorder {
@@ -34,7 +42,7 @@ impl std::fmt::Debug for StoreRecorder {
 impl StoreRecorder {
     /// Starts the writer thread.
     pub fn spawn(store: Arc<Store>) -> std::io::Result<StoreRecorder> {
-        let (tx, rx) = mpsc::channel::<Op>();
+        let (tx, rx) = mpsc::sync_channel::<Op>(RECORDER_QUEUE);
         std::thread::Builder::new().name("cvpn-recorder".into()).spawn(move || {
             while let Ok(op) = rx.recv() {
                 match op {
@@ -64,16 +72,35 @@ impl StoreRecorder {
     }
 
     fn send(&self, op: Op) {
-        if self.tx.send(op).is_err() {
-            warn!("the connection recorder has stopped; connection state not written");
-        }
+        enqueue(&self.tx, op);
     }
 
     /// Waits until everything reported so far is written.
     pub fn flush(&self) {
         let (done, wait) = mpsc::channel();
-        self.send(Op::Flush(done));
-        let _ = wait.recv();
+        if self.tx.send(Op::Flush(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+}
+
+/// Queues `op` without waiting; false when it was dropped (see the [module docs](self)).
+fn enqueue(tx: &mpsc::SyncSender<Op>, op: Op) -> bool {
+    match tx.try_send(op) {
+        Ok(()) => true,
+        Err(mpsc::TrySendError::Full(Op::Counters(_))) => {
+            debug!("connection counters dropped: the database writer is behind");
+            false
+        }
+        Err(mpsc::TrySendError::Full(Op::Started(id, _) | Op::Ended(id, _))) => {
+            warn!(connection_id = %id, queued = RECORDER_QUEUE, "connection record dropped: the database writer is that many reports behind (the database is slow or away)");
+            false
+        }
+        Err(mpsc::TrySendError::Full(Op::Flush(_))) => false,
+        Err(mpsc::TrySendError::Disconnected(_)) => {
+            warn!("the connection recorder has stopped; connection state not written");
+            false
+        }
     }
 }
 
@@ -88,5 +115,39 @@ impl ConnectionRecorder for StoreRecorder {
 
     fn ended(&self, connection_id: &str, counters: SessionCounters) {
         self.send(Op::Ended(connection_id.to_string(), counters));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_reports_instead_of_waiting() {
+        // No writer reads this queue (a database that hangs): two reports fit, the rest are
+        // dropped at once, whatever their kind.
+        let (tx, rx) = mpsc::sync_channel::<Op>(2);
+        let counters = || Op::Counters(vec![("c".into(), SessionCounters::default())]);
+        assert!(enqueue(&tx, counters()));
+        assert!(enqueue(
+            &tx,
+            Op::Ended("cvpn-connection-1".into(), SessionCounters::default())
+        ));
+        let started = std::time::Instant::now();
+        assert!(!enqueue(&tx, counters()));
+        assert!(!enqueue(
+            &tx,
+            Op::Ended("cvpn-connection-2".into(), SessionCounters::default())
+        ));
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(100),
+            "never waits"
+        );
+        // What was queued comes out in order.
+        assert!(matches!(rx.try_recv(), Ok(Op::Counters(_))));
+        assert!(matches!(rx.try_recv(), Ok(Op::Ended(id, _)) if id == "cvpn-connection-1"));
+        assert!(rx.try_recv().is_err());
+        drop(rx);
+        assert!(!enqueue(&tx, counters()), "a stopped writer drops too");
     }
 }
