@@ -81,6 +81,8 @@ pub struct AddressPool {
 /// One range of client-address offsets `first..end`.
 #[derive(Debug, Clone)]
 struct Range {
+    /// The block it was given as (`None`: the whole CIDR).
+    block: Option<Ipv4Net>,
     first: u32,
     end: u32,
     /// Offset of the next never-used address; `first..fresh` have been handed out at least once.
@@ -91,8 +93,9 @@ struct Range {
 }
 
 impl Range {
-    fn new(first: u32, end: u32) -> Self {
+    fn new(block: Option<Ipv4Net>, first: u32, end: u32) -> Self {
         Range {
+            block,
             first,
             end,
             fresh: first,
@@ -155,7 +158,7 @@ impl AddressPool {
     pub fn new(cidr: Ipv4Net) -> Result<Self, PoolError> {
         let mut pool = Self::with_blocks(cidr)?;
         let end = pool.broadcast_offset();
-        pool.ranges.push(Range::new(2, end));
+        pool.ranges.push(Range::new(None, 2, end));
         Ok(pool)
     }
 
@@ -196,9 +199,32 @@ impl AddressPool {
             return Err(BlockError::Overlaps { block });
         }
         if first < end {
-            self.ranges.push(Range::new(first, end));
+            self.ranges.push(Range::new(Some(block), first, end));
         }
         Ok(true)
+    }
+
+    /// The blocks given to this pool, in the order given (none for a pool of the whole CIDR).
+    pub fn blocks(&self) -> Vec<Ipv4Net> {
+        self.ranges.iter().filter_map(|r| r.block).collect()
+    }
+
+    /// Takes `block` away (another node holds it now): none of its addresses is handed out
+    /// again, and those allocated stop counting. Returns the allocated ones, whose holders
+    /// must go. False-y (empty) if the pool has no such block.
+    pub fn remove_block(&mut self, block: Ipv4Net) -> Vec<Ipv4Addr> {
+        let block = block.trunc();
+        let Some(i) = self.ranges.iter().position(|r| r.block == Some(block)) else {
+            return Vec::new();
+        };
+        let r = self.ranges.remove(i);
+        let held: Vec<Ipv4Addr> = (r.first..r.fresh)
+            .filter(|o| r.bit(*o))
+            .map(|o| self.addr_at(o))
+            .collect();
+        self.allocated -= held.len();
+        self.released.retain(|o| !r.contains(*o));
+        held
     }
 
     /// Offset of the CIDR's broadcast address (clamped for a /0).
@@ -499,6 +525,30 @@ mod tests {
         assert!(!p.contains(ip("10.2.1.5")) && !p.release(ip("10.2.1.5")));
         assert!(p.release(ip("10.2.0.9")));
         assert_eq!(p.allocate(), Some(ip("10.2.0.9")));
+    }
+
+    #[test]
+    fn a_block_taken_away_hands_out_nothing_more_and_names_its_holders() {
+        let cidr: Ipv4Net = "10.2.0.0/22".parse().unwrap();
+        let blocks = address_blocks(cidr);
+        let mut p = AddressPool::with_blocks(cidr).unwrap();
+        p.add_block(blocks[0]).unwrap();
+        p.add_block(blocks[1]).unwrap();
+        assert_eq!(p.blocks(), [blocks[0], blocks[1]]);
+        let a: Vec<Ipv4Addr> = (0..70).map(|_| p.allocate().unwrap()).collect();
+        assert!(p.release(a[65])); // in block 1, released: must not come back
+        let held = p.remove_block(blocks[1]);
+        assert_eq!(held.len(), 7, "{held:?}");
+        assert!(held.iter().all(|h| blocks[1].contains(h)));
+        assert_eq!(p.blocks(), [blocks[0]]);
+        assert_eq!(p.len(), 62);
+        assert_eq!(p.available(), 0);
+        assert_eq!(p.allocate(), None);
+        assert!(
+            !p.release(held[0]),
+            "an address of the lost block is not ours"
+        );
+        assert!(p.remove_block(blocks[1]).is_empty());
     }
 
     proptest! {

@@ -469,6 +469,9 @@ pub enum ServerCommand {
     /// [`AddressBlocks::ask_more`]); `None`: none could be claimed, so the clients waiting for
     /// an address are refused.
     AddAddressBlock(Option<Ipv4Net>),
+    /// The blocks this node holds now (after it rejoined the database): the others leave the
+    /// pool and their clients reconnect.
+    KeepAddressBlocks(Vec<Ipv4Net>),
 }
 
 /// The directory's answer for a connection.
@@ -1071,6 +1074,10 @@ impl Server {
         let clock = Clock::system();
         match cmd {
             ServerCommand::ReplacePolicy(policy) => self.replace_policy(policy),
+            ServerCommand::KeepAddressBlocks(held) => {
+                self.endpoint.keep_address_blocks(Clock::system(), &held);
+                self.drain();
+            }
             ServerCommand::AddAddressBlock(None) => {
                 self.endpoint.no_address_block(Clock::system());
                 self.drain();

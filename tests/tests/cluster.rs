@@ -533,14 +533,17 @@ fn three_nodes_serve_one_endpoint_and_survive_a_node_and_the_database_going_away
         assert!(c.exited().is_none(), "a client was reset");
     }
 
-    // A node that misses a change's notification (cut off the database while another node
-    // takes it) catches up from the database once it is back: alice's flow through it is cut.
-    let alice_node = wait_for("alice's connection", Duration::from_secs(10), || {
-        connection_of(node(&nodes, 0), &endpoint, "alice")
-    })
-    .0;
+    // A node cut off the database misses a change's notification, and past the stale bound
+    // the others find it dead and record its connections as ended. Back on the database it
+    // applies the change it missed, and its running session is recorded as active again;
+    // its client was never reset.
+    let (alice_node, alice_conn, _) =
+        wait_for("alice's connection", Duration::from_secs(10), || {
+            connection_of(node(&nodes, 0), &endpoint, "alice")
+        });
     let other = (alice_node + 1) % 3;
     net.set_database_link(alice_node, false).unwrap();
+    let cut = Instant::now();
     let out = node(&nodes, other)
         .cli(&[
             "rule",
@@ -557,12 +560,42 @@ fn three_nodes_serve_one_endpoint_and_survive_a_node_and_the_database_going_away
         passes(&net.clients[0]),
         "alice's node has not heard of the revoke while cut off"
     );
+    let status_of_alice = |nodes: &[Option<StoreDaemon>]| {
+        node(nodes, other)
+            .json(&["connection", "list", &endpoint])
+            .ok()
+            .and_then(|v| {
+                v["connections"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["connection-id"] == alice_conn.as_str())
+                    .map(|c| c["status"].as_str().unwrap_or_default().to_string())
+            })
+    };
+    wait_for(
+        "the others record alice's connection as ended",
+        Duration::from_secs(40),
+        || (status_of_alice(&nodes).as_deref() == Some("terminated")).then_some(()),
+    );
+    println!(
+        "node {alice_node} found dead {:?} after it was cut off",
+        cut.elapsed()
+    );
     net.set_database_link(alice_node, true).unwrap();
     let back = Instant::now();
     let caught_up = wait_for("alice's node catches up", Duration::from_secs(15), || {
         (!passes(&net.clients[0])).then(|| back.elapsed())
     });
-    println!("node {alice_node} applied the revoke it missed {caught_up:?} after its database link came back");
+    let active = wait_for(
+        "alice's connection is active again",
+        Duration::from_secs(20),
+        || (status_of_alice(&nodes).as_deref() == Some("active")).then(|| back.elapsed()),
+    );
+    println!(
+        "node {alice_node} back: applied the revoke it missed after {caught_up:?}, its \
+         connection active again after {active:?}"
+    );
+    assert!(clients[0].exited().is_none(), "alice's client was reset");
     drop((echo10, echo20));
     println!("three-node test: {:?}", started.elapsed());
 }

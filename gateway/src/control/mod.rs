@@ -312,6 +312,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     let mut heartbeat = tokio::time::interval(crate::storage::nodes::HEARTBEAT_EVERY);
     let (taken_over_tx, mut taken_over) = mpsc::channel::<String>(1);
+    let (rejoined_tx, mut rejoined) = mpsc::channel::<()>(1);
     // Changes made elsewhere (another node's API, a tool): on a shared database, watch the
     // change counter and resynchronise when it moves; after the database was away, resync
     // whatever the counter says (notifications may have been missed).
@@ -344,8 +345,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             Some(endpoint_id) = address_requests.recv() => daemon.claim_more_addresses(&endpoint_id),
             _ = check.tick() => daemon.reap().await,
             _ = heartbeat.tick() => {
-                let (store, node, tx) = (daemon.store.clone(), node.clone(), taken_over_tx.clone());
-                tokio::task::spawn_blocking(move || beat(&store, &node, &tx));
+                let (store, node, tx, back) = (daemon.store.clone(), node.clone(), taken_over_tx.clone(), rejoined_tx.clone());
+                tokio::task::spawn_blocking(move || beat(&store, &node, &tx, &back));
             }
             _ = changes.tick(), if shared && !polling => {
                 polling = true;
@@ -390,6 +391,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
                     }
                 }
             }
+            Some(()) = rejoined.recv() => daemon.reassert_address_blocks(),
             Some(why) = taken_over.recv() => {
                 error!(reason = %why, "another run of this node serves the database now; stopping");
                 break;
@@ -431,14 +433,22 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
 /// recorded as ended). A node that was swept itself (cut off from the database) rejoins; one
 /// whose name was taken over, or that another host now replaces, is told to stop through
 /// `stop`.
-fn beat(store: &Store, node: &crate::storage::nodes::Node, stop: &mpsc::Sender<String>) {
+fn beat(
+    store: &Store,
+    node: &crate::storage::nodes::Node,
+    stop: &mpsc::Sender<String>,
+    rejoined: &mpsc::Sender<()>,
+) {
     use crate::storage::nodes::Heartbeat;
     match store.node_heartbeat(&node.name, &node.instance, node.address.as_deref()) {
         Ok(Heartbeat::Beat) => {}
-        Ok(Heartbeat::Rejoined) => warn!(
-            node = %node.name,
-            "this node had been presumed dead (no heartbeat reached the database) and rejoined"
-        ),
+        Ok(Heartbeat::Rejoined) => {
+            warn!(
+                node = %node.name,
+                "this node had been presumed dead (no heartbeat reached the database) and rejoined; its running connections are recorded as active again with their next counters"
+            );
+            let _ = rejoined.try_send(());
+        }
         Err(e) if e.code == crate::storage::codes::INCORRECT_STATE => {
             let _ = stop.try_send(e.message);
             return;
@@ -779,6 +789,27 @@ impl Daemon {
             claimed,
             ask_more: self.more_addresses.clone(),
         }))
+    }
+
+    /// After this node rejoined the database (it had been found dead): each running
+    /// endpoint keeps only the address blocks the database still says are this node's (off
+    /// the event loop); clients with an address in a block another node took meanwhile
+    /// reconnect.
+    fn reassert_address_blocks(&self) {
+        if !self.store.is_shared() {
+            return;
+        }
+        for (id, r) in &self.running {
+            let (store, commands, id) = (self.store.clone(), r.commands.clone(), id.clone());
+            tokio::task::spawn_blocking(move || match store.own_address_blocks(&id) {
+                Ok(held) => {
+                    let _ = commands.send(ServerCommand::KeepAddressBlocks(held));
+                }
+                Err(e) => {
+                    warn!(endpoint = %id, error = %e, "address blocks not checked after rejoining")
+                }
+            });
+        }
     }
 
     /// A running endpoint's pool runs low: claims another block for it (off the event loop).

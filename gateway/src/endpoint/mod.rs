@@ -620,6 +620,33 @@ impl Endpoint {
         }
     }
 
+    /// The blocks of the client CIDR this node holds now are `held` (it was cut off the
+    /// database, found dead, and another node claimed some of its blocks meanwhile): blocks
+    /// not among them leave the pool, and the clients with an address in one are told to
+    /// reconnect (RESTART), to get an address this node may hand out.
+    pub fn keep_address_blocks(&mut self, clock: Clock, held: &[Ipv4Net]) {
+        if self.blocks == BlockSupply::WholeCidr {
+            return;
+        }
+        for block in self.pool.blocks() {
+            if held.contains(&block) {
+                continue;
+            }
+            let addresses = self.pool.remove_block(block);
+            warn!(%block, clients = addresses.len(), "address block now held by another node: its clients reconnect");
+            let ids: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.state.client_ip().is_some_and(|ip| block.contains(&ip)))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                self.say_and_end(clock, id, "RESTART", "address-block-lost");
+            }
+        }
+        self.ask_for_addresses_if_low();
+    }
+
     /// The connections waiting for an address block, oldest first.
     fn waiting_for_address(&self) -> Vec<ConnId> {
         let mut ids: Vec<ConnId> = self

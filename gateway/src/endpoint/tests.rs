@@ -560,6 +560,14 @@ fn a_client_waits_for_an_address_block_and_is_refused_without_one() {
     // 62 addresses in the block, fewer than 16 left only later: no second request yet.
     assert_eq!(asked(&w), 1);
 
+    // The node rejoins the database and learns that another node holds that block now: the
+    // client is told to reconnect, and the block's addresses are not handed out again.
+    w.endpoint.keep_address_blocks(w.clock, &[]);
+    w.exchange();
+    assert_eq!(w.ended(), Some("address-block-lost"));
+    assert!(w.client.messages.iter().any(|m| m == "RESTART"));
+    assert_eq!(w.endpoint.addresses_available(), 0);
+
     // No block to claim: the waiting client is refused, saying why.
     let mut w = World::new(LiveSettings::default());
     w.endpoint.use_address_blocks(&[]).unwrap();

@@ -73,6 +73,9 @@ impl Store {
 
     /// Records the counters of many connections in one transaction (one fsync); unknown and
     /// ended connections are skipped. Returns how many were updated.
+    ///
+    /// A connection a sweep recorded as ended (its node was cut off the database long enough
+    /// to be found dead) is active again: counters prove it runs.
     pub fn update_connections(
         &self,
         batch: &[(String, ConnectionCounters)],
@@ -80,6 +83,11 @@ impl Store {
         self.record(|db, now| {
             let mut n = 0;
             for (id, counters) in batch {
+                db.prepare_cached(
+                    "UPDATE connections SET status = 'active', end_time = NULL, swept_at = NULL \
+                     WHERE id = ?1 AND swept_at IS NOT NULL AND status = 'terminated'",
+                )?
+                .execute([id])?;
                 n += set_counters(db, id, *counters, now)?;
             }
             Ok(n)

@@ -227,9 +227,9 @@ impl Store {
                     |r| r.get(0),
                 )?;
                 db.execute(
-                    "UPDATE connections SET status = 'terminated', end_time = last_update_time \
-                     WHERE node = ?1 AND status IN ('active', 'terminating')",
-                    [&name],
+                    "UPDATE connections SET status = 'terminated', end_time = last_update_time, \
+                     swept_at = ?2 WHERE node = ?1 AND status IN ('active', 'terminating')",
+                    params![&name, now.0],
                 )?;
                 db.execute("DELETE FROM nodes WHERE name = ?1", [&name])?;
                 swept.push(SweptNode { name, connections });

@@ -249,6 +249,11 @@ CREATE TABLE address_blocks (
     PRIMARY KEY (endpoint_id, block)
 ) STRICT;
 CREATE INDEX address_blocks_node ON address_blocks(node);
+
+-- When a sweep recorded the connection as ended because its node was found dead (none: it
+-- ended otherwise). A node that was only cut off reports the connection's counters again when
+-- it is back, which makes the connection active again.
+ALTER TABLE connections ADD COLUMN swept_at INTEGER;
 "#,
 ];
 
@@ -470,6 +475,8 @@ CREATE TABLE address_blocks (
     PRIMARY KEY (endpoint_id, block)
 );
 CREATE INDEX address_blocks_node ON address_blocks(node);
+
+ALTER TABLE connections ADD COLUMN swept_at BIGINT;
 "#,
 ];
 

@@ -3952,6 +3952,21 @@ fn a_dead_nodes_connections_are_ended_by_a_live_one_and_a_restart_ends_only_its_
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].0.address.as_deref(), Some("192.0.2.1"));
     assert!(nodes[0].1);
+    // Its session still runs: its next counters make the connection active again (a
+    // connection ended otherwise stays ended).
+    let counters = ConnectionCounters {
+        ingress_bytes: 7,
+        ..Default::default()
+    };
+    assert_eq!(
+        a.update_connections(&[(c1.clone(), counters), (c2.clone(), counters)])
+            .unwrap(),
+        1
+    );
+    assert_eq!(status(&c1), (ConnectionStatus::Active, Some("gw-a".into())));
+    assert_eq!(status(&c2).0, ConnectionStatus::Terminated);
+    a.end_connection(&c1, counters).unwrap();
+    assert_eq!(status(&c1).0, ConnectionStatus::Terminated);
     // A store without a node (one host, or a tool) ends every live connection.
     assert_eq!(fx.store.close_stale_connections().unwrap(), vec![c3]);
 }
