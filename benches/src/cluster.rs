@@ -23,8 +23,9 @@
 //!    restarted and must serve again before the next one dies. The clients notice a dead node
 //!    by the pushed `ping-restart 5` and move to their next `remote`.
 //! 3. **Connects per second.** `--clients` (default 90) logins at once by the sans-IO test
-//!    client (the login benchmark's, `login_client.rs`), certificate authentication, from 30
-//!    source addresses: first all to node 0 (one node), then spread over the three nodes
+//!    client (`cvpn_tests::login_client`, as in the login benchmark), certificate
+//!    authentication, from 30 source addresses: first all to node 0 (one node), then spread
+//!    over the three nodes
 //!    (round robin). Reported: the time until the last is in, connects/s, and the ratio. All
 //!    nodes share this machine's cores, so the ratio shows what the database and the claims
 //!    of address blocks cost, not what three hosts would give.
@@ -35,7 +36,6 @@
 
 #[allow(dead_code)]
 mod common;
-mod login_client;
 
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
@@ -47,6 +47,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
+use cvpn_tests::login_client::Session;
 use cvpn_tests::{
     cluster::{ClusterNet, PRIVATE_HOSTS},
     echo::{probe_loop, UdpEcho},
@@ -57,7 +58,6 @@ use cvpn_tests::{
     Netns,
 };
 use gateway::endpoint::test_client::tls_config;
-use login_client::Session;
 
 const NODES: usize = 3;
 const KEEPALIVE: &str = "[tunnel]\nping = 1\nping_restart = 5\n";

@@ -59,7 +59,6 @@
 // Shared with the other benchmarks; this one uses part of it.
 #[allow(dead_code)]
 mod common;
-mod login_client;
 
 use std::{
     collections::BTreeMap,
@@ -77,6 +76,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use common::{clock_ticks, cpu_seconds, udp_rcvbuf_errors, Forwarding, Logged};
+use cvpn_tests::login_client::{would_block, Session};
 use cvpn_tests::{
     directory_servers::Slapd,
     echo::UdpEcho,
@@ -95,7 +95,6 @@ use gateway::{
         packet::{Header, Opcode},
     },
 };
-use login_client::{would_block, Session};
 
 const PORT: u16 = 1194;
 const PRIVATE: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 10);

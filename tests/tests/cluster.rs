@@ -295,17 +295,26 @@ fn three_nodes_serve_one_endpoint_and_survive_a_node_and_the_database_going_away
     for n in 0..3 {
         net.associate(node(&nodes, 0), &endpoint, n).unwrap();
     }
-    let authorize = |through: &StoreDaemon, dest: &str, group: Option<&str>| {
-        let mut args = vec!["rule", "authorize", &endpoint, "--destination", dest];
+    let rule = |through: &StoreDaemon, verb: &str, dest: &str, group: Option<&str>| {
+        let mut args = vec!["rule", verb, &endpoint, "--destination", dest];
         match group {
             Some(g) => args.extend(["--group", g]),
             None => args.push("--all-groups"),
         }
         through.cli(&args).unwrap()
     };
-    assert_eq!(authorize(node(&nodes, 1), "10.88.0.10/32", None).code, 0);
     assert_eq!(
-        authorize(node(&nodes, 2), "10.88.0.20/32", Some("engineering")).code,
+        rule(node(&nodes, 1), "authorize", "10.88.0.10/32", None).code,
+        0
+    );
+    assert_eq!(
+        rule(
+            node(&nodes, 2),
+            "authorize",
+            "10.88.0.20/32",
+            Some("engineering")
+        )
+        .code,
         0
     );
     for n in 0..3 {
@@ -386,17 +395,12 @@ fn three_nodes_serve_one_endpoint_and_survive_a_node_and_the_database_going_away
     let carol =
         net.clients[2].spawn(move || probe_loop((PRIVATE_HOSTS[0], 7007), Duration::from_secs(3)));
     std::thread::sleep(Duration::from_millis(1000));
-    let out = node(&nodes, other)
-        .cli(&[
-            "rule",
-            "revoke",
-            &endpoint,
-            "--destination",
-            "10.88.0.20/32",
-            "--group",
-            "engineering",
-        ])
-        .unwrap();
+    let out = rule(
+        node(&nodes, other),
+        "revoke",
+        "10.88.0.20/32",
+        Some("engineering"),
+    );
     assert_eq!(out.code, 0, "{out:?}");
     let revoked = Instant::now();
     let (alice, carol) = (
@@ -515,7 +519,7 @@ fn three_nodes_serve_one_endpoint_and_survive_a_node_and_the_database_going_away
         net.clients[0].spawn(move || probe_loop((PRIVATE_HOSTS[0], 7007), Duration::from_secs(4)));
     std::thread::sleep(Duration::from_millis(500));
     net.pg.pause().unwrap();
-    let refused = authorize(node(&nodes, 0), "10.88.0.30/32", None);
+    let refused = rule(node(&nodes, 0), "authorize", "10.88.0.30/32", None);
     assert_ne!(refused.code, 0, "{refused:?}");
     assert!(refused.stderr.contains("ServiceUnavailable"), "{refused:?}");
     let alice_flow = alice_flow.join().unwrap().unwrap();
@@ -527,7 +531,7 @@ fn three_nodes_serve_one_endpoint_and_survive_a_node_and_the_database_going_away
     );
     net.pg.restart().unwrap();
     wait_for("a change is taken again", Duration::from_secs(30), || {
-        (authorize(node(&nodes, 2), "10.88.0.30/32", None).code == 0).then_some(())
+        (rule(node(&nodes, 2), "authorize", "10.88.0.30/32", None).code == 0).then_some(())
     });
     for c in clients.iter_mut().take(2) {
         assert!(c.exited().is_none(), "a client was reset");
@@ -544,16 +548,7 @@ fn three_nodes_serve_one_endpoint_and_survive_a_node_and_the_database_going_away
     let other = (alice_node + 1) % 3;
     net.set_database_link(alice_node, false).unwrap();
     let cut = Instant::now();
-    let out = node(&nodes, other)
-        .cli(&[
-            "rule",
-            "revoke",
-            &endpoint,
-            "--destination",
-            "10.88.0.10/32",
-            "--all-groups",
-        ])
-        .unwrap();
+    let out = rule(node(&nodes, other), "revoke", "10.88.0.10/32", None);
     assert_eq!(out.code, 0, "{out:?}");
     std::thread::sleep(Duration::from_secs(1));
     assert!(
@@ -598,4 +593,144 @@ fn three_nodes_serve_one_endpoint_and_survive_a_node_and_the_database_going_away
     assert!(clients[0].exited().is_none(), "alice's client was reset");
     drop((echo10, echo20));
     println!("three-node test: {:?}", started.elapsed());
+}
+
+/// Issue 11: two nodes never hand out one client address, under concurrent logins to every
+/// node and a node killed and restarted in the middle of them. Every active connection the
+/// database lists has an address of its own, inside a block the database gives its node.
+#[test]
+fn concurrent_logins_and_a_node_restart_never_give_two_connections_one_address() {
+    require_root();
+    let mut net = ClusterNet::new(3, 1).unwrap();
+    for s in 0..10 {
+        net.clients[0]
+            .ip(&format!("addr add 10.99.0.{}/24 dev c0", 200 + s))
+            .unwrap();
+    }
+    let mut nodes: Vec<Option<StoreDaemon>> = Vec::new();
+    for n in 0..3 {
+        // Test clients send no keepalive: the sessions must outlive the check.
+        net.write_node_config(n, "[tunnel]\nping = 10\nping_restart = 60\n")
+            .unwrap();
+        nodes.push(Some(net.start_node(n).unwrap()));
+    }
+    let endpoint = net.create_endpoint(node(&nodes, 0)).unwrap();
+    for n in 0..3 {
+        net.associate(node(&nodes, 0), &endpoint, n).unwrap();
+    }
+    for n in 0..3 {
+        wait_for(
+            "every node serves the endpoint",
+            Duration::from_secs(10),
+            || {
+                node(&nodes, n)
+                    .daemon
+                    .log()
+                    .iter()
+                    .any(|l| l.contains("endpoint started"))
+                    .then_some(())
+            },
+        );
+    }
+    let ca = net.ca.cert_pem();
+    let certs: Vec<_> = (0..150)
+        .map(|i| net.ca.client(&format!("u{i}"), &["engineering"]).unwrap())
+        .collect();
+    // A burst of logins, `n` of them from certificate `first` on, to the three nodes in
+    // turn; returns how many got in.
+    let burst = |net: &ClusterNet, first: usize, n: usize, during: &dyn Fn()| -> usize {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+        let threads: Vec<_> = (first..first + n)
+            .map(|i| {
+                let src = std::net::Ipv4Addr::new(10, 99, 0, 200 + (i % 10) as u8);
+                let sock = net.clients[0]
+                    .run(move || Ok(std::net::UdpSocket::bind((src, 0))?))
+                    .unwrap();
+                let server: SocketAddr = format!("{}:443", ClusterNet::node_wan(i % 3))
+                    .parse()
+                    .unwrap();
+                let tls =
+                    gateway::endpoint::test_client::tls_config(&ca, &certs[i].cert, &certs[i].key)
+                        .unwrap();
+                let mut s =
+                    cvpn_tests::login_client::Session::new(sock, server, tls, None).unwrap();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    s.login(Instant::now() + Duration::from_secs(20)).is_ok()
+                })
+            })
+            .collect();
+        barrier.wait();
+        during();
+        // A session outlives its socket here: UDP tells the node nothing, and the node keeps
+        // it until its keepalive runs out (120 s).
+        threads
+            .into_iter()
+            .map(|t| usize::from(t.join().unwrap()))
+            .sum::<usize>()
+    };
+    let first = burst(&net, 0, 60, &|| {});
+    assert_eq!(first, 60, "every login of the first burst gets in");
+    // The second burst while node 1 is killed and restarted: its own logins may fail, the
+    // others' may not.
+    let dying = std::cell::RefCell::new(nodes[1].take());
+    let restarted = std::cell::RefCell::new(None);
+    let second = burst(&net, 60, 90, &|| {
+        std::thread::sleep(Duration::from_millis(20));
+        if let Some(mut dead) = dying.borrow_mut().take() {
+            dead.daemon.kill();
+        }
+        *restarted.borrow_mut() = Some(net.start_node(1).unwrap());
+    });
+    nodes[1] = restarted.into_inner();
+    assert!(
+        second >= 60,
+        "the live nodes' logins got in: {second} of 90"
+    );
+
+    // The database's view: active connections, and which node holds which block.
+    let active = active_connections(node(&nodes, 2), &endpoint);
+    assert!(active.len() >= 100, "{} active", active.len());
+    let url = net.database_url();
+    let blocks: Vec<(String, ipnet::Ipv4Net, String)> = net
+        .database_host()
+        .run(move || {
+            let cfg = gateway::control::DaemonConfig::parse(
+                &format!("database = {url:?}\nnode_name = \"checker\"\n"),
+                "test",
+            )?;
+            let store = gateway::storage::Store::open(
+                cfg.store_options().map_err(|e| anyhow::anyhow!("{e}"))?,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            store
+                .describe_address_blocks()
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })
+        .unwrap();
+    let mut seen = std::collections::HashMap::new();
+    for c in &active {
+        let ip: std::net::Ipv4Addr = c["client-ip"].as_str().unwrap().parse().unwrap();
+        let holder = c["node"].as_str().unwrap();
+        if let Some(other) = seen.insert(ip, c["connection-id"].clone()) {
+            panic!("{ip} is held by {other} and {}", c["connection-id"]);
+        }
+        assert!(
+            blocks
+                .iter()
+                .any(|(e, b, n)| *e == endpoint && b.contains(&ip) && n == holder),
+            "{ip} of a connection on {holder} lies in no block of {holder}: {blocks:?}"
+        );
+    }
+    println!(
+        "{} active connections, {} addresses, {} blocks: {:?}",
+        active.len(),
+        seen.len(),
+        blocks.len(),
+        blocks
+            .iter()
+            .map(|(_, b, n)| format!("{b}@{n}"))
+            .collect::<Vec<_>>()
+    );
 }

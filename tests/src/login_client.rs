@@ -1,4 +1,4 @@
-//! One client for the login benchmarks: the project's sans-IO test client
+//! One client for the login benchmarks and the cluster tests: the project's sans-IO test client
 //! (`gateway::endpoint::test_client`, which speaks as a stock 2.6 client) on a UDP socket, with
 //! a stock client's retransmissions: unacknowledged control packets are sent again after 2 s,
 //! then 4, 8… (`tls-timeout`), and `PUSH_REQUEST` goes out as soon as the keys exist and every
