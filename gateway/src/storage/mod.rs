@@ -735,6 +735,15 @@ impl Store {
         self.path.display().to_string()
     }
 
+    /// The PostgreSQL pool, for tests that need a raw transaction.
+    #[cfg(test)]
+    pub(crate) fn pg_pool(&self) -> Option<&sql::PgPool> {
+        match &self.backend {
+            Backend::Postgres(p) => Some(p),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
     /// Whether the store is a PostgreSQL database (that other nodes may share).
     pub fn is_shared(&self) -> bool {
         matches!(self.backend, Backend::Postgres(_))

@@ -43,9 +43,12 @@ pub enum Error {
     /// SQLite said no.
     #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
-    /// PostgreSQL said no, or could not be reached.
+    /// PostgreSQL said no.
     #[error("{0}")]
     Postgres(String),
+    /// PostgreSQL did not answer (a deadline, the silence backoff, a lost connection).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A statement's result.
@@ -53,7 +56,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl From<Error> for crate::model::ApiError {
     fn from(e: Error) -> Self {
-        crate::model::ApiError::internal(format!("database: {e}"))
+        match e {
+            Error::Unavailable(message) => unavailable_message(&message),
+            e => crate::model::ApiError::internal(format!("database: {e}")),
+        }
     }
 }
 
@@ -358,7 +364,7 @@ impl<'c> Db<'c> {
         if e.retryable {
             self.retry.set(true);
         }
-        Error::Postgres(e.message)
+        Error::from(e)
     }
 
     pub(super) fn must_retry(&self) -> bool {
@@ -456,6 +462,11 @@ impl From<rusqlite::types::ValueRef<'_>> for Value {
 /// How long one PostgreSQL statement (or getting a connection) may take before it fails: a
 /// database that hangs must not hang the API or the daemon.
 pub const PG_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a call found the database silent (no answer within [`PG_STATEMENT_TIMEOUT`]), calls
+/// fail at once for this long instead of each waiting out the deadline: a daemon whose
+/// resynchronisation meets a database that just went silent loses one deadline, not one per
+/// read, and administrators get their refusal at once.
+pub const PG_SILENCE_BACKOFF: Duration = Duration::from_secs(5);
 /// How many times a serializable write that lost to a concurrent one is run (the first time
 /// included).
 pub const PG_WRITE_ATTEMPTS: usize = 12;
@@ -465,6 +476,9 @@ pub const PG_POOL_SIZE: usize = 8;
 struct PgError {
     message: String,
     retryable: bool,
+    /// The database did not answer (a deadline, the silence backoff, a lost connection):
+    /// the call is refused as unavailable, not as an internal error.
+    silent: bool,
 }
 
 impl From<tokio_postgres::Error> for PgError {
@@ -494,13 +508,21 @@ impl PgError {
                 message
             }
         };
-        PgError { message, retryable }
+        PgError {
+            message,
+            retryable,
+            silent: e.is_closed(),
+        }
     }
 }
 
 impl From<PgError> for Error {
     fn from(e: PgError) -> Self {
-        Error::Postgres(e.message)
+        if e.silent {
+            Error::Unavailable(e.message)
+        } else {
+            Error::Postgres(e.message)
+        }
     }
 }
 
@@ -510,6 +532,9 @@ pub struct PgPool {
     /// What the pool connects with: a listener ([`PgPool::listen`]) makes its own connection.
     config: Box<tokio_postgres::Config>,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Until when calls fail at once: the database was found silent (see
+    /// [`PG_SILENCE_BACKOFF`]).
+    silent_until: std::sync::Mutex<Option<std::time::Instant>>,
     runtime: tokio::runtime::Handle,
     /// Ends the runtime's thread when the pool is dropped.
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -555,8 +580,12 @@ impl PgPool {
                 });
             })
             .map_err(|e| format!("cannot start the database thread: {e}"))?;
+        // Every connection taken from the pool first rolls back whatever transaction a call
+        // left open (one cut by the deadline, or whose ROLLBACK the silence backoff refused),
+        // so no later call's COMMIT can commit another call's half-done writes. A connection
+        // that cannot (still busy with a statement past its deadline) is dropped.
         let manager_config = deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            recycling_method: deadpool_postgres::RecyclingMethod::Custom("ROLLBACK".into()),
         };
         let tls = match tls {
             PgTls::None => None,
@@ -589,6 +618,7 @@ impl PgPool {
             pool,
             config: Box::new(config),
             tls,
+            silent_until: std::sync::Mutex::new(None),
             runtime,
             _stop: stop_tx,
             target,
@@ -609,26 +639,54 @@ impl PgPool {
         what: &'static str,
         fut: impl Future<Output = std::result::Result<T, PgError>> + Send + 'static,
     ) -> std::result::Result<T, PgError> {
+        let silent_until = *self.silent_until.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(until) = silent_until {
+            if std::time::Instant::now() < until {
+                return Err(PgError {
+                    message: format!(
+                        "the database did not answer within {} s a moment ago; calls fail at \
+                         once until {} s have passed",
+                        PG_STATEMENT_TIMEOUT.as_secs(),
+                        PG_SILENCE_BACKOFF.as_secs()
+                    ),
+                    retryable: false,
+                    silent: true,
+                });
+            }
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.runtime.spawn(async move {
             let out = match tokio::time::timeout(PG_STATEMENT_TIMEOUT, fut).await {
-                Ok(out) => out,
-                Err(_) => Err(PgError {
-                    message: format!(
-                        "the database did not answer {what} within {} s",
-                        PG_STATEMENT_TIMEOUT.as_secs()
-                    ),
-                    retryable: false,
-                }),
+                Ok(out) => (out, false),
+                Err(_) => (
+                    Err(PgError {
+                        message: format!(
+                            "the database did not answer {what} within {} s",
+                            PG_STATEMENT_TIMEOUT.as_secs()
+                        ),
+                        retryable: false,
+                        silent: true,
+                    }),
+                    true,
+                ),
             };
             let _ = tx.send(out);
         });
-        rx.recv().unwrap_or_else(|_| {
-            Err(PgError {
-                message: "the database thread has stopped".into(),
-                retryable: false,
-            })
-        })
+        let (out, timed_out) = rx.recv().unwrap_or_else(|_| {
+            (
+                Err(PgError {
+                    message: "the database thread has stopped".into(),
+                    retryable: false,
+                    silent: false,
+                }),
+                false,
+            )
+        });
+        if timed_out {
+            *self.silent_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(std::time::Instant::now() + PG_SILENCE_BACKOFF);
+        }
+        out
     }
 
     fn connection(&self) -> std::result::Result<PgTx<'_>, PgError> {
@@ -638,6 +696,7 @@ impl PgPool {
             pool.get().await.map_err(|e| PgError {
                 message: format!("cannot reach the database at {target}: {}", pool_error(&e)),
                 retryable: false,
+                silent: true,
             })
         })?;
         Ok(PgTx {
@@ -813,11 +872,15 @@ fn pool_error(e: &deadpool_postgres::PoolError) -> String {
 
 /// A PostgreSQL error the operator sees: what failed, and that changes wait for the database.
 fn unavailable(e: PgError) -> crate::model::ApiError {
+    unavailable_message(&e.message)
+}
+
+/// `ServiceUnavailable`, saying what the database did and what it means for the VPN.
+fn unavailable_message(message: &str) -> crate::model::ApiError {
     crate::model::ApiError::new(
         crate::model::codes::SERVICE_UNAVAILABLE,
         format!(
-            "{}; running sessions continue with their current policy, changes are refused until the database answers again",
-            e.message
+            "{message}; running sessions continue with their current policy, changes are refused until the database answers again"
         ),
     )
 }
@@ -888,6 +951,7 @@ fn pg_value(r: &tokio_postgres::Row, i: usize) -> std::result::Result<Value, PgE
         return Err(PgError {
             message: format!("column {i} has type {ty}, which the store does not read"),
             retryable: false,
+            silent: false,
         });
     };
     Ok(v.unwrap_or(Value::Null))

@@ -4040,3 +4040,56 @@ fn a_user_holds_at_most_ten_live_portal_certificates() {
         .issue_portal_certificate(&eid, "alice", hour)
         .unwrap();
 }
+
+/// A transaction cut by the statement deadline leaves nothing behind: its writes are never
+/// committed by a later call that gets the same connection, and the calls right after it fail
+/// at once (the silence backoff) rather than each waiting out the deadline.
+#[test]
+fn a_transaction_cut_by_the_deadline_leaves_nothing_behind() {
+    let fx = Fx::new();
+    let Some(pool) = fx.store.pg_pool() else {
+        eprintln!(
+            "a_transaction_cut_by_the_deadline: PostgreSQL runs only (SQLite has no deadline)"
+        );
+        return;
+    };
+    pool.batch("CREATE TABLE deadline_probe (n BIGINT)")
+        .unwrap();
+    let e = pool
+        .transaction("BEGIN", 1, |db| {
+            db.execute("INSERT INTO deadline_probe (n) VALUES (1)", ())?;
+            db.query_all("SELECT pg_sleep(12)::text", (), |_| Ok(()))?;
+            Ok(())
+        })
+        .unwrap_err();
+    assert_eq!(e.code, codes::SERVICE_UNAVAILABLE, "{e}");
+    assert!(e.message.contains("did not answer"), "{e}");
+    // Right after: refused at once, saying why.
+    let t = std::time::Instant::now();
+    let e = pool
+        .transaction("BEGIN", 1, |db| {
+            Ok(db.query_all("SELECT 1::text", (), |_| Ok(()))?)
+        })
+        .unwrap_err();
+    assert!(t.elapsed() < std::time::Duration::from_secs(1), "{e}");
+    assert!(e.message.contains("a moment ago"), "{e}");
+    std::thread::sleep(sql::PG_SILENCE_BACKOFF + std::time::Duration::from_millis(200));
+    // Later calls, whichever connection they get, commit only their own writes.
+    for n in 2..5 {
+        pool.transaction("BEGIN", 1, |db| {
+            db.execute("INSERT INTO deadline_probe (n) VALUES (?1)", [n])?;
+            Ok(())
+        })
+        .unwrap();
+    }
+    let rows: Vec<i64> = pool
+        .transaction("BEGIN", 1, |db| {
+            Ok(db.query_all("SELECT n FROM deadline_probe ORDER BY n", (), |r| r.get(0))?)
+        })
+        .unwrap();
+    assert_eq!(
+        rows,
+        [2, 3, 4],
+        "the cut transaction's insert was committed"
+    );
+}
