@@ -17,6 +17,7 @@
 //! every few seconds, end), so `cvpn connection list` shows them.
 
 pub mod config;
+pub mod reads;
 pub mod recorder;
 
 use std::collections::HashMap;
@@ -39,6 +40,7 @@ use crate::server::{LiveSettings, Server, ServerCommand, ServerSettings};
 use crate::storage::{EndpointStatus, Store};
 
 pub use self::config::DaemonConfig;
+use self::reads::off_loop;
 use self::recorder::StoreRecorder;
 
 /// How often records past the retention period are removed from the database.
@@ -489,6 +491,41 @@ fn pem_tls_config(
         .with_context(|| format!("{} and {}", cert.display(), key.display()))
 }
 
+/// What starting endpoint `id` needs from the database (blocking): the endpoint, and on a
+/// shared database the blocks of its client CIDR this node hands out addresses from.
+fn prepare_start(
+    store: &Store,
+    id: &str,
+) -> Result<(reads::EndpointRead, Option<Vec<ipnet::Ipv4Net>>)> {
+    let r = reads::EndpointRead::read(store, id).map_err(|e| anyhow!("{e}"))?;
+    Ok((r, claim_blocks(store, id)?))
+}
+
+/// On a shared database, the blocks of endpoint `id`'s client CIDR this node hands out
+/// addresses from: those it holds, or a newly claimed one. `None` (a database of one node):
+/// the whole client CIDR.
+fn claim_blocks(store: &Store, id: &str) -> Result<Option<Vec<ipnet::Ipv4Net>>> {
+    if !store.is_shared() {
+        return Ok(None);
+    }
+    let store_err = |e: crate::storage::ApiError| anyhow!("{e}");
+    let mut claimed = store.own_address_blocks(id).map_err(store_err)?;
+    if claimed.is_empty() {
+        let block = store
+            .claim_address_block(id)
+            .map_err(store_err)?
+            .ok_or_else(|| {
+                anyhow!(
+                    "every block of the endpoint's client CIDR is held by other live nodes: give \
+                 the endpoint a larger client CIDR, or serve it from fewer nodes"
+                )
+            })?;
+        info!(endpoint = %id, %block, "address block claimed");
+        claimed.push(block);
+    }
+    Ok(Some(claimed))
+}
+
 impl Daemon {
     /// An endpoint's directory and the authenticator that runs its checks. A directory whose
     /// settings cannot be used (this is logged) gives no authenticator: its sign-ins fail
@@ -496,27 +533,18 @@ impl Daemon {
     fn directory_checks(
         &self,
         endpoint_id: &str,
-    ) -> Result<(Option<Directory>, Option<Arc<Authenticator>>)> {
-        let store_err = |e: crate::storage::ApiError| anyhow!("{e}");
-        let Some(dir) = self
-            .store
-            .endpoint_directory(endpoint_id)
-            .map_err(store_err)?
-        else {
-            return Ok((None, None));
+        read: Option<&reads::DirectoryRead>,
+    ) -> (Option<Directory>, Option<Arc<Authenticator>>) {
+        let Some(read) = read else {
+            return (None, None);
         };
-        let secrets = self
-            .store
-            .directory_secrets(&dir.directory_id)
-            .map_err(store_err)?;
-        let enrolled = self
-            .store
-            .mfa_secrets(&dir.directory_id)
-            .map_err(store_err)?
-            .into_iter()
+        let (dir, secrets) = (&read.directory, &read.secrets);
+        let enrolled = read
+            .enrolled
+            .iter()
             .filter_map(
-                |(user, bytes)| match crate::auth::totp::TotpSecret::from_bytes(&bytes) {
-                    Ok(secret) => Some((user, secret)),
+                |(user, bytes)| match crate::auth::totp::TotpSecret::from_bytes(bytes) {
+                    Ok(secret) => Some((user.clone(), secret)),
                     Err(e) => {
                         warn!(directory = %dir.directory_id, %user, error = %e, "unusable TOTP enrolment skipped: enrol the user again");
                         None
@@ -531,14 +559,14 @@ impl Daemon {
             .entry(dir.directory_id.clone())
             .or_insert_with(|| Arc::new(TotpVerifier::new()))
             .clone();
-        let authenticator = match Authenticator::new(&dir, &secrets, enrolled, verifier) {
+        let authenticator = match Authenticator::new(dir, secrets, enrolled, verifier) {
             Ok(a) => Some(Arc::new(a)),
             Err(e) => {
                 error!(endpoint = %endpoint_id, error = %e, "directory settings unusable: its sign-ins fail until they are fixed");
                 None
             }
         };
-        Ok((Some(dir), authenticator))
+        (Some(dir.clone()), authenticator)
     }
 
     /// An endpoint's single sign-on: the policy the endpoint core follows and the link to the
@@ -548,6 +576,7 @@ impl Daemon {
     fn sso_checks(
         &self,
         ep: &crate::storage::Endpoint,
+        idp: Option<&(crate::model::IdentityProvider, crate::model::IdpSecrets)>,
     ) -> Result<(Option<SsoPolicy>, Option<crate::server::SsoLink>)> {
         let id = &ep.client_vpn_endpoint_id;
         let Some(idp_id) = ep.idp_id() else {
@@ -560,17 +589,14 @@ impl Daemon {
                  and public_url to the daemon configuration (cvpn.toml), then restart the daemon"
             )
         })?;
-        let (idp, secrets) = self
-            .store
-            .endpoint_identity_provider(id)
-            .map_err(|e| anyhow!("{e}"))?
-            .ok_or_else(|| anyhow!("identity provider {idp_id} of endpoint {id} is gone"))?;
+        let (idp, secrets) =
+            idp.ok_or_else(|| anyhow!("identity provider {idp_id} of endpoint {id} is gone"))?;
         let link = {
             let mut idps = self.idps.lock().unwrap_or_else(|e| e.into_inner());
             match idps.get(&idp.id) {
                 Some(l) => l.clone(),
                 None => {
-                    let made = Arc::new(sso_idp(&idp, &secrets, &web.public_url)?);
+                    let made = Arc::new(sso_idp(idp, secrets, &web.public_url)?);
                     idps.insert(idp.id.clone(), made.clone());
                     made
                 }
@@ -633,19 +659,25 @@ impl Daemon {
     /// Sends a running endpoint the settings it takes without a restart, and the checks of
     /// its directory, as the store has them now.
     fn send_live(&self, id: &str) {
-        let read = self
-            .store
-            .describe_endpoint(id)
-            .map_err(|e| anyhow!("{e}"))
-            .and_then(|ep| {
-                let (dir, auth) = self.directory_checks(id)?;
-                let (sso, link) = self.sso_checks(&ep)?;
-                Ok((
-                    live_settings(&ep, &self.config.connect_handler, dir.as_ref(), sso)?,
-                    auth,
-                    link,
-                ))
-            });
+        match reads::EndpointRead::read(&self.store, id) {
+            Ok(r) => self.send_live_from(&r),
+            Err(e) => warn!(endpoint = %id, error = %e, "settings not applied"),
+        }
+    }
+
+    /// [`Self::send_live`] on what was read already.
+    fn send_live_from(&self, r: &reads::EndpointRead) {
+        let ep = &r.endpoint;
+        let id = ep.client_vpn_endpoint_id.as_str();
+        let read = (|| {
+            let (dir, auth) = self.directory_checks(id, r.directory.as_ref());
+            let (sso, link) = self.sso_checks(ep, r.idp.as_ref())?;
+            Ok::<_, anyhow::Error>((
+                live_settings(ep, &self.config.connect_handler, dir.as_ref(), sso)?,
+                auth,
+                link,
+            ))
+        })();
         match read {
             Ok((live, auth, link)) => {
                 self.portal.set_access(
@@ -676,7 +708,9 @@ impl Daemon {
         for ep in endpoints {
             match ep.status {
                 EndpointStatus::Deleting => self.finish_deletion(&ep.client_vpn_endpoint_id),
-                EndpointStatus::Available if self.serves(&ep.client_vpn_endpoint_id) => {
+                EndpointStatus::Available
+                    if self.serves(&ep.client_vpn_endpoint_id) == Some(true) =>
+                {
                     self.start(&ep.client_vpn_endpoint_id)
                 }
                 _ => {}
@@ -691,15 +725,15 @@ impl Daemon {
         }
     }
 
-    /// The server settings of an endpoint, from the store, and a digest of everything in them
-    /// that only a restart of the listener applies.
-    fn settings(&self, id: &str) -> Result<(ServerSettings, Vec<u8>)> {
-        let store_err = |e: crate::storage::ApiError| anyhow!("{e}");
-        let ep = self.store.describe_endpoint(id).map_err(store_err)?;
+    /// The server settings of an endpoint as read ([`reads::EndpointRead`]), and a digest of
+    /// everything in them that only a restart of the listener applies.
+    fn settings(&self, r: &reads::EndpointRead) -> Result<(ServerSettings, Vec<u8>)> {
+        let ep = &r.endpoint;
+        let id = ep.client_vpn_endpoint_id.as_str();
         // A federated endpoint whose sign-in cannot run is not served at all (fail closed):
         // without it, a federated-only endpoint would admit clients with no credentials.
-        let (sso_policy, sso_link) = self.sso_checks(&ep)?;
-        let secrets = self.store.endpoint_secrets(id).map_err(store_err)?;
+        let (sso_policy, sso_link) = self.sso_checks(ep, r.idp.as_ref())?;
+        let secrets = &r.secrets;
         let tls = TlsMaterial::from_pem(
             &secrets.server_certificate_pem,
             &secrets.server_private_key_pem,
@@ -721,7 +755,7 @@ impl Daemon {
         let fingerprint = ring::digest::digest(&ring::digest::SHA256, listener_settings.as_bytes())
             .as_ref()
             .to_vec();
-        let (directory, authenticator) = self.directory_checks(id)?;
+        let (directory, authenticator) = self.directory_checks(id, r.directory.as_ref());
         let c = &self.config;
         let settings = ServerSettings {
             listen: SocketAddr::new(c.listen_address, ep.vpn_port),
@@ -730,8 +764,8 @@ impl Daemon {
             tls,
             split_tunnel: ep.split_tunnel,
             dns_servers: ep.dns_servers.clone(),
-            targets: self.store.target_specs(id).map_err(store_err)?,
-            policy: self.store.policy_for(id).map_err(store_err)?,
+            targets: r.targets.clone(),
+            policy: r.policy.clone(),
             tun_name: tun_name(id),
             ciphers: ServerSettings::default_ciphers(),
             force_tls_prf: false,
@@ -748,7 +782,7 @@ impl Daemon {
             print_log_lines: ep.connection_log_options.enabled
                 && ep.connection_log_options.stdout
                 && !c.log.stdout,
-            live: live_settings(&ep, &c.connect_handler, directory.as_ref(), sso_policy)?,
+            live: live_settings(ep, &c.connect_handler, directory.as_ref(), sso_policy)?,
             authenticator,
             sso: sso_link,
             // Endpoints of one daemon may share a target interface: each its own SNAT ports.
@@ -762,33 +796,16 @@ impl Daemon {
         Ok((settings, fingerprint))
     }
 
-    /// On a shared database, the blocks of the endpoint's client CIDR this node hands out
-    /// addresses from: those it holds, or a newly claimed one. `None` (a database of one
-    /// node): the whole client CIDR.
-    fn address_blocks(&self, id: &str) -> Result<Option<crate::server::AddressBlocks>> {
-        if !self.store.is_shared() {
-            return Ok(None);
-        }
-        let store_err = |e: crate::storage::ApiError| anyhow!("{e}");
-        let mut claimed = self.store.own_address_blocks(id).map_err(store_err)?;
-        if claimed.is_empty() {
-            let block = self
-                .store
-                .claim_address_block(id)
-                .map_err(store_err)?
-                .ok_or_else(|| {
-                    anyhow!(
-                    "every block of the endpoint's client CIDR is held by other live nodes: give \
-                     the endpoint a larger client CIDR, or serve it from fewer nodes"
-                )
-                })?;
-            info!(endpoint = %id, %block, "address block claimed");
-            claimed.push(block);
-        }
-        Ok(Some(crate::server::AddressBlocks {
+    /// The address blocks a starting endpoint hands out addresses from ([`claim_blocks`]),
+    /// with the way to ask for more. `None`: the whole client CIDR.
+    fn address_blocks(
+        &self,
+        claimed: Option<Vec<ipnet::Ipv4Net>>,
+    ) -> Option<crate::server::AddressBlocks> {
+        claimed.map(|claimed| crate::server::AddressBlocks {
             claimed,
             ask_more: self.more_addresses.clone(),
-        }))
+        })
     }
 
     /// After this node rejoined the database (it had been found dead): each running
@@ -840,12 +857,12 @@ impl Daemon {
 
     /// Whether this node serves endpoint `id`: it is available and has a target network
     /// association of this node (see [`Store::serves_endpoint`]).
-    fn serves(&self, id: &str) -> bool {
+    fn serves(&self, id: &str) -> Option<bool> {
         match self.store.serves_endpoint(id) {
-            Ok(s) => s,
+            Ok(s) => Some(s),
             Err(e) => {
-                warn!(endpoint = %id, error = %e, "cannot tell whether this node serves the endpoint");
-                false
+                warn!(endpoint = %id, error = %e, "cannot tell whether this node serves the endpoint; nothing changes");
+                None
             }
         }
     }
@@ -856,14 +873,35 @@ impl Daemon {
         if self.running.contains_key(id) {
             return;
         }
+        let prepared = prepare_start(&self.store, id);
+        self.start_prepared(id, prepared);
+    }
+
+    /// [`Self::start`] with the database read off the event loop.
+    async fn start_off_loop(&mut self, id: &str) {
+        if self.running.contains_key(id) {
+            return;
+        }
+        let id2 = id.to_string();
+        let prepared = off_loop(&self.store, move |s| prepare_start(s, &id2))
+            .await
+            .unwrap_or_else(|| Err(anyhow!("reading the endpoint failed (a panic)")));
+        self.start_prepared(id, prepared);
+    }
+
+    fn start_prepared(
+        &mut self,
+        id: &str,
+        prepared: Result<(reads::EndpointRead, Option<Vec<ipnet::Ipv4Net>>)>,
+    ) {
         let fail = |listeners: &crate::api::Listeners, e: anyhow::Error| {
             error!(endpoint = %id, error = format!("{e:#}"), "endpoint not started");
             listeners.set(id, "failed", Some(format!("{e:#}")));
         };
-        let (settings, fingerprint) = match self
-            .settings(id)
-            .and_then(|(s, f)| Ok((s, f, self.address_blocks(id)?)))
-        {
+        let (settings, fingerprint) = match prepared.and_then(|(r, blocks)| {
+            let (s, f) = self.settings(&r)?;
+            Ok((s, f, self.address_blocks(blocks)))
+        }) {
             Ok((s, f, address_blocks)) => (
                 ServerSettings {
                     address_blocks,
@@ -1000,12 +1038,13 @@ impl Daemon {
             status: Some(crate::storage::ConnectionStatus::Terminating),
             ..Default::default()
         };
-        let conns = match self.store.describe_connections(&filter) {
-            Ok(c) => c,
-            Err(e) => {
+        let conns = match off_loop(&self.store, move |s| s.describe_connections(&filter)).await {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
                 warn!(error = %e, "cannot list connections being terminated");
                 return;
             }
+            None => return,
         };
         let mut by_endpoint: HashMap<String, Vec<String>> = HashMap::new();
         for c in conns {
@@ -1031,30 +1070,67 @@ impl Daemon {
     /// the others, restarts those whose listener settings changed, and reapplies every running
     /// one's policy and CRL.
     async fn resync(&mut self) {
-        let endpoints = match self.store.describe_endpoints(&[]) {
-            Ok(e) => e,
-            Err(e) => {
+        // Everything is read off the event loop (the endpoints' traffic goes on meanwhile),
+        // then applied. A read that fails changes nothing that runs.
+        let read = off_loop(&self.store, |s| {
+            let endpoints = s.describe_endpoints(&[])?;
+            let reads: HashMap<String, Result<reads::EndpointRead, crate::storage::ApiError>> =
+                endpoints
+                    .iter()
+                    .filter(|e| e.status == EndpointStatus::Available)
+                    .map(|e| {
+                        let id = e.client_vpn_endpoint_id.clone();
+                        let r = reads::EndpointRead::read(s, &id);
+                        (id, r)
+                    })
+                    .collect();
+            Ok::<_, crate::storage::ApiError>((endpoints, reads))
+        })
+        .await;
+        let (endpoints, reads) = match read {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
                 error!(error = %e, "cannot list endpoints; nothing resynchronised");
                 return;
             }
+            None => return,
         };
         let running: Vec<String> = self.running.keys().cloned().collect();
         for id in running {
-            if !endpoints
-                .iter()
-                .any(|e| e.client_vpn_endpoint_id == id && e.status == EndpointStatus::Available)
-                || !self.serves(&id)
-            {
+            let keep = match reads.get(&id) {
+                Some(Ok(r)) => r.serves,
+                Some(Err(_)) => true,
+                // No longer available (or gone).
+                None => false,
+            };
+            if !keep {
                 self.stop(&id).await;
             }
         }
         for ep in endpoints {
             let id = ep.client_vpn_endpoint_id.clone();
             match ep.status {
-                EndpointStatus::Deleting => self.finish_deletion(&id),
-                EndpointStatus::Available if self.serves(&id) => {
-                    let changed = match (self.running.get(&id), self.settings(&id)) {
-                        (Some(r), Ok((_, f))) => r.fingerprint != f,
+                EndpointStatus::Deleting => {
+                    let id2 = id.clone();
+                    match off_loop(&self.store, move |s| s.finish_endpoint_deletion(&id2)).await {
+                        Some(Ok(_)) => info!(endpoint = %id, "endpoint deleted"),
+                        Some(Err(e)) => {
+                            warn!(endpoint = %id, error = %e, "endpoint deletion not finished")
+                        }
+                        None => {}
+                    }
+                }
+                EndpointStatus::Available => {
+                    let r = match reads.get(&id) {
+                        Some(Ok(r)) if r.serves => r,
+                        Some(Err(e)) => {
+                            warn!(endpoint = %id, error = %e, "not resynchronised: its current settings stay");
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    let changed = match (self.running.get(&id), self.settings(r)) {
+                        (Some(run), Ok((_, f))) => run.fingerprint != f,
                         _ => false,
                     };
                     if changed {
@@ -1062,35 +1138,33 @@ impl Daemon {
                         self.stop(&id).await;
                     }
                     if self.running.contains_key(&id) {
-                        self.on_event(ControlEvent::PolicyChanged {
-                            endpoint_id: id.clone(),
-                        })
-                        .await;
+                        self.command(
+                            &id,
+                            ServerCommand::ReplaceNetwork {
+                                targets: r.targets.clone(),
+                                policy: r.policy.clone(),
+                            },
+                        );
                         // The serials of the stored CRL, parsed as its import did.
-                        let revoked = self
-                            .store
-                            .endpoint_secrets(&id)
-                            .ok()
-                            .and_then(|s| {
-                                let pem = s.crl_pem?;
+                        let revoked = r
+                            .secrets
+                            .crl_pem
+                            .as_deref()
+                            .and_then(|pem| {
                                 crate::storage::validate::crl(
                                     "crl",
-                                    &pem,
-                                    &s.client_ca_pem,
+                                    pem,
+                                    &r.secrets.client_ca_pem,
                                     usize::MAX,
                                 )
                                 .ok()
                             })
                             .map(|p| p.revoked_serials)
                             .unwrap_or_default();
-                        self.on_event(ControlEvent::CrlChanged {
-                            endpoint_id: id.clone(),
-                            revoked_serials: revoked,
-                        })
-                        .await;
-                        self.send_live(&id);
+                        self.replace_tls(&id, &r.secrets, revoked);
+                        self.send_live_from(r);
                     } else {
-                        self.start(&id);
+                        self.start_off_loop(&id).await;
                     }
                 }
                 _ => {}
@@ -1100,6 +1174,33 @@ impl Daemon {
             endpoints = self.running.len(),
             "resynchronised with the database"
         );
+    }
+
+    /// New TLS material for a running endpoint from its stored secrets; the sessions of
+    /// `revoked_serials` end.
+    fn replace_tls(
+        &self,
+        id: &str,
+        secrets: &crate::storage::EndpointSecrets,
+        revoked_serials: Vec<String>,
+    ) {
+        match TlsMaterial::from_pem(
+            &secrets.server_certificate_pem,
+            &secrets.server_private_key_pem,
+            &secrets.client_ca_pem,
+            secrets.crl_pem.as_deref(),
+        ) {
+            Ok(tls) => {
+                self.command(
+                    id,
+                    ServerCommand::ReplaceTls {
+                        tls,
+                        revoked_serials,
+                    },
+                );
+            }
+            Err(e) => warn!(endpoint = %id, error = %e, "new CRL not applied"),
+        }
     }
 
     fn command(&self, id: &str, cmd: ServerCommand) -> bool {
@@ -1118,7 +1219,7 @@ impl Daemon {
                 EndpointChange::Created => {}
                 EndpointChange::Status {
                     status: EndpointStatus::Available,
-                } if self.serves(&endpoint_id) => self.start(&endpoint_id),
+                } if self.serves(&endpoint_id) == Some(true) => self.start(&endpoint_id),
                 EndpointChange::Status { .. } => self.stop(&endpoint_id).await,
                 EndpointChange::Modified { fields } => {
                     use crate::model::FieldEffect;
@@ -1137,7 +1238,7 @@ impl Daemon {
                         info!(endpoint = %endpoint_id, ?fields, "endpoint modified: restarting its listener");
                         self.stop(&endpoint_id).await;
                         self.start(&endpoint_id);
-                    } else if self.serves(&endpoint_id) {
+                    } else if self.serves(&endpoint_id) == Some(true) {
                         // It may not have started before (e.g. its port was taken).
                         self.start(&endpoint_id);
                     }
@@ -1150,12 +1251,12 @@ impl Daemon {
             },
             ControlEvent::PolicyChanged { endpoint_id } => {
                 if !self.running.contains_key(&endpoint_id) {
-                    if self.serves(&endpoint_id) {
+                    if self.serves(&endpoint_id) == Some(true) {
                         self.start(&endpoint_id);
                     }
                     return;
                 }
-                if !self.serves(&endpoint_id) {
+                if self.serves(&endpoint_id) == Some(false) {
                     // This node's last association of it went (others may still serve it).
                     info!(endpoint = %endpoint_id, "no target network of this node is associated any more: not serving the endpoint here");
                     self.stop(&endpoint_id).await;
@@ -1215,28 +1316,8 @@ impl Daemon {
                 if !self.running.contains_key(&endpoint_id) {
                     return;
                 }
-                let tls = self
-                    .store
-                    .endpoint_secrets(&endpoint_id)
-                    .map_err(|e| anyhow!("{e}"))
-                    .and_then(|s| {
-                        Ok(TlsMaterial::from_pem(
-                            &s.server_certificate_pem,
-                            &s.server_private_key_pem,
-                            &s.client_ca_pem,
-                            s.crl_pem.as_deref(),
-                        )?)
-                    });
-                match tls {
-                    Ok(tls) => {
-                        self.command(
-                            &endpoint_id,
-                            ServerCommand::ReplaceTls {
-                                tls,
-                                revoked_serials,
-                            },
-                        );
-                    }
+                match self.store.endpoint_secrets(&endpoint_id) {
+                    Ok(secrets) => self.replace_tls(&endpoint_id, &secrets, revoked_serials),
                     Err(e) => warn!(endpoint = %endpoint_id, error = %e, "new CRL not applied"),
                 }
             }
