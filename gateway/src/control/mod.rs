@@ -15,6 +15,14 @@
 //!
 //! Connections are written back to the store by a [`recorder::StoreRecorder`] (start, counters
 //! every few seconds, end), so `cvpn connection list` shows them.
+//!
+//! On a PostgreSQL database shared by several nodes, a change made through another node's
+//! API arrives as a notification (`LISTEN`/`NOTIFY`, and a read of the change counter every
+//! 500 ms besides): the daemon resynchronises, reading every endpoint off the event loop
+//! ([`reads`]) and applying the table above to what differs. It serves only the endpoints it
+//! has a target network association for, hands out client addresses from the blocks it
+//! claimed, ends only its own connections, beats every 5 s and ends the connections of nodes
+//! found dead ([`crate::storage::nodes`]).
 
 pub mod config;
 pub mod reads;
