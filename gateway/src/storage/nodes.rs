@@ -7,7 +7,7 @@
 //!
 //! On PostgreSQL any number of nodes of different names serve one database together: each
 //! serves the endpoints it has target network associations for, hands out client addresses
-//! from the blocks it claimed ([`super::address_blocks`]) and ends only its own connections. A
+//! from the blocks it claimed (`address_blocks.rs`) and ends only its own connections. A
 //! SQLite database is a file on one host, so one node serves it at a time: a daemon starting
 //! while another node *of another name* is alive there is refused, saying which.
 //!
