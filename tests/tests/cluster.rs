@@ -262,6 +262,21 @@ fn connection_of(
         })
 }
 
+/// Waits (at most 10 s) until `node` serves the endpoint.
+fn wait_serving(node: &StoreDaemon) {
+    wait_for(
+        "the node serves the endpoint",
+        Duration::from_secs(10),
+        || {
+            node.daemon
+                .log()
+                .iter()
+                .any(|l| l.contains("endpoint started"))
+                .then_some(())
+        },
+    );
+}
+
 /// Running node `n` of `nodes`.
 fn node(nodes: &[Option<StoreDaemon>], n: usize) -> &StoreDaemon {
     nodes[n].as_ref().expect("node running")
@@ -326,18 +341,7 @@ fn three_nodes_serve_one_endpoint_and_survive_a_node_and_the_database_going_away
         0
     );
     for n in 0..3 {
-        wait_for(
-            "every node serves the endpoint",
-            Duration::from_secs(10),
-            || {
-                node(&nodes, n)
-                    .daemon
-                    .log()
-                    .iter()
-                    .any(|l| l.contains("endpoint started"))
-                    .then_some(())
-            },
-        );
+        wait_serving(node(&nodes, n));
     }
 
     // The profile exported through node 1 names all three nodes.
@@ -501,18 +505,7 @@ fn three_nodes_serve_one_endpoint_and_survive_a_node_and_the_database_going_away
     // from a fresh address block.
     drop(nodes[bob_node].take());
     let again = net.start_node(bob_node).unwrap();
-    wait_for(
-        "the restarted node serves again",
-        Duration::from_secs(10),
-        || {
-            again
-                .daemon
-                .log()
-                .iter()
-                .any(|l| l.contains("endpoint started"))
-                .then_some(())
-        },
-    );
+    wait_serving(&again);
     nodes[bob_node] = Some(again);
     // Alice may have been on the killed node too: her client is back before going on.
     wait_for("alice passes traffic", Duration::from_secs(40), || {
@@ -627,18 +620,7 @@ fn concurrent_logins_and_a_node_restart_never_give_two_connections_one_address()
         net.associate(node(&nodes, 0), &endpoint, n).unwrap();
     }
     for n in 0..3 {
-        wait_for(
-            "every node serves the endpoint",
-            Duration::from_secs(10),
-            || {
-                node(&nodes, n)
-                    .daemon
-                    .log()
-                    .iter()
-                    .any(|l| l.contains("endpoint started"))
-                    .then_some(())
-            },
-        );
+        wait_serving(node(&nodes, n));
     }
     let ca = net.ca.cert_pem();
     let certs: Vec<_> = (0..150)
