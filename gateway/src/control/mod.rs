@@ -630,46 +630,56 @@ impl Daemon {
     }
 
     /// Gives the running endpoints of a directory its current settings and enrolments.
-    fn refresh_directory(&self, directory_id: &str) {
-        let users = match self.store.endpoints_using_directory(directory_id) {
-            Ok(u) => u,
-            Err(e) => {
+    async fn refresh_directory(&self, directory_id: &str) {
+        let d = directory_id.to_string();
+        let users = match off_loop(&self.store, move |s| s.endpoints_using_directory(&d)).await {
+            Some(Ok(u)) => u,
+            Some(Err(e)) => {
                 warn!(directory = %directory_id, error = %e, "cannot list the directory's endpoints");
                 return;
             }
+            None => return,
         };
         for id in users.iter().filter(|id| self.running.contains_key(*id)) {
-            self.send_live(id);
+            self.send_live(id).await;
             info!(endpoint = %id, directory = %directory_id, "directory settings applied");
         }
     }
 
     /// Sends the running endpoints that use an identity provider their live settings again
     /// (as [`Self::refresh_directory`] does for a directory's).
-    fn refresh_identity_provider(&self, idp_id: &str) {
+    async fn refresh_identity_provider(&self, idp_id: &str) {
         self.idps
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(idp_id);
-        let users = match self.store.endpoints_using_identity_provider(idp_id) {
-            Ok(u) => u,
-            Err(e) => {
+        let i = idp_id.to_string();
+        let users = match off_loop(&self.store, move |s| {
+            s.endpoints_using_identity_provider(&i)
+        })
+        .await
+        {
+            Some(Ok(u)) => u,
+            Some(Err(e)) => {
                 warn!(identity_provider = %idp_id, error = %e, "cannot list the identity provider's endpoints");
                 return;
             }
+            None => return,
         };
         for id in users.iter().filter(|id| self.running.contains_key(*id)) {
-            self.send_live(id);
+            self.send_live(id).await;
             info!(endpoint = %id, identity_provider = %idp_id, "identity provider settings applied");
         }
     }
 
     /// Sends a running endpoint the settings it takes without a restart, and the checks of
-    /// its directory, as the store has them now.
-    fn send_live(&self, id: &str) {
-        match reads::EndpointRead::read(&self.store, id) {
-            Ok(r) => self.send_live_from(&r),
-            Err(e) => warn!(endpoint = %id, error = %e, "settings not applied"),
+    /// its directory, as the store has them now (read off the event loop).
+    async fn send_live(&self, id: &str) {
+        let id2 = id.to_string();
+        match off_loop(&self.store, move |s| reads::EndpointRead::read(s, &id2)).await {
+            Some(Ok(r)) => self.send_live_from(&r),
+            Some(Err(e)) => warn!(endpoint = %id, error = %e, "settings not applied"),
+            None => {}
         }
     }
 
@@ -861,6 +871,18 @@ impl Daemon {
             // None: the clients waiting for an address are refused.
             let _ = commands.send(ServerCommand::AddAddressBlock(block));
         });
+    }
+
+    /// [`Self::serves`], read off the event loop.
+    async fn serves_off_loop(&self, id: &str) -> Option<bool> {
+        let id2 = id.to_string();
+        match off_loop(&self.store, move |s| s.serves_endpoint(&id2)).await? {
+            Ok(serves) => Some(serves),
+            Err(e) => {
+                warn!(endpoint = %id, error = %e, "cannot tell whether this node serves the endpoint; nothing changes");
+                None
+            }
+        }
     }
 
     /// Whether this node serves endpoint `id`: it is available and has a target network
@@ -1227,13 +1249,17 @@ impl Daemon {
                 EndpointChange::Created => {}
                 EndpointChange::Status {
                     status: EndpointStatus::Available,
-                } if self.serves(&endpoint_id) == Some(true) => self.start(&endpoint_id),
+                } => match self.serves_off_loop(&endpoint_id).await {
+                    Some(true) => self.start_off_loop(&endpoint_id).await,
+                    Some(false) => self.stop(&endpoint_id).await,
+                    None => {}
+                },
                 EndpointChange::Status { .. } => self.stop(&endpoint_id).await,
                 EndpointChange::Modified { fields } => {
                     use crate::model::FieldEffect;
                     let live = |f: &crate::model::EndpointField| f.effect() != FieldEffect::Restart;
                     if fields.iter().all(live) && self.running.contains_key(&endpoint_id) {
-                        self.send_live(&endpoint_id);
+                        self.send_live(&endpoint_id).await;
                         return;
                     }
                     if fields
@@ -1245,10 +1271,10 @@ impl Daemon {
                     if self.running.contains_key(&endpoint_id) {
                         info!(endpoint = %endpoint_id, ?fields, "endpoint modified: restarting its listener");
                         self.stop(&endpoint_id).await;
-                        self.start(&endpoint_id);
-                    } else if self.serves(&endpoint_id) == Some(true) {
+                        self.start_off_loop(&endpoint_id).await;
+                    } else if self.serves_off_loop(&endpoint_id).await == Some(true) {
                         // It may not have started before (e.g. its port was taken).
-                        self.start(&endpoint_id);
+                        self.start_off_loop(&endpoint_id).await;
                     }
                 }
                 EndpointChange::Deleting => {
@@ -1258,33 +1284,40 @@ impl Daemon {
                 }
             },
             ControlEvent::PolicyChanged { endpoint_id } => {
+                // Read off the event loop: a database slow to answer holds nobody's traffic.
+                let id = endpoint_id.clone();
+                let read = off_loop(&self.store, move |s| {
+                    Ok::<_, crate::storage::ApiError>((
+                        s.serves_endpoint(&id)?,
+                        s.target_specs(&id)?,
+                        s.policy_for(&id)?,
+                    ))
+                })
+                .await;
+                let (serves, targets, policy) = match read {
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => {
+                        warn!(endpoint = %endpoint_id, error = %e, "policy not read; what runs stays");
+                        return;
+                    }
+                    None => return,
+                };
                 if !self.running.contains_key(&endpoint_id) {
-                    if self.serves(&endpoint_id) == Some(true) {
-                        self.start(&endpoint_id);
+                    if serves {
+                        self.start_off_loop(&endpoint_id).await;
                     }
                     return;
                 }
-                if self.serves(&endpoint_id) == Some(false) {
+                if !serves {
                     // This node's last association of it went (others may still serve it).
                     info!(endpoint = %endpoint_id, "no target network of this node is associated any more: not serving the endpoint here");
                     self.stop(&endpoint_id).await;
                     return;
                 }
-                let read = self
-                    .store
-                    .target_specs(&endpoint_id)
-                    .and_then(|t| Ok((t, self.store.policy_for(&endpoint_id)?)));
-                match read {
-                    Ok((targets, policy)) => {
-                        self.command(
-                            &endpoint_id,
-                            ServerCommand::ReplaceNetwork { targets, policy },
-                        );
-                    }
-                    Err(e) => {
-                        warn!(endpoint = %endpoint_id, error = %e, "policy not read; the running one stays")
-                    }
-                }
+                self.command(
+                    &endpoint_id,
+                    ServerCommand::ReplaceNetwork { targets, policy },
+                );
             }
             ControlEvent::Terminate {
                 endpoint_id,
@@ -1312,10 +1345,10 @@ impl Daemon {
                 }
             }
             ControlEvent::DirectoryChanged { directory_id } => {
-                self.refresh_directory(&directory_id);
+                self.refresh_directory(&directory_id).await;
             }
             ControlEvent::IdentityProviderChanged { id } => {
-                self.refresh_identity_provider(&id);
+                self.refresh_identity_provider(&id).await;
             }
             ControlEvent::CrlChanged {
                 endpoint_id,
