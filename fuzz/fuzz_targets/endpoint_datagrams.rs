@@ -12,13 +12,18 @@
 //! Input layout: repeated `op · peer · len · len bytes`. `op % 6`: 0 a control datagram from
 //! peer `peer % 4`; 1 the same bytes as a data datagram (first byte forced to P_DATA_V2); 2 the
 //! clock moves by the bytes (big-endian milliseconds, at most ~18 h); 3 a command (terminate by
-//! the bytes as a name, replace TLS revoking nothing, new routes); 4 a connect-handler answer
+//! the bytes as a name, replace TLS revoking nothing, new routes, the next address block,
+//! no block or half the blocks taken away); 4 a connect-handler answer
 //! for connection `peer` (allow when bit 0 of the first byte is set), or on a directory
 //! endpoint (the input's first byte has bit 7 set; bit 5 alone: a single sign-on endpoint)
 //! with bit 1 set a directory or identity-provider answer (a user
 //! with the bytes as groups, or a failure the byte picks); 5 the last transmit to
 //! that peer is echoed back with its session ids swapped (gets past the cookie and the session
 //! checks more often than random bytes do).
+//!
+//! With bit 4 of the input's first byte set, the endpoint hands out addresses from claimed
+//! blocks only (a node sharing the endpoint), starting with none: clients wait for blocks the
+//! commands give, and every admitted address must lie in a block given and not taken away.
 #![no_main]
 
 mod common;
@@ -84,6 +89,12 @@ fuzz_target!(|data: &[u8]| {
     ) else {
         return;
     };
+    let blocks_mode = data.first().is_some_and(|b| b & 0x10 != 0);
+    let all_blocks = gateway::pool::address_blocks("10.77.0.0/22".parse().expect("cidr"));
+    let mut given: Vec<ipnet::Ipv4Net> = Vec::new();
+    if blocks_mode {
+        endpoint.use_address_blocks(&[]).expect("no blocks");
+    }
     let mut datapath = DataPath::new();
     let mut admitted: HashMap<u32, Ipv4Addr> = HashMap::new();
     let mut last_to: HashMap<Peer, Vec<u8>> = HashMap::new();
@@ -137,6 +148,20 @@ fuzz_target!(|data: &[u8]| {
             }
             3 => {
                 let name = String::from_utf8_lossy(&bytes).into_owned();
+                if blocks_mode && who % 5 == 3 {
+                    if let Some(b) = all_blocks.get(given.len() + usize::from(who / 5 % 2)) {
+                        if endpoint.add_address_block(clock, *b).is_ok() {
+                            given.push(*b);
+                        }
+                    }
+                } else if blocks_mode && who % 5 == 4 {
+                    if bytes.first().is_some_and(|b| b & 1 == 1) {
+                        endpoint.no_address_block(clock);
+                    } else {
+                        given.truncate(given.len() / 2);
+                        endpoint.keep_address_blocks(clock, &given);
+                    }
+                }
                 let command = match who % 3 {
                     0 => Command::Terminate {
                         connection_ids: vec![name.clone()],
@@ -233,6 +258,10 @@ fuzz_target!(|data: &[u8]| {
                         !admitted.values().any(|ip| *ip == client_ip),
                         "{client_ip} handed out twice"
                     );
+                    assert!(
+                        !blocks_mode || given.iter().any(|b| b.contains(&client_ip)),
+                        "{client_ip} lies in no block given ({given:?})"
+                    );
                     admitted.insert(peer_id, client_ip);
                     datapath.admit(peer_id, client_ip);
                 }
@@ -251,7 +280,8 @@ fuzz_target!(|data: &[u8]| {
                 Output::AskConnectHandler { .. }
                 | Output::Authenticate { .. }
                 | Output::Log(_)
-                | Output::NotRunning { .. } => {}
+                | Output::NotRunning { .. }
+                | Output::NeedAddressBlock => {}
             }
         }
         assert!(
