@@ -24,6 +24,7 @@
 //! * [`tun`]: TUN devices (the path between the data channel and the kernel data plane).
 pub mod api;
 pub mod auth;
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod connect_handler;

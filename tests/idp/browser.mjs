@@ -233,12 +233,23 @@ async function runStep(page, step) {
     if (!secret) throw new Error(`nothing remembered as ${step.secret}`);
     await page.locator(step.fill_totp).fill(totp(secret, step.offset ?? 0), { timeout });
   } else if ('download' in step) {
-    // Click a link that downloads a file and save the file where the step says.
-    const [download] = await Promise.all([
-      page.waitForEvent('download', { timeout }),
-      page.locator(step.download).first().click({ timeout }),
-    ]);
-    await download.saveAs(step.path);
+    // Click a link that downloads a file and save the file where the step says. Headless
+    // Chromium now and then cancels a download it has just started (seen in CI: `saveAs:
+    // canceled` with the server's answer complete): click again, at most three times, and
+    // say so in the result; a download that never completes still fails the step.
+    for (let attempt = 1; ; attempt += 1) {
+      const [download] = await Promise.all([
+        page.waitForEvent('download', { timeout }),
+        page.locator(step.download).first().click({ timeout }),
+      ]);
+      const failure = await download.failure();
+      if (failure === null) {
+        await download.saveAs(step.path);
+        break;
+      }
+      result.retries = (result.retries ?? []).concat(`download ${step.download}: ${failure}`);
+      if (attempt >= 3) throw new Error(`the download failed ${attempt} times: ${failure}`);
+    }
     result.downloads = result.downloads ?? [];
     result.downloads.push(step.path);
   } else {

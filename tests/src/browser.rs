@@ -222,6 +222,9 @@ pub struct BrowserResult {
     pub screenshot_dir: PathBuf,
     /// What [`Step::Remember`] steps kept, by name.
     pub remembered: std::collections::BTreeMap<String, String>,
+    /// Steps that had to be done again because the browser gave up on them (a download it
+    /// cancelled), one line each.
+    pub retries: Vec<String>,
 }
 
 impl BrowserResult {
@@ -346,6 +349,7 @@ impl Browser {
                 .collect(),
             console_errors: strings("console_errors"),
             blocked: strings("blocked"),
+            retries: strings("retries"),
             screenshot_dir: shots,
             remembered: v["remembered"]
                 .as_object()

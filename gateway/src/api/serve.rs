@@ -264,7 +264,20 @@ pub async fn serve_router_tls(
     max_connections: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let acceptor = TlsAcceptor::from(config);
+    serve_router(listener, Some(config), app, what, max_connections, shutdown).await
+}
+
+/// [`serve_router_tls`], or plain HTTP without a TLS configuration (the AWS-compatible API's
+/// loopback default), with the same bounds: connections at once, header read time.
+pub async fn serve_router(
+    listener: TcpListener,
+    config: Option<Arc<rustls::ServerConfig>>,
+    app: axum::Router,
+    what: &'static str,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let acceptor = config.map(TlsAcceptor::from);
     let slots = Arc::new(tokio::sync::Semaphore::new(
         max_connections.min(tokio::sync::Semaphore::MAX_PERMITS),
     ));
@@ -293,6 +306,19 @@ pub async fn serve_router_tls(
         let app = app.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let service = hyper_util::service::TowerToHyperService::new(
+                app.layer(axum::Extension(ClientAddr(peer))),
+            );
+            let http = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .clone();
+            let Some(acceptor) = acceptor else {
+                if let Err(e) = http.serve_connection(TokioIo::new(tcp), service).await {
+                    tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
+                }
+                return;
+            };
             let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             {
                 Ok(Ok(tls)) => tls,
@@ -305,14 +331,7 @@ pub async fn serve_router_tls(
                     return;
                 }
             };
-            let service = hyper_util::service::TowerToHyperService::new(
-                app.layer(axum::Extension(ClientAddr(peer))),
-            );
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = conn.await {
+            if let Err(e) = http.serve_connection(TokioIo::new(tls), service).await {
                 tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
             }
         });

@@ -49,14 +49,17 @@
 //! Times are whole seconds (UTC) from the store's clock ([`StoreOptions::clock`], the system
 //! clock by default; tests substitute their own).
 
+mod access_keys;
 mod address_blocks;
 pub mod apply;
+pub mod client_tokens;
 mod connections;
 mod crl;
 mod directories;
 mod endpoints;
 pub mod error;
 mod identity_providers;
+pub mod imported_certificates;
 mod issued_certificates;
 mod networks;
 pub mod nodes;
@@ -90,6 +93,7 @@ use crate::model::policy::{self, Policy, TargetSpec};
 
 /// re-export: the type lives in auth::issuer (what the portal hands a user).
 pub use crate::auth::issuer::IssuedCertificate;
+pub use access_keys::validate_access_key_id;
 pub use apply::{apply_endpoint_config, config_key, ApplyReport, APPLIED_TAG_KEY};
 pub use error::{codes, ApiError};
 pub use issued_certificates::{

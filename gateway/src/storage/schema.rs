@@ -255,6 +255,44 @@ CREATE INDEX address_blocks_node ON address_blocks(node);
 -- it is back, which makes the connection active again.
 ALTER TABLE connections ADD COLUMN swept_at INTEGER;
 "#,
+    // 7: the AWS-compatible API. Access keys sign its requests (SigV4 needs the secret itself
+    // to check a signature, as AWS keeps it: whoever reads this database is an administrator
+    // already, it holds the endpoints' private keys); certificates imported through its ACM
+    // calls are named by ARN; a ClientToken makes a create call idempotent.
+    r#"
+CREATE TABLE access_keys (
+    id          TEXT    PRIMARY KEY NOT NULL,
+    secret      TEXT    NOT NULL,
+    permission  TEXT    NOT NULL CHECK (permission IN ('full', 'read-only')),
+    description TEXT,
+    created_at  INTEGER NOT NULL,
+    last_used   INTEGER
+) STRICT;
+
+CREATE TABLE imported_certificates (
+    arn             TEXT    PRIMARY KEY NOT NULL,
+    certificate_pem TEXT    NOT NULL,
+    chain_pem       TEXT    NOT NULL,
+    private_key_pem TEXT,
+    subject         TEXT    NOT NULL,
+    issuer          TEXT    NOT NULL,
+    domain_name     TEXT    NOT NULL,
+    serial          TEXT    NOT NULL,
+    not_before      INTEGER NOT NULL,
+    not_after       INTEGER NOT NULL,
+    key_algorithm   TEXT    NOT NULL,
+    imported_at     INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE client_tokens (
+    token        TEXT    NOT NULL,
+    action       TEXT    NOT NULL,
+    request_hash TEXT    NOT NULL,
+    response     TEXT,   -- the answer, once the call finished (none: under way or failed)
+    created_at   INTEGER NOT NULL,
+    PRIMARY KEY (token, action)
+) STRICT;
+"#,
 ];
 
 /// The PostgreSQL text of each of [`MIGRATIONS`], same numbers, same tables and columns.
@@ -477,6 +515,41 @@ CREATE TABLE address_blocks (
 CREATE INDEX address_blocks_node ON address_blocks(node);
 
 ALTER TABLE connections ADD COLUMN swept_at BIGINT;
+"#,
+    // 7
+    r#"
+CREATE TABLE access_keys (
+    id          TEXT    PRIMARY KEY NOT NULL,
+    secret      TEXT    NOT NULL,
+    permission  TEXT    NOT NULL CHECK (permission IN ('full', 'read-only')),
+    description TEXT,
+    created_at  BIGINT  NOT NULL,
+    last_used   BIGINT
+);
+
+CREATE TABLE imported_certificates (
+    arn             TEXT    PRIMARY KEY NOT NULL,
+    certificate_pem TEXT    NOT NULL,
+    chain_pem       TEXT    NOT NULL,
+    private_key_pem TEXT,
+    subject         TEXT    NOT NULL,
+    issuer          TEXT    NOT NULL,
+    domain_name     TEXT    NOT NULL,
+    serial          TEXT    NOT NULL,
+    not_before      BIGINT  NOT NULL,
+    not_after       BIGINT  NOT NULL,
+    key_algorithm   TEXT    NOT NULL,
+    imported_at     BIGINT  NOT NULL
+);
+
+CREATE TABLE client_tokens (
+    token        TEXT    NOT NULL,
+    action       TEXT    NOT NULL,
+    request_hash TEXT    NOT NULL,
+    response     TEXT,
+    created_at   BIGINT  NOT NULL,
+    PRIMARY KEY (token, action)
+);
 "#,
 ];
 

@@ -59,6 +59,14 @@ pub mod codes {
     pub const DUPLICATE_IDENTITY_PROVIDER: &str = "InvalidIdentityProvider.Duplicate";
     /// The operation is never allowed on this resource (immutable field, associate-origin route).
     pub const OPERATION_NOT_PERMITTED: &str = "OperationNotPermitted";
+    /// No access key with that id.
+    pub const ACCESS_KEY_NOT_FOUND: &str = "InvalidAccessKeyId.NotFound";
+    /// No imported certificate with that ARN (ACM's code).
+    pub const CERTIFICATE_NOT_FOUND: &str = "ResourceNotFoundException";
+    /// The certificate is in use by an endpoint (ACM's code).
+    pub const CERTIFICATE_IN_USE: &str = "ResourceInUseException";
+    /// A quota of the store (access keys, imported certificates) is used up (ACM's code).
+    pub const LIMIT_EXCEEDED: &str = "LimitExceededException";
     /// The database failed (I/O, corruption, a schema newer than this program).
     pub const INTERNAL_ERROR: &str = "InternalError";
     /// The shared database (PostgreSQL) does not answer: changes wait until it does; running
@@ -131,14 +139,17 @@ impl ApiError {
             | CONNECTION_USER_NOT_FOUND
             | DIRECTORY_NOT_FOUND
             | MFA_ENROLLMENT_NOT_FOUND
-            | IDENTITY_PROVIDER_NOT_FOUND => 404,
+            | IDENTITY_PROVIDER_NOT_FOUND
+            | ACCESS_KEY_NOT_FOUND
+            | CERTIFICATE_NOT_FOUND => 404,
             INCORRECT_STATE
             | DUPLICATE_DIRECTORY_RESOURCE
             | DUPLICATE_IDENTITY_PROVIDER
             | ACTIVE_ASSOCIATION_NOT_FOUND
             | DUPLICATE_ASSOCIATION
             | DUPLICATE_ROUTE
-            | DUPLICATE_AUTHORIZATION_RULE => 409,
+            | DUPLICATE_AUTHORIZATION_RULE
+            | CERTIFICATE_IN_USE => 409,
             INTERNAL_ERROR => 500,
             SERVICE_UNAVAILABLE => 503,
             _ => 400,

@@ -13,12 +13,15 @@
 //! * [`policy`]: authorization rules, routes and target networks as the data plane takes them.
 //! * [`counters`]: traffic counters.
 //! * [`directory`]: directories (LDAP / Active Directory) that endpoints sign users in against.
+//! * [`aws`]: access keys that sign requests to the AWS-compatible API, and certificates
+//!   imported through its ACM-compatible calls.
 //! * [`identity_provider`]: OIDC and SAML identity providers that federated endpoints send
 //!   users to for single sign-on.
 //!
 //! Everything but the modules [`policy`] and [`validate`] is re-exported here, so
 //! `model::Endpoint`, `model::new_id`, `model::ApiError` work.
 
+pub mod aws;
 pub mod counters;
 pub mod directory;
 pub mod error;
@@ -28,6 +31,7 @@ pub mod policy;
 pub mod resources;
 pub mod validate;
 
+pub use aws::*;
 pub use counters::{Counters, SessionCounters};
 pub use directory::*;
 pub use error::{codes, ApiError, ErrorBody, ErrorDetail};
