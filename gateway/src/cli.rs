@@ -25,6 +25,7 @@
 //! The HTTP client is hyper 1's connection-level HTTP/1.1 client over Tokio's `UnixStream`
 //! or a tokio-rustls stream ([`client`]), on a current-thread runtime per command.
 
+pub mod access_key;
 pub mod client;
 pub mod directory;
 pub mod identity_provider;
@@ -200,6 +201,16 @@ pub enum ResourceCommand {
         /// The action.
         #[command(subcommand)]
         action: identity_provider::IdpCommand,
+    },
+    /// Access keys that sign requests to the AWS-compatible API (`aws ec2 … --endpoint-url`):
+    /// create (the secret is shown once), list, delete.
+    AccessKey {
+        /// Where the API is and how to print.
+        #[command(flatten)]
+        api: ApiOptions,
+        /// The action.
+        #[command(subcommand)]
+        action: access_key::AccessKeyCommand,
     },
 }
 
@@ -599,6 +610,7 @@ enum Action {
     Directory(directory::DirectoryCommand),
     Mfa(directory::MfaCommand),
     Idp(identity_provider::IdpCommand),
+    AccessKey(access_key::AccessKeyCommand),
 }
 
 fn split(cmd: ResourceCommand) -> (ApiOptions, Action) {
@@ -613,6 +625,7 @@ fn split(cmd: ResourceCommand) -> (ApiOptions, Action) {
         ResourceCommand::Directory { api, action } => (api, Action::Directory(action)),
         ResourceCommand::Mfa { api, action } => (api, Action::Mfa(action)),
         ResourceCommand::Idp { api, action } => (api, Action::Idp(action)),
+        ResourceCommand::AccessKey { api, action } => (api, Action::AccessKey(action)),
     }
 }
 
@@ -853,6 +866,7 @@ impl Action {
             Action::Directory(c) => directory::directory(c, cx).await,
             Action::Mfa(c) => directory::mfa(c, cx).await,
             Action::Idp(c) => identity_provider::idp(c, cx).await,
+            Action::AccessKey(c) => access_key::access_key(c, cx).await,
         }
     }
 }

@@ -8,6 +8,7 @@
 //!   TUN — the stand-in for the data channel in data-plane tests.
 //! * [`Topology`]: clients → relay → gateway (kernel data plane) → private network.
 
+pub mod aws_cli;
 pub mod browser;
 pub mod cluster;
 pub mod directory_servers;

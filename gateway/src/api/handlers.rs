@@ -706,3 +706,30 @@ pub(super) async fn delete_identity_provider(
         .blocking(move |s| s.delete_identity_provider(&id))
         .await?)
 }
+
+// ---- access keys (the AWS-compatible API's) -----------------------------------------------------
+
+pub(super) async fn create_access_key(State(state): S, q: QueryParams, body: Body) -> Answer {
+    q.finish(&[])?;
+    let req: crate::model::CreateAccessKeyRequest = body.parse()?;
+    let key = state.blocking(move |s| s.create_access_key(&req)).await?;
+    tracing::info!(key = %key.key.access_key_id, permission = %key.key.permission, "access key created");
+    created(key)
+}
+
+pub(super) async fn list_access_keys(State(state): S, q: QueryParams) -> Answer {
+    q.finish(&[])?;
+    let access_keys = state.blocking(|s| s.list_access_keys()).await?;
+    ok(crate::model::AccessKeyList { access_keys })
+}
+
+pub(super) async fn delete_access_key(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+) -> Answer {
+    q.finish(&[])?;
+    let key = state.blocking(move |s| s.delete_access_key(&id)).await?;
+    tracing::info!(key = %key.access_key_id, "access key deleted");
+    ok(key)
+}

@@ -26,6 +26,8 @@
 //! | `DELETE /v1/directories/{id}/mfa-enrollments/{username}` | remove a user's TOTP enrolment |
 //! | `POST`, `GET /v1/identity-providers` | create, describe identity providers (OIDC / SAML) |
 //! | `GET`, `PATCH`, `DELETE /v1/identity-providers/{id}` | describe, modify, delete one (id or name) |
+//! | `POST`, `GET /v1/access-keys` | make an access key of the AWS-compatible API (its secret is shown once), list them |
+//! | `DELETE /v1/access-keys/{id}` | delete one |
 //! | `GET /v1/openapi.json` | this API's OpenAPI 3 description |
 //!
 //! The OpenAPI document ([`OPENAPI_JSON`], `openapi.json` beside this file) is written by hand;
@@ -388,6 +390,9 @@ fn table() -> Vec<(RouteSpec, MethodFilter, Handler)> {
             "/v1/directories/{id}/mfa-enrollments/{username}",
             h::remove_mfa
         ),
+        op!(POST, "/v1/access-keys", h::create_access_key),
+        op!(GET, "/v1/access-keys", h::list_access_keys),
+        op!(DELETE, "/v1/access-keys/{id}", h::delete_access_key),
         op!(POST, "/v1/identity-providers", h::create_identity_provider),
         op!(
             GET,

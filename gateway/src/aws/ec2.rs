@@ -9,7 +9,8 @@
 //! |---|---|
 //! | `SubnetId`, `TargetVpcSubnetId` | a target network: `INTERFACE` of the node the request reaches, or `NODE:INTERFACE` |
 //! | `VpcId` (target networks) | the node |
-//! | `ServerCertificateArn`, `ClientRootCertificateChainArn` | a certificate imported with `aws acm import-certificate` (`acm.rs`) |
+//! | `ServerCertificateArn` | a certificate imported with its key (and chain) by `aws acm import-certificate` (`acm.rs`) |
+//! | `ClientRootCertificateChainArn` | an imported certificate: its chain is the client CA (AWS's meaning), or the certificate itself when imported without a chain |
 //! | `ActiveDirectory.DirectoryId` | a directory (`cvpn directory create`): its id or name |
 //! | `SAMLProviderArn`, `SelfServiceSAMLProviderArn` | an identity provider: `idp-…` or an ARN ending in `/idp-…` |
 //! | `LambdaFunctionArn` | a connect handler: `arn:aws:lambda:…:function:NAME` runs `NAME` in `[connect_handler] executable_dir`; an `https://` URL or an absolute path is taken as it is |
@@ -386,7 +387,10 @@ async fn authentication_options(caller: &Caller, p: &Params) -> Result<Vec<Value
                 let arn = p.required(&format!(
                     "{a}.MutualAuthentication.ClientRootCertificateChainArn"
                 ))?;
-                let (pem, _) = certificate_pem(caller, arn).await?;
+                let pem = caller
+                    .api
+                    .blocking(move |s| s.client_ca_material(&arn))
+                    .await?;
                 out.push(json!({"type": kind, "client-root-certificate-chain": pem}));
             }
             "directory-service-authentication" => {
@@ -597,9 +601,9 @@ async fn describe_endpoints(caller: &Caller, p: &Params, mut x: Xml) -> Result<X
                 eps.iter()
                     .map(|e| {
                         Ok((
-                            s.certificate_arn_of(&e.server_certificate)?,
+                            s.certificate_arn_of(&e.server_certificate, false)?,
                             e.client_ca()
-                                .map(|ca| s.certificate_arn_of(ca))
+                                .map(|ca| s.certificate_arn_of(ca, true))
                                 .transpose()?
                                 .flatten(),
                         ))

@@ -613,7 +613,8 @@ fn cli_help_explains_every_flag_and_command() {
             "crl",
             "directory",
             "mfa",
-            "idp"
+            "idp",
+            "access-key"
         ]
     );
     let help = cmd

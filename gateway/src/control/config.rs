@@ -28,6 +28,12 @@
 //! # public_url = "https://vpn.example.com:8443"   # what users' browsers open
 //! # sign_in_timeout_seconds = 300    # a web sign-in must be finished within this
 //!
+//! [aws_api]                          # the AWS-compatible API: aws ec2 … --endpoint-url, boto3
+//! # listen = "127.0.0.1:8780"        # plain HTTP only on a loopback address
+//! # certificate = "/etc/cvpn/aws.crt" # with key: HTTPS (needed on any other address)
+//! # key = "/etc/cvpn/aws.key"
+//! # region = "us-east-1"             # the region of ARNs made here
+//!
 //! [log]
 //! stdout = false                     # also print connection- and flow-log lines on stdout
 //! max_file_bytes = 10485760          # rotate connection.log / flow.log at this size
@@ -118,6 +124,8 @@ pub struct DaemonConfig {
     pub connect_handler: crate::storage::HandlerPolicy,
     /// The web listener (`[web]`): single sign-on and the self-service portal.
     pub web: Option<WebListen>,
+    /// The AWS-compatible API's listener (`[aws_api]`), if any.
+    pub aws_api: Option<AwsApiListen>,
     /// A shared PostgreSQL database (`database`, `database_ca`) instead of SQLite in
     /// `data_dir`.
     pub database: Option<DatabaseConfig>,
@@ -218,6 +226,16 @@ pub struct WebListen {
     pub sign_in_timeout: Duration,
 }
 
+/// Where the AWS-compatible API listens (`[aws_api]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AwsApiListen {
+    pub listen: SocketAddr,
+    /// Certificate chain and key (PEM files) for HTTPS; none: plain HTTP on loopback.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The region of the ARNs made here.
+    pub region: String,
+}
+
 /// Where the management API listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiListen {
@@ -259,6 +277,7 @@ impl Default for DaemonConfig {
             quotas: crate::storage::Quotas::default(),
             connect_handler: crate::storage::HandlerPolicy::default(),
             web: None,
+            aws_api: None,
             database: None,
             node_name: default_node_name(),
         }
@@ -288,6 +307,17 @@ struct Raw {
     connect_handler: RawConnectHandler,
     #[serde(default)]
     web: RawWeb,
+    #[serde(default)]
+    aws_api: RawAwsApi,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAwsApi {
+    listen: Option<SocketAddr>,
+    certificate: Option<PathBuf>,
+    key: Option<PathBuf>,
+    region: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -544,6 +574,69 @@ impl DaemonConfig {
                 ))
             }
         };
+        let aws_api = match (raw.aws_api.listen, raw.aws_api.certificate, raw.aws_api.key) {
+            (None, None, None) => {
+                if raw.aws_api.region.is_some() {
+                    return Err(invalid(
+                        "[aws_api] region",
+                        "names the region of a listener that is not configured: add [aws_api] \
+                         listen, or remove region"
+                            .into(),
+                    ));
+                }
+                None
+            }
+            (Some(listen), cert, key) => {
+                let tls = match (cert, key) {
+                    (Some(c), Some(k)) => Some((c, k)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(invalid(
+                            "[aws_api] certificate",
+                            "HTTPS needs both certificate and key; give both, or neither for \
+                             plain HTTP on loopback"
+                                .into(),
+                        ))
+                    }
+                };
+                if tls.is_none() && !listen.ip().is_loopback() {
+                    return Err(invalid(
+                        "[aws_api] listen",
+                        format!(
+                            "{listen} is not a loopback address: signed requests are not \
+                             encrypted, and answers carry client configurations and CRLs; give \
+                             certificate and key for HTTPS, or listen on 127.0.0.1"
+                        ),
+                    ));
+                }
+                let region = raw
+                    .aws_api
+                    .region
+                    .unwrap_or_else(|| crate::aws::DEFAULT_REGION.to_string());
+                let ok = !region.is_empty()
+                    && region.len() <= 32
+                    && region
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                if !ok {
+                    return Err(invalid(
+                        "[aws_api] region",
+                        format!("{region:?} is not a region name like us-east-1"),
+                    ));
+                }
+                Some(AwsApiListen {
+                    listen,
+                    tls,
+                    region,
+                })
+            }
+            (None, _, _) => {
+                return Err(invalid(
+                    "[aws_api] listen",
+                    "certificate and key are given but not where to listen: add listen".into(),
+                ))
+            }
+        };
         let database = match (raw.database, raw.database_ca) {
             (None, None) => None,
             (None, Some(_)) => {
@@ -592,6 +685,7 @@ impl DaemonConfig {
                 allow_http: raw.connect_handler.allow_http.unwrap_or(false),
             },
             web,
+            aws_api,
             database,
             node_name,
         })

@@ -301,6 +301,34 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         info!(listen = %web.listen, public_url = %web.public_url, "web listener (sign-in, portal) listening");
     }
 
+    if let Some(aws) = &config.aws_api {
+        let tls = match &aws.tls {
+            Some((cert, key)) => Some(pem_tls_config(cert, key, "AWS API listener")?),
+            None => None,
+        };
+        let listener = tokio::net::TcpListener::bind(aws.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the AWS API listener [aws_api] listen = {}",
+                    aws.listen
+                )
+            })?;
+        let state = Arc::new(crate::aws::AwsState {
+            api: api_state.clone(),
+            region: aws.region.clone(),
+        });
+        let url = crate::aws::describe(aws.listen, tls.is_some());
+        api_tasks.push(tokio::spawn({
+            let stop = stopped(api_stop.clone());
+            async move {
+                crate::aws::serve(listener, tls, state, stop).await;
+                Ok(())
+            }
+        }));
+        info!(endpoint_url = %url, region = %aws.region, "AWS-compatible API listening (aws ec2 --endpoint-url)");
+    }
+
     let listeners = api_state.listeners.clone();
     let (more_addresses, mut address_requests) = mpsc::unbounded_channel::<String>();
     let mut daemon = Daemon {

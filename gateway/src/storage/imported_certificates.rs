@@ -312,16 +312,39 @@ impl Store {
         })
     }
 
+    /// The client CA an endpoint takes from an imported certificate, as AWS's
+    /// `ClientRootCertificateChainArn` does: the chain it was imported with (the CA that
+    /// issued it, and so the clients), or the certificate itself when it came without one (a
+    /// CA certificate imported on its own).
+    pub fn client_ca_material(&self, arn: &str) -> Result<String, ApiError> {
+        validate_certificate_arn("ClientRootCertificateChainArn", arn)?;
+        let c = self.read(|db| load_certificate(db, arn))?;
+        Ok(if c.certificate_chain.trim().is_empty() {
+            format!("{}\n", c.certificate)
+        } else {
+            format!("{}\n", c.certificate_chain)
+        })
+    }
+
     /// The ARN of the imported certificate that is the first certificate of `pem` (an
-    /// endpoint's server chain or client CA bundle), if one is.
-    pub fn certificate_arn_of(&self, pem: &str) -> Result<Option<String>, ApiError> {
+    /// endpoint's server chain), or with `as_client_ca`, whose client CA
+    /// ([`Store::client_ca_material`]) begins as `pem` does (an endpoint's client CA bundle).
+    pub fn certificate_arn_of(
+        &self,
+        pem: &str,
+        as_client_ca: bool,
+    ) -> Result<Option<String>, ApiError> {
         let Some(first) = certificate_bodies(pem).into_iter().next() else {
             return Ok(None);
         };
         let all = self.list_certificates()?;
         Ok(all.into_iter().find_map(|c| {
-            (certificate_bodies(&c.certificate).first() == Some(&first))
-                .then_some(c.certificate_arn)
+            let source = if as_client_ca && !c.certificate_chain.trim().is_empty() {
+                &c.certificate_chain
+            } else {
+                &c.certificate
+            };
+            (certificate_bodies(source).first() == Some(&first)).then_some(c.certificate_arn)
         }))
     }
 }

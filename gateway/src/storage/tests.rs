@@ -4093,3 +4093,192 @@ fn a_transaction_cut_by_the_deadline_leaves_nothing_behind() {
         "the cut transaction's insert was committed"
     );
 }
+
+// ---- the AWS-compatible API's records (access keys, imported certificates, client tokens) -----
+
+#[test]
+fn access_keys_are_made_listed_without_secrets_and_deleted() {
+    let fx = Fx::new();
+    let k = fx
+        .store
+        .create_access_key(&crate::model::CreateAccessKeyRequest {
+            permission: Some("read-only".into()),
+            description: Some("auditor".into()),
+        })
+        .unwrap();
+    assert_eq!(k.key.access_key_id.len(), 20);
+    assert!(k.key.access_key_id.starts_with("AKIA"));
+    assert_eq!(k.secret_access_key.len(), 40);
+    validate_access_key_id("id", &k.key.access_key_id).unwrap();
+    let listed = fx.store.list_access_keys().unwrap();
+    assert_eq!(listed, vec![k.key.clone()]);
+    let (secret, perm) = fx
+        .store
+        .access_key_secret(&k.key.access_key_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (secret.as_str(), perm),
+        (
+            k.secret_access_key.as_str(),
+            crate::model::AccessKeyPermission::ReadOnly
+        )
+    );
+    fx.store.access_key_used(&k.key.access_key_id).unwrap();
+    assert_eq!(
+        fx.store.list_access_keys().unwrap()[0].last_used,
+        Some(Timestamp(T0))
+    );
+    assert_eq!(
+        code(
+            fx.store
+                .create_access_key(&crate::model::CreateAccessKeyRequest {
+                    permission: Some("admin".into()),
+                    description: None,
+                })
+        ),
+        codes::INVALID_PARAMETER_VALUE
+    );
+    // Hostile ids never reach the database.
+    assert_eq!(fx.store.access_key_secret("' OR 1=1 --").unwrap(), None);
+    fx.store.delete_access_key(&k.key.access_key_id).unwrap();
+    assert_eq!(
+        code(fx.store.delete_access_key(&k.key.access_key_id)),
+        codes::ACCESS_KEY_NOT_FOUND
+    );
+    assert_eq!(
+        fx.store.access_key_secret(&k.key.access_key_id).unwrap(),
+        None
+    );
+    // The table is bounded.
+    for _ in 0..crate::model::MAX_ACCESS_KEYS {
+        fx.store.create_access_key(&Default::default()).unwrap();
+    }
+    assert_eq!(
+        code(fx.store.create_access_key(&Default::default())),
+        codes::LIMIT_EXCEEDED
+    );
+}
+
+#[test]
+fn imported_certificates_are_named_by_arn_and_kept_while_in_use() {
+    let fx = Fx::new();
+    let server = fx
+        .store
+        .import_certificate(
+            None,
+            "eu-west-3",
+            &fx.pki.server_cert,
+            Some(&fx.pki.server_key),
+            &fx.pki.ca_pem,
+        )
+        .unwrap();
+    assert!(server
+        .certificate_arn
+        .starts_with("arn:aws:acm:eu-west-3:000000000000:certificate/"));
+    assert!(server.has_private_key);
+    assert_eq!(
+        fx.store
+            .client_ca_material(&server.certificate_arn)
+            .unwrap()
+            .trim(),
+        fx.pki.ca_pem.trim()
+    );
+    let (pem, key) = fx
+        .store
+        .certificate_material(&server.certificate_arn)
+        .unwrap();
+    assert!(pem.contains(fx.pki.server_cert.trim()) && pem.contains(fx.pki.ca_pem.trim()));
+    assert_eq!(key.as_deref(), Some(fx.pki.server_key.as_str()));
+    // A key of another certificate is refused.
+    assert_eq!(
+        code(fx.store.import_certificate(
+            None,
+            "eu-west-3",
+            &fx.pki.server_cert,
+            Some(&fx.pki.other_key),
+            ""
+        )),
+        codes::INVALID_PARAMETER_COMBINATION
+    );
+    // An ARN never made here is not found, and one of the wrong form is refused.
+    assert_eq!(
+        code(fx.store.describe_certificate(
+            "arn:aws:acm:eu-west-3:000000000000:certificate/00000000-0000-4000-8000-000000000000"
+        )),
+        codes::CERTIFICATE_NOT_FOUND
+    );
+    assert_eq!(
+        code(fx.store.describe_certificate("arn:x")),
+        codes::INVALID_PARAMETER_VALUE
+    );
+    // In use by an endpoint whose server certificate it is.
+    let ep = fx.endpoint();
+    assert_eq!(
+        fx.store.certificate_users(&server.certificate_arn).unwrap(),
+        vec![ep.clone()]
+    );
+    assert_eq!(
+        code(fx.store.delete_certificate(&server.certificate_arn)),
+        codes::CERTIFICATE_IN_USE
+    );
+    let described = fx.store.describe_endpoint(&ep).unwrap();
+    assert_eq!(
+        fx.store
+            .certificate_arn_of(&described.server_certificate, false)
+            .unwrap(),
+        Some(server.certificate_arn.clone())
+    );
+    assert_eq!(
+        fx.store
+            .certificate_arn_of(described.client_ca().unwrap(), true)
+            .unwrap(),
+        Some(server.certificate_arn.clone())
+    );
+}
+
+#[test]
+fn a_client_token_answers_its_retry_and_refuses_other_parameters() {
+    use super::client_tokens::{TokenClaim, CLIENT_TOKEN_TTL_SECS};
+    let fx = Fx::new();
+    let s = &fx.store;
+    assert_eq!(
+        s.claim_client_token("t1", "Create", "h1").unwrap(),
+        TokenClaim::Fresh
+    );
+    assert_eq!(
+        s.claim_client_token("t1", "Create", "h1").unwrap(),
+        TokenClaim::Running
+    );
+    s.finish_client_token("t1", "Create", Some("<answer/>"))
+        .unwrap();
+    assert_eq!(
+        s.claim_client_token("t1", "Create", "h1").unwrap(),
+        TokenClaim::Answered("<answer/>".into())
+    );
+    assert_eq!(
+        s.claim_client_token("t1", "Create", "h2").unwrap(),
+        TokenClaim::Mismatch
+    );
+    // Another action has its own tokens.
+    assert_eq!(
+        s.claim_client_token("t1", "Authorize", "h2").unwrap(),
+        TokenClaim::Fresh
+    );
+    // A failed call forgets its token: the retry runs again.
+    s.finish_client_token("t1", "Authorize", None).unwrap();
+    assert_eq!(
+        s.claim_client_token("t1", "Authorize", "h2").unwrap(),
+        TokenClaim::Fresh
+    );
+    // Tokens expire.
+    fx.advance(CLIENT_TOKEN_TTL_SECS + 1);
+    assert_eq!(
+        s.claim_client_token("t1", "Create", "h2").unwrap(),
+        TokenClaim::Fresh
+    );
+    assert_eq!(
+        code(s.claim_client_token(&"x".repeat(65), "Create", "h")),
+        codes::INVALID_PARAMETER_VALUE
+    );
+}
