@@ -34,6 +34,7 @@ pub mod dataplane;
 pub mod endpoint;
 pub mod http_client;
 pub mod io;
+pub mod metrics;
 pub mod pool;
 pub mod server;
 pub mod storage;

@@ -272,6 +272,7 @@ fn serve(
         // The only endpoint of this process: the whole SNAT range.
         nat_port_range: None,
         address_blocks: None,
+        metrics: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -102,6 +102,8 @@ pub struct ServerSettings {
     /// Client addresses from claimed blocks of the client CIDR (several nodes serve the
     /// endpoint); `None`: from all of it.
     pub address_blocks: Option<AddressBlocks>,
+    /// Where this endpoint counts its metrics (`crate::metrics`); none: not counted.
+    pub metrics: Option<Arc<crate::metrics::EndpointMetrics>>,
 }
 
 /// The blocks of the client CIDR a node has claimed for an endpoint, and where it asks for
@@ -917,6 +919,7 @@ impl Server {
                     groups,
                     connection_id,
                     record,
+                    took,
                 } => {
                     if let Err(e) = self.dataplane.add_session(client_ip, conn, &groups) {
                         warn!(conn, error = %e, "data plane refused the session");
@@ -932,6 +935,9 @@ impl Server {
                     }
                     if let Some(r) = &self.settings.recorder {
                         r.started(&connection_id, record);
+                    }
+                    if let Some(m) = &self.settings.metrics {
+                        m.admitted(took);
                     }
                 }
                 Output::Ended {
@@ -956,6 +962,9 @@ impl Server {
                         info!(conn, client_ip = %addr, ?counters, "session ended");
                         if let Some(r) = &self.settings.recorder {
                             r.ended(&info.connection_id, counters.unwrap_or_default());
+                        }
+                        if let Some(m) = &self.settings.metrics {
+                            m.traffic(&info.connection_id, counters.unwrap_or_default(), true);
                         }
                         let counters: crate::connlog::TrafficCounters =
                             counters.unwrap_or_default().into();
@@ -1015,6 +1024,12 @@ impl Server {
                     }
                 }
                 Output::Log(entry) => {
+                    if let Some(m) = &self.settings.metrics {
+                        if entry.connection_attempt_status == crate::connlog::AttemptStatus::Failed
+                        {
+                            m.refused(&entry.connection_attempt_failure_reason);
+                        }
+                    }
                     log_connection(&self.logs, self.settings.print_log_lines, &entry)
                 }
                 Output::NotRunning { connection_id } => {
@@ -1218,11 +1233,17 @@ impl Server {
         }
     }
 
-    /// Reports running connections' counters to the recorder.
+    /// Reports running connections' counters to the recorder and the metrics, and the data
+    /// plane's own counters to the metrics.
     fn report_counters(&mut self) {
-        let Some(recorder) = &self.settings.recorder else {
+        if let Some(m) = &self.settings.metrics {
+            if let Ok(c) = self.dataplane.global_counters() {
+                m.dataplane(&c.0, self.dataplane.nat_entries().len());
+            }
+        }
+        if self.settings.recorder.is_none() && self.settings.metrics.is_none() {
             return;
-        };
+        }
         let batch: Vec<_> = self
             .endpoint
             .admitted()
@@ -1231,8 +1252,15 @@ impl Server {
                 Some((connection_id.to_string(), counters))
             })
             .collect();
-        if !batch.is_empty() {
-            recorder.counters(batch);
+        if let Some(m) = &self.settings.metrics {
+            for (id, c) in &batch {
+                m.traffic(id, *c, false);
+            }
+        }
+        if let Some(recorder) = &self.settings.recorder {
+            if !batch.is_empty() {
+                recorder.counters(batch);
+            }
         }
     }
 

@@ -21,6 +21,7 @@ pub mod openvpn;
 pub mod packets;
 pub mod pki;
 pub mod postgres;
+pub mod prometheus;
 pub mod radius_server;
 pub mod raw_client;
 pub mod saml_idp;

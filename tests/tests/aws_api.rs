@@ -517,3 +517,163 @@ print("boto3 ok")
     });
     drop(daemon);
 }
+
+/// Runs `cvpn ARGS --output json` against the daemon.
+fn cvpn(daemon: &StoreDaemon, args: &[&str]) -> Value {
+    daemon.json(args).unwrap()
+}
+
+#[test]
+fn prometheus_scrapes_active_connections_bytes_and_drops() {
+    assert!(
+        is_root(),
+        "the metrics test needs root: run `cargo xtask test` as root"
+    );
+    let mut net = EndpointNet::new(1).unwrap();
+    let data = TempDir::new("prom").unwrap();
+    let config = cvpn_tests::pki::write(
+        &net.dir.0,
+        "cvpn.toml",
+        &format!("node_name = \"gw-a\"\n[aws_api]\nlisten = \"{LISTEN}\"\n[connections]\ncounters_seconds = 1\n"),
+    )
+    .unwrap();
+    let daemon = StoreDaemon::start_with_config(&net.gateway, &data.0, Some(&config)).unwrap();
+    http::spawn_server(&net.private, PRIVATE, 8080).unwrap();
+    let (cert, key, ca) = net.write_server_files().unwrap();
+    let endpoint = cvpn(
+        &daemon,
+        &[
+            "endpoint",
+            "create",
+            "--client-cidr",
+            "10.77.0.0/22",
+            "--server-cert",
+            cert.to_str().unwrap(),
+            "--server-key",
+            key.to_str().unwrap(),
+            "--client-ca",
+            ca.to_str().unwrap(),
+            "--split-tunnel",
+        ],
+    )["client-vpn-endpoint-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    daemon
+        .associate_and_authorize(&endpoint, &[(PRIVATE, "engineering")])
+        .unwrap();
+    let prom = cvpn_tests::prometheus::Prometheus::start(&net.gateway, LISTEN).unwrap();
+
+    // One client, some traffic to the host it may reach and some to one it may not.
+    let pem = net.ca.client("alice", &["engineering"]).unwrap();
+    let d = net.dir.0.clone();
+    let c = cvpn_tests::pki::write(&d, "alice.crt", &pem.cert).unwrap();
+    let k = cvpn_tests::pki::write(&d, "alice.key", &pem.key).unwrap();
+    let out = daemon
+        .cli(&[
+            "config",
+            "export",
+            &endpoint,
+            "--remote-host",
+            &EndpointNet::server_addr(0),
+            "--cert",
+            c.to_str().unwrap(),
+            "--key",
+            k.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut alice = OpenVpnClient::start_with_text(
+        &net.clients[0],
+        &format!("{}\nconnect-retry-max 1\n", out.stdout),
+        &d,
+        "alice",
+    )
+    .unwrap();
+    alice.wait_connected(Duration::from_secs(20)).unwrap();
+    net.clients[0]
+        .run(move || http::request(PRIVATE, 8080, "POST /", 200_000, Duration::from_secs(3)))
+        .unwrap();
+    assert!(!reaches(&net.clients[0], DENIED));
+
+    // What the database recorded of her traffic (counters every second) is what Prometheus
+    // scraped: both come from the same reads of the data plane.
+    let labels = format!("endpoint=\"{endpoint}\",node=\"gw-a\"");
+    let mut last: (Option<u64>, Option<f64>);
+    let started = std::time::Instant::now();
+    let agreed = loop {
+        let conns = cvpn(
+            &daemon,
+            &["connection", "list", &endpoint, "--status", "active"],
+        );
+        let stored = conns["connections"][0]["ingress-bytes"].as_u64();
+        let scraped = prom
+            .query(
+                &net.gateway,
+                &format!("cvpn_ingress_bytes_total{{{labels}}}"),
+            )
+            .unwrap();
+        last = (stored, scraped);
+        if let (Some(s), Some(p)) = last {
+            if s >= 200_000 && p == s as f64 {
+                break true;
+            }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        agreed,
+        "database vs Prometheus ingress bytes: {last:?}\n{}",
+        prom.log()
+    );
+    assert_eq!(
+        prom.query(
+            &net.gateway,
+            &format!("cvpn_active_connections{{{labels}}}")
+        )
+        .unwrap(),
+        Some(1.0)
+    );
+    assert!(
+        prom.query(&net.gateway, &format!("cvpn_handshakes_total{{{labels}}}"))
+            .unwrap()
+            >= Some(1.0)
+    );
+    let started = std::time::Instant::now();
+    let denied = loop {
+        let v = prom
+            .query(
+                &net.gateway,
+                &format!("cvpn_dataplane_packets{{{labels},counter=\"dropped_denied\"}}"),
+            )
+            .unwrap();
+        if v.is_some_and(|v| v > 0.0) || started.elapsed() > Duration::from_secs(15) {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        denied.is_some_and(|v| v > 0.0),
+        "drops by reason: {denied:?}"
+    );
+
+    // She leaves: no active connection any more.
+    alice.stop();
+    wait_until(
+        "Prometheus sees no active connection",
+        Duration::from_secs(20),
+        || {
+            prom.query(
+                &net.gateway,
+                &format!("cvpn_active_connections{{{labels}}}"),
+            )
+            .ok()
+            .flatten()
+                == Some(0.0)
+        },
+    );
+    drop(daemon);
+}

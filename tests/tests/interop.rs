@@ -688,6 +688,7 @@ fn serve_with_session_timeout(
             rules: vec![AuthorizationRule {
                 destination: "10.88.0.0/24".parse().unwrap(),
                 access: Access::AllGroups,
+                ports: None,
             }],
             routes: vec![],
         },
@@ -713,6 +714,7 @@ fn serve_with_session_timeout(
         sso: None,
         nat_port_range: None,
         address_blocks: None,
+        metrics: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = net.gateway.spawn(move || {

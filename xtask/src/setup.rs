@@ -57,6 +57,9 @@ const PACKAGES: &[&str] = &[
     // High availability (issue 11): the storage tests run against a real PostgreSQL server too,
     // Debian's, started by the tests with a data directory of their own.
     "postgresql",
+    // The AWS API (issue 12): a real Prometheus scrapes the daemon's metrics in a test
+    // (started by the test in the gateway's namespace; the package's own service is not used).
+    "prometheus",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

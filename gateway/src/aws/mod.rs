@@ -7,6 +7,7 @@
 //! key that `cvpn access-key create` made; the key's permission (full or read-only) decides
 //! what it may call. EC2 requests are form-encoded ([`query`]) and answered in EC2's XML
 //! ([`xml`]); ACM requests are JSON 1.1 (`X-Amz-Target: CertificateManager.<Op>`).
+//! `GET /metrics` serves the node's Prometheus metrics ([`crate::metrics`]) unsigned.
 //!
 //! ```text
 //!  aws / boto3 ──POST /──▶ sigv4::verify ──▶ ec2::run ──(in-process)──▶ api::router ──▶ Store
@@ -45,6 +46,8 @@ pub struct AwsState {
     pub api: Arc<ApiState>,
     /// The region of the ARNs made here (`[aws_api] region`).
     pub region: String,
+    /// This node's metrics, served at `GET /metrics` (no signature: Prometheus does not sign).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// An authenticated request's caller.
@@ -175,6 +178,9 @@ async fn handle(
         Protocol::Ec2 => ec2_error(e, &rid),
         Protocol::Acm(_) => acm::error_response(e, &rid),
     };
+    if method == Method::GET && uri.path() == "/metrics" {
+        return metrics(&state).await;
+    }
     if method != Method::POST || uri.path() != "/" {
         return fail(&AwsError::new(
             400,
@@ -279,6 +285,32 @@ async fn authenticate(
         request_id: rid.to_string(),
         region: state.region.clone(),
     })
+}
+
+/// `GET /metrics`: the node's metrics, Prometheus's text format (OpenMetrics).
+async fn metrics(state: &Arc<AwsState>) -> Response {
+    let Some(m) = state.metrics.clone() else {
+        return (StatusCode::NOT_FOUND, "no metrics here\n").into_response();
+    };
+    let node = m.node().to_string();
+    let now = now_secs();
+    let stored = state
+        .api
+        .blocking(move |s| crate::metrics::stored_endpoints(s, &node, now))
+        .await;
+    match stored {
+        Ok(stored) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+            m.render(&stored),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("metrics: the database did not answer: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// Serves the AWS-compatible API on a bound listener (TLS with `tls`, plain HTTP without)

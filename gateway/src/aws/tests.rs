@@ -56,6 +56,7 @@ impl Fx {
             state: Arc::new(AwsState {
                 api,
                 region: "eu-west-3".into(),
+                metrics: Some(crate::metrics::Metrics::new("gw-test")),
             }),
             full,
             read_only,

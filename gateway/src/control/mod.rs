@@ -187,6 +187,8 @@ pub struct Daemon {
     idps: std::sync::Mutex<HashMap<String, Arc<crate::web::SsoIdp>>>,
     /// Where running endpoints ask for another block of client addresses (shared database).
     more_addresses: mpsc::UnboundedSender<String>,
+    /// This node's metrics (`GET /metrics` on the AWS API listener).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The TUN device of an endpoint: `cvpn` and the first 10 hex digits of its id (stable across
@@ -301,6 +303,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         info!(listen = %web.listen, public_url = %web.public_url, "web listener (sign-in, portal) listening");
     }
 
+    let metrics = crate::metrics::Metrics::new(&config.node_name);
     if let Some(aws) = &config.aws_api {
         let tls = match &aws.tls {
             Some((cert, key)) => Some(pem_tls_config(cert, key, "AWS API listener")?),
@@ -317,6 +320,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         let state = Arc::new(crate::aws::AwsState {
             api: api_state.clone(),
             region: aws.region.clone(),
+            metrics: Some(metrics.clone()),
         });
         let url = crate::aws::describe(aws.listen, tls.is_some());
         api_tasks.push(tokio::spawn({
@@ -332,6 +336,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let listeners = api_state.listeners.clone();
     let (more_addresses, mut address_requests) = mpsc::unbounded_channel::<String>();
     let mut daemon = Daemon {
+        metrics: metrics.clone(),
         more_addresses,
         sso,
         portal,
@@ -838,6 +843,7 @@ impl Daemon {
             )),
             // Claimed when the endpoint starts (see `address_blocks`).
             address_blocks: None,
+            metrics: Some(self.metrics.endpoint(id)),
         };
         Ok((settings, fingerprint))
     }

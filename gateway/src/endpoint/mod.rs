@@ -209,6 +209,8 @@ pub enum Output {
         groups: Vec<String>,
         connection_id: String,
         record: NewConnection,
+        /// From the client's first packet to now (handshake, sign-in, address).
+        took: Duration,
     },
     /// The connection is gone. `client_ip` is set for an admitted one: the data path and the
     /// data plane forget it (before anything else happens), and its end goes to the connection
@@ -375,6 +377,8 @@ struct Connection {
     activity: Arc<Activity>,
     /// The last control packet (data packets count through `activity`).
     last_control_rx: Instant,
+    /// When the client's first packet came.
+    started: Instant,
     /// When the current data keys were installed.
     keys_at: Instant,
     rekey_pending: bool,
@@ -874,6 +878,7 @@ impl Endpoint {
             ),
             activity: Arc::new(Activity::new(self.epoch)),
             last_control_rx: now,
+            started: now,
             keys_at: now,
             rekey_pending: false,
             rekey_failed_at: None,
@@ -1218,6 +1223,7 @@ impl Endpoint {
         self.pending.done(c.handshake_source);
         c.log = c.log.clone().with_client_ip(addr);
         self.outputs.push_back(Output::Admitted {
+            took: clock.now.saturating_duration_since(c.started),
             conn: id,
             peer_id: c.peer_id,
             peer: c.peer,
