@@ -66,11 +66,13 @@ fn policy(n: usize) -> Policy {
                 .parse()
                 .expect("cidr"),
             access: Access::Group(format!("team{}", i % 50)),
+            ports: None,
         })
         .collect();
     rules.push(AuthorizationRule {
         destination: "10.88.0.0/24".parse().expect("cidr"),
         access: Access::Group("eng".into()),
+        ports: None,
     });
     Policy {
         rules,

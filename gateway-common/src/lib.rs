@@ -10,6 +10,7 @@
 //! | `SESSIONS` | hash | client IPv4 | [`Session`] | daemon |
 //! | `SESSION_STATS` | per-CPU hash | client IPv4 | [`SessionStats`] | kernel (daemon creates/deletes) |
 //! | `AUTH_0`/`AUTH_1` | LPM trie | destination prefix | [`AuthEntry`] | daemon (double-buffered) |
+//! | `PORT_RULES_0`/`PORT_RULES_1` | array | [`AuthEntry::port_set`] - 1 | [`PortRuleSet`] | daemon (double-buffered with `AUTH_n`) |
 //! | `ROUTE_0`/`ROUTE_1` | LPM trie | destination prefix | [`RouteEntry`] | daemon (double-buffered) |
 //! | `POLICY_SLOT` | array\[1\] | 0 | active slot (0 or 1) | daemon |
 //! | `TARGETS` | hash | target id | [`TargetNetwork`] | daemon |
@@ -104,8 +105,55 @@ pub struct SessionStats {
 pub struct AuthEntry {
     /// Non-zero when a rule at this prefix authorizes all groups.
     pub all_groups: u32,
-    pub _pad: u32,
+    /// The rules of this prefix limited to a protocol and ports (cvpn, beyond AWS): 1 + their
+    /// index in `PORT_RULES_n` of the same slot; 0 when there are none.
+    pub port_set: u32,
     pub groups: GroupSet,
+}
+
+/// Most port-limited rule groups at one prefix (distinct protocol + port range pairs).
+pub const PORT_RULES_PER_PREFIX: usize = 8;
+/// Most prefixes with port-limited rules in one policy (entries of `PORT_RULES_n`).
+pub const PORT_RULE_SETS: u32 = 1024;
+
+/// Authorization rules of one prefix that are limited to a protocol and a destination port
+/// range: at that prefix a packet is also allowed when one of them matches its protocol and
+/// port and admits the session's groups. Prefixes without port limits never look here, so
+/// AWS's semantics are untouched when no rule names a port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRule {
+    /// IP protocol (6 TCP, 17 UDP, 1 ICMP).
+    pub protocol: u8,
+    /// Non-zero when the rule authorizes all groups.
+    pub all_groups: u8,
+    pub _pad: u16,
+    /// Destination ports, inclusive (TCP and UDP; ignored for ICMP).
+    pub from_port: u16,
+    pub to_port: u16,
+    pub groups: GroupSet,
+}
+
+/// The port-limited rules of one prefix (`PORT_RULES_0` / `PORT_RULES_1` value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRuleSet {
+    /// Rules in use, at most [`PORT_RULES_PER_PREFIX`].
+    pub count: u32,
+    pub _pad: u32,
+    pub rules: [PortRule; PORT_RULES_PER_PREFIX],
+}
+
+impl PortRule {
+    /// Whether this rule admits a packet of `protocol` to `dport` from a session in `groups`.
+    #[inline(always)]
+    pub fn admits(&self, protocol: u8, dport: u16, groups: &GroupSet) -> bool {
+        if self.protocol != protocol {
+            return false;
+        }
+        let ports = protocol == 1 || (dport >= self.from_port && dport <= self.to_port);
+        ports && (self.all_groups != 0 || self.groups.intersects(groups))
+    }
 }
 
 /// A route: which target network carries traffic to a destination prefix.
@@ -334,6 +382,8 @@ mod pod {
     unsafe impl aya::Pod for Session {}
     unsafe impl aya::Pod for SessionStats {}
     unsafe impl aya::Pod for AuthEntry {}
+    unsafe impl aya::Pod for PortRule {}
+    unsafe impl aya::Pod for PortRuleSet {}
     unsafe impl aya::Pod for RouteEntry {}
     unsafe impl aya::Pod for TargetNetwork {}
     unsafe impl aya::Pod for GatewayConfig {}
@@ -353,6 +403,8 @@ mod tests {
         assert_eq!(size_of::<GroupSet>(), 32);
         assert_eq!(size_of::<Session>(), 40);
         assert_eq!(size_of::<AuthEntry>(), 40);
+        assert_eq!(size_of::<PortRule>(), 40);
+        assert_eq!(size_of::<PortRuleSet>(), 8 + 40 * PORT_RULES_PER_PREFIX);
         assert_eq!(size_of::<TargetNetwork>(), 8);
         assert_eq!(size_of::<GatewayConfig>(), 12);
         assert_eq!(size_of::<NatKey>(), 16);

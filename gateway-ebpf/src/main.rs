@@ -28,8 +28,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use gateway_common::{
-    AuthEntry, Counter, FlowEvent, GatewayConfig, NatForward, NatKey, NatReverse, RouteEntry,
-    Session, SessionStats, CLIENT_LINK_ETHERNET, CLIENT_LINK_TUN, DEFAULT_NAT_PORT_MAX,
+    AuthEntry, Counter, FlowEvent, GatewayConfig, GroupSet, NatForward, NatKey, NatReverse,
+    RouteEntry, Session, SessionStats, PORT_RULES_PER_PREFIX, CLIENT_LINK_ETHERNET, CLIENT_LINK_TUN, DEFAULT_NAT_PORT_MAX,
     DEFAULT_NAT_PORT_MIN, DEFAULT_NAT_SESSION_CAP, EVENT_DENIED, EVENT_NAT_FULL, EVENT_NO_ROUTE,
     EVENT_UNKNOWN_SOURCE, IPPROTO_ICMP, IPPROTO_TCP, NAT_FLAG_TCP_CLOSING,
 };
@@ -270,7 +270,11 @@ fn try_client_ingress(ctx: &TcContext) -> Result<i32, Drop> {
         (AUTH_1.get(&key), ROUTE_1.get(&key))
     };
     let allowed = match auth {
-        Some(rule) => rule.all_groups != 0 || rule.groups.intersects(&session.groups),
+        Some(rule) => {
+            rule.all_groups != 0
+                || rule.groups.intersects(&session.groups)
+                || port_rules_admit(slot, rule.port_set, &flow, &session.groups)
+        }
         None => false,
     };
     if !allowed {
@@ -335,6 +339,34 @@ fn try_client_ingress(ctx: &TcContext) -> Result<i32, Drop> {
     // SAFETY: helper call; a NULL neighbour means "look the next hop up in the FIB".
     let verdict = unsafe { bpf_redirect_neigh(target.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
     Ok(verdict)
+}
+
+/// Whether a port-limited rule of the prefix (`port_set`, 1-based; 0: none) admits the
+/// packet: its protocol, its destination port within the rule's range (TCP, UDP), and the
+/// session's groups. At most `PORT_RULES_PER_PREFIX` comparisons, one array lookup.
+#[inline(always)]
+fn port_rules_admit(slot: u32, port_set: u32, flow: &Flow, groups: &GroupSet) -> bool {
+    if port_set == 0 {
+        return false;
+    }
+    let index = port_set - 1;
+    let set = if slot == 0 {
+        PORT_RULES_0.get(index)
+    } else {
+        PORT_RULES_1.get(index)
+    };
+    let Some(set) = set else { return false };
+    let mut i = 0;
+    while i < PORT_RULES_PER_PREFIX {
+        if i as u32 >= set.count {
+            break;
+        }
+        if set.rules[i].admits(flow.proto, flow.dport, groups) {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// How many NAT entries the session at `addr` may still create: `Ok` with the counter to bump

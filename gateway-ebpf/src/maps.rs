@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use gateway_common::{
-    AuthEntry, FlowEvent, GatewayConfig, NatForward, NatKey, NatReverse, RouteEntry, Session,
-    SessionStats, TargetNetwork, COUNTER_COUNT,
+    AuthEntry, FlowEvent, GatewayConfig, NatForward, NatKey, NatReverse, PortRuleSet, RouteEntry,
+    Session, SessionStats, TargetNetwork, COUNTER_COUNT, PORT_RULE_SETS,
 };
 
 /// Active sessions by client tunnel address.
@@ -24,6 +24,12 @@ pub static SESSION_STATS: PerCpuHashMap<[u8; 4], SessionStats> =
 pub static AUTH_0: LpmTrie<[u8; 4], AuthEntry> = LpmTrie::with_max_entries(16384, 0);
 #[map]
 pub static AUTH_1: LpmTrie<[u8; 4], AuthEntry> = LpmTrie::with_max_entries(16384, 0);
+
+/// Port-limited rules by `AuthEntry::port_set - 1`, double-buffered with `AUTH_n` (same slot).
+#[map]
+pub static PORT_RULES_0: Array<PortRuleSet> = Array::with_max_entries(PORT_RULE_SETS, 0);
+#[map]
+pub static PORT_RULES_1: Array<PortRuleSet> = Array::with_max_entries(PORT_RULE_SETS, 0);
 
 /// Routes to target networks, double-buffered with the rules.
 #[map]

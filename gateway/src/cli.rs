@@ -450,6 +450,12 @@ pub enum RuleCommand {
         /// Admit every client.
         #[arg(long)]
         all_groups: bool,
+        /// Admit only this protocol: tcp, udp or icmp (beyond AWS; default: every packet).
+        #[arg(long, value_name = "PROTOCOL")]
+        protocol: Option<String>,
+        /// With --protocol tcp or udp: only these destination ports, 443 or 8000-8100.
+        #[arg(long, value_name = "PORTS", requires = "protocol")]
+        ports: Option<String>,
         /// Free-text description.
         #[arg(long, value_name = "TEXT")]
         description: Option<String>,
@@ -468,6 +474,12 @@ pub enum RuleCommand {
         /// The all-groups rule.
         #[arg(long)]
         all_groups: bool,
+        /// The rule's protocol, if it has one.
+        #[arg(long, value_name = "PROTOCOL")]
+        protocol: Option<String>,
+        /// The rule's ports, if it has them.
+        #[arg(long, value_name = "PORTS", requires = "protocol")]
+        ports: Option<String>,
     },
     /// Describes an endpoint's authorization rules.
     Describe {
@@ -1328,6 +1340,8 @@ async fn rule(c: RuleCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
             destination,
             group,
             all_groups,
+            protocol,
+            ports,
             description,
         } => {
             let mut m = Map::new();
@@ -1336,6 +1350,8 @@ async fn rule(c: RuleCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
             if all_groups {
                 m.insert("authorize-all-groups".into(), json!(true));
             }
+            insert(&mut m, "protocol", protocol);
+            insert(&mut m, "port-range", ports);
             insert(&mut m, "description", description);
             let path = format!("{}/authorization-rules", ep_path(&endpoint_id));
             let reply = cx.send_json(Method::POST, path, m).await?;
@@ -1346,6 +1362,8 @@ async fn rule(c: RuleCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
             destination,
             group,
             all_groups,
+            protocol,
+            ports,
         } => {
             let mut m = Map::new();
             m.insert("target-network-cidr".into(), json!(destination));
@@ -1353,6 +1371,8 @@ async fn rule(c: RuleCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
             if all_groups {
                 m.insert("revoke-all-groups".into(), json!(true));
             }
+            insert(&mut m, "protocol", protocol);
+            insert(&mut m, "port-range", ports);
             let path = format!("{}/authorization-rules", ep_path(&endpoint_id));
             let reply = cx.send_json(Method::DELETE, path, m).await?;
             cx.show(&reply, |r: AuthorizationRule| rule_table(&[r]))
@@ -1369,7 +1389,7 @@ async fn rule(c: RuleCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
 }
 
 fn rule_table(list: &[AuthorizationRule]) -> String {
-    let mut t = Table::new(&["DESTINATION", "GROUP", "DESCRIPTION", "CREATED"]);
+    let mut t = Table::new(&["DESTINATION", "GROUP", "PORTS", "DESCRIPTION", "CREATED"]);
     for r in list {
         t.row(vec![
             r.destination_cidr.to_string(),
@@ -1377,6 +1397,8 @@ fn rule_table(list: &[AuthorizationRule]) -> String {
                 (Some(g), false) => g.clone(),
                 _ => "(all groups)".to_string(),
             },
+            r.ports()
+                .map_or_else(|| "all".to_string(), |m| m.describe()),
             opt(&r.description),
             r.creation_time.to_string(),
         ]);

@@ -710,6 +710,7 @@ impl EndpointConfig {
                 .map(|r| AuthorizationRule {
                     destination: r.destination,
                     access: r.access.clone(),
+                    ports: None,
                 })
                 .collect(),
             routes: self
@@ -907,11 +908,13 @@ client_ca = "ca.crt"
             [
                 AuthorizationRule {
                     destination: net("10.88.0.0/24"),
-                    access: Access::Group("engineering".into())
+                    access: Access::Group("engineering".into()),
+                    ports: None,
                 },
                 AuthorizationRule {
                     destination: net("0.0.0.0/0"),
-                    access: Access::AllGroups
+                    access: Access::AllGroups,
+                    ports: None,
                 },
             ]
         );

@@ -8,6 +8,7 @@ use etherparse::PacketBuilder;
 pub const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 pub const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4 {
     Tcp { sport: u16, dport: u16, fin: bool },
     Udp { sport: u16, dport: u16 },

@@ -1972,3 +1972,78 @@ fn a_rule_revoked_by_another_writer_of_the_database_cuts_a_flow_within_the_chang
     s.assert_no_session_reset_and_both_active();
     pg.stop().unwrap();
 }
+
+#[test]
+fn a_port_rule_lets_its_port_through_and_drops_and_flow_logs_another_port_of_the_same_host() {
+    let mut s = setup(1);
+    http::spawn_server(&s.net.private, PRIVATE, 8080).unwrap();
+    http::spawn_server(&s.net.private, PRIVATE, 9090).unwrap();
+    let rule = s.json(&[
+        "rule",
+        "authorize",
+        &s.endpoint,
+        "--destination",
+        &format!("{PRIVATE}/32"),
+        "--group",
+        "engineering",
+        "--protocol",
+        "tcp",
+        "--ports",
+        "8080",
+    ]);
+    assert_eq!(rule["protocol"], "tcp", "{rule}");
+    assert_eq!(rule["port-range"], "8080", "{rule}");
+    let table = ok(s.cli(&["rule", "describe", &s.endpoint]), "rule describe");
+    assert!(table.contains("tcp/8080"), "{table}");
+    let _alice = s.connect(0, "alice", "engineering");
+    let ns = &s.net.clients[0];
+    let port = |p: u16| {
+        ns.run(move || http::request(PRIVATE, p, "GET /", 0, Duration::from_secs(2)))
+            .is_ok()
+    };
+    assert!(port(8080), "the rule's port passes");
+    assert!(!port(9090), "another port of the same host is dropped");
+    wait_until(
+        "the dropped flow is in the flow log",
+        Duration::from_secs(5),
+        || {
+            read_log(&s.daemon.data_dir, "flow.log").iter().any(|f| {
+                f["flow-log-type"] == "denied"
+                    && f["destination-ip"] == PRIVATE.to_string()
+                    && f["destination-port"] == "9090"
+                    && f["protocol"] == "tcp"
+            })
+        },
+    );
+    // The same rule without the port limit (AWS's kind) opens the host on every port, live.
+    ok(
+        s.cli(&[
+            "rule",
+            "revoke",
+            &s.endpoint,
+            "--destination",
+            &format!("{PRIVATE}/32"),
+            "--group",
+            "engineering",
+            "--protocol",
+            "tcp",
+            "--ports",
+            "8080",
+        ]),
+        "revoke",
+    );
+    ok(
+        s.cli(&[
+            "rule",
+            "authorize",
+            &s.endpoint,
+            "--destination",
+            &format!("{PRIVATE}/32"),
+            "--group",
+            "engineering",
+        ]),
+        "authorize",
+    );
+    wait_until("every port passes", Duration::from_secs(5), || port(9090));
+    assert!(port(8080));
+}

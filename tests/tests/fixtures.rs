@@ -42,6 +42,7 @@ fn rule(cidr: &str, access: Access) -> AuthorizationRule {
     AuthorizationRule {
         destination: cidr.parse().unwrap(),
         access,
+        ports: None,
     }
 }
 
@@ -1117,4 +1118,142 @@ fn icmp_errors_about_a_translated_flow_reach_its_client() {
     run_rows(&mut dp, rows);
     let c = dp.global_counters().unwrap();
     assert_eq!(c.get(Counter::IcmpErrorTranslated), 2);
+}
+
+#[test]
+fn port_rules_admit_their_protocol_and_ports_only_and_leave_aws_rules_alone() {
+    if !is_root() {
+        panic!("the fixture tests need root: run `cargo xtask test` as root");
+    }
+    let (_ns, mut dp) = setup();
+    let mut events = dp.take_flow_events().unwrap();
+    let ported = |cidr: &str, access: Access, protocol: u8, from: u16, to: u16| AuthorizationRule {
+        destination: cidr.parse().unwrap(),
+        access,
+        ports: Some(gateway::dataplane::policy::PortMatch {
+            protocol,
+            from_port: from,
+            to_port: to,
+        }),
+    };
+    // 10.88.0.10/32: group b on tcp/8080 only, everyone on udp/5000-5100 and icmp. The /32 is
+    // the longest match there: a's unrestricted /16 no longer counts for that host (AWS's
+    // longest-prefix rule, whatever the ports). Elsewhere in the /16 nothing changes.
+    let mut policy = dp.policy().clone();
+    policy.rules.extend([
+        ported("10.88.0.10/32", group("b"), 6, 8080, 8080),
+        ported("10.88.0.10/32", Access::AllGroups, 17, 5000, 5100),
+        ported("10.88.0.10/32", Access::AllGroups, 1, 0, 0),
+    ]);
+    dp.replace_policy(policy).unwrap();
+    let other = Ipv4Addr::new(10, 88, 0, 11);
+    run_rows(
+        &mut dp,
+        vec![
+            client(
+                "b to tcp/8080: its port rule",
+                B,
+                HOST,
+                tcp(40000, 8080),
+                TC_ACT_REDIRECT,
+            ),
+            client(
+                "b to tcp/8081: no rule for that port",
+                B,
+                HOST,
+                tcp(40000, 8081),
+                TC_ACT_SHOT,
+            ),
+            client(
+                "b to tcp/22: no rule for that port",
+                B,
+                HOST,
+                tcp(40001, 22),
+                TC_ACT_SHOT,
+            ),
+            client(
+                "a to tcp/8080: the rule is b's",
+                A,
+                HOST,
+                tcp(40002, 8080),
+                TC_ACT_SHOT,
+            ),
+            client(
+                "anyone to udp/5000",
+                NOGROUP,
+                HOST,
+                udp(40003, 5000),
+                TC_ACT_REDIRECT,
+            ),
+            client(
+                "anyone to udp/5100 (inclusive)",
+                NOGROUP,
+                HOST,
+                udp(40004, 5100),
+                TC_ACT_REDIRECT,
+            ),
+            client(
+                "anyone to udp/5101",
+                NOGROUP,
+                HOST,
+                udp(40005, 5101),
+                TC_ACT_SHOT,
+            ),
+            client(
+                "udp/8080 is not tcp/8080",
+                B,
+                HOST,
+                udp(40006, 8080),
+                TC_ACT_SHOT,
+            ),
+            client(
+                "icmp echo: its protocol rule",
+                NOGROUP,
+                HOST,
+                L4::EchoRequest { id: 77, seq: 1 },
+                TC_ACT_REDIRECT,
+            ),
+            client(
+                "a to another host of its /16, any port: AWS's rule as before",
+                A,
+                other,
+                tcp(40007, 22),
+                TC_ACT_REDIRECT,
+            ),
+            client(
+                "b to that host: still denied",
+                B,
+                other,
+                tcp(40008, 8080),
+                TC_ACT_SHOT,
+            ),
+        ],
+    );
+    // The dropped flows are flow-logged as denied, with their ports.
+    let denied: Vec<_> = events
+        .wait(std::time::Duration::from_millis(200))
+        .into_iter()
+        .filter(|e| e.kind == FlowEventKind::Denied && e.dst == HOST)
+        .map(|e| (e.protocol, e.dst_port))
+        .collect();
+    assert!(denied.contains(&(6, 8081)), "{denied:?}");
+    assert!(denied.contains(&(6, 22)), "{denied:?}");
+    assert!(denied.contains(&(17, 5101)), "{denied:?}");
+    // Revoking the port rules gives the host back to a's /16.
+    let mut policy = dp.policy().clone();
+    policy.rules.retain(|r| r.ports.is_none());
+    dp.replace_policy(policy).unwrap();
+    run_rows(
+        &mut dp,
+        vec![
+            client(
+                "a to tcp/22 again",
+                A,
+                HOST,
+                tcp(40009, 22),
+                TC_ACT_REDIRECT,
+            ),
+            client("b no longer", B, HOST, tcp(40010, 8080), TC_ACT_SHOT),
+        ],
+    );
 }

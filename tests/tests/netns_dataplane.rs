@@ -39,6 +39,7 @@ fn policy(rules: &[(&str, &str)]) -> Policy {
                 } else {
                     Access::Group(g.to_string())
                 },
+                ports: None,
             })
             .collect(),
         routes: vec![Route {

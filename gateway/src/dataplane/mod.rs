@@ -30,8 +30,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use gateway_common::{
-    AuthEntry, Counter, FlowEvent, GatewayConfig, NatForward, NatKey, NatReverse, RouteEntry,
-    Session, SessionStats, TargetNetwork, COUNTER_COUNT, DEFAULT_NAT_PORT_MAX,
+    AuthEntry, Counter, FlowEvent, GatewayConfig, NatForward, NatKey, NatReverse, PortRuleSet,
+    RouteEntry, Session, SessionStats, TargetNetwork, COUNTER_COUNT, DEFAULT_NAT_PORT_MAX,
     DEFAULT_NAT_PORT_MIN, DEFAULT_NAT_SESSION_CAP, EVENT_DENIED, EVENT_NAT_FULL, EVENT_NO_ROUTE,
     EVENT_UNKNOWN_SOURCE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_FLAG_TCP_CLOSING,
 };
@@ -76,6 +76,14 @@ pub enum DataPlaneError {
     },
     #[error("the policy names {wanted} distinct groups; rules can reference at most {max} groups at once")]
     TooManyGroups { wanted: usize, max: usize },
+    #[error("the rules for {destination} name {wanted} distinct protocol and port ranges; at most {max} per destination")]
+    TooManyPortRules {
+        destination: String,
+        wanted: usize,
+        max: usize,
+    },
+    #[error("more than {max} destinations have rules limited to ports; merge some")]
+    TooManyPortRuleSets { max: usize },
     #[error("no target network with id {0}")]
     UnknownTarget(u32),
     #[error("target network id {0} is already in use")]
@@ -396,6 +404,8 @@ pub struct DataPlane {
     sessions_map: BpfHashMap<MapData, [u8; 4], Session>,
     stats_map: PerCpuHashMap<MapData, [u8; 4], SessionStats>,
     auth: [AuthTrie; 2],
+    /// `PORT_RULES_0` / `PORT_RULES_1`: the port-limited rules of each slot.
+    port_rules: [Array<MapData, PortRuleSet>; 2],
     routes: [RouteTrie; 2],
     slot_map: Array<MapData, u32>,
     targets_map: BpfHashMap<MapData, u32, TargetNetwork>,
@@ -409,6 +419,7 @@ pub struct DataPlane {
     // Mirrors of what the kernel holds, so updates write only differences.
     slot: u32,
     slot_auth: [BTreeMap<Prefix, AuthEntry>; 2],
+    slot_port_rules: [Vec<PortRuleSet>; 2],
     slot_routes: [BTreeMap<Prefix, RouteEntry>; 2],
     policy: Policy,
     groups: GroupInterner,
@@ -676,6 +687,10 @@ impl DataPlane {
             sessions_map: take(&mut ebpf, "SESSIONS")?,
             stats_map: take(&mut ebpf, "SESSION_STATS")?,
             auth: [take(&mut ebpf, "AUTH_0")?, take(&mut ebpf, "AUTH_1")?],
+            port_rules: [
+                take(&mut ebpf, "PORT_RULES_0")?,
+                take(&mut ebpf, "PORT_RULES_1")?,
+            ],
             routes: [take(&mut ebpf, "ROUTE_0")?, take(&mut ebpf, "ROUTE_1")?],
             slot_map: take(&mut ebpf, "POLICY_SLOT")?,
             targets_map: take(&mut ebpf, "TARGETS")?,
@@ -690,6 +705,7 @@ impl DataPlane {
             ebpf,
             slot: 0,
             slot_auth: [BTreeMap::new(), BTreeMap::new()],
+            slot_port_rules: [Vec::new(), Vec::new()],
             slot_routes: [BTreeMap::new(), BTreeMap::new()],
             policy: Policy::default(),
             groups: GroupInterner::default(),
@@ -928,13 +944,23 @@ impl DataPlane {
             }
         }
         let plan = self.groups.plan(&policy)?;
-        let auth = compile_rules(&policy.rules, &plan.next);
+        let compiled = compile_rules(&policy.rules, &plan.next)?;
         let routes = compile_routes(&policy.routes);
         let idle = (1 - self.slot) as usize;
 
         // 1. Sessions learn bits of newly referenced groups (the live policy ignores them).
         self.rewrite_session_groups(&plan.transition)?;
-        // 2. Fill the idle slot with the new entries.
+        // 2. Fill the idle slot with the new entries: the port sets first, so that no entry of
+        //    the slot ever names a set it does not hold yet (the slot is idle anyway).
+        for (i, set) in compiled.port_sets.iter().enumerate() {
+            if self.slot_port_rules[idle].get(i) != Some(set) {
+                self.port_rules[idle]
+                    .set(i as u32, *set, 0)
+                    .map_err(map_err("PORT_RULES"))?;
+            }
+        }
+        self.slot_port_rules[idle] = compiled.port_sets.clone();
+        let auth = compiled.auth;
         sync_trie(
             &mut self.auth[idle],
             &mut self.slot_auth[idle],

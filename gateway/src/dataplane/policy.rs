@@ -5,13 +5,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use gateway_common::{AuthEntry, GroupSet, RouteEntry, MAX_GROUPS};
+use gateway_common::{
+    AuthEntry, GroupSet, PortRule, PortRuleSet, RouteEntry, MAX_GROUPS, PORT_RULES_PER_PREFIX,
+    PORT_RULE_SETS,
+};
 use ipnet::Ipv4Net;
 
 use super::DataPlaneError;
 
 // re-export: the types live in model
-pub use crate::model::policy::{Access, AuthorizationRule, Policy, Route};
+pub use crate::model::policy::{Access, AuthorizationRule, Policy, PortMatch, Route};
 
 /// LPM key as the kernel stores it: (prefix length, network address bytes).
 pub type Prefix = (u32, [u8; 4]);
@@ -90,25 +93,86 @@ pub fn group_set<S: AsRef<str>>(groups: &[S], bits: &HashMap<String, usize>) -> 
     set
 }
 
+/// The kernel's authorization maps of a policy: one [`AuthEntry`] per prefix (`AUTH_n`) and
+/// the port-limited rules of the prefixes that have some (`PORT_RULES_n`, indexed by
+/// [`AuthEntry::port_set`] - 1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompiledRules {
+    pub auth: BTreeMap<Prefix, AuthEntry>,
+    pub port_sets: Vec<PortRuleSet>,
+}
+
 /// Folds all rules of one prefix into one entry: the kernel's single LPM lookup then finds the
-/// longest matching prefix and, with it, every rule that counts (AWS semantics).
+/// longest matching prefix and, with it, every rule that counts (AWS semantics). Rules limited
+/// to a protocol and ports are folded per (protocol, range) into the prefix's port set.
 pub fn compile_rules(
     rules: &[AuthorizationRule],
     bits: &HashMap<String, usize>,
-) -> BTreeMap<Prefix, AuthEntry> {
-    let mut out: BTreeMap<Prefix, AuthEntry> = BTreeMap::new();
+) -> Result<CompiledRules, DataPlaneError> {
+    let mut auth: BTreeMap<Prefix, AuthEntry> = BTreeMap::new();
+    let mut ported: BTreeMap<Prefix, BTreeMap<PortMatch, PortRule>> = BTreeMap::new();
     for rule in rules {
-        let entry = out.entry(prefix_of(&rule.destination)).or_default();
-        match &rule.access {
-            Access::AllGroups => entry.all_groups = 1,
-            Access::Group(g) => {
-                if let Some(&bit) = bits.get(g) {
-                    entry.groups.insert(bit);
+        let prefix = prefix_of(&rule.destination);
+        let entry = auth.entry(prefix).or_default();
+        let all = rule.access == Access::AllGroups;
+        let bit = match &rule.access {
+            Access::Group(g) => bits.get(g).copied(),
+            Access::AllGroups => None,
+        };
+        match rule.ports {
+            None => {
+                if all {
+                    entry.all_groups = 1;
+                }
+                if let Some(b) = bit {
+                    entry.groups.insert(b);
+                }
+            }
+            Some(m) => {
+                let r = ported
+                    .entry(prefix)
+                    .or_default()
+                    .entry(m)
+                    .or_insert(PortRule {
+                        protocol: m.protocol,
+                        from_port: m.from_port,
+                        to_port: m.to_port,
+                        ..PortRule::default()
+                    });
+                if all {
+                    r.all_groups = 1;
+                }
+                if let Some(b) = bit {
+                    r.groups.insert(b);
                 }
             }
         }
     }
-    out
+    let mut port_sets = Vec::new();
+    for (prefix, by_match) in ported {
+        if by_match.len() > PORT_RULES_PER_PREFIX {
+            return Err(DataPlaneError::TooManyPortRules {
+                destination: format!("{}/{}", std::net::Ipv4Addr::from(prefix.1), prefix.0),
+                wanted: by_match.len(),
+                max: PORT_RULES_PER_PREFIX,
+            });
+        }
+        let mut set = PortRuleSet::default();
+        for (i, r) in by_match.into_values().enumerate() {
+            set.rules[i] = r;
+        }
+        set.count = set.rules.iter().take_while(|r| r.protocol != 0).count() as u32;
+        port_sets.push(set);
+        if port_sets.len() > PORT_RULE_SETS as usize {
+            return Err(DataPlaneError::TooManyPortRuleSets {
+                max: PORT_RULE_SETS as usize,
+            });
+        }
+        if let Some(e) = auth.get_mut(&prefix) {
+            e.port_set = port_sets.len() as u32;
+        }
+    }
+    Ok(CompiledRules { auth, port_sets })
 }
 
 /// Routes by prefix. Two routes for the same prefix: the first wins (the control plane refuses
@@ -123,15 +187,19 @@ pub fn compile_routes(routes: &[Route]) -> BTreeMap<Prefix, RouteEntry> {
     out
 }
 
-/// The decision the kernel makes, computed in userspace from the same compiled entries: used by
-/// tests as the reference model, and by the CLI to explain a decision.
+/// The decision the kernel makes, computed in userspace from the same compiled maps: used by
+/// tests as the reference model, and by the CLI to explain a decision. `protocol` and `dport`
+/// are the packet's (IP protocol number; destination port, 0 for ICMP).
 pub fn authorize(
-    entries: &BTreeMap<Prefix, AuthEntry>,
+    compiled: &CompiledRules,
     groups: &GroupSet,
     dst: std::net::Ipv4Addr,
+    protocol: u8,
+    dport: u16,
 ) -> bool {
     let d = u32::from(dst);
-    let best = entries
+    let best = compiled
+        .auth
         .iter()
         .filter(|((len, net), _)| {
             let mask = if *len == 0 { 0 } else { u32::MAX << (32 - len) };
@@ -139,7 +207,19 @@ pub fn authorize(
         })
         .max_by_key(|((len, _), _)| *len);
     match best {
-        Some((_, e)) => e.all_groups != 0 || e.groups.intersects(groups),
+        Some((_, e)) => {
+            e.all_groups != 0
+                || e.groups.intersects(groups)
+                || (e.port_set != 0
+                    && compiled
+                        .port_sets
+                        .get(e.port_set as usize - 1)
+                        .is_some_and(|set| {
+                            set.rules[..set.count as usize]
+                                .iter()
+                                .any(|r| r.admits(protocol, dport, groups))
+                        }))
+        }
         None => false,
     }
 }
@@ -152,6 +232,7 @@ mod tests {
         AuthorizationRule {
             destination: cidr.parse().unwrap(),
             access,
+            ports: None,
         }
     }
 
@@ -166,17 +247,75 @@ mod tests {
             routes: vec![],
         };
         let plan = GroupInterner::default().plan(&policy).unwrap();
-        let entries = compile_rules(&policy.rules, &plan.next);
+        let entries = compile_rules(&policy.rules, &plan.next).unwrap();
         let a = group_set(&["a"], &plan.next);
         let b = group_set(&["b"], &plan.next);
         let ip = |s: &str| s.parse().unwrap();
-        assert!(authorize(&entries, &a, ip("10.1.9.9")));
-        assert!(!authorize(&entries, &b, ip("10.1.9.9")));
+        let ok = |g, d| authorize(&entries, g, ip(d), 6, 443);
+        assert!(ok(&a, "10.1.9.9"));
+        assert!(!ok(&b, "10.1.9.9"));
         // The /24 for B takes 10.1.2.0/24 away from A's /16 and from 0.0.0.0/0.
-        assert!(authorize(&entries, &b, ip("10.1.2.3")));
-        assert!(!authorize(&entries, &a, ip("10.1.2.3")));
+        assert!(ok(&b, "10.1.2.3"));
+        assert!(!ok(&a, "10.1.2.3"));
         // Only 0.0.0.0/0 covers 8.8.8.8: everyone.
-        assert!(authorize(&entries, &GroupSet::EMPTY, ip("8.8.8.8")));
+        assert!(ok(&GroupSet::EMPTY, "8.8.8.8"));
+    }
+
+    #[test]
+    fn port_rules_narrow_a_prefix_without_moving_the_longest_match() {
+        let tcp443 = PortMatch {
+            protocol: 6,
+            from_port: 443,
+            to_port: 443,
+        };
+        let udp = PortMatch {
+            protocol: 17,
+            from_port: 5000,
+            to_port: 5100,
+        };
+        let ported = |cidr: &str, access, ports| AuthorizationRule {
+            destination: cidr.parse().unwrap(),
+            access,
+            ports: Some(ports),
+        };
+        let policy = Policy {
+            rules: vec![
+                rule("10.0.0.0/8", Access::Group("a".into())),
+                ported("10.1.0.0/16", Access::Group("a".into()), tcp443),
+                ported("10.1.0.0/16", Access::AllGroups, udp),
+            ],
+            routes: vec![],
+        };
+        let plan = GroupInterner::default().plan(&policy).unwrap();
+        let c = compile_rules(&policy.rules, &plan.next).unwrap();
+        assert_eq!(c.port_sets.len(), 1);
+        assert_eq!(c.port_sets[0].count, 2);
+        let a = group_set(&["a"], &plan.next);
+        let ip = |s: &str| s.parse().unwrap();
+        // The /16 is the longest match: only its port rules count there.
+        assert!(authorize(&c, &a, ip("10.1.0.1"), 6, 443));
+        assert!(!authorize(&c, &a, ip("10.1.0.1"), 6, 80));
+        assert!(authorize(&c, &GroupSet::EMPTY, ip("10.1.0.1"), 17, 5050));
+        assert!(!authorize(&c, &GroupSet::EMPTY, ip("10.1.0.1"), 17, 5101));
+        assert!(!authorize(&c, &GroupSet::EMPTY, ip("10.1.0.1"), 6, 443));
+        // Elsewhere in the /8, A's unrestricted rule: every port.
+        assert!(authorize(&c, &a, ip("10.2.0.1"), 6, 80));
+        // Nine port ranges at one prefix: refused, not truncated.
+        let rules: Vec<_> = (0..9)
+            .map(|i| {
+                ported(
+                    "10.9.0.0/16",
+                    Access::AllGroups,
+                    PortMatch {
+                        protocol: 6,
+                        from_port: 1000 + i,
+                        to_port: 1000 + i,
+                    },
+                )
+            })
+            .collect();
+        let err = compile_rules(&rules, &HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
     }
 
     #[test]

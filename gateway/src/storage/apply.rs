@@ -325,6 +325,8 @@ pub fn apply_endpoint_config(
                 Access::Group(g) => (Some(g.clone()), None),
             };
             store.revoke_rule(&RevokeRequest {
+                protocol: None,
+                port_range: None,
                 client_vpn_endpoint_id: eid.clone(),
                 target_network_cidr: x.destination_cidr.to_string(),
                 access_group_id: group,
@@ -344,6 +346,8 @@ pub fn apply_endpoint_config(
                 Access::Group(g) => (Some(g.clone()), None),
             };
             store.authorize_rule(&AuthorizeRequest {
+                protocol: None,
+                port_range: None,
                 client_vpn_endpoint_id: eid.clone(),
                 target_network_cidr: c.destination.to_string(),
                 access_group_id: group,

@@ -400,16 +400,24 @@ fn route_row(r: &Row<'_>) -> sql::Result<Route> {
     })
 }
 
-const RULE_COLS: &str = "endpoint_id, destination, group_id, access_all, description, created_at";
+const RULE_COLS: &str =
+    "endpoint_id, destination, group_id, access_all, description, created_at, protocol, port_range";
 
 fn rule_row(r: &Row<'_>) -> sql::Result<AuthorizationRule> {
+    rule_row_at(r, 0)
+}
+
+/// A rule's columns ([`RULE_COLS`]) from column `at` on.
+fn rule_row_at(r: &Row<'_>, at: usize) -> sql::Result<AuthorizationRule> {
     Ok(AuthorizationRule {
-        client_vpn_endpoint_id: r.get(0)?,
-        destination_cidr: col(r, 1)?,
-        group_id: r.get(2)?,
-        access_all: r.get(3)?,
-        description: r.get(4)?,
-        creation_time: ts(r, 5)?,
+        client_vpn_endpoint_id: r.get(at)?,
+        destination_cidr: col(r, at + 1)?,
+        group_id: r.get(at + 2)?,
+        access_all: r.get(at + 3)?,
+        description: r.get(at + 4)?,
+        creation_time: ts(r, at + 5)?,
+        protocol: r.get(at + 6)?,
+        port_range: r.get(at + 7)?,
     })
 }
 

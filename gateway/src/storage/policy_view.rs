@@ -21,6 +21,7 @@ impl Store {
             .map(|r| policy::AuthorizationRule {
                 destination: r.destination_cidr,
                 access: r.access(),
+                ports: r.ports(),
             })
             .collect();
             let routes = query(

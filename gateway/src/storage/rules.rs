@@ -13,6 +13,7 @@ impl Store {
             "authorize-all-groups",
         )?;
         let description = validate::description("description", req.description.as_deref())?;
+        let (protocol, ports) = port_params(req.protocol.as_deref(), req.port_range.as_deref())?;
         self.write(|db, now| {
             let ep = load_live_endpoint(db, &req.client_vpn_endpoint_id)?;
             let eid = ep.client_vpn_endpoint_id.as_str();
@@ -20,16 +21,22 @@ impl Store {
             let exists: Option<i64> = db
                 .prepare_cached(
                     "SELECT seq FROM authorization_rules WHERE endpoint_id = ?1 AND destination = ?2 \
-                     AND access_all = ?3 AND coalesce(group_id, '') = coalesce(?4, '')",
+                     AND access_all = ?3 AND coalesce(group_id, '') = coalesce(?4, '') \
+                     AND coalesce(protocol, '') = coalesce(?5, '') \
+                     AND coalesce(port_range, '') = coalesce(?6, '')",
                 )?
-                .query_row(params![eid, dest.to_string(), all, group], |r| r.get(0))
+                .query_row(
+                    params![eid, dest.to_string(), all, group, protocol, ports],
+                    |r| r.get(0),
+                )
                 .optional()?;
             if exists.is_some() {
                 return Err(ApiError::new(
                     codes::DUPLICATE_AUTHORIZATION_RULE,
                     format!(
-                        "endpoint {eid} already authorizes {} to {dest}",
-                        access_text(&access)
+                        "endpoint {eid} already authorizes {} to {dest}{}",
+                        access_text(&access),
+                        ports_text(protocol.as_deref(), ports.as_deref())
                     ),
                 ));
             }
@@ -48,11 +55,13 @@ impl Store {
             let seq: i64 = db
                 .prepare_cached(
                     "INSERT INTO authorization_rules (endpoint_id, destination, group_id, access_all, \
-                     description, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING seq",
+                     description, created_at, protocol, port_range) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING seq",
                 )?
-                .query_row(params![eid, dest.to_string(), group, all, description, now.0], |r| {
-                    r.get(0)
-                })?;
+                .query_row(
+                    params![eid, dest.to_string(), group, all, description, now.0, protocol, ports],
+                    |r| r.get(0),
+                )?;
             bump_revision(db, eid)?;
             Ok(db
                 .prepare_cached(&format!("SELECT {RULE_COLS} FROM authorization_rules WHERE seq = ?1"))?
@@ -68,6 +77,7 @@ impl Store {
             req.revoke_all_groups,
             "revoke-all-groups",
         )?;
+        let (protocol, ports) = port_params(req.protocol.as_deref(), req.port_range.as_deref())?;
         self.write(|db, _now| {
             let ep = load_live_endpoint(db, &req.client_vpn_endpoint_id)?;
             let eid = ep.client_vpn_endpoint_id.as_str();
@@ -75,27 +85,23 @@ impl Store {
             let found = db
                 .prepare_cached(&format!(
                     "SELECT seq, {RULE_COLS} FROM authorization_rules WHERE endpoint_id = ?1 \
-                     AND destination = ?2 AND access_all = ?3 AND coalesce(group_id, '') = coalesce(?4, '')"
+                     AND destination = ?2 AND access_all = ?3 AND coalesce(group_id, '') = coalesce(?4, '') \
+                     AND coalesce(protocol, '') = coalesce(?5, '') \
+                     AND coalesce(port_range, '') = coalesce(?6, '')"
                 ))?
-                .query_row(params![eid, dest.to_string(), all, group], |r| {
-                    let seq: i64 = r.get(0)?;
-                    Ok((
-                        seq,
-                        AuthorizationRule {
-                            client_vpn_endpoint_id: r.get(1)?,
-                            destination_cidr: col(r, 2)?,
-                            group_id: r.get(3)?,
-                            access_all: r.get(4)?,
-                            description: r.get(5)?,
-                            creation_time: ts(r, 6)?,
-                        },
-                    ))
-                })
+                .query_row(
+                    params![eid, dest.to_string(), all, group, protocol, ports],
+                    |r| Ok((r.get::<_, i64>(0)?, rule_row_at(r, 1)?)),
+                )
                 .optional()?;
             let Some((seq, rule)) = found else {
                 return Err(ApiError::new(
                     codes::AUTHORIZATION_RULE_NOT_FOUND,
-                    format!("endpoint {eid} has no rule authorizing {} to {dest}", access_text(&access)),
+                    format!(
+                        "endpoint {eid} has no rule authorizing {} to {dest}{}",
+                        access_text(&access),
+                        ports_text(protocol.as_deref(), ports.as_deref())
+                    ),
                 ));
             };
             db.prepare_cached("DELETE FROM authorization_rules WHERE seq = ?1")?
@@ -138,6 +144,33 @@ fn access_of(
             g,
         )?)),
         (None, true) => Ok(policy::Access::AllGroups),
+    }
+}
+
+/// A rule's protocol and port range as stored: the protocol's name and the range (`443`,
+/// `8000-8100`), none for every port.
+fn port_params(
+    protocol: Option<&str>,
+    ports: Option<&str>,
+) -> Result<(Option<String>, Option<String>), ApiError> {
+    Ok(match validate::port_match("protocol", protocol, ports)? {
+        None => (None, None),
+        Some(m) => {
+            let range = match (m.protocol, m.from_port, m.to_port) {
+                (policy::PortMatch::ICMP, _, _) | (_, 1, 65535) => None,
+                (_, a, b) if a == b => Some(a.to_string()),
+                (_, a, b) => Some(format!("{a}-{b}")),
+            };
+            (Some(m.protocol_name().to_string()), range)
+        }
+    })
+}
+
+fn ports_text(protocol: Option<&str>, ports: Option<&str>) -> String {
+    match (protocol, ports) {
+        (Some(p), Some(r)) => format!(" on {p} port {r}"),
+        (Some(p), None) => format!(" on {p}"),
+        _ => String::new(),
     }
 }
 

@@ -293,6 +293,16 @@ CREATE TABLE client_tokens (
     PRIMARY KEY (token, action)
 ) STRICT;
 "#,
+    // 8: an authorization rule may be limited to a protocol and destination ports (cvpn,
+    // beyond AWS): `tcp` / `udp` / `icmp`, and `443` or `8000-8100` (none: every port).
+    r#"
+ALTER TABLE authorization_rules ADD COLUMN protocol TEXT;
+ALTER TABLE authorization_rules ADD COLUMN port_range TEXT;
+DROP INDEX authorization_rules_key;
+CREATE UNIQUE INDEX authorization_rules_key
+    ON authorization_rules(endpoint_id, destination, access_all, ifnull(group_id, ''),
+                           ifnull(protocol, ''), ifnull(port_range, ''));
+"#,
 ];
 
 /// The PostgreSQL text of each of [`MIGRATIONS`], same numbers, same tables and columns.
@@ -550,6 +560,15 @@ CREATE TABLE client_tokens (
     created_at   BIGINT  NOT NULL,
     PRIMARY KEY (token, action)
 );
+"#,
+    // 8
+    r#"
+ALTER TABLE authorization_rules ADD COLUMN protocol TEXT;
+ALTER TABLE authorization_rules ADD COLUMN port_range TEXT;
+DROP INDEX authorization_rules_key;
+CREATE UNIQUE INDEX authorization_rules_key
+    ON authorization_rules(endpoint_id, destination, access_all, (coalesce(group_id, '')),
+                           (coalesce(protocol, '')), (coalesce(port_range, '')));
 "#,
 ];
 

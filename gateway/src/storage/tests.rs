@@ -277,6 +277,8 @@ impl Fx {
         group: Option<&str>,
     ) -> Result<AuthorizationRule, ApiError> {
         self.store.authorize_rule(&AuthorizeRequest {
+            protocol: None,
+            port_range: None,
             client_vpn_endpoint_id: eid.into(),
             target_network_cidr: dest.into(),
             access_group_id: group.map(Into::into),
@@ -455,13 +457,13 @@ fn validation_table() {
         Row("delete route: wrong target", ROUTE_NOT_FOUND, "through eth2", Box::new(move |fx: &Fx| ok(fx.delete_route(&e(), "10.99.0.0/16", Some("eth2"))))),
         Row("delete route: origin associate", OPERATION_NOT_PERMITTED, "disassociate", Box::new(move |fx: &Fx| ok(fx.delete_route(&e(), "10.88.0.0/24", Some("eth1"))))),
         // -- authorization rules
-        Row("rule: group and all groups", INVALID_PARAMETER_COMBINATION, "not both", Box::new(move |fx: &Fx| ok(fx.store.authorize_rule(&AuthorizeRequest { client_vpn_endpoint_id: e(), target_network_cidr: "10.88.0.0/24".into(), access_group_id: Some("g".into()), authorize_all_groups: Some(true), description: None })))),
-        Row("rule: neither group nor all groups", MISSING_PARAMETER, "access-group-id", Box::new(move |fx: &Fx| ok(fx.store.authorize_rule(&AuthorizeRequest { client_vpn_endpoint_id: e(), target_network_cidr: "10.88.0.0/24".into(), ..Default::default() })))),
+        Row("rule: group and all groups", INVALID_PARAMETER_COMBINATION, "not both", Box::new(move |fx: &Fx| ok(fx.store.authorize_rule(&AuthorizeRequest { protocol: None, port_range: None, client_vpn_endpoint_id: e(), target_network_cidr: "10.88.0.0/24".into(), access_group_id: Some("g".into()), authorize_all_groups: Some(true), description: None })))),
+        Row("rule: neither group nor all groups", MISSING_PARAMETER, "access-group-id", Box::new(move |fx: &Fx| ok(fx.store.authorize_rule(&AuthorizeRequest { protocol: None, port_range: None, client_vpn_endpoint_id: e(), target_network_cidr: "10.88.0.0/24".into(), ..Default::default() })))),
         Row("rule: blank group", INVALID_PARAMETER_VALUE, "access-group-id", Box::new(move |fx: &Fx| ok(fx.rule(&e(), "10.88.0.0/24", Some("  "))))),
         Row("rule: destination with host bits", INVALID_PARAMETER_VALUE, "target-network-cidr", Box::new(move |fx: &Fx| ok(fx.rule(&e(), "10.88.0.1/24", None)))),
         Row("rule: duplicate", DUPLICATE_AUTHORIZATION_RULE, "already authorizes group \"engineering\"", Box::new(move |fx: &Fx| ok(fx.rule(&e(), "10.88.0.0/24", Some("engineering"))))),
-        Row("rule: description too long", INVALID_PARAMETER_VALUE, "description", Box::new(move |fx: &Fx| ok(fx.store.authorize_rule(&AuthorizeRequest { client_vpn_endpoint_id: e(), target_network_cidr: "10.1.0.0/16".into(), authorize_all_groups: Some(true), description: Some("x".repeat(300)), ..Default::default() })))),
-        Row("revoke: no such rule", AUTHORIZATION_RULE_NOT_FOUND, "has no rule", Box::new(move |fx: &Fx| ok(fx.store.revoke_rule(&RevokeRequest { client_vpn_endpoint_id: e(), target_network_cidr: "10.88.0.0/24".into(), access_group_id: None, revoke_all_groups: Some(true) })))),
+        Row("rule: description too long", INVALID_PARAMETER_VALUE, "description", Box::new(move |fx: &Fx| ok(fx.store.authorize_rule(&AuthorizeRequest { protocol: None, port_range: None, client_vpn_endpoint_id: e(), target_network_cidr: "10.1.0.0/16".into(), authorize_all_groups: Some(true), description: Some("x".repeat(300)), ..Default::default() })))),
+        Row("revoke: no such rule", AUTHORIZATION_RULE_NOT_FOUND, "has no rule", Box::new(move |fx: &Fx| ok(fx.store.revoke_rule(&RevokeRequest { protocol: None, port_range: None, client_vpn_endpoint_id: e(), target_network_cidr: "10.88.0.0/24".into(), access_group_id: None, revoke_all_groups: Some(true) })))),
         // -- connections
         Row("connection on a pending-associate endpoint", INCORRECT_STATE, "pending-associate", Box::new(move |fx: &Fx| ok(fx.connect(&b(), "alice", 10)))),
         Row("connection with an address outside the client CIDR", INVALID_PARAMETER_VALUE, "client-ip", Box::new(move |fx: &Fx| ok(fx.store.record_connection_start(&NewConnection { client_vpn_endpoint_id: e(), client_ip: Ipv4Addr::new(10, 3, 0, 1), common_name: "x".into(), username: None, device_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), device_port: 1, transport_protocol: TransportProtocol::Udp })))),
@@ -678,6 +680,8 @@ fn store_is_shareable_between_threads() {
                 for i in 0..10 {
                     store
                         .authorize_rule(&AuthorizeRequest {
+                            protocol: None,
+                            port_range: None,
                             client_vpn_endpoint_id: eid.clone(),
                             target_network_cidr: format!("10.{t}.{i}.0/24"),
                             authorize_all_groups: Some(true),
@@ -1044,11 +1048,13 @@ fn routes_follow_origin_rules_and_feed_the_policy() {
         [
             policy::AuthorizationRule {
                 destination: "10.88.0.0/24".parse().unwrap(),
-                access: policy::Access::Group("engineering".into())
+                access: policy::Access::Group("engineering".into()),
+                ports: None,
             },
             policy::AuthorizationRule {
                 destination: "0.0.0.0/0".parse().unwrap(),
-                access: policy::Access::AllGroups
+                access: policy::Access::AllGroups,
+                ports: None,
             },
         ]
     );
@@ -1141,6 +1147,8 @@ fn rules_are_authorized_and_revoked() {
     let r = fx
         .store
         .authorize_rule(&AuthorizeRequest {
+            protocol: None,
+            port_range: None,
             client_vpn_endpoint_id: eid.clone(),
             target_network_cidr: "10.88.0.0/24".into(),
             access_group_id: Some("engineering".into()),
@@ -1167,6 +1175,8 @@ fn rules_are_authorized_and_revoked() {
     let gone = fx
         .store
         .revoke_rule(&RevokeRequest {
+            protocol: None,
+            port_range: None,
             client_vpn_endpoint_id: eid.clone(),
             target_network_cidr: "10.88.0.0/24".into(),
             access_group_id: None,
@@ -1182,6 +1192,93 @@ fn rules_are_authorized_and_revoked() {
         .map(|r| r.group_id)
         .collect();
     assert_eq!(left, [Some("engineering".to_string()), Some("ops".into())]);
+}
+
+#[test]
+fn rules_limited_to_ports_are_their_own_rules_and_reach_the_policy() {
+    let fx = Fx::new();
+    let eid = fx.endpoint();
+    let req = |protocol: Option<&str>, ports: Option<&str>| AuthorizeRequest {
+        client_vpn_endpoint_id: eid.clone(),
+        target_network_cidr: "10.88.0.10/32".into(),
+        access_group_id: Some("web".into()),
+        protocol: protocol.map(str::to_string),
+        port_range: ports.map(str::to_string),
+        ..Default::default()
+    };
+    let r = fx
+        .store
+        .authorize_rule(&req(Some("TCP"), Some("443")))
+        .unwrap();
+    assert_eq!(
+        (r.protocol.as_deref(), r.port_range.as_deref()),
+        (Some("tcp"), Some("443"))
+    );
+    // Another range, another protocol and the rule without ports are distinct rules; the same
+    // one again is a duplicate.
+    fx.store
+        .authorize_rule(&req(Some("tcp"), Some("8000-8100")))
+        .unwrap();
+    fx.store.authorize_rule(&req(Some("icmp"), None)).unwrap();
+    fx.store.authorize_rule(&req(None, None)).unwrap();
+    assert_eq!(
+        code(fx.store.authorize_rule(&req(Some("tcp"), Some("443")))),
+        codes::DUPLICATE_AUTHORIZATION_RULE
+    );
+    // Refused: ports without a protocol, ports for icmp, reversed or out-of-range ports,
+    // an unknown protocol.
+    for (p, r, want) in [
+        (None, Some("443"), codes::MISSING_PARAMETER),
+        (
+            Some("icmp"),
+            Some("1"),
+            codes::INVALID_PARAMETER_COMBINATION,
+        ),
+        (Some("tcp"), Some("90-80"), codes::INVALID_PARAMETER_VALUE),
+        (Some("tcp"), Some("0"), codes::INVALID_PARAMETER_VALUE),
+        (Some("tcp"), Some("65536"), codes::INVALID_PARAMETER_VALUE),
+        (Some("sctp"), None, codes::INVALID_PARAMETER_VALUE),
+    ] {
+        assert_eq!(
+            code(fx.store.authorize_rule(&req(p, r))),
+            want,
+            "{p:?} {r:?}"
+        );
+    }
+    // The policy carries the limits.
+    let policy = fx.store.policy_for(&eid).unwrap();
+    let ports: Vec<Option<String>> = policy
+        .rules
+        .iter()
+        .map(|r| r.ports.map(|p| p.describe()))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            Some("tcp/443".to_string()),
+            Some("tcp/8000-8100".into()),
+            Some("icmp".into()),
+            None
+        ]
+    );
+    // Revoking names the ports: the rule without them stays.
+    let revoke = |protocol: Option<&str>, ports: Option<&str>| RevokeRequest {
+        client_vpn_endpoint_id: eid.clone(),
+        target_network_cidr: "10.88.0.10/32".into(),
+        access_group_id: Some("web".into()),
+        protocol: protocol.map(str::to_string),
+        port_range: ports.map(str::to_string),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(fx.store.revoke_rule(&revoke(Some("tcp"), Some("444")))),
+        codes::AUTHORIZATION_RULE_NOT_FOUND
+    );
+    fx.store
+        .revoke_rule(&revoke(Some("tcp"), Some("443")))
+        .unwrap();
+    fx.store.revoke_rule(&revoke(None, None)).unwrap();
+    assert_eq!(fx.store.describe_rules(&eid).unwrap().len(), 2);
 }
 
 // ---- quotas -------------------------------------------------------------------------------------
@@ -1206,6 +1303,8 @@ fn quotas_are_enforced() {
     // Freeing one makes room.
     fx.store
         .revoke_rule(&RevokeRequest {
+            protocol: None,
+            port_range: None,
             client_vpn_endpoint_id: eid.clone(),
             target_network_cidr: "10.0.0.0/16".into(),
             revoke_all_groups: Some(true),
@@ -1753,6 +1852,8 @@ fn crash_child_writer() {
         );
         store
             .authorize_rule(&AuthorizeRequest {
+                protocol: None,
+                port_range: None,
                 client_vpn_endpoint_id: eid.clone(),
                 target_network_cidr: dest,
                 authorize_all_groups: Some(true),
@@ -3616,6 +3717,8 @@ fn two_stores_on_one_database_keep_quotas_under_concurrent_writes() {
                         100 + i + u8::try_from(t).unwrap() * 50
                     };
                     let r = store.authorize_rule(&AuthorizeRequest {
+                        protocol: None,
+                        port_range: None,
                         client_vpn_endpoint_id: eid.clone(),
                         target_network_cidr: format!("172.16.{octet}.0/24"),
                         authorize_all_groups: Some(true),
@@ -3755,6 +3858,8 @@ fn nodes_of_one_endpoint_serve_their_own_associations_routes_and_address_blocks(
     // rules are everybody's.
     fx.store
         .authorize_rule(&AuthorizeRequest {
+            protocol: None,
+            port_range: None,
             client_vpn_endpoint_id: eid.clone(),
             target_network_cidr: "10.88.0.0/16".into(),
             authorize_all_groups: Some(true),

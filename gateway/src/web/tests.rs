@@ -399,6 +399,8 @@ impl Site {
             .api
             .store
             .authorize_rule(&crate::model::AuthorizeRequest {
+                protocol: None,
+                port_range: None,
                 client_vpn_endpoint_id: ep.clone(),
                 target_network_cidr: "10.88.0.0/24".into(),
                 access_group_id: None,
@@ -748,6 +750,8 @@ async fn the_portal_lists_the_vpns_of_the_same_provider_that_the_users_groups_ma
     let rule = |ep: &str, group: Option<&str>| {
         store
             .authorize_rule(&crate::model::AuthorizeRequest {
+                protocol: None,
+                port_range: None,
                 client_vpn_endpoint_id: ep.into(),
                 target_network_cidr: "10.88.0.0/24".into(),
                 access_group_id: group.map(Into::into),

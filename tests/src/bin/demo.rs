@@ -31,6 +31,7 @@ fn rules(list: &[(&str, Option<&str>)]) -> Policy {
             .map(|(cidr, g)| AuthorizationRule {
                 destination: cidr.parse().expect("demo CIDR"),
                 access: g.map_or(Access::AllGroups, |g| Access::Group(g.to_string())),
+                ports: None,
             })
             .collect(),
         routes: vec![Route {

@@ -14,11 +14,57 @@ pub enum Access {
     Group(String),
 }
 
-/// An authorization rule: traffic to `destination` is allowed for `access`.
+/// An authorization rule: traffic to `destination` is allowed for `access` (only of
+/// `ports`' protocol and destination ports, when it names them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthorizationRule {
     pub destination: Ipv4Net,
     pub access: Access,
+    /// cvpn, beyond AWS: the rule admits only this protocol and these destination ports.
+    /// `None`: every packet to the destination (AWS's rules).
+    pub ports: Option<PortMatch>,
+}
+
+/// The protocol and destination ports a rule is limited to. Which rules count is still AWS's
+/// choice: the longest prefix that contains the destination, whatever the ports; at that
+/// prefix the packet passes when a rule without ports admits the session's groups, or a rule
+/// with ports does and matches the packet's protocol and destination port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortMatch {
+    /// IP protocol: 6 (TCP), 17 (UDP) or 1 (ICMP).
+    pub protocol: u8,
+    /// Destination ports, inclusive (TCP and UDP; 0..=0 for ICMP).
+    pub from_port: u16,
+    pub to_port: u16,
+}
+
+impl PortMatch {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMP: u8 = 1;
+
+    /// The protocol's name (`tcp`, `udp`, `icmp`).
+    pub fn protocol_name(&self) -> &'static str {
+        match self.protocol {
+            Self::TCP => "tcp",
+            Self::UDP => "udp",
+            _ => "icmp",
+        }
+    }
+
+    /// `tcp/443`, `udp/5000-5100`, `icmp`.
+    pub fn describe(&self) -> String {
+        match (self.protocol, self.from_port == self.to_port) {
+            (Self::ICMP, _) => "icmp".into(),
+            (_, true) => format!("{}/{}", self.protocol_name(), self.from_port),
+            (_, false) => format!(
+                "{}/{}-{}",
+                self.protocol_name(),
+                self.from_port,
+                self.to_port
+            ),
+        }
+    }
 }
 
 /// A route: traffic to `destination` leaves through target network `target`.

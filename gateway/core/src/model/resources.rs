@@ -852,6 +852,13 @@ pub struct AuthorizationRule {
     pub group_id: Option<String>,
     /// All groups admitted.
     pub access_all: bool,
+    /// cvpn, beyond AWS: the only protocol admitted (`tcp`, `udp`, `icmp`); absent: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// With `protocol` tcp or udp: the destination ports admitted, `443` or `8000-8100`;
+    /// absent: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_range: Option<String>,
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -866,6 +873,17 @@ impl AuthorizationRule {
             (Some(g), false) => Access::Group(g.clone()),
             _ => Access::AllGroups,
         }
+    }
+
+    /// The protocol and ports the rule is limited to, in the data plane's terms.
+    pub fn ports(&self) -> Option<super::policy::PortMatch> {
+        super::validate::port_match(
+            "protocol",
+            self.protocol.as_deref(),
+            self.port_range.as_deref(),
+        )
+        .ok()
+        .flatten()
     }
 }
 
@@ -882,6 +900,12 @@ pub struct AuthorizeRequest {
     pub access_group_id: Option<String>,
     /// Admit all groups.
     pub authorize_all_groups: Option<bool>,
+    /// cvpn, beyond AWS: admit only this protocol (`tcp`, `udp`, `icmp`).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// With `protocol` tcp or udp: only these destination ports, `443` or `8000-8100`.
+    #[serde(default)]
+    pub port_range: Option<String>,
     /// Free text, at most 255 characters.
     pub description: Option<String>,
 }
@@ -899,6 +923,12 @@ pub struct RevokeRequest {
     pub access_group_id: Option<String>,
     /// The all-groups rule.
     pub revoke_all_groups: Option<bool>,
+    /// The rule's protocol, if it has one.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// The rule's port range, if it has one.
+    #[serde(default)]
+    pub port_range: Option<String>,
 }
 
 // ---- connections --------------------------------------------------------------------------------

@@ -395,6 +395,80 @@ pub fn id(field: &str, prefix: &str, s: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A rule's protocol and port range (`tcp` + `443` or `8000-8100`, `udp` + ..., `icmp`
+/// alone): `None` when neither is given. `field` names the protocol's field in errors.
+pub fn port_match(
+    field: &str,
+    protocol: Option<&str>,
+    ports: Option<&str>,
+) -> Result<Option<super::policy::PortMatch>, ApiError> {
+    use super::policy::PortMatch;
+    let protocol = match protocol.map(str::trim) {
+        None | Some("") => {
+            return match ports {
+                None => Ok(None),
+                Some(_) => Err(ApiError::missing(
+                    field,
+                    "a port range needs its protocol: give protocol tcp or udp",
+                )),
+            }
+        }
+        Some(p) => match p.to_ascii_lowercase().as_str() {
+            "tcp" | "6" => PortMatch::TCP,
+            "udp" | "17" => PortMatch::UDP,
+            "icmp" | "1" => PortMatch::ICMP,
+            _ => {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("{p:?} is not tcp, udp or icmp"),
+                ))
+            }
+        },
+    };
+    let (from_port, to_port) = match ports.map(str::trim) {
+        None | Some("") if protocol == PortMatch::ICMP => (0, 0),
+        None | Some("") => (1, 65535),
+        Some(r) if protocol == PortMatch::ICMP => {
+            return Err(ApiError::combination(format!(
+                "icmp has no ports: remove the port range {r:?}"
+            )))
+        }
+        Some(r) => {
+            let parse = |t: &str| {
+                t.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p >= 1)
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "port-range",
+                            format!("{r:?}: ports are 1 to 65535, as `443` or `8000-8100`"),
+                        )
+                    })
+            };
+            let (a, b) = match r.split_once('-') {
+                Some((a, b)) => (parse(a)?, parse(b)?),
+                None => {
+                    let p = parse(r)?;
+                    (p, p)
+                }
+            };
+            if a > b {
+                return Err(ApiError::invalid(
+                    "port-range",
+                    format!("{r:?}: the first port is above the last"),
+                ));
+            }
+            (a, b)
+        }
+    };
+    Ok(Some(PortMatch {
+        protocol,
+        from_port,
+        to_port,
+    }))
+}
+
 // ---- PEM material -------------------------------------------------------------------------------
 
 /// Parses a certificate chain (one or more `CERTIFICATE` blocks, each a valid X.509).
