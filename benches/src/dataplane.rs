@@ -26,7 +26,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use cvpn_tests::{is_root, packets, sh, veth, Netns};
 use gateway::dataplane::{
-    policy::{Access, AuthorizationRule, Policy, Route},
+    policy::{Access, AuthorizationRule, Policy, PortMatch, Route},
     ClientLink, DataPlane, DataPlaneConfig, ProgramKind, TargetSpec,
 };
 
@@ -81,6 +81,33 @@ fn policy(n: usize) -> Policy {
             target: 1,
         }],
     }
+}
+
+/// [`policy`] with every rule limited to a protocol and port range (cvpn's port-level rules):
+/// the benchmark's destination then passes through the prefix's port set, the slow path.
+fn ported_policy(n: usize) -> Policy {
+    let mut p = policy(n);
+    let last = p.rules.len() - 1;
+    for (i, r) in p.rules.iter_mut().enumerate() {
+        r.ports = Some(PortMatch {
+            protocol: 6,
+            from_port: if i == last { 1 } else { 1000 + (i % 7) as u16 },
+            to_port: if i == last { 65535 } else { 2000 },
+        });
+    }
+    // A few more ranges at the benchmark's prefix, which its packets pass over first.
+    for k in 0..6u16 {
+        p.rules.push(AuthorizationRule {
+            destination: "10.88.0.0/24".parse().expect("cidr"),
+            access: Access::Group("eng".into()),
+            ports: Some(PortMatch {
+                protocol: 17,
+                from_port: 10 + k,
+                to_port: 10 + k,
+            }),
+        });
+    }
+    p
 }
 
 fn iptables_setup(gw: &Netns, n: usize) -> Result<()> {
@@ -191,6 +218,7 @@ fn load_cvpn(net: &Net, n: usize) -> Result<DataPlane> {
         id: 1,
         interface: "tgt0".into(),
         snat_addr: None,
+        egress: None,
     })?;
     dp.add_session(CLIENT.parse()?, 1, &["eng".to_string()])?;
     dp.replace_policy(policy(n))?;
@@ -254,8 +282,16 @@ fn main() -> Result<()> {
     net.gw.enter()?;
     println!("cvpn data plane vs kernel forwarding + iptables + MASQUERADE ({seconds} s per measurement, one 2-core host)");
     println!(
-        "{:>6} | {:>12} {:>12} {:>6} | {:>12} {:>12} {:>6} | {:>10}",
-        "rules", "cvpn Mbit/s", "kernel", "ratio", "cvpn pkt/s", "kernel", "ratio", "ns/pkt"
+        "{:>6} | {:>12} {:>12} {:>6} | {:>12} {:>12} {:>6} | {:>10} {:>12}",
+        "rules",
+        "cvpn Mbit/s",
+        "kernel",
+        "ratio",
+        "cvpn pkt/s",
+        "kernel",
+        "ratio",
+        "ns/pkt",
+        "ported ns/pkt"
     );
     let mut rows = Vec::new();
     for &n in &counts {
@@ -272,19 +308,22 @@ fn main() -> Result<()> {
                 id: 1,
                 interface: "tgt0".into(),
                 snat_addr: None,
+                egress: None,
             })?;
             d.add_session(CLIENT.parse()?, 1, &["eng".to_string()])?;
             d.replace_policy(policy(n))?;
             d
         };
         let ns = test_run_ns(&mut dp)?;
+        dp.replace_policy(ported_policy(n))?;
+        let ns_ported = test_run_ns(&mut dp)?;
         drop(dp);
         iptables_setup(&net.gw, n)?;
         let theirs = measure(&net, seconds);
         iptables_clear(&net.gw)?;
         let theirs = theirs?;
         println!(
-            "{:>6} | {:>12.0} {:>12.0} {:>5.2}x | {:>12.0} {:>12.0} {:>5.2}x | {:>10.1}",
+            "{:>6} | {:>12.0} {:>12.0} {:>5.2}x | {:>12.0} {:>12.0} {:>5.2}x | {:>10.1} {:>12.1}",
             n,
             ours.tcp_mbps,
             theirs.tcp_mbps,
@@ -292,19 +331,22 @@ fn main() -> Result<()> {
             ours.udp_pps,
             theirs.udp_pps,
             ours.udp_pps / theirs.udp_pps.max(1e-9),
-            ns
+            ns,
+            ns_ported
         );
-        rows.push((n, ours, theirs, ns));
+        rows.push((n, ours, theirs, ns, ns_ported));
     }
     if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
         println!(
-            "\nflatness from {} to {} rules: cvpn pkt/s x{:.2}, kernel pkt/s x{:.2}; ns/pkt {:.1} -> {:.1}",
+            "\nflatness from {} to {} rules: cvpn pkt/s x{:.2}, kernel pkt/s x{:.2}; ns/pkt {:.1} -> {:.1}; with port rules {:.1} -> {:.1}",
             first.0,
             last.0,
             last.1.udp_pps / first.1.udp_pps.max(1e-9),
             last.2.udp_pps / first.2.udp_pps.max(1e-9),
             first.3,
-            last.3
+            last.3,
+            first.4,
+            last.4
         );
     }
     Ok(())

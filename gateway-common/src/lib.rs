@@ -174,6 +174,69 @@ pub struct RouteEntry {
 pub struct TargetNetwork {
     pub ifindex: u32,
     pub snat_addr: [u8; 4],
+    /// Non-zero when security groups apply to this target network: a packet leaves through it
+    /// only if one of `egress` allows it. Zero: AWS's default group, everything may leave.
+    pub egress_limited: u32,
+    /// Rules in use in `egress`, at most [`EGRESS_RULES_PER_TARGET`].
+    pub egress_count: u32,
+    pub egress: [EgressRule; EGRESS_RULES_PER_TARGET],
+}
+
+/// Most egress rules of the security groups applied to one target network, all groups
+/// together.
+pub const EGRESS_RULES_PER_TARGET: usize = 16;
+
+/// One egress rule of a security group: traffic of `protocol` (0: any) to `net/mask`, to a
+/// destination port in `from_port..=to_port` (TCP and UDP; ignored otherwise), may leave.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressRule {
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+    pub from_port: u16,
+    pub to_port: u16,
+    pub net: [u8; 4],
+    pub mask: [u8; 4],
+}
+
+impl EgressRule {
+    /// Whether this rule lets a packet of `protocol` to `dst`:`dport` leave.
+    #[inline(always)]
+    pub fn allows(&self, protocol: u8, dst: [u8; 4], dport: u16) -> bool {
+        let d = u32::from_be_bytes(dst);
+        if d & u32::from_be_bytes(self.mask) != u32::from_be_bytes(self.net) {
+            return false;
+        }
+        if self.protocol == 0 {
+            return true;
+        }
+        if self.protocol != protocol {
+            return false;
+        }
+        let ported = protocol == 6 || protocol == 17;
+        !ported || (dport >= self.from_port && dport <= self.to_port)
+    }
+}
+
+impl TargetNetwork {
+    /// Whether the security groups of this target network let the packet leave.
+    #[inline(always)]
+    pub fn egress_allows(&self, protocol: u8, dst: [u8; 4], dport: u16) -> bool {
+        if self.egress_limited == 0 {
+            return true;
+        }
+        let mut i = 0;
+        while i < EGRESS_RULES_PER_TARGET {
+            if i as u32 >= self.egress_count {
+                break;
+            }
+            if self.egress[i].allows(protocol, dst, dport) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
 }
 
 /// Global settings of the data plane, written once by the daemon at load time.
@@ -283,9 +346,12 @@ pub enum Counter {
     /// ICMP errors about a translated flow (fragmentation needed, unreachable, time exceeded)
     /// translated back to its client (also counted in `ReturnDelivered`).
     IcmpErrorTranslated = 18,
+    /// Dropped: authorized and routed, but the security groups of the target network do not
+    /// let it leave.
+    SecurityGroup = 19,
 }
 
-pub const COUNTER_COUNT: u32 = 19;
+pub const COUNTER_COUNT: u32 = 20;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -308,6 +374,7 @@ impl Counter {
         Counter::TtlExpired,
         Counter::NatSessionCap,
         Counter::IcmpErrorTranslated,
+        Counter::SecurityGroup,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -331,6 +398,7 @@ impl Counter {
             Counter::TtlExpired => "dropped_ttl_expired",
             Counter::NatSessionCap => "nat_session_cap",
             Counter::IcmpErrorTranslated => "icmp_errors_translated",
+            Counter::SecurityGroup => "dropped_security_group",
         }
     }
 }
@@ -340,6 +408,7 @@ pub const EVENT_DENIED: u32 = 1;
 pub const EVENT_NO_ROUTE: u32 = 2;
 pub const EVENT_UNKNOWN_SOURCE: u32 = 3;
 pub const EVENT_NAT_FULL: u32 = 4;
+pub const EVENT_SECURITY_GROUP: u32 = 5;
 
 /// One flow event: enough to log who tried what.
 #[repr(C)]
@@ -386,6 +455,7 @@ mod pod {
     unsafe impl aya::Pod for PortRuleSet {}
     unsafe impl aya::Pod for RouteEntry {}
     unsafe impl aya::Pod for TargetNetwork {}
+    unsafe impl aya::Pod for EgressRule {}
     unsafe impl aya::Pod for GatewayConfig {}
     unsafe impl aya::Pod for NatKey {}
     unsafe impl aya::Pod for NatForward {}
@@ -405,7 +475,11 @@ mod tests {
         assert_eq!(size_of::<AuthEntry>(), 40);
         assert_eq!(size_of::<PortRule>(), 40);
         assert_eq!(size_of::<PortRuleSet>(), 8 + 40 * PORT_RULES_PER_PREFIX);
-        assert_eq!(size_of::<TargetNetwork>(), 8);
+        assert_eq!(size_of::<EgressRule>(), 16);
+        assert_eq!(
+            size_of::<TargetNetwork>(),
+            16 + 16 * EGRESS_RULES_PER_TARGET
+        );
         assert_eq!(size_of::<GatewayConfig>(), 12);
         assert_eq!(size_of::<NatKey>(), 16);
         assert_eq!(size_of::<NatForward>(), 24);

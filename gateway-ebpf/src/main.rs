@@ -30,7 +30,7 @@ use aya_ebpf::{
 use gateway_common::{
     AuthEntry, Counter, FlowEvent, GatewayConfig, GroupSet, NatForward, NatKey, NatReverse,
     RouteEntry, Session, SessionStats, PORT_RULES_PER_PREFIX, CLIENT_LINK_ETHERNET, CLIENT_LINK_TUN, DEFAULT_NAT_PORT_MAX,
-    DEFAULT_NAT_PORT_MIN, DEFAULT_NAT_SESSION_CAP, EVENT_DENIED, EVENT_NAT_FULL, EVENT_NO_ROUTE,
+    DEFAULT_NAT_PORT_MIN, DEFAULT_NAT_SESSION_CAP, EVENT_DENIED, EVENT_NAT_FULL, EVENT_NO_ROUTE, EVENT_SECURITY_GROUP,
     EVENT_UNKNOWN_SOURCE, IPPROTO_ICMP, IPPROTO_TCP, NAT_FLAG_TCP_CLOSING,
 };
 
@@ -47,6 +47,14 @@ static CLIENT_LINK: u32 = 0;
 /// when it lies in the SNAT range).
 const NAT_PORT_TRIES: u32 = 16;
 
+/// What the client path keeps of a target network once its security groups let a packet
+/// through.
+#[derive(Clone, Copy)]
+struct Target {
+    ifindex: u32,
+    snat_addr: [u8; 4],
+}
+
 /// Why a client packet is dropped. Each maps to a counter; some also emit a flow event.
 /// Fieldless on purpose (see [`Drop`]).
 #[derive(Clone, Copy)]
@@ -61,6 +69,7 @@ enum Reason {
     TtlExpired,
     NatFull,
     NatSessionCap,
+    SecurityGroup,
 }
 
 /// A dropped client packet: why, and the flow and session it belongs to (empty before the
@@ -226,6 +235,11 @@ fn account(drop: &Drop) {
             add_session_stats(&flow.src, 0, false, true);
             emit(EVENT_NO_ROUTE, flow, session_id);
         }
+        Reason::SecurityGroup => {
+            count(Counter::SecurityGroup);
+            add_session_stats(&flow.src, 0, false, true);
+            emit(EVENT_SECURITY_GROUP, flow, session_id);
+        }
         Reason::TtlExpired => {
             count(Counter::TtlExpired);
             add_session_stats(&flow.src, 0, false, true);
@@ -284,9 +298,20 @@ fn try_client_ingress(ctx: &TcContext) -> Result<i32, Drop> {
         Some(r) => r.target_id,
         None => return Err(Drop::of(Reason::NoRoute, flow, session.session_id)),
     };
-    // SAFETY: copied out at once.
+    // 2b. The target network, and its security groups (AWS's default group when none: all
+    //     leave). Only its address and interface are copied out: the egress rules are read in
+    //     place (the whole value would not fit the program's stack).
+    // SAFETY: read at once; the daemon replaces a target's value as a whole (hash map update).
     let target = match unsafe { TARGETS.get(&target_id) } {
-        Some(t) => *t,
+        Some(t) => {
+            if !t.egress_allows(flow.proto, flow.dst, flow.dport) {
+                return Err(Drop::of(Reason::SecurityGroup, flow, session.session_id));
+            }
+            Target {
+                ifindex: t.ifindex,
+                snat_addr: t.snat_addr,
+            }
+        }
         None => return Err(Drop::of(Reason::NoRoute, flow, session.session_id)),
     };
 
@@ -401,7 +426,7 @@ fn allocate_nat(
     flow: &Flow,
     fwd_key: &NatKey,
     target_id: u32,
-    target: &gateway_common::TargetNetwork,
+    target: &Target,
     now: u64,
     closing: bool,
 ) -> Result<u16, NatError> {

@@ -29,6 +29,7 @@ pub mod access_key;
 pub mod client;
 pub mod directory;
 pub mod identity_provider;
+pub mod security_group;
 pub mod table;
 #[cfg(test)]
 mod tests;
@@ -201,6 +202,16 @@ pub enum ResourceCommand {
         /// The action.
         #[command(subcommand)]
         action: identity_provider::IdpCommand,
+    },
+    /// Security groups: egress rules for the traffic leaving through the target networks they
+    /// are applied to (`cvpn network apply-security-groups`): create, describe, delete.
+    SecurityGroup {
+        /// Where the API is and how to print.
+        #[command(flatten)]
+        api: ApiOptions,
+        /// The action.
+        #[command(subcommand)]
+        action: security_group::SecurityGroupCommand,
     },
     /// Access keys that sign requests to the AWS-compatible API (`aws ec2 … --endpoint-url`):
     /// create (the secret is shown once), list, delete.
@@ -387,6 +398,19 @@ pub enum NetworkCommand {
         endpoint_id: String,
         /// The association, cvpn-assoc-….
         association_id: String,
+    },
+    /// Applies security groups to the endpoint's target networks (of one node with --node):
+    /// only what their egress rules allow leaves through them. No --security-group: back to
+    /// the default (everything may leave).
+    ApplySecurityGroups {
+        /// The endpoint, cvpn-endpoint-….
+        endpoint_id: String,
+        /// A security group, sg-…; repeat for more (at most 5).
+        #[arg(long = "security-group", value_name = "SG")]
+        security_groups: Vec<String>,
+        /// Only this node's target networks (AWS: the VPC).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
     },
     /// Describes an endpoint's target network associations.
     Describe {
@@ -623,6 +647,7 @@ enum Action {
     Mfa(directory::MfaCommand),
     Idp(identity_provider::IdpCommand),
     AccessKey(access_key::AccessKeyCommand),
+    SecurityGroup(security_group::SecurityGroupCommand),
 }
 
 fn split(cmd: ResourceCommand) -> (ApiOptions, Action) {
@@ -638,6 +663,7 @@ fn split(cmd: ResourceCommand) -> (ApiOptions, Action) {
         ResourceCommand::Mfa { api, action } => (api, Action::Mfa(action)),
         ResourceCommand::Idp { api, action } => (api, Action::Idp(action)),
         ResourceCommand::AccessKey { api, action } => (api, Action::AccessKey(action)),
+        ResourceCommand::SecurityGroup { api, action } => (api, Action::SecurityGroup(action)),
     }
 }
 
@@ -879,6 +905,7 @@ impl Action {
             Action::Mfa(c) => directory::mfa(c, cx).await,
             Action::Idp(c) => identity_provider::idp(c, cx).await,
             Action::AccessKey(c) => access_key::access_key(c, cx).await,
+            Action::SecurityGroup(c) => security_group::security_group(c, cx).await,
         }
     }
 }
@@ -1229,6 +1256,24 @@ async fn network(c: NetworkCommand, cx: &mut Cx<'_>) -> anyhow::Result<()> {
                 s
             })
         }
+        NetworkCommand::ApplySecurityGroups {
+            endpoint_id,
+            security_groups,
+            node,
+        } => {
+            let mut m = Map::new();
+            m.insert("security-group-ids".into(), json!(security_groups));
+            insert(&mut m, "vpc-id", node);
+            let path = format!("{}/security-groups", ep_path(&endpoint_id));
+            let reply = cx.send_json(Method::POST, path, m).await?;
+            cx.show(&reply, |r: crate::model::ApplySecurityGroupsResult| {
+                format!(
+                    "security groups [{}] applied to {}\n",
+                    r.security_group_ids.join(", "),
+                    r.association_ids.join(", ")
+                )
+            })
+        }
         NetworkCommand::Describe {
             endpoint_id,
             association_ids,
@@ -1256,6 +1301,7 @@ fn network_table(list: &[TargetNetwork]) -> String {
         "TARGET ID",
         "CREATED",
         "NODE",
+        "SECURITY GROUPS",
     ]);
     for a in list {
         t.row(vec![
@@ -1267,6 +1313,11 @@ fn network_table(list: &[TargetNetwork]) -> String {
             a.target_id.to_string(),
             a.creation_time.to_string(),
             opt(&a.node),
+            if a.security_group_ids.is_empty() {
+                "(default)".to_string()
+            } else {
+                a.security_group_ids.join(",")
+            },
         ]);
     }
     t.render()

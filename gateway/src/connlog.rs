@@ -529,7 +529,9 @@ impl ConnectionLogEntry {
 #[serde(rename_all = "kebab-case")]
 pub struct FlowLogEntry {
     /// `denied` (no authorization rule allows the destination), `no-route`, `unknown-source`
-    /// (a source address that belongs to no session), `nat-table-full`, or `unknown`.
+    /// (a source address that belongs to no session), `nat-table-full`,
+    /// `security-group-denied` (the target network's security groups refused it), or
+    /// `unknown`.
     pub flow_log_type: String,
     /// When the data plane saw the packet (UTC, `"YYYY-MM-DD HH:MM:SS"`).
     pub timestamp: String,
@@ -1758,6 +1760,7 @@ mod tests {
             (FlowEventKind::Denied, "denied"),
             (FlowEventKind::NoRoute, "no-route"),
             (FlowEventKind::NatFull, "nat-table-full"),
+            (FlowEventKind::SecurityGroup, "security-group-denied"),
             (FlowEventKind::Other(99), "unknown"),
         ] {
             let e = FlowLogEntry::from_event_at(

@@ -227,6 +227,7 @@ fn serve(
             id: i as u32 + 1,
             interface: t.interface.clone(),
             snat_addr: t.snat_address,
+            egress: None,
         })
         .collect();
     let policy = cfg.policy(|iface| {

@@ -1142,7 +1142,16 @@ impl Server {
                 }
                 self.settings.targets.retain(|t| !gone.contains(&t.id));
                 for t in targets {
-                    if self.settings.targets.iter().any(|o| o.id == t.id) {
+                    if let Some(known) = self.settings.targets.iter_mut().find(|o| o.id == t.id) {
+                        // Security groups applied or changed: one map write, no reset.
+                        if known.egress != t.egress {
+                            match self.dataplane.set_target_egress(t.id, t.egress.clone()) {
+                                Ok(()) => known.egress = t.egress.clone(),
+                                Err(e) => {
+                                    warn!(interface = %t.interface, error = %e, "security groups not applied")
+                                }
+                            }
+                        }
                         continue;
                     }
                     if let Err(e) = check_target_overlap(self.settings.client_cidr, &t) {

@@ -228,6 +228,7 @@ pub fn fixture_dataplane(
         id: 1,
         interface: "tgt0".into(),
         snat_addr: None,
+        egress: None,
     })?;
     Ok((ns, dp))
 }

@@ -225,6 +225,7 @@ impl Topology {
             id: TARGET_ID,
             interface: TARGET_IF.to_string(),
             snat_addr: None,
+            egress: None,
         })?;
         let relay = Relay::start(gw_tun, client_tuns, tap)?;
         Ok(Topology {
@@ -274,6 +275,7 @@ impl Topology {
             id: TARGET_ID,
             interface: TARGET_IF.to_string(),
             snat_addr: None,
+            egress: None,
         })?;
         let relay = Relay::start(gw_tun, vec![(addr, tun)], false)?;
         Ok(SecondEndpoint {

@@ -457,6 +457,57 @@ print("boto3 ok")
         .as_str()
         .unwrap()
         .to_string();
+    // A security group (made with cvpn; EC2's CreateSecurityGroup is a VPC call cvpn does not
+    // serve) applied through EC2 to the node's networks: VpcId names the node.
+    let node = networks["ClientVpnTargetNetworks"][0]["VpcId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sg = daemon
+        .json(&[
+            "security-group",
+            "create",
+            "--name",
+            "everything",
+            "--egress",
+            "all:0.0.0.0/0",
+        ])
+        .unwrap()["security-group-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let applied = aws
+        .aws_json(
+            gw,
+            &[
+                "ec2",
+                "apply-security-groups-to-client-vpn-target-network",
+                "--client-vpn-endpoint-id",
+                &endpoint,
+                "--vpc-id",
+                &node,
+                "--security-group-ids",
+                &sg,
+            ],
+        )
+        .unwrap();
+    assert_eq!(applied["SecurityGroupIds"][0], sg.as_str(), "{applied}");
+    let networks = aws
+        .aws_json(
+            gw,
+            &[
+                "ec2",
+                "describe-client-vpn-target-networks",
+                "--client-vpn-endpoint-id",
+                &endpoint,
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        networks["ClientVpnTargetNetworks"][0]["SecurityGroups"][0],
+        sg.as_str(),
+        "{networks}"
+    );
     assert_eq!(
         networks["ClientVpnTargetNetworks"][0]["TargetNetworkId"]
             .as_str()

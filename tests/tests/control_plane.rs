@@ -2047,3 +2047,76 @@ fn a_port_rule_lets_its_port_through_and_drops_and_flow_logs_another_port_of_the
     wait_until("every port passes", Duration::from_secs(5), || port(9090));
     assert!(port(8080));
 }
+
+#[test]
+fn a_security_group_lets_out_its_port_and_drops_and_flow_logs_another_port_of_the_same_host() {
+    let mut s = setup(1);
+    http::spawn_server(&s.net.private, PRIVATE, 8080).unwrap();
+    http::spawn_server(&s.net.private, PRIVATE, 9090).unwrap();
+    s.authorize_all_groups("10.88.0.0/24");
+    let sg = s.json(&[
+        "security-group",
+        "create",
+        "--name",
+        "web-only",
+        "--egress",
+        &format!("tcp:8080:{PRIVATE}/32"),
+    ]);
+    let sg_id = sg["security-group-id"].as_str().unwrap().to_string();
+    let _alice = s.connect(0, "alice", "engineering");
+    let ns = &s.net.clients[0];
+    let port = |p: u16| {
+        ns.run(move || http::request(PRIVATE, p, "GET /", 0, Duration::from_secs(2)))
+            .is_ok()
+    };
+    assert!(
+        port(9090),
+        "before any group, everything may leave (AWS's default group)"
+    );
+    let applied = s.json(&[
+        "network",
+        "apply-security-groups",
+        &s.endpoint,
+        "--security-group",
+        &sg_id,
+    ]);
+    assert_eq!(
+        applied["security-group-ids"][0],
+        sg_id.as_str(),
+        "{applied}"
+    );
+    let nets = s.json(&["network", "describe", &s.endpoint]);
+    assert_eq!(
+        nets["client-vpn-target-networks"][0]["security-group-ids"][0],
+        sg_id.as_str(),
+        "{nets}"
+    );
+    wait_until("the group applies", Duration::from_secs(5), || !port(9090));
+    assert!(port(8080), "the group's port leaves");
+    wait_until(
+        "the dropped flow is in the flow log",
+        Duration::from_secs(5),
+        || {
+            read_log(&s.daemon.data_dir, "flow.log").iter().any(|f| {
+                f["flow-log-type"] == "security-group-denied"
+                    && f["destination-ip"] == PRIVATE.to_string()
+                    && f["destination-port"] == "9090"
+            })
+        },
+    );
+    // In use: not deleted. Back to the default group: every port again, the group may go.
+    let out = s.cli(&["security-group", "delete", &sg_id]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stdout.contains("DependencyViolation") || out.stderr.contains("DependencyViolation"),
+        "{out:?}"
+    );
+    ok(
+        s.cli(&["network", "apply-security-groups", &s.endpoint]),
+        "apply no groups",
+    );
+    wait_until("everything leaves again", Duration::from_secs(5), || {
+        port(9090)
+    });
+    ok(s.cli(&["security-group", "delete", &sg_id]), "delete");
+}

@@ -1257,3 +1257,120 @@ fn port_rules_admit_their_protocol_and_ports_only_and_leave_aws_rules_alone() {
         ],
     );
 }
+
+#[test]
+fn security_groups_let_out_only_what_their_egress_rules_allow() {
+    if !is_root() {
+        panic!("the fixture tests need root: run `cargo xtask test` as root");
+    }
+    let (_ns, mut dp) = setup();
+    let mut events = dp.take_flow_events().unwrap();
+    let egress =
+        |protocol: Option<u8>, from: u16, to: u16, cidr: &str| gateway::dataplane::EgressRule {
+            protocol,
+            from_port: from,
+            to_port: to,
+            destination: cidr.parse().unwrap(),
+        };
+    // Only tcp/8080 to HOST, and icmp anywhere in the /16, may leave through target 1.
+    dp.set_target_egress(
+        1,
+        Some(vec![
+            egress(Some(6), 8080, 8080, "10.88.0.10/32"),
+            egress(Some(1), 0, 0, "10.88.0.0/16"),
+        ]),
+    )
+    .unwrap();
+    let other = Ipv4Addr::new(10, 88, 0, 11);
+    run_rows(
+        &mut dp,
+        vec![
+            client(
+                "tcp/8080 to the host: its rule",
+                A,
+                HOST,
+                tcp(41000, 8080),
+                TC_ACT_REDIRECT,
+            ),
+            client(
+                "tcp/9090 to the host: no rule",
+                A,
+                HOST,
+                tcp(41001, 9090),
+                TC_ACT_SHOT,
+            ),
+            client(
+                "udp/8080: another protocol",
+                A,
+                HOST,
+                udp(41002, 8080),
+                TC_ACT_SHOT,
+            ),
+            client(
+                "tcp/8080 to another host",
+                A,
+                other,
+                tcp(41003, 8080),
+                TC_ACT_SHOT,
+            ),
+            client(
+                "icmp in the /16",
+                A,
+                other,
+                L4::EchoRequest { id: 5, seq: 1 },
+                TC_ACT_REDIRECT,
+            ),
+            // Authorization still comes first: b may not reach a's /16 at all.
+            client(
+                "b, unauthorized, to tcp/8080",
+                B,
+                HOST,
+                tcp(41004, 8080),
+                TC_ACT_SHOT,
+            ),
+        ],
+    );
+    let got: Vec<_> = events
+        .wait(std::time::Duration::from_millis(200))
+        .into_iter()
+        .map(|e| (e.kind, e.dst_port))
+        .collect();
+    assert!(
+        got.contains(&(FlowEventKind::SecurityGroup, 9090)),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&(FlowEventKind::Denied, 8080)),
+        "b's drop is a denial: {got:?}"
+    );
+    assert!(dp.global_counters().unwrap().get(Counter::SecurityGroup) >= 3);
+    // No group: AWS's default, everything leaves again.
+    dp.set_target_egress(1, None).unwrap();
+    run_rows(
+        &mut dp,
+        vec![client(
+            "tcp/9090 again",
+            A,
+            HOST,
+            tcp(41005, 9090),
+            TC_ACT_REDIRECT,
+        )],
+    );
+    // An empty group set lets nothing out.
+    dp.set_target_egress(1, Some(vec![])).unwrap();
+    run_rows(
+        &mut dp,
+        vec![client(
+            "nothing may leave",
+            A,
+            HOST,
+            tcp(41006, 8080),
+            TC_ACT_SHOT,
+        )],
+    );
+    // Beyond the kernel's bound: refused, not truncated.
+    let many = (0..17)
+        .map(|i| egress(Some(6), 1000 + i, 1000 + i, "10.0.0.0/8"))
+        .collect();
+    assert!(dp.set_target_egress(1, Some(many)).is_err());
+}

@@ -683,6 +683,7 @@ fn serve_with_session_timeout(
             id: 1,
             interface: "tgt0".into(),
             snat_addr: None,
+            egress: None,
         }],
         policy: Policy {
             rules: vec![AuthorizationRule {

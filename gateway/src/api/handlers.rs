@@ -733,3 +733,64 @@ pub(super) async fn delete_access_key(
     tracing::info!(key = %key.access_key_id, "access key deleted");
     ok(key)
 }
+
+// ---- security groups ----------------------------------------------------------------------------
+
+pub(super) async fn create_security_group(State(state): S, q: QueryParams, body: Body) -> Answer {
+    q.finish(&[])?;
+    let req: crate::model::CreateSecurityGroupRequest = body.parse()?;
+    created(
+        state
+            .blocking(move |s| s.create_security_group(&req))
+            .await?,
+    )
+}
+
+pub(super) async fn describe_security_groups(State(state): S, mut q: QueryParams) -> Answer {
+    const IDS: &str = "security-group-ids";
+    let ids = q.take_list(IDS);
+    q.finish(&[IDS])?;
+    let security_groups = state
+        .blocking(move |s| s.describe_security_groups(&ids))
+        .await?;
+    ok(crate::model::SecurityGroupList { security_groups })
+}
+
+pub(super) async fn describe_security_group(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+) -> Answer {
+    q.finish(&[])?;
+    let mut list = state
+        .blocking(move |s| s.describe_security_groups(&[id]))
+        .await?;
+    ok(list.remove(0))
+}
+
+pub(super) async fn delete_security_group(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+) -> Answer {
+    q.finish(&[])?;
+    ok(state
+        .blocking(move |s| s.delete_security_group(&id))
+        .await?)
+}
+
+pub(super) async fn apply_security_groups(
+    State(state): S,
+    PathParams(id): PathParams<String>,
+    q: QueryParams,
+    body: Body,
+) -> Answer {
+    q.finish(&[])?;
+    let req: crate::model::ApplySecurityGroupsRequest = body.parse()?;
+    let id2 = id.clone();
+    let result = state
+        .blocking(move |s| s.apply_security_groups(&id2, &req))
+        .await?;
+    policy_changed(&state, &id);
+    ok(result)
+}

@@ -26,6 +26,9 @@
 //! | `DELETE /v1/directories/{id}/mfa-enrollments/{username}` | remove a user's TOTP enrolment |
 //! | `POST`, `GET /v1/identity-providers` | create, describe identity providers (OIDC / SAML) |
 //! | `GET`, `PATCH`, `DELETE /v1/identity-providers/{id}` | describe, modify, delete one (id or name) |
+//! | `POST /v1/endpoints/{id}/security-groups` | apply security groups to the endpoint's target networks (of one node: `vpc-id`) |
+//! | `POST`, `GET /v1/security-groups` | create, describe security groups (egress rules of target networks) |
+//! | `GET`, `DELETE /v1/security-groups/{id}` | describe, delete one |
 //! | `POST`, `GET /v1/access-keys` | make an access key of the AWS-compatible API (its secret is shown once), list them |
 //! | `DELETE /v1/access-keys/{id}` | delete one |
 //! | `GET /v1/openapi.json` | this API's OpenAPI 3 description |
@@ -390,6 +393,15 @@ fn table() -> Vec<(RouteSpec, MethodFilter, Handler)> {
             "/v1/directories/{id}/mfa-enrollments/{username}",
             h::remove_mfa
         ),
+        op!(
+            POST,
+            "/v1/endpoints/{id}/security-groups",
+            h::apply_security_groups
+        ),
+        op!(POST, "/v1/security-groups", h::create_security_group),
+        op!(GET, "/v1/security-groups", h::describe_security_groups),
+        op!(GET, "/v1/security-groups/{id}", h::describe_security_group),
+        op!(DELETE, "/v1/security-groups/{id}", h::delete_security_group),
         op!(POST, "/v1/access-keys", h::create_access_key),
         op!(GET, "/v1/access-keys", h::list_access_keys),
         op!(DELETE, "/v1/access-keys/{id}", h::delete_access_key),

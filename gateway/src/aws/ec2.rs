@@ -8,7 +8,8 @@
 //! | AWS | cvpn |
 //! |---|---|
 //! | `SubnetId`, `TargetVpcSubnetId` | a target network: `INTERFACE` of the node the request reaches, or `NODE:INTERFACE` |
-//! | `VpcId` (target networks) | the node |
+//! | `VpcId` (target networks, `ApplySecurityGroupsToClientVpnTargetNetwork`) | the node |
+//! | `SecurityGroupId` | a security group (`cvpn security-group create`), `sg-…` |
 //! | `ServerCertificateArn` | a certificate imported with its key (and chain) by `aws acm import-certificate` (`acm.rs`) |
 //! | `ClientRootCertificateChainArn` | an imported certificate: its chain is the client CA (AWS's meaning), or the certificate itself when imported without a chain |
 //! | `ActiveDirectory.DirectoryId` | a directory (`cvpn directory create`): its id or name |
@@ -59,6 +60,7 @@ pub const OPERATIONS: &[(&str, bool)] = &[
     ("ExportClientVpnClientConfiguration", true),
     ("ImportClientVpnClientCertificateRevocationList", false),
     ("ExportClientVpnClientCertificateRevocationList", true),
+    ("ApplySecurityGroupsToClientVpnTargetNetwork", false),
 ];
 
 /// The operations whose `ClientToken` makes them idempotent.
@@ -179,6 +181,9 @@ async fn dispatch(caller: &Caller, action: &str, p: &Params) -> Result<String, A
         "ExportClientVpnClientConfiguration" => export_config(caller, p, x).await?,
         "ImportClientVpnClientCertificateRevocationList" => import_crl(caller, p, x).await?,
         "ExportClientVpnClientCertificateRevocationList" => export_crl(caller, p, x).await?,
+        "ApplySecurityGroupsToClientVpnTargetNetwork" => {
+            apply_security_groups(caller, p, x).await?
+        }
         _ => unreachable!("OPERATIONS lists every action dispatched"),
     };
     Ok(x.finish(action))
@@ -838,11 +843,35 @@ async fn describe_networks(caller: &Caller, p: &Params, mut x: Xml) -> Result<Xm
         x.leaf("clientVpnEndpointId", &t.client_vpn_endpoint_id);
         status(&mut x, "status", t.status.as_str(), None);
         x.open("securityGroups");
+        for g in &t.security_group_ids {
+            x.leaf("item", g);
+        }
         x.close("securityGroups");
         x.close("item");
     }
     x.close("clientVpnTargetNetworks");
     next_token(&mut x, next);
+    Ok(x)
+}
+
+/// `VpcId` names the node whose target networks take the groups (module table).
+async fn apply_security_groups(caller: &Caller, p: &Params, mut x: Xml) -> Result<Xml, AwsError> {
+    let (_, path) = endpoint_path(p)?;
+    let vpc = p.required("VpcId")?;
+    let ids = p.list("SecurityGroupId")?;
+    p.finish()?;
+    let r: crate::model::ApplySecurityGroupsResult = call(
+        caller,
+        Method::POST,
+        &format!("{path}/security-groups"),
+        Some(json!({"vpc-id": vpc, "security-group-ids": ids})),
+    )
+    .await?;
+    x.open("securityGroupIds");
+    for g in &r.security_group_ids {
+        x.leaf("item", g);
+    }
+    x.close("securityGroupIds");
     Ok(x)
 }
 

@@ -614,6 +614,7 @@ fn cli_help_explains_every_flag_and_command() {
             "directory",
             "mfa",
             "idp",
+            "security-group",
             "access-key"
         ]
     );

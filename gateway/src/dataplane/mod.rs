@@ -32,8 +32,9 @@ use aya::{
 use gateway_common::{
     AuthEntry, Counter, FlowEvent, GatewayConfig, NatForward, NatKey, NatReverse, PortRuleSet,
     RouteEntry, Session, SessionStats, TargetNetwork, COUNTER_COUNT, DEFAULT_NAT_PORT_MAX,
-    DEFAULT_NAT_PORT_MIN, DEFAULT_NAT_SESSION_CAP, EVENT_DENIED, EVENT_NAT_FULL, EVENT_NO_ROUTE,
-    EVENT_UNKNOWN_SOURCE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_FLAG_TCP_CLOSING,
+    DEFAULT_NAT_PORT_MIN, DEFAULT_NAT_SESSION_CAP, EGRESS_RULES_PER_TARGET, EVENT_DENIED,
+    EVENT_NAT_FULL, EVENT_NO_ROUTE, EVENT_SECURITY_GROUP, EVENT_UNKNOWN_SOURCE, IPPROTO_ICMP,
+    IPPROTO_TCP, IPPROTO_UDP, NAT_FLAG_TCP_CLOSING,
 };
 use policy::{compile_routes, compile_rules, group_set, GroupInterner, Policy, Prefix};
 use tracing::{debug, info, warn};
@@ -84,6 +85,8 @@ pub enum DataPlaneError {
     },
     #[error("more than {max} destinations have rules limited to ports; merge some")]
     TooManyPortRuleSets { max: usize },
+    #[error("the security groups of a target network have {wanted} egress rules together; at most {max}")]
+    TooManyEgressRules { wanted: usize, max: usize },
     #[error("no target network with id {0}")]
     UnknownTarget(u32),
     #[error("target network id {0} is already in use")]
@@ -216,6 +219,7 @@ impl Default for DataPlaneConfig {
 }
 
 // re-export: the types live in model
+pub use crate::model::policy::EgressRule;
 pub use crate::model::{SessionCounters, TargetSpec};
 
 /// Global counters, summed over CPUs, by [`Counter`].
@@ -235,6 +239,8 @@ pub enum FlowEventKind {
     NoRoute,
     UnknownSource,
     NatFull,
+    /// Authorized and routed, but the target network's security groups refused it.
+    SecurityGroup,
     Other(u32),
 }
 
@@ -245,6 +251,7 @@ impl FlowEventKind {
             FlowEventKind::NoRoute => "no-route",
             FlowEventKind::UnknownSource => "unknown-source",
             FlowEventKind::NatFull => "nat-table-full",
+            FlowEventKind::SecurityGroup => "security-group-denied",
             FlowEventKind::Other(_) => "unknown",
         }
     }
@@ -276,6 +283,7 @@ impl FlowEventRecord {
             EVENT_NO_ROUTE => FlowEventKind::NoRoute,
             EVENT_UNKNOWN_SOURCE => FlowEventKind::UnknownSource,
             EVENT_NAT_FULL => FlowEventKind::NatFull,
+            EVENT_SECURITY_GROUP => FlowEventKind::SecurityGroup,
             other => FlowEventKind::Other(other),
         };
         Some(FlowEventRecord {
@@ -392,6 +400,43 @@ struct SessionState {
 struct TargetState {
     interface: String,
     snat_addr: Ipv4Addr,
+    ifindex: u32,
+    egress: Option<Vec<EgressRule>>,
+}
+
+/// The kernel's value of a target network: where it is, and its security groups' egress
+/// rules (none: AWS's default group, everything may leave).
+fn target_value(
+    ifindex: u32,
+    snat_addr: Ipv4Addr,
+    egress: Option<&[EgressRule]>,
+) -> Result<TargetNetwork, DataPlaneError> {
+    let mut t = TargetNetwork {
+        ifindex,
+        snat_addr: snat_addr.octets(),
+        ..TargetNetwork::default()
+    };
+    if let Some(rules) = egress {
+        if rules.len() > EGRESS_RULES_PER_TARGET {
+            return Err(DataPlaneError::TooManyEgressRules {
+                wanted: rules.len(),
+                max: EGRESS_RULES_PER_TARGET,
+            });
+        }
+        t.egress_limited = 1;
+        t.egress_count = rules.len() as u32;
+        for (slot, r) in t.egress.iter_mut().zip(rules) {
+            *slot = gateway_common::EgressRule {
+                protocol: r.protocol.unwrap_or(0),
+                _pad: [0; 3],
+                from_port: r.from_port,
+                to_port: r.to_port,
+                net: r.destination.network().octets(),
+                mask: r.destination.netmask().octets(),
+            };
+        }
+    }
+    Ok(t)
 }
 
 type AuthTrie = LpmTrie<MapData, [u8; 4], AuthEntry>;
@@ -1053,25 +1098,50 @@ impl DataPlane {
             };
             self.target_links.insert(spec.interface.clone(), (link, 1));
         }
+        let value = target_value(ifindex, snat_addr, spec.egress.as_deref())?;
         self.targets_map
-            .insert(
-                spec.id,
-                TargetNetwork {
-                    ifindex,
-                    snat_addr: snat_addr.octets(),
-                },
-                0,
-            )
+            .insert(spec.id, value, 0)
             .map_err(map_err("TARGETS"))?;
         self.targets.insert(
             spec.id,
             TargetState {
                 interface: spec.interface.clone(),
                 snat_addr,
+                ifindex,
+                egress: spec.egress.clone(),
             },
         );
         info!(id = spec.id, interface = %spec.interface, %snat_addr, "target network added");
         Ok(snat_addr)
+    }
+
+    /// Replaces the egress rules of a target network's security groups (`None`: no group,
+    /// everything may leave): one map write, so the next packet is judged by the new rules.
+    pub fn set_target_egress(
+        &mut self,
+        id: u32,
+        egress: Option<Vec<EgressRule>>,
+    ) -> Result<(), DataPlaneError> {
+        let state = self
+            .targets
+            .get_mut(&id)
+            .ok_or(DataPlaneError::UnknownTarget(id))?;
+        let value = target_value(state.ifindex, state.snat_addr, egress.as_deref())?;
+        self.targets_map
+            .insert(id, value, 0)
+            .map_err(map_err("TARGETS"))?;
+        info!(
+            id,
+            rules = egress.as_ref().map(Vec::len),
+            "target network's security groups applied"
+        );
+        state.egress = egress;
+        Ok(())
+    }
+
+    /// The egress rules applied to a target network, if it is known.
+    pub fn target_egress(&self, id: u32) -> Option<Option<&[EgressRule]>> {
+        self.targets.get(&id).map(|t| t.egress.as_deref())
     }
 
     /// Removes a target network; routes to it stop matching (their packets count as no-route).

@@ -67,6 +67,7 @@ mod policy_view;
 mod routes;
 mod rules;
 pub mod schema;
+pub mod security_groups;
 pub mod sql;
 
 /// re-export: the types live in model ([`crate::model`]); `storage::model::X` keeps working.
@@ -379,6 +380,7 @@ fn assoc_row(r: &Row<'_>) -> sql::Result<TargetNetwork> {
         creation_time: ts(r, 7)?,
         update_time: ts(r, 8)?,
         node: r.get(9)?,
+        security_group_ids: Vec::new(),
     })
 }
 

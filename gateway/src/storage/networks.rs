@@ -278,12 +278,15 @@ impl Store {
     ) -> Result<Vec<TargetNetwork>, ApiError> {
         self.read(|db| {
             load_endpoint(db, endpoint_id)?;
-            let all = query(
+            let mut all = query(
                 db,
                 &format!("SELECT {ASSOC_COLS} FROM associations WHERE endpoint_id = ?1 ORDER BY seq"),
                 [endpoint_id],
                 assoc_row,
             )?;
+            for a in &mut all {
+                a.security_group_ids = security_groups::groups_of(db, &a.association_id)?;
+            }
             if ids.is_empty() {
                 return Ok(all);
             }

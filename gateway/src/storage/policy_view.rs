@@ -48,15 +48,18 @@ impl Store {
     pub fn target_specs(&self, endpoint_id: &str) -> Result<Vec<TargetSpec>, ApiError> {
         self.read(|db| {
             load_endpoint(db, endpoint_id)?;
-            Ok(live_associations(db, endpoint_id)?
+            live_associations(db, endpoint_id)?
                 .into_iter()
                 .filter(|a| a.status == AssociationStatus::Associated && self.is_own(a))
-                .map(|a| TargetSpec {
-                    id: a.target_id,
-                    interface: a.target_network_id,
-                    snat_addr: a.snat_address,
+                .map(|a| {
+                    Ok(TargetSpec {
+                        id: a.target_id,
+                        egress: security_groups::egress_of(db, &a.association_id)?,
+                        interface: a.target_network_id,
+                        snat_addr: a.snat_address,
+                    })
                 })
-                .collect())
+                .collect()
         })
     }
 }

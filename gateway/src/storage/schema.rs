@@ -294,7 +294,8 @@ CREATE TABLE client_tokens (
 ) STRICT;
 "#,
     // 8: an authorization rule may be limited to a protocol and destination ports (cvpn,
-    // beyond AWS): `tcp` / `udp` / `icmp`, and `443` or `8000-8100` (none: every port).
+    // beyond AWS): `tcp` / `udp` / `icmp`, and `443` or `8000-8100` (none: every port); and
+    // security groups limit what leaves through a target network.
     r#"
 ALTER TABLE authorization_rules ADD COLUMN protocol TEXT;
 ALTER TABLE authorization_rules ADD COLUMN port_range TEXT;
@@ -302,6 +303,23 @@ DROP INDEX authorization_rules_key;
 CREATE UNIQUE INDEX authorization_rules_key
     ON authorization_rules(endpoint_id, destination, access_all, ifnull(group_id, ''),
                            ifnull(protocol, ''), ifnull(port_range, ''));
+
+-- Security groups: egress rules (JSON, `SecurityGroupRule`s) for the target networks they are
+-- applied to; an association with none applied lets everything leave (AWS's default group).
+CREATE TABLE security_groups (
+    id          TEXT    PRIMARY KEY NOT NULL,
+    name        TEXT    NOT NULL UNIQUE,
+    description TEXT,
+    egress      TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE association_security_groups (
+    association_id    TEXT    NOT NULL REFERENCES associations(id) ON DELETE CASCADE,
+    security_group_id TEXT    NOT NULL REFERENCES security_groups(id),
+    position          INTEGER NOT NULL,
+    PRIMARY KEY (association_id, security_group_id)
+) STRICT;
 "#,
 ];
 
@@ -569,6 +587,21 @@ DROP INDEX authorization_rules_key;
 CREATE UNIQUE INDEX authorization_rules_key
     ON authorization_rules(endpoint_id, destination, access_all, (coalesce(group_id, '')),
                            (coalesce(protocol, '')), (coalesce(port_range, '')));
+
+CREATE TABLE security_groups (
+    id          TEXT    PRIMARY KEY NOT NULL,
+    name        TEXT    NOT NULL UNIQUE,
+    description TEXT,
+    egress      TEXT    NOT NULL,
+    created_at  BIGINT  NOT NULL
+);
+
+CREATE TABLE association_security_groups (
+    association_id    TEXT    NOT NULL REFERENCES associations(id) ON DELETE CASCADE,
+    security_group_id TEXT    NOT NULL REFERENCES security_groups(id),
+    position          BIGINT  NOT NULL,
+    PRIMARY KEY (association_id, security_group_id)
+);
 "#,
 ];
 

@@ -4387,3 +4387,136 @@ fn a_client_token_answers_its_retry_and_refuses_other_parameters() {
         codes::INVALID_PARAMETER_VALUE
     );
 }
+
+#[test]
+fn security_groups_are_applied_to_target_networks_and_reach_the_data_plane() {
+    use crate::model::{ApplySecurityGroupsRequest, CreateSecurityGroupRequest, SecurityGroupRule};
+    let fx = Fx::new();
+    let eid = fx.endpoint();
+    fx.associate(&eid, "eth1", Some("10.88.0.0/24")).unwrap();
+    let rule = |p: &str, ports: Option<&str>, cidr: &str| SecurityGroupRule {
+        protocol: p.into(),
+        port_range: ports.map(str::to_string),
+        destination_cidr: cidr.into(),
+    };
+    let web = fx
+        .store
+        .create_security_group(&CreateSecurityGroupRequest {
+            group_name: "web".into(),
+            description: Some("https out".into()),
+            egress: Some(vec![
+                rule("TCP", Some("443"), "10.88.0.0/24"),
+                rule("icmp", None, "0.0.0.0/0"),
+            ]),
+        })
+        .unwrap();
+    // Normalised: protocol lower case.
+    assert_eq!(web.egress[0], rule("tcp", Some("443"), "10.88.0.0/24"));
+    let open = fx
+        .store
+        .create_security_group(&CreateSecurityGroupRequest {
+            group_name: "open".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        open.egress,
+        [rule("all", None, "0.0.0.0/0")],
+        "AWS's default group"
+    );
+    assert_eq!(
+        code(fx.store.create_security_group(&CreateSecurityGroupRequest {
+            group_name: "web".into(),
+            ..Default::default()
+        })),
+        codes::DUPLICATE_SECURITY_GROUP
+    );
+    for bad in [
+        rule("all", Some("80"), "0.0.0.0/0"),
+        rule("tcp", Some("90-80"), "0.0.0.0/0"),
+        rule("tcp", None, "10.0.0.0/33"),
+        rule("tcp", None, "10.88.0.7/24"),
+        rule("gre", None, "0.0.0.0/0"),
+    ] {
+        assert!(
+            fx.store
+                .create_security_group(&CreateSecurityGroupRequest {
+                    group_name: "bad".into(),
+                    egress: Some(vec![bad.clone()]),
+                    ..Default::default()
+                })
+                .is_err(),
+            "{bad:?}"
+        );
+    }
+    // Before any group: no limit (None), as AWS's default group.
+    assert_eq!(fx.store.target_specs(&eid).unwrap()[0].egress, None);
+    let before = fx.store.describe_endpoint(&eid).unwrap().policy_revision;
+    let r = fx
+        .store
+        .apply_security_groups(
+            &eid,
+            &ApplySecurityGroupsRequest {
+                vpc_id: None,
+                security_group_ids: vec![web.security_group_id.clone()],
+            },
+        )
+        .unwrap();
+    assert_eq!(r.association_ids.len(), 1);
+    assert!(fx.store.describe_endpoint(&eid).unwrap().policy_revision > before);
+    let egress = fx.store.target_specs(&eid).unwrap()[0]
+        .egress
+        .clone()
+        .unwrap();
+    assert_eq!(egress.len(), 2, "{egress:?}");
+    assert!(egress
+        .iter()
+        .any(|e| e.protocol == Some(6) && e.from_port == 443 && e.to_port == 443));
+    let nets = fx.store.describe_target_networks(&eid, &[]).unwrap();
+    assert_eq!(
+        nets[0].security_group_ids,
+        std::slice::from_ref(&web.security_group_id)
+    );
+    // In use: not deleted. Unknown groups, another node, too many: refused.
+    assert_eq!(
+        code(fx.store.delete_security_group(&web.security_group_id)),
+        codes::SECURITY_GROUP_IN_USE
+    );
+    let apply = |ids: Vec<String>, vpc: Option<&str>| {
+        fx.store.apply_security_groups(
+            &eid,
+            &ApplySecurityGroupsRequest {
+                vpc_id: vpc.map(str::to_string),
+                security_group_ids: ids,
+            },
+        )
+    };
+    assert_eq!(
+        code(apply(vec!["sg-0123456789abcdef0".into()], None)),
+        codes::SECURITY_GROUP_NOT_FOUND
+    );
+    assert_eq!(
+        code(apply(
+            vec![web.security_group_id.clone()],
+            Some("another-node")
+        )),
+        codes::INVALID_PARAMETER_VALUE
+    );
+    assert_eq!(
+        code(apply(vec![web.security_group_id.clone(); 6], None)),
+        codes::INVALID_PARAMETER_VALUE
+    );
+    // Back to the default: no limit, and the group may go.
+    apply(vec![], None).unwrap();
+    assert_eq!(fx.store.target_specs(&eid).unwrap()[0].egress, None);
+    fx.store
+        .delete_security_group(&web.security_group_id)
+        .unwrap();
+    assert_eq!(
+        code(
+            fx.store
+                .describe_security_groups(std::slice::from_ref(&web.security_group_id))
+        ),
+        codes::SECURITY_GROUP_NOT_FOUND
+    );
+}

@@ -59,6 +59,12 @@ pub mod codes {
     pub const DUPLICATE_IDENTITY_PROVIDER: &str = "InvalidIdentityProvider.Duplicate";
     /// The operation is never allowed on this resource (immutable field, associate-origin route).
     pub const OPERATION_NOT_PERMITTED: &str = "OperationNotPermitted";
+    /// No security group with that id (EC2's code).
+    pub const SECURITY_GROUP_NOT_FOUND: &str = "InvalidGroup.NotFound";
+    /// A security group with that name exists already (EC2's code).
+    pub const DUPLICATE_SECURITY_GROUP: &str = "InvalidGroup.Duplicate";
+    /// The security group is applied to a target network (EC2's code).
+    pub const SECURITY_GROUP_IN_USE: &str = "DependencyViolation";
     /// No access key with that id.
     pub const ACCESS_KEY_NOT_FOUND: &str = "InvalidAccessKeyId.NotFound";
     /// No imported certificate with that ARN (ACM's code).
@@ -141,7 +147,8 @@ impl ApiError {
             | MFA_ENROLLMENT_NOT_FOUND
             | IDENTITY_PROVIDER_NOT_FOUND
             | ACCESS_KEY_NOT_FOUND
-            | CERTIFICATE_NOT_FOUND => 404,
+            | CERTIFICATE_NOT_FOUND
+            | SECURITY_GROUP_NOT_FOUND => 404,
             INCORRECT_STATE
             | DUPLICATE_DIRECTORY_RESOURCE
             | DUPLICATE_IDENTITY_PROVIDER
@@ -149,7 +156,9 @@ impl ApiError {
             | DUPLICATE_ASSOCIATION
             | DUPLICATE_ROUTE
             | DUPLICATE_AUTHORIZATION_RULE
-            | CERTIFICATE_IN_USE => 409,
+            | CERTIFICATE_IN_USE
+            | DUPLICATE_SECURITY_GROUP
+            | SECURITY_GROUP_IN_USE => 409,
             INTERNAL_ERROR => 500,
             SERVICE_UNAVAILABLE => 503,
             _ => 400,

@@ -15,6 +15,8 @@ pub const CONNECTION_ID_PREFIX: &str = "cvpn-connection-";
 pub const DIRECTORY_ID_PREFIX: &str = "cvpn-directory-";
 /// Prefix of identity provider ids: `idp-` and 17 lowercase hex digits.
 pub const IDP_ID_PREFIX: &str = "idp-";
+/// Prefix of security group ids: `sg-` and 17 lowercase hex digits (AWS's form).
+pub const SECURITY_GROUP_ID_PREFIX: &str = "sg-";
 /// Number of hex digits after an id's prefix (as AWS's ids).
 pub const ID_HEX_DIGITS: usize = 17;
 

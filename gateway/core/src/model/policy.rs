@@ -86,9 +86,25 @@ pub struct Policy {
 /// from the API resource [`TargetNetwork`](super::TargetNetwork) (whose `target_id` is `id`) or
 /// the endpoint file's `config::TargetNetwork`; the data plane turns it into the kernel's map
 /// value `gateway_common::TargetNetwork`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetSpec {
     pub id: u32,
     pub interface: String,
     pub snat_addr: Option<Ipv4Addr>,
+    /// The egress rules of the security groups applied to the target network: a packet
+    /// leaves only if one allows it. `None`: no group applied, AWS's default group (all
+    /// traffic may leave).
+    pub egress: Option<Vec<EgressRule>>,
+}
+
+/// One egress rule of a security group, as the data plane takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EgressRule {
+    /// IP protocol (6, 17, 1); `None`: every protocol.
+    pub protocol: Option<u8>,
+    /// Destination ports, inclusive (TCP and UDP).
+    pub from_port: u16,
+    pub to_port: u16,
+    /// Where the traffic may go.
+    pub destination: Ipv4Net,
 }

@@ -723,6 +723,9 @@ pub struct TargetNetwork {
     pub creation_time: Timestamp,
     /// When its state or subnet last changed.
     pub update_time: Timestamp,
+    /// The security groups applied to it (none: AWS's default group, all traffic may leave).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_group_ids: Vec<String>,
 }
 
 /// Associate a target network.
@@ -782,6 +785,111 @@ pub struct SubnetUpdateResult {
     /// The `associate` route added, if the subnet changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub added_route: Option<Route>,
+}
+
+// ---- security groups ----------------------------------------------------------------------------
+
+/// Most security groups applied to one target network (AWS's limit).
+pub const MAX_SECURITY_GROUPS_PER_NETWORK: usize = 5;
+/// Most egress rules of the groups of one target network together (the kernel's bound).
+pub const MAX_EGRESS_RULES: usize = 16;
+/// Most security groups the store keeps.
+pub const MAX_SECURITY_GROUPS: usize = 500;
+
+/// A security group: egress rules for traffic leaving through the target networks it is
+/// applied to (AWS's `ApplySecurityGroupsToClientVpnTargetNetwork`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SecurityGroup {
+    /// `sg-<17 hex>`.
+    pub security_group_id: String,
+    /// Unique name.
+    pub group_name: String,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// What may leave.
+    pub egress: Vec<SecurityGroupRule>,
+    /// When it was made.
+    pub creation_time: Timestamp,
+}
+
+/// One egress rule: traffic of `protocol` (`all`, `tcp`, `udp`, `icmp`) to
+/// `destination-cidr`, on `port-range` (tcp and udp; default every port), may leave.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SecurityGroupRule {
+    #[serde(default = "all_protocols")]
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_range: Option<String>,
+    pub destination_cidr: String,
+}
+
+fn all_protocols() -> String {
+    "all".into()
+}
+
+impl SecurityGroupRule {
+    /// The rule in the data plane's terms (it was checked when the group was made).
+    pub fn egress(&self) -> Option<super::policy::EgressRule> {
+        let destination = super::validate::check_cidr(&self.destination_cidr).ok()?;
+        if self.protocol == "all" {
+            return Some(super::policy::EgressRule {
+                protocol: None,
+                from_port: 0,
+                to_port: 65535,
+                destination,
+            });
+        }
+        let m = super::validate::port_match(
+            "protocol",
+            Some(&self.protocol),
+            self.port_range.as_deref(),
+        )
+        .ok()??;
+        Some(super::policy::EgressRule {
+            protocol: Some(m.protocol),
+            from_port: m.from_port,
+            to_port: m.to_port,
+            destination,
+        })
+    }
+}
+
+/// Make a security group. Without `egress`, AWS's default: all traffic may leave.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CreateSecurityGroupRequest {
+    pub group_name: String,
+    pub description: Option<String>,
+    pub egress: Option<Vec<SecurityGroupRule>>,
+}
+
+/// The security groups.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SecurityGroupList {
+    pub security_groups: Vec<SecurityGroup>,
+}
+
+/// Apply security groups to an endpoint's target networks (those of node `vpc-id`, or all):
+/// they replace the groups applied before. An empty list goes back to AWS's default group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ApplySecurityGroupsRequest {
+    /// The node whose target networks take the groups (AWS: the VPC); none: every node's.
+    pub vpc_id: Option<String>,
+    pub security_group_ids: Vec<String>,
+}
+
+/// What an apply call did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ApplySecurityGroupsResult {
+    pub security_group_ids: Vec<String>,
+    /// The associations that took them.
+    pub association_ids: Vec<String>,
 }
 
 // ---- routes -------------------------------------------------------------------------------------
