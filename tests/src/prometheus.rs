@@ -29,15 +29,32 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts Prometheus in `ns`, scraping `http://{target}/metrics` every second.
     pub fn start(ns: &Netns, target: &str) -> Result<Prometheus> {
+        Self::start_with_tls(ns, target, None)
+    }
+
+    /// [`Prometheus::start`], scraping over HTTPS when `tls` gives the CA file that signs the
+    /// target's certificate and the name in it.
+    pub fn start_with_tls(
+        ns: &Netns,
+        target: &str,
+        tls: Option<(&std::path::Path, &str)>,
+    ) -> Result<Prometheus> {
         if !std::path::Path::new(BINARY).exists() {
             bail!("{BINARY} is missing: run `cargo xtask setup` (Debian's prometheus package)");
         }
         let dir = TempDir::new("prom")?;
         let config = dir.0.join("prometheus.yml");
+        let scheme = match tls {
+            None => String::new(),
+            Some((ca, name)) => format!(
+                "    scheme: https\n    tls_config:\n      ca_file: {}\n      server_name: {name}\n",
+                ca.display()
+            ),
+        };
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: cvpn\n    metrics_path: /metrics\n    static_configs:\n      - targets: ['{target}']\n"
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: cvpn\n    metrics_path: /metrics\n{scheme}    static_configs:\n      - targets: ['{target}']\n"
             ),
         )?;
         let log = dir.0.join("prometheus.log");

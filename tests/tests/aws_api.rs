@@ -574,6 +574,7 @@ fn cvpn(daemon: &StoreDaemon, args: &[&str]) -> Value {
     daemon.json(args).unwrap()
 }
 
+/// The AWS API listener with a certificate (HTTPS), scraped by Prometheus over TLS.
 #[test]
 fn prometheus_scrapes_active_connections_bytes_and_drops() {
     assert!(
@@ -582,15 +583,17 @@ fn prometheus_scrapes_active_connections_bytes_and_drops() {
     );
     let mut net = EndpointNet::new(1).unwrap();
     let data = TempDir::new("prom").unwrap();
+    let (cert, key, ca) = net.write_server_files().unwrap();
     let config = cvpn_tests::pki::write(
         &net.dir.0,
         "cvpn.toml",
-        &format!("node_name = \"gw-a\"\n[aws_api]\nlisten = \"{LISTEN}\"\n[connections]\ncounters_seconds = 1\n"),
+        &format!(
+            "node_name = \"gw-a\"\n[aws_api]\nlisten = \"{LISTEN}\"\ncertificate = {cert:?}\nkey = {key:?}\n[connections]\ncounters_seconds = 1\n"
+        ),
     )
     .unwrap();
     let daemon = StoreDaemon::start_with_config(&net.gateway, &data.0, Some(&config)).unwrap();
     http::spawn_server(&net.private, PRIVATE, 8080).unwrap();
-    let (cert, key, ca) = net.write_server_files().unwrap();
     let endpoint = cvpn(
         &daemon,
         &[
@@ -613,7 +616,12 @@ fn prometheus_scrapes_active_connections_bytes_and_drops() {
     daemon
         .associate_and_authorize(&endpoint, &[(PRIVATE, "engineering")])
         .unwrap();
-    let prom = cvpn_tests::prometheus::Prometheus::start(&net.gateway, LISTEN).unwrap();
+    let prom = cvpn_tests::prometheus::Prometheus::start_with_tls(
+        &net.gateway,
+        LISTEN,
+        Some((&ca, "vpn.example.test")),
+    )
+    .unwrap();
 
     // One client, some traffic to the host it may reach and some to one it may not.
     let pem = net.ca.client("alice", &["engineering"]).unwrap();

@@ -499,3 +499,105 @@ async fn acm_refuses_a_key_of_another_certificate_and_lists_imports() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn directory_options_lambda_arns_and_modify_map_to_cvpns_resources() {
+    let fx = Fx::new();
+    let dir = fx
+        .state
+        .api
+        .store
+        .create_directory(&crate::model::CreateDirectoryRequest {
+            name: Some("corp".into()),
+            urls: vec!["ldaps://dc1.example.test".into()],
+            base_dn: Some("dc=example,dc=test".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let server = fx
+        .import(&fx.pki.server_cert, Some(&fx.pki.server_key))
+        .await;
+    let ca = fx.import(&fx.pki.ca_pem, None).await;
+    let (s, body) = fx
+        .ec2(&format!(
+            "Action=CreateClientVpnEndpoint&Version=2016-11-15&ClientCidrBlock=10.4.0.0%2F22\
+             &ServerCertificateArn={}&Authentication.1.Type=certificate-authentication\
+             &Authentication.1.MutualAuthentication.ClientRootCertificateChainArn={}\
+             &Authentication.2.Type=directory-service-authentication\
+             &Authentication.2.ActiveDirectory.DirectoryId={}\
+             &ConnectionLogOptions.Enabled=true&ConnectionLogOptions.CloudwatchLogGroup=vpn\
+             &TagSpecification.1.ResourceType=client-vpn-endpoint&TagSpecification.1.Tag.1.Key=team\
+             &TagSpecification.1.Tag.1.Value=net&TransportProtocol=tcp&VpnPort=1194",
+            enc(&server),
+            enc(&ca),
+            dir.directory_id
+        ))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let id = between(&body, "<clientVpnEndpointId>", "</clientVpnEndpointId>");
+    let ep = fx.state.api.store.describe_endpoint(&id).unwrap();
+    assert_eq!(ep.tags[0].key, "team");
+    assert_eq!(ep.vpn_port, 1194);
+    assert!(ep.authentication_options.iter().any(|o| matches!(
+        o,
+        crate::model::AuthenticationOption::DirectoryServiceAuthentication { directory_id }
+            if *directory_id == dir.directory_id
+    )));
+    // A Lambda ARN names an executable of [connect_handler] executable_dir: this store has
+    // none, so it is refused saying so; an https URL is taken as it is.
+    let (s, b) = fx
+        .ec2(&format!(
+            "Action=ModifyClientVpnEndpoint&Version=2016-11-15&ClientVpnEndpointId={id}\
+             &ClientConnectOptions.Enabled=true\
+             &ClientConnectOptions.LambdaFunctionArn=arn:aws:lambda:us-east-1:123456789012:function:AWSClientVPN-check"
+        ))
+        .await;
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (400, "InvalidParameterValue"),
+        "{b}"
+    );
+    assert!(b.contains("executable_dir"), "{b}");
+    let (s, b) = fx
+        .ec2(&format!(
+            "Action=ModifyClientVpnEndpoint&Version=2016-11-15&ClientVpnEndpointId={id}\
+             &DnsServers.CustomDnsServers.1=10.0.0.2&DnsServers.Enabled=true&Description=x%26y\
+             &SessionTimeoutHours=8&ClientLoginBannerOptions.Enabled=true\
+             &ClientLoginBannerOptions.BannerText=hello"
+        ))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b.contains("<return>true</return>"), "{b}");
+    let (_, b) = fx
+        .ec2(&format!(
+            "Action=DescribeClientVpnEndpoints&Version=2016-11-15&ClientVpnEndpointId.1={id}"
+        ))
+        .await;
+    for want in [
+        "<description>x&amp;y</description>",
+        "<sessionTimeoutHours>8</sessionTimeoutHours>",
+        "<bannerText>hello</bannerText>",
+        "<dnsServer><item>10.0.0.2</item></dnsServer>",
+        "<type>directory-service-authentication</type><activeDirectory><directoryId>",
+        "<transportProtocol>tcp</transportProtocol>",
+        "<CloudwatchLogStream>connection.log</CloudwatchLogStream>",
+        "<tagSet><item><key>team</key><value>net</value></item></tagSet>",
+    ] {
+        assert!(b.contains(want), "{want} not in {b}");
+    }
+    // DnsServers.Enabled=false clears the list.
+    let (s, b) = fx
+        .ec2(&format!(
+            "Action=ModifyClientVpnEndpoint&Version=2016-11-15&ClientVpnEndpointId={id}&DnsServers.Enabled=false"
+        ))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(fx
+        .state
+        .api
+        .store
+        .describe_endpoint(&id)
+        .unwrap()
+        .dns_servers
+        .is_empty());
+}
