@@ -204,17 +204,13 @@ async fn run_op(caller: &Caller, op: &str, body: &[u8]) -> Result<Value, AwsErro
             };
             let start = match r.next_token {
                 None => 0,
-                Some(t) => t
-                    .strip_prefix("cvpn-page-")
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .filter(|n| *n <= all.len())
-                    .ok_or_else(|| {
-                        AwsError::new(
-                            400,
-                            "InvalidArgsException",
-                            format!("NextToken {t:?} was not given by this API"),
-                        )
-                    })?,
+                Some(t) => super::page_offset(&t, all.len()).ok_or_else(|| {
+                    AwsError::new(
+                        400,
+                        "InvalidArgsException",
+                        format!("NextToken {t:?} was not given by this API"),
+                    )
+                })?,
             };
             let total = all.len();
             let page: Vec<Value> = all
@@ -236,7 +232,7 @@ async fn run_op(caller: &Caller, op: &str, body: &[u8]) -> Result<Value, AwsErro
                 .collect();
             let mut out = json!({"CertificateSummaryList": page});
             if start + max < total {
-                out["NextToken"] = json!(format!("cvpn-page-{}", start + max));
+                out["NextToken"] = json!(super::page_token(start + max));
             }
             Ok(out)
         }

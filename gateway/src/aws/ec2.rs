@@ -343,24 +343,20 @@ fn page<T>(p: &Params, items: Vec<T>) -> Result<(Vec<T>, Option<String>), AwsErr
     };
     let start = match p.get("NextToken") {
         None => 0,
-        Some(t) => t
-            .strip_prefix("cvpn-page-")
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|n| *n <= items.len())
-            .ok_or_else(|| {
-                AwsError::new(
-                    400,
-                    "InvalidParameterValue",
-                    format!(
-                        "NextToken {t:?} is not a token this API gave, or the list has \
+        Some(t) => super::page_offset(&t, items.len()).ok_or_else(|| {
+            AwsError::new(
+                400,
+                "InvalidParameterValue",
+                format!(
+                    "NextToken {t:?} is not a token this API gave, or the list has \
                          shrunk since: describe again from the start"
-                    ),
-                )
-            })?,
+                ),
+            )
+        })?,
     };
     let total = items.len();
     let page: Vec<T> = items.into_iter().skip(start).take(max).collect();
-    let next = (start + page.len() < total).then(|| format!("cvpn-page-{}", start + page.len()));
+    let next = (start + page.len() < total).then(|| super::page_token(start + page.len()));
     Ok((page, next))
 }
 

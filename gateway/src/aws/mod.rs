@@ -99,6 +99,20 @@ impl From<ApiError> for AwsError {
     }
 }
 
+/// The `NextToken` of the page that starts at `offset` of a listing.
+pub(crate) fn page_token(offset: usize) -> String {
+    format!("cvpn-page-{offset}")
+}
+
+/// Where the page named by `token` starts in a listing of `len` items: `None` for a token this
+/// API did not give, or one past the listing's end (the listing shrank since).
+pub(crate) fn page_offset(token: &str, len: usize) -> Option<usize> {
+    token
+        .strip_prefix("cvpn-page-")
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n <= len)
+}
+
 fn request_id() -> String {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 16];

@@ -155,14 +155,7 @@ fn port_params(
 ) -> Result<(Option<String>, Option<String>), ApiError> {
     Ok(match validate::port_match("protocol", protocol, ports)? {
         None => (None, None),
-        Some(m) => {
-            let range = match (m.protocol, m.from_port, m.to_port) {
-                (policy::PortMatch::ICMP, _, _) | (_, 1, 65535) => None,
-                (_, a, b) if a == b => Some(a.to_string()),
-                (_, a, b) => Some(format!("{a}-{b}")),
-            };
-            (Some(m.protocol_name().to_string()), range)
-        }
+        Some(m) => (Some(m.protocol_name().to_string()), m.range_text()),
     })
 }
 

@@ -67,14 +67,9 @@ fn checked_rules(rules: &[SecurityGroupRule]) -> Result<Vec<SecurityGroupRule>, 
                 r.port_range.as_deref(),
             )?
             .ok_or_else(|| ApiError::missing(&format!("{field}.protocol"), "name a protocol"))?;
-            let port_range = match (m.protocol, m.from_port, m.to_port) {
-                (policy::PortMatch::ICMP, _, _) | (_, 1, 65535) => None,
-                (_, a, b) if a == b => Some(a.to_string()),
-                (_, a, b) => Some(format!("{a}-{b}")),
-            };
             Ok(SecurityGroupRule {
                 protocol: m.protocol_name().to_string(),
-                port_range,
+                port_range: m.range_text(),
                 destination_cidr: dest.trunc().to_string(),
             })
         })

@@ -52,6 +52,16 @@ impl PortMatch {
         }
     }
 
+    /// The port range as stored and shown: `443`, `8000-8100`; none for every port (and for
+    /// ICMP, which has none).
+    pub fn range_text(&self) -> Option<String> {
+        match (self.protocol, self.from_port, self.to_port) {
+            (Self::ICMP, _, _) | (_, 1, 65535) => None,
+            (_, a, b) if a == b => Some(a.to_string()),
+            (_, a, b) => Some(format!("{a}-{b}")),
+        }
+    }
+
     /// `tcp/443`, `udp/5000-5100`, `icmp`.
     pub fn describe(&self) -> String {
         match (self.protocol, self.from_port == self.to_port) {
