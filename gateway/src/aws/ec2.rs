@@ -578,10 +578,7 @@ async fn describe_endpoints(caller: &Caller, p: &Params, mut x: Xml) -> Result<X
         let joined: Vec<String> = ids.iter().map(|i| path_id(i)).collect();
         path = format!("{path}?client-vpn-endpoint-ids={}", joined.join(","));
     }
-    let (page_p, list) = (
-        p,
-        call::<EndpointList>(caller, Method::GET, &path, None).await?,
-    );
+    let list: EndpointList = call(caller, Method::GET, &path, None).await?;
     let items: Vec<Endpoint> = list
         .client_vpn_endpoints
         .into_iter()
@@ -592,7 +589,7 @@ async fn describe_endpoints(caller: &Caller, p: &Params, mut x: Xml) -> Result<X
             })
         })
         .collect();
-    let (items, next) = page(page_p, items)?;
+    let (items, next) = page(p, items)?;
     p.finish()?;
     let arns = {
         let eps = items.clone();
@@ -895,7 +892,7 @@ async fn delete_route(caller: &Caller, p: &Params, mut x: Xml) -> Result<Xml, Aw
         body["target-network-id"] = json!(s);
     }
     p.finish()?;
-    let r: Route = call(
+    let _: Route = call(
         caller,
         Method::DELETE,
         &format!("{path}/routes"),
@@ -903,7 +900,6 @@ async fn delete_route(caller: &Caller, p: &Params, mut x: Xml) -> Result<Xml, Aw
     )
     .await?;
     status(&mut x, "status", "deleting", None);
-    let _ = r;
     Ok(x)
 }
 

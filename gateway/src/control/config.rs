@@ -863,4 +863,37 @@ allow_http = true
         assert!(!is_endpoint_file("data_dir = \"/x\""));
         assert!(!is_endpoint_file(""));
     }
+
+    #[test]
+    fn the_aws_api_listens_in_clear_only_on_loopback() {
+        let c = DaemonConfig::parse("[aws_api]\nlisten = \"127.0.0.1:8780\"\n", "t").unwrap();
+        let a = c.aws_api.unwrap();
+        assert_eq!((a.tls, a.region.as_str()), (None, "us-east-1"));
+        let c = DaemonConfig::parse(
+            "[aws_api]\nlisten = \"0.0.0.0:8780\"\ncertificate = \"/c\"\nkey = \"/k\"\nregion = \"eu-west-3\"\n",
+            "t",
+        )
+        .unwrap();
+        assert!(c.aws_api.unwrap().tls.is_some());
+        for (text, says) in [
+            ("[aws_api]\nlisten = \"0.0.0.0:8780\"\n", "not a loopback"),
+            (
+                "[aws_api]\nlisten = \"127.0.0.1:8780\"\ncertificate = \"/c\"\n",
+                "both",
+            ),
+            (
+                "[aws_api]\ncertificate = \"/c\"\nkey = \"/k\"\n",
+                "add listen",
+            ),
+            ("[aws_api]\nregion = \"us-east-1\"\n", "not configured"),
+            (
+                "[aws_api]\nlisten = \"127.0.0.1:8780\"\nregion = \"US East\"\n",
+                "region name",
+            ),
+            ("[aws_api]\nlisten = \"127.0.0.1:8780\"\nport = 1\n", "port"),
+        ] {
+            let e = DaemonConfig::parse(text, "t").unwrap_err();
+            assert!(e.to_string().contains(says), "{text}: {e}");
+        }
+    }
 }
