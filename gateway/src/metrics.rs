@@ -14,6 +14,10 @@
 //! | ClientConnectHandler{Timeouts, InvalidResponses, OtherExecutionErrors, ThrottlingErrors, DeniedConnections, FailedServiceErrors} | `cvpn_client_connect_handler_errors_total{kind="timeouts"…}` |
 //! | (cvpn) | `cvpn_handshakes_total`, `cvpn_handshake_seconds` (histogram), `cvpn_dataplane_packets_total{counter=…}` (drops by reason among them), `cvpn_nat_entries` |
 //!
+//! In a cluster every node serves its own families: traffic, handshakes, failures, drops and
+//! active connections are that node's (sum them over `node`); portal downloads and the CRL's
+//! expiry are the endpoint's, the same on every node (take the max or min, not the sum).
+//!
 //! Who writes what: a running endpoint ([`crate::server`]) counts into its [`EndpointMetrics`]
 //! as things happen (traffic as deltas of the data plane's session counters, read every
 //! `counters_seconds`); a scrape adds what the database knows (active connections, portal
