@@ -40,6 +40,11 @@ pub const MAX_NAME: usize = 256;
 /// The provider's metadata and keys are fetched again at most this often when a token names
 /// an unknown key (so forged tokens cannot make us hammer the provider).
 const REDISCOVER_AT_MOST_EVERY: Duration = Duration::from_secs(10);
+/// How long a caller waits for the provider's metadata and keys, its turn behind another
+/// caller's fetch included. Sign-ins come from unauthenticated users: a provider that stops
+/// answering must cost each of them seconds, not the HTTP client's two minutes (found reviewing
+/// issue 10: every `/sso` request queued behind one hanging discovery).
+pub const DISCOVERY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A relying party's settings (from the identity provider resource and the web listener).
 #[derive(Clone)]
@@ -148,6 +153,8 @@ pub struct OidcRelyingParty {
     settings: OidcClientSettings,
     tls: Arc<rustls::ClientConfig>,
     discovered: Mutex<Option<Discovered>>,
+    /// [`DISCOVERY_DEADLINE`], shorter in tests.
+    discovery_deadline: Duration,
 }
 
 impl std::fmt::Debug for OidcRelyingParty {
@@ -186,7 +193,14 @@ impl OidcRelyingParty {
             settings,
             tls,
             discovered: Mutex::new(None),
+            discovery_deadline: DISCOVERY_DEADLINE,
         }
+    }
+
+    /// The same with another discovery deadline (tests).
+    pub fn with_discovery_deadline(mut self, deadline: Duration) -> Self {
+        self.discovery_deadline = deadline;
+        self
     }
 
     pub fn settings(&self) -> &OidcClientSettings {
@@ -197,6 +211,21 @@ impl OidcRelyingParty {
     /// when `stale` (a token named a key we do not have), at most every
     /// [`REDISCOVER_AT_MOST_EVERY`].
     async fn client(
+        &self,
+        stale: bool,
+    ) -> Result<(Client, Vec<CoreJwsSigningAlgorithm>), OidcError> {
+        // The wait for the lock is inside the deadline too: callers queued behind a hanging
+        // fetch give up with it (and a fetch given up releases the lock).
+        match tokio::time::timeout(self.discovery_deadline, self.fetch_client(stale)).await {
+            Ok(r) => r,
+            Err(_) => Err(OidcError::Unreachable(format!(
+                "discovery: the identity provider did not answer within {} s",
+                self.discovery_deadline.as_secs_f32()
+            ))),
+        }
+    }
+
+    async fn fetch_client(
         &self,
         stale: bool,
     ) -> Result<(Client, Vec<CoreJwsSigningAlgorithm>), OidcError> {

@@ -400,3 +400,55 @@ async fn an_unreachable_provider_is_not_a_refusal() {
         "the session keeps its access while the IdP is down"
     );
 }
+
+#[tokio::test]
+async fn a_provider_that_never_answers_costs_each_sign_in_the_deadline_not_minutes() {
+    // Accepts connections and never answers (nor closes them).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = listener.accept().await {
+            conns.push(c);
+        }
+    });
+    let rp = std::sync::Arc::new(
+        OidcRelyingParty::new(
+            OidcClientSettings {
+                issuer: format!("http://{addr}"),
+                client_id: CLIENT.into(),
+                client_secret: None,
+                groups_claim: "groups".into(),
+                username_claim: "email".into(),
+                scopes: vec![],
+                redirect_url: "https://vpn.example.test/oidc/callback".into(),
+            },
+            crate::http_client::client_tls(None).unwrap(),
+        )
+        .with_discovery_deadline(std::time::Duration::from_millis(300)),
+    );
+    // Eight sign-ins at once: the first holds the discovery, the others queue behind it; all
+    // give up at the deadline (on the old code each waited for the HTTP client's 120 s).
+    let started = std::time::Instant::now();
+    let tries: Vec<_> = (0..8)
+        .map(|_| {
+            let rp = std::sync::Arc::clone(&rp);
+            tokio::spawn(async move { rp.authorize().await })
+        })
+        .collect();
+    for t in tries {
+        let Err(e) = t.await.unwrap() else {
+            panic!("a provider that never answers signed someone in")
+        };
+        assert_eq!(
+            crate::auth::AuthFailure::from(e).reason(),
+            "idp-unreachable"
+        );
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    held.abort();
+}
