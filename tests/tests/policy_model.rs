@@ -1,5 +1,6 @@
 //! Property test: for random rule sets, the kernel's authorization decision (client program run
-//! through `BPF_PROG_TEST_RUN`) equals the userspace reference model, `policy::authorize`.
+//! through `BPF_PROG_TEST_RUN`) equals the userspace reference model, `policy::authorize` (and,
+//! with random security groups on the target network, an egress model written in this file).
 //!
 //! Rules are drawn from a small address space (mostly inside 10.88.0.0/16, prefix lengths
 //! 0, 8, 16, 20, 24, 28 and 32) so that their prefixes nest, overlap and repeat. A route
@@ -23,7 +24,7 @@ use cvpn_tests::{
 };
 use gateway::dataplane::{
     policy::{self, Access, AuthorizationRule, Policy, PortMatch, Route},
-    DataPlane, DataPlaneConfig, ProgramKind,
+    DataPlane, DataPlaneConfig, EgressRule, ProgramKind,
 };
 use ipnet::Ipv4Net;
 use proptest::{
@@ -121,6 +122,40 @@ fn rule() -> impl Strategy<Value = AuthorizationRule> {
     })
 }
 
+/// The security groups of the one target network: none (AWS's default group) half the time,
+/// else up to six egress rules.
+fn egress() -> impl Strategy<Value = Option<Vec<EgressRule>>> {
+    let protocol = select(vec![None, Some(6u8), Some(17), Some(1)]);
+    let ports = select(vec![(1u16, 65535u16), (53, 53), (80, 90), (20, 30)]);
+    let len = select(vec![0u8, 8, 16, 24, 32]);
+    let one =
+        (protocol, ports, destination(), len).prop_map(|(protocol, (from, to), addr, len)| {
+            EgressRule {
+                protocol,
+                from_port: from,
+                to_port: to,
+                destination: Ipv4Net::new(addr, len).expect("prefix").trunc(),
+            }
+        });
+    prop_oneof![1 => Just(None), 1 => vec(one, 0..6).prop_map(Some)]
+}
+
+/// The security-group decision, written here from its description (not the kernel's code):
+/// without groups everything leaves; with them, a rule must match the destination, and the
+/// protocol unless it is any, and for TCP and UDP the port.
+fn egress_model(egress: &Option<Vec<EgressRule>>, dst: Ipv4Addr, protocol: u8, dport: u16) -> bool {
+    let Some(rules) = egress else { return true };
+    rules.iter().any(|r| {
+        r.destination.contains(&dst)
+            && match r.protocol {
+                None => true,
+                Some(p) if p != protocol => false,
+                Some(6) | Some(17) => (r.from_port..=r.to_port).contains(&dport),
+                Some(_) => true,
+            }
+    })
+}
+
 /// The packets sent to every destination: (what, protocol, destination port, L4).
 const PROBES: [(&str, u8, u16, L4); 4] = [
     (
@@ -184,6 +219,7 @@ fn show_rules(rules: &[AuthorizationRule]) -> String {
 fn check_case(
     dp: &mut DataPlane,
     rules: &[AuthorizationRule],
+    egress: &Option<Vec<EgressRule>>,
     random_dsts: &[Ipv4Addr],
 ) -> Result<usize, TestCaseError> {
     let policy = Policy {
@@ -195,6 +231,8 @@ fn check_case(
     };
     dp.replace_policy(policy)
         .map_err(|e| TestCaseError::fail(format!("replace_policy: {e}")))?;
+    dp.set_target_egress(1, egress.clone())
+        .map_err(|e| TestCaseError::fail(format!("set_target_egress: {e}")))?;
     // Each case starts with sessions that hold no NAT entries: the probes of earlier cases
     // would otherwise fill each session's NAT cap, which the model does not know of.
     for (i, (addr, groups)) in SESSIONS.iter().enumerate() {
@@ -219,7 +257,8 @@ fn check_case(
         for (&dst, &(what, protocol, dport, l4)) in
             dsts.iter().flat_map(|d| PROBES.iter().map(move |p| (d, p)))
         {
-            let want = policy::authorize(&entries, &set, dst, protocol, dport);
+            let want = policy::authorize(&entries, &set, dst, protocol, dport)
+                && egress_model(egress, dst, protocol, dport);
             let packet = build(*src, dst, l4, b"model");
             let out = dp
                 .test_run(ProgramKind::ClientIngress, &packet, 1)
@@ -279,9 +318,9 @@ fn kernel_authorization_matches_the_reference_model() {
         failure_persistence: None,
         ..Config::default()
     });
-    let strategy = (vec(rule(), 1..40), vec(destination(), 0..32));
-    let result = runner.run(&strategy, |(rules, dsts)| {
-        let n = check_case(&mut dp.borrow_mut(), &rules, &dsts)?;
+    let strategy = (vec(rule(), 1..40), egress(), vec(destination(), 0..32));
+    let result = runner.run(&strategy, |(rules, egress, dsts)| {
+        let n = check_case(&mut dp.borrow_mut(), &rules, &egress, &dsts)?;
         checked.set(checked.get() + n);
         Ok(())
     });
@@ -291,8 +330,8 @@ fn kernel_authorization_matches_the_reference_model() {
             checked.get(),
             started.elapsed()
         ),
-        Err(TestError::Fail(why, (rules, dsts))) => panic!(
-            "kernel and model disagree.\n{why}\nminimal policy ({} rules):\n  {}\nrandom destinations: {dsts:?}",
+        Err(TestError::Fail(why, (rules, egress, dsts))) => panic!(
+            "kernel and model disagree.\n{why}\nminimal policy ({} rules):\n  {}\nsecurity groups' egress: {egress:?}\nrandom destinations: {dsts:?}",
             rules.len(),
             show_rules(&rules),
         ),
