@@ -399,7 +399,7 @@ impl EndpointMetrics {
     }
 
     /// The kernel programs' counters and the NAT table's size now.
-    pub fn dataplane(&self, counters: &BTreeMap<&'static str, u64>, nat_entries: usize) {
+    pub fn dataplane(&self, counters: &BTreeMap<&'static str, u64>, nat_entries: u64) {
         for (name, v) in counters {
             self.metrics
                 .dataplane

@@ -1247,7 +1247,7 @@ impl Server {
     fn report_counters(&mut self) {
         if let Some(m) = &self.settings.metrics {
             if let Ok(c) = self.dataplane.global_counters() {
-                m.dataplane(&c.0, self.dataplane.nat_entries().len());
+                m.dataplane(&c.0, self.dataplane.nat_entry_count());
             }
         }
         if self.settings.recorder.is_none() && self.settings.metrics.is_none() {

@@ -1368,6 +1368,10 @@ fn security_groups_let_out_only_what_their_egress_rules_allow() {
             TC_ACT_SHOT,
         )],
     );
+    // The count the metrics read (per-session counters) agrees with a walk of the NAT table.
+    let walked = dp.nat_entries().len() as u64;
+    assert!(walked >= 3, "{walked}");
+    assert_eq!(dp.nat_entry_count(), walked);
     // Beyond the kernel's bound: refused, not truncated.
     let many = (0..17)
         .map(|i| egress(Some(6), 1000 + i, 1000 + i, "10.0.0.0/8"))

@@ -375,12 +375,9 @@ async fn a_refresh_updates_groups_and_a_refusal_or_another_subject_ends_it() {
     assert!(crate::auth::AuthFailure::from(e).ends_session());
 }
 
-#[tokio::test]
-async fn an_unreachable_provider_is_not_a_refusal() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    let rp = OidcRelyingParty::new(
+/// A relying party of a provider at `addr` (plain HTTP, no client secret).
+fn provider_at(addr: std::net::SocketAddr) -> OidcRelyingParty {
+    OidcRelyingParty::new(
         OidcClientSettings {
             issuer: format!("http://{addr}"),
             client_id: CLIENT.into(),
@@ -391,7 +388,15 @@ async fn an_unreachable_provider_is_not_a_refusal() {
             redirect_url: "https://vpn.example.test/oidc/callback".into(),
         },
         crate::http_client::client_tls(None).unwrap(),
-    );
+    )
+}
+
+#[tokio::test]
+async fn an_unreachable_provider_is_not_a_refusal() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let rp = provider_at(addr);
     let e = rp.refresh("rt", "user-1").await.unwrap_err();
     let f = crate::auth::AuthFailure::from(e);
     assert_eq!(f.reason(), "idp-unreachable");
@@ -413,19 +418,7 @@ async fn a_provider_that_never_answers_costs_each_sign_in_the_deadline_not_minut
         }
     });
     let rp = std::sync::Arc::new(
-        OidcRelyingParty::new(
-            OidcClientSettings {
-                issuer: format!("http://{addr}"),
-                client_id: CLIENT.into(),
-                client_secret: None,
-                groups_claim: "groups".into(),
-                username_claim: "email".into(),
-                scopes: vec![],
-                redirect_url: "https://vpn.example.test/oidc/callback".into(),
-            },
-            crate::http_client::client_tls(None).unwrap(),
-        )
-        .with_discovery_deadline(std::time::Duration::from_millis(300)),
+        provider_at(addr).with_discovery_deadline(std::time::Duration::from_millis(300)),
     );
     // Eight sign-ins at once: the first holds the discovery, the others queue behind it; all
     // give up at the deadline (on the old code each waited for the HTTP client's 120 s).

@@ -1271,6 +1271,20 @@ impl DataPlane {
         self.events.take()
     }
 
+    /// How many NAT entries the sessions hold now (`NAT_CREATED - NAT_RELEASED`, summed): two
+    /// lookups per session, not a walk of the NAT tables (metrics read it every few seconds).
+    pub fn nat_entry_count(&self) -> u64 {
+        self.sessions
+            .keys()
+            .map(|a| {
+                let key = a.octets();
+                let created = self.nat_created.get(&key, 0).unwrap_or(0);
+                let released = self.nat_released.get(&key, 0).unwrap_or(0);
+                created.saturating_sub(released)
+            })
+            .sum()
+    }
+
     /// Lists NAT translations (forward table joined with the reverse table).
     pub fn nat_entries(&self) -> Vec<NatEntry> {
         let now = monotonic_ns();
