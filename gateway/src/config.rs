@@ -20,6 +20,7 @@
 //! ping = 10                       # keepalive: seconds between pings on an idle tunnel
 //! ping_restart = 60               # seconds of silence before a client restarts (server: 2x)
 //! reneg_sec = 3600                # server-initiated key renegotiation; 0 = off
+//! offloads = true                 # TUN checksum/TCP segmentation offloads (serve --config only)
 //!
 //! [[target_network]]
 //! interface = "eth1"              # a gateway-host interface traffic leaves through
@@ -195,6 +196,9 @@ pub struct EndpointConfig {
     /// Seconds after which the server renegotiates a session's data keys (OpenVPN's
     /// `reneg-sec`, default 3600); 0 leaves it to the clients.
     pub reneg_sec: u32,
+    /// TUN offloads (`offloads`, default true): TCP super-packets between the TUN and the
+    /// data channel, cut and joined in userspace. Only `cvpn serve --config` reads it.
+    pub offloads: bool,
     /// Target networks, in file order (interfaces unique).
     pub target_networks: Vec<TargetNetwork>,
     /// Routes, in file order (destinations unique).
@@ -251,6 +255,7 @@ struct RawEndpoint {
     ping: Option<i64>,
     ping_restart: Option<i64>,
     reneg_sec: Option<i64>,
+    offloads: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -296,6 +301,7 @@ const ENDPOINT_KEYS: &[(&str, bool)] = &[
     ("ping", false),
     ("ping_restart", false),
     ("reneg_sec", false),
+    ("offloads", false),
 ];
 const TARGET_NETWORK_KEYS: &[(&str, bool)] = &[("interface", true), ("snat_address", false)];
 const ROUTE_KEYS: &[(&str, bool)] = &[("destination", true), ("target", true)];
@@ -666,6 +672,7 @@ fn validate(raw: RawConfig) -> Result<EndpointConfig, ConfigError> {
         ping,
         ping_restart,
         reneg_sec,
+        offloads: e.offloads.unwrap_or(true),
         target_networks,
         routes,
         authorization_rules,

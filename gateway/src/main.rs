@@ -274,6 +274,7 @@ fn serve(
         nat_port_range: None,
         address_blocks: None,
         metrics: None,
+        offloads: cfg.offloads,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

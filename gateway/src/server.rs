@@ -29,7 +29,10 @@ use tracing::{debug, info, warn};
 
 use crate::{
     auth::{service::Authenticator, AuthRequest},
-    datachannel::Sealer,
+    datachannel::{
+        offload::{self, Coalescer, Segments, VnetHdr, VNET_HDR_LEN},
+        Sealer, OVERHEAD,
+    },
     dataplane::{policy::Policy, DataPlane, DataPlaneConfig, TargetSpec},
     endpoint::{
         datapath::{Activity, DataPath, Opened},
@@ -104,6 +107,9 @@ pub struct ServerSettings {
     pub address_blocks: Option<AddressBlocks>,
     /// Where this endpoint counts its metrics (`crate::metrics`); none: not counted.
     pub metrics: Option<Arc<crate::metrics::EndpointMetrics>>,
+    /// TUN offloads: TCP super-packets read from the TUN are cut in userspace, and a receive
+    /// batch's segments of one flow go into it as one super-packet (`datachannel::offload`).
+    pub offloads: bool,
 }
 
 /// The blocks of the client CIDR a node has claimed for an endpoint, and where it asks for
@@ -176,15 +182,30 @@ const RECV_BATCH: usize = 16;
 const GSO_MAX_SEGMENT: usize = 1500 - 28;
 /// Largest GSO batch: a UDP datagram's 64 KiB less headers, with margin.
 const GSO_MAX_BYTES: usize = 65_000;
+/// What a TUN read may hold: a `virtio_net_hdr` and a 64 KiB packet.
+const TUN_READ_BUF: usize = VNET_HDR_LEN + offload::MAX_PACKET;
 
-/// Equal-size datagrams for one destination, sent with one GSO `sendmsg` (the last may be
-/// shorter).
-#[derive(Default)]
+/// Sealed datagrams for one destination, sent with one GSO `sendmsg`: all of one size but the
+/// last, which may be shorter. Its buffer is allocated once: room for a full batch and one
+/// more datagram being sealed behind it.
 struct GsoBatch {
     dest: Option<SocketAddr>,
     segment: usize,
     count: usize,
-    buf: Vec<u8>,
+    len: usize,
+    buf: Box<[u8]>,
+}
+
+impl Default for GsoBatch {
+    fn default() -> Self {
+        GsoBatch {
+            dest: None,
+            segment: 0,
+            count: 0,
+            len: 0,
+            buf: vec![0u8; GSO_MAX_BYTES + OVERHEAD + offload::MAX_PACKET].into_boxed_slice(),
+        }
+    }
 }
 
 /// The sending half of a client's data channel: the TUN reader thread seals with it.
@@ -244,50 +265,57 @@ impl TxShared {
         }
     }
 
-    /// Adds a datagram for `dest` to the GSO batch, sending the batch first when it cannot
-    /// take it (another destination, another size, full) and after it when it is complete.
-    fn queue_gso(&self, gso: &mut GsoBatch, dest: SocketAddr, datagram: &[u8]) {
+    fn max_gso_segments(&self) -> usize {
+        self.udp_state
+            .as_ref()
+            .map_or(1, |s| s.max_gso_segments())
+            .clamp(1, 64)
+    }
+
+    /// Takes the datagram of `len` bytes just sealed at the batch's end (`gso.buf[gso.len..]`)
+    /// into the batch: what is batched goes first when the datagram cannot join it (another
+    /// destination or a longer datagram), and the batch goes when it is complete.
+    fn commit_gso(&self, gso: &mut GsoBatch, dest: SocketAddr, len: usize) {
+        let max = self.max_gso_segments();
+        let start = gso.len;
+        let joins = gso.dest == Some(dest) && len <= gso.segment && gso.count < max;
+        if gso.count > 0 && !joins {
+            self.send_batch(gso);
+            gso.buf.copy_within(start..start + len, 0);
+        }
+        let at = gso.len;
         // A datagram that does not fit an Ethernet MTU cannot be a GSO segment (the kernel
         // refuses the whole batch): it goes alone, and the kernel fragments it, as OpenVPN's
         // do.
-        if datagram.len() > GSO_MAX_SEGMENT {
-            self.flush_gso(gso);
-            self.send_to(Peer::Udp(dest), datagram);
+        if len > GSO_MAX_SEGMENT {
+            self.send_to(Peer::Udp(dest), &gso.buf[at..at + len]);
             return;
-        }
-        let max = self
-            .udp_state
-            .as_ref()
-            .map_or(1, |s| s.max_gso_segments())
-            .clamp(1, 64);
-        let fits = gso.dest == Some(dest)
-            && datagram.len() <= gso.segment
-            && gso.count < max
-            && gso.buf.len() + datagram.len() <= GSO_MAX_BYTES;
-        if !fits {
-            self.flush_gso(gso);
         }
         if gso.count == 0 {
             gso.dest = Some(dest);
-            gso.segment = datagram.len();
+            gso.segment = len;
         }
-        gso.buf.extend_from_slice(datagram);
+        gso.len += len;
         gso.count += 1;
-        // A shorter datagram ends a batch.
-        if datagram.len() < gso.segment || gso.count >= max {
-            self.flush_gso(gso);
+        // A shorter datagram ends a batch, and so does a full one.
+        if len < gso.segment || gso.count >= max || gso.len + gso.segment > GSO_MAX_BYTES {
+            self.send_batch(gso);
         }
     }
 
+    /// Sends what is batched.
     fn flush_gso(&self, gso: &mut GsoBatch) {
-        if gso.count == 0 {
-            return;
+        if gso.count > 0 {
+            self.send_batch(gso);
         }
+    }
+
+    fn send_batch(&self, gso: &mut GsoBatch) {
         if let (Some(sock), Some(state), Some(dest)) = (&self.udp, &self.udp_state, gso.dest) {
             let t = quinn_udp::Transmit {
                 destination: dest,
                 ecn: None,
-                contents: &gso.buf,
+                contents: &gso.buf[..gso.len],
                 segment_size: (gso.count > 1).then_some(gso.segment),
                 src_ip: None,
             };
@@ -299,45 +327,88 @@ impl TxShared {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     debug!(%dest, segments = gso.count, "UDP batch dropped: send buffer full")
                 }
+                // The path's MTU no longer takes a segment (EMSGSIZE), or the device cannot
+                // segment (EINVAL, EIO): each datagram goes alone, and the kernel fragments
+                // those that need it, as it does for OpenVPN's.
+                Err(e)
+                    if gso.count > 1
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EMSGSIZE | libc::EINVAL | libc::EIO)
+                        ) =>
+                {
+                    debug!(error = %e, %dest, segments = gso.count, "UDP batch sent datagram by datagram");
+                    for datagram in gso.buf[..gso.len].chunks(gso.segment) {
+                        self.send_to(Peer::Udp(dest), datagram);
+                    }
+                }
                 Err(e) => {
-                    warn!(error = %e, %dest, segments = gso.count, bytes = gso.buf.len(), "UDP batch send failed")
+                    warn!(error = %e, %dest, segments = gso.count, bytes = gso.len, "UDP batch send failed")
                 }
             }
         }
-        gso.buf.clear();
+        gso.len = 0;
         gso.count = 0;
         gso.dest = None;
     }
 
-    /// Encrypts and sends one packet the data plane delivered into the TUN (return traffic).
-    /// `buf[24..24 + n]` holds it; the 24 bytes in front are room for the data header.
-    fn on_tun_packet(&self, gso: &mut GsoBatch, buf: &mut [u8], n: usize) {
-        if n < 20 || buf[24] >> 4 != 4 {
+    /// Encrypts and sends what one TUN read returned (return traffic the data plane delivered):
+    /// with offloads, `read` starts with a `virtio_net_hdr` and may be a TCP super-packet,
+    /// which goes out as tunnel-sized packets, sealed straight into the send batch.
+    fn on_tun_read(&self, gso: &mut GsoBatch, read: &mut [u8], offloads: bool) {
+        let (hdr, packet) = if offloads {
+            let Some(hdr) = VnetHdr::decode(read) else {
+                return;
+            };
+            (hdr, &mut read[VNET_HDR_LEN..])
+        } else {
+            (VnetHdr::default(), read)
+        };
+        if packet.len() < 20 || packet[0] >> 4 != 4 {
             return;
         }
-        let dst = Ipv4Addr::new(buf[24 + 16], buf[24 + 17], buf[24 + 18], buf[24 + 19]);
+        let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
         let Some(tx) = read_lock(&self.sessions).get(&dst).cloned() else {
             return;
         };
-        let (peer, len) = {
-            let mut t = lock(&tx);
-            match t.sealer.seal_in_place(&mut buf[..24 + n], n) {
-                Ok(len) => {
-                    t.last_tx = Instant::now();
-                    if t.sealer.needs_renegotiation() {
-                        t.activity.mark_running_out();
-                    }
-                    (t.peer, len)
-                }
-                Err(e) => {
-                    debug!(%dst, error = %e, "seal");
-                    return;
-                }
+        let mut segments = match Segments::new(hdr, packet) {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(%dst, error = %e, "TUN packet dropped");
+                return;
             }
         };
-        match peer {
-            Peer::Udp(addr) => self.queue_gso(gso, addr, &buf[..len]),
-            peer => self.send_to(peer, &buf[..len]),
+        let room = OVERHEAD + segments.max_len();
+        let mut t = lock(&tx);
+        loop {
+            let peer = t.peer;
+            if let Peer::Udp(dest) = peer {
+                if gso.count > 0 && (gso.dest != Some(dest) || gso.len + room > gso.buf.len()) {
+                    self.send_batch(gso);
+                }
+            }
+            let start = gso.len;
+            let Some(n) = segments.write_next(&mut gso.buf[start + OVERHEAD..]) else {
+                break;
+            };
+            let len = match t
+                .sealer
+                .seal_in_place(&mut gso.buf[start..start + OVERHEAD + n], n)
+            {
+                Ok(len) => len,
+                Err(e) => {
+                    debug!(%dst, error = %e, "seal");
+                    break;
+                }
+            };
+            t.last_tx = Instant::now();
+            if t.sealer.needs_renegotiation() {
+                t.activity.mark_running_out();
+            }
+            match peer {
+                Peer::Udp(dest) => self.commit_gso(gso, dest, len),
+                peer => self.send_to(peer, &gso.buf[start..start + len]),
+            }
         }
     }
 
@@ -393,7 +464,8 @@ impl TunReader {
                             return;
                         }
                     };
-                    let mut buf = vec![0u8; 65536 + 64];
+                    let offloads = fd.get_ref().offloads();
+                    let mut buf = vec![0u8; TUN_READ_BUF];
                     let mut gso = GsoBatch::default();
                     let mut tick = tokio::time::interval(Duration::from_millis(200));
                     while !flag.load(std::sync::atomic::Ordering::Relaxed) {
@@ -401,8 +473,8 @@ impl TunReader {
                             r = fd.readable() => {
                                 let Ok(mut guard) = r else { continue };
                                 for _ in 0..64 {
-                                    match guard.get_inner().recv(&mut buf[24..]) {
-                                        Ok(n) => shared.on_tun_packet(&mut gso, &mut buf, n),
+                                    match guard.get_inner().recv(&mut buf) {
+                                        Ok(n) => shared.on_tun_read(&mut gso, &mut buf[..n], offloads),
                                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => { guard.clear_ready(); break; }
                                         Err(e) => { warn!(error = %e, "TUN read"); guard.clear_ready(); break; }
                                     }
@@ -433,6 +505,14 @@ impl Drop for TunReader {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Writes one decrypted packet (or super-packet) into the TUN; a full TUN queue drops it, as a
+/// congested link would.
+fn write_tun(tun: &Tun, header: &[u8; VNET_HDR_LEN], packet: &[u8]) {
+    if let Err(e) = tun.send_with_header(header, packet) {
+        debug!(error = %e, len = packet.len(), "TUN write");
     }
 }
 
@@ -521,6 +601,8 @@ pub struct Server {
     /// What the TUN reader thread shares with the event loop: sockets and sending halves.
     tx: TxShared,
     tun: Arc<AsyncFd<Tun>>,
+    /// Joins a receive batch's TCP segments of one flow before they go into the TUN.
+    coalescer: Coalescer,
     logs: Option<Arc<crate::connlog::ConnectionLogs>>,
     /// When counters were last reported to the recorder and NAT entries last expired.
     counters_at: Instant,
@@ -566,8 +648,14 @@ impl Server {
                 .context("the claimed address blocks")?;
         }
 
-        let tun = Tun::open_with(&settings.tun_name, Kind::Tun, false, true)
-            .with_context(|| format!("creating TUN device {}", settings.tun_name))?;
+        let tun = Tun::open_full(
+            &settings.tun_name,
+            Kind::Tun,
+            false,
+            true,
+            settings.offloads,
+        )
+        .with_context(|| format!("creating TUN device {}", settings.tun_name))?;
         let gw = format!(
             "{}/{}",
             endpoint.gateway_addr(),
@@ -626,6 +714,7 @@ impl Server {
             flow_events,
             endpoint,
             datapath: DataPath::new(),
+            coalescer: Coalescer::new(),
             dataplane,
             unadmitted_tx: HashMap::new(),
             tx: TxShared {
@@ -758,6 +847,7 @@ impl Server {
                                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                                     Err(e) => { warn!(error = %e, "UDP receive"); break; }
                                 }
+                                self.flush_tun();
                             }
                             if control {
                                 self.drain();
@@ -770,6 +860,7 @@ impl Server {
                     match ev {
                         TcpEvent::Packet(id, addr, mut packet) => {
                             self.on_packet(Peer::Tcp(id), addr, &mut packet);
+                            self.flush_tun();
                         }
                         TcpEvent::Closed(id) => {
                             self.tx.tcp.close(id);
@@ -865,10 +956,20 @@ impl Server {
             }
         }
         if let Some(packet) = forward {
-            if let Err(e) = self.tun.get_ref().send(packet) {
-                debug!(error = %e, "TUN write");
+            let tun = self.tun.get_ref();
+            if tun.offloads() {
+                self.coalescer
+                    .push(packet, &mut |h, p| write_tun(tun, h, p));
+            } else {
+                write_tun(tun, &[0; VNET_HDR_LEN], packet);
             }
         }
+    }
+
+    /// Writes what the coalescer holds (the end of a receive batch).
+    fn flush_tun(&mut self) {
+        let tun = self.tun.get_ref();
+        self.coalescer.flush(&mut |h, p| write_tun(tun, h, p));
     }
 
     /// Applies the endpoint's outputs, in order.

@@ -13,8 +13,15 @@ const IFF_TUN: libc::c_short = 0x0001;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
 // _IOW('T', 202, int)
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+// _IOW('T', 208, unsigned int)
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `TUN_F_CSUM`: we take packets with a partial checksum.
+const TUN_F_CSUM: libc::c_ulong = 0x01;
+/// `TUN_F_TSO4`: we take TCP/IPv4 super-packets (and cut them ourselves).
+const TUN_F_TSO4: libc::c_ulong = 0x02;
 
 #[repr(C)]
 struct IfReq {
@@ -35,6 +42,12 @@ pub enum TunError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot turn on checksum and TCP segmentation offloads on TUN device {name:?}: {source} (set `offloads = false` to run without them)")]
+    Offload {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Layer 3 (TUN: IP packets) or layer 2 (TAP: Ethernet frames).
@@ -49,6 +62,10 @@ pub enum Kind {
 pub struct Tun {
     file: File,
     name: String,
+    /// Every packet read and written carries a `virtio_net_hdr` (`IFF_VNET_HDR`), and the
+    /// kernel hands over TCP super-packets and partial checksums (`TUNSETOFFLOAD`): see
+    /// `datachannel::offload`.
+    offloads: bool,
 }
 
 impl Tun {
@@ -69,6 +86,18 @@ impl Tun {
         kind: Kind,
         multi_queue: bool,
         nonblocking: bool,
+    ) -> Result<Self, TunError> {
+        Self::open_full(name, kind, multi_queue, nonblocking, false)
+    }
+
+    /// Like [`Tun::open_with`]; `offloads` turns on the `virtio_net_hdr` in front of every
+    /// packet and checksum + TCPv4 segmentation offloads (TUN only).
+    pub fn open_full(
+        name: &str,
+        kind: Kind,
+        multi_queue: bool,
+        nonblocking: bool,
+        offloads: bool,
     ) -> Result<Self, TunError> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
             return Err(TunError::BadName(name.to_string()));
@@ -91,6 +120,9 @@ impl Tun {
         if multi_queue {
             req.flags |= IFF_MULTI_QUEUE;
         }
+        if offloads {
+            req.flags |= IFF_VNET_HDR;
+        }
         for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
             *dst = src as libc::c_char;
         }
@@ -102,14 +134,45 @@ impl Tun {
                 source: io::Error::last_os_error(),
             });
         }
+        if offloads {
+            // SAFETY: TUNSETOFFLOAD takes its flags by value.
+            let rc = unsafe {
+                libc::ioctl(
+                    file.as_raw_fd(),
+                    TUNSETOFFLOAD as _,
+                    TUN_F_CSUM | TUN_F_TSO4,
+                )
+            };
+            if rc < 0 {
+                return Err(TunError::Offload {
+                    name: name.to_string(),
+                    source: io::Error::last_os_error(),
+                });
+            }
+        }
         Ok(Tun {
             file,
             name: name.to_string(),
+            offloads,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether packets carry a `virtio_net_hdr` (see [`Tun::open_full`]).
+    pub fn offloads(&self) -> bool {
+        self.offloads
+    }
+
+    /// Writes one packet given as a `virtio_net_hdr` and the packet, without joining them
+    /// first (one `writev`). Without offloads the header is left out.
+    pub fn send_with_header(&self, header: &[u8], packet: &[u8]) -> io::Result<usize> {
+        if !self.offloads {
+            return self.send(packet);
+        }
+        (&self.file).write_vectored(&[io::IoSlice::new(header), io::IoSlice::new(packet)])
     }
 
     /// Reads one packet; returns its length.
@@ -126,6 +189,7 @@ impl Tun {
         Ok(Tun {
             file: self.file.try_clone()?,
             name: self.name.clone(),
+            offloads: self.offloads,
         })
     }
 }

@@ -15,6 +15,7 @@ pub mod directory_servers;
 pub mod echo;
 pub mod gateway;
 pub mod http;
+pub mod impair;
 pub mod login_client;
 pub mod oidc_idp;
 pub mod openvpn;

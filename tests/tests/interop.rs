@@ -716,6 +716,7 @@ fn serve_with_session_timeout(
         nat_port_range: None,
         address_blocks: None,
         metrics: None,
+        offloads: true,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = net.gateway.spawn(move || {

@@ -47,6 +47,7 @@
 //! ping = 10                          # keepalive: seconds between pings
 //! ping_restart = 60                  # seconds of silence before a client restarts
 //! reneg_sec = 3600                   # server-initiated key renegotiation; 0 = off
+//! offloads = true                    # TUN checksum and TCP segmentation offloads
 //!
 //! [quotas]                           # AWS's limits by default
 //! authorization_rules_per_endpoint = 200   # at most 10000
@@ -118,6 +119,8 @@ pub struct DaemonConfig {
     pub ping_restart: u32,
     /// Server-initiated renegotiation; 0 = off.
     pub reneg_sec: u32,
+    /// TUN offloads: TCP super-packets between the TUN and the data channel.
+    pub offloads: bool,
     /// Resource limits.
     pub quotas: crate::storage::Quotas,
     /// Which client connect handlers endpoints may name (`[connect_handler]`).
@@ -274,6 +277,7 @@ impl Default for DaemonConfig {
             ping: 10,
             ping_restart: 60,
             reneg_sec: 3600,
+            offloads: true,
             quotas: crate::storage::Quotas::default(),
             connect_handler: crate::storage::HandlerPolicy::default(),
             web: None,
@@ -376,6 +380,7 @@ struct RawTunnel {
     ping: Option<u32>,
     ping_restart: Option<u32>,
     reneg_sec: Option<u32>,
+    offloads: Option<bool>,
 }
 
 impl DaemonConfig {
@@ -679,6 +684,7 @@ impl DaemonConfig {
             ping,
             ping_restart,
             reneg_sec: raw.tunnel.reneg_sec.unwrap_or(d.reneg_sec),
+            offloads: raw.tunnel.offloads.unwrap_or(d.offloads),
             quotas,
             connect_handler: crate::storage::HandlerPolicy {
                 executable_dir: raw.connect_handler.executable_dir,

@@ -826,6 +826,7 @@ impl Daemon {
             ping: c.ping,
             ping_restart: c.ping_restart,
             reneg_after: (c.reneg_sec > 0).then(|| Duration::from_secs(c.reneg_sec.into())),
+            offloads: c.offloads,
             shared_logs: ep.connection_log_options.enabled.then(|| self.logs.clone()),
             recorder: Some(Arc::new(self.recorder.clone())),
             counters_every: c.counters_every,

@@ -38,6 +38,7 @@
 //! byte, OpenVPN's ping magic), which belongs to the session.
 
 pub mod inner;
+pub mod offload;
 pub mod replay;
 
 pub use replay::ReplayWindow;
