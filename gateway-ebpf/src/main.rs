@@ -177,7 +177,27 @@ fn emit(kind: u32, flow: &Flow, session_id: u64) {
     }
 }
 
-pub(crate) fn add_session_stats(addr: &[u8; 4], bytes: u16, to_client: bool, dropped: bool) {
+/// Packets and bytes a packet stands for. A GSO super-packet (segments of one TCP stream the
+/// daemon joined, or the sender's stack did) counts as the segments it will be cut into, each
+/// with its own headers: what the same traffic counts without offloads.
+#[inline(always)]
+fn on_wire(ctx: &TcContext, flow: &Flow, l3: usize) -> (u32, u64) {
+    // SAFETY: a read of the program's own context.
+    let segments = unsafe { (*ctx.skb.skb).gso_segs }.max(1);
+    let headers = (flow.l4 - l3) as u64 + flow.l4_hdr_len as u64;
+    (
+        segments,
+        flow.ip_len as u64 + (segments as u64 - 1) * headers,
+    )
+}
+
+pub(crate) fn add_session_stats(
+    addr: &[u8; 4],
+    packets: u32,
+    bytes: u64,
+    to_client: bool,
+    dropped: bool,
+) {
     let ptr = match SESSION_STATS.get_ptr_mut(addr) {
         Some(ptr) => ptr,
         None => {
@@ -191,13 +211,13 @@ pub(crate) fn add_session_stats(addr: &[u8; 4], bytes: u16, to_client: bool, dro
     // SAFETY: per-CPU value of this CPU.
     let stats = unsafe { &mut *ptr };
     if dropped {
-        stats.dropped_packets += 1;
+        stats.dropped_packets += packets as u64;
     } else if to_client {
-        stats.to_client_packets += 1;
-        stats.to_client_bytes += bytes as u64;
+        stats.to_client_packets += packets as u64;
+        stats.to_client_bytes += bytes;
     } else {
-        stats.from_client_packets += 1;
-        stats.from_client_bytes += bytes as u64;
+        stats.from_client_packets += packets as u64;
+        stats.from_client_bytes += bytes;
     }
 }
 
@@ -227,29 +247,29 @@ fn account(drop: &Drop) {
         }
         Reason::Denied => {
             count(Counter::Denied);
-            add_session_stats(&flow.src, 0, false, true);
+            add_session_stats(&flow.src, 1, 0, false, true);
             emit(EVENT_DENIED, flow, session_id);
         }
         Reason::NoRoute => {
             count(Counter::NoRoute);
-            add_session_stats(&flow.src, 0, false, true);
+            add_session_stats(&flow.src, 1, 0, false, true);
             emit(EVENT_NO_ROUTE, flow, session_id);
         }
         Reason::SecurityGroup => {
             count(Counter::SecurityGroup);
-            add_session_stats(&flow.src, 0, false, true);
+            add_session_stats(&flow.src, 1, 0, false, true);
             emit(EVENT_SECURITY_GROUP, flow, session_id);
         }
         Reason::TtlExpired => {
             count(Counter::TtlExpired);
-            add_session_stats(&flow.src, 0, false, true);
+            add_session_stats(&flow.src, 1, 0, false, true);
         }
         Reason::NatFull | Reason::NatSessionCap => {
             count(Counter::NatFull);
             if let Reason::NatSessionCap = drop.reason {
                 count(Counter::NatSessionCap);
             }
-            add_session_stats(&flow.src, 0, false, true);
+            add_session_stats(&flow.src, 1, 0, false, true);
             emit(EVENT_NAT_FULL, flow, session_id);
         }
     }
@@ -353,7 +373,8 @@ fn try_client_ingress(ctx: &TcContext) -> Result<i32, Drop> {
     // 5. Rewrite source address and port and decrement the TTL, fixing the checksums.
     packet::rewrite_source(ctx, l2, &flow, target.snat_addr, snat_port).map_err(Drop::packet)?;
     packet::decrement_ttl(ctx, l2, &flow).map_err(Drop::packet)?;
-    add_session_stats(&flow.src, flow.ip_len, false, false);
+    let (packets, bytes) = on_wire(ctx, &flow, l2);
+    add_session_stats(&flow.src, packets, bytes, false, false);
     count(Counter::Forwarded);
 
     // 6. An Ethernet header in front (TUN packets have none), then out of the target interface;
@@ -570,7 +591,7 @@ pub fn target_ingress(ctx: TcContext) -> i32 {
 fn try_target_ingress(ctx: &TcContext) -> Result<i32, ReturnError> {
     // 1. A reply of a translated flow, or an ICMP error about one (fragmentation needed,
     //    unreachable, time exceeded: path-MTU discovery needs them at the client).
-    let (client_addr, ip_len) = match packet::parse(ctx, ETH_HLEN, false) {
+    let (client_addr, (packets, bytes)) = match packet::parse(ctx, ETH_HLEN, false) {
         Ok(flow) => {
             let (client_addr, client_port) = reverse_nat(&flow)?;
             if packet::rewrite_destination(ctx, ETH_HLEN, &flow, client_addr, client_port).is_err()
@@ -578,7 +599,7 @@ fn try_target_ingress(ctx: &TcContext) -> Result<i32, ReturnError> {
                 count(Counter::Malformed);
                 return Ok(TC_ACT_SHOT);
             }
-            (client_addr, flow.ip_len)
+            (client_addr, on_wire(ctx, &flow, ETH_HLEN))
         }
         Err(PacketError::Unsupported) => {
             let e = packet::parse_icmp_error(ctx, ETH_HLEN).map_err(ReturnError::NotOurs)?;
@@ -588,12 +609,12 @@ fn try_target_ingress(ctx: &TcContext) -> Result<i32, ReturnError> {
                 return Ok(TC_ACT_SHOT);
             }
             count(Counter::IcmpErrorTranslated);
-            (client_addr, e.outer.ip_len)
+            (client_addr, (1, e.outer.ip_len as u64))
         }
         Err(e) => return Err(ReturnError::NotOurs(e)),
     };
     // 2. Into the client's device.
-    add_session_stats(&client_addr, ip_len, true, false);
+    add_session_stats(&client_addr, packets, bytes, true, false);
     count(Counter::ReturnDelivered);
 
     let cfg = config();

@@ -97,6 +97,8 @@ pub struct Flow {
     pub ttl: u8,
     /// Offset of the L4 header from the start of the packet.
     pub l4: usize,
+    /// Length of the L4 header (TCP with options; 8 for UDP and ICMP).
+    pub l4_hdr_len: u16,
     pub tcp_fin_or_rst: bool,
     /// UDP only: the checksum field is zero (no checksum).
     pub udp_no_csum: bool,
@@ -113,6 +115,7 @@ impl Flow {
         ip_len: 0,
         ttl: 0,
         l4: 0,
+        l4_hdr_len: 0,
         tcp_fin_or_rst: false,
         udp_no_csum: false,
     };
@@ -165,6 +168,7 @@ pub fn parse(ctx: &TcContext, l3: usize, from_client: bool) -> Result<Flow, Pack
         ip_len,
         ttl: ip.ttl,
         l4,
+        l4_hdr_len: 8,
         tcp_fin_or_rst: false,
         udp_no_csum: false,
     };
@@ -175,6 +179,7 @@ pub fn parse(ctx: &TcContext, l3: usize, from_client: bool) -> Result<Flow, Pack
             flow.dport = u16::from_be_bytes(tcp.dport);
             // FIN (0x01) or RST (0x04).
             flow.tcp_fin_or_rst = tcp.flags & 0x05 != 0;
+            flow.l4_hdr_len = u16::from(tcp.off >> 4) * 4;
         }
         IPPROTO_UDP => {
             let udp: Head8 = ctx.load(l4).map_err(|_| PacketError::Malformed)?;
@@ -364,6 +369,7 @@ pub fn parse_icmp_error(ctx: &TcContext, l3: usize) -> Result<IcmpError, PacketE
         ip_len: u16::from_be_bytes(ip.tot_len),
         ttl: ip.ttl,
         l4,
+        l4_hdr_len: 8,
         tcp_fin_or_rst: false,
         udp_no_csum: false,
     };
@@ -377,6 +383,7 @@ pub fn parse_icmp_error(ctx: &TcContext, l3: usize) -> Result<IcmpError, PacketE
         ip_len: u16::from_be_bytes(q.tot_len),
         ttl: q.ttl,
         l4: quoted_l3 + 20,
+        l4_hdr_len: 8,
         tcp_fin_or_rst: false,
         udp_no_csum: false,
     };

@@ -97,6 +97,8 @@ pub fn try_target_xdp(ctx: &XdpContext) -> Result<u32, ReturnError> {
         ip_len,
         ttl: iph[8],
         l4,
+        // Not read: XDP frames are never GSO packets.
+        l4_hdr_len: 0,
         tcp_fin_or_rst: false,
         udp_no_csum: false,
     };
@@ -158,7 +160,8 @@ pub fn try_target_xdp(ctx: &XdpContext) -> Result<u32, ReturnError> {
         }
         *port = new_port;
     }
-    crate::add_session_stats(&client_addr, ip_len, true, false);
+    // An XDP frame is never a GSO packet.
+    crate::add_session_stats(&client_addr, 1, ip_len as u64, true, false);
     count(Counter::ReturnDelivered);
 
     let cfg = crate::maps::CONFIG.get(0).copied().unwrap_or_default();

@@ -1378,3 +1378,35 @@ fn security_groups_let_out_only_what_their_egress_rules_allow() {
         .collect();
     assert!(dp.set_target_egress(1, Some(many)).is_err());
 }
+
+/// A GSO super-packet (what the TUN hands the client path when the daemon coalesced a flow's
+/// segments) is forwarded like one packet, and the session counts the segments it stands for,
+/// each with its own headers — what the same traffic counts without offloads.
+#[test]
+fn a_super_packet_counts_as_its_segments() {
+    let (_ns, mut dp) = setup();
+    let before = dp.session_counters(A).unwrap().unwrap();
+    let payload = vec![7u8; 3000];
+    let input = build(A, "10.88.1.1".parse().unwrap(), tcp(40000, 443), &payload);
+    let out = dp
+        .test_run_gso(ProgramKind::ClientIngress, &input, 1, Some((3, 1000)))
+        .unwrap();
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let p = parse_and_verify(&out.packet).unwrap();
+    assert_eq!((p.src, p.dst), (SNAT, "10.88.1.1".parse().unwrap()));
+    let after = dp.session_counters(A).unwrap().unwrap();
+    let ip_len = (input.len() - 14) as u64;
+    assert_eq!(after.from_client_packets - before.from_client_packets, 3);
+    // One IP + TCP header (20 + 20) more for each segment after the first.
+    assert_eq!(
+        after.from_client_bytes - before.from_client_bytes,
+        ip_len + 2 * 40
+    );
+    // The same packet without GSO counts once.
+    let plain = build(A, "10.88.1.1".parse().unwrap(), tcp(40001, 443), &payload);
+    let out = dp.test_run(ProgramKind::ClientIngress, &plain, 1).unwrap();
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let last = dp.session_counters(A).unwrap().unwrap();
+    assert_eq!(last.from_client_packets - after.from_client_packets, 1);
+    assert_eq!(last.from_client_bytes - after.from_client_bytes, ip_len);
+}

@@ -1409,10 +1409,30 @@ impl DataPlane {
         input: &[u8],
         repeat: u32,
     ) -> Result<TestRunOutput, DataPlaneError> {
+        self.test_run_gso(program, input, repeat, None)
+    }
+
+    /// [`DataPlane::test_run`] on a GSO packet: `gso` = (segments, segment size), set in the
+    /// socket buffer's shared info as the TUN does for a super-packet the daemon writes.
+    pub fn test_run_gso(
+        &mut self,
+        program: ProgramKind,
+        input: &[u8],
+        repeat: u32,
+        gso: Option<(u32, u32)>,
+    ) -> Result<TestRunOutput, DataPlaneError> {
         let mut out = vec![0u8; input.len() + 256];
+        // `struct __sk_buff`: 192 bytes, `gso_segs` at 164, `gso_size` at 176 (the fields
+        // BPF_PROG_TEST_RUN copies into the socket buffer, besides a few others left zero).
+        let mut ctx = [0u8; 192];
+        if let Some((segs, size)) = gso {
+            ctx[164..168].copy_from_slice(&segs.to_ne_bytes());
+            ctx[176..180].copy_from_slice(&size.to_ne_bytes());
+        }
         let opts = TestRunOptions {
             data_in: Some(input),
             data_out: Some(&mut out),
+            ctx_in: gso.is_some().then_some(&ctx[..]),
             repeat: repeat.max(1),
             ..TestRunOptions::default()
         };
