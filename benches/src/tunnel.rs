@@ -52,22 +52,29 @@ use cvpn_tests::{
 const PRIVATE: &str = "10.88.0.10";
 const PORT: u16 = 1194;
 const CIPHERS: &str = "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305";
-const IPERF_PORT: &str = "5201";
-const GOAL_CPU_RATIO: f64 = 4.0;
+const IPERF_PORT: u16 = 5201;
+/// Server CPU per GB, cvpn / OpenVPN, at most (issue 13).
+const GOAL_CPU_RATIO: f64 = 0.25;
 
 // ---------------------------------------------------------------------------------------------
 // The two servers
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
+    /// `cvpn serve` with the TUN offloads (the default).
     Cvpn,
+    /// `cvpn serve` with `offloads = false`: one packet per TUN read and write.
+    CvpnNoOffloads,
     OpenVpn,
 }
+
+const KINDS: [Kind; 3] = [Kind::Cvpn, Kind::CvpnNoOffloads, Kind::OpenVpn];
 
 impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Cvpn => "cvpn",
+            Kind::CvpnNoOffloads => "cvpn-nooff",
             Kind::OpenVpn => "openvpn",
         }
     }
@@ -97,10 +104,10 @@ impl Server {
         }
     }
 
-    fn kind(&self) -> Kind {
+    fn name(&self) -> &'static str {
         match self {
-            Server::Cvpn(_) => Kind::Cvpn,
-            Server::OpenVpn { .. } => Kind::OpenVpn,
+            Server::Cvpn(_) => "cvpn",
+            Server::OpenVpn { .. } => "openvpn",
         }
     }
 
@@ -117,7 +124,7 @@ impl Server {
             .collect();
         e.context(format!(
             "{} server log (last {} lines):\n{}",
-            self.kind().name(),
+            self.name(),
             tail.len(),
             tail.join("\n")
         ))
@@ -127,9 +134,9 @@ impl Server {
 const RULES: &str = "[[target_network]]\ninterface = \"tgt0\"\n\n\
                      [[authorization_rule]]\ndestination = \"10.88.0.0/24\"\nall_groups = true\n";
 
-fn cvpn_endpoint(transport: &str) -> String {
+fn cvpn_endpoint(transport: &str, offloads: bool) -> String {
     format!(
-        "client_cidr = \"10.77.0.0/22\"\ntransport = \"{transport}\"\nport = {PORT}\nlisten = \"0.0.0.0\"\nsplit_tunnel = true\n"
+        "client_cidr = \"10.77.0.0/22\"\ntransport = \"{transport}\"\nport = {PORT}\nlisten = \"0.0.0.0\"\nsplit_tunnel = true\noffloads = {offloads}\n"
     )
 }
 
@@ -154,9 +161,9 @@ fn openvpn_server_config(dir: &std::path::Path, transport: &str) -> String {
 
 fn start_server(net: &mut EndpointNet, kind: Kind, transport: &str) -> Result<Server> {
     // Writes the server certificate, key, CA and CRL (the OpenVPN server uses the same files).
-    let cfg = net.write_config(&cvpn_endpoint(transport), RULES)?;
+    let cfg = net.write_config(&cvpn_endpoint(transport, kind == Kind::Cvpn), RULES)?;
     let server = match kind {
-        Kind::Cvpn => Server::Cvpn(
+        Kind::Cvpn | Kind::CvpnNoOffloads => Server::Cvpn(
             Daemon::start_with_log_level(&net.gateway, &cfg, "info")
                 .context("starting cvpn serve")?,
         ),
@@ -181,7 +188,7 @@ fn start_server(net: &mut EndpointNet, kind: Kind, transport: &str) -> Result<Se
     // The PID must be the server itself (`ip netns exec` execs it in place).
     let comm = fs::read_to_string(format!("/proc/{}/comm", server.pid())).unwrap_or_default();
     let want = match kind {
-        Kind::Cvpn => "cvpn",
+        Kind::Cvpn | Kind::CvpnNoOffloads => "cvpn",
         Kind::OpenVpn => "openvpn",
     };
     if comm.trim() != want {
@@ -234,9 +241,6 @@ impl Run {
     fn server_cpu_per_gb(&self) -> f64 {
         self.server_cpu / (self.bytes / 1e9)
     }
-    fn client_cpu_per_gb(&self) -> f64 {
-        self.client_cpu / (self.bytes / 1e9)
-    }
 }
 
 struct Bench {
@@ -259,51 +263,78 @@ impl Bench {
         }
     }
 
-    fn iperf(&self, server: &Server, client_pid: u32, streams: u32, reverse: bool) -> Result<Run> {
-        let mut srv_cmd = self.net.private.command("iperf3");
-        srv_cmd.args(["-s", "-1", "--forceflush", "-B", PRIVATE, "-p", IPERF_PORT]);
-        let mut srv = Logged::spawn("iperf3 server", srv_cmd)?;
-        srv.wait_for("listening", Duration::from_secs(5))?;
-        let mut cmd = self.net.clients[0].command("iperf3");
-        cmd.args([
-            "-c",
-            PRIVATE,
-            "-p",
-            IPERF_PORT,
-            "-J",
-            "--connect-timeout",
-            "5000",
-        ])
-        .args(["-t", &self.seconds.to_string(), "-P", &streams.to_string()]);
-        if reverse {
-            cmd.arg("-R");
+    /// One iperf3 run per client namespace in `clients` at once (each to its own iperf3 server
+    /// port), as `case` says; the sums.
+    fn iperf(&self, server: &Server, client_pids: &[u32], case: Case) -> Result<Run> {
+        let n = case.clients;
+        let mut servers = Vec::new();
+        for i in 0..n {
+            let port = (IPERF_PORT + i as u16).to_string();
+            let mut srv_cmd = self.net.private.command("iperf3");
+            srv_cmd.args(["-s", "-1", "--forceflush", "-B", PRIVATE, "-p", &port]);
+            let mut srv = Logged::spawn("iperf3 server", srv_cmd)?;
+            srv.wait_for("listening", Duration::from_secs(5))?;
+            servers.push(srv);
         }
-        let (cd0, gd0) = (
-            udp_rcvbuf_errors(&self.net.clients[0])?,
-            udp_rcvbuf_errors(&self.net.gateway)?,
-        );
-        let (ctun0, gtun0) = (
-            tun_bytes(&self.net.clients[0])?,
-            tun_bytes(&self.net.gateway)?,
-        );
+        let clients = &self.net.clients[..n];
+        let drops = |list: &[Netns]| -> Result<u64> {
+            list.iter().map(udp_rcvbuf_errors).sum::<Result<u64>>()
+        };
+        let tuns = |list: &[Netns]| -> Result<(u64, u64)> {
+            list.iter().map(tun_bytes).try_fold((0, 0), |a, t| {
+                let t = t?;
+                Ok((a.0 + t.0, a.1 + t.1))
+            })
+        };
+        let cpu = |pids: &[u32]| -> Result<f64> {
+            pids.iter()
+                .map(|p| cpu_seconds(*p, self.ticks))
+                .sum::<Result<f64>>()
+        };
+        let (cd0, gd0) = (drops(clients)?, udp_rcvbuf_errors(&self.net.gateway)?);
+        let (ctun0, gtun0) = (tuns(clients)?, tun_bytes(&self.net.gateway)?);
         let s0 = cpu_seconds(server.pid(), self.ticks)?;
-        let c0 = cpu_seconds(client_pid, self.ticks)?;
+        let c0 = cpu(&client_pids[..n])?;
         let t0 = Instant::now();
-        let mut client = Logged::spawn("iperf3 client", cmd)?;
-        let status = client.wait_exit(Duration::from_secs(self.seconds as u64 + 30))?;
+        let mut runs = Vec::new();
+        for (i, ns) in clients.iter().enumerate() {
+            let mut cmd = ns.command("iperf3");
+            let port = (IPERF_PORT + i as u16).to_string();
+            cmd.args([
+                "-c",
+                PRIVATE,
+                "-p",
+                &port,
+                "-J",
+                "--connect-timeout",
+                "5000",
+            ])
+            .args([
+                "-t",
+                &self.seconds.to_string(),
+                "-P",
+                &case.streams.to_string(),
+            ]);
+            if let Some(rate) = case.rate_mbit {
+                // Per stream: the offered load is the same for every server.
+                cmd.args(["-b", &format!("{}M", rate / case.streams / n as u32)]);
+            }
+            if case.reverse {
+                cmd.arg("-R");
+            }
+            runs.push(Logged::spawn("iperf3 client", cmd)?);
+        }
+        let mut statuses = Vec::new();
+        for r in &mut runs {
+            statuses.push(r.wait_exit(Duration::from_secs(self.seconds as u64 + 30))?);
+        }
         let wall = t0.elapsed().as_secs_f64();
         let s1 = cpu_seconds(server.pid(), self.ticks).context("the VPN server is gone")?;
-        let c1 = cpu_seconds(client_pid, self.ticks).context("the openvpn client is gone")?;
-        let (cd1, gd1) = (
-            udp_rcvbuf_errors(&self.net.clients[0])?,
-            udp_rcvbuf_errors(&self.net.gateway)?,
-        );
-        let (ctun1, gtun1) = (
-            tun_bytes(&self.net.clients[0])?,
-            tun_bytes(&self.net.gateway)?,
-        );
-        // up: into the client's TUN (tx) -> out of the gateway's (rx); down: the other way.
-        let (offered, delivered) = if reverse {
+        let c1 = cpu(&client_pids[..n]).context("an openvpn client is gone")?;
+        let (cd1, gd1) = (drops(clients)?, udp_rcvbuf_errors(&self.net.gateway)?);
+        let (ctun1, gtun1) = (tuns(clients)?, tun_bytes(&self.net.gateway)?);
+        // up: into the clients' TUNs (tx) -> out of the gateway's (rx); down: the other way.
+        let (offered, delivered) = if case.reverse {
             (
                 gtun1.1.saturating_sub(gtun0.1),
                 ctun1.0.saturating_sub(ctun0.0),
@@ -319,21 +350,29 @@ impl Bench {
         } else {
             0.0
         };
-        drop(srv);
-        let out = client.stdout();
-        let v: serde_json::Value = serde_json::from_str(&out)
-            .with_context(|| format!("iperf3 printed no JSON ({status}):\n{}", client.log()))?;
-        if let Some(e) = v.get("error") {
-            bail!("iperf3 failed: {e}");
-        }
-        if !status.success() {
-            bail!("iperf3 failed ({status}):\n{}", client.log());
-        }
-        let sum = &v["end"]["sum_received"];
-        let bytes = sum["bytes"].as_f64().unwrap_or(0.0);
-        let bps = sum["bits_per_second"].as_f64().unwrap_or(0.0);
-        if bytes <= 0.0 || bps <= 0.0 {
-            bail!("iperf3 moved nothing through the tunnel:\n{out}");
+        drop(servers);
+        let (mut bytes, mut bps, mut retransmits) = (0.0, 0.0, 0.0);
+        for (client, status) in runs.iter().zip(statuses) {
+            let out = client.stdout();
+            let v: serde_json::Value = serde_json::from_str(&out)
+                .with_context(|| format!("iperf3 printed no JSON ({status}):\n{}", client.log()))?;
+            if let Some(e) = v.get("error") {
+                bail!("iperf3 failed: {e}");
+            }
+            if !status.success() {
+                bail!("iperf3 failed ({status}):\n{}", client.log());
+            }
+            let sum = &v["end"]["sum_received"];
+            let (b, r) = (
+                sum["bytes"].as_f64().unwrap_or(0.0),
+                sum["bits_per_second"].as_f64().unwrap_or(0.0),
+            );
+            if b <= 0.0 || r <= 0.0 {
+                bail!("iperf3 moved nothing through the tunnel:\n{out}");
+            }
+            bytes += b;
+            bps += r;
+            retransmits += v["end"]["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0);
         }
         Ok(Run {
             mbps: bps / 1e6,
@@ -341,7 +380,7 @@ impl Bench {
             wall,
             server_cpu: s1 - s0,
             client_cpu: c1 - c0,
-            retransmits: v["end"]["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0),
+            retransmits,
             client_rcvbuf_drops: cd1.saturating_sub(cd0),
             gateway_rcvbuf_drops: gd1.saturating_sub(gd0),
             tunnel_loss,
@@ -354,10 +393,10 @@ impl Bench {
     fn connect_times(&mut self, server: &Server, transport: &str, n: usize) -> Result<Vec<f64>> {
         let mut times = Vec::new();
         for i in 0..n {
-            let cert = self.net.ca.client(
-                &format!("conn{i}-{}", server.kind().name()),
-                &["engineering"],
-            )?;
+            let cert = self
+                .net
+                .ca
+                .client(&format!("conn{i}-{}", server.name()), &["engineering"])?;
             let profile = self.profile(cert, transport);
             let path: PathBuf = write(
                 &self.net.dir.0,
@@ -371,7 +410,7 @@ impl Bench {
             let done = c
                 .wait_for("Initialization Sequence Completed", Duration::from_secs(20))
                 .map_err(|e| server.explain(e))
-                .with_context(|| format!("connect {} of {n} to {}", i + 1, server.kind().name()))?;
+                .with_context(|| format!("connect {} of {n} to {}", i + 1, server.name()))?;
             times.push(done.duration_since(t0).as_secs_f64() * 1e3);
             drop(c);
             std::thread::sleep(Duration::from_millis(300));
@@ -379,11 +418,11 @@ impl Bench {
         Ok(times)
     }
 
-    /// Pings the private host through the tunnel until it answers (at most ~6 s).
-    fn reachable(&self) -> Result<()> {
+    /// Pings the private host through client `i`'s tunnel until it answers (at most ~6 s).
+    fn reachable(&self, i: usize) -> Result<()> {
         let mut last = String::new();
         for _ in 0..3 {
-            let out = self.net.clients[0]
+            let out = self.net.clients[i]
                 .command("ping")
                 .args(["-c", "1", "-W", "2", PRIVATE])
                 .output()?;
@@ -396,7 +435,54 @@ impl Bench {
     }
 }
 
-const CASES: [(u32, bool); 4] = [(1, false), (1, true), (4, false), (4, true)];
+/// One row: streams per client, direction, offered load (None: as fast as it goes), clients.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    streams: u32,
+    reverse: bool,
+    /// Total offered load in Mbit/s, split over clients and streams: CPU per GB at the same
+    /// load for every server, so a faster server is not charged for moving more.
+    rate_mbit: Option<u32>,
+    clients: usize,
+}
+
+impl Case {
+    fn label(&self) -> String {
+        let dir = if self.reverse { "down" } else { "up" };
+        let rate = self.rate_mbit.map_or(String::new(), |r| format!(" @{r}M"));
+        let clients = if self.clients > 1 {
+            format!(" x{}c", self.clients)
+        } else {
+            String::new()
+        };
+        format!("P{} {dir}{rate}{clients}", self.streams)
+    }
+}
+
+/// Offered load of the fixed-load rows: what the stock server moves comfortably on this VM.
+const FIXED_LOAD_MBIT: u32 = 300;
+
+fn cases(clients: usize) -> Vec<Case> {
+    let c = |streams, reverse, rate_mbit, clients| Case {
+        streams,
+        reverse,
+        rate_mbit,
+        clients,
+    };
+    let mut v = vec![
+        c(1, false, None, 1),
+        c(1, true, None, 1),
+        c(4, false, None, 1),
+        c(4, true, None, 1),
+        c(1, false, Some(FIXED_LOAD_MBIT), 1),
+        c(1, true, Some(FIXED_LOAD_MBIT), 1),
+    ];
+    if clients > 1 {
+        v.push(c(1, false, None, clients));
+        v.push(c(1, true, None, clients));
+    }
+    v
+}
 
 struct Results {
     /// [transport][kind][case]
@@ -438,55 +524,70 @@ fn measure_server(
     kind: Kind,
     transport: &str,
     connects: usize,
+    cases: &[Case],
     res: &mut Results,
 ) -> Result<Vec<Run>> {
     eprintln!("[{transport}] starting {}", kind.name());
     let server = start_server(&mut b.net, kind, transport)?;
-    let alice = b.net.ca.client("alice", &["engineering"])?;
-    let profile = b.profile(alice, transport);
-    let mut client = OpenVpnClient::start(
-        &b.net.clients[0],
-        &profile,
-        &b.net.dir.0,
-        &format!("bench-{transport}"),
-    )?;
-    client
-        .wait_connected(Duration::from_secs(20))
-        .map_err(|e| server.explain(e))
-        .with_context(|| {
-            format!(
-                "the openvpn client did not connect to {} over {transport}",
-                kind.name()
-            )
-        })?;
-    b.reachable()
-        .map_err(|e| server.explain(e.context(format!("client log:\n{}", client.log().join("\n")))))
-        .with_context(|| format!("through {} over {transport}", kind.name()))?;
-    let cipher = negotiated_cipher(&client.log());
+    let mut clients = Vec::new();
+    let needed = cases.iter().map(|c| c.clients).max().unwrap_or(1);
+    for i in 0..needed {
+        let cert = b.net.ca.client(&format!("user{i}"), &["engineering"])?;
+        let mut profile = b.profile(cert, transport);
+        profile.remote = EndpointNet::server_addr(i);
+        let client = OpenVpnClient::start(
+            &b.net.clients[i],
+            &profile,
+            &b.net.dir.0,
+            &format!("bench-{transport}-{i}"),
+        )?;
+        clients.push(client);
+    }
+    for client in &mut clients {
+        client
+            .wait_connected(Duration::from_secs(20))
+            .map_err(|e| server.explain(e))
+            .with_context(|| {
+                format!(
+                    "an openvpn client did not connect to {} over {transport}",
+                    kind.name()
+                )
+            })?;
+    }
+    for (i, client) in clients.iter().enumerate() {
+        b.reachable(i)
+            .map_err(|e| {
+                server.explain(e.context(format!("client log:\n{}", client.log().join("\n"))))
+            })
+            .with_context(|| format!("through {} over {transport}", kind.name()))?;
+    }
+    let cipher = negotiated_cipher(&clients[0].log());
     if transport == "udp" {
         res.ciphers[kind as usize] = cipher.clone();
     }
+    let pids: Vec<u32> = clients.iter().map(|c| c.pid()).collect();
     let mut runs = Vec::new();
-    for (streams, reverse) in CASES {
+    for case in cases {
         let r = b
-            .iperf(&server, client.pid(), streams, reverse)
+            .iperf(&server, &pids, *case)
             .map_err(|e| {
-                server
-                    .explain(e.context(format!("openvpn client log:\n{}", client.log().join("\n"))))
+                server.explain(e.context(format!(
+                    "openvpn client log:\n{}",
+                    clients[0].log().join("\n")
+                )))
             })
             .with_context(|| {
                 format!(
-                    "iperf3 {streams} stream(s) {} through {} over {transport}",
-                    if reverse { "down" } else { "up" },
+                    "iperf3 {} through {} over {transport}",
+                    case.label(),
                     kind.name()
                 )
             })?;
         eprintln!(
-            "[{transport}] {:<7} {} stream(s) {:<4}: {:>7.1} Mbit/s, server {:.2} CPU s ({:.2} s/GB), client {:.2} CPU s, {:.1} s, \
-             {:.1} % lost in the tunnel, {} TCP retransmits, UDP rcvbuf drops client {} gateway {} ({cipher})",
+            "[{transport}] {:<10} {:<16}: {:>7.1} Mbit/s, server {:.2} CPU s ({:.2} s/GB), clients {:.2} CPU s, {:.1} s, \
+             {:.1} % lost in the tunnel, {} TCP retransmits, UDP rcvbuf drops clients {} gateway {} ({cipher})",
             kind.name(),
-            streams,
-            if reverse { "down" } else { "up" },
+            case.label(),
             r.mbps,
             r.server_cpu,
             r.server_cpu_per_gb(),
@@ -499,11 +600,13 @@ fn measure_server(
         );
         runs.push(r);
     }
-    client.stop();
+    for c in &mut clients {
+        c.stop();
+    }
     if transport == "udp" && connects > 0 {
         let t = b.connect_times(&server, transport, connects)?;
         eprintln!(
-            "[{transport}] {:<7} connect times (ms): {:?}",
+            "[{transport}] {:<10} connect times (ms): {:?}",
             kind.name(),
             t.iter()
                 .map(|x| (x * 10.0).round() / 10.0)
@@ -523,71 +626,87 @@ fn verdict(met: bool) -> &'static str {
     }
 }
 
-fn print_results(res: &Results, seconds: u32, connects: usize, openvpn_version: &str) {
+fn print_results(
+    res: &Results,
+    cases: &[Case],
+    seconds: u32,
+    connects: usize,
+    openvpn_version: &str,
+) {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
     println!();
     println!("=== cvpn serve vs stock {openvpn_version} server: `cargo xtask bench tunnel` ===");
     println!(
-        "same namespaces, same stock openvpn client and profile; data cipher: cvpn {}, openvpn {}; iperf3 TCP, {seconds} s per run",
-        res.ciphers[0], res.ciphers[1]
+        "same namespaces, same stock openvpn client(s) and profile; data cipher: cvpn {}, openvpn {}; iperf3 TCP, {seconds} s per run",
+        res.ciphers[Kind::Cvpn as usize], res.ciphers[Kind::OpenVpn as usize]
     );
     println!(
-        "host: {cores} CPU cores shared by both iperf3 ends, the VPN server and the openvpn client (same for both servers)"
+        "host: {cores} CPU cores shared by both iperf3 ends, the VPN server and the openvpn client(s) (same for every server)"
     );
     println!(
         "CPU = the VPN server process's utime+stime (all threads) during the run: kernel work done in its own system calls \
-         counts, kernel work elsewhere (softirq on other tasks) does not; alike for both"
+         counts, kernel work elsewhere (softirq on other tasks) does not; alike for all"
     );
-    println!("up = client -> private host, down = private host -> client (-R)");
+    println!("up = client -> private host, down = private host -> client (-R); @N M = N Mbit/s offered in all; xNc = N clients at once");
+    println!("cvpn = TUN offloads on (default), cvpn-nooff = `offloads = false`");
     println!();
-    println!("goal: at most 1/4 of OpenVPN's CPU per GB, never slower, connect time no worse");
+    println!("goal (issue 13): server CPU per GB at most 0.25x OpenVPN's (stretch 0.1x), throughput never below 1.0x");
     println!();
     println!(
-        "{:<13} | {:^26} | {:^26} | {:^13} | {:^15} | {:^13}",
-        "", "throughput, Mbit/s", "server CPU s per GB", "srv CPU %core", "client CPU s/GB", "goal"
+        "{:<3} {:<17} | {:^30} | {:^32} | {:^20} | {:<6} {:<6}",
+        "", "", "throughput, Mbit/s", "server CPU s per GB", "srv CPU % of a core", "goal", ""
     );
     println!(
-        "{:<3} {:>1} {:<7} | {:>7} {:>7} {:>10} | {:>7} {:>7} {:>10} | {:>6} {:>6} | {:>7} {:>7} | {:<6} {:<6}",
-        "tr", "P", "dir", "cvpn", "openvpn", "cvpn/ovpn", "cvpn", "openvpn", "ovpn/cvpn", "cvpn", "ovpn", "cvpn", "openvpn", "speed", "CPU/GB"
+        "{:<3} {:<17} | {:>7} {:>7} {:>7} {:>6} | {:>6} {:>6} {:>6} {:>5} {:>5} | {:>6} {:>6} {:>6} | {:<6} {:<6}",
+        "tr", "row", "cvpn", "nooff", "ovpn", "c/o", "cvpn", "nooff", "ovpn", "c/o", "n/o", "cvpn", "nooff", "ovpn", "speed", "CPU/GB"
     );
-    let rule = "-".repeat(120);
+    let rule = "-".repeat(124);
     println!("{rule}");
     let (mut met, mut total) = (0, 0);
     let mut notes = Vec::new();
     for (ti, transport) in ["udp", "tcp"].iter().enumerate() {
-        for (ci, (streams, reverse)) in CASES.iter().enumerate() {
-            let c = res.runs[ti][0][ci];
-            let o = res.runs[ti][1][ci];
+        for (ci, case) in cases.iter().enumerate() {
+            let c = res.runs[ti][Kind::Cvpn as usize][ci];
+            let n = res.runs[ti][Kind::CvpnNoOffloads as usize][ci];
+            let o = res.runs[ti][Kind::OpenVpn as usize][ci];
             let tput = c.mbps / o.mbps;
-            let cpu = o.server_cpu_per_gb() / c.server_cpu_per_gb();
-            let (m1, m2) = (tput >= 1.0, cpu >= GOAL_CPU_RATIO);
+            let cpu = c.server_cpu_per_gb() / o.server_cpu_per_gb();
+            // At a fixed offered load both move the same: the speed goal applies to the
+            // as-fast-as-it-goes rows (a fixed row is "met" when cvpn kept up).
+            let m1 = if case.rate_mbit.is_some() {
+                tput >= 0.97
+            } else {
+                tput >= 1.0
+            };
+            let m2 = cpu <= GOAL_CPU_RATIO;
             met += m1 as u32 + m2 as u32;
             total += 2;
-            let dir = if *reverse { "down" } else { "up" };
             println!(
-                "{:<3} {:>1} {:<7} | {:>7.0} {:>7.0} {:>9.2}x | {:>7.2} {:>7.2} {:>9.2}x | {:>6.0} {:>6.0} | {:>7.2} {:>7.2} | {:<6} {:<6}",
+                "{:<3} {:<17} | {:>7.0} {:>7.0} {:>7.0} {:>5.2}x | {:>6.2} {:>6.2} {:>6.2} {:>4.2}x {:>4.2}x | {:>6.0} {:>6.0} {:>6.0} | {:<6} {:<6}",
                 transport,
-                streams,
-                dir,
+                case.label(),
                 c.mbps,
+                n.mbps,
                 o.mbps,
                 tput,
                 c.server_cpu_per_gb(),
+                n.server_cpu_per_gb(),
                 o.server_cpu_per_gb(),
                 cpu,
+                n.server_cpu_per_gb() / o.server_cpu_per_gb(),
                 100.0 * c.server_cpu / c.wall,
+                100.0 * n.server_cpu / n.wall,
                 100.0 * o.server_cpu / o.wall,
-                c.client_cpu_per_gb(),
-                o.client_cpu_per_gb(),
                 verdict(m1),
                 verdict(m2),
             );
             if !m1 {
                 notes.push(format!(
-                    "{transport} P{streams} {dir}: lost in the tunnel (bytes into one end's TUN not out of the other's) \
-                     cvpn {:.1} % vs openvpn {:.1} %; TCP retransmits {} vs {}; UDP receive-buffer drops client {} vs {}, gateway {} vs {}",
+                    "{transport} {}: lost in the tunnel (bytes into one end's TUN not out of the other's) \
+                     cvpn {:.1} % vs openvpn {:.1} %; TCP retransmits {} vs {}; UDP receive-buffer drops clients {} vs {}, gateway {} vs {}",
+                    case.label(),
                     100.0 * c.tunnel_loss,
                     100.0 * o.tunnel_loss,
                     c.retransmits,
@@ -601,8 +720,14 @@ fn print_results(res: &Results, seconds: u32, connects: usize, openvpn_version: 
         }
     }
     println!("{rule}");
+    println!(
+        "c/o = cvpn / openvpn, n/o = cvpn without offloads / openvpn (CPU per GB: lower is better)"
+    );
     if connects > 0 {
-        let (c, o) = (median(&res.connects[0]), median(&res.connects[1]));
+        let (c, o) = (
+            median(&res.connects[Kind::Cvpn as usize]),
+            median(&res.connects[Kind::OpenVpn as usize]),
+        );
         let m = c <= o;
         met += m as u32;
         total += 1;
@@ -626,13 +751,20 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut seconds = 5u32;
     let mut connects = 5usize;
+    let mut clients = 3usize;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--seconds" => seconds = it.next().context("--seconds N")?.parse().context("--seconds N")?,
             "--connects" => connects = it.next().context("--connects N")?.parse().context("--connects N")?,
-            other => bail!("unknown argument {other:?}; use --seconds N (default 5) and --connects N (default 5)"),
+            "--clients" => clients = it.next().context("--clients N")?.parse().context("--clients N")?,
+            other => bail!(
+                "unknown argument {other:?}; use --seconds N (default 5), --connects N (default 5), --clients N (default 3)"
+            ),
         }
+    }
+    if !(1..=16).contains(&clients) {
+        bail!("--clients must be 1 to 16");
     }
     if seconds == 0 {
         bail!("--seconds must be at least 1");
@@ -643,7 +775,8 @@ fn main() -> Result<()> {
     let bin = cvpn_tests::gateway::cvpn_binary()?;
     eprintln!("cvpn binary: {}", bin.display());
 
-    let net = EndpointNet::new(1)?;
+    let net = EndpointNet::new(clients)?;
+    let cases = cases(clients);
     let mut b = Bench {
         net,
         seconds,
@@ -651,16 +784,18 @@ fn main() -> Result<()> {
     };
     let mut res = Results {
         runs: Vec::new(),
-        connects: vec![Vec::new(), Vec::new()],
-        ciphers: vec!["?".into(), "?".into()],
+        connects: vec![Vec::new(); KINDS.len()],
+        ciphers: vec!["?".into(); KINDS.len()],
     };
     for transport in ["udp", "tcp"] {
         let mut per_kind = Vec::new();
-        for kind in [Kind::Cvpn, Kind::OpenVpn] {
-            per_kind.push(measure_server(&mut b, kind, transport, connects, &mut res)?);
+        for kind in KINDS {
+            per_kind.push(measure_server(
+                &mut b, kind, transport, connects, &cases, &mut res,
+            )?);
         }
         res.runs.push(per_kind);
     }
-    print_results(&res, seconds, connects, &openvpn_version);
+    print_results(&res, &cases, seconds, connects, &openvpn_version);
     Ok(())
 }

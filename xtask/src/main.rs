@@ -250,7 +250,7 @@ fn bench(args: &[String]) -> Result<()> {
             a.extend(args.iter().skip(1).map(String::as_str));
             cargo(&a)
         }
-        Some(name @ ("tunnel" | "logins" | "cluster")) => {
+        Some(name @ ("tunnel" | "logins" | "cluster" | "scale")) => {
             // The benchmark runs target/release/cvpn: build it first, so a stale daemon never
             // gets measured.
             cargo(&["build", "--release", "-p", "gateway", "--bin", "cvpn"])?;
@@ -268,7 +268,9 @@ fn bench(args: &[String]) -> Result<()> {
             cargo(&a)
         }
         Some(other) => {
-            bail!("unknown benchmark {other:?}; available: dataplane, tunnel, logins, cluster")
+            bail!(
+                "unknown benchmark {other:?}; available: dataplane, tunnel, logins, cluster, scale"
+            )
         }
     }
 }
