@@ -97,7 +97,10 @@ fn kernel_segments(hdr: VnetHdr, p: &[u8]) -> Vec<Vec<u8>> {
     }
     let mut whole = p.to_vec();
     complete_checksum(&mut whole, hdr.csum_start, hdr.csum_offset).unwrap();
-    assert!(tcp_v4_checksums_ok(&whole), "the partial checksum is not the pseudo-header's");
+    assert!(
+        tcp_v4_checksums_ok(&whole),
+        "the partial checksum is not the pseudo-header's"
+    );
     let mut p = p.to_vec();
     split(hdr, &mut p)
 }
