@@ -180,7 +180,7 @@ fn run(net: &mut EndpointNet, kind: Kind, rsa: bool, certs: &[Pem], sources: usi
     )?;
     let server = match kind {
         Kind::Cvpn => Server::Cvpn(
-            Daemon::start_with_log_level(&net.gateway, &cfg, "warn")
+            Daemon::start_with_log_level(&net.gateway, &cfg, "info")
                 .context("starting cvpn serve")?,
         ),
         Kind::OpenVpn => {

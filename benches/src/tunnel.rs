@@ -247,6 +247,10 @@ struct Bench {
     net: EndpointNet,
     seconds: u32,
     ticks: f64,
+    /// `--perf DIR`: a `perf record -e cpu-clock -g` of cvpn (offloads on) per row, here.
+    perf_dir: Option<PathBuf>,
+    /// The profiles recorded, by row.
+    profiles: Vec<(String, PathBuf)>,
 }
 
 impl Bench {
@@ -265,7 +269,13 @@ impl Bench {
 
     /// One iperf3 run per client namespace in `clients` at once (each to its own iperf3 server
     /// port), as `case` says; the sums.
-    fn iperf(&self, server: &Server, client_pids: &[u32], case: Case) -> Result<Run> {
+    fn iperf(
+        &mut self,
+        server: &Server,
+        client_pids: &[u32],
+        case: Case,
+        record: Option<String>,
+    ) -> Result<Run> {
         let n = case.clients;
         let mut servers = Vec::new();
         for i in 0..n {
@@ -295,6 +305,29 @@ impl Bench {
         let (ctun0, gtun0) = (tuns(clients)?, tun_bytes(&self.net.gateway)?);
         let s0 = cpu_seconds(server.pid(), self.ticks)?;
         let c0 = cpu(&client_pids[..n])?;
+        let perf = match (&self.perf_dir, record) {
+            (Some(dir), Some(label)) => {
+                let file = dir.join(format!("{}.data", label.replace([' ', '@'], "_")));
+                let mut cmd = std::process::Command::new("perf");
+                cmd.args([
+                    "record",
+                    "-q",
+                    "-e",
+                    "cpu-clock",
+                    "-F",
+                    "997",
+                    "-g",
+                    "-p",
+                    &server.pid().to_string(),
+                    "-o",
+                ])
+                .arg(&file)
+                .args(["--", "sleep", &self.seconds.to_string()]);
+                self.profiles.push((label, file));
+                Some(Logged::spawn("perf record", cmd)?)
+            }
+            _ => None,
+        };
         let t0 = Instant::now();
         let mut runs = Vec::new();
         for (i, ns) in clients.iter().enumerate() {
@@ -329,6 +362,9 @@ impl Bench {
             statuses.push(r.wait_exit(Duration::from_secs(self.seconds as u64 + 30))?);
         }
         let wall = t0.elapsed().as_secs_f64();
+        if let Some(mut p) = perf {
+            p.wait_exit(Duration::from_secs(self.seconds as u64 + 30))?;
+        }
         let s1 = cpu_seconds(server.pid(), self.ticks).context("the VPN server is gone")?;
         let c1 = cpu(&client_pids[..n]).context("an openvpn client is gone")?;
         let (cd1, gd1) = (drops(clients)?, udp_rcvbuf_errors(&self.net.gateway)?);
@@ -568,8 +604,9 @@ fn measure_server(
     let pids: Vec<u32> = clients.iter().map(|c| c.pid()).collect();
     let mut runs = Vec::new();
     for case in cases {
+        let record = (kind == Kind::Cvpn).then(|| format!("{transport} {}", case.label()));
         let r = b
-            .iperf(&server, &pids, *case)
+            .iperf(&server, &pids, *case, record)
             .map_err(|e| {
                 server.explain(e.context(format!(
                     "openvpn client log:\n{}",
@@ -752,14 +789,16 @@ fn main() -> Result<()> {
     let mut seconds = 5u32;
     let mut connects = 5usize;
     let mut clients = 3usize;
+    let mut perf_dir: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--seconds" => seconds = it.next().context("--seconds N")?.parse().context("--seconds N")?,
             "--connects" => connects = it.next().context("--connects N")?.parse().context("--connects N")?,
             "--clients" => clients = it.next().context("--clients N")?.parse().context("--clients N")?,
+            "--perf" => perf_dir = Some(PathBuf::from(it.next().context("--perf DIR")?)),
             other => bail!(
-                "unknown argument {other:?}; use --seconds N (default 5), --connects N (default 5), --clients N (default 3)"
+                "unknown argument {other:?}; use --seconds N (default 5), --connects N (default 5), --clients N (default 3), --perf DIR"
             ),
         }
     }
@@ -777,10 +816,16 @@ fn main() -> Result<()> {
 
     let net = EndpointNet::new(clients)?;
     let cases = cases(clients);
+    if let Some(dir) = &perf_dir {
+        common::require_tools(&["perf"])?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let mut b = Bench {
         net,
         seconds,
         ticks: clock_ticks(),
+        perf_dir,
+        profiles: Vec::new(),
     };
     let mut res = Results {
         runs: Vec::new(),
@@ -797,5 +842,30 @@ fn main() -> Result<()> {
         res.runs.push(per_kind);
     }
     print_results(&res, &cases, seconds, connects, &openvpn_version);
+    for (label, file) in &b.profiles {
+        // Where cvpn's CPU time went in that row: the functions over 2 % of the samples.
+        let out = std::process::Command::new("perf")
+            .args([
+                "report",
+                "--stdio",
+                "--no-children",
+                "--sort",
+                "symbol",
+                "--percent-limit",
+                "2",
+                "-g",
+                "none",
+                "-i",
+            ])
+            .arg(file)
+            .output()?;
+        println!("\n--- profile of cvpn, {label} ({}) ---", file.display());
+        for line in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            println!("{line}");
+        }
+    }
     Ok(())
 }

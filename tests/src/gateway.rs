@@ -21,6 +21,18 @@ use crate::{
 /// test never runs a stale daemon (`cargo test -p cvpn-tests` alone does not build it).
 pub fn cvpn_binary() -> Result<PathBuf> {
     static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    // `cargo xtask bench` builds the daemon just before and names it here: another build with
+    // this process's environment would only rebuild the same thing.
+    if let Some(bin) = std::env::var_os("CVPN_PREBUILT_BINARY") {
+        let bin = PathBuf::from(bin);
+        if !bin.exists() {
+            bail!(
+                "CVPN_PREBUILT_BINARY names {}, which does not exist",
+                bin.display()
+            );
+        }
+        return Ok(bin);
+    }
     let exe = std::env::current_exe()?;
     // Test executables live in target/<profile>/deps, binaries in target/<profile>.
     let mut dir = exe.parent().context("executable has no parent directory")?;

@@ -254,6 +254,8 @@ fn bench(args: &[String]) -> Result<()> {
             // The benchmark runs target/release/cvpn: build it first, so a stale daemon never
             // gets measured.
             cargo(&["build", "--release", "-p", "gateway", "--bin", "cvpn"])?;
+            // The benchmark uses this binary as it is (see `cvpn_tests::gateway::cvpn_binary`).
+            std::env::set_var("CVPN_PREBUILT_BINARY", root().join("target/release/cvpn"));
             let bin = format!("cvpn-bench-{name}");
             let mut a = vec![
                 "run",
