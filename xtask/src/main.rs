@@ -250,6 +250,19 @@ fn bench(args: &[String]) -> Result<()> {
             a.extend(args.iter().skip(1).map(String::as_str));
             cargo(&a)
         }
+        Some("session-memory") => {
+            let mut a = vec![
+                "run",
+                "--release",
+                "-p",
+                "cvpn-benches",
+                "--bin",
+                "cvpn-bench-session-memory",
+                "--",
+            ];
+            a.extend(args.iter().skip(1).map(String::as_str));
+            cargo(&a)
+        }
         Some(name @ ("tunnel" | "logins" | "cluster" | "scale")) => {
             // The benchmark runs target/release/cvpn: build it first, so a stale daemon never
             // gets measured.
