@@ -124,6 +124,10 @@ impl Reliable {
             ready.push(p);
             self.next_expected = self.next_expected.wrapping_add(1);
         }
+        if self.reorder.is_empty() {
+            // An emptied BTreeMap keeps its node: an idle session holds none.
+            self.reorder = BTreeMap::new();
+        }
         (Received::New, ready)
     }
 
@@ -138,6 +142,10 @@ impl Reliable {
     pub fn on_acks(&mut self, ids: &[u32]) {
         for id in ids {
             self.in_flight.remove(id);
+        }
+        if self.in_flight.is_empty() {
+            // An emptied BTreeMap keeps its node: an idle session holds none.
+            self.in_flight = BTreeMap::new();
         }
     }
 

@@ -687,7 +687,13 @@ impl ServerSession {
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_some() && self.events.is_empty() {
+            // The handshake's events are large and few: an idle session keeps no room for
+            // them (about 1.4 KB).
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// When to call [`ServerSession::poll_transmit`] again at the latest.
