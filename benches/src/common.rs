@@ -1,6 +1,7 @@
 //! What the benchmarks share: processes they start (output kept, stopped by PID), kernel
-//! forwarding for the stock OpenVPN server, and the counters they read (a process's CPU time,
-//! UDP receive-buffer drops). Each benchmark binary uses part of it.
+//! forwarding for the stock OpenVPN server, the counters they read (a process's CPU time,
+//! UDP receive-buffer drops), and more source addresses for many clients. Each benchmark
+//! binary uses part of it.
 
 use std::{
     fs,
@@ -292,4 +293,37 @@ pub fn openvpn_version() -> String {
                 .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
         })
         .unwrap_or_else(|| "OpenVPN".into())
+}
+
+/// Gives the first client namespace's veth (`c0`) the addresses `sources` (each a /32), and
+/// the gateway a route back and a permanent neighbour entry for each, so no login waits for
+/// ARP.
+pub fn add_sources(
+    net: &cvpn_tests::gateway::EndpointNet,
+    sources: &[std::net::Ipv4Addr],
+) -> Result<()> {
+    let out = sh(net.clients[0]
+        .command("ip")
+        .args(["-j", "link", "show", "c0"]))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j link")?;
+    let mac = v[0]["address"]
+        .as_str()
+        .context("no MAC address on c0")?
+        .to_string();
+    let (mut client, mut gateway) = (String::new(), String::new());
+    for a in sources {
+        client.push_str(&format!("addr add {a}/32 dev c0\n"));
+        gateway.push_str(&format!("route replace {a}/32 dev wan0\n"));
+        gateway.push_str(&format!(
+            "neigh replace {a} lladdr {mac} dev wan0 nud permanent\n"
+        ));
+    }
+    for (ns, batch, name) in [
+        (&net.clients[0], client, "client-addrs.batch"),
+        (&net.gateway, gateway, "gateway-neigh.batch"),
+    ] {
+        let f = cvpn_tests::pki::write(&net.dir.0, name, &batch)?;
+        sh(Command::new("ip").args(["-n", ns.name(), "-batch"]).arg(&f))?;
+    }
+    Ok(())
 }

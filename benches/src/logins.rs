@@ -64,8 +64,7 @@ use std::{
     collections::BTreeMap,
     fs,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
-    path::{Path, PathBuf},
-    process::Command,
+    path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Barrier,
@@ -1203,35 +1202,6 @@ fn print_results(b: &Bench, res: &[(Setup, Outcome)], openvpn_version: &str) {
 
 // ---------------------------------------------------------------------------------------------
 
-/// Gives the client namespace's veth `sources` more addresses (10.99.0.10…), and the gateway a
-/// permanent neighbour entry for each, so no login waits for ARP.
-fn add_sources(net: &EndpointNet, sources: usize) -> Result<()> {
-    let out = sh(net.clients[0]
-        .command("ip")
-        .args(["-j", "link", "show", "c0"]))?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j link")?;
-    let mac = v[0]["address"]
-        .as_str()
-        .context("no MAC address on c0")?
-        .to_string();
-    let (mut client, mut gateway) = (String::new(), String::new());
-    for i in 0..sources {
-        let a = source_addr(i, sources);
-        client.push_str(&format!("addr add {a}/24 dev c0\n"));
-        gateway.push_str(&format!(
-            "neigh replace {a} lladdr {mac} dev wan0 nud permanent\n"
-        ));
-    }
-    for (ns, batch, name) in [
-        (&net.clients[0], client, "client-addrs.batch"),
-        (&net.gateway, gateway, "gateway-neigh.batch"),
-    ] {
-        let f: PathBuf = write(&net.dir.0, name, &batch)?;
-        sh(Command::new("ip").args(["-n", ns.name(), "-batch"]).arg(&f))?;
-    }
-    Ok(())
-}
-
 fn main() -> Result<()> {
     if !is_root() {
         bail!("the benchmark creates namespaces and runs VPN servers in them: run it as root");
@@ -1278,7 +1248,8 @@ fn main() -> Result<()> {
 
     let started = Instant::now();
     let mut net = EndpointNet::new(1)?;
-    add_sources(&net, sources)?;
+    let addrs: Vec<Ipv4Addr> = (0..sources).map(|i| source_addr(i, sources)).collect();
+    common::add_sources(&net, &addrs)?;
     // slapd and ldapmodify run on the gateway's loopback, where the daemon reaches them.
     net.gateway.enter()?;
     let _echo = UdpEcho::start(&net.private, PRIVATE, ECHO_PORT)?;

@@ -33,7 +33,6 @@ mod common;
 use std::{
     fs,
     net::Ipv4Addr,
-    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -44,7 +43,6 @@ use cvpn_tests::{
     gateway::{Daemon, EndpointNet},
     is_root,
     pki::{write, Pem},
-    sh,
 };
 
 const PORT: u16 = 1194;
@@ -72,36 +70,6 @@ impl Kind {
 fn source_addr(i: usize, sources: usize) -> Ipv4Addr {
     let n = FIRST_SOURCE + (i % sources) as u32;
     Ipv4Addr::new(10, 99, (n / 250) as u8, (n % 250) as u8 + 2)
-}
-
-/// Gives the client namespace's veth the source addresses, and the gateway a route back and a
-/// permanent neighbour entry for each, so no handshake waits for ARP.
-fn add_sources(net: &EndpointNet, sources: usize) -> Result<()> {
-    let out = sh(net.clients[0]
-        .command("ip")
-        .args(["-j", "link", "show", "c0"]))?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j link")?;
-    let mac = v[0]["address"]
-        .as_str()
-        .context("no MAC address on c0")?
-        .to_string();
-    let (mut client, mut gateway) = (String::new(), String::new());
-    for i in 0..sources {
-        let a = source_addr(i, sources);
-        client.push_str(&format!("addr add {a}/32 dev c0\n"));
-        gateway.push_str(&format!("route replace {a}/32 dev wan0\n"));
-        gateway.push_str(&format!(
-            "neigh replace {a} lladdr {mac} dev wan0 nud permanent\n"
-        ));
-    }
-    for (ns, batch, name) in [
-        (&net.clients[0], client, "client-addrs.batch"),
-        (&net.gateway, gateway, "gateway-neigh.batch"),
-    ] {
-        let f: PathBuf = write(&net.dir.0, name, &batch)?;
-        sh(Command::new("ip").args(["-n", ns.name(), "-batch"]).arg(&f))?;
-    }
-    Ok(())
 }
 
 fn rss_kb(pid: u32) -> Result<u64> {
@@ -344,7 +312,8 @@ fn main() -> Result<()> {
     eprintln!("cvpn binary: {}", bin.display());
 
     let mut net = EndpointNet::new(1)?;
-    add_sources(&net, sources)?;
+    let addrs: Vec<Ipv4Addr> = (0..sources).map(|i| source_addr(i, sources)).collect();
+    common::add_sources(&net, &addrs)?;
     let t = Instant::now();
     let certs: Vec<Pem> = (0..clients)
         .map(|i| net.ca.client(&format!("scale{i}"), &["engineering"]))

@@ -236,56 +236,31 @@ fn counted_cargo(args: &[&str]) -> Result<Tally> {
 }
 
 fn bench(args: &[String]) -> Result<()> {
-    match args.first().map(String::as_str) {
-        Some("dataplane") | None => {
-            let mut a = vec![
-                "run",
-                "--release",
-                "-p",
-                "cvpn-benches",
-                "--bin",
-                "cvpn-bench-dataplane",
-                "--",
-            ];
-            a.extend(args.iter().skip(1).map(String::as_str));
-            cargo(&a)
-        }
-        Some("session-memory") => {
-            let mut a = vec![
-                "run",
-                "--release",
-                "-p",
-                "cvpn-benches",
-                "--bin",
-                "cvpn-bench-session-memory",
-                "--",
-            ];
-            a.extend(args.iter().skip(1).map(String::as_str));
-            cargo(&a)
-        }
-        Some(name @ ("tunnel" | "logins" | "cluster" | "scale")) => {
+    let name = args.first().map_or("dataplane", String::as_str);
+    match name {
+        // In-process or fixture benchmarks: no daemon.
+        "dataplane" | "session-memory" => {}
+        "tunnel" | "logins" | "cluster" | "scale" => {
             // The benchmark runs target/release/cvpn: build it first, so a stale daemon never
-            // gets measured.
+            // gets measured, and name it, so the benchmark uses it as it is (see
+            // `cvpn_tests::gateway::cvpn_binary`).
             cargo(&["build", "--release", "-p", "gateway", "--bin", "cvpn"])?;
-            // The benchmark uses this binary as it is (see `cvpn_tests::gateway::cvpn_binary`).
             std::env::set_var("CVPN_PREBUILT_BINARY", root().join("target/release/cvpn"));
-            let bin = format!("cvpn-bench-{name}");
-            let mut a = vec![
-                "run",
-                "--release",
-                "-p",
-                "cvpn-benches",
-                "--bin",
-                &bin,
-                "--",
-            ];
-            a.extend(args.iter().skip(1).map(String::as_str));
-            cargo(&a)
         }
-        Some(other) => {
-            bail!(
-                "unknown benchmark {other:?}; available: dataplane, tunnel, logins, cluster, scale"
-            )
-        }
+        other => bail!(
+            "unknown benchmark {other:?}; available: dataplane, tunnel, logins, cluster, scale, session-memory"
+        ),
     }
+    let bin = format!("cvpn-bench-{name}");
+    let mut a = vec![
+        "run",
+        "--release",
+        "-p",
+        "cvpn-benches",
+        "--bin",
+        &bin,
+        "--",
+    ];
+    a.extend(args.iter().skip(1).map(String::as_str));
+    cargo(&a)
 }
