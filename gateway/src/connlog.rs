@@ -207,6 +207,9 @@ impl FailureReason {
     pub const TLS_INCOMPATIBLE: &'static str = "tls-incompatible";
     pub const TLS_ERROR: &'static str = "tls-error";
     pub const HANDSHAKE_TIMEOUT: &'static str = "handshake-timeout";
+    /// A handshake whose client had gone quiet gave its place to a new one while the pending
+    /// handshakes were at their bound (a flood of abandoned handshakes).
+    pub const HANDSHAKE_STALLED: &'static str = "handshake-stalled";
     pub const INTERNAL_ERROR: &'static str = "internal-error";
     // AWS's client connect handler reasons, verbatim.
     /// The handler denied the connection (`allow: false`).

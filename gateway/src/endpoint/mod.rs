@@ -95,6 +95,12 @@ impl Clock {
 /// Bounds on connections that are not admitted yet: each holds a TLS state.
 pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 pub const MAX_PENDING_PER_SOURCE: u32 = 32;
+/// A pending handshake whose client sent nothing for this long gives its place to a new one
+/// when the pending handshakes are at their bound: a live client answers each server flight
+/// within a round trip (and stock clients resend after 2 s), a flood's abandoned handshakes
+/// never do. Without this, a flood of ClientHellos from many addresses keeps the table full
+/// for the whole handshake window and no real client gets in.
+pub const STALLED_HANDSHAKE: Duration = Duration::from_secs(3);
 /// How long a session keeps its old keys after a renegotiation failed (a revoked or expired
 /// certificate, a stalled key exchange) before it is ended.
 pub const RENEGOTIATION_GRACE: Duration = Duration::from_secs(10);
@@ -475,6 +481,9 @@ pub struct Endpoint {
     pool: AddressPool,
     peer_ids: PeerIds,
     pending: PendingHandshakes,
+    /// Handshaking connections, oldest first (some may have ended or moved on since: skipped
+    /// when met): where a stalled handshake is looked for when the table is full.
+    pending_order: VecDeque<ConnId>,
     conns: HashMap<ConnId, Connection>,
     by_peer: HashMap<Peer, ConnId>,
     next_conn: ConnId,
@@ -537,6 +546,7 @@ impl Endpoint {
             pool,
             peer_ids: PeerIds::new(),
             pending: PendingHandshakes::default(),
+            pending_order: VecDeque::new(),
             conns: HashMap::new(),
             by_peer: HashMap::new(),
             next_conn: 1,
@@ -835,7 +845,11 @@ impl Endpoint {
             return;
         }
         // Handshakes cost a TLS state each: bounded in all and per source address. The
-        // client retransmits, so it gets in once others finish.
+        // client retransmits, so it gets in once others finish; at the bound in all, a stalled
+        // handshake gives its place.
+        if self.pending.total >= MAX_PENDING_HANDSHAKES {
+            self.evict_stalled_handshake(clock);
+        }
         if let Err(bound) = self.pending.admit(addr.ip()) {
             debug!(%addr, %bound, "handshake not started: too many pending");
             return;
@@ -891,7 +905,43 @@ impl Endpoint {
         info!(conn = id, %addr, "control channel opened");
         self.conns.insert(id, conn);
         self.by_peer.insert(peer, id);
+        if self.pending_order.len() >= 2 * MAX_PENDING_HANDSHAKES {
+            // Bounded: what finished its handshake since is dropped from the order.
+            let conns = &self.conns;
+            self.pending_order.retain(|id| {
+                conns
+                    .get(id)
+                    .is_some_and(|c| matches!(c.state, ConnState::Handshaking))
+            });
+        }
+        self.pending_order.push_back(id);
         self.after_session(clock, id);
+    }
+
+    /// Ends the oldest handshake whose client has been quiet for [`STALLED_HANDSHAKE`], if
+    /// one is found among the oldest few (bounded work per new handshake). Returns whether
+    /// one was ended.
+    fn evict_stalled_handshake(&mut self, clock: Clock) -> bool {
+        for _ in 0..self.pending_order.len().min(64) {
+            let Some(id) = self.pending_order.pop_front() else {
+                return false;
+            };
+            let Some(c) = self.conns.get(&id) else {
+                continue;
+            };
+            // Only the TLS handshake itself: a client waiting for a directory or a connect
+            // handler is quiet by design.
+            if !matches!(c.state, ConnState::Handshaking) {
+                continue;
+            }
+            if clock.now.saturating_duration_since(c.last_control_rx) >= STALLED_HANDSHAKE {
+                debug!(conn = id, "stalled handshake ended to make room");
+                self.end(clock, id, FailureReason::HANDSHAKE_STALLED);
+                return true;
+            }
+            self.pending_order.push_back(id);
+        }
+        false
     }
 
     /// Handles session events and queues what the session has to send.

@@ -590,3 +590,56 @@ fn a_client_waits_for_an_address_block_and_is_refused_without_one() {
     w.advance(super::ADDRESS_BLOCK_WAIT);
     assert_eq!(w.ended(), Some("address-pool-exhausted"));
 }
+
+/// A flood of abandoned handshakes (a reset exchange and a ClientHello from each of many
+/// addresses, then silence) fills the pending-handshake table; a real client arriving once
+/// they have been quiet for `STALLED_HANDSHAKE` takes a stalled one's place instead of being
+/// dropped for the whole handshake window.
+#[test]
+fn a_flood_of_abandoned_handshakes_does_not_keep_real_clients_out() {
+    let mut w = World::new(LiveSettings::default());
+    for i in 0..super::MAX_PENDING_HANDSHAKES {
+        let addr: SocketAddr = format!("203.0.{}.{}:5000", i / 250, i % 250 + 1)
+            .parse()
+            .unwrap();
+        let mut sid = [0u8; 8];
+        sid[..4].copy_from_slice(&(i as u32 + 1000).to_be_bytes());
+        let mut f = TestClient::new(w.client_tls.clone(), "vpn.example.com", sid).unwrap();
+        // Reset, cookie answer, ClientHello; the server's flight is never answered.
+        for _ in 0..2 {
+            while let Some(p) = f.poll_transmit() {
+                w.endpoint.handle_packet(w.clock, Peer::Udp(addr), addr, &p);
+            }
+            while let Some(out) = w.endpoint.poll_output() {
+                if let Output::Transmit { peer, packet } = out {
+                    if peer == Peer::Udp(addr) && !f.has_server_session() {
+                        f.handle_packet(&packet).unwrap();
+                    }
+                }
+            }
+        }
+    }
+    // At once, a real client finds no room (its packets are dropped; it would resend).
+    w.exchange();
+    assert!(
+        !w.client.is_keyed(),
+        "the table was not full: the flood did not take"
+    );
+    // Once the flood's handshakes have been quiet long enough, a real client gets in.
+    w.clock.now += super::STALLED_HANDSHAKE;
+    w.clock.wall += super::STALLED_HANDSHAKE;
+    w.client = TestClient::new(w.client_tls.clone(), "vpn.example.com", [9; 8]).unwrap();
+    w.connect();
+    let ended: Vec<&str> = w
+        .seen
+        .iter()
+        .filter_map(|o| match o {
+            Output::Ended { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !ended.is_empty() && ended.iter().all(|r| *r == "handshake-stalled"),
+        "stalled handshakes must have made room: {ended:?}"
+    );
+}
