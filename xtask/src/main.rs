@@ -240,7 +240,7 @@ fn bench(args: &[String]) -> Result<()> {
     match name {
         // In-process or fixture benchmarks: no daemon.
         "dataplane" | "session-memory" => {}
-        "tunnel" | "logins" | "cluster" | "scale" => {
+        "tunnel" | "logins" | "cluster" | "scale" | "flood" => {
             // The benchmark runs target/release/cvpn: build it first, so a stale daemon never
             // gets measured, and name it, so the benchmark uses it as it is (see
             // `cvpn_tests::gateway::cvpn_binary`).
@@ -248,7 +248,7 @@ fn bench(args: &[String]) -> Result<()> {
             std::env::set_var("CVPN_PREBUILT_BINARY", root().join("target/release/cvpn"));
         }
         other => bail!(
-            "unknown benchmark {other:?}; available: dataplane, tunnel, logins, cluster, scale, session-memory"
+            "unknown benchmark {other:?}; available: dataplane, tunnel, logins, cluster, scale, flood, session-memory"
         ),
     }
     let bin = format!("cvpn-bench-{name}");
