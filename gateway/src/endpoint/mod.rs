@@ -101,6 +101,11 @@ pub const MAX_PENDING_PER_SOURCE: u32 = 32;
 /// never do. Without this, a flood of ClientHellos from many addresses keeps the table full
 /// for the whole handshake window and no real client gets in.
 pub const STALLED_HANDSHAKE: Duration = Duration::from_secs(3);
+/// Sooner for a handshake whose client sent nothing at all after its first TLS packet (a real
+/// client acknowledges the server's flight within a round trip): what a ClientHello flood
+/// leaves behind makes room after this long, so at the bound the table turns over about
+/// twice a second per slot.
+pub const SILENT_AFTER_HELLO: Duration = Duration::from_millis(500);
 /// How long a session keeps its old keys after a renegotiation failed (a revoked or expired
 /// certificate, a stalled key exchange) before it is ended.
 pub const RENEGOTIATION_GRACE: Duration = Duration::from_secs(10);
@@ -918,9 +923,9 @@ impl Endpoint {
         self.after_session(clock, id);
     }
 
-    /// Ends the oldest handshake whose client has been quiet for [`STALLED_HANDSHAKE`], if
-    /// one is found among the oldest few (bounded work per new handshake). Returns whether
-    /// one was ended.
+    /// Ends the oldest handshake whose client has been quiet for [`STALLED_HANDSHAKE`] (or for
+    /// [`SILENT_AFTER_HELLO`] when it sent nothing after its first packet), if one is found
+    /// among the oldest few (bounded work per new handshake). Returns whether one was ended.
     fn evict_stalled_handshake(&mut self, clock: Clock) -> bool {
         for _ in 0..self.pending_order.len().min(64) {
             let Some(id) = self.pending_order.pop_front() else {
@@ -934,7 +939,9 @@ impl Endpoint {
             if !matches!(c.state, ConnState::Handshaking) {
                 continue;
             }
-            if clock.now.saturating_duration_since(c.last_control_rx) >= STALLED_HANDSHAKE {
+            let quiet = clock.now.saturating_duration_since(c.last_control_rx);
+            let only_first_packet = c.last_control_rx == c.started;
+            if quiet >= STALLED_HANDSHAKE || (only_first_packet && quiet >= SILENT_AFTER_HELLO) {
                 debug!(conn = id, "stalled handshake ended to make room");
                 self.end(clock, id, FailureReason::HANDSHAKE_STALLED);
                 return true;
