@@ -6,8 +6,9 @@
 //! One event loop: UDP datagrams and TCP packets in (data packets to the data path, the rest to
 //! the endpoint), commands and connect-handler answers in, the endpoint's next deadline, a
 //! one-second housekeeping tick that touches no connection. Decrypted client packets go into
-//! the TUN, where `client_ingress` takes them; return traffic comes out of the TUN and is
-//! encrypted and sent by a second thread (`io::tx::TunReader`).
+//! the TUN (with offloads, a receive batch's TCP segments of one flow as one super-packet,
+//! `datachannel::offload::Coalescer`), where `client_ingress` takes them; return traffic comes
+//! out of the TUN and is encrypted and sent by a second thread (`io::tx::TunReader`).
 
 use std::{
     collections::HashMap,
