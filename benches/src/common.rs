@@ -327,3 +327,14 @@ pub fn add_sources(
     }
     Ok(())
 }
+
+/// A process's resident memory (VmRSS), in kB.
+pub fn rss_kb(pid: u32) -> Result<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")
+}

@@ -30,7 +30,6 @@
 mod common;
 
 use std::{
-    fs,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -40,7 +39,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use common::{clock_ticks, cpu_seconds, Forwarding, Logged};
+use common::{clock_ticks, cpu_seconds, rss_kb, Forwarding, Logged};
 use cvpn_tests::{
     gateway::{Daemon, EndpointNet},
     is_root,
@@ -136,18 +135,6 @@ fn start_server(net: &mut EndpointNet, kind: Kind) -> Result<Server> {
             }
         }
     })
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// The flood addresses (10.100.0.0/16, one per source).
@@ -304,7 +291,7 @@ fn measure(
     runner.wait_connected(Duration::from_secs(20))?;
     std::thread::sleep(Duration::from_secs(1));
     let ticks = clock_ticks();
-    let rss_before = rss_kb(server.pid());
+    let rss_before = rss_kb(server.pid()).unwrap_or(0);
     let cpu0 = cpu_seconds(server.pid(), ticks)?;
     let t0 = Instant::now();
     let mut flooder = match flood {
@@ -358,7 +345,7 @@ fn measure(
     while Instant::now() < until {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let rss_flood = rss_kb(server.pid());
+    let rss_flood = rss_kb(server.pid()).unwrap_or(0);
     let sent = match &mut flooder {
         Some(f) => f.stop()?,
         None => 0,
@@ -368,7 +355,7 @@ fn measure(
     drop(srv);
     runner.stop();
     std::thread::sleep(Duration::from_secs(10));
-    let rss_after = rss_kb(server.pid());
+    let rss_after = rss_kb(server.pid()).unwrap_or(0);
     let row = Row {
         sent,
         connects,

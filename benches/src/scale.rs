@@ -38,7 +38,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use common::{clock_ticks, cpu_seconds, Logged};
+use common::{clock_ticks, cpu_seconds, rss_kb, Logged};
 use cvpn_tests::{
     gateway::{Daemon, EndpointNet},
     is_root,
@@ -70,16 +70,6 @@ impl Kind {
 fn source_addr(i: usize, sources: usize) -> Ipv4Addr {
     let n = FIRST_SOURCE + (i % sources) as u32;
     Ipv4Addr::new(10, 99, (n / 250) as u8, (n % 250) as u8 + 2)
-}
-
-fn rss_kb(pid: u32) -> Result<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("process {pid} is gone"))?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")
 }
 
 fn client_profile(ca: &str, client: &Pem, source: Ipv4Addr) -> String {
