@@ -925,11 +925,11 @@ impl Endpoint {
 
     /// Ends the oldest handshake whose client has been quiet for [`STALLED_HANDSHAKE`] (or for
     /// [`SILENT_AFTER_HELLO`] when it sent nothing after its first packet), if one is found
-    /// among the oldest few (bounded work per new handshake). Returns whether one was ended.
-    fn evict_stalled_handshake(&mut self, clock: Clock) -> bool {
+    /// among the oldest few (bounded work per new handshake).
+    fn evict_stalled_handshake(&mut self, clock: Clock) {
         for _ in 0..self.pending_order.len().min(64) {
             let Some(id) = self.pending_order.pop_front() else {
-                return false;
+                return;
             };
             let Some(c) = self.conns.get(&id) else {
                 continue;
@@ -944,11 +944,10 @@ impl Endpoint {
             if quiet >= STALLED_HANDSHAKE || (only_first_packet && quiet >= SILENT_AFTER_HELLO) {
                 debug!(conn = id, "stalled handshake ended to make room");
                 self.end(clock, id, FailureReason::HANDSHAKE_STALLED);
-                return true;
+                return;
             }
             self.pending_order.push_back(id);
         }
-        false
     }
 
     /// Handles session events and queues what the session has to send.
